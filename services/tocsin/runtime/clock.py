@@ -1,0 +1,109 @@
+"""The one source of time for tocsin.
+
+Everything that reads the time or waits for a moment takes a `Clock`. Production uses
+`SystemClock`; tests use `ManualClock` and fast-forward minutes in milliseconds with
+`advance()`, which wakes every task sleeping on the clock whose deadline has come.
+Times are integer milliseconds since the Unix epoch (what Redis sorted-set scores hold)
+or timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from abc import ABC, abstractmethod
+from datetime import UTC, datetime, timedelta
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def datetime_to_ms(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        raise ValueError("datetime must be timezone-aware")
+    return int(moment.timestamp() * 1000)
+
+
+class Clock(ABC):
+    @abstractmethod
+    def now_ms(self) -> int:
+        """Milliseconds since the Unix epoch."""
+
+    def now(self) -> datetime:
+        return ms_to_datetime(self.now_ms())
+
+    @abstractmethod
+    async def sleep_until(self, deadline_ms: int, wake: asyncio.Event | None = None) -> None:
+        """Return at `deadline_ms`, or earlier once `wake` is set."""
+
+    async def sleep(self, seconds: float, wake: asyncio.Event | None = None) -> None:
+        await self.sleep_until(self.now_ms() + int(seconds * 1000), wake)
+
+
+class SystemClock(Clock):
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    async def sleep_until(self, deadline_ms: int, wake: asyncio.Event | None = None) -> None:
+        delay = max(0.0, (deadline_ms - self.now_ms()) / 1000)
+        if wake is None:
+            await asyncio.sleep(delay)
+            return
+        try:
+            await asyncio.wait_for(wake.wait(), timeout=delay)
+        except TimeoutError:
+            pass
+
+
+class ManualClock(Clock):
+    """A clock that only moves when told to. `advance()` wakes due sleepers in order."""
+
+    def __init__(self, start: datetime | int | None = None) -> None:
+        if start is None:
+            start = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
+        self._now_ms = start if isinstance(start, int) else datetime_to_ms(start)
+        self._sleepers: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def now_ms(self) -> int:
+        return self._now_ms
+
+    def set(self, moment: datetime) -> None:
+        target = datetime_to_ms(moment)
+        if target < self._now_ms:
+            raise ValueError("ManualClock cannot go backwards")
+        self._now_ms = target
+        self._wake_due()
+
+    def advance(
+        self, *, seconds: float = 0, minutes: float = 0, hours: float = 0, days: float = 0
+    ) -> None:
+        step = timedelta(seconds=seconds, minutes=minutes, hours=hours, days=days)
+        self._now_ms += int(step.total_seconds() * 1000)
+        self._wake_due()
+
+    def _wake_due(self) -> None:
+        while self._sleepers and self._sleepers[0][0] <= self._now_ms:
+            _, _, fut = heapq.heappop(self._sleepers)
+            if not fut.done():
+                fut.set_result(None)
+
+    async def sleep_until(self, deadline_ms: int, wake: asyncio.Event | None = None) -> None:
+        if deadline_ms <= self._now_ms:
+            await asyncio.sleep(0)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (deadline_ms, next(self._seq), fut))
+        if wake is None:
+            await fut
+            return
+        waiter = asyncio.ensure_future(wake.wait())
+        try:
+            await asyncio.wait({fut, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            if not fut.done():
+                fut.cancel()
