@@ -1,0 +1,70 @@
+"""The local-time windows in which a restricted layer is active.
+
+A window is a wall-clock span on one local date; one whose end is at or before its start
+runs into the next day and still belongs to the day it starts on. Both ends are resolved
+with the RFC 5545 rules, so on a spring-forward day a window can come out shorter, or
+empty (e.g. 02:30-03:00 in New York), and is then skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from tocsin.scheduling.localtime import resolve_day_time
+from tocsin.scheduling.model import Restriction
+
+_ONE_DAY = timedelta(days=1)
+
+Interval = tuple[datetime, datetime]
+
+
+class ActiveWindows:
+    def __init__(self, restrictions: Sequence[Restriction], zone: ZoneInfo) -> None:
+        self._zone = zone
+        self._by_weekday: list[list[tuple[time, time, timedelta]]] = [[] for _ in range(7)]
+        for restriction in restrictions:
+            runs_over = _ONE_DAY if restriction.end <= restriction.start else timedelta(0)
+            for day in restriction.days:
+                self._by_weekday[day].append((restriction.start, restriction.end, runs_over))
+
+    def _windows_on(self, day: date) -> Iterator[Interval]:
+        for start, end, runs_over in self._by_weekday[day.weekday()]:
+            begin = resolve_day_time(day, start, self._zone)
+            finish = resolve_day_time(day + runs_over, end, self._zone)
+            if begin < finish:
+                yield begin, finish
+
+    def contains(self, moment: datetime) -> bool:
+        """Whether the UTC instant `moment` lies in some window."""
+        today = moment.astimezone(self._zone).date()
+        # A window lasts at most a day and a bit, so it starts the local day before, on,
+        # or (after a fall-back at midnight) the day after the instant's local date.
+        for day in (today - _ONE_DAY, today, today + _ONE_DAY):
+            for begin, finish in self._windows_on(day):
+                if begin <= moment < finish:
+                    return True
+        return False
+
+    def between(self, start: datetime, end: datetime) -> list[Interval]:
+        """The windows overlapping [start, end), clipped to it, sorted, overlaps merged."""
+        day = start.astimezone(self._zone).date() - _ONE_DAY
+        last = end.astimezone(self._zone).date() + _ONE_DAY
+        windows: list[Interval] = []
+        while day <= last:
+            windows.extend(
+                (max(begin, start), min(finish, end))
+                for begin, finish in self._windows_on(day)
+                if begin < end and finish > start
+            )
+            day += _ONE_DAY
+        windows.sort()
+        merged: list[Interval] = []
+        for begin, finish in windows:
+            if merged and begin <= merged[-1][1]:
+                if finish > merged[-1][1]:
+                    merged[-1] = (merged[-1][0], finish)
+            else:
+                merged.append((begin, finish))
+        return merged
