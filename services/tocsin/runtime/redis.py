@@ -1,0 +1,130 @@
+"""Redis clients for tocsin: one factory for standalone and Cluster, and Lua loading.
+
+`TOCSIN_REDIS_URL` selects the server:
+
+- `redis://[user:password@]host[:port][/db]`, `rediss://...` (TLS), `unix:///path/to.sock`
+- `redis+cluster://[user:password@]host:port[,host:port...]` (and `rediss+cluster://`) for a
+  Redis Cluster; the listed nodes are only seeds, the client discovers the rest.
+
+Query parameters (e.g. `?socket_timeout=5`) are passed through to redis-py. Every client
+returns raw bytes (`decode_responses=False`): payloads are protobuf.
+
+Scripts: `redis-py`'s `register_script` works on both clients. On a cluster the script
+is routed by the slot of its KEYS, which must all share one hash tag; scripts are loaded
+lazily per node (EVALSHA, then SCRIPT LOAD on NOSCRIPT).
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from typing import Any
+from urllib.parse import SplitResult, urlsplit
+
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import parse_url
+from redis.commands.core import AsyncScript
+
+RedisClient = Redis | RedisCluster
+"""Either client; code written against it must keep every multi-key call in one slot."""
+
+URL_SETTING = "TOCSIN_REDIS_URL"
+
+_STANDALONE_SCHEMES = ("redis", "rediss", "unix")
+_CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def create_redis(url: str) -> RedisClient:
+    """Build a client for `url` without connecting; raise ValueError if `url` is malformed."""
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        raise _bad_url(url, "expected scheme://..., e.g. redis://127.0.0.1:6379/0")
+    if scheme in _STANDALONE_SCHEMES:
+        return _create_standalone(url)
+    if scheme in _CLUSTER_SCHEMES:
+        return _create_cluster(url, _CLUSTER_SCHEMES[scheme])
+    schemes = ", ".join(f"{s}://" for s in (*_STANDALONE_SCHEMES, *_CLUSTER_SCHEMES))
+    raise _bad_url(url, f"unknown scheme {scheme!r}; expected one of {schemes}")
+
+
+def read_lua(package: str, name: str) -> str:
+    """The text of the Lua file `name` shipped inside `package` (e.g. 'tocsin.runtime')."""
+    return files(package).joinpath(name).read_text(encoding="utf-8")
+
+
+def register_lua(redis: RedisClient, *sources: str) -> AsyncScript:
+    """Register the concatenation of `sources` (a library first, then the script body)."""
+    return redis.register_script("\n".join(sources))
+
+
+def _create_standalone(url: str) -> Redis:
+    parts = _split(url)
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise _bad_url(url, "unix:// needs a socket path, e.g. unix:///run/redis.sock")
+    else:
+        if not parts.hostname:
+            raise _bad_url(url, "missing host")
+        _port(url, parts)
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise _bad_url(url, f"database must be a number, got {db!r}")
+    try:
+        return Redis.from_url(url, decode_responses=False)
+    except ValueError as error:
+        raise _bad_url(url, str(error)) from error
+
+
+def _create_cluster(url: str, base_scheme: str) -> RedisCluster:
+    parts = _split(url)
+    if parts.path.strip("/") not in ("", "0"):
+        raise _bad_url(url, "a Redis Cluster has only database 0")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    seeds = [_cluster_seed(url, base_scheme, host) for host in hosts.split(",")]
+    # Let redis-py parse credentials and query options, using the first seed as the host.
+    credentials = f"{userinfo}@" if userinfo else ""
+    query = f"?{parts.query}" if parts.query else ""
+    try:
+        parsed = parse_url(f"{base_scheme}://{credentials}{hosts.split(',')[0]}{query}")
+    except ValueError as error:
+        raise _bad_url(url, str(error)) from error
+    skip = ("host", "port", "db", "connection_class")
+    options: dict[str, Any] = {k: v for k, v in parsed.items() if k not in skip}
+    return RedisCluster(
+        startup_nodes=seeds, ssl=base_scheme == "rediss", decode_responses=False, **options
+    )
+
+
+def _cluster_seed(url: str, base_scheme: str, host: str) -> ClusterNode:
+    seed = _split(f"{base_scheme}://{host}", original=url)
+    if not seed.hostname:
+        raise _bad_url(url, f"missing host in cluster node {host!r}")
+    port = _port(url, seed)
+    if port is None:
+        raise _bad_url(url, f"cluster node {host!r} needs an explicit port")
+    return ClusterNode(seed.hostname, port)
+
+
+def _split(url: str, original: str | None = None) -> SplitResult:
+    try:
+        return urlsplit(url)
+    except ValueError as error:
+        raise _bad_url(original or url, str(error)) from error
+
+
+def _port(url: str, parts: SplitResult) -> int | None:
+    try:
+        return parts.port
+    except ValueError as error:
+        raise _bad_url(url, f"invalid port: {error}") from error
+
+
+def _bad_url(url: str, reason: str) -> ValueError:
+    return ValueError(f"{URL_SETTING} is malformed ({reason}): {_redact(url)}")
+
+
+def _redact(url: str) -> str:
+    """The URL without its credentials, so errors can be logged."""
+    scheme, sep, rest = url.partition("://")
+    _, at, hosts = rest.rpartition("@")
+    return f"{scheme}://***@{hosts}" if sep and at else url
