@@ -1,0 +1,162 @@
+"""Configuration from environment variables, validated once at start.
+
+Every bad value raises `ConfigError` naming the variable, so a misconfigured process
+stops before it binds anything. See the README's configuration table.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+SERVICE_NAMES = ("scheduling", "incidents", "escalation", "notification")
+DEFAULT_GRPC_PORTS = {
+    "scheduling": 50051,
+    "incidents": 50052,
+    "escalation": 50053,
+    "notification": 50054,
+}
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True)
+class TwilioConfig:
+    account_sid: str
+    auth_token: str = field(repr=False)
+    from_number: str
+    base_url: str
+
+
+@dataclass(frozen=True)
+class Config:
+    redis_url: str | None
+    data_dir: Path
+    http_addr: Address
+    public_url: str
+    api_token: str | None = field(repr=False)
+    twilio: TwilioConfig | None
+    grpc_addrs: Mapping[str, Address]
+    retention: timedelta
+    listen_addr: Address | None = None
+
+    def grpc_listen_addr(self, service: str) -> Address:
+        return self.listen_addr or self.grpc_addrs[service]
+
+    def check_bind(self, addr: Address, variable: str) -> None:
+        """Refuse a non-loopback bind unless an API token protects it."""
+        if not addr.is_loopback and not self.api_token:
+            raise ConfigError(
+                f"{variable}={addr}: refusing to listen beyond loopback without "
+                "TOCSIN_API_TOKEN; set a token or bind 127.0.0.1"
+            )
+
+
+def parse_address(value: str, variable: str) -> Address:
+    host, sep, port_text = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"{variable}={value!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    return Address(host, int(port_text))
+
+
+def parse_duration_env(value: str, variable: str) -> timedelta:
+    match = _DURATION.match(value.strip())
+    if not match or int(match.group(1)) == 0:
+        raise ConfigError(f"{variable}={value!r}: expected a positive duration like 90d, 12h, 30m")
+    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
+def _parse_url(value: str, variable: str, schemes: tuple[str, ...]) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not (parts.netloc or parts.path):
+        raise ConfigError(
+            f"{variable}={value!r}: expected a URL starting with {' or '.join(schemes)}://"
+        )
+    return value.rstrip("/")
+
+
+def _twilio(env: Mapping[str, str]) -> TwilioConfig | None:
+    names = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_FROM_NUMBER")
+    present = [n for n in names if env.get(n)]
+    if not present:
+        return None
+    missing = [n for n in names if not env.get(n)]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} must be set together with {', '.join(present)}")
+    sid = env["TWILIO_ACCOUNT_SID"]
+    if not re.fullmatch(r"AC[0-9a-fA-F]{32}", sid):
+        raise ConfigError("TWILIO_ACCOUNT_SID: expected AC followed by 32 hex digits")
+    from_number = env["TWILIO_FROM_NUMBER"]
+    if not re.fullmatch(r"\+[1-9]\d{6,14}", from_number):
+        raise ConfigError("TWILIO_FROM_NUMBER: expected an E.164 number like +15005550006")
+    base = _parse_url(
+        env.get("TOCSIN_TWILIO_BASE_URL", "https://api.twilio.com"),
+        "TOCSIN_TWILIO_BASE_URL",
+        ("http", "https"),
+    )
+    return TwilioConfig(sid, env["TWILIO_AUTH_TOKEN"], from_number, base)
+
+
+def load_config(env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the configuration (from `os.environ` unless given)."""
+    env = os.environ if env is None else env
+    redis_url = env.get("TOCSIN_REDIS_URL") or None
+    if redis_url is not None:
+        _parse_url(
+            redis_url,
+            "TOCSIN_REDIS_URL",
+            ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"),
+        )
+    http_addr = parse_address(env.get("TOCSIN_HTTP_ADDR", "127.0.0.1:8080"), "TOCSIN_HTTP_ADDR")
+    public_url = _parse_url(
+        env.get("TOCSIN_PUBLIC_URL", f"http://{http_addr}"), "TOCSIN_PUBLIC_URL", ("http", "https")
+    )
+    grpc_addrs = {
+        name: parse_address(
+            env.get(f"TOCSIN_{name.upper()}_ADDR", f"127.0.0.1:{DEFAULT_GRPC_PORTS[name]}"),
+            f"TOCSIN_{name.upper()}_ADDR",
+        )
+        for name in SERVICE_NAMES
+    }
+    listen = env.get("TOCSIN_LISTEN_ADDR")
+    return Config(
+        redis_url=redis_url,
+        data_dir=Path(env.get("TOCSIN_DATA_DIR", ".tocsin")).absolute(),
+        http_addr=http_addr,
+        public_url=public_url,
+        api_token=env.get("TOCSIN_API_TOKEN") or None,
+        twilio=_twilio(env),
+        grpc_addrs=grpc_addrs,
+        retention=parse_duration_env(env.get("TOCSIN_RETENTION", "90d"), "TOCSIN_RETENTION"),
+        listen_addr=parse_address(listen, "TOCSIN_LISTEN_ADDR") if listen else None,
+    )

@@ -1,0 +1,81 @@
+"""Domain errors and their gRPC status codes.
+
+Domain and store code raise these; the error interceptor in `grpcserver` turns them into
+the matching status, with `google.rpc.BadRequest` field violations for invalid arguments,
+so servicers stay thin adapters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.description}"
+
+
+class TocsinError(Exception):
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(TocsinError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, violations: Iterable[FieldViolation]) -> None:
+        self.violations = tuple(violations)
+        super().__init__("; ".join(str(v) for v in self.violations) or "invalid argument")
+
+    @classmethod
+    def one(cls, field: str, description: str) -> InvalidArgument:
+        return cls([FieldViolation(field, description)])
+
+
+class NotFound(TocsinError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(TocsinError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(TocsinError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Conflict(TocsinError):
+    """A conditional write lost against a concurrent one (stale version)."""
+
+    code = grpc.StatusCode.ABORTED
+
+
+class Unavailable(TocsinError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+def status_trailer(error: TocsinError) -> tuple[tuple[str, bytes], ...]:
+    """The `grpc-status-details-bin` trailer carrying google.rpc.Status (+ BadRequest)."""
+    status = status_pb2.Status(code=getattr(code_pb2, error.code.name), message=str(error))
+    if isinstance(error, InvalidArgument):
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=v.field, description=v.description
+                    )
+                    for v in error.violations
+                ]
+            )
+        )
+        status.details.append(detail)
+    return (("grpc-status-details-bin", status.SerializeToString()),)

@@ -1,0 +1,165 @@
+"""gRPC asyncio server bootstrap shared by every tocsin service.
+
+`start_grpc_server` adds health checking, reflection, OpenTelemetry, the bearer-token
+check and the domain-error mapping, binds (port 0 picks a free port, as tests do) and
+starts. Without TOCSIN_API_TOKEN it refuses to bind anything but loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from tocsin.runtime.config import Address, Config
+from tocsin.runtime.errors import TocsinError, status_trailer
+
+log = logging.getLogger(__name__)
+_HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Rejects calls without `authorization: Bearer <token>`; health checks stay open."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method or ""
+        if method.startswith(_HEALTH_PREFIX):
+            return await continuation(handler_call_details)
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        given = metadata.get("authorization", "")
+        given_bytes = given.encode() if isinstance(given, str) else bytes(given)
+        if hmac.compare_digest(given_bytes, self._expected):
+            return await continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
+        return _rejecting_handler(handler)
+
+
+def _rejecting_handler(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
+    async def reject(_request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+    if handler is not None and handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(
+            reject, request_deserializer=handler.request_deserializer
+        )
+    return grpc.unary_unary_rpc_method_handler(
+        reject, request_deserializer=handler.request_deserializer if handler else None
+    )
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Turns `TocsinError`s raised by servicers into their gRPC status with details."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming:
+            return handler
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await inner(request, context)
+                except TocsinError as error:
+                    await context.abort(error.code, str(error), status_trailer(error))
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    async for item in inner_stream(request, context):
+                        yield item
+                except TocsinError as error:
+                    await context.abort(error.code, str(error), status_trailer(error))
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler
+
+
+Registrar = Callable[[grpc.aio.Server], None]
+
+
+@dataclass
+class GrpcServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service_names: tuple[str, ...]
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.set_serving(False)
+        await self.server.stop(grace)
+
+
+async def start_grpc_server(
+    config: Config,
+    addr: Address,
+    register: Registrar,
+    service_names: Sequence[str],
+    *,
+    variable: str = "TOCSIN_LISTEN_ADDR",
+) -> GrpcServer:
+    """Bind, start and mark SERVING a server with tocsin's standard interceptors."""
+    config.check_bind(addr, variable)
+    interceptors: list[grpc.aio.ServerInterceptor] = [aio_server_interceptor()]
+    if config.api_token:
+        interceptors.append(BearerTokenInterceptor(config.api_token))
+    interceptors.append(ErrorMappingInterceptor())
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)],
+    )
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(str(addr))
+    if port == 0:
+        raise OSError(f"could not bind gRPC server to {addr}")
+    await server.start()
+    grpc_server = GrpcServer(server, port, health_servicer, tuple(service_names))
+    await grpc_server.set_serving(True)
+    return grpc_server
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    """Set `stop` on SIGTERM or SIGINT, for graceful shutdown."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)

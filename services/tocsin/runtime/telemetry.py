@@ -1,0 +1,62 @@
+"""OpenTelemetry set-up and trace-context helpers.
+
+Exporters follow the standard `OTEL_*` variables: OTLP when an endpoint is set, nothing
+exported otherwise. The trace context travels inside stream entries and timer payloads as
+a W3C `traceparent` string, so a page sent minutes later still joins the alert's trace.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+_OTLP_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+
+
+def setup_tracing(
+    service_name: str,
+    env: Mapping[str, str] | None = None,
+    extra_processor: SpanProcessor | None = None,
+) -> TracerProvider:
+    """Install a global tracer provider for this process and return it."""
+    env = os.environ if env is None else env
+    resource = Resource.create(
+        {"service.name": env.get("OTEL_SERVICE_NAME", f"tocsin-{service_name}")}
+    )
+    provider = TracerProvider(resource=resource)
+    if env.get("OTEL_SDK_DISABLED", "").lower() != "true" and any(
+        env.get(v) for v in _OTLP_VARIABLES
+    ):
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    if extra_processor is not None:
+        provider.add_span_processor(extra_processor)
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def current_traceparent() -> str:
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    return carrier.get("traceparent", "")
+
+
+def context_from_traceparent(traceparent: str) -> otel_context.Context:
+    if not traceparent:
+        return otel_context.Context()
+    return _PROPAGATOR.extract({"traceparent": traceparent})
+
+
+def link_from_traceparent(traceparent: str) -> list[trace.Link]:
+    """A span link to the hop that armed a timer, for work that runs minutes later."""
+    span_context = trace.get_current_span(context_from_traceparent(traceparent)).get_span_context()
+    return [trace.Link(span_context)] if span_context.is_valid else []

@@ -1,0 +1,75 @@
+"""Configuration: defaults, and every bad value names its variable."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from tocsin.runtime.config import Address, ConfigError, load_config
+
+
+def test_defaults_are_loopback_and_embedded() -> None:
+    config = load_config({})
+    assert config.redis_url is None
+    assert config.http_addr == Address("127.0.0.1", 8080)
+    assert config.public_url == "http://127.0.0.1:8080"
+    assert config.twilio is None
+    assert config.retention == timedelta(days=90)
+    assert {str(a) for a in config.grpc_addrs.values()} == {
+        "127.0.0.1:50051",
+        "127.0.0.1:50052",
+        "127.0.0.1:50053",
+        "127.0.0.1:50054",
+    }
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"TOCSIN_HTTP_ADDR": "8080"}, "TOCSIN_HTTP_ADDR"),
+        ({"TOCSIN_HTTP_ADDR": "127.0.0.1:99999"}, "TOCSIN_HTTP_ADDR"),
+        ({"TOCSIN_REDIS_URL": "postgres://x"}, "TOCSIN_REDIS_URL"),
+        ({"TOCSIN_PUBLIC_URL": "ftp://x"}, "TOCSIN_PUBLIC_URL"),
+        ({"TOCSIN_RETENTION": "0d"}, "TOCSIN_RETENTION"),
+        ({"TOCSIN_RETENTION": "ninety"}, "TOCSIN_RETENTION"),
+        ({"TOCSIN_INCIDENTS_ADDR": "nohost"}, "TOCSIN_INCIDENTS_ADDR"),
+        ({"TWILIO_ACCOUNT_SID": "AC" + "0" * 32}, "TWILIO_AUTH_TOKEN"),
+        (
+            {
+                "TWILIO_ACCOUNT_SID": "nope",
+                "TWILIO_AUTH_TOKEN": "t",
+                "TWILIO_FROM_NUMBER": "+15005550006",
+            },
+            "TWILIO_ACCOUNT_SID",
+        ),
+        (
+            {
+                "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+                "TWILIO_AUTH_TOKEN": "t",
+                "TWILIO_FROM_NUMBER": "5550006",
+            },
+            "TWILIO_FROM_NUMBER",
+        ),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        load_config(env)
+
+
+def test_twilio_and_public_url() -> None:
+    config = load_config(
+        {
+            "TWILIO_ACCOUNT_SID": "AC" + "a" * 32,
+            "TWILIO_AUTH_TOKEN": "secret",
+            "TWILIO_FROM_NUMBER": "+15005550006",
+            "TOCSIN_TWILIO_BASE_URL": "http://127.0.0.1:9999/",
+            "TOCSIN_HTTP_ADDR": "0.0.0.0:9000",
+            "TOCSIN_PUBLIC_URL": "https://tocsin.example.com",
+        }
+    )
+    assert config.twilio is not None
+    assert config.twilio.base_url == "http://127.0.0.1:9999"
+    assert "secret" not in repr(config)
+    assert config.public_url == "https://tocsin.example.com"
+    assert not config.http_addr.is_loopback
