@@ -26,15 +26,26 @@ def final_shifts(schedule: Schedule, start: datetime, end: datetime) -> list[Shi
 
 
 def shift_at(
-    schedule: Schedule, at: datetime, horizon: timedelta = timedelta(days=7)
+    schedule: Schedule, at: datetime, horizon: timedelta = timedelta(days=31)
 ) -> Shift | None:
-    """The final shift in progress at `at`, looking at most `horizon` either side: a shift
-    that runs on beyond that is cut at `at - horizon` / `at + horizon`."""
+    """The final (merged) shift in progress at `at`, None when nobody is on call.
+
+    It is looked for at most `horizon` either side of `at`: a shift that runs on beyond
+    that (e.g. a one-person rotation) is cut at `at - horizon` / `at + horizon`. The
+    search window starts at a day and grows, so the usual answer costs a day's worth of
+    shifts, not the horizon's.
+    """
     moment = _utc(at, "at")
-    for shift in schedule.plan.shifts_between(moment - horizon, moment + horizon):
-        if shift.start <= moment < shift.end:
+    plan = schedule.plan
+    if plan.on_call_at(moment) is None:
+        return None
+    reach = min(timedelta(days=1), horizon)
+    while True:
+        start, end = moment - reach, moment + reach
+        shift = next(s for s in plan.shifts_between(start, end) if s.start <= moment < s.end)
+        if (start < shift.start and shift.end < end) or reach >= horizon:
             return shift
-    return None
+        reach = min(reach * 4, horizon)
 
 
 def user_shifts(

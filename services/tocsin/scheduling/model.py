@@ -58,11 +58,13 @@ class Layer:
 
 @dataclass(frozen=True)
 class Override:
-    """`user` is on call over [start, end), above every layer."""
+    """`user` is on call over [start, end), above every layer. `id` names it to the
+    outside world (as a shift's source); it may be empty before one is assigned."""
 
     user: str
     start: datetime
     end: datetime
+    id: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ class InvalidScheduleError(ValueError):
 @dataclass(frozen=True)
 class ShiftSource:
     """Who put a user on call: a layer (its name and position in `Schedule.layers`) or an
-    override (name "override" and its position in `Schedule.overrides`)."""
+    override (its id and position in `Schedule.overrides`)."""
 
     kind: Literal["layer", "override"]
     name: str

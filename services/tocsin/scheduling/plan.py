@@ -87,7 +87,7 @@ class SchedulePlan:
                 to_utc(o.end, zone),
                 i,
                 o.user,
-                ShiftSource("override", "override", i),
+                ShiftSource("override", o.id, i),
             )
             for i, o in enumerate(schedule.overrides)
         )

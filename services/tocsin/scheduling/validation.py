@@ -1,8 +1,8 @@
 """Everything wrong with a schedule, each named by its field path.
 
-Paths follow the user-facing shape (`layers[1].rotation.length`, `overrides[0].to`), so
-the gRPC layer can hand them on as `google.rpc.BadRequest` field violations and a
-`tocsin apply` user can find the line to fix.
+Paths use the field names of the `tocsin.v1.Schedule` message (`layers[1].rotation_length`,
+`overrides[0].end`), so the gRPC layer can hand them on unchanged as
+`google.rpc.BadRequest` field violations.
 """
 
 from __future__ import annotations
@@ -28,20 +28,27 @@ def validate_schedule(
     except ValueError as error:
         zone = None
         violations.append(FieldViolation("time_zone", str(error)))
-    seen_names: dict[str, int] = {}
+    layer_names: dict[str, int] = {}
     for i, layer in enumerate(schedule.layers):
         violations += _layer_violations(f"layers[{i}]", layer, known_users)
-        if layer.name in seen_names:
-            violations.append(
-                FieldViolation(
-                    f"layers[{i}].name",
-                    f"duplicate layer name {layer.name!r} (also layers[{seen_names[layer.name]}])",
-                )
-            )
-        seen_names.setdefault(layer.name, i)
+        violations += _duplicate(f"layers[{i}].name", layer.name, layer_names, "layers", i)
+    override_ids: dict[str, int] = {}
     for i, override in enumerate(schedule.overrides):
         violations += _override_violations(f"overrides[{i}]", override, zone, known_users)
+        if override.id:
+            violations += _duplicate(
+                f"overrides[{i}].id", override.id, override_ids, "overrides", i
+            )
     return violations
+
+
+def _duplicate(
+    field: str, value: str, seen: dict[str, int], collection: str, index: int
+) -> list[FieldViolation]:
+    first = seen.setdefault(value, index)
+    if first == index:
+        return []
+    return [FieldViolation(field, f"{value!r} is already used by {collection}[{first}]")]
 
 
 def _user_violations(field: str, user: str, known_users: set[str] | None) -> list[FieldViolation]:
@@ -61,14 +68,14 @@ def _layer_violations(
     if layer.rotation_length.amount <= 0:
         violations.append(
             FieldViolation(
-                f"{path}.rotation.length",
+                f"{path}.rotation_length",
                 f"must be greater than zero, got {layer.rotation_length}",
             )
         )
     if not layer.users:
-        violations.append(FieldViolation(f"{path}.users", "a rotation needs at least one user"))
+        violations.append(FieldViolation(f"{path}.user_ids", "a rotation needs at least one user"))
     for j, user in enumerate(layer.users):
-        violations += _user_violations(f"{path}.users[{j}]", user, known_users)
+        violations += _user_violations(f"{path}.user_ids[{j}]", user, known_users)
     for j, restriction in enumerate(layer.restrictions):
         violations += _restriction_violations(f"{path}.restrictions[{j}]", restriction)
     return violations
@@ -78,29 +85,29 @@ def _restriction_violations(path: str, restriction: Restriction) -> list[FieldVi
     violations: list[FieldViolation] = []
     if not restriction.days:
         violations.append(FieldViolation(f"{path}.days", "needs at least one day"))
-    for day in sorted(restriction.days):
-        if day not in range(7):
-            violations.append(
-                FieldViolation(f"{path}.days", f"unknown day {day}; days are 0 (Monday) to 6")
-            )
-    for field, moment in (("from", restriction.start), ("to", restriction.end)):
-        if moment.tzinfo is not None:
-            violations.append(
-                FieldViolation(f"{path}.{field}", "must be a wall-clock time without a UTC offset")
-            )
+    violations += [
+        FieldViolation(f"{path}.days", f"unknown day {day}; days are 0 (Monday) to 6 (Sunday)")
+        for day in sorted(restriction.days)
+        if day not in range(7)
+    ]
+    violations += [
+        FieldViolation(f"{path}.{field}", "must be a wall-clock time without a UTC offset")
+        for field, moment in (("from", restriction.start), ("to", restriction.end))
+        if moment.tzinfo is not None
+    ]
     return violations
 
 
 def _override_violations(
     path: str, override: Override, zone: ZoneInfo | None, known_users: set[str] | None
 ) -> list[FieldViolation]:
-    violations = _user_violations(f"{path}.user", override.user, known_users)
+    violations = _user_violations(f"{path}.user_id", override.user, known_users)
     start, end = _comparable(override.start, zone), _comparable(override.end, zone)
     if start is not None and end is not None and end <= start:
         violations.append(
             FieldViolation(
-                f"{path}.to",
-                f"must be after from ({override.start.isoformat()}), "
+                f"{path}.end",
+                f"must be after start ({override.start.isoformat()}), "
                 f"got {override.end.isoformat()}",
             )
         )
@@ -108,7 +115,8 @@ def _override_violations(
 
 
 def _comparable(moment: datetime, zone: ZoneInfo | None) -> datetime | None:
-    """`moment` in UTC, or None if it is wall-clock time in a zone that does not exist."""
+    """`moment` as an aware instant, or None if it is wall-clock time in a zone that does
+    not exist."""
     if moment.tzinfo is not None:
         return moment
     return None if zone is None else resolve_wall_time(moment, zone)
