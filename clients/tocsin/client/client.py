@@ -1,0 +1,110 @@
+"""Typed clients for the tocsin services.
+
+`TocsinClient` (asyncio) holds one channel per service and exposes the generated stubs,
+which are fully typed through the committed .pyi files. Internal services and the CLI use
+it; `SyncTocsinClient` offers the same stubs for scripts without an event loop.
+"""
+
+from __future__ import annotations
+
+import os
+from types import TracebackType
+
+import grpc
+
+from tocsin.client.channel import create_channel
+from tocsin.client.endpoints import Endpoints, resolve_endpoints
+from tocsin.v1 import (
+    escalation_pb2_grpc,
+    incidents_pb2_grpc,
+    notification_pb2_grpc,
+    scheduling_pb2_grpc,
+)
+
+
+class TocsinClient:
+    def __init__(self, endpoints: Endpoints | None = None, token: str | None = None) -> None:
+        self.endpoints = endpoints or resolve_endpoints()
+        token = token if token is not None else os.environ.get("TOCSIN_API_TOKEN")
+        self._channels = {
+            name: create_channel(getattr(self.endpoints, name), token)
+            for name in ("scheduling", "incidents", "escalation", "notification")
+        }
+        self.scheduling = scheduling_pb2_grpc.SchedulingServiceStub(self._channels["scheduling"])
+        self.incidents = incidents_pb2_grpc.IncidentServiceStub(self._channels["incidents"])
+        self.escalation = escalation_pb2_grpc.EscalationServiceStub(self._channels["escalation"])
+        self.notification = notification_pb2_grpc.NotificationServiceStub(
+            self._channels["notification"]
+        )
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+
+    async def __aenter__(self) -> TocsinClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class SyncTocsinClient:
+    """Blocking stubs over ordinary (non-asyncio) channels."""
+
+    def __init__(self, endpoints: Endpoints | None = None, token: str | None = None) -> None:
+        self.endpoints = endpoints or resolve_endpoints()
+        token = token if token is not None else os.environ.get("TOCSIN_API_TOKEN")
+        metadata_plugin = _TokenPlugin(token) if token else None
+
+        def channel(target: str) -> grpc.Channel:
+            ch = grpc.insecure_channel(target)
+            return grpc.intercept_channel(ch, metadata_plugin) if metadata_plugin else ch
+
+        self._channels = [
+            channel(getattr(self.endpoints, n))
+            for n in ("scheduling", "incidents", "escalation", "notification")
+        ]
+        self.scheduling = scheduling_pb2_grpc.SchedulingServiceStub(self._channels[0])
+        self.incidents = incidents_pb2_grpc.IncidentServiceStub(self._channels[1])
+        self.escalation = escalation_pb2_grpc.EscalationServiceStub(self._channels[2])
+        self.notification = notification_pb2_grpc.NotificationServiceStub(self._channels[3])
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+
+class _TokenPlugin(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    def __init__(self, token: str) -> None:
+        self._pair = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            [*(details.metadata or ()), self._pair],
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._with_token(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._with_token(client_call_details), request)
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):  # type: ignore[no-untyped-def]
+        self.method = method
+        self.timeout = timeout
+        self.metadata = metadata
+        self.credentials = credentials
+        self.wait_for_ready = wait_for_ready
+        self.compression = compression
