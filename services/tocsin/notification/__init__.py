@@ -1,0 +1,1 @@
+"""Notification: contact methods, notification rules, and paging through SMS and voice."""
