@@ -1,2 +1,42 @@
-def main() -> None:
-    print("tocsin")
+"""The `tocsin` command: run the stack, and talk to it.
+
+Each command module registers its sub-commands; a command returns an exit code.
+gRPC errors are printed with their field violations and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import grpc
+
+from tocsin.cli import stack_commands
+from tocsin.cli.output import describe_rpc_error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tocsin", description="tocsin: on-call scheduling, escalation and paging"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (stack_commands,):
+        module.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.run(args)
+    except grpc.RpcError as error:
+        print(describe_rpc_error(error), file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -37,6 +37,10 @@ class TocsinClient:
             self._channels["notification"]
         )
 
+    def channel(self, service: str) -> grpc.aio.Channel:
+        """The channel to one service ("scheduling", "incidents", ...), e.g. for health checks."""
+        return self._channels[service]
+
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()

@@ -1,0 +1,1 @@
+"""The HTTP edge: health, alert sources, Twilio webhooks and calendar feeds."""

