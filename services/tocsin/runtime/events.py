@@ -1,0 +1,217 @@
+"""The incident-events streams: a transactional outbox, consumed with consumer groups.
+
+The architecture's single `incident-events` stream is split into one stream per incident
+shard, `tocsin:{tN}:incident-events`, because the outbox XADD must run in the same Lua
+script, and so the same Cluster slot, as the incident it describes. An incident's shard is
+fixed by its id (`incident_shard`), so its events stay in order.
+
+Each consumer group (escalation, notification) reads every shard with one blocking
+XREADGROUP per shard, handles entries in order, and XACKs only after its handler
+succeeded. Entries left pending by a consumer that died are taken over with XAUTOCLAIM
+after `claim_idle_ms`; an entry whose handler keeps failing is moved to a dead-letter
+stream after `max_deliveries`, so one bad entry cannot stall a shard forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from tocsin.runtime.redis import RedisClient
+from tocsin.runtime.timers import shard_tag
+from tocsin.v1 import incidents_pb2
+
+log = logging.getLogger(__name__)
+
+INCIDENT_SHARDS = 16
+"""Fixed at deployment: incident ids encode their shard (id mod 16)."""
+
+EVENT_FIELD = b"e"
+STREAM_MAXLEN = 200_000
+CONSUMER_GROUPS = ("escalation", "notification")
+"""Groups the producer creates before its first XADD, so no consumer misses an event."""
+
+_IN_PLACE_RETRY_S = (0.05, 0.2, 0.5, 1.0)
+
+Handler = Callable[[incidents_pb2.IncidentEvent], Awaitable[None]]
+
+
+def incident_shard(incident_id: str) -> int:
+    return int(incident_id) % INCIDENT_SHARDS
+
+
+def stream_key(shard: int) -> str:
+    return f"tocsin:{shard_tag(shard)}:incident-events"
+
+
+def dead_letter_key(shard: int) -> str:
+    return f"tocsin:{shard_tag(shard)}:incident-events:dead"
+
+
+async def ensure_groups(
+    redis: RedisClient, groups: Sequence[str], start_id: str, shards: int = INCIDENT_SHARDS
+) -> None:
+    """Create the consumer groups (and streams) that do not exist yet."""
+    for shard in range(shards):
+        for group in groups:
+            try:
+                await redis.xgroup_create(stream_key(shard), group, id=start_id, mkstream=True)
+            except ResponseError as error:
+                if "BUSYGROUP" not in str(error):
+                    raise
+
+
+def default_consumer_name(group: str) -> str:
+    return f"{group}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class EventConsumer:
+    def __init__(
+        self,
+        redis: RedisClient,
+        group: str,
+        handler: Handler,
+        *,
+        consumer: str | None = None,
+        shards: Sequence[int] = range(INCIDENT_SHARDS),
+        block_ms: int = 1000,
+        batch: int = 100,
+        claim_idle_ms: int = 30_000,
+        max_deliveries: int = 10,
+    ) -> None:
+        self.redis = redis
+        self.group = group
+        self.handler = handler
+        self.consumer = consumer or default_consumer_name(group)
+        self.shards = tuple(shards)
+        self.block_ms = block_ms
+        self.batch = batch
+        self.claim_idle_ms = claim_idle_ms
+        self.max_deliveries = max_deliveries
+        self.handled = 0
+
+    async def start(self) -> None:
+        # "$" only matters when a new group joins an existing stream: it starts at the end.
+        await ensure_groups(self.redis, [self.group], "$", len(self.shards))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.start()
+        tasks = [asyncio.create_task(self._run_shard(shard, stop)) for shard in self.shards]
+        try:
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def drain_once(self) -> int:
+        """Handle whatever is available now without blocking (for tests and the fast path)."""
+        count = 0
+        for shard in self.shards:
+            count += await self._read(shard, block_ms=None, pending=True)
+            count += await self._read(shard, block_ms=None, pending=False)
+        return count
+
+    async def claim_stale(self) -> int:
+        """Take over entries that a dead consumer left pending for longer than claim_idle_ms."""
+        count = 0
+        for shard in self.shards:
+            count += await self._claim_shard(shard)
+        return count
+
+    async def _run_shard(self, shard: int, stop: asyncio.Event) -> None:
+        await self._read(shard, block_ms=None, pending=True)
+        rounds = 0
+        while not stop.is_set():
+            try:
+                await self._read(shard, block_ms=self.block_ms, pending=False)
+                rounds += 1
+                if rounds % 30 == 0:
+                    await self._claim_shard(shard)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+                log.warning("%s: shard %d stream read failed: %s", self.group, shard, error)
+                await asyncio.sleep(0.5)
+            except Exception:
+                log.exception("%s: shard %d consumer error", self.group, shard)
+                await asyncio.sleep(0.5)
+
+    async def _read(self, shard: int, *, block_ms: int | None, pending: bool) -> int:
+        key = stream_key(shard)
+        reply = await self.redis.xreadgroup(
+            self.group,
+            self.consumer,
+            {key: "0" if pending else ">"},
+            count=self.batch,
+            block=block_ms,
+        )
+        entries = reply[0][1] if reply else []
+        for entry_id, fields in entries:
+            await self._handle(shard, entry_id, fields)
+        return len(entries)
+
+    async def _claim_shard(self, shard: int) -> int:
+        key = stream_key(shard)
+        _next, entries, *_ = await self.redis.xautoclaim(
+            key, self.group, self.consumer, self.claim_idle_ms, start_id="0-0", count=self.batch
+        )
+        for entry_id, fields in entries:
+            if fields is None:
+                continue
+            if await self._delivery_count(key, entry_id) > self.max_deliveries:
+                await self._dead_letter(shard, entry_id, fields)
+                continue
+            await self._handle(shard, entry_id, fields)
+        return len(entries)
+
+    async def _delivery_count(self, key: str, entry_id: bytes) -> int:
+        rows = await self.redis.xpending_range(key, self.group, entry_id, entry_id, 1)
+        return int(rows[0]["times_delivered"]) if rows else 0
+
+    async def _dead_letter(self, shard: int, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        log.error(
+            "%s: giving up on event %s after %d deliveries",
+            self.group,
+            entry_id,
+            self.max_deliveries,
+        )
+        await self.redis.xadd(
+            dead_letter_key(shard),
+            {**fields, b"id": entry_id, b"group": self.group.encode()},
+            maxlen=10_000,
+        )
+        await self.redis.xack(stream_key(shard), self.group, entry_id)
+
+    async def _handle(self, shard: int, entry_id: bytes, fields: dict[bytes, bytes] | None) -> None:
+        """Run the handler, retrying in place (keeping the shard's order) a few times."""
+        if not fields:  # trimmed away while pending: nothing left to do
+            await self.redis.xack(stream_key(shard), self.group, entry_id)
+            return
+        event = incidents_pb2.IncidentEvent.FromString(fields[EVENT_FIELD])
+        event.event_id = entry_id.decode()
+        for delay in (*_IN_PLACE_RETRY_S, None):
+            try:
+                await self.handler(event)
+                break
+            except Exception:
+                if delay is None:
+                    log.exception(
+                        "%s: event %s failed; left pending for a later retry",
+                        self.group,
+                        event.event_id,
+                    )
+                    return
+                log.warning("%s: event %s failed; retrying", self.group, event.event_id)
+                await asyncio.sleep(delay)
+        await self.redis.xack(stream_key(shard), self.group, entry_id)
+        self.handled += 1

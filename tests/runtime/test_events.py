@@ -1,0 +1,102 @@
+"""The incident-events streams: in-order delivery, takeover of a dead consumer's entries,
+dead-lettering of an entry that always fails. Standalone and Cluster."""
+
+from __future__ import annotations
+
+import pytest
+
+from tocsin.runtime import events
+from tocsin.runtime.events import (
+    CONSUMER_GROUPS,
+    EVENT_FIELD,
+    EventConsumer,
+    dead_letter_key,
+    ensure_groups,
+    incident_shard,
+    stream_key,
+)
+from tocsin.runtime.redis import RedisClient
+from tocsin.v1 import incidents_pb2
+
+TRIGGERED = incidents_pb2.INCIDENT_EVENT_KIND_TRIGGERED
+ACKED = incidents_pb2.INCIDENT_EVENT_KIND_ACKNOWLEDGED
+
+
+async def publish(redis: RedisClient, incident_id: str, kind: int) -> None:
+    event = incidents_pb2.IncidentEvent(kind=kind, incident=incidents_pb2.Incident(id=incident_id))
+    await redis.xadd(
+        stream_key(incident_shard(incident_id)), {EVENT_FIELD: event.SerializeToString()}
+    )
+
+
+@pytest.fixture
+async def groups(any_redis: RedisClient) -> RedisClient:
+    await ensure_groups(any_redis, CONSUMER_GROUPS, "0")
+    return any_redis
+
+
+async def test_each_event_is_handled_once_in_order_per_incident(groups: RedisClient) -> None:
+    seen: list[tuple[str, int]] = []
+
+    async def handler(event: incidents_pb2.IncidentEvent) -> None:
+        seen.append((event.incident.id, event.kind))
+
+    for incident in ("17", "33", "18"):
+        await publish(groups, incident, TRIGGERED)
+        await publish(groups, incident, ACKED)
+    consumer = EventConsumer(groups, "escalation", handler)
+    assert await consumer.drain_once() == 6
+    assert await consumer.drain_once() == 0
+    for incident in ("17", "33", "18"):
+        assert [k for i, k in seen if i == incident] == [TRIGGERED, ACKED]
+    other_group: list[str] = []
+
+    async def other(event: incidents_pb2.IncidentEvent) -> None:
+        other_group.append(event.incident.id)
+
+    assert await EventConsumer(groups, "notification", other).drain_once() == 6
+
+
+async def test_entries_of_a_dead_consumer_are_taken_over(
+    groups: RedisClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(events, "_IN_PLACE_RETRY_S", ())
+
+    async def crash(event: incidents_pb2.IncidentEvent) -> None:
+        raise RuntimeError("process died mid-handler")
+
+    await publish(groups, "5", TRIGGERED)
+    dying = EventConsumer(groups, "escalation", crash, consumer="dying")
+    await dying.drain_once()
+    taken: list[str] = []
+
+    async def handler(event: incidents_pb2.IncidentEvent) -> None:
+        taken.append(event.incident.id)
+
+    survivor = EventConsumer(groups, "escalation", handler, consumer="survivor", claim_idle_ms=0)
+    assert await survivor.drain_once() == 0  # nothing new: the entry is the dead one's
+    assert await survivor.claim_stale() == 1
+    assert taken == ["5"]
+    assert await survivor.claim_stale() == 0
+
+
+async def test_an_entry_that_always_fails_is_dead_lettered(
+    groups: RedisClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(events, "_IN_PLACE_RETRY_S", ())
+    attempts = 0
+
+    async def broken(event: incidents_pb2.IncidentEvent) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise ValueError("bad entry")
+
+    await publish(groups, "2", TRIGGERED)
+    consumer = EventConsumer(groups, "escalation", broken, claim_idle_ms=0, max_deliveries=3)
+    await consumer.drain_once()
+    for _ in range(5):
+        await consumer.claim_stale()
+    assert attempts == 3
+    assert await groups.xlen(dead_letter_key(2)) == 1
+    pending = await groups.xpending(stream_key(2), "escalation")
+    assert pending["pending"] == 0
