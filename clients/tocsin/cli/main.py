@@ -15,13 +15,16 @@ import grpc
 from tocsin.cli import stack_commands
 from tocsin.cli.output import describe_rpc_error
 
+# Each module registers its sub-commands with `register(commands)`.
+COMMAND_MODULES = (stack_commands,)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tocsin", description="tocsin: on-call scheduling, escalation and paging"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (stack_commands,):
+    for module in COMMAND_MODULES:
         module.register(commands)
     return parser
 

@@ -1,4 +1,7 @@
-"""The gateway's Starlette application: routes from each edge module."""
+"""The gateway's Starlette application: routes from each edge module.
+
+Every edge module exposes `routes`; add a new one to `EDGE_MODULES`.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +9,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
-from starlette.routing import Route
+from starlette.routing import BaseRoute
 
 from tocsin.client.client import TocsinClient
-from tocsin.gateway.health import healthz
+from tocsin.gateway import health
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.config import Config
+
+EDGE_MODULES = (health,)
 
 
 def create_app(config: Config, client: TocsinClient, clock: Clock) -> Starlette:
@@ -20,7 +25,8 @@ def create_app(config: Config, client: TocsinClient, clock: Clock) -> Starlette:
         yield
         await client.close()
 
-    app = Starlette(routes=[Route("/healthz", healthz, methods=["GET"])], lifespan=lifespan)
+    routes: list[BaseRoute] = [route for module in EDGE_MODULES for route in module.routes]
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.state.config = config
     app.state.client = client
     app.state.clock = clock

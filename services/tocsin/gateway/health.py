@@ -8,6 +8,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from tocsin.client.client import TocsinClient
 
@@ -41,3 +42,6 @@ async def healthz(request: Request) -> JSONResponse:
     if failing:
         body["not_serving"] = failing
     return JSONResponse(body, status_code=503 if failing else 200)
+
+
+routes = [Route("/healthz", healthz, methods=["GET"])]
