@@ -8,7 +8,7 @@ async with create_fake_twilio(ACCOUNT_SID, AUTH_TOKEN) as fake:
 """
 
 from tocsin.faketwilio.fake import FakeTwilio, PostedWebhook, RecordedRequest, WebhookReply
-from tocsin.faketwilio.server import create_fake_twilio, main, run
+from tocsin.faketwilio.server import create_fake_twilio, main, run, serve_asgi
 
 __all__ = [
     "FakeTwilio",
@@ -18,4 +18,5 @@ __all__ = [
     "create_fake_twilio",
     "main",
     "run",
+    "serve_asgi",
 ]

@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator, Generator, Sequence
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from tocsin.faketwilio.app import create_app
 from tocsin.faketwilio.fake import FakeTwilio
@@ -42,6 +43,25 @@ def _base_url(sock: socket.socket) -> str:
 
 
 @contextlib.asynccontextmanager
+async def serve_asgi(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Serve an ASGI app with uvicorn in the running loop; yields its base URL.
+
+    The socket is bound and listening before this yields, so clients can connect at once.
+    Used for the fake and for the small webhook receivers tests spin up.
+    """
+    sock = _listening_socket(host, port)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    server = _EmbeddedServer(config)
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    try:
+        yield _base_url(sock)
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+@contextlib.asynccontextmanager
 async def create_fake_twilio(
     account_sid: str,
     auth_token: str,
@@ -50,23 +70,14 @@ async def create_fake_twilio(
     *,
     callback_delay_s: float = 0.0,
 ) -> AsyncIterator[FakeTwilio]:
-    """Serve a FakeTwilio in the running loop; yields it with `base_url` set.
-
-    The socket is bound and listening before this yields, so clients can connect at once.
-    """
+    """Serve a FakeTwilio in the running loop; yields it with `base_url` set."""
     fake = FakeTwilio(account_sid, auth_token, callback_delay_s=callback_delay_s)
-    sock = _listening_socket(host, port)
-    config = uvicorn.Config(create_app(fake), log_level="warning", access_log=False, lifespan="off")
-    server = _EmbeddedServer(config)
-    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
-    fake.base_url = _base_url(sock)
     try:
-        yield fake
+        async with serve_asgi(create_app(fake), host, port) as base_url:
+            fake.base_url = base_url
+            yield fake
     finally:
         await fake.aclose()
-        server.should_exit = True
-        await task
-        sock.close()
 
 
 async def _serve_forever(host: str, port: int, account_sid: str, auth_token: str) -> None:

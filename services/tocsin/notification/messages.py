@@ -34,6 +34,8 @@ TWIML_MAX_CHARS = 4000
 """Twilio's limit on the `Twiml` parameter of a call."""
 
 SERVICE_NAME_MAX_CHARS = 40
+SUMMARY_ROOM_CHARS = 40
+"""However long the service name, an SMS keeps room for this much summary."""
 VOICE_SUMMARY_MAX_CHARS = 300
 """Longer than this is not useful read aloud at 3 a.m.; the SMS carries the detail."""
 
@@ -86,7 +88,10 @@ def _truncate_to_fit(text: str, fits: Callable[[str], bool], field: str) -> str:
         return text[:n].rstrip() + ELLIPSIS
 
     if not fits(cut(0)):
-        raise ValueError(f"{field}: the fixed part of the message alone exceeds the limit")
+        raise ValueError(
+            f"the message exceeds its length limit even with {field} cut to nothing; "
+            "shorten the other parts (e.g. the action URL)"
+        )
     low, high = 0, len(text) - 1  # cut(low) fits; answer is in [low, high]
     while low < high:
         mid = (low + high + 1) // 2
@@ -115,17 +120,19 @@ def sms_body(service_name: str, summary: str, reply_code: str) -> str:
     _validate_reply_code(reply_code)
     service = _short_service_name(service_name)
 
-    def render(text: str) -> str:
-        return (
-            f"tocsin: [{service}] {text} - reply '{reply_code}a' to ack, '{reply_code}r' to resolve"
-        )
+    def render(name: str, text: str) -> str:
+        return f"tocsin: [{name}] {text} - reply '{reply_code}a' to ack, '{reply_code}r' to resolve"
 
+    def fits(body: str) -> bool:
+        return sms_segments(body) <= MAX_SMS_SEGMENTS
+
+    # A long name in UCS-2 (say, 40 emoji) could crowd out the summary: keep room for one.
+    room = "x" * SUMMARY_ROOM_CHARS
+    service = _truncate_to_fit(service, lambda name: fits(render(name, room)), "service_name")
     text = _truncate_to_fit(
-        clean_text(summary) or "(no summary)",
-        lambda candidate: sms_segments(render(candidate)) <= MAX_SMS_SEGMENTS,
-        "summary",
+        clean_text(summary) or "(no summary)", lambda text: fits(render(service, text)), "summary"
     )
-    return render(text)
+    return render(service, text)
 
 
 def _validate_action_url(url: str, field: str) -> None:
