@@ -22,7 +22,9 @@ TRIGGERED = incidents_pb2.INCIDENT_EVENT_KIND_TRIGGERED
 ACKED = incidents_pb2.INCIDENT_EVENT_KIND_ACKNOWLEDGED
 
 
-async def publish(redis: RedisClient, incident_id: str, kind: int) -> None:
+async def publish(
+    redis: RedisClient, incident_id: str, kind: incidents_pb2.IncidentEventKind.ValueType
+) -> None:
     event = incidents_pb2.IncidentEvent(kind=kind, incident=incidents_pb2.Incident(id=incident_id))
     await redis.xadd(
         stream_key(incident_shard(incident_id)), {EVENT_FIELD: event.SerializeToString()}

@@ -97,15 +97,15 @@ class _TokenPlugin(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
             getattr(details, "compression", None),
         )
 
-    def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+    def intercept_unary_unary(self, continuation, client_call_details, request):
         return continuation(self._with_token(client_call_details), request)
 
-    def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+    def intercept_unary_stream(self, continuation, client_call_details, request):
         return continuation(self._with_token(client_call_details), request)
 
 
 class _CallDetails(grpc.ClientCallDetails):
-    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):  # type: ignore[no-untyped-def]
+    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):
         self.method = method
         self.timeout = timeout
         self.metadata = metadata

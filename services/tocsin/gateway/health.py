@@ -38,7 +38,10 @@ async def healthz(request: Request) -> JSONResponse:
         zip(names, await asyncio.gather(*(_status(client, n) for n in names)), strict=True)
     )
     failing = sorted(name for name, status in statuses.items() if status != "SERVING")
-    body = {"status": "ok" if not failing else "unavailable", "services": statuses}
+    body: dict[str, object] = {
+        "status": "ok" if not failing else "unavailable",
+        "services": statuses,
+    }
     if failing:
         body["not_serving"] = failing
     return JSONResponse(body, status_code=503 if failing else 200)

@@ -15,6 +15,7 @@ import itertools
 import time
 from abc import ABC, abstractmethod
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 
 def ms_to_datetime(ms: int) -> datetime:
@@ -100,9 +101,10 @@ class ManualClock(Clock):
         if wake is None:
             await fut
             return
-        waiter = asyncio.ensure_future(wake.wait())
+        waiter: asyncio.Future[bool] = asyncio.ensure_future(wake.wait())
+        pending: set[asyncio.Future[Any]] = {fut, waiter}
         try:
-            await asyncio.wait({fut, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
             if not fut.done():

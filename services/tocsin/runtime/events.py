@@ -21,6 +21,7 @@ import os
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -148,23 +149,24 @@ class EventConsumer:
 
     async def _read(self, shard: int, *, block_ms: int | None, pending: bool) -> int:
         key = stream_key(shard)
-        reply = await self.redis.xreadgroup(
+        reply: Any = await self.redis.xreadgroup(
             self.group,
             self.consumer,
             {key: "0" if pending else ">"},
             count=self.batch,
             block=block_ms,
         )
-        entries = reply[0][1] if reply else []
+        entries: list[tuple[bytes, dict[bytes, bytes] | None]] = reply[0][1] if reply else []
         for entry_id, fields in entries:
             await self._handle(shard, entry_id, fields)
         return len(entries)
 
     async def _claim_shard(self, shard: int) -> int:
         key = stream_key(shard)
-        _next, entries, *_ = await self.redis.xautoclaim(
+        reply: Any = await self.redis.xautoclaim(
             key, self.group, self.consumer, self.claim_idle_ms, start_id="0-0", count=self.batch
         )
+        entries: list[tuple[bytes, dict[bytes, bytes] | None]] = reply[1]
         for entry_id, fields in entries:
             if fields is None:
                 continue
@@ -185,9 +187,10 @@ class EventConsumer:
             entry_id,
             self.max_deliveries,
         )
+        dead: dict[Any, Any] = {**fields, b"id": entry_id, b"group": self.group.encode()}
         await self.redis.xadd(
             dead_letter_key(shard),
-            {**fields, b"id": entry_id, b"group": self.group.encode()},
+            dead,
             maxlen=10_000,
         )
         await self.redis.xack(stream_key(shard), self.group, entry_id)
