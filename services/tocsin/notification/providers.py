@@ -230,13 +230,16 @@ class BaseUrlHttpClient(AsyncTwilioHttpClient):
             connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=4)
             self._session = aiohttp.ClientSession(connector=connector)
             self.session = self._session
+        if auth is not None:
+            # aiohttp 3.14 deprecates `auth=` and BasicAuth; same header, built by aiohttp.
+            headers = {**(headers or {}), "Authorization": aiohttp.encode_basic_auth(*auth)}
         return await super().request(
             method,
             self.rewrite(url),
             params=params,
             data=data,
             headers=headers,
-            auth=auth,
+            auth=None,
             timeout=timeout if timeout is not None else self.timeout,
             allow_redirects=allow_redirects,
         )
