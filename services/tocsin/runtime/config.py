@@ -15,6 +15,8 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from tocsin.runtime.durations import parse_duration
+
 SERVICE_NAMES = ("scheduling", "incidents", "escalation", "notification")
 DEFAULT_GRPC_PORTS = {
     "scheduling": 50051,
@@ -22,8 +24,6 @@ DEFAULT_GRPC_PORTS = {
     "escalation": 50053,
     "notification": 50054,
 }
-_DURATION = re.compile(r"^(\d+)([smhdw])$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 class ConfigError(ValueError):
@@ -90,10 +90,10 @@ def parse_address(value: str, variable: str) -> Address:
 
 
 def parse_duration_env(value: str, variable: str) -> timedelta:
-    match = _DURATION.match(value.strip())
-    if not match or int(match.group(1)) == 0:
-        raise ConfigError(f"{variable}={value!r}: expected a positive duration like 90d, 12h, 30m")
-    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    try:
+        return parse_duration(value).as_timedelta()
+    except ValueError as error:
+        raise ConfigError(f"{variable}: {error}") from error
 
 
 def _parse_url(value: str, variable: str, schemes: tuple[str, ...]) -> str:
