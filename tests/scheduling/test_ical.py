@@ -3,7 +3,7 @@
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from icalendar import Calendar
+from icalendar import Calendar, Component
 
 from tests.scheduling.builders import layer, override, schedule, utc
 from tocsin.scheduling import (
@@ -32,7 +32,7 @@ def _plan(name: str = "Payments primary") -> Schedule:
     )
 
 
-def _events(feed: bytes) -> list[Calendar]:
+def _events(feed: bytes) -> list[Component]:
     return list(Calendar.from_ical(feed).walk("VEVENT"))
 
 
