@@ -896,12 +896,15 @@ class AcknowledgeRequest(_message.Message):
     SERVICE_ID_FIELD_NUMBER: _builtins.int
     DEDUP_KEY_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
+    INTEGRATION_KEY_FIELD_NUMBER: _builtins.int
     incident_id: _builtins.str
-    """The incident id (or service_id + dedup_key)."""
+    """The incident id (or service_id + dedup_key, or integration_key + dedup_key)."""
     service_id: _builtins.str
     """The service, when addressing by dedup key."""
     dedup_key: _builtins.str
     """The dedup key, when addressing by it."""
+    integration_key: _builtins.str
+    """The service's integration key instead of service_id, as the Events API passes it."""
     @_builtins.property
     def actor(self) -> _common_pb2.Actor:
         """Who acknowledges."""
@@ -913,10 +916,11 @@ class AcknowledgeRequest(_message.Message):
         service_id: _builtins.str = ...,
         dedup_key: _builtins.str = ...,
         actor: _common_pb2.Actor | None = ...,
+        integration_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "dedup_key", b"dedup_key", "incident_id", b"incident_id", "service_id", b"service_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "dedup_key", b"dedup_key", "incident_id", b"incident_id", "integration_key", b"integration_key", "service_id", b"service_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -960,12 +964,15 @@ class ResolveRequest(_message.Message):
     SERVICE_ID_FIELD_NUMBER: _builtins.int
     DEDUP_KEY_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
+    INTEGRATION_KEY_FIELD_NUMBER: _builtins.int
     incident_id: _builtins.str
-    """The incident id (or service_id + dedup_key)."""
+    """The incident id (or service_id + dedup_key, or integration_key + dedup_key)."""
     service_id: _builtins.str
     """The service, when addressing by dedup key."""
     dedup_key: _builtins.str
     """The dedup key, when addressing by it."""
+    integration_key: _builtins.str
+    """The service's integration key instead of service_id, as the Events API passes it."""
     @_builtins.property
     def actor(self) -> _common_pb2.Actor:
         """Who resolves."""
@@ -977,10 +984,11 @@ class ResolveRequest(_message.Message):
         service_id: _builtins.str = ...,
         dedup_key: _builtins.str = ...,
         actor: _common_pb2.Actor | None = ...,
+        integration_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "dedup_key", b"dedup_key", "incident_id", b"incident_id", "service_id", b"service_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "dedup_key", b"dedup_key", "incident_id", b"incident_id", "integration_key", b"integration_key", "service_id", b"service_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
