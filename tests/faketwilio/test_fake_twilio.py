@@ -441,7 +441,7 @@ async def test_standalone_server_prints_its_url_and_serves():
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tocsin.faketwilio.server",
+        "tocsin.faketwilio",
         "--port",
         "0",
         env=env,
