@@ -12,6 +12,7 @@ from tocsin.notification.providers import (
     CALL_STATUS_EVENTS,
     BaseUrlHttpClient,
     ConsoleProvider,
+    Provider,
     ProviderError,
     SendResult,
     TwilioProvider,
@@ -133,7 +134,7 @@ async def test_undeliverable_numbers_are_permanent(provider: TwilioProvider, to:
 
 async def test_wrong_credentials_are_a_permanent_error(fake: FakeTwilio):
     assert fake.base_url is not None
-    wrong = TwilioProvider(ACCOUNT_SID, "not-the-token", FROM, base_url=fake.base_url)
+    wrong: Provider = TwilioProvider(ACCOUNT_SID, "not-the-token", FROM, base_url=fake.base_url)
     try:
         with pytest.raises(ProviderError) as caught:
             await wrong.send_sms(ALICE, "page", None)
@@ -305,7 +306,7 @@ def test_mask_phone(number: str, masked: str):
 
 async def test_console_provider_prints_one_masked_line_per_page():
     out = io.StringIO()
-    console = ConsoleProvider(out)
+    console: Provider = ConsoleProvider(out)  # mypy checks both satisfy the protocol
     twiml = voice_twiml("Payments", "disk full\non db1", "https://tocsin.example.com/gather")
 
     sms = await console.send_sms(ALICE, "tocsin: disk full\non db1", None)
