@@ -1,11 +1,12 @@
 """RFC 5545 resolution of wall-clock times, on the real 2026 transition days."""
 
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from tests.scheduling.builders import utc
+from tests.scheduling.reference import rfc5545_by_search
 from tocsin.scheduling.localtime import load_zone, resolve_wall_time, to_utc
 
 # (zone, first instant of the new offset, offset before, offset after), written by hand
@@ -73,22 +74,6 @@ def test_resolves_wall_time_like_rfc5545(zone: str, wall: datetime, expected: da
     assert to_utc(wall, ZoneInfo(zone)) == expected
 
 
-def _rfc5545_by_search(wall: datetime, zone: ZoneInfo) -> datetime:
-    """The rule derived from scratch: the earliest instant whose local reading is `wall`;
-    if there is none (a gap), `wall` read with the offset in force a day earlier."""
-    offsets = {
-        (wall.replace(tzinfo=UTC) + timedelta(hours=h)).astimezone(zone).utcoffset()
-        for h in range(-30, 31)
-    }
-    readings = [(wall - offset).replace(tzinfo=UTC) for offset in offsets if offset is not None]
-    matches = [m for m in readings if m.astimezone(zone).replace(tzinfo=None) == wall]
-    if matches:
-        return min(matches)
-    before = (wall.replace(tzinfo=UTC) - timedelta(days=1)).astimezone(zone).utcoffset()
-    assert before is not None
-    return (wall - before).replace(tzinfo=UTC)
-
-
 @pytest.mark.parametrize(
     ("zone", "day"),
     [
@@ -107,7 +92,7 @@ def test_every_quarter_hour_of_a_transition_day_matches_the_rule(zone: str, day:
     tz = ZoneInfo(zone)
     wall = datetime.combine(day, datetime.min.time())
     while wall.date() == day:
-        assert resolve_wall_time(wall, tz) == _rfc5545_by_search(wall, tz), wall
+        assert resolve_wall_time(wall, tz) == rfc5545_by_search(wall, tz), wall
         wall += timedelta(minutes=15)
 
 
