@@ -13,12 +13,12 @@ for a repeat of the first run.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Literal
 
 from tocsin.runtime.errors import FieldViolation
+from tocsin.runtime.ids import id_violations
 
 MIN_DELAY_MS = 60_000
 MAX_REPEAT = 9
@@ -193,8 +193,7 @@ def validate_policy(policy: Policy) -> list[FieldViolation]:
     Whether named users and schedules exist is the store's question (it asks scheduling).
     """
     violations: list[FieldViolation] = []
-    if not _ID.fullmatch(policy.id):
-        violations.append(FieldViolation("id", _ID_RULE))
+    violations += id_violations(policy.id, "id")
     if not policy.levels:
         violations.append(FieldViolation("levels", "a policy needs at least one level"))
     if len(policy.levels) > MAX_LEVELS:
