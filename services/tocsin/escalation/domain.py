@@ -215,8 +215,3 @@ def validate_policy(policy: Policy) -> list[FieldViolation]:
                 violations.append(FieldViolation(field, "must not be empty"))
     return violations
 
-
-_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
-_ID_RULE = (
-    "must be 1-63 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
-)
