@@ -14,7 +14,7 @@ from tests.redis_servers import (
     flush_standalone,
 )
 from tocsin.runtime.embedded_redis import EmbeddedCluster, EmbeddedRedis
-from tocsin.runtime.redis import RedisClient, create_redis
+from tocsin.runtime.redis import RedisClient, connect_redis
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +56,7 @@ def any_redis_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
     """A client of the flushed standalone server."""
-    client = create_redis(redis_url)
+    client = await connect_redis(redis_url)
     assert isinstance(client, Redis)
     yield client
     await client.aclose()
@@ -65,7 +65,7 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 @pytest.fixture
 async def any_redis(any_redis_url: str) -> AsyncIterator[RedisClient]:
     """A client of the flushed standalone server, then of the flushed cluster."""
-    client = create_redis(any_redis_url)
+    client = await connect_redis(any_redis_url)
     yield client
     await client.aclose()
 

@@ -23,6 +23,8 @@ from urllib.parse import SplitResult, urlsplit
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
 
 RedisClient = Redis | RedisCluster
@@ -34,8 +36,31 @@ _STANDALONE_SCHEMES = ("redis", "rediss", "unix")
 _CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 
+async def connect_redis(url: str) -> RedisClient:
+    """`create_redis`, then connect, so an unreachable server fails here (RedisError).
+
+    Use this rather than `create_redis` whenever the client may serve concurrent tasks:
+    redis-py's async RedisCluster fails (AttributeError on a half-made connection) when
+    its first commands run concurrently before it has learned the slot map.
+    """
+    client = create_redis(url)
+    try:
+        if isinstance(client, RedisCluster):
+            await client.initialize()
+        else:
+            await client.ping()
+    except BaseException:
+        await client.aclose()
+        raise
+    return client
+
+
 def create_redis(url: str) -> RedisClient:
-    """Build a client for `url` without connecting; raise ValueError if `url` is malformed."""
+    """Build a client for `url` without connecting; raise ValueError if `url` is malformed.
+
+    A cluster client must see one command (or `initialize()`) before concurrent use;
+    `connect_redis` does that.
+    """
     scheme, sep, _ = url.partition("://")
     if not sep:
         raise _bad_url(url, "expected scheme://..., e.g. redis://127.0.0.1:6379/0")
@@ -70,7 +95,7 @@ def _create_standalone(url: str) -> Redis:
         if db and not db.isdigit():
             raise _bad_url(url, f"database must be a number, got {db!r}")
     try:
-        return Redis.from_url(url, decode_responses=False)
+        return Redis.from_url(url, decode_responses=False, retry=_retry())
     except ValueError as error:
         raise _bad_url(url, str(error)) from error
 
@@ -91,8 +116,22 @@ def _create_cluster(url: str, base_scheme: str) -> RedisCluster:
     skip = ("host", "port", "db", "connection_class")
     options: dict[str, Any] = {k: v for k, v in parsed.items() if k not in skip}
     return RedisCluster(
-        startup_nodes=seeds, ssl=base_scheme == "rediss", decode_responses=False, **options
+        startup_nodes=seeds,
+        ssl=base_scheme == "rediss",
+        decode_responses=False,
+        retry=_retry(),
+        **options,
     )
+
+
+def _retry() -> Retry:
+    """Ride out a Redis restart or failover of a few seconds (redis-py's from_url has none).
+
+    A command retried after a lost reply may have run once already, so writes must be
+    idempotent or fenced. The timer scripts are: a repeated claim finds the timer in
+    flight and it is re-offered when the lease ends; a repeated completion reports stale.
+    """
+    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=8)
 
 
 def _cluster_seed(url: str, base_scheme: str, host: str) -> ClusterNode:

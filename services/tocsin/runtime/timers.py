@@ -1,0 +1,276 @@
+"""Durable timers in Redis: arm, claim with a lease and a fence, complete, re-offer.
+
+A timer lives in one of a fixed number of shards; each shard's keys share the hash tag
+`shard_tag(shard)` (layout in lua/timer_lib.lua), so every script stays in one Cluster
+slot. Claiming moves a due timer into flight, scored by its lease deadline, and hands out
+a fence (a per-shard counter, so it only grows for a timer). Completing removes it only if
+the fence still matches; a worker that stalled past its lease finds its claim re-offered
+and its completion refused. Nothing is popped and forgotten.
+
+Other modules keep their own keys under the same tag as a timer (say an incident's
+escalation state, tagged `shard_tag(shard_of(incident_id, shards))`) and prepend
+`TIMER_LUA` to their scripts, so a state change and its timers commit atomically:
+
+    script = register_lua(redis, TIMER_LUA, "redis.call('SET', KEYS[1], ARGV[2]) "
+                                            "timer_arm(ARGV[1], ARGV[3], ARGV[4], ARGV[5])")
+    await script(keys=[state_key, *timer_keys(shard)], args=[shard_tag(shard), ...])
+
+Library functions: `timer_arm(tag, id, due_ms, payload)`, `timer_cancel(tag, id) -> 0|1`,
+`timer_complete(tag, id, fence) -> 0|1`. Times are clock milliseconds passed in by the
+caller (never Redis TIME), so a ManualClock drives due times and leases alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+from redis.typing import EncodableT
+
+from tocsin.runtime.clock import Clock
+from tocsin.runtime.redis import RedisClient, read_lua, register_lua
+
+log = logging.getLogger(__name__)
+
+TIMER_LUA = read_lua("tocsin.runtime", "lua/timer_lib.lua")
+"""Lua library of local functions; prepend it to a script (see module docstring)."""
+
+DEFAULT_SHARDS = 64
+_KEY_NAMES = ("timers", "inflight", "timer_payload", "timer_due", "timer_fence", "fence_seq")
+
+_ARM = "timer_arm(ARGV[1], ARGV[2], ARGV[3], ARGV[4])"
+_CANCEL = "return timer_cancel(ARGV[1], ARGV[2])"
+_COMPLETE = "return timer_complete(ARGV[1], ARGV[2], ARGV[3])"
+_CLAIM = "return timer_claim(ARGV[1], ARGV[2], ARGV[3], ARGV[4])"
+_CLAIM_DUE = (
+    "local claimed = timer_claim_due(ARGV[1], ARGV[2], ARGV[3], ARGV[4])\n"
+    "return {timer_next_wake(ARGV[1]), claimed}"
+)
+_REAP = "return timer_reap(ARGV[1], ARGV[2], ARGV[3])"
+_NEXT_WAKE = "return timer_next_wake(ARGV[1])"
+_PENDING = "return redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2])"  # timers + inflight
+
+
+def shard_of(entity_id: str, shards: int = DEFAULT_SHARDS) -> int:
+    """The shard of an id: stable across processes and versions (CRC-32)."""
+    return zlib.crc32(entity_id.encode()) % shards
+
+
+def shard_tag(shard: int) -> str:
+    """The Redis Cluster hash tag of a shard, e.g. '{t17}'; put it in related keys."""
+    return f"{{t{shard}}}"
+
+
+def timer_keys(shard: int) -> list[str]:
+    """Every key the timer library touches in `shard`, to declare in a script's KEYS."""
+    return [f"tocsin:{shard_tag(shard)}:{name}" for name in _KEY_NAMES]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedTimer:
+    timer_id: str
+    shard: int
+    payload: bytes
+    due_ms: int
+    fence: int
+    """Grows with every claim of this timer; fence the handler's own writes with it."""
+    lease_deadline_ms: int
+    """After this moment the timer may be offered to another worker."""
+
+
+class TimerStore:
+    def __init__(self, redis: RedisClient, clock: Clock, shards: int = DEFAULT_SHARDS) -> None:
+        if shards < 1:
+            raise ValueError("shards must be at least 1")
+        self.redis = redis
+        self.clock = clock
+        self.shards = shards
+        self._arm = register_lua(redis, TIMER_LUA, _ARM)
+        self._cancel = register_lua(redis, TIMER_LUA, _CANCEL)
+        self._complete = register_lua(redis, TIMER_LUA, _COMPLETE)
+        self._claim = register_lua(redis, TIMER_LUA, _CLAIM)
+        self._claim_due = register_lua(redis, TIMER_LUA, _CLAIM_DUE)
+        self._reap = register_lua(redis, TIMER_LUA, _REAP)
+        self._next_wake = register_lua(redis, TIMER_LUA, _NEXT_WAKE)
+        self._pending = register_lua(redis, _PENDING)
+
+    def shard_for(self, timer_id: str, shard: int | None = None) -> int:
+        """`shard` if given (and valid), else the shard of `timer_id`."""
+        if shard is None:
+            return shard_of(timer_id, self.shards)
+        self._check_shard(shard)
+        return shard
+
+    async def arm(
+        self, timer_id: str, due_ms: int, payload: bytes, shard: int | None = None
+    ) -> None:
+        """Arm `timer_id` to fire at `due_ms`; re-arming replaces the earlier arming."""
+        if not timer_id:
+            raise ValueError("timer_id must not be empty")
+        shard = self.shard_for(timer_id, shard)
+        await self._run(self._arm, shard, timer_id, int(due_ms), payload)
+
+    async def cancel(self, timer_id: str, shard: int | None = None) -> bool:
+        """Cancel a waiting or in-flight timer; False if there was none."""
+        shard = self.shard_for(timer_id, shard)
+        return bool(await self._run(self._cancel, shard, timer_id))
+
+    async def claim_due(self, shard: int, limit: int, lease_ms: int) -> list[ClaimedTimer]:
+        """Claim up to `limit` due timers of `shard` (re-offering expired leases first)."""
+        claimed, _ = await self.claim_due_and_next_wake(shard, limit, lease_ms)
+        return claimed
+
+    async def claim_due_and_next_wake(
+        self, shard: int, limit: int, lease_ms: int
+    ) -> tuple[list[ClaimedTimer], int | None]:
+        """`claim_due` plus `next_due_ms` of the shard after the claim, in one round trip."""
+        self._check_shard(shard)
+        now = self.clock.now_ms()
+        next_wake, rows = await self._run(self._claim_due, shard, now, limit, lease_ms)
+        return [_claimed(shard, row) for row in rows], _optional_ms(next_wake)
+
+    async def claim(self, timer_id: str, shard: int | None, lease_ms: int) -> ClaimedTimer | None:
+        """Claim this one timer if it is due and not in flight (the no-poll fast path)."""
+        shard = self.shard_for(timer_id, shard)
+        row = await self._run(self._claim, shard, timer_id, self.clock.now_ms(), lease_ms)
+        return _claimed(shard, row) if row else None
+
+    async def complete(self, claimed: ClaimedTimer) -> bool:
+        """Remove a fired timer; False (and nothing changed) if the claim went stale."""
+        result = await self._run(self._complete, claimed.shard, claimed.timer_id, claimed.fence)
+        return bool(result)
+
+    async def reap_expired(self, shard: int, limit: int = 1000) -> int:
+        """Re-offer up to `limit` in-flight timers of `shard` whose lease has passed."""
+        self._check_shard(shard)
+        return int(await self._run(self._reap, shard, self.clock.now_ms(), limit))
+
+    async def pending_count(self, shard: int) -> int:
+        """Timers of `shard` armed and not yet completed or cancelled (waiting or in flight)."""
+        self._check_shard(shard)
+        return int(await self._pending(keys=timer_keys(shard)[:2]))
+
+    async def next_due_ms(self, shard: int) -> int | None:
+        """When a claim on `shard` could next return a timer (a due time or lease end)."""
+        self._check_shard(shard)
+        return _optional_ms(await self._run(self._next_wake, shard))
+
+    async def _run(self, script: AsyncScript, shard: int, *args: EncodableT) -> Any:
+        return await script(keys=timer_keys(shard), args=[shard_tag(shard), *args])
+
+    def _check_shard(self, shard: int) -> None:
+        if not 0 <= shard < self.shards:
+            raise ValueError(f"shard must be in [0, {self.shards}), got {shard}")
+
+
+def _claimed(shard: int, row: list[bytes | int]) -> ClaimedTimer:
+    timer_id, payload, due_ms, fence, deadline = row
+    assert isinstance(timer_id, bytes) and isinstance(payload, bytes)
+    return ClaimedTimer(
+        timer_id=timer_id.decode(),
+        shard=shard,
+        payload=payload,
+        due_ms=int(due_ms),
+        fence=int(fence),
+        lease_deadline_ms=int(deadline),
+    )
+
+
+def _optional_ms(value: int) -> int | None:
+    ms = int(value)
+    return None if ms < 0 else ms
+
+
+Handler = Callable[[ClaimedTimer], Awaitable[None]]
+
+
+class TimerWorker:
+    """Fires due timers of the shards `shard_source()` names (e.g. `ShardLeases.owned`)."""
+
+    def __init__(
+        self,
+        store: TimerStore,
+        clock: Clock,
+        handler: Handler,
+        shard_source: Callable[[], Iterable[int]],
+        lease_ms: int = 30_000,
+        batch: int = 100,
+        poll_interval_ms: int = 1_000,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.handler = handler
+        self.shard_source = shard_source
+        self.lease_ms = lease_ms
+        self.batch = batch
+        self.poll_interval_ms = poll_interval_ms
+        self._wake = asyncio.Event()
+        self._next_wake_ms: int | None = None
+
+    def wake(self) -> None:
+        """Check for due timers now instead of at the next due time or poll."""
+        self._wake.set()
+
+    async def run_once(self) -> int:
+        """Claim and fire the due timers of the current shards; returns how many fired.
+
+        A handler that raises leaves its timer in flight; it is offered again once its
+        lease ends. A successful handler's timer is completed (a no-op if its claim went
+        stale meanwhile, or if the handler completed it itself in its own script).
+        """
+        shards = sorted(set(self.shard_source()))
+        results = await asyncio.gather(
+            *(self.store.claim_due_and_next_wake(s, self.batch, self.lease_ms) for s in shards)
+        )
+        next_wakes = [wake for _, wake in results if wake is not None]
+        self._next_wake_ms = min(next_wakes) if next_wakes else None
+        claimed = [timer for timers, _ in results for timer in timers]
+        await asyncio.gather(*(self._fire(timer) for timer in claimed))
+        return len(claimed)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fire timers until `stop` is set, sleeping on the clock until the next due time."""
+        stopper = asyncio.create_task(_set_when(stop, self._wake))
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                wake_at = self.clock.now_ms() + self.poll_interval_ms
+                try:
+                    await self.run_once()
+                except (RedisError, OSError) as error:
+                    log.warning("timer worker cannot reach Redis, retrying: %s", error)
+                else:
+                    if self._next_wake_ms is not None:
+                        wake_at = min(wake_at, self._next_wake_ms)
+                await self.clock.sleep_until(wake_at, self._wake)
+        finally:
+            stopper.cancel()
+
+    async def _fire(self, timer: ClaimedTimer) -> None:
+        try:
+            await self.handler(timer)
+        except Exception:
+            log.exception(
+                "timer %s (fence %d) failed; retried after its lease", timer.timer_id, timer.fence
+            )
+            return
+        try:
+            completed = await self.store.complete(timer)
+        except (RedisError, OSError) as error:
+            log.warning(
+                "timer %s fired but not completed; it will fire again: %s", timer.timer_id, error
+            )
+            return
+        if not completed:
+            log.info("timer %s: claim with fence %d went stale", timer.timer_id, timer.fence)
+
+
+async def _set_when(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
