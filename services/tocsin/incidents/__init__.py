@@ -1,0 +1,1 @@
+"""The incidents service: services (alert sources), incidents, dedup, timeline, outbox events."""

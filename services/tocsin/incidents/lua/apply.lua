@@ -1,0 +1,47 @@
+-- Write one change of an incident that the caller computed from state version `sv`:
+-- compare-and-set, so concurrent writers never lose an update (the loser re-reads and
+-- decides again), and the state, status index, timeline, dedup entry, retention, snooze
+-- timer and outbox event change together or not at all.
+-- KEYS: 1 incident hash, 2 timeline, 3 alerts, 4 events stream, 5 old status index,
+--       6 new status index, 7 dedup hash, 8.. snooze timer keys (timer library)
+-- ARGV: 1 incident id, 2 expected sv ('' = keep p and skip the check, for notes),
+--       3 new p, 4 now ms, 5 index member, 6 timeline entry, 7 event prefix,
+--       8 dedup field to release ('' = none), 9 expire seconds ('0' = none),
+--       10 stream maxlen, 11 event field, 12 timer action ('', 'arm', 'cancel'),
+--       13 timer tag, 14 timer due ms, 15 timer payload
+-- Returns {1, Incident protobuf} when written, {0} on a version conflict, {-1} if absent.
+local ik = KEYS[1]
+local sv = redis.call('HGET', ik, 'sv')
+if not sv then
+  return {-1}
+end
+if ARGV[2] ~= '' then
+  if sv ~= ARGV[2] then
+    return {0}
+  end
+  redis.call('HSET', ik, 'p', ARGV[3], 'sv', tonumber(sv) + 1)
+end
+redis.call('HINCRBY', ik, 'v', 1)
+redis.call('HSET', ik, 'u', ARGV[4])
+local o = refresh_overlay(ik)
+if KEYS[5] ~= KEYS[6] then
+  redis.call('ZREM', KEYS[5], ARGV[5])
+  redis.call('ZADD', KEYS[6], 0, ARGV[5])
+end
+redis.call('RPUSH', KEYS[2], ARGV[6])
+if ARGV[8] ~= '' and redis.call('HGET', KEYS[7], ARGV[8]) == ARGV[1] then
+  redis.call('HDEL', KEYS[7], ARGV[8])
+end
+if ARGV[9] ~= '0' then
+  for i = 1, 3 do
+    redis.call('EXPIRE', KEYS[i], ARGV[9])
+  end
+end
+if ARGV[12] == 'arm' then
+  timer_arm(ARGV[13], ARGV[1], ARGV[14], ARGV[15])
+elseif ARGV[12] == 'cancel' then
+  timer_cancel(ARGV[13], ARGV[1])
+end
+local incident = redis.call('HGET', ik, 'p') .. o
+publish(KEYS[4], ARGV[10], ARGV[11], ARGV[7], incident, nil)
+return {1, incident}

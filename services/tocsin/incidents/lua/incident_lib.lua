@@ -1,0 +1,78 @@
+-- tocsin incidents: key names and protobuf helpers that the incident scripts prepend.
+--
+-- Keys (see keys.py): under the shard's hash tag T, incident <id> is the hash
+-- tocsin:T:inc:<id> with the lists tocsin:T:inc:<id>:alerts and :timeline.
+--
+-- The hash keeps the Incident protobuf in two parts: `p`, everything the caller computes
+-- (written by compare-and-set on `sv`), and `o`, the counters these scripts maintain
+-- themselves (severity, alert_count, updated_at, version, last_alert_at), rebuilt from the
+-- plain fields n, sev, u, v, la after every write. Protobuf decodes `p .. o` as one
+-- message in which the later fields win, so a repeat alert never has to decode or
+-- re-encode the incident, and never conflicts with an acknowledgement.
+
+local function inc_key(tag, id)
+  return 'tocsin:' .. tag .. ':inc:' .. id
+end
+
+local function int_str(n)
+  return string.format('%.0f', n)
+end
+
+-- "<created ms, 13 digits>-<id, 16 digits>": bytes order = time order (keys.index_member).
+local function index_member(created13, id)
+  return created13 .. '-' .. string.rep('0', 16 - #id) .. id
+end
+
+local function pb_varint(n)
+  n = math.floor(tonumber(n))
+  local bytes = {}
+  while n >= 128 do
+    bytes[#bytes + 1] = string.char(n % 128 + 128)
+    n = math.floor(n / 128)
+  end
+  bytes[#bytes + 1] = string.char(n)
+  return table.concat(bytes)
+end
+
+-- A length-delimited field: `tag` is the encoded field key.
+local function pb_bytes(tag, payload)
+  return tag .. pb_varint(#payload) .. payload
+end
+
+-- google.protobuf.Timestamp with both fields written, even when zero, so it replaces
+-- (rather than merges into) an earlier value.
+local function pb_timestamp(ms)
+  ms = tonumber(ms)
+  return '\8' .. pb_varint(math.floor(ms / 1000)) .. '\16' .. pb_varint((ms % 1000) * 1000000)
+end
+
+local INCIDENT_ID = '\10'          -- Incident.id = 1 / Alert.id = 1 (length-delimited)
+local INCIDENT_SEVERITY = '\40'    -- 5 (varint)
+local INCIDENT_ALERT_COUNT = '\64' -- 8 (varint)
+local INCIDENT_UPDATED_AT = '\90'  -- 11 (message)
+local INCIDENT_VERSION = '\136\1'  -- 17 (varint)
+local INCIDENT_LAST_ALERT = '\162\1' -- 20 (message)
+local EVENT_INCIDENT = '\26'       -- IncidentEvent.incident = 3
+local EVENT_ALERT = '\58'          -- IncidentEvent.alert = 7
+
+-- Rebuild and store the counters' protobuf of incident hash `ik`; returns it.
+local function refresh_overlay(ik)
+  local f = redis.call('HMGET', ik, 'sev', 'n', 'u', 'v', 'la')
+  local o = INCIDENT_SEVERITY .. pb_varint(f[1])
+    .. INCIDENT_ALERT_COUNT .. pb_varint(f[2])
+    .. pb_bytes(INCIDENT_UPDATED_AT, pb_timestamp(f[3]))
+    .. INCIDENT_VERSION .. pb_varint(f[4])
+    .. pb_bytes(INCIDENT_LAST_ALERT, pb_timestamp(f[5]))
+  redis.call('HSET', ik, 'o', o)
+  return o
+end
+
+-- XADD an IncidentEvent: the caller's prefix (kind, at, actor, traceparent, note) plus the
+-- incident and, when given, the alert.
+local function publish(stream, maxlen, field, prefix, incident, alert)
+  local event = prefix .. pb_bytes(EVENT_INCIDENT, incident)
+  if alert then
+    event = event .. pb_bytes(EVENT_ALERT, alert)
+  end
+  return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', field, event)
+end

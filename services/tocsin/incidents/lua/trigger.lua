@@ -1,0 +1,50 @@
+-- Take an alert: join the open incident that has its dedup entry, or open a new one.
+-- One script, so two triggers with the same key can never open two incidents.
+-- KEYS: 1 dedup hash, 2 incident sequence, 3 events stream, 4 triggered status index
+-- ARGV: 1 tag, 2 shard, 3 shard count, 4 dedup field, 5 now ms, 6 now as 13 digits,
+--       7 severity, 8 new Incident (without id and counters), 9 Alert (without id),
+--       10 TRIGGERED timeline entry, 11 ALERT timeline entry, 12 TRIGGERED event prefix,
+--       13 ALERT_ADDED event prefix, 14 alerts kept, 15 stream maxlen, 16 event field
+-- Returns {1 if created else 0, incident id, Incident protobuf, alert id}.
+local tag, now, severity, kept = ARGV[1], ARGV[5], tonumber(ARGV[7]), tonumber(ARGV[14])
+local id = redis.call('HGET', KEYS[1], ARGV[4])
+if id and redis.call('EXISTS', inc_key(tag, id)) == 0 then
+  redis.call('HDEL', KEYS[1], ARGV[4])
+  id = false
+end
+
+if id then
+  local ik = inc_key(tag, id)
+  local n = redis.call('HINCRBY', ik, 'n', 1)
+  redis.call('HINCRBY', ik, 'v', 1)
+  if severity > tonumber(redis.call('HGET', ik, 'sev')) then
+    redis.call('HSET', ik, 'sev', severity)
+  end
+  redis.call('HSET', ik, 'u', now, 'la', now)
+  local o = refresh_overlay(ik)
+  local alert = ARGV[9] .. pb_bytes(INCIDENT_ID, int_str(n))
+  redis.call('RPUSH', ik .. ':alerts', alert)
+  redis.call('LTRIM', ik .. ':alerts', -kept, -1)
+  -- The timeline records the first `kept` alerts; alert_count counts them all.
+  if n <= kept then
+    redis.call('RPUSH', ik .. ':timeline', ARGV[11])
+  end
+  local incident = redis.call('HGET', ik, 'p') .. o
+  publish(KEYS[3], ARGV[15], ARGV[16], ARGV[13], incident, alert)
+  return {0, id, incident, int_str(n)}
+end
+
+local k = redis.call('INCR', KEYS[2])
+id = int_str(k * tonumber(ARGV[3]) + tonumber(ARGV[2]))
+local ik = inc_key(tag, id)
+local p = ARGV[8] .. pb_bytes(INCIDENT_ID, id)
+redis.call('HSET', ik, 'p', p, 'sv', 1, 'v', 1, 'n', 1, 'sev', severity, 'u', now, 'la', now)
+local o = refresh_overlay(ik)
+local alert = ARGV[9] .. pb_bytes(INCIDENT_ID, '1')
+redis.call('RPUSH', ik .. ':alerts', alert)
+redis.call('RPUSH', ik .. ':timeline', ARGV[10])
+redis.call('HSET', KEYS[1], ARGV[4], id)
+redis.call('ZADD', KEYS[4], 0, index_member(ARGV[6], id))
+local incident = p .. o
+publish(KEYS[3], ARGV[15], ARGV[16], ARGV[12], incident, alert)
+return {1, id, incident, '1'}

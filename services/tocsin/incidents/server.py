@@ -1,0 +1,84 @@
+"""Run the incidents service: gRPC server, snooze timer worker, retention trimming.
+
+`tocsin serve incidents` calls `serve()`; tests call `create_server(deps, Address(...,
+0), background=False)` and drive `running.snooze_worker.run_once()` and
+`running.store.trim_indexes()` themselves, with a ManualClock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import grpc
+from redis.exceptions import RedisError
+
+from tocsin.incidents.service_store import ServiceStore
+from tocsin.incidents.servicer import SERVICE_NAME, IncidentServicer
+from tocsin.incidents.snooze import SnoozeTimerStore, snooze_worker
+from tocsin.incidents.store import IncidentStore
+from tocsin.runtime.clock import Clock
+from tocsin.runtime.config import Address
+from tocsin.runtime.events import CONSUMER_GROUPS, ensure_groups
+from tocsin.runtime.grpcserver import start_grpc_server
+from tocsin.runtime.service import RunningService, ServiceDeps, serve_blocking
+from tocsin.runtime.timers import TimerWorker
+from tocsin.v1 import incidents_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+TRIM_INTERVAL_S = 3600
+
+
+@dataclass(kw_only=True)
+class IncidentsService(RunningService):
+    """The running incidents service and its parts (tests drive them directly)."""
+
+    store: IncidentStore
+    services: ServiceStore
+    snooze_worker: TimerWorker
+
+
+async def create_server(
+    deps: ServiceDeps, addr: Address | None = None, *, background: bool = True
+) -> tuple[IncidentsService, int]:
+    """Start serving on `addr` (default: the configured incidents address)."""
+    # The consumer groups exist before the first event, so no consumer misses one.
+    await ensure_groups(deps.redis, CONSUMER_GROUPS, "0")
+    store = IncidentStore(deps.redis, deps.clock, deps.config.retention)
+    services = ServiceStore(deps.redis)
+    worker = snooze_worker(SnoozeTimerStore(deps.redis, deps.clock), deps.clock, store)
+    servicer = IncidentServicer(store, services, deps.clock)
+
+    def register(server: grpc.aio.Server) -> None:
+        incidents_pb2_grpc.add_IncidentServiceServicer_to_server(servicer, server)
+
+    grpc_server = await start_grpc_server(
+        deps.config, addr or deps.config.grpc_listen_addr("incidents"), register, [SERVICE_NAME]
+    )
+    running = IncidentsService(
+        grpc=grpc_server, store=store, services=services, snooze_worker=worker
+    )
+    if background:
+        running.tasks.append(asyncio.create_task(worker.run(running.stopping)))
+        running.tasks.append(
+            asyncio.create_task(_trim_periodically(store, deps.clock, running.stopping))
+        )
+    return running, grpc_server.port
+
+
+async def _trim_periodically(store: IncidentStore, clock: Clock, stop: asyncio.Event) -> None:
+    """Drop expired resolved incidents from the indexes at start, then hourly."""
+    while not stop.is_set():
+        try:
+            removed = await store.trim_indexes()
+            if removed:
+                log.info("retention: dropped %d resolved incidents from the indexes", removed)
+        except (RedisError, OSError) as error:
+            log.warning("retention trimming failed, retrying later: %s", error)
+        await clock.sleep(TRIM_INTERVAL_S, stop)
+
+
+def serve() -> None:
+    serve_blocking("incidents", create_server)

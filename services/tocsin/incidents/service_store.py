@@ -1,0 +1,146 @@
+"""Services (alert sources) in Redis: CRUD with a unique integration-key index.
+
+Services are few, so they are not sharded: two hashes under the tag {services} (see
+keys.py), changed together by scripts. Updates and deletes compare-and-set against the
+service as read, so a concurrent edit is never silently overwritten.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+
+from tocsin.incidents import keys
+from tocsin.incidents.validation import check, service_id_violations, service_violations
+from tocsin.runtime.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
+from tocsin.runtime.redis import RedisClient, read_lua, register_lua
+from tocsin.v1 import incidents_pb2
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+_RETRIES = 10
+
+
+def _lua(name: str) -> str:
+    return read_lua("tocsin.incidents", f"lua/{name}")
+
+
+def new_integration_key() -> str:
+    return secrets.token_hex(16)
+
+
+class ServiceStore:
+    def __init__(self, redis: RedisClient) -> None:
+        self.redis = redis
+        self._keys = [keys.SERVICES_BY_ID, keys.SERVICES_BY_KEY]
+        self._create = register_lua(redis, _lua("service_create.lua"))
+        self._replace = register_lua(redis, _lua("service_replace.lua"))
+        self._lookup = register_lua(redis, _lua("service_lookup.lua"))
+
+    async def create(self, service: incidents_pb2.Service) -> incidents_pb2.Service:
+        stored = incidents_pb2.Service()
+        stored.CopyFrom(service)
+        stored.integration_key = stored.integration_key or new_integration_key()
+        stored.name = stored.name or stored.id
+        check(service_violations(stored))
+        result = await self._create(
+            keys=self._keys, args=[stored.id, stored.integration_key, stored.SerializeToString()]
+        )
+        if result == b"id":
+            raise AlreadyExists(f"service {stored.id!r} already exists")
+        if result == b"key":
+            raise AlreadyExists("the integration key is already used by another service")
+        return stored
+
+    async def find(
+        self, *, service_id: str = "", integration_key: str = ""
+    ) -> incidents_pb2.Service | None:
+        """The service with this id, or else with this integration key; None if none."""
+        raw = await self._lookup(keys=self._keys, args=[service_id, integration_key])
+        return incidents_pb2.Service.FromString(raw) if raw is not None else None
+
+    async def get(self, service_id: str, field: str = "id") -> incidents_pb2.Service:
+        check(service_id_violations(field, service_id))
+        service = await self.find(service_id=service_id)
+        if service is None:
+            raise NotFound(f"service {service_id!r} does not exist")
+        return service
+
+    async def list(
+        self, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[incidents_pb2.Service], str]:
+        if page_size < 0:
+            raise InvalidArgument.one("page_size", "must not be negative")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = _decode_token(page_token)
+        raw = await self.redis.hgetall(keys.SERVICES_BY_ID)
+        by_id = {keys.as_bytes(i).decode(): keys.as_bytes(blob) for i, blob in raw.items()}
+        ids = sorted(i for i in by_id if i > after)
+        page = ids[:size]
+        services = [incidents_pb2.Service.FromString(by_id[i]) for i in page]
+        more = len(ids) > size
+        return services, _encode_token(page[-1]) if more else ""
+
+    async def update(self, service: incidents_pb2.Service) -> incidents_pb2.Service:
+        """Replace name, integration key (kept when empty) and escalation policy."""
+        check(service_id_violations("service.id", service.id))
+        for _ in range(_RETRIES):
+            current, raw = await self._read(service.id)
+            stored = incidents_pb2.Service()
+            stored.CopyFrom(service)
+            stored.integration_key = stored.integration_key or current.integration_key
+            stored.name = stored.name or stored.id
+            check(service_violations(stored))
+            result = await self._replace(
+                keys=self._keys,
+                args=[
+                    stored.id,
+                    raw,
+                    current.integration_key,
+                    stored.SerializeToString(),
+                    stored.integration_key,
+                ],
+            )
+            if self._settled(result, stored.id):
+                return stored
+        raise Conflict(f"service {service.id!r} kept changing; try again")
+
+    async def delete(self, service_id: str) -> None:
+        check(service_id_violations("id", service_id))
+        for _ in range(_RETRIES):
+            current, raw = await self._read(service_id)
+            result = await self._replace(
+                keys=self._keys, args=[service_id, raw, current.integration_key, b"", b""]
+            )
+            if self._settled(result, service_id):
+                return
+        raise Conflict(f"service {service_id!r} kept changing; try again")
+
+    async def _read(self, service_id: str) -> tuple[incidents_pb2.Service, bytes]:
+        raw = await self.redis.hget(keys.SERVICES_BY_ID, service_id)
+        if raw is None:
+            raise NotFound(f"service {service_id!r} does not exist")
+        return incidents_pb2.Service.FromString(keys.as_bytes(raw)), keys.as_bytes(raw)
+
+    @staticmethod
+    def _settled(result: bytes, service_id: str) -> bool:
+        """True when written; False to retry after a concurrent change."""
+        if result == b"missing":
+            raise NotFound(f"service {service_id!r} does not exist")
+        if result == b"key":
+            raise AlreadyExists("the integration key is already used by another service")
+        return result == b"ok"
+
+
+def _encode_token(last_id: str) -> str:
+    return base64.urlsafe_b64encode(last_id.encode()).decode()
+
+
+def _decode_token(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        return base64.urlsafe_b64decode(token.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as error:
+        raise InvalidArgument.one("page_token", "is not a token from a previous page") from error

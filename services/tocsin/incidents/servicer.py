@@ -1,0 +1,304 @@
+"""The IncidentService gRPC adapter: requests to domain calls, results to responses.
+
+Checks and rules live in validation.py and domain.py, Redis in the stores; domain errors
+become status codes in the shared error interceptor (tocsin.runtime.grpcserver).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from google.protobuf.duration_pb2 import Duration
+
+from tocsin.incidents import domain, validation
+from tocsin.incidents.query import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    IncidentQuery,
+    decode_page_token,
+    list_incidents,
+)
+from tocsin.incidents.service_store import ServiceStore
+from tocsin.incidents.store import IncidentStore
+from tocsin.incidents.validation import check
+from tocsin.incidents.watch import watch_events
+from tocsin.runtime.clock import Clock
+from tocsin.runtime.errors import FieldViolation, InvalidArgument, NotFound
+from tocsin.runtime.telemetry import current_traceparent
+from tocsin.v1 import common_pb2, incidents_pb2, incidents_pb2_grpc
+
+SERVICE_NAME = "tocsin.v1.IncidentService"
+
+
+class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
+    def __init__(self, incidents: IncidentStore, services: ServiceStore, clock: Clock) -> None:
+        self.incidents = incidents
+        self.services = services
+        self.clock = clock
+
+    # Services
+
+    async def CreateService(
+        self, request: incidents_pb2.CreateServiceRequest, context: Any
+    ) -> incidents_pb2.CreateServiceResponse:
+        service = await self.services.create(request.service)
+        return incidents_pb2.CreateServiceResponse(service=service)
+
+    async def GetService(
+        self, request: incidents_pb2.GetServiceRequest, context: Any
+    ) -> incidents_pb2.GetServiceResponse:
+        return incidents_pb2.GetServiceResponse(service=await self.services.get(request.id))
+
+    async def ListServices(
+        self, request: incidents_pb2.ListServicesRequest, context: Any
+    ) -> incidents_pb2.ListServicesResponse:
+        services, token = await self.services.list(request.page_size, request.page_token)
+        return incidents_pb2.ListServicesResponse(services=services, next_page_token=token)
+
+    async def UpdateService(
+        self, request: incidents_pb2.UpdateServiceRequest, context: Any
+    ) -> incidents_pb2.UpdateServiceResponse:
+        service = await self.services.update(request.service)
+        return incidents_pb2.UpdateServiceResponse(service=service)
+
+    async def DeleteService(
+        self, request: incidents_pb2.DeleteServiceRequest, context: Any
+    ) -> incidents_pb2.DeleteServiceResponse:
+        await self.services.delete(request.id)
+        return incidents_pb2.DeleteServiceResponse()
+
+    # Incidents
+
+    async def Trigger(
+        self, request: incidents_pb2.TriggerRequest, context: Any
+    ) -> incidents_pb2.TriggerResponse:
+        alert = incidents_pb2.Alert(
+            summary=request.summary,
+            severity=request.severity,
+            source=request.source,
+            component=request.component,
+            group=request.group,
+            details=request.details,
+            links=request.links,
+            **{"class": getattr(request, "class")},
+        )
+        if request.HasField("occurred_at"):
+            alert.occurred_at.CopyFrom(request.occurred_at)
+        actor = domain.normalized_actor(request.actor)
+        check(
+            [
+                *validation.alert_violations(alert, request.dedup_key),
+                *validation.actor_violations(actor),
+            ]
+        )
+        service = await self._service(request.service_id, request.integration_key)
+        dedup_key = request.dedup_key or uuid.uuid4().hex
+        result = await self.incidents.trigger(
+            service, dedup_key, alert, actor, current_traceparent()
+        )
+        return incidents_pb2.TriggerResponse(
+            incident=result.incident, created=result.created, dedup_key=dedup_key
+        )
+
+    async def Acknowledge(
+        self, request: incidents_pb2.AcknowledgeRequest, context: Any
+    ) -> incidents_pb2.AcknowledgeResponse:
+        actor = self._actor(request.actor)
+        incident_id = await self._address(request)
+        incident, changed = await self.incidents.change(
+            incident_id,
+            lambda current, now: domain.acknowledge(current, actor, now),
+            current_traceparent(),
+        )
+        return incidents_pb2.AcknowledgeResponse(incident=incident, changed=changed)
+
+    async def Resolve(
+        self, request: incidents_pb2.ResolveRequest, context: Any
+    ) -> incidents_pb2.ResolveResponse:
+        actor = self._actor(request.actor)
+        incident_id = await self._address(request)
+        incident, changed = await self.incidents.change(
+            incident_id,
+            lambda current, now: domain.resolve(current, actor, now),
+            current_traceparent(),
+        )
+        return incidents_pb2.ResolveResponse(incident=incident, changed=changed)
+
+    async def Snooze(
+        self, request: incidents_pb2.SnoozeRequest, context: Any
+    ) -> incidents_pb2.SnoozeResponse:
+        incident_id = validation.parse_incident_id(request.incident_id)
+        actor = self._actor(request.actor)
+        check(validation.snooze_violations(_seconds(request.duration)))
+        duration_ms = int(request.duration.ToMilliseconds())
+        incident, _ = await self.incidents.change(
+            incident_id,
+            lambda current, now: domain.snooze(current, duration_ms, actor, now),
+            current_traceparent(),
+        )
+        return incidents_pb2.SnoozeResponse(incident=incident)
+
+    async def Reassign(
+        self, request: incidents_pb2.ReassignRequest, context: Any
+    ) -> incidents_pb2.ReassignResponse:
+        incident_id = validation.parse_incident_id(request.incident_id)
+        actor = self._actor(request.actor)
+        check(validation.assignment_violations(request.assignment))
+        incident, _ = await self.incidents.change(
+            incident_id,
+            lambda current, now: domain.reassign(current, request.assignment, actor, now),
+            current_traceparent(),
+        )
+        return incidents_pb2.ReassignResponse(incident=incident)
+
+    async def AddNote(
+        self, request: incidents_pb2.AddNoteRequest, context: Any
+    ) -> incidents_pb2.AddNoteResponse:
+        incident_id = validation.parse_incident_id(request.incident_id)
+        actor = self._actor(request.actor)
+        check(
+            validation.text_violations(
+                "text", request.text, validation.MAX_NOTE, required=True, multiline=True
+            )
+        )
+        note = await self.incidents.add_note(
+            incident_id, request.text, actor, current_traceparent()
+        )
+        return incidents_pb2.AddNoteResponse(entry=note)
+
+    async def AppendTimeline(
+        self, request: incidents_pb2.AppendTimelineRequest, context: Any
+    ) -> incidents_pb2.AppendTimelineResponse:
+        incident_id = validation.parse_incident_id(request.incident_id)
+        entry = incidents_pb2.TimelineEntry()
+        entry.CopyFrom(request.entry)
+        entry.actor.CopyFrom(domain.normalized_actor(entry.actor))
+        if not entry.HasField("at"):
+            entry.at.CopyFrom(domain.timestamp(self.clock.now_ms()))
+        check(
+            [
+                *validation.timeline_entry_violations(entry),
+                *validation.text_violations(
+                    "idempotency_key", request.idempotency_key, validation.MAX_IDEMPOTENCY_KEY
+                ),
+            ]
+        )
+        appended = await self.incidents.append_timeline(incident_id, entry, request.idempotency_key)
+        return incidents_pb2.AppendTimelineResponse(appended=appended)
+
+    async def GetIncident(
+        self, request: incidents_pb2.GetIncidentRequest, context: Any
+    ) -> incidents_pb2.GetIncidentResponse:
+        incident = await self.incidents.get(
+            validation.parse_incident_id(request.incident_id),
+            alerts=request.include_alerts,
+            timeline=request.include_timeline,
+        )
+        return incidents_pb2.GetIncidentResponse(incident=incident)
+
+    async def ListIncidents(
+        self, request: incidents_pb2.ListIncidentsRequest, context: Any
+    ) -> incidents_pb2.ListIncidentsResponse:
+        incidents, token = await list_incidents(self.incidents, _query(request))
+        return incidents_pb2.ListIncidentsResponse(incidents=incidents, next_page_token=token)
+
+    async def WatchIncidents(
+        self, request: incidents_pb2.WatchIncidentsRequest, context: Any
+    ) -> AsyncIterator[incidents_pb2.WatchIncidentsResponse]:
+        since = request.since.ToMilliseconds() if request.HasField("since") else None
+        async for event in watch_events(
+            self.incidents.redis, frozenset(request.service_ids), since
+        ):
+            yield incidents_pb2.WatchIncidentsResponse(event=event)
+
+    # Helpers
+
+    @staticmethod
+    def _actor(actor: common_pb2.Actor) -> common_pb2.Actor:
+        normalized = domain.normalized_actor(actor)
+        check(validation.actor_violations(normalized))
+        return normalized
+
+    async def _service(self, service_id: str, integration_key: str) -> incidents_pb2.Service:
+        """The service named by id or integration key (both given: they must agree)."""
+        if not service_id and not integration_key:
+            raise InvalidArgument.one("service_id", "is required (or set integration_key)")
+        if service_id:
+            check(validation.service_id_violations("service_id", service_id))
+        else:
+            check(validation.integration_key_violations("integration_key", integration_key))
+        service = await self.services.find(service_id=service_id, integration_key=integration_key)
+        if service is None:
+            if service_id:
+                raise NotFound(f"service {service_id!r} does not exist")
+            raise NotFound("no service has this integration key")
+        if service_id and integration_key and service.integration_key != integration_key:
+            raise InvalidArgument.one(
+                "integration_key", f"is not the integration key of service {service_id!r}"
+            )
+        return service
+
+    async def _address(
+        self, request: incidents_pb2.AcknowledgeRequest | incidents_pb2.ResolveRequest
+    ) -> str:
+        """The incident id given, or the open incident of (service, dedup_key)."""
+        if request.incident_id:
+            return validation.parse_incident_id(request.incident_id)
+        if not request.dedup_key:
+            raise InvalidArgument(
+                [FieldViolation("incident_id", "is required (or service_id and dedup_key)")]
+            )
+        check(validation.text_violations("dedup_key", request.dedup_key, validation.MAX_DEDUP_KEY))
+        service = await self._service(request.service_id, request.integration_key)
+        incident_id = await self.incidents.find_open(service.id, request.dedup_key)
+        if incident_id is None:
+            raise NotFound(
+                f"service {service.id!r} has no open incident with dedup key {request.dedup_key!r}"
+            )
+        return incident_id
+
+
+def _seconds(duration: Duration) -> float:
+    return duration.seconds + duration.nanos / 1e9
+
+
+def _query(request: incidents_pb2.ListIncidentsRequest) -> IncidentQuery:
+    violations: list[FieldViolation] = []
+    if request.page_size < 0:
+        violations.append(FieldViolation("page_size", "must not be negative"))
+    for i, status in enumerate(request.statuses):
+        if status not in incidents_pb2.IncidentStatus.values():
+            violations.append(FieldViolation(f"statuses[{i}]", f"unknown status {status}"))
+    for i, severity in enumerate(request.severities):
+        if severity not in common_pb2.Severity.values():
+            violations.append(FieldViolation(f"severities[{i}]", f"unknown severity {severity}"))
+    after = request.created_after.ToMilliseconds() if request.HasField("created_after") else None
+    before = request.created_before.ToMilliseconds() if request.HasField("created_before") else None
+    if after is not None and before is not None and after >= before:
+        violations.append(FieldViolation("created_before", "must be after created_after"))
+    violations += validation.text_violations(
+        "summary_contains", request.summary_contains, validation.MAX_SUMMARY
+    )
+    violations += validation.text_violations(
+        "acknowledged_by", request.acknowledged_by, validation.MAX_DISPLAY
+    )
+    check(violations)
+    statuses = set(request.statuses)
+    if not statuses or incidents_pb2.INCIDENT_STATUS_UNSPECIFIED in statuses:
+        statuses = set(domain.STATUSES)
+    severities = set(request.severities)
+    if common_pb2.SEVERITY_UNSPECIFIED in severities:
+        severities = set()
+    return IncidentQuery(
+        service_ids=frozenset(request.service_ids),
+        statuses=tuple(sorted(statuses)),
+        severities=frozenset(severities),
+        created_after_ms=after,
+        created_before_ms=before,
+        summary_contains=request.summary_contains,
+        acknowledged_by=request.acknowledged_by,
+        page_size=min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE),
+        below=decode_page_token(request.page_token),
+    )

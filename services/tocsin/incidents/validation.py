@@ -1,0 +1,189 @@
+"""Input checks for the incidents service, each violation named by its proto field path.
+
+Paths use the field names of the request messages (`summary`, `links[2].href`,
+`service.integration_key`), so the gRPC layer hands them on unchanged as
+`google.rpc.BadRequest` field violations and the HTTP gateway can translate them into its
+own names. Every check runs before anything is written.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from tocsin.runtime.errors import FieldViolation, InvalidArgument
+from tocsin.v1 import common_pb2, incidents_pb2
+
+MAX_SUMMARY = 1024
+MAX_DEDUP_KEY = 255
+MAX_LABEL = 1024
+"""source, component, group, class and link texts."""
+MAX_DETAILS_BYTES = 64 * 1024
+MAX_LINKS = 50
+MAX_URL = 2048
+MAX_ID = 128
+MAX_DISPLAY = 255
+MAX_NOTE = 4096
+MAX_ATTRIBUTES = 50
+MAX_IDEMPOTENCY_KEY = 255
+MIN_SNOOZE_S = 60
+MAX_SNOOZE_S = 7 * 86400
+INTEGRATION_KEY_LENGTH = 32
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_SERVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_INTEGRATION_KEY = re.compile(r"[A-Za-z0-9]{32}")
+_INCIDENT_ID = re.compile(r"[1-9][0-9]{0,17}")
+_MAX_TIMESTAMP_S = 253402300799  # 9999-12-31T23:59:59Z
+
+
+def text_violations(
+    field: str, value: str, max_len: int, *, required: bool = False, multiline: bool = False
+) -> list[FieldViolation]:
+    """Presence, length, valid UTF-8 and (unless `multiline`) no control characters."""
+    if required and not value.strip():
+        return [FieldViolation(field, "is required")]
+    if len(value) > max_len:
+        return [FieldViolation(field, f"must be at most {max_len} characters, got {len(value)}")]
+    if _SURROGATE.search(value):
+        return [FieldViolation(field, "must be valid UTF-8")]
+    control = _CONTROL.search(value.replace("\n", "").replace("\t", "") if multiline else value)
+    if control:
+        return [
+            FieldViolation(field, f"must not contain control characters (found {control[0]!r})")
+        ]
+    return []
+
+
+def check(violations: list[FieldViolation]) -> None:
+    if violations:
+        raise InvalidArgument(violations)
+
+
+def parse_incident_id(value: str, field: str = "incident_id") -> str:
+    """The canonical decimal id; INVALID_ARGUMENT naming `field` otherwise."""
+    if not value:
+        raise InvalidArgument.one(field, "is required")
+    if not _INCIDENT_ID.fullmatch(value):
+        raise InvalidArgument.one(field, f"must be a decimal incident number, got {value[:40]!r}")
+    return value
+
+
+def service_id_violations(field: str, value: str) -> list[FieldViolation]:
+    if not value:
+        return [FieldViolation(field, "is required")]
+    if not _SERVICE_ID.fullmatch(value):
+        return [
+            FieldViolation(
+                field,
+                "must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            )
+        ]
+    return []
+
+
+def integration_key_violations(field: str, value: str) -> list[FieldViolation]:
+    if not _INTEGRATION_KEY.fullmatch(value):
+        return [FieldViolation(field, f"must be {INTEGRATION_KEY_LENGTH} letters or digits")]
+    return []
+
+
+def service_violations(
+    service: incidents_pb2.Service, prefix: str = "service"
+) -> list[FieldViolation]:
+    """A service to store (its integration key already generated when it was empty)."""
+    return [
+        *service_id_violations(f"{prefix}.id", service.id),
+        *text_violations(f"{prefix}.name", service.name, MAX_DISPLAY),
+        *integration_key_violations(f"{prefix}.integration_key", service.integration_key),
+        *text_violations(f"{prefix}.escalation_policy_id", service.escalation_policy_id, MAX_ID),
+    ]
+
+
+def actor_violations(actor: common_pb2.Actor, prefix: str = "actor") -> list[FieldViolation]:
+    violations = [
+        *text_violations(f"{prefix}.user_id", actor.user_id, MAX_ID),
+        *text_violations(f"{prefix}.display", actor.display, MAX_DISPLAY),
+    ]
+    if actor.channel not in common_pb2.Channel.values():
+        violations.append(FieldViolation(f"{prefix}.channel", f"unknown channel {actor.channel}"))
+    return violations
+
+
+def alert_violations(alert: incidents_pb2.Alert, dedup_key: str) -> list[FieldViolation]:
+    """An incoming alert; paths are those of TriggerRequest (which shares the names)."""
+    violations = [
+        *text_violations("dedup_key", dedup_key, MAX_DEDUP_KEY),
+        *text_violations("summary", alert.summary, MAX_SUMMARY, required=True),
+        *text_violations("source", alert.source, MAX_LABEL),
+        *text_violations("component", alert.component, MAX_LABEL),
+        *text_violations("group", alert.group, MAX_LABEL),
+        *text_violations("class", getattr(alert, "class"), MAX_LABEL),
+    ]
+    if alert.severity not in common_pb2.Severity.values():
+        violations.append(FieldViolation("severity", f"unknown severity {alert.severity}"))
+    details_size = alert.details.ByteSize()
+    if details_size > MAX_DETAILS_BYTES:
+        violations.append(
+            FieldViolation(
+                "details", f"must be at most {MAX_DETAILS_BYTES} bytes encoded, got {details_size}"
+            )
+        )
+    violations += links_violations(alert.links)
+    if alert.HasField("occurred_at") and not 0 <= alert.occurred_at.seconds <= _MAX_TIMESTAMP_S:
+        violations.append(FieldViolation("occurred_at", "must be between 1970 and 9999"))
+    return violations
+
+
+def links_violations(links: Sequence[common_pb2.Link]) -> list[FieldViolation]:
+    items = list(links)
+    if len(items) > MAX_LINKS:
+        return [FieldViolation("links", f"must have at most {MAX_LINKS} entries, got {len(items)}")]
+    violations: list[FieldViolation] = []
+    for i, link in enumerate(items):
+        field = f"links[{i}].href"
+        problems = text_violations(field, link.href, MAX_URL, required=True)
+        if not problems:
+            parts = urlsplit(link.href)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                problems = [FieldViolation(field, "must be an http:// or https:// URL")]
+        violations += problems
+        violations += text_violations(f"links[{i}].text", link.text, MAX_LABEL)
+    return violations
+
+
+def assignment_violations(
+    assignment: incidents_pb2.Assignment, field: str = "assignment"
+) -> list[FieldViolation]:
+    target = assignment.WhichOneof("target")
+    if target is None:
+        return [FieldViolation(field, "must name a user_id or an escalation_policy_id")]
+    return text_violations(f"{field}.{target}", getattr(assignment, target), MAX_ID, required=True)
+
+
+def snooze_violations(seconds: float, field: str = "duration") -> list[FieldViolation]:
+    if not MIN_SNOOZE_S <= seconds <= MAX_SNOOZE_S:
+        return [FieldViolation(field, "must be between 1 minute and 7 days")]
+    return []
+
+
+def timeline_entry_violations(
+    entry: incidents_pb2.TimelineEntry, prefix: str = "entry"
+) -> list[FieldViolation]:
+    violations: list[FieldViolation] = []
+    if entry.kind == incidents_pb2.TIMELINE_KIND_UNSPECIFIED:
+        violations.append(FieldViolation(f"{prefix}.kind", "is required"))
+    elif entry.kind not in incidents_pb2.TimelineKind.values():
+        violations.append(FieldViolation(f"{prefix}.kind", f"unknown kind {entry.kind}"))
+    violations += text_violations(f"{prefix}.message", entry.message, MAX_NOTE, multiline=True)
+    violations += actor_violations(entry.actor, f"{prefix}.actor")
+    if len(entry.attributes) > MAX_ATTRIBUTES:
+        violations.append(
+            FieldViolation(f"{prefix}.attributes", f"must have at most {MAX_ATTRIBUTES} entries")
+        )
+    for key, value in sorted(entry.attributes.items()):
+        violations += text_violations(f"{prefix}.attributes[{key!r}]", key, MAX_ID, required=True)
+        violations += text_violations(f"{prefix}.attributes[{key!r}]", value, MAX_LABEL)
+    return violations
