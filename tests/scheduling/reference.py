@@ -90,9 +90,9 @@ class ReferenceSchedule:
         ]
 
     def user_at(self, moment: datetime) -> str | None:
-        for start, end, user in reversed(self.overrides):
+        for start, end, covering in reversed(self.overrides):
             if start <= moment < end:
-                return user
+                return covering
         for layer in reversed(self.layers):
             user = layer.user_at(moment)
             if user is not None:

@@ -7,7 +7,7 @@ import pytest
 
 from tests.scheduling.builders import layer, local, override, schedule, utc, window
 from tocsin.scheduling import (
-    InvalidScheduleError,
+    InvalidArgument,
     Schedule,
     ShiftSource,
     final_shifts,
@@ -222,7 +222,7 @@ def test_bad_questions_are_errors_naming_the_argument() -> None:
 def test_an_invalid_schedule_cannot_be_asked() -> None:
     broken = Schedule("x", "X", "Nowhere/Town", (layer("l", MONDAY, "1d", "a"),))
     with pytest.raises(
-        InvalidScheduleError, match="time_zone: unknown time zone 'Nowhere/Town'"
+        InvalidArgument, match="time_zone: unknown time zone 'Nowhere/Town'"
     ) as raised:
         who_is_on_call(broken, utc(2026, 6, 1))
     assert [v.field for v in raised.value.violations] == ["time_zone"]

@@ -14,7 +14,7 @@ from tocsin.scheduling.model import OnCall, Schedule, ScheduleShift, Shift
 
 def who_is_on_call(schedule: Schedule, at: datetime) -> OnCall | None:
     """The user on call at `at` and the layer or override that put them there; None
-    when nobody is. Raises InvalidScheduleError for a schedule that does not validate."""
+    when nobody is. Raises InvalidArgument for a schedule that does not validate."""
     return schedule.plan.on_call_at(_utc(at, "at"))
 
 

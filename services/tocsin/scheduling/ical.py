@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from icalendar import Calendar, Event
+
 from tocsin.scheduling.model import Schedule, ScheduleShift, Shift
 
 PRODID = "-//tocsin//on-call schedules//EN"

@@ -82,25 +82,11 @@ class Schedule:
     def plan(self) -> SchedulePlan:
         """The precomputed form every query uses, built once per schedule value.
 
-        Raises `InvalidScheduleError` if the schedule does not validate."""
+        Raises `InvalidArgument` (with the field violations) if the schedule does not
+        validate."""
         from tocsin.scheduling.plan import SchedulePlan  # plan.py imports this module
 
         return SchedulePlan(self)
-
-
-@dataclass(frozen=True)
-class FieldViolation:
-    """What is wrong with which field, e.g. ("layers[1].rotation.length", "...")."""
-
-    field: str
-    description: str
-
-
-class InvalidScheduleError(ValueError):
-    def __init__(self, violations: list[FieldViolation]) -> None:
-        self.violations = violations
-        details = "; ".join(f"{v.field}: {v.description}" for v in violations)
-        super().__init__(f"invalid schedule: {details}")
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from bisect import bisect_left, bisect_right
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from tocsin.runtime.errors import InvalidArgument
 from tocsin.scheduling.localtime import load_zone, to_utc
 from tocsin.scheduling.model import (
-    InvalidScheduleError,
     Layer,
     OnCall,
     Schedule,
@@ -77,7 +77,7 @@ class SchedulePlan:
     def __init__(self, schedule: Schedule) -> None:
         violations = validate_schedule(schedule)
         if violations:
-            raise InvalidScheduleError(violations)
+            raise InvalidArgument(violations)
         zone = load_zone(schedule.time_zone)
         self._layers = [LayerPlan(layer, i, zone) for i, layer in enumerate(schedule.layers)]
         self._layers_top_first = self._layers[::-1]

@@ -10,8 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from tocsin.runtime.errors import FieldViolation
 from tocsin.scheduling.localtime import load_zone, resolve_wall_time
-from tocsin.scheduling.model import FieldViolation, Layer, Override, Restriction, Schedule
+from tocsin.scheduling.model import Layer, Override, Restriction, Schedule
 
 
 def validate_schedule(
