@@ -152,6 +152,13 @@ def test_embedded_redis_survives_kill_9(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_relative_data_dir_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with EmbeddedRedis(Path(".tocsin/redis")) as server:
+        assert server.data_dir == tmp_path / ".tocsin" / "redis"
+    assert (tmp_path / ".tocsin" / "redis" / "appendonly.aof").exists()
+
+
 def test_two_servers_get_different_ports(tmp_path: Path) -> None:
     with EmbeddedRedis(tmp_path / "a") as a, EmbeddedRedis(tmp_path / "b") as b:
         assert a.port != b.port

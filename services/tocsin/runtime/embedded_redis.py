@@ -50,7 +50,7 @@ class EmbeddedRedis:
         start_timeout_s: float = 30.0,
     ) -> None:
         """`port=0` picks a free port on first start; restarts reuse the same port."""
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).absolute()  # the server runs with data_dir as cwd
         self.port = port
         self.appendonly = appendonly
         self.cluster_enabled = cluster_enabled
@@ -180,7 +180,7 @@ class EmbeddedRedis:
             f"port {self.port}",
             "protected-mode yes",
             "daemonize no",
-            f'dir "{self.data_dir.resolve()}"',
+            f'dir "{self.data_dir}"',
             'save ""',
             f"appendonly {'yes' if self.appendonly else 'no'}",
             "appendfsync everysec",

@@ -191,7 +191,12 @@ Handler = Callable[[ClaimedTimer], Awaitable[None]]
 
 
 class TimerWorker:
-    """Fires due timers of the shards `shard_source()` names (e.g. `ShardLeases.owned`)."""
+    """Fires due timers of the shards `shard_source()` names (e.g. `ShardLeases.owned`).
+
+    `lease_ms` must exceed the slowest handler: a handler still running when its lease
+    ends may see its timer fired again elsewhere (the fence tells the two apart). Handlers
+    of one batch run concurrently.
+    """
 
     def __init__(
         self,
@@ -226,11 +231,23 @@ class TimerWorker:
         """
         shards = sorted(set(self.shard_source()))
         results = await asyncio.gather(
-            *(self.store.claim_due_and_next_wake(s, self.batch, self.lease_ms) for s in shards)
+            *(self.store.claim_due_and_next_wake(s, self.batch, self.lease_ms) for s in shards),
+            return_exceptions=True,
         )
-        next_wakes = [wake for _, wake in results if wake is not None]
+        claimed: list[ClaimedTimer] = []
+        next_wakes: list[int] = []
+        for shard, result in zip(shards, results, strict=True):
+            if isinstance(result, RedisError | OSError):
+                # Fire what the other shards gave us; this one is retried on the next poll.
+                log.warning("cannot claim timers of shard %d: %s", shard, result)
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            timers, wake = result
+            claimed += timers
+            if wake is not None:
+                next_wakes.append(wake)
         self._next_wake_ms = min(next_wakes) if next_wakes else None
-        claimed = [timer for timers, _ in results for timer in timers]
         await asyncio.gather(*(self._fire(timer) for timer in claimed))
         return len(claimed)
 
