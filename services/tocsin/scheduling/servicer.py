@@ -1,0 +1,268 @@
+"""SchedulingService: adapts the protobuf API to the store and the shift arithmetic."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import grpc
+
+from tocsin.runtime.clock import Clock
+from tocsin.runtime.errors import FieldViolation, InvalidArgument, NotFound
+from tocsin.runtime.ids import id_violations
+from tocsin.scheduling import domain
+from tocsin.scheduling.convert import from_timestamp, shift_message
+from tocsin.scheduling.store import SchedulingStore
+from tocsin.v1 import scheduling_pb2, scheduling_pb2_grpc
+from tocsin.v1 import scheduling_pb2 as pb
+
+MAX_WINDOW = timedelta(days=400)
+DEFAULT_PAGE, MAX_PAGE = 100, 1000
+
+
+def _page_size(requested: int) -> int:
+    if requested < 0:
+        raise InvalidArgument.one("page_size", "must not be negative")
+    return min(requested or DEFAULT_PAGE, MAX_PAGE)
+
+
+def _validate_user(user: pb.User) -> None:
+    violations = id_violations(user.id, "user.id")
+    if not user.name.strip():
+        violations.append(FieldViolation("user.name", "must not be empty"))
+    if user.time_zone:
+        try:
+            ZoneInfo(user.time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            violations.append(
+                FieldViolation("user.time_zone", f"unknown time zone {user.time_zone!r}")
+            )
+    if violations:
+        raise InvalidArgument(violations)
+
+
+class SchedulingServicer(scheduling_pb2_grpc.SchedulingServiceServicer):
+    def __init__(self, store: SchedulingStore, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+
+    # users
+
+    async def CreateUser(
+        self, request: pb.CreateUserRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateUserResponse:
+        _validate_user(request.user)
+        await self.store.create_user(request.user)
+        return pb.CreateUserResponse(user=request.user)
+
+    async def GetUser(
+        self, request: pb.GetUserRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetUserResponse:
+        return pb.GetUserResponse(user=await self.store.get_user(request.id))
+
+    async def ListUsers(
+        self, request: pb.ListUsersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListUsersResponse:
+        size = _page_size(request.page_size)
+        users = await self.store.list_users(request.page_token, size + 1)
+        more = len(users) > size
+        users = users[:size]
+        return pb.ListUsersResponse(
+            users=users, next_page_token=users[-1].id if more and users else ""
+        )
+
+    async def UpdateUser(
+        self, request: pb.UpdateUserRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateUserResponse:
+        _validate_user(request.user)
+        await self.store.update_user(request.user)
+        return pb.UpdateUserResponse(user=request.user)
+
+    async def DeleteUser(
+        self, request: pb.DeleteUserRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteUserResponse:
+        await self.store.delete_user(request.id)
+        return pb.DeleteUserResponse()
+
+    # schedules
+
+    async def CreateSchedule(
+        self, request: pb.CreateScheduleRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateScheduleResponse:
+        schedule = _with_override_ids(request.schedule)
+        _require_id(schedule.id, "schedule.id")
+        await self.store.validate(schedule)
+        return pb.CreateScheduleResponse(schedule=await self.store.create_schedule(schedule))
+
+    async def GetSchedule(
+        self, request: pb.GetScheduleRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetScheduleResponse:
+        return pb.GetScheduleResponse(schedule=await self.store.get_schedule(request.id))
+
+    async def ListSchedules(
+        self, request: pb.ListSchedulesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSchedulesResponse:
+        size = _page_size(request.page_size)
+        schedules = await self.store.list_schedules(request.page_token, size + 1)
+        more = len(schedules) > size
+        schedules = schedules[:size]
+        token = schedules[-1].id if more and schedules else ""
+        return pb.ListSchedulesResponse(schedules=schedules, next_page_token=token)
+
+    async def UpdateSchedule(
+        self, request: pb.UpdateScheduleRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateScheduleResponse:
+        schedule = _with_override_ids(request.schedule)
+        await self.store.validate(schedule)
+        stored = await self.store.replace_schedule(schedule, request.schedule.version)
+        return pb.UpdateScheduleResponse(schedule=stored)
+
+    async def DeleteSchedule(
+        self, request: pb.DeleteScheduleRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteScheduleResponse:
+        await self.store.delete_schedule(request.id)
+        return pb.DeleteScheduleResponse()
+
+    # layers
+
+    async def CreateLayer(
+        self, request: pb.CreateLayerRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateLayerResponse:
+        def add(schedule: pb.Schedule) -> None:
+            layers = list(schedule.layers)
+            position = request.position if request.HasField("position") else len(layers)
+            if not 0 <= position <= len(layers):
+                raise InvalidArgument.one("position", f"must be between 0 and {len(layers)}")
+            layers.insert(position, request.layer)
+            del schedule.layers[:]
+            schedule.layers.extend(layers)
+
+        return pb.CreateLayerResponse(
+            schedule=await self.store.modify_schedule(request.schedule_id, add)
+        )
+
+    async def UpdateLayer(
+        self, request: pb.UpdateLayerRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateLayerResponse:
+        def update(schedule: pb.Schedule) -> None:
+            schedule.layers[_layer_index(schedule, request.layer.name)].CopyFrom(request.layer)
+
+        return pb.UpdateLayerResponse(
+            schedule=await self.store.modify_schedule(request.schedule_id, update)
+        )
+
+    async def DeleteLayer(
+        self, request: pb.DeleteLayerRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteLayerResponse:
+        def delete(schedule: pb.Schedule) -> None:
+            del schedule.layers[_layer_index(schedule, request.layer_name)]
+
+        return pb.DeleteLayerResponse(
+            schedule=await self.store.modify_schedule(request.schedule_id, delete)
+        )
+
+    # overrides
+
+    async def CreateOverride(
+        self, request: pb.CreateOverrideRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateOverrideResponse:
+        override = pb.Override()
+        override.CopyFrom(request.override)
+        override.id = override.id or uuid.uuid4().hex[:12]
+
+        def add(schedule: pb.Schedule) -> None:
+            if any(o.id == override.id for o in schedule.overrides):
+                raise InvalidArgument.one("override.id", f"{override.id!r} is already used")
+            schedule.overrides.append(override)
+
+        await self.store.modify_schedule(request.schedule_id, add)
+        return pb.CreateOverrideResponse(override=override)
+
+    async def DeleteOverride(
+        self, request: pb.DeleteOverrideRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteOverrideResponse:
+        def delete(schedule: pb.Schedule) -> None:
+            for i, override in enumerate(schedule.overrides):
+                if override.id == request.override_id:
+                    del schedule.overrides[i]
+                    return
+            raise NotFound(f"override {request.override_id!r} not found")
+
+        await self.store.modify_schedule(request.schedule_id, delete)
+        return pb.DeleteOverrideResponse()
+
+    # questions
+
+    async def WhoIsOnCall(
+        self, request: pb.WhoIsOnCallRequest, context: grpc.aio.ServicerContext
+    ) -> pb.WhoIsOnCallResponse:
+        schedule = await self.store.compiled(request.schedule_id)
+        at = from_timestamp(request.at) if request.HasField("at") else self.clock.now()
+        on_call = domain.who_is_on_call(schedule, at)
+        if on_call is None:
+            return pb.WhoIsOnCallResponse()
+        shift = domain.shift_at(schedule, at)
+        assert shift is not None
+        message = shift_message(schedule.id, shift)
+        message.source = (
+            pb.SHIFT_SOURCE_LAYER if on_call.source.kind == "layer" else pb.SHIFT_SOURCE_OVERRIDE
+        )
+        message.source_name = on_call.source.name
+        return pb.WhoIsOnCallResponse(shift=message)
+
+    async def ListShifts(
+        self, request: pb.ListShiftsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListShiftsResponse:
+        start, end = _window(request)
+        schedule = await self.store.compiled(request.schedule_id)
+        shifts = domain.final_shifts(schedule, start, end)
+        return pb.ListShiftsResponse(shifts=[shift_message(schedule.id, s) for s in shifts])
+
+    async def ListUserShifts(
+        self, request: pb.ListUserShiftsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListUserShiftsResponse:
+        start, end = _window(request)
+        await self.store.get_user(request.user_id)
+        found = domain.user_shifts(await self.store.all_compiled(), request.user_id, start, end)
+        return pb.ListUserShiftsResponse(
+            shifts=[shift_message(s.schedule_id, s.shift) for s in found]
+        )
+
+
+def _window(request: pb.ListShiftsRequest | pb.ListUserShiftsRequest) -> tuple[datetime, datetime]:
+    violations = [
+        FieldViolation(field, "is required")
+        for field in ("start", "end")
+        if not request.HasField(field)
+    ]
+    if violations:
+        raise InvalidArgument(violations)
+    start, end = from_timestamp(request.start), from_timestamp(request.end)
+    if end <= start:
+        raise InvalidArgument.one("end", "must be after start")
+    if end - start > MAX_WINDOW:
+        raise InvalidArgument.one("end", f"the window may span at most {MAX_WINDOW.days} days")
+    return start, end
+
+
+def _layer_index(schedule: pb.Schedule, name: str) -> int:
+    for i, layer in enumerate(schedule.layers):
+        if layer.name == name:
+            return i
+    raise NotFound(f"schedule {schedule.id!r} has no layer {name!r}")
+
+
+def _require_id(value: str, field: str) -> None:
+    violations = id_violations(value, field)
+    if violations:
+        raise InvalidArgument(violations)
+
+
+def _with_override_ids(schedule: pb.Schedule) -> pb.Schedule:
+    """A copy in which every override has an id (generated where the caller gave none)."""
+    copy = scheduling_pb2.Schedule()
+    copy.CopyFrom(schedule)
+    for override in copy.overrides:
+        override.id = override.id or uuid.uuid4().hex[:12]
+    return copy
