@@ -20,7 +20,7 @@ from tocsin.client.endpoints import Endpoints
 from tocsin.runtime.clock import Clock, SystemClock
 from tocsin.runtime.config import Address, Config, ConfigError
 from tocsin.runtime.grpcserver import GrpcServer, install_stop_signals
-from tocsin.runtime.redis import RedisClient, create_redis
+from tocsin.runtime.redis import RedisClient, connect_redis
 from tocsin.runtime.telemetry import setup_tracing
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ async def run_service(name: str, config: Config, create_server: CreateServer) ->
             f"TOCSIN_REDIS_URL must be set to run {name} on its own (`tocsin up` embeds Redis)"
         )
     setup_tracing(name)
-    redis = create_redis(config.redis_url)
+    redis = await connect_redis(config.redis_url)
     deps = ServiceDeps(config=config, redis=redis, clock=SystemClock())
     running, port = await create_server(deps, None)
     log.info("%s listening on %s", name, config.grpc_listen_addr(name).host + f":{port}")
