@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import uvicorn
 
 from tocsin.gateway.app import create_app
-from tocsin.runtime.clock import Clock, SystemClock
+from tocsin.runtime.clock import Clock, clock_from_env
 from tocsin.runtime.config import Address, Config, load_config
 from tocsin.runtime.service import configure_logging, peer_client
 from tocsin.runtime.telemetry import setup_tracing
@@ -38,7 +39,7 @@ def serve() -> None:
     config = load_config()
     setup_tracing("gateway")
     config.check_bind(config.http_addr, "TOCSIN_HTTP_ADDR")
-    app = create_app(config, peer_client(config), SystemClock())
+    app = create_app(config, peer_client(config), clock_from_env(os.environ))
     uvicorn.run(
         app,
         host=config.http_addr.host,

@@ -14,6 +14,7 @@ import heapq
 import itertools
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -109,3 +110,51 @@ class ManualClock(Clock):
             waiter.cancel()
             if not fut.done():
                 fut.cancel()
+
+
+class ScaledClock(Clock):
+    """Wall time sped up `speed` times from a shared anchor: for acceptance tests across
+    processes, where every process must agree on a fast-forwarded "now".
+
+    `now = virtual_anchor + (real_now - real_anchor) * speed`. Only `clock_from_env`
+    builds one, and only when TOCSIN_TEST_CLOCK is set explicitly.
+    """
+
+    def __init__(self, real_anchor_ms: int, virtual_anchor_ms: int, speed: float) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self.real_anchor_ms = real_anchor_ms
+        self.virtual_anchor_ms = virtual_anchor_ms
+        self.speed = speed
+
+    def now_ms(self) -> int:
+        elapsed = time.time_ns() // 1_000_000 - self.real_anchor_ms
+        return self.virtual_anchor_ms + int(elapsed * self.speed)
+
+    async def sleep_until(self, deadline_ms: int, wake: asyncio.Event | None = None) -> None:
+        real_delay = max(0.0, (deadline_ms - self.now_ms()) / self.speed / 1000)
+        if wake is None:
+            await asyncio.sleep(real_delay)
+            return
+        try:
+            await asyncio.wait_for(wake.wait(), timeout=real_delay)
+        except TimeoutError:
+            pass
+
+
+TEST_CLOCK_VARIABLE = "TOCSIN_TEST_CLOCK"
+
+
+def clock_from_env(env: Mapping[str, str]) -> Clock:
+    """SystemClock, unless TOCSIN_TEST_CLOCK="REAL_MS,VIRTUAL_MS,SPEED" asks for a
+    ScaledClock (acceptance tests only; every process of a stack gets the same value)."""
+    value = env.get(TEST_CLOCK_VARIABLE)
+    if not value:
+        return SystemClock()
+    try:
+        real, virtual, speed = value.split(",")
+        return ScaledClock(int(real), int(virtual), float(speed))
+    except ValueError as error:
+        raise ValueError(
+            f"{TEST_CLOCK_VARIABLE}={value!r}: expected REAL_MS,VIRTUAL_MS,SPEED"
+        ) from error

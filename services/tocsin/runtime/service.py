@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from tocsin.client.client import TocsinClient
 from tocsin.client.endpoints import Endpoints
-from tocsin.runtime.clock import Clock, SystemClock
+from tocsin.runtime.clock import TEST_CLOCK_VARIABLE, Clock, SystemClock, clock_from_env
 from tocsin.runtime.config import Address, Config, ConfigError
 from tocsin.runtime.grpcserver import GrpcServer, install_stop_signals
 from tocsin.runtime.redis import RedisClient, connect_redis
@@ -93,7 +93,10 @@ async def run_service(name: str, config: Config, create_server: CreateServer) ->
         )
     setup_tracing(name)
     redis = await connect_redis(config.redis_url)
-    deps = ServiceDeps(config=config, redis=redis, clock=SystemClock())
+    clock = clock_from_env(os.environ)
+    if not isinstance(clock, SystemClock):
+        log.warning("%s runs on a test clock (%s)", name, TEST_CLOCK_VARIABLE)
+    deps = ServiceDeps(config=config, redis=redis, clock=clock)
     running, port = await create_server(deps, None)
     log.info("%s listening on %s", name, config.grpc_listen_addr(name).host + f":{port}")
     stop = asyncio.Event()
