@@ -173,3 +173,15 @@ def test_nobody_before_the_first_handoff() -> None:
     assert who_is_on_call(plan, utc(2026, 6, 1, 7, 59)) is None
     assert who_is_on_call(plan, utc(2026, 6, 1, 8)).user == "a"  # type: ignore[union-attr]
     assert final_shifts(plan, utc(2026, 5, 1), utc(2026, 6, 1, 8)) == []
+
+
+def test_a_handoff_of_the_next_local_day_can_come_before_a_repeated_evening() -> None:
+    # Antarctica/Casey went from +11 to +08 at 2010-03-04T15:00Z (Friday 02:00 back to
+    # Thursday 23:00). Friday's 00:30 handoff was at 13:30Z, so at 15:30Z, when the clock
+    # reads Thursday 23:30 for the second time, Friday's shift is on.
+    plan = schedule("Antarctica/Casey", layer("l", datetime(2010, 3, 1, 0, 30), "1d", "a,b,c,d"))
+    assert who_is_on_call(plan, utc(2010, 3, 4, 13, 29)).user == "d"  # type: ignore[union-attr]
+    assert who_is_on_call(plan, utc(2010, 3, 4, 13, 30)).user == "a"  # type: ignore[union-attr]
+    assert who_is_on_call(plan, utc(2010, 3, 4, 15, 30)).user == "a"  # type: ignore[union-attr]
+    assert who_is_on_call(plan, utc(2010, 3, 5, 16, 29)).user == "a"  # type: ignore[union-attr]
+    assert who_is_on_call(plan, utc(2010, 3, 5, 16, 30)).user == "b"  # type: ignore[union-attr]

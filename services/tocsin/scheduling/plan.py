@@ -34,9 +34,10 @@ class LayerPlan:
         self._windows = ActiveWindows(layer.restrictions, zone) if layer.restrictions else None
         self.source = ShiftSource("layer", layer.name, index)
 
-    def user_at(self, moment: datetime) -> str | None:
-        k = self._rotation.index_at(moment)
-        if k < 0 or (self._windows is not None and not self._windows.contains(moment)):
+    def user_at(self, moment: datetime, local: datetime) -> str | None:
+        """Who this layer has on call at the UTC instant `moment`, which reads `local`."""
+        k = self._rotation.index_at(moment, local.date())
+        if k < 0 or (self._windows is not None and not self._windows.contains(moment, local)):
             return None
         return self._users[k % len(self._users)]
 
@@ -78,7 +79,7 @@ class SchedulePlan:
         violations = validate_schedule(schedule)
         if violations:
             raise InvalidArgument(violations)
-        zone = load_zone(schedule.time_zone)
+        self._zone = zone = load_zone(schedule.time_zone)
         self._layers = [LayerPlan(layer, i, zone) for i, layer in enumerate(schedule.layers)]
         self._layers_top_first = self._layers[::-1]
         self._overrides = top_segments(
@@ -99,8 +100,9 @@ class SchedulePlan:
         i = bisect_right(self._override_starts, moment) - 1
         if i >= 0 and moment < self._override_ends[i]:
             return OnCall(self._overrides[i].user, self._overrides[i].source)
+        local = moment.astimezone(self._zone)
         for layer in self._layers_top_first:
-            user = layer.user_at(moment)
+            user = layer.user_at(moment, local)
             if user is not None:
                 return OnCall(user, layer.source)
         return None

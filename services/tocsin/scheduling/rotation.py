@@ -10,7 +10,8 @@ has not come yet (or a DST change moved it).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from tocsin.runtime.durations import Duration
@@ -26,8 +27,10 @@ class Rotation:
         # A naive start is the wall time the user asked for, even inside a DST gap where
         # the first handoff itself lands later; every later handoff keeps that wall time.
         self._wall_start = start if start.tzinfo is None else wall_time(start, zone)
+        # Resolving a calendar handoff costs a time zone lookup; recent ones are remembered.
+        self.handoff = lru_cache(maxsize=1024)(self._resolve_handoff)
 
-    def handoff(self, k: int) -> datetime:
+    def _resolve_handoff(self, k: int) -> datetime:
         """When shift `k` (k >= 0) begins, in UTC."""
         if self._step is not None:
             return self.start + k * self._step
@@ -36,13 +39,14 @@ class Rotation:
         local = self._wall_start + timedelta(days=k * self._step_days)
         return resolve_wall_time(local, self._zone)
 
-    def index_at(self, moment: datetime) -> int:
-        """The shift in progress at the UTC instant `moment`; -1 before the first handoff."""
+    def index_at(self, moment: datetime, today: date) -> int:
+        """The shift in progress at the UTC instant `moment`, whose local date is `today`;
+        -1 before the first handoff."""
         if moment < self.start:
             return -1
         if self._step is not None:
             return (moment - self.start) // self._step
-        elapsed_days = (wall_time(moment, self._zone).date() - self._wall_start.date()).days
+        elapsed_days = (today - self._wall_start.date()).days
         k = max(elapsed_days // self._step_days, 0)
         while k > 0 and self.handoff(k) > moment:
             k -= 1
@@ -52,7 +56,7 @@ class Rotation:
 
     def shifts(self, start: datetime, end: datetime) -> Iterator[tuple[int, datetime, datetime]]:
         """(k, begin, finish) of every shift overlapping [start, end), not clipped."""
-        k = max(self.index_at(start), 0)
+        k = max(self.index_at(start, start.astimezone(self._zone).date()), 0)
         begin = self.handoff(k)
         while begin < end:
             finish = self.handoff(k + 1)

@@ -8,8 +8,9 @@ empty (e.g. 02:30-03:00 in New York), and is then skipped.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import date, datetime, time, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from tocsin.scheduling.localtime import resolve_day_time
@@ -21,6 +22,9 @@ Interval = tuple[datetime, datetime]
 
 
 class ActiveWindows:
+    """The windows of one layer. A day's windows are resolved once and remembered (for
+    the most recently used days), so repeated questions cost a few comparisons."""
+
     def __init__(self, restrictions: Sequence[Restriction], zone: ZoneInfo) -> None:
         self._zone = zone
         self._by_weekday: list[list[tuple[time, time, timedelta]]] = [[] for _ in range(7)]
@@ -28,20 +32,30 @@ class ActiveWindows:
             runs_over = _ONE_DAY if restriction.end <= restriction.start else timedelta(0)
             for day in restriction.days:
                 self._by_weekday[day].append((restriction.start, restriction.end, runs_over))
+        self._some_run_over = any(r.end <= r.start for r in restrictions)
+        self._windows_on = lru_cache(maxsize=1024)(self._resolve_windows_on)
 
-    def _windows_on(self, day: date) -> Iterator[Interval]:
+    def _resolve_windows_on(self, day: date) -> tuple[Interval, ...]:
+        windows = []
         for start, end, runs_over in self._by_weekday[day.weekday()]:
             begin = resolve_day_time(day, start, self._zone)
             finish = resolve_day_time(day + runs_over, end, self._zone)
             if begin < finish:
-                yield begin, finish
+                windows.append((begin, finish))
+        return tuple(windows)
 
-    def contains(self, moment: datetime) -> bool:
-        """Whether the UTC instant `moment` lies in some window."""
-        today = moment.astimezone(self._zone).date()
-        # A window lasts at most a day and a bit, so it starts the local day before, on,
-        # or (after a fall-back at midnight) the day after the instant's local date.
-        for day in (today - _ONE_DAY, today, today + _ONE_DAY):
+    def contains(self, moment: datetime, local: datetime) -> bool:
+        """Whether the UTC instant `moment`, which reads `local` in the zone, lies in a window."""
+        today = local.date()
+        days = [today]
+        # Only a window that runs past midnight reaches in from the day before. A window of
+        # the next day can have begun only if the clock was set back across midnight and
+        # `local` is being read for the second time (fold=1).
+        if self._some_run_over:
+            days.append(today - _ONE_DAY)
+        if local.fold:
+            days.append(today + _ONE_DAY)
+        for day in days:
             for begin, finish in self._windows_on(day):
                 if begin <= moment < finish:
                     return True
