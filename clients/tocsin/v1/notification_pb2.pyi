@@ -724,19 +724,25 @@ class HandleVoiceKeypressRequest(_message.Message):
 
     CALL_SID_FIELD_NUMBER: _builtins.int
     DIGITS_FIELD_NUMBER: _builtins.int
+    ATTEMPT_ID_FIELD_NUMBER: _builtins.int
     call_sid: _builtins.str
     """Twilio's CallSid."""
     digits: _builtins.str
     """The digits pressed (empty on silence)."""
+    attempt_id: _builtins.str
+    """The attempt named in the Gather action URL (`?attempt=`), which Twilio signs with the
+    rest of the request; empty means look the attempt up by call_sid.
+    """
     def __init__(
         self,
         *,
         call_sid: _builtins.str = ...,
         digits: _builtins.str = ...,
+        attempt_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_sid", b"call_sid", "digits", b"digits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "call_sid", b"call_sid", "digits", b"digits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -773,22 +779,29 @@ class HandleDeliveryStatusRequest(_message.Message):
     PROVIDER_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     ERROR_CODE_FIELD_NUMBER: _builtins.int
+    ATTEMPT_ID_FIELD_NUMBER: _builtins.int
     provider_id: _builtins.str
     """Twilio's MessageSid or CallSid."""
     status: _builtins.str
     """Twilio's MessageStatus or CallStatus."""
     error_code: _builtins.int
     """Twilio's ErrorCode, when failed."""
+    attempt_id: _builtins.str
+    """The attempt named in the status callback URL (`?attempt=`), which Twilio signs with the
+    rest of the request. It finds the attempt even when the callback overtakes the send's
+    own record of the provider id; empty means look the attempt up by provider_id.
+    """
     def __init__(
         self,
         *,
         provider_id: _builtins.str = ...,
         status: _builtins.str = ...,
         error_code: _builtins.int = ...,
+        attempt_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_code", b"error_code", "provider_id", b"provider_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "error_code", b"error_code", "provider_id", b"provider_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -32,7 +32,7 @@ class NotificationServiceStub:
     replies and keypresses into acknowledgements.
 
     Delivery is at most once per attempt: an attempt is recorded SENDING before the provider
-    is called, and one whose outcome is unknown after a crash is marked failed, never resent.
+    is called, and one whose outcome is unknown after a crash is marked UNKNOWN, never resent.
     """
 
     def __init__(self, channel):
@@ -110,7 +110,7 @@ class NotificationServiceServicer:
     replies and keypresses into acknowledgements.
 
     Delivery is at most once per attempt: an attempt is recorded SENDING before the provider
-    is called, and one whose outcome is unknown after a crash is marked failed, never resent.
+    is called, and one whose outcome is unknown after a crash is marked UNKNOWN, never resent.
     """
 
     def CreateContactMethod(self, request, context):
@@ -276,7 +276,7 @@ class NotificationService:
     replies and keypresses into acknowledgements.
 
     Delivery is at most once per attempt: an attempt is recorded SENDING before the provider
-    is called, and one whose outcome is unknown after a crash is marked failed, never resent.
+    is called, and one whose outcome is unknown after a crash is marked UNKNOWN, never resent.
     """
 
     @staticmethod

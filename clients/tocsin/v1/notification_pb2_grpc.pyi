@@ -33,7 +33,7 @@ class NotificationServiceStub:
     replies and keypresses into acknowledgements.
 
     Delivery is at most once per attempt: an attempt is recorded SENDING before the provider
-    is called, and one whose outcome is unknown after a crash is marked failed, never resent.
+    is called, and one whose outcome is unknown after a crash is marked UNKNOWN, never resent.
     """
 
     @_typing.overload
@@ -75,7 +75,7 @@ class NotificationServiceAsyncStub(NotificationServiceStub):
     replies and keypresses into acknowledgements.
 
     Delivery is at most once per attempt: an attempt is recorded SENDING before the provider
-    is called, and one whose outcome is unknown after a crash is marked failed, never resent.
+    is called, and one whose outcome is unknown after a crash is marked UNKNOWN, never resent.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -113,7 +113,7 @@ class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
     replies and keypresses into acknowledgements.
 
     Delivery is at most once per attempt: an attempt is recorded SENDING before the provider
-    is called, and one whose outcome is unknown after a crash is marked failed, never resent.
+    is called, and one whose outcome is unknown after a crash is marked UNKNOWN, never resent.
     """
 
     @_abc_1.abstractmethod
