@@ -62,8 +62,12 @@ class RunningService:
         return self.grpc.port
 
     async def stop(self, grace: float = 5.0) -> None:
+        """Stop background tasks (they see `stopping` first and may finish cleanly, e.g.
+        release their leases), then the gRPC server with `grace` for in-flight calls."""
         self.stopping.set()
         await self.grpc.set_serving(False)
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=min(grace, 2.0))
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:

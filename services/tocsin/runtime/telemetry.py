@@ -11,7 +11,9 @@ import os
 from collections.abc import Mapping
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -19,6 +21,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _OTLP_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+_OTLP_METRICS = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
 
 
 def setup_tracing(
@@ -26,18 +29,22 @@ def setup_tracing(
     env: Mapping[str, str] | None = None,
     extra_processor: SpanProcessor | None = None,
 ) -> TracerProvider:
-    """Install a global tracer provider for this process and return it."""
+    """Install the global tracer provider (and, with an OTLP endpoint, the meter provider)."""
     env = os.environ if env is None else env
-    resource = Resource.create(
-        {"service.name": env.get("OTEL_SERVICE_NAME", f"tocsin-{service_name}")}
-    )
-    provider = TracerProvider(resource=resource)
-    if env.get("OTEL_SDK_DISABLED", "").lower() != "true" and any(
-        env.get(v) for v in _OTLP_VARIABLES
-    ):
+    name = env.get("OTEL_SERVICE_NAME", f"tocsin-{service_name}")
+    provider = TracerProvider(resource=Resource.create({"service.name": name}))
+    enabled = env.get("OTEL_SDK_DISABLED", "").lower() != "true"
+    if enabled and any(env.get(v) for v in _OTLP_VARIABLES):
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    if enabled and (env.get(_OTLP_VARIABLES[0]) or env.get(_OTLP_METRICS)):
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        reader = PeriodicExportingMetricReader(OTLPMetricExporter())
+        metrics.set_meter_provider(
+            MeterProvider(resource=provider.resource, metric_readers=[reader])
+        )
     if extra_processor is not None:
         provider.add_span_processor(extra_processor)
     trace.set_tracer_provider(provider)
