@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from tocsin.runtime.errors import FieldViolation, InvalidArgument
+from tocsin.runtime.ids import id_violations
 from tocsin.v1 import common_pb2, incidents_pb2
 
 MAX_SUMMARY = 1024
@@ -33,7 +34,6 @@ INTEGRATION_KEY_LENGTH = 32
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
-_SERVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _INTEGRATION_KEY = re.compile(r"[A-Za-z0-9]{32}")
 _INCIDENT_ID = re.compile(r"[1-9][0-9]{0,17}")
 _MAX_TIMESTAMP_S = 253402300799  # 9999-12-31T23:59:59Z
@@ -74,14 +74,11 @@ def parse_incident_id(value: str, field: str = "incident_id") -> str:
 def service_id_violations(field: str, value: str) -> list[FieldViolation]:
     if not value:
         return [FieldViolation(field, "is required")]
-    if not _SERVICE_ID.fullmatch(value):
-        return [
-            FieldViolation(
-                field,
-                "must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit",
-            )
-        ]
-    return []
+    return id_violations(value, field)
+
+
+def optional_id_violations(field: str, value: str) -> list[FieldViolation]:
+    return id_violations(value, field) if value else []
 
 
 def integration_key_violations(field: str, value: str) -> list[FieldViolation]:
@@ -98,7 +95,7 @@ def service_violations(
         *service_id_violations(f"{prefix}.id", service.id),
         *text_violations(f"{prefix}.name", service.name, MAX_DISPLAY),
         *integration_key_violations(f"{prefix}.integration_key", service.integration_key),
-        *text_violations(f"{prefix}.escalation_policy_id", service.escalation_policy_id, MAX_ID),
+        *optional_id_violations(f"{prefix}.escalation_policy_id", service.escalation_policy_id),
     ]
 
 
@@ -160,7 +157,10 @@ def assignment_violations(
     target = assignment.WhichOneof("target")
     if target is None:
         return [FieldViolation(field, "must name a user_id or an escalation_policy_id")]
-    return text_violations(f"{field}.{target}", getattr(assignment, target), MAX_ID, required=True)
+    value = getattr(assignment, target)
+    if not value:
+        return [FieldViolation(f"{field}.{target}", "is required")]
+    return id_violations(value, f"{field}.{target}")
 
 
 def snooze_violations(seconds: float, field: str = "duration") -> list[FieldViolation]:

@@ -1,0 +1,211 @@
+"""Every refused request names the field (google.rpc.BadRequest) and writes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.struct_pb2 import Struct
+from redis.asyncio import Redis
+
+from tests.incidents.harness import (
+    PAYMENTS_KEY,
+    Served,
+    create_payments,
+    serve_incidents,
+    snapshot,
+    trigger_request,
+    violated_fields,
+)
+from tocsin.runtime.clock import ManualClock
+from tocsin.v1 import common_pb2, incidents_pb2
+
+I = incidents_pb2  # noqa: E741
+
+
+@pytest.fixture
+async def served(redis: Redis, clock: ManualClock) -> AsyncIterator[Served]:
+    async with serve_incidents(redis, clock) as served:
+        await create_payments(served.stub)
+        yield served
+
+
+def _big_details() -> Struct:
+    details = Struct()
+    details.update({"blob": "x" * (64 * 1024)})
+    return details
+
+
+TRIGGERS: list[tuple[I.TriggerRequest, str]] = [
+    (trigger_request(summary=""), "summary"),
+    (trigger_request(summary="   "), "summary"),
+    (trigger_request(summary="x" * 1025), "summary"),
+    (trigger_request(summary="line\nbreak"), "summary"),
+    (trigger_request(summary="nul\x00"), "summary"),
+    (trigger_request(dedup_key="k" * 256), "dedup_key"),
+    (trigger_request(dedup_key="tab\tkey"), "dedup_key"),
+    (trigger_request(source="host\x1b[31m"), "source"),
+    (trigger_request(component="c" * 1025), "component"),
+    (trigger_request(details=_big_details()), "details"),
+    (trigger_request(links=[common_pb2.Link(href="javascript:alert(1)")]), "links[0].href"),
+    (trigger_request(links=[common_pb2.Link(href="")]), "links[0].href"),
+    (trigger_request(links=[common_pb2.Link(href="https://x.example")] * 51), "links"),
+    (trigger_request(severity=9), "severity"),
+    (trigger_request(service_id=""), "service_id"),
+    (trigger_request(service_id="Payments API"), "service_id"),
+    (trigger_request(service_id="", integration_key="short"), "integration_key"),
+    (trigger_request(integration_key="f" * 32), "integration_key"),  # not payments' key
+    (trigger_request(actor=common_pb2.Actor(display="bell\x07")), "actor.display"),
+    (trigger_request(actor=common_pb2.Actor(channel=99)), "actor.channel"),  # type: ignore[arg-type]
+]
+
+
+@pytest.mark.parametrize(("request_", "field"), TRIGGERS)
+async def test_bad_triggers_name_the_field_and_write_nothing(
+    served: Served, request_: I.TriggerRequest, field: str
+) -> None:
+    await _refused(served, lambda: served.stub.Trigger(request_), field)
+
+
+async def _incident(served: Served) -> str:
+    return (await served.stub.Trigger(trigger_request())).incident.id
+
+
+ACTIONS: list[tuple[Callable[[Served, str], Awaitable[Any]], str]] = [
+    (lambda s, i: s.stub.Acknowledge(I.AcknowledgeRequest(incident_id="12abc")), "incident_id"),
+    (lambda s, i: s.stub.Acknowledge(I.AcknowledgeRequest(incident_id="0")), "incident_id"),
+    (lambda s, i: s.stub.Acknowledge(I.AcknowledgeRequest()), "incident_id"),
+    (
+        lambda s, i: s.stub.Acknowledge(
+            I.AcknowledgeRequest(service_id="payments-api", dedup_key="x" * 300)
+        ),
+        "dedup_key",
+    ),
+    (
+        lambda s, i: s.stub.Resolve(
+            I.ResolveRequest(incident_id=i, actor=common_pb2.Actor(user_id="a\nb"))
+        ),
+        "actor.user_id",
+    ),
+    (lambda s, i: s.stub.Reassign(I.ReassignRequest(incident_id=i)), "assignment"),
+    (
+        lambda s, i: s.stub.Reassign(
+            I.ReassignRequest(incident_id=i, assignment=I.Assignment(user_id=""))
+        ),
+        "assignment.user_id",
+    ),
+    (
+        lambda s, i: s.stub.Reassign(
+            I.ReassignRequest(incident_id=i, assignment=I.Assignment(escalation_policy_id="A B"))
+        ),
+        "assignment.escalation_policy_id",
+    ),
+    (lambda s, i: s.stub.AddNote(I.AddNoteRequest(incident_id=i, text="")), "text"),
+    (lambda s, i: s.stub.AddNote(I.AddNoteRequest(incident_id=i, text="n" * 4097)), "text"),
+    (lambda s, i: s.stub.AddNote(I.AddNoteRequest(incident_id=i, text="esc\x1b")), "text"),
+    (
+        lambda s, i: s.stub.AppendTimeline(
+            I.AppendTimelineRequest(incident_id=i, entry=I.TimelineEntry(message="x"))
+        ),
+        "entry.kind",
+    ),
+    (
+        lambda s, i: s.stub.AppendTimeline(
+            I.AppendTimelineRequest(
+                incident_id=i,
+                entry=I.TimelineEntry(kind=I.TIMELINE_KIND_WARNING),
+                idempotency_key="k" * 256,
+            )
+        ),
+        "idempotency_key",
+    ),
+    (
+        lambda s, i: s.stub.AppendTimeline(
+            I.AppendTimelineRequest(
+                incident_id=i,
+                entry=I.TimelineEntry(
+                    kind=I.TIMELINE_KIND_WARNING, attributes={str(n): "v" for n in range(51)}
+                ),
+            )
+        ),
+        "entry.attributes",
+    ),
+    (
+        lambda s, i: s.stub.Snooze(I.SnoozeRequest(incident_id=i, duration=Duration(seconds=30))),
+        "duration",
+    ),
+    (lambda s, i: s.stub.GetIncident(I.GetIncidentRequest(incident_id="-3")), "incident_id"),
+]
+
+
+@pytest.mark.parametrize(("call", "field"), ACTIONS)
+async def test_bad_actions_name_the_field_and_write_nothing(
+    served: Served, call: Callable[[Served, str], Awaitable[Any]], field: str
+) -> None:
+    incident_id = await _incident(served)
+    await _refused(served, lambda: call(served, incident_id), field)
+
+
+SERVICES: list[tuple[I.Service, str]] = [
+    (I.Service(id=""), "service.id"),
+    (I.Service(id="Has Space"), "service.id"),
+    (I.Service(id="ok", integration_key="xyz"), "service.integration_key"),
+    (I.Service(id="ok", integration_key="g" * 31 + "!"), "service.integration_key"),
+    (I.Service(id="ok", name="line\nbreak"), "service.name"),
+    (I.Service(id="ok", escalation_policy_id="Bad Policy"), "service.escalation_policy_id"),
+]
+
+
+@pytest.mark.parametrize(("service", "field"), SERVICES)
+async def test_bad_services_name_the_field_and_write_nothing(
+    served: Served, service: I.Service, field: str
+) -> None:
+    await _refused(
+        served, lambda: served.stub.CreateService(I.CreateServiceRequest(service=service)), field
+    )
+    service.id = "payments-api" if field != "service.id" else service.id
+    await _refused(
+        served, lambda: served.stub.UpdateService(I.UpdateServiceRequest(service=service)), field
+    )
+
+
+async def test_taken_ids_and_keys_already_exist(served: Served) -> None:
+    before = await snapshot(served.redis)
+    for service in (
+        I.Service(id="payments-api"),
+        I.Service(id="other", integration_key=PAYMENTS_KEY),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as taken:
+            await served.stub.CreateService(I.CreateServiceRequest(service=service))
+        assert taken.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert await snapshot(served.redis) == before
+
+
+async def test_invalid_utf8_on_the_wire_is_refused_and_writes_nothing(served: Served) -> None:
+    raw = trigger_request(summary="SUMMARY").SerializeToString().replace(b"SUMMARY", b"SUM\xffARY")
+    before = await snapshot(served.redis)
+    channel = grpc.aio.insecure_channel(served.target)
+    try:
+        call = channel.unary_unary(
+            "/tocsin.v1.IncidentService/Trigger",
+            request_serializer=lambda body: body,
+            response_deserializer=I.TriggerResponse.FromString,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call(raw)
+    finally:
+        await channel.close()
+    assert refused.value.code() != grpc.StatusCode.OK
+    assert await snapshot(served.redis) == before
+
+
+async def _refused(served: Served, call: Callable[[], Awaitable[Any]], field: str) -> None:
+    before = await snapshot(served.redis)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+    assert violated_fields(refused.value) == [field]
+    assert await snapshot(served.redis) == before
