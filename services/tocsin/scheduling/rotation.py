@@ -9,7 +9,7 @@ has not come yet (or a DST change moved it).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -28,12 +28,18 @@ class Rotation:
         # the first handoff itself lands later; every later handoff keeps that wall time.
         self._wall_start = start if start.tzinfo is None else wall_time(start, zone)
         # Resolving a calendar handoff costs a time zone lookup; recent ones are remembered.
-        self.handoff = lru_cache(maxsize=1024)(self._resolve_handoff)
-
-    def _resolve_handoff(self, k: int) -> datetime:
+        self.handoff: Callable[[int], datetime] = (
+            lru_cache(maxsize=1024)(self._calendar_handoff)
+            if length.is_calendar
+            else self._elapsed_handoff
+        )
         """When shift `k` (k >= 0) begins, in UTC."""
-        if self._step is not None:
-            return self.start + k * self._step
+
+    def _elapsed_handoff(self, k: int) -> datetime:
+        assert self._step is not None
+        return self.start + k * self._step
+
+    def _calendar_handoff(self, k: int) -> datetime:
         if k == 0:
             return self.start
         local = self._wall_start + timedelta(days=k * self._step_days)
