@@ -182,6 +182,8 @@ def test_shift_at_cuts_a_never_ending_shift_at_the_horizon() -> None:
     assert shift is not None
     assert (shift.start, shift.end) == (at - timedelta(days=10), at + timedelta(days=10))
     assert shift_at(plan, at - timedelta(days=60)) is None
+    with pytest.raises(ValueError, match="horizon must be positive"):
+        shift_at(plan, at, horizon=timedelta(0))
 
 
 def test_user_shifts_across_schedules() -> None:

@@ -36,6 +36,8 @@ def shift_at(
     shifts, not the horizon's.
     """
     moment = _utc(at, "at")
+    if horizon <= timedelta(0):
+        raise ValueError(f"horizon must be positive, got {horizon}")
     plan = schedule.plan
     if plan.on_call_at(moment) is None:
         return None
