@@ -214,4 +214,3 @@ def validate_policy(policy: Policy) -> list[FieldViolation]:
             if not target.id:
                 violations.append(FieldViolation(field, "must not be empty"))
     return violations
-

@@ -1,0 +1,430 @@
+"""The escalation engine: follows incident events, fires levels from timers, sends the
+pages of a fired level through an outbox timer, and audits for lost timers.
+
+Firing a level is a GoAlert-style idempotent cycle:
+
+1. the level timer (or the event that started the escalation) hands over the state;
+2. schedule targets are resolved through scheduling's WhoIsOnCall;
+3. ONE compare-and-set writes the advanced state, arms the next level's timer and arms a
+   "hop" outbox timer holding the pages to send; a stale or duplicate timer fails the
+   version check and pages nobody;
+4. the hop is claimed at once (no poll: the first page leaves in milliseconds) and each
+   page becomes a Notify with the idempotency key incident/epoch/level/loop/user, then the
+   timeline entries are appended (idempotent too). If the process dies anywhere, the hop
+   timer is re-offered after its lease and redone; notification drops the repeats.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from typing import Any
+
+import grpc
+from opentelemetry import metrics, trace
+
+from tocsin.client.client import TocsinClient
+from tocsin.escalation import domain
+from tocsin.escalation.codec import policy_from_proto
+from tocsin.escalation.domain import Escalation, Exhausted, LevelFired, Page, Policy, Status
+from tocsin.escalation.store import EscalationStore, Hop, hop_timer_id, level_timer_id
+from tocsin.runtime.clock import Clock
+from tocsin.runtime.errors import FailedPrecondition, NotFound
+from tocsin.runtime.events import incident_shard
+from tocsin.runtime.telemetry import context_from_traceparent, current_traceparent
+from tocsin.runtime.timers import ClaimedTimer
+from tocsin.v1 import common_pb2, incidents_pb2, notification_pb2, scheduling_pb2
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("tocsin.escalation")
+_repaired = metrics.get_meter("tocsin.escalation").create_counter(
+    "tocsin.escalation.auditor.repaired",
+    description="Escalations the auditor found without a live timer and re-armed or started",
+)
+
+DIRECT_ASSIGNMENT_DELAY_MS = 5 * 60_000
+"""A user-assigned incident is one level: that user, whose own rules repeat the page."""
+HOP_LEASE_MS = 15_000
+_WRITE_ATTEMPTS = 5
+_EVENT = incidents_pb2.IncidentEventKind
+
+
+class EscalationEngine:
+    def __init__(self, store: EscalationStore, peers: TocsinClient, clock: Clock) -> None:
+        self.store = store
+        self.peers = peers
+        self.clock = clock
+        self.repaired = 0
+
+    # incident events
+
+    async def on_event(self, event: incidents_pb2.IncidentEvent) -> None:
+        incident = event.incident
+        if event.kind == _EVENT.INCIDENT_EVENT_KIND_TRIGGERED:
+            await self.begin(incident, event.traceparent)
+        elif event.kind in (
+            _EVENT.INCIDENT_EVENT_KIND_UNSNOOZED,
+            _EVENT.INCIDENT_EVENT_KIND_REASSIGNED,
+        ):
+            await self.restart(incident, event.traceparent)
+        elif event.kind in (
+            _EVENT.INCIDENT_EVENT_KIND_ACKNOWLEDGED,
+            _EVENT.INCIDENT_EVENT_KIND_RESOLVED,
+            _EVENT.INCIDENT_EVENT_KIND_SNOOZED,
+        ):
+            await self.halt(incident.id, event.traceparent, _EVENT.Name(event.kind))
+
+    async def begin(self, incident: incidents_pb2.Incident, traceparent: str) -> None:
+        """Start escalating a newly triggered incident (a repeated event does nothing)."""
+        if await self.store.exists(incident.id):
+            return
+        with tracer.start_as_current_span(
+            "escalation.start",
+            context=context_from_traceparent(traceparent),
+            attributes={"incident.id": incident.id},
+        ) as span:
+            policy = await self._policy_for(incident)
+            if policy is None:
+                return
+            span.set_attribute("policy.id", policy.id)
+            state = domain.start(incident.id, policy, self.clock.now_ms())
+            written = await self.store.write(state, 0, traceparent=current_traceparent())
+        if written:
+            await self.fire_now(incident.id)
+
+    async def restart(self, incident: incidents_pb2.Incident, traceparent: str) -> None:
+        """Start over for a snooze that ended or a new assignment, in a new epoch."""
+        with tracer.start_as_current_span(
+            "escalation.restart",
+            context=context_from_traceparent(traceparent),
+            attributes={"incident.id": incident.id},
+        ):
+            policy = await self._policy_for(incident)
+            if policy is None:
+                return
+            for _ in range(_WRITE_ATTEMPTS):
+                current = await self.store.load(incident.id)
+                if current is None:
+                    state = domain.start(incident.id, policy, self.clock.now_ms())
+                    expected = 0
+                else:
+                    state = domain.restart(current, policy, self.clock.now_ms())
+                    expected = current.version
+                if await self.store.write(state, expected, traceparent=current_traceparent()):
+                    break
+        await self.fire_now(incident.id)
+
+    async def halt(self, incident_id: str, traceparent: str, reason: str) -> None:
+        """Stop paging: acknowledged, resolved or snoozed. Later timers become no-ops."""
+        with tracer.start_as_current_span(
+            "escalation.stop",
+            context=context_from_traceparent(traceparent),
+            attributes={"incident.id": incident_id, "reason": reason},
+        ):
+            for _ in range(_WRITE_ATTEMPTS):
+                current = await self.store.load(incident_id)
+                stopped = domain.stop(current) if current else None
+                if current is None or stopped is None:
+                    return
+                if await self.store.write(stopped, current.version, traceparent=""):
+                    return
+
+    # levels
+
+    async def fire_now(self, incident_id: str) -> None:
+        """The fast path: claim the level timer that is due now and fire it here."""
+        claimed = await self.store.timers.claim(
+            level_timer_id(incident_id), incident_shard(incident_id), HOP_LEASE_MS
+        )
+        if claimed is not None:
+            await self.on_timer(claimed)
+            await self.store.timers.complete(claimed)
+
+    async def on_timer(self, timer: ClaimedTimer) -> None:
+        """Handler for every timer of the escalation shards: levels and hops."""
+        if timer.timer_id.startswith("hop:"):
+            await self._send_hop(timer)
+            return
+        payload = json.loads(timer.payload)
+        incident_id = timer.timer_id.removeprefix("esc:")
+        state = await self.store.load(incident_id)
+        if state is None or state.version != payload["v"]:
+            return  # stale: a newer write re-armed or cancelled it
+        if not domain.is_due(state, self.clock.now_ms()):
+            return
+        await self._advance(state, payload["tp"], manual=False)
+
+    async def escalate(self, incident_id: str) -> Escalation:
+        """Manual escalation: fire the next level now."""
+        for _ in range(_WRITE_ATTEMPTS):
+            state = await self.store.load(incident_id)
+            if state is None:
+                raise NotFound(f"incident {incident_id} has no escalation")
+            if state.status is not Status.ACTIVE:
+                raise FailedPrecondition(
+                    f"escalation of incident {incident_id} is {state.status.value}"
+                )
+            advanced = await self._advance(state, current_traceparent(), manual=True)
+            if advanced is not None:
+                return advanced
+        raise FailedPrecondition(f"escalation of incident {incident_id} kept changing")
+
+    async def _advance(
+        self, state: Escalation, traceparent: str, *, manual: bool
+    ) -> Escalation | None:
+        now = self.clock.now_ms()
+        with tracer.start_as_current_span(
+            "escalation.level", context=context_from_traceparent(traceparent)
+        ) as span:
+            span.set_attributes(
+                {
+                    "incident.id": state.incident_id,
+                    "escalation.level": state.next_level,
+                    "escalation.loop": state.loop,
+                    "escalation.epoch": state.epoch,
+                    "escalation.manual": manual,
+                }
+            )
+            advanced, work = domain.fire(state, now, manual=manual)
+            if isinstance(work, LevelFired):
+                pages, notes = await self._resolve_targets(state, work, now)
+                advanced = domain.record_pages(advanced, pages)
+                if not pages and advanced.next_fire_ms is not None:
+                    advanced = replace(advanced, next_fire_ms=now)  # nobody here: go on now
+                span.set_attribute("escalation.paged", [p.user_id for p in pages])
+                hop_id = hop_timer_id(state.incident_id, state.epoch, work.level, work.loop)
+            else:
+                span.set_attribute("escalation.exhausted", True)
+                pages, notes = (), [_exhausted_note(state, work)]
+                hop_id = f"hop:{state.incident_id}:{state.epoch}:exhausted"
+            hop = Hop(
+                hop_id,
+                {
+                    "incident": state.incident_id,
+                    "epoch": state.epoch,
+                    "pages": [[p.level, p.loop, p.user_id, p.schedule_id] for p in pages],
+                    "notes": notes,
+                    "tp": current_traceparent(),
+                },
+            )
+            if not await self.store.write(
+                advanced, state.version, traceparent=traceparent, hop=hop
+            ):
+                span.set_attribute("escalation.stale", True)
+                return None
+        await self._send_hop_now(state.incident_id, hop.timer_id)
+        if advanced.next_fire_ms is not None and advanced.next_fire_ms <= now:
+            await self.fire_now(state.incident_id)
+        return advanced
+
+    async def _resolve_targets(
+        self, state: Escalation, work: LevelFired, now_ms: int
+    ) -> tuple[tuple[Page, ...], list[dict[str, Any]]]:
+        pages: list[Page] = []
+        notes: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for target in work.targets:
+            user: str | None
+            if target.kind == "user":
+                user, schedule_id = target.id, ""
+            else:
+                schedule_id = target.id
+                user = await self._on_call(schedule_id, now_ms, notes, work)
+                if user is None:
+                    continue
+            if user not in seen:
+                seen.add(user)
+                pages.append(Page(work.level, work.loop, user, schedule_id, now_ms))
+        who = ", ".join(
+            p.user_id + (f" (schedule {p.schedule_id})" if p.schedule_id else "") for p in pages
+        )
+        notes.insert(
+            0,
+            {
+                "kind": incidents_pb2.TIMELINE_KIND_ESCALATED,
+                "message": f"Escalation level {work.level + 1} (loop {work.loop + 1}) paged "
+                + (who or "nobody"),
+                "attributes": {
+                    "level": str(work.level),
+                    "loop": str(work.loop),
+                    "epoch": str(state.epoch),
+                    "users": ",".join(p.user_id for p in pages),
+                },
+            },
+        )
+        return tuple(pages), notes
+
+    async def _on_call(
+        self, schedule_id: str, now_ms: int, notes: list[dict[str, Any]], work: LevelFired
+    ) -> str | None:
+        with tracer.start_as_current_span(
+            "escalation.who_is_on_call", attributes={"schedule.id": schedule_id}
+        ) as span:
+            at = self.clock.now()
+            request = scheduling_pb2.WhoIsOnCallRequest(schedule_id=schedule_id)
+            request.at.FromDatetime(at)
+            try:
+                reply = await self.peers.scheduling.WhoIsOnCall(request)
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                notes.append(
+                    _warning(
+                        f"Schedule {schedule_id} does not exist; level {work.level + 1} skips it"
+                    )
+                )
+                return None
+            user = reply.shift.user_id or None
+            span.set_attribute("user.id", user or "")
+        if user is None:
+            notes.append(
+                _warning(
+                    f"Schedule {schedule_id} had nobody on call; "
+                    f"level {work.level + 1} paged nobody from it"
+                )
+            )
+        return user
+
+    # the outbox
+
+    async def _send_hop_now(self, incident_id: str, hop_id: str) -> None:
+        claimed = await self.store.timers.claim(hop_id, incident_shard(incident_id), HOP_LEASE_MS)
+        if claimed is None:
+            return
+        try:
+            await self._send_hop(claimed)
+        except Exception:
+            log.exception("sending %s failed; its timer retries after the lease", hop_id)
+            return
+        await self.store.timers.complete(claimed)
+
+    async def _send_hop(self, timer: ClaimedTimer) -> None:
+        hop = json.loads(timer.payload)
+        incident_id, epoch = hop["incident"], hop["epoch"]
+        context = context_from_traceparent(hop["tp"])
+        for level, loop, user_id, schedule_id in hop["pages"]:
+            with tracer.start_as_current_span(
+                "escalation.notify",
+                context=context,
+                attributes={
+                    "incident.id": incident_id,
+                    "user.id": user_id,
+                    "escalation.level": level,
+                    "escalation.loop": loop,
+                    "schedule.id": schedule_id,
+                },
+            ):
+                await self.peers.notification.Notify(
+                    notification_pb2.NotifyRequest(
+                        incident_id=incident_id,
+                        user_id=user_id,
+                        idempotency_key=domain.idempotency_key(
+                            incident_id, epoch, level, loop, user_id
+                        ),
+                        traceparent=current_traceparent(),
+                    )
+                )
+        for i, note in enumerate(hop["notes"]):
+            await self.peers.incidents.AppendTimeline(
+                incidents_pb2.AppendTimelineRequest(
+                    incident_id=incident_id,
+                    entry=_timeline_entry(note),
+                    idempotency_key=f"{timer.timer_id}/{i}",
+                )
+            )
+
+    # policies
+
+    async def _policy_for(self, incident: incidents_pb2.Incident) -> Policy | None:
+        assignment = incident.assignment
+        target = assignment.WhichOneof("target")
+        if target == "user_id":
+            level = domain.Level(
+                (domain.Target("user", assignment.user_id),), DIRECT_ASSIGNMENT_DELAY_MS
+            )
+            return Policy(f"user:{assignment.user_id}", assignment.user_id, (level,))
+        policy_id = assignment.escalation_policy_id
+        try:
+            if not policy_id:
+                raise NotFound("no escalation policy assigned")
+            return policy_from_proto(await self.store.get_policy(policy_id))
+        except NotFound:
+            await self.peers.incidents.AppendTimeline(
+                incidents_pb2.AppendTimelineRequest(
+                    incident_id=incident.id,
+                    idempotency_key=f"no-policy:{incident.id}:{incident.version}",
+                    entry=_timeline_entry(
+                        _warning(
+                            f"Escalation policy {policy_id or '(none)'} does not exist; "
+                            "nobody is paged. Assign a policy to the service."
+                        )
+                    ),
+                )
+            )
+            return None
+
+    # auditing
+
+    async def audit(self, shards: frozenset[int], grace_ms: int, window_ms: int) -> int:
+        """Re-arm active escalations whose timer is gone, and start escalations for
+        triggered incidents that have none. Cost follows the overdue and recent incidents,
+        never the whole keyspace."""
+        now = self.clock.now_ms()
+        fixed = 0
+        for shard in sorted(shards):
+            for incident_id in await self.store.overdue(shard, now - grace_ms):
+                if await self.store.has_live_timer(incident_id):
+                    continue
+                state = await self.store.load(incident_id)
+                if state is None or state.status is not Status.ACTIVE:
+                    continue
+                rearmed = replace(state, version=state.version + 1)
+                if await self.store.write(rearmed, state.version, traceparent=""):
+                    log.warning("auditor re-armed the escalation of incident %s", incident_id)
+                    fixed += 1
+        if 0 in shards:
+            fixed += await self._start_missing(now - window_ms)
+        self.repaired += fixed
+        if fixed:
+            _repaired.add(fixed)
+        return fixed
+
+    async def _start_missing(self, since_ms: int) -> int:
+        request = incidents_pb2.ListIncidentsRequest(
+            statuses=[incidents_pb2.INCIDENT_STATUS_TRIGGERED], page_size=500
+        )
+        request.created_after.FromMilliseconds(since_ms)
+        started = 0
+        while True:
+            reply = await self.peers.incidents.ListIncidents(request)
+            for incident in reply.incidents:
+                if not await self.store.exists(incident.id):
+                    log.warning("auditor starts the missing escalation of incident %s", incident.id)
+                    await self.begin(incident, "")
+                    started += 1
+            if not reply.next_page_token:
+                return started
+            request.page_token = reply.next_page_token
+
+
+def _warning(message: str) -> dict[str, Any]:
+    return {"kind": incidents_pb2.TIMELINE_KIND_WARNING, "message": message}
+
+
+def _exhausted_note(state: Escalation, work: Exhausted) -> dict[str, Any]:
+    return {
+        "kind": incidents_pb2.TIMELINE_KIND_POLICY_EXHAUSTED,
+        "message": f"Escalation policy {state.policy.name or state.policy.id} exhausted after "
+        f"{work.loops} loop(s); nobody acknowledged",
+        "attributes": {"loops": str(work.loops), "epoch": str(state.epoch)},
+    }
+
+
+def _timeline_entry(note: dict[str, Any]) -> incidents_pb2.TimelineEntry:
+    return incidents_pb2.TimelineEntry(
+        kind=note["kind"],
+        message=note["message"],
+        attributes=note.get("attributes", {}),
+        actor=common_pb2.Actor(channel=common_pb2.CHANNEL_AUTO, display="escalation"),
+    )

@@ -1,0 +1,35 @@
+-- Write an escalation state with compare-and-set on its version, together with its level
+-- timer, its outbox ("hop") timer and its place in the active index: one atomic step, so
+-- a crash means "redo", never "lost" or "twice". Prepended by the timer library.
+--
+-- KEYS[1] state hash, KEYS[2] active index (zset incident -> next fire ms),
+-- KEYS[3..] timers.timer_keys(shard)
+-- ARGV[1] shard tag, ARGV[2] expected version ("0": must not exist yet), ARGV[3] state
+-- JSON, ARGV[4] new version, ARGV[5] next fire ms (-1: none), ARGV[6] level timer id,
+-- ARGV[7] level timer payload, ARGV[8] hop timer id ("" : none), ARGV[9] hop payload,
+-- ARGV[10] hop due ms, ARGV[11] incident id, ARGV[12] expire ms (0: keep)
+-- Returns {"ok"} | {"exists", version} | {"conflict", version}
+local tag = ARGV[1]
+local current = redis.call("HGET", KEYS[1], "version")
+if ARGV[2] == "0" then
+  if current then return {"exists", current} end
+elseif current ~= ARGV[2] then
+  return {"conflict", current or "0"}
+end
+redis.call("HSET", KEYS[1], "json", ARGV[3], "version", ARGV[4])
+if ARGV[12] ~= "0" then
+  redis.call("PEXPIRE", KEYS[1], ARGV[12])
+else
+  redis.call("PERSIST", KEYS[1])
+end
+if tonumber(ARGV[5]) >= 0 then
+  timer_arm(tag, ARGV[6], ARGV[5], ARGV[7])
+  redis.call("ZADD", KEYS[2], ARGV[5], ARGV[11])
+else
+  timer_cancel(tag, ARGV[6])
+  redis.call("ZREM", KEYS[2], ARGV[11])
+end
+if ARGV[8] ~= "" then
+  timer_arm(tag, ARGV[8], ARGV[10], ARGV[9])
+end
+return {"ok"}

@@ -1,0 +1,88 @@
+"""The escalation service process: gRPC API, event consumer, timer worker over leased
+shards, and the auditor."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+
+from tocsin.escalation.engine import EscalationEngine
+from tocsin.escalation.servicer import EscalationServicer
+from tocsin.escalation.store import EscalationStore
+from tocsin.runtime.config import Address
+from tocsin.runtime.events import INCIDENT_SHARDS, EventConsumer
+from tocsin.runtime.grpcserver import start_grpc_server
+from tocsin.runtime.leases import ShardLeases
+from tocsin.runtime.service import RunningService, ServiceDeps, serve_blocking
+from tocsin.runtime.timers import TimerWorker
+from tocsin.v1 import escalation_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = "tocsin.v1.EscalationService"
+
+
+@dataclass
+class EscalationProcess(RunningService):
+    """The running service plus its moving parts, which tests drive directly."""
+
+    engine: EscalationEngine | None = None
+    worker: TimerWorker | None = None
+    consumer: EventConsumer | None = None
+    leases: ShardLeases | None = None
+
+
+LEASE_MS = 10_000
+AUDIT_INTERVAL_MS = 60_000
+AUDIT_GRACE_MS = 30_000
+AUDIT_WINDOW_MS = 3_600_000
+
+
+async def create_server(
+    deps: ServiceDeps, addr: Address | None = None
+) -> tuple[RunningService, int]:
+    store = EscalationStore(
+        deps.redis, deps.clock, int(deps.config.retention.total_seconds() * 1000)
+    )
+    peers = deps.peer_client()
+    engine = EscalationEngine(store, peers, deps.clock)
+    servicer = EscalationServicer(store, engine, peers)
+    grpc_server = await start_grpc_server(
+        deps.config,
+        addr or deps.config.grpc_listen_addr("escalation"),
+        lambda server: escalation_pb2_grpc.add_EscalationServiceServicer_to_server(
+            servicer, server
+        ),
+        [SERVICE_NAME],
+    )
+    running = EscalationProcess(grpc_server, engine=engine)
+    instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    leases = ShardLeases(deps.redis, deps.clock, "escalation", instance, INCIDENT_SHARDS, LEASE_MS)
+    worker = TimerWorker(store.timers, deps.clock, engine.on_timer, lambda: leases.owned)
+    consumer = EventConsumer(deps.redis, "escalation", engine.on_event)
+    stop = running.stopping
+
+    async def audit_forever() -> None:
+        while not stop.is_set():
+            await deps.clock.sleep(AUDIT_INTERVAL_MS / 1000, stop)
+            try:
+                await engine.audit(leases.owned, AUDIT_GRACE_MS, AUDIT_WINDOW_MS)
+            except Exception:
+                log.exception("escalation audit failed; next round in a minute")
+
+    await leases.heartbeat()
+    running.tasks += [
+        asyncio.create_task(leases.run(stop)),
+        asyncio.create_task(worker.run(stop)),
+        asyncio.create_task(consumer.run(stop)),
+        asyncio.create_task(audit_forever()),
+    ]
+    running.worker, running.consumer, running.leases = worker, consumer, leases
+    return running, grpc_server.port
+
+
+def serve() -> None:
+    serve_blocking("escalation", create_server)

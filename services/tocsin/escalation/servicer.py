@@ -1,0 +1,134 @@
+"""EscalationService: adapts the protobuf API to the store and the engine."""
+
+from __future__ import annotations
+
+import grpc
+
+from tocsin.client.client import TocsinClient
+from tocsin.escalation.codec import escalation_to_proto, policy_from_proto
+from tocsin.escalation.domain import validate_policy
+from tocsin.escalation.engine import EscalationEngine
+from tocsin.escalation.store import EscalationStore
+from tocsin.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from tocsin.v1 import escalation_pb2 as pb
+from tocsin.v1 import escalation_pb2_grpc, incidents_pb2, scheduling_pb2
+
+DEFAULT_PAGE, MAX_PAGE = 100, 1000
+
+
+class EscalationServicer(escalation_pb2_grpc.EscalationServiceServicer):
+    def __init__(
+        self, store: EscalationStore, engine: EscalationEngine, peers: TocsinClient
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.peers = peers
+
+    async def CreatePolicy(
+        self, request: pb.CreatePolicyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreatePolicyResponse:
+        await self._validate(request.policy)
+        return pb.CreatePolicyResponse(policy=await self.store.create_policy(request.policy))
+
+    async def GetPolicy(
+        self, request: pb.GetPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetPolicyResponse:
+        return pb.GetPolicyResponse(policy=await self.store.get_policy(request.id))
+
+    async def ListPolicies(
+        self, request: pb.ListPoliciesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListPoliciesResponse:
+        if request.page_size < 0:
+            raise InvalidArgument.one("page_size", "must not be negative")
+        size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
+        policies = await self.store.list_policies(request.page_token, size + 1)
+        token = policies[size - 1].id if len(policies) > size else ""
+        return pb.ListPoliciesResponse(policies=policies[:size], next_page_token=token)
+
+    async def UpdatePolicy(
+        self, request: pb.UpdatePolicyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdatePolicyResponse:
+        await self._validate(request.policy)
+        return pb.UpdatePolicyResponse(policy=await self.store.update_policy(request.policy))
+
+    async def DeletePolicy(
+        self, request: pb.DeletePolicyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeletePolicyResponse:
+        await self.store.get_policy(request.id)
+        bound = await self._services_bound_to(request.id)
+        if bound:
+            raise FailedPrecondition(
+                f"escalation policy {request.id!r} is used by services: {', '.join(bound)}"
+            )
+        await self.store.delete_policy(request.id)
+        return pb.DeletePolicyResponse()
+
+    async def GetEscalation(
+        self, request: pb.GetEscalationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetEscalationResponse:
+        state = await self.store.load(request.incident_id)
+        if state is None:
+            raise NotFound(f"incident {request.incident_id!r} has no escalation")
+        return pb.GetEscalationResponse(escalation=escalation_to_proto(state))
+
+    async def Escalate(
+        self, request: pb.EscalateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EscalateResponse:
+        state = await self.engine.escalate(request.incident_id)
+        return pb.EscalateResponse(escalation=escalation_to_proto(state))
+
+    async def _validate(self, policy: pb.EscalationPolicy) -> None:
+        violations = [
+            FieldViolation(f"policy.{v.field}", v.description)
+            for v in validate_policy(policy_from_proto(policy))
+        ]
+        for i, level in enumerate(policy.levels):
+            for j, target in enumerate(level.targets):
+                field = f"policy.levels[{i}].targets[{j}]"
+                kind = target.WhichOneof("target")
+                if kind is None:
+                    violations.append(FieldViolation(field, "set user_id or schedule_id"))
+                elif kind == "user_id" and target.user_id:
+                    if not await self._exists_user(target.user_id):
+                        violations.append(
+                            FieldViolation(f"{field}.user_id", f"unknown user {target.user_id!r}")
+                        )
+                elif kind == "schedule_id" and target.schedule_id:
+                    if not await self._exists_schedule(target.schedule_id):
+                        violations.append(
+                            FieldViolation(
+                                f"{field}.schedule_id", f"unknown schedule {target.schedule_id!r}"
+                            )
+                        )
+        if violations:
+            raise InvalidArgument(violations)
+
+    async def _exists_user(self, user_id: str) -> bool:
+        try:
+            await self.peers.scheduling.GetUser(scheduling_pb2.GetUserRequest(id=user_id))
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return False
+            raise
+        return True
+
+    async def _exists_schedule(self, schedule_id: str) -> bool:
+        try:
+            await self.peers.scheduling.GetSchedule(
+                scheduling_pb2.GetScheduleRequest(id=schedule_id)
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return False
+            raise
+        return True
+
+    async def _services_bound_to(self, policy_id: str) -> list[str]:
+        bound: list[str] = []
+        request = incidents_pb2.ListServicesRequest(page_size=1000)
+        while True:
+            reply = await self.peers.incidents.ListServices(request)
+            bound += [s.id for s in reply.services if s.escalation_policy_id == policy_id]
+            if not reply.next_page_token:
+                return bound
+            request.page_token = reply.next_page_token

@@ -1,0 +1,193 @@
+"""Escalation state, its timers and the policies, in Redis.
+
+An incident's escalation state lives under the incident's shard tag (the same slot as
+its level timer and its outbox timers), so `write` commits the new state, the next level
+timer and the pages to send as one compare-and-set. Policies live under `{policies}`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from tocsin.escalation.codec import dump_state, load_state
+from tocsin.escalation.domain import Escalation
+from tocsin.runtime.clock import Clock
+from tocsin.runtime.errors import AlreadyExists, Conflict, NotFound
+from tocsin.runtime.events import INCIDENT_SHARDS, incident_shard
+from tocsin.runtime.redis import RedisClient, read_lua, register_lua
+from tocsin.runtime.timers import TIMER_LUA, TimerStore, shard_tag, timer_keys
+from tocsin.v1 import escalation_pb2 as pb
+
+POLICY_PREFIX = "tocsin:{policies}:"
+POLICIES = POLICY_PREFIX + "index"
+_CREATE_POLICY = """
+if redis.call("HSETNX", KEYS[1], "proto", ARGV[2]) == 1 then
+  redis.call("HSET", KEYS[1], "version", ARGV[3])
+  redis.call("ZADD", KEYS[2], 0, ARGV[1])
+  return 1
+end
+return 0
+"""
+_UPDATE_POLICY = """
+local current = redis.call("HGET", KEYS[1], "version")
+if not current then return {"missing"} end
+if ARGV[4] ~= "0" and current ~= ARGV[4] then return {"conflict", current} end
+redis.call("HSET", KEYS[1], "proto", ARGV[2], "version", ARGV[3])
+return {"ok"}
+"""
+
+
+def state_key(incident_id: str) -> str:
+    return f"tocsin:{shard_tag(incident_shard(incident_id))}:esc:{incident_id}"
+
+
+def active_key(shard: int) -> str:
+    """Active escalations of a shard by next fire time: what the auditor checks."""
+    return f"tocsin:{shard_tag(shard)}:esc-active"
+
+
+def level_timer_id(incident_id: str) -> str:
+    return f"esc:{incident_id}"
+
+
+def hop_timer_id(incident_id: str, epoch: int, level: int, loop: int) -> str:
+    return f"hop:{incident_id}:{epoch}:{level}:{loop}"
+
+
+def policy_key(policy_id: str) -> str:
+    return f"{POLICY_PREFIX}policy:{policy_id}"
+
+
+@dataclass(frozen=True)
+class Hop:
+    """The outgoing work of one fired level, kept in an outbox timer until it is done."""
+
+    timer_id: str
+    payload: dict[str, Any]
+
+
+class EscalationStore:
+    def __init__(self, redis: RedisClient, clock: Clock, retention_ms: int) -> None:
+        self.redis: Any = redis  # replies are bytes; redis-py annotates str
+        self.clock = clock
+        self.retention_ms = retention_ms
+        self.timers = TimerStore(redis, clock, shards=INCIDENT_SHARDS)
+        self._write = register_lua(
+            redis, TIMER_LUA, read_lua("tocsin.escalation", "lua/write_escalation.lua")
+        )
+        self._create_policy = register_lua(redis, _CREATE_POLICY)
+        self._update_policy = register_lua(redis, _UPDATE_POLICY)
+
+    async def load(self, incident_id: str) -> Escalation | None:
+        raw = await self.redis.hget(state_key(incident_id), "json")
+        return load_state(raw) if raw is not None else None
+
+    async def write(
+        self,
+        state: Escalation,
+        expected_version: int,
+        *,
+        traceparent: str,
+        hop: Hop | None = None,
+    ) -> bool:
+        """Store `state` if the stored version is `expected_version` (0: none stored yet),
+        arming its level timer (or cancelling it) and the hop's outbox timer with it.
+        False when another writer got there first: the caller's work is stale."""
+        shard = incident_shard(state.incident_id)
+        timer_payload = json.dumps({"v": state.version, "tp": traceparent})
+        finished = state.next_fire_ms is None
+        reply = await self._write(
+            keys=[state_key(state.incident_id), active_key(shard), *timer_keys(shard)],
+            args=[
+                shard_tag(shard),
+                expected_version,
+                dump_state(state),
+                state.version,
+                -1 if state.next_fire_ms is None else state.next_fire_ms,
+                level_timer_id(state.incident_id),
+                timer_payload,
+                hop.timer_id if hop else "",
+                json.dumps(hop.payload) if hop else "",
+                self.clock.now_ms(),
+                state.incident_id,
+                self.retention_ms if finished else 0,
+            ],
+        )
+        outcome = reply[0].decode()
+        return outcome == "ok"
+
+    async def overdue(self, shard: int, before_ms: int, limit: int = 500) -> list[str]:
+        """Active escalations of `shard` whose next level was due before `before_ms`."""
+        ids = await self.redis.zrangebyscore(active_key(shard), "-inf", before_ms, 0, limit)
+        return [i.decode() for i in ids]
+
+    async def has_live_timer(self, incident_id: str) -> bool:
+        shard = incident_shard(incident_id)
+        timers, inflight = timer_keys(shard)[:2]
+        member = level_timer_id(incident_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zscore(timers, member)
+            pipe.zscore(inflight, member)
+            waiting, flying = await pipe.execute()
+        return waiting is not None or flying is not None
+
+    async def exists(self, incident_id: str) -> bool:
+        return bool(await self.redis.exists(state_key(incident_id)))
+
+    # policies
+
+    async def create_policy(self, policy: pb.EscalationPolicy) -> pb.EscalationPolicy:
+        stored = _versioned(policy, 1)
+        created = await self._create_policy(
+            keys=[policy_key(policy.id), POLICIES],
+            args=[policy.id, stored.SerializeToString(), 1],
+        )
+        if not created:
+            raise AlreadyExists(f"escalation policy {policy.id!r} already exists")
+        return stored
+
+    async def update_policy(self, policy: pb.EscalationPolicy) -> pb.EscalationPolicy:
+        current = await self.get_policy(policy.id)
+        stored = _versioned(policy, current.version + 1)
+        reply = await self._update_policy(
+            keys=[policy_key(policy.id), POLICIES],
+            args=[policy.id, stored.SerializeToString(), stored.version, policy.version],
+        )
+        outcome = reply[0].decode()
+        if outcome == "missing":
+            raise NotFound(f"escalation policy {policy.id!r} does not exist")
+        if outcome == "conflict":
+            raise Conflict(f"escalation policy {policy.id!r} is at version {reply[1].decode()}")
+        return stored
+
+    async def get_policy(self, policy_id: str) -> pb.EscalationPolicy:
+        raw = await self.redis.hget(policy_key(policy_id), "proto")
+        if raw is None:
+            raise NotFound(f"escalation policy {policy_id!r} does not exist")
+        return pb.EscalationPolicy.FromString(raw)
+
+    async def list_policies(self, after: str, limit: int) -> list[pb.EscalationPolicy]:
+        low = f"({after}" if after else "-"
+        ids = [i.decode() for i in await self.redis.zrangebylex(POLICIES, low, "+", 0, limit)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for policy_id in ids:
+                pipe.hget(policy_key(policy_id), "proto")
+            raws = await pipe.execute()
+        return [pb.EscalationPolicy.FromString(r) for r in raws if r is not None]
+
+    async def delete_policy(self, policy_id: str) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(policy_key(policy_id))
+            pipe.zrem(POLICIES, policy_id)
+            deleted, _ = await pipe.execute()
+        if not deleted:
+            raise NotFound(f"escalation policy {policy_id!r} does not exist")
+
+
+def _versioned(policy: pb.EscalationPolicy, version: int) -> pb.EscalationPolicy:
+    stored = pb.EscalationPolicy()
+    stored.CopyFrom(policy)
+    stored.version = version
+    return stored
