@@ -1,0 +1,422 @@
+"""The declarative configuration a team keeps in git (`tocsin apply -f oncall.yaml`).
+
+Parsing keeps every node's position, so each error names the file, the line and the
+field path (`oncall.yaml:42: schedules[0].layers[1].rotation.length: ...`). The result is
+the desired state as `tocsin.v1` messages; `apply` compares it with the running system.
+Times without an offset are wall-clock times in the schedule's time zone, resolved as
+RFC 5545 does (in a gap with the offset before it, when repeated the first occurrence).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from google.protobuf.duration_pb2 import Duration
+
+from tocsin.v1 import escalation_pb2, incidents_pb2, notification_pb2, scheduling_pb2
+
+_DURATION = re.compile(r"([0-9]+)([smhdw])")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_CONTACT_TYPES = {
+    "sms": notification_pb2.CONTACT_METHOD_TYPE_SMS,
+    "voice": notification_pb2.CONTACT_METHOD_TYPE_VOICE,
+}
+
+
+class ConfigFileError(ValueError):
+    """Every problem found in the file, each as `file:line: field: message`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass
+class UserConfig:
+    user: scheduling_pb2.User
+    contact_methods: list[notification_pb2.ContactMethod]
+    rules: list[notification_pb2.NotificationRule]
+
+
+@dataclass
+class DesiredState:
+    users: list[UserConfig] = field(default_factory=list)
+    schedules: list[scheduling_pb2.Schedule] = field(default_factory=list)
+    policies: list[escalation_pb2.EscalationPolicy] = field(default_factory=list)
+    services: list[incidents_pb2.Service] = field(default_factory=list)
+
+
+class _Reader:
+    """Walks YAML nodes, recording problems with their line instead of stopping."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.problems: list[str] = []
+        self.known: dict[str, set[str]] = {}
+
+    def reference(self, node: yaml.Node | None, path: str, kind: str, noun: str) -> str:
+        """The text of `node`, which must name a `kind` defined in the same file."""
+        value = self.text(node, path)
+        if node is not None and value not in self.known.get(kind, set()):
+            self.problem(node, path, f"unknown {noun} {value!r}")
+        return value
+
+    def problem(self, node: yaml.Node | None, path: str, message: str) -> None:
+        line = node.start_mark.line + 1 if node is not None else 1
+        self.problems.append(f"{self.filename}:{line}: {path}: {message}")
+
+    def mapping(
+        self,
+        node: yaml.Node,
+        path: str,
+        allowed: set[str],
+        required: frozenset[str] | set[str] = frozenset(),
+    ) -> dict[str, yaml.Node]:
+        if not isinstance(node, yaml.MappingNode):
+            self.problem(node, path, "expected a mapping")
+            return {}
+        items: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if key not in allowed:
+                self.problem(
+                    key_node,
+                    f"{path}.{key}",
+                    f"unknown field; expected one of {', '.join(sorted(allowed))}",
+                )
+            elif key in items:
+                self.problem(key_node, f"{path}.{key}", "appears twice")
+            else:
+                items[key] = value_node
+        for key in sorted(required - items.keys()):
+            self.problem(node, f"{path}.{key}", "is required")
+        return items
+
+    def sequence(self, node: yaml.Node | None, path: str) -> list[yaml.Node]:
+        if node is None:
+            return []
+        if not isinstance(node, yaml.SequenceNode):
+            self.problem(node, path, "expected a list")
+            return []
+        return list(node.value)
+
+    def text(self, node: yaml.Node | None, path: str, default: str = "") -> str:
+        if node is None:
+            return default
+        if not isinstance(node, yaml.ScalarNode):
+            self.problem(node, path, "expected a string")
+            return default
+        return str(node.value)
+
+    def integer(self, node: yaml.Node | None, path: str, default: int = 0) -> int:
+        text = self.text(node, path, str(default))
+        if not re.fullmatch(r"-?[0-9]+", text):
+            self.problem(node, path, f"expected a whole number, got {text!r}")
+            return default
+        return int(text)
+
+    def duration_seconds(self, node: yaml.Node | None, path: str, allow_zero: bool = False) -> int:
+        text = self.text(node, path)
+        match = _DURATION.fullmatch(text.strip())
+        if match is None or (int(match.group(1)) == 0 and not allow_zero):
+            self.problem(
+                node, path, f"expected a duration like 30s, 5m, 2h, 1d or 1w, got {text!r}"
+            )
+            return 0
+        return int(match.group(1)) * _SECONDS[match.group(2)]
+
+    def zone(self, node: yaml.Node | None, path: str) -> ZoneInfo | None:
+        name = self.text(node, path)
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            self.problem(node, path, f"unknown time zone {name!r}")
+            return None
+
+    def moment(self, node: yaml.Node | None, path: str, zone: ZoneInfo | None) -> datetime | None:
+        text = self.text(node, path)
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            self.problem(node, path, f"expected a time like 2026-11-27T18:00, got {text!r}")
+            return None
+        if value.tzinfo is None:
+            if zone is None:
+                return None
+            value = value.replace(tzinfo=zone, fold=0)
+        return value.astimezone(UTC)
+
+
+def load_config_file(path: Path) -> DesiredState:
+    """Parse and check `path`; ConfigFileError lists every problem with its line."""
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigFileError([f"{path}: not valid YAML: {error}"]) from error
+    except UnicodeDecodeError as error:
+        raise ConfigFileError([f"{path}: not UTF-8 text: {error}"]) from error
+    reader = _Reader(str(path))
+    state = DesiredState()
+    if root is None:
+        return state
+    top = reader.mapping(root, "", {"users", "schedules", "escalation_policies", "services"})
+    for kind in ("users", "schedules", "escalation_policies"):
+        reader.known[kind] = _ids(top.get(kind))
+    for i, node in enumerate(reader.sequence(top.get("users"), "users")):
+        state.users.append(_user(reader, node, f"users[{i}]"))
+    for i, node in enumerate(reader.sequence(top.get("schedules"), "schedules")):
+        state.schedules.append(_schedule(reader, node, f"schedules[{i}]"))
+    for i, node in enumerate(
+        reader.sequence(top.get("escalation_policies"), "escalation_policies")
+    ):
+        state.policies.append(_policy(reader, node, f"escalation_policies[{i}]"))
+    for i, node in enumerate(reader.sequence(top.get("services"), "services")):
+        state.services.append(_service(reader, node, f"services[{i}]"))
+    _check_duplicates(reader, top)
+    if reader.problems:
+        raise ConfigFileError(reader.problems)
+    return state
+
+
+def _user(r: _Reader, node: yaml.Node, path: str) -> UserConfig:
+    m = r.mapping(
+        node,
+        path,
+        {"id", "name", "time_zone", "email", "contact_methods", "notification_rules"},
+        {"id", "name"},
+    )
+    user = scheduling_pb2.User(
+        id=r.text(m.get("id"), f"{path}.id"),
+        name=r.text(m.get("name"), f"{path}.name"),
+        time_zone=r.text(m.get("time_zone"), f"{path}.time_zone"),
+        email=r.text(m.get("email"), f"{path}.email"),
+    )
+    if "time_zone" in m:
+        r.zone(m["time_zone"], f"{path}.time_zone")
+    methods = []
+    for j, cm_node in enumerate(r.sequence(m.get("contact_methods"), f"{path}.contact_methods")):
+        cm_path = f"{path}.contact_methods[{j}]"
+        cm = r.mapping(cm_node, cm_path, {"id", "type", "address"}, {"id", "type", "address"})
+        kind = r.text(cm.get("type"), f"{cm_path}.type")
+        if "type" in cm and kind not in _CONTACT_TYPES:
+            r.problem(cm["type"], f"{cm_path}.type", f"expected sms or voice, got {kind!r}")
+        methods.append(
+            notification_pb2.ContactMethod(
+                id=r.text(cm.get("id"), f"{cm_path}.id"),
+                user_id=user.id,
+                type=_CONTACT_TYPES.get(kind, notification_pb2.CONTACT_METHOD_TYPE_UNSPECIFIED),
+                address=r.text(cm.get("address"), f"{cm_path}.address"),
+            )
+        )
+    rules = []
+    known = {cm.id for cm in methods}
+    for j, rule_node in enumerate(
+        r.sequence(m.get("notification_rules"), f"{path}.notification_rules")
+    ):
+        rule_path = f"{path}.notification_rules[{j}]"
+        rule = r.mapping(rule_node, rule_path, {"contact", "after"}, {"contact", "after"})
+        contact = r.text(rule.get("contact"), f"{rule_path}.contact")
+        if "contact" in rule and contact not in known:
+            r.problem(
+                rule["contact"],
+                f"{rule_path}.contact",
+                f"{user.id} has no contact method {contact!r}",
+            )
+        seconds = (
+            r.duration_seconds(rule.get("after"), f"{rule_path}.after", allow_zero=True)
+            if "after" in rule
+            else 0
+        )
+        rules.append(
+            notification_pb2.NotificationRule(
+                contact_method_id=contact, delay=Duration(seconds=seconds)
+            )
+        )
+    return UserConfig(user, methods, rules)
+
+
+def _schedule(r: _Reader, node: yaml.Node, path: str) -> scheduling_pb2.Schedule:
+    m = r.mapping(
+        node, path, {"id", "name", "time_zone", "layers", "overrides"}, {"id", "time_zone"}
+    )
+    zone = r.zone(m.get("time_zone"), f"{path}.time_zone") if "time_zone" in m else None
+    schedule = scheduling_pb2.Schedule(
+        id=r.text(m.get("id"), f"{path}.id"),
+        name=r.text(m.get("name"), f"{path}.name"),
+        time_zone=r.text(m.get("time_zone"), f"{path}.time_zone"),
+    )
+    for j, layer_node in enumerate(r.sequence(m.get("layers"), f"{path}.layers")):
+        schedule.layers.append(_layer(r, layer_node, f"{path}.layers[{j}]"))
+    for j, o_node in enumerate(r.sequence(m.get("overrides"), f"{path}.overrides")):
+        o_path = f"{path}.overrides[{j}]"
+        o = r.mapping(o_node, o_path, {"user", "from", "to"}, {"user", "from", "to"})
+        start = r.moment(o.get("from"), f"{o_path}.from", zone) if "from" in o else None
+        end = r.moment(o.get("to"), f"{o_path}.to", zone) if "to" in o else None
+        user = r.reference(o.get("user"), f"{o_path}.user", "users", "user")
+        if start and end and end <= start:
+            r.problem(o.get("to"), f"{o_path}.to", "must be after from")
+        override = scheduling_pb2.Override(user_id=user, id=_override_id(user, start, end))
+        if start and end:
+            override.start.FromDatetime(start)
+            override.end.FromDatetime(end)
+        schedule.overrides.append(override)
+    return schedule
+
+
+def _layer(r: _Reader, node: yaml.Node, path: str) -> scheduling_pb2.Layer:
+    m = r.mapping(
+        node,
+        path,
+        {"name", "start", "rotation", "users", "restrictions"},
+        {"name", "start", "rotation", "users"},
+    )
+    start = r.text(m.get("start"), f"{path}.start")
+    if "start" in m:
+        try:
+            datetime.fromisoformat(start)
+        except ValueError:
+            r.problem(
+                m["start"], f"{path}.start", f"expected a time like 2026-11-02T09:00, got {start!r}"
+            )
+    rotation = (
+        r.mapping(m["rotation"], f"{path}.rotation", {"length"}, {"length"})
+        if "rotation" in m
+        else {}
+    )
+    length = r.text(rotation.get("length"), f"{path}.rotation.length")
+    if "length" in rotation:
+        r.duration_seconds(rotation["length"], f"{path}.rotation.length")
+    users = [
+        r.text(u, f"{path}.users[{k}]")
+        for k, u in enumerate(r.sequence(m.get("users"), f"{path}.users"))
+    ]
+    if "users" in m and not users:
+        r.problem(m["users"], f"{path}.users", "a rotation needs at least one user")
+    layer = scheduling_pb2.Layer(
+        name=r.text(m.get("name"), f"{path}.name"),
+        start=start,
+        rotation_length=length,
+        user_ids=users,
+    )
+    for k, res_node in enumerate(r.sequence(m.get("restrictions"), f"{path}.restrictions")):
+        res_path = f"{path}.restrictions[{k}]"
+        res = r.mapping(res_node, res_path, {"days", "from", "to"}, {"days", "from", "to"})
+        restriction = scheduling_pb2.Restriction(to=r.text(res.get("to"), f"{res_path}.to"))
+        setattr(restriction, "from", r.text(res.get("from"), f"{res_path}.from"))
+        for bound in ("from", "to"):
+            if bound in res:
+                try:
+                    time.fromisoformat(r.text(res[bound], f"{res_path}.{bound}"))
+                except ValueError:
+                    r.problem(res[bound], f"{res_path}.{bound}", "expected HH:MM")
+        for d, day_node in enumerate(r.sequence(res.get("days"), f"{res_path}.days")):
+            day = r.text(day_node, f"{res_path}.days[{d}]").lower()
+            if day not in _DAYS:
+                r.problem(
+                    day_node,
+                    f"{res_path}.days[{d}]",
+                    f"expected one of {', '.join(_DAYS)}, got {day!r}",
+                )
+            else:
+                restriction.days.append(_DAYS.index(day) + 1)  # type: ignore[arg-type]
+        layer.restrictions.append(restriction)
+    return layer
+
+
+def _policy(r: _Reader, node: yaml.Node, path: str) -> escalation_pb2.EscalationPolicy:
+    m = r.mapping(node, path, {"id", "name", "repeat", "levels"}, {"id", "levels"})
+    policy = escalation_pb2.EscalationPolicy(
+        id=r.text(m.get("id"), f"{path}.id"),
+        name=r.text(m.get("name"), f"{path}.name"),
+        repeat=r.integer(m.get("repeat"), f"{path}.repeat"),
+    )
+    for j, level_node in enumerate(r.sequence(m.get("levels"), f"{path}.levels")):
+        level_path = f"{path}.levels[{j}]"
+        level = r.mapping(level_node, level_path, {"delay", "targets"}, {"delay", "targets"})
+        seconds = (
+            r.duration_seconds(level.get("delay"), f"{level_path}.delay") if "delay" in level else 0
+        )
+        message = escalation_pb2.EscalationLevel(delay=Duration(seconds=seconds))
+        for k, t_node in enumerate(r.sequence(level.get("targets"), f"{level_path}.targets")):
+            t_path = f"{level_path}.targets[{k}]"
+            target = r.mapping(t_node, t_path, {"user", "schedule"})
+            if len(target) != 1:
+                r.problem(t_node, t_path, "name exactly one of user or schedule")
+            elif "user" in target:
+                message.targets.append(
+                    escalation_pb2.EscalationTarget(
+                        user_id=r.reference(target["user"], f"{t_path}.user", "users", "user")
+                    )
+                )
+            else:
+                message.targets.append(
+                    escalation_pb2.EscalationTarget(
+                        schedule_id=r.reference(
+                            target["schedule"], f"{t_path}.schedule", "schedules", "schedule"
+                        )
+                    )
+                )
+        policy.levels.append(message)
+    return policy
+
+
+def _service(r: _Reader, node: yaml.Node, path: str) -> incidents_pb2.Service:
+    m = r.mapping(
+        node,
+        path,
+        {"id", "name", "escalation_policy", "integration_key"},
+        {"id", "escalation_policy"},
+    )
+    return incidents_pb2.Service(
+        id=r.text(m.get("id"), f"{path}.id"),
+        name=r.text(m.get("name"), f"{path}.name"),
+        escalation_policy_id=r.reference(
+            m.get("escalation_policy"),
+            f"{path}.escalation_policy",
+            "escalation_policies",
+            "escalation policy",
+        ),
+        integration_key=r.text(m.get("integration_key"), f"{path}.integration_key"),
+    )
+
+
+def _ids(section: yaml.Node | None) -> set[str]:
+    """The ids defined in a top-level section, read before the sections refer to each other."""
+    ids: set[str] = set()
+    if isinstance(section, yaml.SequenceNode):
+        for item in section.value:
+            if isinstance(item, yaml.MappingNode):
+                ids |= {
+                    str(v.value)
+                    for k, v in item.value
+                    if k.value == "id" and isinstance(v, yaml.ScalarNode)
+                }
+    return ids
+
+
+def _check_duplicates(r: _Reader, top: dict[str, yaml.Node]) -> None:
+    for kind in ("users", "schedules", "escalation_policies", "services"):
+        seen: set[str] = set()
+        section = top.get(kind)
+        items = section.value if isinstance(section, yaml.SequenceNode) else []
+        for i, item in enumerate(items):
+            if not isinstance(item, yaml.MappingNode):
+                continue
+            for key, value in item.value:
+                if key.value == "id":
+                    if value.value in seen:
+                        r.problem(value, f"{kind}[{i}].id", f"{value.value!r} is defined twice")
+                    seen.add(value.value)
+
+
+def _override_id(user: str, start: datetime | None, end: datetime | None) -> str:
+    """Deterministic, so applying the same file twice changes nothing."""
+    digest = hashlib.sha256(f"{user}|{start}|{end}".encode()).hexdigest()
+    return f"cfg-{digest[:12]}"
