@@ -12,11 +12,15 @@ from collections.abc import Sequence
 
 import grpc
 
-from tocsin.cli import stack_commands
+from tocsin.cli import apply_command, schedule_commands, stack_commands
 from tocsin.cli.output import describe_rpc_error
 
 # Each module registers its sub-commands with `register(commands)`.
-COMMAND_MODULES = (stack_commands,)
+COMMAND_MODULES = (
+    stack_commands,
+    schedule_commands,
+    apply_command,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

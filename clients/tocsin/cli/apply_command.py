@@ -1,0 +1,44 @@
+"""`tocsin apply -f FILE [--dry-run]`: make the running system match a configuration."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tocsin.cli.common import run_with_client
+from tocsin.cli.output import print_json
+from tocsin.client.apply import Applier, Change
+from tocsin.client.client import TocsinClient
+from tocsin.client.configfile import ConfigFileError, load_config_file
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    apply = commands.add_parser("apply", help="make the running system match a YAML file")
+    apply.add_argument("-f", "--file", type=Path, required=True)
+    apply.add_argument("--dry-run", action="store_true", help="print what would change")
+    apply.add_argument("--json", action="store_true", help="print JSON")
+    apply.set_defaults(run=_apply)
+
+
+def _apply(args: argparse.Namespace) -> int:
+    try:
+        state = load_config_file(args.file)
+    except ConfigFileError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return 2
+
+    async def body(client: TocsinClient) -> list[Change]:
+        return await Applier(client, args.dry_run).apply(state)
+
+    changes = run_with_client(body)
+    if args.json:
+        print_json({"dry_run": args.dry_run, "changes": [c.__dict__ for c in changes]})
+        return 0
+    verb = "would " if args.dry_run else ""
+    for change in changes:
+        print(f"{verb}{change}")
+    if not changes:
+        print("no changes: the running system already matches", args.file)
+    return 0
