@@ -8,9 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import httpx
 from google.rpc import error_details_pb2, status_pb2
+from starlette.applications import Starlette
 
 from tocsin.client.channel import create_channel
+from tocsin.client.client import TocsinClient
+from tocsin.client.endpoints import Endpoints
+from tocsin.gateway.app import create_app
 from tocsin.incidents.server import IncidentsService, create_server
 from tocsin.runtime.clock import ManualClock
 from tocsin.runtime.config import Address, load_config
@@ -120,3 +125,24 @@ def violations(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
 
 def violated_fields(error: grpc.aio.AioRpcError) -> list[str]:
     return [name for name, _ in violations(error)]
+
+
+@asynccontextmanager
+async def gateway_for(served: Served) -> AsyncIterator[tuple[httpx.AsyncClient, Starlette]]:
+    """The gateway app (in process, over ASGI) in front of the real incidents server."""
+    unused = "127.0.0.1:9"
+    endpoints = Endpoints(
+        scheduling=unused,
+        incidents=served.target,
+        escalation=unused,
+        notification=unused,
+        http=unused,
+    )
+    client = TocsinClient(endpoints, token="")
+    app = create_app(load_config({}), client, served.clock)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+            yield http, app
+    finally:
+        await client.close()

@@ -1,0 +1,241 @@
+"""`POST /v1/alertmanager` (Alertmanager webhook_configs, version 4) in front of a real
+incidents gRPC server: one incident per alert fingerprint."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from google.protobuf.json_format import MessageToDict
+from redis.asyncio import Redis
+
+from tests.incidents.harness import (
+    PAYMENTS_KEY,
+    Served,
+    create_payments,
+    event_kinds,
+    events_of,
+    gateway_for,
+    serve_incidents,
+    snapshot,
+)
+from tocsin.runtime.clock import ManualClock
+from tocsin.v1 import common_pb2, incidents_pb2
+
+WEBHOOK: dict[str, Any] = {
+    "receiver": "tocsin",
+    "status": "firing",
+    "alerts": [
+        {
+            "status": "firing",
+            "labels": {
+                "alertname": "HighErrorRate",
+                "instance": "api-1:9090",
+                "job": "payments-api",
+                "namespace": "prod",
+                "severity": "warning",
+            },
+            "annotations": {
+                "summary": "Error rate above 5%\non api-1",
+                "runbook_url": "https://runbooks.example/high-error-rate",
+            },
+            "startsAt": "2026-11-27T02:55:12.123456789Z",
+            "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "http://prometheus.example:9090/graph?g0.expr=rate",
+            "fingerprint": "c4f1b4e0a1d2e3f4",
+        },
+        {
+            "status": "firing",
+            "labels": {"alertname": "DiskFull", "instance": "db-1", "severity": "critical"},
+            "annotations": {"description": "Disk /var is 98% full"},
+            "startsAt": "2026-11-27T02:58:00Z",
+            "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "http://prometheus.example:9090/graph?g0.expr=disk",
+            "fingerprint": "9a8b7c6d5e4f3a2b",
+        },
+    ],
+    "groupLabels": {"job": "payments-api"},
+    "commonLabels": {"job": "payments-api"},
+    "commonAnnotations": {},
+    "externalURL": "http://alertmanager.example:9093",
+    "version": "4",
+    "groupKey": '{}:{job="payments-api"}',
+    "truncatedAlerts": 0,
+}
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def served(redis: Redis, clock: ManualClock) -> AsyncIterator[Served]:
+    async with serve_incidents(redis, clock) as served:
+        await create_payments(served.stub)
+        yield served
+
+
+@pytest.fixture
+async def http(served: Served) -> AsyncIterator[httpx.AsyncClient]:
+    async with gateway_for(served) as (client, _app):
+        yield client
+
+
+async def _incident(served: Served, fingerprint: str) -> incidents_pb2.Incident | None:
+    incident_id = await served.running.store.find_open("payments-api", fingerprint)
+    if incident_id is None:
+        return None
+    reply = await served.stub.GetIncident(
+        incidents_pb2.GetIncidentRequest(incident_id=incident_id, include_alerts=True)
+    )
+    return reply.incident
+
+
+async def test_firing_repeat_and_resolved(served: Served, http: httpx.AsyncClient) -> None:
+    reply = await http.post(f"/v1/alertmanager/{PAYMENTS_KEY}", json=WEBHOOK)
+    assert reply.status_code == 200
+    assert reply.json() == {"status": "success", "triggered": 2, "resolved": 0}
+    errors = await _incident(served, "c4f1b4e0a1d2e3f4")
+    disk = await _incident(served, "9a8b7c6d5e4f3a2b")
+    assert errors is not None and disk is not None and errors.id != disk.id
+    assert errors.summary == "Error rate above 5% on api-1"
+    assert errors.severity == common_pb2.SEVERITY_WARNING
+    alert = errors.alerts[0]
+    assert (alert.source, alert.component, alert.group, getattr(alert, "class")) == (
+        "api-1:9090",
+        "payments-api",
+        "prod",
+        "HighErrorRate",
+    )
+    assert alert.channel == common_pb2.CHANNEL_ALERTMANAGER
+    assert alert.occurred_at.ToJsonString() == "2026-11-27T02:55:12.123456Z"
+    details = MessageToDict(alert.details)
+    assert details["labels"]["alertname"] == "HighErrorRate"
+    assert details["annotations"]["runbook_url"].startswith("https://runbooks")
+    assert [link.text for link in alert.links] == ["Source", "Alertmanager"]
+    assert disk.summary == "Disk /var is 98% full"
+    assert disk.severity == common_pb2.SEVERITY_CRITICAL
+
+    # Alertmanager repeats the notification, then one alert resolves.
+    assert (await http.post(f"/v1/alertmanager/{PAYMENTS_KEY}", json=WEBHOOK)).status_code == 200
+    repeated = await _incident(served, "c4f1b4e0a1d2e3f4")
+    assert repeated is not None and repeated.alert_count == 2
+    resolved = copy.deepcopy(WEBHOOK)
+    resolved["alerts"][0]["status"] = "resolved"
+    resolved["alerts"][0]["endsAt"] = "2026-11-27T03:10:00Z"
+    reply = await http.post(f"/v1/alertmanager/{PAYMENTS_KEY}", json=resolved)
+    assert reply.json() == {"status": "success", "triggered": 1, "resolved": 1}
+    assert await _incident(served, "c4f1b4e0a1d2e3f4") is None
+    assert event_kinds(await events_of(served.redis, errors.id)) == [
+        "TRIGGERED",
+        "ALERT_ADDED",
+        "RESOLVED",
+    ]
+    # Resolving again (Alertmanager re-sends resolved notifications) changes nothing.
+    before = await snapshot(served.redis)
+    only_resolved = copy.deepcopy(resolved)
+    only_resolved["alerts"] = resolved["alerts"][:1]
+    reply = await http.post(f"/v1/alertmanager/{PAYMENTS_KEY}", json=only_resolved)
+    assert reply.status_code == 200 and reply.json()["resolved"] == 0
+    assert await snapshot(served.redis) == before
+
+
+async def test_the_key_may_come_as_a_bearer_token(served: Served, http: httpx.AsyncClient) -> None:
+    reply = await http.post(
+        "/v1/alertmanager", json=WEBHOOK, headers={"Authorization": f"Bearer {PAYMENTS_KEY}"}
+    )
+    assert reply.status_code == 200
+    assert await _incident(served, "9a8b7c6d5e4f3a2b") is not None
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "message"),
+    [
+        ("/v1/alertmanager", {}, "missing integration key"),
+        ("/v1/alertmanager", {"Authorization": "Basic abc"}, "missing integration key"),
+        ("/v1/alertmanager/short", {}, "integration key must be 32"),
+        (f"/v1/alertmanager/{'f' * 32}", {}, "unknown integration key"),
+    ],
+)
+async def test_without_a_valid_key_nothing_happens(
+    served: Served, http: httpx.AsyncClient, path: str, headers: dict[str, str], message: str
+) -> None:
+    before = await snapshot(served.redis)
+    reply = await http.post(path, json=WEBHOOK, headers=headers)
+    assert reply.status_code == 401
+    assert reply.json()["message"].startswith(message)
+    assert await snapshot(served.redis) == before
+
+
+def _changed(path: list[Any], value: Any) -> dict[str, Any]:
+    body = copy.deepcopy(WEBHOOK)
+    target: Any = body
+    for step in path[:-1]:
+        target = target[step]
+    if value is None:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return body
+
+
+BAD_PAYLOADS: list[tuple[Any, str]] = [
+    ([], "payload must be a JSON object"),
+    (_changed(["version"], "3"), "'version' must be \"4\""),
+    (_changed(["version"], None), "'version' is missing"),
+    (_changed(["alerts"], None), "'alerts' is missing"),
+    (_changed(["alerts"], {"a": 1}), "'alerts' must be a list of objects"),
+    (_changed(["alerts", 1, "fingerprint"], None), "'alerts[1].fingerprint' is missing"),
+    (_changed(["alerts", 1, "fingerprint"], "f" * 256), "'alerts[1].fingerprint' is too long"),
+    (_changed(["alerts", 1, "fingerprint"], "a\tb"), "'alerts[1].fingerprint' must not contain"),
+    (_changed(["alerts", 1, "status"], "pending"), "'alerts[1].status' must be firing or"),
+    (_changed(["alerts", 0, "labels"], {"severity": 3}), "'alerts[0].labels' must map names"),
+    (_changed(["alerts", 0, "startsAt"], "noon"), "'alerts[0].startsAt' is not an RFC 3339"),
+    (
+        _changed(["alerts", 1, "labels"], {"instance": "db-1\x00"}),
+        "'alerts[1].labels.instance' must not contain control",
+    ),
+    (
+        _changed(["alerts", 1], {"status": "firing", "fingerprint": "x", "labels": {}}),
+        "'alerts[1].annotations.summary' is required",
+    ),
+    (_changed(["receiver"], "r\x1b"), "'receiver' must not contain control characters"),
+]
+
+
+@pytest.mark.parametrize(("body", "error"), BAD_PAYLOADS)
+async def test_a_bad_payload_names_the_field_and_writes_nothing(
+    served: Served, http: httpx.AsyncClient, body: Any, error: str
+) -> None:
+    before = await snapshot(served.redis)
+    reply = await http.post(f"/v1/alertmanager/{PAYMENTS_KEY}", content=json.dumps(body))
+    assert reply.status_code == 400, reply.text
+    assert any(e.startswith(error) for e in reply.json()["errors"]), reply.json()
+    assert await snapshot(served.redis) == before
+
+
+async def test_oversized_and_unreadable_bodies(served: Served, http: httpx.AsyncClient) -> None:
+    before = await snapshot(served.redis)
+    url = f"/v1/alertmanager/{PAYMENTS_KEY}"
+    assert (await http.post(url, content=b"x" * (2 * 1024 * 1024 + 1))).status_code == 413
+    broken = await http.post(url, content=b'{"version": "4", "alerts": [\xff]}')
+    assert broken.status_code == 400
+    assert broken.json()["errors"][0].startswith("body is not valid UTF-8")
+    assert (await http.post(url, content=b"{")).status_code == 400
+    assert await snapshot(served.redis) == before
+
+
+async def test_long_descriptions_are_folded_and_cut(
+    served: Served, http: httpx.AsyncClient
+) -> None:
+    body = _changed(["alerts", 1, "annotations"], {"description": "line\n" * 400})
+    assert (await http.post(f"/v1/alertmanager/{PAYMENTS_KEY}", json=body)).status_code == 200
+    incident = await _incident(served, "9a8b7c6d5e4f3a2b")
+    assert incident is not None
+    assert len(incident.summary) == 1024
+    assert incident.summary.endswith("…") and "\n" not in incident.summary
