@@ -32,11 +32,11 @@ async def running(
         await service.stop(0)
 
 
-def client_for(**targets: str) -> TocsinClient:
+def client_for(token: str = "", **targets: str) -> TocsinClient:
     """A client whose named services point at test servers ("scheduling": "127.0.0.1:1234")."""
     unused = "127.0.0.1:9"  # discard port: calls to a service the test did not start fail fast
     values = {
         name: targets.get(name, unused)
         for name in ("scheduling", "incidents", "escalation", "notification")
     }
-    return TocsinClient(Endpoints(http=targets.get("http", unused), **values), token="")
+    return TocsinClient(Endpoints(http=targets.get("http", unused), **values), token=token)

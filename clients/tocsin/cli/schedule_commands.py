@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from tocsin.cli.common import add_json_flag, rfc3339, run_with_client
 from tocsin.cli.output import print_json, print_table
 from tocsin.cli.output import rfc3339 as format_time
 from tocsin.client.client import TocsinClient
+from tocsin.client.endpoints import resolve_endpoints
+from tocsin.client.feeds import feed_url
 from tocsin.v1 import scheduling_pb2 as pb
 
 _SOURCES = {pb.SHIFT_SOURCE_LAYER: "layer", pb.SHIFT_SOURCE_OVERRIDE: "override"}
@@ -36,6 +39,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     override.add_argument("--delete", metavar="ID", help="remove the override with this id")
     add_json_flag(override)
     override.set_defaults(run=_override)
+
+    ical = commands.add_parser("ical-url", help="the calendar feed URL of a schedule or user")
+    target = ical.add_mutually_exclusive_group(required=True)
+    target.add_argument("--schedule")
+    target.add_argument("--user")
+    ical.set_defaults(run=_ical_url)
+
+
+def _ical_url(args: argparse.Namespace) -> int:
+    path = (
+        f"/ical/schedules/{args.schedule}.ics" if args.schedule else f"/ical/users/{args.user}.ics"
+    )
+    public = os.environ.get("TOCSIN_PUBLIC_URL") or f"http://{resolve_endpoints().http}"
+    print(feed_url(public, path, os.environ.get("TOCSIN_API_TOKEN")))
+    return 0
 
 
 def shift_json(shift: pb.Shift) -> dict[str, Any]:
