@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from tocsin.cli import apply_command, schedule_commands, stack_commands
+from tocsin.cli import apply_command, escalation_commands, schedule_commands, stack_commands
 from tocsin.cli.output import describe_rpc_error
 
 # Each module registers its sub-commands with `register(commands)`.
@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     stack_commands,
     schedule_commands,
     apply_command,
+    escalation_commands,
 )
 
 
