@@ -12,7 +12,13 @@ from collections.abc import Sequence
 
 import grpc
 
-from tocsin.cli import apply_command, escalation_commands, schedule_commands, stack_commands
+from tocsin.cli import (
+    apply_command,
+    escalation_commands,
+    incident_commands,
+    schedule_commands,
+    stack_commands,
+)
 from tocsin.cli.output import describe_rpc_error
 
 # Each module registers its sub-commands with `register(commands)`.
@@ -21,6 +27,7 @@ COMMAND_MODULES = (
     schedule_commands,
     apply_command,
     escalation_commands,
+    incident_commands,
 )
 
 
