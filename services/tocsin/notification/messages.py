@@ -228,6 +228,21 @@ def gather_response_twiml(
     return _fit_twiml(render, clean_text(message), "message")
 
 
+def test_sms_body(user_name: str) -> str:
+    """A test page: proves the number works and asks for nothing."""
+    name = _short_service_name(user_name)
+    return f"tocsin: test page for {name}. Text pages reach you here; no action needed."
+
+
+def test_voice_twiml(user_name: str) -> str:
+    """A test call: says who it is for and hangs up (no menu, nothing to acknowledge)."""
+    response = VoiceResponse()
+    name = _short_service_name(user_name)
+    response.say(f"This is a tocsin test call for {name}. Voice pages reach you here. Goodbye.")
+    response.hangup()
+    return str(response.to_xml())
+
+
 def sms_reply_twiml(message: str | None) -> str:
     """The TwiML answer to an incoming SMS: one reply message, or none at all."""
     response = MessagingResponse()

@@ -68,6 +68,10 @@ class Config:
     grpc_addrs: Mapping[str, Address]
     retention: timedelta
     listen_addr: Address | None = None
+    twilio_sends_per_second: float = 1.0
+    """Pages per second per channel from our Twilio number; 0 = unlimited (load tests)."""
+    number_send_interval: timedelta = timedelta(seconds=2)
+    """Least time between two pages (per channel) to one phone number; 0 = no limit."""
 
     def grpc_listen_addr(self, service: str) -> Address:
         return self.listen_addr or self.grpc_addrs[service]
@@ -94,6 +98,20 @@ def parse_duration_env(value: str, variable: str) -> timedelta:
         return parse_duration(value).as_timedelta()
     except ValueError as error:
         raise ConfigError(f"{variable}: {error}") from error
+
+
+def _parse_rate(value: str, variable: str) -> float:
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = -1.0
+    if not 0 <= rate <= 1000:
+        raise ConfigError(f"{variable}={value!r}: expected a number from 0 (unlimited) to 1000")
+    return rate
+
+
+def _parse_interval(value: str, variable: str) -> timedelta:
+    return timedelta(0) if value.strip() == "0" else parse_duration_env(value, variable)
 
 
 def _parse_url(value: str, variable: str, schemes: tuple[str, ...]) -> str:
@@ -159,4 +177,10 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         grpc_addrs=grpc_addrs,
         retention=parse_duration_env(env.get("TOCSIN_RETENTION", "90d"), "TOCSIN_RETENTION"),
         listen_addr=parse_address(listen, "TOCSIN_LISTEN_ADDR") if listen else None,
+        twilio_sends_per_second=_parse_rate(
+            env.get("TOCSIN_TWILIO_SENDS_PER_SECOND", "1"), "TOCSIN_TWILIO_SENDS_PER_SECOND"
+        ),
+        number_send_interval=_parse_interval(
+            env.get("TOCSIN_NUMBER_SEND_INTERVAL", "2s"), "TOCSIN_NUMBER_SEND_INTERVAL"
+        ),
     )

@@ -1,0 +1,179 @@
+"""Users' contact methods and rules, reply codes and the latest page per number.
+
+All of it sits under the `{contacts}` hash tag (keys.py): it is small, read on every page
+and written rarely. A settings change reads the user's settings, computes the new whole
+(domain.py) and writes it with a compare-and-set that also keeps the owner and phone
+number indexes in step (lua/settings_write.lua), retrying if someone else wrote first.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tocsin.notification import domain, keys
+from tocsin.notification.domain import Settings
+from tocsin.runtime.clock import Clock
+from tocsin.runtime.errors import AlreadyExists, Conflict
+from tocsin.runtime.redis import RedisClient, read_lua, register_lua
+from tocsin.v1 import notification_pb2
+
+REPLY_CODES = 99
+"""Codes 1..99: one or two digits to type at 3 a.m."""
+REPLY_CODE_TTL_MS = 24 * 3600 * 1000
+"""A reply code (and "the latest page to this number") stays valid this long after the
+latest page for its incident."""
+_WRITE_RETRIES = 20
+
+_WRITE = read_lua("tocsin.notification", "lua/settings_write.lua")
+_PREPARE = read_lua("tocsin.notification", "lua/page_prepare.lua")
+
+
+@dataclass(frozen=True)
+class PageContext:
+    settings: Settings
+    reply_code: str
+
+
+@dataclass(frozen=True)
+class NumberOwner:
+    user_id: str
+    contact_method_id: str
+
+
+@dataclass(frozen=True)
+class LatestPage:
+    incident_id: str
+    user_id: str
+
+
+class ContactStore:
+    def __init__(self, redis: RedisClient, clock: Clock) -> None:
+        self.redis = redis
+        self.clock = clock
+        self._write = register_lua(redis, _WRITE)
+        self._prepare = register_lua(redis, _PREPARE)
+
+    async def settings(self, user_id: str) -> Settings | None:
+        """The user's settings, or None if they never had any."""
+        raw = await self.redis.get(keys.user_settings(user_id))
+        return Settings.FromString(keys.as_bytes(raw)) if raw is not None else None
+
+    async def contact_method(
+        self, user_id: str, method_id: str
+    ) -> notification_pb2.ContactMethod | None:
+        settings = await self.settings(user_id)
+        return domain.contact_method(settings, method_id) if settings else None
+
+    async def owner_of(self, method_id: str) -> str | None:
+        owner = await self.redis.hget(keys.CM_OWNER, method_id)
+        return keys.as_text(owner) if owner is not None else None
+
+    async def change(self, user_id: str, change: Callable[[Settings], Settings]) -> Settings:
+        """Apply `change` to the user's settings atomically (retried on a concurrent write)."""
+        for _ in range(_WRITE_RETRIES):
+            found = await self.redis.get(keys.user_settings(user_id))
+            raw = keys.as_bytes(found) if found is not None else b""
+            current = Settings.FromString(raw)
+            updated = change(current)
+            if await self._compare_and_set(user_id, raw, current, updated):
+                return updated
+        raise Conflict(f"the settings of {user_id!r} keep changing; try again")
+
+    async def _compare_and_set(
+        self, user_id: str, expected: bytes, current: Settings, updated: Settings
+    ) -> bool:
+        before = {m.id: m for m in current.contact_methods}
+        after = {m.id: m for m in updated.contact_methods}
+        numbers: list[str] = []
+
+        def index_of(number: str) -> int:
+            if number not in numbers:
+                numbers.append(number)
+            return numbers.index(number) + 3  # KEYS[3..] in Lua (1-based)
+
+        unlink = [
+            [index_of(m.address), m.id]
+            for m in before.values()
+            if m.id not in after or after[m.id].address != m.address
+        ]
+        link = [
+            [index_of(m.address), m.id]
+            for m in after.values()
+            if m.id not in before or before[m.id].address != m.address
+        ]
+        changes = {
+            "own": [i for i in after if i not in before],
+            "disown": [i for i in before if i not in after],
+            "link": link,
+            "unlink": unlink,
+        }
+        result = await self._write(
+            keys=[
+                keys.user_settings(user_id),
+                keys.CM_OWNER,
+                *(keys.number_index(n) for n in numbers),
+            ],
+            args=[user_id, expected, updated.SerializeToString(), json.dumps(changes)],
+        )
+        if int(result) == -1:
+            raise AlreadyExists("that contact method id belongs to another user")
+        return int(result) == 1
+
+    async def prepare_page(self, user_id: str, incident_id: str) -> PageContext:
+        """The user's settings and their reply code for the incident, in one round trip."""
+        raw, code = await self._prepare(
+            keys=[
+                keys.user_settings(user_id),
+                keys.reply_codes(user_id),
+                keys.code_of(user_id),
+                keys.code_seq(user_id),
+            ],
+            args=[incident_id, self.clock.now_ms(), REPLY_CODE_TTL_MS, REPLY_CODES],
+        )
+        settings = Settings.FromString(keys.as_bytes(raw)) if raw else Settings()
+        return PageContext(settings, keys.as_text(code))
+
+    async def incident_of_code(self, user_id: str, code: str) -> str | None:
+        """The incident a reply code names, while it is valid."""
+        held = await self.redis.hget(keys.reply_codes(user_id), code.lstrip("0") or "0")
+        if held is None:
+            return None
+        incident_id, _, expires = keys.as_text(held).partition("|")
+        return incident_id if int(expires) > self.clock.now_ms() else None
+
+    async def owners_of_number(self, number: str) -> list[NumberOwner]:
+        owners = await self.redis.hgetall(keys.number_index(number))
+        found = [NumberOwner(keys.as_text(u), keys.as_text(m)) for m, u in owners.items()]
+        return sorted(found, key=lambda o: (o.user_id, o.contact_method_id))
+
+    async def remember_latest_page(self, number: str, incident_id: str, user_id: str) -> None:
+        expires = self.clock.now_ms() + REPLY_CODE_TTL_MS
+        await self.redis.set(
+            keys.latest_page(number), f"{incident_id}|{user_id}|{expires}", px=REPLY_CODE_TTL_MS
+        )
+
+    async def latest_page(self, number: str) -> LatestPage | None:
+        raw = await self.redis.get(keys.latest_page(number))
+        if raw is None:
+            return None
+        incident_id, user_id, expires = keys.as_text(raw).split("|")
+        if int(expires) <= self.clock.now_ms():
+            return None
+        return LatestPage(incident_id, user_id)
+
+    async def set_number_enabled(self, number: str, enabled: bool) -> list[str]:
+        """STOP / START for every user with an SMS contact method at `number`.
+
+        Returns the ids of the contact methods whose state changed.
+        """
+        changed: list[str] = []
+        for user_id in sorted({owner.user_id for owner in await self.owners_of_number(number)}):
+            before = await self.settings(user_id)
+            after = await self.change(
+                user_id, lambda s: domain.with_number_enabled(s, number, enabled)
+            )
+            was = {m.id: m.disabled for m in before.contact_methods} if before else {}
+            changed += [m.id for m in after.contact_methods if was.get(m.id) != m.disabled]
+        return changed

@@ -1,0 +1,421 @@
+"""Notification's pure logic: contact methods, rules, cycles, attempts and what they say.
+
+A user's settings (contact methods and rules) are one small protobuf, changed here as a
+whole and written by the store with a compare-and-set. A notification cycle is a snapshot
+of the rules taken when Notify starts it, so editing rules does not change a page already
+under way; the contact method itself is looked up again when a rule fires, so a corrected
+number or a STOP takes effect at once.
+
+Identifiers carry their location, so a webhook can find what it refers to without an
+index: a cycle is `<incident>-<n>`, a rule's attempt (and its timer) `<cycle>-<rule>`, a
+test page's attempt `test-<user>-<n>`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import phonenumbers
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from tocsin.runtime.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from tocsin.runtime.ids import id_violations
+from tocsin.v1 import incidents_pb2, notification_pb2
+
+SMS = notification_pb2.CONTACT_METHOD_TYPE_SMS
+VOICE = notification_pb2.CONTACT_METHOD_TYPE_VOICE
+CHANNEL_NAMES: dict[int, str] = {SMS: "sms", VOICE: "voice"}
+
+SENDING = notification_pb2.ATTEMPT_STATUS_SENDING
+SENT = notification_pb2.ATTEMPT_STATUS_SENT
+DELIVERED = notification_pb2.ATTEMPT_STATUS_DELIVERED
+FAILED = notification_pb2.ATTEMPT_STATUS_FAILED
+UNKNOWN = notification_pb2.ATTEMPT_STATUS_UNKNOWN
+SKIPPED = notification_pb2.ATTEMPT_STATUS_SKIPPED
+
+TRIGGERED = incidents_pb2.INCIDENT_STATUS_TRIGGERED
+STOPPED_STATUSES = frozenset(
+    {incidents_pb2.INCIDENT_STATUS_ACKNOWLEDGED, incidents_pb2.INCIDENT_STATUS_RESOLVED}
+)
+"""An incident in one of these pages nobody (a snoozed incident is ACKNOWLEDGED)."""
+
+MAX_CONTACT_METHODS = 20
+MAX_RULES = 20
+MAX_RULE_DELAY_MS = 24 * 3600 * 1000
+MAX_IDEMPOTENCY_KEY = 255
+REPLY_SUMMARY_CHARS = 80
+"""An SMS answer keeps to one segment: the summary is cut to this."""
+
+_INCIDENT_ID = re.compile(r"[1-9][0-9]{0,17}")
+_RULE_ATTEMPT = re.compile(r"(?P<incident>[1-9][0-9]{0,17})-(?P<cycle>[0-9]+)-(?P<rule>[0-9]+)")
+_TEST_ATTEMPT = re.compile(r"test-(?P<user>[a-z0-9][a-z0-9._-]{0,62})-(?P<n>[0-9]+)")
+
+PERMANENT_NUMBER_CODES = frozenset({21211, 21214, 21217, 21408, 21610, 21612, 21614})
+"""Twilio errors that say this number cannot be reached this way (for the timeline)."""
+OPTED_OUT_CODE = 21610
+"""The recipient replied STOP: Twilio refuses every further SMS to them until START."""
+
+
+# -- addresses and settings -----------------------------------------------------------
+
+
+def normalize_phone(address: str, field: str) -> str:
+    """`address` in E.164 (`+14155550100`), or InvalidArgument naming `field`.
+
+    The number is not repeated in the error: errors get logged, phone numbers must not.
+    """
+    try:
+        parsed = phonenumbers.parse(address, None)
+    except phonenumbers.NumberParseException:
+        raise InvalidArgument.one(
+            field, "must be a phone number in international format, e.g. +14155550100"
+        ) from None
+    if not phonenumbers.is_valid_number(parsed):
+        raise InvalidArgument.one(field, "is not a valid phone number")
+    return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+
+
+def validated_contact_method(
+    method: notification_pb2.ContactMethod, field: str = "contact_method"
+) -> notification_pb2.ContactMethod:
+    """A copy of `method` with its address in E.164; every problem named by field path."""
+    violations = [
+        *id_violations(method.id, f"{field}.id"),
+        *id_violations(method.user_id, f"{field}.user_id"),
+    ]
+    if method.type not in CHANNEL_NAMES:
+        violations.append(FieldViolation(f"{field}.type", "must be SMS or VOICE"))
+    address = ""
+    try:
+        address = normalize_phone(method.address, f"{field}.address")
+    except InvalidArgument as error:
+        violations.extend(error.violations)
+    if violations:
+        raise InvalidArgument(violations)
+    normalized = notification_pb2.ContactMethod()
+    normalized.CopyFrom(method)
+    normalized.address = address
+    return normalized
+
+
+def duration_ms(duration: Duration) -> int:
+    return duration.seconds * 1000 + duration.nanos // 1_000_000
+
+
+def validated_rules(
+    rules: Sequence[notification_pb2.NotificationRule],
+    methods: Iterable[notification_pb2.ContactMethod],
+) -> list[notification_pb2.NotificationRule]:
+    """The rules ordered by delay (stable), each naming one of `methods`."""
+    known = {m.id for m in methods}
+    violations: list[FieldViolation] = []
+    if len(rules) > MAX_RULES:
+        violations.append(FieldViolation("rules", f"at most {MAX_RULES} rules, got {len(rules)}"))
+    for i, rule in enumerate(rules):
+        if rule.contact_method_id not in known:
+            violations.append(
+                FieldViolation(
+                    f"rules[{i}].contact_method_id",
+                    f"{rule.contact_method_id!r} is not one of this user's contact methods",
+                )
+            )
+        delay = duration_ms(rule.delay)
+        if delay < 0 or rule.delay.nanos < 0:
+            violations.append(FieldViolation(f"rules[{i}].delay", "must not be negative"))
+        elif delay > MAX_RULE_DELAY_MS:
+            violations.append(FieldViolation(f"rules[{i}].delay", "must be at most 24 hours"))
+    if violations:
+        raise InvalidArgument(violations)
+    return sorted(rules, key=lambda r: duration_ms(r.delay))
+
+
+Settings = notification_pb2.GetUserNotificationSettingsResponse
+
+
+def _settings(
+    methods: Iterable[notification_pb2.ContactMethod],
+    rules: Iterable[notification_pb2.NotificationRule],
+) -> Settings:
+    return Settings(
+        contact_methods=sorted(methods, key=lambda m: m.id),
+        rules=sorted(rules, key=lambda r: duration_ms(r.delay)),
+    )
+
+
+def with_contact_method(current: Settings, method: notification_pb2.ContactMethod) -> Settings:
+    """`current` plus a new contact method (AlreadyExists if the user has that id).
+
+    `disabled` belongs to the recipient (STOP sets it, START clears it), so a new
+    contact method starts enabled whatever the request said.
+    """
+    method = _with_disabled(method, False)
+    if any(m.id == method.id for m in current.contact_methods):
+        raise AlreadyExists(f"contact method {method.id!r} already exists")
+    if len(current.contact_methods) >= MAX_CONTACT_METHODS:
+        raise InvalidArgument.one(
+            "contact_method", f"a user has at most {MAX_CONTACT_METHODS} contact methods"
+        )
+    return _settings([*current.contact_methods, method], current.rules)
+
+
+def with_replaced_contact_method(
+    current: Settings, method: notification_pb2.ContactMethod
+) -> Settings:
+    """`current` with `method` replacing the one with its id. A STOP stays in force while
+    the number and channel stay the same; a new number starts enabled."""
+    previous = contact_method(current, method.id)
+    if previous is None:
+        raise NotFound(f"contact method {method.id!r} does not exist")
+    same_phone = previous.address == method.address and previous.type == method.type
+    method = _with_disabled(method, previous.disabled and same_phone)
+    methods = [method if m.id == method.id else m for m in current.contact_methods]
+    return _settings(methods, current.rules)
+
+
+def _with_disabled(
+    method: notification_pb2.ContactMethod, disabled: bool
+) -> notification_pb2.ContactMethod:
+    copy = notification_pb2.ContactMethod()
+    copy.CopyFrom(method)
+    copy.disabled = disabled
+    return copy
+
+
+def without_contact_method(current: Settings, method_id: str) -> Settings:
+    """`current` without the contact method and every rule that uses it."""
+    methods = [m for m in current.contact_methods if m.id != method_id]
+    rules = [r for r in current.rules if r.contact_method_id != method_id]
+    return _settings(methods, rules)
+
+
+def with_rules(current: Settings, rules: Sequence[notification_pb2.NotificationRule]) -> Settings:
+    return _settings(current.contact_methods, validated_rules(rules, current.contact_methods))
+
+
+def with_number_enabled(current: Settings, number: str, enabled: bool) -> Settings:
+    """STOP/START: (dis)able the SMS contact methods with `number`.
+
+    Only SMS: Twilio's STOP blocks text messages from our number, not calls, so a person
+    who opts out of texts can still be woken by a call (and the proto's `disabled` flag
+    means exactly "replied STOP").
+    """
+    methods = []
+    for m in current.contact_methods:
+        copy = notification_pb2.ContactMethod()
+        copy.CopyFrom(m)
+        if m.address == number and m.type == SMS:
+            copy.disabled = not enabled
+        methods.append(copy)
+    return _settings(methods, current.rules)
+
+
+def rules_snapshot(settings: Settings) -> list[dict[str, Any]]:
+    """The rules as a cycle keeps them: contact method, delay (ms) and channel."""
+    types = {m.id: m.type for m in settings.contact_methods}
+    return [
+        {"cm": r.contact_method_id, "d": duration_ms(r.delay), "t": types[r.contact_method_id]}
+        for r in settings.rules
+        if r.contact_method_id in types
+    ]
+
+
+def contact_method(settings: Settings, method_id: str) -> notification_pb2.ContactMethod | None:
+    return next((m for m in settings.contact_methods if m.id == method_id), None)
+
+
+# -- identifiers ----------------------------------------------------------------------
+
+
+def check_incident_id(incident_id: str, field: str = "incident_id") -> None:
+    if not _INCIDENT_ID.fullmatch(incident_id):
+        raise InvalidArgument.one(field, f"must be a decimal incident id, got {incident_id!r}")
+
+
+def rule_attempt_id(cycle_id: str, rule_index: int) -> str:
+    return f"{cycle_id}-{rule_index}"
+
+
+def test_attempt_id(user_id: str, n: int) -> str:
+    return f"test-{user_id}-{n}"
+
+
+@dataclass(frozen=True)
+class AttemptLocation:
+    """Where an attempt is stored: under its incident, or (a test page) under its user."""
+
+    attempt_id: str
+    incident_id: str | None
+    user_id: str | None
+
+
+def locate_attempt(attempt_id: str) -> AttemptLocation | None:
+    """Parse an attempt id; None if it is not one tocsin makes."""
+    if match := _RULE_ATTEMPT.fullmatch(attempt_id):
+        return AttemptLocation(attempt_id, match["incident"], None)
+    if match := _TEST_ATTEMPT.fullmatch(attempt_id):
+        return AttemptLocation(attempt_id, None, match["user"])
+    return None
+
+
+@dataclass(frozen=True)
+class TimerPayload:
+    """What a rule's timer carries (lua/notify.lua writes it). `slot_ms` is set once a
+    rate-limit slot is reserved, so the firing at that slot sends without reserving again."""
+
+    cycle_id: str
+    rule_index: int
+    user_id: str
+    contact_method_id: str
+    channel: int
+    traceparent: str
+    slot_ms: int | None = None
+
+    def encode(self) -> bytes:
+        data: dict[str, Any] = {
+            "c": self.cycle_id,
+            "r": self.rule_index,
+            "u": self.user_id,
+            "cm": self.contact_method_id,
+            "t": self.channel,
+            "tp": self.traceparent,
+        }
+        if self.slot_ms is not None:
+            data["s"] = self.slot_ms
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> TimerPayload:
+        data = json.loads(payload)
+        slot = data.get("s")
+        return cls(
+            cycle_id=str(data["c"]),
+            rule_index=int(data["r"]),
+            user_id=str(data["u"]),
+            contact_method_id=str(data["cm"]),
+            channel=int(data["t"]),
+            traceparent=str(data.get("tp") or ""),
+            slot_ms=int(slot) if slot is not None else None,
+        )
+
+    def with_slot(self, slot_ms: int) -> TimerPayload:
+        return replace(self, slot_ms=slot_ms)
+
+    @property
+    def incident_id(self) -> str:
+        return self.cycle_id.partition("-")[0]
+
+    @property
+    def attempt_id(self) -> str:
+        return rule_attempt_id(self.cycle_id, self.rule_index)
+
+
+# -- attempts -------------------------------------------------------------------------
+
+
+def _timestamp(ms: int) -> Timestamp:
+    ts = Timestamp()
+    ts.FromMilliseconds(int(ms))
+    return ts
+
+
+def attempt_from_record(record: bytes | str | dict[str, Any]) -> notification_pb2.Attempt:
+    """An attempt as the Lua scripts store it (JSON, see lua/attempt_lib.lua) -> proto."""
+    data = record if isinstance(record, dict) else json.loads(record)
+    return notification_pb2.Attempt(
+        id=data["id"],
+        incident_id=data.get("inc") or "",
+        user_id=data["user"],
+        contact_method_id=data["cm"],
+        type=notification_pb2.ContactMethodType.ValueType(int(data["type"])),
+        rule_index=int(data["rule"]),
+        status=notification_pb2.AttemptStatus.ValueType(int(data["st"])),
+        provider_id=data.get("pid") or "",
+        error_code=int(data.get("err") or 0),
+        provider_status=data.get("pst") or "",
+        reply_code=data.get("code") or "",
+        created_at=_timestamp(data["c"]),
+        updated_at=_timestamp(data["u"]),
+    )
+
+
+def attempts_in_order(records: Iterable[bytes]) -> list[notification_pb2.Attempt]:
+    decoded = [json.loads(r) for r in records]
+    decoded.sort(key=lambda d: (int(d["c"]), int(d.get("n", 0)), d["id"]))
+    return [attempt_from_record(d) for d in decoded]
+
+
+PROVIDER_STATUSES = {
+    "accepted": SENT,
+    "scheduled": SENT,
+    "queued": SENT,
+    "sending": SENT,
+    "sent": SENT,
+    "initiated": SENT,
+    "ringing": SENT,
+    "delivered": DELIVERED,
+    "read": DELIVERED,
+    "in-progress": DELIVERED,
+    "answered": DELIVERED,
+    "completed": DELIVERED,
+    "undelivered": FAILED,
+    "failed": FAILED,
+    "busy": FAILED,
+    "no-answer": FAILED,
+    "canceled": FAILED,
+}
+"""Twilio's MessageStatus / CallStatus words -> attempt status (a call that was
+answered is delivered: someone heard it)."""
+
+FINAL_STATUSES = frozenset({DELIVERED, FAILED, SKIPPED})
+
+
+def attempt_status_of(provider_status: str) -> int | None:
+    return PROVIDER_STATUSES.get(provider_status.strip().lower())
+
+
+# -- what people read -----------------------------------------------------------------
+
+
+def channel_word(channel: int) -> str:
+    return "SMS" if channel == SMS else "Voice call"
+
+
+def short_summary(summary: str) -> str:
+    text = " ".join(summary.split())
+    if len(text) > REPLY_SUMMARY_CHARS:
+        return text[: REPLY_SUMMARY_CHARS - 3].rstrip() + "..."
+    return text
+
+
+def incident_title(incident: incidents_pb2.Incident) -> str:
+    summary = short_summary(incident.summary)
+    return f"#{incident.id}: {summary}" if summary else f"#{incident.id}"
+
+
+def help_reply(code: str | None = None) -> str:
+    example = code or "4"
+    return (
+        f"tocsin: reply '{example}a' to acknowledge or '{example}r' to resolve a page, "
+        "STOP to stop text pages."
+    )
+
+
+def unknown_code_reply(code: str) -> str:
+    return f"Unknown code {code}"
+
+
+NO_RECENT_PAGE_REPLY = (
+    "No recent page to this number. Reply with the code from the page, e.g. '4a'."
+)
+
+
+def attempt_timeline_text(
+    channel: int, user_id: str, method_id: str, what: str, detail: str = ""
+) -> str:
+    text = f"{channel_word(channel)} to {user_id} ({method_id}) {what}"
+    return f"{text}: {detail}" if detail else text

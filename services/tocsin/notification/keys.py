@@ -1,0 +1,128 @@
+"""Where the notification service keeps things in Redis.
+
+Users' settings are small and change rarely, so they share one hash tag, `{contacts}`,
+and every settings change is one atomic script:
+
+    tocsin:{contacts}:user:<user>            string  GetUserNotificationSettingsResponse
+                                                     (contact methods by id, rules by delay)
+    tocsin:{contacts}:cm-owner               hash    contact method id -> user id
+    tocsin:{contacts}:number:<e164>          hash    contact method id -> user id, for replies
+    tocsin:{contacts}:codes:<user>           hash    reply code -> "<incident>|<expires_ms>"
+    tocsin:{contacts}:code-of:<user>         hash    incident -> reply code
+    tocsin:{contacts}:code-seq:<user>        string  the last code handed out (round robin)
+    tocsin:{contacts}:latest:<e164>          string  "<incident>|<user>|<expires_ms>": the
+                                                     latest page to a number (plain "ack")
+    tocsin:{contacts}:test-attempts:<user>   hash    test page attempt id -> attempt JSON
+    tocsin:{contacts}:test-sending           zset    test attempts in SENDING, by start ms
+
+Everything about paging one incident lives under its shard's tag T =
+`shard_tag(incident_shard(id))`, the slot of the incident itself, so a cycle, its timers
+and its attempts change together in one script:
+
+    tocsin:T:notify:inc:<id>:state           hash    status mirror (st, v, sum, svc) and
+                                                     the cycle counter (seq)
+    tocsin:T:notify:inc:<id>:cycles          hash    user -> current cycle id
+    tocsin:T:notify:cycle:<cycle>            hash    the cycle: inc, user, tp, code, rules
+                                                     (JSON snapshot), n, c, x (cancelled)
+    tocsin:T:notify:inc:<id>:attempts        hash    attempt id -> attempt JSON
+    tocsin:T:notify:sending                  zset    "<attempts key>|<attempt id>" -> start ms
+    tocsin:T:notify:idem:<key>               string  a Notify idempotency key (TTL retention)
+    tocsin:T:notify:timers ...               the timer library's keys (see timer_keys)
+
+Rate limits: `tocsin:{rate:<channel>:<kind>:<number>}:next`, one slot each. Provider ids:
+`tocsin:sid:{<sid>}` -> attempt id.
+"""
+
+from __future__ import annotations
+
+from tocsin.runtime.events import incident_shard
+from tocsin.runtime.timers import shard_tag
+from tocsin.runtime.timers import timer_keys as runtime_timer_keys
+
+CONTACTS = "tocsin:{contacts}"
+CM_OWNER = f"{CONTACTS}:cm-owner"
+TEST_SENDING = f"{CONTACTS}:test-sending"
+NAMESPACE = "notify"
+
+
+def user_settings(user_id: str) -> str:
+    return f"{CONTACTS}:user:{user_id}"
+
+
+def number_index(number: str) -> str:
+    return f"{CONTACTS}:number:{number}"
+
+
+def reply_codes(user_id: str) -> str:
+    return f"{CONTACTS}:codes:{user_id}"
+
+
+def code_of(user_id: str) -> str:
+    return f"{CONTACTS}:code-of:{user_id}"
+
+
+def code_seq(user_id: str) -> str:
+    return f"{CONTACTS}:code-seq:{user_id}"
+
+
+def latest_page(number: str) -> str:
+    return f"{CONTACTS}:latest:{number}"
+
+
+def test_attempts(user_id: str) -> str:
+    return f"{CONTACTS}:test-attempts:{user_id}"
+
+
+def prefix(shard: int) -> str:
+    return f"tocsin:{shard_tag(shard)}:{NAMESPACE}:"
+
+
+def timer_tag(shard: int) -> str:
+    """The tag the timer library builds this namespace's timer keys from: '{t3}:notify'."""
+    return f"{shard_tag(shard)}:{NAMESPACE}"
+
+
+def timer_keys(shard: int) -> list[str]:
+    base = f"tocsin:{shard_tag(shard)}:"
+    return [base + f"{NAMESPACE}:" + key.removeprefix(base) for key in runtime_timer_keys(shard)]
+
+
+def incident_state(incident_id: str) -> str:
+    return f"{prefix(incident_shard(incident_id))}inc:{incident_id}:state"
+
+
+def incident_cycles(incident_id: str) -> str:
+    return f"{prefix(incident_shard(incident_id))}inc:{incident_id}:cycles"
+
+
+def incident_attempts(incident_id: str) -> str:
+    return f"{prefix(incident_shard(incident_id))}inc:{incident_id}:attempts"
+
+
+def cycle(cycle_id: str, incident_id: str) -> str:
+    return f"{prefix(incident_shard(incident_id))}cycle:{cycle_id}"
+
+
+def sending(shard: int) -> str:
+    return f"{prefix(shard)}sending"
+
+
+def idempotency(incident_id: str, key: str) -> str:
+    return f"{prefix(incident_shard(incident_id))}idem:{key}"
+
+
+def provider_sid(sid: str) -> str:
+    return f"tocsin:sid:{{{sid}}}"
+
+
+def rate_slot(name: str) -> str:
+    return f"tocsin:{{rate:{name}}}:next"
+
+
+def as_bytes(value: bytes | str) -> bytes:
+    """A Redis reply as bytes (the clients return bytes; their types say bytes | str)."""
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def as_text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,10 @@
+-- Record what became known about an attempt (send result, status callback).
+-- KEYS: attempts hash, sending index
+-- ARGV: attempt id, status (0 = none), provider id, error code, provider status, now ms
+-- Returns {record JSON, status changed (0/1)}, or false if there is no such attempt.
+local rec, changed = attempt_update(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), ARGV[3],
+  tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]))
+if not rec then
+  return false
+end
+return {cjson.encode(rec), changed and 1 or 0}

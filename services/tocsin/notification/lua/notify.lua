@@ -1,0 +1,31 @@
+-- Start (or replace) the notification cycle of one user for one incident.
+-- KEYS: idempotency key, incident state, incident cycles, timer keys (6)
+-- ARGV: timer tag, key prefix, incident id, user id, now ms, ttl ms, traceparent,
+--       reply code, rules JSON ([{cm, d, t}], ordered by delay)
+-- Returns {0} when the idempotency key was seen, else {1, cycle id, rules, cancelled}
+-- where cancelled counts the timers of a replaced cycle.
+local tag, prefix, inc, user = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local now, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ttl) then
+  return {0}
+end
+local cancelled = 0
+local previous = redis.call('HGET', KEYS[3], user)
+if previous then
+  cancelled = cycle_cancel(prefix .. 'cycle:' .. previous, tag, previous)
+end
+local cycle_id = inc .. '-' .. redis.call('HINCRBY', KEYS[2], 'seq', 1)
+local cycle_key = prefix .. 'cycle:' .. cycle_id
+local rules = cjson.decode(ARGV[9])
+redis.call('HSET', cycle_key, 'inc', inc, 'user', user, 'tp', ARGV[7], 'code', ARGV[8],
+  'rules', ARGV[9], 'n', #rules, 'c', now)
+redis.call('HSET', KEYS[3], user, cycle_id)
+for _, key in ipairs({cycle_key, KEYS[2], KEYS[3]}) do
+  redis.call('PEXPIRE', key, ttl)
+end
+for i, rule in ipairs(rules) do
+  local payload = cjson.encode({c = cycle_id, r = i - 1, u = user, cm = rule.cm, t = rule.t,
+    tp = ARGV[7]})
+  timer_arm(tag, cycle_id .. '-' .. (i - 1), now + rule.d, payload)
+end
+return {1, cycle_id, #rules, cancelled}

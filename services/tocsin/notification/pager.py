@@ -1,0 +1,141 @@
+"""Starting and stopping notification cycles; keeping up with the incidents.
+
+`notify` snapshots the user's rules into a cycle with one timer per rule (one script in
+the incident's slot), then takes the fast path: the rules due now are claimed and sent
+by this process at once, so the first SMS leaves within milliseconds instead of waiting
+for a worker's poll. The TimerWorker fires the later rules and anything the fast path
+missed (a crash between Notify and the claim: the timer is still there, due).
+
+`handle_event` consumes the incident-events stream (group "notification"): it mirrors
+each incident's status, summary and service (newer versions only) and, when an incident
+is acknowledged, resolved or snoozed, cancels every pending rule of it. The mirror is
+what a firing rule checks before sending; an incident it has not seen yet counts as
+triggered.
+
+`sweep` finds attempts left SENDING by a process that died mid-send and marks them
+UNKNOWN: they may have reached the person, so they are never resent.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from tocsin.notification import domain
+from tocsin.notification.contacts import ContactStore
+from tocsin.notification.domain import TimerPayload
+from tocsin.notification.peers import IncidentsPeer
+from tocsin.notification.sender import Sender
+from tocsin.notification.store import PagingStore
+from tocsin.runtime.clock import Clock
+from tocsin.v1 import incidents_pb2, notification_pb2
+
+log = logging.getLogger(__name__)
+
+SENDING_TIMEOUT_MS = 2 * 60 * 1000
+"""An attempt SENDING for longer than this lost its process (a send with every retry
+takes well under a minute) and becomes UNKNOWN."""
+
+
+@dataclass(frozen=True)
+class NotifyResult:
+    started: bool
+    rules_scheduled: int
+
+
+class Pager:
+    def __init__(
+        self,
+        store: PagingStore,
+        contacts: ContactStore,
+        sender: Sender,
+        incidents: IncidentsPeer,
+        clock: Clock,
+    ) -> None:
+        self.store = store
+        self.contacts = contacts
+        self.sender = sender
+        self.incidents = incidents
+        self.clock = clock
+
+    async def notify(
+        self, incident_id: str, user_id: str, idempotency_key: str, traceparent: str
+    ) -> NotifyResult:
+        page = await self.contacts.prepare_page(user_id, incident_id)
+        rules = domain.rules_snapshot(page.settings)
+        start = await self.store.start_cycle(
+            incident_id, user_id, idempotency_key, traceparent, page.reply_code, rules
+        )
+        if not start.started:
+            return NotifyResult(False, 0)
+        if not rules:
+            self.sender.spawn(
+                self.incidents.append_timeline(
+                    incident_id,
+                    f"{user_id} has no notification rules: nobody was paged",
+                    {"user_id": user_id},
+                    f"notify/{start.cycle_id}/no-rules",
+                    incidents_pb2.TIMELINE_KIND_WARNING,
+                ),
+                f"timeline warning for {start.cycle_id}",
+            )
+        due_now = [
+            TimerPayload(start.cycle_id, i, user_id, rule["cm"], rule["t"], traceparent)
+            for i, rule in enumerate(rules)
+            if rule["d"] == 0
+        ]
+        methods = {m.id: m for m in page.settings.contact_methods}
+        self.sender.fire_now(due_now, methods)
+        return NotifyResult(True, start.rules)
+
+    async def cancel(self, incident_id: str) -> int:
+        return await self.store.cancel(incident_id)
+
+    async def handle_event(self, event: incidents_pb2.IncidentEvent) -> None:
+        if not event.incident.id:
+            return
+        _, cancelled = await self.store.apply_incident(event.incident)
+        if cancelled:
+            log.info(
+                "incident %s %s: cancelled %d pending notifications",
+                event.incident.id,
+                incidents_pb2.IncidentEventKind.Name(event.kind),
+                cancelled,
+            )
+
+    async def sweep(self, shards: frozenset[int] | range, *, tests: bool) -> int:
+        """Mark stale SENDING attempts UNKNOWN in `shards` (and test pages if `tests`)."""
+        older_than = self.clock.now_ms() - SENDING_TIMEOUT_MS
+        marked = []
+        for shard in shards:
+            marked += await self.store.sweep(shard, older_than)
+        if tests:
+            marked += await self.store.sweep(None, older_than)
+        for attempt in marked:
+            log.warning("attempt %s: outcome unknown, not resent", attempt.id)
+            if attempt.incident_id:
+                self.sender.spawn(
+                    self._timeline_unknown(attempt), f"timeline entry for {attempt.id}"
+                )
+        return len(marked)
+
+    async def _timeline_unknown(self, attempt: notification_pb2.Attempt) -> None:
+        text = domain.attempt_timeline_text(
+            attempt.type,
+            attempt.user_id,
+            attempt.contact_method_id,
+            "outcome unknown",
+            "the sending process stopped before the provider answered; not resent",
+        )
+        await self.incidents.append_timeline(
+            attempt.incident_id,
+            text,
+            {
+                "user_id": attempt.user_id,
+                "contact_method_id": attempt.contact_method_id,
+                "channel": domain.CHANNEL_NAMES.get(attempt.type, ""),
+                "attempt_id": attempt.id,
+                "status": "outcome unknown",
+            },
+            f"notify/{attempt.id}/outcome unknown",
+        )

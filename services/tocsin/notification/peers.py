@@ -1,0 +1,132 @@
+"""What notification asks of the other services, through their gRPC contracts.
+
+Lookups made while paging (the incident's summary, its service's name) and timeline
+entries are best effort under a short deadline: a page may go out with plainer text or a
+missing timeline line, but it never waits long on them and never fails because of them.
+Acknowledge and Resolve (from a reply) and user checks (on settings changes) report their
+errors, because the person on the other end must know whether it worked.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+import grpc
+
+from tocsin.client.client import TocsinClient
+from tocsin.runtime.clock import Clock
+from tocsin.runtime.errors import NotFound, Unavailable
+from tocsin.v1 import common_pb2, incidents_pb2, scheduling_pb2
+
+log = logging.getLogger(__name__)
+
+LOOKUP_TIMEOUT_S = 1.0
+SERVICE_NAME_TTL_MS = 5 * 60 * 1000
+NOTIFICATION_ACTOR = common_pb2.Actor(channel=common_pb2.CHANNEL_AUTO, display="notification")
+
+
+class IncidentsPeer:
+    def __init__(
+        self, client: Callable[[], TocsinClient], clock: Clock, timeout_s: float = LOOKUP_TIMEOUT_S
+    ) -> None:
+        self._client = client
+        self.clock = clock
+        self.timeout_s = timeout_s
+        self._service_names: dict[str, tuple[str, int]] = {}
+
+    async def get_incident(self, incident_id: str) -> incidents_pb2.Incident | None:
+        """The incident, or None if it does not exist or incidents cannot be reached."""
+        try:
+            reply = await self._client().incidents.GetIncident(
+                incidents_pb2.GetIncidentRequest(incident_id=incident_id), timeout=self.timeout_s
+            )
+        except grpc.aio.AioRpcError as error:
+            log.warning("incident %s: lookup failed: %s", incident_id, error.code().name)
+            return None
+        return reply.incident
+
+    async def service_name(self, service_id: str) -> str:
+        """The service's display name (cached a few minutes); its id if it cannot be had."""
+        if not service_id:
+            return ""
+        now = self.clock.now_ms()
+        cached = self._service_names.get(service_id)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        try:
+            reply = await self._client().incidents.GetService(
+                incidents_pb2.GetServiceRequest(id=service_id), timeout=self.timeout_s
+            )
+        except grpc.aio.AioRpcError as error:
+            log.warning("service %s: name lookup failed: %s", service_id, error.code().name)
+            return service_id
+        name = reply.service.name or service_id
+        self._service_names[service_id] = (name, now + SERVICE_NAME_TTL_MS)
+        return name
+
+    async def append_timeline(
+        self,
+        incident_id: str,
+        message: str,
+        attributes: Mapping[str, str],
+        idempotency_key: str,
+        kind: incidents_pb2.TimelineKind.ValueType = incidents_pb2.TIMELINE_KIND_NOTIFICATION,
+    ) -> bool:
+        """Append a timeline entry once per key; False (logged) if incidents said no."""
+        entry = incidents_pb2.TimelineEntry(
+            kind=kind, message=message, actor=NOTIFICATION_ACTOR, attributes=dict(attributes)
+        )
+        entry.at.FromMilliseconds(self.clock.now_ms())
+        try:
+            await self._client().incidents.AppendTimeline(
+                incidents_pb2.AppendTimelineRequest(
+                    incident_id=incident_id, entry=entry, idempotency_key=idempotency_key
+                ),
+                timeout=self.timeout_s,
+            )
+        except grpc.aio.AioRpcError as error:
+            log.warning(
+                "incident %s: timeline entry %s not written: %s",
+                incident_id,
+                idempotency_key,
+                error.code().name,
+            )
+            return False
+        return True
+
+    async def acknowledge(
+        self, incident_id: str, actor: common_pb2.Actor
+    ) -> incidents_pb2.AcknowledgeResponse:
+        return await self._client().incidents.Acknowledge(
+            incidents_pb2.AcknowledgeRequest(incident_id=incident_id, actor=actor),
+            timeout=5 * self.timeout_s,
+        )
+
+    async def resolve(
+        self, incident_id: str, actor: common_pb2.Actor
+    ) -> incidents_pb2.ResolveResponse:
+        return await self._client().incidents.Resolve(
+            incidents_pb2.ResolveRequest(incident_id=incident_id, actor=actor),
+            timeout=5 * self.timeout_s,
+        )
+
+
+class UsersPeer:
+    def __init__(self, client: Callable[[], TocsinClient], timeout_s: float = 5.0) -> None:
+        self._client = client
+        self.timeout_s = timeout_s
+
+    async def get(self, user_id: str) -> scheduling_pb2.User:
+        """The user; NotFound if scheduling does not know them, Unavailable if it is down."""
+        try:
+            reply = await self._client().scheduling.GetUser(
+                scheduling_pb2.GetUserRequest(id=user_id), timeout=self.timeout_s
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(f"user {user_id!r} does not exist") from None
+            raise Unavailable(
+                f"cannot check user {user_id!r} with the scheduling service: {error.code().name}"
+            ) from None
+        return reply.user

@@ -1,0 +1,60 @@
+"""Send rate limits that queue, never drop.
+
+Two limits apply to every page, per channel (SMS and calls are counted apart):
+
+- per destination number: at least `number_interval_ms` between two pages to one phone,
+  so an alert storm does not fire twenty texts at one person in the same second;
+- per sender (our Twilio number): at most `sends_per_second`; a US long code sends about
+  one SMS segment a second and Twilio queues (then refuses) the rest.
+
+Each limit is a "next free slot" in Redis: reserving returns the earliest moment the
+send may go (lua/reserve.lua) and moves the slot on. The destination slot is reserved
+first and the sender's no earlier than it, so no sender slot is wasted waiting. The
+caller waits for the slot on the clock; nothing is dropped.
+"""
+
+from __future__ import annotations
+
+from tocsin.notification import domain, keys
+from tocsin.runtime.clock import Clock
+from tocsin.runtime.redis import RedisClient, read_lua, register_lua
+
+
+class RateLimiter:
+    def __init__(
+        self,
+        redis: RedisClient,
+        clock: Clock,
+        sender: str,
+        *,
+        sends_per_second: float,
+        number_interval_ms: int,
+    ) -> None:
+        if sends_per_second < 0 or number_interval_ms < 0:
+            raise ValueError("rate limits must not be negative")
+        self.clock = clock
+        self.sender = sender
+        self.sender_interval_ms = round(1000 / sends_per_second) if sends_per_second else 0
+        self.number_interval_ms = number_interval_ms
+        self._reserve = register_lua(redis, read_lua("tocsin.notification", "lua/reserve.lua"))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.sender_interval_ms or self.number_interval_ms)
+
+    async def reserve(self, channel: int, number: str) -> int:
+        """The moment (clock ms) a page on `channel` to `number` may go; reserves it."""
+        now = self.clock.now_ms()
+        slot = now
+        kind = domain.CHANNEL_NAMES[channel]
+        if self.number_interval_ms:
+            slot = await self._take(f"{kind}:to:{number}", now, slot, self.number_interval_ms)
+        if self.sender_interval_ms:
+            sender = f"{kind}:from:{self.sender}"
+            slot = await self._take(sender, now, slot, self.sender_interval_ms)
+        return slot
+
+    async def _take(self, name: str, now: int, not_before: int, interval_ms: int) -> int:
+        return int(
+            await self._reserve(keys=[keys.rate_slot(name)], args=[now, not_before, interval_ms])
+        )

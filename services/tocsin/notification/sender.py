@@ -1,0 +1,420 @@
+"""Sending pages: fire a rule's timer, call the provider once, record what happened.
+
+The order is what keeps "never twice for the same rule": the attempt is recorded SENDING
+and the timer completed in one script (store.fire) BEFORE the provider is called, then
+SENT / FAILED / UNKNOWN after. A process that dies in between leaves a SENDING attempt
+and no timer, so nothing resends it; the sweep marks it UNKNOWN. Retries are only for
+errors where Twilio said it did not process the request (429, 5xx, no connection); an
+unknown outcome (timeout after the request left) is recorded, not retried.
+
+A rule whose contact method cannot be used (deleted, STOPped) or whose send failed for
+good (invalid number, unreachable, opted out) moves on to the user's next rule at once:
+the person must be reached some other way, not 5 minutes later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from tocsin.notification import domain, messages
+from tocsin.notification.contacts import ContactStore
+from tocsin.notification.domain import AttemptLocation, TimerPayload
+from tocsin.notification.peers import IncidentsPeer
+from tocsin.notification.providers import Provider, ProviderError, SendResult, send_with_retry
+from tocsin.notification.ratelimit import RateLimiter
+from tocsin.notification.store import Fired, PagingStore
+from tocsin.runtime.clock import Clock
+from tocsin.runtime.events import incident_shard
+from tocsin.runtime.telemetry import context_from_traceparent
+from tocsin.runtime.timers import ClaimedTimer
+from tocsin.v1 import notification_pb2, scheduling_pb2
+
+log = logging.getLogger(__name__)
+
+UNREACHABLE_DELETED = "contact method deleted"
+UNREACHABLE_DISABLED = "contact method disabled (STOP)"
+SKIPPED_NOT_TRIGGERED = "incident no longer triggered"
+UNKNOWN_OUTCOME = "no answer from the provider; not resent"
+
+
+@dataclass(frozen=True)
+class SenderOptions:
+    public_url: str
+    lease_ms: int = 30_000
+    """How long a claimed rule timer is ours before another worker may fire it."""
+    retry_attempts: int = 5
+    retry_base_delay_s: float = 0.2
+    retry_max_delay_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class Page:
+    """One message or call to send, with everything needed to record and trace it."""
+
+    location: AttemptLocation
+    method: notification_pb2.ContactMethod
+    user_id: str
+    rule_index: int
+    traceparent: str
+    text: str
+    """SMS body or call TwiML."""
+    incident_id: str = ""
+
+    @property
+    def attempt_id(self) -> str:
+        return self.location.attempt_id
+
+
+class Sender:
+    def __init__(
+        self,
+        store: PagingStore,
+        contacts: ContactStore,
+        limiter: RateLimiter,
+        provider: Provider,
+        incidents: IncidentsPeer,
+        clock: Clock,
+        options: SenderOptions,
+        *,
+        tracer: trace.Tracer | None = None,
+    ) -> None:
+        self.store = store
+        self.contacts = contacts
+        self.limiter = limiter
+        self.provider = provider
+        self.incidents = incidents
+        self.clock = clock
+        self.options = options
+        self.tracer = tracer or trace.get_tracer("tocsin.notification")
+        self.on_rearm: Callable[[], None] = lambda: None
+        """Called after a timer was put back for a rate-limit slot (wakes the worker)."""
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- background work --------------------------------------------------------------
+
+    def spawn(self, work: Coroutine[Any, Any, object], what: str) -> None:
+        """Run `work` in the background; `idle()` waits for it, errors are logged."""
+
+        async def guarded() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("%s failed", what)
+
+        task = asyncio.get_running_loop().create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def idle(self) -> None:
+        """Wait until every background send (and what it started) has finished."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Let in-flight sends finish (their outcome gets recorded), then cancel the rest."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout_s)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # -- rules --------------------------------------------------------------------------
+
+    def fire_now(
+        self,
+        payloads: list[TimerPayload],
+        methods: dict[str, notification_pb2.ContactMethod],
+    ) -> None:
+        """The fast path after Notify: claim the rules due now and send in the background,
+        without waiting for a worker's poll. A timer another worker claimed first is left
+        to it (the claim is atomic)."""
+        for payload in payloads:
+            self.spawn(
+                self._claim_and_fire(payload, methods.get(payload.contact_method_id)),
+                f"page {payload.attempt_id}",
+            )
+
+    async def _claim_and_fire(
+        self, payload: TimerPayload, method: notification_pb2.ContactMethod | None = None
+    ) -> None:
+        shard = incident_shard(payload.incident_id)
+        claimed = await self.store.timers.claim(payload.attempt_id, shard, self.options.lease_ms)
+        if claimed is not None:
+            await self.fire(claimed, method)
+
+    async def fire(
+        self, timer: ClaimedTimer, method: notification_pb2.ContactMethod | None = None
+    ) -> None:
+        """Handle one claimed rule timer (the TimerWorker's handler). `method` is the
+        contact method if the caller has just read it."""
+        payload = TimerPayload.decode(timer.payload)
+        if method is None:
+            method = await self.contacts.contact_method(payload.user_id, payload.contact_method_id)
+        if method is None or method.disabled:
+            reason = UNREACHABLE_DELETED if method is None else UNREACHABLE_DISABLED
+            fired = await self.store.fire(timer, payload, payload.channel, "unreachable", reason)
+            if fired.outcome == "unreachable":
+                self._timeline_attempt(
+                    payload.incident_id,
+                    payload.attempt_id,
+                    payload.channel,
+                    payload.user_id,
+                    payload.contact_method_id,
+                    "skipped",
+                    reason,
+                )
+                await self._fire_rule(payload, fired.next_rule)
+            return
+        if payload.slot_ms is None and self.limiter.enabled:
+            slot = await self.limiter.reserve(method.type, method.address)
+            if slot > self.clock.now_ms():
+                if await self.store.rearm(timer, slot, payload.with_slot(slot)):
+                    self.on_rearm()
+                return
+        fired = await self.store.fire(timer, payload, method.type, "mirror")
+        if fired.outcome == "check":
+            fired = await self._fire_after_check(timer, payload, method.type)
+        if fired.outcome != "send":
+            log.debug("rule %s not sent: %s", payload.attempt_id, fired.outcome)
+            return
+        await self._send_rule(payload, method, fired)
+
+    async def _fire_after_check(
+        self, timer: ClaimedTimer, payload: TimerPayload, channel: int
+    ) -> Fired:
+        """The mirror says the incident stopped: ask incidents before skipping, since an
+        incident triggered again (snooze ended, reassigned) may be newer than the mirror.
+        If incidents cannot be reached, send: a page too many beats a lost one."""
+        incident = await self.incidents.get_incident(payload.incident_id)
+        stopped = incident is not None and incident.status in domain.STOPPED_STATUSES
+        fired = await self.store.fire(timer, payload, channel, "skip" if stopped else "send")
+        if incident is not None:
+            await self.store.apply_incident(incident)
+        return fired
+
+    async def _send_rule(
+        self, payload: TimerPayload, method: notification_pb2.ContactMethod, fired: Fired
+    ) -> None:
+        location = AttemptLocation(payload.attempt_id, fired.incident_id, None)
+        summary, service_id = fired.summary, fired.service_id
+        if not summary:
+            # The incident-events consumer has not mirrored this incident yet: ask.
+            incident = await self.incidents.get_incident(fired.incident_id)
+            if incident is not None:
+                await self.store.apply_incident(incident)
+                if incident.status in domain.STOPPED_STATUSES:
+                    await self.store.update_attempt(
+                        location, domain.SKIPPED, provider_status=SKIPPED_NOT_TRIGGERED
+                    )
+                    return
+                summary, service_id = incident.summary, incident.service_id
+        service = await self.incidents.service_name(service_id) or "tocsin"
+        summary = summary or f"incident #{fired.incident_id}"
+        if method.type == domain.SMS:
+            text = messages.sms_body(service, summary, fired.reply_code)
+        else:
+            text = messages.voice_twiml(service, summary, self._url("voice", payload.attempt_id))
+        page = Page(
+            location,
+            method,
+            fired.user_id,
+            payload.rule_index,
+            payload.traceparent,
+            text,
+            fired.incident_id,
+        )
+        error = await self.deliver(page)
+        if error is None or error.outcome_unknown:
+            return
+        if error.code == domain.OPTED_OUT_CODE and method.type == domain.SMS:
+            await self.contacts.set_number_enabled(method.address, False)
+        await self._fire_rule(payload, await self.store.advance(payload, method.id))
+
+    async def _fire_rule(self, payload: TimerPayload, rule_index: int) -> None:
+        """Fire rule `rule_index` of the cycle now (it was re-armed due now), if any."""
+        if rule_index < 0:
+            return
+        shard = incident_shard(payload.incident_id)
+        timer_id = domain.rule_attempt_id(payload.cycle_id, rule_index)
+        claimed = await self.store.timers.claim(timer_id, shard, self.options.lease_ms)
+        if claimed is not None:
+            await self.fire(claimed)
+
+    # -- test pages ---------------------------------------------------------------------
+
+    async def test_page(self, user: scheduling_pb2.User) -> list[notification_pb2.Attempt]:
+        """One test message or call through each of the user's contact methods."""
+        settings = await self.contacts.settings(user.id)
+        methods = settings.contact_methods if settings else []
+        results = await asyncio.gather(*(self._test_one(user, m) for m in methods))
+        return list(results)
+
+    async def _test_one(
+        self, user: scheduling_pb2.User, method: notification_pb2.ContactMethod
+    ) -> notification_pb2.Attempt:
+        attempt = await self.store.begin_test_attempt(user.id, method)
+        location = AttemptLocation(attempt.id, None, user.id)
+        if method.disabled:
+            await self.store.update_attempt(
+                location, domain.FAILED, provider_status=UNREACHABLE_DISABLED
+            )
+        else:
+            if self.limiter.enabled:
+                slot = await self.limiter.reserve(method.type, method.address)
+                await self.clock.sleep_until(slot)
+            name = user.name or user.id
+            text = (
+                messages.test_sms_body(name)
+                if method.type == domain.SMS
+                else messages.test_voice_twiml(name)
+            )
+            await self.deliver(Page(location, method, user.id, -1, "", text))
+        return await self.store.attempt(location) or attempt
+
+    # -- the provider call --------------------------------------------------------------
+
+    def _url(self, route: str, attempt_id: str) -> str:
+        return f"{self.options.public_url}/twilio/{route}?{urlencode({'attempt': attempt_id})}"
+
+    async def deliver(self, page: Page) -> ProviderError | None:
+        """Call the provider for a page recorded SENDING and record the outcome.
+        Returns the error if it failed."""
+        channel = domain.CHANNEL_NAMES[page.method.type]
+        attributes: dict[str, str | int] = {
+            "incident.id": page.incident_id,
+            "user.id": page.user_id,
+            "notification.channel": channel,
+            "notification.rule_index": page.rule_index,
+            "notification.attempt_id": page.attempt_id,
+            "notification.contact_method_id": page.method.id,
+        }
+        with self.tracer.start_as_current_span(
+            "notification.send",
+            context=context_from_traceparent(page.traceparent),
+            attributes=attributes,
+        ) as span:
+            try:
+                result = await send_with_retry(
+                    lambda: self._provider_request(page),
+                    attempts=self.options.retry_attempts,
+                    base_delay=self.options.retry_base_delay_s,
+                    max_delay=self.options.retry_max_delay_s,
+                    sleep=self.clock.sleep,
+                )
+            except ProviderError as error:
+                span.set_status(Status(StatusCode.ERROR, str(error)))
+                if error.code:
+                    span.set_attribute("notification.error_code", error.code)
+                await self._record_failure(page, error)
+                return error
+            span.set_attribute("notification.provider_id", result.sid or "")
+        await self._record_sent(page, result)
+        return None
+
+    async def _provider_request(self, page: Page) -> SendResult:
+        """One provider request, as a child span of the send (never the number in it)."""
+        sms = page.method.type == domain.SMS
+        with self.tracer.start_as_current_span(
+            "twilio.messages.create" if sms else "twilio.calls.create",
+            kind=SpanKind.CLIENT,
+            attributes={"notification.provider": type(self.provider).__name__},
+        ) as span:
+            callback = self._url("status", page.attempt_id)
+            try:
+                if sms:
+                    return await self.provider.send_sms(page.method.address, page.text, callback)
+                return await self.provider.place_call(page.method.address, page.text, callback)
+            except ProviderError as error:
+                span.set_status(Status(StatusCode.ERROR, str(error)))
+                raise
+
+    async def _record_sent(self, page: Page, result: SendResult) -> None:
+        work: list[Awaitable[Any]] = [
+            self.store.update_attempt(
+                page.location,
+                domain.SENT,
+                provider_id=result.sid or "",
+                provider_status=result.status,
+            )
+        ]
+        if result.sid:
+            work.append(self.store.remember_provider_id(result.sid, page.attempt_id))
+        if page.incident_id and page.method.type == domain.SMS:
+            work.append(
+                self.contacts.remember_latest_page(
+                    page.method.address, page.incident_id, page.user_id
+                )
+            )
+        await asyncio.gather(*work)
+        self._timeline_attempt(
+            page.incident_id,
+            page.attempt_id,
+            page.method.type,
+            page.user_id,
+            page.method.id,
+            "sent",
+        )
+
+    async def _record_failure(self, page: Page, error: ProviderError) -> None:
+        if error.outcome_unknown:
+            status, what, detail = domain.UNKNOWN, "outcome unknown", UNKNOWN_OUTCOME
+        else:
+            status, what, detail = domain.FAILED, "failed", str(error)
+        await self.store.update_attempt(
+            page.location,
+            status,
+            error_code=error.code or 0,
+            provider_status=detail if error.outcome_unknown else "",
+        )
+        log.warning("%s %s: %s", page.attempt_id, what, error)
+        self._timeline_attempt(
+            page.incident_id,
+            page.attempt_id,
+            page.method.type,
+            page.user_id,
+            page.method.id,
+            what,
+            detail,
+            error_code=error.code,
+        )
+
+    def _timeline_attempt(
+        self,
+        incident_id: str,
+        attempt_id: str,
+        channel: int,
+        user_id: str,
+        method_id: str,
+        what: str,
+        detail: str = "",
+        *,
+        error_code: int | None = None,
+    ) -> None:
+        """Write what happened to an attempt to the incident's timeline, in the background
+        and once (keyed by attempt and event)."""
+        if not incident_id:
+            return
+        attributes = {
+            "user_id": user_id,
+            "contact_method_id": method_id,
+            "channel": domain.CHANNEL_NAMES[channel],
+            "attempt_id": attempt_id,
+            "status": what,
+        }
+        if error_code:
+            attributes["error_code"] = str(error_code)
+        text = domain.attempt_timeline_text(channel, user_id, method_id, what, detail)
+        self.spawn(
+            self.incidents.append_timeline(
+                incident_id, text, attributes, f"notify/{attempt_id}/{what}"
+            ),
+            f"timeline entry for {attempt_id}",
+        )

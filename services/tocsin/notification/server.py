@@ -1,0 +1,185 @@
+"""The notification service process: gRPC server plus its background work.
+
+Background tasks (in RunningService.tasks, all stopped by `stopping`):
+
+- the incident-events consumer (group "notification"): status mirror and cancellations;
+- shard leases (group "notification") and a TimerWorker over the owned incident shards:
+  fires later rules and anything the Notify fast path missed;
+- the SENDING sweep over the owned shards (and test pages with shard 0).
+
+Tests pass `background=False` and drive the same parts by hand (`worker.run_once()`,
+`consumer.drain_once()`, `pager.sweep(...)`) while advancing a ManualClock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from tocsin.notification.contacts import ContactStore
+from tocsin.notification.inbound import Inbound
+from tocsin.notification.pager import Pager
+from tocsin.notification.peers import IncidentsPeer, UsersPeer
+from tocsin.notification.providers import ConsoleProvider, Provider, TwilioProvider
+from tocsin.notification.ratelimit import RateLimiter
+from tocsin.notification.sender import Sender, SenderOptions
+from tocsin.notification.servicer import SERVICE_NAME, NotificationServicer
+from tocsin.notification.store import PagingStore
+from tocsin.runtime.clock import Clock
+from tocsin.runtime.config import Address, Config
+from tocsin.runtime.events import INCIDENT_SHARDS, EventConsumer
+from tocsin.runtime.grpcserver import start_grpc_server
+from tocsin.runtime.leases import ShardLeases
+from tocsin.runtime.service import RunningService, ServiceDeps, serve_blocking
+from tocsin.runtime.timers import TimerWorker
+from tocsin.v1 import notification_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+GROUP = "notification"
+SHARD_LEASE_MS = 15_000
+SWEEP_INTERVAL_S = 30.0
+CONSOLE_FROM = "console"
+
+
+@dataclass
+class Parts:
+    """The pieces of a running notification service, for tests and tools."""
+
+    contacts: ContactStore
+    store: PagingStore
+    sender: Sender
+    pager: Pager
+    inbound: Inbound
+    worker: TimerWorker
+    consumer: EventConsumer
+    leases: ShardLeases
+    provider: Provider
+
+
+@dataclass
+class NotificationService(RunningService):
+    parts: Parts = field(kw_only=True)
+
+
+def provider_from_config(config: Config) -> Provider:
+    """Twilio when configured, else the console (one readable line per page)."""
+    if config.twilio is None:
+        return ConsoleProvider()
+    twilio = config.twilio
+    return TwilioProvider(
+        twilio.account_sid, twilio.auth_token, twilio.from_number, base_url=twilio.base_url
+    )
+
+
+def build_parts(
+    deps: ServiceDeps, provider: Provider, shard_source: Callable[[], Iterable[int]] | None
+) -> Parts:
+    config, redis, clock = deps.config, deps.redis, deps.clock
+    contacts = ContactStore(redis, clock)
+    store = PagingStore(redis, clock, int(config.retention.total_seconds() * 1000))
+    incidents = IncidentsPeer(lambda: deps.peer_client(), clock)
+    limiter = RateLimiter(
+        redis,
+        clock,
+        config.twilio.from_number if config.twilio else CONSOLE_FROM,
+        sends_per_second=config.twilio_sends_per_second,
+        number_interval_ms=int(config.number_send_interval.total_seconds() * 1000),
+    )
+    sender = Sender(
+        store, contacts, limiter, provider, incidents, clock, SenderOptions(config.public_url)
+    )
+    pager = Pager(store, contacts, sender, incidents, clock)
+    instance = f"{GROUP}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    leases = ShardLeases(redis, clock, GROUP, instance, INCIDENT_SHARDS, SHARD_LEASE_MS)
+    worker = TimerWorker(
+        store.timers,
+        clock,
+        sender.fire,
+        shard_source or (lambda: leases.owned),
+        lease_ms=sender.options.lease_ms,
+    )
+    sender.on_rearm = worker.wake
+    consumer = EventConsumer(redis, GROUP, pager.handle_event, consumer=instance)
+    return Parts(
+        contacts=contacts,
+        store=store,
+        sender=sender,
+        pager=pager,
+        inbound=Inbound(store, contacts, incidents, sender, config.public_url),
+        worker=worker,
+        consumer=consumer,
+        leases=leases,
+        provider=provider,
+    )
+
+
+async def _sweep_forever(
+    pager: Pager, leases: ShardLeases, clock: Clock, stop: asyncio.Event
+) -> None:
+    while not stop.is_set():
+        owned = leases.owned
+        try:
+            await pager.sweep(owned, tests=0 in owned)
+        except Exception:
+            log.exception("SENDING sweep failed; trying again later")
+        await clock.sleep(SWEEP_INTERVAL_S, stop)
+
+
+async def create_server(
+    deps: ServiceDeps,
+    addr: Address | None = None,
+    *,
+    provider: Provider | None = None,
+    background: bool = True,
+) -> tuple[NotificationService, int]:
+    """Start the notification service (port 0 in `addr` picks a free port).
+
+    `provider` None means the one the configuration names (Twilio or the console).
+    `background=False` starts no background task and lets the worker fire every shard,
+    so a test drives it by hand.
+    """
+    provider = provider or provider_from_config(deps.config)
+    parts = build_parts(deps, provider, None if background else lambda: range(INCIDENT_SHARDS))
+    await parts.consumer.start()
+    servicer = NotificationServicer(
+        parts.contacts,
+        parts.store,
+        parts.pager,
+        parts.sender,
+        parts.inbound,
+        UsersPeer(lambda: deps.peer_client()),
+    )
+    grpc_server = await start_grpc_server(
+        deps.config,
+        addr or deps.config.grpc_listen_addr("notification"),
+        lambda server: notification_pb2_grpc.add_NotificationServiceServicer_to_server(
+            servicer, server
+        ),
+        [SERVICE_NAME],
+    )
+    running = NotificationService(grpc_server, parts=parts)
+    if background:
+        stop = running.stopping
+        running.tasks += [
+            asyncio.create_task(parts.consumer.run(stop)),
+            asyncio.create_task(parts.leases.run(stop)),
+            asyncio.create_task(parts.worker.run(stop)),
+            asyncio.create_task(_sweep_forever(parts.pager, parts.leases, deps.clock, stop)),
+        ]
+
+    async def close() -> None:
+        await parts.sender.close()
+        await provider.aclose()
+
+    running.on_stop.append(close)
+    return running, grpc_server.port
+
+
+def serve() -> None:
+    serve_blocking("notification", create_server)

@@ -1,0 +1,178 @@
+"""The NotificationService gRPC adapter: requests in, domain calls, responses out.
+
+Every input is checked (violations named by proto field path) before anything is
+written; settings writes also check with the scheduling service that the user exists.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tocsin.notification import domain
+from tocsin.notification.contacts import ContactStore
+from tocsin.notification.inbound import Inbound
+from tocsin.notification.pager import Pager
+from tocsin.notification.peers import UsersPeer
+from tocsin.notification.sender import Sender
+from tocsin.notification.store import PagingStore
+from tocsin.runtime.errors import FieldViolation, InvalidArgument, NotFound
+from tocsin.runtime.ids import id_violations
+from tocsin.runtime.telemetry import current_traceparent
+from tocsin.v1 import notification_pb2, notification_pb2_grpc
+
+pb = notification_pb2
+SERVICE_NAME = "tocsin.v1.NotificationService"
+
+
+def _check(violations: list[FieldViolation]) -> None:
+    if violations:
+        raise InvalidArgument(violations)
+
+
+class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
+    def __init__(
+        self,
+        contacts: ContactStore,
+        store: PagingStore,
+        pager: Pager,
+        sender: Sender,
+        inbound: Inbound,
+        users: UsersPeer,
+    ) -> None:
+        self.contacts = contacts
+        self.store = store
+        self.pager = pager
+        self.sender = sender
+        self.inbound = inbound
+        self.users = users
+
+    # -- settings -----------------------------------------------------------------------
+
+    async def CreateContactMethod(
+        self, request: pb.CreateContactMethodRequest, context: Any
+    ) -> pb.CreateContactMethodResponse:
+        method = domain.validated_contact_method(request.contact_method)
+        await self.users.get(method.user_id)
+        settings = await self.contacts.change(
+            method.user_id, lambda s: domain.with_contact_method(s, method)
+        )
+        stored = domain.contact_method(settings, method.id)
+        return pb.CreateContactMethodResponse(contact_method=stored)
+
+    async def UpdateContactMethod(
+        self, request: pb.UpdateContactMethodRequest, context: Any
+    ) -> pb.UpdateContactMethodResponse:
+        method = domain.validated_contact_method(request.contact_method)
+        owner = await self.contacts.owner_of(method.id)
+        if owner is None:
+            raise NotFound(f"contact method {method.id!r} does not exist")
+        if owner != method.user_id:
+            raise InvalidArgument.one(
+                "contact_method.user_id",
+                f"a contact method cannot change owner (it belongs to {owner!r})",
+            )
+        settings = await self.contacts.change(
+            owner, lambda s: domain.with_replaced_contact_method(s, method)
+        )
+        stored = domain.contact_method(settings, method.id)
+        return pb.UpdateContactMethodResponse(contact_method=stored)
+
+    async def DeleteContactMethod(
+        self, request: pb.DeleteContactMethodRequest, context: Any
+    ) -> pb.DeleteContactMethodResponse:
+        _check(id_violations(request.id, "id"))
+        owner = await self.contacts.owner_of(request.id)
+        if owner is None:
+            raise NotFound(f"contact method {request.id!r} does not exist")
+        await self.contacts.change(owner, lambda s: domain.without_contact_method(s, request.id))
+        return pb.DeleteContactMethodResponse()
+
+    async def GetUserNotificationSettings(
+        self, request: pb.GetUserNotificationSettingsRequest, context: Any
+    ) -> pb.GetUserNotificationSettingsResponse:
+        _check(id_violations(request.user_id, "user_id"))
+        settings = await self.contacts.settings(request.user_id)
+        if settings is None:
+            await self.users.get(request.user_id)  # NotFound for a user nobody knows
+            return pb.GetUserNotificationSettingsResponse()
+        return settings
+
+    async def SetNotificationRules(
+        self, request: pb.SetNotificationRulesRequest, context: Any
+    ) -> pb.SetNotificationRulesResponse:
+        _check(id_violations(request.user_id, "user_id"))
+        await self.users.get(request.user_id)
+        settings = await self.contacts.change(
+            request.user_id, lambda s: domain.with_rules(s, request.rules)
+        )
+        return pb.SetNotificationRulesResponse(rules=settings.rules)
+
+    # -- paging -------------------------------------------------------------------------
+
+    async def Notify(self, request: pb.NotifyRequest, context: Any) -> pb.NotifyResponse:
+        violations = id_violations(request.user_id, "user_id")
+        try:
+            domain.check_incident_id(request.incident_id)
+        except InvalidArgument as error:
+            violations += error.violations
+        if not request.idempotency_key:
+            violations.append(FieldViolation("idempotency_key", "is required"))
+        elif len(request.idempotency_key) > domain.MAX_IDEMPOTENCY_KEY:
+            violations.append(
+                FieldViolation(
+                    "idempotency_key", f"must be at most {domain.MAX_IDEMPOTENCY_KEY} characters"
+                )
+            )
+        _check(violations)
+        result = await self.pager.notify(
+            request.incident_id,
+            request.user_id,
+            request.idempotency_key,
+            request.traceparent or current_traceparent(),
+        )
+        return pb.NotifyResponse(started=result.started, rules_scheduled=result.rules_scheduled)
+
+    async def CancelNotifications(
+        self, request: pb.CancelNotificationsRequest, context: Any
+    ) -> pb.CancelNotificationsResponse:
+        domain.check_incident_id(request.incident_id)
+        return pb.CancelNotificationsResponse(
+            cancelled=await self.pager.cancel(request.incident_id)
+        )
+
+    async def ListAttempts(
+        self, request: pb.ListAttemptsRequest, context: Any
+    ) -> pb.ListAttemptsResponse:
+        domain.check_incident_id(request.incident_id)
+        return pb.ListAttemptsResponse(attempts=await self.store.list_attempts(request.incident_id))
+
+    async def SendTestPage(
+        self, request: pb.SendTestPageRequest, context: Any
+    ) -> pb.SendTestPageResponse:
+        _check(id_violations(request.user_id, "user_id"))
+        user = await self.users.get(request.user_id)
+        return pb.SendTestPageResponse(attempts=await self.sender.test_page(user))
+
+    # -- webhooks (signature already checked by the gateway) -------------------------------
+
+    async def HandleIncomingSms(
+        self, request: pb.HandleIncomingSmsRequest, context: Any
+    ) -> pb.HandleIncomingSmsResponse:
+        reply = await self.inbound.incoming_sms(request.from_number, request.body)
+        return pb.HandleIncomingSmsResponse(reply=reply)
+
+    async def HandleVoiceKeypress(
+        self, request: pb.HandleVoiceKeypressRequest, context: Any
+    ) -> pb.HandleVoiceKeypressResponse:
+        twiml = await self.inbound.keypress(request.call_sid, request.digits, request.attempt_id)
+        return pb.HandleVoiceKeypressResponse(twiml=twiml)
+
+    async def HandleDeliveryStatus(
+        self, request: pb.HandleDeliveryStatusRequest, context: Any
+    ) -> pb.HandleDeliveryStatusResponse:
+        if not request.provider_id and not request.attempt_id:
+            raise InvalidArgument.one("provider_id", "is required (or attempt_id)")
+        known = await self.inbound.delivery_status(
+            request.provider_id, request.status, request.error_code, request.attempt_id
+        )
+        return pb.HandleDeliveryStatusResponse(known=known)

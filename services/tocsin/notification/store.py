@@ -1,0 +1,330 @@
+"""Paging state in Redis: cycles, their rule timers, send attempts, the incident mirror.
+
+Everything about one incident lives in its shard's slot (keys.py), the slot of the
+incident itself, so each decision is one script:
+
+- `start_cycle` (lua/notify.lua): idempotency key, replacement of the user's running
+  cycle, the new cycle's rule snapshot and one timer per rule, all or nothing.
+- `fire` (lua/fire.lua): a rule's timer may send only if its claim (fence) is current, its
+  cycle is current and not cancelled, the incident is not known to be stopped and no
+  attempt exists yet for that rule; then the attempt is recorded SENDING and the timer
+  completed in the same step. The provider is called only after that.
+- `apply_incident` / `cancel` (lua/incident_state.lua): the status mirror and the
+  cancellation of every cycle of an incident.
+
+Timers use the runtime's timer library in their own namespace of the incident shards
+(`tocsin:{tN}:notify:timers` ...), so no other service's worker ever claims them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.commands.core import AsyncScript
+from redis.typing import EncodableT
+
+from tocsin.notification import domain, keys
+from tocsin.runtime.clock import Clock
+from tocsin.runtime.events import INCIDENT_SHARDS, incident_shard
+from tocsin.runtime.redis import RedisClient, read_lua, register_lua
+from tocsin.runtime.timers import TIMER_LUA, ClaimedTimer, TimerStore
+from tocsin.v1 import incidents_pb2, notification_pb2
+
+_LIBS = (
+    TIMER_LUA,
+    read_lua("tocsin.notification", "lua/attempt_lib.lua"),
+    read_lua("tocsin.notification", "lua/cycle_lib.lua"),
+)
+
+
+def _script(redis: RedisClient, name: str) -> AsyncScript:
+    return register_lua(redis, *_LIBS, read_lua("tocsin.notification", f"lua/{name}.lua"))
+
+
+class NotificationTimerStore(TimerStore):
+    """A TimerStore over the `notify` namespace of the incident shards."""
+
+    def __init__(self, redis: RedisClient, clock: Clock) -> None:
+        super().__init__(redis, clock, shards=INCIDENT_SHARDS)
+
+    async def _run(self, script: AsyncScript, shard: int, *args: EncodableT) -> Any:
+        return await script(keys=keys.timer_keys(shard), args=[keys.timer_tag(shard), *args])
+
+    async def pending_count(self, shard: int) -> int:
+        self._check_shard(shard)
+        return int(await self._pending(keys=keys.timer_keys(shard)[:2]))
+
+
+@dataclass(frozen=True)
+class CycleStart:
+    started: bool
+    cycle_id: str = ""
+    rules: int = 0
+    replaced_timers: int = 0
+
+
+@dataclass(frozen=True)
+class Fired:
+    """What `fire` decided. `outcome` is 'send' (the attempt is recorded SENDING),
+    'check' (ask the incidents service), 'unreachable' (recorded FAILED; `next_rule` was
+    re-armed due now if >= 0), or a reason nothing happened."""
+
+    outcome: str
+    reply_code: str = ""
+    summary: str = ""
+    service_id: str = ""
+    incident_id: str = ""
+    user_id: str = ""
+    next_rule: int = -1
+
+
+def _text(value: Any) -> str:
+    return keys.as_text(value) if isinstance(value, bytes | str) else str(value)
+
+
+class PagingStore:
+    def __init__(self, redis: RedisClient, clock: Clock, retention_ms: int) -> None:
+        self.redis = redis
+        self.clock = clock
+        self.retention_ms = retention_ms
+        self.timers = NotificationTimerStore(redis, clock)
+        self._notify = _script(redis, "notify")
+        self._fire = _script(redis, "fire")
+        self._advance = _script(redis, "advance")
+        self._rearm = _script(redis, "rearm")
+        self._incident_state = _script(redis, "incident_state")
+        self._update = _script(redis, "attempt_update")
+        self._begin = _script(redis, "attempt_begin")
+        self._sweep = _script(redis, "sweep")
+
+    async def start_cycle(
+        self,
+        incident_id: str,
+        user_id: str,
+        idempotency_key: str,
+        traceparent: str,
+        reply_code: str,
+        rules: Sequence[dict[str, Any]],
+    ) -> CycleStart:
+        shard = incident_shard(incident_id)
+        reply = await self._notify(
+            keys=[
+                keys.idempotency(incident_id, idempotency_key),
+                keys.incident_state(incident_id),
+                keys.incident_cycles(incident_id),
+                *keys.timer_keys(shard),
+            ],
+            args=[
+                keys.timer_tag(shard),
+                keys.prefix(shard),
+                incident_id,
+                user_id,
+                self.clock.now_ms(),
+                self.retention_ms,
+                traceparent,
+                reply_code,
+                json.dumps(list(rules), separators=(",", ":")),
+            ],
+        )
+        if not int(reply[0]):
+            return CycleStart(started=False)
+        return CycleStart(True, _text(reply[1]), int(reply[2]), int(reply[3]))
+
+    async def fire(
+        self,
+        timer: ClaimedTimer,
+        payload: domain.TimerPayload,
+        channel: int,
+        mode: str,
+        detail: str = "",
+    ) -> Fired:
+        incident_id = payload.incident_id
+        reply = await self._fire(
+            keys=[
+                keys.incident_state(incident_id),
+                keys.incident_cycles(incident_id),
+                keys.cycle(payload.cycle_id, incident_id),
+                keys.incident_attempts(incident_id),
+                keys.sending(timer.shard),
+                *keys.timer_keys(timer.shard),
+            ],
+            args=[
+                keys.timer_tag(timer.shard),
+                timer.timer_id,
+                timer.fence,
+                payload.rule_index,
+                payload.contact_method_id,
+                channel,
+                self.clock.now_ms(),
+                self.retention_ms,
+                mode,
+                detail,
+            ],
+        )
+        outcome = _text(reply[0])
+        if outcome == "send":
+            code, summary, service_id, incident, user = (_text(v) for v in reply[1:6])
+            return Fired(outcome, code, summary, service_id, incident, user)
+        if outcome == "unreachable":
+            return Fired(outcome, next_rule=int(reply[1]))
+        return Fired(outcome)
+
+    async def advance(self, payload: domain.TimerPayload, failed_method_id: str) -> int:
+        """Re-arm the next rule (another contact method) due now; its index or -1."""
+        incident_id = payload.incident_id
+        shard = incident_shard(incident_id)
+        return int(
+            await self._advance(
+                keys=[keys.cycle(payload.cycle_id, incident_id), *keys.timer_keys(shard)],
+                args=[
+                    keys.timer_tag(shard),
+                    payload.cycle_id,
+                    payload.rule_index,
+                    failed_method_id,
+                    self.clock.now_ms(),
+                ],
+            )
+        )
+
+    async def rearm(self, timer: ClaimedTimer, due_ms: int, payload: domain.TimerPayload) -> bool:
+        """Put a claimed timer back due at `due_ms` (if the claim is still ours)."""
+        return bool(
+            await self._rearm(
+                keys=keys.timer_keys(timer.shard),
+                args=[
+                    keys.timer_tag(timer.shard),
+                    timer.timer_id,
+                    timer.fence,
+                    due_ms,
+                    payload.encode(),
+                ],
+            )
+        )
+
+    async def apply_incident(self, incident: incidents_pb2.Incident) -> tuple[bool, int]:
+        """Mirror the incident's status if newer; a stopped incident's cycles are cancelled.
+        Returns (mirrored, timers cancelled)."""
+        return await self._incident_state_call(
+            incident.id,
+            "mirror",
+            incident.version,
+            int(incident.status),
+            incident.summary,
+            incident.service_id,
+        )
+
+    async def cancel(self, incident_id: str) -> int:
+        """Cancel every cycle of the incident; returns how many pending sends were cancelled."""
+        _, cancelled = await self._incident_state_call(incident_id, "cancel", 0, 0, "", "")
+        return cancelled
+
+    async def _incident_state_call(
+        self, incident_id: str, mode: str, version: int, status: int, summary: str, service: str
+    ) -> tuple[bool, int]:
+        shard = incident_shard(incident_id)
+        applied, cancelled = await self._incident_state(
+            keys=[
+                keys.incident_state(incident_id),
+                keys.incident_cycles(incident_id),
+                *keys.timer_keys(shard),
+            ],
+            args=[
+                keys.timer_tag(shard),
+                keys.prefix(shard),
+                mode,
+                self.retention_ms,
+                version,
+                status,
+                summary,
+                service,
+            ],
+        )
+        return bool(applied), int(cancelled)
+
+    async def incident_status(self, incident_id: str) -> int | None:
+        """The mirrored status, None while unknown."""
+        raw = await self.redis.hget(keys.incident_state(incident_id), "st")
+        return int(raw) if raw is not None else None
+
+    # -- attempts -----------------------------------------------------------------------
+
+    def _attempt_keys(self, location: domain.AttemptLocation) -> list[str]:
+        if location.incident_id is not None:
+            return [
+                keys.incident_attempts(location.incident_id),
+                keys.sending(incident_shard(location.incident_id)),
+            ]
+        assert location.user_id is not None
+        return [keys.test_attempts(location.user_id), keys.TEST_SENDING]
+
+    async def update_attempt(
+        self,
+        location: domain.AttemptLocation,
+        status: int = 0,
+        *,
+        provider_id: str = "",
+        error_code: int = 0,
+        provider_status: str = "",
+    ) -> tuple[notification_pb2.Attempt, bool] | None:
+        """Record a result or callback; (attempt, status changed), None if unknown."""
+        reply = await self._update(
+            keys=self._attempt_keys(location),
+            args=[
+                location.attempt_id,
+                status,
+                provider_id,
+                error_code,
+                provider_status,
+                self.clock.now_ms(),
+            ],
+        )
+        if not reply:
+            return None
+        return domain.attempt_from_record(reply[0]), bool(int(reply[1]))
+
+    async def attempt(self, location: domain.AttemptLocation) -> notification_pb2.Attempt | None:
+        raw = await self.redis.hget(self._attempt_keys(location)[0], location.attempt_id)
+        return domain.attempt_from_record(keys.as_bytes(raw)) if raw is not None else None
+
+    async def list_attempts(self, incident_id: str) -> list[notification_pb2.Attempt]:
+        records = await self.redis.hvals(keys.incident_attempts(incident_id))
+        return domain.attempts_in_order(keys.as_bytes(r) for r in records)
+
+    async def begin_test_attempt(
+        self, user_id: str, method: notification_pb2.ContactMethod
+    ) -> notification_pb2.Attempt:
+        now = self.clock.now_ms()
+        record = {
+            "inc": "",
+            "user": user_id,
+            "cm": method.id,
+            "type": int(method.type),
+            "rule": -1,
+            "st": domain.SENDING,
+            "c": now,
+            "u": now,
+        }
+        raw = await self._begin(
+            keys=[keys.test_attempts(user_id), keys.TEST_SENDING],
+            args=[f"test-{user_id}-", json.dumps(record), self.retention_ms],
+        )
+        return domain.attempt_from_record(raw)
+
+    async def sweep(
+        self, shard: int | None, older_than_ms: int, limit: int = 100
+    ) -> list[notification_pb2.Attempt]:
+        """Mark attempts SENDING since before `older_than_ms` as UNKNOWN (shard None: test
+        pages). Returns those it marked."""
+        index = keys.TEST_SENDING if shard is None else keys.sending(shard)
+        marked = await self._sweep(keys=[index], args=[older_than_ms, self.clock.now_ms(), limit])
+        return [domain.attempt_from_record(raw) for raw in marked]
+
+    async def remember_provider_id(self, provider_id: str, attempt_id: str) -> None:
+        await self.redis.set(keys.provider_sid(provider_id), attempt_id, px=self.retention_ms)
+
+    async def attempt_of_provider_id(self, provider_id: str) -> str | None:
+        raw = await self.redis.get(keys.provider_sid(provider_id))
+        return keys.as_text(raw) if raw is not None else None

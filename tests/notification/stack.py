@@ -1,0 +1,242 @@
+"""A paging stack for notification tests, all real but Twilio and time.
+
+Real scheduling, incidents and notification gRPC servers on loopback, the real gateway
+(Starlette + uvicorn) for Twilio's webhooks, a fake Twilio over real HTTP, real Redis, and
+a ManualClock. No background tasks: a test advances the clock and calls
+`stack.tick()` (the timer worker's run_once) or `stack.drain_events()` itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+from google.protobuf.duration_pb2 import Duration
+
+from tests.harness import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    FROM_NUMBER,
+    Pager,
+    bound_socket,
+    serve_on,
+    socket_url,
+)
+from tests.services import LOOPBACK_ANY_PORT, client_for
+from tocsin.client.client import TocsinClient
+from tocsin.faketwilio import FakeTwilio, create_fake_twilio
+from tocsin.gateway.app import create_app
+from tocsin.incidents import server as incidents_server
+from tocsin.notification import server as notification_server
+from tocsin.notification.providers import Provider
+from tocsin.notification.server import NotificationService, Parts
+from tocsin.runtime.clock import ManualClock
+from tocsin.runtime.config import Config, load_config
+from tocsin.runtime.redis import RedisClient
+from tocsin.runtime.service import RunningService, ServiceDeps, peer_client
+from tocsin.scheduling import server as scheduling_server
+from tocsin.v1 import incidents_pb2, notification_pb2, scheduling_pb2
+
+SMS = notification_pb2.CONTACT_METHOD_TYPE_SMS
+VOICE = notification_pb2.CONTACT_METHOD_TYPE_VOICE
+ALICE = "+15005550010"
+BOB = "+15005550011"
+
+
+@dataclass
+class PagingStack:
+    clock: ManualClock
+    redis: RedisClient
+    fake: FakeTwilio
+    pager: Pager
+    service: NotificationService
+    client: TocsinClient
+    config: Config
+
+    @property
+    def parts(self) -> Parts:
+        return self.service.parts
+
+    async def settle(self) -> None:
+        """Wait for every background send and every status callback the fake owes."""
+        await self.parts.sender.idle()
+        await self.fake.drain()
+        await self.parts.sender.idle()
+
+    async def tick(self, **advance: float) -> int:
+        """Advance the clock, fire what is due, let the sends finish; returns fired count."""
+        self.clock.advance(**advance)
+        fired = await self.parts.worker.run_once()
+        await self.settle()
+        return fired
+
+    async def drain_events(self) -> int:
+        return await self.parts.consumer.drain_once()
+
+    async def add_user(
+        self,
+        user_id: str,
+        number: str,
+        rules: list[tuple[int, int]],
+        *,
+        name: str | None = None,
+    ) -> None:
+        """A user with an SMS and a voice contact method at `number` and `rules` as
+        (channel, delay seconds) pairs."""
+        await self.client.scheduling.CreateUser(
+            scheduling_pb2.CreateUserRequest(
+                user=scheduling_pb2.User(
+                    id=user_id, name=name or user_id.title(), time_zone="Europe/London"
+                )
+            )
+        )
+        for channel, suffix in ((SMS, "sms"), (VOICE, "voice")):
+            await self.client.notification.CreateContactMethod(
+                notification_pb2.CreateContactMethodRequest(
+                    contact_method=notification_pb2.ContactMethod(
+                        id=f"{user_id}-{suffix}", user_id=user_id, type=channel, address=number
+                    )
+                )
+            )
+        await self.set_rules(user_id, rules)
+        self.pager.person(user_id, number)
+
+    async def set_rules(self, user_id: str, rules: list[tuple[int, int]]) -> None:
+        suffix: dict[int, str] = {SMS: "sms", VOICE: "voice"}
+        await self.client.notification.SetNotificationRules(
+            notification_pb2.SetNotificationRulesRequest(
+                user_id=user_id,
+                rules=[
+                    notification_pb2.NotificationRule(
+                        contact_method_id=f"{user_id}-{suffix[channel]}",
+                        delay=Duration(seconds=delay),
+                    )
+                    for channel, delay in rules
+                ],
+            )
+        )
+
+    async def trigger(self, summary: str = "disk full on db1", *, mirror: bool = True) -> str:
+        """Open an incident on `payments-api`; `mirror` lets notification see its event."""
+        reply = await self.client.incidents.Trigger(
+            incidents_pb2.TriggerRequest(
+                service_id="payments-api", summary=summary, dedup_key=summary
+            )
+        )
+        if mirror:
+            await self.drain_events()
+        return reply.incident.id
+
+    async def notify(
+        self, incident_id: str, user_id: str, key: str | None = None
+    ) -> notification_pb2.NotifyResponse:
+        return await self.client.notification.Notify(
+            notification_pb2.NotifyRequest(
+                incident_id=incident_id,
+                user_id=user_id,
+                idempotency_key=key or f"{incident_id}/0/0/0/{user_id}",
+            )
+        )
+
+    async def attempts(self, incident_id: str) -> list[notification_pb2.Attempt]:
+        reply = await self.client.notification.ListAttempts(
+            notification_pb2.ListAttemptsRequest(incident_id=incident_id)
+        )
+        return list(reply.attempts)
+
+    async def incident(self, incident_id: str) -> incidents_pb2.Incident:
+        reply = await self.client.incidents.GetIncident(
+            incidents_pb2.GetIncidentRequest(incident_id=incident_id, include_timeline=True)
+        )
+        return reply.incident
+
+
+def _env(public_url: str, fake: FakeTwilio, extra: Mapping[str, str]) -> dict[str, str]:
+    assert fake.base_url is not None
+    return {
+        "TOCSIN_PUBLIC_URL": public_url,
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "TWILIO_FROM_NUMBER": FROM_NUMBER,
+        "TOCSIN_TWILIO_BASE_URL": fake.base_url,
+        "TOCSIN_TWILIO_SENDS_PER_SECOND": "0",
+        "TOCSIN_NUMBER_SEND_INTERVAL": "0",
+        **extra,
+    }
+
+
+@contextlib.asynccontextmanager
+async def _started(running: RunningService) -> AsyncIterator[str]:
+    try:
+        yield f"127.0.0.1:{running.port}"
+    finally:
+        await running.stop(0)
+
+
+@contextlib.asynccontextmanager
+async def paging_stack(
+    redis: RedisClient,
+    env: Mapping[str, str] | None = None,
+    *,
+    provider: Provider | None = None,
+) -> AsyncIterator[PagingStack]:
+    clock = ManualClock()
+    async with contextlib.AsyncExitStack() as stack:
+        fake = await stack.enter_async_context(create_fake_twilio(ACCOUNT_SID, AUTH_TOKEN))
+        gateway_socket = bound_socket()
+        public_url = socket_url(gateway_socket)
+        base_env = _env(public_url, fake, env or {})
+
+        def deps(extra: Mapping[str, str]) -> ServiceDeps:
+            return ServiceDeps(load_config({**base_env, **extra}), redis, clock)
+
+        scheduling, _ = await scheduling_server.create_server(deps({}), LOOPBACK_ANY_PORT)
+        scheduling_addr = await stack.enter_async_context(_started(scheduling))
+        incidents, _ = await incidents_server.create_server(
+            deps({}), LOOPBACK_ANY_PORT, background=False
+        )
+        incidents_addr = await stack.enter_async_context(_started(incidents))
+        peers = {"TOCSIN_SCHEDULING_ADDR": scheduling_addr, "TOCSIN_INCIDENTS_ADDR": incidents_addr}
+        notification_deps = deps(peers)
+        stack.push_async_callback(_close_peers, notification_deps)
+        service, _ = await notification_server.create_server(
+            notification_deps, LOOPBACK_ANY_PORT, provider=provider, background=False
+        )
+        notification_addr = await stack.enter_async_context(_started(service))
+        gateway_config = load_config(
+            {**base_env, **peers, "TOCSIN_NOTIFICATION_ADDR": notification_addr}
+        )
+        gateway_client = peer_client(gateway_config)
+        stack.push_async_callback(gateway_client.close)
+        app = create_app(gateway_config, gateway_client, clock)
+        await stack.enter_async_context(serve_on(gateway_socket, app))
+        client = client_for(
+            scheduling=scheduling_addr, incidents=incidents_addr, notification=notification_addr
+        )
+        stack.push_async_callback(client.close)
+        await client.incidents.CreateService(
+            incidents_pb2.CreateServiceRequest(
+                service=incidents_pb2.Service(
+                    id="payments-api", name="Payments API", escalation_policy_id="payments"
+                )
+            )
+        )
+        assert isinstance(service, NotificationService)
+        paging = PagingStack(
+            clock=clock,
+            redis=redis,
+            fake=fake,
+            pager=Pager(fake, sms_webhook_url=f"{public_url}/twilio/sms"),
+            service=service,
+            client=client,
+            config=notification_deps.config,
+        )
+        paging.pager.settle = paging.settle
+        yield paging
+        await paging.settle()
+
+
+async def _close_peers(deps: ServiceDeps) -> None:
+    if deps.peers is not None:
+        await deps.peers.close()
