@@ -9,7 +9,7 @@ a ManualClock. No background tasks: a test advances the clock and calls
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 from google.protobuf.duration_pb2 import Duration
@@ -179,8 +179,9 @@ async def paging_stack(
     redis: RedisClient,
     env: Mapping[str, str] | None = None,
     *,
-    provider: Provider | None = None,
+    provider: Callable[[FakeTwilio], Provider] | None = None,
 ) -> AsyncIterator[PagingStack]:
+    """`provider` builds the provider from the fake (default: Twilio from the config)."""
     clock = ManualClock()
     async with contextlib.AsyncExitStack() as stack:
         fake = await stack.enter_async_context(create_fake_twilio(ACCOUNT_SID, AUTH_TOKEN))
@@ -201,7 +202,10 @@ async def paging_stack(
         notification_deps = deps(peers)
         stack.push_async_callback(_close_peers, notification_deps)
         service, _ = await notification_server.create_server(
-            notification_deps, LOOPBACK_ANY_PORT, provider=provider, background=False
+            notification_deps,
+            LOOPBACK_ANY_PORT,
+            provider=provider(fake) if provider else None,
+            background=False,
         )
         notification_addr = await stack.enter_async_context(_started(service))
         gateway_config = load_config(

@@ -1,9 +1,43 @@
-"""Paging one person for an incident, as they live it: texts, calls, replies, keypresses."""
+"""Paging one person for an incident, as they live it: texts, calls, replies, keypresses.
+
+Everything is real but Twilio (a fake over HTTP) and time (a ManualClock): scheduling,
+incidents and notification over gRPC, the gateway receiving Twilio's signed webhooks,
+Redis. The `stack` fixture fails a test on any page it did not expect.
+"""
 
 from __future__ import annotations
 
-from tests.notification.stack import ALICE, SMS, VOICE, PagingStack
-from tocsin.v1 import notification_pb2
+import asyncio
+import re
+from collections.abc import Callable
+
+from tests.harness import FROM_NUMBER, spoken_text
+from tests.notification.stack import ALICE, BOB, SMS, VOICE, PagingStack
+from tocsin.faketwilio import RecordedRequest
+from tocsin.v1 import common_pb2, incidents_pb2, notification_pb2
+
+SENT = notification_pb2.ATTEMPT_STATUS_SENT
+DELIVERED = notification_pb2.ATTEMPT_STATUS_DELIVERED
+FAILED = notification_pb2.ATTEMPT_STATUS_FAILED
+TRIGGERED = incidents_pb2.INCIDENT_STATUS_TRIGGERED
+ACKNOWLEDGED = incidents_pb2.INCIDENT_STATUS_ACKNOWLEDGED
+RESOLVED = incidents_pb2.INCIDENT_STATUS_RESOLVED
+
+
+def reply_code(sms: RecordedRequest) -> str:
+    match = re.search(r"reply '(\d+)a' to ack", sms.body or "")
+    assert match, f"no reply code in {sms.body!r}"
+    return match[1]
+
+
+async def advance_until(stack: PagingStack, done: Callable[[], bool], step_s: float = 1) -> None:
+    """Move the clock on in steps until `done()` (for a send sleeping between retries)."""
+    for _ in range(200):
+        if done():
+            return
+        stack.clock.advance(seconds=step_s)
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never met")
 
 
 async def test_sms_at_once_and_a_call_after_the_rules_delay(stack: PagingStack) -> None:
@@ -15,15 +49,321 @@ async def test_sms_at_once_and_a_call_after_the_rules_delay(stack: PagingStack) 
     assert (reply.started, reply.rules_scheduled) == (True, 2)
     sms = await stack.pager.expect_sms("alice", contains="disk full on db1")
     assert "[Payments API]" in (sms.body or "")
+    assert sms.from_ == FROM_NUMBER
     await stack.pager.expect_no_more_pages()
 
     assert await stack.tick(seconds=59) == 0
     await stack.pager.expect_no_more_pages()
     assert await stack.tick(seconds=1) == 1
-    await stack.pager.expect_voice("alice", contains="disk full on db1")
+    call = await stack.pager.expect_voice("alice", contains="disk full on db1")
+    assert "Press 4 to acknowledge" in " ".join(spoken_text(call.twiml or ""))
     await stack.pager.expect_no_more_pages()
     attempts = await stack.attempts(incident_id)
-    assert [(a.type, a.rule_index, a.status) for a in attempts] == [
-        (SMS, 0, notification_pb2.ATTEMPT_STATUS_DELIVERED),
-        (VOICE, 1, notification_pb2.ATTEMPT_STATUS_DELIVERED),
+    assert [(a.type, a.rule_index, a.status, a.user_id) for a in attempts] == [
+        (SMS, 0, DELIVERED, "alice"),
+        (VOICE, 1, DELIVERED, "alice"),
+    ]
+    assert attempts[0].provider_id == sms.sid and attempts[1].provider_id == call.sid
+
+
+async def test_an_sms_reply_acknowledges_and_the_call_never_comes(stack: PagingStack) -> None:
+    await stack.add_user("alice", ALICE, [(SMS, 0), (VOICE, 60)])
+    incident_id = await stack.trigger("disk full on db1")
+    await stack.notify(incident_id, "alice")
+    sms = await stack.pager.expect_sms("alice")
+
+    answer = await stack.pager.reply_sms("alice", f"{reply_code(sms)}a")
+
+    assert answer == f"Acknowledged #{incident_id}: disk full on db1"
+    incident = await stack.incident(incident_id)
+    assert incident.status == ACKNOWLEDGED
+    assert incident.acknowledged_by == common_pb2.Actor(
+        user_id="alice", channel=common_pb2.CHANNEL_SMS
+    )
+    await stack.tick(minutes=10)  # the call was due after a minute
+    await stack.pager.expect_no_more_pages()
+
+
+async def test_a_plain_ack_acknowledges_the_latest_page_to_that_number(
+    stack: PagingStack,
+) -> None:
+    await stack.add_user("alice", ALICE, [(SMS, 0)])
+    first = await stack.trigger("disk full on db1")
+    second = await stack.trigger("api latency high")
+    await stack.notify(first, "alice")
+    await stack.pager.expect_sms("alice", contains="disk full")
+    await stack.notify(second, "alice")
+    await stack.pager.expect_sms("alice", contains="api latency")
+
+    assert await stack.pager.reply_sms("alice", "ack") == (
+        f"Acknowledged #{second}: api latency high"
+    )
+    assert (await stack.incident(first)).status == TRIGGERED
+    assert await stack.pager.reply_sms("alice", "ack") == (
+        f"Already acknowledged #{second}: api latency high"
+    )
+
+
+async def test_replies_that_name_nothing_are_answered_plainly(stack: PagingStack) -> None:
+    await stack.add_user("alice", ALICE, [(SMS, 0)])
+
+    assert await stack.pager.reply_sms("alice", "7a") == "Unknown code 7"
+    assert "No recent page" in await stack.pager.reply_sms("alice", "ack")
+    assert "reply '4a' to acknowledge" in await stack.pager.reply_sms("alice", "what is this?")
+    stack.pager.person("stranger", "+15005550099")
+    assert await stack.pager.reply_sms("stranger", "1a") == ""  # unknown numbers: no answer
+
+
+async def test_a_reply_resolves(stack: PagingStack) -> None:
+    await stack.add_user("alice", ALICE, [(SMS, 0)])
+    incident_id = await stack.trigger("disk full on db1")
+    await stack.notify(incident_id, "alice")
+    code = reply_code(await stack.pager.expect_sms("alice"))
+
+    assert await stack.pager.reply_sms("alice", f"{code} resolve") == (
+        f"Resolved #{incident_id}: disk full on db1"
+    )
+    assert (await stack.incident(incident_id)).status == RESOLVED
+    assert await stack.pager.reply_sms("alice", f"{code}a") == f"#{incident_id} is already resolved"
+
+
+async def test_keypress_6_resolves_and_other_keys_repeat_the_menu(stack: PagingStack) -> None:
+    await stack.add_user("alice", ALICE, [(VOICE, 0), (VOICE, 300)])
+    incident_id = await stack.trigger("disk full on db1")
+    await stack.notify(incident_id, "alice")
+    call = await stack.pager.expect_voice("alice", contains="disk full on db1")
+
+    again = await stack.pager.press(call, "9")
+    assert "not an option" in " ".join(spoken_text(again))
+    assert (await stack.incident(incident_id)).status == TRIGGERED
+
+    answer = await stack.pager.press(call, "6")
+
+    assert f"Resolved #{incident_id}" in " ".join(spoken_text(answer))
+    incident = await stack.incident(incident_id)
+    assert incident.status == RESOLVED
+    assert incident.resolved_by == common_pb2.Actor(
+        user_id="alice", channel=common_pb2.CHANNEL_VOICE
+    )
+    await stack.tick(minutes=10)
+    await stack.pager.expect_no_more_pages()
+
+
+async def test_keypress_4_acknowledges(stack: PagingStack) -> None:
+    await stack.add_user("alice", ALICE, [(VOICE, 0)])
+    incident_id = await stack.trigger("disk full on db1")
+    await stack.notify(incident_id, "alice")
+
+    answer = await stack.pager.press(await stack.pager.expect_voice("alice"), "4")
+
+    assert f"Acknowledged #{incident_id}" in " ".join(spoken_text(answer))
+    assert (await stack.incident(incident_id)).status == ACKNOWLEDGED
+
+
+async def test_an_acknowledgement_elsewhere_cancels_the_pending_rules(stack: PagingStack) -> None:
+    await stack.add_user("alice", ALICE, [(SMS, 0), (VOICE, 60), (VOICE, 300)])
+    incident_id = await stack.trigger("disk full on db1")
+    await stack.notify(incident_id, "alice")
+    await stack.pager.expect_sms("alice")
+
+    await stack.client.incidents.Acknowledge(
+        incidents_pb2.AcknowledgeRequest(
+            incident_id=incident_id,
+            actor=common_pb2.Actor(channel=common_pb2.CHANNEL_CLI, display="bob"),
+        )
+    )
+    assert await stack.drain_events() == 1  # the ACKNOWLEDGED event
+
+    assert await stack.tick(minutes=10) == 0
+    await stack.pager.expect_no_more_pages()
+
+
+async def test_cancel_notifications_stops_every_pending_rule(stack: PagingStack) -> None:
+    await stack.add_user("alice", ALICE, [(SMS, 0), (VOICE, 60), (VOICE, 300)])
+    incident_id = await stack.trigger()
+    await stack.notify(incident_id, "alice")
+    await stack.pager.expect_sms("alice")
+
+    reply = await stack.client.notification.CancelNotifications(
+        notification_pb2.CancelNotificationsRequest(incident_id=incident_id)
+    )
+
+    assert reply.cancelled == 2
+    assert await stack.tick(minutes=10) == 0
+    await stack.pager.expect_no_more_pages()
+
+
+async def test_a_rate_limited_send_is_retried_and_delivered_once(stack: PagingStack) -> None:
+    await stack.add_user("alice", ALICE, [(SMS, 0)])
+    incident_id = await stack.trigger()
+    stack.fake.fail_next(2, status=429, code=20429)
+
+    await stack.notify(incident_id, "alice")
+    await advance_until(stack, lambda: bool(stack.fake.accepted()))
+
+    await stack.pager.expect_sms("alice", contains="disk full")
+    assert [r.http_status for r in stack.fake.requests] == [429, 429, 201]
+    [attempt] = await stack.attempts(incident_id)
+    assert attempt.status == DELIVERED
+
+
+async def test_a_permanent_error_moves_on_to_the_next_rule_at_once(stack: PagingStack) -> None:
+    # Twilio's test number +15005550009 cannot receive SMS (21614) but can take a call.
+    await stack.add_user("alice", "+15005550009", [(SMS, 0), (VOICE, 300)])
+    incident_id = await stack.trigger("disk full on db1")
+
+    await stack.notify(incident_id, "alice")
+
+    await stack.pager.expect_voice("alice", contains="disk full")  # no waiting 5 minutes
+    await stack.pager.expect_no_more_pages()
+    sms, call = await stack.attempts(incident_id)
+    assert (sms.status, sms.error_code) == (FAILED, 21614)
+    assert call.rule_index == 1 and call.status == DELIVERED
+    timeline = [e.message for e in (await stack.incident(incident_id)).timeline]
+    assert any("SMS to alice (alice-sms) failed" in m and "21614" in m for m in timeline)
+    assert await stack.tick(minutes=10) == 0
+    await stack.pager.expect_no_more_pages()
+
+
+async def test_a_repeated_notify_with_the_same_key_does_nothing(stack: PagingStack) -> None:
+    await stack.add_user("alice", ALICE, [(SMS, 0), (VOICE, 60)])
+    incident_id = await stack.trigger()
+    first = await stack.notify(incident_id, "alice", key="k")
+    await stack.pager.expect_sms("alice")
+
+    again = await stack.notify(incident_id, "alice", key="k")
+
+    assert (first.started, again.started, again.rules_scheduled) == (True, False, 0)
+    await stack.pager.expect_no_more_pages()
+    assert await stack.tick(minutes=1) == 1
+    await stack.pager.expect_voice("alice")
+    await stack.pager.expect_no_more_pages()
+
+
+async def test_a_second_notify_replaces_the_users_cycle(stack: PagingStack) -> None:
+    await stack.add_user("alice", ALICE, [(SMS, 0), (VOICE, 60)])
+    incident_id = await stack.trigger()
+    await stack.notify(incident_id, "alice", key="loop-0")
+    await stack.pager.expect_sms("alice")
+    stack.clock.advance(seconds=30)
+
+    await stack.notify(incident_id, "alice", key="loop-1")
+
+    await stack.pager.expect_sms("alice")  # the new cycle starts over
+    assert await stack.tick(seconds=30) == 0  # the first cycle's call was cancelled
+    await stack.pager.expect_no_more_pages()
+    assert await stack.tick(seconds=30) == 1
+    await stack.pager.expect_voice("alice")
+    assert [a.rule_index for a in await stack.attempts(incident_id)] == [0, 0, 1]
+
+
+async def test_stop_disables_text_pages_and_start_brings_them_back(stack: PagingStack) -> None:
+    await stack.add_user("alice", ALICE, [(SMS, 0), (VOICE, 300)])
+
+    assert await stack.pager.reply_sms("alice", "STOP") == ""  # Twilio answers STOP itself
+
+    settings = await stack.client.notification.GetUserNotificationSettings(
+        notification_pb2.GetUserNotificationSettingsRequest(user_id="alice")
+    )
+    assert {m.id: m.disabled for m in settings.contact_methods} == {
+        "alice-sms": True,
+        "alice-voice": False,
+    }
+    incident_id = await stack.trigger()
+    await stack.notify(incident_id, "alice")
+    await stack.pager.expect_voice("alice")  # the text rule is skipped: call at once
+    await stack.pager.expect_no_more_pages()
+    skipped = (await stack.attempts(incident_id))[0]
+    assert (skipped.status, skipped.provider_status) == (FAILED, "contact method disabled (STOP)")
+
+    assert await stack.pager.reply_sms("alice", "START") == ""
+    later = await stack.trigger("another one")
+    await stack.notify(later, "alice")
+    await stack.pager.expect_sms("alice", contains="another one")
+
+
+async def test_delivery_failures_are_recorded_on_the_attempt_and_the_timeline(
+    stack: PagingStack,
+) -> None:
+    await stack.add_user("alice", ALICE, [(SMS, 0)])
+    stack.fake.set_sms_outcome(ALICE, "undelivered")
+    incident_id = await stack.trigger()
+
+    await stack.notify(incident_id, "alice")
+    await stack.pager.expect_sms("alice")
+
+    [attempt] = await stack.attempts(incident_id)
+    assert (attempt.status, attempt.provider_status, attempt.error_code) == (
+        FAILED,
+        "undelivered",
+        30003,
+    )
+    entries = (await stack.incident(incident_id)).timeline
+    notes = [e for e in entries if e.kind == incidents_pb2.TIMELINE_KIND_NOTIFICATION]
+    assert [e.attributes["status"] for e in notes] == ["sent", "undelivered"]
+    assert all(ALICE not in e.message for e in entries)
+
+
+async def test_the_page_reads_the_incident_even_before_its_event_arrives(
+    stack: PagingStack,
+) -> None:
+    await stack.add_user("alice", ALICE, [(SMS, 0)])
+    incident_id = await stack.trigger("queue backlog on kafka", mirror=False)
+
+    await stack.notify(incident_id, "alice")
+
+    await stack.pager.expect_sms("alice", contains="[Payments API] queue backlog on kafka")
+
+
+async def test_a_stale_mirror_does_not_stop_a_page_for_a_retriggered_incident(
+    stack: PagingStack,
+) -> None:
+    await stack.add_user("alice", ALICE, [(SMS, 0)])
+    incident_id = await stack.trigger()
+    cli = common_pb2.Actor(channel=common_pb2.CHANNEL_CLI, display="bob")
+    await stack.client.incidents.Acknowledge(
+        incidents_pb2.AcknowledgeRequest(incident_id=incident_id, actor=cli)
+    )
+    await stack.drain_events()  # notification now believes: acknowledged
+    await stack.client.incidents.Reassign(
+        incidents_pb2.ReassignRequest(
+            incident_id=incident_id,
+            assignment=incidents_pb2.Assignment(user_id="alice"),
+            actor=cli,
+        )
+    )  # triggered again; its event not yet seen
+
+    await stack.notify(incident_id, "alice")
+
+    await stack.pager.expect_sms("alice")
+
+
+async def test_notify_for_a_user_without_rules_warns_on_the_timeline(stack: PagingStack) -> None:
+    await stack.add_user("alice", ALICE, [])
+    incident_id = await stack.trigger()
+
+    reply = await stack.notify(incident_id, "alice")
+    await stack.settle()
+
+    assert (reply.started, reply.rules_scheduled) == (True, 0)
+    entries = (await stack.incident(incident_id)).timeline
+    assert any(
+        e.kind == incidents_pb2.TIMELINE_KIND_WARNING
+        and "alice has no notification rules" in e.message
+        for e in entries
+    )
+
+
+async def test_a_test_page_goes_through_each_contact_method(stack: PagingStack) -> None:
+    await stack.add_user("bob", BOB, [], name="Bob Brown")
+
+    reply = await stack.client.notification.SendTestPage(
+        notification_pb2.SendTestPageRequest(user_id="bob")
+    )
+
+    await stack.pager.expect_sms("bob", contains="test page for Bob Brown")
+    await stack.pager.expect_voice("bob", contains="test call for Bob Brown")
+    assert sorted((a.contact_method_id, a.rule_index, a.status) for a in reply.attempts) == [
+        ("bob-sms", -1, SENT),
+        ("bob-voice", -1, SENT),
     ]

@@ -29,6 +29,8 @@ VOICE_RETRY_TEXT = "Sorry, that is not an option."
 VOICE_UNKNOWN_CALL = "Sorry, this call is not linked to a page. Goodbye."
 VOICE_TEST_CALL = "This was a test call. Goodbye."
 VOICE_FAILED = "Sorry, tocsin could not record that."
+ACK_WORDS = {True: "Acknowledged", False: "Already acknowledged"}
+RESOLVE_WORDS = {True: "Resolved", False: "Already resolved"}
 
 
 @dataclass(frozen=True)
@@ -106,14 +108,15 @@ class Inbound:
         return domain.unknown_code_reply(code)
 
     async def _act(self, action: ReplyAction, incident_id: str, actor: common_pb2.Actor) -> Outcome:
+        """Acknowledge or resolve; the answer's incident goes straight into the status
+        mirror, so the pages still pending stop now rather than when the event arrives."""
         try:
             if action == ReplyAction.ACK:
                 acked = await self.incidents.acknowledge(incident_id, actor)
-                word = "Acknowledged" if acked.changed else "Already acknowledged"
-                return Outcome(f"{word} {domain.incident_title(acked.incident)}", True)
-            resolved = await self.incidents.resolve(incident_id, actor)
-            word = "Resolved" if resolved.changed else "Already resolved"
-            return Outcome(f"{word} {domain.incident_title(resolved.incident)}", True)
+                incident, changed, words = acked.incident, acked.changed, ACK_WORDS
+            else:
+                resolved = await self.incidents.resolve(incident_id, actor)
+                incident, changed, words = resolved.incident, resolved.changed, RESOLVE_WORDS
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 return Outcome(f"#{incident_id} is already resolved", True)
@@ -121,6 +124,8 @@ class Inbound:
                 return Outcome(f"#{incident_id} no longer exists", True)
             log.warning("%s of %s failed: %s", action.value, incident_id, error.code().name)
             return Outcome(f"Could not {action.value} #{incident_id} just now; try again", False)
+        await self.store.apply_incident(incident)
+        return Outcome(f"{words[changed]} {domain.incident_title(incident)}", True)
 
     # -- voice --------------------------------------------------------------------------
 

@@ -1,0 +1,150 @@
+"""Never twice for the same rule, never dropped: crashes mid-send and rate limits."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.harness import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER
+from tests.notification.stack import ALICE, BOB, SMS, VOICE, PagingStack, paging_stack
+from tocsin.faketwilio import FakeTwilio
+from tocsin.notification.providers import SendResult, TwilioProvider
+from tocsin.notification.server import build_parts, provider_from_config
+from tocsin.runtime.events import INCIDENT_SHARDS
+from tocsin.runtime.redis import RedisClient
+from tocsin.runtime.service import ServiceDeps
+from tocsin.v1 import notification_pb2
+
+UNKNOWN = notification_pb2.ATTEMPT_STATUS_UNKNOWN
+DELIVERED = notification_pb2.ATTEMPT_STATUS_DELIVERED
+
+
+class ProcessKilled(BaseException):
+    """Stands for SIGKILL: nothing after it runs, no `except Exception` catches it."""
+
+
+class DiesAfterRequest(TwilioProvider):
+    """Twilio got the request; the process died before it read the answer. Twilio's status
+    callbacks for it are lost too (say the gateway went down with it)."""
+
+    async def send_sms(self, to: str, body: str, status_callback: str | None) -> SendResult:
+        await super().send_sms(to, body, None)
+        raise ProcessKilled
+
+
+@pytest.fixture
+async def dying(redis: RedisClient) -> AsyncIterator[PagingStack]:
+    def provider(fake: FakeTwilio) -> TwilioProvider:
+        assert fake.base_url is not None
+        return DiesAfterRequest(ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER, base_url=fake.base_url)
+
+    async with paging_stack(redis, provider=provider) as stack:
+        yield stack
+        stack.pager.check_all_expected()
+
+
+async def test_a_process_killed_mid_send_never_sends_that_attempt_twice(
+    dying: PagingStack,
+) -> None:
+    await dying.add_user("alice", ALICE, [(SMS, 0), (VOICE, 600)])
+    incident_id = await dying.trigger()
+    await dying.notify(incident_id, "alice")
+    await dying.pager.expect_sms("alice")
+    [attempt] = await dying.attempts(incident_id)
+    assert attempt.status == notification_pb2.ATTEMPT_STATUS_SENDING
+
+    # A new process (another replica, or this one restarted) with nothing in memory.
+    deps = ServiceDeps(dying.config, dying.redis, dying.clock)
+    fresh = build_parts(deps, provider_from_config(dying.config), lambda: range(INCIDENT_SHARDS))
+    try:
+        assert await fresh.worker.run_once() == 0
+        assert await fresh.pager.sweep(range(INCIDENT_SHARDS), tests=True) == 0  # too soon
+        dying.clock.advance(minutes=3)
+        assert await fresh.worker.run_once() == 0
+        assert await fresh.pager.sweep(range(INCIDENT_SHARDS), tests=True) == 1
+        assert await fresh.pager.sweep(range(INCIDENT_SHARDS), tests=True) == 0
+        await fresh.sender.idle()
+
+        assert len(dying.fake.requests) == 1
+        [attempt] = await dying.attempts(incident_id)
+        assert attempt.status == UNKNOWN
+        timeline = [e.message for e in (await dying.incident(incident_id)).timeline]
+        assert any("outcome unknown" in m and "not resent" in m for m in timeline)
+        await dying.pager.expect_no_more_pages()
+        # The later rule still runs: the person is not left unpaged.
+        dying.clock.advance(minutes=7)
+        assert await fresh.worker.run_once() == 1
+        await fresh.sender.idle()
+        await dying.pager.expect_voice("alice")
+    finally:
+        await fresh.provider.aclose()
+
+
+async def test_a_status_callback_tells_what_a_dead_process_never_heard(
+    redis: RedisClient,
+) -> None:
+    class DiesButTwilioCallsBack(TwilioProvider):
+        async def send_sms(self, to: str, body: str, status_callback: str | None) -> SendResult:
+            await super().send_sms(to, body, status_callback)
+            raise ProcessKilled
+
+    def provider(fake: FakeTwilio) -> TwilioProvider:
+        assert fake.base_url is not None
+        return DiesButTwilioCallsBack(ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER, fake.base_url)
+
+    async with paging_stack(redis, provider=provider) as stack:
+        await stack.add_user("alice", ALICE, [(SMS, 0)])
+        incident_id = await stack.trigger()
+        await stack.notify(incident_id, "alice")
+        await stack.pager.expect_sms("alice")
+        stack.clock.advance(minutes=3)
+        assert await stack.parts.pager.sweep(range(INCIDENT_SHARDS), tests=True) == 0
+
+        [attempt] = await stack.attempts(incident_id)
+        assert (attempt.status, attempt.provider_id) == (DELIVERED, stack.fake.accepted()[0].sid)
+        await stack.pager.expect_no_more_pages()
+
+
+@pytest.fixture
+async def limited(redis: RedisClient) -> AsyncIterator[PagingStack]:
+    env = {"TOCSIN_NUMBER_SEND_INTERVAL": "10s", "TOCSIN_TWILIO_SENDS_PER_SECOND": "0.5"}
+    async with paging_stack(redis, env) as stack:
+        yield stack
+        stack.pager.check_all_expected()
+
+
+async def test_pages_to_one_number_queue_behind_the_rate_limit_and_none_drops(
+    limited: PagingStack,
+) -> None:
+    await limited.add_user("alice", ALICE, [(SMS, 0)])
+    storm = [await limited.trigger(f"alert {n}") for n in range(3)]
+
+    for incident_id in storm:
+        await limited.notify(incident_id, "alice")
+
+    await limited.pager.expect_sms("alice", contains="alert 0")
+    await limited.pager.expect_no_more_pages()
+    assert await limited.tick(seconds=9) == 0
+    assert await limited.tick(seconds=1) == 1
+    await limited.pager.expect_sms("alice", contains="alert 1")
+    await limited.pager.expect_no_more_pages()
+    assert await limited.tick(seconds=10) == 1
+    await limited.pager.expect_sms("alice", contains="alert 2")
+    for incident_id in storm:
+        [attempt] = await limited.attempts(incident_id)
+        assert attempt.status == DELIVERED
+
+
+async def test_the_sender_rate_spaces_pages_to_different_people(limited: PagingStack) -> None:
+    await limited.add_user("alice", ALICE, [(SMS, 0)])
+    await limited.add_user("bob", BOB, [(SMS, 0)])
+    incident_id = await limited.trigger()
+
+    await limited.notify(incident_id, "alice")
+    await limited.notify(incident_id, "bob")
+
+    await limited.pager.expect_sms("alice")
+    await limited.pager.expect_no_more_pages()
+    assert await limited.tick(seconds=2) == 1  # 0.5 per second: one every 2 seconds
+    await limited.pager.expect_sms("bob")
