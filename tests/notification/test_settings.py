@@ -20,7 +20,10 @@ def violations(error: grpc.aio.AioRpcError) -> list[str]:
 
 
 def method(
-    method_id: str, address: str, channel: int = SMS, user_id: str = "alice"
+    method_id: str,
+    address: str,
+    channel: pb.ContactMethodType.ValueType = SMS,
+    user_id: str = "alice",
 ) -> pb.ContactMethod:
     return pb.ContactMethod(id=method_id, user_id=user_id, type=channel, address=address)
 

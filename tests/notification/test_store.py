@@ -1,0 +1,334 @@
+"""The Redis side of paging, on a standalone server and on a 3-master Cluster.
+
+Each decision is one Lua script in one slot; these tests pin down what the scripts decide
+when claims go stale, cycles are replaced, incidents stop and processes die.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tocsin.notification import domain
+from tocsin.notification.contacts import REPLY_CODES, ContactStore
+from tocsin.notification.domain import AttemptLocation, TimerPayload
+from tocsin.notification.ratelimit import RateLimiter
+from tocsin.notification.store import PagingStore
+from tocsin.runtime.clock import ManualClock
+from tocsin.runtime.errors import AlreadyExists
+from tocsin.runtime.events import incident_shard
+from tocsin.runtime.redis import RedisClient
+from tocsin.runtime.timers import ClaimedTimer
+from tocsin.v1 import incidents_pb2, notification_pb2
+
+SMS, VOICE = domain.SMS, domain.VOICE
+INCIDENT = "33"
+SHARD = incident_shard(INCIDENT)
+RULES = [
+    {"cm": "alice-sms", "d": 0, "t": SMS},
+    {"cm": "alice-voice", "d": 60_000, "t": VOICE},
+    {"cm": "alice-sms", "d": 300_000, "t": SMS},
+]
+LEASE_MS = 30_000
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def store(any_redis: RedisClient, clock: ManualClock) -> PagingStore:
+    return PagingStore(any_redis, clock, retention_ms=86_400_000)
+
+
+async def start(store: PagingStore, key: str = "k", user: str = "alice") -> str:
+    started = await store.start_cycle(INCIDENT, user, key, "", "7", RULES)
+    assert started.started
+    return started.cycle_id
+
+
+async def claim(store: PagingStore, cycle_id: str, rule: int) -> ClaimedTimer:
+    claimed = await store.timers.claim(domain.rule_attempt_id(cycle_id, rule), SHARD, LEASE_MS)
+    assert claimed is not None
+    return claimed
+
+
+async def fire(store: PagingStore, timer: ClaimedTimer, mode: str = "mirror") -> str:
+    payload = TimerPayload.decode(timer.payload)
+    return (await store.fire(timer, payload, payload.channel, mode)).outcome
+
+
+def incident(status: int, version: int) -> incidents_pb2.Incident:
+    return incidents_pb2.Incident(
+        id=INCIDENT, status=status, version=version, summary="disk full", service_id="payments"
+    )
+
+
+async def test_a_cycle_arms_one_timer_per_rule_once_per_idempotency_key(
+    store: PagingStore,
+) -> None:
+    cycle_id = await start(store)
+
+    again = await store.start_cycle(INCIDENT, "alice", "k", "", "7", RULES)
+
+    assert cycle_id == f"{INCIDENT}-1" and not again.started
+    assert await store.timers.pending_count(SHARD) == 3
+    timer = await claim(store, cycle_id, 0)
+    payload = TimerPayload.decode(timer.payload)
+    assert (payload.user_id, payload.contact_method_id, payload.channel) == (
+        "alice",
+        "alice-sms",
+        SMS,
+    )
+    assert await store.timers.claim(f"{cycle_id}-1", SHARD, LEASE_MS) is None  # not due
+
+
+async def test_a_rule_sends_once_even_when_its_claim_is_taken_over(
+    store: PagingStore, clock: ManualClock
+) -> None:
+    cycle_id = await start(store)
+    slow = await store.timers.claim(f"{cycle_id}-0", SHARD, 1_000)
+    assert slow is not None
+    clock.advance(seconds=2)  # the lease ran out: another worker takes the timer
+    [taken_over] = await store.timers.claim_due(SHARD, 10, LEASE_MS)
+
+    assert await fire(store, slow) == "stale"
+    assert await fire(store, taken_over) == "send"
+    assert await fire(store, taken_over) == "stale"  # completed with the attempt
+    [attempt] = await store.list_attempts(INCIDENT)
+    assert (attempt.id, attempt.status, attempt.reply_code) == (
+        f"{cycle_id}-0",
+        domain.SENDING,
+        "7",
+    )
+
+
+async def test_a_rule_whose_attempt_exists_never_sends_again(store: PagingStore) -> None:
+    cycle_id = await start(store)
+    assert await fire(store, await claim(store, cycle_id, 0)) == "send"
+    await store.timers.arm(f"{cycle_id}-0", 0, b"", SHARD)  # a stray re-arm
+    stray = await store.timers.claim(f"{cycle_id}-0", SHARD, LEASE_MS)
+    assert stray is not None
+
+    payload = TimerPayload(cycle_id, 0, "alice", "alice-sms", SMS, "")
+    assert (await store.fire(stray, payload, SMS, "send")).outcome == "duplicate"
+    assert len(await store.list_attempts(INCIDENT)) == 1
+
+
+async def test_a_new_cycle_for_the_same_user_replaces_the_running_one(
+    store: PagingStore, clock: ManualClock
+) -> None:
+    first = await start(store, key="loop-0")
+    in_flight = await claim(store, first, 0)
+
+    second = await store.start_cycle(INCIDENT, "alice", "loop-1", "", "7", RULES)
+
+    assert second.replaced_timers == 3
+    assert await fire(store, in_flight) == "stale"
+    clock.advance(minutes=10)
+    due = await store.timers.claim_due(SHARD, 10, LEASE_MS)
+    assert sorted(t.timer_id for t in due) == [f"{second.cycle_id}-{i}" for i in range(3)]
+    other_user = await start(store, key="bob", user="bob")
+    assert await fire(store, await claim(store, other_user, 0)) == "send"  # bob untouched
+
+
+async def test_stopping_an_incident_cancels_every_cycle_and_the_mirror_keeps_the_newest(
+    store: PagingStore,
+) -> None:
+    alice = await start(store, key="a")
+    await start(store, key="b", user="bob")
+    in_flight = await claim(store, alice, 0)
+    acked = incidents_pb2.INCIDENT_STATUS_ACKNOWLEDGED
+
+    assert await store.apply_incident(incident(acked, 3)) == (True, 6)
+    assert await store.apply_incident(incident(incidents_pb2.INCIDENT_STATUS_TRIGGERED, 2)) == (
+        False,
+        0,
+    )
+
+    assert await store.incident_status(INCIDENT) == acked
+    assert await fire(store, in_flight) == "stale"
+    assert await store.timers.pending_count(SHARD) == 0
+    assert await store.cancel(INCIDENT) == 0
+
+
+async def test_a_stopped_mirror_asks_before_skipping(store: PagingStore) -> None:
+    await store.apply_incident(incident(incidents_pb2.INCIDENT_STATUS_RESOLVED, 5))
+    cycle_id = await start(store)
+    timer = await claim(store, cycle_id, 0)
+
+    assert await fire(store, timer) == "check"  # nothing recorded, timer still ours
+    assert await fire(store, timer, "skip") == "skip"
+
+    [attempt] = await store.list_attempts(INCIDENT)
+    assert attempt.status == domain.SKIPPED
+
+
+async def test_the_mirror_hands_the_page_its_text(store: PagingStore) -> None:
+    await store.apply_incident(incident(incidents_pb2.INCIDENT_STATUS_TRIGGERED, 1))
+    cycle_id = await start(store)
+    timer = await claim(store, cycle_id, 0)
+
+    fired = await store.fire(timer, TimerPayload.decode(timer.payload), SMS, "mirror")
+
+    assert (fired.outcome, fired.summary, fired.service_id, fired.reply_code) == (
+        "send",
+        "disk full",
+        "payments",
+        "7",
+    )
+    assert (fired.incident_id, fired.user_id) == (INCIDENT, "alice")
+
+
+async def test_an_unreachable_rule_moves_on_to_the_next_other_contact_method(
+    store: PagingStore,
+) -> None:
+    cycle_id = await start(store)
+    timer = await claim(store, cycle_id, 0)
+
+    fired = await store.fire(
+        timer, TimerPayload.decode(timer.payload), SMS, "unreachable", "disabled"
+    )
+
+    assert (fired.outcome, fired.next_rule) == ("unreachable", 1)
+    call = await claim(store, cycle_id, 1)  # due now, not in a minute
+    payload = TimerPayload.decode(call.payload)
+    assert await store.advance(payload, "alice-voice") == 2  # the later SMS, not the call
+    await claim(store, cycle_id, 2)  # due now as well
+    assert await store.advance(payload, "alice-voice") == -1  # nothing left waiting
+    [attempt] = await store.list_attempts(INCIDENT)
+    assert (attempt.status, attempt.provider_status) == (domain.FAILED, "disabled")
+
+
+async def test_the_sweep_marks_only_attempts_stuck_in_sending_as_unknown(
+    store: PagingStore, clock: ManualClock
+) -> None:
+    cycle_id = await start(store)
+    assert await fire(store, await claim(store, cycle_id, 0)) == "send"
+    clock.advance(minutes=1)
+    assert await fire(store, await claim(store, cycle_id, 1)) == "send"
+    answered = AttemptLocation(f"{cycle_id}-1", INCIDENT, None)
+    await store.update_attempt(answered, domain.SENT, provider_id="CA1")
+    bound = clock.now_ms() - 30_000
+
+    [marked] = await store.sweep(SHARD, bound)
+
+    assert marked.id == f"{cycle_id}-0" and marked.status == domain.UNKNOWN
+    assert await store.sweep(SHARD, clock.now_ms()) == []
+    statuses = {a.id: a.status for a in await store.list_attempts(INCIDENT)}
+    assert statuses == {f"{cycle_id}-0": domain.UNKNOWN, f"{cycle_id}-1": domain.SENT}
+
+
+async def test_attempt_status_only_moves_forward(store: PagingStore) -> None:
+    cycle_id = await start(store)
+    await fire(store, await claim(store, cycle_id, 0))
+    location = AttemptLocation(f"{cycle_id}-0", INCIDENT, None)
+
+    delivered = await store.update_attempt(location, domain.DELIVERED, provider_id="SM1")
+    late = await store.update_attempt(
+        location, domain.SENT, provider_id="SM2", provider_status="queued"
+    )
+
+    assert delivered is not None and delivered[1]
+    assert late is not None and not late[1]
+    attempt = late[0]
+    assert (attempt.status, attempt.provider_id, attempt.provider_status) == (
+        domain.DELIVERED,
+        "SM1",
+        "queued",
+    )
+    assert await store.update_attempt(AttemptLocation("33-9-9", INCIDENT, None)) is None
+
+
+async def test_test_pages_are_recorded_under_the_user_and_swept_too(
+    store: PagingStore, clock: ManualClock
+) -> None:
+    phone = notification_pb2.ContactMethod(id="alice-sms", user_id="alice", type=SMS)
+    first = await store.begin_test_attempt("alice", phone)
+    second = await store.begin_test_attempt("alice", phone)
+
+    assert (first.id, second.id, first.rule_index) == ("test-alice-1", "test-alice-2", -1)
+    location = domain.locate_attempt(first.id)
+    assert location == AttemptLocation("test-alice-1", None, "alice")
+    await store.update_attempt(location, domain.SENT)
+    clock.advance(minutes=5)
+    [unknown] = await store.sweep(None, clock.now_ms())
+    assert unknown.id == "test-alice-2"
+
+
+async def test_reply_codes_stay_with_their_incident_and_are_not_reused_at_once(
+    any_redis: RedisClient, clock: ManualClock
+) -> None:
+    contacts = ContactStore(any_redis, clock)
+    first = (await contacts.prepare_page("alice", "16")).reply_code
+    second = (await contacts.prepare_page("alice", "32")).reply_code
+
+    assert (await contacts.prepare_page("alice", "16")).reply_code == first
+    assert first != second
+    assert await contacts.incident_of_code("alice", first) == "16"
+    assert await contacts.incident_of_code("bob", first) is None
+    clock.advance(days=2)  # both codes expired
+    assert await contacts.incident_of_code("alice", first) is None
+    third = (await contacts.prepare_page("alice", "48")).reply_code
+    assert third not in (first, second)  # round robin: an old reply cannot hit it
+
+
+async def test_when_every_code_is_live_the_oldest_is_taken_over(
+    any_redis: RedisClient, clock: ManualClock
+) -> None:
+    contacts = ContactStore(any_redis, clock)
+    for n in range(REPLY_CODES):
+        await contacts.prepare_page("alice", str(16 * (n + 1)))
+        clock.advance(seconds=1)
+
+    code = (await contacts.prepare_page("alice", "999984")).reply_code
+
+    assert code == "1"
+    assert await contacts.incident_of_code("alice", "1") == "999984"
+    assert await contacts.incident_of_code("alice", "2") == "32"
+
+
+async def test_concurrent_settings_changes_are_all_kept(
+    any_redis: RedisClient, clock: ManualClock
+) -> None:
+    contacts = ContactStore(any_redis, clock)
+    methods = [
+        notification_pb2.ContactMethod(
+            id=f"alice-{n}", user_id="alice", type=SMS, address=f"+1500555001{n}"
+        )
+        for n in range(8)
+    ]
+
+    await asyncio.gather(
+        *(
+            contacts.change("alice", lambda s, m=m: domain.with_contact_method(s, m))
+            for m in methods
+        )
+    )
+
+    stored = await contacts.settings("alice")
+    assert stored is not None and len(stored.contact_methods) == 8
+    assert [o.contact_method_id for o in await contacts.owners_of_number("+15005550013")] == [
+        "alice-3"
+    ]
+    with pytest.raises(AlreadyExists):
+        await contacts.change("bob", lambda s: domain.with_contact_method(s, methods[0]))
+
+
+async def test_rate_limit_slots_queue_pages_instead_of_dropping_them(
+    any_redis: RedisClient, clock: ManualClock
+) -> None:
+    limiter = RateLimiter(
+        any_redis, clock, "+15005550006", sends_per_second=1, number_interval_ms=10_000
+    )
+    now = clock.now_ms()
+
+    to_alice = [await limiter.reserve(SMS, "+15005550010") for _ in range(3)]
+    to_bob = await limiter.reserve(SMS, "+15005550011")
+    call_alice = await limiter.reserve(VOICE, "+15005550010")
+
+    assert [slot - now for slot in to_alice] == [0, 10_000, 20_000]
+    assert to_bob - now == 21_000  # the sender's next free second after alice's third
+    assert call_alice == now  # calls are counted apart from texts
