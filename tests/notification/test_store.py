@@ -7,12 +7,13 @@ when claims go stale, cycles are replaced, incidents stop and processes die.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
 from tocsin.notification import domain
 from tocsin.notification.contacts import REPLY_CODES, ContactStore
-from tocsin.notification.domain import AttemptLocation, TimerPayload
+from tocsin.notification.domain import AttemptLocation, Settings, TimerPayload
 from tocsin.notification.ratelimit import RateLimiter
 from tocsin.notification.store import PagingStore
 from tocsin.runtime.clock import ManualClock
@@ -60,7 +61,9 @@ async def fire(store: PagingStore, timer: ClaimedTimer, mode: str = "mirror") ->
     return (await store.fire(timer, payload, payload.channel, mode)).outcome
 
 
-def incident(status: int, version: int) -> incidents_pb2.Incident:
+def incident(
+    status: incidents_pb2.IncidentStatus.ValueType, version: int
+) -> incidents_pb2.Incident:
     return incidents_pb2.Incident(
         id=INCIDENT, status=status, version=version, summary="disk full", service_id="payments"
     )
@@ -301,12 +304,10 @@ async def test_concurrent_settings_changes_are_all_kept(
         for n in range(8)
     ]
 
-    await asyncio.gather(
-        *(
-            contacts.change("alice", lambda s, m=m: domain.with_contact_method(s, m))
-            for m in methods
-        )
-    )
+    def adding(method: notification_pb2.ContactMethod) -> Callable[[Settings], Settings]:
+        return lambda settings: domain.with_contact_method(settings, method)
+
+    await asyncio.gather(*(contacts.change("alice", adding(m)) for m in methods))
 
     stored = await contacts.settings("alice")
     assert stored is not None and len(stored.contact_methods) == 8
