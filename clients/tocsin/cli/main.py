@@ -16,6 +16,7 @@ from tocsin.cli import (
     apply_command,
     escalation_commands,
     incident_commands,
+    notification_commands,
     schedule_commands,
     stack_commands,
 )
@@ -28,6 +29,7 @@ COMMAND_MODULES = (
     apply_command,
     escalation_commands,
     incident_commands,
+    notification_commands,
 )
 
 
