@@ -304,3 +304,17 @@ async def test_counters_encode_exactly_past_one_byte_varints(served: Served) -> 
     assert acked.updated_at.ToMilliseconds() == served.clock.now_ms()
     assert acked.updated_at.nanos == 0
     assert (acked.alert_count, acked.version) == (big + 1, 302)
+
+
+async def test_events_carry_the_callers_trace(served: Served) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    metadata = (("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),)
+    incident = (await served.stub.Trigger(trigger_request(), metadata=metadata)).incident
+    await served.stub.Acknowledge(
+        incidents_pb2.AcknowledgeRequest(incident_id=incident.id), metadata=metadata
+    )
+    events = await events_of(served.redis, incident.id)
+    assert len(events) == 2
+    for event in events:
+        version, event_trace, _span, _flags = event.traceparent.split("-")
+        assert (version, event_trace) == ("00", trace_id)

@@ -47,7 +47,7 @@ async def create_server(
     # The consumer groups exist before the first event, so no consumer misses one.
     await ensure_groups(deps.redis, CONSUMER_GROUPS, "0")
     store = IncidentStore(deps.redis, deps.clock, deps.config.retention)
-    services = ServiceStore(deps.redis)
+    services = ServiceStore(deps.redis, deps.clock)
     worker = snooze_worker(SnoozeTimerStore(deps.redis, deps.clock), deps.clock, store)
     servicer = IncidentServicer(store, services, deps.clock)
 

@@ -3,6 +3,11 @@
 Services are few, so they are not sharded: two hashes under the tag {services} (see
 keys.py), changed together by scripts. Updates and deletes compare-and-set against the
 service as read, so a concurrent edit is never silently overwritten.
+
+Every alert looks its service up, which would cost as much as ingesting it, so `lookup`
+answers from a small in-process cache for `CACHE_TTL_MS`. This replica's own writes clear
+it at once; another replica's update or delete is seen here within that time (an alert
+may still reach a just-deleted service, or a just-replaced key, for a second).
 """
 
 from __future__ import annotations
@@ -13,12 +18,15 @@ import secrets
 
 from tocsin.incidents import keys
 from tocsin.incidents.validation import check, service_id_violations, service_violations
+from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
 from tocsin.runtime.redis import RedisClient, read_lua, register_lua
 from tocsin.v1 import incidents_pb2
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+CACHE_TTL_MS = 1000
+_CACHE_SIZE = 10_000
 _RETRIES = 10
 
 
@@ -31,8 +39,10 @@ def new_integration_key() -> str:
 
 
 class ServiceStore:
-    def __init__(self, redis: RedisClient) -> None:
+    def __init__(self, redis: RedisClient, clock: Clock) -> None:
         self.redis = redis
+        self.clock = clock
+        self._cache: dict[tuple[str, str], tuple[int, incidents_pb2.Service]] = {}
         self._keys = [keys.SERVICES_BY_ID, keys.SERVICES_BY_KEY]
         self._create = register_lua(redis, _lua("service_create.lua"))
         self._replace = register_lua(redis, _lua("service_replace.lua"))
@@ -52,6 +62,22 @@ class ServiceStore:
         if result == b"key":
             raise AlreadyExists("the integration key is already used by another service")
         return stored
+
+    async def lookup(
+        self, *, service_id: str = "", integration_key: str = ""
+    ) -> incidents_pb2.Service | None:
+        """`find` through the cache (for the ingest path; see the module docstring)."""
+        now = self.clock.now_ms()
+        cache_key = (service_id, integration_key)
+        cached = self._cache.get(cache_key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        service = await self.find(service_id=service_id, integration_key=integration_key)
+        if service is not None:
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.clear()
+            self._cache[cache_key] = (now + CACHE_TTL_MS, service)
+        return service
 
     async def find(
         self, *, service_id: str = "", integration_key: str = ""
@@ -103,6 +129,7 @@ class ServiceStore:
                 ],
             )
             if self._settled(result, stored.id):
+                self._cache.clear()
                 return stored
         raise Conflict(f"service {service.id!r} kept changing; try again")
 
@@ -114,6 +141,7 @@ class ServiceStore:
                 keys=self._keys, args=[service_id, raw, current.integration_key, b"", b""]
             )
             if self._settled(result, service_id):
+                self._cache.clear()
                 return
         raise Conflict(f"service {service_id!r} kept changing; try again")
 

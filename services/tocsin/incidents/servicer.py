@@ -229,7 +229,7 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
             check(validation.service_id_violations("service_id", service_id))
         else:
             check(validation.integration_key_violations("integration_key", integration_key))
-        service = await self.services.find(service_id=service_id, integration_key=integration_key)
+        service = await self.services.lookup(service_id=service_id, integration_key=integration_key)
         if service is None:
             if service_id:
                 raise NotFound(f"service {service_id!r} does not exist")

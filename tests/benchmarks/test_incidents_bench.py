@@ -1,0 +1,296 @@
+"""Incident ingest throughput and latency, and Redis memory per resolved incident.
+
+The incidents service (and for /v2/enqueue the gateway) run as their own processes, as
+deployed, against the session's Redis; the load comes from this process. Run with
+`.venv/bin/pytest tests/benchmarks/test_incidents_bench.py -s` to see the figures (they
+are also in the benchmark JSON's extra_info).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+
+import aiohttp
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hdrh.histogram import HdrHistogram
+from pytest_benchmark.fixture import BenchmarkFixture
+from redis.asyncio import Redis
+
+from tocsin.client.channel import create_channel
+from tocsin.incidents import keys
+from tocsin.incidents.domain import resolve
+from tocsin.incidents.service_store import ServiceStore
+from tocsin.incidents.store import IncidentStore
+from tocsin.runtime.clock import SystemClock
+from tocsin.runtime.embedded_redis import EmbeddedRedis
+from tocsin.runtime.redis import connect_redis
+from tocsin.v1 import common_pb2, incidents_pb2, incidents_pb2_grpc
+
+KEY = "be" * 16
+REPEATS_PER_ROUND = 3000
+CONCURRENCY = 64
+NEW_INCIDENT_RATE = 200
+NEW_INCIDENTS = 1000
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# `tocsin serve gateway` builds its gRPC client outside uvicorn's event loop (reported);
+# start_gateway builds it inside, as `tocsin up` would need to.
+_GATEWAY = """
+import asyncio, uvloop
+from tocsin.gateway.server import start_gateway
+from tocsin.runtime.clock import SystemClock
+from tocsin.runtime.embedded_redis import EmbeddedRedis
+from tocsin.runtime.config import load_config
+
+async def main():
+    server, task, _ = await start_gateway(load_config(), SystemClock())
+    await task
+
+uvloop.run(main())
+"""
+
+
+@contextlib.contextmanager
+def _process(args: list[str], env: dict[str, str]) -> Iterator[None]:
+    process = subprocess.Popen([sys.executable, *args], env=os.environ | env)
+    try:
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+async def _wait_serving(target: str) -> None:
+    async with create_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for _ in range(200):
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"incidents service at {target} did not start")
+
+
+@pytest.fixture(scope="module")
+def stack(redis_server: EmbeddedRedis) -> Iterator[dict[str, str]]:
+    """The incidents service and the gateway as processes; their addresses."""
+    grpc_addr = f"127.0.0.1:{_free_port()}"
+    http_addr = f"127.0.0.1:{_free_port()}"
+    env = {
+        "TOCSIN_REDIS_URL": redis_server.url,
+        "TOCSIN_INCIDENTS_ADDR": grpc_addr,
+        "TOCSIN_HTTP_ADDR": http_addr,
+        "TOCSIN_EVENTS_API_RATE": "0",
+        "TOCSIN_LOG_LEVEL": "WARNING",
+    }
+    incidents = ["-m", "tocsin.cli.main", "serve", "incidents"]
+    with _process(incidents, env), _process(["-c", _GATEWAY], env):
+        asyncio.run(_setup(grpc_addr, http_addr))
+        yield {"grpc": grpc_addr, "http": http_addr}
+
+
+async def _setup(grpc_addr: str, http_addr: str) -> None:
+    await _wait_serving(grpc_addr)
+    async with create_channel(grpc_addr) as channel:
+        stub = incidents_pb2_grpc.IncidentServiceStub(channel)
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await stub.CreateService(
+                incidents_pb2.CreateServiceRequest(
+                    service=incidents_pb2.Service(id="bench", integration_key=KEY)
+                )
+            )
+    async with httpx.AsyncClient() as http:
+        for _ in range(200):
+            with contextlib.suppress(httpx.HTTPError):
+                await http.get(f"http://{http_addr}/healthz")
+                return
+            await asyncio.sleep(0.05)
+
+
+def _repeat_request() -> incidents_pb2.TriggerRequest:
+    return incidents_pb2.TriggerRequest(
+        integration_key=KEY,
+        dedup_key="storm",
+        summary="CPU above 90% on api-7",
+        source="api-7",
+        severity=common_pb2.SEVERITY_CRITICAL,
+    )
+
+
+async def _grpc_repeats(target: str, count: int) -> float:
+    channels = [create_channel(target) for _ in range(4)]
+    stubs = [incidents_pb2_grpc.IncidentServiceStub(c) for c in channels]
+    request = _repeat_request()
+    remaining = iter(range(count))
+
+    async def worker(stub: incidents_pb2_grpc.IncidentServiceStub) -> None:
+        for _ in remaining:
+            await stub.Trigger(request)
+
+    try:
+        await stubs[0].Trigger(request)
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(stubs[i % 4]) for i in range(CONCURRENCY)))
+        return count / (time.perf_counter() - started)
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+async def _http_repeats(address: str, count: int) -> float:
+    """aiohttp as the load generator: httpx costs ~3 ms of CPU per request itself."""
+    event = {
+        "routing_key": KEY,
+        "event_action": "trigger",
+        "dedup_key": "http-storm",
+        "payload": {"summary": "CPU above 90% on api-7", "source": "api-7", "severity": "error"},
+    }
+    url = f"http://{address}/v2/enqueue"
+    remaining = iter(range(count))
+    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            for _ in remaining:
+                async with session.post(url, json=event) as reply:
+                    assert reply.status == 202, await reply.text()
+
+        async with session.post(url, json=event) as first:
+            assert first.status == 202
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        return count / (time.perf_counter() - started)
+
+
+def test_repeat_alerts_per_second_over_grpc(
+    benchmark: BenchmarkFixture, stack: dict[str, str]
+) -> None:
+    rates: list[float] = []
+    benchmark.pedantic(
+        lambda: rates.append(asyncio.run(_grpc_repeats(stack["grpc"], REPEATS_PER_ROUND))),
+        rounds=3,
+        iterations=1,
+    )
+    benchmark.extra_info["repeat_alerts_per_second_grpc"] = [round(r) for r in rates]
+    print(f"\nrepeat alerts over gRPC: {[round(r) for r in rates]} /s")
+
+
+def test_repeat_alerts_per_second_over_events_api(
+    benchmark: BenchmarkFixture, stack: dict[str, str]
+) -> None:
+    rates: list[float] = []
+    benchmark.pedantic(
+        lambda: rates.append(asyncio.run(_http_repeats(stack["http"], REPEATS_PER_ROUND // 2))),
+        rounds=2,
+        iterations=1,
+    )
+    benchmark.extra_info["repeat_alerts_per_second_http"] = [round(r) for r in rates]
+    print(f"\nrepeat alerts over /v2/enqueue: {[round(r) for r in rates]} /s")
+
+
+async def _new_incident_latency(target: str) -> HdrHistogram:
+    """Open loop: a new incident every 1/rate s; latency counts from the scheduled send
+    time, so a stall shows up in every request it delays."""
+    histogram = HdrHistogram(1, 60_000_000, 3)  # microseconds
+    interval = 1 / NEW_INCIDENT_RATE
+    async with create_channel(target) as channel:
+        stub = incidents_pb2_grpc.IncidentServiceStub(channel)
+        run = time.time_ns()
+
+        async def one(n: int, scheduled: float) -> None:
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            reply = await stub.Trigger(
+                incidents_pb2.TriggerRequest(
+                    integration_key=KEY, dedup_key=f"new-{run}-{n}", summary=f"incident {n}"
+                )
+            )
+            assert reply.created
+            histogram.record_value(max(1, int((time.perf_counter() - scheduled) * 1e6)))
+
+        start = time.perf_counter() + 0.1
+        await asyncio.gather(*(one(n, start + n * interval) for n in range(NEW_INCIDENTS)))
+    return histogram
+
+
+def test_new_incident_latency_at_200_per_second(
+    benchmark: BenchmarkFixture, stack: dict[str, str]
+) -> None:
+    histograms: list[HdrHistogram] = []
+    benchmark.pedantic(
+        lambda: histograms.append(asyncio.run(_new_incident_latency(stack["grpc"]))),
+        rounds=1,
+        iterations=1,
+    )
+    h = histograms[0]
+    figures = {p: h.get_value_at_percentile(p) / 1000 for p in (50, 99, 99.9, 100)}
+    benchmark.extra_info["new_incident_latency_ms"] = figures
+    print(f"\nnew incident latency at {NEW_INCIDENT_RATE}/s (ms): {figures}")
+
+
+async def _memory_per_resolved_incident(url: str) -> dict[str, float]:
+    redis = await connect_redis(url)
+    assert isinstance(redis, Redis)
+    try:
+        clock = SystemClock()
+        store = IncidentStore(redis, clock, timedelta(days=90))
+        service = await ServiceStore(redis, clock).create(incidents_pb2.Service(id="memory"))
+        actor = common_pb2.Actor(channel=common_pb2.CHANNEL_EVENTS_API, display="Alertmanager")
+        per_key: dict[str, list[int]] = {"incident": [], "alerts": [], "timeline": []}
+        for n in range(50):
+            for _ in range(10):
+                alert = incidents_pb2.Alert(
+                    summary=f"[FIRING:1] HighErrorRate payments-api prod {n}",
+                    source="api-7.prod.example.com",
+                    severity=common_pb2.SEVERITY_ERROR,
+                    links=[common_pb2.Link(href="http://alertmanager:9093/#/alerts", text="AM")],
+                )
+                alert.details.update({"num_firing": "1", "firing": "alertname=HighErrorRate"})
+                result = await store.trigger(service, f"mem-{n}", alert, actor, "")
+            incident_id = result.incident.id
+            await store.change(incident_id, lambda c, now: resolve(c, actor, now), "")
+            for name, key in (
+                ("incident", keys.incident_key(incident_id)),
+                ("alerts", keys.alerts_key(incident_id)),
+                ("timeline", keys.timeline_key(incident_id)),
+            ):
+                per_key[name].append(int(await redis.memory_usage(key, samples=0) or 0))
+        figures = {name: sum(sizes) / len(sizes) for name, sizes in per_key.items()}
+        figures["total"] = sum(figures.values())
+        return figures
+    finally:
+        await redis.aclose()
+
+
+def test_redis_memory_per_resolved_incident_with_ten_alerts(
+    benchmark: BenchmarkFixture, redis_url: str
+) -> None:
+    results: list[dict[str, float]] = []
+    benchmark.pedantic(
+        lambda: results.append(asyncio.run(_memory_per_resolved_incident(redis_url))),
+        rounds=1,
+        iterations=1,
+    )
+    figures = {name: round(size) for name, size in results[0].items()}
+    benchmark.extra_info["bytes_per_resolved_incident"] = figures
+    print(f"\nRedis memory per resolved incident with 10 alerts (bytes): {figures}")
+    assert figures["total"] > 0
