@@ -9,6 +9,9 @@ from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 _SERVICE_CONFIG = json.dumps(
     {
+        # Spread calls over every address a name resolves to (e.g. a headless Kubernetes
+        # Service); with a single address this is the same as pick_first.
+        "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {
                 # Transient UNAVAILABLE (a restarting peer) is retried by gRPC itself; every
