@@ -68,6 +68,8 @@ async def create_server(
     async def audit_forever() -> None:
         while not stop.is_set():
             await deps.clock.sleep(AUDIT_INTERVAL_MS / 1000, stop)
+            if stop.is_set():
+                return
             try:
                 await engine.audit(leases.owned, AUDIT_GRACE_MS, AUDIT_WINDOW_MS)
             except Exception:

@@ -34,17 +34,27 @@ async def start_gateway(
     return server, task, port
 
 
+async def _serve(config: Config) -> None:
+    # The gRPC channels must be created inside the loop that uses them, so the app is
+    # built here rather than handed to uvicorn.run (which makes its own loop later).
+    app = create_app(config, peer_client(config), clock_from_env(os.environ))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.http_addr.host,
+            port=config.http_addr.port,
+            log_level="warning",
+            timeout_graceful_shutdown=3,
+        )
+    )
+    await server.serve()
+
+
 def serve() -> None:
+    import uvloop
+
     configure_logging()
     config = load_config()
     setup_tracing("gateway")
     config.check_bind(config.http_addr, "TOCSIN_HTTP_ADDR")
-    app = create_app(config, peer_client(config), clock_from_env(os.environ))
-    uvicorn.run(
-        app,
-        host=config.http_addr.host,
-        port=config.http_addr.port,
-        log_level="warning",
-        loop="uvloop",
-        timeout_graceful_shutdown=3,
-    )
+    uvloop.run(_serve(config))
