@@ -42,8 +42,10 @@ AUDIT_WINDOW_MS = 3_600_000
 
 
 async def create_server(
-    deps: ServiceDeps, addr: Address | None = None
+    deps: ServiceDeps, addr: Address | None = None, *, background: bool = True
 ) -> tuple[RunningService, int]:
+    """`background=False` starts no background task and lets the worker fire every shard:
+    tests drive `consumer.drain_once()`, `worker.run_once()` and `engine.audit()` by hand."""
     store = EscalationStore(
         deps.redis, deps.clock, int(deps.config.retention.total_seconds() * 1000)
     )
@@ -61,8 +63,18 @@ async def create_server(
     running = EscalationProcess(grpc_server, engine=engine)
     instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     leases = ShardLeases(deps.redis, deps.clock, "escalation", instance, INCIDENT_SHARDS, LEASE_MS)
-    worker = TimerWorker(store.timers, deps.clock, engine.on_timer, lambda: leases.owned)
+    all_shards = frozenset(range(INCIDENT_SHARDS))
+    worker = TimerWorker(
+        store.timers,
+        deps.clock,
+        engine.on_timer,
+        (lambda: leases.owned) if background else (lambda: all_shards),
+    )
     consumer = EventConsumer(deps.redis, "escalation", engine.on_event)
+    running.worker, running.consumer, running.leases = worker, consumer, leases
+    if not background:
+        await consumer.start()
+        return running, grpc_server.port
     stop = running.stopping
 
     async def audit_forever() -> None:
@@ -82,7 +94,6 @@ async def create_server(
         asyncio.create_task(consumer.run(stop)),
         asyncio.create_task(audit_forever()),
     ]
-    running.worker, running.consumer, running.leases = worker, consumer, leases
     return running, grpc_server.port
 
 

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.escalation.stack import FullStack, full_stack
+from tocsin.runtime.redis import RedisClient
+
+
+@pytest.fixture
+async def stack(redis: RedisClient) -> AsyncIterator[FullStack]:
+    """Every service, the fake Twilio and a ManualClock; fails on any unexpected page."""
+    async with full_stack(redis) as full:
+        yield full
+        await full.run_until_quiet()
+        full.pager.check_all_expected()

@@ -1,0 +1,256 @@
+"""Escalation, as the on-call engineer lives it: the right person paged at the right
+moment, exactly once per level, and nothing after an acknowledgement. Every service is
+real; time is a ManualClock; any page the test does not expect fails it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import grpc
+import pytest
+
+from tests.escalation.stack import FullStack, schedule, user
+from tests.notification.stack import ALICE, BOB, SMS, VOICE
+from tocsin.escalation.store import level_timer_id
+from tocsin.runtime.events import incident_shard
+from tocsin.v1 import escalation_pb2, incidents_pb2
+
+CAROL = "+15005550012"
+
+
+async def people(stack: FullStack) -> None:
+    await stack.paging.add_user("alice", ALICE, [(SMS, 0), (VOICE, 60)])
+    await stack.paging.add_user("bob", BOB, [(SMS, 0)])
+    await stack.paging.add_user("carol", CAROL, [(SMS, 0)])
+
+
+async def trigger(stack: FullStack, summary: str = "disk full on db1") -> str:
+    incident_id = await stack.paging.trigger(summary, mirror=False)
+    await stack.run_until_quiet()
+    return incident_id
+
+
+async def timeline(stack: FullStack, incident_id: str) -> list[str]:
+    incident = await stack.paging.incident(incident_id)
+    return [entry.message for entry in incident.timeline]
+
+
+async def test_levels_page_in_turn_until_an_sms_reply_acknowledges(stack: FullStack) -> None:
+    await people(stack)
+    await stack.schedule("primary", ["alice"])
+    await stack.policy(([schedule("primary")], 5), ([user("bob")], 10))
+    incident_id = await trigger(stack)
+
+    await stack.pager.expect_sms("alice", "disk full on db1")
+    await stack.tick(minutes=1)
+    await stack.pager.expect_voice("alice", "disk full on db1")
+    await stack.tick(minutes=3, seconds=59)
+    await stack.pager.expect_no_more_pages()
+    await stack.tick(seconds=1)
+    bob_sms = await stack.pager.expect_sms("bob", "disk full on db1")
+
+    assert bob_sms.body is not None
+    code = bob_sms.body.split("reply '")[1].split("a'")[0]
+    answer = await stack.pager.reply_sms("bob", f"{code}a")
+    assert f"Acknowledged #{incident_id}" in answer
+    await stack.tick(minutes=60)
+    await stack.pager.expect_no_more_pages()
+
+    escalation = await stack.escalation_of(incident_id)
+    assert escalation.status == escalation_pb2.ESCALATION_STATUS_STOPPED
+    assert [(p.level, p.user_id) for p in escalation.pages] == [(0, "alice"), (1, "bob")]
+    lines = await timeline(stack, incident_id)
+    assert "Escalation level 1 (loop 1) paged alice (schedule primary)" in lines
+    assert "Escalation level 2 (loop 1) paged bob" in lines
+
+
+async def test_repeat_loops_then_exhausts_and_says_so(stack: FullStack) -> None:
+    await people(stack)
+    await stack.policy(([user("bob")], 5), ([user("carol")], 5), repeat=1)
+    incident_id = await trigger(stack)
+    for _ in range(2):
+        await stack.pager.expect_sms("bob")
+        await stack.tick(minutes=5)
+        await stack.pager.expect_sms("carol")
+        await stack.tick(minutes=5)
+    await stack.tick(minutes=60)
+    await stack.pager.expect_no_more_pages()
+    escalation = await stack.escalation_of(incident_id)
+    assert escalation.status == escalation_pb2.ESCALATION_STATUS_EXHAUSTED
+    assert [(p.level, p.loop) for p in escalation.pages] == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    lines = await timeline(stack, incident_id)
+    assert any("exhausted after 2 loop(s)" in line for line in lines)
+
+
+async def test_resolve_stops_everything_including_pending_rules(stack: FullStack) -> None:
+    await people(stack)
+    await stack.policy(([user("alice")], 5), ([user("bob")], 5))
+    incident_id = await trigger(stack)
+    await stack.pager.expect_sms("alice")
+    await stack.client.incidents.Resolve(incidents_pb2.ResolveRequest(incident_id=incident_id))
+    await stack.run_until_quiet()
+    await stack.tick(minutes=30)
+    await stack.pager.expect_no_more_pages()
+
+
+async def test_a_schedule_with_nobody_on_call_moves_on_at_once_and_says_why(
+    stack: FullStack,
+) -> None:
+    await people(stack)
+    await stack.schedule("nights", ["alice"], start="2030-01-01T00:00")  # nobody until 2030
+    await stack.policy(([schedule("nights")], 5), ([user("bob")], 5))
+    incident_id = await trigger(stack)
+    await stack.pager.expect_sms("bob")
+    lines = await timeline(stack, incident_id)
+    assert any("Schedule nights had nobody on call" in line for line in lines)
+    assert "Escalation level 1 (loop 1) paged nobody" in lines
+
+
+async def test_repeated_alerts_page_nobody_again(stack: FullStack) -> None:
+    await people(stack)
+    await stack.policy(([user("bob")], 5))
+    first = await trigger(stack)
+    for _ in range(3):
+        again = await trigger(stack)  # same dedup key
+        assert again == first
+    await stack.pager.expect_sms("bob")
+    await stack.pager.expect_no_more_pages()
+
+
+async def test_manual_escalation_pages_the_next_level_now(stack: FullStack) -> None:
+    await people(stack)
+    await stack.policy(([user("bob")], 30), ([user("carol")], 30))
+    incident_id = await trigger(stack)
+    await stack.pager.expect_sms("bob")
+    await stack.escalation_client.Escalate(escalation_pb2.EscalateRequest(incident_id=incident_id))
+    await stack.run_until_quiet()
+    await stack.pager.expect_sms("carol")
+    await stack.client.incidents.Acknowledge(
+        incidents_pb2.AcknowledgeRequest(incident_id=incident_id)
+    )
+    await stack.run_until_quiet()
+    with pytest.raises(grpc.aio.AioRpcError) as stopped:
+        await stack.escalation_client.Escalate(
+            escalation_pb2.EscalateRequest(incident_id=incident_id)
+        )
+    assert stopped.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_duplicate_or_stale_level_timer_pages_nobody(stack: FullStack) -> None:
+    await people(stack)
+    await stack.policy(([user("bob")], 5), ([user("carol")], 5))
+    incident_id = await trigger(stack)
+    await stack.pager.expect_sms("bob")
+    stack.paging.clock.advance(minutes=5)
+    timers = stack.escalation.engine.store.timers  # type: ignore[union-attr]
+    shard = incident_shard(incident_id)
+    claimed = await timers.claim(level_timer_id(incident_id), shard, 60_000)
+    assert claimed is not None and json.loads(claimed.payload)["v"] == 2
+    engine = stack.escalation.engine
+    assert engine is not None
+    # the same timer handed to two workers at once: one level, one page
+    await asyncio.gather(engine.on_timer(claimed), engine.on_timer(claimed))
+    await stack.run_until_quiet()
+    await stack.pager.expect_sms("carol")
+    await stack.tick(minutes=60)
+    await stack.pager.expect_no_more_pages()
+    assert [p.user_id for p in (await stack.escalation_of(incident_id)).pages] == ["bob", "carol"]
+
+
+async def test_a_crash_after_the_level_advanced_redoes_the_pages_exactly_once(
+    stack: FullStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await people(stack)
+    await stack.policy(([user("bob"), user("carol")], 5))
+    engine = stack.escalation.engine
+    assert engine is not None
+    real_notify = stack.escalation.engine.peers.notification.Notify  # type: ignore[union-attr]
+    calls = 0
+
+    async def dies_after_first_notify(request, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("process killed between two Notify calls")
+        return await real_notify(request, **kwargs)
+
+    monkeypatch.setattr(engine.peers.notification, "Notify", dies_after_first_notify)
+    incident_id = await trigger(stack)
+    await stack.pager.expect_sms("bob")
+    await stack.pager.expect_no_more_pages()  # carol's page is in the outbox, not lost
+    stack.paging.clock.advance(seconds=16)  # the hop's lease runs out; it is redone
+    await stack.run_until_quiet()
+    await stack.pager.expect_sms("carol")
+    await stack.pager.expect_no_more_pages()  # and bob is not paged twice
+    lines = await timeline(stack, incident_id)
+    assert lines.count("Escalation level 1 (loop 1) paged bob, carol") == 1
+
+
+async def test_the_auditor_rearms_an_escalation_whose_timer_was_lost(stack: FullStack) -> None:
+    await people(stack)
+    await stack.policy(([user("bob")], 5), ([user("carol")], 5))
+    incident_id = await trigger(stack)
+    await stack.pager.expect_sms("bob")
+    engine = stack.escalation.engine
+    assert engine is not None
+    await engine.store.timers.cancel(level_timer_id(incident_id), incident_shard(incident_id))
+    stack.paging.clock.advance(minutes=10)
+    assert await stack.run_until_quiet() == 0  # the timer is gone: nothing fires
+    fixed = await engine.audit(frozenset(range(16)), grace_ms=30_000, window_ms=3_600_000)
+    assert fixed == 1
+    await stack.run_until_quiet()
+    await stack.pager.expect_sms("carol")
+    assert await engine.audit(frozenset(range(16)), grace_ms=30_000, window_ms=3_600_000) == 0
+
+
+async def test_the_auditor_starts_an_escalation_whose_event_was_lost(stack: FullStack) -> None:
+    await people(stack)
+    await stack.policy(([user("bob")], 5))
+    incident_id = await stack.paging.trigger(mirror=False)
+    assert stack.escalation.consumer is not None
+    # the escalation service never saw the event (e.g. the stream was trimmed)
+    await stack.escalation.consumer.redis.xgroup_setid(
+        f"tocsin:{{t{incident_shard(incident_id)}}}:incident-events", "escalation", "$"
+    )
+    await stack.paging.drain_events()
+    engine = stack.escalation.engine
+    assert engine is not None
+    assert await engine.audit(frozenset({0}), grace_ms=30_000, window_ms=3_600_000) == 1
+    await stack.run_until_quiet()
+    await stack.pager.expect_sms("bob")
+
+
+async def test_policy_validation_names_fields(stack: FullStack) -> None:
+    await people(stack)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await stack.policy(([user("zed"), schedule("nope")], 0))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = error.value.details() or ""
+    assert "policy.levels[0].delay" in details
+    assert "policy.levels[0].targets[0].user_id" in details
+    assert "policy.levels[0].targets[1].schedule_id" in details
+
+
+async def test_a_level_that_loses_the_race_with_an_acknowledgement_pages_nobody(
+    stack: FullStack,
+) -> None:
+    await people(stack)
+    await stack.policy(([user("bob")], 5), ([user("carol")], 5))
+    incident_id = await trigger(stack)
+    await stack.pager.expect_sms("bob")
+    engine = stack.escalation.engine
+    assert engine is not None
+    stack.paging.clock.advance(minutes=5)
+    loaded_before_the_ack = await engine.store.load(incident_id)
+    assert loaded_before_the_ack is not None
+    await stack.client.incidents.Acknowledge(
+        incidents_pb2.AcknowledgeRequest(incident_id=incident_id)
+    )
+    await stack.escalation.consumer.drain_once()  # type: ignore[union-attr]
+    # the worker that loaded the state before the ack now tries to fire level 2
+    assert await engine._advance(loaded_before_the_ack, "", manual=False) is None
+    await stack.tick(minutes=60)
+    await stack.pager.expect_no_more_pages()
+    escalation = await stack.escalation_of(incident_id)
+    assert escalation.status == escalation_pb2.ESCALATION_STATUS_STOPPED
