@@ -318,3 +318,12 @@ async def test_events_carry_the_callers_trace(served: Served) -> None:
     for event in events:
         version, event_trace, _span, _flags = event.traceparent.split("-")
         assert (version, event_trace) == ("00", trace_id)
+
+
+async def test_ingest_survives_redis_losing_its_scripts(served: Served) -> None:
+    """Concurrent triggers share pipelines of EVALSHA; after a restart (SCRIPT FLUSH here)
+    each one is retried with the script loaded."""
+    await served.stub.Trigger(trigger_request())
+    await served.redis.script_flush()
+    replies = await asyncio.gather(*(served.stub.Trigger(trigger_request()) for _ in range(5)))
+    assert sorted(reply.incident.alert_count for reply in replies) == [2, 3, 4, 5, 6]

@@ -26,6 +26,7 @@ from datetime import timedelta
 from typing import Any
 
 from tocsin.incidents import keys
+from tocsin.incidents.batching import BatchedScript
 from tocsin.incidents.domain import (
     RESOLVED,
     TRIGGERED,
@@ -87,7 +88,7 @@ class IncidentStore:
         self.alerts_kept = alerts_kept
         self.stream_maxlen = stream_maxlen
         library = _lua("incident_lib.lua")
-        self._trigger = register_lua(redis, library, _lua("trigger.lua"))
+        self._trigger = BatchedScript(redis, register_lua(redis, library, _lua("trigger.lua")))
         self._apply = register_lua(redis, TIMER_LUA, library, _lua("apply.lua"))
         self._append = register_lua(redis, _lua("append_timeline.lua"))
 
