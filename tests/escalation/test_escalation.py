@@ -14,7 +14,7 @@ from tests.escalation.stack import FullStack, schedule, user
 from tests.notification.stack import ALICE, BOB, SMS, VOICE
 from tocsin.escalation.store import level_timer_id
 from tocsin.runtime.events import incident_shard
-from tocsin.v1 import escalation_pb2, incidents_pb2
+from tocsin.v1 import escalation_pb2, incidents_pb2, notification_pb2
 
 CAROL = "+15005550012"
 
@@ -165,10 +165,12 @@ async def test_a_crash_after_the_level_advanced_redoes_the_pages_exactly_once(
     await stack.policy(([user("bob"), user("carol")], 5))
     engine = stack.escalation.engine
     assert engine is not None
-    real_notify = stack.escalation.engine.peers.notification.Notify  # type: ignore[union-attr]
+    real_notify = engine.peers.notification.Notify
     calls = 0
 
-    async def dies_after_first_notify(request, **kwargs):  # type: ignore[no-untyped-def]
+    async def dies_after_first_notify(
+        request: notification_pb2.NotifyRequest, **kwargs: object
+    ) -> notification_pb2.NotifyResponse:
         nonlocal calls
         calls += 1
         if calls == 2:
