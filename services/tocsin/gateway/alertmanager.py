@@ -45,7 +45,7 @@ from tocsin.gateway.events_api import (
     rpc_violations,
     unavailable,
 )
-from tocsin.incidents import validation
+from tocsin.incidents import domain, validation
 from tocsin.v1 import common_pb2, incidents_pb2
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -188,20 +188,9 @@ def _action(
 def _check(action: AlertAction, errors: list[str]) -> None:
     assert action.trigger is not None
     trigger = action.trigger
-    alert = incidents_pb2.Alert(
-        summary=trigger.summary,
-        severity=trigger.severity,
-        source=trigger.source,
-        component=trigger.component,
-        group=trigger.group,
-        details=trigger.details,
-        links=trigger.links,
-        **{"class": getattr(trigger, "class")},
+    violations = validation.trigger_violations(
+        domain.alert_of(trigger), trigger.dedup_key, trigger.actor
     )
-    violations = [
-        *validation.alert_violations(alert, trigger.dedup_key),
-        *validation.actor_violations(trigger.actor),
-    ]
     errors += describe(violations, _names(action.path))
 
 

@@ -43,7 +43,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tocsin.client.client import TocsinClient
-from tocsin.incidents import validation
+from tocsin.incidents import domain, validation
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.config import ConfigError
 from tocsin.runtime.errors import FieldViolation
@@ -394,20 +394,9 @@ def _check_trigger(event: EnqueuedEvent) -> None:
     """Run the incidents service's own checks here, to name fields as the sender does."""
     assert event.trigger is not None
     trigger = event.trigger
-    alert = incidents_pb2.Alert(
-        summary=trigger.summary,
-        severity=trigger.severity,
-        source=trigger.source,
-        component=trigger.component,
-        group=trigger.group,
-        details=trigger.details,
-        links=trigger.links,
-        **{"class": getattr(trigger, "class")},
+    violations = validation.trigger_violations(
+        domain.alert_of(trigger), trigger.dedup_key, trigger.actor
     )
-    violations = [
-        *validation.alert_violations(alert, trigger.dedup_key),
-        *validation.actor_violations(trigger.actor),
-    ]
     if violations:
         raise BadEvent(describe(violations, _names(event)))
 

@@ -65,6 +65,23 @@ def normalized_actor(actor: common_pb2.Actor) -> common_pb2.Actor:
     return result
 
 
+def alert_of(request: incidents_pb2.TriggerRequest) -> incidents_pb2.Alert:
+    """The alert a Trigger request carries (the fields share their names)."""
+    alert = incidents_pb2.Alert(
+        summary=request.summary,
+        severity=request.severity,
+        source=request.source,
+        component=request.component,
+        group=request.group,
+        details=request.details,
+        links=request.links,
+    )
+    setattr(alert, "class", getattr(request, "class"))
+    if request.HasField("occurred_at"):
+        alert.occurred_at.CopyFrom(request.occurred_at)
+    return alert
+
+
 def received_alert(alert: incidents_pb2.Alert, actor: common_pb2.Actor, now_ms: int) -> None:
     """Complete an incoming alert in place: default severity, arrival time, channel."""
     if alert.severity == common_pb2.SEVERITY_UNSPECIFIED:

@@ -69,7 +69,7 @@ class IncidentQuery:
             self.summary_contains.casefold() not in incident.summary.casefold()
         ):
             return False
-        if self.acknowledged_by:
+        if self.acknowledged_by:  # the user id, or the display name of an actor without one
             by = incident.acknowledged_by
             if (by.user_id or by.display) != self.acknowledged_by:
                 return False

@@ -74,25 +74,9 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
     async def Trigger(
         self, request: incidents_pb2.TriggerRequest, context: Any
     ) -> incidents_pb2.TriggerResponse:
-        alert = incidents_pb2.Alert(
-            summary=request.summary,
-            severity=request.severity,
-            source=request.source,
-            component=request.component,
-            group=request.group,
-            details=request.details,
-            links=request.links,
-            **{"class": getattr(request, "class")},
-        )
-        if request.HasField("occurred_at"):
-            alert.occurred_at.CopyFrom(request.occurred_at)
+        alert = domain.alert_of(request)
         actor = domain.normalized_actor(request.actor)
-        check(
-            [
-                *validation.alert_violations(alert, request.dedup_key),
-                *validation.actor_violations(actor),
-            ]
-        )
+        check(validation.trigger_violations(alert, request.dedup_key, actor))
         service = await self._service(request.service_id, request.integration_key)
         dedup_key = request.dedup_key or uuid.uuid4().hex
         result = await self.incidents.trigger(

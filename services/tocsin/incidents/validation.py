@@ -134,6 +134,13 @@ def alert_violations(alert: incidents_pb2.Alert, dedup_key: str) -> list[FieldVi
     return violations
 
 
+def trigger_violations(
+    alert: incidents_pb2.Alert, dedup_key: str, actor: common_pb2.Actor
+) -> list[FieldViolation]:
+    """Everything wrong with a Trigger request's alert, dedup key and actor."""
+    return [*alert_violations(alert, dedup_key), *actor_violations(actor)]
+
+
 def links_violations(links: Sequence[common_pb2.Link]) -> list[FieldViolation]:
     items = list(links)
     if len(items) > MAX_LINKS:
