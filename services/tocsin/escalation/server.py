@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
-import uuid
 from dataclasses import dataclass
 
 from tocsin.escalation.engine import EscalationEngine
 from tocsin.escalation.servicer import EscalationServicer
 from tocsin.escalation.store import EscalationStore
 from tocsin.runtime.config import Address
-from tocsin.runtime.events import INCIDENT_SHARDS, EventConsumer
+from tocsin.runtime.events import INCIDENT_SHARDS, EventConsumer, instance_name
 from tocsin.runtime.grpcserver import start_grpc_server
 from tocsin.runtime.leases import ShardLeases
 from tocsin.runtime.service import RunningService, ServiceDeps, serve_blocking
@@ -61,7 +58,7 @@ async def create_server(
         [SERVICE_NAME],
     )
     running = EscalationProcess(grpc_server, engine=engine)
-    instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    instance = instance_name("escalation")
     leases = ShardLeases(deps.redis, deps.clock, "escalation", instance, INCIDENT_SHARDS, LEASE_MS)
     all_shards = frozenset(range(INCIDENT_SHARDS))
     worker = TimerWorker(

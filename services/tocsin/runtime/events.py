@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import socket
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -71,8 +70,13 @@ async def ensure_groups(
                     raise
 
 
-def default_consumer_name(group: str) -> str:
-    return f"{group}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+def instance_name(group: str) -> str:
+    """A stable name for this process in `group`: TOCSIN_INSTANCE if set, else the host
+    name. Stable across restarts on purpose: a restarted process (same container, same
+    pod) picks up the entries it left pending at once, and takes back its own shard
+    leases, instead of waiting for them to time out. Replicas on one host must set
+    distinct TOCSIN_INSTANCE values (Kubernetes pods differ by host name already)."""
+    return f"{group}-{os.environ.get('TOCSIN_INSTANCE') or socket.gethostname()}"
 
 
 class EventConsumer:
@@ -92,7 +96,7 @@ class EventConsumer:
         self.redis = redis
         self.group = group
         self.handler = handler
-        self.consumer = consumer or default_consumer_name(group)
+        self.consumer = consumer or instance_name(group)
         self.shards = tuple(shards)
         self.block_ms = block_ms
         self.batch = batch
