@@ -34,6 +34,7 @@ from tocsin.incidents.service_store import ServiceStore
 from tocsin.incidents.store import IncidentStore
 from tocsin.runtime.clock import SystemClock
 from tocsin.runtime.embedded_redis import EmbeddedRedis
+from tocsin.runtime.events import INCIDENT_SHARDS, stream_key
 from tocsin.runtime.redis import connect_redis
 from tocsin.v1 import common_pb2, incidents_pb2, incidents_pb2_grpc
 
@@ -276,6 +277,12 @@ async def _memory_per_resolved_incident(url: str) -> dict[str, float]:
                 per_key[name].append(int(await redis.memory_usage(key, samples=0) or 0))
         figures = {name: sum(sizes) / len(sizes) for name, sizes in per_key.items()}
         figures["total"] = sum(figures.values())
+        # The outbox events until the streams are trimmed (12 per incident here).
+        stream_bytes = events = 0
+        for shard in range(INCIDENT_SHARDS):
+            stream_bytes += int(await redis.memory_usage(stream_key(shard), samples=0) or 0)
+            events += await redis.xlen(stream_key(shard))
+        figures["stream_bytes_per_event"] = stream_bytes / events
         return figures
     finally:
         await redis.aclose()

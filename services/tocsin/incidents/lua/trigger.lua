@@ -6,6 +6,8 @@
 --       10 TRIGGERED timeline entry, 11 ALERT timeline entry, 12 TRIGGERED event prefix,
 --       13 ALERT_ADDED event prefix, 14 alerts kept, 15 stream maxlen, 16 event field
 -- Returns {1 if created else 0, incident id, Incident protobuf, alert id}.
+-- The incident's own keys are named here, since its id is allocated here; they carry the
+-- same hash tag as KEYS, so the script stays in one Cluster slot.
 local tag, now, severity, kept = ARGV[1], ARGV[5], tonumber(ARGV[7]), tonumber(ARGV[14])
 local id = redis.call('HGET', KEYS[1], ARGV[4])
 if id and redis.call('EXISTS', inc_key(tag, id)) == 0 then
