@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from redis.asyncio import Redis
 
 from tests.redis_servers import (
@@ -74,3 +78,21 @@ async def any_redis(any_redis_url: str) -> AsyncIterator[RedisClient]:
 def crash_redis(redis_server: EmbeddedRedis) -> Callable[[], None]:
     """Call to kill -9 the standalone server and restart it (same port, same AOF)."""
     return lambda: crash_and_restart(redis_server)
+
+
+@pytest.fixture(scope="session")
+def _session_span_exporter() -> InMemorySpanExporter:
+    """One global tracer provider for the test session (OpenTelemetry allows one per
+    process), exporting to memory."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return exporter
+
+
+@pytest.fixture
+def spans(_session_span_exporter: InMemorySpanExporter) -> InMemorySpanExporter:
+    """The finished spans of this test (the session exporter, cleared first)."""
+    _session_span_exporter.clear()
+    return _session_span_exporter

@@ -1,0 +1,100 @@
+"""One escalation is one trace: ingest -> escalation start -> each level (with the schedule
+lookup) -> each notify -> each send -> each Twilio request, and the acknowledgement stops
+it. Asserted as a span tree through the in-memory exporter."""
+
+from __future__ import annotations
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tests.escalation.stack import FullStack, schedule, user
+from tests.escalation.test_escalation import people, trigger
+from tocsin.v1 import incidents_pb2
+
+
+def children(spans: list[ReadableSpan], parent: ReadableSpan, name: str) -> list[ReadableSpan]:
+    assert parent.context is not None
+    return [
+        s
+        for s in spans
+        if s.name == name and s.parent is not None and s.parent.span_id == parent.context.span_id
+    ]
+
+
+def descendants(spans: list[ReadableSpan], root: ReadableSpan, name: str) -> list[ReadableSpan]:
+    by_id = {s.context.span_id: s for s in spans if s.context is not None}
+    found = []
+    for span in spans:
+        node = span
+        while node.parent is not None and node.parent.span_id in by_id:
+            node = by_id[node.parent.span_id]
+            if node is root:
+                if span.name == name:
+                    found.append(span)
+                break
+    return found
+
+
+async def test_one_escalation_is_one_span_tree(
+    stack: FullStack, spans: InMemorySpanExporter
+) -> None:
+    await people(stack)
+    await stack.schedule("primary", ["alice"])
+    await stack.policy(([schedule("primary")], 5), ([user("bob")], 5))
+    incident_id = await trigger(stack)
+    await stack.pager.expect_sms("alice")
+    await stack.tick(minutes=1)
+    await stack.pager.expect_voice("alice")
+    await stack.tick(minutes=4)
+    await stack.pager.expect_sms("bob")
+    await stack.client.incidents.Acknowledge(
+        incidents_pb2.AcknowledgeRequest(incident_id=incident_id)
+    )
+    await stack.run_until_quiet()
+
+    finished = list(spans.get_finished_spans())
+    ingest = [s for s in finished if s.name == "/tocsin.v1.IncidentService/Trigger"]
+    ingest_server = [s for s in ingest if s.kind.name == "SERVER"]
+    assert len(ingest_server) == 1
+    root = ingest_server[0]
+    assert root.context is not None
+    trace_id = root.context.trace_id
+
+    (start,) = [s for s in finished if s.name == "escalation.start"]
+    assert start.context is not None and start.context.trace_id == trace_id
+    assert start.parent is not None and start.parent.span_id == root.context.span_id
+    assert dict(start.attributes or {})["incident.id"] == incident_id
+
+    levels = [s for s in finished if s.name == "escalation.level"]
+    assert [dict(s.attributes or {})["escalation.level"] for s in levels] == [0, 1]
+    for level in levels:
+        assert level.context is not None and level.context.trace_id == trace_id
+        assert level.parent is not None and level.parent.span_id == start.context.span_id
+    assert list(dict(levels[0].attributes or {})["escalation.paged"]) == ["alice"]
+    assert list(dict(levels[1].attributes or {})["escalation.paged"]) == ["bob"]
+    (lookup,) = children(finished, levels[0], "escalation.who_is_on_call")
+    assert dict(lookup.attributes or {})["schedule.id"] == "primary"
+
+    notifies = [s for s in finished if s.name == "escalation.notify"]
+    assert [dict(s.attributes or {})["user.id"] for s in notifies] == ["alice", "bob"]
+    sends = [s for s in finished if s.name == "notification.send"]
+    assert sorted(dict(s.attributes or {})["notification.channel"] for s in sends) == [
+        "sms",
+        "sms",
+        "voice",
+    ]
+    for send in sends:
+        assert send.context is not None and send.context.trace_id == trace_id
+        assert children(finished, send, "twilio.messages.create") or children(
+            finished, send, "twilio.calls.create"
+        )
+    for notify in notifies:
+        user_id = dict(notify.attributes or {})["user.id"]
+        below = descendants(finished, notify, "notification.send")
+        assert below and {dict(s.attributes or {})["user.id"] for s in below} == {user_id}
+        assert notify.parent is not None  # the level that decided the page
+
+    (stop,) = [s for s in finished if s.name == "escalation.stop"]
+    assert dict(stop.attributes or {})["reason"] == "INCIDENT_EVENT_KIND_ACKNOWLEDGED"
+    every_value = [str(v) for s in finished for v in (s.attributes or {}).values()]
+    assert not any("5550010" in v or "5550011" in v for v in every_value)  # no phone numbers
