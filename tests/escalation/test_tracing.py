@@ -4,12 +4,18 @@ it. Asserted as a span tree through the in-memory exporter."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.escalation.stack import FullStack, schedule, user
 from tests.escalation.test_escalation import people, trigger
 from tocsin.v1 import incidents_pb2
+
+
+def attr(span: ReadableSpan, key: str) -> Any:
+    return dict(span.attributes or {})[key]
 
 
 def children(spans: list[ReadableSpan], parent: ReadableSpan, name: str) -> list[ReadableSpan]:
@@ -63,22 +69,22 @@ async def test_one_escalation_is_one_span_tree(
     (start,) = [s for s in finished if s.name == "escalation.start"]
     assert start.context is not None and start.context.trace_id == trace_id
     assert start.parent is not None and start.parent.span_id == root.context.span_id
-    assert dict(start.attributes or {})["incident.id"] == incident_id
+    assert attr(start, "incident.id") == incident_id
 
     levels = [s for s in finished if s.name == "escalation.level"]
-    assert [dict(s.attributes or {})["escalation.level"] for s in levels] == [0, 1]
+    assert [attr(s, "escalation.level") for s in levels] == [0, 1]
     for level in levels:
         assert level.context is not None and level.context.trace_id == trace_id
         assert level.parent is not None and level.parent.span_id == start.context.span_id
     assert list(dict(levels[0].attributes or {})["escalation.paged"]) == ["alice"]
     assert list(dict(levels[1].attributes or {})["escalation.paged"]) == ["bob"]
     (lookup,) = children(finished, levels[0], "escalation.who_is_on_call")
-    assert dict(lookup.attributes or {})["schedule.id"] == "primary"
+    assert attr(lookup, "schedule.id") == "primary"
 
     notifies = [s for s in finished if s.name == "escalation.notify"]
-    assert [dict(s.attributes or {})["user.id"] for s in notifies] == ["alice", "bob"]
+    assert [attr(s, "user.id") for s in notifies] == ["alice", "bob"]
     sends = [s for s in finished if s.name == "notification.send"]
-    assert sorted(dict(s.attributes or {})["notification.channel"] for s in sends) == [
+    assert sorted(attr(s, "notification.channel") for s in sends) == [
         "sms",
         "sms",
         "voice",
@@ -89,12 +95,12 @@ async def test_one_escalation_is_one_span_tree(
             finished, send, "twilio.calls.create"
         )
     for notify in notifies:
-        user_id = dict(notify.attributes or {})["user.id"]
+        user_id = attr(notify, "user.id")
         below = descendants(finished, notify, "notification.send")
-        assert below and {dict(s.attributes or {})["user.id"] for s in below} == {user_id}
+        assert below and {attr(s, "user.id") for s in below} == {user_id}
         assert notify.parent is not None  # the level that decided the page
 
     (stop,) = [s for s in finished if s.name == "escalation.stop"]
-    assert dict(stop.attributes or {})["reason"] == "INCIDENT_EVENT_KIND_ACKNOWLEDGED"
+    assert attr(stop, "reason") == "INCIDENT_EVENT_KIND_ACKNOWLEDGED"
     every_value = [str(v) for s in finished for v in (s.attributes or {}).values()]
     assert not any("5550010" in v or "5550011" in v for v in every_value)  # no phone numbers
