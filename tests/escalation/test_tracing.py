@@ -76,8 +76,8 @@ async def test_one_escalation_is_one_span_tree(
     for level in levels:
         assert level.context is not None and level.context.trace_id == trace_id
         assert level.parent is not None and level.parent.span_id == start.context.span_id
-    assert list(dict(levels[0].attributes or {})["escalation.paged"]) == ["alice"]
-    assert list(dict(levels[1].attributes or {})["escalation.paged"]) == ["bob"]
+    assert list(attr(levels[0], "escalation.paged")) == ["alice"]
+    assert list(attr(levels[1], "escalation.paged")) == ["bob"]
     (lookup,) = children(finished, levels[0], "escalation.who_is_on_call")
     assert attr(lookup, "schedule.id") == "primary"
 
