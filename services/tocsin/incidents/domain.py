@@ -14,7 +14,7 @@ apply them atomically; transitions leave them alone.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -160,7 +160,6 @@ class Change:
     entry: incidents_pb2.TimelineEntry
     snooze_timer: SnoozeTimer = SnoozeTimer.KEEP
     release_dedup: bool = False
-    note: str = field(default="")
 
     @property
     def snooze_due_ms(self) -> int:

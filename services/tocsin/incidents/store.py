@@ -281,7 +281,7 @@ class IncidentStore:
             now=now,
             member=keys.index_member(to_ms(current.created_at), incident_id),
             timeline_entry=change.entry,
-            prefix=event_prefix(change.event_kind, now, actor, traceparent, note=change.note),
+            prefix=event_prefix(change.event_kind, now, actor, traceparent),
             release=release,
             expire=expire,
             timer_args=timer_args,
