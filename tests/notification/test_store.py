@@ -44,10 +44,14 @@ def store(any_redis: RedisClient, clock: ManualClock) -> PagingStore:
     return PagingStore(any_redis, clock, retention_ms=86_400_000)
 
 
-async def start(store: PagingStore, key: str = "k", user: str = "alice") -> str:
-    started = await store.start_cycle(INCIDENT, user, key, "", "7", RULES)
+async def start(
+    store: PagingStore, key: str = "k", user: str = "alice", lease_ms: int = LEASE_MS
+) -> tuple[str, ClaimedTimer]:
+    """A new cycle's id and the claim on its first rule (due now) that Notify hands over."""
+    started = await store.start_cycle(INCIDENT, user, key, "", "7", RULES, lease_ms)
     assert started.started
-    return started.cycle_id
+    [first] = started.claimed
+    return started.cycle_id, first
 
 
 async def claim(store: PagingStore, cycle_id: str, rule: int) -> ClaimedTimer:
@@ -69,16 +73,17 @@ def incident(
     )
 
 
-async def test_a_cycle_arms_one_timer_per_rule_once_per_idempotency_key(
-    store: PagingStore,
+async def test_a_cycle_arms_one_timer_per_rule_and_claims_those_due_now_once(
+    store: PagingStore, clock: ManualClock
 ) -> None:
-    cycle_id = await start(store)
+    cycle_id, timer = await start(store)
 
-    again = await store.start_cycle(INCIDENT, "alice", "k", "", "7", RULES)
+    again = await store.start_cycle(INCIDENT, "alice", "k", "", "7", RULES, LEASE_MS)
 
-    assert cycle_id == f"{INCIDENT}-1" and not again.started
+    assert cycle_id == f"{INCIDENT}-1" and not again.started and not again.claimed
     assert await store.timers.pending_count(SHARD) == 3
-    timer = await claim(store, cycle_id, 0)
+    assert timer.timer_id == f"{cycle_id}-0"
+    assert await store.timers.claim_due(SHARD, 10, LEASE_MS) == []  # no worker races for it
     payload = TimerPayload.decode(timer.payload)
     assert (payload.user_id, payload.contact_method_id, payload.channel) == (
         "alice",
@@ -86,14 +91,15 @@ async def test_a_cycle_arms_one_timer_per_rule_once_per_idempotency_key(
         SMS,
     )
     assert await store.timers.claim(f"{cycle_id}-1", SHARD, LEASE_MS) is None  # not due
+    clock.advance(seconds=31)  # the claimer died before sending: its lease runs out
+    [again_due] = await store.timers.claim_due(SHARD, 10, LEASE_MS)
+    assert again_due.timer_id == timer.timer_id and again_due.fence > timer.fence
 
 
 async def test_a_rule_sends_once_even_when_its_claim_is_taken_over(
     store: PagingStore, clock: ManualClock
 ) -> None:
-    cycle_id = await start(store)
-    slow = await store.timers.claim(f"{cycle_id}-0", SHARD, 1_000)
-    assert slow is not None
+    cycle_id, slow = await start(store, lease_ms=1_000)
     clock.advance(seconds=2)  # the lease ran out: another worker takes the timer
     [taken_over] = await store.timers.claim_due(SHARD, 10, LEASE_MS)
 
@@ -109,8 +115,8 @@ async def test_a_rule_sends_once_even_when_its_claim_is_taken_over(
 
 
 async def test_a_rule_whose_attempt_exists_never_sends_again(store: PagingStore) -> None:
-    cycle_id = await start(store)
-    assert await fire(store, await claim(store, cycle_id, 0)) == "send"
+    cycle_id, first = await start(store)
+    assert await fire(store, first) == "send"
     await store.timers.arm(f"{cycle_id}-0", 0, b"", SHARD)  # a stray re-arm
     stray = await store.timers.claim(f"{cycle_id}-0", SHARD, LEASE_MS)
     assert stray is not None
@@ -123,26 +129,24 @@ async def test_a_rule_whose_attempt_exists_never_sends_again(store: PagingStore)
 async def test_a_new_cycle_for_the_same_user_replaces_the_running_one(
     store: PagingStore, clock: ManualClock
 ) -> None:
-    first = await start(store, key="loop-0")
-    in_flight = await claim(store, first, 0)
+    _, in_flight = await start(store, key="loop-0")
 
-    second = await store.start_cycle(INCIDENT, "alice", "loop-1", "", "7", RULES)
+    second = await store.start_cycle(INCIDENT, "alice", "loop-1", "", "7", RULES, LEASE_MS)
 
     assert second.replaced_timers == 3
     assert await fire(store, in_flight) == "stale"
     clock.advance(minutes=10)
     due = await store.timers.claim_due(SHARD, 10, LEASE_MS)
     assert sorted(t.timer_id for t in due) == [f"{second.cycle_id}-{i}" for i in range(3)]
-    other_user = await start(store, key="bob", user="bob")
-    assert await fire(store, await claim(store, other_user, 0)) == "send"  # bob untouched
+    _, bobs_first = await start(store, key="bob", user="bob")
+    assert await fire(store, bobs_first) == "send"  # bob untouched
 
 
 async def test_stopping_an_incident_cancels_every_cycle_and_the_mirror_keeps_the_newest(
     store: PagingStore,
 ) -> None:
-    alice = await start(store, key="a")
+    _, in_flight = await start(store, key="a")
     await start(store, key="b", user="bob")
-    in_flight = await claim(store, alice, 0)
     acked = incidents_pb2.INCIDENT_STATUS_ACKNOWLEDGED
 
     assert await store.apply_incident(incident(acked, 3)) == (True, 6)
@@ -159,8 +163,7 @@ async def test_stopping_an_incident_cancels_every_cycle_and_the_mirror_keeps_the
 
 async def test_a_stopped_mirror_asks_before_skipping(store: PagingStore) -> None:
     await store.apply_incident(incident(incidents_pb2.INCIDENT_STATUS_RESOLVED, 5))
-    cycle_id = await start(store)
-    timer = await claim(store, cycle_id, 0)
+    _, timer = await start(store)
 
     assert await fire(store, timer) == "check"  # nothing recorded, timer still ours
     assert await fire(store, timer, "skip") == "skip"
@@ -171,8 +174,7 @@ async def test_a_stopped_mirror_asks_before_skipping(store: PagingStore) -> None
 
 async def test_the_mirror_hands_the_page_its_text(store: PagingStore) -> None:
     await store.apply_incident(incident(incidents_pb2.INCIDENT_STATUS_TRIGGERED, 1))
-    cycle_id = await start(store)
-    timer = await claim(store, cycle_id, 0)
+    _, timer = await start(store)
 
     fired = await store.fire(timer, TimerPayload.decode(timer.payload), SMS, "mirror")
 
@@ -188,8 +190,7 @@ async def test_the_mirror_hands_the_page_its_text(store: PagingStore) -> None:
 async def test_an_unreachable_rule_moves_on_to_the_next_other_contact_method(
     store: PagingStore,
 ) -> None:
-    cycle_id = await start(store)
-    timer = await claim(store, cycle_id, 0)
+    cycle_id, timer = await start(store)
 
     fired = await store.fire(
         timer, TimerPayload.decode(timer.payload), SMS, "unreachable", "disabled"
@@ -208,8 +209,8 @@ async def test_an_unreachable_rule_moves_on_to_the_next_other_contact_method(
 async def test_the_sweep_marks_only_attempts_stuck_in_sending_as_unknown(
     store: PagingStore, clock: ManualClock
 ) -> None:
-    cycle_id = await start(store)
-    assert await fire(store, await claim(store, cycle_id, 0)) == "send"
+    cycle_id, first = await start(store)
+    assert await fire(store, first) == "send"
     clock.advance(minutes=1)
     assert await fire(store, await claim(store, cycle_id, 1)) == "send"
     answered = AttemptLocation(f"{cycle_id}-1", INCIDENT, None)
@@ -225,8 +226,8 @@ async def test_the_sweep_marks_only_attempts_stuck_in_sending_as_unknown(
 
 
 async def test_attempt_status_only_moves_forward(store: PagingStore) -> None:
-    cycle_id = await start(store)
-    await fire(store, await claim(store, cycle_id, 0))
+    cycle_id, first = await start(store)
+    await fire(store, first)
     location = AttemptLocation(f"{cycle_id}-0", INCIDENT, None)
 
     delivered = await store.update_attempt(location, domain.DELIVERED, provider_id="SM1")
@@ -333,3 +334,19 @@ async def test_rate_limit_slots_queue_pages_instead_of_dropping_them(
     assert [slot - now for slot in to_alice] == [0, 10_000, 20_000]
     assert to_bob - now == 21_000  # the sender's next free second after alice's third
     assert call_alice == now  # calls are counted apart from texts
+
+
+async def test_a_sent_page_is_findable_by_provider_id_and_by_number(
+    store: PagingStore, any_redis: RedisClient, clock: ManualClock
+) -> None:
+    contacts = ContactStore(any_redis, clock)
+
+    await store.remember_page(
+        "SM123", "33-1-0", contacts.latest_page_write("+15005550010", INCIDENT, "alice")
+    )
+
+    assert await store.attempt_of_provider_id("SM123") == "33-1-0"
+    latest = await contacts.latest_page("+15005550010")
+    assert latest is not None and (latest.incident_id, latest.user_id) == (INCIDENT, "alice")
+    clock.advance(days=2)
+    assert await contacts.latest_page("+15005550010") is None

@@ -43,6 +43,15 @@ class NumberOwner:
 
 
 @dataclass(frozen=True)
+class KeyWrite:
+    """A plain SET with a TTL, to send along with others in one round trip."""
+
+    key: str
+    value: str
+    ttl_ms: int
+
+
+@dataclass(frozen=True)
 class LatestPage:
     incident_id: str
     user_id: str
@@ -148,10 +157,11 @@ class ContactStore:
         found = [NumberOwner(keys.as_text(u), keys.as_text(m)) for m, u in owners.items()]
         return sorted(found, key=lambda o: (o.user_id, o.contact_method_id))
 
-    async def remember_latest_page(self, number: str, incident_id: str, user_id: str) -> None:
+    def latest_page_write(self, number: str, incident_id: str, user_id: str) -> KeyWrite:
+        """The write that makes `incident_id` the latest page to `number` (for "ack")."""
         expires = self.clock.now_ms() + REPLY_CODE_TTL_MS
-        await self.redis.set(
-            keys.latest_page(number), f"{incident_id}|{user_id}|{expires}", px=REPLY_CODE_TTL_MS
+        return KeyWrite(
+            keys.latest_page(number), f"{incident_id}|{user_id}|{expires}", REPLY_CODE_TTL_MS
         )
 
     async def latest_page(self, number: str) -> LatestPage | None:

@@ -1,10 +1,11 @@
 """Starting and stopping notification cycles; keeping up with the incidents.
 
 `notify` snapshots the user's rules into a cycle with one timer per rule (one script in
-the incident's slot), then takes the fast path: the rules due now are claimed and sent
-by this process at once, so the first SMS leaves within milliseconds instead of waiting
-for a worker's poll. The TimerWorker fires the later rules and anything the fast path
-missed (a crash between Notify and the claim: the timer is still there, due).
+the incident's slot), then takes the fast path: the same script claims the timers of the
+rules due now for this process, which sends them at once, so the first SMS leaves within
+milliseconds instead of waiting for a worker's poll. The TimerWorker fires the later
+rules, and the claimed ones again should this process die before sending them (their
+leases run out).
 
 `handle_event` consumes the incident-events stream (group "notification"): it mirrors
 each incident's status, summary and service (newer versions only) and, when an incident
@@ -23,7 +24,6 @@ from dataclasses import dataclass
 
 from tocsin.notification import domain
 from tocsin.notification.contacts import ContactStore
-from tocsin.notification.domain import TimerPayload
 from tocsin.notification.peers import IncidentsPeer
 from tocsin.notification.sender import Sender
 from tocsin.notification.store import PagingStore
@@ -64,7 +64,13 @@ class Pager:
         page = await self.contacts.prepare_page(user_id, incident_id)
         rules = domain.rules_snapshot(page.settings)
         start = await self.store.start_cycle(
-            incident_id, user_id, idempotency_key, traceparent, page.reply_code, rules
+            incident_id,
+            user_id,
+            idempotency_key,
+            traceparent,
+            page.reply_code,
+            rules,
+            self.sender.options.lease_ms,
         )
         if not start.started:
             return NotifyResult(False, 0)
@@ -79,13 +85,8 @@ class Pager:
                 ),
                 f"timeline warning for {start.cycle_id}",
             )
-        due_now = [
-            TimerPayload(start.cycle_id, i, user_id, rule["cm"], rule["t"], traceparent)
-            for i, rule in enumerate(rules)
-            if rule["d"] == 0
-        ]
         methods = {m.id: m for m in page.settings.contact_methods}
-        self.sender.fire_now(due_now, methods)
+        self.sender.fire_now(start.claimed, methods)
         return NotifyResult(True, start.rules)
 
     async def cancel(self, incident_id: str) -> int:

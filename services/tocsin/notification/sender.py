@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -53,6 +53,11 @@ class SenderOptions:
     retry_attempts: int = 5
     retry_base_delay_s: float = 0.2
     retry_max_delay_s: float = 5.0
+    status_callbacks: bool = True
+    """Ask the provider to report delivery to `{public_url}/twilio/status`."""
+    max_pages_in_flight: int = 16
+    """Rule pages handled at once; more wait their turn (queued, never dropped). Bounds
+    what a burst asks of Redis's connection pool and Twilio's HTTP pool."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,7 @@ class Sender:
         self.on_rearm: Callable[[], None] = lambda: None
         """Called after a timer was put back for a rate-limit slot (wakes the worker)."""
         self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight = asyncio.Semaphore(options.max_pages_in_flight)
 
     # -- background work --------------------------------------------------------------
 
@@ -130,31 +136,33 @@ class Sender:
 
     def fire_now(
         self,
-        payloads: list[TimerPayload],
+        claimed: Sequence[ClaimedTimer],
         methods: dict[str, notification_pb2.ContactMethod],
     ) -> None:
-        """The fast path after Notify: claim the rules due now and send in the background,
-        without waiting for a worker's poll. A timer another worker claimed first is left
-        to it (the claim is atomic)."""
-        for payload in payloads:
+        """The fast path after Notify: fire the timers its script claimed for us, in the
+        background, without waiting for a worker's poll."""
+        for timer in claimed:
+            payload = TimerPayload.decode(timer.payload)
             self.spawn(
-                self._claim_and_fire(payload, methods.get(payload.contact_method_id)),
-                f"page {payload.attempt_id}",
+                self._fire_held(timer, methods.get(payload.contact_method_id)),
+                f"page {timer.timer_id}",
             )
 
-    async def _claim_and_fire(
-        self, payload: TimerPayload, method: notification_pb2.ContactMethod | None = None
+    async def _fire_held(
+        self, timer: ClaimedTimer, method: notification_pb2.ContactMethod | None
     ) -> None:
-        shard = incident_shard(payload.incident_id)
-        claimed = await self.store.timers.claim(payload.attempt_id, shard, self.options.lease_ms)
-        if claimed is not None:
-            await self.fire(claimed, method)
+        async with self._in_flight:
+            await self._fire(timer, method)
 
-    async def fire(
+    async def fire(self, timer: ClaimedTimer) -> None:
+        """Handle one claimed rule timer (the TimerWorker's handler)."""
+        async with self._in_flight:
+            await self._fire(timer)
+
+    async def _fire(
         self, timer: ClaimedTimer, method: notification_pb2.ContactMethod | None = None
     ) -> None:
-        """Handle one claimed rule timer (the TimerWorker's handler). `method` is the
-        contact method if the caller has just read it."""
+        """`method` is the contact method if the caller has just read it."""
         payload = TimerPayload.decode(timer.payload)
         if method is None:
             method = await self.contacts.contact_method(payload.user_id, payload.contact_method_id)
@@ -246,7 +254,7 @@ class Sender:
         timer_id = domain.rule_attempt_id(payload.cycle_id, rule_index)
         claimed = await self.store.timers.claim(timer_id, shard, self.options.lease_ms)
         if claimed is not None:
-            await self.fire(claimed)
+            await self._fire(claimed)
 
     # -- test pages ---------------------------------------------------------------------
 
@@ -327,7 +335,9 @@ class Sender:
             kind=SpanKind.CLIENT,
             attributes={"notification.provider": type(self.provider).__name__},
         ) as span:
-            callback = self._url("status", page.attempt_id)
+            callback = (
+                self._url("status", page.attempt_id) if self.options.status_callbacks else None
+            )
             try:
                 if sms:
                     return await self.provider.send_sms(page.method.address, page.text, callback)
@@ -337,30 +347,22 @@ class Sender:
                 raise
 
     async def _record_sent(self, page: Page, result: SendResult) -> None:
-        work: list[Awaitable[Any]] = [
-            self.store.update_attempt(
-                page.location,
-                domain.SENT,
-                provider_id=result.sid or "",
-                provider_status=result.status,
-            )
-        ]
-        if result.sid:
-            work.append(self.store.remember_provider_id(result.sid, page.attempt_id))
-        if page.incident_id and page.method.type == domain.SMS:
-            work.append(
-                self.contacts.remember_latest_page(
-                    page.method.address, page.incident_id, page.user_id
-                )
-            )
-        await asyncio.gather(*work)
-        self._timeline_attempt(
-            page.incident_id,
+        """SENT, the provider id -> attempt index and (SMS) the latest page to the number.
+
+        No timeline entry: escalation's own entry already says who was paged; what the
+        timeline gets from here is how it ended (delivered, answered, failed) when the
+        provider reports it, and every failure.
+        """
+        await self.store.update_attempt(
+            page.location, domain.SENT, provider_id=result.sid or "", provider_status=result.status
+        )
+        latest = page.incident_id and page.method.type == domain.SMS
+        await self.store.remember_page(
+            result.sid or "",
             page.attempt_id,
-            page.method.type,
-            page.user_id,
-            page.method.id,
-            "sent",
+            self.contacts.latest_page_write(page.method.address, page.incident_id, page.user_id)
+            if latest
+            else None,
         )
 
     async def _record_failure(self, page: Page, error: ProviderError) -> None:

@@ -91,9 +91,8 @@ def build_parts(
         sends_per_second=config.twilio_sends_per_second,
         number_interval_ms=int(config.number_send_interval.total_seconds() * 1000),
     )
-    sender = Sender(
-        store, contacts, limiter, provider, incidents, clock, SenderOptions(config.public_url)
-    )
+    options = SenderOptions(config.public_url, status_callbacks=config.twilio_status_callbacks)
+    sender = Sender(store, contacts, limiter, provider, incidents, clock, options)
     pager = Pager(store, contacts, sender, incidents, clock)
     instance = f"{GROUP}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     leases = ShardLeases(redis, clock, GROUP, instance, INCIDENT_SHARDS, SHARD_LEASE_MS)

@@ -2,11 +2,19 @@
 
 Every input is checked (violations named by proto field path) before anything is
 written; settings writes also check with the scheduling service that the user exists.
+
+At most MAX_CONCURRENT_CALLS requests are handled at once; more wait their turn. With the
+background work's own bounds (sends, the event consumer's one read per shard, the timer
+worker's one claim per shard) that keeps this process within the Redis client's
+connection pool however hard a burst of Notify calls or Twilio callbacks comes in.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from tocsin.notification import domain
 from tocsin.notification.contacts import ContactStore
@@ -22,6 +30,20 @@ from tocsin.v1 import notification_pb2, notification_pb2_grpc
 
 pb = notification_pb2
 SERVICE_NAME = "tocsin.v1.NotificationService"
+MAX_CONCURRENT_CALLS = 40
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Handler = Callable[["NotificationServicer", Request, Any], Awaitable[Response]]
+
+
+def _bounded(handler: Handler[Request, Response]) -> Handler[Request, Response]:
+    @functools.wraps(handler)
+    async def bounded(self: NotificationServicer, request: Request, context: Any) -> Response:
+        async with self.slots:
+            return await handler(self, request, context)
+
+    return bounded
 
 
 def _check(violations: list[FieldViolation]) -> None:
@@ -45,9 +67,11 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         self.sender = sender
         self.inbound = inbound
         self.users = users
+        self.slots = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
 
     # -- settings -----------------------------------------------------------------------
 
+    @_bounded
     async def CreateContactMethod(
         self, request: pb.CreateContactMethodRequest, context: Any
     ) -> pb.CreateContactMethodResponse:
@@ -59,6 +83,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         stored = domain.contact_method(settings, method.id)
         return pb.CreateContactMethodResponse(contact_method=stored)
 
+    @_bounded
     async def UpdateContactMethod(
         self, request: pb.UpdateContactMethodRequest, context: Any
     ) -> pb.UpdateContactMethodResponse:
@@ -77,6 +102,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         stored = domain.contact_method(settings, method.id)
         return pb.UpdateContactMethodResponse(contact_method=stored)
 
+    @_bounded
     async def DeleteContactMethod(
         self, request: pb.DeleteContactMethodRequest, context: Any
     ) -> pb.DeleteContactMethodResponse:
@@ -87,6 +113,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         await self.contacts.change(owner, lambda s: domain.without_contact_method(s, request.id))
         return pb.DeleteContactMethodResponse()
 
+    @_bounded
     async def GetUserNotificationSettings(
         self, request: pb.GetUserNotificationSettingsRequest, context: Any
     ) -> pb.GetUserNotificationSettingsResponse:
@@ -97,6 +124,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
             return pb.GetUserNotificationSettingsResponse()
         return settings
 
+    @_bounded
     async def SetNotificationRules(
         self, request: pb.SetNotificationRulesRequest, context: Any
     ) -> pb.SetNotificationRulesResponse:
@@ -109,6 +137,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
 
     # -- paging -------------------------------------------------------------------------
 
+    @_bounded
     async def Notify(self, request: pb.NotifyRequest, context: Any) -> pb.NotifyResponse:
         violations = id_violations(request.user_id, "user_id")
         try:
@@ -132,6 +161,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         )
         return pb.NotifyResponse(started=result.started, rules_scheduled=result.rules_scheduled)
 
+    @_bounded
     async def CancelNotifications(
         self, request: pb.CancelNotificationsRequest, context: Any
     ) -> pb.CancelNotificationsResponse:
@@ -140,12 +170,14 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
             cancelled=await self.pager.cancel(request.incident_id)
         )
 
+    @_bounded
     async def ListAttempts(
         self, request: pb.ListAttemptsRequest, context: Any
     ) -> pb.ListAttemptsResponse:
         domain.check_incident_id(request.incident_id)
         return pb.ListAttemptsResponse(attempts=await self.store.list_attempts(request.incident_id))
 
+    @_bounded
     async def SendTestPage(
         self, request: pb.SendTestPageRequest, context: Any
     ) -> pb.SendTestPageResponse:
@@ -155,18 +187,21 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
 
     # -- webhooks (signature already checked by the gateway) -------------------------------
 
+    @_bounded
     async def HandleIncomingSms(
         self, request: pb.HandleIncomingSmsRequest, context: Any
     ) -> pb.HandleIncomingSmsResponse:
         reply = await self.inbound.incoming_sms(request.from_number, request.body)
         return pb.HandleIncomingSmsResponse(reply=reply)
 
+    @_bounded
     async def HandleVoiceKeypress(
         self, request: pb.HandleVoiceKeypressRequest, context: Any
     ) -> pb.HandleVoiceKeypressResponse:
         twiml = await self.inbound.keypress(request.call_sid, request.digits, request.attempt_id)
         return pb.HandleVoiceKeypressResponse(twiml=twiml)
 
+    @_bounded
     async def HandleDeliveryStatus(
         self, request: pb.HandleDeliveryStatusRequest, context: Any
     ) -> pb.HandleDeliveryStatusResponse:

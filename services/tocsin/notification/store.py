@@ -27,6 +27,7 @@ from redis.commands.core import AsyncScript
 from redis.typing import EncodableT
 
 from tocsin.notification import domain, keys
+from tocsin.notification.contacts import KeyWrite
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.events import INCIDENT_SHARDS, incident_shard
 from tocsin.runtime.redis import RedisClient, read_lua, register_lua
@@ -64,6 +65,8 @@ class CycleStart:
     cycle_id: str = ""
     rules: int = 0
     replaced_timers: int = 0
+    claimed: tuple[ClaimedTimer, ...] = ()
+    """The timers of the rules due now, claimed for the caller to fire at once."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class PagingStore:
         traceparent: str,
         reply_code: str,
         rules: Sequence[dict[str, Any]],
+        lease_ms: int,
     ) -> CycleStart:
         shard = incident_shard(incident_id)
         reply = await self._notify(
@@ -127,11 +131,23 @@ class PagingStore:
                 traceparent,
                 reply_code,
                 json.dumps(list(rules), separators=(",", ":")),
+                lease_ms,
             ],
         )
         if not int(reply[0]):
             return CycleStart(started=False)
-        return CycleStart(True, _text(reply[1]), int(reply[2]), int(reply[3]))
+        claimed = tuple(
+            ClaimedTimer(
+                timer_id=_text(timer_id),
+                shard=shard,
+                payload=keys.as_bytes(payload),
+                due_ms=int(due),
+                fence=int(fence),
+                lease_deadline_ms=int(deadline),
+            )
+            for timer_id, payload, due, fence, deadline in reply[4]
+        )
+        return CycleStart(True, _text(reply[1]), int(reply[2]), int(reply[3]), claimed)
 
     async def fire(
         self,
@@ -322,8 +338,21 @@ class PagingStore:
         marked = await self._sweep(keys=[index], args=[older_than_ms, self.clock.now_ms(), limit])
         return [domain.attempt_from_record(raw) for raw in marked]
 
-    async def remember_provider_id(self, provider_id: str, attempt_id: str) -> None:
-        await self.redis.set(keys.provider_sid(provider_id), attempt_id, px=self.retention_ms)
+    async def remember_page(
+        self, provider_id: str, attempt_id: str, also: KeyWrite | None = None
+    ) -> None:
+        """Index the provider id -> attempt (and make `also`'s write) in one round trip."""
+        writes = [KeyWrite(keys.provider_sid(provider_id), attempt_id, self.retention_ms)]
+        if not provider_id:
+            writes = []
+        if also is not None:
+            writes.append(also)
+        if not writes:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for write in writes:
+            pipe.set(write.key, write.value, px=write.ttl_ms)
+        await pipe.execute()
 
     async def attempt_of_provider_id(self, provider_id: str) -> str | None:
         raw = await self.redis.get(keys.provider_sid(provider_id))

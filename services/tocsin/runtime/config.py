@@ -72,6 +72,8 @@ class Config:
     """Pages per second per channel from our Twilio number; 0 = unlimited (load tests)."""
     number_send_interval: timedelta = timedelta(seconds=2)
     """Least time between two pages (per channel) to one phone number; 0 = no limit."""
+    twilio_status_callbacks: bool = True
+    """Ask Twilio for delivery callbacks; off where Twilio cannot reach TOCSIN_PUBLIC_URL."""
 
     def grpc_listen_addr(self, service: str) -> Address:
         return self.listen_addr or self.grpc_addrs[service]
@@ -108,6 +110,13 @@ def _parse_rate(value: str, variable: str) -> float:
     if not 0 <= rate <= 1000:
         raise ConfigError(f"{variable}={value!r}: expected a number from 0 (unlimited) to 1000")
     return rate
+
+
+def _parse_switch(value: str, variable: str) -> bool:
+    switch = value.strip().lower()
+    if switch not in ("on", "off"):
+        raise ConfigError(f"{variable}={value!r}: expected on or off")
+    return switch == "on"
 
 
 def _parse_interval(value: str, variable: str) -> timedelta:
@@ -182,5 +191,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         ),
         number_send_interval=_parse_interval(
             env.get("TOCSIN_NUMBER_SEND_INTERVAL", "2s"), "TOCSIN_NUMBER_SEND_INTERVAL"
+        ),
+        twilio_status_callbacks=_parse_switch(
+            env.get("TOCSIN_TWILIO_STATUS_CALLBACKS", "on"), "TOCSIN_TWILIO_STATUS_CALLBACKS"
         ),
     )

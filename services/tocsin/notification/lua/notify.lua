@@ -1,9 +1,12 @@
 -- Start (or replace) the notification cycle of one user for one incident.
 -- KEYS: idempotency key, incident state, incident cycles, timer keys (6)
 -- ARGV: timer tag, key prefix, incident id, user id, now ms, ttl ms, traceparent,
---       reply code, rules JSON ([{cm, d, t}], ordered by delay)
--- Returns {0} when the idempotency key was seen, else {1, cycle id, rules, cancelled}
--- where cancelled counts the timers of a replaced cycle.
+--       reply code, rules JSON ([{cm, d, t}], ordered by delay), lease ms
+-- Returns {0} when the idempotency key was seen, else {1, cycle id, rules, cancelled,
+-- claims}: cancelled counts the timers of a replaced cycle; claims are the timers of the
+-- rules due now, already claimed for the caller (timer_claim, as TimerStore.claim does)
+-- so it sends them at once and no worker races it for them. Should the caller die before
+-- sending, their leases run out and a worker fires them.
 local tag, prefix, inc, user = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
 if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ttl) then
@@ -23,9 +26,14 @@ redis.call('HSET', KEYS[3], user, cycle_id)
 for _, key in ipairs({cycle_key, KEYS[2], KEYS[3]}) do
   redis.call('PEXPIRE', key, ttl)
 end
+local claims = {}
 for i, rule in ipairs(rules) do
+  local id = cycle_id .. '-' .. (i - 1)
   local payload = cjson.encode({c = cycle_id, r = i - 1, u = user, cm = rule.cm, t = rule.t,
     tp = ARGV[7]})
-  timer_arm(tag, cycle_id .. '-' .. (i - 1), now + rule.d, payload)
+  timer_arm(tag, id, now + rule.d, payload)
+  if rule.d == 0 then
+    claims[#claims + 1] = timer_claim(tag, id, now, ARGV[10])
+  end
 end
-return {1, cycle_id, #rules, cancelled}
+return {1, cycle_id, #rules, cancelled, claims}
