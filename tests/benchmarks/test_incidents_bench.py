@@ -39,10 +39,10 @@ from tocsin.runtime.redis import connect_redis
 from tocsin.v1 import common_pb2, incidents_pb2, incidents_pb2_grpc
 
 KEY = "be" * 16
-REPEATS_PER_ROUND = 3000
+REPEATS_PER_ROUND = 2000
 CONCURRENCY = 64
 NEW_INCIDENT_RATE = 200
-NEW_INCIDENTS = 1000
+NEW_INCIDENTS = 600
 
 
 def _free_port() -> int:
