@@ -31,6 +31,7 @@ class FullStack:
     paging: PagingStack
     escalation: EscalationProcess
     escalation_client: escalation_pb2_grpc.EscalationServiceStub
+    escalation_address: str
 
     @property
     def pager(self) -> Pager:
@@ -128,7 +129,12 @@ async def full_stack(redis: RedisClient) -> AsyncIterator[FullStack]:
         )
         assert isinstance(running, EscalationProcess)
         channel = create_channel(f"127.0.0.1:{port}")
-        stack = FullStack(paging, running, escalation_pb2_grpc.EscalationServiceStub(channel))
+        stack = FullStack(
+            paging,
+            running,
+            escalation_pb2_grpc.EscalationServiceStub(channel),
+            f"127.0.0.1:{port}",
+        )
         try:
             yield stack
         finally:

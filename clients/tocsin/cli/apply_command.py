@@ -1,16 +1,18 @@
-"""`tocsin apply -f FILE [--dry-run]`: make the running system match a configuration."""
+"""`tocsin apply -f FILE [--dry-run]` and `tocsin export`: configuration as code."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from tocsin.cli.common import run_with_client
 from tocsin.cli.output import print_json
 from tocsin.client.apply import Applier, Change
 from tocsin.client.client import TocsinClient
 from tocsin.client.configfile import ConfigFileError, load_config_file
+from tocsin.client.export import dump_yaml, export_config
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -19,6 +21,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     apply.add_argument("--dry-run", action="store_true", help="print what would change")
     apply.add_argument("--json", action="store_true", help="print JSON")
     apply.set_defaults(run=_apply)
+    export = commands.add_parser("export", help="write the running configuration as YAML")
+    export.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    export.set_defaults(run=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    async def body(client: TocsinClient) -> dict[str, Any]:
+        return await export_config(client)
+
+    text = dump_yaml(run_with_client(body))
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def _apply(args: argparse.Namespace) -> int:

@@ -53,6 +53,20 @@ def _same(desired: Message, current: Message, ignore: tuple[str, ...] = ("versio
     return a == b
 
 
+def _keep_override_ids(
+    desired: scheduling_pb2.Schedule, current: scheduling_pb2.Schedule
+) -> scheduling_pb2.Schedule:
+    """The same override (user, start, end) keeps the id it runs under, whatever id the
+    file would give it (e.g. one made with `tocsin override`, then exported)."""
+    running = {(o.user_id, o.start.ToSeconds(), o.end.ToSeconds()): o.id for o in current.overrides}
+    copy = scheduling_pb2.Schedule()
+    copy.CopyFrom(desired)
+    for override in copy.overrides:
+        key = (override.user_id, override.start.ToSeconds(), override.end.ToSeconds())
+        override.id = running.get(key, override.id)
+    return copy
+
+
 def _e164(number: str) -> str:
     try:
         parsed = phonenumbers.parse(number, None)
@@ -161,6 +175,8 @@ class Applier:
         current = await _existing(
             lambda: s.GetSchedule(scheduling_pb2.GetScheduleRequest(id=schedule.id))
         )
+        if current is not None:
+            schedule = _keep_override_ids(schedule, current.schedule)
         if current is None:
             await self._record(
                 "create",

@@ -294,7 +294,7 @@ def _layer(r: _Reader, node: yaml.Node, path: str) -> scheduling_pb2.Layer:
     if "length" in rotation:
         r.duration_seconds(rotation["length"], f"{path}.rotation.length")
     users = [
-        r.text(u, f"{path}.users[{k}]")
+        r.reference(u, f"{path}.users[{k}]", "users", "user")
         for k, u in enumerate(r.sequence(m.get("users"), f"{path}.users"))
     ]
     if "users" in m and not users:
