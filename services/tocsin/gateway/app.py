@@ -12,11 +12,11 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from tocsin.client.client import TocsinClient
-from tocsin.gateway import alertmanager, events_api, health, twilio_webhooks
+from tocsin.gateway import alertmanager, events_api, health, ical, twilio_webhooks
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.config import Config
 
-EDGE_MODULES = (health, events_api, alertmanager, twilio_webhooks)
+EDGE_MODULES = (health, events_api, alertmanager, ical, twilio_webhooks)
 
 
 def create_app(config: Config, client: TocsinClient, clock: Clock) -> Starlette:
