@@ -12,15 +12,12 @@ repeated firing finds the snooze no longer current and does nothing (domain.unsn
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
-
-from redis.commands.core import AsyncScript
-from redis.typing import EncodableT
+from typing import Protocol
 
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.events import INCIDENT_SHARDS
 from tocsin.runtime.redis import RedisClient
-from tocsin.runtime.timers import ClaimedTimer, TimerStore, TimerWorker, shard_tag, timer_keys
+from tocsin.runtime.timers import ClaimedTimer, TimerStore, TimerWorker, timer_keys, timer_tag
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +26,11 @@ NAMESPACE = "snooze"
 
 def snooze_tag(shard: int) -> str:
     """The tag the timer library builds the snooze keys from: '{t3}:snooze'."""
-    return f"{shard_tag(shard)}:{NAMESPACE}"
+    return timer_tag(shard, NAMESPACE)
 
 
 def snooze_timer_keys(shard: int) -> list[str]:
-    prefix = f"tocsin:{shard_tag(shard)}:"
-    return [prefix + f"{NAMESPACE}:" + key.removeprefix(prefix) for key in timer_keys(shard)]
+    return timer_keys(shard, NAMESPACE)
 
 
 def encode_payload(due_ms: int, traceparent: str) -> bytes:
@@ -50,14 +46,7 @@ class SnoozeTimerStore(TimerStore):
     """A TimerStore over the snooze namespace of the 16 incident shards."""
 
     def __init__(self, redis: RedisClient, clock: Clock) -> None:
-        super().__init__(redis, clock, shards=INCIDENT_SHARDS)
-
-    async def _run(self, script: AsyncScript, shard: int, *args: EncodableT) -> Any:
-        return await script(keys=snooze_timer_keys(shard), args=[snooze_tag(shard), *args])
-
-    async def pending_count(self, shard: int) -> int:
-        self._check_shard(shard)
-        return int(await self._pending(keys=snooze_timer_keys(shard)[:2]))
+        super().__init__(redis, clock, shards=INCIDENT_SHARDS, namespace=NAMESPACE)
 
 
 class Unsnoozer(Protocol):

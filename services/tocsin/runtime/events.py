@@ -36,7 +36,9 @@ INCIDENT_SHARDS = 16
 """Fixed at deployment: incident ids encode their shard (id mod 16)."""
 
 EVENT_FIELD = b"e"
-STREAM_MAXLEN = 200_000
+STREAM_MAXLEN = 20_000
+"""Per shard (about 320k events in all): consumers lag by milliseconds, and the escalation
+auditor re-arms anything an unusually long outage let them miss."""
 CONSUMER_GROUPS = ("escalation", "notification")
 """Groups the producer creates before its first XADD, so no consumer misses an event."""
 

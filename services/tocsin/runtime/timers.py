@@ -67,9 +67,15 @@ def shard_tag(shard: int) -> str:
     return f"{{t{shard}}}"
 
 
-def timer_keys(shard: int) -> list[str]:
+def timer_tag(shard: int, namespace: str = "") -> str:
+    """What the Lua library builds a shard's timer keys from: '{t17}' or '{t17}:snooze'.
+    A namespace keeps one service's timers away from another's worker in the same slot."""
+    return f"{shard_tag(shard)}:{namespace}" if namespace else shard_tag(shard)
+
+
+def timer_keys(shard: int, namespace: str = "") -> list[str]:
     """Every key the timer library touches in `shard`, to declare in a script's KEYS."""
-    return [f"tocsin:{shard_tag(shard)}:{name}" for name in _KEY_NAMES]
+    return [f"tocsin:{timer_tag(shard, namespace)}:{name}" for name in _KEY_NAMES]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +91,19 @@ class ClaimedTimer:
 
 
 class TimerStore:
-    def __init__(self, redis: RedisClient, clock: Clock, shards: int = DEFAULT_SHARDS) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        clock: Clock,
+        shards: int = DEFAULT_SHARDS,
+        namespace: str = "",
+    ) -> None:
         if shards < 1:
             raise ValueError("shards must be at least 1")
         self.redis = redis
         self.clock = clock
         self.shards = shards
+        self.namespace = namespace
         self._arm = register_lua(redis, TIMER_LUA, _ARM)
         self._cancel = register_lua(redis, TIMER_LUA, _CANCEL)
         self._complete = register_lua(redis, TIMER_LUA, _COMPLETE)
@@ -154,7 +167,7 @@ class TimerStore:
     async def pending_count(self, shard: int) -> int:
         """Timers of `shard` armed and not yet completed or cancelled (waiting or in flight)."""
         self._check_shard(shard)
-        return int(await self._pending(keys=timer_keys(shard)[:2]))
+        return int(await self._pending(keys=timer_keys(shard, self.namespace)[:2]))
 
     async def next_due_ms(self, shard: int) -> int | None:
         """When a claim on `shard` could next return a timer (a due time or lease end)."""
@@ -162,7 +175,8 @@ class TimerStore:
         return _optional_ms(await self._run(self._next_wake, shard))
 
     async def _run(self, script: AsyncScript, shard: int, *args: EncodableT) -> Any:
-        return await script(keys=timer_keys(shard), args=[shard_tag(shard), *args])
+        keys = timer_keys(shard, self.namespace)
+        return await script(keys=keys, args=[timer_tag(shard, self.namespace), *args])
 
     def _check_shard(self, shard: int) -> None:
         if not 0 <= shard < self.shards:
