@@ -48,9 +48,7 @@ def generate(out_root: Path) -> list[Path]:
 
 
 def committed_files() -> list[Path]:
-    return sorted(
-        p for p in (OUT / PACKAGE_DIR).iterdir() if p.name.endswith(GENERATED_SUFFIXES)
-    )
+    return sorted(p for p in (OUT / PACKAGE_DIR).iterdir() if p.name.endswith(GENERATED_SUFFIXES))
 
 
 def check() -> int:

@@ -8,6 +8,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from tocsin.client.channel import create_channel
 from tocsin.runtime.config import Address, ConfigError, load_config
 from tocsin.runtime.errors import FieldViolation, InvalidArgument, NotFound

@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
 from tocsin.runtime.config import Address, Config
 from tocsin.runtime.errors import TocsinError, status_trailer
 
