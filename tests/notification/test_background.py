@@ -1,0 +1,64 @@
+"""The service on its own: background tasks follow incident events, own shards, stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from tests.notification.stack import ALICE, SMS, VOICE, PagingStack
+from tests.services import LOOPBACK_ANY_PORT
+from tocsin.notification.server import NotificationService, create_server
+from tocsin.runtime.events import INCIDENT_SHARDS, incident_shard
+from tocsin.runtime.service import ServiceDeps
+from tocsin.v1 import common_pb2, incidents_pb2
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
+    """Wait (wall clock, for I/O between tasks) until `check()` holds."""
+    async with asyncio.timeout(timeout_s):
+        while not await check():  # noqa: ASYNC110 - polling what other tasks write to Redis
+            await asyncio.sleep(0.02)
+
+
+async def test_background_tasks_follow_events_and_release_their_shards(
+    stack: PagingStack,
+) -> None:
+    await stack.add_user("alice", ALICE, [(SMS, 0), (VOICE, 600)])
+    deps = ServiceDeps(stack.config, stack.redis, stack.clock, peers=stack.client)
+    running, _ = await create_server(deps, LOOPBACK_ANY_PORT, background=True)
+    assert isinstance(running, NotificationService)
+    parts = running.parts
+    stopped = False
+    try:
+        incident_id = await stack.trigger("disk full on db1", mirror=False)
+        shard = incident_shard(incident_id)
+        await eventually(
+            lambda: _is(
+                parts.store.incident_status(incident_id), incidents_pb2.INCIDENT_STATUS_TRIGGERED
+            )
+        )
+        assert parts.leases.owned == frozenset(range(INCIDENT_SHARDS))
+        await parts.pager.notify(incident_id, "alice", "k", "")
+        await parts.sender.idle()
+        await stack.pager.expect_sms("alice")
+        assert await parts.store.timers.pending_count(shard) == 1  # the call, in 10 minutes
+
+        await stack.client.incidents.Acknowledge(
+            incidents_pb2.AcknowledgeRequest(
+                incident_id=incident_id,
+                actor=common_pb2.Actor(channel=common_pb2.CHANNEL_CLI, display="bob"),
+            )
+        )
+
+        await eventually(lambda: _is(parts.store.timers.pending_count(shard), 0))
+        await running.stop(0)
+        stopped = True
+        owners = await stack.redis.hgetall("tocsin:{leases:notification}:owners")
+        assert owners == {}
+    finally:
+        if not stopped:
+            await running.stop(0)
+
+
+async def _is(value: Awaitable[object], expected: object) -> bool:
+    return await value == expected
