@@ -367,3 +367,28 @@ async def test_a_test_page_goes_through_each_contact_method(stack: PagingStack) 
         ("bob-sms", -1, SENT),
         ("bob-voice", -1, SENT),
     ]
+
+
+async def test_twilio_saying_the_person_opted_out_disables_texts_and_calls_at_once(
+    stack: PagingStack,
+) -> None:
+    await stack.add_user("alice", ALICE, [(SMS, 0), (VOICE, 300)])
+    await stack.client.notification.UpdateContactMethod(  # Twilio's test number for 21610
+        notification_pb2.UpdateContactMethodRequest(
+            contact_method=notification_pb2.ContactMethod(
+                id="alice-sms", user_id="alice", type=SMS, address="+15005550004"
+            )
+        )
+    )
+    incident_id = await stack.trigger()
+
+    await stack.notify(incident_id, "alice")
+
+    await stack.pager.expect_voice("alice")
+    settings = await stack.client.notification.GetUserNotificationSettings(
+        notification_pb2.GetUserNotificationSettingsRequest(user_id="alice")
+    )
+    assert {m.id: m.disabled for m in settings.contact_methods} == {
+        "alice-sms": True,
+        "alice-voice": False,
+    }

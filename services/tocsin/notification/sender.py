@@ -7,9 +7,12 @@ and no timer, so nothing resends it; the sweep marks it UNKNOWN. Retries are onl
 errors where Twilio said it did not process the request (429, 5xx, no connection); an
 unknown outcome (timeout after the request left) is recorded, not retried.
 
-A rule whose contact method cannot be used (deleted, STOPped) or whose send failed for
-good (invalid number, unreachable, opted out) moves on to the user's next rule at once:
-the person must be reached some other way, not 5 minutes later.
+A rule whose contact method cannot be used (deleted, STOPped) or whose send failed (refused
+for good: invalid number, unreachable, opted out; or still refused after every retry)
+moves on to the user's next rule at once: the person must be reached some other way, not
+5 minutes later. An unknown outcome does not: the page may well have arrived, and the
+later rules still run at their time. Twilio's 21610 (the person replied STOP) also marks
+their SMS contact methods disabled, as a STOP that reached us would.
 """
 
 from __future__ import annotations
