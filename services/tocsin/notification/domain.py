@@ -38,7 +38,6 @@ FAILED = notification_pb2.ATTEMPT_STATUS_FAILED
 UNKNOWN = notification_pb2.ATTEMPT_STATUS_UNKNOWN
 SKIPPED = notification_pb2.ATTEMPT_STATUS_SKIPPED
 
-TRIGGERED = incidents_pb2.INCIDENT_STATUS_TRIGGERED
 STOPPED_STATUSES = frozenset(
     {incidents_pb2.INCIDENT_STATUS_ACKNOWLEDGED, incidents_pb2.INCIDENT_STATUS_RESOLVED}
 )
@@ -55,8 +54,6 @@ _INCIDENT_ID = re.compile(r"[1-9][0-9]{0,17}")
 _RULE_ATTEMPT = re.compile(r"(?P<incident>[1-9][0-9]{0,17})-(?P<cycle>[0-9]+)-(?P<rule>[0-9]+)")
 _TEST_ATTEMPT = re.compile(r"test-(?P<user>[a-z0-9][a-z0-9._-]{0,62})-(?P<n>[0-9]+)")
 
-PERMANENT_NUMBER_CODES = frozenset({21211, 21214, 21217, 21408, 21610, 21612, 21614})
-"""Twilio errors that say this number cannot be reached this way (for the timeline)."""
 OPTED_OUT_CODE = 21610
 """The recipient replied STOP: Twilio refuses every further SMS to them until START."""
 
@@ -238,10 +235,6 @@ def check_incident_id(incident_id: str, field: str = "incident_id") -> None:
 
 def rule_attempt_id(cycle_id: str, rule_index: int) -> str:
     return f"{cycle_id}-{rule_index}"
-
-
-def test_attempt_id(user_id: str, n: int) -> str:
-    return f"test-{user_id}-{n}"
 
 
 @dataclass(frozen=True)
