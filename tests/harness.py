@@ -15,6 +15,10 @@ fails the test on any page nobody expected, so a duplicate page is a failing tes
 (e.g. the notification service's background sends): expectations wait for it first,
 then poll the fake for a bounded wall-clock moment (network I/O, never escalation time;
 escalations are driven by a ManualClock).
+
+The `pager` fixture starts a fake Twilio (ACCOUNT_SID / AUTH_TOKEN below; point
+TOCSIN_TWILIO_BASE_URL at `pager.fake.base_url`) and fails the test on any page left
+unexpected. Use it from another test module with `from tests.harness import pager`.
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 from xml.etree import ElementTree
 
+import pytest
 import uvicorn
 from starlette.types import ASGIApp
 
-from tocsin.faketwilio import FakeTwilio, RecordedRequest
+from tocsin.faketwilio import FakeTwilio, RecordedRequest, create_fake_twilio
 from tocsin.notification.providers import mask_phone
 
 ACCOUNT_SID = "AC" + "7e" * 16
@@ -150,6 +155,15 @@ class Pager:
         answer = await self.fake.press_digits(call.sid, digits, actions[0])
         assert answer.status_code == 200, f"voice webhook answered {answer.status_code}"
         return answer.body
+
+
+@pytest.fixture
+async def pager() -> AsyncIterator[Pager]:
+    """A fake Twilio with expectations; the test fails on any page nobody expected."""
+    async with create_fake_twilio(ACCOUNT_SID, AUTH_TOKEN) as fake:
+        expecting = Pager(fake)
+        yield expecting
+        await expecting.expect_no_more_pages()
 
 
 def spoken_text(twiml: str) -> list[str]:
