@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 GROUP = "notification"
 SHARD_LEASE_MS = 15_000
 SWEEP_INTERVAL_S = 30.0
+CONSUMER_BLOCK_MS = 5_000
+"""An event still arrives at once; a longer block only means fewer idle wake-ups (one per
+shard each time), which otherwise land on pages being sent in the same moment."""
 CONSOLE_FROM = "console"
 
 
@@ -105,7 +108,9 @@ def build_parts(
         lease_ms=sender.options.lease_ms,
     )
     sender.on_rearm = worker.wake
-    consumer = EventConsumer(redis, GROUP, pager.handle_event, consumer=instance)
+    consumer = EventConsumer(
+        redis, GROUP, pager.handle_event, consumer=instance, block_ms=CONSUMER_BLOCK_MS
+    )
     return Parts(
         contacts=contacts,
         store=store,
