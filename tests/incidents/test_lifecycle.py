@@ -8,6 +8,7 @@ import asyncio
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
+from opentelemetry import trace
 
 from tests.incidents.harness import (
     PAYMENTS_KEY,
@@ -308,11 +309,19 @@ async def test_counters_encode_exactly_past_one_byte_varints(served: Served) -> 
 
 async def test_events_carry_the_callers_trace(served: Served) -> None:
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
-    metadata = (("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),)
-    incident = (await served.stub.Trigger(trigger_request(), metadata=metadata)).incident
-    await served.stub.Acknowledge(
-        incidents_pb2.AcknowledgeRequest(incident_id=incident.id), metadata=metadata
+    caller = trace.NonRecordingSpan(
+        trace.SpanContext(
+            int(trace_id, 16),
+            0x00F067AA0BA902B7,
+            is_remote=True,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+        )
     )
+    # The caller's span is current: the client interceptor propagates its trace (whether
+    # or not a tracer provider is installed in this test process).
+    with trace.use_span(caller):
+        incident = (await served.stub.Trigger(trigger_request())).incident
+        await served.stub.Acknowledge(incidents_pb2.AcknowledgeRequest(incident_id=incident.id))
     events = await events_of(served.redis, incident.id)
     assert len(events) == 2
     for event in events:
