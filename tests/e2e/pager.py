@@ -135,6 +135,31 @@ class Pager:
         """The next call to `who`; what it says must contain `contains`."""
         return self._expect("call", who, contains, not_before)
 
+    def expect_sms_each(
+        self, who: str, texts: list[str], *, not_before: int | None = None
+    ) -> list[Page]:
+        """One SMS to `who` for each of `texts` (the first untaken SMS containing it), in
+        whatever order they come: for bursts, where pages of many incidents interleave."""
+        number = self.people[who]
+        found: dict[str, Page] = {}
+        deadline = time.monotonic() + self.log.real_seconds_until(not_before or 0) + MARGIN_S
+        while len(found) < len(texts) and time.monotonic() < deadline:
+            taken = {p.sid for p in found.values()} | self.log.taken
+            for page in self.log.pages():
+                if page.kind != "sms" or page.to != number or page.sid in taken:
+                    continue
+                text = next((t for t in texts if t not in found and t in page.text), None)
+                if text is not None:
+                    found[text] = page
+                    taken.add(page.sid)
+            time.sleep(0.05)
+        self.log.taken.update(p.sid for p in found.values())
+        missing = [t for t in texts if t not in found]
+        assert not missing, f"no SMS to {who} about {missing}"
+        early = [p for p in found.values() if not_before is not None and p.at < not_before]
+        assert not early, f"too early: {[self.describe(p) for p in early]}"
+        return [found[t] for t in texts]
+
     def expect_no_more_pages(self, *, until: int) -> None:
         """Wait until the virtual moment `until` (plus a real second for work already
         started), then fail on any page to this pager's people that nobody expected."""

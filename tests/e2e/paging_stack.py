@@ -36,6 +36,8 @@ EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "oncall.yaml
 """The example configuration a team would keep in git (examples/oncall.yaml)."""
 PAYMENTS_KEY = "0f8e9a6b2c4d4e1f9a0b1c2d3e4f5a6b"
 """payments-api's Events API routing key in the example configuration."""
+ESCALATION_INSTANCE = "replica-a"
+"""TOCSIN_INSTANCE of the stack's escalation process, so a second replica can join it."""
 
 
 @dataclass

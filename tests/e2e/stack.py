@@ -198,6 +198,15 @@ class Stack:
     def output(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
+    def redis_url(self) -> str:
+        """The Redis the stack uses: TOCSIN_REDIS_URL, or the embedded one it printed."""
+        if self.env.get("TOCSIN_REDIS_URL"):
+            return self.env["TOCSIN_REDIS_URL"]
+        for line in self.output().splitlines():
+            if line.startswith("redis ") and "(embedded" in line:
+                return line.split()[1]
+        raise AssertionError(f"no Redis URL in the output of tocsin up:\n{self.output()}")
+
     def wait_healthy(self, timeout_s: float = 30.0) -> float:
         """Seconds until /healthz answered 200 (polling a starting process, not a clock)."""
         started = time.monotonic()

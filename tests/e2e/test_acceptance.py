@@ -2,10 +2,9 @@
 
 `tocsin up` runs every service and the gateway as separate processes on one Redis; Twilio
 is `tocsin fake-twilio` in its own process; every process shares a clock running 60 times
-faster than the wall (a virtual minute per real second). The configuration is the example
-`examples/oncall.yaml` plus one service, policy and set of people per scenario
-(acceptance.yaml), so the scenarios share one stack. Any page that no scenario expected
-fails the module.
+faster than the wall (a virtual minute per real second); see conftest.py. Scenario 1 uses
+the example configuration as it stands; the others each have their own service, policy
+and people (acceptance.yaml). Any page that no scenario expected fails the session.
 
 At the virtual start, Friday 2026-11-27 09:00Z (04:00 in New York), alice is on call for
 `primary` and bob for `secondary`.
@@ -13,22 +12,16 @@ At the virtual start, Friday 2026-11-27 09:00Z (04:00 in New York), alice is on 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path
-
 import pytest
+from google.protobuf.duration_pb2 import Duration
 
 from tests.e2e.otlp import OtlpCollector, ReceivedSpan
 from tests.e2e.pager import minutes, reply_code
-from tests.e2e.paging_stack import EXAMPLE_CONFIG, PAYMENTS_KEY, PagingStack, paging_stack
+from tests.e2e.paging_stack import PAYMENTS_KEY, PagingStack
 from tocsin.runtime.clock import ms_to_datetime
-from tocsin.v1 import escalation_pb2, incidents_pb2
+from tocsin.v1 import escalation_pb2, incidents_pb2, scheduling_pb2
 
 pytestmark = pytest.mark.slow
-
-START = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
-ACCEPTANCE_CONFIG = Path(__file__).parent / "acceptance.yaml"
 
 ALICE, BOB, CAROL, DAVE = "+15005550006", "+447400123456", "+61491570156", "+12025550143"
 CHECKOUT_KEY = "1" * 32
@@ -39,34 +32,15 @@ NIGHT_BATCH_KEY = "5" * 32
 TRACING_KEY = "6" * 32
 
 
-@pytest.fixture(scope="module")
-def collector() -> Iterator[OtlpCollector]:
-    collector = OtlpCollector()
-    collector.start()
-    yield collector
-    collector.stop()
-
-
-@pytest.fixture(scope="module")
-def tocsin(
-    tmp_path_factory: pytest.TempPathFactory, collector: OtlpCollector
-) -> Iterator[PagingStack]:
-    otlp = {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
-        "OTEL_EXPORTER_OTLP_INSECURE": "true",
-        "OTEL_BSP_SCHEDULE_DELAY": "200",
-    }
-    with paging_stack(
-        tmp_path_factory.mktemp("acceptance"),
-        start=START,
-        configs=(EXAMPLE_CONFIG, ACCEPTANCE_CONFIG),
-        extra_env=otlp,
-    ) as stack:
-        yield stack
-
-
 def rfc3339(ms: int) -> str:
     return ms_to_datetime(ms).isoformat()
+
+
+def on_call(tocsin: PagingStack, schedule_id: str) -> tuple[str, int]:
+    request = scheduling_pb2.WhoIsOnCallRequest(schedule_id=schedule_id)
+    request.at.FromMilliseconds(tocsin.now())
+    shift = tocsin.client.scheduling.WhoIsOnCall(request).shift
+    return shift.user_id, shift.source
 
 
 def test_an_alert_pages_the_on_call_by_sms_then_voice_then_the_next_level_until_a_reply_acks(
@@ -157,14 +131,16 @@ def test_a_snooze_silences_paging_until_it_ends_then_paging_starts_over(
     tocsin.enqueue(BILLING_KEY, "trigger", "invoices-stuck", "invoices stuck in queue")
     first = pager.expect_sms("heidi", "invoices stuck in queue")
     incident = tocsin.incident("billing-api", "invoices-stuck")
-    snoozed = tocsin.cli_json("snooze", incident.id, "3m")
-    until = int(datetime.fromisoformat(snoozed["snoozed_until"]).timestamp() * 1000)
+    snoozed = tocsin.client.incidents.Snooze(
+        incidents_pb2.SnoozeRequest(incident_id=incident.id, duration=Duration(seconds=180))
+    ).incident
+    until = snoozed.snoozed_until.ToMilliseconds()
     assert until >= first.at + minutes(3)
 
     # ivan's level would have come 2 minutes after heidi's page; the snooze holds it,
     # and when it ends the escalation starts over at level 1
     again = pager.expect_sms("heidi", "invoices stuck in queue", not_before=until)
-    tocsin.stack.cli("resolve", incident.id)
+    tocsin.enqueue(BILLING_KEY, "resolve", "invoices-stuck")
     pager.expect_no_more_pages(until=again.at + minutes(3))
     lines = tocsin.timeline(incident.id)
     assert sum(line.startswith("Escalation level 1 (loop 1) paged heidi") for line in lines) == 2
@@ -175,7 +151,7 @@ def test_an_override_changes_who_is_paged(tocsin: PagingStack) -> None:
     pager.person("judy", "+12025550116")  # on call for storage-primary every week
     pager.person("ken", "+12025550117")
 
-    assert tocsin.cli_json("oncall", "storage-primary")["user"] == "judy"
+    assert on_call(tocsin, "storage-primary") == ("judy", scheduling_pb2.SHIFT_SOURCE_LAYER)
     tocsin.enqueue(STORAGE_KEY, "trigger", "disk-1", "volume 1 degraded")
     pager.expect_sms("judy", "volume 1 degraded")
     tocsin.enqueue(STORAGE_KEY, "resolve", "disk-1")
@@ -191,8 +167,7 @@ def test_an_override_changes_who_is_paged(tocsin: PagingStack) -> None:
         "--to",
         rfc3339(now + minutes(120)),
     )
-    on_call = tocsin.cli_json("oncall", "storage-primary")
-    assert (on_call["user"], on_call["source"]) == ("ken", "override")
+    assert on_call(tocsin, "storage-primary") == ("ken", scheduling_pb2.SHIFT_SOURCE_OVERRIDE)
     tocsin.enqueue(STORAGE_KEY, "trigger", "disk-2", "volume 2 degraded")
     sms = pager.expect_sms("ken", "volume 2 degraded")
     tocsin.enqueue(STORAGE_KEY, "resolve", "disk-2")

@@ -16,29 +16,16 @@ most 30 s virtual) of the restart.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from tests.e2e.pager import minutes, reply_code
-from tests.e2e.paging_stack import PagingStack, paging_stack
+from tests.e2e.paging_stack import PagingStack
 
 pytestmark = pytest.mark.slow
 
 FAST_KEY = "7" * 32
 LEVEL_DELAY = minutes(2)
-
-
-@pytest.fixture(scope="module")
-def tocsin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PagingStack]:
-    with paging_stack(
-        tmp_path_factory.mktemp("failover"),
-        start=datetime(2026, 11, 27, 9, 0, tzinfo=UTC),
-        configs=(Path(__file__).parent / "failover.yaml",),
-    ) as stack:
-        yield stack
 
 
 def sleep_until(tocsin: PagingStack, virtual_ms: int) -> None:
