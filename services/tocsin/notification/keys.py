@@ -35,9 +35,9 @@ Rate limits: `tocsin:{rate:<channel>:<kind>:<number>}:next`, one slot each. Prov
 
 from __future__ import annotations
 
+from tocsin.runtime import timers
 from tocsin.runtime.events import incident_shard
 from tocsin.runtime.timers import shard_tag
-from tocsin.runtime.timers import timer_keys as runtime_timer_keys
 
 CONTACTS = "tocsin:{contacts}"
 CM_OWNER = f"{CONTACTS}:cm-owner"
@@ -79,12 +79,11 @@ def prefix(shard: int) -> str:
 
 def timer_tag(shard: int) -> str:
     """The tag the timer library builds this namespace's timer keys from: '{t3}:notify'."""
-    return f"{shard_tag(shard)}:{NAMESPACE}"
+    return timers.timer_tag(shard, NAMESPACE)
 
 
 def timer_keys(shard: int) -> list[str]:
-    base = f"tocsin:{shard_tag(shard)}:"
-    return [base + f"{NAMESPACE}:" + key.removeprefix(base) for key in runtime_timer_keys(shard)]
+    return timers.timer_keys(shard, NAMESPACE)
 
 
 def incident_state(incident_id: str) -> str:

@@ -12,8 +12,8 @@ incident itself, so each decision is one script:
 - `apply_incident` / `cancel` (lua/incident_state.lua): the status mirror and the
   cancellation of every cycle of an incident.
 
-Timers use the runtime's timer library in their own namespace of the incident shards
-(`tocsin:{tN}:notify:timers` ...), so no other service's worker ever claims them.
+Timers use the runtime's timer library in their own namespace ("notify") of the incident
+shards (`tocsin:{tN}:notify:timers` ...), so no other service's worker ever claims them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.commands.core import AsyncScript
-from redis.typing import EncodableT
 
 from tocsin.notification import domain, keys
 from tocsin.notification.contacts import KeyWrite
@@ -43,20 +42,6 @@ _LIBS = (
 
 def _script(redis: RedisClient, name: str) -> AsyncScript:
     return register_lua(redis, *_LIBS, read_lua("tocsin.notification", f"lua/{name}.lua"))
-
-
-class NotificationTimerStore(TimerStore):
-    """A TimerStore over the `notify` namespace of the incident shards."""
-
-    def __init__(self, redis: RedisClient, clock: Clock) -> None:
-        super().__init__(redis, clock, shards=INCIDENT_SHARDS)
-
-    async def _run(self, script: AsyncScript, shard: int, *args: EncodableT) -> Any:
-        return await script(keys=keys.timer_keys(shard), args=[keys.timer_tag(shard), *args])
-
-    async def pending_count(self, shard: int) -> int:
-        self._check_shard(shard)
-        return int(await self._pending(keys=keys.timer_keys(shard)[:2]))
 
 
 @dataclass(frozen=True)
@@ -93,7 +78,7 @@ class PagingStore:
         self.redis = redis
         self.clock = clock
         self.retention_ms = retention_ms
-        self.timers = NotificationTimerStore(redis, clock)
+        self.timers = TimerStore(redis, clock, INCIDENT_SHARDS, namespace=keys.NAMESPACE)
         self._notify = _script(redis, "notify")
         self._fire = _script(redis, "fire")
         self._advance = _script(redis, "advance")
