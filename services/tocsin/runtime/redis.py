@@ -20,7 +20,7 @@ from importlib.resources import files
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
@@ -95,9 +95,22 @@ def _create_standalone(url: str) -> Redis:
         if db and not db.isdigit():
             raise _bad_url(url, f"database must be a number, got {db!r}")
     try:
-        return Redis.from_url(url, decode_responses=False, retry=_retry())
+        pool = BlockingConnectionPool.from_url(
+            url,
+            decode_responses=False,
+            retry=_retry(),
+            max_connections=_MAX_CONNECTIONS,
+            timeout=_POOL_WAIT_S,
+        )
     except ValueError as error:
         raise _bad_url(url, str(error)) from error
+    return Redis(connection_pool=pool)
+
+
+_MAX_CONNECTIONS = 512
+"""Per process. Each consumer group holds one blocking connection per shard stream."""
+_POOL_WAIT_S = 10
+"""A burst beyond the pool waits for a free connection instead of failing a page."""
 
 
 def _create_cluster(url: str, base_scheme: str) -> RedisCluster:

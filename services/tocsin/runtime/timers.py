@@ -299,7 +299,7 @@ class TimerWorker:
             )
             return
         if not completed:
-            log.info("timer %s: claim with fence %d went stale", timer.timer_id, timer.fence)
+            log.debug("timer %s: claim with fence %d went stale", timer.timer_id, timer.fence)
 
 
 async def _set_when(source: asyncio.Event, target: asyncio.Event) -> None:
