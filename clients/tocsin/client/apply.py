@@ -43,6 +43,12 @@ async def _existing(call: Callable[[], Awaitable[M]]) -> M | None:
         raise
 
 
+def _id_of(message: Message) -> str:
+    """The `id` field every configuration object has."""
+    value = getattr(message, "id")  # noqa: B009 - Message has no typed `id`
+    return str(value)
+
+
 def _same(desired: Message, current: Message, ignore: tuple[str, ...] = ("version",)) -> bool:
     a, b = type(desired)(), type(current)()
     a.CopyFrom(desired)
@@ -102,21 +108,16 @@ class Applier:
     async def _user(self, config: UserConfig) -> None:
         s = self.client.scheduling
         user = config.user
-        current = await _existing(lambda: s.GetUser(scheduling_pb2.GetUserRequest(id=user.id)))
-        if current is None:
-            await self._record(
-                "create",
-                "user",
-                user.id,
-                lambda: s.CreateUser(scheduling_pb2.CreateUserRequest(user=user)),
-            )
-        elif not _same(user, current.user, ()):
-            await self._record(
-                "update",
-                "user",
-                user.id,
-                lambda: s.UpdateUser(scheduling_pb2.UpdateUserRequest(user=user)),
-            )
+        reply = await _existing(lambda: s.GetUser(scheduling_pb2.GetUserRequest(id=user.id)))
+        current = reply.user if reply else None
+        await self._converge(
+            "user",
+            user,
+            current,
+            lambda: s.CreateUser(scheduling_pb2.CreateUserRequest(user=user)),
+            lambda: s.UpdateUser(scheduling_pb2.UpdateUserRequest(user=user)),
+            ignore=(),
+        )
         await self._notification_settings(config, user_is_new=current is None)
 
     async def _notification_settings(self, config: UserConfig, user_is_new: bool) -> None:
@@ -170,68 +171,64 @@ class Applier:
                 ),
             )
 
+    async def _converge(
+        self,
+        kind: str,
+        desired: M,
+        current: M | None,
+        create: Callable[[], Awaitable[object]],
+        update: Callable[[], Awaitable[object]],
+        ignore: tuple[str, ...] = ("version",),
+    ) -> None:
+        """Create what is missing, update what differs (ignoring `ignore`), else nothing."""
+        object_id = _id_of(desired)
+        if current is None:
+            await self._record("create", kind, object_id, create)
+        elif not _same(desired, current, ignore):
+            await self._record("update", kind, object_id, update)
+
     async def _schedule(self, schedule: scheduling_pb2.Schedule) -> None:
         s = self.client.scheduling
-        current = await _existing(
+        reply = await _existing(
             lambda: s.GetSchedule(scheduling_pb2.GetScheduleRequest(id=schedule.id))
         )
+        current = reply.schedule if reply else None
         if current is not None:
-            schedule = _keep_override_ids(schedule, current.schedule)
-        if current is None:
-            await self._record(
-                "create",
-                "schedule",
-                schedule.id,
-                lambda: s.CreateSchedule(scheduling_pb2.CreateScheduleRequest(schedule=schedule)),
-            )
-        elif not _same(schedule, current.schedule):
-            await self._record(
-                "update",
-                "schedule",
-                schedule.id,
-                lambda: s.UpdateSchedule(scheduling_pb2.UpdateScheduleRequest(schedule=schedule)),
-            )
+            schedule = _keep_override_ids(schedule, current)
+        await self._converge(
+            "schedule",
+            schedule,
+            current,
+            lambda: s.CreateSchedule(scheduling_pb2.CreateScheduleRequest(schedule=schedule)),
+            lambda: s.UpdateSchedule(scheduling_pb2.UpdateScheduleRequest(schedule=schedule)),
+        )
 
     async def _policy(self, policy: escalation_pb2.EscalationPolicy) -> None:
         e = self.client.escalation
-        current = await _existing(
-            lambda: e.GetPolicy(escalation_pb2.GetPolicyRequest(id=policy.id))
+        reply = await _existing(lambda: e.GetPolicy(escalation_pb2.GetPolicyRequest(id=policy.id)))
+        await self._converge(
+            "escalation policy",
+            policy,
+            reply.policy if reply else None,
+            lambda: e.CreatePolicy(escalation_pb2.CreatePolicyRequest(policy=policy)),
+            lambda: e.UpdatePolicy(escalation_pb2.UpdatePolicyRequest(policy=policy)),
         )
-        if current is None:
-            await self._record(
-                "create",
-                "escalation policy",
-                policy.id,
-                lambda: e.CreatePolicy(escalation_pb2.CreatePolicyRequest(policy=policy)),
-            )
-        elif not _same(policy, current.policy):
-            await self._record(
-                "update",
-                "escalation policy",
-                policy.id,
-                lambda: e.UpdatePolicy(escalation_pb2.UpdatePolicyRequest(policy=policy)),
-            )
 
     async def _service(self, service: incidents_pb2.Service) -> None:
         i = self.client.incidents
-        current = await _existing(
+        reply = await _existing(
             lambda: i.GetService(incidents_pb2.GetServiceRequest(id=service.id))
         )
+        current = reply.service if reply else None
         desired = incidents_pb2.Service()
         desired.CopyFrom(service)
         if current is not None and not desired.integration_key:
-            desired.integration_key = current.service.integration_key
-        if current is None:
-            await self._record(
-                "create",
-                "service",
-                service.id,
-                lambda: i.CreateService(incidents_pb2.CreateServiceRequest(service=desired)),
-            )
-        elif not _same(desired, current.service, ()):
-            await self._record(
-                "update",
-                "service",
-                service.id,
-                lambda: i.UpdateService(incidents_pb2.UpdateServiceRequest(service=desired)),
-            )
+            desired.integration_key = current.integration_key
+        await self._converge(
+            "service",
+            desired,
+            current,
+            lambda: i.CreateService(incidents_pb2.CreateServiceRequest(service=desired)),
+            lambda: i.UpdateService(incidents_pb2.UpdateServiceRequest(service=desired)),
+            ignore=(),
+        )
