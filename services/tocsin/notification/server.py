@@ -16,9 +16,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
-import socket
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -33,7 +30,7 @@ from tocsin.notification.servicer import SERVICE_NAME, NotificationServicer
 from tocsin.notification.store import PagingStore
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.config import Address, Config
-from tocsin.runtime.events import INCIDENT_SHARDS, EventConsumer
+from tocsin.runtime.events import INCIDENT_SHARDS, EventConsumer, instance_name
 from tocsin.runtime.grpcserver import start_grpc_server
 from tocsin.runtime.leases import ShardLeases
 from tocsin.runtime.service import RunningService, ServiceDeps, serve_blocking
@@ -98,7 +95,7 @@ def build_parts(
     options = SenderOptions(config.public_url, status_callbacks=config.twilio_status_callbacks)
     sender = Sender(store, contacts, limiter, provider, incidents, clock, options)
     pager = Pager(store, contacts, sender, incidents, clock)
-    instance = f"{GROUP}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    instance = instance_name(GROUP)
     leases = ShardLeases(redis, clock, GROUP, instance, INCIDENT_SHARDS, SHARD_LEASE_MS)
     worker = TimerWorker(
         store.timers,
@@ -170,6 +167,10 @@ async def create_server(
     )
     running = NotificationService(grpc_server, parts=parts)
     if background:
+        # The consumer name is stable, so a restarted process finds what it had received
+        # and not yet handled when it died. Handle that before any rule timer fires: an
+        # acknowledgement among it must cancel the pages it stops.
+        await parts.consumer.drain_once()
         stop = running.stopping
         running.tasks += [
             asyncio.create_task(parts.consumer.run(stop)),
