@@ -15,12 +15,18 @@ most 30 s virtual) of the restart.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
+import redis
 
 from tests.e2e.pager import minutes, reply_code
 from tests.e2e.paging_stack import PagingStack
+from tests.e2e.stack import wait_for
+from tocsin.runtime.events import incident_shard, stream_key
+from tocsin.v1 import incidents_pb2
 
 pytestmark = pytest.mark.slow
 
@@ -69,3 +75,36 @@ def test_every_page_arrives_exactly_once_when_a_service_process_is_killed(
     assert lines.count("Escalation level 1 (loop 1) paged olga (schedule first-line)") == 1
     assert lines.count("Escalation level 2 (loop 1) paged pete (schedule relief)") == 1
     assert lines.count("Acknowledged by pete") == 1
+
+
+def test_an_acknowledgement_the_killed_notification_process_had_received_still_stops_its_pages(
+    tocsin: PagingStack,
+) -> None:
+    """The worst moment for notification: the ACKNOWLEDGED event has been handed to it (it
+    is pending for its consumer in Redis) but not handled yet when it dies. The process
+    that replaces it must still cancel olga's call and page nobody else."""
+    pager = tocsin.pager()
+    pager.person("olga", "+12025550131")
+    pager.person("pete", "+12025550132")
+
+    triggered = tocsin.now()
+    tocsin.enqueue(FAST_KEY, "trigger", "ack-in-flight", "acknowledged as notification died")
+    pager.expect_sms("olga", "acknowledged as notification died")
+    incident = tocsin.incident("fast-api", "ack-in-flight")
+    notification = tocsin.stack.child_pid("notification")
+    assert notification is not None
+    stream = stream_key(incident_shard(incident.id))
+    with redis.Redis.from_url(tocsin.stack.redis_url()) as client:
+        os.kill(notification, signal.SIGSTOP)  # frozen inside its blocking stream reads
+        tocsin.client.incidents.Acknowledge(
+            incidents_pb2.AcknowledgeRequest(incident_id=incident.id)
+        )
+        wait_for(
+            lambda: client.xpending(stream, "notification")["pending"] > 0,
+            5,
+            "the ACKNOWLEDGED event handed to the frozen notification process",
+        )
+        os.kill(notification, signal.SIGKILL)
+    tocsin.stack.wait_restarted("notification", notification)
+    # olga's call was due a minute after the page; pete's level after two
+    pager.expect_no_more_pages(until=triggered + minutes(3))
