@@ -10,10 +10,9 @@ from tocsin.escalation.domain import validate_policy
 from tocsin.escalation.engine import EscalationEngine
 from tocsin.escalation.store import EscalationStore
 from tocsin.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from tocsin.runtime.paging import page_size
 from tocsin.v1 import escalation_pb2 as pb
 from tocsin.v1 import escalation_pb2_grpc, incidents_pb2, scheduling_pb2
-
-DEFAULT_PAGE, MAX_PAGE = 100, 1000
 
 
 class EscalationServicer(escalation_pb2_grpc.EscalationServiceServicer):
@@ -38,9 +37,7 @@ class EscalationServicer(escalation_pb2_grpc.EscalationServiceServicer):
     async def ListPolicies(
         self, request: pb.ListPoliciesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListPoliciesResponse:
-        if request.page_size < 0:
-            raise InvalidArgument.one("page_size", "must not be negative")
-        size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
+        size = page_size(request.page_size)
         policies = await self.store.list_policies(request.page_token, size + 1)
         token = policies[size - 1].id if len(policies) > size else ""
         return pb.ListPoliciesResponse(policies=policies[:size], next_page_token=token)

@@ -11,6 +11,7 @@ import grpc
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import FieldViolation, InvalidArgument, NotFound
 from tocsin.runtime.ids import id_violations
+from tocsin.runtime.paging import page_size
 from tocsin.scheduling import domain
 from tocsin.scheduling.convert import from_timestamp, shift_message
 from tocsin.scheduling.store import SchedulingStore
@@ -18,13 +19,6 @@ from tocsin.v1 import scheduling_pb2, scheduling_pb2_grpc
 from tocsin.v1 import scheduling_pb2 as pb
 
 MAX_WINDOW = timedelta(days=400)
-DEFAULT_PAGE, MAX_PAGE = 100, 1000
-
-
-def _page_size(requested: int) -> int:
-    if requested < 0:
-        raise InvalidArgument.one("page_size", "must not be negative")
-    return min(requested or DEFAULT_PAGE, MAX_PAGE)
 
 
 def _validate_user(user: pb.User) -> None:
@@ -64,7 +58,7 @@ class SchedulingServicer(scheduling_pb2_grpc.SchedulingServiceServicer):
     async def ListUsers(
         self, request: pb.ListUsersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListUsersResponse:
-        size = _page_size(request.page_size)
+        size = page_size(request.page_size)
         users = await self.store.list_users(request.page_token, size + 1)
         more = len(users) > size
         users = users[:size]
@@ -103,7 +97,7 @@ class SchedulingServicer(scheduling_pb2_grpc.SchedulingServiceServicer):
     async def ListSchedules(
         self, request: pb.ListSchedulesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListSchedulesResponse:
-        size = _page_size(request.page_size)
+        size = page_size(request.page_size)
         schedules = await self.store.list_schedules(request.page_token, size + 1)
         more = len(schedules) > size
         schedules = schedules[:size]
