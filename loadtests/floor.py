@@ -22,7 +22,7 @@ from typing import IO
 import grpc
 import uvloop
 
-from loadtests.procs import free_port
+from loadtests.procs import free_ports
 
 HOPS = 4
 FLOOR_METHOD = "/loadtests.Floor/Hop"
@@ -62,7 +62,7 @@ class FloorChain:
     _log: IO[bytes] | None = None
 
     def start(self) -> str:
-        ports = [free_port() for _ in range(HOPS)]
+        ports = free_ports(HOPS)
         self._log = self.log_path.open("ab")
         for i, port in enumerate(ports):
             command = [sys.executable, "-m", "loadtests.floor", "--port", str(port)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,8 @@ class Shots:
     intended_ns: list[int] = field(default_factory=list)
     done_ns: list[int] = field(default_factory=list)
     outcomes: list[Outcome | None] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    """Failed requests by error."""
 
 
 async def open_loop(
@@ -97,6 +100,7 @@ async def open_loop(
             record_us(histogram, done - intended)
         else:
             progress.add(Progress.ERRORS)
+            shots.errors[outcome.error] += 1
         progress.add(Progress.DONE)
         if keep:
             shots.done_ns[i] = done

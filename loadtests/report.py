@@ -55,6 +55,9 @@ class Inputs:
     wall_minus_monotonic_ns: int
     cpu_first_sms: dict[str, float] | None
     cpu_first_sms_window_s: float
+    machine_busy_s: float
+    generator_s: float
+    """Busy CPU seconds of the whole machine over the same window (every process)."""
     idle_cpu_per_s: float
     """The stack's CPU seconds per second with no load (timer polls, heartbeats)."""
     cpu_escalation: dict[str, float] | None
@@ -175,12 +178,23 @@ def _repeats(i: Inputs) -> dict[str, Any]:
 
 
 def _cpu(i: Inputs, paged: int) -> dict[str, Any]:
-    figures: dict[str, Any] = {"fake_twilio_s": round(i.fake_cpu_s, 2) if i.fake_cpu_s else None}
+    """CPU from the start of the load until every first SMS arrived (and, with escalation,
+    from then until every level-1 SMS arrived), in CPU seconds and cores."""
+    window = i.cpu_first_sms_window_s
+    senders = i.incidents.cpu_s + (i.repeats.cpu_s if i.repeats else 0.0) + i.generator_s
+    figures: dict[str, Any] = {
+        "fake_twilio_s": round(i.fake_cpu_s, 2) if i.fake_cpu_s is not None else None,
+        "generator_s": round(senders, 2),
+        "machine_busy_cores": round(i.machine_busy_s / window, 2),
+    }
     if i.cpu_first_sms is None:
         return figures | {"measured": False}
     first = sum(i.cpu_first_sms.values())
-    idle = i.idle_cpu_per_s * i.cpu_first_sms_window_s
+    idle = i.idle_cpu_per_s * window
+    ours = first + senders + (i.fake_cpu_s or 0.0)
     figures |= {
+        "stack_cores": round(first / window, 2),
+        "other_processes_cores": round(max(0.0, i.machine_busy_s - ours) / window, 2),
         "measured": True,
         "until_first_sms_s": round(first, 2),
         "until_first_sms_window_s": round(i.cpu_first_sms_window_s, 1),
@@ -302,6 +316,10 @@ def text(result: dict[str, Any]) -> str:
             f"stack CPU: {cpu['per_incident_ms']} ms per incident until its first SMS "
             f"({cpu['per_incident_above_idle_ms']} ms above idle; "
             f"{cpu['until_first_sms_by_process_s']})"
+        )
+        lines.append(
+            f"cores busy meanwhile: machine {cpu['machine_busy_cores']}, stack "
+            f"{cpu['stack_cores']}, other processes (not this run) {cpu['other_processes_cores']}"
         )
     if "ratio_to_floor" in result:
         lines.append(f"alert -> first SMS / floor: {result['ratio_to_floor']}")

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import statistics
 import sys
@@ -26,7 +27,7 @@ from typing import Any
 
 from loadtests import collect, report
 from loadtests.floor import FloorChain
-from loadtests.procs import command_name, cpu_by_pid, cpu_seconds, tree
+from loadtests.procs import command_name, cpu_by_pid, cpu_seconds, machine_busy_seconds, tree
 from loadtests.scenario import (
     ESCALATING,
     INTEGRATION_KEYS,
@@ -81,6 +82,9 @@ class Snapshot:
     cpu: dict[int, float] = field(default_factory=dict)
     names: dict[int, str] = field(default_factory=dict)
     taken: float = field(default_factory=time.monotonic)
+    machine_busy_s: float = field(default_factory=machine_busy_seconds)
+    generator_s: float = field(default_factory=lambda: cpu_seconds(os.getpid()))
+    """This (parent) process: progress, polling the fake."""
 
     @classmethod
     def take(cls, root: int | None) -> Snapshot:
@@ -303,6 +307,7 @@ async def _load(
         target.fake_twilio, base + incidents.ok, 0, options.drain_timeout, display, "first SMS"
     )
     cpu_first = Snapshot.take(target.stack_root)
+    fake_cpu = (cpu_seconds(target.fake_pid) - fake_cpu_start) if target.fake_pid else None
     cpu_escalation = cpu_first
     if options.escalation:
         last_due_ns = incidents.intended_ns[-1] + LEVEL_1_DELAY_MS * 1_000_000
@@ -315,7 +320,7 @@ async def _load(
             "level-1 SMS",
         )
         cpu_escalation = Snapshot.take(target.stack_root)
-    fake_cpu = (cpu_seconds(target.fake_pid) - fake_cpu_start) if target.fake_pid else None
+
     display.echo("reading back SMS and escalations")
     sms = await collect.read_sms(target.fake_twilio, run_id)
     listed = await collect.run_incidents(client, service, run_id, since_ms)
@@ -338,6 +343,8 @@ async def _load(
             wall_minus_monotonic_ns=_wall_minus_monotonic_ns(),
             cpu_first_sms=cpu_first.since(cpu_start) if target.stack_root else None,
             cpu_first_sms_window_s=cpu_first.taken - cpu_start.taken,
+            machine_busy_s=cpu_first.machine_busy_s - cpu_start.machine_busy_s,
+            generator_s=cpu_first.generator_s - cpu_start.generator_s,
             idle_cpu_per_s=idle_cpu_per_s,
             cpu_escalation=cpu_escalation.since(cpu_first) if target.stack_root else None,
             fake_cpu_s=fake_cpu,

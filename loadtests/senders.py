@@ -62,7 +62,7 @@ class SendResult:
     histogram: bytes
     """HDR histogram (encoded) of request latency from intended send time, microseconds."""
     cpu_s: float
-    """This sender process's own CPU time."""
+    """This sender process's own CPU time while sending."""
     intended_ns: list[int] = field(default_factory=list)
     """Per request (kept for new incidents only)."""
     done_ns: list[int] = field(default_factory=list)
@@ -138,7 +138,7 @@ class _Edges:
         try:
             reply = await stub.Trigger(request, timeout=RPC_TIMEOUT_S)
         except grpc.aio.AioRpcError as error:
-            return Outcome(False, f"grpc {error.code().name}")
+            return Outcome(False, f"grpc {error.code().name}: {(error.details() or '')[:80]}")
         return Outcome(True, value=(reply.created, reply.incident.id))
 
     async def _enqueue(self, dedup_key: str, summary: str) -> Outcome:
@@ -160,6 +160,11 @@ class _Edges:
         except grpc.aio.AioRpcError as error:
             return Outcome(False, f"grpc {error.code().name}")
         return Outcome(reply == FLOOR_PAYLOAD, "" if reply == FLOOR_PAYLOAD else "bad echo")
+
+
+def _own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _request_maker(plan: SendPlan, edges: _Edges) -> Callable[[int], Awaitable[Outcome]]:
@@ -190,6 +195,7 @@ async def send(plan: SendPlan, progress: Progress, go: Callable[[], int]) -> Sen
     keep = plan.kind == "incidents"
     async with _Edges(plan) as edges:
         start_ns = go()
+        cpu_before = _own_cpu_s()
         shots = await open_loop(
             plan.rate,
             plan.count,
@@ -199,20 +205,15 @@ async def send(plan: SendPlan, progress: Progress, go: Callable[[], int]) -> Sen
             histogram,
             keep,
         )
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    errors: dict[str, int] = {}
+    cpu_s = _own_cpu_s() - cpu_before
     result = SendResult(
         kind=plan.kind,
         sent=plan.count,
-        ok=0,
-        errors=errors,
+        ok=plan.count - sum(shots.errors.values()),
+        errors=dict(shots.errors),
         histogram=histogram.encode(),
-        cpu_s=usage.ru_utime + usage.ru_stime,
+        cpu_s=cpu_s,
     )
-    total_errors = progress.cells[Progress.ERRORS]
-    result.ok = plan.count - total_errors
-    if total_errors and not keep:
-        errors["failed"] = total_errors
     if keep:
         result.intended_ns, result.done_ns = shots.intended_ns, shots.done_ns
         for outcome in shots.outcomes:
@@ -221,8 +222,6 @@ async def send(plan: SendPlan, progress: Progress, go: Callable[[], int]) -> Sen
             created, incident_id = outcome.value if outcome.ok else (None, "")
             result.created.append(created)
             result.incident_ids.append(incident_id)
-            if not outcome.ok:
-                errors[outcome.error] = errors.get(outcome.error, 0) + 1
     return result
 
 

@@ -8,6 +8,7 @@ test against a fake provider needs. Both log to files in the output directory.
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from loadtests.procs import free_port
+from loadtests.procs import free_ports
 from tocsin.client.endpoints import Endpoints
 
 SERVICES = ("scheduling", "incidents", "escalation", "notification")
@@ -55,8 +56,8 @@ def _wait_http(url: str, timeout_s: float, process: subprocess.Popen[bytes]) -> 
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:
                     return
-        except (urllib.error.URLError, OSError):
-            pass
+        except (urllib.error.URLError, http.client.HTTPException, OSError):
+            pass  # not listening yet (or, if it never answers, something else holds the port)
         time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer 200 within {timeout_s:.0f}s")
 
@@ -75,33 +76,34 @@ class LocalStack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         base = {k: v for k, v in os.environ.items() if k not in _INHERITED_AWAY}
         twilio = {"TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN}
-        fake_url = f"http://127.0.0.1:{free_port()}"
+        fake_port, http_port, *grpc_ports = free_ports(2 + len(SERVICES))
+        fake_url = f"http://127.0.0.1:{fake_port}"
         self.fake = self._spawn(
-            [sys.executable, "-m", "tocsin.faketwilio", "--port", fake_url.rsplit(":", 1)[1]],
+            [sys.executable, "-m", "tocsin.faketwilio", "--port", str(fake_port)],
             base | twilio,
             "fake-twilio.log",
         )
-        addrs = {name: f"127.0.0.1:{free_port()}" for name in SERVICES}
-        http = f"127.0.0.1:{free_port()}"
+        addrs = {name: f"127.0.0.1:{port}" for name, port in zip(SERVICES, grpc_ports, strict=True)}
+        http_addr = f"127.0.0.1:{http_port}"
         env = base | twilio | UNLIMITED
         env |= {
             "TWILIO_FROM_NUMBER": FROM_NUMBER,
             "TOCSIN_TWILIO_BASE_URL": fake_url,
             "TOCSIN_TWILIO_STATUS_CALLBACKS": "on" if self.status_callbacks else "off",
             "TOCSIN_DATA_DIR": str(self.data_dir),
-            "TOCSIN_HTTP_ADDR": http,
+            "TOCSIN_HTTP_ADDR": http_addr,
             "TOCSIN_LOG_LEVEL": self.log_level,
             **{f"TOCSIN_{name.upper()}_ADDR": addr for name, addr in addrs.items()},
         }
         self.up = self._spawn([sys.executable, "-m", "tocsin.cli.main", "up"], env, "stack.log")
         try:
             _wait_http(f"{fake_url}/_fake/stats", timeout_s, self.fake)
-            _wait_http(f"http://{http}/healthz", timeout_s, self.up)
+            _wait_http(f"http://{http_addr}/healthz", timeout_s, self.up)
         except BaseException:
             self.stop()
             raise
         return Target(
-            endpoints=Endpoints(http=http, **addrs),
+            endpoints=Endpoints(http=http_addr, **addrs),
             fake_twilio=fake_url,
             stack_root=self.up.pid,
             fake_pid=self.fake.pid,
