@@ -64,7 +64,7 @@ def test_an_alert_pages_the_on_call_by_sms_then_voice_then_the_next_level_until_
     answer = pager.reply_sms("bob", f"{reply_code(bob_sms)}a")
     assert answer.startswith(f"Acknowledged #{incident.id}")
     # bob's call was due 2 minutes after his SMS, and the policy loops after 10
-    pager.expect_no_more_pages(until=bob_sms.at + minutes(3))
+    pager.expect_no_more_pages(until=bob_sms.at + minutes(2.5))
 
     shown = tocsin.cli_json("incident", incident.id)
     assert shown["status"] == "acknowledged"
@@ -97,7 +97,7 @@ def test_a_resolve_event_stops_everything(tocsin: PagingStack) -> None:
     reply = tocsin.enqueue(CHECKOUT_KEY, "resolve", "cart-500s")
     assert reply["dedup_key"] == "cart-500s"
 
-    pager.expect_no_more_pages(until=sms.at + minutes(4))
+    pager.expect_no_more_pages(until=sms.at + minutes(3.5))
     incident = tocsin.incident("checkout-api", "cart-500s")
     assert incident.status == incidents_pb2.INCIDENT_STATUS_RESOLVED
     assert tocsin.escalation(incident.id).status == escalation_pb2.ESCALATION_STATUS_STOPPED
@@ -117,7 +117,7 @@ def test_repeats_of_an_open_alert_page_nobody_again(tocsin: PagingStack) -> None
     incident = tocsin.incident("search-api", "index-lag")
     assert incident.alert_count == 4
     assert "acknowledged" in pager.press(call, "4").lower()
-    pager.expect_no_more_pages(until=call.at + minutes(3))
+    pager.expect_no_more_pages(until=call.at + minutes(1))
     assert tocsin.incident_by_id(incident.id).status == incidents_pb2.INCIDENT_STATUS_ACKNOWLEDGED
 
 
@@ -141,7 +141,7 @@ def test_a_snooze_silences_paging_until_it_ends_then_paging_starts_over(
     # and when it ends the escalation starts over at level 1
     again = pager.expect_sms("heidi", "invoices stuck in queue", not_before=until)
     tocsin.enqueue(BILLING_KEY, "resolve", "invoices-stuck")
-    pager.expect_no_more_pages(until=again.at + minutes(3))
+    pager.expect_no_more_pages(until=again.at + minutes(2.5))
     lines = tocsin.timeline(incident.id)
     assert sum(line.startswith("Escalation level 1 (loop 1) paged heidi") for line in lines) == 2
 

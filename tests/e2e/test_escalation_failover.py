@@ -106,7 +106,7 @@ def run_the_burst(tocsin: PagingStack, client: redis.Redis, replica: Service) ->
     pager.expect_sms_each("rosa", summaries, not_before=triggered + minutes(1))
     wait_for(lambda: set(owners(client).values()) == {SURVIVOR}, 30, "replica-a owns all shards")
     # each policy is exhausted a minute after its second level, which pages nobody
-    pager.expect_no_more_pages(until=tocsin.now() + minutes(2))
+    pager.expect_no_more_pages(until=tocsin.now() + minutes(1))
 
     for summary, incident_id in incident_of.items():
         escalation = tocsin.escalation(incident_id)
