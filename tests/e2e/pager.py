@@ -34,7 +34,7 @@ Kind = Literal["sms", "call"]
 MINUTE_MS = 60_000
 MARGIN_S = 8.0
 """Real seconds a page may take beyond its due moment (a loaded 2-core machine)."""
-SETTLE_S = 1.0
+SETTLE_S = 0.5
 """Real seconds `expect_no_more_pages` keeps looking after its virtual deadline."""
 
 
@@ -161,7 +161,7 @@ class Pager:
         return [found[t] for t in texts]
 
     def expect_no_more_pages(self, *, until: int) -> None:
-        """Wait until the virtual moment `until` (plus a real second for work already
+        """Wait until the virtual moment `until` (plus half a real second for work already
         started), then fail on any page to this pager's people that nobody expected."""
         time.sleep(self.log.real_seconds_until(until) + SETTLE_S)
         numbers = set(self.people.values())
