@@ -121,8 +121,7 @@ def paging_stack(
     try:
         stack.start()
         stack.wait_healthy(timeout_s=60)
-        for config in configs:
-            stack.cli("apply", "-f", str(config))
+        stack.cli_all([["apply", "-f", str(config)] for config in configs])
         client = SyncTocsinClient(resolve_endpoints(env))
         yield PagingStack(stack, fake, clock, log, client)
         unexpected = log.unexpected()

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from subprocess import PIPE
 from typing import IO, Any
 
 import httpx
@@ -251,11 +252,20 @@ class Stack:
 
     def cli(self, *args: str) -> str:
         """Run a `tocsin` command against this stack; returns its standard output."""
-        done = subprocess.run(
-            [*TOCSIN, *args], env=self.env, capture_output=True, text=True, timeout=30
-        )
-        assert done.returncode == 0, f"tocsin {' '.join(args)}: {done.stderr}{done.stdout}"
-        return done.stdout
+        return self.cli_all([list(args)])[0]
+
+    def cli_all(self, commands: list[list[str]]) -> list[str]:
+        """Run independent `tocsin` commands at the same time; their standard outputs."""
+        running = [
+            (args, subprocess.Popen([*TOCSIN, *args], env=self.env, stdout=PIPE, stderr=PIPE))
+            for args in commands
+        ]
+        outputs = []
+        for args, process in running:
+            out, err = process.communicate(timeout=60)
+            assert process.returncode == 0, f"tocsin {' '.join(args)}: {err!r}{out!r}"
+            outputs.append(out.decode())
+        return outputs
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> str:
         assert self.process is not None
