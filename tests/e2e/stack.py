@@ -299,6 +299,7 @@ class Service:
             )
 
     def kill(self) -> None:
+        """kill -9: no clean shutdown, so its leases and pending stream entries stay behind."""
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(5)

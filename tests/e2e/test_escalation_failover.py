@@ -11,8 +11,6 @@ is killed -9 with the rest of its levels due or in flight.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -94,9 +92,7 @@ def run_the_burst(tocsin: PagingStack, client: redis.Redis, replica: Service) ->
     victim_shards = wait_for(
         victim_shards_once_it_pages, 30, "replica-b's first level-2 page", interval_s=0.01
     )
-    assert replica.process is not None
-    os.kill(replica.process.pid, signal.SIGKILL)
-    replica.process.wait(5)
+    replica.kill()
     time.sleep(0.2)  # requests that had left before the kill still land at the fake
     victims = [s for s in summaries if incident_shard(incident_of[s]) in victim_shards]
     paged_before_the_kill = len(level_2_pages(victim_shards))

@@ -4,6 +4,10 @@ SIGTERM, Redis included."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -57,9 +61,6 @@ def test_healthz_names_a_service_that_is_down(tmp_path: Path) -> None:
             if b"notification" in Path(f"/proc/{pid}/cmdline").read_bytes()
         ]
         assert notification
-        import os
-        import signal
-
         os.kill(notification[0], signal.SIGSTOP)  # hung, not dead: the supervisor leaves it
         try:
             reply = httpx.get(f"{stack.http}/healthz", timeout=5)
@@ -69,3 +70,27 @@ def test_healthz_names_a_service_that_is_down(tmp_path: Path) -> None:
             os.kill(notification[0], signal.SIGCONT)
     finally:
         stack.stop()
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["up"], {"TOCSIN_HTTP_ADDR": "8080"}, "TOCSIN_HTTP_ADDR='8080': expected HOST:PORT"),
+        (["serve", "incidents"], {}, "TOCSIN_REDIS_URL must be set"),
+        (["serve", "gateway"], {"TOCSIN_HTTP_ADDR": "0.0.0.0:0"}, "TOCSIN_API_TOKEN"),
+    ],
+)
+def test_bad_configuration_stops_with_the_variable_named(
+    argv: list[str], env: dict[str, str], message: str, tmp_path: Path
+) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TOCSIN_", "TWILIO_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "tocsin.cli.main", *argv],
+        env={**clean, "TOCSIN_DATA_DIR": str(tmp_path), **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
