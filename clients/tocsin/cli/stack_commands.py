@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 STACK = ("scheduling", "incidents", "escalation", "notification", "gateway")
 
@@ -27,16 +28,27 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _up(args: argparse.Namespace) -> int:
-    from tocsin.runtime.config import load_config
+    from tocsin.runtime.config import ConfigError, load_config
     from tocsin.runtime.service import configure_logging
     from tocsin.runtime.supervisor import run_up
 
     configure_logging()
-    return run_up(load_config())
+    try:
+        config = load_config()
+    except ConfigError as error:
+        print(f"tocsin up: {error}", file=sys.stderr)
+        return 2
+    return run_up(config)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    importlib.import_module(f"tocsin.{args.service}.server").serve()
+    from tocsin.runtime.config import ConfigError
+
+    try:
+        importlib.import_module(f"tocsin.{args.service}.server").serve()
+    except ConfigError as error:
+        print(f"tocsin serve {args.service}: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
