@@ -8,8 +8,9 @@ fixed by its id (`incident_shard`), so its events stay in order.
 Each consumer group (escalation, notification) reads every shard with one blocking
 XREADGROUP per shard, handles entries in order, and XACKs only after its handler
 succeeded. Entries left pending by a consumer that died are taken over with XAUTOCLAIM
-after `claim_idle_ms`; an entry whose handler keeps failing is moved to a dead-letter
-stream after `max_deliveries`, so one bad entry cannot stall a shard forever.
+after `claim_idle_ms` (looked for every half of it; a restarted process with the same
+identity resumes its own at once); an entry whose handler keeps failing is moved to a
+dead-letter stream after `max_deliveries`, so one bad entry cannot stall a shard forever.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class EventConsumer:
         shards: Sequence[int] = range(INCIDENT_SHARDS),
         block_ms: int = 1000,
         batch: int = 100,
-        claim_idle_ms: int = 30_000,
+        claim_idle_ms: int = 10_000,
         max_deliveries: int = 10,
     ) -> None:
         self.redis = redis
@@ -139,12 +140,14 @@ class EventConsumer:
 
     async def _run_shard(self, shard: int, stop: asyncio.Event) -> None:
         await self._read(shard, block_ms=None, pending=True)
-        rounds = 0
+        loop = asyncio.get_running_loop()
+        next_claim = loop.time() + self.claim_idle_ms / 2000
         while not stop.is_set():
             try:
                 await self._read(shard, block_ms=self.block_ms, pending=False)
-                rounds += 1
-                if rounds % 30 == 0:
+                now = loop.time()  # real time on purpose: XAUTOCLAIM judges Redis' idle time
+                if now >= next_claim:
+                    next_claim = now + self.claim_idle_ms / 2000
                     await self._claim_shard(shard)
             except (RedisConnectionError, RedisTimeoutError, OSError) as error:
                 log.warning("%s: shard %d stream read failed: %s", self.group, shard, error)

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 STACK = (*SERVICE_NAMES, "gateway")
 _PR_SET_PDEATHSIG = 1
 _RESTART_BACKOFF_S = (0.5, 1, 2, 5, 10)
+_STABLE_S = 60
 
 
 def _die_with_parent() -> None:
@@ -47,11 +48,13 @@ class Child:
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
+    started_at: float = 0.0
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             self.command, env=dict(self.env), preexec_fn=_die_with_parent
         )
+        self.started_at = time.monotonic()
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -112,6 +115,8 @@ class Stack:
         """Restart children that die, until a stop is requested."""
         while not self.stop_requested.wait(0.5):
             for child in self.children:
+                if child.alive() and time.monotonic() - child.started_at > _STABLE_S:
+                    child.restarts = 0  # up long enough: the next crash restarts quickly again
                 if child.alive() or time.monotonic() < child.next_start:
                     continue
                 code = child.process.returncode if child.process else None
