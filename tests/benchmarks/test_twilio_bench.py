@@ -75,7 +75,8 @@ def test_sms_throughput_to_fake_twilio(benchmark: BenchmarkFixture, fake_twilio_
     )
 
     stats = httpx.get(f"{fake_twilio_url}/_fake/stats").json()
-    assert stats["accepted"]["sms"] == 3 * (SENDS_PER_ROUND + 1)
+    # every send of every round that ran (one round when benchmarks are disabled) accepted
+    assert stats["accepted"]["sms"] == len(rates) * (SENDS_PER_ROUND + 1)
     assert stats["rejected"] == 0
     benchmark.extra_info["sms_per_second"] = [round(rate) for rate in rates]
     print(f"\nSMS/s to the fake ({CONCURRENCY} in flight): {[round(r) for r in rates]}")
