@@ -209,7 +209,9 @@ class TimerWorker:
 
     `lease_ms` must exceed the slowest handler: a handler still running when its lease
     ends may see its timer fired again elsewhere (the fence tells the two apart). Handlers
-    of one batch run concurrently.
+    of one batch run concurrently. In `run`, handlers run in the background (at most
+    `max_running` at once), so a timer that comes due while earlier handlers still wait on
+    their I/O is claimed at its due time rather than after them.
     """
 
     def __init__(
@@ -221,6 +223,7 @@ class TimerWorker:
         lease_ms: int = 30_000,
         batch: int = 100,
         poll_interval_ms: int = 1_000,
+        max_running: int = 256,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -229,8 +232,10 @@ class TimerWorker:
         self.lease_ms = lease_ms
         self.batch = batch
         self.poll_interval_ms = poll_interval_ms
+        self.max_running = max_running
         self._wake = asyncio.Event()
         self._next_wake_ms: int | None = None
+        self._running: set[asyncio.Task[None]] = set()
 
     def wake(self) -> None:
         """Check for due timers now instead of at the next due time or poll."""
@@ -243,6 +248,12 @@ class TimerWorker:
         lease ends. A successful handler's timer is completed (a no-op if its claim went
         stale meanwhile, or if the handler completed it itself in its own script).
         """
+        started = await self._claim_and_start()
+        await asyncio.gather(*started)
+        return len(started)
+
+    async def _claim_and_start(self) -> list[asyncio.Task[None]]:
+        """Claim the due timers of the current shards and start their handlers."""
         shards = sorted(set(self.shard_source()))
         results = await asyncio.gather(
             *(self.store.claim_due_and_next_wake(s, self.batch, self.lease_ms) for s in shards),
@@ -262,18 +273,24 @@ class TimerWorker:
             if wake is not None:
                 next_wakes.append(wake)
         self._next_wake_ms = min(next_wakes) if next_wakes else None
-        await asyncio.gather(*(self._fire(timer) for timer in claimed))
-        return len(claimed)
+        started = [asyncio.create_task(self._fire(timer)) for timer in claimed]
+        self._running.update(started)
+        for task in started:
+            task.add_done_callback(self._running.discard)
+        return started
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fire timers until `stop` is set, sleeping on the clock until the next due time."""
         stopper = asyncio.create_task(_set_when(stop, self._wake))
         try:
             while not stop.is_set():
+                if len(self._running) >= self.max_running:
+                    await asyncio.wait(set(self._running), return_when=asyncio.FIRST_COMPLETED)
+                    continue
                 self._wake.clear()
                 wake_at = self.clock.now_ms() + self.poll_interval_ms
                 try:
-                    await self.run_once()
+                    await self._claim_and_start()
                 except (RedisError, OSError) as error:
                     log.warning("timer worker cannot reach Redis, retrying: %s", error)
                 else:
@@ -282,6 +299,18 @@ class TimerWorker:
                 await self.clock.sleep_until(wake_at, self._wake)
         finally:
             stopper.cancel()
+            await self._finish_running()
+
+    async def _finish_running(self) -> None:
+        """Let the handlers still running finish; cancel them if we are cancelled (their
+        timers stay in flight and are offered again after their lease)."""
+        try:
+            if self._running:
+                await asyncio.wait(set(self._running))
+        except asyncio.CancelledError:
+            for task in self._running:
+                task.cancel()
+            raise
 
     async def _fire(self, timer: ClaimedTimer) -> None:
         try:
