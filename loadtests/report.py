@@ -140,8 +140,10 @@ def _escalation(i: Inputs) -> dict[str, Any]:
         "measured": i.escalation,
     }
     if i.escalation:
+        level1 = sorted(fired[1] for fired in i.fired.values() if 1 in fired)
+        span_s = (level1[-1] - level1[0]) / 1000 if len(level1) > 1 else 0.0
         figures |= {
-            "level1_fires_per_s": i.options_rate,
+            "level1_fires_per_s": round((len(level1) - 1) / span_s, 1) if span_s else None,
             "timer_lateness_ms": summary_ms(histogram_of_ns([max(0, x) for x in lateness])),
             "early_fires": sum(1 for x in lateness if x < 0),
             "due_to_escalated_sms_ms": summary_ms(histogram_of_ns(due_to_sms)),
@@ -287,7 +289,8 @@ def text(result: dict[str, Any]) -> str:
     ]
     if esc.get("measured"):
         lines += [
-            f"  level-1 timer lateness            {fig(esc.get('timer_lateness_ms'))}",
+            f"  level-1 timer lateness            {fig(esc.get('timer_lateness_ms'))}"
+            f"  (level 1 fired at {esc.get('level1_fires_per_s')}/s)",
             f"  level-1 due -> SMS                {fig(esc.get('due_to_escalated_sms_ms'))}",
         ]
     if rep.get("sent"):

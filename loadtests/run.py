@@ -51,7 +51,7 @@ IDLE_SAMPLE_S = 3.0
 class Options:
     out: Path
     rate: float = 200.0
-    duration: float = 30.0
+    duration: float = 20.0
     repeat_rate: float = 0.0
     via: Via = "grpc"
     escalation: bool = True
@@ -60,7 +60,7 @@ class Options:
     storms: int = 10
     drain_timeout: float = 20.0
     """Stop waiting for SMS once none arrived for this long."""
-    status_callbacks: bool = True
+    status_callbacks: bool = False
     target: Target | None = None
     """None: start a private stack."""
     token: str | None = None
@@ -245,6 +245,7 @@ async def _load(
             via=options.via,
             run_id=run_id,
             integration_key=INTEGRATION_KEYS[service],
+            token=options.token,
         )
     ]
     if options.repeats:
@@ -259,6 +260,7 @@ async def _load(
                 run_id=run_id,
                 integration_key=INTEGRATION_KEYS[SINGLE],
                 storms=options.storms,
+                token=options.token,
             )
         )
     display.echo(f"opening {options.storms} dedup storms (also the warm-up)")
