@@ -72,6 +72,12 @@ def parser() -> argparse.ArgumentParser:
         "(own stack only; off by default: on 2 cores the fake's callbacks cost more CPU "
         "than the page itself and, once a backlog forms, the fake becomes the bottleneck)",
     )
+    r.add_argument(
+        "--stack-log-level",
+        default="WARNING",
+        help="TOCSIN_LOG_LEVEL of the stack it starts (WARNING; INFO, the product default, "
+        "adds about a dozen log lines per SMS from the twilio library)",
+    )
     t = r.add_argument_group(
         "driving a running stack (all optional: give --target-fake-twilio to use one)"
     )
@@ -119,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         storms=args.storms,
         drain_timeout=args.drain_timeout,
         status_callbacks=args.status_callbacks,
+        stack_log_level=args.stack_log_level,
         target=_target(args),
         token=os.environ.get("TOCSIN_API_TOKEN"),
         command="python -m loadtests " + shlex.join(sys.argv[1:] if argv is None else argv),

@@ -67,6 +67,7 @@ DEFAULT_MATRIX = (
     Case(pending=100_000),
     Case(pending=100_000, shards=64),
     Case(pending=100_000, handler_ms=5.0),
+    Case(pending=100_000, handler_ms=20.0),
 )
 
 

@@ -61,6 +61,7 @@ class Options:
     drain_timeout: float = 20.0
     """Stop waiting for SMS once none arrived for this long."""
     status_callbacks: bool = False
+    stack_log_level: str = "WARNING"
     target: Target | None = None
     """None: start a private stack."""
     token: str | None = None
@@ -370,6 +371,7 @@ async def run(options: Options, run_id: str) -> dict[str, Any]:
             "escalation": options.escalation,
             "storms": options.storms,
             "status_callbacks": options.status_callbacks,
+            "stack_log_level": options.stack_log_level,
             "own_stack": options.target is None,
         },
         "machine": machine(),
@@ -382,7 +384,10 @@ async def run(options: Options, run_id: str) -> dict[str, Any]:
         display.echo(f"starting tocsin up and the fake Twilio (logs in {options.out / 'logs'})")
         data_dir = Path(tempfile.mkdtemp(prefix="tocsin-loadtest-"))
         stack = LocalStack(
-            data_dir, options.out / "logs", status_callbacks=options.status_callbacks
+            data_dir,
+            options.out / "logs",
+            log_level=options.stack_log_level,
+            status_callbacks=options.status_callbacks,
         )
         target = await asyncio.to_thread(stack.start)
     try:
