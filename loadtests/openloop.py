@@ -61,10 +61,9 @@ class Outcome:
 
 @dataclass
 class Shots:
-    """Every request of a run: intended and completion times, outcomes."""
+    """Every request of a run: intended send times and outcomes."""
 
     intended_ns: list[int] = field(default_factory=list)
-    done_ns: list[int] = field(default_factory=list)
     outcomes: list[Outcome | None] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     """Failed requests by error."""
@@ -81,11 +80,11 @@ async def open_loop(
 ) -> Shots:
     """Send `count` requests at `rate`/s from `start_ns`; record each one's latency from
     its intended time into `histogram` (errors are counted, not recorded). `keep` keeps
-    every request's times and outcome (for correlation); otherwise only the histogram."""
+    every request's intended time and outcome (for correlation); otherwise only the
+    histogram."""
     shots = Shots()
     if keep:
         shots.intended_ns = [start_ns + round(i * 1e9 / rate) for i in range(count)]
-        shots.done_ns = [0] * count
         shots.outcomes = [None] * count
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[None]] = set()
@@ -103,7 +102,6 @@ async def open_loop(
             shots.errors[outcome.error] += 1
         progress.add(Progress.DONE)
         if keep:
-            shots.done_ns[i] = done
             shots.outcomes[i] = outcome
 
     i = 0

@@ -43,7 +43,6 @@ class Inputs:
     repeat_rate: float
     escalation: bool
     run_id: str
-    start_ns: int
     incidents: SendResult
     repeats: SendResult | None
     sms: SmsLog

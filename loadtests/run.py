@@ -141,13 +141,13 @@ async def _result(handle: SenderHandle, timeout_s: float) -> SendResult:
     return await asyncio.to_thread(handle.result, timeout_s)
 
 
-async def _go(handles: list[SenderHandle]) -> int:
+async def _go(handles: list[SenderHandle]) -> None:
+    """Once every sender is connected, start them all at the same moment."""
     for handle in handles:
         await asyncio.to_thread(handle.wait_ready, 60)
     start_ns = time.monotonic_ns() + 200_000_000
     for handle in handles:
         handle.go(start_ns)
-    return start_ns
 
 
 async def measure_floor(options: Options, display: Display) -> dict[str, Any]:
@@ -279,7 +279,7 @@ async def _load(
         idle_cpu_per_s = sum(cpu_start.since(idle_start).values()) / IDLE_SAMPLE_S
         base = await collect.accepted_sms_count(target.fake_twilio)
         fake_cpu_start = cpu_seconds(target.fake_pid) if target.fake_pid else 0.0
-        start_ns = await _go(handles)
+        await _go(handles)
         pending = [asyncio.ensure_future(_result(h, options.duration + 300)) for h in handles]
         started = time.monotonic()
         while not all(p.done() for p in pending):
@@ -336,7 +336,6 @@ async def _load(
             repeat_rate=options.repeat_rate,
             escalation=options.escalation,
             run_id=run_id,
-            start_ns=start_ns,
             incidents=incidents,
             repeats=results.get("repeats"),
             sms=sms,

@@ -66,12 +66,9 @@ class SendResult:
     """This sender process's own CPU time while sending."""
     intended_ns: list[int] = field(default_factory=list)
     """Per request (kept for new incidents only)."""
-    done_ns: list[int] = field(default_factory=list)
     ok_flags: list[bool] = field(default_factory=list)
     created: list[bool | None] = field(default_factory=list)
     """From the Trigger reply (gRPC); None where the reply does not say (HTTP, errors)."""
-    incident_ids: list[str] = field(default_factory=list)
-    """From the Trigger reply (gRPC); '' where unknown."""
 
 
 def _trigger_event(key: str, dedup_key: str, summary: str) -> dict[str, Any]:
@@ -143,7 +140,7 @@ class _Edges:
             reply = await stub.Trigger(request, timeout=RPC_TIMEOUT_S, metadata=self.metadata)
         except grpc.aio.AioRpcError as error:
             return Outcome(False, f"grpc {error.code().name}: {(error.details() or '')[:80]}")
-        return Outcome(True, value=(reply.created, reply.incident.id))
+        return Outcome(True, value=reply.created)
 
     async def _enqueue(self, dedup_key: str, summary: str) -> Outcome:
         assert self.session is not None
@@ -155,7 +152,7 @@ class _Edges:
                     return Outcome(False, f"http {r.status}")
         except (aiohttp.ClientError, TimeoutError) as error:
             return Outcome(False, f"http {type(error).__name__}")
-        return Outcome(True, value=(None, ""))
+        return Outcome(True, value=None)
 
     async def echo(self) -> Outcome:
         call = self.floor_calls[self.pick() % len(self.floor_calls)]
@@ -183,7 +180,7 @@ def _request_maker(plan: SendPlan, edges: _Edges) -> Callable[[int], Awaitable[O
         async def repeat(i: int) -> Outcome:
             dedup_key, summary = storms[i % len(storms)]
             outcome = await edges.trigger(i, dedup_key, summary)
-            if outcome.ok and outcome.value[0] is True:
+            if outcome.ok and outcome.value is True:
                 return Outcome(False, "repeat opened a new incident")
             return outcome
 
@@ -219,13 +216,11 @@ async def send(plan: SendPlan, progress: Progress, go: Callable[[], int]) -> Sen
         cpu_s=cpu_s,
     )
     if keep:
-        result.intended_ns, result.done_ns = shots.intended_ns, shots.done_ns
+        result.intended_ns = shots.intended_ns
         for outcome in shots.outcomes:
             assert outcome is not None
             result.ok_flags.append(outcome.ok)
-            created, incident_id = outcome.value if outcome.ok else (None, "")
-            result.created.append(created)
-            result.incident_ids.append(incident_id)
+            result.created.append(outcome.value if outcome.ok else None)
     return result
 
 
