@@ -25,6 +25,9 @@ from tocsin.scheduling import (
     shift_at,
     who_is_on_call,
 )
+from tocsin.scheduling.domain import (
+    shift_at_fast,
+)
 
 ZONES = [
     "America/New_York",
@@ -214,3 +217,11 @@ def test_the_answer_does_not_depend_on_the_query_window(data: st.DataObject, cas
     assert clipped[0] == clipped[1]
     answer = who_is_on_call(case.schedule, at)
     assert (answer and answer.user) == (clipped[0] and clipped[0][0])
+
+
+@PROPERTY
+@given(st.data(), cases())
+def test_the_fast_shift_lookup_gives_the_same_whole_shift(data: st.DataObject, case: Case) -> None:
+    shifts = final_shifts(case.schedule, case.start, case.end)
+    for moment in data.draw(instants(case, shifts)):
+        assert shift_at_fast(case.schedule, moment) == shift_at(case.schedule, moment), moment

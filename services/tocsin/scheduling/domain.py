@@ -6,6 +6,7 @@ reads the clock. Instants must be timezone-aware; answers are in UTC.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
@@ -48,6 +49,35 @@ def shift_at(
         if (start < shift.start and shift.end < end) or reach >= horizon:
             return shift
         reach = min(reach * 4, horizon)
+
+
+_MONTH_PAD = timedelta(days=7)
+_MONTHS_KEPT = 36
+
+
+def shift_at_fast(schedule: Schedule, at: datetime) -> Shift | None:
+    """`shift_at`, answered by bisecting the final shifts of `at`'s month (computed once per
+    month of a schedule value, with a week's margin either side) whenever the shift lies
+    inside that window; a shift that reaches the window's edge is looked up the slow way,
+    so the answer is always the whole merged shift."""
+    moment = _utc(at, "at")
+    key = (moment.year, moment.month)
+    window_start = datetime(moment.year, moment.month, 1, tzinfo=UTC) - _MONTH_PAD
+    next_month = datetime(moment.year + moment.month // 12, moment.month % 12 + 1, 1, tzinfo=UTC)
+    window_end = next_month + _MONTH_PAD
+    shifts = schedule.month_shifts.get(key)
+    if shifts is None:
+        if len(schedule.month_shifts) >= _MONTHS_KEPT:
+            schedule.month_shifts.clear()
+        shifts = schedule.plan.shifts_between(window_start, window_end)
+        schedule.month_shifts[key] = shifts
+    index = bisect.bisect_right(shifts, moment, key=lambda s: s.start) - 1
+    if index < 0 or not shifts[index].start <= moment < shifts[index].end:
+        return None
+    shift = shifts[index]
+    if shift.start <= window_start or shift.end >= window_end:
+        return shift_at(schedule, moment)
+    return shift
 
 
 def user_shifts(

@@ -88,6 +88,11 @@ class Schedule:
 
         return SchedulePlan(self)
 
+    @cached_property
+    def month_shifts(self) -> dict[tuple[int, int], list[Shift]]:
+        """Final shifts per (year, month), filled by `domain.shift_at_fast` on first use."""
+        return {}
+
 
 @dataclass(frozen=True)
 class ShiftSource:
