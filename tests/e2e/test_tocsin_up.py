@@ -94,3 +94,18 @@ def test_bad_configuration_stops_with_the_variable_named(
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_killing_the_supervisor_takes_every_child_with_it(tmp_path: Path) -> None:
+    stack = Stack(tmp_path / "data")
+    stack.start()
+    assert stack.process is not None
+    stack.wait_healthy()
+    children = descendants(stack.process.pid)
+    assert any(b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children)
+    stack.process.kill()  # SIGKILL: no chance to clean up; the kernel's parent-death signal does
+    stack.process.wait()
+    deadline = time.monotonic() + 15
+    while [pid for pid in children if alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.1)  # waiting for processes to exit, not for an escalation
+    assert not [pid for pid in children if alive(pid)]

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -48,6 +49,7 @@ class EmbeddedRedis:
         *,
         cluster_enabled: bool = False,
         start_timeout_s: float = 30.0,
+        preexec: Callable[[], None] | None = None,
     ) -> None:
         """`port=0` picks a free port on first start; restarts reuse the same port."""
         self.data_dir = Path(data_dir).absolute()  # the server runs with data_dir as cwd
@@ -55,6 +57,8 @@ class EmbeddedRedis:
         self.appendonly = appendonly
         self.cluster_enabled = cluster_enabled
         self.start_timeout_s = start_timeout_s
+        self.preexec = preexec
+        """Runs in the child before exec (`tocsin up` passes a parent-death signal)."""
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -147,6 +151,7 @@ class EmbeddedRedis:
                 stderr=subprocess.STDOUT,
                 cwd=self.data_dir,
                 start_new_session=True,  # a Ctrl-C in the terminal goes to the supervisor only
+                preexec_fn=self.preexec,
             )
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:

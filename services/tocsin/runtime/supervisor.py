@@ -71,7 +71,7 @@ class Stack:
     def start(self) -> Endpoints:
         env = dict(os.environ)
         if self.config.redis_url is None:
-            self.redis = EmbeddedRedis(self.config.data_dir / "redis")
+            self.redis = EmbeddedRedis(self.config.data_dir / "redis", preexec=_die_with_parent)
             self.redis.start()
             env["TOCSIN_REDIS_URL"] = self.redis.url
             self.echo(f"redis        {self.redis.url}  (embedded, AOF in {self.redis.data_dir})")
