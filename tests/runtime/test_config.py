@@ -34,6 +34,7 @@ def test_defaults_are_loopback_and_embedded() -> None:
         ({"TOCSIN_RETENTION": "0d"}, "TOCSIN_RETENTION"),
         ({"TOCSIN_RETENTION": "ninety"}, "TOCSIN_RETENTION"),
         ({"TOCSIN_INCIDENTS_ADDR": "nohost"}, "TOCSIN_INCIDENTS_ADDR"),
+        ({"TOCSIN_EVENTS_API_RATE": "lots"}, "TOCSIN_EVENTS_API_RATE"),
         ({"TWILIO_ACCOUNT_SID": "AC" + "0" * 32}, "TWILIO_AUTH_TOKEN"),
         (
             {

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,15 +44,12 @@ from starlette.routing import Route
 from tocsin.client.client import TocsinClient
 from tocsin.incidents import domain, validation
 from tocsin.runtime.clock import Clock
-from tocsin.runtime.config import ConfigError
 from tocsin.runtime.errors import FieldViolation
 from tocsin.v1 import common_pb2, incidents_pb2
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 512 * 1024
-RATE_VARIABLE = "TOCSIN_EVENTS_API_RATE"
-DEFAULT_RATE_PER_MINUTE = 600
 RPC_TIMEOUT_S = 10.0
 SEVERITIES = {
     "critical": common_pb2.SEVERITY_CRITICAL,
@@ -280,19 +276,12 @@ class RateLimiter:
             del self._buckets[next(iter(self._buckets))]
 
 
-def rate_limit_per_minute(env: Mapping[str, str] | None = None) -> int:
-    env = os.environ if env is None else env
-    value = env.get(RATE_VARIABLE, str(DEFAULT_RATE_PER_MINUTE)).strip()
-    if not value.isdigit():
-        raise ConfigError(f"{RATE_VARIABLE}={value!r}: expected events per minute, e.g. 600")
-    return int(value)
-
-
 def rate_limiter(app: Starlette) -> RateLimiter:
-    """The app's limiter, made on first use from the environment."""
+    """The app's limiter, made on first use from the configuration
+    (TOCSIN_EVENTS_API_RATE, checked when the gateway starts)."""
     limiter: RateLimiter | None = getattr(app.state, "events_rate_limiter", None)
     if limiter is None:
-        limiter = RateLimiter(rate_limit_per_minute(), app.state.clock)
+        limiter = RateLimiter(app.state.config.events_api_rate_per_minute, app.state.clock)
         app.state.events_rate_limiter = limiter
     return limiter
 

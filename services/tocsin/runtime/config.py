@@ -73,6 +73,8 @@ class Config:
     number_send_interval: timedelta = timedelta(seconds=2)
     """Least time between two pages (per channel) to one phone number; 0 = no limit."""
     twilio_status_callbacks: bool = True
+    events_api_rate_per_minute: int = 600
+    """Events API v2 / Alertmanager events per minute per routing key per gateway; 0 = off."""
     """Ask Twilio for delivery callbacks; off where Twilio cannot reach TOCSIN_PUBLIC_URL."""
 
     def grpc_listen_addr(self, service: str) -> Address:
@@ -110,6 +112,12 @@ def _parse_rate(value: str, variable: str) -> float:
     if not 0 <= rate <= 1000:
         raise ConfigError(f"{variable}={value!r}: expected a number from 0 (unlimited) to 1000")
     return rate
+
+
+def _parse_count(value: str, variable: str) -> int:
+    if not value.strip().isdigit():
+        raise ConfigError(f"{variable}={value!r}: expected a whole number, e.g. 600 (0 = off)")
+    return int(value)
 
 
 def _parse_switch(value: str, variable: str) -> bool:
@@ -191,6 +199,9 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         ),
         number_send_interval=_parse_interval(
             env.get("TOCSIN_NUMBER_SEND_INTERVAL", "2s"), "TOCSIN_NUMBER_SEND_INTERVAL"
+        ),
+        events_api_rate_per_minute=_parse_count(
+            env.get("TOCSIN_EVENTS_API_RATE", "600"), "TOCSIN_EVENTS_API_RATE"
         ),
         twilio_status_callbacks=_parse_switch(
             env.get("TOCSIN_TWILIO_STATUS_CALLBACKS", "on"), "TOCSIN_TWILIO_STATUS_CALLBACKS"
