@@ -30,7 +30,7 @@ from tocsin.escalation.codec import policy_from_proto
 from tocsin.escalation.domain import Escalation, Exhausted, LevelFired, Page, Policy, Status
 from tocsin.escalation.store import EscalationStore, Hop, hop_timer_id, level_timer_id
 from tocsin.runtime.clock import Clock
-from tocsin.runtime.errors import FailedPrecondition, NotFound
+from tocsin.runtime.errors import Conflict, FailedPrecondition, NotFound
 from tocsin.runtime.events import incident_shard
 from tocsin.runtime.telemetry import context_from_traceparent, current_traceparent
 from tocsin.runtime.timers import ClaimedTimer
@@ -113,6 +113,8 @@ class EscalationEngine:
                     expected = current.version
                 if await self.store.write(state, expected, traceparent=current_traceparent()):
                     break
+            else:
+                raise Conflict(f"escalation of incident {incident.id} kept changing; retried")
         await self.fire_now(incident.id)
 
     async def halt(self, incident_id: str, traceparent: str, reason: str) -> None:
@@ -129,6 +131,8 @@ class EscalationEngine:
                     return
                 if await self.store.write(stopped, current.version, traceparent=""):
                     return
+            # Raising leaves the event pending: the stop is retried, never dropped.
+            raise Conflict(f"escalation of incident {incident_id} kept changing; retried")
 
     # levels
 
