@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from hdrh.histogram import HdrHistogram
 from pytest_benchmark.fixture import BenchmarkFixture
 from redis.asyncio import Redis
 
+from tests.e2e.stack import free_port
 from tocsin.client.channel import create_channel
 from tocsin.incidents import keys
 from tocsin.incidents.domain import resolve
@@ -45,14 +45,8 @@ NEW_INCIDENT_RATE = 200
 NEW_INCIDENTS = 600
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-# `tocsin serve gateway` builds its gRPC client outside uvicorn's event loop (reported);
-# start_gateway builds it inside, as `tocsin up` would need to.
+# The gateway as its own process, started through start_gateway (the same set-up as
+# `tocsin serve gateway`) so the script can pick its Redis and clock.
 _GATEWAY = """
 import asyncio, uvloop
 from tocsin.gateway.server import start_gateway
@@ -93,8 +87,8 @@ async def _wait_serving(target: str) -> None:
 @pytest.fixture(scope="module")
 def stack(redis_server: EmbeddedRedis) -> Iterator[dict[str, str]]:
     """The incidents service and the gateway as processes; their addresses."""
-    grpc_addr = f"127.0.0.1:{_free_port()}"
-    http_addr = f"127.0.0.1:{_free_port()}"
+    grpc_addr = f"127.0.0.1:{free_port()}"
+    http_addr = f"127.0.0.1:{free_port()}"
     env = {
         "TOCSIN_REDIS_URL": redis_server.url,
         "TOCSIN_INCIDENTS_ADDR": grpc_addr,

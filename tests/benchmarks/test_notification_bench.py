@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hdrh.histogram import HdrHistogram
 from pytest_benchmark.fixture import BenchmarkFixture
 
+from tests.e2e.stack import free_port
 from tocsin.client.channel import create_channel
 from tocsin.notification import domain
 from tocsin.notification.contacts import ContactStore
@@ -57,12 +57,6 @@ THROUGHPUT_INCIDENTS = 100  # x USERS = 4000 pages
 LATENCY_PAGES = 1000
 LATENCY_RATE = 100
 CONCURRENCY = 64
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _number(user: int) -> str:
@@ -113,8 +107,8 @@ def deployment(redis_url: str) -> Iterator[Deployment]:
     with _process(["-m", "tocsin.faketwilio", "--port", "0"], env) as fake:
         assert fake.stdout is not None
         fake_url = fake.stdout.readline().removeprefix("fake twilio listening on ").strip()
-        incidents = f"127.0.0.1:{_free_port()}"
-        notification = f"127.0.0.1:{_free_port()}"
+        incidents = f"127.0.0.1:{free_port()}"
+        notification = f"127.0.0.1:{free_port()}"
         service_env = {
             **env,
             "TWILIO_FROM_NUMBER": FROM,
