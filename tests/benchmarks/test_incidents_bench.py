@@ -14,8 +14,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import aiohttp
 import grpc
@@ -28,6 +30,8 @@ from redis.asyncio import Redis
 
 from tests.e2e.stack import free_port
 from tocsin.client.channel import create_channel
+from tocsin.client.client import TocsinClient
+from tocsin.client.endpoints import DEFAULTS, Endpoints
 from tocsin.incidents import keys
 from tocsin.incidents.domain import resolve
 from tocsin.incidents.service_store import ServiceStore
@@ -63,13 +67,39 @@ uvloop.run(main())
 
 
 @contextlib.contextmanager
-def _process(args: list[str], env: dict[str, str]) -> Iterator[None]:
+def _process(args: list[str], env: dict[str, str]) -> Iterator[int]:
     process = subprocess.Popen([sys.executable, *args], env=os.environ | env)
     try:
-        yield
+        yield process.pid
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@dataclass(frozen=True)
+class Stack:
+    grpc: str
+    http: str
+    pids: dict[str, int]  # incidents, gateway, redis
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time used so far by each process of the stack and by this (load) process."""
+        used = {name: _cpu_seconds(pid) for name, pid in self.pids.items()}
+        return used | {"load generator": time.process_time()}
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _measured(stack: Stack, count: int, run: Callable[[], float]) -> tuple[float, dict[str, int]]:
+    """`run`'s rate, and the CPU microseconds per alert each process spent on it."""
+    before = stack.cpu_seconds()
+    rate = run()
+    after = stack.cpu_seconds()
+    return rate, {name: round((after[name] - before[name]) / count * 1e6) for name in after}
 
 
 async def _wait_serving(target: str) -> None:
@@ -85,7 +115,7 @@ async def _wait_serving(target: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(redis_server: EmbeddedRedis) -> Iterator[dict[str, str]]:
+def stack(redis_server: EmbeddedRedis) -> Iterator[Stack]:
     """The incidents service and the gateway as processes; their addresses."""
     grpc_addr = f"127.0.0.1:{free_port()}"
     http_addr = f"127.0.0.1:{free_port()}"
@@ -97,9 +127,11 @@ def stack(redis_server: EmbeddedRedis) -> Iterator[dict[str, str]]:
         "TOCSIN_LOG_LEVEL": "WARNING",
     }
     incidents = ["-m", "tocsin.cli.main", "serve", "incidents"]
-    with _process(incidents, env), _process(["-c", _GATEWAY], env):
+    with _process(incidents, env) as incidents_pid, _process(["-c", _GATEWAY], env) as gateway:
         asyncio.run(_setup(grpc_addr, http_addr))
-        yield {"grpc": grpc_addr, "http": http_addr}
+        assert redis_server.pid is not None
+        pids = {"incidents": incidents_pid, "gateway": gateway, "redis": redis_server.pid}
+        yield Stack(grpc_addr, http_addr, pids)
 
 
 async def _setup(grpc_addr: str, http_addr: str) -> None:
@@ -131,6 +163,7 @@ def _repeat_request() -> incidents_pb2.TriggerRequest:
 
 
 async def _grpc_repeats(target: str, count: int) -> float:
+    """Unary Trigger calls, 64 at a time over 4 channels."""
     channels = [create_channel(target) for _ in range(4)]
     stubs = [incidents_pb2_grpc.IncidentServiceStub(c) for c in channels]
     request = _repeat_request()
@@ -148,6 +181,24 @@ async def _grpc_repeats(target: str, count: int) -> float:
     finally:
         for channel in channels:
             await channel.close()
+
+
+async def _client_repeats(target: str, count: int) -> float:
+    """TocsinClient.trigger from 64 concurrent callers (it batches them)."""
+    endpoints = Endpoints(**(DEFAULTS | {"incidents": target}))
+    request = _repeat_request()
+    remaining = iter(range(count))
+    async with TocsinClient(endpoints, token="") as client:
+
+        async def worker() -> None:
+            for _ in remaining:
+                reply = await client.trigger(request)
+                assert not reply.created
+
+        await client.trigger(request)
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        return count / (time.perf_counter() - started)
 
 
 async def _http_repeats(address: str, count: int) -> float:
@@ -175,30 +226,43 @@ async def _http_repeats(address: str, count: int) -> float:
         return count / (time.perf_counter() - started)
 
 
-def test_repeat_alerts_per_second_over_grpc(
-    benchmark: BenchmarkFixture, stack: dict[str, str]
+def _report(
+    benchmark: BenchmarkFixture,
+    stack: Stack,
+    name: str,
+    count: int,
+    rounds: int,
+    send: Callable[[str, int], Coroutine[Any, Any, float]],
+    address: str,
 ) -> None:
-    rates: list[float] = []
+    runs: list[tuple[float, dict[str, int]]] = []
     benchmark.pedantic(
-        lambda: rates.append(asyncio.run(_grpc_repeats(stack["grpc"], REPEATS_PER_ROUND))),
-        rounds=3,
+        lambda: runs.append(_measured(stack, count, lambda: asyncio.run(send(address, count)))),
+        rounds=rounds,
         iterations=1,
     )
-    benchmark.extra_info["repeat_alerts_per_second_grpc"] = [round(r) for r in rates]
-    print(f"\nrepeat alerts over gRPC: {[round(r) for r in rates]} /s")
+    rates = [round(rate) for rate, _ in runs]
+    benchmark.extra_info[f"repeat_alerts_per_second_{name}"] = rates
+    benchmark.extra_info[f"cpu_us_per_alert_{name}"] = runs[-1][1]
+    print(f"\nrepeat alerts over {name}: {rates} /s; CPU us per alert: {runs[-1][1]}")
+
+
+def test_repeat_alerts_per_second_over_grpc(benchmark: BenchmarkFixture, stack: Stack) -> None:
+    """Through TocsinClient.trigger (TriggerBatch), as services send alerts."""
+    _report(benchmark, stack, "grpc", 3 * REPEATS_PER_ROUND, 3, _client_repeats, stack.grpc)
+
+
+def test_repeat_alerts_per_second_over_unary_trigger(
+    benchmark: BenchmarkFixture, stack: Stack
+) -> None:
+    """One Trigger call per alert: what a client without batching gets."""
+    _report(benchmark, stack, "unary Trigger", REPEATS_PER_ROUND, 2, _grpc_repeats, stack.grpc)
 
 
 def test_repeat_alerts_per_second_over_events_api(
-    benchmark: BenchmarkFixture, stack: dict[str, str]
+    benchmark: BenchmarkFixture, stack: Stack
 ) -> None:
-    rates: list[float] = []
-    benchmark.pedantic(
-        lambda: rates.append(asyncio.run(_http_repeats(stack["http"], REPEATS_PER_ROUND // 2))),
-        rounds=2,
-        iterations=1,
-    )
-    benchmark.extra_info["repeat_alerts_per_second_http"] = [round(r) for r in rates]
-    print(f"\nrepeat alerts over /v2/enqueue: {[round(r) for r in rates]} /s")
+    _report(benchmark, stack, "/v2/enqueue", 2 * REPEATS_PER_ROUND, 3, _http_repeats, stack.http)
 
 
 async def _new_incident_latency(target: str) -> HdrHistogram:
@@ -227,12 +291,10 @@ async def _new_incident_latency(target: str) -> HdrHistogram:
     return histogram
 
 
-def test_new_incident_latency_at_200_per_second(
-    benchmark: BenchmarkFixture, stack: dict[str, str]
-) -> None:
+def test_new_incident_latency_at_200_per_second(benchmark: BenchmarkFixture, stack: Stack) -> None:
     histograms: list[HdrHistogram] = []
     benchmark.pedantic(
-        lambda: histograms.append(asyncio.run(_new_incident_latency(stack["grpc"]))),
+        lambda: histograms.append(asyncio.run(_new_incident_latency(stack.grpc))),
         rounds=1,
         iterations=1,
     )

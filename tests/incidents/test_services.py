@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 
@@ -106,3 +108,25 @@ async def test_delete_keeps_the_incidents(served: Served) -> None:
         I.CreateServiceRequest(service=I.Service(id="payments-v2", integration_key=PAYMENTS_KEY))
     )
     assert again.service.integration_key == PAYMENTS_KEY
+
+
+async def test_concurrent_lookups_on_a_cold_cache_share_one_find(served: Served) -> None:
+    services = served.running.services
+    finds = 0
+    find = services.find
+
+    async def counted_find(**names: str) -> I.Service | None:
+        nonlocal finds
+        finds += 1
+        return await find(**names)
+
+    services.find = counted_find  # type: ignore[method-assign]
+    found = await asyncio.gather(
+        *(services.lookup(integration_key=PAYMENTS_KEY) for _ in range(200)),
+        services.lookup(service_id="nope"),
+    )
+    assert {s.id for s in found[:200] if s is not None} == {"payments-api"}
+    assert found[200] is None
+    assert finds == 2
+    await services.lookup(integration_key=PAYMENTS_KEY)  # cached now
+    assert finds == 2

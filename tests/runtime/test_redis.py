@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.exceptions import DataError
 
 from tocsin.runtime.embedded_redis import EmbeddedCluster, EmbeddedRedis
 from tocsin.runtime.redis import RedisClient, connect_redis, create_redis, register_lua
@@ -55,6 +57,37 @@ async def test_standalone_url_connects_and_returns_bytes(redis_url: str) -> None
     try:
         await client.set("tocsin:test", b"\x00\xff")
         assert await client.get("tocsin:test") == b"\x00\xff"
+    finally:
+        await client.aclose()
+
+
+def test_standalone_connections_pack_commands_in_c() -> None:
+    """Every standalone scheme keeps its connection kind (TCP, TLS, unix socket) and packs
+    with hiredis, byte for byte as redis-py's own packer does."""
+    kinds = {
+        "redis://localhost:6379": Connection,
+        "rediss://localhost:6380": SSLConnection,
+        "unix:///run/redis.sock": UnixDomainSocketConnection,
+    }
+    args = ("EVALSHA", "ab" * 20, 1, "k:é", b"\x00\xff", 42, 1.5, 1e20, -7)
+    for url, kind in kinds.items():
+        client = create_redis(url)
+        assert isinstance(client, Redis)
+        connection_class = client.connection_pool.connection_class
+        assert issubclass(connection_class, kind) and connection_class is not kind
+        packed = b"".join(client.connection_pool.make_connection().pack_command(*args))
+        plain = kind(path="/x") if kind is UnixDomainSocketConnection else kind()
+        assert packed == b"".join(plain.pack_command(*args))
+
+
+async def test_unencodable_arguments_are_a_data_error(redis_url: str) -> None:
+    client = create_redis(redis_url)
+    try:
+        for value in (None, True):
+            with pytest.raises(DataError):
+                await client.set("tocsin:test", value)  # type: ignore[arg-type]
+        await client.set("tocsin:test", "é")
+        assert await client.get("tocsin:test") == "é".encode()
     finally:
         await client.aclose()
 

@@ -1,8 +1,9 @@
 """Typed clients for the tocsin services.
 
 `TocsinClient` (asyncio) holds one channel per service and exposes the generated stubs,
-which are fully typed through the committed .pyi files. Internal services and the CLI use
-it; `SyncTocsinClient` offers the same stubs for scripts without an event loop.
+which are fully typed through the committed .pyi files, plus `trigger()`, which batches
+concurrent alerts into TriggerBatch calls. Internal services and the CLI use it;
+`SyncTocsinClient` offers the same stubs for scripts without an event loop.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import grpc
 
 from tocsin.client.channel import create_channel
 from tocsin.client.endpoints import Endpoints, resolve_endpoints
+from tocsin.client.trigger_batcher import TriggerBatcher
 from tocsin.v1 import (
     escalation_pb2_grpc,
+    incidents_pb2,
     incidents_pb2_grpc,
     notification_pb2_grpc,
     scheduling_pb2_grpc,
@@ -36,12 +39,24 @@ class TocsinClient:
         self.notification = notification_pb2_grpc.NotificationServiceStub(
             self._channels["notification"]
         )
+        self._triggers = TriggerBatcher(self.incidents)
+
+    async def trigger(
+        self,
+        request: incidents_pb2.TriggerRequest,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the gRPC deadline, as stubs take it
+    ) -> incidents_pb2.TriggerResponse:
+        """IncidentService.Trigger, with concurrent calls sharing TriggerBatch calls (see
+        trigger_batcher): the way to send many alerts. Raises what Trigger would raise."""
+        return await self._triggers.trigger(request, timeout)
 
     def channel(self, service: str) -> grpc.aio.Channel:
         """The channel to one service ("scheduling", "incidents", ...), e.g. for health checks."""
         return self._channels[service]
 
     async def close(self) -> None:
+        await self._triggers.close()
         for channel in self._channels.values():
             await channel.close()
 

@@ -11,6 +11,7 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 from tocsin.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -885,6 +886,118 @@ class TriggerResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TriggerResponse: _TypeAlias = TriggerResponse  # noqa: Y015
+
+@_typing.final
+class TriggerBatchRequest(_message.Message):
+    """Request for TriggerBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___TriggerBatchItem]:
+        """The alerts (1 to 512)."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___TriggerBatchItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TriggerBatchRequest: _TypeAlias = TriggerBatchRequest  # noqa: Y015
+
+@_typing.final
+class TriggerBatchItem(_message.Message):
+    """One alert of a TriggerBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
+    traceparent: _builtins.str
+    """The W3C traceparent of the code that sent this alert, so the incident's escalation
+    joins its trace; empty means the trace of the TriggerBatch call.
+    """
+    @_builtins.property
+    def request(self) -> Global___TriggerRequest:
+        """The alert, as Trigger takes it."""
+
+    def __init__(
+        self,
+        *,
+        request: Global___TriggerRequest | None = ...,
+        traceparent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "traceparent", b"traceparent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TriggerBatchItem: _TypeAlias = TriggerBatchItem  # noqa: Y015
+
+@_typing.final
+class TriggerBatchResponse(_message.Message):
+    """Response for TriggerBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___TriggerBatchResult]:
+        """One result per item, in the order of the items."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___TriggerBatchResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TriggerBatchResponse: _TypeAlias = TriggerBatchResponse  # noqa: Y015
+
+@_typing.final
+class TriggerBatchResult(_message.Message):
+    """What became of one alert of a TriggerBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> Global___TriggerResponse:
+        """The alert was taken."""
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """The alert was refused; the status carries the same code, message and details
+        (google.rpc.BadRequest field violations) as a refused Trigger call.
+        """
+
+    def __init__(
+        self,
+        *,
+        response: Global___TriggerResponse | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["response", "error"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___TriggerBatchResult: _TypeAlias = TriggerBatchResult  # noqa: Y015
 
 @_typing.final
 class AcknowledgeRequest(_message.Message):

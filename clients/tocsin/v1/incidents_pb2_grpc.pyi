@@ -53,6 +53,14 @@ class IncidentServiceStub:
     """Takes an alert: appends it to the open incident with the same dedup key on that
     service, or opens a new incident (which starts escalation).
     """
+    TriggerBatch: _grpc.UnaryUnaryMultiCallable[_incidents_pb2.TriggerBatchRequest, _incidents_pb2.TriggerBatchResponse]
+    """Takes many alerts in one call, each as a Trigger call of its own would: one result per
+    item, in order, each a response or the error Trigger would have returned. The items
+    are taken concurrently, like concurrent Trigger calls (of two with one dedup key,
+    either may open the incident). A call costs far more than an alert in Python gRPC, so
+    senders of many alerts use this; tocsin's Python client sends concurrent triggers
+    through it. At most 512 items.
+    """
     Acknowledge: _grpc.UnaryUnaryMultiCallable[_incidents_pb2.AcknowledgeRequest, _incidents_pb2.AcknowledgeResponse]
     """Acknowledges an incident: paging stops."""
     Resolve: _grpc.UnaryUnaryMultiCallable[_incidents_pb2.ResolveRequest, _incidents_pb2.ResolveResponse]
@@ -96,6 +104,14 @@ class IncidentServiceAsyncStub(IncidentServiceStub):
     Trigger: _aio.UnaryUnaryMultiCallable[_incidents_pb2.TriggerRequest, _incidents_pb2.TriggerResponse]  # type: ignore[assignment]
     """Takes an alert: appends it to the open incident with the same dedup key on that
     service, or opens a new incident (which starts escalation).
+    """
+    TriggerBatch: _aio.UnaryUnaryMultiCallable[_incidents_pb2.TriggerBatchRequest, _incidents_pb2.TriggerBatchResponse]  # type: ignore[assignment]
+    """Takes many alerts in one call, each as a Trigger call of its own would: one result per
+    item, in order, each a response or the error Trigger would have returned. The items
+    are taken concurrently, like concurrent Trigger calls (of two with one dedup key,
+    either may open the incident). A call costs far more than an alert in Python gRPC, so
+    senders of many alerts use this; tocsin's Python client sends concurrent triggers
+    through it. At most 512 items.
     """
     Acknowledge: _aio.UnaryUnaryMultiCallable[_incidents_pb2.AcknowledgeRequest, _incidents_pb2.AcknowledgeResponse]  # type: ignore[assignment]
     """Acknowledges an incident: paging stops."""
@@ -173,6 +189,20 @@ class IncidentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_incidents_pb2.TriggerResponse, _abc.Awaitable[_incidents_pb2.TriggerResponse]]:
         """Takes an alert: appends it to the open incident with the same dedup key on that
         service, or opens a new incident (which starts escalation).
+        """
+
+    @_abc_1.abstractmethod
+    def TriggerBatch(
+        self,
+        request: _incidents_pb2.TriggerBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_incidents_pb2.TriggerBatchResponse, _abc.Awaitable[_incidents_pb2.TriggerBatchResponse]]:
+        """Takes many alerts in one call, each as a Trigger call of its own would: one result per
+        item, in order, each a response or the error Trigger would have returned. The items
+        are taken concurrently, like concurrent Trigger calls (of two with one dedup key,
+        either may open the incident). A call costs far more than an alert in Python gRPC, so
+        senders of many alerts use this; tocsin's Python client sends concurrent triggers
+        through it. At most 512 items.
         """
 
     @_abc_1.abstractmethod

@@ -238,7 +238,7 @@ async def _apply(client: TocsinClient, key: str, actions: Sequence[AlertAction])
     for action in actions:
         try:
             if action.trigger is not None:
-                await client.incidents.Trigger(action.trigger, timeout=RPC_TIMEOUT_S)
+                await client.trigger(action.trigger, timeout=RPC_TIMEOUT_S)
                 triggered += 1
             else:
                 await client.incidents.Resolve(

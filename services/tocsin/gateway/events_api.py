@@ -421,7 +421,7 @@ async def enqueue(request: Request) -> JSONResponse:
 async def _trigger(client: TocsinClient, event: EnqueuedEvent) -> JSONResponse:
     assert event.trigger is not None
     try:
-        reply = await client.incidents.Trigger(event.trigger, timeout=RPC_TIMEOUT_S)
+        reply = await client.trigger(event.trigger, timeout=RPC_TIMEOUT_S)
     except grpc.aio.AioRpcError as error:
         if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
             return invalid(describe(rpc_violations(error), _names(event)) or [error.details()])

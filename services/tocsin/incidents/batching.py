@@ -9,7 +9,9 @@ call refused with NOSCRIPT (Redis lost its scripts in a restart) is retried alon
 the script object, which loads the script. Batching changes no semantics: every script
 still runs atomically on its own.
 
-redis-py refuses EVALSHA in a Cluster pipeline, so on a Cluster each call goes alone.
+redis-py refuses EVALSHA in a Cluster pipeline, so on a Cluster each call goes alone, at
+most CLUSTER_CONCURRENCY at once: redis-py's cluster client fails a command outright when a
+node's connections are all busy, rather than waiting for one.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from tocsin.runtime.redis import RedisClient
 
 _Call = tuple[Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
 
+CLUSTER_CONCURRENCY = 64
+
 
 class BatchedScript:
     def __init__(self, redis: RedisClient, script: AsyncScript, max_batch: int = 256) -> None:
@@ -34,10 +38,12 @@ class BatchedScript:
         self.max_batch = max_batch
         self._waiting: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
+        self._cluster_calls = asyncio.Semaphore(CLUSTER_CONCURRENCY)
 
     async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         if isinstance(self.redis, RedisCluster):
-            return await self.script(keys=keys, args=args)
+            async with self._cluster_calls:
+                return await self.script(keys=keys, args=args)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting.append((keys, args, future))
         if self._sender is None or self._sender.done():

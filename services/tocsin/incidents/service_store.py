@@ -12,6 +12,7 @@ may still reach a just-deleted service, or a just-replaced key, for a second).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import secrets
@@ -43,6 +44,7 @@ class ServiceStore:
         self.redis = redis
         self.clock = clock
         self._cache: dict[tuple[str, str], tuple[int, incidents_pb2.Service]] = {}
+        self._finding: dict[tuple[str, str], asyncio.Future[incidents_pb2.Service | None]] = {}
         self._keys = [keys.SERVICES_BY_ID, keys.SERVICES_BY_KEY]
         self._create = register_lua(redis, _lua("service_create.lua"))
         self._replace = register_lua(redis, _lua("service_replace.lua"))
@@ -66,17 +68,28 @@ class ServiceStore:
     async def lookup(
         self, *, service_id: str = "", integration_key: str = ""
     ) -> incidents_pb2.Service | None:
-        """`find` through the cache (for the ingest path; see the module docstring)."""
-        now = self.clock.now_ms()
+        """`find` through the cache (for the ingest path; see the module docstring).
+
+        Concurrent misses for one service share a single `find`, so a storm arriving on a
+        cold cache costs one Redis call, not one per alert."""
         cache_key = (service_id, integration_key)
         cached = self._cache.get(cache_key)
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > self.clock.now_ms():
             return cached[1]
+        finding = self._finding.get(cache_key)
+        if finding is None:
+            finding = asyncio.ensure_future(self._find_and_cache(cache_key))
+            self._finding[cache_key] = finding
+            finding.add_done_callback(lambda _: self._finding.pop(cache_key, None))
+        return await asyncio.shield(finding)
+
+    async def _find_and_cache(self, cache_key: tuple[str, str]) -> incidents_pb2.Service | None:
+        service_id, integration_key = cache_key
         service = await self.find(service_id=service_id, integration_key=integration_key)
         if service is not None:
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.clear()
-            self._cache[cache_key] = (now + CACHE_TTL_MS, service)
+            self._cache[cache_key] = (self.clock.now_ms() + CACHE_TTL_MS, service)
         return service
 
     async def find(

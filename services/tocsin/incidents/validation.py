@@ -27,6 +27,7 @@ MAX_ID = 128
 MAX_DISPLAY = 255
 MAX_NOTE = 4096
 MAX_ATTRIBUTES = 50
+MAX_BATCH_ITEMS = 512
 MAX_IDEMPOTENCY_KEY = 255
 MIN_SNOOZE_S = 60
 MAX_SNOOZE_S = 7 * 86400
@@ -132,6 +133,15 @@ def alert_violations(alert: incidents_pb2.Alert, dedup_key: str) -> list[FieldVi
     if alert.HasField("occurred_at") and not 0 <= alert.occurred_at.seconds <= _MAX_TIMESTAMP_S:
         violations.append(FieldViolation("occurred_at", "must be between 1970 and 9999"))
     return violations
+
+
+def batch_violations(items: int) -> list[FieldViolation]:
+    """A TriggerBatch carries 1 to MAX_BATCH_ITEMS items."""
+    if items == 0:
+        return [FieldViolation("items", "must not be empty")]
+    if items > MAX_BATCH_ITEMS:
+        return [FieldViolation("items", f"has {items} items; at most {MAX_BATCH_ITEMS}")]
+    return []
 
 
 def trigger_violations(

@@ -62,8 +62,8 @@ class Unavailable(TocsinError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
-def status_trailer(error: TocsinError) -> tuple[tuple[str, bytes], ...]:
-    """The `grpc-status-details-bin` trailer carrying google.rpc.Status (+ BadRequest)."""
+def rpc_status(error: TocsinError) -> status_pb2.Status:
+    """The google.rpc.Status of `error`, with BadRequest field violations if it has any."""
     status = status_pb2.Status(code=getattr(code_pb2, error.code.name), message=str(error))
     if isinstance(error, InvalidArgument):
         detail = any_pb2.Any()
@@ -78,4 +78,9 @@ def status_trailer(error: TocsinError) -> tuple[tuple[str, bytes], ...]:
             )
         )
         status.details.append(detail)
-    return (("grpc-status-details-bin", status.SerializeToString()),)
+    return status
+
+
+def status_trailer(error: TocsinError) -> tuple[tuple[str, bytes], ...]:
+    """The `grpc-status-details-bin` trailer carrying google.rpc.Status (+ BadRequest)."""
+    return (("grpc-status-details-bin", rpc_status(error).SerializeToString()),)

@@ -20,12 +20,20 @@ from importlib.resources import files
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
+import hiredis
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+    parse_url,
+)
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import DataError
 
 RedisClient = Redis | RedisCluster
 """Either client; code written against it must keep every multi-key call in one slot."""
@@ -104,11 +112,52 @@ def _create_standalone(url: str) -> Redis:
         )
     except ValueError as error:
         raise _bad_url(url, str(error)) from error
+    pool.connection_class = _HIREDIS_PACKING[pool.connection_class]
     return Redis(connection_pool=pool)
 
 
+class _HiredisPacking(AbstractConnection):
+    """Packs commands with hiredis's C packer, as redis-py's synchronous client does.
+
+    redis-py's asyncio connections pack every argument in Python: on the ingest path (one
+    EVALSHA of 20 arguments per alert) that was a quarter of the incidents service's CPU.
+    hiredis encodes str, bytes, int and float as redis-py's Encoder does and refuses the
+    rest (None, bool), which becomes redis-py's DataError.
+    """
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str):
+            args = (*args[0].encode().split(), *args[1:])
+        elif b" " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError as error:
+            raise DataError(str(error)) from error
+
+
+class _HiredisConnection(_HiredisPacking, Connection):
+    pass
+
+
+class _HiredisSSLConnection(_HiredisPacking, SSLConnection):
+    pass
+
+
+class _HiredisUnixConnection(_HiredisPacking, UnixDomainSocketConnection):
+    pass
+
+
+_HIREDIS_PACKING: dict[type[AbstractConnection], type[AbstractConnection]] = {
+    Connection: _HiredisConnection,
+    SSLConnection: _HiredisSSLConnection,
+    UnixDomainSocketConnection: _HiredisUnixConnection,
+}
+
+
 _MAX_CONNECTIONS = 512
-"""Per process. Each consumer group holds one blocking connection per shard stream."""
+"""Per process (per node on a Cluster). Each consumer group holds one blocking connection
+per shard stream."""
 _POOL_WAIT_S = 10
 """A burst beyond the pool waits for a free connection instead of failing a page."""
 
@@ -128,6 +177,7 @@ def _create_cluster(url: str, base_scheme: str) -> RedisCluster:
         raise _bad_url(url, str(error)) from error
     skip = ("host", "port", "db", "connection_class")
     options: dict[str, Any] = {k: v for k, v in parsed.items() if k not in skip}
+    options.setdefault("max_connections", _MAX_CONNECTIONS)
     return RedisCluster(
         startup_nodes=seeds,
         ssl=base_scheme == "rediss",

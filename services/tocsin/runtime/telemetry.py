@@ -57,6 +57,12 @@ def current_traceparent() -> str:
     return carrier.get("traceparent", "")
 
 
+def is_traceparent(value: str) -> bool:
+    """Whether `value` is a W3C traceparent naming a valid span."""
+    context = context_from_traceparent(value)
+    return trace.get_current_span(context).get_span_context().is_valid
+
+
 def context_from_traceparent(traceparent: str) -> otel_context.Context:
     if not traceparent:
         return otel_context.Context()
