@@ -219,7 +219,7 @@ def test_one_escalation_is_one_trace_from_the_ingest_to_the_twilio_request(
     assert spans["escalation.start"].service == "tocsin-escalation"
     assert spans["notification.send"].service == "tocsin-notification"
     assert spans["notification.send"].attributes["notification.channel"] == "sms"
-    trigger = "/tocsin.v1.IncidentService/Trigger"
+    trigger = "/tocsin.v1.IncidentService/TriggerBatch"  # the gateway batches triggers
     hops = {
         ("tocsin-gateway", trigger),  # the Events API request, as the gateway's gRPC call
         ("tocsin-incidents", trigger),  # the ingest

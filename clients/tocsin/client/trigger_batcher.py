@@ -45,7 +45,7 @@ class _Pending:
 
 class TriggerBatcher:
     def __init__(
-        self, stub: incidents_pb2_grpc.IncidentServiceStub, max_in_flight: int = 2
+        self, stub: incidents_pb2_grpc.IncidentServiceStub, max_in_flight: int = 4
     ) -> None:
         self.stub = stub
         self.max_in_flight = max_in_flight

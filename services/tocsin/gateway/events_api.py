@@ -42,7 +42,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tocsin.client.client import TocsinClient
-from tocsin.incidents import domain, validation
+from tocsin.incidents import validation
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import FieldViolation
 from tocsin.v1 import common_pb2, incidents_pb2
@@ -379,17 +379,6 @@ def _trigger_request(
     return request, link_paths
 
 
-def _check_trigger(event: EnqueuedEvent) -> None:
-    """Run the incidents service's own checks here, to name fields as the sender does."""
-    assert event.trigger is not None
-    trigger = event.trigger
-    violations = validation.trigger_violations(
-        domain.alert_of(trigger), trigger.dedup_key, trigger.actor
-    )
-    if violations:
-        raise BadEvent(describe(violations, _names(event)))
-
-
 def _names(event: EnqueuedEvent) -> dict[str, str]:
     names = dict(_TRIGGER_FIELDS)
     for i, (href, text) in enumerate(event.link_paths):
@@ -411,7 +400,6 @@ async def enqueue(request: Request) -> JSONResponse:
                 status_code=429,
             )
         if event.trigger is not None:
-            _check_trigger(event)
             return await _trigger(request.app.state.client, event)
         return await _follow_up(request.app.state.client, event)
     except BadEvent as bad:
