@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -32,7 +32,7 @@ from hdrh.histogram import HdrHistogram
 from pytest_benchmark.fixture import BenchmarkFixture
 from redis.asyncio import Redis
 
-from loadtests.http1 import KeepAliveClient
+from loadtests.http1 import HttpLoad
 from loadtests.openloop import Outcome, Progress, latency_histogram, open_loop
 from tests.e2e.stack import free_port
 from tocsin.client.channel import create_channel
@@ -51,7 +51,6 @@ from tocsin.v1 import common_pb2, incidents_pb2, incidents_pb2_grpc
 KEY = "be" * 16
 REPEAT_RATES = (2000, 2500, 3000)
 REPEAT_SECONDS = 5
-HTTP_CONNECTIONS = 256
 NEW_INCIDENT_RATE = 200
 NEW_INCIDENTS = 600
 
@@ -197,10 +196,27 @@ async def _unary_sender(target: str) -> AsyncIterator[Send]:
             await channel.close()
 
 
-@contextlib.asynccontextmanager
-async def _events_api_sender(address: str) -> AsyncIterator[Send]:
-    """POST /v2/enqueue over keep-alive connections from the lean client, which leaves
-    the CPU to the gateway (aiohttp would take ~300 us per request)."""
+Offer = Callable[[int, int], Coroutine[Any, Any, tuple[HdrHistogram, int, float]]]
+"""Offer (rate, count): latencies (us), errors, seconds from the first due time to the
+last reply."""
+
+
+def _through(sender: Callable[[], contextlib.AbstractAsyncContextManager[Send]]) -> Offer:
+    """An Offer from a per-request sender (one task per request, loadtests.openloop)."""
+
+    async def offer(rate: int, count: int) -> tuple[HdrHistogram, int, float]:
+        async with sender() as send:
+            histogram = latency_histogram()
+            start = time.monotonic_ns() + 20_000_000
+            shots = await open_loop(rate, count, start, send, Progress([0] * 4), histogram, False)
+            return histogram, sum(shots.errors.values()), (time.monotonic_ns() - start) / 1e9
+
+    return offer
+
+
+def _events_api(address: str) -> Offer:
+    """POST /v2/enqueue from loadtests.http1 (~50 us per request, where aiohttp takes
+    ~300 us), over 256 keep-alive connections."""
     event = {
         "routing_key": KEY,
         "event_action": "trigger",
@@ -208,30 +224,21 @@ async def _events_api_sender(address: str) -> AsyncIterator[Send]:
         "payload": {"summary": "CPU above 90% on api-7", "source": "api-7", "severity": "error"},
     }
     host, port = address.rsplit(":", 1)
-    async with KeepAliveClient(host, int(port), HTTP_CONNECTIONS) as http:
-        request = http.request("/v2/enqueue", json.dumps(event).encode())
-        await http.send(request)
 
-        async def send(_: int) -> Outcome:
-            status, body = await http.send(request)
-            return Outcome(status == 202, body.decode()[:200])
+    async def offer(rate: int, count: int) -> tuple[HdrHistogram, int, float]:
+        load = HttpLoad(host, int(port), "/v2/enqueue", json.dumps(event).encode(), 256, 202)
+        result = await load.run(rate, count)
+        return result.histogram, sum(result.errors.values()), result.seconds
 
-        yield send
+    return offer
 
 
-async def _offer(
-    sender: contextlib.AbstractAsyncContextManager[Send], rate: int, count: int
-) -> dict[str, Any]:
-    """Offer `count` repeats at `rate`/s, open loop; what was absorbed, and how fast."""
-    async with sender as send:
-        histogram = latency_histogram()
-        start = time.monotonic_ns() + 20_000_000
-        shots = await open_loop(rate, count, start, send, Progress([0] * 4), histogram, False)
-        seconds = (time.monotonic_ns() - start) / 1e9
+def _measure(offer: Offer, rate: int, count: int) -> dict[str, Any]:
+    histogram, errors, seconds = asyncio.run(offer(rate, count))
     return {
         "offered_per_s": rate,
         "absorbed_per_s": round(count / seconds),
-        "errors": sum(shots.errors.values()),
+        "errors": errors,
         "latency_ms": {
             p: round(histogram.get_value_at_percentile(p) / 1000, 1) for p in (50, 99, 100)
         },
@@ -239,11 +246,7 @@ async def _offer(
 
 
 def _absorb(
-    benchmark: BenchmarkFixture,
-    stack: Stack,
-    name: str,
-    sender: Callable[[], contextlib.AbstractAsyncContextManager[Send]],
-    rates: tuple[int, ...],
+    benchmark: BenchmarkFixture, stack: Stack, name: str, offer: Offer, rates: tuple[int, ...]
 ) -> None:
     """Each offered rate for REPEAT_SECONDS (a fraction of a second as a smoke test)."""
     seconds = 0.25 if benchmark.disabled else REPEAT_SECONDS
@@ -253,7 +256,7 @@ def _absorb(
         for rate in rates:
             count = round(rate * seconds)
             before = stack.cpu_seconds()
-            run = asyncio.run(_offer(sender(), rate, count))
+            run = _measure(offer, rate, count)
             after = stack.cpu_seconds()
             run["cpu_us_per_alert"] = {
                 process: round((after[process] - before[process]) / count * 1e6)
@@ -268,13 +271,12 @@ def _absorb(
 
 def test_repeat_alerts_absorbed_over_grpc(benchmark: BenchmarkFixture, stack: Stack) -> None:
     """Through TocsinClient.trigger (TriggerBatch), as tocsin's services send alerts."""
-    _absorb(benchmark, stack, "grpc", lambda: _client_sender(stack.grpc), REPEAT_RATES)
+    _absorb(benchmark, stack, "grpc", _through(lambda: _client_sender(stack.grpc)), REPEAT_RATES)
     assert not any(run["errors"] for run in benchmark.extra_info["repeat_alerts_grpc"])
 
 
 def test_repeat_alerts_absorbed_over_events_api(benchmark: BenchmarkFixture, stack: Stack) -> None:
-    sender = lambda: _events_api_sender(stack.http)  # noqa: E731
-    _absorb(benchmark, stack, "/v2/enqueue", sender, REPEAT_RATES)
+    _absorb(benchmark, stack, "/v2/enqueue", _events_api(stack.http), REPEAT_RATES)
     assert not any(run["errors"] for run in benchmark.extra_info["repeat_alerts_/v2/enqueue"])
 
 
@@ -282,7 +284,8 @@ def test_repeat_alerts_absorbed_over_unary_trigger(
     benchmark: BenchmarkFixture, stack: Stack
 ) -> None:
     """For comparison: one Trigger call per alert (past its capacity, calls time out)."""
-    _absorb(benchmark, stack, "unary Trigger", lambda: _unary_sender(stack.grpc), (500, 1000))
+    unary = _through(lambda: _unary_sender(stack.grpc))
+    _absorb(benchmark, stack, "unary Trigger", unary, (500, 1000))
 
 
 async def _new_incident_latency(target: str) -> HdrHistogram:

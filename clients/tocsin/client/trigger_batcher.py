@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from google.rpc import status_pb2
+from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from tocsin.v1 import incidents_pb2, incidents_pb2_grpc
@@ -165,6 +166,8 @@ def _error(code: grpc.StatusCode, message: str) -> grpc.aio.AioRpcError:
 
 
 def _traceparent() -> str:
+    if not trace.get_current_span().get_span_context().is_valid:
+        return ""  # untraced: the common case in a storm, and cheaper than injecting
     carrier: dict[str, str] = {}
     _PROPAGATOR.inject(carrier)
     return carrier.get("traceparent", "")
