@@ -336,3 +336,29 @@ async def test_ingest_survives_redis_losing_its_scripts(served: Served) -> None:
     await served.redis.script_flush()
     replies = await asyncio.gather(*(served.stub.Trigger(trigger_request()) for _ in range(5)))
     assert sorted(reply.incident.alert_count for reply in replies) == [2, 3, 4, 5, 6]
+
+
+async def test_repeats_take_the_fast_path_only_while_the_incident_is_open(served: Served) -> None:
+    """A repeat of a key seen open goes through join.lua with the remembered incident id;
+    when that incident is resolved, or its keys are gone while the dedup entry stays, the
+    next alert opens a new incident all the same."""
+    first = (await served.stub.Trigger(trigger_request())).incident
+    repeat = (await served.stub.Trigger(trigger_request())).incident
+    assert (repeat.id, repeat.alert_count) == (first.id, 2)
+
+    await served.stub.Resolve(incidents_pb2.ResolveRequest(incident_id=first.id))
+    second = await served.stub.Trigger(trigger_request())
+    assert second.created and second.incident.id != first.id
+
+    # Its keys vanish (as if expired) while the dedup entry still names it.
+    shard = dedup_shard("payments-api", "cpu-db-1")
+    assert await served.redis.hget(keys.dedup_key(shard), "payments-api:cpu-db-1") == (
+        second.incident.id.encode()
+    )
+    await served.redis.delete(keys.incident_key(second.incident.id))
+    third = await served.stub.Trigger(trigger_request())
+    assert third.created and third.incident.id not in (first.id, second.incident.id)
+    again = (await served.stub.Trigger(trigger_request())).incident
+    assert (again.id, again.alert_count) == (third.incident.id, 2)
+    kinds = event_kinds(await events_of(served.redis, third.incident.id))
+    assert kinds == ["TRIGGERED", "ALERT_ADDED"]

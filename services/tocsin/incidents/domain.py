@@ -120,14 +120,20 @@ def entry(
     )
 
 
-def alert_entries(
+def opened_entry(
     alert: incidents_pb2.Alert, actor: common_pb2.Actor, now_ms: int
-) -> tuple[incidents_pb2.TimelineEntry, incidents_pb2.TimelineEntry]:
-    """The timeline entry for `alert` opening an incident, and for it joining one."""
-    return (
-        entry(incidents_pb2.TIMELINE_KIND_TRIGGERED, now_ms, actor, f"Triggered: {alert.summary}"),
-        entry(incidents_pb2.TIMELINE_KIND_ALERT, now_ms, actor, f"Alert: {alert.summary}"),
+) -> incidents_pb2.TimelineEntry:
+    """The timeline entry for `alert` opening an incident."""
+    return entry(
+        incidents_pb2.TIMELINE_KIND_TRIGGERED, now_ms, actor, f"Triggered: {alert.summary}"
     )
+
+
+def joined_entry(
+    alert: incidents_pb2.Alert, actor: common_pb2.Actor, now_ms: int
+) -> incidents_pb2.TimelineEntry:
+    """The timeline entry for `alert` joining an open incident."""
+    return entry(incidents_pb2.TIMELINE_KIND_ALERT, now_ms, actor, f"Alert: {alert.summary}")
 
 
 def event_prefix(

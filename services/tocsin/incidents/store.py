@@ -7,7 +7,8 @@ change and its event are never half-written. There are two kinds of write:
 - `trigger` (lua/trigger.lua) looks up the dedup entry and either joins the open incident
   or opens a new one, in one step, so two triggers with one key open one incident. A
   repeat alert only moves counters the script owns (lua/incident_lib.lua), so it needs no
-  read, cannot conflict, and costs one round trip.
+  read, cannot conflict, and costs one round trip (lua/join.lua, when the key was seen
+  open here before: it takes only the alert's own arguments).
 - Every other change is decided in Python by a pure transition (domain.py) from the state
   read at version `sv`, and lua/apply.lua writes it only if `sv` is still the same; on a
   conflict the store reads and decides again. No concurrent update is lost, and of fifty
@@ -32,12 +33,13 @@ from tocsin.incidents.domain import (
     TRIGGERED,
     Change,
     SnoozeTimer,
-    alert_entries,
     dedup_field,
     dedup_shard,
     entry,
     event_prefix,
+    joined_entry,
     new_incident,
+    opened_entry,
     received_alert,
     to_ms,
     unsnooze,
@@ -54,6 +56,8 @@ ALERTS_KEPT = 100
 """Alerts (and their timeline entries) kept per incident; alert_count counts them all."""
 IDEMPOTENCY_TTL_S = 2 * 86400
 """How long an AppendTimeline idempotency key is remembered (retries come within minutes)."""
+OPEN_IDS_KEPT = 10_000
+"""Dedup keys remembered for the repeat fast path (forgotten all at once when full)."""
 _RETRIES = 50
 _NO_TIMER = ("", "", 0, "")
 
@@ -89,6 +93,10 @@ class IncidentStore:
         self.stream_maxlen = stream_maxlen
         library = _lua("incident_lib.lua")
         self._trigger = BatchedScript(redis, register_lua(redis, library, _lua("trigger.lua")))
+        self._join = BatchedScript(redis, register_lua(redis, library, _lua("join.lua")))
+        self._open_ids: dict[str, str] = {}
+        """Dedup field -> the incident last seen open under it: a hint for the fast
+        path, checked by the script, so a stale one only costs a second round trip."""
         self._apply = register_lua(redis, TIMER_LUA, library, _lua("apply.lua"))
         self._append = register_lua(redis, _lua("append_timeline.lua"))
 
@@ -100,12 +108,40 @@ class IncidentStore:
         actor: common_pb2.Actor,
         traceparent: str,
     ) -> TriggerResult:
-        """Join the open incident of (service, dedup_key) or open one; `alert` is validated."""
+        """Join the open incident of (service, dedup_key) or open one; `alert` is validated.
+
+        A key seen open here before goes through lua/join.lua first, which needs only the
+        alert's own arguments; if that incident is no longer open under the key, the
+        full lua/trigger.lua decides."""
         now = self.clock.now_ms()
         received_alert(alert, actor, now)
         shard = dedup_shard(service.id, dedup_key)
-        opened, joined = alert_entries(alert, actor, now)
-        created, _id, raw, alert_id = await self._trigger(
+        field = dedup_field(service.id, dedup_key)
+        alert_pb = alert.SerializeToString()
+        joined = joined_entry(alert, actor, now).SerializeToString()
+        added = event_prefix(incidents_pb2.INCIDENT_EVENT_KIND_ALERT_ADDED, now, actor, traceparent)
+        open_id = self._open_ids.get(field)
+        if open_id is not None:
+            reply = await self._join(
+                keys=[keys.dedup_key(shard), keys.events_key(shard)],
+                args=[
+                    shard_tag(shard),
+                    field,
+                    open_id,
+                    now,
+                    alert.severity,
+                    alert_pb,
+                    joined,
+                    added,
+                    self.alerts_kept,
+                    self.stream_maxlen,
+                    EVENT_FIELD,
+                ],
+            )
+            if reply is not None:
+                return self._trigger_result(alert, *reply)
+            self._open_ids.pop(field, None)
+        reply = await self._trigger(
             keys=[
                 keys.dedup_key(shard),
                 keys.sequence_key(shard),
@@ -116,23 +152,31 @@ class IncidentStore:
                 shard_tag(shard),
                 shard,
                 INCIDENT_SHARDS,
-                dedup_field(service.id, dedup_key),
+                field,
                 now,
                 keys.time_bound(now),
                 alert.severity,
                 new_incident(service, dedup_key, alert, now).SerializeToString(),
-                alert.SerializeToString(),
-                opened.SerializeToString(),
-                joined.SerializeToString(),
+                alert_pb,
+                opened_entry(alert, actor, now).SerializeToString(),
+                joined,
                 event_prefix(incidents_pb2.INCIDENT_EVENT_KIND_TRIGGERED, now, actor, traceparent),
-                event_prefix(
-                    incidents_pb2.INCIDENT_EVENT_KIND_ALERT_ADDED, now, actor, traceparent
-                ),
+                added,
                 self.alerts_kept,
                 self.stream_maxlen,
                 EVENT_FIELD,
             ],
         )
+        result = self._trigger_result(alert, *reply)
+        if len(self._open_ids) >= OPEN_IDS_KEPT:
+            self._open_ids.clear()
+        self._open_ids[field] = result.incident.id
+        return result
+
+    @staticmethod
+    def _trigger_result(
+        alert: incidents_pb2.Alert, created: int, _id: bytes, raw: bytes, alert_id: bytes
+    ) -> TriggerResult:
         alert.id = alert_id.decode()
         return TriggerResult(incidents_pb2.Incident.FromString(raw), bool(created), alert)
 

@@ -28,6 +28,10 @@ MAX_DISPLAY = 255
 MAX_NOTE = 4096
 MAX_ATTRIBUTES = 50
 MAX_BATCH_ITEMS = 512
+# Enum .values() builds a new list on every call; the ingest path checks these per alert.
+_CHANNELS = frozenset(common_pb2.Channel.values())
+_SEVERITIES = frozenset(common_pb2.Severity.values())
+_TIMELINE_KINDS = frozenset(incidents_pb2.TimelineKind.values())
 MAX_IDEMPOTENCY_KEY = 255
 MIN_SNOOZE_S = 60
 MAX_SNOOZE_S = 7 * 86400
@@ -105,7 +109,7 @@ def actor_violations(actor: common_pb2.Actor, prefix: str = "actor") -> list[Fie
         *text_violations(f"{prefix}.user_id", actor.user_id, MAX_ID),
         *text_violations(f"{prefix}.display", actor.display, MAX_DISPLAY),
     ]
-    if actor.channel not in common_pb2.Channel.values():
+    if actor.channel not in _CHANNELS:
         violations.append(FieldViolation(f"{prefix}.channel", f"unknown channel {actor.channel}"))
     return violations
 
@@ -120,7 +124,7 @@ def alert_violations(alert: incidents_pb2.Alert, dedup_key: str) -> list[FieldVi
         *text_violations("group", alert.group, MAX_LABEL),
         *text_violations("class", getattr(alert, "class"), MAX_LABEL),
     ]
-    if alert.severity not in common_pb2.Severity.values():
+    if alert.severity not in _SEVERITIES:
         violations.append(FieldViolation("severity", f"unknown severity {alert.severity}"))
     details_size = alert.details.ByteSize()
     if details_size > MAX_DETAILS_BYTES:
@@ -192,7 +196,7 @@ def timeline_entry_violations(
     violations: list[FieldViolation] = []
     if entry.kind == incidents_pb2.TIMELINE_KIND_UNSPECIFIED:
         violations.append(FieldViolation(f"{prefix}.kind", "is required"))
-    elif entry.kind not in incidents_pb2.TimelineKind.values():
+    elif entry.kind not in _TIMELINE_KINDS:
         violations.append(FieldViolation(f"{prefix}.kind", f"unknown kind {entry.kind}"))
     violations += text_violations(f"{prefix}.message", entry.message, MAX_NOTE, multiline=True)
     violations += actor_violations(entry.actor, f"{prefix}.actor")

@@ -55,14 +55,19 @@ local INCIDENT_LAST_ALERT = '\162\1' -- 20 (message)
 local EVENT_INCIDENT = '\26'       -- IncidentEvent.incident = 3
 local EVENT_ALERT = '\58'          -- IncidentEvent.alert = 7
 
+-- The counters' protobuf (the `o` part of an incident hash) for these values.
+local function overlay(sev, n, u, v, la)
+  return INCIDENT_SEVERITY .. pb_varint(sev)
+    .. INCIDENT_ALERT_COUNT .. pb_varint(n)
+    .. pb_bytes(INCIDENT_UPDATED_AT, pb_timestamp(u))
+    .. INCIDENT_VERSION .. pb_varint(v)
+    .. pb_bytes(INCIDENT_LAST_ALERT, pb_timestamp(la))
+end
+
 -- Rebuild and store the counters' protobuf of incident hash `ik`; returns it.
 local function refresh_overlay(ik)
   local f = redis.call('HMGET', ik, 'sev', 'n', 'u', 'v', 'la')
-  local o = INCIDENT_SEVERITY .. pb_varint(f[1])
-    .. INCIDENT_ALERT_COUNT .. pb_varint(f[2])
-    .. pb_bytes(INCIDENT_UPDATED_AT, pb_timestamp(f[3]))
-    .. INCIDENT_VERSION .. pb_varint(f[4])
-    .. pb_bytes(INCIDENT_LAST_ALERT, pb_timestamp(f[5]))
+  local o = overlay(f[1], f[2], f[3], f[4], f[5])
   redis.call('HSET', ik, 'o', o)
   return o
 end
@@ -75,4 +80,27 @@ local function publish(stream, maxlen, field, prefix, incident, alert)
     event = event .. pb_bytes(EVENT_ALERT, alert)
   end
   return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', field, event)
+end
+
+-- Add an alert to open incident `id` (tag `tag`) whose counters n, v, sev were just read:
+-- counters, alert, timeline (the first `kept` alerts) and the ALERT_ADDED event.
+-- Returns {0, id, Incident protobuf, alert id}, as trigger.lua does for a repeat.
+local function join_incident(tag, id, counters, now, severity, alert_pb, entry, prefix,
+                             kept, stream, maxlen, field)
+  local ik = inc_key(tag, id)
+  local n = tonumber(counters[1]) + 1
+  local v = tonumber(counters[2]) + 1
+  local sev = math.max(tonumber(counters[3]), severity)
+  local o = overlay(sev, n, now, v, now)
+  redis.call('HSET', ik, 'n', n, 'v', v, 'sev', sev, 'u', now, 'la', now, 'o', o)
+  local alert = alert_pb .. pb_bytes(INCIDENT_ID, int_str(n))
+  redis.call('RPUSH', ik .. ':alerts', alert)
+  redis.call('LTRIM', ik .. ':alerts', -kept, -1)
+  -- The timeline records the first `kept` alerts; alert_count counts them all.
+  if n <= kept then
+    redis.call('RPUSH', ik .. ':timeline', entry)
+  end
+  local incident = redis.call('HGET', ik, 'p') .. o
+  publish(stream, maxlen, field, prefix, incident, alert)
+  return {0, id, incident, int_str(n)}
 end

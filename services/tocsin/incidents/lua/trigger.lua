@@ -10,30 +10,19 @@
 -- same hash tag as KEYS, so the script stays in one Cluster slot.
 local tag, now, severity, kept = ARGV[1], ARGV[5], tonumber(ARGV[7]), tonumber(ARGV[14])
 local id = redis.call('HGET', KEYS[1], ARGV[4])
-if id and redis.call('EXISTS', inc_key(tag, id)) == 0 then
-  redis.call('HDEL', KEYS[1], ARGV[4])
-  id = false
+local counters
+if id then
+  -- One read for the counters, which also tells whether the incident still exists.
+  counters = redis.call('HMGET', inc_key(tag, id), 'n', 'v', 'sev')
+  if not counters[1] then
+    redis.call('HDEL', KEYS[1], ARGV[4])
+    id = false
+  end
 end
 
 if id then
-  local ik = inc_key(tag, id)
-  local n = redis.call('HINCRBY', ik, 'n', 1)
-  redis.call('HINCRBY', ik, 'v', 1)
-  if severity > tonumber(redis.call('HGET', ik, 'sev')) then
-    redis.call('HSET', ik, 'sev', severity)
-  end
-  redis.call('HSET', ik, 'u', now, 'la', now)
-  local o = refresh_overlay(ik)
-  local alert = ARGV[9] .. pb_bytes(INCIDENT_ID, int_str(n))
-  redis.call('RPUSH', ik .. ':alerts', alert)
-  redis.call('LTRIM', ik .. ':alerts', -kept, -1)
-  -- The timeline records the first `kept` alerts; alert_count counts them all.
-  if n <= kept then
-    redis.call('RPUSH', ik .. ':timeline', ARGV[11])
-  end
-  local incident = redis.call('HGET', ik, 'p') .. o
-  publish(KEYS[3], ARGV[15], ARGV[16], ARGV[13], incident, alert)
-  return {0, id, incident, int_str(n)}
+  return join_incident(tag, id, counters, now, severity, ARGV[9], ARGV[11], ARGV[13], kept,
+                       KEYS[3], ARGV[15], ARGV[16])
 end
 
 local k = redis.call('INCR', KEYS[2])
