@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 from redis.asyncio import Redis
-from starlette.applications import Starlette
 
 from tests.incidents.harness import (
     PAYMENTS_KEY,
@@ -26,6 +25,7 @@ from tests.incidents.harness import (
     serve_incidents,
     snapshot,
 )
+from tocsin.gateway.app import EventsFastPath
 from tocsin.gateway.events_api import RateLimiter
 from tocsin.runtime.clock import ManualClock
 from tocsin.v1 import common_pb2, incidents_pb2
@@ -113,13 +113,13 @@ async def served(redis: Redis, clock: ManualClock) -> AsyncIterator[Served]:
 
 
 @pytest.fixture
-async def gateway(served: Served) -> AsyncIterator[tuple[httpx.AsyncClient, Starlette]]:
+async def gateway(served: Served) -> AsyncIterator[tuple[httpx.AsyncClient, EventsFastPath]]:
     async with gateway_for(served) as pair:
         yield pair
 
 
 @pytest.fixture
-def http(gateway: tuple[httpx.AsyncClient, Starlette]) -> httpx.AsyncClient:
+def http(gateway: tuple[httpx.AsyncClient, EventsFastPath]) -> httpx.AsyncClient:
     return gateway[0]
 
 
@@ -320,7 +320,7 @@ async def test_unreadable_bodies_are_refused(
 
 
 async def test_a_routing_key_over_its_rate_is_throttled_until_tokens_return(
-    served: Served, gateway: tuple[httpx.AsyncClient, Starlette]
+    served: Served, gateway: tuple[httpx.AsyncClient, EventsFastPath]
 ) -> None:
     http, app = gateway
     app.state.events_rate_limiter = RateLimiter(3, served.clock)  # 3 per minute
@@ -352,3 +352,12 @@ async def test_an_unreachable_incidents_service_is_a_retryable_503(
     async with gateway_for(served) as (http, _app):
         reply = await http.post("/v2/enqueue", json=_with_key(PD_TRIGGER_EXAMPLE))
     assert reply.status_code == 503
+
+
+async def test_only_a_post_to_the_exact_path_takes_the_fast_path(http: httpx.AsyncClient) -> None:
+    """Everything else still goes through Starlette's routing."""
+    assert (await http.get("/v2/enqueue")).status_code == 405
+    assert (await http.post("/v2/enqueue/more", json={})).status_code == 404
+    reply = await http.post("/v2/enqueue", json={"event_action": "trigger"})
+    assert reply.status_code == 400
+    assert "'routing_key' is missing" in reply.json()["errors"]

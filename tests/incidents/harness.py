@@ -10,12 +10,11 @@ from typing import Any
 import grpc
 import httpx
 from google.rpc import error_details_pb2, status_pb2
-from starlette.applications import Starlette
 
 from tocsin.client.channel import create_channel
 from tocsin.client.client import TocsinClient
 from tocsin.client.endpoints import Endpoints
-from tocsin.gateway.app import create_app
+from tocsin.gateway.app import EventsFastPath, create_app
 from tocsin.incidents.server import IncidentsService, create_server
 from tocsin.runtime.clock import ManualClock
 from tocsin.runtime.config import Address, load_config
@@ -128,7 +127,7 @@ def violated_fields(error: grpc.aio.AioRpcError) -> list[str]:
 
 
 @asynccontextmanager
-async def gateway_for(served: Served) -> AsyncIterator[tuple[httpx.AsyncClient, Starlette]]:
+async def gateway_for(served: Served) -> AsyncIterator[tuple[httpx.AsyncClient, EventsFastPath]]:
     """The gateway app (in process, over ASGI) in front of the real incidents server."""
     unused = "127.0.0.1:9"
     endpoints = Endpoints(

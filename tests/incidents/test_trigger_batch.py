@@ -290,3 +290,32 @@ async def test_a_caller_gets_deadline_exceeded_at_its_own_timeout() -> None:
         assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         release.set()
         assert (await patient).dedup_key == "p"
+
+
+async def test_beside_a_batch_on_the_wire_small_ones_wait_for_company() -> None:
+    release = asyncio.Event()
+    arrivals: asyncio.Queue[int] = asyncio.Queue()
+
+    async def stall_first(request: incidents_pb2.TriggerBatchRequest, context: Any) -> Any:
+        arrivals.put_nowait(len(request.items))
+        if arrivals.qsize() == 1 and not release.is_set():
+            await release.wait()
+        return await echo(request, context)
+
+    def send(key: str) -> asyncio.Task[incidents_pb2.TriggerResponse]:
+        return asyncio.create_task(client.trigger(trigger_request(dedup_key=key)))
+
+    async with scripted(ScriptedIncidents(stall_first)) as client:
+        first = send("first")
+        assert await asyncio.wait_for(arrivals.get(), 5) == 1
+        # One batch is on the wire: three more triggers are too few to go beside it.
+        few = [send(f"f{n}") for n in range(3)]
+        await asyncio.sleep(0.05)  # time enough for a batch sent too early to arrive
+        assert arrivals.empty()
+        # Eight waiting are enough for a second batch beside the first.
+        many = [send(f"m{n}") for n in range(5)]
+        assert await asyncio.wait_for(arrivals.get(), 5) == 8
+        release.set()
+        replies = await asyncio.gather(first, *few, *many)
+    expected = ["first", "f0", "f1", "f2", *(f"m{n}" for n in range(5))]
+    assert [r.dedup_key for r in replies] == expected

@@ -462,4 +462,5 @@ class _EnqueueApp:
         await response(scope, receive, send)
 
 
-routes = [Route("/v2/enqueue", _EnqueueApp(), methods=["POST"])]
+enqueue_app = _EnqueueApp()
+routes = [Route("/v2/enqueue", enqueue_app, methods=["POST"])]
