@@ -50,7 +50,8 @@ from tocsin.v1 import common_pb2, incidents_pb2, incidents_pb2_grpc
 
 KEY = "be" * 16
 REPEAT_RATES = (2000, 2500, 3000)
-REPEAT_SECONDS = 5
+REPEAT_SECONDS = float(os.environ.get("TOCSIN_BENCH_REPEAT_SECONDS", "5"))
+"""How long each rate is offered (e.g. 20 to see whether a backlog grows)."""
 NEW_INCIDENT_RATE = 200
 NEW_INCIDENTS = 600
 
