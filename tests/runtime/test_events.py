@@ -102,3 +102,30 @@ async def test_an_entry_that_always_fails_is_dead_lettered(
     assert await groups.xlen(dead_letter_key(2)) == 1
     pending = await groups.xpending(stream_key(2), "escalation")
     assert pending["pending"] == 0
+
+
+async def test_one_xack_per_read_for_the_entries_handled(
+    redis: RedisClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An alert storm's events cost the consumer one XACK per read, not one per event;
+    an entry whose handler failed stays pending, and every event carries its entry id."""
+    monkeypatch.setattr(events, "_IN_PLACE_RETRY_S", ())
+    await ensure_groups(redis, CONSUMER_GROUPS, "0")
+    for _ in range(50):
+        await publish(redis, "16", TRIGGERED)  # all in shard 0
+    await publish(redis, "32", ACKED)  # shard 0 too; its handler fails
+    ids: list[str] = []
+
+    async def handler(event: incidents_pb2.IncidentEvent) -> None:
+        if event.kind == ACKED:
+            raise RuntimeError("not now")
+        ids.append(event.event_id)
+
+    await redis.config_resetstat()
+    assert await EventConsumer(redis, "escalation", handler).drain_once() == 51
+    stats = await redis.info("commandstats")
+    assert stats["cmdstat_xack"]["calls"] == 1
+    entries = await redis.xrange(stream_key(0))
+    assert ids == [entry_id.decode() for entry_id, _ in entries[:50]]
+    pending = await redis.xpending(stream_key(0), "escalation")
+    assert pending["pending"] == 1

@@ -6,8 +6,8 @@ script, and so the same Cluster slot, as the incident it describes. An incident'
 fixed by its id (`incident_shard`), so its events stay in order.
 
 Each consumer group (escalation, notification) reads every shard with one blocking
-XREADGROUP per shard, handles entries in order, and XACKs only after its handler
-succeeded. Entries left pending by a consumer that died are taken over with XAUTOCLAIM
+XREADGROUP per shard, handles entries in order, and XACKs them (one XACK per read) only
+after its handler succeeded. Entries left pending by a consumer that died are taken over with XAUTOCLAIM
 after `claim_idle_ms` (looked for every half of it; a restarted process with the same
 identity resumes its own at once); an entry whose handler keeps failing is moved to a
 dead-letter stream after `max_deliveries`, so one bad entry cannot stall a shard forever.
@@ -166,9 +166,18 @@ class EventConsumer:
             block=block_ms,
         )
         entries: list[tuple[bytes, dict[bytes, bytes] | None]] = reply[0][1] if reply else []
-        for entry_id, fields in entries:
-            await self._handle(shard, entry_id, fields)
+        done = [entry_id for entry_id, fields in entries if await self._handle(entry_id, fields)]
+        await self._ack(shard, done)
         return len(entries)
+
+    async def _ack(self, shard: int, entry_ids: list[bytes]) -> None:
+        """One XACK for the entries of a read that were handled: under an alert storm a
+        round trip per entry was most of a consumer's time, and it delayed the pages of
+        other incidents in the shard. A crash before it means those entries are
+        delivered again, as a crash between handling and acknowledging one always
+        could: handlers are idempotent."""
+        if entry_ids:
+            await self.redis.xack(stream_key(shard), self.group, *entry_ids)
 
     async def _claim_shard(self, shard: int) -> int:
         key = stream_key(shard)
@@ -176,13 +185,16 @@ class EventConsumer:
             key, self.group, self.consumer, self.claim_idle_ms, start_id="0-0", count=self.batch
         )
         entries: list[tuple[bytes, dict[bytes, bytes] | None]] = reply[1]
+        done: list[bytes] = []
         for entry_id, fields in entries:
             if fields is None:
                 continue
             if await self._delivery_count(key, entry_id) > self.max_deliveries:
                 await self._dead_letter(shard, entry_id, fields)
                 continue
-            await self._handle(shard, entry_id, fields)
+            if await self._handle(entry_id, fields):
+                done.append(entry_id)
+        await self._ack(shard, done)
         return len(entries)
 
     async def _delivery_count(self, key: str, entry_id: bytes) -> int:
@@ -204,11 +216,11 @@ class EventConsumer:
         )
         await self.redis.xack(stream_key(shard), self.group, entry_id)
 
-    async def _handle(self, shard: int, entry_id: bytes, fields: dict[bytes, bytes] | None) -> None:
-        """Run the handler, retrying in place (keeping the shard's order) a few times."""
-        if not fields:  # trimmed away while pending: nothing left to do
-            await self.redis.xack(stream_key(shard), self.group, entry_id)
-            return
+    async def _handle(self, entry_id: bytes, fields: dict[bytes, bytes] | None) -> bool:
+        """Run the handler, retrying in place (keeping the shard's order) a few times;
+        whether the entry is done (handled, or trimmed away while pending)."""
+        if not fields:
+            return True
         event = incidents_pb2.IncidentEvent.FromString(fields[EVENT_FIELD])
         event.event_id = entry_id.decode()
         for delay in (*_IN_PLACE_RETRY_S, None):
@@ -222,8 +234,8 @@ class EventConsumer:
                         self.group,
                         event.event_id,
                     )
-                    return
+                    return False
                 log.warning("%s: event %s failed; retrying", self.group, event.event_id)
                 await asyncio.sleep(delay)
-        await self.redis.xack(stream_key(shard), self.group, entry_id)
         self.handled += 1
+        return True
