@@ -27,6 +27,7 @@ from loadtests.scenario import (
     storm_dedup_key,
     storm_summary,
 )
+from tocsin.client.trigger_batcher import TriggerBatcher
 from tocsin.v1 import common_pb2, incidents_pb2, incidents_pb2_grpc
 
 Kind = Literal["incidents", "repeats", "floor"]
@@ -86,7 +87,7 @@ class _Edges:
     def __init__(self, plan: SendPlan) -> None:
         self.plan = plan
         self.channels: list[grpc.aio.Channel] = []
-        self.stubs: list[incidents_pb2_grpc.IncidentServiceStub] = []
+        self.batchers: list[TriggerBatcher] = []
         self.floor_calls: list[grpc.aio.UnaryUnaryMultiCallable] = []
         self.session: aiohttp.ClientSession | None = None
         self.metadata = (("authorization", f"Bearer {plan.token}"),) if plan.token else None
@@ -99,8 +100,13 @@ class _Edges:
         else:
             # A bare channel, like an outside alert source: the client's tracing
             # interceptors would cost this 2-core machine's CPU twice (here and there).
+            # Triggers go as tocsin's client sends them: concurrent ones share
+            # TriggerBatch calls.
             self.channels = [grpc.aio.insecure_channel(self.plan.target) for _ in range(CHANNELS)]
-            self.stubs = [incidents_pb2_grpc.IncidentServiceStub(c) for c in self.channels]
+            self.batchers = [
+                TriggerBatcher(incidents_pb2_grpc.IncidentServiceStub(c), metadata=self.metadata)
+                for c in self.channels
+            ]
         for channel in self.channels:
             await asyncio.wait_for(channel.channel_ready(), 30)
         for _ in range(WARM_UP_ECHOES if self.plan.kind == "floor" else 0):
@@ -116,6 +122,8 @@ class _Edges:
     async def __aexit__(self, *exc: object) -> None:
         if self.session is not None:
             await self.session.close()
+        for batcher in self.batchers:
+            await batcher.close()
         for channel in self.channels:
             await channel.close()
 
@@ -135,9 +143,9 @@ class _Edges:
             source="loadtest",
             severity=common_pb2.SEVERITY_CRITICAL,
         )
-        stub = self.stubs[self.pick() % len(self.stubs)]
+        batcher = self.batchers[self.pick() % len(self.batchers)]
         try:
-            reply = await stub.Trigger(request, timeout=RPC_TIMEOUT_S, metadata=self.metadata)
+            reply = await batcher.trigger(request, RPC_TIMEOUT_S)
         except grpc.aio.AioRpcError as error:
             return Outcome(False, f"grpc {error.code().name}: {(error.details() or '')[:80]}")
         return Outcome(True, value=reply.created)

@@ -3,6 +3,8 @@ dead-lettering of an entry that always fails. Standalone and Cluster."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tocsin.runtime import events
@@ -125,7 +127,7 @@ async def test_one_xack_per_read_for_the_entries_handled(
     assert await EventConsumer(redis, "escalation", handler).drain_once() == 51
     stats = await redis.info("commandstats")
     assert stats["cmdstat_xack"]["calls"] == 1
-    entries = await redis.xrange(stream_key(0))
+    entries: Any = await redis.xrange(stream_key(0))
     assert ids == [entry_id.decode() for entry_id, _ in entries[:50]]
     pending = await redis.xpending(stream_key(0), "escalation")
     assert pending["pending"] == 1

@@ -52,10 +52,14 @@ class TriggerBatcher:
         stub: incidents_pb2_grpc.IncidentServiceStub,
         max_in_flight: int = 4,
         min_batch: int = 8,
+        metadata: tuple[tuple[str, str], ...] | None = None,
     ) -> None:
+        """`metadata` goes with every call (e.g. the bearer token, on a channel without
+        TocsinClient's token interceptor)."""
         self.stub = stub
         self.max_in_flight = max_in_flight
         self.min_batch = min_batch
+        self.metadata = metadata
         self._waiting: list[_Pending] = []
         self._in_flight = 0
         self._dispatch_scheduled = False
@@ -138,7 +142,9 @@ class TriggerBatcher:
             )
             request = incidents_pb2.TriggerBatchRequest(items=[p.item for p in batch])
             try:
-                reply = await self.stub.TriggerBatch(request, timeout=timeout)
+                reply = await self.stub.TriggerBatch(
+                    request, timeout=timeout, metadata=self.metadata
+                )
             except grpc.aio.AioRpcError as error:
                 for pending in batch:
                     if not pending.future.done():

@@ -7,10 +7,11 @@ fixed by its id (`incident_shard`), so its events stay in order.
 
 Each consumer group (escalation, notification) reads every shard with one blocking
 XREADGROUP per shard, handles entries in order, and XACKs them (one XACK per read) only
-after its handler succeeded. Entries left pending by a consumer that died are taken over with XAUTOCLAIM
-after `claim_idle_ms` (looked for every half of it; a restarted process with the same
-identity resumes its own at once); an entry whose handler keeps failing is moved to a
-dead-letter stream after `max_deliveries`, so one bad entry cannot stall a shard forever.
+after its handler succeeded. Entries left pending by a consumer that died are taken over
+with XAUTOCLAIM after `claim_idle_ms` (looked for every half of it; a restarted process
+with the same identity resumes its own at once); an entry whose handler keeps failing is
+moved to a dead-letter stream after `max_deliveries`, so one bad entry cannot stall a
+shard forever.
 """
 
 from __future__ import annotations
