@@ -14,6 +14,7 @@ from collections.abc import Callable
 from tests.harness import FROM_NUMBER, spoken_text
 from tests.notification.stack import ALICE, BOB, SMS, VOICE, PagingStack
 from tocsin.faketwilio import RecordedRequest
+from tocsin.notification import keys as nkeys
 from tocsin.v1 import common_pb2, incidents_pb2, notification_pb2
 
 SENT = notification_pb2.ATTEMPT_STATUS_SENT
@@ -392,3 +393,32 @@ async def test_twilio_saying_the_person_opted_out_disables_texts_and_calls_at_on
         "alice-sms": True,
         "alice-voice": False,
     }
+
+
+async def test_a_storm_of_repeats_is_passed_over_and_an_ack_still_stops_the_page(
+    stack: PagingStack,
+) -> None:
+    """ALERT_ADDED events leave the status mirror alone (no Redis call per repeat); the
+    acknowledgement after them still cancels the pending call."""
+    await stack.add_user("alice", ALICE, [(SMS, 0), (VOICE, 60)])
+    incident_id = await stack.trigger("disk full on db1")
+    await stack.notify(incident_id, "alice")
+    await stack.pager.expect_sms("alice")
+    state = nkeys.incident_state(incident_id)
+    mirrored = await stack.redis.hget(state, "v")
+    assert mirrored is not None  # the TRIGGERED event was mirrored
+    for _ in range(5):
+        await stack.client.incidents.Trigger(
+            incidents_pb2.TriggerRequest(
+                service_id="payments-api", summary="disk full on db1", dedup_key="disk full on db1"
+            )
+        )
+    assert await stack.drain_events() == 5
+    assert await stack.redis.hget(state, "v") == mirrored
+    await stack.client.incidents.Acknowledge(
+        incidents_pb2.AcknowledgeRequest(incident_id=incident_id)
+    )
+    assert await stack.drain_events() == 1
+    assert int(await stack.redis.hget(state, "v") or 0) > int(mirrored or 0)
+    assert await stack.tick(seconds=60) == 0
+    await stack.pager.expect_no_more_pages()

@@ -93,7 +93,12 @@ class Pager:
         return await self.store.cancel(incident_id)
 
     async def handle_event(self, event: incidents_pb2.IncidentEvent) -> None:
-        if not event.incident.id:
+        """Mirror the incident's status (a stopped incident's pending sends are cancelled).
+
+        An alert joining an incident changes neither its status nor its summary or
+        service, and the events before it already mirrored those, so ALERT_ADDED events,
+        all of an alert storm but its first alert, are passed over without a Redis call."""
+        if not event.incident.id or event.kind == incidents_pb2.INCIDENT_EVENT_KIND_ALERT_ADDED:
             return
         _, cancelled = await self.store.apply_incident(event.incident)
         if cancelled:
