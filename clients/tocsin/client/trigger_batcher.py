@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import grpc
@@ -60,7 +61,7 @@ class TriggerBatcher:
         self.max_in_flight = max_in_flight
         self.min_batch = min_batch
         self.metadata = metadata
-        self._waiting: list[_Pending] = []
+        self._waiting: deque[_Pending] = deque()
         self._in_flight = 0
         self._dispatch_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -124,12 +125,12 @@ class TriggerBatcher:
         while self._waiting and len(batch) < MAX_BATCH_ITEMS:
             pending = self._waiting[0]
             if pending.future.done():
-                self._waiting.pop(0)
+                self._waiting.popleft()
                 continue
             size += pending.item.ByteSize()
             if batch and size > MAX_BATCH_BYTES:
                 break
-            batch.append(self._waiting.pop(0))
+            batch.append(self._waiting.popleft())
         return batch
 
     async def _send(self, batch: list[_Pending]) -> None:
