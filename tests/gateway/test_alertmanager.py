@@ -11,19 +11,15 @@ from typing import Any
 import httpx
 import pytest
 from google.protobuf.json_format import MessageToDict
-from redis.asyncio import Redis
 
 from tests.incidents.harness import (
     PAYMENTS_KEY,
     Served,
-    create_payments,
     event_kinds,
     events_of,
     gateway_for,
-    serve_incidents,
     snapshot,
 )
-from tocsin.runtime.clock import ManualClock
 from tocsin.v1 import common_pb2, incidents_pb2
 
 WEBHOOK: dict[str, Any] = {
@@ -66,18 +62,6 @@ WEBHOOK: dict[str, Any] = {
     "groupKey": '{}:{job="payments-api"}',
     "truncatedAlerts": 0,
 }
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-async def served(redis: Redis, clock: ManualClock) -> AsyncIterator[Served]:
-    async with serve_incidents(redis, clock) as served:
-        await create_payments(served.stub)
-        yield served
 
 
 @pytest.fixture

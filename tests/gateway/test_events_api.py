@@ -101,18 +101,6 @@ def _with_key(event: dict[str, Any], **changes: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-async def served(redis: Redis, clock: ManualClock) -> AsyncIterator[Served]:
-    async with serve_incidents(redis, clock) as served:
-        await create_payments(served.stub)
-        yield served
-
-
-@pytest.fixture
 async def gateway(served: Served) -> AsyncIterator[tuple[httpx.AsyncClient, EventsFastPath]]:
     async with gateway_for(served) as pair:
         yield pair

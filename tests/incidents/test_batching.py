@@ -39,3 +39,14 @@ async def test_calls_after_a_script_flush_load_it_again(any_redis: RedisClient) 
     await any_redis.script_flush()
     results = await asyncio.gather(*(script(["{t1}:echo"], [f"v{i}"]) for i in range(10)))
     assert results == [f"v{i}".encode() for i in range(10)]
+
+
+async def test_a_burst_starts_one_sender(redis: RedisClient) -> None:
+    """Calls made in one turn of the event loop are all taken by one sender: a second
+    is started only once the first is on the wire (earlier, each of the first
+    `max_senders` calls of a burst started a task that then found nothing to send)."""
+    script = BatchedScript(redis, register_lua(redis, ECHO))
+    calls = [asyncio.create_task(script(["{t1}:echo"], [f"v{i}"])) for i in range(40)]
+    await asyncio.sleep(0)  # every call has queued itself; the sender has not run yet
+    assert len(script._senders) == 1
+    assert await asyncio.gather(*calls) == [f"v{i}".encode() for i in range(40)]

@@ -43,6 +43,9 @@ class BatchedScript:
         self.max_senders = max_senders
         self._waiting: list[_Call] = []
         self._senders: set[asyncio.Task[None]] = set()
+        self._starting: asyncio.Task[None] | None = None
+        """A sender not yet running: it will take every call waiting when it starts, so a
+        burst needs no second one until it is on the wire."""
         self._cluster_calls = asyncio.Semaphore(CLUSTER_CONCURRENCY)
 
     async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
@@ -51,13 +54,16 @@ class BatchedScript:
                 return await self.script(keys=keys, args=args)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting.append((keys, args, future))
-        if len(self._senders) < self.max_senders:
+        starting = self._starting is not None and not self._starting.done()
+        if not starting and len(self._senders) < self.max_senders:
             sender = asyncio.create_task(self._send_waiting())
+            self._starting = sender
             self._senders.add(sender)
             sender.add_done_callback(self._senders.discard)
         return await future
 
     async def _send_waiting(self) -> None:
+        self._starting = None
         batch: list[_Call] = []
         try:
             while self._waiting:
