@@ -1,4 +1,10 @@
-"""gRPC channels to tocsin services: bearer token, OpenTelemetry, sane retries."""
+"""gRPC channels to tocsin services: bearer token, OpenTelemetry, sane retries.
+
+Calls go round robin over every address of the target (see tocsin.client.targets). A
+DNS name is resolved again when a connection ends (servers end them every
+TOCSIN_GRPC_MAX_CONNECTION_AGE), at most once per `DNS_REFRESH_MS`, so a replica added
+later gets calls within about that age plus these 5 s.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,11 @@ import json
 
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+from tocsin.client.targets import grpc_target
+
+DNS_REFRESH_MS = 5000
+"""Least time between two DNS resolutions of one channel's target (gRPC's default: 30 s)."""
 
 _SERVICE_CONFIG = json.dumps(
     {
@@ -53,12 +64,17 @@ class _TokenInterceptor(
 
 
 def create_channel(target: str, token: str | None = None) -> grpc.aio.Channel:
-    """An asyncio channel to `target` ("host:port") with tracing and the bearer token."""
+    """An asyncio channel to `target` (HOST:PORT, IP:PORT,IP:PORT,... or dns:///HOST:PORT;
+    see tocsin.client.targets) with tracing and the bearer token."""
     interceptors: list[grpc.aio.ClientInterceptor] = list(aio_client_interceptors())
     if token:
         interceptors.append(_TokenInterceptor(token))
     return grpc.aio.insecure_channel(
-        target,
+        grpc_target(target),
         interceptors=interceptors,
-        options=[("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)],
+        options=[
+            ("grpc.service_config", _SERVICE_CONFIG),
+            ("grpc.enable_retries", 1),
+            ("grpc.dns_min_time_between_resolutions_ms", DNS_REFRESH_MS),
+        ],
     )

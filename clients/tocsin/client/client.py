@@ -15,6 +15,7 @@ import grpc
 
 from tocsin.client.channel import create_channel
 from tocsin.client.endpoints import Endpoints, resolve_endpoints
+from tocsin.client.targets import grpc_target
 from tocsin.client.trigger_batcher import TriggerBatcher
 from tocsin.v1 import (
     escalation_pb2_grpc,
@@ -81,7 +82,7 @@ class SyncTocsinClient:
         metadata_plugin = _TokenPlugin(token) if token else None
 
         def channel(target: str) -> grpc.Channel:
-            ch = grpc.insecure_channel(target)
+            ch = grpc.insecure_channel(grpc_target(target))
             return grpc.intercept_channel(ch, metadata_plugin) if metadata_plugin else ch
 
         self._channels = [

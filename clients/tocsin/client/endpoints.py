@@ -3,6 +3,8 @@
 Order of precedence: explicit arguments, `TOCSIN_<SERVICE>_ADDR` / `TOCSIN_HTTP_ADDR`,
 the endpoints file that `tocsin up` writes into its data directory
 (`$TOCSIN_DATA_DIR/endpoints.json`, default `./.tocsin`), then the documented defaults.
+A service's value may name several replicas (see tocsin.client.targets); a malformed one
+raises `TargetError` naming its variable.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from tocsin.client.targets import TargetError, grpc_target
 
 DEFAULTS = {
     "scheduling": "127.0.0.1:50051",
@@ -58,4 +62,9 @@ def resolve_endpoints(env: Mapping[str, str] | None = None) -> Endpoints:
     for name, default in DEFAULTS.items():
         variable = "TOCSIN_HTTP_ADDR" if name == "http" else f"TOCSIN_{name.upper()}_ADDR"
         values[name] = env.get(variable) or from_file.get(name) or default
+        if name != "http":
+            try:
+                grpc_target(values[name])
+            except TargetError as error:
+                raise TargetError(f"{variable}: {error}") from None
     return Endpoints(**values)

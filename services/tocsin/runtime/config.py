@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from tocsin.client.targets import TargetError, addresses, grpc_target, is_single_address
 from tocsin.runtime.durations import parse_duration
 
 SERVICE_NAMES = ("scheduling", "incidents", "escalation", "notification")
@@ -66,6 +67,7 @@ class Config:
     api_token: str | None = field(repr=False)
     twilio: TwilioConfig | None
     grpc_addrs: Mapping[str, Address]
+    """The first address of each service as configured (where it listens by default)."""
     retention: timedelta
     listen_addr: Address | None = None
     twilio_sends_per_second: float = 1.0
@@ -76,9 +78,25 @@ class Config:
     events_api_rate_per_minute: int = 600
     """Events API v2 / Alertmanager events per minute per routing key per gateway; 0 = off."""
     """Ask Twilio for delivery callbacks; off where Twilio cannot reach TOCSIN_PUBLIC_URL."""
+    grpc_targets: Mapping[str, str] = field(default_factory=dict)
+    """gRPC channel target per service: one address, a DNS name, or a list of replicas."""
+    grpc_max_connection_age: timedelta = timedelta(seconds=60)
+    """Servers close each client connection after this long (0 = never), so clients
+    resolve the peer's name again and replicas added since get their share of calls."""
+    grpc_max_connection_age_grace: timedelta = timedelta(minutes=10)
+    """How long calls still running on such a connection (a watch stream) may go on."""
 
     def grpc_listen_addr(self, service: str) -> Address:
-        return self.listen_addr or self.grpc_addrs[service]
+        if self.listen_addr is not None:
+            return self.listen_addr
+        target = self.grpc_targets.get(service)
+        if target is not None and not is_single_address(target):
+            variable = f"TOCSIN_{service.upper()}_ADDR"
+            raise ConfigError(
+                f"TOCSIN_LISTEN_ADDR must be set: {variable}={target!r} names how to reach "
+                "the replicas, not one address to listen on"
+            )
+        return self.grpc_addrs[service]
 
     def check_bind(self, addr: Address, variable: str) -> None:
         """Refuse a non-loopback bind unless an API token protects it."""
@@ -95,6 +113,16 @@ def parse_address(value: str, variable: str) -> Address:
     if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ConfigError(f"{variable}={value!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
     return Address(host, int(port_text))
+
+
+def parse_grpc_target(value: str, variable: str) -> tuple[str, Address]:
+    """A peer's gRPC target and its first address; see tocsin.client.targets."""
+    try:
+        target = grpc_target(value)
+        host, port = addresses(value)[0]
+    except TargetError as error:
+        raise ConfigError(f"{variable}={value!r}: {error}") from None
+    return target, Address(host, port)
 
 
 def parse_duration_env(value: str, variable: str) -> timedelta:
@@ -176,8 +204,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     public_url = _parse_url(
         env.get("TOCSIN_PUBLIC_URL", f"http://{http_addr}"), "TOCSIN_PUBLIC_URL", ("http", "https")
     )
-    grpc_addrs = {
-        name: parse_address(
+    peers = {
+        name: parse_grpc_target(
             env.get(f"TOCSIN_{name.upper()}_ADDR", f"127.0.0.1:{DEFAULT_GRPC_PORTS[name]}"),
             f"TOCSIN_{name.upper()}_ADDR",
         )
@@ -191,7 +219,15 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         public_url=public_url,
         api_token=env.get("TOCSIN_API_TOKEN") or None,
         twilio=_twilio(env),
-        grpc_addrs=grpc_addrs,
+        grpc_addrs={name: address for name, (_, address) in peers.items()},
+        grpc_targets={name: target for name, (target, _) in peers.items()},
+        grpc_max_connection_age=_parse_interval(
+            env.get("TOCSIN_GRPC_MAX_CONNECTION_AGE", "60s"), "TOCSIN_GRPC_MAX_CONNECTION_AGE"
+        ),
+        grpc_max_connection_age_grace=_parse_interval(
+            env.get("TOCSIN_GRPC_MAX_CONNECTION_AGE_GRACE", "10m"),
+            "TOCSIN_GRPC_MAX_CONNECTION_AGE_GRACE",
+        ),
         retention=parse_duration_env(env.get("TOCSIN_RETENTION", "90d"), "TOCSIN_RETENTION"),
         listen_addr=parse_address(listen, "TOCSIN_LISTEN_ADDR") if listen else None,
         twilio_sends_per_second=_parse_rate(

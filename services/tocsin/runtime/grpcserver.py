@@ -3,6 +3,10 @@
 `start_grpc_server` adds health checking, reflection, OpenTelemetry, the bearer-token
 check and the domain-error mapping, binds (port 0 picks a free port, as tests do) and
 starts. Without TOCSIN_API_TOKEN it refuses to bind anything but loopback.
+
+Every connection is closed (HTTP/2 GOAWAY, calls in flight finish within the grace) once it
+is `TOCSIN_GRPC_MAX_CONNECTION_AGE` old, give or take 10%: clients then connect again and
+resolve the service's name anew, so calls spread over replicas started since.
 """
 
 from __future__ import annotations
@@ -126,6 +130,19 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
+def server_options(config: Config) -> list[tuple[str, int]]:
+    """gRPC core options of every tocsin server."""
+    options = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)]
+    age_ms = int(config.grpc_max_connection_age.total_seconds() * 1000)
+    if age_ms > 0:
+        grace_ms = int(config.grpc_max_connection_age_grace.total_seconds() * 1000)
+        options += [
+            ("grpc.max_connection_age_ms", age_ms),
+            ("grpc.max_connection_age_grace_ms", grace_ms),
+        ]
+    return options
+
+
 async def start_grpc_server(
     config: Config,
     addr: Address,
@@ -140,10 +157,7 @@ async def start_grpc_server(
     if config.api_token:
         interceptors.append(BearerTokenInterceptor(config.api_token))
     interceptors.append(ErrorMappingInterceptor())
-    server = grpc.aio.server(
-        interceptors=interceptors,
-        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)],
-    )
+    server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -43,8 +43,9 @@ class ServiceDeps:
 
 
 def peer_client(config: Config) -> TocsinClient:
-    """A client for the services at the configured addresses, with the API token."""
-    addrs = {name: str(a) for name, a in config.grpc_addrs.items()}
+    """A client for the services at the configured addresses (round robin over every
+    replica a peer's target names), with the API token."""
+    addrs = {name: config.grpc_targets.get(name) or str(a) for name, a in config.grpc_addrs.items()}
     return TocsinClient(Endpoints(http=str(config.http_addr), **addrs), config.api_token)
 
 
