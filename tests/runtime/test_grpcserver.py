@@ -106,6 +106,13 @@ async def test_stop_marks_not_serving_then_closes(open_server: GrpcServer) -> No
             health_pb2.HealthCheckResponse.SERVING
         )
         await open_server.set_serving(False)
-        assert (await health.Check(health_pb2.HealthCheckRequest())).status == (
-            health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        # As a probe sees it (a plain channel): NOT_SERVING.
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{open_server.port}") as plain:
+            probe = health_pb2_grpc.HealthStub(plain)
+            assert (await probe.Check(health_pb2.HealthCheckRequest())).status == (
+                health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+        # tocsin's channels watch each replica's health and send it no more calls.
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await health.Check(health_pb2.HealthCheckRequest(), timeout=3)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -223,3 +223,32 @@ async def test_a_replica_added_later_gets_calls_within_the_connection_age(
         assert set(calls) == {"127.0.0.2", "127.0.0.3", "127.0.0.4"}, calls
     finally:
         transport.close()
+
+
+async def test_calls_avoid_a_replica_that_is_not_serving(
+    replicas: tuple[Counter[str], Start],
+) -> None:
+    calls, start = replicas
+    a = await start("127.0.0.2", 0)
+    b = await start("127.0.0.3", 0)
+    async with _client(f"127.0.0.2:{a.port},127.0.0.3:{b.port}") as client:
+        await _call(client, 10)
+        await b.set_serving(False)  # stopping, or its workers are stuck
+        calls.clear()
+        for _ in range(100):  # the client learns it through Health/Watch, within ms
+            await _call(client, 1)
+            if calls["127.0.0.3"] == 0 and calls["127.0.0.2"] >= 5:
+                calls.clear()
+                break
+        await _call(client, 20)
+        assert calls == Counter({"127.0.0.2": 20})
+        await b.set_serving(True)
+        await a.set_serving(False)
+        calls.clear()
+        for _ in range(100):
+            await _call(client, 1)
+            if calls["127.0.0.3"] >= 5:
+                calls.clear()
+                break
+        await _call(client, 20)
+        assert calls == Counter({"127.0.0.3": 20})

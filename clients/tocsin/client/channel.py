@@ -1,9 +1,9 @@
 """gRPC channels to tocsin services: bearer token, OpenTelemetry, sane retries.
 
-Calls go round robin over every address of the target (see tocsin.client.targets). A
-DNS name is resolved again when a connection ends (servers end them every
-TOCSIN_GRPC_MAX_CONNECTION_AGE), at most once per `DNS_REFRESH_MS`, so a replica added
-later gets calls within about that age plus these 5 s.
+Calls go round robin over every address of the target that reports SERVING (see
+tocsin.client.targets). A DNS name is resolved again when a connection ends (servers end
+them every TOCSIN_GRPC_MAX_CONNECTION_AGE), at most once per `DNS_REFRESH_MS`, so a
+replica added later gets calls within about that age plus these 5 s.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ _SERVICE_CONFIG = json.dumps(
         # Spread calls over every address a name resolves to (e.g. a headless Kubernetes
         # Service); with a single address this is the same as pick_first.
         "loadBalancingConfig": [{"round_robin": {}}],
+        # Each replica's gRPC health ("" = the whole server) is watched, and calls go only
+        # to those SERVING: a replica that is stopping or whose workers are stuck gets none.
+        "healthCheckConfig": {"serviceName": ""},
         "methodConfig": [
             {
                 # Transient UNAVAILABLE (a restarting peer) is retried by gRPC itself; every

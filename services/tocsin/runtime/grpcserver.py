@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,7 +23,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from tocsin.runtime.config import Address, Config
 from tocsin.runtime.errors import TocsinError, status_trailer
@@ -90,7 +91,9 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             return grpc.unary_unary_rpc_method_handler(
                 unary, handler.request_deserializer, handler.response_serializer
             )
-        if handler.unary_stream is not None:
+        # A streaming handler written as a coroutine (grpc_health's Watch writes through
+        # the context) is no async iterator: wrapping it would break it.
+        if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
             inner_stream = handler.unary_stream
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -153,7 +156,11 @@ async def start_grpc_server(
 ) -> GrpcServer:
     """Bind, start and mark SERVING a server with tocsin's standard interceptors."""
     config.check_bind(addr, variable)
-    interceptors: list[grpc.aio.ServerInterceptor] = [aio_server_interceptor()]
+    # Health checks (probes, clients watching each replica) are not traced: they are many,
+    # and tracing would wrap Watch, a coroutine, as if it were an async iterator.
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        aio_server_interceptor(filter_=filters.negate(filters.health_check()))
+    ]
     if config.api_token:
         interceptors.append(BearerTokenInterceptor(config.api_token))
     interceptors.append(ErrorMappingInterceptor())
