@@ -487,7 +487,7 @@ def test_k8s_grpc_probes_ask_for_the_service(name: str) -> None:
 
 def test_k8s_gateway_is_ready_on_healthz() -> None:
     spec = container(k8s_object("Deployment", "gateway"))
-    assert spec["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": HTTP_PORT}
+    assert spec["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": HTTP_PORT}
     assert spec["livenessProbe"]["tcpSocket"] == {"port": HTTP_PORT}
 
 

@@ -1,4 +1,9 @@
-"""`GET /healthz`: 200 once every gRPC service reports SERVING, else 503 naming the rest."""
+"""`GET /healthz`: 200 once every gRPC service reports SERVING, else 503 naming the rest.
+
+`GET /readyz` (the gateway's Kubernetes readiness): the same for only the services the
+gateway calls (scheduling, incidents, notification). Clients call only replicas that
+report SERVING, so a service counts as SERVING while at least one replica does.
+"""
 
 from __future__ import annotations
 
@@ -31,9 +36,19 @@ async def _status(client: TocsinClient, name: str) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
+_GATEWAY_CALLS = ("scheduling", "incidents", "notification")
+
+
 async def healthz(request: Request) -> JSONResponse:
+    return await _report(request, list(_SERVICE_NAMES))
+
+
+async def readyz(request: Request) -> JSONResponse:
+    return await _report(request, list(_GATEWAY_CALLS))
+
+
+async def _report(request: Request, names: list[str]) -> JSONResponse:
     client: TocsinClient = request.app.state.client
-    names = list(_SERVICE_NAMES)
     statuses = dict(
         zip(names, await asyncio.gather(*(_status(client, n) for n in names)), strict=True)
     )
@@ -47,4 +62,7 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=503 if failing else 200)
 
 
-routes = [Route("/healthz", healthz, methods=["GET"])]
+routes = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+]
