@@ -15,11 +15,15 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator, Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import kubernetes_validate
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from tocsin.cli.main import build_parser
 from tocsin.cli.stack_commands import STACK
@@ -241,6 +245,54 @@ def test_dockerfile_copies_what_the_wheel_is_built_from() -> None:
         assert needed in copied
         ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
         assert f"!{needed}" in ignore or f"!{needed}/" in ignore
+
+
+def lock_pins() -> dict[str, str]:
+    """name -> version of every requirements.lock entry, each checked to carry hashes."""
+    text = (ROOT / "requirements.lock").read_text()
+    pins: dict[str, str] = {}
+    for entry in re.split(r"\n(?=\S)", text):
+        if entry.startswith("#") or not entry.strip():
+            continue
+        requirement = Requirement(entry.split("\\")[0].split(";")[0].strip())
+        (specifier,) = requirement.specifier
+        assert specifier.operator == "==", entry
+        assert "--hash=sha256:" in entry, f"{requirement.name}: no hash in the lock"
+        pins[_canonical(requirement.name)] = specifier.version
+    return pins
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_lock_pins_every_runtime_dependency() -> None:
+    """requirements.lock (scripts/lock) satisfies pyproject.toml: run scripts/lock after
+    changing `dependencies`."""
+    pins = lock_pins()
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for line in declared:
+        requirement = Requirement(line)
+        name = _canonical(requirement.name)
+        assert name in pins, f"{name} is not in requirements.lock: run scripts/lock"
+        assert requirement.specifier.contains(pins[name]), f"{name}=={pins[name]} is stale"
+        for extra in requirement.extras:  # e.g. redis[hiredis] -> hiredis
+            for needed in metadata.requires(requirement.name) or []:
+                extra_requirement = Requirement(needed)
+                marker = extra_requirement.marker
+                if marker and marker.evaluate({"extra": extra}):
+                    assert _canonical(extra_requirement.name) in pins, needed
+
+
+def test_dockerfile_installs_exactly_the_lock() -> None:
+    instructions = dockerfile_instructions()
+    runs = [args for keyword, args in instructions if keyword == "RUN"]
+    assert any("pip install --require-hashes --no-deps -r requirements.lock" in run for run in runs)
+    tocsin = [run for run in runs if "tocsin-*.whl" in run and "pip install" in run]
+    assert tocsin and all("--no-deps" in run for run in tocsin), "deps only from the lock"
+    assert any("pip check" in run for run in runs)
+    assert ("COPY", "requirements.lock ./") in instructions
+    assert "!requirements.lock" in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
 
 
 def test_image_runs_tocsin_as_a_non_root_user() -> None:
@@ -491,15 +543,196 @@ def test_k8s_gateway_is_ready_on_healthz() -> None:
     assert spec["livenessProbe"]["tcpSocket"] == {"port": HTTP_PORT}
 
 
-@pytest.mark.parametrize("name", ["escalation", "notification"])
-def test_k8s_scale_out_services_have_replicas_and_a_budget(name: str) -> None:
-    deployment = k8s_object("Deployment", name)
-    replicas = deployment["spec"]["replicas"]
+def min_replicas(kind: str, name: str) -> int:
+    """The fewest pods a workload runs: its `replicas`, or its autoscaler's minimum."""
+    workload = k8s_object(kind, name)
+    autoscalers = [
+        o
+        for o in k8s_objects()
+        if o["kind"] == "HorizontalPodAutoscaler"
+        and o["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": kind, "name": name}
+    ]
+    if autoscalers:
+        (autoscaler,) = autoscalers
+        assert "replicas" not in workload["spec"], f"{name}: the autoscaler owns replicas"
+        minimum: int = autoscaler["spec"]["minReplicas"]
+        return minimum
+    replicas: int = workload["spec"]["replicas"]
+    return replicas
+
+
+def workloads() -> list[tuple[str, str]]:
+    return [
+        (o["kind"], o["metadata"]["name"])
+        for o in k8s_objects()
+        if o["kind"] in ("Deployment", "StatefulSet")
+    ]
+
+
+def selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, "only matchLabels selectors are checked here"
+    return bool(selector.get("matchLabels", {}).items() <= labels.items())
+
+
+@pytest.mark.parametrize(("kind", "name"), workloads())
+def test_k8s_every_workload_has_two_replicas_and_a_budget(kind: str, name: str) -> None:
+    replicas = min_replicas(kind, name)
     assert replicas >= 2
-    budget = k8s_object("PodDisruptionBudget", name)
-    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
-    assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-    assert 1 <= budget["spec"]["minAvailable"] < replicas
+    pod_labels = k8s_object(kind, name)["spec"]["template"]["metadata"]["labels"]
+    budgets = [
+        o
+        for o in k8s_objects()
+        if o["kind"] == "PodDisruptionBudget" and selects(o["spec"]["selector"], pod_labels)
+    ]
+    assert len(budgets) == 1, f"{kind}/{name}: expected one PodDisruptionBudget"
+    spec = budgets[0]["spec"]
+    if "minAvailable" in spec:
+        assert 1 <= spec["minAvailable"] < replicas  # one pod may go, one always stays
+    else:
+        assert 1 <= spec["maxUnavailable"] < replicas
+
+
+@pytest.mark.parametrize("name", ["gateway", "incidents"])
+def test_k8s_autoscalers_scale_the_gateway_and_incidents_on_cpu(name: str) -> None:
+    autoscaler = k8s_object("HorizontalPodAutoscaler", name)["spec"]
+    assert autoscaler["scaleTargetRef"]["name"] == name
+    k8s_object(autoscaler["scaleTargetRef"]["kind"], name)  # the target exists
+    assert 2 <= autoscaler["minReplicas"] < autoscaler["maxReplicas"]
+    (metric,) = autoscaler["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    assert "cpu" in container(k8s_object("Deployment", name))["resources"]["requests"]
+
+
+def test_k8s_every_autoscaler_targets_a_workload() -> None:
+    names = set(workloads())
+    for obj in k8s_objects():
+        if obj["kind"] == "HorizontalPodAutoscaler":
+            target = obj["spec"]["scaleTargetRef"]
+            assert (target["kind"], target["name"]) in names
+
+
+@pytest.mark.parametrize("name", SERVICE_NAMES)
+def test_k8s_grpc_services_are_headless(name: str) -> None:
+    """Every pod's address in DNS, so callers spread calls over all of them."""
+    service = k8s_object("Service", name)["spec"]
+    assert service["clusterIP"] == "None"
+    assert not service.get("publishNotReadyAddresses", False)
+    config = load_config(k8s_env("gateway", template_secrets(TOCSIN_API_TOKEN=TOKEN)))
+    assert config.grpc_targets[name] == f"{name}:{DEFAULT_GRPC_PORTS[name]}"
+    assert config.grpc_max_connection_age.total_seconds() <= 300
+
+
+@pytest.mark.parametrize(("kind", "name"), workloads())
+def test_k8s_every_container_has_readiness_and_liveness_probes(kind: str, name: str) -> None:
+    for item in k8s_object(kind, name)["spec"]["template"]["spec"]["containers"]:
+        assert {"readinessProbe", "livenessProbe"} <= item.keys(), f"{kind}/{name}"
+
+
+def network_policies() -> list[dict[str, Any]]:
+    return [o for o in k8s_objects() if o["kind"] == "NetworkPolicy"]
+
+
+def test_k8s_network_policies_deny_what_they_do_not_allow() -> None:
+    denies = [
+        p
+        for p in network_policies()
+        if p["spec"]["podSelector"] == {} and "ingress" not in p["spec"]
+    ]
+    assert denies and denies[0]["spec"]["policyTypes"] == ["Ingress"]
+
+
+def _port_rules(labels: Mapping[str, str], port: int) -> list[dict[str, Any]]:
+    """The ingress rules of the policies selecting pods with `labels` that admit `port`."""
+    rules = []
+    for policy in network_policies():
+        if selects(policy["spec"]["podSelector"], labels) and policy["spec"]["podSelector"]:
+            for rule in policy["spec"].get("ingress", []):
+                if any(p["port"] == port for p in rule.get("ports", [])):
+                    rules.append(rule)
+    return rules
+
+
+@pytest.mark.parametrize(("kind", "name"), workloads())
+def test_k8s_every_container_port_is_covered_by_a_network_policy(kind: str, name: str) -> None:
+    template = k8s_object(kind, name)["spec"]["template"]
+    labels = template["metadata"]["labels"]
+    for item in template["spec"]["containers"]:
+        for port in item["ports"]:
+            rules = _port_rules(labels, port["containerPort"])
+            assert rules, f"{kind}/{name}: no NetworkPolicy for port {port['containerPort']}"
+            sources = [source for rule in rules for source in rule.get("from", [None])]
+            if name == "gateway":
+                assert sources == [None]  # the public edge: from anywhere
+                continue
+            # Everything else only from pods of this namespace with a known label.
+            for source in sources:
+                assert source is not None and set(source) == {"podSelector"}, (name, source)
+                assert source["podSelector"]["matchLabels"]["app.kubernetes.io/name"] in (
+                    "tocsin",
+                    "redis-cluster",
+                    "redis-cluster-init",
+                )
+            if name in SERVICE_NAMES:
+                assert sources == [
+                    {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "tocsin"}}}
+                ]
+
+
+def _bytes(size: str) -> int:
+    """Redis (640mb, 1gb) or Kubernetes (512Mi, 1Gi) sizes in bytes."""
+    match = re.fullmatch(r"(\d+)\s*(mb|gb|Mi|Gi|g)?", size.strip())
+    assert match, size
+    scale = {None: 1, "mb": 2**20, "Mi": 2**20, "gb": 2**30, "Gi": 2**30, "g": 2**30}
+    return int(match.group(1)) * scale[match.group(2)]
+
+
+def test_k8s_redis_refuses_writes_below_its_memory_limit() -> None:
+    conf = k8s_object("ConfigMap", "redis-cluster-config")["data"]["redis.conf"]
+    settings = dict(
+        line.split(maxsplit=1) for line in conf.splitlines() if line and not line.startswith("#")
+    )
+    assert settings["maxmemory-policy"] == "noeviction"
+    limit = container(k8s_object("StatefulSet", "redis-cluster"))["resources"]["limits"]["memory"]
+    assert 0 < _bytes(settings["maxmemory"]) <= 0.75 * _bytes(limit)
+
+
+def test_compose_redis_refuses_writes_below_its_memory_limit() -> None:
+    redis = compose_service("redis")
+    pairs = dict(itertools.pairwise(redis["command"]))
+    assert pairs["--maxmemory-policy"] == "noeviction"
+    assert 0 < _bytes(pairs["--maxmemory"]) <= 0.75 * _bytes(redis["mem_limit"])
+
+
+def test_k8s_ingress_serves_the_public_url_over_tls() -> None:
+    public = urlsplit(k8s_object("ConfigMap", "tocsin-config")["data"]["TOCSIN_PUBLIC_URL"])
+    assert public.scheme == "https"
+    ingress = k8s_object("Ingress", "gateway")["spec"]
+    (tls,) = ingress["tls"]
+    assert tls["hosts"] == [public.hostname] and tls["secretName"]
+    (rule,) = ingress["rules"]
+    assert rule["host"] == public.hostname
+    (path,) = rule["http"]["paths"]
+    # Twilio signs the URL it calls: no prefix stripped, no rewrite.
+    assert (path["path"], path["pathType"]) == ("/", "Prefix")
+    backend = path["backend"]["service"]
+    (port,) = k8s_object("Service", backend["name"])["spec"]["ports"]
+    assert backend == {"name": "gateway", "port": {"number": port["port"]}}
+    assert not k8s_object("Ingress", "gateway")["metadata"].get("annotations")
+
+
+KUBERNETES_VERSION = "1.30.0"
+"""The oldest Kubernetes the manifests are checked against (autoscaling/v2, gRPC probes)."""
+
+
+@pytest.mark.parametrize("path", sorted(K8S.glob("*.yaml")), ids=lambda p: p.name)
+def test_k8s_manifests_match_the_kubernetes_schema(path: Path) -> None:
+    """Strict schema validation (unknown fields rejected), offline, with the JSON schemas
+    that kubernetes-validate ships."""
+    if path.name == "kustomization.yaml":
+        return
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 
 def test_k8s_pods_run_unprivileged_with_bounded_resources() -> None:
