@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import pytest
 
+from tests.cli_runner import run_cli
 from tocsin.client.channel import DNS_REFRESH_MS
 from tocsin.client.client import TocsinClient
 from tocsin.client.endpoints import resolve_endpoints
@@ -252,3 +253,12 @@ async def test_calls_avoid_a_replica_that_is_not_serving(
                 break
         await _call(client, 20)
         assert calls == Counter({"127.0.0.3": 20})
+
+
+async def test_cli_names_a_malformed_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    code, _, err = await run_cli(
+        monkeypatch, {"incidents": "incidents-a:50052,incidents-b:50052"}, "incidents"
+    )
+    assert code == 2
+    assert "TOCSIN_INCIDENTS_ADDR" in err and "IP literals only" in err
+    assert "Traceback" not in err

@@ -21,6 +21,7 @@ from tocsin.cli import (
     stack_commands,
 )
 from tocsin.cli.output import describe_rpc_error
+from tocsin.client.targets import TargetError
 
 # Each module registers its sub-commands with `register(commands)`.
 COMMAND_MODULES = (
@@ -50,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except grpc.RpcError as error:
         print(describe_rpc_error(error), file=sys.stderr)
         code = 1
+    except TargetError as error:  # a malformed TOCSIN_<SERVICE>_ADDR, named in the message
+        print(f"tocsin: {error}", file=sys.stderr)
+        code = 2
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)
