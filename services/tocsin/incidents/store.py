@@ -49,6 +49,7 @@ from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import Conflict, NotFound
 from tocsin.runtime.events import EVENT_FIELD, INCIDENT_SHARDS, STREAM_MAXLEN, incident_shard
 from tocsin.runtime.redis import RedisClient, read_lua, register_lua
+from tocsin.runtime.scripts import PROTO_LUA
 from tocsin.runtime.timers import TIMER_LUA, shard_tag
 from tocsin.v1 import common_pb2, incidents_pb2
 
@@ -91,13 +92,13 @@ class IncidentStore:
         self.retention = retention
         self.alerts_kept = alerts_kept
         self.stream_maxlen = stream_maxlen
-        library = _lua("incident_lib.lua")
-        self._trigger = BatchedScript(redis, register_lua(redis, library, _lua("trigger.lua")))
-        self._join = BatchedScript(redis, register_lua(redis, library, _lua("join.lua")))
+        library = (PROTO_LUA, _lua("incident_lib.lua"))
+        self._trigger = BatchedScript(redis, register_lua(redis, *library, _lua("trigger.lua")))
+        self._join = BatchedScript(redis, register_lua(redis, *library, _lua("join.lua")))
         self._open_ids: dict[str, str] = {}
         """Dedup field -> the incident last seen open under it: a hint for the fast
         path, checked by the script, so a stale one only costs a second round trip."""
-        self._apply = register_lua(redis, TIMER_LUA, library, _lua("apply.lua"))
+        self._apply = register_lua(redis, TIMER_LUA, *library, _lua("apply.lua"))
         self._append = register_lua(redis, _lua("append_timeline.lua"))
 
     async def trigger(

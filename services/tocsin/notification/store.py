@@ -30,10 +30,12 @@ from tocsin.notification.contacts import KeyWrite
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.events import INCIDENT_SHARDS, incident_shard
 from tocsin.runtime.redis import RedisClient, read_lua, register_lua
+from tocsin.runtime.scripts import PROTO_LUA
 from tocsin.runtime.timers import TIMER_LUA, ClaimedTimer, TimerStore
 from tocsin.v1 import incidents_pb2, notification_pb2
 
 _LIBS = (
+    PROTO_LUA,
     TIMER_LUA,
     read_lua("tocsin.notification", "lua/attempt_lib.lua"),
     read_lua("tocsin.notification", "lua/cycle_lib.lua"),

@@ -1,4 +1,5 @@
--- tocsin incidents: key names and protobuf helpers that the incident scripts prepend.
+-- tocsin incidents: key names and protobuf helpers that the incident scripts prepend
+-- (after runtime/lua/proto_constants.lua, whose PB_KEY gives every field key used here).
 --
 -- Keys (see keys.py): under the shard's hash tag T, incident <id> is the hash
 -- tocsin:T:inc:<id> with the lists tocsin:T:inc:<id>:alerts and :timeline.
@@ -43,25 +44,19 @@ end
 -- (rather than merges into) an earlier value.
 local function pb_timestamp(ms)
   ms = tonumber(ms)
-  return '\8' .. pb_varint(math.floor(ms / 1000)) .. '\16' .. pb_varint((ms % 1000) * 1000000)
+  return PB_KEY.Timestamp.seconds .. pb_varint(math.floor(ms / 1000))
+    .. PB_KEY.Timestamp.nanos .. pb_varint((ms % 1000) * 1000000)
 end
 
-local INCIDENT_ID = '\10'          -- Incident.id = 1 / Alert.id = 1 (length-delimited)
-local INCIDENT_SEVERITY = '\40'    -- 5 (varint)
-local INCIDENT_ALERT_COUNT = '\64' -- 8 (varint)
-local INCIDENT_UPDATED_AT = '\90'  -- 11 (message)
-local INCIDENT_VERSION = '\136\1'  -- 17 (varint)
-local INCIDENT_LAST_ALERT = '\162\1' -- 20 (message)
-local EVENT_INCIDENT = '\26'       -- IncidentEvent.incident = 3
-local EVENT_ALERT = '\58'          -- IncidentEvent.alert = 7
 
 -- The counters' protobuf (the `o` part of an incident hash) for these values.
 local function overlay(sev, n, u, v, la)
-  return INCIDENT_SEVERITY .. pb_varint(sev)
-    .. INCIDENT_ALERT_COUNT .. pb_varint(n)
-    .. pb_bytes(INCIDENT_UPDATED_AT, pb_timestamp(u))
-    .. INCIDENT_VERSION .. pb_varint(v)
-    .. pb_bytes(INCIDENT_LAST_ALERT, pb_timestamp(la))
+  local key = PB_KEY.Incident
+  return key.severity .. pb_varint(sev)
+    .. key.alert_count .. pb_varint(n)
+    .. pb_bytes(key.updated_at, pb_timestamp(u))
+    .. key.version .. pb_varint(v)
+    .. pb_bytes(key.last_alert_at, pb_timestamp(la))
 end
 
 -- Rebuild and store the counters' protobuf of incident hash `ik`; returns it.
@@ -75,9 +70,9 @@ end
 -- XADD an IncidentEvent: the caller's prefix (kind, at, actor, traceparent, note) plus the
 -- incident and, when given, the alert.
 local function publish(stream, maxlen, field, prefix, incident, alert)
-  local event = prefix .. pb_bytes(EVENT_INCIDENT, incident)
+  local event = prefix .. pb_bytes(PB_KEY.IncidentEvent.incident, incident)
   if alert then
-    event = event .. pb_bytes(EVENT_ALERT, alert)
+    event = event .. pb_bytes(PB_KEY.IncidentEvent.alert, alert)
   end
   return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', field, event)
 end
@@ -93,7 +88,7 @@ local function join_incident(tag, id, counters, now, severity, alert_pb, entry, 
   local sev = math.max(tonumber(counters[3]), severity)
   local o = overlay(sev, n, now, v, now)
   redis.call('HSET', ik, 'n', n, 'v', v, 'sev', sev, 'u', now, 'la', now, 'o', o)
-  local alert = alert_pb .. pb_bytes(INCIDENT_ID, int_str(n))
+  local alert = alert_pb .. pb_bytes(PB_KEY.Alert.id, int_str(n))
   redis.call('RPUSH', ik .. ':alerts', alert)
   redis.call('LTRIM', ik .. ':alerts', -kept, -1)
   -- The timeline records the first `kept` alerts; alert_count counts them all.

@@ -1,19 +1,27 @@
--- Send attempts: a library of local functions that scripts prepend (after timer_lib).
+-- Send attempts: a library of local functions that scripts prepend (after
+-- proto_constants and timer_lib).
 --
 -- An attempt is a JSON record in a hash (attempt id -> record) with the fields
---   id, inc (incident, '' for a test page), user, cm (contact method), type (1 SMS, 2 voice),
---   rule (-1 for a test page), st (AttemptStatus), pid (provider id), err (provider error
---   code), pst (provider status word), code (reply code), c / u (created / updated, ms),
---   n (position in its hash, for ordering).
+--   id, inc (incident, '' for a test page), user, cm (contact method), type
+--   (ContactMethodType), rule (-1 for a test page), st (AttemptStatus), pid (provider
+--   id), err (provider error code), pst (provider status word), code (reply code),
+--   c / u (created / updated, ms), n (position in its hash, for ordering).
 -- While an attempt is SENDING it is also in a sending index, a zset scored by the time the
 -- send started, member "<attempts key>|<attempt id>", so a sweep finds the attempts a dead
 -- process left behind and marks them UNKNOWN (never resending them).
 
-local ATTEMPT_SENDING = 1
-local ATTEMPT_UNKNOWN = 5
+local ATTEMPT_SENDING = AttemptStatus.SENDING
+local ATTEMPT_UNKNOWN = AttemptStatus.UNKNOWN
 -- Status only moves forward: SENDING, then SENT or UNKNOWN, then DELIVERED, FAILED or
 -- SKIPPED. Callbacks arrive in any order; a late "sent" must not undo "delivered".
-local ATTEMPT_RANK = {[1] = 0, [2] = 1, [3] = 2, [4] = 2, [5] = 1, [6] = 2}
+local ATTEMPT_RANK = {
+  [AttemptStatus.SENDING] = 0,
+  [AttemptStatus.SENT] = 1,
+  [AttemptStatus.UNKNOWN] = 1,
+  [AttemptStatus.DELIVERED] = 2,
+  [AttemptStatus.FAILED] = 2,
+  [AttemptStatus.SKIPPED] = 2,
+}
 
 local function attempt_member(attempts_key, id)
   return attempts_key .. '|' .. id

@@ -1,10 +1,11 @@
--- Notification cycles: a library of local functions (prepend after timer_lib).
+-- Notification cycles: a library of local functions (prepend after proto_constants,
+-- timer_lib and attempt_lib).
 --
 -- A cycle is a hash (see keys.py): inc, user, tp, code, rules (JSON list of
 -- {cm, d, t}), n (rule count), c (created ms), x ('1' once cancelled). Rule i's timer id
 -- is '<cycle id>-<i>'; timers live under the incident shard's 'notify' namespace `tag`.
 
-local INCIDENT_TRIGGERED = 1
+local INCIDENT_TRIGGERED = IncidentStatus.TRIGGERED
 
 -- Mark a cycle cancelled and cancel its pending rule timers. Returns how many it cancelled.
 local function cycle_cancel(cycle_key, tag, cycle_id)

@@ -41,9 +41,9 @@ if mode == 'mirror' and state[1] and tonumber(state[1]) ~= INCIDENT_TRIGGERED th
 end
 local status = ATTEMPT_SENDING
 if mode == 'skip' then
-  status = 6
+  status = AttemptStatus.SKIPPED
 elseif mode == 'unreachable' then
-  status = 4
+  status = AttemptStatus.FAILED
 end
 local rule = tonumber(ARGV[4])
 local rec = {id = id, inc = cycle[1], user = cycle[2], cm = ARGV[5], type = tonumber(ARGV[6]),
