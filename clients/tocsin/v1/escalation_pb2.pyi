@@ -575,3 +575,61 @@ class EscalateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EscalateResponse: _TypeAlias = EscalateResponse  # noqa: Y015
+
+@_typing.final
+class ReportUnreachableRequest(_message.Message):
+    """Request for ReportUnreachable."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    incident_id: _builtins.str
+    """The incident."""
+    user_id: _builtins.str
+    """The user who cannot be reached."""
+    idempotency_key: _builtins.str
+    """The idempotency key of the Notify that paged the user
+    ("incident/epoch/level/loop/user"): it names the level the report is about.
+    """
+    reason: _builtins.str
+    """Why, for the timeline (e.g. "alice has no contact method")."""
+    def __init__(
+        self,
+        *,
+        incident_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "incident_id", b"incident_id", "reason", b"reason", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportUnreachableRequest: _TypeAlias = ReportUnreachableRequest  # noqa: Y015
+
+@_typing.final
+class ReportUnreachableResponse(_message.Message):
+    """Response for ReportUnreachable."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADVANCED_FIELD_NUMBER: _builtins.int
+    advanced: _builtins.bool
+    """True when this report made the level move on."""
+    def __init__(
+        self,
+        *,
+        advanced: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advanced", b"advanced"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportUnreachableResponse: _TypeAlias = ReportUnreachableResponse  # noqa: Y015

@@ -74,6 +74,11 @@ class EscalationServiceStub:
                 request_serializer=tocsin_dot_v1_dot_escalation__pb2.EscalateRequest.SerializeToString,
                 response_deserializer=tocsin_dot_v1_dot_escalation__pb2.EscalateResponse.FromString,
                 _registered_method=True)
+        self.ReportUnreachable = channel.unary_unary(
+                '/tocsin.v1.EscalationService/ReportUnreachable',
+                request_serializer=tocsin_dot_v1_dot_escalation__pb2.ReportUnreachableRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_escalation__pb2.ReportUnreachableResponse.FromString,
+                _registered_method=True)
 
 
 class EscalationServiceServicer:
@@ -133,6 +138,17 @@ class EscalationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportUnreachable(self, request, context):
+        """Reports that a user a level paged cannot be reached: no usable contact method, no
+        notification rule, or every rule failed. Once every user the level paged is reported,
+        the level counts as unanswered and the next level fires at once (as a level with
+        nobody on call does), with the reasons in the timeline. Idempotent: a repeated report,
+        or one for another epoch or a level that is no longer the current one, does nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EscalationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -170,6 +186,11 @@ def add_EscalationServiceServicer_to_server(servicer, server):
                     servicer.Escalate,
                     request_deserializer=tocsin_dot_v1_dot_escalation__pb2.EscalateRequest.FromString,
                     response_serializer=tocsin_dot_v1_dot_escalation__pb2.EscalateResponse.SerializeToString,
+            ),
+            'ReportUnreachable': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportUnreachable,
+                    request_deserializer=tocsin_dot_v1_dot_escalation__pb2.ReportUnreachableRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_escalation__pb2.ReportUnreachableResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -366,6 +387,33 @@ class EscalationService:
             '/tocsin.v1.EscalationService/Escalate',
             tocsin_dot_v1_dot_escalation__pb2.EscalateRequest.SerializeToString,
             tocsin_dot_v1_dot_escalation__pb2.EscalateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportUnreachable(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.EscalationService/ReportUnreachable',
+            tocsin_dot_v1_dot_escalation__pb2.ReportUnreachableRequest.SerializeToString,
+            tocsin_dot_v1_dot_escalation__pb2.ReportUnreachableResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,13 @@ class EscalationServiceStub:
     """The escalation state of an incident: level, loop, next fire time, who was paged."""
     Escalate: _grpc.UnaryUnaryMultiCallable[_escalation_pb2.EscalateRequest, _escalation_pb2.EscalateResponse]
     """Pages the next level now (manual escalation)."""
+    ReportUnreachable: _grpc.UnaryUnaryMultiCallable[_escalation_pb2.ReportUnreachableRequest, _escalation_pb2.ReportUnreachableResponse]
+    """Reports that a user a level paged cannot be reached: no usable contact method, no
+    notification rule, or every rule failed. Once every user the level paged is reported,
+    the level counts as unanswered and the next level fires at once (as a level with
+    nobody on call does), with the reasons in the timeline. Idempotent: a repeated report,
+    or one for another epoch or a level that is no longer the current one, does nothing.
+    """
 
 @_typing.type_check_only
 class EscalationServiceAsyncStub(EscalationServiceStub):
@@ -77,6 +84,13 @@ class EscalationServiceAsyncStub(EscalationServiceStub):
     """The escalation state of an incident: level, loop, next fire time, who was paged."""
     Escalate: _aio.UnaryUnaryMultiCallable[_escalation_pb2.EscalateRequest, _escalation_pb2.EscalateResponse]  # type: ignore[assignment]
     """Pages the next level now (manual escalation)."""
+    ReportUnreachable: _aio.UnaryUnaryMultiCallable[_escalation_pb2.ReportUnreachableRequest, _escalation_pb2.ReportUnreachableResponse]  # type: ignore[assignment]
+    """Reports that a user a level paged cannot be reached: no usable contact method, no
+    notification rule, or every rule failed. Once every user the level paged is reported,
+    the level counts as unanswered and the next level fires at once (as a level with
+    nobody on call does), with the reasons in the timeline. Idempotent: a repeated report,
+    or one for another epoch or a level that is no longer the current one, does nothing.
+    """
 
 class EscalationServiceServicer(metaclass=_abc_1.ABCMeta):
     """EscalationService owns escalation policies and the running escalation of every open
@@ -141,5 +155,18 @@ class EscalationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_escalation_pb2.EscalateResponse, _abc.Awaitable[_escalation_pb2.EscalateResponse]]:
         """Pages the next level now (manual escalation)."""
+
+    @_abc_1.abstractmethod
+    def ReportUnreachable(
+        self,
+        request: _escalation_pb2.ReportUnreachableRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_escalation_pb2.ReportUnreachableResponse, _abc.Awaitable[_escalation_pb2.ReportUnreachableResponse]]:
+        """Reports that a user a level paged cannot be reached: no usable contact method, no
+        notification rule, or every rule failed. Once every user the level paged is reported,
+        the level counts as unanswered and the next level fires at once (as a level with
+        nobody on call does), with the reasons in the timeline. Idempotent: a repeated report,
+        or one for another epoch or a level that is no longer the current one, does nothing.
+        """
 
 def add_EscalationServiceServicer_to_server(servicer: EscalationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

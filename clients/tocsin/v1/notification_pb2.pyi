@@ -506,19 +506,29 @@ class NotifyResponse(_message.Message):
 
     STARTED_FIELD_NUMBER: _builtins.int
     RULES_SCHEDULED_FIELD_NUMBER: _builtins.int
+    UNREACHABLE_FIELD_NUMBER: _builtins.int
+    UNREACHABLE_REASON_FIELD_NUMBER: _builtins.int
     started: _builtins.bool
     """False when the idempotency key was seen before."""
     rules_scheduled: _builtins.int
     """Number of rules scheduled."""
+    unreachable: _builtins.bool
+    """True when the user cannot be reached at all: no contact method, no notification rule,
+    or every rule's contact method disabled. Answered for a repeated key too.
+    """
+    unreachable_reason: _builtins.str
+    """Why, when unreachable (e.g. "alice has no contact method")."""
     def __init__(
         self,
         *,
         started: _builtins.bool = ...,
         rules_scheduled: _builtins.int = ...,
+        unreachable: _builtins.bool = ...,
+        unreachable_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["rules_scheduled", b"rules_scheduled", "started", b"started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rules_scheduled", b"rules_scheduled", "started", b"started", "unreachable", b"unreachable", "unreachable_reason", b"unreachable_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
