@@ -10,15 +10,22 @@ pointed at it with a `dns://SERVER/NAME:PORT` target.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any, cast
 
+import grpc
+import psutil
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.cli_runner import run_cli
 from tocsin.client.channel import DNS_REFRESH_MS
@@ -262,3 +269,98 @@ async def test_cli_names_a_malformed_address(monkeypatch: pytest.MonkeyPatch) ->
     assert code == 2
     assert "TOCSIN_INCIDENTS_ADDR" in err and "IP literals only" in err
     assert "Traceback" not in err
+
+
+# --- real processes ------------------------------------------------------------------
+
+
+def _serve(address: str, redis_url: str) -> subprocess.Popen[bytes]:
+    """`tocsin serve scheduling` as its own process, listening on `address`."""
+    env = {
+        **os.environ,
+        "TOCSIN_REDIS_URL": redis_url,
+        "TOCSIN_LISTEN_ADDR": address,
+        "TOCSIN_INSTANCE": f"scheduling-{address}",
+        "TOCSIN_GRPC_MAX_CONNECTION_AGE": f"{MAX_AGE_S}s",
+        "TOCSIN_GRPC_MAX_CONNECTION_AGE_GRACE": "1s",
+    }
+    env.pop("TOCSIN_API_TOKEN", None)
+    command = [sys.executable, "-m", "tocsin.cli.main", "serve", "scheduling"]
+    return subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+
+
+async def _serving(address: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    async with grpc.aio.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline and process.poll() is None:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            await asyncio.sleep(0.1)  # polling a starting process, no timer involved
+    raise AssertionError(f"scheduling on {address} did not start")
+
+
+def _connected_to(host: str, port: int) -> bool:
+    """This process has an established TCP connection to host:port (gRPC's sockets are
+    IPv6 ones, with IPv4 addresses mapped)."""
+    return any(
+        c.raddr
+        and c.raddr.ip in (host, f"::ffff:{host}")
+        and c.raddr.port == port
+        and c.status == "ESTABLISHED"
+        for c in psutil.Process().net_connections(kind="tcp")
+    )
+
+
+@pytest.mark.slow
+async def test_processes_killed_and_added_under_calls(redis_url: str) -> None:
+    """kill -9 one of two replicas, add a third, kill -9 the first: not one call fails,
+    so the one added later serves them."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.2", 0))
+        port = sock.getsockname()[1]
+    processes = {ip: _serve(f"{ip}:{port}", redis_url) for ip in ("127.0.0.2", "127.0.0.3")}
+    dns = _Dns(list(processes))
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(lambda: dns, local_addr=("127.0.0.1", 0))
+    failures: list[str] = []
+    done = 0
+
+    async def calls(client: TocsinClient, count: int) -> None:
+        nonlocal done
+        for _ in range(count):
+            try:
+                await client.scheduling.ListUsers(scheduling_pb2.ListUsersRequest(), timeout=5)
+                done += 1
+            except grpc.aio.AioRpcError as error:
+                failures.append(error.code().name)
+
+    try:
+        for ip, process in processes.items():
+            await _serving(f"{ip}:{port}", process)
+        dns_port = transport.get_extra_info("sockname")[1]
+        async with _client(f"dns://127.0.0.1:{dns_port}/scheduling.tocsin.test:{port}") as client:
+            await calls(client, 20)
+            processes["127.0.0.3"].kill()  # kill -9, as a crashed pod
+            dns.addresses.remove("127.0.0.3")  # and its DNS record goes
+            await calls(client, 20)
+            processes["127.0.0.4"] = _serve(f"127.0.0.4:{port}", redis_url)
+            await _serving(f"127.0.0.4:{port}", processes["127.0.0.4"])
+            dns.addresses.append("127.0.0.4")
+            deadline = time.monotonic() + MAX_AGE_S * 1.1 + DNS_REFRESH_MS / 1000 + 10
+            while not _connected_to("127.0.0.4", port) and time.monotonic() < deadline:
+                await calls(client, 1)
+                await asyncio.sleep(0.05)  # pace the calls
+            assert _connected_to("127.0.0.4", port), "the client never found the new replica"
+            processes["127.0.0.2"].kill()
+            dns.addresses.remove("127.0.0.2")
+            await calls(client, 20)
+        assert failures == []
+        assert done >= 60
+    finally:
+        transport.close()
+        for process in processes.values():
+            process.kill()
+            process.wait()
