@@ -50,6 +50,8 @@ async def serve_incidents(
     finally:
         await channel.close()
         await running.stop(0)
+        if deps.peers is not None:
+            await deps.peers.close()
 
 
 async def create_payments(

@@ -9,6 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.cli_runner import as_json, run_cli
+from tests.incidents.directory import served_with_directory
 from tests.incidents.harness import Served, create_payments, event_kinds, events_of, serve_incidents
 from tocsin.runtime.clock import ManualClock
 from tocsin.v1 import common_pb2
@@ -143,3 +144,26 @@ async def test_errors_are_reported_with_the_field(
     assert code == 1 and "NOT_FOUND" in err
     code, _, err = await _tocsin(served, monkeypatch, "snooze", "5", "soon")
     assert code == 2 and "expected a duration" in err
+
+
+async def test_reassign_to_nobody_is_refused_by_name(
+    redis: Redis, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with served_with_directory(redis, clock) as served:
+        code, out, _ = await _tocsin(
+            served, monkeypatch, "trigger", "payments-api", "--summary", "x", "--json"
+        )
+        incident_id = as_json(out)["id"]
+        for flag, name, noun in (
+            ("--user", "zed", "user"),
+            ("--policy", "nopolicy", "escalation policy"),
+        ):
+            code, out, err = await _tocsin(served, monkeypatch, "reassign", incident_id, flag, name)
+            assert code == 1 and out == ""
+            assert f"NOT_FOUND: {noun}" in err and repr(name) in err
+        code, out, _ = await _tocsin(served, monkeypatch, "reassign", incident_id, "--user", "bob")
+        assert code == 0 and out.startswith(f"Reassigned #{incident_id} to user bob")
+        assert event_kinds(await events_of(served.redis, incident_id)) == [
+            "TRIGGERED",
+            "REASSIGNED",
+        ]

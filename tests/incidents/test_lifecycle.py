@@ -219,23 +219,6 @@ async def test_stored_alerts_are_capped_but_counted(served: Served) -> None:
     assert len(full.incident.timeline) == 5  # TRIGGERED + 4 alerts, then only counted
 
 
-async def test_reassign_triggers_again_for_the_new_assignee(served: Served) -> None:
-    incident = (await served.stub.Trigger(trigger_request())).incident
-    await served.stub.Acknowledge(incidents_pb2.AcknowledgeRequest(incident_id=incident.id))
-    reply = await served.stub.Reassign(
-        incidents_pb2.ReassignRequest(
-            incident_id=incident.id,
-            assignment=incidents_pb2.Assignment(user_id="bob"),
-            actor=cli_actor(),
-        )
-    )
-    assert reply.incident.status == TRIGGERED
-    assert reply.incident.assignment.user_id == "bob"
-    events = await events_of(served.redis, incident.id)
-    assert event_kinds(events) == ["TRIGGERED", "ACKNOWLEDGED", "REASSIGNED"]
-    assert events[-1].incident.assignment.user_id == "bob"
-
-
 async def test_notes_and_idempotent_timeline_appends(served: Served) -> None:
     incident = (await served.stub.Trigger(trigger_request())).incident
     note = await served.stub.AddNote(

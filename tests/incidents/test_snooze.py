@@ -60,7 +60,8 @@ async def test_snooze_ends_with_the_incident_triggered_again(served: Served) -> 
 
 
 @pytest.mark.parametrize("action", ["acknowledge", "resolve", "reassign"])
-async def test_a_later_action_cancels_the_snooze(served: Served, action: str) -> None:
+async def test_a_later_action_cancels_the_snooze(served_with_peers: Served, action: str) -> None:
+    served = served_with_peers
     incident = (await served.stub.Trigger(trigger_request())).incident
     await _snooze(served, incident.id, 30)
     served.clock.advance(minutes=10)

@@ -194,8 +194,12 @@ async def paging_stack(
 
         scheduling, _ = await scheduling_server.create_server(deps({}), LOOPBACK_ANY_PORT)
         scheduling_addr = await stack.enter_async_context(_started(scheduling))
+        # Reassign asks scheduling whether a user exists (reassigning to a policy would
+        # ask escalation, which this stack does not start).
+        incidents_deps = deps({"TOCSIN_SCHEDULING_ADDR": scheduling_addr})
+        stack.push_async_callback(_close_peers, incidents_deps)
         incidents, _ = await incidents_server.create_server(
-            deps({}), LOOPBACK_ANY_PORT, background=False
+            incidents_deps, LOOPBACK_ANY_PORT, background=False
         )
         incidents_addr = await stack.enter_async_context(_started(incidents))
         peers = {"TOCSIN_SCHEDULING_ADDR": scheduling_addr, "TOCSIN_INCIDENTS_ADDR": incidents_addr}

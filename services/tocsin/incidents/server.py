@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import grpc
 from redis.exceptions import RedisError
 
+from tocsin.incidents.assignees import Assignees
 from tocsin.incidents.service_store import ServiceStore
 from tocsin.incidents.servicer import SERVICE_NAME, IncidentServicer
 from tocsin.incidents.snooze import SnoozeTimerStore, snooze_worker
@@ -49,7 +50,7 @@ async def create_server(
     store = IncidentStore(deps.redis, deps.clock, deps.config.retention)
     services = ServiceStore(deps.redis, deps.clock)
     worker = snooze_worker(SnoozeTimerStore(deps.redis, deps.clock), deps.clock, store)
-    servicer = IncidentServicer(store, services, deps.clock)
+    servicer = IncidentServicer(store, services, deps.clock, Assignees(lambda: deps.peer_client()))
 
     def register(server: grpc.aio.Server) -> None:
         incidents_pb2_grpc.add_IncidentServiceServicer_to_server(servicer, server)

@@ -16,6 +16,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc import code_pb2, status_pb2
 
 from tocsin.incidents import domain, validation
+from tocsin.incidents.assignees import Assignees
 from tocsin.incidents.query import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
@@ -44,10 +45,17 @@ log = logging.getLogger(__name__)
 
 
 class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
-    def __init__(self, incidents: IncidentStore, services: ServiceStore, clock: Clock) -> None:
+    def __init__(
+        self,
+        incidents: IncidentStore,
+        services: ServiceStore,
+        clock: Clock,
+        assignees: Assignees,
+    ) -> None:
         self.incidents = incidents
         self.services = services
         self.clock = clock
+        self.assignees = assignees
 
     # Services
 
@@ -170,6 +178,12 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
         incident_id = validation.parse_incident_id(request.incident_id)
         actor = self._actor(request.actor)
         check(validation.assignment_violations(request.assignment))
+        # The incident first (unknown, resolved: refused without asking anyone), then the
+        # new assignee must exist, so an incident is never handed to nobody.
+        domain.reassign(
+            await self.incidents.get(incident_id), request.assignment, actor, self.clock.now_ms()
+        )
+        await self.assignees.check(request.assignment)
         incident, _ = await self.incidents.change(
             incident_id,
             lambda current, now: domain.reassign(current, request.assignment, actor, now),
