@@ -77,6 +77,14 @@ def trigger_request(
     return incidents_pb2.TriggerRequest(summary=summary, dedup_key=dedup_key, **fields)
 
 
+def nested(levels: int) -> dict[str, Any]:
+    """A JSON object nesting `levels` objects (itself included), for details depth limits."""
+    value: dict[str, Any] = {"leaf": 1}
+    for _ in range(levels - 1):
+        value = {"x": value}
+    return value
+
+
 def cli_actor(name: str = "alice") -> common_pb2.Actor:
     return common_pb2.Actor(channel=common_pb2.CHANNEL_CLI, display=name)
 

@@ -20,6 +20,7 @@ from tests.incidents.harness import (
     all_events,
     event_kinds,
     events_of,
+    nested,
     snapshot,
     trigger_request,
     violations,
@@ -139,6 +140,61 @@ async def test_each_items_event_carries_its_own_trace(served: Served) -> None:
     assert traces[2] not in (CALLER_TRACE, other)
 
 
+def deep_request(levels: int, dedup_key: str) -> incidents_pb2.TriggerRequest:
+    """A trigger whose details nest `levels` objects (past ~32, protobuf cannot decode a
+    TriggerBatchRequest carrying it; past ~33, not even a TriggerRequest)."""
+    request = trigger_request(dedup_key=dedup_key)
+    request.details.update(nested(levels))
+    return request
+
+
+def framed_batch(*requests: incidents_pb2.TriggerRequest) -> bytes:
+    """A TriggerBatchRequest on the wire, framed by hand (protobuf refuses to build one
+    holding an item nested too deeply, as a sender in another language would not)."""
+    wire = b""
+    for request in requests:
+        item = incidents_pb2.TriggerBatchItem()
+        item.request.CopyFrom(request)
+        raw = item.SerializeToString()
+        size = len(raw)
+        length = b""
+        while True:
+            low, size = size & 0x7F, size >> 7
+            length += bytes([low | (0x80 if size else 0)])
+            if not size:
+                break
+        wire += b"\x0a" + length + raw
+    return wire
+
+
+@pytest.mark.parametrize("levels", [21, 33, 40])
+async def test_an_item_nested_too_deeply_fails_alone(served: Served, levels: int) -> None:
+    """Before, a batch holding details 33 objects deep could not be decoded and every
+    alert in it failed; 21 deep was taken, past the limit the README states."""
+    channel = grpc.aio.insecure_channel(served.target)
+    try:
+        call = channel.unary_unary(
+            BATCH_METHOD,
+            request_serializer=lambda body: body,
+            response_deserializer=incidents_pb2.TriggerBatchResponse.FromString,
+        )
+        reply = await call(
+            framed_batch(
+                trigger_request(dedup_key="before"),
+                deep_request(levels, "deep"),
+                trigger_request(dedup_key="after"),
+            )
+        )
+    finally:
+        await channel.close()
+    before, deep, after = reply.results
+    assert before.response.created and after.response.created
+    assert deep.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert deep.error.message.startswith("details: must not nest objects or lists more than 20")
+    assert await served.running.store.find_open("payments-api", "deep") is None
+    assert await all_events(served.redis) == 2
+
+
 # The client
 
 
@@ -173,19 +229,38 @@ async def test_refused_triggers_raise_what_trigger_raises(served: Served) -> Non
     async with client_for(served.target) as client:
         good, bad, unknown = await asyncio.gather(
             client.trigger(trigger_request(dedup_key="ok")),
-            client.trigger(trigger_request(summary="x" * 2000, dedup_key="long")),
+            client.trigger(trigger_request(summary=" \n ", dedup_key="blank")),
             client.trigger(trigger_request(service_id="nope")),
             return_exceptions=True,
         )
     assert isinstance(good, incidents_pb2.TriggerResponse) and good.created
     with pytest.raises(grpc.aio.AioRpcError) as lone:
-        await served.stub.Trigger(trigger_request(summary="x" * 2000, dedup_key="long"))
+        await served.stub.Trigger(trigger_request(summary=" \n ", dedup_key="blank"))
     assert isinstance(bad, grpc.aio.AioRpcError)
     assert bad.code() == lone.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad.details() == lone.value.details()
     assert violations(bad) == violations(lone.value)
     assert isinstance(unknown, grpc.aio.AioRpcError)
     assert unknown.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_trigger_nested_too_deeply_fails_alone_in_the_client(served: Served) -> None:
+    """Its neighbours in the shared batch are taken; it gets what Trigger would raise."""
+    async with client_for(served.target) as client:
+        outcomes = await asyncio.gather(
+            *(client.trigger(trigger_request(dedup_key=f"k{n}")) for n in range(10)),
+            client.trigger(deep_request(33, "deep33")),
+            client.trigger(deep_request(40, "deep40")),
+            *(client.trigger(trigger_request(dedup_key=f"m{n}")) for n in range(10)),
+            return_exceptions=True,
+        )
+    good = outcomes[:10] + outcomes[12:]
+    assert all(isinstance(o, incidents_pb2.TriggerResponse) and o.created for o in good)
+    for deep in outcomes[10:12]:
+        assert isinstance(deep, grpc.aio.AioRpcError)
+        assert deep.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [field for field, _ in violations(deep)] == ["details"]
+    assert await all_events(served.redis) == 20
 
 
 # The client against a scripted server, for what the real one never does

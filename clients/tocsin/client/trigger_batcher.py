@@ -15,6 +15,11 @@ metadata), so callers handle errors exactly as before. A batch call that fails a
 fails each of its triggers with that call's error. Each trigger carries its caller's trace
 context, so the incident's escalation joins the caller's trace; the batch call itself runs
 in the context of its first trigger.
+
+A trigger whose details nest deeper than the contract allows (tocsin.client.limits) is
+refused here, with the INVALID_ARGUMENT a Trigger call would raise, and never joins a
+batch: protobuf refuses to decode a message nested too deeply, and in a shared batch that
+would fail every trigger beside it.
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import grpc
-from google.rpc import status_pb2
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from tocsin.client.limits import DETAILS_TOO_DEEP, MAX_DETAILS_DEPTH, details_depth
 from tocsin.v1 import incidents_pb2, incidents_pb2_grpc
 
 MAX_BATCH_ITEMS = 512
@@ -72,9 +79,13 @@ class TriggerBatcher:
         timeout: float | None = None,  # noqa: ASYNC109 - the batch call's gRPC deadline
     ) -> incidents_pb2.TriggerResponse:
         """Trigger `request` (as IncidentService.Trigger), sharing a call with others."""
+        if request.HasField("details") and details_depth(request.details) > MAX_DETAILS_DEPTH:
+            raise _status_error(_bad_request("details", DETAILS_TOO_DEEP))
         loop = asyncio.get_running_loop()
+        item = incidents_pb2.TriggerBatchItem(traceparent=_traceparent())
+        item.request.CopyFrom(request)
         pending = _Pending(
-            incidents_pb2.TriggerBatchItem(request=request, traceparent=_traceparent()),
+            item,
             None if timeout is None else time.monotonic() + timeout,
             contextvars.copy_context(),
             loop.create_future(),
@@ -180,6 +191,21 @@ def _status_error(status: status_pb2.Status) -> grpc.aio.AioRpcError:
     code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
     trailing = grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString()))
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, status.message)
+
+
+def _bad_request(field: str, description: str) -> status_pb2.Status:
+    """The google.rpc.Status of INVALID_ARGUMENT naming `field`, as the server sends it."""
+    detail = any_pb2.Any()
+    detail.Pack(
+        error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+            ]
+        )
+    )
+    return status_pb2.Status(
+        code=code_pb2.INVALID_ARGUMENT, message=f"{field}: {description}", details=[detail]
+    )
 
 
 def _error(code: grpc.StatusCode, message: str) -> grpc.aio.AioRpcError:

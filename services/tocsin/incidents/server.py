@@ -15,6 +15,7 @@ import grpc
 from redis.exceptions import RedisError
 
 from tocsin.incidents.assignees import Assignees
+from tocsin.incidents.decoding import decode_trigger, decode_trigger_batch
 from tocsin.incidents.service_store import ServiceStore
 from tocsin.incidents.servicer import SERVICE_NAME, IncidentServicer
 from tocsin.incidents.snooze import SnoozeTimerStore, snooze_worker
@@ -53,7 +54,7 @@ async def create_server(
     servicer = IncidentServicer(store, services, deps.clock, Assignees(lambda: deps.peer_client()))
 
     def register(server: grpc.aio.Server) -> None:
-        incidents_pb2_grpc.add_IncidentServiceServicer_to_server(servicer, server)
+        _add_servicer(servicer, server)
 
     grpc_server = await start_grpc_server(
         deps.config, addr or deps.config.grpc_listen_addr("incidents"), register, [SERVICE_NAME]
@@ -67,6 +68,36 @@ async def create_server(
             asyncio.create_task(_trim_periodically(store, deps.clock, running.stopping))
         )
     return running, grpc_server.port
+
+
+class _Handlers:
+    """Records the method handlers the generated code registers."""
+
+    handlers: dict[str, grpc.RpcMethodHandler]
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.handlers = dict(handlers)
+
+
+def _add_servicer(servicer: IncidentServicer, server: grpc.aio.Server) -> None:
+    """The generated registration, with Trigger and TriggerBatch decoded so that an
+    undecodable alert fails alone (decoding.py)."""
+    recorded = _Handlers()
+    incidents_pb2_grpc.add_IncidentServiceServicer_to_server(servicer, recorded)
+    handlers = recorded.handlers
+    for method, decode in (("Trigger", decode_trigger), ("TriggerBatch", decode_trigger_batch)):
+        handlers[method] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method),
+            request_deserializer=decode,
+            response_serializer=handlers[method].response_serializer,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 async def _trim_periodically(store: IncidentStore, clock: Clock, stop: asyncio.Event) -> None:

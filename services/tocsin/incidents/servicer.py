@@ -15,8 +15,9 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import code_pb2, status_pb2
 
-from tocsin.incidents import domain, validation
+from tocsin.incidents import domain, normalize, validation
 from tocsin.incidents.assignees import Assignees
+from tocsin.incidents.decoding import SplitBatch
 from tocsin.incidents.query import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
@@ -91,12 +92,14 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
     # Incidents
 
     async def Trigger(
-        self, request: incidents_pb2.TriggerRequest, context: Any
+        self, request: incidents_pb2.TriggerRequest | InvalidArgument, context: Any
     ) -> incidents_pb2.TriggerResponse:
+        if isinstance(request, InvalidArgument):  # undecodable (decoding.py)
+            raise request
         return await self._trigger(request, current_traceparent())
 
     async def TriggerBatch(
-        self, request: incidents_pb2.TriggerBatchRequest, context: Any
+        self, request: incidents_pb2.TriggerBatchRequest | SplitBatch, context: Any
     ) -> incidents_pb2.TriggerBatchResponse:
         check(validation.batch_violations(len(request.items)))
         call_traceparent = current_traceparent()
@@ -107,8 +110,10 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
         return incidents_pb2.TriggerBatchResponse(results=results)
 
     async def _batch_item(
-        self, item: incidents_pb2.TriggerBatchItem, call_traceparent: str
+        self, item: incidents_pb2.TriggerBatchItem | InvalidArgument, call_traceparent: str
     ) -> incidents_pb2.TriggerBatchResult:
+        if isinstance(item, InvalidArgument):  # this item alone was undecodable
+            return incidents_pb2.TriggerBatchResult(error=rpc_status(item))
         traceparent = item.traceparent if is_traceparent(item.traceparent) else call_traceparent
         try:
             response = await self._trigger(item.request, traceparent)
@@ -125,10 +130,12 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
         self, request: incidents_pb2.TriggerRequest, traceparent: str
     ) -> incidents_pb2.TriggerResponse:
         alert = domain.alert_of(request)
-        actor = domain.normalized_actor(request.actor)
-        check(validation.trigger_violations(alert, request.dedup_key, actor))
+        actor = normalize.actor(request.actor)
+        check(validation.details_violations(alert.details))
+        dedup_key = normalize.alert(alert, request.dedup_key)
+        check(validation.trigger_violations(alert, dedup_key, actor))
         service = await self._service(request.service_id, request.integration_key)
-        dedup_key = request.dedup_key or uuid.uuid4().hex
+        dedup_key = dedup_key or uuid.uuid4().hex
         result = await self.incidents.trigger(service, dedup_key, alert, actor, traceparent)
         return incidents_pb2.TriggerResponse(
             incident=result.incident, created=result.created, dedup_key=dedup_key
@@ -288,12 +295,12 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
             raise InvalidArgument(
                 [FieldViolation("incident_id", "is required (or service_id and dedup_key)")]
             )
-        check(validation.text_violations("dedup_key", request.dedup_key, validation.MAX_DEDUP_KEY))
+        dedup_key = normalize.dedup_key(request.dedup_key)  # as Trigger filed it
         service = await self._service(request.service_id, request.integration_key)
-        incident_id = await self.incidents.find_open(service.id, request.dedup_key)
+        incident_id = await self.incidents.find_open(service.id, dedup_key)
         if incident_id is None:
             raise NotFound(
-                f"service {service.id!r} has no open incident with dedup key {request.dedup_key!r}"
+                f"service {service.id!r} has no open incident with dedup key {dedup_key[:80]!r}"
             )
         return incident_id
 

@@ -12,6 +12,15 @@ import re
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+from google.protobuf.struct_pb2 import Struct
+
+from tocsin.client.limits import (
+    DETAILS_TOO_DEEP,
+    INTEGRATION_KEY_LENGTH,
+    MAX_DETAILS_BYTES,
+    MAX_DETAILS_DEPTH,
+    details_depth,
+)
 from tocsin.runtime.errors import FieldViolation, InvalidArgument
 from tocsin.runtime.ids import id_violations
 from tocsin.v1 import common_pb2, incidents_pb2
@@ -20,7 +29,6 @@ MAX_SUMMARY = 1024
 MAX_DEDUP_KEY = 255
 MAX_LABEL = 1024
 """source, component, group, class and link texts."""
-MAX_DETAILS_BYTES = 64 * 1024
 MAX_LINKS = 50
 MAX_URL = 2048
 MAX_ID = 128
@@ -35,13 +43,12 @@ _TIMELINE_KINDS = frozenset(incidents_pb2.TimelineKind.values())
 MAX_IDEMPOTENCY_KEY = 255
 MIN_SNOOZE_S = 60
 MAX_SNOOZE_S = 7 * 86400
-INTEGRATION_KEY_LENGTH = 32
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _INTEGRATION_KEY = re.compile(r"[A-Za-z0-9]{32}")
 _INCIDENT_ID = re.compile(r"[1-9][0-9]{0,17}")
-_MAX_TIMESTAMP_S = 253402300799  # 9999-12-31T23:59:59Z
+MAX_TIMESTAMP_S = 253402300799  # 9999-12-31T23:59:59Z
 
 
 def text_violations(
@@ -114,8 +121,23 @@ def actor_violations(actor: common_pb2.Actor, prefix: str = "actor") -> list[Fie
     return violations
 
 
+def details_violations(details: Struct, field: str = "details") -> list[FieldViolation]:
+    """Details past the limits of tocsin.client.limits (checked before normalisation
+    adds its own keys)."""
+    size = details.ByteSize()
+    if size > MAX_DETAILS_BYTES:
+        return [
+            FieldViolation(field, f"must be at most {MAX_DETAILS_BYTES} bytes encoded, got {size}")
+        ]
+    if details_depth(details) > MAX_DETAILS_DEPTH:
+        return [FieldViolation(field, DETAILS_TOO_DEEP)]
+    return []
+
+
 def alert_violations(alert: incidents_pb2.Alert, dedup_key: str) -> list[FieldViolation]:
-    """An incoming alert; paths are those of TriggerRequest (which shares the names)."""
+    """An incoming alert, once normalised (normalize.py; its details were checked before):
+    what normalising cannot mend. Paths are those of TriggerRequest (which shares the
+    names)."""
     violations = [
         *text_violations("dedup_key", dedup_key, MAX_DEDUP_KEY),
         *text_violations("summary", alert.summary, MAX_SUMMARY, required=True),
@@ -126,15 +148,8 @@ def alert_violations(alert: incidents_pb2.Alert, dedup_key: str) -> list[FieldVi
     ]
     if alert.severity not in _SEVERITIES:
         violations.append(FieldViolation("severity", f"unknown severity {alert.severity}"))
-    details_size = alert.details.ByteSize()
-    if details_size > MAX_DETAILS_BYTES:
-        violations.append(
-            FieldViolation(
-                "details", f"must be at most {MAX_DETAILS_BYTES} bytes encoded, got {details_size}"
-            )
-        )
     violations += links_violations(alert.links)
-    if alert.HasField("occurred_at") and not 0 <= alert.occurred_at.seconds <= _MAX_TIMESTAMP_S:
+    if alert.HasField("occurred_at") and not 0 <= alert.occurred_at.seconds <= MAX_TIMESTAMP_S:
         violations.append(FieldViolation("occurred_at", "must be between 1970 and 9999"))
     return violations
 
@@ -164,8 +179,12 @@ def links_violations(links: Sequence[common_pb2.Link]) -> list[FieldViolation]:
         field = f"links[{i}].href"
         problems = text_violations(field, link.href, MAX_URL, required=True)
         if not problems:
-            parts = urlsplit(link.href)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
+            try:
+                parts = urlsplit(link.href)
+                valid = parts.scheme in ("http", "https") and bool(parts.netloc)
+            except ValueError:  # e.g. an unclosed IPv6 bracket
+                valid = False
+            if not valid:
                 problems = [FieldViolation(field, "must be an http:// or https:// URL")]
         violations += problems
         violations += text_violations(f"links[{i}].text", link.text, MAX_LABEL)
