@@ -32,7 +32,11 @@ def _export(args: argparse.Namespace) -> int:
 
     text = dump_yaml(run_with_client(body))
     if args.output:
-        args.output.write_text(text, encoding="utf-8")
+        try:
+            args.output.write_text(text, encoding="utf-8")
+        except OSError as error:
+            print(f"tocsin export: cannot write {args.output}: {error.strerror}", file=sys.stderr)
+            return 1
     else:
         sys.stdout.write(text)
     return 0

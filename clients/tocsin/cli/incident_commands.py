@@ -35,13 +35,19 @@ def duration(text: str) -> timedelta:
     parts = _DURATION.findall(text)
     if not parts or "".join(a + u for a, u in parts) != text:
         raise argparse.ArgumentTypeError(f"expected a duration like 30m, 2h or 1h30m, got {text!r}")
-    return timedelta(seconds=sum(int(amount) * _UNIT_S[unit] for amount, unit in parts))
+    try:
+        return timedelta(seconds=sum(int(amount) * _UNIT_S[unit] for amount, unit in parts))
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"{text!r} is too long") from None
 
 
 def since(text: str) -> datetime:
     """argparse type: a duration ago (`2h`) or an RFC 3339 time."""
     if _DURATION.match(text):
-        return datetime.now(UTC) - duration(text)
+        try:
+            return datetime.now(UTC) - duration(text)
+        except OverflowError:
+            raise argparse.ArgumentTypeError(f"{text!r} reaches back too far") from None
     try:
         moment = datetime.fromisoformat(text)
     except ValueError as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -11,6 +12,8 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
+
+from tocsin.client.endpoints import resolve_endpoints
 
 
 def print_json(value: Any) -> None:
@@ -41,6 +44,10 @@ def rfc3339(ts: Timestamp | datetime | None) -> str | None:
 def describe_rpc_error(error: grpc.RpcError) -> str:
     code = error.code() if hasattr(error, "code") else None
     details = error.details() if hasattr(error, "details") else str(error)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        where = _unreachable(details or "")
+        if where:
+            return f"error: {code.name}: {where}; is the stack running? start it with `tocsin up`"
     lines = [f"error: {code.name if code else 'RPC'}: {details}"]
     trailers = dict(error.trailing_metadata() or ()) if hasattr(error, "trailing_metadata") else {}
     raw = trailers.get("grpc-status-details-bin")
@@ -51,5 +58,34 @@ def describe_rpc_error(error: grpc.RpcError) -> str:
             if detail.Unpack(bad):
                 lines += [f"  {v.field}: {v.description}" for v in bad.field_violations]
     if code == grpc.StatusCode.UNAVAILABLE:
-        lines.append("  is the stack running? start it with `tocsin up`")
+        lines[0] += " (is the stack running? start it with `tocsin up`)"
     return "\n".join(lines)
+
+
+_PEER = re.compile(r"(?:ipv4:|ipv6:|unix:)(\S+?): (.*?)(?:$|;)")
+
+
+def _unreachable(details: str) -> str | None:
+    """'cannot reach the incidents service at 127.0.0.1:50052 (Connection refused)' from
+    gRPC's connection-failure text, naming the service the endpoints give that address."""
+    match = _PEER.search(details)
+    if match is None:
+        return None
+    address, why = match.group(1).strip("[]"), match.group(2).strip()
+    reason = why.rsplit(": ", 1)[-1] if why else "no answer"
+    service = "tocsin"
+    try:
+        endpoints = resolve_endpoints().as_dict()
+    except ValueError:
+        endpoints = {}
+    for name, target in endpoints.items():
+        if address in target.split(","):
+            service = f"the {name} service"
+            break
+    return f"cannot reach {service} at {address} ({reason})"
+
+
+def describe_os_error(error: OSError) -> str:
+    """'cannot read missing.yaml: No such file or directory', without a traceback."""
+    reason = error.strerror or str(error)
+    return f"{error.filename}: {reason}" if error.filename else reason

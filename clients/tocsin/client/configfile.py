@@ -162,6 +162,8 @@ def load_config_file(path: Path) -> DesiredState:
         raise ConfigFileError([f"{path}: not valid YAML: {error}"]) from error
     except UnicodeDecodeError as error:
         raise ConfigFileError([f"{path}: not UTF-8 text: {error}"]) from error
+    except OSError as error:  # missing, a directory, not readable
+        raise ConfigFileError([f"{path}: cannot read: {error.strerror or error}"]) from None
     reader = _Reader(str(path))
     state = DesiredState()
     if root is None:

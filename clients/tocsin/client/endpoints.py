@@ -56,8 +56,13 @@ def resolve_endpoints(env: Mapping[str, str] | None = None) -> Endpoints:
     from_file: dict[str, str] = {}
     path = endpoints_path(env)
     if path.is_file():
-        loaded = json.loads(path.read_text())
-        from_file = {k: str(v) for k, v in loaded.items() if k in DEFAULTS}
+        try:
+            loaded = json.loads(path.read_text())
+            from_file = {k: str(v) for k, v in loaded.items() if k in DEFAULTS}
+        except (OSError, ValueError, AttributeError) as error:
+            raise TargetError(
+                f"{path}: not an endpoints file ({error}); remove it or run `tocsin up`"
+            ) from None
     values = {}
     for name, default in DEFAULTS.items():
         variable = "TOCSIN_HTTP_ADDR" if name == "http" else f"TOCSIN_{name.upper()}_ADDR"
