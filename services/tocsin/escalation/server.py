@@ -3,7 +3,6 @@ shards, and the auditor."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -14,6 +13,7 @@ from tocsin.runtime.config import Address
 from tocsin.runtime.events import INCIDENT_SHARDS, EventConsumer, instance_name
 from tocsin.runtime.grpcserver import start_grpc_server
 from tocsin.runtime.leases import ShardLeases
+from tocsin.runtime.loops import run_loop
 from tocsin.runtime.service import RunningService, ServiceDeps, serve_blocking
 from tocsin.runtime.timers import TimerWorker
 from tocsin.v1 import escalation_pb2_grpc
@@ -73,24 +73,26 @@ async def create_server(
         await consumer.start()
         return running, grpc_server.port
     stop = running.stopping
+    health = running.workers
 
-    async def audit_forever() -> None:
-        while not stop.is_set():
-            await deps.clock.sleep(AUDIT_INTERVAL_MS / 1000, stop)
-            if stop.is_set():
-                return
-            try:
-                await engine.audit(leases.owned, AUDIT_GRACE_MS, AUDIT_WINDOW_MS)
-            except Exception:
-                log.exception("escalation audit failed; next round in a minute")
+    async def audit() -> None:
+        await engine.audit(leases.owned, AUDIT_GRACE_MS, AUDIT_WINDOW_MS)
 
     await leases.heartbeat()
-    running.tasks += [
-        asyncio.create_task(leases.run(stop)),
-        asyncio.create_task(worker.run(stop)),
-        asyncio.create_task(consumer.run(stop)),
-        asyncio.create_task(audit_forever()),
-    ]
+    running.start_worker("escalation lease heartbeat", leases.run(stop, health))
+    running.start_worker("escalation timer worker", worker.run(stop, health))
+    running.start_worker("escalation consumer", consumer.run(stop, health))
+    running.start_worker(
+        "escalation auditor",
+        run_loop(
+            health.guard("escalation auditor", stop),
+            stop,
+            audit,
+            lambda: deps.clock.sleep(AUDIT_INTERVAL_MS / 1000, stop),
+            pause_first=True,
+        ),
+    )
+    running.start_health(deps.redis)
     return running, grpc_server.port
 
 

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from tocsin.runtime.errors import Unavailable
 from tocsin.runtime.events import EVENT_FIELD, INCIDENT_SHARDS, stream_key
-from tocsin.runtime.redis import RedisClient
+from tocsin.runtime.redis import RedisClient, blocking_ms
 from tocsin.v1 import incidents_pb2
 
 _MAX_SEQ = 2**64 - 1
@@ -44,7 +44,7 @@ async def watch_events(
         *(_start_id(redis, shard, since_ms) for shard in range(INCIDENT_SHARDS))
     )
     readers = [
-        asyncio.create_task(_follow(redis, shard, start, queue, block_ms))
+        asyncio.create_task(_follow(redis, shard, start, queue, blocking_ms(redis, block_ms)))
         for shard, start in enumerate(starts)
     ]
     try:

@@ -33,6 +33,7 @@ from tocsin.runtime.config import Address, Config
 from tocsin.runtime.events import INCIDENT_SHARDS, EventConsumer, instance_name
 from tocsin.runtime.grpcserver import start_grpc_server
 from tocsin.runtime.leases import ShardLeases
+from tocsin.runtime.loops import WorkerHealth, run_loop
 from tocsin.runtime.service import RunningService, ServiceDeps, serve_blocking
 from tocsin.runtime.timers import TimerWorker
 from tocsin.v1 import notification_pb2_grpc
@@ -122,15 +123,14 @@ def build_parts(
 
 
 async def _sweep_forever(
-    pager: Pager, leases: ShardLeases, clock: Clock, stop: asyncio.Event
+    pager: Pager, leases: ShardLeases, clock: Clock, stop: asyncio.Event, health: WorkerHealth
 ) -> None:
-    while not stop.is_set():
+    async def sweep() -> None:
         owned = leases.owned
-        try:
-            await pager.sweep(owned, tests=0 in owned)
-        except Exception:
-            log.exception("SENDING sweep failed; trying again later")
-        await clock.sleep(SWEEP_INTERVAL_S, stop)
+        await pager.sweep(owned, tests=0 in owned)
+
+    guard = health.guard("notification SENDING sweep", stop)
+    await run_loop(guard, stop, sweep, lambda: clock.sleep(SWEEP_INTERVAL_S, stop))
 
 
 async def create_server(
@@ -171,13 +171,15 @@ async def create_server(
         # and not yet handled when it died. Handle that before any rule timer fires: an
         # acknowledgement among it must cancel the pages it stops.
         await parts.consumer.drain_once()
-        stop = running.stopping
-        running.tasks += [
-            asyncio.create_task(parts.consumer.run(stop)),
-            asyncio.create_task(parts.leases.run(stop)),
-            asyncio.create_task(parts.worker.run(stop)),
-            asyncio.create_task(_sweep_forever(parts.pager, parts.leases, deps.clock, stop)),
-        ]
+        stop, health = running.stopping, running.workers
+        running.start_worker("notification consumer", parts.consumer.run(stop, health))
+        running.start_worker("notification lease heartbeat", parts.leases.run(stop, health))
+        running.start_worker("notification timer worker", parts.worker.run(stop, health))
+        running.start_worker(
+            "notification SENDING sweep",
+            _sweep_forever(parts.pager, parts.leases, deps.clock, stop, health),
+        )
+        running.start_health(deps.redis)
 
     async def close() -> None:
         await parts.sender.close()

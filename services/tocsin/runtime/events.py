@@ -12,6 +12,12 @@ with XAUTOCLAIM after `claim_idle_ms` (looked for every half of it; a restarted 
 with the same identity resumes its own at once); an entry whose handler keeps failing is
 moved to a dead-letter stream after `max_deliveries`, so one bad entry cannot stall a
 shard forever.
+
+Every shard's loop runs under a `loops.LoopGuard`: any error (a timeout, a Cluster
+client's own exceptions, a connection closed under it) is logged, backed off and retried,
+so a consumer never stops silently. The block is capped below the client's socket
+timeout (`redis.blocking_ms`), so an idle read ends with the server's empty reply, never
+with a client timeout.
 """
 
 from __future__ import annotations
@@ -24,11 +30,11 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
+from google.protobuf.message import DecodeError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tocsin.runtime.redis import RedisClient
+from tocsin.runtime.loops import LoopGuard, WorkerHealth, lone_guard
+from tocsin.runtime.redis import RedisClient, blocking_ms
 from tocsin.runtime.timers import shard_tag
 from tocsin.v1 import incidents_pb2
 
@@ -102,7 +108,8 @@ class EventConsumer:
         self.handler = handler
         self.consumer = consumer or instance_name(group)
         self.shards = tuple(shards)
-        self.block_ms = block_ms
+        self.block_ms = blocking_ms(redis, block_ms)
+        """The block asked for, capped below the client's socket timeout."""
         self.batch = batch
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
@@ -112,9 +119,20 @@ class EventConsumer:
         # "$" only matters when a new group joins an existing stream: it starts at the end.
         await ensure_groups(self.redis, [self.group], "$", len(self.shards))
 
-    async def run(self, stop: asyncio.Event) -> None:
-        await self.start()
-        tasks = [asyncio.create_task(self._run_shard(shard, stop)) for shard in self.shards]
+    async def run(self, stop: asyncio.Event, health: WorkerHealth | None = None) -> None:
+        """Consume every shard until `stop` is set; errors are retried (see module doc)."""
+        guard = self._guard("groups", stop, health)
+        started = False
+        while not started and not stop.is_set():
+            async with guard:
+                await self.start()
+                started = True
+        tasks = [
+            asyncio.create_task(
+                self._run_shard(shard, stop, self._guard(f"shard {shard}", stop, health))
+            )
+            for shard in self.shards
+        ]
         try:
             await stop.wait()
         finally:
@@ -139,23 +157,24 @@ class EventConsumer:
             count += await self._claim_shard(shard)
         return count
 
-    async def _run_shard(self, shard: int, stop: asyncio.Event) -> None:
-        await self._read(shard, block_ms=None, pending=True)
+    def _guard(self, what: str, stop: asyncio.Event, health: WorkerHealth | None) -> LoopGuard:
+        name = f"{self.group} consumer {what}"
+        return lone_guard(name, stop) if health is None else health.guard(name, stop)
+
+    async def _run_shard(self, shard: int, stop: asyncio.Event, guard: LoopGuard) -> None:
         loop = asyncio.get_running_loop()
         next_claim = loop.time() + self.claim_idle_ms / 2000
+        resumed = False
         while not stop.is_set():
-            try:
+            async with guard:
+                if not resumed:  # what this consumer received before a restart, first
+                    await self._read(shard, block_ms=None, pending=True)
+                    resumed = True
                 await self._read(shard, block_ms=self.block_ms, pending=False)
                 now = loop.time()  # real time on purpose: XAUTOCLAIM judges Redis' idle time
                 if now >= next_claim:
                     next_claim = now + self.claim_idle_ms / 2000
                     await self._claim_shard(shard)
-            except (RedisConnectionError, RedisTimeoutError, OSError) as error:
-                log.warning("%s: shard %d stream read failed: %s", self.group, shard, error)
-                await asyncio.sleep(0.5)
-            except Exception:
-                log.exception("%s: shard %d consumer error", self.group, shard)
-                await asyncio.sleep(0.5)
 
     async def _read(self, shard: int, *, block_ms: int | None, pending: bool) -> int:
         key = stream_key(shard)
@@ -222,7 +241,13 @@ class EventConsumer:
         whether the entry is done (handled, or trimmed away while pending)."""
         if not fields:
             return True
-        event = incidents_pb2.IncidentEvent.FromString(fields[EVENT_FIELD])
+        try:
+            event = incidents_pb2.IncidentEvent.FromString(fields[EVENT_FIELD])
+        except (KeyError, DecodeError):
+            # Left pending: XAUTOCLAIM dead-letters it after max_deliveries, and it never
+            # fails the reads of the entries around it.
+            log.error("%s: event %s cannot be decoded", self.group, entry_id.decode())
+            return False
         event.event_id = entry_id.decode()
         for delay in (*_IN_PLACE_RETRY_S, None):
             try:

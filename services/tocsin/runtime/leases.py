@@ -22,9 +22,8 @@ import hashlib
 import logging
 from collections.abc import Iterable
 
-from redis.exceptions import RedisError
-
 from tocsin.runtime.clock import Clock
+from tocsin.runtime.loops import LoopGuard, WorkerHealth
 from tocsin.runtime.redis import RedisClient, read_lua, register_lua
 
 log = logging.getLogger(__name__)
@@ -120,17 +119,24 @@ class ShardLeases:
             keys=[self.members_key, self.owners_key], args=[self.instance_id, self.shards]
         )
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Heartbeat every third of a lease until `stop` is set, then release all leases."""
+    async def run(self, stop: asyncio.Event, health: WorkerHealth | None = None) -> None:
+        """Heartbeat every third of a lease until `stop` is set, then release all leases.
+
+        A failed heartbeat (whatever it raised: a cut-off Cluster client gives up with
+        RedisClusterException, not a RedisError) is retried after a short backoff, for as
+        long as it takes: once Redis answers again, the instance rejoins the group and
+        takes its shards back. Meanwhile `owned` empties when the last leases run out.
+        """
+        name = f"{self.group} lease heartbeat"
+        guard = LoopGuard(name, stop) if health is None else health.guard(name, stop)
         try:
             while not stop.is_set():
-                try:
+                async with guard:
                     await self.heartbeat()
-                except (RedisError, OSError) as error:
-                    log.warning("lease heartbeat for %s failed: %s", self.group, error)
-                await self.clock.sleep(self.lease_ms / 3000, stop)
+                if guard.ok:
+                    await self.clock.sleep(self.lease_ms / 3000, stop)
         finally:
             try:
                 await self.release_all()
-            except (RedisError, OSError) as error:
+            except Exception as error:
                 log.warning("could not release %s leases; they will expire: %s", self.group, error)

@@ -6,8 +6,15 @@
 - `redis+cluster://[user:password@]host:port[,host:port...]` (and `rediss+cluster://`) for a
   Redis Cluster; the listed nodes are only seeds, the client discovers the rest.
 
-Query parameters (e.g. `?socket_timeout=5`) are passed through to redis-py. Every client
+Query parameters (e.g. `?socket_timeout=30`) are passed through to redis-py. Every client
 returns raw bytes (`decode_responses=False`): payloads are protobuf.
+
+Timeouts: a reply must come within `socket_timeout` (default `DEFAULT_SOCKET_TIMEOUT_S`,
+15 s; redis-py's own default is 5 s), a connection within `socket_connect_timeout`
+(default 5 s). A blocking command (XREADGROUP/XREAD BLOCK) must block for less than the
+socket timeout, or an idle read races the timeout and the client drops the connection (on
+a Cluster, connections other tasks are using): `blocking_ms` caps a block at a third of
+the client's socket timeout, so `?socket_timeout=` can never re-create that race.
 
 Scripts: `redis-py`'s `register_script` works on both clients. On a cluster the script
 is routed by the slot of its KEYS, which must all share one hash tag; scripts are loaded
@@ -80,6 +87,26 @@ def create_redis(url: str) -> RedisClient:
     raise _bad_url(url, f"unknown scheme {scheme!r}; expected one of {schemes}")
 
 
+def socket_timeout_s(redis: RedisClient) -> float | None:
+    """The client's per-reply socket timeout in seconds (None: wait forever)."""
+    if isinstance(redis, RedisCluster):
+        kwargs = redis.get_connection_kwargs()
+    else:
+        kwargs = redis.connection_pool.connection_kwargs
+    timeout = kwargs.get("socket_timeout")
+    return None if timeout is None else float(timeout)
+
+
+def blocking_ms(redis: RedisClient, wanted_ms: int) -> int:
+    """How long a blocking read on `redis` may block: `wanted_ms`, but at most a third of
+    the socket timeout, so the server's empty reply always beats the client's timeout
+    (which would drop the connection and log a failure on an idle stream)."""
+    timeout = socket_timeout_s(redis)
+    if timeout is None:
+        return wanted_ms
+    return max(1, min(wanted_ms, int(timeout * 1000 / 3)))  # BLOCK 0 would mean forever
+
+
 def read_lua(package: str, name: str) -> str:
     """The text of the Lua file `name` shipped inside `package` (e.g. 'tocsin.runtime')."""
     return files(package).joinpath(name).read_text(encoding="utf-8")
@@ -109,6 +136,8 @@ def _create_standalone(url: str) -> Redis:
             retry=_retry(),
             max_connections=_MAX_CONNECTIONS,
             timeout=_POOL_WAIT_S,
+            socket_timeout=DEFAULT_SOCKET_TIMEOUT_S,  # the URL's own value wins
+            socket_connect_timeout=DEFAULT_CONNECT_TIMEOUT_S,
         )
     except ValueError as error:
         raise _bad_url(url, str(error)) from error
@@ -155,6 +184,13 @@ _HIREDIS_PACKING: dict[type[AbstractConnection], type[AbstractConnection]] = {
 }
 
 
+DEFAULT_SOCKET_TIMEOUT_S = 15.0
+"""Three times the longest block tocsin asks for (the consumers' 5 s XREADGROUP): with
+redis-py 8's default of 5 s, idle reads timed out every few seconds, and on a Cluster the
+timeouts closed connections in use by other tasks. Still short enough that a Redis that
+stopped answering is noticed within seconds (the health probe says so after 5)."""
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+
 _MAX_CONNECTIONS = 512
 """Per process (per node on a Cluster). Each consumer group holds one blocking connection
 per shard stream."""
@@ -178,6 +214,8 @@ def _create_cluster(url: str, base_scheme: str) -> RedisCluster:
     skip = ("host", "port", "db", "connection_class")
     options: dict[str, Any] = {k: v for k, v in parsed.items() if k not in skip}
     options.setdefault("max_connections", _MAX_CONNECTIONS)
+    options.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT_S)
+    options.setdefault("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT_S)
     return RedisCluster(
         startup_nodes=seeds,
         ssl=base_scheme == "rediss",

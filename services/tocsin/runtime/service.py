@@ -3,6 +3,11 @@
 Each service's `server.py` offers `create_server(deps, addr=None) -> (RunningService, port)`
 (port 0 in tests) and `serve()`; `run_service` is the common `serve()` body: configure
 logging and tracing, connect Redis, start, wait for SIGTERM/SIGINT, stop gracefully.
+
+Background loops are started with `RunningService.start_worker` and guarded by
+`runtime.loops`; `start_health` adds the Redis probe and the watcher that turns the gRPC
+health NOT_SERVING while a loop keeps failing, hangs or has ended (and SERVING again
+once it recovers). `run_service` calls it for every served process.
 """
 
 from __future__ import annotations
@@ -12,14 +17,16 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from tocsin.client.client import TocsinClient
 from tocsin.client.endpoints import Endpoints
 from tocsin.runtime.clock import TEST_CLOCK_VARIABLE, Clock, SystemClock, clock_from_env
 from tocsin.runtime.config import Address, Config, ConfigError
 from tocsin.runtime.grpcserver import GrpcServer, install_stop_signals
+from tocsin.runtime.loops import WorkerHealth, probe_redis, watch_health
 from tocsin.runtime.redis import RedisClient, connect_redis
 from tocsin.runtime.telemetry import setup_tracing
 
@@ -57,10 +64,29 @@ class RunningService:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    workers: WorkerHealth = field(default_factory=WorkerHealth)
+    """The health of the background loops (runtime.loops), mirrored by `start_health`."""
+    _health_started: bool = field(default=False, init=False)
 
     @property
     def port(self) -> int:
         return self.grpc.port
+
+    def start_worker(self, name: str, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run a background loop until `stopping`; if it ever ends before that, the
+        process turns NOT_SERVING (once `start_health` runs)."""
+        task = asyncio.create_task(work, name=name)
+        self.tasks.append(task)
+        self.workers.track(name, task, self.stopping)
+        return task
+
+    def start_health(self, redis: RedisClient) -> None:
+        """Probe Redis and keep the gRPC health equal to the loops' health (idempotent)."""
+        if self._health_started:
+            return
+        self._health_started = True
+        self.start_worker("redis probe", probe_redis(redis, self.workers, self.stopping))
+        self.start_worker("health watcher", watch_health(self.workers, self.grpc, self.stopping))
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop background tasks (they see `stopping` first and may finish cleanly, e.g.
@@ -106,6 +132,7 @@ async def run_service(name: str, config: Config, create_server: CreateServer) ->
         log.warning("%s runs on a test clock (%s)", name, TEST_CLOCK_VARIABLE)
     deps = ServiceDeps(config=config, redis=redis, clock=clock)
     running, port = await create_server(deps, None)
+    running.start_health(redis)
     log.info("%s listening on %s", name, config.grpc_listen_addr(name).host + f":{port}")
     stop = asyncio.Event()
     install_stop_signals(stop)

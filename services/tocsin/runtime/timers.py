@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
 from tocsin.runtime.clock import Clock
+from tocsin.runtime.loops import LoopGuard, WorkerHealth
 from tocsin.runtime.redis import RedisClient, read_lua, register_lua
 
 log = logging.getLogger(__name__)
@@ -248,12 +248,15 @@ class TimerWorker:
         lease ends. A successful handler's timer is completed (a no-op if its claim went
         stale meanwhile, or if the handler completed it itself in its own script).
         """
-        started = await self._claim_and_start()
+        started, failures = await self._claim_and_start()
+        for error in failures:
+            log.warning("cannot claim timers of a shard, retried later: %s", error)
         await asyncio.gather(*started)
         return len(started)
 
-    async def _claim_and_start(self) -> list[asyncio.Task[None]]:
-        """Claim the due timers of the current shards and start their handlers."""
+    async def _claim_and_start(self) -> tuple[list[asyncio.Task[None]], list[Exception]]:
+        """Claim the due timers of the current shards and start their handlers; also the
+        errors of the shards that could not be claimed (retried on the next round)."""
         shards = sorted(set(self.shard_source()))
         results = await asyncio.gather(
             *(self.store.claim_due_and_next_wake(s, self.batch, self.lease_ms) for s in shards),
@@ -261,10 +264,11 @@ class TimerWorker:
         )
         claimed: list[ClaimedTimer] = []
         next_wakes: list[int] = []
-        for shard, result in zip(shards, results, strict=True):
-            if isinstance(result, RedisError | OSError):
+        failures: list[Exception] = []
+        for result in results:
+            if isinstance(result, Exception):
                 # Fire what the other shards gave us; this one is retried on the next poll.
-                log.warning("cannot claim timers of shard %d: %s", shard, result)
+                failures.append(result)
                 continue
             if isinstance(result, BaseException):
                 raise result
@@ -277,10 +281,21 @@ class TimerWorker:
         self._running.update(started)
         for task in started:
             task.add_done_callback(self._running.discard)
-        return started
+        return started, failures
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Fire timers until `stop` is set, sleeping on the clock until the next due time."""
+    async def run(self, stop: asyncio.Event, health: WorkerHealth | None = None) -> None:
+        """Fire timers until `stop` is set, sleeping on the clock until the next due time.
+
+        Any error claiming (on any shard) is logged and retried after a short backoff
+        (at most the poll interval, in real time): the worker never stops by itself.
+        """
+        name = f"timer worker{' ' + self.store.namespace if self.store.namespace else ''}"
+        cap_s = max(0.1, self.poll_interval_ms / 1000)
+        guard = (
+            LoopGuard(name, stop, backoff_cap_s=cap_s)
+            if health is None
+            else health.guard(name, stop, backoff_cap_s=cap_s)
+        )
         stopper = asyncio.create_task(_set_when(stop, self._wake))
         try:
             while not stop.is_set():
@@ -289,14 +304,14 @@ class TimerWorker:
                     continue
                 self._wake.clear()
                 wake_at = self.clock.now_ms() + self.poll_interval_ms
-                try:
-                    await self._claim_and_start()
-                except (RedisError, OSError) as error:
-                    log.warning("timer worker cannot reach Redis, retrying: %s", error)
-                else:
+                async with guard:
+                    _, failures = await self._claim_and_start()
+                    if failures:  # the shards that answered are firing already
+                        raise failures[0]
                     if self._next_wake_ms is not None:
                         wake_at = min(wake_at, self._next_wake_ms)
-                await self.clock.sleep_until(wake_at, self._wake)
+                if guard.ok:
+                    await self.clock.sleep_until(wake_at, self._wake)
         finally:
             stopper.cancel()
             await self._finish_running()
@@ -322,7 +337,7 @@ class TimerWorker:
             return
         try:
             completed = await self.store.complete(timer)
-        except (RedisError, OSError) as error:
+        except Exception as error:
             log.warning(
                 "timer %s fired but not completed; it will fire again: %s", timer.timer_id, error
             )
