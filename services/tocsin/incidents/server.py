@@ -12,7 +12,6 @@ import logging
 from dataclasses import dataclass
 
 import grpc
-from redis.exceptions import RedisError
 
 from tocsin.incidents.assignees import Assignees
 from tocsin.incidents.decoding import decode_trigger, decode_trigger_batch
@@ -24,6 +23,7 @@ from tocsin.runtime.clock import Clock
 from tocsin.runtime.config import Address
 from tocsin.runtime.events import CONSUMER_GROUPS, ensure_groups
 from tocsin.runtime.grpcserver import start_grpc_server
+from tocsin.runtime.loops import WorkerHealth, run_loop
 from tocsin.runtime.service import RunningService, ServiceDeps, serve_blocking
 from tocsin.runtime.timers import TimerWorker
 from tocsin.v1 import incidents_pb2_grpc
@@ -63,10 +63,12 @@ async def create_server(
         grpc=grpc_server, store=store, services=services, snooze_worker=worker
     )
     if background:
-        running.tasks.append(asyncio.create_task(worker.run(running.stopping)))
-        running.tasks.append(
-            asyncio.create_task(_trim_periodically(store, deps.clock, running.stopping))
+        stop, health = running.stopping, running.workers
+        running.start_worker("incidents snooze worker", worker.run(stop, health))
+        running.start_worker(
+            "incidents retention trim", _trim_periodically(store, deps.clock, stop, health)
         )
+        running.start_health(deps.redis)
     return running, grpc_server.port
 
 
@@ -100,16 +102,18 @@ def _add_servicer(servicer: IncidentServicer, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
-async def _trim_periodically(store: IncidentStore, clock: Clock, stop: asyncio.Event) -> None:
+async def _trim_periodically(
+    store: IncidentStore, clock: Clock, stop: asyncio.Event, health: WorkerHealth
+) -> None:
     """Drop expired resolved incidents from the indexes at start, then hourly."""
-    while not stop.is_set():
-        try:
-            removed = await store.trim_indexes()
-            if removed:
-                log.info("retention: dropped %d resolved incidents from the indexes", removed)
-        except (RedisError, OSError) as error:
-            log.warning("retention trimming failed, retrying later: %s", error)
-        await clock.sleep(TRIM_INTERVAL_S, stop)
+
+    async def trim() -> None:
+        removed = await store.trim_indexes()
+        if removed:
+            log.info("retention: dropped %d resolved incidents from the indexes", removed)
+
+    guard = health.guard("incidents retention trim", stop)
+    await run_loop(guard, stop, trim, lambda: clock.sleep(TRIM_INTERVAL_S, stop))
 
 
 def serve() -> None:
