@@ -256,6 +256,12 @@ class CreatePolicyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     POLICY_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    validate_only: _builtins.bool
+    """Check the request as the call would and write nothing (a dry run). The users,
+    schedules, policies and contact methods it names need not exist yet: a
+    configuration may create them in the same apply.
+    """
     @_builtins.property
     def policy(self) -> Global___EscalationPolicy:
         """The policy to create."""
@@ -264,10 +270,11 @@ class CreatePolicyRequest(_message.Message):
         self,
         *,
         policy: Global___EscalationPolicy | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -404,6 +411,12 @@ class UpdatePolicyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     POLICY_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    validate_only: _builtins.bool
+    """Check the request as the call would and write nothing (a dry run). The users,
+    schedules, policies and contact methods it names need not exist yet: a
+    configuration may create them in the same apply.
+    """
     @_builtins.property
     def policy(self) -> Global___EscalationPolicy:
         """The new policy (matched by id); non-zero version makes the update conditional."""
@@ -412,10 +425,11 @@ class UpdatePolicyRequest(_message.Message):
         self,
         *,
         policy: Global___EscalationPolicy | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -552,6 +552,12 @@ class CreateServiceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SERVICE_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    validate_only: _builtins.bool
+    """Check the request as the call would and write nothing (a dry run). The users,
+    schedules, policies and contact methods it names need not exist yet: a
+    configuration may create them in the same apply.
+    """
     @_builtins.property
     def service(self) -> Global___Service:
         """The service; an empty integration key is generated."""
@@ -560,10 +566,11 @@ class CreateServiceRequest(_message.Message):
         self,
         *,
         service: Global___Service | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service", b"service", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -700,6 +707,12 @@ class UpdateServiceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SERVICE_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    validate_only: _builtins.bool
+    """Check the request as the call would and write nothing (a dry run). The users,
+    schedules, policies and contact methods it names need not exist yet: a
+    configuration may create them in the same apply.
+    """
     @_builtins.property
     def service(self) -> Global___Service:
         """The new state (matched by id)."""
@@ -708,10 +721,11 @@ class UpdateServiceRequest(_message.Message):
         self,
         *,
         service: Global___Service | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service", b"service", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,17 +26,17 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctocsin/v1/notification.proto\x12\ttocsin.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"{\n\rContactMethod\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12*\n\x04type\x18\x03 \x01(\x0e\x32\x1c.tocsin.v1.ContactMethodType\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x10\n\x08\x64isabled\x18\x05 \x01(\x08\"W\n\x10NotificationRule\x12\x19\n\x11\x63ontact_method_id\x18\x01 \x01(\t\x12(\n\x05\x64\x65lay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xf6\x02\n\x07\x41ttempt\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bincident_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x19\n\x11\x63ontact_method_id\x18\x04 \x01(\t\x12*\n\x04type\x18\x05 \x01(\x0e\x32\x1c.tocsin.v1.ContactMethodType\x12\x12\n\nrule_index\x18\x06 \x01(\x05\x12(\n\x06status\x18\x07 \x01(\x0e\x32\x18.tocsin.v1.AttemptStatus\x12\x13\n\x0bprovider_id\x18\x08 \x01(\t\x12\x12\n\nerror_code\x18\t \x01(\x05\x12\x17\n\x0fprovider_status\x18\n \x01(\t\x12\x12\n\nreply_code\x18\x0b \x01(\t\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"N\n\x1a\x43reateContactMethodRequest\x12\x30\n\x0e\x63ontact_method\x18\x01 \x01(\x0b\x32\x18.tocsin.v1.ContactMethod\"O\n\x1b\x43reateContactMethodResponse\x12\x30\n\x0e\x63ontact_method\x18\x01 \x01(\x0b\x32\x18.tocsin.v1.ContactMethod\"N\n\x1aUpdateContactMethodRequest\x12\x30\n\x0e\x63ontact_method\x18\x01 \x01(\x0b\x32\x18.tocsin.v1.ContactMethod\"O\n\x1bUpdateContactMethodResponse\x12\x30\n\x0e\x63ontact_method\x18\x01 \x01(\x0b\x32\x18.tocsin.v1.ContactMethod\"(\n\x1a\x44\x65leteContactMethodRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1d\n\x1b\x44\x65leteContactMethodResponse\"5\n\"GetUserNotificationSettingsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x84\x01\n#GetUserNotificationSettingsResponse\x12\x31\n\x0f\x63ontact_methods\x18\x01 \x03(\x0b\x32\x18.tocsin.v1.ContactMethod\x12*\n\x05rules\x18\x02 \x03(\x0b\x32\x1b.tocsin.v1.NotificationRule\"Z\n\x1bSetNotificationRulesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12*\n\x05rules\x18\x02 \x03(\x0b\x32\x1b.tocsin.v1.NotificationRule\"J\n\x1cSetNotificationRulesResponse\x12*\n\x05rules\x18\x01 \x03(\x0b\x32\x1b.tocsin.v1.NotificationRule\"c\n\rNotifyRequest\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x13\n\x0btraceparent\x18\x04 \x01(\t\"k\n\x0eNotifyResponse\x12\x0f\n\x07started\x18\x01 \x01(\x08\x12\x17\n\x0frules_scheduled\x18\x02 \x01(\x05\x12\x13\n\x0bunreachable\x18\x03 \x01(\x08\x12\x1a\n\x12unreachable_reason\x18\x04 \x01(\t\"1\n\x1a\x43\x61ncelNotificationsRequest\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\"0\n\x1b\x43\x61ncelNotificationsResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x05\"*\n\x13ListAttemptsRequest\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\"<\n\x14ListAttemptsResponse\x12$\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x12.tocsin.v1.Attempt\"&\n\x13SendTestPageRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"<\n\x14SendTestPageResponse\x12$\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x12.tocsin.v1.Attempt\"e\n\x18HandleIncomingSmsRequest\x12\x13\n\x0b\x66rom_number\x18\x01 \x01(\t\x12\x11\n\tto_number\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\x12\x13\n\x0bmessage_sid\x18\x04 \x01(\t\"*\n\x19HandleIncomingSmsResponse\x12\r\n\x05reply\x18\x01 \x01(\t\"R\n\x1aHandleVoiceKeypressRequest\x12\x10\n\x08\x63\x61ll_sid\x18\x01 \x01(\t\x12\x0e\n\x06\x64igits\x18\x02 \x01(\t\x12\x12\n\nattempt_id\x18\x03 \x01(\t\",\n\x1bHandleVoiceKeypressResponse\x12\r\n\x05twiml\x18\x01 \x01(\t\"j\n\x1bHandleDeliveryStatusRequest\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x12\n\nattempt_id\x18\x04 \x01(\t\"-\n\x1cHandleDeliveryStatusResponse\x12\r\n\x05known\x18\x01 \x01(\x08*t\n\x11\x43ontactMethodType\x12#\n\x1f\x43ONTACT_METHOD_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43ONTACT_METHOD_TYPE_SMS\x10\x01\x12\x1d\n\x19\x43ONTACT_METHOD_TYPE_VOICE\x10\x02*\xd5\x01\n\rAttemptStatus\x12\x1e\n\x1a\x41TTEMPT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41TTEMPT_STATUS_SENDING\x10\x01\x12\x17\n\x13\x41TTEMPT_STATUS_SENT\x10\x02\x12\x1c\n\x18\x41TTEMPT_STATUS_DELIVERED\x10\x03\x12\x19\n\x15\x41TTEMPT_STATUS_FAILED\x10\x04\x12\x1a\n\x16\x41TTEMPT_STATUS_UNKNOWN\x10\x05\x12\x1a\n\x16\x41TTEMPT_STATUS_SKIPPED\x10\x06\x32\xa4\t\n\x13NotificationService\x12\x64\n\x13\x43reateContactMethod\x12%.tocsin.v1.CreateContactMethodRequest\x1a&.tocsin.v1.CreateContactMethodResponse\x12\x64\n\x13UpdateContactMethod\x12%.tocsin.v1.UpdateContactMethodRequest\x1a&.tocsin.v1.UpdateContactMethodResponse\x12\x64\n\x13\x44\x65leteContactMethod\x12%.tocsin.v1.DeleteContactMethodRequest\x1a&.tocsin.v1.DeleteContactMethodResponse\x12|\n\x1bGetUserNotificationSettings\x12-.tocsin.v1.GetUserNotificationSettingsRequest\x1a..tocsin.v1.GetUserNotificationSettingsResponse\x12g\n\x14SetNotificationRules\x12&.tocsin.v1.SetNotificationRulesRequest\x1a\'.tocsin.v1.SetNotificationRulesResponse\x12=\n\x06Notify\x12\x18.tocsin.v1.NotifyRequest\x1a\x19.tocsin.v1.NotifyResponse\x12\x64\n\x13\x43\x61ncelNotifications\x12%.tocsin.v1.CancelNotificationsRequest\x1a&.tocsin.v1.CancelNotificationsResponse\x12O\n\x0cListAttempts\x12\x1e.tocsin.v1.ListAttemptsRequest\x1a\x1f.tocsin.v1.ListAttemptsResponse\x12O\n\x0cSendTestPage\x12\x1e.tocsin.v1.SendTestPageRequest\x1a\x1f.tocsin.v1.SendTestPageResponse\x12^\n\x11HandleIncomingSms\x12#.tocsin.v1.HandleIncomingSmsRequest\x1a$.tocsin.v1.HandleIncomingSmsResponse\x12\x64\n\x13HandleVoiceKeypress\x12%.tocsin.v1.HandleVoiceKeypressRequest\x1a&.tocsin.v1.HandleVoiceKeypressResponse\x12g\n\x14HandleDeliveryStatus\x12&.tocsin.v1.HandleDeliveryStatusRequest\x1a\'.tocsin.v1.HandleDeliveryStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctocsin/v1/notification.proto\x12\ttocsin.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"{\n\rContactMethod\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12*\n\x04type\x18\x03 \x01(\x0e\x32\x1c.tocsin.v1.ContactMethodType\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x10\n\x08\x64isabled\x18\x05 \x01(\x08\"W\n\x10NotificationRule\x12\x19\n\x11\x63ontact_method_id\x18\x01 \x01(\t\x12(\n\x05\x64\x65lay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xf6\x02\n\x07\x41ttempt\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bincident_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x19\n\x11\x63ontact_method_id\x18\x04 \x01(\t\x12*\n\x04type\x18\x05 \x01(\x0e\x32\x1c.tocsin.v1.ContactMethodType\x12\x12\n\nrule_index\x18\x06 \x01(\x05\x12(\n\x06status\x18\x07 \x01(\x0e\x32\x18.tocsin.v1.AttemptStatus\x12\x13\n\x0bprovider_id\x18\x08 \x01(\t\x12\x12\n\nerror_code\x18\t \x01(\x05\x12\x17\n\x0fprovider_status\x18\n \x01(\t\x12\x12\n\nreply_code\x18\x0b \x01(\t\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"e\n\x1a\x43reateContactMethodRequest\x12\x30\n\x0e\x63ontact_method\x18\x01 \x01(\x0b\x32\x18.tocsin.v1.ContactMethod\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\"O\n\x1b\x43reateContactMethodResponse\x12\x30\n\x0e\x63ontact_method\x18\x01 \x01(\x0b\x32\x18.tocsin.v1.ContactMethod\"e\n\x1aUpdateContactMethodRequest\x12\x30\n\x0e\x63ontact_method\x18\x01 \x01(\x0b\x32\x18.tocsin.v1.ContactMethod\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\"O\n\x1bUpdateContactMethodResponse\x12\x30\n\x0e\x63ontact_method\x18\x01 \x01(\x0b\x32\x18.tocsin.v1.ContactMethod\"(\n\x1a\x44\x65leteContactMethodRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1d\n\x1b\x44\x65leteContactMethodResponse\"5\n\"GetUserNotificationSettingsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x84\x01\n#GetUserNotificationSettingsResponse\x12\x31\n\x0f\x63ontact_methods\x18\x01 \x03(\x0b\x32\x18.tocsin.v1.ContactMethod\x12*\n\x05rules\x18\x02 \x03(\x0b\x32\x1b.tocsin.v1.NotificationRule\"q\n\x1bSetNotificationRulesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12*\n\x05rules\x18\x02 \x03(\x0b\x32\x1b.tocsin.v1.NotificationRule\x12\x15\n\rvalidate_only\x18\x03 \x01(\x08\"J\n\x1cSetNotificationRulesResponse\x12*\n\x05rules\x18\x01 \x03(\x0b\x32\x1b.tocsin.v1.NotificationRule\"c\n\rNotifyRequest\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x13\n\x0btraceparent\x18\x04 \x01(\t\"k\n\x0eNotifyResponse\x12\x0f\n\x07started\x18\x01 \x01(\x08\x12\x17\n\x0frules_scheduled\x18\x02 \x01(\x05\x12\x13\n\x0bunreachable\x18\x03 \x01(\x08\x12\x1a\n\x12unreachable_reason\x18\x04 \x01(\t\"1\n\x1a\x43\x61ncelNotificationsRequest\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\"0\n\x1b\x43\x61ncelNotificationsResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x05\"*\n\x13ListAttemptsRequest\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\"<\n\x14ListAttemptsResponse\x12$\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x12.tocsin.v1.Attempt\"&\n\x13SendTestPageRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"<\n\x14SendTestPageResponse\x12$\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x12.tocsin.v1.Attempt\"e\n\x18HandleIncomingSmsRequest\x12\x13\n\x0b\x66rom_number\x18\x01 \x01(\t\x12\x11\n\tto_number\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\x12\x13\n\x0bmessage_sid\x18\x04 \x01(\t\"*\n\x19HandleIncomingSmsResponse\x12\r\n\x05reply\x18\x01 \x01(\t\"R\n\x1aHandleVoiceKeypressRequest\x12\x10\n\x08\x63\x61ll_sid\x18\x01 \x01(\t\x12\x0e\n\x06\x64igits\x18\x02 \x01(\t\x12\x12\n\nattempt_id\x18\x03 \x01(\t\",\n\x1bHandleVoiceKeypressResponse\x12\r\n\x05twiml\x18\x01 \x01(\t\"j\n\x1bHandleDeliveryStatusRequest\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x12\n\nattempt_id\x18\x04 \x01(\t\"-\n\x1cHandleDeliveryStatusResponse\x12\r\n\x05known\x18\x01 \x01(\x08*t\n\x11\x43ontactMethodType\x12#\n\x1f\x43ONTACT_METHOD_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43ONTACT_METHOD_TYPE_SMS\x10\x01\x12\x1d\n\x19\x43ONTACT_METHOD_TYPE_VOICE\x10\x02*\xd5\x01\n\rAttemptStatus\x12\x1e\n\x1a\x41TTEMPT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41TTEMPT_STATUS_SENDING\x10\x01\x12\x17\n\x13\x41TTEMPT_STATUS_SENT\x10\x02\x12\x1c\n\x18\x41TTEMPT_STATUS_DELIVERED\x10\x03\x12\x19\n\x15\x41TTEMPT_STATUS_FAILED\x10\x04\x12\x1a\n\x16\x41TTEMPT_STATUS_UNKNOWN\x10\x05\x12\x1a\n\x16\x41TTEMPT_STATUS_SKIPPED\x10\x06\x32\xa4\t\n\x13NotificationService\x12\x64\n\x13\x43reateContactMethod\x12%.tocsin.v1.CreateContactMethodRequest\x1a&.tocsin.v1.CreateContactMethodResponse\x12\x64\n\x13UpdateContactMethod\x12%.tocsin.v1.UpdateContactMethodRequest\x1a&.tocsin.v1.UpdateContactMethodResponse\x12\x64\n\x13\x44\x65leteContactMethod\x12%.tocsin.v1.DeleteContactMethodRequest\x1a&.tocsin.v1.DeleteContactMethodResponse\x12|\n\x1bGetUserNotificationSettings\x12-.tocsin.v1.GetUserNotificationSettingsRequest\x1a..tocsin.v1.GetUserNotificationSettingsResponse\x12g\n\x14SetNotificationRules\x12&.tocsin.v1.SetNotificationRulesRequest\x1a\'.tocsin.v1.SetNotificationRulesResponse\x12=\n\x06Notify\x12\x18.tocsin.v1.NotifyRequest\x1a\x19.tocsin.v1.NotifyResponse\x12\x64\n\x13\x43\x61ncelNotifications\x12%.tocsin.v1.CancelNotificationsRequest\x1a&.tocsin.v1.CancelNotificationsResponse\x12O\n\x0cListAttempts\x12\x1e.tocsin.v1.ListAttemptsRequest\x1a\x1f.tocsin.v1.ListAttemptsResponse\x12O\n\x0cSendTestPage\x12\x1e.tocsin.v1.SendTestPageRequest\x1a\x1f.tocsin.v1.SendTestPageResponse\x12^\n\x11HandleIncomingSms\x12#.tocsin.v1.HandleIncomingSmsRequest\x1a$.tocsin.v1.HandleIncomingSmsResponse\x12\x64\n\x13HandleVoiceKeypress\x12%.tocsin.v1.HandleVoiceKeypressRequest\x1a&.tocsin.v1.HandleVoiceKeypressResponse\x12g\n\x14HandleDeliveryStatus\x12&.tocsin.v1.HandleDeliveryStatusRequest\x1a\'.tocsin.v1.HandleDeliveryStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tocsin.v1.notification_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONTACTMETHODTYPE']._serialized_start=2403
-  _globals['_CONTACTMETHODTYPE']._serialized_end=2519
-  _globals['_ATTEMPTSTATUS']._serialized_start=2522
-  _globals['_ATTEMPTSTATUS']._serialized_end=2735
+  _globals['_CONTACTMETHODTYPE']._serialized_start=2472
+  _globals['_CONTACTMETHODTYPE']._serialized_end=2588
+  _globals['_ATTEMPTSTATUS']._serialized_start=2591
+  _globals['_ATTEMPTSTATUS']._serialized_end=2804
   _globals['_CONTACTMETHOD']._serialized_start=108
   _globals['_CONTACTMETHOD']._serialized_end=231
   _globals['_NOTIFICATIONRULE']._serialized_start=233
@@ -44,53 +44,53 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ATTEMPT']._serialized_start=323
   _globals['_ATTEMPT']._serialized_end=697
   _globals['_CREATECONTACTMETHODREQUEST']._serialized_start=699
-  _globals['_CREATECONTACTMETHODREQUEST']._serialized_end=777
-  _globals['_CREATECONTACTMETHODRESPONSE']._serialized_start=779
-  _globals['_CREATECONTACTMETHODRESPONSE']._serialized_end=858
-  _globals['_UPDATECONTACTMETHODREQUEST']._serialized_start=860
-  _globals['_UPDATECONTACTMETHODREQUEST']._serialized_end=938
-  _globals['_UPDATECONTACTMETHODRESPONSE']._serialized_start=940
-  _globals['_UPDATECONTACTMETHODRESPONSE']._serialized_end=1019
-  _globals['_DELETECONTACTMETHODREQUEST']._serialized_start=1021
-  _globals['_DELETECONTACTMETHODREQUEST']._serialized_end=1061
-  _globals['_DELETECONTACTMETHODRESPONSE']._serialized_start=1063
-  _globals['_DELETECONTACTMETHODRESPONSE']._serialized_end=1092
-  _globals['_GETUSERNOTIFICATIONSETTINGSREQUEST']._serialized_start=1094
-  _globals['_GETUSERNOTIFICATIONSETTINGSREQUEST']._serialized_end=1147
-  _globals['_GETUSERNOTIFICATIONSETTINGSRESPONSE']._serialized_start=1150
-  _globals['_GETUSERNOTIFICATIONSETTINGSRESPONSE']._serialized_end=1282
-  _globals['_SETNOTIFICATIONRULESREQUEST']._serialized_start=1284
-  _globals['_SETNOTIFICATIONRULESREQUEST']._serialized_end=1374
-  _globals['_SETNOTIFICATIONRULESRESPONSE']._serialized_start=1376
-  _globals['_SETNOTIFICATIONRULESRESPONSE']._serialized_end=1450
-  _globals['_NOTIFYREQUEST']._serialized_start=1452
-  _globals['_NOTIFYREQUEST']._serialized_end=1551
-  _globals['_NOTIFYRESPONSE']._serialized_start=1553
-  _globals['_NOTIFYRESPONSE']._serialized_end=1660
-  _globals['_CANCELNOTIFICATIONSREQUEST']._serialized_start=1662
-  _globals['_CANCELNOTIFICATIONSREQUEST']._serialized_end=1711
-  _globals['_CANCELNOTIFICATIONSRESPONSE']._serialized_start=1713
-  _globals['_CANCELNOTIFICATIONSRESPONSE']._serialized_end=1761
-  _globals['_LISTATTEMPTSREQUEST']._serialized_start=1763
-  _globals['_LISTATTEMPTSREQUEST']._serialized_end=1805
-  _globals['_LISTATTEMPTSRESPONSE']._serialized_start=1807
-  _globals['_LISTATTEMPTSRESPONSE']._serialized_end=1867
-  _globals['_SENDTESTPAGEREQUEST']._serialized_start=1869
-  _globals['_SENDTESTPAGEREQUEST']._serialized_end=1907
-  _globals['_SENDTESTPAGERESPONSE']._serialized_start=1909
-  _globals['_SENDTESTPAGERESPONSE']._serialized_end=1969
-  _globals['_HANDLEINCOMINGSMSREQUEST']._serialized_start=1971
-  _globals['_HANDLEINCOMINGSMSREQUEST']._serialized_end=2072
-  _globals['_HANDLEINCOMINGSMSRESPONSE']._serialized_start=2074
-  _globals['_HANDLEINCOMINGSMSRESPONSE']._serialized_end=2116
-  _globals['_HANDLEVOICEKEYPRESSREQUEST']._serialized_start=2118
-  _globals['_HANDLEVOICEKEYPRESSREQUEST']._serialized_end=2200
-  _globals['_HANDLEVOICEKEYPRESSRESPONSE']._serialized_start=2202
-  _globals['_HANDLEVOICEKEYPRESSRESPONSE']._serialized_end=2246
-  _globals['_HANDLEDELIVERYSTATUSREQUEST']._serialized_start=2248
-  _globals['_HANDLEDELIVERYSTATUSREQUEST']._serialized_end=2354
-  _globals['_HANDLEDELIVERYSTATUSRESPONSE']._serialized_start=2356
-  _globals['_HANDLEDELIVERYSTATUSRESPONSE']._serialized_end=2401
-  _globals['_NOTIFICATIONSERVICE']._serialized_start=2738
-  _globals['_NOTIFICATIONSERVICE']._serialized_end=3926
+  _globals['_CREATECONTACTMETHODREQUEST']._serialized_end=800
+  _globals['_CREATECONTACTMETHODRESPONSE']._serialized_start=802
+  _globals['_CREATECONTACTMETHODRESPONSE']._serialized_end=881
+  _globals['_UPDATECONTACTMETHODREQUEST']._serialized_start=883
+  _globals['_UPDATECONTACTMETHODREQUEST']._serialized_end=984
+  _globals['_UPDATECONTACTMETHODRESPONSE']._serialized_start=986
+  _globals['_UPDATECONTACTMETHODRESPONSE']._serialized_end=1065
+  _globals['_DELETECONTACTMETHODREQUEST']._serialized_start=1067
+  _globals['_DELETECONTACTMETHODREQUEST']._serialized_end=1107
+  _globals['_DELETECONTACTMETHODRESPONSE']._serialized_start=1109
+  _globals['_DELETECONTACTMETHODRESPONSE']._serialized_end=1138
+  _globals['_GETUSERNOTIFICATIONSETTINGSREQUEST']._serialized_start=1140
+  _globals['_GETUSERNOTIFICATIONSETTINGSREQUEST']._serialized_end=1193
+  _globals['_GETUSERNOTIFICATIONSETTINGSRESPONSE']._serialized_start=1196
+  _globals['_GETUSERNOTIFICATIONSETTINGSRESPONSE']._serialized_end=1328
+  _globals['_SETNOTIFICATIONRULESREQUEST']._serialized_start=1330
+  _globals['_SETNOTIFICATIONRULESREQUEST']._serialized_end=1443
+  _globals['_SETNOTIFICATIONRULESRESPONSE']._serialized_start=1445
+  _globals['_SETNOTIFICATIONRULESRESPONSE']._serialized_end=1519
+  _globals['_NOTIFYREQUEST']._serialized_start=1521
+  _globals['_NOTIFYREQUEST']._serialized_end=1620
+  _globals['_NOTIFYRESPONSE']._serialized_start=1622
+  _globals['_NOTIFYRESPONSE']._serialized_end=1729
+  _globals['_CANCELNOTIFICATIONSREQUEST']._serialized_start=1731
+  _globals['_CANCELNOTIFICATIONSREQUEST']._serialized_end=1780
+  _globals['_CANCELNOTIFICATIONSRESPONSE']._serialized_start=1782
+  _globals['_CANCELNOTIFICATIONSRESPONSE']._serialized_end=1830
+  _globals['_LISTATTEMPTSREQUEST']._serialized_start=1832
+  _globals['_LISTATTEMPTSREQUEST']._serialized_end=1874
+  _globals['_LISTATTEMPTSRESPONSE']._serialized_start=1876
+  _globals['_LISTATTEMPTSRESPONSE']._serialized_end=1936
+  _globals['_SENDTESTPAGEREQUEST']._serialized_start=1938
+  _globals['_SENDTESTPAGEREQUEST']._serialized_end=1976
+  _globals['_SENDTESTPAGERESPONSE']._serialized_start=1978
+  _globals['_SENDTESTPAGERESPONSE']._serialized_end=2038
+  _globals['_HANDLEINCOMINGSMSREQUEST']._serialized_start=2040
+  _globals['_HANDLEINCOMINGSMSREQUEST']._serialized_end=2141
+  _globals['_HANDLEINCOMINGSMSRESPONSE']._serialized_start=2143
+  _globals['_HANDLEINCOMINGSMSRESPONSE']._serialized_end=2185
+  _globals['_HANDLEVOICEKEYPRESSREQUEST']._serialized_start=2187
+  _globals['_HANDLEVOICEKEYPRESSREQUEST']._serialized_end=2269
+  _globals['_HANDLEVOICEKEYPRESSRESPONSE']._serialized_start=2271
+  _globals['_HANDLEVOICEKEYPRESSRESPONSE']._serialized_end=2315
+  _globals['_HANDLEDELIVERYSTATUSREQUEST']._serialized_start=2317
+  _globals['_HANDLEDELIVERYSTATUSREQUEST']._serialized_end=2423
+  _globals['_HANDLEDELIVERYSTATUSRESPONSE']._serialized_start=2425
+  _globals['_HANDLEDELIVERYSTATUSRESPONSE']._serialized_end=2470
+  _globals['_NOTIFICATIONSERVICE']._serialized_start=2807
+  _globals['_NOTIFICATIONSERVICE']._serialized_end=3995
 # @@protoc_insertion_point(module_scope)

@@ -232,6 +232,12 @@ class CreateContactMethodRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTACT_METHOD_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    validate_only: _builtins.bool
+    """Check the request as the call would and write nothing (a dry run). The users,
+    schedules, policies and contact methods it names need not exist yet: a
+    configuration may create them in the same apply.
+    """
     @_builtins.property
     def contact_method(self) -> Global___ContactMethod:
         """The contact method."""
@@ -240,10 +246,11 @@ class CreateContactMethodRequest(_message.Message):
         self,
         *,
         contact_method: Global___ContactMethod | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["contact_method", b"contact_method"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_method", b"contact_method"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_method", b"contact_method", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -280,6 +287,12 @@ class UpdateContactMethodRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTACT_METHOD_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    validate_only: _builtins.bool
+    """Check the request as the call would and write nothing (a dry run). The users,
+    schedules, policies and contact methods it names need not exist yet: a
+    configuration may create them in the same apply.
+    """
     @_builtins.property
     def contact_method(self) -> Global___ContactMethod:
         """The new state (matched by id)."""
@@ -288,10 +301,11 @@ class UpdateContactMethodRequest(_message.Message):
         self,
         *,
         contact_method: Global___ContactMethod | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["contact_method", b"contact_method"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_method", b"contact_method"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_method", b"contact_method", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -420,8 +434,14 @@ class SetNotificationRulesRequest(_message.Message):
 
     USER_ID_FIELD_NUMBER: _builtins.int
     RULES_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The user id."""
+    validate_only: _builtins.bool
+    """Check the request as the call would and write nothing (a dry run). The users,
+    schedules, policies and contact methods it names need not exist yet: a
+    configuration may create them in the same apply.
+    """
     @_builtins.property
     def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___NotificationRule]:
         """The rules; each names one of the user's contact methods."""
@@ -431,10 +451,11 @@ class SetNotificationRulesRequest(_message.Message):
         *,
         user_id: _builtins.str = ...,
         rules: _abc.Iterable[Global___NotificationRule] | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["rules", b"rules", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rules", b"rules", "user_id", b"user_id", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -336,6 +336,12 @@ class CreateUserRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    validate_only: _builtins.bool
+    """Check the request as the call would and write nothing (a dry run). The users,
+    schedules, policies and contact methods it names need not exist yet: a
+    configuration may create them in the same apply.
+    """
     @_builtins.property
     def user(self) -> Global___User:
         """The user to create."""
@@ -344,10 +350,11 @@ class CreateUserRequest(_message.Message):
         self,
         *,
         user: Global___User | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user", b"user", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -484,6 +491,12 @@ class UpdateUserRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    validate_only: _builtins.bool
+    """Check the request as the call would and write nothing (a dry run). The users,
+    schedules, policies and contact methods it names need not exist yet: a
+    configuration may create them in the same apply.
+    """
     @_builtins.property
     def user(self) -> Global___User:
         """The new state of the user (matched by id)."""
@@ -492,10 +505,11 @@ class UpdateUserRequest(_message.Message):
         self,
         *,
         user: Global___User | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user", b"user", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -571,6 +585,12 @@ class CreateScheduleRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SCHEDULE_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    validate_only: _builtins.bool
+    """Check the request as the call would and write nothing (a dry run). The users,
+    schedules, policies and contact methods it names need not exist yet: a
+    configuration may create them in the same apply.
+    """
     @_builtins.property
     def schedule(self) -> Global___Schedule:
         """The schedule to create; its version is ignored."""
@@ -579,10 +599,11 @@ class CreateScheduleRequest(_message.Message):
         self,
         *,
         schedule: Global___Schedule | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -719,6 +740,12 @@ class UpdateScheduleRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SCHEDULE_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    validate_only: _builtins.bool
+    """Check the request as the call would and write nothing (a dry run). The users,
+    schedules, policies and contact methods it names need not exist yet: a
+    configuration may create them in the same apply.
+    """
     @_builtins.property
     def schedule(self) -> Global___Schedule:
         """The whole new schedule; `version` non-zero makes the update conditional."""
@@ -727,10 +754,11 @@ class UpdateScheduleRequest(_message.Message):
         self,
         *,
         schedule: Global___Schedule | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
