@@ -15,6 +15,7 @@ from tocsin.notification import domain
 from tocsin.notification.contacts import REPLY_CODES, ContactStore
 from tocsin.notification.domain import AttemptLocation, Settings, TimerPayload
 from tocsin.notification.ratelimit import RateLimiter
+from tocsin.notification.records import CycleRule
 from tocsin.notification.store import PagingStore
 from tocsin.runtime.clock import ManualClock
 from tocsin.runtime.errors import AlreadyExists
@@ -27,9 +28,9 @@ SMS, VOICE = domain.SMS, domain.VOICE
 INCIDENT = "33"
 SHARD = incident_shard(INCIDENT)
 RULES = [
-    {"cm": "alice-sms", "d": 0, "t": SMS},
-    {"cm": "alice-voice", "d": 60_000, "t": VOICE},
-    {"cm": "alice-sms", "d": 300_000, "t": SMS},
+    CycleRule("alice-sms", 0, SMS),
+    CycleRule("alice-voice", 60_000, VOICE),
+    CycleRule("alice-sms", 300_000, SMS),
 ]
 LEASE_MS = 30_000
 

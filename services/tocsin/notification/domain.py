@@ -13,16 +13,16 @@ test page's attempt `test-<user>-<n>`.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
 import phonenumbers
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 
+from tocsin.notification.records import AttemptRecord, CycleRule
+from tocsin.notification.records import TimerPayload as TimerPayload
+from tocsin.notification.records import attempts_in_order as records_in_order
 from tocsin.runtime.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from tocsin.runtime.ids import id_violations
 from tocsin.v1 import incidents_pb2, notification_pb2
@@ -211,14 +211,26 @@ def with_number_enabled(current: Settings, number: str, enabled: bool) -> Settin
     return _settings(methods, current.rules)
 
 
-def rules_snapshot(settings: Settings) -> list[dict[str, Any]]:
+def rules_snapshot(settings: Settings) -> list[CycleRule]:
     """The rules as a cycle keeps them: contact method, delay (ms) and channel."""
     types = {m.id: m.type for m in settings.contact_methods}
     return [
-        {"cm": r.contact_method_id, "d": duration_ms(r.delay), "t": types[r.contact_method_id]}
+        CycleRule(r.contact_method_id, duration_ms(r.delay), types[r.contact_method_id])
         for r in settings.rules
         if r.contact_method_id in types
     ]
+
+
+def unreachable_reason(user_id: str, settings: Settings) -> str:
+    """Why no rule of the user can reach them, or "" when one can."""
+    if not settings.contact_methods:
+        return f"{user_id} has no contact method"
+    if not settings.rules:
+        return f"{user_id} has no notification rules"
+    usable = {m.id for m in settings.contact_methods if not m.disabled}
+    if not any(r.contact_method_id in usable for r in settings.rules):
+        return f"every contact method {user_id}'s rules use is disabled (STOP)"
+    return ""
 
 
 def contact_method(settings: Settings, method_id: str) -> notification_pb2.ContactMethod | None:
@@ -255,91 +267,16 @@ def locate_attempt(attempt_id: str) -> AttemptLocation | None:
     return None
 
 
-@dataclass(frozen=True)
-class TimerPayload:
-    """What a rule's timer carries (lua/notify.lua writes it). `slot_ms` is set once a
-    rate-limit slot is reserved, so the firing at that slot sends without reserving again."""
-
-    cycle_id: str
-    rule_index: int
-    user_id: str
-    contact_method_id: str
-    channel: int
-    traceparent: str
-    slot_ms: int | None = None
-
-    def encode(self) -> bytes:
-        data: dict[str, Any] = {
-            "c": self.cycle_id,
-            "r": self.rule_index,
-            "u": self.user_id,
-            "cm": self.contact_method_id,
-            "t": self.channel,
-            "tp": self.traceparent,
-        }
-        if self.slot_ms is not None:
-            data["s"] = self.slot_ms
-        return json.dumps(data, separators=(",", ":")).encode()
-
-    @classmethod
-    def decode(cls, payload: bytes) -> TimerPayload:
-        data = json.loads(payload)
-        slot = data.get("s")
-        return cls(
-            cycle_id=str(data["c"]),
-            rule_index=int(data["r"]),
-            user_id=str(data["u"]),
-            contact_method_id=str(data["cm"]),
-            channel=int(data["t"]),
-            traceparent=str(data.get("tp") or ""),
-            slot_ms=int(slot) if slot is not None else None,
-        )
-
-    def with_slot(self, slot_ms: int) -> TimerPayload:
-        return replace(self, slot_ms=slot_ms)
-
-    @property
-    def incident_id(self) -> str:
-        return self.cycle_id.partition("-")[0]
-
-    @property
-    def attempt_id(self) -> str:
-        return rule_attempt_id(self.cycle_id, self.rule_index)
-
-
 # -- attempts -------------------------------------------------------------------------
 
 
-def _timestamp(ms: int) -> Timestamp:
-    ts = Timestamp()
-    ts.FromMilliseconds(int(ms))
-    return ts
-
-
-def attempt_from_record(record: bytes | str | dict[str, Any]) -> notification_pb2.Attempt:
-    """An attempt as the Lua scripts store it (JSON, see lua/attempt_lib.lua) -> proto."""
-    data = record if isinstance(record, dict) else json.loads(record)
-    return notification_pb2.Attempt(
-        id=data["id"],
-        incident_id=data.get("inc") or "",
-        user_id=data["user"],
-        contact_method_id=data["cm"],
-        type=notification_pb2.ContactMethodType.ValueType(int(data["type"])),
-        rule_index=int(data["rule"]),
-        status=notification_pb2.AttemptStatus.ValueType(int(data["st"])),
-        provider_id=data.get("pid") or "",
-        error_code=int(data.get("err") or 0),
-        provider_status=data.get("pst") or "",
-        reply_code=data.get("code") or "",
-        created_at=_timestamp(data["c"]),
-        updated_at=_timestamp(data["u"]),
-    )
+def attempt_from_record(record: bytes | str) -> notification_pb2.Attempt:
+    """An attempt as the Lua scripts store it (records.AttemptRecord) -> proto."""
+    return AttemptRecord.decode(record).to_proto()
 
 
 def attempts_in_order(records: Iterable[bytes]) -> list[notification_pb2.Attempt]:
-    decoded = [json.loads(r) for r in records]
-    decoded.sort(key=lambda d: (int(d["c"]), int(d.get("n", 0)), d["id"]))
-    return [attempt_from_record(d) for d in decoded]
+    return [r.to_proto() for r in records_in_order(records)]
 
 
 PROVIDER_STATUSES = {

@@ -18,7 +18,6 @@ shards (`tocsin:{tN}:notify:timers` ...), so no other service's worker ever clai
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,7 @@ from redis.commands.core import AsyncScript
 
 from tocsin.notification import domain, keys
 from tocsin.notification.contacts import KeyWrite
+from tocsin.notification.records import AttemptRecord, CycleRule, encode_rules
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.events import INCIDENT_SHARDS, incident_shard
 from tocsin.runtime.redis import RedisClient, read_lua, register_lua
@@ -97,7 +97,7 @@ class PagingStore:
         idempotency_key: str,
         traceparent: str,
         reply_code: str,
-        rules: Sequence[dict[str, Any]],
+        rules: Sequence[CycleRule],
         lease_ms: int,
     ) -> CycleStart:
         shard = incident_shard(incident_id)
@@ -117,7 +117,7 @@ class PagingStore:
                 self.retention_ms,
                 traceparent,
                 reply_code,
-                json.dumps(list(rules), separators=(",", ":")),
+                encode_rules(rules),
                 lease_ms,
             ],
         )
@@ -300,19 +300,20 @@ class PagingStore:
         self, user_id: str, method: notification_pb2.ContactMethod
     ) -> notification_pb2.Attempt:
         now = self.clock.now_ms()
-        record = {
-            "inc": "",
-            "user": user_id,
-            "cm": method.id,
-            "type": int(method.type),
-            "rule": -1,
-            "st": domain.SENDING,
-            "c": now,
-            "u": now,
-        }
+        record = AttemptRecord(
+            id="",  # the script numbers it
+            incident_id="",
+            user_id=user_id,
+            contact_method_id=method.id,
+            channel=int(method.type),
+            rule_index=-1,
+            status=domain.SENDING,
+            created_ms=now,
+            updated_ms=now,
+        )
         raw = await self._begin(
             keys=[keys.test_attempts(user_id), keys.TEST_SENDING],
-            args=[f"test-{user_id}-", json.dumps(record), self.retention_ms],
+            args=[f"test-{user_id}-", record.encode(), self.retention_ms],
         )
         return domain.attempt_from_record(raw)
 
