@@ -107,7 +107,9 @@ def dump_state(state: Escalation) -> str:
             "version": state.version,
             "epoch": state.epoch,
             "started_ms": state.started_ms,
-            "pages": [[p.level, p.loop, p.user_id, p.schedule_id, p.at_ms] for p in state.pages],
+            "pages": [
+                [p.level, p.loop, p.user_id, p.schedule_id, p.at_ms, p.epoch] for p in state.pages
+            ],
         },
         separators=(",", ":"),
     )

@@ -62,6 +62,18 @@ class Page:
     user_id: str
     schedule_id: str
     at_ms: int
+    epoch: int = 0
+
+
+@dataclass(frozen=True)
+class LevelKey:
+    """One firing of one level: what a page's idempotency key names."""
+
+    incident_id: str
+    epoch: int
+    level: int
+    loop: int
+    user_id: str
 
 
 @dataclass(frozen=True)
@@ -161,12 +173,7 @@ def fire(current: Escalation, now_ms: int, *, manual: bool = False) -> tuple[Esc
         return exhausted, Exhausted(loops=current.loop + 1)
     level = levels[current.next_level]
     next_fire = now_ms + level.delay_ms
-    if current.next_level + 1 < len(levels):
-        cursor = (current.next_level + 1, current.loop)
-    elif current.loop < current.policy.repeat:
-        cursor = (0, current.loop + 1)
-    else:
-        cursor = (len(levels), current.loop)
+    cursor = _cursor_after(current.policy, current.next_level, current.loop)
     advanced = replace(
         current,
         next_level=cursor[0],
@@ -177,6 +184,50 @@ def fire(current: Escalation, now_ms: int, *, manual: bool = False) -> tuple[Esc
     return advanced, LevelFired(current.next_level, current.loop, level.targets)
 
 
+def _cursor_after(policy: Policy, level: int, loop: int) -> tuple[int, int]:
+    """(next_level, loop) once `level` of `loop` has fired."""
+    if level + 1 < len(policy.levels):
+        return level + 1, loop
+    if loop < policy.repeat:
+        return 0, loop + 1
+    return len(policy.levels), loop
+
+
+def is_current_level(current: Escalation, key: LevelKey, now_ms: int) -> bool:
+    """Whether `key`'s level is the one that fired last and the next is not due yet:
+    only then may that level's being unanswered move the escalation on."""
+    return (
+        current.status is Status.ACTIVE
+        and current.epoch == key.epoch
+        and (current.next_level, current.loop) == _cursor_after(current.policy, key.level, key.loop)
+        and current.next_fire_ms is not None
+        and current.next_fire_ms > now_ms
+    )
+
+
+def level_users(current: Escalation, key: LevelKey) -> frozenset[str]:
+    """Everyone `key`'s level paged."""
+    return frozenset(
+        p.user_id
+        for p in current.pages
+        if (p.epoch, p.level, p.loop) == (key.epoch, key.level, key.loop)
+    )
+
+
+def skip_unanswered(
+    current: Escalation, key: LevelKey, reported: frozenset[str], now_ms: int
+) -> Escalation | None:
+    """The state with the next level due now, when every user `key`'s level paged is in
+    `reported` (cannot be reached) and that level is still current; else None (nothing to
+    write: a stale or repeated report, or someone may still answer)."""
+    if not is_current_level(current, key, now_ms):
+        return None
+    users = level_users(current, key)
+    if not users or not users <= reported:
+        return None
+    return replace(current, next_fire_ms=now_ms, version=current.version + 1)
+
+
 def record_pages(current: Escalation, pages: tuple[Page, ...]) -> Escalation:
     """The state with the pages a fired level sent appended (same version: one write)."""
     return replace(current, pages=current.pages + pages)
@@ -185,6 +236,14 @@ def record_pages(current: Escalation, pages: tuple[Page, ...]) -> Escalation:
 def idempotency_key(incident_id: str, epoch: int, level: int, loop: int, user_id: str) -> str:
     """The key notification deduplicates a page by: one page per user, level, loop, epoch."""
     return f"{incident_id}/{epoch}/{level}/{loop}/{user_id}"
+
+
+def parse_idempotency_key(key: str) -> LevelKey | None:
+    """The level a page's idempotency key names; None if it is not one of ours."""
+    parts = key.split("/")
+    if len(parts) != 5 or not all(p.isdigit() for p in parts[1:4]) or not parts[4]:
+        return None
+    return LevelKey(parts[0], int(parts[1]), int(parts[2]), int(parts[3]), parts[4])
 
 
 def validate_policy(policy: Policy) -> list[FieldViolation]:

@@ -12,6 +12,13 @@ Firing a level is a GoAlert-style idempotent cycle:
    page becomes a Notify with the idempotency key incident/epoch/level/loop/user, then the
    timeline entries are appended (idempotent too). If the process dies anywhere, the hop
    timer is re-offered after its lease and redone; notification drops the repeats.
+
+A level nobody can answer does not wait out its delay. Notify answers `unreachable` for a
+user with no contact method or rule, and notification reports later, through
+ReportUnreachable, a user whose every rule failed. Once every user the level paged is
+reported, one more compare-and-set makes the next level due now, guarded by the level's
+epoch, level and loop and by its still being the current one, so a repeated report or a
+redone hop moves nothing twice.
 """
 
 from __future__ import annotations
@@ -27,10 +34,18 @@ from opentelemetry import metrics, trace
 from tocsin.client.client import TocsinClient
 from tocsin.escalation import domain
 from tocsin.escalation.codec import policy_from_proto
-from tocsin.escalation.domain import Escalation, Exhausted, LevelFired, Page, Policy, Status
+from tocsin.escalation.domain import (
+    Escalation,
+    Exhausted,
+    LevelFired,
+    LevelKey,
+    Page,
+    Policy,
+    Status,
+)
 from tocsin.escalation.store import EscalationStore, Hop, hop_timer_id, level_timer_id
 from tocsin.runtime.clock import Clock
-from tocsin.runtime.errors import Conflict, FailedPrecondition, NotFound
+from tocsin.runtime.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from tocsin.runtime.events import incident_shard
 from tocsin.runtime.telemetry import context_from_traceparent, current_traceparent
 from tocsin.runtime.timers import ClaimedTimer
@@ -174,6 +189,51 @@ class EscalationEngine:
                 return advanced
         raise FailedPrecondition(f"escalation of incident {incident_id} kept changing")
 
+    async def report_unreachable(
+        self, incident_id: str, user_id: str, idempotency_key: str, reason: str, traceparent: str
+    ) -> bool:
+        """`user_id`, paged with `idempotency_key`, cannot be reached. When every user
+        that level paged is, and it is still the current level, the next level fires now.
+        True when this report moved the escalation on."""
+        key = domain.parse_idempotency_key(idempotency_key)
+        if key is None or key.incident_id != incident_id or key.user_id != user_id:
+            raise InvalidArgument.one(
+                "idempotency_key",
+                "must be the key escalation paged the user with (incident/epoch/level/loop/user)",
+            )
+        reported = await self.store.record_unreachable(
+            incident_id, key.epoch, key.level, key.loop, user_id, reason or "cannot be reached"
+        )
+        for _ in range(_WRITE_ATTEMPTS):
+            state = await self.store.load(incident_id)
+            if state is None:
+                return False
+            now = self.clock.now_ms()
+            skipped = domain.skip_unanswered(state, key, frozenset(reported), now)
+            if skipped is None:
+                return False
+            hop = Hop(
+                f"hop:{incident_id}:{key.epoch}:{key.level}:{key.loop}:unreachable",
+                {
+                    "incident": incident_id,
+                    "epoch": key.epoch,
+                    "pages": [],
+                    "notes": [_unreachable_note(key, reported)],
+                    "tp": traceparent,
+                },
+            )
+            if await self.store.write(skipped, state.version, traceparent=traceparent, hop=hop):
+                log.info(
+                    "incident %s: level %d (loop %d) can reach nobody; moving on now",
+                    incident_id,
+                    key.level,
+                    key.loop,
+                )
+                await self._send_hop_now(incident_id, hop.timer_id)
+                await self.fire_now(incident_id)
+                return True
+        raise Conflict(f"escalation of incident {incident_id} kept changing; retried")
+
     async def _advance(
         self, state: Escalation, traceparent: str, *, manual: bool
     ) -> Escalation | None:
@@ -239,7 +299,7 @@ class EscalationEngine:
                     continue
             if user not in seen:
                 seen.add(user)
-                pages.append(Page(work.level, work.loop, user, schedule_id, now_ms))
+                pages.append(Page(work.level, work.loop, user, schedule_id, now_ms, state.epoch))
         who = ", ".join(
             p.user_id + (f" (schedule {p.schedule_id})" if p.schedule_id else "") for p in pages
         )
@@ -307,6 +367,7 @@ class EscalationEngine:
         hop = json.loads(timer.payload)
         incident_id, epoch = hop["incident"], hop["epoch"]
         context = context_from_traceparent(hop["tp"])
+        unreachable: list[tuple[str, str, str]] = []
         for level, loop, user_id, schedule_id in hop["pages"]:
             with tracer.start_as_current_span(
                 "escalation.notify",
@@ -319,16 +380,17 @@ class EscalationEngine:
                     "schedule.id": schedule_id,
                 },
             ):
-                await self.peers.notification.Notify(
+                key = domain.idempotency_key(incident_id, epoch, level, loop, user_id)
+                reply = await self.peers.notification.Notify(
                     notification_pb2.NotifyRequest(
                         incident_id=incident_id,
                         user_id=user_id,
-                        idempotency_key=domain.idempotency_key(
-                            incident_id, epoch, level, loop, user_id
-                        ),
+                        idempotency_key=key,
                         traceparent=current_traceparent(),
                     )
                 )
+                if reply.unreachable:
+                    unreachable.append((user_id, key, reply.unreachable_reason))
         for i, note in enumerate(hop["notes"]):
             await self.peers.incidents.AppendTimeline(
                 incidents_pb2.AppendTimelineRequest(
@@ -337,6 +399,10 @@ class EscalationEngine:
                     idempotency_key=f"{timer.timer_id}/{i}",
                 )
             )
+        # After the level's own entries, so the timeline reads in order. A redone hop
+        # reports again; the report's guard moves the level on once.
+        for user_id, key, reason in unreachable:
+            await self.report_unreachable(incident_id, user_id, key, reason, hop["tp"])
 
     # policies
 
@@ -414,6 +480,21 @@ class EscalationEngine:
 
 def _warning(message: str) -> dict[str, Any]:
     return {"kind": incidents_pb2.TIMELINE_KIND_WARNING, "message": message}
+
+
+def _unreachable_note(key: LevelKey, reported: dict[str, str]) -> dict[str, Any]:
+    why = "; ".join(reported[user] for user in sorted(reported))
+    return {
+        "kind": incidents_pb2.TIMELINE_KIND_WARNING,
+        "message": f"Escalation level {key.level + 1} (loop {key.loop + 1}) can reach nobody "
+        f"({why}); moving on now",
+        "attributes": {
+            "level": str(key.level),
+            "loop": str(key.loop),
+            "epoch": str(key.epoch),
+            "users": ",".join(sorted(reported)),
+        },
+    }
 
 
 def _exhausted_note(state: Escalation, work: Exhausted) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from tocsin.escalation.engine import EscalationEngine
 from tocsin.escalation.store import EscalationStore
 from tocsin.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from tocsin.runtime.paging import page_size
+from tocsin.runtime.telemetry import current_traceparent
 from tocsin.v1 import escalation_pb2 as pb
 from tocsin.v1 import escalation_pb2_grpc, incidents_pb2, scheduling_pb2
 
@@ -26,7 +27,9 @@ class EscalationServicer(escalation_pb2_grpc.EscalationServiceServicer):
     async def CreatePolicy(
         self, request: pb.CreatePolicyRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreatePolicyResponse:
-        await self._validate(request.policy)
+        await self._validate(request.policy, references=not request.validate_only)
+        if request.validate_only:
+            return pb.CreatePolicyResponse(policy=request.policy)
         return pb.CreatePolicyResponse(policy=await self.store.create_policy(request.policy))
 
     async def GetPolicy(
@@ -45,7 +48,9 @@ class EscalationServicer(escalation_pb2_grpc.EscalationServiceServicer):
     async def UpdatePolicy(
         self, request: pb.UpdatePolicyRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpdatePolicyResponse:
-        await self._validate(request.policy)
+        await self._validate(request.policy, references=not request.validate_only)
+        if request.validate_only:
+            return pb.UpdatePolicyResponse(policy=request.policy)
         return pb.UpdatePolicyResponse(policy=await self.store.update_policy(request.policy))
 
     async def DeletePolicy(
@@ -74,7 +79,28 @@ class EscalationServicer(escalation_pb2_grpc.EscalationServiceServicer):
         state = await self.engine.escalate(request.incident_id)
         return pb.EscalateResponse(escalation=escalation_to_proto(state))
 
-    async def _validate(self, policy: pb.EscalationPolicy) -> None:
+    async def ReportUnreachable(
+        self, request: pb.ReportUnreachableRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReportUnreachableResponse:
+        violations = [
+            FieldViolation(name, "is required")
+            for name in ("incident_id", "user_id", "idempotency_key")
+            if not getattr(request, name)
+        ]
+        if violations:
+            raise InvalidArgument(violations)
+        advanced = await self.engine.report_unreachable(
+            request.incident_id,
+            request.user_id,
+            request.idempotency_key,
+            request.reason,
+            current_traceparent(),
+        )
+        return pb.ReportUnreachableResponse(advanced=advanced)
+
+    async def _validate(self, policy: pb.EscalationPolicy, references: bool = True) -> None:
+        """InvalidArgument naming every problem; `references=False` (validate_only): the
+        users and schedules named need not exist yet."""
         violations = [
             FieldViolation(f"policy.{v.field}", v.description)
             for v in validate_policy(policy_from_proto(policy))
@@ -85,6 +111,8 @@ class EscalationServicer(escalation_pb2_grpc.EscalationServiceServicer):
                 kind = target.WhichOneof("target")
                 if kind is None:
                     violations.append(FieldViolation(field, "set user_id or schedule_id"))
+                elif not references:
+                    continue
                 elif kind == "user_id" and target.user_id:
                     if not await self._exists_user(target.user_id):
                         violations.append(

@@ -48,6 +48,12 @@ def active_key(shard: int) -> str:
     return f"tocsin:{shard_tag(shard)}:esc-active"
 
 
+def unreachable_key(incident_id: str, epoch: int, level: int, loop: int) -> str:
+    """Users of one firing of a level reported unreachable: user -> reason."""
+    tag = shard_tag(incident_shard(incident_id))
+    return f"tocsin:{tag}:esc-unreachable:{incident_id}:{epoch}:{level}:{loop}"
+
+
 def level_timer_id(incident_id: str) -> str:
     return f"esc:{incident_id}"
 
@@ -117,6 +123,19 @@ class EscalationStore:
         )
         outcome = reply[0].decode()
         return outcome == "ok"
+
+    async def record_unreachable(
+        self, incident_id: str, epoch: int, level: int, loop: int, user_id: str, reason: str
+    ) -> dict[str, str]:
+        """Note that `user_id`, paged by that firing of the level, cannot be reached (a
+        repeat changes nothing); returns every user of it reported so far, with why."""
+        key = unreachable_key(incident_id, epoch, level, loop)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, user_id, reason)
+            pipe.pexpire(key, self.retention_ms)
+            pipe.hgetall(key)
+            *_, reported = await pipe.execute()
+        return {k.decode(): v.decode() for k, v in reported.items()}
 
     async def overdue(self, shard: int, before_ms: int, limit: int = 500) -> list[str]:
         """Active escalations of `shard` whose next level was due before `before_ms`."""

@@ -41,6 +41,9 @@ takes well under a minute) and becomes UNKNOWN."""
 class NotifyResult:
     started: bool
     rules_scheduled: int
+    unreachable_reason: str = ""
+    """Why no rule can reach the user ("" when one can): escalation moves a level on
+    when nobody it paged can be reached."""
 
 
 class Pager:
@@ -63,6 +66,7 @@ class Pager:
     ) -> NotifyResult:
         page = await self.contacts.prepare_page(user_id, incident_id)
         rules = domain.rules_snapshot(page.settings)
+        unreachable = domain.unreachable_reason(user_id, page.settings)
         start = await self.store.start_cycle(
             incident_id,
             user_id,
@@ -73,12 +77,12 @@ class Pager:
             self.sender.options.lease_ms,
         )
         if not start.started:
-            return NotifyResult(False, 0)
-        if not rules:
+            return NotifyResult(False, 0, unreachable)
+        if unreachable:
             self.sender.spawn(
                 self.incidents.append_timeline(
                     incident_id,
-                    f"{user_id} has no notification rules: nobody was paged",
+                    f"{unreachable}: nobody was paged",
                     {"user_id": user_id},
                     f"notify/{start.cycle_id}/no-rules",
                     incidents_pb2.TIMELINE_KIND_WARNING,
@@ -87,7 +91,7 @@ class Pager:
             )
         methods = {m.id: m for m in page.settings.contact_methods}
         self.sender.fire_now(start.claimed, methods)
-        return NotifyResult(True, start.rules)
+        return NotifyResult(True, start.rules, unreachable)
 
     async def cancel(self, incident_id: str) -> int:
         return await self.store.cancel(incident_id)

@@ -76,6 +76,10 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         self, request: pb.CreateContactMethodRequest, context: Any
     ) -> pb.CreateContactMethodResponse:
         method = domain.validated_contact_method(request.contact_method)
+        if request.validate_only:  # the user may be created by the same apply
+            current = await self.contacts.settings(method.user_id) or domain.Settings()
+            domain.with_contact_method(current, method)
+            return pb.CreateContactMethodResponse(contact_method=method)
         await self.users.get(method.user_id)
         settings = await self.contacts.change(
             method.user_id, lambda s: domain.with_contact_method(s, method)
@@ -96,6 +100,8 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
                 "contact_method.user_id",
                 f"a contact method cannot change owner (it belongs to {owner!r})",
             )
+        if request.validate_only:
+            return pb.UpdateContactMethodResponse(contact_method=method)
         settings = await self.contacts.change(
             owner, lambda s: domain.with_replaced_contact_method(s, method)
         )
@@ -129,6 +135,11 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         self, request: pb.SetNotificationRulesRequest, context: Any
     ) -> pb.SetNotificationRulesResponse:
         _check(id_violations(request.user_id, "user_id"))
+        if request.validate_only:  # the contact methods may be created by the same apply
+            named = [pb.ContactMethod(id=r.contact_method_id) for r in request.rules]
+            return pb.SetNotificationRulesResponse(
+                rules=domain.validated_rules(request.rules, named)
+            )
         await self.users.get(request.user_id)
         settings = await self.contacts.change(
             request.user_id, lambda s: domain.with_rules(s, request.rules)
@@ -159,7 +170,12 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
             request.idempotency_key,
             request.traceparent or current_traceparent(),
         )
-        return pb.NotifyResponse(started=result.started, rules_scheduled=result.rules_scheduled)
+        return pb.NotifyResponse(
+            started=result.started,
+            rules_scheduled=result.rules_scheduled,
+            unreachable=bool(result.unreachable_reason),
+            unreachable_reason=result.unreachable_reason,
+        )
 
     @_bounded
     async def CancelNotifications(

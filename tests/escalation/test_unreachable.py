@@ -1,0 +1,184 @@
+"""A level nobody can answer moves on at once (issue 11, items 3 and 12): a user with no
+contact method, no rule, or whose every rule failed counts as unanswered, exactly as a
+schedule with nobody on call does, and the timeline says why. Every service is real; time
+is a ManualClock; any page the test does not expect fails it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from tests.escalation.stack import FullStack, user
+from tests.escalation.test_escalation import people, timeline, trigger
+from tocsin.escalation.domain import idempotency_key
+from tocsin.escalation.store import hop_timer_id
+from tocsin.runtime.events import incident_shard
+from tocsin.runtime.timers import ClaimedTimer
+from tocsin.v1 import escalation_pb2, scheduling_pb2
+
+
+async def nobody_to_call(stack: FullStack, user_id: str) -> None:
+    """A user who exists (so a policy may name them) but has no contact method."""
+    await stack.client.scheduling.CreateUser(
+        scheduling_pb2.CreateUserRequest(
+            user=scheduling_pb2.User(id=user_id, name=user_id.title(), time_zone="UTC")
+        )
+    )
+
+
+async def test_a_level_whose_only_target_has_no_contact_method_moves_on_at_once(
+    stack: FullStack,
+) -> None:
+    await people(stack)
+    await nobody_to_call(stack, "zed")
+    await stack.policy(([user("zed")], 5), ([user("bob")], 5))
+
+    incident_id = await trigger(stack)
+
+    await stack.pager.expect_sms("bob")  # now, not 5 minutes later
+    await stack.pager.expect_no_more_pages()
+    lines = await timeline(stack, incident_id)
+    assert (
+        "Escalation level 1 (loop 1) can reach nobody (zed has no contact method); moving on now"
+        in lines
+    )
+    escalation = await stack.escalation_of(incident_id)
+    assert [(p.level, p.user_id) for p in escalation.pages] == [(0, "zed"), (1, "bob")]
+    assert escalation.next_fire_at.ToMilliseconds() == stack.paging.clock.now_ms() + 5 * 60_000
+
+
+async def test_a_user_with_contact_methods_but_no_rules_counts_as_unanswered(
+    stack: FullStack,
+) -> None:
+    await people(stack)
+    await stack.paging.add_user("yves", "+15005550013", [])
+    await stack.policy(([user("yves")], 5), ([user("bob")], 5))
+
+    incident_id = await trigger(stack)
+
+    await stack.pager.expect_sms("bob")
+    lines = await timeline(stack, incident_id)
+    assert any("can reach nobody (yves has no notification rules)" in line for line in lines)
+
+
+async def test_a_level_with_one_reachable_target_waits_its_delay(stack: FullStack) -> None:
+    await people(stack)
+    await nobody_to_call(stack, "zed")
+    await stack.policy(([user("zed"), user("bob")], 5), ([user("carol")], 5))
+
+    incident_id = await trigger(stack)
+
+    await stack.pager.expect_sms("bob")
+    await stack.tick(minutes=4, seconds=59)
+    await stack.pager.expect_no_more_pages()
+    await stack.tick(seconds=1)
+    await stack.pager.expect_sms("carol")
+    lines = await timeline(stack, incident_id)
+    assert "zed has no contact method: nobody was paged" in lines
+    assert not any("can reach nobody" in line for line in lines)
+
+
+async def test_a_policy_of_unreachable_users_only_is_exhausted_at_once(stack: FullStack) -> None:
+    await nobody_to_call(stack, "zed")
+    await stack.policy(([user("zed")], 5), repeat=1)
+
+    incident_id = await trigger(stack)
+
+    escalation = await stack.escalation_of(incident_id)
+    assert escalation.status == escalation_pb2.ESCALATION_STATUS_EXHAUSTED
+    assert [(p.level, p.loop) for p in escalation.pages] == [(0, 0), (0, 1)]
+    lines = await timeline(stack, incident_id)
+    assert sum("can reach nobody" in line for line in lines) == 2
+    assert any("exhausted after 2 loop(s)" in line for line in lines)
+
+
+async def test_a_redone_hop_or_a_repeated_report_moves_the_level_on_once(
+    stack: FullStack,
+) -> None:
+    await people(stack)
+    await nobody_to_call(stack, "zed")
+    await stack.policy(([user("zed")], 5), ([user("bob")], 5), ([user("carol")], 5))
+    incident_id = await trigger(stack)
+    await stack.pager.expect_sms("bob")
+    engine = stack.escalation.engine
+    assert engine is not None
+
+    # level 1's hop delivered again (its lease ran out after the work was done) ...
+    hop_id = hop_timer_id(incident_id, 0, 0, 0)
+    payload = {"incident": incident_id, "epoch": 0, "pages": [[0, 0, "zed", ""]], "notes": []}
+    redone = ClaimedTimer(
+        timer_id=hop_id,
+        shard=incident_shard(incident_id),
+        payload=json.dumps({**payload, "tp": ""}).encode(),
+        due_ms=0,
+        fence=1,
+        lease_deadline_ms=0,
+    )
+    await engine.on_timer(redone)
+    # ... and the report repeated, twice at once
+    request = escalation_pb2.ReportUnreachableRequest(
+        incident_id=incident_id,
+        user_id="zed",
+        idempotency_key=idempotency_key(incident_id, 0, 0, 0, "zed"),
+        reason="zed has no contact method",
+    )
+    replies = await asyncio.gather(
+        stack.escalation_client.ReportUnreachable(request),
+        stack.escalation_client.ReportUnreachable(request),
+    )
+    await stack.run_until_quiet()
+
+    assert [r.advanced for r in replies] == [False, False]
+    await stack.pager.expect_no_more_pages()  # carol's level is not pulled forward
+    escalation = await stack.escalation_of(incident_id)
+    assert [p.user_id for p in escalation.pages] == ["zed", "bob"]
+    lines = await timeline(stack, incident_id)
+    assert sum("can reach nobody" in line for line in lines) == 1
+    await stack.tick(minutes=5)
+    await stack.pager.expect_sms("carol")
+
+
+async def test_concurrent_reports_for_the_last_target_advance_exactly_once(
+    stack: FullStack,
+) -> None:
+    await people(stack)
+    await stack.policy(([user("bob")], 5), ([user("carol")], 5))
+    incident_id = await trigger(stack)
+    await stack.pager.expect_sms("bob")
+
+    request = escalation_pb2.ReportUnreachableRequest(
+        incident_id=incident_id,
+        user_id="bob",
+        idempotency_key=idempotency_key(incident_id, 0, 0, 0, "bob"),
+        reason="every notification rule of bob failed",
+    )
+    replies = await asyncio.gather(
+        *(stack.escalation_client.ReportUnreachable(request) for _ in range(3))
+    )
+    await stack.run_until_quiet()
+
+    assert sorted(r.advanced for r in replies) == [False, False, True]
+    await stack.pager.expect_sms("carol")
+    await stack.pager.expect_no_more_pages()
+    escalation = await stack.escalation_of(incident_id)
+    assert [p.user_id for p in escalation.pages] == ["bob", "carol"]
+
+
+async def test_a_report_for_another_level_or_epoch_changes_nothing(stack: FullStack) -> None:
+    await people(stack)
+    await stack.policy(([user("bob")], 5), ([user("carol")], 5))
+    incident_id = await trigger(stack)
+    await stack.pager.expect_sms("bob")
+
+    for epoch, level in ((1, 0), (0, 1)):
+        reply = await stack.escalation_client.ReportUnreachable(
+            escalation_pb2.ReportUnreachableRequest(
+                incident_id=incident_id,
+                user_id="bob",
+                idempotency_key=idempotency_key(incident_id, epoch, level, 0, "bob"),
+                reason="stale",
+            )
+        )
+        assert not reply.advanced
+    await stack.run_until_quiet()
+    await stack.pager.expect_no_more_pages()
