@@ -6,50 +6,64 @@ key>`, or with the plain path and `http_config: {authorization: {credentials: <k
 incident: its fingerprint is the dedup key, `firing` triggers (a repeat joins the open
 incident), `resolved` resolves (nothing open: nothing to do).
 
-Mapping: summary = annotation `summary`, else `description`, else `alertname` (whitespace
-folded to one line, cut at 1024 characters as Alertmanager's own PagerDuty notifier
-does); severity from label `severity` (critical/page, error/high, warning/warn, info/low/
-none; anything else or absent = critical, so an alert routed to paging pages); source =
-label `instance`, else `job`; component = `job`; group = `namespace`; class =
+Mapping: summary = annotation `summary`, else `description`, else label `alertname`;
+severity from label `severity` (critical/page, error/high, warning/warn, info/low/none,
+in any case; anything else or absent = critical, so an alert routed to paging pages);
+source = label `instance`, else `job`; component = `job`; group = `namespace`; class =
 `alertname`; details = labels, annotations and times; links = generatorURL and the
-Alertmanager's externalURL.
+Alertmanager's externalURL. The incidents service normalises the rest as for every
+sender (multi-line text folded, over-long text cut with "…" and kept whole in the
+details, bad links dropped: tocsin.incidents.normalize).
 
-Every alert is checked before any is sent, so a bad payload changes nothing. Replies:
-200 `{"status": "success", "triggered": n, "resolved": m}`; 400 naming the field; 401
-without a valid key; 413 over 2 MiB; 429/503 for Alertmanager to retry.
+Each alert stands alone: one that cannot be understood (no status firing/resolved, no
+summary, description or alertname, details past the limits) is reported and the others
+page. Alertmanager retries a whole group on a 5xx and drops it on a 4xx, so replies are:
+200 `{"status": "success", "triggered": n, "resolved": m}` when every alert was taken;
+200 with `"status": "partial"`, `"rejected": k` and `"errors"` naming each refused
+alert's field (`alerts[3].labels.instance ...`) when some were taken (retrying would not
+mend the others); 400 with the errors when no alert could be taken (or the body is no
+webhook payload); 401 without a valid key; 413 over MAX_BODY_BYTES (16 MiB, about ten
+thousand alerts; set `max_alerts` in the webhook config to stay under it); 429/503 when
+an alert could not be taken for a reason that may pass (rate limit, incidents service
+unavailable), so Alertmanager sends the group again (alerts already taken join their
+open incidents; nobody is paged twice). A missing fingerprint is made from the labels.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from google.protobuf.struct_pb2 import Struct
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tocsin.client.client import TocsinClient
+from tocsin.client.limits import INTEGRATION_KEY_LENGTH, MAX_DETAILS_BYTES
 from tocsin.gateway.events_api import (
     RPC_TIMEOUT_S,
     BadEvent,
     Fields,
+    as_text,
     describe,
-    json_struct,
-    parse_timestamp,
+    details_struct,
+    parse_time,
     rate_limiter,
     read_json,
     rpc_violations,
     unavailable,
 )
-from tocsin.incidents import domain, validation
 from tocsin.v1 import common_pb2, incidents_pb2
 
-MAX_BODY_BYTES = 2 * 1024 * 1024
-MAX_ALERTS = 1000
+MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_CONCURRENT_ALERTS = 256
+"""Alerts of one payload in flight at once (the client batches them into few calls)."""
 SEVERITIES = {
     "critical": common_pb2.SEVERITY_CRITICAL,
     "page": common_pb2.SEVERITY_CRITICAL,
@@ -61,7 +75,7 @@ SEVERITIES = {
     "low": common_pb2.SEVERITY_INFO,
     "none": common_pb2.SEVERITY_INFO,
 }
-_WHITESPACE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
+_INTEGRATION_KEY = re.compile(f"[A-Za-z0-9]{{{INTEGRATION_KEY_LENGTH}}}")
 _TRIGGER_NAMES = {
     "dedup_key": "fingerprint",
     "summary": "annotations.summary",
@@ -82,84 +96,119 @@ class AlertAction:
     path: str
 
 
-def _labels(fields: Fields, name: str) -> dict[str, str]:
-    value = fields.obj(name) or {}
-    if not all(isinstance(v, str) for v in value.values()):
-        fields.errors.append(f"'{fields.path(name)}' must map names to strings")
+@dataclass
+class Outcome:
+    """What became of a payload's alerts."""
+
+    triggered: int = 0
+    resolved: int = 0
+    taken: int = 0
+    errors: list[str] = field(default_factory=list)
+    rejected: set[str] = field(default_factory=set)
+    unknown_key: bool = False
+    retry: grpc.aio.AioRpcError | None = None
+
+
+def _strings(value: Any) -> dict[str, str]:
+    """Labels or annotations: an object's values as text (objects and lists as JSON);
+    anything but an object is none."""
+    if not isinstance(value, dict):
         return {}
-    return dict(value)
+    result: dict[str, str] = {}
+    for key, item in value.items():
+        if item is None:
+            continue
+        text = as_text(item)
+        result[str(key)] = text if text is not None else json.dumps(item)
+    return result
 
 
-def _one_line(text: str) -> str:
-    line = _WHITESPACE.sub(" ", text).strip()
-    if len(line) > validation.MAX_SUMMARY:
-        line = line[: validation.MAX_SUMMARY - 1] + "…"
-    return line
-
-
-def _details(alert: Mapping[str, Any], webhook: Mapping[str, Any]) -> Struct | None:
+def _details(
+    alert: Mapping[str, Any], webhook: Mapping[str, Any], path: str, errors: list[str]
+) -> Any:
     details: dict[str, Any] = {
         key: alert.get(key)
         for key in ("labels", "annotations", "startsAt", "endsAt", "generatorURL", "fingerprint")
     }
     details |= {key: webhook.get(key) for key in ("receiver", "groupKey", "externalURL")}
-    struct = json_struct(details)
-    if struct is not None and struct.ByteSize() > validation.MAX_DETAILS_BYTES:
+    struct = details_struct(details, f"{path}annotations", errors)
+    if struct is not None and struct.ByteSize() > MAX_DETAILS_BYTES:
         details["annotations"] = "omitted: larger than 64 KiB"
-        struct = json_struct(details)
+        struct = details_struct(details, f"{path}annotations", errors)
+        if struct is not None and struct.ByteSize() > MAX_DETAILS_BYTES:
+            details["labels"] = "omitted: larger than 64 KiB"
+            struct = details_struct(details, f"{path}labels", errors)
     return struct
 
 
-def _link(request: incidents_pb2.TriggerRequest, href: Any, text: str) -> None:
-    """Add a link only when it is one (these URLs are Alertmanager's, not the user's)."""
-    if isinstance(href, str) and not validation.links_violations([common_pb2.Link(href=href)]):
-        request.links.add(href=href, text=text)
-
-
-def parse_webhook(body: Any, key: str) -> list[AlertAction]:
-    """The actions of a webhook payload; BadEvent names every problem."""
+def parse_webhook(body: Any, key: str) -> tuple[list[AlertAction], dict[str, list[str]]]:
+    """The actions of a webhook payload, and the errors of each alert that cannot be
+    understood, by its path (each alert stands alone); BadEvent when the payload itself
+    is none."""
     if not isinstance(body, dict):
         raise BadEvent(["payload must be a JSON object"])
-    webhook = Fields(body)
-    version = webhook.text("version", required=True)
-    if version and version != "4":
-        webhook.errors.append(f"'version' must be \"4\", got {version!r}")
-    receiver = webhook.text("receiver", max_len=validation.MAX_DISPLAY)
-    alerts = webhook.items("alerts")
-    if "alerts" not in body:
-        webhook.errors.append("'alerts' is missing")
-    if len(alerts) > MAX_ALERTS:
-        webhook.errors.append(f"'alerts' has more than {MAX_ALERTS} alerts")
-        alerts = []
-    actions = [
-        _action(webhook.nested(alert, f"alerts[{i}]."), alert, body, key, receiver)
-        for i, alert in enumerate(alerts)
-    ]
-    for action in actions:
-        if action.trigger is not None:
-            _check(action, webhook.errors)
-    if webhook.errors:
-        raise BadEvent(webhook.errors)
-    return actions
+    alerts = body.get("alerts")
+    if alerts is None:
+        raise BadEvent(["'alerts' is missing"])
+    if not isinstance(alerts, list):
+        raise BadEvent(["'alerts' must be a list of objects"])
+    receiver = as_text(body.get("receiver")) or ""
+    actions: list[AlertAction] = []
+    errors: dict[str, list[str]] = {}
+    for i, alert in enumerate(alerts):
+        path = f"alerts[{i}]."
+        if not isinstance(alert, dict):
+            errors[path] = [f"'alerts[{i}]' must be an object"]
+            continue
+        fields = Fields(alert, path)
+        action = _action(fields, alert, body, key, receiver)
+        if fields.errors:
+            errors[path] = fields.errors
+        elif action is not None:
+            actions.append(action)
+    return actions, errors
 
 
 def _action(
     fields: Fields, alert: Mapping[str, Any], body: Mapping[str, Any], key: str, receiver: str
-) -> AlertAction:
-    status = fields.text("status", required=True)
+) -> AlertAction | None:
+    status = fields.text("status", required=True).strip().lower()
     if status and status not in ("firing", "resolved"):
         fields.errors.append(f"'{fields.path('status')}' must be firing or resolved")
-    fingerprint = fields.text("fingerprint", required=True, max_len=validation.MAX_DEDUP_KEY)
-    labels = _labels(fields, "labels")
-    annotations = _labels(fields, "annotations")
+    labels = _strings(alert.get("labels"))
+    annotations = _strings(alert.get("annotations"))
+    fingerprint = fields.text("fingerprint") or _fingerprint(labels)
+    if not fingerprint:
+        fields.errors.append(f"'{fields.path('fingerprint')}' is missing (and there are no labels)")
+    if fields.errors:
+        return None
     if status != "firing":
         return AlertAction(True, fingerprint, None, fields.prefix)
-    summary = annotations.get("summary") or annotations.get("description")
+    summary = next(
+        (
+            text
+            for text in (
+                annotations.get("summary"),
+                annotations.get("description"),
+                labels.get("alertname"),
+            )
+            if text and text.strip()
+        ),
+        "",
+    )
+    if not summary:
+        fields.errors.append(
+            f"'{fields.path('annotations.summary')}' is required "
+            "(or annotation description, or label alertname)"
+        )
+        return None
     request = incidents_pb2.TriggerRequest(
         integration_key=key,
         dedup_key=fingerprint,
-        summary=_one_line(summary or labels.get("alertname", "")),
-        severity=SEVERITIES.get(labels.get("severity", "").lower(), common_pb2.SEVERITY_CRITICAL),
+        summary=summary,
+        severity=SEVERITIES.get(
+            labels.get("severity", "").strip().lower(), common_pb2.SEVERITY_CRITICAL
+        ),
         source=labels.get("instance") or labels.get("job", ""),
         component=labels.get("job", ""),
         group=labels.get("namespace", ""),
@@ -168,30 +217,28 @@ def _action(
         ),
     )
     setattr(request, "class", labels.get("alertname", ""))
-    starts = fields.text("startsAt")
-    if starts:
-        parsed = parse_timestamp(starts)
-        if parsed is None:
-            fields.errors.append(f"'{fields.path('startsAt')}' is not an RFC 3339 time")
-        else:
-            request.occurred_at.CopyFrom(parsed)
-    details = _details(alert, body)
+    starts = parse_time(alert.get("startsAt"))
+    if starts is not None:
+        request.occurred_at.CopyFrom(starts)
+    details = _details(alert, body, fields.prefix, fields.errors)
     if details is None:
-        fields.errors.append(f"'{fields.path('annotations')}' must hold valid Unicode text")
-    else:
-        request.details.CopyFrom(details)
-    _link(request, alert.get("generatorURL"), "Source")
-    _link(request, body.get("externalURL"), "Alertmanager")
+        return None
+    request.details.CopyFrom(details)
+    for href, text in (
+        (alert.get("generatorURL"), "Source"),
+        (body.get("externalURL"), "Alertmanager"),
+    ):
+        if isinstance(href, str) and href:
+            request.links.add(href=href, text=text)
     return AlertAction(False, fingerprint, request, fields.prefix)
 
 
-def _check(action: AlertAction, errors: list[str]) -> None:
-    assert action.trigger is not None
-    trigger = action.trigger
-    violations = validation.trigger_violations(
-        domain.alert_of(trigger), trigger.dedup_key, trigger.actor
-    )
-    errors += describe(violations, _names(action.path))
+def _fingerprint(labels: Mapping[str, str]) -> str:
+    """A dedup key made from the labels, as Alertmanager's fingerprint is ("" without)."""
+    if not labels:
+        return ""
+    canonical = json.dumps(sorted(labels.items()), ensure_ascii=False)
+    return "labels:" + hashlib.sha256(canonical.encode("utf-8", "replace")).hexdigest()[:16]
 
 
 def _names(prefix: str) -> dict[str, str]:
@@ -219,10 +266,12 @@ async def webhook(request: Request) -> JSONResponse:
             "missing integration key: POST to /v1/alertmanager/<key> or send "
             "'Authorization: Bearer <key>'"
         )
-    if validation.integration_key_violations("key", key):
-        return _unauthorized("integration key must be 32 letters or digits")
+    if not _INTEGRATION_KEY.fullmatch(key):
+        return _unauthorized(f"integration key must be {INTEGRATION_KEY_LENGTH} letters or digits")
     try:
-        actions = parse_webhook(await read_json(request, MAX_BODY_BYTES, too_large=413), key)
+        actions, errors = parse_webhook(
+            await read_json(request, MAX_BODY_BYTES, too_large=413), key
+        )
     except BadEvent as bad:
         return JSONResponse(
             {"status": "error", "message": "invalid webhook payload", "errors": bad.errors},
@@ -230,39 +279,82 @@ async def webhook(request: Request) -> JSONResponse:
         )
     if not rate_limiter(request.app).allow(key):
         return JSONResponse({"status": "error", "message": "rate limit exceeded"}, 429)
-    return await _apply(request.app.state.client, key, actions)
+    outcome = Outcome(errors=[e for found in errors.values() for e in found], rejected=set(errors))
+    await _apply(request.app.state.client, key, actions, outcome)
+    return _reply(outcome)
 
 
-async def _apply(client: TocsinClient, key: str, actions: Sequence[AlertAction]) -> JSONResponse:
-    triggered = resolved = 0
+def _reply(outcome: Outcome) -> JSONResponse:
+    counts = {"triggered": outcome.triggered, "resolved": outcome.resolved}
+    rejected = len(outcome.rejected)
+    if outcome.unknown_key and outcome.triggered == 0:
+        return _unauthorized("unknown integration key")
+    if outcome.retry is not None:  # Alertmanager sends the group again (429 or 5xx)
+        response = unavailable(outcome.retry)
+        body = json.loads(bytes(response.body)) | counts | {"errors": outcome.errors}
+        return JSONResponse(body, status_code=response.status_code)
+    if not rejected:
+        return JSONResponse({"status": "success"} | counts)
+    body = counts | {"rejected": rejected, "errors": outcome.errors}
+    if outcome.taken == 0:
+        return JSONResponse({"status": "error", "message": "no alert could be taken"} | body, 400)
+    return JSONResponse({"status": "partial"} | body)
+
+
+async def _apply(
+    client: TocsinClient, key: str, actions: Sequence[AlertAction], outcome: Outcome
+) -> None:
+    """Send every action, MAX_CONCURRENT_ALERTS at once (so they share batched calls);
+    the actions of one fingerprint in order."""
+    by_fingerprint: dict[str, list[AlertAction]] = {}
     for action in actions:
-        try:
-            if action.trigger is not None:
-                await client.trigger(action.trigger, timeout=RPC_TIMEOUT_S)
-                triggered += 1
-            else:
-                await client.incidents.Resolve(
-                    incidents_pb2.ResolveRequest(
-                        integration_key=key,
-                        dedup_key=action.fingerprint,
-                        actor=common_pb2.Actor(channel=common_pb2.CHANNEL_ALERTMANAGER),
-                    ),
-                    timeout=RPC_TIMEOUT_S,
-                )
-                resolved += 1
-        except grpc.aio.AioRpcError as error:
-            code = error.code()
-            if action.trigger is None and code == grpc.StatusCode.NOT_FOUND:
-                continue  # nothing open under that fingerprint (or it was resolved already)
-            if code == grpc.StatusCode.NOT_FOUND:
-                return _unauthorized("unknown integration key")
-            if code == grpc.StatusCode.INVALID_ARGUMENT:
-                errors = describe(rpc_violations(error), _names(action.path))
-                return JSONResponse(
-                    {"status": "error", "message": "invalid alert", "errors": errors}, 400
-                )
-            return unavailable(error)
-    return JSONResponse({"status": "success", "triggered": triggered, "resolved": resolved})
+        by_fingerprint.setdefault(action.fingerprint, []).append(action)
+    slots = asyncio.Semaphore(MAX_CONCURRENT_ALERTS)
+
+    async def send_all(chain: list[AlertAction]) -> None:
+        for action in chain:
+            async with slots:
+                await _send(client, key, action, outcome)
+
+    await asyncio.gather(*(send_all(chain) for chain in by_fingerprint.values()))
+
+
+async def _send(client: TocsinClient, key: str, action: AlertAction, outcome: Outcome) -> None:
+    try:
+        if action.trigger is not None:
+            await client.trigger(action.trigger, timeout=RPC_TIMEOUT_S)
+            outcome.triggered += 1
+        else:
+            await client.incidents.Resolve(
+                incidents_pb2.ResolveRequest(
+                    integration_key=key,
+                    dedup_key=action.fingerprint,
+                    actor=common_pb2.Actor(channel=common_pb2.CHANNEL_ALERTMANAGER),
+                ),
+                timeout=RPC_TIMEOUT_S,
+            )
+            outcome.resolved += 1
+        outcome.taken += 1
+    except grpc.aio.AioRpcError as error:
+        code = error.code()
+        if action.trigger is None and code in (
+            grpc.StatusCode.NOT_FOUND,
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ):
+            outcome.taken += 1  # nothing open under that fingerprint: nothing to do
+            return
+        outcome.rejected.add(action.path)
+        if code == grpc.StatusCode.NOT_FOUND:
+            outcome.unknown_key = True
+            outcome.errors.append(f"'{action.path}': unknown integration key")
+        elif code == grpc.StatusCode.INVALID_ARGUMENT:
+            violations = rpc_violations(error)
+            outcome.errors += describe(violations, _names(action.path)) or [
+                f"'{action.path}': {error.details()}"
+            ]
+        else:
+            outcome.retry = outcome.retry or error
+            outcome.errors.append(f"'{action.path}': not taken, try again ({code.name})")
 
 
 routes = [

@@ -8,11 +8,27 @@ Replies follow PagerDuty's: 202 `{"status": "success", "message": "Event process
 invalid", "errors": ["'payload.summary' is missing", ...]}`.
 
 Decisions where PagerDuty's documentation is silent or we differ:
-- A body over 512 KiB is refused with 400 (PagerDuty documents only 202/400/429/5xx, and
-  senders such as Alertmanager treat 400 as final rather than retrying). Malformed JSON
-  and invalid UTF-8 are 400 too.
-- Unknown fields are ignored, as PagerDuty does, so newer senders keep working; every
-  field we read is checked for type, length and control characters, naming it.
+- An alert that can be understood pages: this endpoint maps JSON to the TriggerRequest
+  and the incidents service normalises it (control characters folded, over-long fields
+  cut with "…" and kept whole in the details, bad links dropped, ...: see
+  tocsin.incidents.normalize and the README). Here, only JSON is mended: text fields
+  given as numbers or booleans are read as text; `severity` in any case, with the
+  aliases of SEVERITIES, and an unknown one is critical (kept in the details as
+  `severity_original`); `timestamp` as ISO 8601/RFC 3339, RFC 2822, or epoch seconds or
+  milliseconds (as a number or digits), and one that is none of these is dropped (kept as
+  `timestamp_original`); `custom_details` that is not an object becomes `{"details":
+  value}`; `links` and `images` entries that are not objects are dropped, a string link
+  is its href; invalid UTF-8 and lone surrogates (`"\\ud83d"`) become U+FFFD; a missing
+  `source` stays empty.
+- Refused with 400 naming the field, nothing written: what cannot be processed at all.
+  No or a wrong-length `routing_key`, an unknown one, an unknown `event_action`, a
+  missing `payload` or blank `payload.summary`, a follow-up without `dedup_key`;
+  `custom_details` nested deeper than MAX_DETAILS_DEPTH (20) objects/lists, holding a
+  number no double can hold (over ~1.8e308, like a 5,000-digit integer), or over
+  MAX_DETAILS_BYTES (64 KiB) encoded; a body that is not JSON, is over 512 KiB (PagerDuty
+  documents only 202/400/429/5xx, and senders such as Alertmanager treat 400 as final
+  rather than retrying), or nests deeper than Python's parser goes.
+- Unknown fields are ignored, as PagerDuty does, so newer senders keep working.
 - A trigger for an unknown routing key is 400 naming `routing_key`. An acknowledge or
   resolve for a key with no open incident (never seen, or resolved) is accepted (202) and
   changes nothing, as PagerDuty drops it.
@@ -27,9 +43,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import grpc
@@ -43,7 +62,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from tocsin.client.client import TocsinClient
-from tocsin.incidents import validation
+from tocsin.client.limits import INTEGRATION_KEY_LENGTH, MAX_DETAILS_DEPTH
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import FieldViolation
 from tocsin.v1 import common_pb2, incidents_pb2
@@ -54,10 +73,28 @@ MAX_BODY_BYTES = 512 * 1024
 RPC_TIMEOUT_S = 10.0
 SEVERITIES = {
     "critical": common_pb2.SEVERITY_CRITICAL,
+    "crit": common_pb2.SEVERITY_CRITICAL,
+    "fatal": common_pb2.SEVERITY_CRITICAL,
+    "emergency": common_pb2.SEVERITY_CRITICAL,
+    "alert": common_pb2.SEVERITY_CRITICAL,
+    "page": common_pb2.SEVERITY_CRITICAL,
     "error": common_pb2.SEVERITY_ERROR,
+    "err": common_pb2.SEVERITY_ERROR,
+    "high": common_pb2.SEVERITY_ERROR,
+    "major": common_pb2.SEVERITY_ERROR,
     "warning": common_pb2.SEVERITY_WARNING,
+    "warn": common_pb2.SEVERITY_WARNING,
+    "minor": common_pb2.SEVERITY_WARNING,
     "info": common_pb2.SEVERITY_INFO,
+    "informational": common_pb2.SEVERITY_INFO,
+    "information": common_pb2.SEVERITY_INFO,
+    "notice": common_pb2.SEVERITY_INFO,
+    "low": common_pb2.SEVERITY_INFO,
+    "debug": common_pb2.SEVERITY_INFO,
+    "none": common_pb2.SEVERITY_INFO,
 }
+"""Severity names, compared after stripping and lower-casing; anything else pages as
+critical."""
 ACTIONS = ("trigger", "acknowledge", "resolve")
 _TRIGGER_FIELDS = {
     "dedup_key": "dedup_key",
@@ -74,6 +111,9 @@ _TRIGGER_FIELDS = {
     "actor.display": "client",
     "links": "links",
 }
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_EPOCH = re.compile(r"\s*-?[0-9]+(\.[0-9]+)?\s*")
 
 
 class BadEvent(Exception):
@@ -90,12 +130,16 @@ def invalid(errors: Sequence[str], status: int = 400) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
-# Reading and checking JSON, shared with the Alertmanager endpoint.
+# Reading and mending JSON, shared with the Alertmanager endpoint.
 
 
 async def read_json(request: Request, limit: int, too_large: int = 400) -> Any:
     """The JSON body of at most `limit` bytes; BadEvent otherwise (status `too_large` for
-    an oversized body, without reading past the limit)."""
+    an oversized body, without reading past the limit).
+
+    Invalid UTF-8 and lone surrogates become U+FFFD (as Go's encoder, which Alertmanager
+    and Grafana use, does). Numbers past what a double holds stay in the document as
+    infinities, for the fields that take numbers to refuse by name."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise BadEvent([f"body is larger than {limit} bytes"], too_large)
@@ -106,19 +150,68 @@ async def read_json(request: Request, limit: int, too_large: int = 400) -> Any:
         if size > limit:
             raise BadEvent([f"body is larger than {limit} bytes"], too_large)
         chunks.append(chunk)
+    return parse_json(b"".join(chunks))
+
+
+def parse_json(body: bytes) -> Any:
+    """`body` as JSON, mended as read_json says; BadEvent if it is not JSON."""
+    text = body.decode("utf-8", "replace")
     try:
-        text = b"".join(chunks).decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise BadEvent([f"body is not valid UTF-8 (byte {error.start})"]) from error
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
+        value = json.loads(text, parse_int=_parse_int)
+    except RecursionError as error:
+        raise BadEvent(["body is not valid JSON: nested too deeply"]) from error
+    except ValueError as error:
         raise BadEvent([f"body is not valid JSON: {error}"]) from error
+    if _SURROGATE_ESCAPE.search(text):
+        value = _without_surrogates(value)
+    return value
+
+
+def _parse_int(digits: str) -> int | float:
+    """An integer; past 300 digits a float (infinite past ~308): Python refuses to read
+    integers of over 4,300 digits, and a Struct holds doubles anyway."""
+    return int(digits) if len(digits) <= 300 else float(digits)
+
+
+def _mend(text: str) -> str:
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def _without_surrogates(value: Any) -> Any:
+    """`value` with lone surrogates in every string (keys too) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _mend(value)
+    root: list[Any] = [value]
+    pending: list[tuple[Any, Any]] = [(root, 0)]
+    while pending:
+        container, key = pending.pop()
+        item = container[key]
+        if isinstance(item, str):
+            container[key] = _mend(item)
+        elif isinstance(item, list):
+            pending.extend((item, i) for i in range(len(item)))
+        elif isinstance(item, dict):
+            mended = {_mend(k): v for k, v in item.items()}
+            container[key] = mended
+            pending.extend((mended, k) for k in mended)
+    return root[0]
+
+
+def as_text(value: Any) -> str | None:
+    """A JSON scalar as text (numbers and booleans as JSON writes them); None for an
+    object or a list."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return json.dumps(value)
+    return None
 
 
 @dataclass
 class Fields:
-    """Typed access to a JSON object, collecting errors named by their path."""
+    """Lenient typed access to a JSON object, collecting errors named by their path."""
 
     data: Mapping[str, Any]
     prefix: str = ""
@@ -127,19 +220,16 @@ class Fields:
     def path(self, name: str) -> str:
         return f"{self.prefix}{name}"
 
-    def text(self, name: str, *, required: bool = False, max_len: int | None = None) -> str:
+    def text(self, name: str, *, required: bool = False) -> str:
+        """A text field: a string, or a number or boolean read as text; "" if absent."""
         value = self.data.get(name)
-        if value is None or value == "":
-            if required:
-                self.errors.append(f"'{self.path(name)}' is missing")
-            return ""
-        if not isinstance(value, str):
+        text = "" if value is None else as_text(value)
+        if text is None:
             self.errors.append(f"'{self.path(name)}' must be a string")
             return ""
-        if max_len is not None and len(value) > max_len:
-            self.errors.append(f"'{self.path(name)}' is too long (maximum is {max_len} characters)")
-            return ""
-        return value
+        if required and not text.strip():
+            self.errors.append(f"'{self.path(name)}' is missing")
+        return text
 
     def obj(self, name: str, *, required: bool = False) -> Mapping[str, Any] | None:
         value = self.data.get(name)
@@ -152,24 +242,22 @@ class Fields:
             return None
         return value
 
-    def items(self, name: str) -> list[Mapping[str, Any]]:
-        value = self.data.get(name)
-        if value is None:
-            return []
-        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            self.errors.append(f"'{self.path(name)}' must be a list of objects")
-            return []
-        return value
-
     def nested(self, value: Mapping[str, Any], prefix: str) -> Fields:
         return Fields(value, prefix, self.errors)
 
 
-def parse_timestamp(text: str) -> Timestamp | None:
-    """An ISO 8601 / RFC 3339 time (no zone = UTC), or None if it is not one."""
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
+def parse_time(value: Any) -> Timestamp | None:
+    """A time given as ISO 8601 / RFC 3339 (no zone = UTC), RFC 2822, or epoch seconds or
+    milliseconds (microseconds and nanoseconds too, told apart by size) as a number or
+    digits; None if it is none of these or out of range."""
+    if isinstance(value, bool):
+        return None
+    moment: datetime | None = None
+    if isinstance(value, str) and not _EPOCH.fullmatch(value):
+        moment = _parse_text_time(value.strip())
+    elif isinstance(value, int | float | str):
+        moment = _parse_epoch(float(value))
+    if moment is None:
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
@@ -181,16 +269,62 @@ def parse_timestamp(text: str) -> Timestamp | None:
     return ts
 
 
-def json_struct(value: Mapping[str, Any]) -> Struct | None:
-    """`value` as a Struct; None if it holds text that is not valid Unicode."""
-    struct = Struct()
+def _parse_text_time(text: str) -> datetime | None:
     try:
-        struct.update(value)
-        struct.ByteSize()
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except (ValueError, TypeError, UnicodeEncodeError):
+        return datetime.fromisoformat(text)
+    except ValueError:
+        pass
+    try:
+        return parsedate_to_datetime(text)
+    except (ValueError, TypeError, IndexError):
         return None
+
+
+def _parse_epoch(number: float) -> datetime | None:
+    if not math.isfinite(number):
+        return None
+    magnitude = abs(number)
+    for threshold, per_second in ((1e17, 1e9), (1e14, 1e6), (1e11, 1e3)):
+        if magnitude >= threshold:
+            number /= per_second
+            break
+    try:
+        return datetime.fromtimestamp(number, UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def details_struct(value: Any, path: str, errors: list[str]) -> Struct | None:
+    """Details as a Struct: an object as it is, anything else as `{"details": value}`;
+    None (with the error named by its path) when they nest deeper than MAX_DETAILS_DEPTH
+    or hold a number no double holds."""
+    details = value if isinstance(value, dict) else {"details": value}
+    problem = _details_problem(details, path)
+    if problem is not None:
+        errors.append(problem)
+        return None
+    struct = Struct()
+    struct.update(details)
     return struct
+
+
+def _details_problem(details: dict[str, Any], path: str) -> str | None:
+    pending: list[tuple[Any, str, int]] = [(details, path, 1)]
+    while pending:
+        value, where, depth = pending.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"'{where}' is a number out of range (at most about 1.8e308)"
+        if isinstance(value, dict | list):
+            if depth > MAX_DETAILS_DEPTH:
+                return (
+                    f"'{path}' must not nest objects or lists more than "
+                    f"{MAX_DETAILS_DEPTH} levels deep"
+                )
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, inner in items:
+                step = f"{where}[{key}]" if isinstance(value, list) else f"{where}.{key}"
+                pending.append((inner, step, depth + 1))
+    return None
 
 
 def describe(violations: Sequence[FieldViolation], names: Mapping[str, str]) -> list[str]:
@@ -295,96 +429,95 @@ class EnqueuedEvent:
     routing_key: str
     dedup_key: str
     trigger: incidents_pb2.TriggerRequest | None
-    link_paths: list[tuple[str, str]]
 
 
 def parse_event(body: Any) -> EnqueuedEvent:
-    """Check an Events API v2 body; BadEvent names every problem found."""
+    """An Events API v2 body as a request; BadEvent names every problem found."""
     if not isinstance(body, dict):
         raise BadEvent(["event must be a JSON object"])
     event = Fields(body)
-    routing_key = event.text("routing_key", required=True)
-    if routing_key and len(routing_key) != validation.INTEGRATION_KEY_LENGTH:
-        event.errors.append("Length of 'routing_key' is incorrect (should be 32 characters)")
-    action = event.text("event_action", required=True)
+    routing_key = event.text("routing_key", required=True).strip()
+    if routing_key and len(routing_key) != INTEGRATION_KEY_LENGTH:
+        event.errors.append(
+            f"Length of 'routing_key' is incorrect (should be {INTEGRATION_KEY_LENGTH} characters)"
+        )
+    action = event.text("event_action", required=True).strip().lower()
     if action and action not in ACTIONS:
         event.errors.append(
             "'event_action' is invalid (must be one of trigger, acknowledge, resolve)"
         )
-    dedup_key = event.text("dedup_key", max_len=validation.MAX_DEDUP_KEY)
-    if action in ("acknowledge", "resolve") and body.get("dedup_key") in (None, ""):
+    dedup_key = event.text("dedup_key")
+    if action in ("acknowledge", "resolve") and not dedup_key:
         event.errors.append("'dedup_key' is missing")
     trigger = None
-    link_paths: list[tuple[str, str]] = []
     if action == "trigger":
-        trigger, link_paths = _trigger_request(event, routing_key, dedup_key)
+        trigger = _trigger_request(event, routing_key, dedup_key)
     if event.errors:
         raise BadEvent(event.errors)
-    return EnqueuedEvent(action, routing_key, dedup_key, trigger, link_paths)
+    return EnqueuedEvent(action, routing_key, dedup_key, trigger)
 
 
 def _trigger_request(
     event: Fields, routing_key: str, dedup_key: str
-) -> tuple[incidents_pb2.TriggerRequest, list[tuple[str, str]]]:
+) -> incidents_pb2.TriggerRequest:
     request = incidents_pb2.TriggerRequest(integration_key=routing_key, dedup_key=dedup_key)
     payload_data = event.obj("payload", required=True)
+    kept: dict[str, Any] = {}
     if payload_data is not None:
         payload = event.nested(payload_data, "payload.")
-        request.summary = payload.text("summary", required=True, max_len=validation.MAX_SUMMARY)
-        request.source = payload.text("source", required=True)
-        severity = payload.text("severity", required=True)
-        if severity and severity not in SEVERITIES:
-            event.errors.append(
-                "'payload.severity' is invalid (must be one of critical, error, warning, info)"
-            )
-        request.severity = SEVERITIES.get(severity, common_pb2.SEVERITY_UNSPECIFIED)
+        request.summary = payload.text("summary", required=True)
+        request.source = payload.text("source")
+        severity = payload.text("severity").strip()
+        request.severity = SEVERITIES.get(severity.lower(), common_pb2.SEVERITY_UNSPECIFIED)
+        if severity and severity.lower() not in SEVERITIES:
+            kept["severity_original"] = severity
         request.component = payload.text("component")
         request.group = payload.text("group")
         setattr(request, "class", payload.text("class"))
-        when = payload.text("timestamp")
-        if when:
-            parsed = parse_timestamp(when)
+        when = payload_data.get("timestamp")
+        if when not in (None, ""):
+            parsed = parse_time(when)
             if parsed is None:
-                event.errors.append("'payload.timestamp' is not an ISO 8601 time")
+                kept["timestamp_original"] = when if isinstance(when, str) else json.dumps(when)
             else:
                 request.occurred_at.CopyFrom(parsed)
-        details = payload.obj("custom_details")
-        if details is not None:
-            struct = json_struct(details)
-            if struct is None:
-                event.errors.append("'payload.custom_details' must hold valid Unicode text")
-            else:
+        details = payload_data.get("custom_details")
+        if details is not None or kept:
+            struct = details_struct(
+                {} if details is None else details, "payload.custom_details", event.errors
+            )
+            if struct is not None:
+                struct.update(kept)
                 request.details.CopyFrom(struct)
-    link_paths: list[tuple[str, str]] = []
-    for i, link in enumerate(event.items("links")):
-        fields = event.nested(link, f"links[{i}].")
-        request.links.add(href=fields.text("href", required=True), text=fields.text("text"))
-        link_paths.append((f"links[{i}].href", f"links[{i}].text"))
-    for i, image in enumerate(event.items("images")):
-        fields = event.nested(image, f"images[{i}].")
-        src = fields.text("src", required=True)
-        href = fields.text("href")
-        request.links.add(href=src, text=fields.text("alt") or "image")
-        link_paths.append((f"images[{i}].src", f"images[{i}].alt"))
-        if href:
-            request.links.add(href=href, text=fields.text("alt") or "image link")
-            link_paths.append((f"images[{i}].href", f"images[{i}].alt"))
+    for href, text in _links(event.data.get("links"), "href", "text"):
+        request.links.add(href=href, text=text)
+    for src, alt in _links(event.data.get("images"), "src", "alt"):
+        request.links.add(href=src, text=alt or "image")
+    for href, alt in _links(event.data.get("images"), "href", "alt"):
+        request.links.add(href=href, text=alt or "image link")
     client = event.text("client")
     client_url = event.text("client_url")
     if client_url:
         request.links.add(href=client_url, text=client or "client")
-        link_paths.append(("client_url", "client"))
     request.actor.channel = common_pb2.CHANNEL_EVENTS_API
     request.actor.display = client or "events-api"
-    return request, link_paths
+    return request
 
 
-def _names(event: EnqueuedEvent) -> dict[str, str]:
-    names = dict(_TRIGGER_FIELDS)
-    for i, (href, text) in enumerate(event.link_paths):
-        names[f"links[{i}].href"] = href
-        names[f"links[{i}].text"] = text
-    return names
+def _links(value: Any, href_key: str, text_key: str) -> list[tuple[str, str]]:
+    """(href, text) of each entry that has an href (a string entry is one); the incidents
+    service drops those that are no URL."""
+    if value is None:
+        return []
+    found: list[tuple[str, str]] = []
+    for entry in value if isinstance(value, list) else [value]:
+        if isinstance(entry, str):
+            found.append((entry, ""))
+        elif isinstance(entry, dict):
+            href = as_text(entry.get(href_key))
+            if href:
+                found.append((href, as_text(entry.get(text_key)) or ""))
+    return found
 
 
 async def enqueue(request: Request) -> JSONResponse:
@@ -412,7 +545,7 @@ async def _trigger(client: TocsinClient, event: EnqueuedEvent) -> JSONResponse:
         reply = await client.trigger(event.trigger, timeout=RPC_TIMEOUT_S)
     except grpc.aio.AioRpcError as error:
         if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-            return invalid(describe(rpc_violations(error), _names(event)) or [error.details()])
+            return invalid(describe(rpc_violations(error), _TRIGGER_FIELDS) or [error.details()])
         if error.code() == grpc.StatusCode.NOT_FOUND:
             return invalid(["'routing_key' does not match any service"])
         return unavailable(error)
