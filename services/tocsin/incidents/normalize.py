@@ -153,18 +153,20 @@ def href(text: str) -> str | None:
 def _links(alert: incidents_pb2.Alert, kept: Struct) -> None:
     if not alert.links:
         return
-    links: list[common_pb2.Link] = []
+    links: list[tuple[str, str]] = []
     dropped: list[str] = []
+    changed = False
     for link in alert.links:
         target = href(link.href)
         if target is None or len(links) == MAX_LINKS:
             dropped.append(cut(link.href, _DROPPED_HREF_CHARS))
             continue
-        links.append(common_pb2.Link(href=target, text=cut(one_line(link.text), MAX_LABEL)))
+        text = cut(one_line(link.text), MAX_LABEL)
+        changed = changed or target != link.href or text != link.text
+        links.append((target, text))
+    if dropped or changed:
+        del alert.links[:]
+        for target, text in links:
+            alert.links.add(href=target, text=text)
     if dropped:
-        del alert.links[:]
-        alert.links.extend(links)
         kept.get_or_create_list("links_dropped").extend(dropped[:MAX_DROPPED_LINKS])
-    elif any(a.href != b.href or a.text != b.text for a, b in zip(alert.links, links, strict=True)):
-        del alert.links[:]
-        alert.links.extend(links)
