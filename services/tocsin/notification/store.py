@@ -22,15 +22,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.commands.core import AsyncScript
-
 from tocsin.notification import domain, keys
 from tocsin.notification.contacts import KeyWrite
 from tocsin.notification.records import AttemptRecord, CycleRule, encode_rules
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.events import INCIDENT_SHARDS, incident_shard
-from tocsin.runtime.redis import RedisClient, read_lua, register_lua
-from tocsin.runtime.scripts import PROTO_LUA
+from tocsin.runtime.redis import RedisClient, read_lua
+from tocsin.runtime.scripts import PROTO_LUA, LuaScript
 from tocsin.runtime.timers import TIMER_LUA, ClaimedTimer, TimerStore
 from tocsin.v1 import incidents_pb2, notification_pb2
 
@@ -42,8 +40,9 @@ _LIBS = (
 )
 
 
-def _script(redis: RedisClient, name: str) -> AsyncScript:
-    return register_lua(redis, *_LIBS, read_lua("tocsin.notification", f"lua/{name}.lua"))
+def _script(redis: RedisClient, name: str) -> LuaScript:
+    body = read_lua("tocsin.notification", f"lua/{name}.lua")
+    return LuaScript(redis, f"{name}.lua", *_LIBS, body=body)
 
 
 @dataclass(frozen=True)
@@ -108,18 +107,16 @@ class PagingStore:
                 keys.incident_cycles(incident_id),
                 *keys.timer_keys(shard),
             ],
-            args=[
-                keys.timer_tag(shard),
-                keys.prefix(shard),
-                incident_id,
-                user_id,
-                self.clock.now_ms(),
-                self.retention_ms,
-                traceparent,
-                reply_code,
-                encode_rules(rules),
-                lease_ms,
-            ],
+            tag=keys.timer_tag(shard),
+            prefix=keys.prefix(shard),
+            incident=incident_id,
+            user=user_id,
+            now_ms=self.clock.now_ms(),
+            ttl_ms=self.retention_ms,
+            traceparent=traceparent,
+            reply_code=reply_code,
+            rules=encode_rules(rules),
+            lease_ms=lease_ms,
         )
         if not int(reply[0]):
             return CycleStart(started=False)
@@ -154,18 +151,16 @@ class PagingStore:
                 keys.sending(timer.shard),
                 *keys.timer_keys(timer.shard),
             ],
-            args=[
-                keys.timer_tag(timer.shard),
-                timer.timer_id,
-                timer.fence,
-                payload.rule_index,
-                payload.contact_method_id,
-                channel,
-                self.clock.now_ms(),
-                self.retention_ms,
-                mode,
-                detail,
-            ],
+            tag=keys.timer_tag(timer.shard),
+            id=timer.timer_id,
+            fence=timer.fence,
+            rule=payload.rule_index,
+            method=payload.contact_method_id,
+            channel=channel,
+            now_ms=self.clock.now_ms(),
+            ttl_ms=self.retention_ms,
+            mode=mode,
+            detail=detail,
         )
         outcome = _text(reply[0])
         if outcome == "send":
@@ -181,14 +176,12 @@ class PagingStore:
         shard = incident_shard(incident_id)
         return int(
             await self._advance(
-                keys=[keys.cycle(payload.cycle_id, incident_id), *keys.timer_keys(shard)],
-                args=[
-                    keys.timer_tag(shard),
-                    payload.cycle_id,
-                    payload.rule_index,
-                    failed_method_id,
-                    self.clock.now_ms(),
-                ],
+                [keys.cycle(payload.cycle_id, incident_id), *keys.timer_keys(shard)],
+                tag=keys.timer_tag(shard),
+                cycle=payload.cycle_id,
+                from_rule=payload.rule_index,
+                method=failed_method_id,
+                now_ms=self.clock.now_ms(),
             )
         )
 
@@ -196,14 +189,12 @@ class PagingStore:
         """Put a claimed timer back due at `due_ms` (if the claim is still ours)."""
         return bool(
             await self._rearm(
-                keys=keys.timer_keys(timer.shard),
-                args=[
-                    keys.timer_tag(timer.shard),
-                    timer.timer_id,
-                    timer.fence,
-                    due_ms,
-                    payload.encode(),
-                ],
+                keys.timer_keys(timer.shard),
+                tag=keys.timer_tag(timer.shard),
+                id=timer.timer_id,
+                fence=timer.fence,
+                due_ms=due_ms,
+                payload=payload.encode(),
             )
         )
 
@@ -234,16 +225,14 @@ class PagingStore:
                 keys.incident_cycles(incident_id),
                 *keys.timer_keys(shard),
             ],
-            args=[
-                keys.timer_tag(shard),
-                keys.prefix(shard),
-                mode,
-                self.retention_ms,
-                version,
-                status,
-                summary,
-                service,
-            ],
+            tag=keys.timer_tag(shard),
+            prefix=keys.prefix(shard),
+            mode=mode,
+            ttl_ms=self.retention_ms,
+            version=version,
+            status=status,
+            summary=summary,
+            service=service,
         )
         return bool(applied), int(cancelled)
 
@@ -274,15 +263,13 @@ class PagingStore:
     ) -> tuple[notification_pb2.Attempt, bool] | None:
         """Record a result or callback; (attempt, status changed), None if unknown."""
         reply = await self._update(
-            keys=self._attempt_keys(location),
-            args=[
-                location.attempt_id,
-                status,
-                provider_id,
-                error_code,
-                provider_status,
-                self.clock.now_ms(),
-            ],
+            self._attempt_keys(location),
+            id=location.attempt_id,
+            status=status,
+            provider_id=provider_id,
+            error_code=error_code,
+            provider_status=provider_status,
+            now_ms=self.clock.now_ms(),
         )
         if not reply:
             return None
@@ -312,8 +299,10 @@ class PagingStore:
             updated_ms=now,
         )
         raw = await self._begin(
-            keys=[keys.test_attempts(user_id), keys.TEST_SENDING],
-            args=[f"test-{user_id}-", record.encode(), self.retention_ms],
+            [keys.test_attempts(user_id), keys.TEST_SENDING],
+            id_prefix=f"test-{user_id}-",
+            record=record.encode(),
+            ttl_ms=self.retention_ms,
         )
         return domain.attempt_from_record(raw)
 
@@ -323,7 +312,9 @@ class PagingStore:
         """Mark attempts SENDING since before `older_than_ms` as UNKNOWN (shard None: test
         pages). Returns those it marked."""
         index = keys.TEST_SENDING if shard is None else keys.sending(shard)
-        marked = await self._sweep(keys=[index], args=[older_than_ms, self.clock.now_ms(), limit])
+        marked = await self._sweep(
+            [index], older_than_ms=older_than_ms, now_ms=self.clock.now_ms(), limit=limit
+        )
         return [domain.attempt_from_record(raw) for raw in marked]
 
     async def remember_page(

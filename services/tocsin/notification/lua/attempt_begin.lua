@@ -1,5 +1,9 @@
 -- Record a test page's attempt as SENDING under its user.
--- KEYS: attempts hash, sending index; ARGV: id prefix, record JSON (without id), ttl ms
+-- KEYS: attempts hash, sending index
+-- ARGV:
+--   id_prefix
+--   record       records.AttemptRecord (its id is set here)
+--   ttl_ms
 -- Returns the record JSON with its id.
 local rec = cjson.decode(ARGV[2])
 rec.id = ARGV[1] .. (redis.call('HLEN', KEYS[1]) + 1)

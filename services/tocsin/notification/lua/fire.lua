@@ -2,8 +2,17 @@
 -- the attempt as SENDING and complete the timer in the same step. Nothing is sent twice
 -- for one rule of one cycle: a second firing finds the attempt (or a stale fence).
 -- KEYS: incident state, incident cycles, cycle, attempts, sending index, timer keys (6)
--- ARGV: timer tag, timer id (= attempt id), fence, rule index, contact method id, channel,
---       now ms, ttl ms, mode, detail
+-- ARGV:
+--   tag        timer tag
+--   id         timer id (= attempt id)
+--   fence      of the caller's claim
+--   rule       rule index
+--   method     contact method id
+--   channel    ContactMethodType
+--   now_ms
+--   ttl_ms     how long the attempt is kept
+--   mode       see below
+--   detail     why, for 'unreachable'
 -- mode: 'mirror'  send unless the status mirror says the incident is not triggered, in
 --                 which case answer 'check' (the caller asks the incidents service)
 --       'send'    send (the incidents service just said it is triggered, or is unreachable)

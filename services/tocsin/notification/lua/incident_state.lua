@@ -1,8 +1,15 @@
 -- Mirror an incident's status (newer versions only) and, when it is no longer triggered
 -- or when asked to, cancel every cycle of the incident with its pending timers.
 -- KEYS: incident state, incident cycles, timer keys (6)
--- ARGV: timer tag, key prefix, mode ('mirror' or 'cancel'), ttl ms,
---       version, status, summary, service id (for 'mirror')
+-- ARGV:
+--   tag        timer tag
+--   prefix     key prefix
+--   mode       'mirror' or 'cancel'
+--   ttl_ms
+--   version    (for 'mirror', as the next three)
+--   status     IncidentStatus
+--   summary
+--   service    service id
 -- Returns {applied (0/1), timers cancelled}.
 local tag, prefix, mode = ARGV[1], ARGV[2], ARGV[3]
 local applied = 0

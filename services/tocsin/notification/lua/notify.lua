@@ -1,7 +1,16 @@
 -- Start (or replace) the notification cycle of one user for one incident.
 -- KEYS: idempotency key, incident state, incident cycles, timer keys (6)
--- ARGV: timer tag, key prefix, incident id, user id, now ms, ttl ms, traceparent,
---       reply code, rules JSON ([{cm, d, t}], ordered by delay), lease ms
+-- ARGV:
+--   tag          timer tag
+--   prefix       key prefix
+--   incident     incident id
+--   user         user id
+--   now_ms
+--   ttl_ms       how long the cycle is kept
+--   traceparent
+--   reply_code
+--   rules        JSON, records.encode_rules ([{cm, d, t}], ordered by delay)
+--   lease_ms     of the claims on the rules due now
 -- Returns {0} when the idempotency key was seen, else {1, cycle id, rules, cancelled,
 -- claims}: cancelled counts the timers of a replaced cycle; claims are the timers of the
 -- rules due now, already claimed for the caller (timer_claim, as TimerStore.claim does)

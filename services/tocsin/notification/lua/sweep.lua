@@ -1,7 +1,11 @@
 -- Mark attempts that have been SENDING since before `older_than` as UNKNOWN: the process
 -- sending them died between recording SENDING and hearing Twilio's answer. They are never
 -- resent (Twilio may well have sent them).
--- KEYS: sending index; ARGV: older than ms, now ms, limit
+-- KEYS: sending index
+-- ARGV:
+--   older_than_ms
+--   now_ms
+--   limit
 -- Returns the records marked UNKNOWN (JSON). Attempts hashes named in members share the
 -- index's hash tag.
 local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])

@@ -1,0 +1,106 @@
+"""Named script arguments (runtime/scripts.py): each script's header is the one
+declaration of its ARGV, callers pass them by name, and a header that disagrees with its
+body or a caller that disagrees with its header fails before anything is sent."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from tocsin.runtime.scripts import LuaScript, declared_argv
+
+SERVICES = Path(__file__).resolve().parents[2] / "services" / "tocsin"
+LIBRARIES = {"proto_constants.lua"}
+NOT_YET_NAMED = {
+    # Scripts whose callers still pass ARGV by position (issue 11 item 14, to be moved):
+    "escalation/lua/write_escalation.lua",
+    "incidents/lua/append_timeline.lua",
+    "incidents/lua/apply.lua",
+    "incidents/lua/join.lua",
+    "incidents/lua/service_create.lua",
+    "incidents/lua/service_lookup.lua",
+    "incidents/lua/service_replace.lua",
+    "incidents/lua/trigger.lua",
+    "notification/lua/page_prepare.lua",
+    "notification/lua/reserve.lua",
+    "notification/lua/settings_write.lua",
+    "runtime/lua/lease_join.lua",
+    "runtime/lua/lease_leave.lua",
+    "runtime/lua/lease_sync.lua",
+    "scheduling/lua/delete_schedule.lua",
+    "scheduling/lua/delete_user.lua",
+    "scheduling/lua/put_schedule.lua",
+}
+_ARGV_USE = re.compile(r"ARGV\[(\d+)\]")
+
+
+def _scripts() -> list[Path]:
+    return sorted(
+        p
+        for p in SERVICES.glob("*/lua/*.lua")
+        if not p.name.endswith("_lib.lua") and p.name not in LIBRARIES
+    )
+
+
+def _code(body: str) -> str:
+    return "\n".join(line.split("--", 1)[0] for line in body.splitlines())
+
+
+@pytest.mark.parametrize("path", _scripts(), ids=lambda p: str(p.relative_to(SERVICES)))
+def test_every_script_declares_the_argv_its_body_uses(path: Path) -> None:
+    name = str(path.relative_to(SERVICES))
+    body = path.read_text(encoding="utf-8")
+    argv = declared_argv(body)
+    if name in NOT_YET_NAMED:
+        assert argv is None, f"{name} declares its ARGV now: take it off NOT_YET_NAMED"
+        return
+    assert argv is not None, f"{name} has no `-- ARGV:` header"
+    used = {int(i) for i in _ARGV_USE.findall(_code(body))}
+    fixed = len(argv) - 1 if argv and argv[-1].endswith("...") else len(argv)
+    if fixed < len(argv):
+        used = {i for i in used if i <= fixed}  # the rest is read in a loop
+    assert used == set(range(1, fixed + 1)), (
+        f"{name} declares {len(argv)} ARGV ({', '.join(argv)}) but uses ARGV{sorted(used)}"
+    )
+
+
+def test_the_header_is_parsed_in_order_with_a_rest_argument() -> None:
+    body = (
+        "-- Does things.\n-- KEYS: one\n-- ARGV:\n--   tag      a tag\n--   now_ms\n"
+        "--   ids...   the rest\n-- Returns 1.\nreturn 1\n"
+    )
+    assert declared_argv(body) == ("tag", "now_ms", "ids...")
+    assert declared_argv("-- ARGV: none\nreturn 1") == ()
+    assert declared_argv("-- KEYS: one\nreturn 1") is None
+    with pytest.raises(ValueError, match="twice"):
+        declared_argv("-- ARGV:\n--   a\n--   a\nreturn 1")
+
+
+_ECHO = """-- Echo ARGV.
+-- ARGV:
+--   first    anything
+--   second
+--   rest...  more
+return ARGV
+"""
+
+
+async def test_named_arguments_arrive_in_the_declared_order(redis: Redis) -> None:
+    script = LuaScript(redis, "echo.lua", body=_ECHO)
+
+    reply = await script([], rest=["c", "d"], second=2, first="a")
+
+    assert reply == [b"a", b"2", b"c", b"d"]
+
+
+async def test_a_missing_or_unknown_name_is_refused_before_sending(redis: Redis) -> None:
+    script = LuaScript(redis, "echo.lua", body=_ECHO)
+
+    with pytest.raises(TypeError, match="missing second; unknown secnd"):
+        await script([], first="a", secnd=2, rest=[])
+    with pytest.raises(TypeError, match=r"rest\.\.\. takes a sequence"):
+        script.args(first="a", second=2, rest="cd")
+    assert await redis.dbsize() == 0
