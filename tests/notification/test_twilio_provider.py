@@ -18,6 +18,7 @@ from tocsin.notification.providers import (
     TwilioProvider,
     classify_twilio_error,
     mask_phone,
+    parse_retry_after,
     send_with_retry,
 )
 
@@ -98,6 +99,44 @@ async def test_rate_limited_send_is_retried_and_delivered_once(
     assert [r.http_status for r in fake.requests] == [429, 429, 201]
     assert [r.sid for r in fake.accepted("sms")] == [result.sid]
     assert sleep.delays == [0.2, 0.4]
+
+
+async def test_a_throttle_with_retry_after_is_waited_out(
+    fake: FakeTwilio, provider: TwilioProvider
+):
+    fake.fail_next(1, status=429, code=20429, retry_after=3)
+    sleep = SleepRecorder()
+
+    result = await send_with_retry(
+        lambda: provider.send_sms(ALICE, "page", None), sleep=sleep, jitter=lambda: 1.0
+    )
+
+    assert [(r.http_status, r.retry_after) for r in fake.requests] == [(429, 3), (201, None)]
+    assert [r.sid for r in fake.accepted("sms")] == [result.sid]
+    assert sleep.delays == [3.0]  # not the 0.2 s backoff
+
+
+async def test_a_retry_after_longer_than_the_backoff_is_left_to_the_caller(
+    fake: FakeTwilio, provider: TwilioProvider
+):
+    fake.fail_next(1, status=503, code=20503, retry_after=30)
+    sleep = SleepRecorder()
+
+    with pytest.raises(ProviderError) as caught:
+        await send_with_retry(lambda: provider.send_sms(ALICE, "page", None), sleep=sleep)
+
+    assert caught.value.retryable and caught.value.retry_after_s == 30.0
+    assert sleep.delays == [] and len(fake.requests) == 1
+
+
+def test_retry_after_takes_seconds_or_an_http_date():
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
+    assert parse_retry_after("7", now) == 7.0
+    assert parse_retry_after("Thu, 03 Dec 2026 09:00:12 GMT", now) == 12.0
+    assert parse_retry_after("soon", now) is None
+    assert parse_retry_after(None, now) is None
 
 
 async def test_server_error_is_retryable(fake: FakeTwilio, provider: TwilioProvider):

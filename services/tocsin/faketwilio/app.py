@@ -56,8 +56,14 @@ def create_app(fake: FakeTwilio) -> Starlette:
         async def after_response() -> None:
             fake.schedule_callbacks(record)
 
+        headers = (
+            {"Retry-After": str(record.retry_after)} if record.retry_after is not None else None
+        )
         return JSONResponse(
-            payload, status_code=record.http_status, background=BackgroundTask(after_response)
+            payload,
+            status_code=record.http_status,
+            headers=headers,
+            background=BackgroundTask(after_response),
         )
 
     async def messages(request: Request) -> Response:
@@ -96,6 +102,8 @@ def create_app(fake: FakeTwilio) -> Starlette:
             status=_field(payload, "status", int, 429),
             code=_field(payload, "code", int, 20429),
             kind=kind,
+            retry_after=_field(payload, "retry_after", int, None),
+            to=_field(payload, "to", str, None),
         )
         return {"ok": True}
 

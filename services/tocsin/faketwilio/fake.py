@@ -48,6 +48,8 @@ class RecordedRequest:
     received_at: datetime
     sid: str | None = None
     error_code: int | None = None
+    retry_after: int | None = None
+    """Seconds in the Retry-After header of a refusal (an injected throttle), if any."""
 
     @property
     def accepted(self) -> bool:
@@ -83,6 +85,7 @@ class RecordedRequest:
             "sid": self.sid,
             "http_status": self.http_status,
             "error_code": self.error_code,
+            "retry_after": self.retry_after,
             "account_sid": self.account_sid,
             "to": self.to,
             "from": self.from_,
@@ -122,6 +125,8 @@ class _Failure:
     http_status: int
     code: int
     kind: Kind | None
+    retry_after: int | None = None
+    to: str | None = None
 
 
 def _rfc2822(moment: datetime) -> str:
@@ -183,14 +188,25 @@ class FakeTwilio:
     # -- controls -----------------------------------------------------------------
 
     def fail_next(
-        self, n: int = 1, *, status: int = 429, code: int = 20429, kind: Kind | None = None
+        self,
+        n: int = 1,
+        *,
+        status: int = 429,
+        code: int = 20429,
+        kind: Kind | None = None,
+        retry_after: int | None = None,
+        to: str | None = None,
     ) -> None:
-        """Refuse the next `n` authenticated creates (of `kind`, or any) with this error."""
+        """Refuse the next `n` authenticated creates (of `kind`, or any; to the number
+        `to`, or any) with this error, with a `Retry-After: <seconds>` header when
+        `retry_after` is given."""
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         if not 400 <= status <= 599:
             raise ValueError(f"status must be an HTTP error status, got {status}")
-        self._failures.extend(_Failure(status, code, kind) for _ in range(n))
+        if retry_after is not None and retry_after < 0:
+            raise ValueError(f"retry_after must be >= 0, got {retry_after}")
+        self._failures.extend(_Failure(status, code, kind, retry_after, to) for _ in range(n))
 
     def set_sms_outcome(self, number: str, outcome: str) -> None:
         if outcome not in SMS_OUTCOMES:
@@ -286,10 +302,11 @@ class FakeTwilio:
         self.requests.append(record)
         try:
             self.check_auth(path_account_sid, authorization)
-            self._maybe_fail(kind)
+            self._maybe_fail(kind, first(params, "To"))
             (check_message if kind == "sms" else check_call)(params)
         except TwilioApiError as error:
             record.http_status, record.error_code = error.http_status, error.code
+            record.retry_after = error.retry_after
             return record, error.body()
         record.http_status = 201
         record.sid = _new_sid("SM" if kind == "sms" else "CA")
@@ -306,13 +323,15 @@ class FakeTwilio:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _maybe_fail(self, kind: Kind) -> None:
-        failure = next((f for f in self._failures if f.kind in (None, kind)), None)
+    def _maybe_fail(self, kind: Kind, to: str | None) -> None:
+        failure = next(
+            (f for f in self._failures if f.kind in (None, kind) and f.to in (None, to)), None
+        )
         if failure is None:
             return
         self._failures.remove(failure)
         message = "Too Many Requests" if failure.http_status == 429 else "Injected failure"
-        raise TwilioApiError(failure.http_status, failure.code, message)
+        raise TwilioApiError(failure.http_status, failure.code, message, failure.retry_after)
 
     def _resource(self, record: RecordedRequest) -> dict[str, Any]:
         assert record.sid is not None

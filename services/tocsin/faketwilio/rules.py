@@ -45,11 +45,14 @@ TWIML_PARSE_FAILURE_CODE = 12100
 class TwilioApiError(Exception):
     """A refusal, rendered as Twilio's JSON error body."""
 
-    def __init__(self, http_status: int, code: int, message: str) -> None:
+    def __init__(
+        self, http_status: int, code: int, message: str, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.http_status = http_status
         self.code = code
         self.message = message
+        self.retry_after = retry_after
 
     def body(self) -> dict[str, object]:
         return {

@@ -5,7 +5,9 @@ classified three ways so the caller can keep "no page lost, none sent twice":
 
 - `retryable`: Twilio said the request was not processed (HTTP 429 / code 20429, 5xx)
   or it never left this process (no connection could be made). Safe to send again;
-  `send_with_retry` does that with jittered exponential backoff.
+  `send_with_retry` does that with jittered exponential backoff, waiting at least what a
+  `Retry-After` header asked (`retry_after_s`); the sender retries longer from the rule's
+  timer.
 - `permanent`: Twilio refused it for good (any other 4xx: invalid number, opted out,
   no permission...). Sending again cannot help.
 - neither (`outcome_unknown`): the request went out but no answer came back (read
@@ -20,7 +22,10 @@ import random
 import re
 import sys
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Protocol, TextIO, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 from xml.etree import ElementTree
@@ -38,6 +43,9 @@ CALL_STATUS_EVENTS = ("initiated", "ringing", "answered", "completed")
 RATE_LIMITED_CODE = 20429
 
 _PHONE_LIKE = re.compile(r"\+?\d[\d ().-]{5,}\d")
+_RETRY_AFTER: ContextVar[float | None] = ContextVar("twilio_retry_after", default=None)
+"""The Retry-After of the last refused request of this task (set by BaseUrlHttpClient,
+read by TwilioProvider: Twilio's exceptions do not carry the response headers)."""
 
 T = TypeVar("T")
 
@@ -77,6 +85,7 @@ class ProviderError(Exception):
         retryable: bool,
         code: int | None = None,
         http_status: int | None = None,
+        retry_after_s: float | None = None,
     ) -> None:
         if permanent and retryable:
             raise ValueError("a ProviderError cannot be both permanent and retryable")
@@ -85,6 +94,8 @@ class ProviderError(Exception):
         self.retryable = retryable
         self.code = code
         self.http_status = http_status
+        self.retry_after_s = retry_after_s
+        """How long the provider asked us to wait before trying again (Retry-After)."""
 
     @property
     def outcome_unknown(self) -> bool:
@@ -107,6 +118,23 @@ def classify_twilio_error(http_status: int, code: int | None, message: str) -> P
     return ProviderError(
         text, permanent=permanent, retryable=retryable, code=code, http_status=http_status
     )
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """A Retry-After header (delay-seconds or an HTTP date) in seconds; None if absent or
+    unreadable (then the caller's own backoff applies)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def classify_exception(exc: BaseException) -> ProviderError:
@@ -140,8 +168,10 @@ async def send_with_retry(
     """Run `op` until it succeeds, retrying only `retryable` ProviderErrors.
 
     Delay before retry n (n = 1, 2, ...) is uniform in [d/2, d] with
-    d = min(max_delay, base_delay * 2**(n-1)) ("equal jitter"). Pass a Clock's `sleep`
-    so tests never wait.
+    d = min(max_delay, base_delay * 2**(n-1)) ("equal jitter"), and never shorter than
+    the error's Retry-After; an error asking for longer than `max_delay` is raised at once
+    (the caller may retry later without holding anything meanwhile). Pass a Clock's
+    `sleep` so tests never wait.
     """
     if attempts < 1:
         raise ValueError(f"attempts must be at least 1, got {attempts}")
@@ -151,8 +181,11 @@ async def send_with_retry(
         except ProviderError as error:
             if not error.retryable or attempt == attempts:
                 raise
+            if error.retry_after_s is not None and error.retry_after_s > max_delay:
+                raise
             ceiling = min(max_delay, base_delay * 2 ** (attempt - 1))
-            await sleep(ceiling / 2 + ceiling / 2 * jitter())
+            delay = ceiling / 2 + ceiling / 2 * jitter()
+            await sleep(max(delay, error.retry_after_s or 0.0))
     raise AssertionError("unreachable")
 
 
@@ -233,7 +266,8 @@ class BaseUrlHttpClient(AsyncTwilioHttpClient):
         if auth is not None:
             # aiohttp 3.14 deprecates `auth=` and BasicAuth; same header, built by aiohttp.
             headers = {**(headers or {}), "Authorization": aiohttp.encode_basic_auth(*auth)}
-        return await super().request(
+        _RETRY_AFTER.set(None)
+        response = await super().request(
             method,
             self.rewrite(url),
             params=params,
@@ -243,6 +277,16 @@ class BaseUrlHttpClient(AsyncTwilioHttpClient):
             timeout=timeout if timeout is not None else self.timeout,
             allow_redirects=allow_redirects,
         )
+        if response.status_code == 429 or response.status_code >= 500:
+            _RETRY_AFTER.set(parse_retry_after((response.headers or {}).get("Retry-After")))
+        return response
+
+
+def _classified(exc: BaseException) -> ProviderError:
+    error = classify_exception(exc)
+    if error.retryable:
+        error.retry_after_s = _RETRY_AFTER.get()
+    return error
 
 
 class TwilioProvider:
@@ -276,16 +320,18 @@ class TwilioProvider:
         self._client = Client(account_sid, auth_token, http_client=self._http)
 
     async def send_sms(self, to: str, body: str, status_callback: str | None) -> SendResult:
+        _RETRY_AFTER.set(None)
         try:
             message = await self._client.messages.create_async(
                 to=to, from_=self._from, body=body, status_callback=status_callback
             )
         except (TwilioException, aiohttp.ClientError, TimeoutError) as exc:
             # `from None`: Twilio's own message names the phone number in clear.
-            raise classify_exception(exc) from None
+            raise _classified(exc) from None
         return SendResult(sid=message.sid, status=str(message.status))
 
     async def place_call(self, to: str, twiml: str, status_callback: str | None) -> SendResult:
+        _RETRY_AFTER.set(None)
         try:
             call = await self._client.calls.create_async(
                 to=to,
@@ -296,7 +342,7 @@ class TwilioProvider:
                 timeout=self._ring_timeout_s,
             )
         except (TwilioException, aiohttp.ClientError, TimeoutError) as exc:
-            raise classify_exception(exc) from None
+            raise _classified(exc) from None
         return SendResult(sid=call.sid, status=str(call.status))
 
     async def aclose(self) -> None:
