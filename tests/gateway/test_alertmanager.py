@@ -305,3 +305,22 @@ async def test_an_unreachable_incidents_service_is_retried_by_alertmanager(
         reply = await http.post(f"/v1/alertmanager/{PAYMENTS_KEY}", json=WEBHOOK)
     assert reply.status_code == 503  # Alertmanager sends the whole group again
     assert reply.json()["triggered"] == 0
+
+
+async def test_a_huge_alert_pages_beside_the_others(
+    served: Served, http: httpx.AsyncClient
+) -> None:
+    """Megabytes in one label or annotation must not make its request too large for the
+    incidents service (a 429/503 forever: Alertmanager would retry the group without end)."""
+    alerts = [_alert(n) for n in range(3)]
+    alerts[1]["labels"]["instance"] = "i" * (5 * 1024 * 1024)
+    alerts[1]["annotations"]["summary"] = "s" * (5 * 1024 * 1024)
+    reply = await http.post(f"/v1/alertmanager/{PAYMENTS_KEY}", json=_changed(["alerts"], alerts))
+    assert reply.status_code == 200, reply.text[:500]
+    assert reply.json() == {"status": "success", "triggered": 3, "resolved": 0}
+    huge = await _incident(served, "fp00001")
+    assert huge is not None
+    assert huge.source == "i" * 1023 + "…" and huge.summary == "s" * 1023 + "…"
+    details = MessageToDict(huge.alerts[0].details)
+    assert details["labels"] == details["annotations"] == "omitted: larger than 64 KiB"
+    assert details["source_full"].startswith("i" * 1000) and len(details["source_full"]) == 32768

@@ -15,6 +15,10 @@ MAX_DETAILS_DEPTH = 20
 """Objects and lists nested in an alert's details, the details object itself counting 1."""
 MAX_DETAILS_BYTES = 64 * 1024
 """An alert's details, encoded."""
+MAX_TEXT_CHARS = 64 * 1024
+"""The most of a text field worth sending: the service cuts fields to 1,024 characters and
+keeps at most 32 Ki of the original in the details (a longer text only risks the 4 MiB
+message limit)."""
 INTEGRATION_KEY_LENGTH = 32
 DETAILS_TOO_DEEP = f"must not nest objects or lists more than {MAX_DETAILS_DEPTH} levels deep"
 """The field violation's description for details past MAX_DETAILS_DEPTH."""

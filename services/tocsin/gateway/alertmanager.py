@@ -40,19 +40,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf.struct_pb2 import Struct
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tocsin.client.client import TocsinClient
-from tocsin.client.limits import INTEGRATION_KEY_LENGTH, MAX_DETAILS_BYTES
+from tocsin.client.limits import INTEGRATION_KEY_LENGTH, MAX_DETAILS_BYTES, MAX_TEXT_CHARS
 from tocsin.gateway.events_api import (
     RPC_TIMEOUT_S,
     BadEvent,
     Fields,
     as_text,
     describe,
-    details_struct,
     parse_time,
     rate_limiter,
     read_json,
@@ -62,6 +62,7 @@ from tocsin.gateway.events_api import (
 from tocsin.v1 import common_pb2, incidents_pb2
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+_DETAIL_TEXT_CHARS = 4096
 MAX_CONCURRENT_ALERTS = 256
 """Alerts of one payload in flight at once (the client batches them into few calls)."""
 SEVERITIES = {
@@ -123,21 +124,38 @@ def _strings(value: Any) -> dict[str, str]:
     return result
 
 
+def _text(value: str) -> str:
+    """A text field, capped at MAX_TEXT_CHARS so one alert's request stays far below the
+    servers' 4 MiB message limit (the service keeps no more of it anyway)."""
+    return value if len(value) <= MAX_TEXT_CHARS else value[: MAX_TEXT_CHARS - 1] + "…"
+
+
 def _details(
-    alert: Mapping[str, Any], webhook: Mapping[str, Any], path: str, errors: list[str]
-) -> Any:
+    alert: Mapping[str, Any],
+    labels: dict[str, str],
+    annotations: dict[str, str],
+    webhook: Mapping[str, Any],
+) -> Struct:
+    """Labels, annotations and times, within MAX_DETAILS_BYTES (annotations, then labels
+    are omitted from details too large)."""
     details: dict[str, Any] = {
-        key: alert.get(key)
-        for key in ("labels", "annotations", "startsAt", "endsAt", "generatorURL", "fingerprint")
+        "labels": {k: _text(v) for k, v in labels.items()},
+        "annotations": {k: _text(v) for k, v in annotations.items()},
     }
-    details |= {key: webhook.get(key) for key in ("receiver", "groupKey", "externalURL")}
-    struct = details_struct(details, f"{path}annotations", errors)
-    if struct is not None and struct.ByteSize() > MAX_DETAILS_BYTES:
-        details["annotations"] = "omitted: larger than 64 KiB"
-        struct = details_struct(details, f"{path}annotations", errors)
-        if struct is not None and struct.ByteSize() > MAX_DETAILS_BYTES:
-            details["labels"] = "omitted: larger than 64 KiB"
-            struct = details_struct(details, f"{path}labels", errors)
+    for source, keys in (
+        (alert, ("startsAt", "endsAt", "generatorURL", "fingerprint")),
+        (webhook, ("receiver", "groupKey", "externalURL")),
+    ):
+        for key in keys:
+            text = as_text(source.get(key))
+            if text is not None:
+                details[key] = text[:_DETAIL_TEXT_CHARS]
+    struct = Struct()
+    struct.update(details)
+    for omitted in ("annotations", "labels"):
+        if struct.ByteSize() <= MAX_DETAILS_BYTES:
+            break
+        struct[omitted] = "omitted: larger than 64 KiB"
     return struct
 
 
@@ -204,26 +222,23 @@ def _action(
         return None
     request = incidents_pb2.TriggerRequest(
         integration_key=key,
-        dedup_key=fingerprint,
-        summary=summary,
+        dedup_key=_text(fingerprint),
+        summary=_text(summary),
         severity=SEVERITIES.get(
             labels.get("severity", "").strip().lower(), common_pb2.SEVERITY_CRITICAL
         ),
-        source=labels.get("instance") or labels.get("job", ""),
-        component=labels.get("job", ""),
-        group=labels.get("namespace", ""),
+        source=_text(labels.get("instance") or labels.get("job", "")),
+        component=_text(labels.get("job", "")),
+        group=_text(labels.get("namespace", "")),
         actor=common_pb2.Actor(
-            channel=common_pb2.CHANNEL_ALERTMANAGER, display=receiver or "alertmanager"
+            channel=common_pb2.CHANNEL_ALERTMANAGER, display=_text(receiver or "alertmanager")
         ),
     )
-    setattr(request, "class", labels.get("alertname", ""))
+    setattr(request, "class", _text(labels.get("alertname", "")))
     starts = parse_time(alert.get("startsAt"))
     if starts is not None:
         request.occurred_at.CopyFrom(starts)
-    details = _details(alert, body, fields.prefix, fields.errors)
-    if details is None:
-        return None
-    request.details.CopyFrom(details)
+    request.details.CopyFrom(_details(alert, labels, annotations, body))
     for href, text in (
         (alert.get("generatorURL"), "Source"),
         (body.get("externalURL"), "Alertmanager"),
@@ -346,15 +361,15 @@ async def _send(client: TocsinClient, key: str, action: AlertAction, outcome: Ou
         outcome.rejected.add(action.path)
         if code == grpc.StatusCode.NOT_FOUND:
             outcome.unknown_key = True
-            outcome.errors.append(f"'{action.path}': unknown integration key")
+            outcome.errors.append(f"'{action.path[:-1]}': unknown integration key")
         elif code == grpc.StatusCode.INVALID_ARGUMENT:
             violations = rpc_violations(error)
             outcome.errors += describe(violations, _names(action.path)) or [
-                f"'{action.path}': {error.details()}"
+                f"'{action.path[:-1]}': {error.details()}"
             ]
         else:
             outcome.retry = outcome.retry or error
-            outcome.errors.append(f"'{action.path}': not taken, try again ({code.name})")
+            outcome.errors.append(f"'{action.path[:-1]}': not taken, try again ({code.name})")
 
 
 routes = [
