@@ -33,8 +33,8 @@ _SUMMARY = re.compile(r"\b(lt|storm) ([0-9a-f]{8}) (\d+)\b")
 
 async def apply_config(client: TocsinClient) -> int:
     """Make the stack match oncall.yaml (idempotent); returns how many objects changed."""
-    changes = await Applier(client, dry_run=False).apply(load_config_file(CONFIG_FILE))
-    return len(changes)
+    result = await Applier(client, dry_run=False).apply(load_config_file(CONFIG_FILE))
+    return len(result.changes)
 
 
 def incident_summary(run_id: str, n: int) -> str:

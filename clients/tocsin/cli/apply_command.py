@@ -9,7 +9,7 @@ from typing import Any
 
 from tocsin.cli.common import run_with_client
 from tocsin.cli.output import print_json
-from tocsin.client.apply import Applier, Change
+from tocsin.client.apply import Applier, ApplyError, ApplyResult
 from tocsin.client.client import TocsinClient
 from tocsin.client.configfile import ConfigFileError, load_config_file
 from tocsin.client.export import dump_yaml, export_config
@@ -50,16 +50,34 @@ def _apply(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         return 2
 
-    async def body(client: TocsinClient) -> list[Change]:
+    async def body(client: TocsinClient) -> ApplyResult:
         return await Applier(client, args.dry_run).apply(state)
 
-    changes = run_with_client(body)
+    try:
+        result = run_with_client(body)
+    except ApplyError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        if error.applied:
+            print(f"applied: {', '.join(map(str, error.applied))}", file=sys.stderr)
+            print(f"not applied: {', '.join(map(str, error.not_applied))}", file=sys.stderr)
+        else:
+            print("nothing was applied", file=sys.stderr)
+        return 1
+    for warning in result.warnings:
+        print(warning, file=sys.stderr)
     if args.json:
-        print_json({"dry_run": args.dry_run, "changes": [c.__dict__ for c in changes]})
+        print_json(
+            {
+                "dry_run": args.dry_run,
+                "changes": [c.__dict__ for c in result.changes],
+                "warnings": result.warnings,
+            }
+        )
         return 0
     verb = "would " if args.dry_run else ""
-    for change in changes:
+    for change in result.changes:
         print(f"{verb}{change}")
-    if not changes:
+    if not result.changes:
         print("no changes: the running system already matches", args.file)
     return 0

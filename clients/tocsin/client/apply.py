@@ -2,20 +2,34 @@
 
 Each object is compared with what runs and created or updated only when it differs, so a
 second apply changes nothing and says so. Objects that run but are not in the file are
-left alone (apply never deletes). Order follows the references: users, their contact
-methods and rules, schedules, escalation policies, services.
+left alone (apply never deletes; a user whose entry has no `notification_rules` keeps the
+rules it has). Order follows the references: users, their contact methods and rules,
+schedules, escalation policies, services.
+
+Nothing is half-applied for a reason the servers could have told in advance: apply first
+plans every change (reads only), then sends each one with `validate_only`, so every
+server runs its own checks (phone numbers, time zones, rotations, policies, integration
+keys...) and writes nothing; only when all of them pass does it write, in order. A dry run
+is the same without the last step, so it refuses exactly what the real apply would. Should
+a write still fail (a server down, a concurrent edit), the error says which changes were
+applied and which were not. Every problem is reported as `file:line: field: why`.
+
+The plan also says who could not be reached once it is applied (`reachability`): a user
+with no usable contact method or rule, and schedules, policy levels and services left
+with nobody reachable. Those are warnings: the configuration is applied all the same.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
 
 import grpc
 import phonenumbers
 from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
 
 from tocsin.client.client import TocsinClient
 from tocsin.client.configfile import DesiredState, UserConfig
@@ -32,6 +46,35 @@ class Change:
 
     def __str__(self) -> str:
         return f"{self.action} {self.kind} {self.id}"
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One planned write: `send(validate_only)` makes the call."""
+
+    change: Change
+    path: str  # where the object is in the file, e.g. `users[0].contact_methods[1]`
+    field_prefix: str  # the request field the object is in, e.g. `contact_method`
+    send: Callable[[bool], Awaitable[object]]
+
+
+class ApplyError(Exception):
+    """Apply stopped: `problems` as `file:line: field: why`; `applied` were written (in
+    order), `not_applied` were not."""
+
+    def __init__(
+        self, problems: list[str], applied: list[Change], not_applied: list[Change]
+    ) -> None:
+        self.problems = problems
+        self.applied = applied
+        self.not_applied = not_applied
+        super().__init__("\n".join(problems))
+
+
+@dataclass
+class ApplyResult:
+    changes: list[Change]
+    warnings: list[str] = field(default_factory=list)
 
 
 async def _existing(call: Callable[[], Awaitable[M]]) -> M | None:
@@ -74,6 +117,8 @@ def _keep_override_ids(
 
 
 def _e164(number: str) -> str:
+    """The number as notification stores it, so an unchanged one compares equal (the
+    server validates it; an unparseable one is sent as written and refused there)."""
     try:
         parsed = phonenumbers.parse(number, None)
     except phonenumbers.NumberParseException:
@@ -81,113 +126,199 @@ def _e164(number: str) -> str:
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
+# Request field names -> the file's names, where they differ.
+_FILE_NAMES = (
+    ("contact_method_id", "contact"),
+    ("rules", "notification_rules"),
+    ("rotation_length", "rotation.length"),
+    ("user_ids", "users"),
+    ("escalation_policy_id", "escalation_policy"),
+    ("user_id", "user"),
+    ("schedule_id", "schedule"),
+    ("delay", "after"),
+)
+
+
+def _file_field(step: _Step, request_field: str) -> str:
+    """`contact_method.address` of a contact method's request -> its path in the file."""
+    rest = request_field
+    if step.field_prefix and (rest == step.field_prefix or rest.startswith(step.field_prefix)):
+        rest = rest[len(step.field_prefix) :].lstrip(".")
+    if not rest:
+        return step.path
+    parts = []
+    for part in rest.split("."):
+        name, bracket, index = part.partition("[")
+        for request_name, file_name in _FILE_NAMES:
+            if name == request_name and not (
+                request_name == "delay" and step.change.kind != "notification rules"
+            ):
+                name = file_name
+                break
+        parts.append(name + bracket + index)
+    return f"{step.path}.{'.'.join(parts)}"
+
+
+def _problems(state: DesiredState, step: _Step, error: grpc.aio.AioRpcError) -> list[str]:
+    """The server's answer as `file:line: field: why` lines (one per field violation)."""
+    trailers = dict(error.trailing_metadata() or ())
+    raw = trailers.get("grpc-status-details-bin")
+    lines: list[str] = []
+    if isinstance(raw, bytes):
+        for detail in status_pb2.Status.FromString(raw).details:
+            bad = error_details_pb2.BadRequest()
+            if detail.Unpack(bad):
+                lines += [
+                    f"{state.where(_file_field(step, v.field))}: {v.description}"
+                    for v in bad.field_violations
+                ]
+    if not lines:
+        lines.append(
+            f"{state.where(step.path)}: {step.change} refused: "
+            f"{error.code().name}: {error.details()}"
+        )
+    return lines
+
+
 class Applier:
     def __init__(self, client: TocsinClient, dry_run: bool) -> None:
         self.client = client
         self.dry_run = dry_run
-        self.changes: list[Change] = []
+        self.steps: list[_Step] = []
+        self.settings: dict[str, notification_pb2.GetUserNotificationSettingsResponse] = {}
 
-    async def apply(self, state: DesiredState) -> list[Change]:
-        for user in state.users:
-            await self._user(user)
-        for schedule in state.schedules:
-            await self._schedule(schedule)
-        for policy in state.policies:
-            await self._policy(policy)
-        for service in state.services:
-            await self._service(service)
-        return self.changes
+    @property
+    def changes(self) -> list[Change]:
+        return [step.change for step in self.steps]
 
-    async def _record(
-        self, action: str, kind: str, id_: str, call: Callable[[], Awaitable[object]]
+    async def apply(self, state: DesiredState) -> ApplyResult:
+        """Plan, validate everything, then (unless a dry run) write. ApplyError if the
+        servers refuse anything (nothing written) or a write fails (what was, was not)."""
+        for i, user in enumerate(state.users):
+            await self._user(user, f"users[{i}]")
+        for i, schedule in enumerate(state.schedules):
+            await self._schedule(schedule, f"schedules[{i}]")
+        for i, policy in enumerate(state.policies):
+            await self._policy(policy, f"escalation_policies[{i}]")
+        for i, service in enumerate(state.services):
+            await self._service(service, f"services[{i}]")
+        problems: list[str] = []
+        for step in self.steps:
+            try:
+                await step.send(True)
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in _REFUSALS:
+                    raise
+                problems += _problems(state, step, error)
+        if problems:
+            raise ApplyError(problems, [], self.changes)
+        result = ApplyResult(self.changes, reachability(state, self.settings))
+        if self.dry_run:
+            return result
+        for done, step in enumerate(self.steps):
+            try:
+                await step.send(False)
+            except grpc.aio.AioRpcError as error:
+                raise ApplyError(
+                    _problems(state, step, error), self.changes[:done], self.changes[done:]
+                ) from None
+        return result
+
+    def _plan(
+        self,
+        action: str,
+        kind: str,
+        id_: str,
+        path: str,
+        field_prefix: str,
+        send: Callable[[bool], Awaitable[object]],
     ) -> None:
-        self.changes.append(Change(action, kind, id_))
-        if not self.dry_run:
-            await call()
+        self.steps.append(_Step(Change(action, kind, id_), path, field_prefix, send))
 
-    async def _user(self, config: UserConfig) -> None:
+    async def _user(self, config: UserConfig, path: str) -> None:
         s = self.client.scheduling
         user = config.user
         reply = await _existing(lambda: s.GetUser(scheduling_pb2.GetUserRequest(id=user.id)))
         current = reply.user if reply else None
-        await self._converge(
-            "user",
-            user,
-            current,
-            lambda: s.CreateUser(scheduling_pb2.CreateUserRequest(user=user)),
-            lambda: s.UpdateUser(scheduling_pb2.UpdateUserRequest(user=user)),
-            ignore=(),
-        )
-        await self._notification_settings(config, user_is_new=current is None)
+        if current is None:
+            self._plan(
+                "create",
+                "user",
+                user.id,
+                path,
+                "user",
+                lambda check: s.CreateUser(
+                    scheduling_pb2.CreateUserRequest(user=user, validate_only=check)
+                ),
+            )
+        elif not _same(user, current, ()):
+            self._plan(
+                "update",
+                "user",
+                user.id,
+                path,
+                "user",
+                lambda check: s.UpdateUser(
+                    scheduling_pb2.UpdateUserRequest(user=user, validate_only=check)
+                ),
+            )
+        await self._notification_settings(config, path, user_is_new=current is None)
 
-    async def _notification_settings(self, config: UserConfig, user_is_new: bool) -> None:
+    async def _notification_settings(
+        self, config: UserConfig, path: str, user_is_new: bool
+    ) -> None:
         n = self.client.notification
         user_id = config.user.id
-        if user_is_new and self.dry_run:
-            methods: dict[str, notification_pb2.ContactMethod] = {}
-            rules: list[notification_pb2.NotificationRule] = []
-        else:
+        settings = notification_pb2.GetUserNotificationSettingsResponse()
+        if not user_is_new:
             settings = await n.GetUserNotificationSettings(
                 notification_pb2.GetUserNotificationSettingsRequest(user_id=user_id)
             )
-            methods = {cm.id: cm for cm in settings.contact_methods}
-            rules = list(settings.rules)
-        for method in config.contact_methods:
+        self.settings[user_id] = settings
+        methods = {cm.id: cm for cm in settings.contact_methods}
+        for j, method in enumerate(config.contact_methods):
             desired = notification_pb2.ContactMethod()
             desired.CopyFrom(method)
             desired.address = _e164(method.address)
             current = methods.get(method.id)
             if current is None:
-                await self._record(
+                create = notification_pb2.CreateContactMethodRequest(contact_method=desired)
+                self._plan(
                     "create",
                     "contact method",
                     method.id,
-                    partial(
-                        n.CreateContactMethod,
-                        notification_pb2.CreateContactMethodRequest(contact_method=desired),
-                    ),
+                    f"{path}.contact_methods[{j}]",
+                    "contact_method",
+                    partial(_with_check, n.CreateContactMethod, create),
                 )
             elif not _same(desired, current, ("disabled",)):
-                await self._record(
+                update = notification_pb2.UpdateContactMethodRequest(contact_method=desired)
+                self._plan(
                     "update",
                     "contact method",
                     method.id,
-                    partial(
-                        n.UpdateContactMethod,
-                        notification_pb2.UpdateContactMethodRequest(contact_method=desired),
-                    ),
+                    f"{path}.contact_methods[{j}]",
+                    "contact_method",
+                    partial(_with_check, n.UpdateContactMethod, update),
                 )
+        if not config.rules_given:
+            return
         desired_rules = sorted(config.rules, key=lambda r: (r.delay.seconds, r.contact_method_id))
-        current_rules = sorted(rules, key=lambda r: (r.delay.seconds, r.contact_method_id))
+        current_rules = sorted(settings.rules, key=lambda r: (r.delay.seconds, r.contact_method_id))
         if desired_rules != current_rules:
-            await self._record(
-                "update" if rules else "create",
+            request = notification_pb2.SetNotificationRulesRequest(
+                user_id=user_id, rules=config.rules
+            )
+            self._plan(
+                "update" if settings.rules else "create",
                 "notification rules",
                 user_id,
-                lambda: n.SetNotificationRules(
-                    notification_pb2.SetNotificationRulesRequest(
-                        user_id=user_id, rules=config.rules
-                    )
-                ),
+                path,
+                "",
+                partial(_with_check, n.SetNotificationRules, request),
             )
 
-    async def _converge(
-        self,
-        kind: str,
-        desired: M,
-        current: M | None,
-        create: Callable[[], Awaitable[object]],
-        update: Callable[[], Awaitable[object]],
-        ignore: tuple[str, ...] = ("version",),
-    ) -> None:
-        """Create what is missing, update what differs (ignoring `ignore`), else nothing."""
-        object_id = _id_of(desired)
-        if current is None:
-            await self._record("create", kind, object_id, create)
-        elif not _same(desired, current, ignore):
-            await self._record("update", kind, object_id, update)
-
-    async def _schedule(self, schedule: scheduling_pb2.Schedule) -> None:
+    async def _schedule(self, schedule: scheduling_pb2.Schedule, path: str) -> None:
         s = self.client.scheduling
         reply = await _existing(
             lambda: s.GetSchedule(scheduling_pb2.GetScheduleRequest(id=schedule.id))
@@ -195,26 +326,57 @@ class Applier:
         current = reply.schedule if reply else None
         if current is not None:
             schedule = _keep_override_ids(schedule, current)
-        await self._converge(
-            "schedule",
-            schedule,
-            current,
-            lambda: s.CreateSchedule(scheduling_pb2.CreateScheduleRequest(schedule=schedule)),
-            lambda: s.UpdateSchedule(scheduling_pb2.UpdateScheduleRequest(schedule=schedule)),
-        )
+        if current is None:
+            self._plan(
+                "create",
+                "schedule",
+                schedule.id,
+                path,
+                "schedule",
+                lambda check: s.CreateSchedule(
+                    scheduling_pb2.CreateScheduleRequest(schedule=schedule, validate_only=check)
+                ),
+            )
+        elif not _same(schedule, current):
+            self._plan(
+                "update",
+                "schedule",
+                schedule.id,
+                path,
+                "schedule",
+                lambda check: s.UpdateSchedule(
+                    scheduling_pb2.UpdateScheduleRequest(schedule=schedule, validate_only=check)
+                ),
+            )
 
-    async def _policy(self, policy: escalation_pb2.EscalationPolicy) -> None:
+    async def _policy(self, policy: escalation_pb2.EscalationPolicy, path: str) -> None:
         e = self.client.escalation
         reply = await _existing(lambda: e.GetPolicy(escalation_pb2.GetPolicyRequest(id=policy.id)))
-        await self._converge(
-            "escalation policy",
-            policy,
-            reply.policy if reply else None,
-            lambda: e.CreatePolicy(escalation_pb2.CreatePolicyRequest(policy=policy)),
-            lambda: e.UpdatePolicy(escalation_pb2.UpdatePolicyRequest(policy=policy)),
-        )
+        current = reply.policy if reply else None
+        if current is None:
+            self._plan(
+                "create",
+                "escalation policy",
+                policy.id,
+                path,
+                "policy",
+                lambda check: e.CreatePolicy(
+                    escalation_pb2.CreatePolicyRequest(policy=policy, validate_only=check)
+                ),
+            )
+        elif not _same(policy, current):
+            self._plan(
+                "update",
+                "escalation policy",
+                policy.id,
+                path,
+                "policy",
+                lambda check: e.UpdatePolicy(
+                    escalation_pb2.UpdatePolicyRequest(policy=policy, validate_only=check)
+                ),
+            )
 
-    async def _service(self, service: incidents_pb2.Service) -> None:
+    async def _service(self, service: incidents_pb2.Service, path: str) -> None:
         i = self.client.incidents
         reply = await _existing(
             lambda: i.GetService(incidents_pb2.GetServiceRequest(id=service.id))
@@ -224,11 +386,136 @@ class Applier:
         desired.CopyFrom(service)
         if current is not None and not desired.integration_key:
             desired.integration_key = current.integration_key
-        await self._converge(
-            "service",
-            desired,
-            current,
-            lambda: i.CreateService(incidents_pb2.CreateServiceRequest(service=desired)),
-            lambda: i.UpdateService(incidents_pb2.UpdateServiceRequest(service=desired)),
-            ignore=(),
+        if current is not None and not desired.name:
+            desired.name = current.name  # the server names a service by its id
+        if current is None:
+            self._plan(
+                "create",
+                "service",
+                _id_of(desired),
+                path,
+                "service",
+                lambda check: i.CreateService(
+                    incidents_pb2.CreateServiceRequest(service=desired, validate_only=check)
+                ),
+            )
+        elif not _same(desired, current, ()):
+            self._plan(
+                "update",
+                "service",
+                _id_of(desired),
+                path,
+                "service",
+                lambda check: i.UpdateService(
+                    incidents_pb2.UpdateServiceRequest(service=desired, validate_only=check)
+                ),
+            )
+
+
+# Answers that mean "this request is wrong", reported with the file's lines. Anything else
+# (UNAVAILABLE, UNAUTHENTICATED, ...) is not about the file and is raised as it is.
+_REFUSALS = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.OUT_OF_RANGE,
+    }
+)
+
+
+R = TypeVar("R", bound=Message)
+
+
+def _with_check(
+    call: Callable[[R], Awaitable[object]], request: R, check: bool
+) -> Awaitable[object]:
+    """`call(request)` with its `validate_only` set to `check` (on a copy)."""
+    copy = type(request)()
+    copy.CopyFrom(request)
+    setattr(copy, "validate_only", check)  # noqa: B010 - every request here has the field
+    return call(copy)
+
+
+def reachability(
+    state: DesiredState,
+    running: dict[str, notification_pb2.GetUserNotificationSettingsResponse],
+) -> list[str]:
+    """Warnings, as `file:line: warning: field: why`, for what the applied configuration
+    leaves unable to page anyone: users, schedules, policy levels, services."""
+    warnings: list[str] = []
+
+    def warn(path: str, message: str) -> None:
+        warnings.append(f"{state.location(path)}: warning: {path}: {message}")
+
+    why_not: dict[str, str] = {}  # user id -> why they cannot be paged
+    for i, config in enumerate(state.users):
+        current = running.get(
+            config.user.id, notification_pb2.GetUserNotificationSettingsResponse()
         )
+        methods = {m.id: m for m in current.contact_methods}
+        for method in config.contact_methods:
+            kept = methods.get(method.id)
+            copy = notification_pb2.ContactMethod()
+            copy.CopyFrom(method)
+            copy.disabled = bool(kept and kept.disabled and kept.address == _e164(method.address))
+            methods[method.id] = copy
+        rules = config.rules if config.rules_given else list(current.rules)
+        if not methods:
+            reason = "has no contact method"
+        elif not rules:
+            reason = "has no notification rule"
+        elif all(
+            r.contact_method_id not in methods or methods[r.contact_method_id].disabled
+            for r in rules
+        ):
+            reason = "every contact method its rules use is disabled (the number replied STOP)"
+        else:
+            continue
+        why_not[config.user.id] = reason
+        warn(f"users[{i}]", f"{config.user.id} cannot be paged: {reason}")
+
+    def nobody(users: set[str]) -> bool:
+        return users <= why_not.keys()
+
+    unreachable_schedules: set[str] = set()
+    for i, schedule in enumerate(state.schedules):
+        users = {u for layer in schedule.layers for u in layer.user_ids}
+        users |= {o.user_id for o in schedule.overrides}
+        if nobody(users):
+            unreachable_schedules.add(schedule.id)
+            warn(
+                f"schedules[{i}]",
+                f"nobody on {schedule.id} can be paged ({', '.join(sorted(users))})"
+                if users
+                else f"{schedule.id} has nobody on it",
+            )
+
+    policies_reaching: dict[str, bool] = {}
+    for i, policy in enumerate(state.policies):
+        reaching = False
+        for j, level in enumerate(policy.levels):
+            targets = [t.user_id or t.schedule_id for t in level.targets]
+            if all(
+                (t.user_id and t.user_id in why_not)
+                or (t.schedule_id and t.schedule_id in unreachable_schedules)
+                for t in level.targets
+            ):
+                warn(
+                    f"escalation_policies[{i}].levels[{j}]",
+                    f"no target can be paged ({', '.join(targets) or 'none'}): "
+                    "the level moves on to the next at once",
+                )
+            else:
+                reaching = True
+        policies_reaching[policy.id] = reaching
+    for i, service in enumerate(state.services):
+        if policies_reaching.get(service.escalation_policy_id) is False:
+            warn(
+                f"services[{i}]",
+                f"no level of policy {service.escalation_policy_id} can page anyone: "
+                f"incidents on {service.id} would page nobody",
+            )
+    return warnings

@@ -43,6 +43,8 @@ class UserConfig:
     user: scheduling_pb2.User
     contact_methods: list[notification_pb2.ContactMethod]
     rules: list[notification_pb2.NotificationRule]
+    # False when the file does not mention `notification_rules`: apply leaves them alone.
+    rules_given: bool = True
 
 
 @dataclass
@@ -51,6 +53,21 @@ class DesiredState:
     schedules: list[scheduling_pb2.Schedule] = field(default_factory=list)
     policies: list[escalation_pb2.EscalationPolicy] = field(default_factory=list)
     services: list[incidents_pb2.Service] = field(default_factory=list)
+    filename: str = ""
+    # The line of every field path read (`users[0].contact_methods[1].address` -> 12), so
+    # what the servers say about an object can be reported at its place in the file.
+    lines: dict[str, int] = field(default_factory=dict)
+
+    def location(self, path: str) -> str:
+        """`file:line` of `path`, or of the nearest enclosing path the file has."""
+        probe = path
+        while probe and probe not in self.lines:
+            probe = probe.rsplit(".", 1)[0] if "." in probe else ""
+        return f"{self.filename}:{self.lines.get(probe, 1)}"
+
+    def where(self, path: str) -> str:
+        """`file:line: path`, the way every problem in the file is reported."""
+        return f"{self.location(path)}: {path}"
 
 
 class _Reader:
@@ -60,6 +77,11 @@ class _Reader:
         self.filename = filename
         self.problems: list[str] = []
         self.known: dict[str, set[str]] = {}
+        self.lines: dict[str, int] = {}
+
+    def mark(self, node: yaml.Node | None, path: str) -> None:
+        if node is not None:
+            self.lines.setdefault(path, node.start_mark.line + 1)
 
     def reference(self, node: yaml.Node | None, path: str, kind: str, noun: str) -> str:
         """The text of `node`, which must name a `kind` defined in the same file."""
@@ -79,6 +101,7 @@ class _Reader:
         allowed: set[str],
         required: frozenset[str] | set[str] = frozenset(),
     ) -> dict[str, yaml.Node]:
+        self.mark(node, path)
         if not isinstance(node, yaml.MappingNode):
             self.problem(node, path, "expected a mapping")
             return {}
@@ -102,6 +125,7 @@ class _Reader:
     def sequence(self, node: yaml.Node | None, path: str) -> list[yaml.Node]:
         if node is None:
             return []
+        self.mark(node, path)
         if not isinstance(node, yaml.SequenceNode):
             self.problem(node, path, "expected a list")
             return []
@@ -110,6 +134,7 @@ class _Reader:
     def text(self, node: yaml.Node | None, path: str, default: str = "") -> str:
         if node is None:
             return default
+        self.mark(node, path)
         if not isinstance(node, yaml.ScalarNode):
             self.problem(node, path, "expected a string")
             return default
@@ -165,7 +190,7 @@ def load_config_file(path: Path) -> DesiredState:
     except OSError as error:  # missing, a directory, not readable
         raise ConfigFileError([f"{path}: cannot read: {error.strerror or error}"]) from None
     reader = _Reader(str(path))
-    state = DesiredState()
+    state = DesiredState(filename=str(path), lines=reader.lines)
     if root is None:
         return state
     top = reader.mapping(root, "", {"users", "schedules", "escalation_policies", "services"})
@@ -241,7 +266,7 @@ def _user(r: _Reader, node: yaml.Node, path: str) -> UserConfig:
                 contact_method_id=contact, delay=Duration(seconds=seconds)
             )
         )
-    return UserConfig(user, methods, rules)
+    return UserConfig(user, methods, rules, rules_given="notification_rules" in m)
 
 
 def _schedule(r: _Reader, node: yaml.Node, path: str) -> scheduling_pb2.Schedule:
@@ -404,6 +429,8 @@ def _ids(section: yaml.Node | None) -> set[str]:
 
 
 def _check_duplicates(r: _Reader, top: dict[str, yaml.Node]) -> None:
+    _check_unique_values(r, top, "users", "contact_methods", "id", "contact method id")
+    _check_unique_values(r, top, "services", None, "integration_key", "integration key")
     for kind in ("users", "schedules", "escalation_policies", "services"):
         seen: set[str] = set()
         section = top.get(kind)
@@ -422,3 +449,32 @@ def _override_id(user: str, start: datetime | None, end: datetime | None) -> str
     """Deterministic, so applying the same file twice changes nothing."""
     digest = hashlib.sha256(f"{user}|{start}|{end}".encode()).hexdigest()
     return f"cfg-{digest[:12]}"
+
+
+def _check_unique_values(
+    r: _Reader, top: dict[str, yaml.Node], kind: str, inner: str | None, key: str, noun: str
+) -> None:
+    """`key` must differ across every `kind[i]` (or every `kind[i].inner[j]`): contact
+    method ids are global, and an integration key names one service."""
+    seen: set[str] = set()
+    for i, item in enumerate(_mappings(top.get(kind))):
+        entries = [(f"{kind}[{i}]", item)]
+        if inner is not None:
+            entries = [
+                (f"{kind}[{i}].{inner}[{j}]", sub)
+                for value_key, value in item.value
+                if value_key.value == inner
+                for j, sub in enumerate(_mappings(value))
+            ]
+        for path, entry in entries:
+            for field_key, value in entry.value:
+                if field_key.value == key and isinstance(value, yaml.ScalarNode) and value.value:
+                    if value.value in seen:
+                        r.problem(value, f"{path}.{key}", f"{noun} {value.value!r} is used twice")
+                    seen.add(value.value)
+
+
+def _mappings(node: yaml.Node | None) -> list[yaml.MappingNode]:
+    if not isinstance(node, yaml.SequenceNode):
+        return []
+    return [item for item in node.value if isinstance(item, yaml.MappingNode)]

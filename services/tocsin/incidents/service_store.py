@@ -50,12 +50,20 @@ class ServiceStore:
         self._replace = register_lua(redis, _lua("service_replace.lua"))
         self._lookup = register_lua(redis, _lua("service_lookup.lua"))
 
-    async def create(self, service: incidents_pb2.Service) -> incidents_pb2.Service:
+    async def create(
+        self, service: incidents_pb2.Service, *, validate_only: bool = False
+    ) -> incidents_pb2.Service:
+        """`validate_only`: every check (the id and key not taken included), no write."""
         stored = incidents_pb2.Service()
         stored.CopyFrom(service)
         stored.integration_key = stored.integration_key or new_integration_key()
         stored.name = stored.name or stored.id
         check(service_violations(stored))
+        if validate_only:
+            if await self.find(service_id=stored.id) is not None:
+                raise AlreadyExists(f"service {stored.id!r} already exists")
+            await self._key_free(stored)
+            return stored
         result = await self._create(
             keys=self._keys, args=[stored.id, stored.integration_key, stored.SerializeToString()]
         )
@@ -121,8 +129,11 @@ class ServiceStore:
         more = len(ids) > size
         return services, _encode_token(page[-1]) if more else ""
 
-    async def update(self, service: incidents_pb2.Service) -> incidents_pb2.Service:
-        """Replace name, integration key (kept when empty) and escalation policy."""
+    async def update(
+        self, service: incidents_pb2.Service, *, validate_only: bool = False
+    ) -> incidents_pb2.Service:
+        """Replace name, integration key (kept when empty) and escalation policy.
+        `validate_only`: every check, no write."""
         check(service_id_violations("service.id", service.id))
         for _ in range(_RETRIES):
             current, raw = await self._read(service.id)
@@ -131,6 +142,9 @@ class ServiceStore:
             stored.integration_key = stored.integration_key or current.integration_key
             stored.name = stored.name or stored.id
             check(service_violations(stored))
+            if validate_only:
+                await self._key_free(stored)
+                return stored
             result = await self._replace(
                 keys=self._keys,
                 args=[
@@ -157,6 +171,12 @@ class ServiceStore:
                 self._cache.clear()
                 return
         raise Conflict(f"service {service_id!r} kept changing; try again")
+
+    async def _key_free(self, service: incidents_pb2.Service) -> None:
+        """AlreadyExists if another service has `service`'s integration key."""
+        holder = await self.find(integration_key=service.integration_key)
+        if holder is not None and holder.id != service.id:
+            raise AlreadyExists("the integration key is already used by another service")
 
     async def _read(self, service_id: str) -> tuple[incidents_pb2.Service, bytes]:
         raw = await self.redis.hget(keys.SERVICES_BY_ID, service_id)

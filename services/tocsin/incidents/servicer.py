@@ -1,9 +1,7 @@
 """The IncidentService gRPC adapter: requests to domain calls, results to responses.
 
-Alerts are normalised in normalize.py (Trigger and TriggerBatch requests are decoded by
-decoding.py, so an undecodable alert fails alone); checks and rules live in validation.py
-and domain.py, Redis in the stores; domain errors become status codes in the shared error
-interceptor (tocsin.runtime.grpcserver).
+Checks and rules live in validation.py and domain.py, Redis in the stores; domain errors
+become status codes in the shared error interceptor (tocsin.runtime.grpcserver).
 """
 
 from __future__ import annotations
@@ -65,7 +63,7 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
     async def CreateService(
         self, request: incidents_pb2.CreateServiceRequest, context: Any
     ) -> incidents_pb2.CreateServiceResponse:
-        service = await self.services.create(request.service)
+        service = await self.services.create(request.service, validate_only=request.validate_only)
         return incidents_pb2.CreateServiceResponse(service=service)
 
     async def GetService(
@@ -82,7 +80,7 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
     async def UpdateService(
         self, request: incidents_pb2.UpdateServiceRequest, context: Any
     ) -> incidents_pb2.UpdateServiceResponse:
-        service = await self.services.update(request.service)
+        service = await self.services.update(request.service, validate_only=request.validate_only)
         return incidents_pb2.UpdateServiceResponse(service=service)
 
     async def DeleteService(

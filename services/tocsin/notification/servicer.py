@@ -23,7 +23,7 @@ from tocsin.notification.pager import Pager
 from tocsin.notification.peers import UsersPeer
 from tocsin.notification.sender import Sender
 from tocsin.notification.store import PagingStore
-from tocsin.runtime.errors import FieldViolation, InvalidArgument, NotFound
+from tocsin.runtime.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from tocsin.runtime.ids import id_violations
 from tocsin.runtime.telemetry import current_traceparent
 from tocsin.v1 import notification_pb2, notification_pb2_grpc
@@ -77,6 +77,8 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
     ) -> pb.CreateContactMethodResponse:
         method = domain.validated_contact_method(request.contact_method)
         if request.validate_only:  # the user may be created by the same apply
+            if await self.contacts.owner_of(method.id) not in (None, method.user_id):
+                raise AlreadyExists("that contact method id belongs to another user")
             current = await self.contacts.settings(method.user_id) or domain.Settings()
             domain.with_contact_method(current, method)
             return pb.CreateContactMethodResponse(contact_method=method)

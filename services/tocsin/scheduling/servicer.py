@@ -47,7 +47,8 @@ class SchedulingServicer(scheduling_pb2_grpc.SchedulingServiceServicer):
         self, request: pb.CreateUserRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateUserResponse:
         _validate_user(request.user)
-        await self.store.create_user(request.user)
+        if not request.validate_only:
+            await self.store.create_user(request.user)
         return pb.CreateUserResponse(user=request.user)
 
     async def GetUser(
@@ -70,7 +71,8 @@ class SchedulingServicer(scheduling_pb2_grpc.SchedulingServiceServicer):
         self, request: pb.UpdateUserRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpdateUserResponse:
         _validate_user(request.user)
-        await self.store.update_user(request.user)
+        if not request.validate_only:
+            await self.store.update_user(request.user)
         return pb.UpdateUserResponse(user=request.user)
 
     async def DeleteUser(
@@ -86,7 +88,9 @@ class SchedulingServicer(scheduling_pb2_grpc.SchedulingServiceServicer):
     ) -> pb.CreateScheduleResponse:
         schedule = _with_override_ids(request.schedule)
         _require_id(schedule.id, "schedule.id")
-        await self.store.validate(schedule)
+        await self.store.validate(schedule, assume_users=request.validate_only)
+        if request.validate_only:
+            return pb.CreateScheduleResponse(schedule=schedule)
         return pb.CreateScheduleResponse(schedule=await self.store.create_schedule(schedule))
 
     async def GetSchedule(
@@ -108,7 +112,9 @@ class SchedulingServicer(scheduling_pb2_grpc.SchedulingServiceServicer):
         self, request: pb.UpdateScheduleRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpdateScheduleResponse:
         schedule = _with_override_ids(request.schedule)
-        await self.store.validate(schedule)
+        await self.store.validate(schedule, assume_users=request.validate_only)
+        if request.validate_only:
+            return pb.UpdateScheduleResponse(schedule=schedule)
         stored = await self.store.replace_schedule(schedule, request.schedule.version)
         return pb.UpdateScheduleResponse(schedule=stored)
 

@@ -195,15 +195,22 @@ class SchedulingStore:
         if not deleted:
             raise NotFound(f"schedule {schedule_id!r} does not exist")
 
-    async def validate(self, msg: scheduling_pb2.Schedule, prefix: str = "schedule") -> Schedule:
-        """The domain schedule if `msg` is valid, else InvalidArgument naming each field."""
+    async def validate(
+        self, msg: scheduling_pb2.Schedule, prefix: str = "schedule", *, assume_users: bool = False
+    ) -> Schedule:
+        """The domain schedule if `msg` is valid, else InvalidArgument naming each field.
+        `assume_users` (a validate_only request): the users it names need not exist yet."""
         from tocsin.scheduling.validation import validate_schedule
 
         schedule, violations = parse_schedule(msg, prefix)
         unparsed = {v.field for v in violations}
+        users = await self.user_ids()
+        if assume_users:
+            users |= {u for layer in msg.layers for u in layer.user_ids}
+            users |= {o.user_id for o in msg.overrides}
         violations += [
             FieldViolation(f"{prefix}.{v.field}", v.description)
-            for v in validate_schedule(schedule, await self.user_ids())
+            for v in validate_schedule(schedule, users)
             if f"{prefix}.{v.field}" not in unparsed
         ]
         if violations:
