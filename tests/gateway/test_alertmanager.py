@@ -20,6 +20,7 @@ from tests.incidents.harness import (
     event_kinds,
     events_of,
     gateway_for,
+    nested,
     serve_incidents,
     snapshot,
 )
@@ -324,3 +325,16 @@ async def test_a_huge_alert_pages_beside_the_others(
     details = MessageToDict(huge.alerts[0].details)
     assert details["labels"] == details["annotations"] == "omitted: larger than 64 KiB"
     assert details["source_full"].startswith("i" * 1000) and len(details["source_full"]) == 32768
+
+
+async def test_labels_that_are_not_text_are_read_as_text(
+    served: Served, http: httpx.AsyncClient
+) -> None:
+    alert = _alert(1, team="payments")
+    alert["labels"] |= {"severity": "WARNING", "replicas": 3, "deep": nested(500)}
+    reply = await http.post(f"/v1/alertmanager/{PAYMENTS_KEY}", json=_changed(["alerts"], [alert]))
+    assert reply.status_code == 200, reply.text[:500]
+    incident = await _incident(served, "fp00001")
+    assert incident is not None and incident.severity == common_pb2.SEVERITY_WARNING
+    labels = MessageToDict(incident.alerts[0].details)["labels"]
+    assert labels["replicas"] == "3" and labels["deep"].startswith('{"x": {"x": ')

@@ -53,6 +53,7 @@ from tocsin.gateway.events_api import (
     Fields,
     as_text,
     describe,
+    json_text,
     parse_time,
     rate_limiter,
     read_json,
@@ -115,13 +116,7 @@ def _strings(value: Any) -> dict[str, str]:
     anything but an object is none."""
     if not isinstance(value, dict):
         return {}
-    result: dict[str, str] = {}
-    for key, item in value.items():
-        if item is None:
-            continue
-        text = as_text(item)
-        result[str(key)] = text if text is not None else json.dumps(item)
-    return result
+    return {str(key): json_text(item) for key, item in value.items() if item is not None}
 
 
 def _text(value: str) -> str:

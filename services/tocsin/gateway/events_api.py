@@ -209,6 +209,17 @@ def as_text(value: Any) -> str | None:
     return None
 
 
+def json_text(value: Any) -> str:
+    """Any JSON value as text: a scalar as as_text gives it, anything else as JSON."""
+    text = as_text(value)
+    if text is not None:
+        return text
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (RecursionError, ValueError):
+        return "(nested too deeply to show)"
+
+
 @dataclass
 class Fields:
     """Lenient typed access to a JSON object, collecting errors named by their path."""
@@ -478,7 +489,7 @@ def _trigger_request(
         if when not in (None, ""):
             parsed = parse_time(when)
             if parsed is None:
-                kept["timestamp_original"] = when if isinstance(when, str) else json.dumps(when)
+                kept["timestamp_original"] = json_text(when)
             else:
                 request.occurred_at.CopyFrom(parsed)
         details = payload_data.get("custom_details")
