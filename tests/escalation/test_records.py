@@ -1,0 +1,81 @@
+"""The escalation timer payloads, each with one codec (escalation/codec.py), round-tripped
+through lua/write_escalation.lua and the timer library on a real Redis: what the store
+arms is what a firing reads, and payloads stored by the previous version still decode."""
+
+from __future__ import annotations
+
+import pytest
+
+from tocsin.escalation.codec import HopPage, HopPayload, LevelTimerPayload
+from tocsin.escalation.domain import Escalation, Level, Policy, Status, Target
+from tocsin.escalation.store import EscalationStore, Hop, hop_timer_id, level_timer_id
+from tocsin.runtime.clock import ManualClock
+from tocsin.runtime.events import incident_shard
+from tocsin.runtime.redis import RedisClient
+
+INCIDENT = "58"
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def store(redis: RedisClient, clock: ManualClock) -> EscalationStore:
+    return EscalationStore(redis, clock, retention_ms=86_400_000)
+
+
+def _state(now_ms: int) -> Escalation:
+    level = Level((Target("user", "ana"), Target("schedule", "ops")), 60_000)
+    return Escalation(
+        incident_id=INCIDENT,
+        policy=Policy("web", "Web", (level, level)),
+        status=Status.ACTIVE,
+        next_level=1,
+        loop=0,
+        next_fire_ms=now_ms,
+        version=4,
+        epoch=2,
+        started_ms=now_ms - 60_000,
+    )
+
+
+async def test_the_level_and_hop_payloads_written_are_the_ones_a_firing_reads(
+    store: EscalationStore, clock: ManualClock
+) -> None:
+    state = _state(clock.now_ms())
+    hop = Hop(
+        hop_timer_id(INCIDENT, 2, 0, 0),
+        HopPayload(
+            INCIDENT,
+            2,
+            (HopPage(0, 0, "ana", ""), HopPage(0, 0, "bo", "ops")),
+            ({"kind": "warning", "text": "nobody on call for ops"},),
+            TRACEPARENT,
+        ),
+    )
+
+    assert await store.write(state, 0, traceparent=TRACEPARENT, hop=hop)
+
+    shard = incident_shard(INCIDENT)
+    level = await store.timers.claim(level_timer_id(INCIDENT), shard, 30_000)
+    outbox = await store.timers.claim(hop.timer_id, shard, 30_000)
+    assert level is not None and outbox is not None
+    assert LevelTimerPayload.decode(level.payload) == LevelTimerPayload(4, TRACEPARENT)
+    assert HopPayload.decode(outbox.payload) == hop.payload
+
+
+def test_payloads_stored_by_the_previous_version_still_decode() -> None:
+    # Exactly what the previous version's json.dumps wrote (default separators).
+    old_level = b'{"v": 7, "tp": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}'
+    old_hop = (
+        b'{"incident": "58", "epoch": 1, "pages": [[0, 1, "ana", "ops"]], '
+        b'"notes": [{"kind": "exhausted"}], "tp": ""}'
+    )
+
+    assert LevelTimerPayload.decode(old_level) == LevelTimerPayload(7, TRACEPARENT)
+    assert HopPayload.decode(old_hop) == HopPayload(
+        "58", 1, (HopPage(0, 1, "ana", "ops"),), ({"kind": "exhausted"},), ""
+    )
