@@ -1,9 +1,12 @@
-"""Encodings: policies between protobuf and domain; escalation state as stored JSON."""
+"""Encodings: policies between protobuf and domain; escalation state as stored JSON; the
+level and hop timer payloads."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -139,3 +142,74 @@ def load_state(raw: bytes | str) -> Escalation:
         started_ms=data["started_ms"],
         pages=tuple(Page(*p) for p in data["pages"]),
     )
+
+
+# The timer payloads: written here, carried by lua/write_escalation.lua (which stores them
+# as they are), read back here when the timer fires. The stored keys are unchanged since
+# the first version, so timers armed before an upgrade, and replicas of an older version
+# during a rolling upgrade, read the same bytes; a new field must be optional.
+
+
+@dataclass(frozen=True)
+class LevelTimerPayload:
+    """What a level timer carries: the state version it was armed for (a firing for an
+    older version is stale) and the trace to continue. Stored as {"v", "tp"}."""
+
+    version: int
+    traceparent: str
+
+    def encode(self) -> str:
+        return json.dumps({"v": self.version, "tp": self.traceparent}, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> LevelTimerPayload:
+        data = json.loads(raw)
+        return cls(int(data["v"]), str(data.get("tp") or ""))
+
+
+@dataclass(frozen=True)
+class HopPage:
+    """One Notify a hop makes. Stored as [level, loop, user id, schedule id]."""
+
+    level: int
+    loop: int
+    user_id: str
+    schedule_id: str
+
+
+@dataclass(frozen=True)
+class HopPayload:
+    """The outgoing work of one fired level (an outbox timer): its Notify calls and its
+    timeline notes. Stored as {"incident", "epoch", "pages", "notes", "tp"}."""
+
+    incident_id: str
+    epoch: int
+    pages: tuple[HopPage, ...]
+    notes: tuple[dict[str, Any], ...]
+    traceparent: str
+
+    def encode(self) -> str:
+        return json.dumps(
+            {
+                "incident": self.incident_id,
+                "epoch": self.epoch,
+                "pages": [[p.level, p.loop, p.user_id, p.schedule_id] for p in self.pages],
+                "notes": list(self.notes),
+                "tp": self.traceparent,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> HopPayload:
+        data = json.loads(raw)
+        return cls(
+            incident_id=str(data["incident"]),
+            epoch=int(data["epoch"]),
+            pages=tuple(
+                HopPage(int(level), int(loop), str(user), str(schedule))
+                for level, loop, user, schedule in data["pages"]
+            ),
+            notes=tuple(data["notes"]),
+            traceparent=str(data.get("tp") or ""),
+        )

@@ -23,9 +23,8 @@ redone hop moves nothing twice.
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import replace
+from dataclasses import astuple, replace
 from typing import Any
 
 import grpc
@@ -33,7 +32,7 @@ from opentelemetry import metrics, trace
 
 from tocsin.client.client import TocsinClient
 from tocsin.escalation import domain
-from tocsin.escalation.codec import policy_from_proto
+from tocsin.escalation.codec import HopPage, HopPayload, LevelTimerPayload, policy_from_proto
 from tocsin.escalation.domain import (
     Escalation,
     Exhausted,
@@ -165,14 +164,14 @@ class EscalationEngine:
         if timer.timer_id.startswith("hop:"):
             await self._send_hop(timer)
             return
-        payload = json.loads(timer.payload)
+        payload = LevelTimerPayload.decode(timer.payload)
         incident_id = timer.timer_id.removeprefix("esc:")
         state = await self.store.load(incident_id)
-        if state is None or state.version != payload["v"]:
+        if state is None or state.version != payload.version:
             return  # stale: a newer write re-armed or cancelled it
         if not domain.is_due(state, self.clock.now_ms()):
             return
-        await self._advance(state, payload["tp"], manual=False)
+        await self._advance(state, payload.traceparent, manual=False)
 
     async def escalate(self, incident_id: str) -> Escalation:
         """Manual escalation: fire the next level now."""
@@ -214,13 +213,9 @@ class EscalationEngine:
                 return False
             hop = Hop(
                 f"hop:{incident_id}:{key.epoch}:{key.level}:{key.loop}:unreachable",
-                {
-                    "incident": incident_id,
-                    "epoch": key.epoch,
-                    "pages": [],
-                    "notes": [_unreachable_note(key, reported)],
-                    "tp": traceparent,
-                },
+                HopPayload(
+                    incident_id, key.epoch, (), (_unreachable_note(key, reported),), traceparent
+                ),
             )
             if await self.store.write(skipped, state.version, traceparent=traceparent, hop=hop):
                 log.info(
@@ -264,13 +259,13 @@ class EscalationEngine:
                 hop_id = f"hop:{state.incident_id}:{state.epoch}:exhausted"
             hop = Hop(
                 hop_id,
-                {
-                    "incident": state.incident_id,
-                    "epoch": state.epoch,
-                    "pages": [[p.level, p.loop, p.user_id, p.schedule_id] for p in pages],
-                    "notes": notes,
-                    "tp": current_traceparent(),
-                },
+                HopPayload(
+                    state.incident_id,
+                    state.epoch,
+                    tuple(HopPage(p.level, p.loop, p.user_id, p.schedule_id) for p in pages),
+                    tuple(notes),
+                    current_traceparent(),
+                ),
             )
             if not await self.store.write(
                 advanced, state.version, traceparent=traceparent, hop=hop
@@ -364,11 +359,11 @@ class EscalationEngine:
         await self.store.timers.complete(claimed)
 
     async def _send_hop(self, timer: ClaimedTimer) -> None:
-        hop = json.loads(timer.payload)
-        incident_id, epoch = hop["incident"], hop["epoch"]
-        context = context_from_traceparent(hop["tp"])
+        hop = HopPayload.decode(timer.payload)
+        incident_id, epoch = hop.incident_id, hop.epoch
+        context = context_from_traceparent(hop.traceparent)
         unreachable: list[tuple[str, str, str]] = []
-        for level, loop, user_id, schedule_id in hop["pages"]:
+        for level, loop, user_id, schedule_id in (astuple(p) for p in hop.pages):
             with tracer.start_as_current_span(
                 "escalation.notify",
                 context=context,
@@ -391,7 +386,7 @@ class EscalationEngine:
                 )
                 if reply.unreachable:
                     unreachable.append((user_id, key, reply.unreachable_reason))
-        for i, note in enumerate(hop["notes"]):
+        for i, note in enumerate(hop.notes):
             await self.peers.incidents.AppendTimeline(
                 incidents_pb2.AppendTimelineRequest(
                     incident_id=incident_id,
@@ -402,7 +397,7 @@ class EscalationEngine:
         # After the level's own entries, so the timeline reads in order. A redone hop
         # reports again; the report's guard moves the level on once.
         for user_id, key, reason in unreachable:
-            await self.report_unreachable(incident_id, user_id, key, reason, hop["tp"])
+            await self.report_unreachable(incident_id, user_id, key, reason, hop.traceparent)
 
     # policies
 

@@ -7,11 +7,10 @@ timer and the pages to send as one compare-and-set. Policies live under `{polici
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
-from tocsin.escalation.codec import dump_state, load_state
+from tocsin.escalation.codec import HopPayload, LevelTimerPayload, dump_state, load_state
 from tocsin.escalation.domain import Escalation
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import AlreadyExists, Conflict, NotFound
@@ -71,7 +70,7 @@ class Hop:
     """The outgoing work of one fired level, kept in an outbox timer until it is done."""
 
     timer_id: str
-    payload: dict[str, Any]
+    payload: HopPayload
 
 
 class EscalationStore:
@@ -102,7 +101,7 @@ class EscalationStore:
         arming its level timer (or cancelling it) and the hop's outbox timer with it.
         False when another writer got there first: the caller's work is stale."""
         shard = incident_shard(state.incident_id)
-        timer_payload = json.dumps({"v": state.version, "tp": traceparent})
+        timer_payload = LevelTimerPayload(state.version, traceparent).encode()
         finished = state.next_fire_ms is None
         reply = await self._write(
             keys=[state_key(state.incident_id), active_key(shard), *timer_keys(shard)],
@@ -115,7 +114,7 @@ class EscalationStore:
                 level_timer_id(state.incident_id),
                 timer_payload,
                 hop.timer_id if hop else "",
-                json.dumps(hop.payload) if hop else "",
+                hop.payload.encode() if hop else "",
                 self.clock.now_ms(),
                 state.incident_id,
                 self.retention_ms if finished else 0,
