@@ -10,8 +10,10 @@ from tocsin.escalation.codec import HopPage, HopPayload, LevelTimerPayload
 from tocsin.escalation.domain import Escalation, Level, Policy, Status, Target
 from tocsin.escalation.store import EscalationStore, Hop, hop_timer_id, level_timer_id
 from tocsin.runtime.clock import ManualClock
+from tocsin.runtime.errors import AlreadyExists, Conflict
 from tocsin.runtime.events import incident_shard
 from tocsin.runtime.redis import RedisClient
+from tocsin.v1 import escalation_pb2 as pb
 
 INCIDENT = "58"
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -79,3 +81,21 @@ def test_payloads_stored_by_the_previous_version_still_decode() -> None:
     assert HopPayload.decode(old_hop) == HopPayload(
         "58", 1, (HopPage(0, 1, "ana", "ops"),), ({"kind": "exhausted"},), ""
     )
+
+
+async def test_a_policy_update_is_a_compare_and_set_on_its_version(
+    store: EscalationStore,
+) -> None:
+    policy = pb.EscalationPolicy(id="web", name="Web")
+    created = await store.create_policy(policy)
+    with pytest.raises(AlreadyExists):
+        await store.create_policy(policy)
+
+    renamed = pb.EscalationPolicy(id="web", name="Web team", version=created.version)
+    updated = await store.update_policy(renamed)
+
+    assert (updated.version, (await store.get_policy("web")).name) == (2, "Web team")
+    with pytest.raises(Conflict, match="at version 2"):
+        await store.update_policy(pb.EscalationPolicy(id="web", name="stale", version=1))
+    any_version = await store.update_policy(pb.EscalationPolicy(id="web", name="Any"))
+    assert (any_version.version, (await store.get_policy("web")).name) == (3, "Any")

@@ -16,7 +16,6 @@ SERVICES = Path(__file__).resolve().parents[2] / "services" / "tocsin"
 LIBRARIES = {"proto_constants.lua"}
 NOT_YET_NAMED = {
     # Scripts whose callers still pass ARGV by position (issue 11 item 14, to be moved):
-    "escalation/lua/write_escalation.lua",
     "incidents/lua/append_timeline.lua",
     "incidents/lua/apply.lua",
     "incidents/lua/join.lua",

@@ -15,13 +15,20 @@ from tocsin.escalation.domain import Escalation
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import AlreadyExists, Conflict, NotFound
 from tocsin.runtime.events import INCIDENT_SHARDS, incident_shard
-from tocsin.runtime.redis import RedisClient, read_lua, register_lua
+from tocsin.runtime.redis import RedisClient, read_lua
+from tocsin.runtime.scripts import LuaScript
 from tocsin.runtime.timers import TIMER_LUA, TimerStore, shard_tag, timer_keys
 from tocsin.v1 import escalation_pb2 as pb
 
 POLICY_PREFIX = "tocsin:{policies}:"
 POLICIES = POLICY_PREFIX + "index"
 _CREATE_POLICY = """
+-- Create a policy unless its id is taken. KEYS: policy hash, policies index
+-- ARGV:
+--   id
+--   policy    EscalationPolicy protobuf
+--   version
+-- Returns 1, or 0 when the id is taken.
 if redis.call("HSETNX", KEYS[1], "proto", ARGV[2]) == 1 then
   redis.call("HSET", KEYS[1], "version", ARGV[3])
   redis.call("ZADD", KEYS[2], 0, ARGV[1])
@@ -30,10 +37,16 @@ end
 return 0
 """
 _UPDATE_POLICY = """
+-- Replace a policy (compare-and-set on its version). KEYS: policy hash, policies index
+-- ARGV:
+--   policy     EscalationPolicy protobuf
+--   version    the new version
+--   expected   the version the caller read ("0": any)
+-- Returns {"ok"}, {"missing"} or {"conflict", current version}.
 local current = redis.call("HGET", KEYS[1], "version")
 if not current then return {"missing"} end
-if ARGV[4] ~= "0" and current ~= ARGV[4] then return {"conflict", current} end
-redis.call("HSET", KEYS[1], "proto", ARGV[2], "version", ARGV[3])
+if ARGV[3] ~= "0" and current ~= ARGV[3] then return {"conflict", current} end
+redis.call("HSET", KEYS[1], "proto", ARGV[1], "version", ARGV[2])
 return {"ok"}
 """
 
@@ -79,11 +92,14 @@ class EscalationStore:
         self.clock = clock
         self.retention_ms = retention_ms
         self.timers = TimerStore(redis, clock, shards=INCIDENT_SHARDS)
-        self._write = register_lua(
-            redis, TIMER_LUA, read_lua("tocsin.escalation", "lua/write_escalation.lua")
+        self._write = LuaScript(
+            redis,
+            "write_escalation.lua",
+            TIMER_LUA,
+            body=read_lua("tocsin.escalation", "lua/write_escalation.lua"),
         )
-        self._create_policy = register_lua(redis, _CREATE_POLICY)
-        self._update_policy = register_lua(redis, _UPDATE_POLICY)
+        self._create_policy = LuaScript(redis, "create policy", body=_CREATE_POLICY)
+        self._update_policy = LuaScript(redis, "update policy", body=_UPDATE_POLICY)
 
     async def load(self, incident_id: str) -> Escalation | None:
         raw = await self.redis.hget(state_key(incident_id), "json")
@@ -101,24 +117,21 @@ class EscalationStore:
         arming its level timer (or cancelling it) and the hop's outbox timer with it.
         False when another writer got there first: the caller's work is stale."""
         shard = incident_shard(state.incident_id)
-        timer_payload = LevelTimerPayload(state.version, traceparent).encode()
         finished = state.next_fire_ms is None
         reply = await self._write(
-            keys=[state_key(state.incident_id), active_key(shard), *timer_keys(shard)],
-            args=[
-                shard_tag(shard),
-                expected_version,
-                dump_state(state),
-                state.version,
-                -1 if state.next_fire_ms is None else state.next_fire_ms,
-                level_timer_id(state.incident_id),
-                timer_payload,
-                hop.timer_id if hop else "",
-                hop.payload.encode() if hop else "",
-                self.clock.now_ms(),
-                state.incident_id,
-                self.retention_ms if finished else 0,
-            ],
+            [state_key(state.incident_id), active_key(shard), *timer_keys(shard)],
+            tag=shard_tag(shard),
+            expected_version=expected_version,
+            state=dump_state(state),
+            version=state.version,
+            next_fire_ms=-1 if state.next_fire_ms is None else state.next_fire_ms,
+            level_timer=level_timer_id(state.incident_id),
+            level_payload=LevelTimerPayload(state.version, traceparent).encode(),
+            hop_timer=hop.timer_id if hop else "",
+            hop_payload=hop.payload.encode() if hop else "",
+            hop_due_ms=self.clock.now_ms(),
+            incident=state.incident_id,
+            expire_ms=self.retention_ms if finished else 0,
         )
         outcome = reply[0].decode()
         return outcome == "ok"
@@ -159,8 +172,10 @@ class EscalationStore:
     async def create_policy(self, policy: pb.EscalationPolicy) -> pb.EscalationPolicy:
         stored = _versioned(policy, 1)
         created = await self._create_policy(
-            keys=[policy_key(policy.id), POLICIES],
-            args=[policy.id, stored.SerializeToString(), 1],
+            [policy_key(policy.id), POLICIES],
+            id=policy.id,
+            policy=stored.SerializeToString(),
+            version=1,
         )
         if not created:
             raise AlreadyExists(f"escalation policy {policy.id!r} already exists")
@@ -170,8 +185,10 @@ class EscalationStore:
         current = await self.get_policy(policy.id)
         stored = _versioned(policy, current.version + 1)
         reply = await self._update_policy(
-            keys=[policy_key(policy.id), POLICIES],
-            args=[policy.id, stored.SerializeToString(), stored.version, policy.version],
+            [policy_key(policy.id), POLICIES],
+            policy=stored.SerializeToString(),
+            version=stored.version,
+            expected=policy.version,
         )
         outcome = reply[0].decode()
         if outcome == "missing":

@@ -4,10 +4,19 @@
 --
 -- KEYS[1] state hash, KEYS[2] active index (zset incident -> next fire ms),
 -- KEYS[3..] timers.timer_keys(shard)
--- ARGV[1] shard tag, ARGV[2] expected version ("0": must not exist yet), ARGV[3] state
--- JSON, ARGV[4] new version, ARGV[5] next fire ms (-1: none), ARGV[6] level timer id,
--- ARGV[7] level timer payload, ARGV[8] hop timer id ("" : none), ARGV[9] hop payload,
--- ARGV[10] hop due ms, ARGV[11] incident id, ARGV[12] expire ms (0: keep)
+-- ARGV:
+--   tag                shard tag
+--   expected_version   "0": must not exist yet
+--   state              JSON (codec.dump_state)
+--   version            the new version
+--   next_fire_ms       -1: none
+--   level_timer        level timer id
+--   level_payload      codec.LevelTimerPayload
+--   hop_timer          hop timer id ("": none)
+--   hop_payload        codec.HopPayload
+--   hop_due_ms
+--   incident           incident id
+--   expire_ms          0: keep
 -- Returns {"ok"} | {"exists", version} | {"conflict", version}
 local tag = ARGV[1]
 local current = redis.call("HGET", KEYS[1], "version")
