@@ -38,6 +38,11 @@ def rfc3339(text: str) -> datetime:
     return value
 
 
+def incident_number(text: str) -> str:
+    """argparse type: an incident number as `trigger` prints it, `18` or `#18`."""
+    return text.strip().removeprefix("#")
+
+
 def cli_actor() -> common_pb2.Actor:
     """Who acts from the command line: the login name, through the CLI channel."""
     return common_pb2.Actor(channel=common_pb2.CHANNEL_CLI, display=getpass.getuser())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tocsin.cli.common import add_json_flag, run_with_client
+from tocsin.cli.common import add_json_flag, incident_number, run_with_client
 from tocsin.cli.output import print_json, print_table, rfc3339
 from tocsin.client.client import TocsinClient
 from tocsin.v1 import escalation_pb2 as pb
@@ -21,11 +21,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     show = commands.add_parser(
         "escalation", help="an incident's escalation: level, loop, next fire, who was paged"
     )
-    show.add_argument("incident")
+    show.add_argument("incident", type=incident_number, help="incident number (18 or #18)")
     add_json_flag(show)
     show.set_defaults(run=_show)
     escalate = commands.add_parser("escalate", help="page the next escalation level now")
-    escalate.add_argument("incident")
+    escalate.add_argument("incident", type=incident_number, help="incident number (18 or #18)")
     add_json_flag(escalate)
     escalate.set_defaults(run=_escalate)
 

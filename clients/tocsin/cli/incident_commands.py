@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tocsin.cli.common import add_json_flag, cli_actor, run_with_client
+from tocsin.cli.common import add_json_flag, cli_actor, incident_number, run_with_client
 from tocsin.cli.output import print_json, print_table
 from tocsin.cli.output import rfc3339 as format_time
 from tocsin.client.client import TocsinClient
@@ -64,6 +64,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     trigger.add_argument("--dedup-key", default="", help="joins the open incident with this key")
     trigger.add_argument("--severity", choices=SEVERITIES, default="critical")
     trigger.add_argument("--source", default="", help="the affected system")
+    trigger.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only the incident number, e.g. id=$(tocsin trigger ... -q)",
+    )
     add_json_flag(trigger)
     trigger.set_defaults(run=_trigger)
 
@@ -72,18 +78,18 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         ("resolve", "resolve an incident", _resolve),
     ):
         command = commands.add_parser(name, help=verb)
-        command.add_argument("id", help="incident number")
+        command.add_argument("id", type=incident_number, help="incident number (18 or #18)")
         add_json_flag(command)
         command.set_defaults(run=action)
 
     snooze = commands.add_parser("snooze", help="acknowledge for a while, then page again")
-    snooze.add_argument("id", help="incident number")
+    snooze.add_argument("id", type=incident_number, help="incident number (18 or #18)")
     snooze.add_argument("duration", type=duration, help="e.g. 30m, 2h")
     add_json_flag(snooze)
     snooze.set_defaults(run=_snooze)
 
     reassign = commands.add_parser("reassign", help="hand an incident to a user or a policy")
-    reassign.add_argument("id", help="incident number")
+    reassign.add_argument("id", type=incident_number, help="incident number (18 or #18)")
     target = reassign.add_mutually_exclusive_group(required=True)
     target.add_argument("--user")
     target.add_argument("--policy", help="escalation policy id")
@@ -91,7 +97,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     reassign.set_defaults(run=_reassign)
 
     note = commands.add_parser("note", help="add a note to an incident's timeline")
-    note.add_argument("id", help="incident number")
+    note.add_argument("id", type=incident_number, help="incident number (18 or #18)")
     note.add_argument("text")
     add_json_flag(note)
     note.set_defaults(run=_note)
@@ -107,7 +113,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     listing.set_defaults(run=_incidents)
 
     show = commands.add_parser("incident", help="one incident with its timeline")
-    show.add_argument("id", help="incident number")
+    show.add_argument("id", type=incident_number, help="incident number (18 or #18)")
     add_json_flag(show)
     show.set_defaults(run=_incident)
 
@@ -211,7 +217,9 @@ def _trigger(args: argparse.Namespace) -> int:
     if args.json:
         print_json({**incident_json(incident), "created": reply.created})
         return 0
-    if reply.created:
+    if args.quiet:
+        print(incident.id)
+    elif reply.created:
         print(f"Opened incident #{incident.id}: {incident.summary} (dedup key {reply.dedup_key})")
     else:
         print(f"Alert joined incident #{incident.id} ({incident.alert_count} alerts)")
