@@ -167,3 +167,16 @@ async def test_reassign_to_nobody_is_refused_by_name(
             "TRIGGERED",
             "REASSIGNED",
         ]
+
+
+async def test_trigger_quiet_prints_the_number_later_commands_take(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out, _ = await _tocsin(
+        served, monkeypatch, "trigger", "payments-api", "--summary", "x", "--quiet"
+    )
+    assert code == 0 and out.strip().isdigit()
+    incident_id = out.strip()
+    code, out, err = await _tocsin(served, monkeypatch, "ack", f"#{incident_id}")
+    assert code == 0, err
+    assert out.strip() == f"Acknowledged #{incident_id}"
