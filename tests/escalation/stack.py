@@ -13,11 +13,12 @@ from google.protobuf.duration_pb2 import Duration
 
 from tests.harness import Pager
 from tests.notification.stack import PagingStack, paging_stack
-from tests.services import LOOPBACK_ANY_PORT
+from tests.services import LOOPBACK_ANY_PORT, client_for
 from tocsin.client.channel import create_channel
 from tocsin.client.client import TocsinClient
 from tocsin.escalation import server as escalation_server
 from tocsin.escalation.server import EscalationProcess
+from tocsin.notification.peers import EscalationPeer
 from tocsin.runtime.config import load_config
 from tocsin.runtime.redis import RedisClient
 from tocsin.runtime.service import ServiceDeps
@@ -128,6 +129,15 @@ async def full_stack(redis: RedisClient) -> AsyncIterator[FullStack]:
             deps, LOOPBACK_ANY_PORT, background=False
         )
         assert isinstance(running, EscalationProcess)
+        # notification started first, so it learns escalation's address now: it reports
+        # users nobody can reach there (ReportUnreachable).
+        reporter = client_for(
+            scheduling=endpoints.scheduling,
+            incidents=endpoints.incidents,
+            notification=endpoints.notification,
+            escalation=f"127.0.0.1:{port}",
+        )
+        paging.parts.sender.escalation = EscalationPeer(lambda: reporter)
         channel = create_channel(f"127.0.0.1:{port}")
         stack = FullStack(
             paging,
@@ -139,6 +149,7 @@ async def full_stack(redis: RedisClient) -> AsyncIterator[FullStack]:
             yield stack
         finally:
             await channel.close()
+            await reporter.close()
             await running.stop(0)
             if deps.peers is not None:
                 await deps.peers.close()

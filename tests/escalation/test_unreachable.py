@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 
 from tests.escalation.stack import FullStack, user
 from tests.escalation.test_escalation import people, timeline, trigger
+from tests.notification.stack import BOB, SMS
 from tocsin.escalation.domain import idempotency_key
 from tocsin.escalation.store import hop_timer_id
 from tocsin.runtime.events import incident_shard
 from tocsin.runtime.timers import ClaimedTimer
-from tocsin.v1 import escalation_pb2, scheduling_pb2
+from tocsin.v1 import escalation_pb2, notification_pb2, scheduling_pb2
 
 
 async def nobody_to_call(stack: FullStack, user_id: str) -> None:
@@ -181,4 +183,64 @@ async def test_a_report_for_another_level_or_epoch_changes_nothing(stack: FullSt
         )
         assert not reply.advanced
     await stack.run_until_quiet()
+    await stack.pager.expect_no_more_pages()
+
+
+def no_quick_retries(stack: FullStack) -> None:
+    """Every retry from the rule's timer, so the ManualClock drives them all (the quick
+    in-process ones sleep on the clock too, which `run_until_quiet` would wait out)."""
+    sender = stack.paging.parts.sender
+    sender.options = replace(sender.options, retry_attempts=1)
+
+
+async def test_a_level_whose_only_rule_fails_for_good_moves_on_at_once(stack: FullStack) -> None:
+    await people(stack)
+    # Twilio's test number +15005550009 cannot receive SMS (21614); dan has no other rule.
+    await stack.paging.add_user("dan", "+15005550009", [(SMS, 0)])
+    await stack.policy(([user("dan")], 5), ([user("bob")], 5))
+
+    incident_id = await trigger(stack)
+
+    await stack.pager.expect_sms("bob")  # now, not 5 minutes later
+    lines = await timeline(stack, incident_id)
+    assert any(
+        "can reach nobody (every notification rule of dan failed (last: SMS:" in line
+        and "21614" in line
+        for line in lines
+    )
+
+
+async def test_a_throttle_that_never_ends_fails_the_rule_after_a_minute_and_moves_on(
+    stack: FullStack,
+) -> None:
+    await people(stack)
+    no_quick_retries(stack)
+    stack.paging.fake.fail_next(1000, status=429, code=20429, to=BOB)
+    await stack.policy(([user("bob")], 5), ([user("carol")], 5))
+
+    incident_id = await trigger(stack)
+    start = stack.paging.clock.now_ms()
+    for _ in range(58):
+        await stack.tick(seconds=1)
+    await stack.pager.expect_no_more_pages()  # bob's SMS is still being retried
+    tries = len(stack.paging.fake.requests)
+    assert 5 <= tries <= 20  # backoff, not a hammering
+    await stack.tick(seconds=2)
+
+    await stack.pager.expect_sms("carol")  # a minute in, not at the level's 5 minutes
+    assert stack.paging.clock.now_ms() - start == 60_000
+    attempts = await stack.paging.attempts(incident_id)
+    assert [(a.user_id, a.status) for a in attempts] == [
+        ("bob", notification_pb2.ATTEMPT_STATUS_FAILED),
+        ("carol", notification_pb2.ATTEMPT_STATUS_DELIVERED),
+    ]
+    lines = await timeline(stack, incident_id)
+    assert any("SMS to bob (bob-sms) refused for now" in line for line in lines)
+    assert any(
+        "Escalation level 1 (loop 1) can reach nobody (every notification rule of bob failed"
+        in line
+        and "429" in line
+        for line in lines
+    )
+    await stack.tick(minutes=30)
     await stack.pager.expect_no_more_pages()

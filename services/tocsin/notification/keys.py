@@ -23,7 +23,8 @@ and its attempts change together in one script:
                                                      the cycle counter (seq)
     tocsin:T:notify:inc:<id>:cycles          hash    user -> current cycle id
     tocsin:T:notify:cycle:<cycle>            hash    the cycle: inc, user, tp, code, rules
-                                                     (JSON snapshot), n, c, x (cancelled)
+                                                     (JSON snapshot), n, c, k (Notify key),
+                                                     x (cancelled)
     tocsin:T:notify:inc:<id>:attempts        hash    attempt id -> attempt JSON
     tocsin:T:notify:sending                  zset    "<attempts key>|<attempt id>" -> start ms
     tocsin:T:notify:idem:<key>               string  a Notify idempotency key (TTL retention)

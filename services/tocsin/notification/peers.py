@@ -17,7 +17,7 @@ import grpc
 from tocsin.client.client import TocsinClient
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import NotFound, Unavailable
-from tocsin.v1 import common_pb2, incidents_pb2, scheduling_pb2
+from tocsin.v1 import common_pb2, escalation_pb2, incidents_pb2, scheduling_pb2
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,11 @@ class IncidentsPeer:
         self.clock = clock
         self.timeout_s = timeout_s
         self._service_names: dict[str, tuple[str, int]] = {}
+
+    @property
+    def client(self) -> Callable[[], TocsinClient]:
+        """The peer client factory (shared with the other peers of this process)."""
+        return self._client
 
     async def get_incident(self, incident_id: str) -> incidents_pb2.Incident | None:
         """The incident, or None if it does not exist or incidents cannot be reached."""
@@ -130,3 +135,44 @@ class UsersPeer:
                 f"cannot check user {user_id!r} with the scheduling service: {error.code().name}"
             ) from None
         return reply.user
+
+
+class EscalationPeer:
+    """Tells escalation that a user it paged cannot be reached (every rule failed), so a
+    level nobody can answer moves on at once. Best effort: should escalation not answer,
+    the level waits out its delay, as it would have anyway."""
+
+    def __init__(self, client: Callable[[], TocsinClient], timeout_s: float = 5.0) -> None:
+        self.client = client
+        self.timeout_s = timeout_s
+
+    async def report_unreachable(
+        self, incident_id: str, user_id: str, idempotency_key: str, reason: str
+    ) -> bool:
+        """True when the report moved the escalation on."""
+        try:
+            reply = await self.client().escalation.ReportUnreachable(
+                escalation_pb2.ReportUnreachableRequest(
+                    incident_id=incident_id,
+                    user_id=user_id,
+                    idempotency_key=idempotency_key,
+                    reason=reason,
+                ),
+                timeout=self.timeout_s,
+            )
+        except grpc.aio.AioRpcError as error:
+            # INVALID_ARGUMENT: a Notify that escalation did not send (its own key format).
+            level = (
+                logging.DEBUG
+                if error.code() == grpc.StatusCode.INVALID_ARGUMENT
+                else logging.WARNING
+            )
+            log.log(
+                level,
+                "incident %s: could not report %s unreachable to escalation: %s",
+                incident_id,
+                user_id,
+                error.code().name,
+            )
+            return False
+        return reply.advanced

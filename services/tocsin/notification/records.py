@@ -61,7 +61,9 @@ def decode_rules(raw: bytes | str) -> list[CycleRule]:
 class TimerPayload:
     """What a rule's timer carries (lua/notify.lua writes it). `slot_ms` is set once a
     rate-limit slot is reserved, so the firing at that slot sends without reserving again.
-    Stored as {"c", "r", "u", "cm", "t", "tp"[, "s"]}."""
+    A send the provider refused without processing it is retried from the same timer:
+    `first_ms` is when it was first refused and `retries` how often it was re-armed.
+    Stored as {"c", "r", "u", "cm", "t", "tp"[, "s"][, "f", "n"]}."""
 
     cycle_id: str
     rule_index: int
@@ -70,6 +72,8 @@ class TimerPayload:
     channel: int
     traceparent: str
     slot_ms: int | None = None
+    first_ms: int | None = None
+    retries: int = 0
 
     def encode(self) -> bytes:
         data: dict[str, Any] = {
@@ -82,12 +86,15 @@ class TimerPayload:
         }
         if self.slot_ms is not None:
             data["s"] = self.slot_ms
+        if self.first_ms is not None:
+            data["f"] = self.first_ms
+            data["n"] = self.retries
         return _dumps(data).encode()
 
     @classmethod
     def decode(cls, payload: bytes | str) -> TimerPayload:
         data = json.loads(payload)
-        slot = data.get("s")
+        slot, first = data.get("s"), data.get("f")
         return cls(
             cycle_id=str(data["c"]),
             rule_index=int(data["r"]),
@@ -96,6 +103,8 @@ class TimerPayload:
             channel=int(data["t"]),
             traceparent=str(data.get("tp") or ""),
             slot_ms=int(slot) if slot is not None else None,
+            first_ms=int(first) if first is not None else None,
+            retries=int(data.get("n") or 0),
         )
 
     def with_slot(self, slot_ms: int) -> TimerPayload:

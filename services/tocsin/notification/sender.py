@@ -7,20 +7,29 @@ and no timer, so nothing resends it; the sweep marks it UNKNOWN. Retries are onl
 errors where Twilio said it did not process the request (429, 5xx, no connection); an
 unknown outcome (timeout after the request left) is recorded, not retried.
 
+A throttle must not lose the page: a few quick retries happen in process (seconds,
+honouring Retry-After), then the rule's own timer is re-armed for the next try
+(lua/retry_later.lua: the unsent attempt is removed and the timer armed in one step), with
+backoff and Retry-After, for `retry_window_ms` (at least a minute) from the first refusal.
+No process holds a send slot meanwhile, and one that dies loses nothing.
+
 A rule whose contact method cannot be used (deleted, STOPped) or whose send failed (refused
 for good: invalid number, unreachable, opted out; or still refused after every retry)
 moves on to the user's next rule at once: the person must be reached some other way, not
 5 minutes later. An unknown outcome does not: the page may well have arrived, and the
 later rules still run at their time. Twilio's 21610 (the person replied STOP) also marks
-their SMS contact methods disabled, as a STOP that reached us would.
+their SMS contact methods disabled, as a STOP that reached us would. When no rule is left
+(none waiting, every attempt failed) escalation is told the user cannot be reached
+(ReportUnreachable), so a level nobody can answer moves on at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+import random
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -30,7 +39,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from tocsin.notification import domain, messages
 from tocsin.notification.contacts import ContactStore
 from tocsin.notification.domain import AttemptLocation, TimerPayload
-from tocsin.notification.peers import IncidentsPeer
+from tocsin.notification.peers import EscalationPeer, IncidentsPeer
 from tocsin.notification.providers import Provider, ProviderError, SendResult, send_with_retry
 from tocsin.notification.ratelimit import RateLimiter
 from tocsin.notification.store import Fired, PagingStore
@@ -61,6 +70,12 @@ class SenderOptions:
     max_pages_in_flight: int = 16
     """Rule pages handled at once; more wait their turn (queued, never dropped). Bounds
     what a burst asks of Redis's connection pool and Twilio's HTTP pool."""
+    retry_window_ms: int = 60_000
+    """How long after its first refusal a throttled (or 5xx, not connected) rule page is
+    still retried from its timer before it counts as failed."""
+    later_base_delay_s: float = 2.0
+    later_max_delay_s: float = 15.0
+    """Backoff between the timer's retries (doubling, jittered; Retry-After if longer)."""
 
 
 @dataclass(frozen=True)
@@ -93,12 +108,14 @@ class Sender:
         options: SenderOptions,
         *,
         tracer: trace.Tracer | None = None,
+        escalation: EscalationPeer | None = None,
     ) -> None:
         self.store = store
         self.contacts = contacts
         self.limiter = limiter
         self.provider = provider
         self.incidents = incidents
+        self.escalation = escalation or EscalationPeer(incidents.client)
         self.clock = clock
         self.options = options
         self.tracer = tracer or trace.get_tracer("tocsin.notification")
@@ -183,6 +200,8 @@ class Sender:
                     reason,
                 )
                 await self._fire_rule(payload, fired.next_rule)
+                if fired.next_rule < 0:
+                    await self._report_if_spent(payload, reason)
             return
         if payload.slot_ms is None and self.limiter.enabled:
             slot = await self.limiter.reserve(method.type, method.address)
@@ -242,12 +261,75 @@ class Sender:
             text,
             fired.incident_id,
         )
-        error = await self.deliver(page)
-        if error is None or error.outcome_unknown:
+        rearmed = False
+
+        async def retry_later(error: ProviderError) -> bool:
+            nonlocal rearmed
+            rearmed = await self._retry_later(payload, page, error)
+            return rearmed
+
+        # A retry from the timer is one request: the quick in-process ones were spent.
+        attempts = 1 if payload.first_ms is not None else self.options.retry_attempts
+        error = await self.deliver(page, retry_later=retry_later, attempts=attempts)
+        if error is None or error.outcome_unknown or rearmed:
             return
         if error.code == domain.OPTED_OUT_CODE and method.type == domain.SMS:
             await self.contacts.set_number_enabled(method.address, False)
-        await self._fire_rule(payload, await self.store.advance(payload, method.id))
+        next_rule = await self.store.advance(payload, method.id)
+        await self._fire_rule(payload, next_rule)
+        if next_rule < 0:
+            channel = domain.CHANNEL_NAMES.get(method.type, "").upper() or "page"
+            await self._report_if_spent(payload, f"{channel}: {error}")
+
+    async def _retry_later(self, payload: TimerPayload, page: Page, error: ProviderError) -> bool:
+        """Re-arm the rule's timer for another try of a send the provider did not process,
+        while within the retry window; False when the window is over (it failed)."""
+        now = self.clock.now_ms()
+        first = payload.first_ms if payload.first_ms is not None else now
+        deadline = first + self.options.retry_window_ms
+        if now >= deadline:
+            return False
+        ceiling = min(
+            self.options.later_max_delay_s,
+            self.options.later_base_delay_s * 2**payload.retries,
+        )
+        delay_s = max(ceiling / 2 + ceiling / 2 * random.random(), error.retry_after_s or 0.0)
+        due = min(now + int(delay_s * 1000), deadline)
+        retry = replace(payload, first_ms=first, retries=payload.retries + 1)
+        if not await self.store.retry_later(retry, due):
+            return False
+        self.on_rearm()
+        log.info(
+            "%s refused without being processed (%s); trying again in %.1f s",
+            page.attempt_id,
+            error,
+            (due - now) / 1000,
+        )
+        if payload.first_ms is None:
+            self._timeline_attempt(
+                page.incident_id,
+                page.attempt_id,
+                page.method.type,
+                page.user_id,
+                page.method.id,
+                "refused for now",
+                f"{error}; trying again for up to {self.options.retry_window_ms // 1000} s",
+                error_code=error.code,
+            )
+        return True
+
+    async def _report_if_spent(self, payload: TimerPayload, reason: str) -> None:
+        """No rule is left to reach the user with: tell escalation (which moves the level
+        on once every user it paged is unreachable)."""
+        key = await self.store.cycle_spent(payload)
+        if key is None:
+            return
+        await self.escalation.report_unreachable(
+            payload.incident_id,
+            payload.user_id,
+            key,
+            f"every notification rule of {payload.user_id} failed (last: {reason})",
+        )
 
     async def _fire_rule(self, payload: TimerPayload, rule_index: int) -> None:
         """Fire rule `rule_index` of the cycle now (it was re-armed due now), if any."""
@@ -295,9 +377,16 @@ class Sender:
     def _url(self, route: str, attempt_id: str) -> str:
         return f"{self.options.public_url}/twilio/{route}?{urlencode({'attempt': attempt_id})}"
 
-    async def deliver(self, page: Page) -> ProviderError | None:
+    async def deliver(
+        self,
+        page: Page,
+        *,
+        retry_later: Callable[[ProviderError], Awaitable[bool]] | None = None,
+        attempts: int | None = None,
+    ) -> ProviderError | None:
         """Call the provider for a page recorded SENDING and record the outcome.
-        Returns the error if it failed."""
+        Returns the error if it failed. A retryable error that `retry_later` took (True:
+        the page will be tried again) is returned without recording a failure."""
         channel = domain.CHANNEL_NAMES[page.method.type]
         attributes: dict[str, str | int] = {
             "incident.id": page.incident_id,
@@ -315,7 +404,7 @@ class Sender:
             try:
                 result = await send_with_retry(
                     lambda: self._provider_request(page),
-                    attempts=self.options.retry_attempts,
+                    attempts=attempts or self.options.retry_attempts,
                     base_delay=self.options.retry_base_delay_s,
                     max_delay=self.options.retry_max_delay_s,
                     sleep=self.clock.sleep,
@@ -324,6 +413,9 @@ class Sender:
                 span.set_status(Status(StatusCode.ERROR, str(error)))
                 if error.code:
                     span.set_attribute("notification.error_code", error.code)
+                if error.retryable and retry_later is not None and await retry_later(error):
+                    span.set_attribute("notification.retry_later", True)
+                    return error
                 await self._record_failure(page, error)
                 return error
             span.set_attribute("notification.provider_id", result.sid or "")

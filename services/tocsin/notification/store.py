@@ -84,6 +84,8 @@ class PagingStore:
         self._fire = _script(redis, "fire")
         self._advance = _script(redis, "advance")
         self._rearm = _script(redis, "rearm")
+        self._retry_later = _script(redis, "retry_later")
+        self._cycle_spent = _script(redis, "cycle_spent")
         self._incident_state = _script(redis, "incident_state")
         self._update = _script(redis, "attempt_update")
         self._begin = _script(redis, "attempt_begin")
@@ -117,6 +119,7 @@ class PagingStore:
             reply_code=reply_code,
             rules=encode_rules(rules),
             lease_ms=lease_ms,
+            key=idempotency_key,
         )
         if not int(reply[0]):
             return CycleStart(started=False)
@@ -197,6 +200,43 @@ class PagingStore:
                 payload=payload.encode(),
             )
         )
+
+    async def retry_later(self, payload: domain.TimerPayload, due_ms: int) -> bool:
+        """Remove the rule's SENDING attempt (the provider did not process it) and re-arm
+        its timer due at `due_ms` with `payload`; False when the cycle no longer wants it."""
+        incident_id = payload.incident_id
+        shard = incident_shard(incident_id)
+        return bool(
+            await self._retry_later(
+                [
+                    keys.cycle(payload.cycle_id, incident_id),
+                    keys.incident_attempts(incident_id),
+                    keys.sending(shard),
+                    *keys.timer_keys(shard),
+                ],
+                tag=keys.timer_tag(shard),
+                id=payload.attempt_id,
+                due_ms=due_ms,
+                payload=payload.encode(),
+            )
+        )
+
+    async def cycle_spent(self, payload: domain.TimerPayload) -> str | None:
+        """The cycle's Notify idempotency key when nothing is left to reach the user with
+        (no rule waiting, every attempt failed); None otherwise."""
+        incident_id = payload.incident_id
+        shard = incident_shard(incident_id)
+        reply = await self._cycle_spent(
+            [
+                keys.cycle(payload.cycle_id, incident_id),
+                keys.incident_cycles(incident_id),
+                keys.incident_attempts(incident_id),
+                *keys.timer_keys(shard),
+            ],
+            tag=keys.timer_tag(shard),
+            cycle=payload.cycle_id,
+        )
+        return _text(reply[1]) if int(reply[0]) else None
 
     async def apply_incident(self, incident: incidents_pb2.Incident) -> tuple[bool, int]:
         """Mirror the incident's status if newer; a stopped incident's cycles are cancelled.
