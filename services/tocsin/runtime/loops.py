@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from tocsin.runtime.redis import RedisClient
 
@@ -187,7 +187,7 @@ class LoopGuard:
         self.ok = False
         if first or now - self._last_log >= LOG_EVERY_S:
             self._last_log = now
-            expected = isinstance(error, RedisError | OSError)
+            expected = isinstance(error, RedisError | RedisClusterException | OSError)
             log.warning(
                 "%s failed (%d attempts in %.0fs), retrying with backoff: %s",
                 self.name,
