@@ -48,8 +48,8 @@ from tocsin.incidents.snooze import encode_payload, snooze_tag, snooze_timer_key
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import Conflict, NotFound
 from tocsin.runtime.events import EVENT_FIELD, INCIDENT_SHARDS, STREAM_MAXLEN, incident_shard
-from tocsin.runtime.redis import RedisClient, read_lua, register_lua
-from tocsin.runtime.scripts import PROTO_LUA
+from tocsin.runtime.redis import RedisClient, read_lua
+from tocsin.runtime.scripts import PROTO_LUA, LuaScript
 from tocsin.runtime.timers import TIMER_LUA, shard_tag
 from tocsin.v1 import common_pb2, incidents_pb2
 
@@ -60,7 +60,12 @@ IDEMPOTENCY_TTL_S = 2 * 86400
 OPEN_IDS_KEPT = 10_000
 """Dedup keys remembered for the repeat fast path (forgotten all at once when full)."""
 _RETRIES = 50
-_NO_TIMER = ("", "", 0, "")
+_NO_TIMER: dict[str, Any] = {
+    "timer_action": "",
+    "timer_tag": "",
+    "timer_due_ms": 0,
+    "timer_payload": "",
+}
 
 Decide = Callable[[incidents_pb2.Incident, int], Change | None]
 """A transition given the current incident and now (ms); None = nothing to change."""
@@ -93,13 +98,15 @@ class IncidentStore:
         self.alerts_kept = alerts_kept
         self.stream_maxlen = stream_maxlen
         library = (PROTO_LUA, _lua("incident_lib.lua"))
-        self._trigger = BatchedScript(redis, register_lua(redis, *library, _lua("trigger.lua")))
-        self._join = BatchedScript(redis, register_lua(redis, *library, _lua("join.lua")))
+        self._trigger_lua = LuaScript(redis, "trigger.lua", *library, body=_lua("trigger.lua"))
+        self._join_lua = LuaScript(redis, "join.lua", *library, body=_lua("join.lua"))
+        self._trigger = BatchedScript(redis, self._trigger_lua.script)
+        self._join = BatchedScript(redis, self._join_lua.script)
         self._open_ids: dict[str, str] = {}
         """Dedup field -> the incident last seen open under it: a hint for the fast
         path, checked by the script, so a stale one only costs a second round trip."""
-        self._apply = register_lua(redis, TIMER_LUA, *library, _lua("apply.lua"))
-        self._append = register_lua(redis, _lua("append_timeline.lua"))
+        self._apply = LuaScript(redis, "apply.lua", TIMER_LUA, *library, body=_lua("apply.lua"))
+        self._append = LuaScript(redis, "append_timeline.lua", body=_lua("append_timeline.lua"))
 
     async def trigger(
         self,
@@ -125,19 +132,19 @@ class IncidentStore:
         if open_id is not None:
             reply = await self._join(
                 keys=[keys.dedup_key(shard), keys.events_key(shard)],
-                args=[
-                    shard_tag(shard),
-                    field,
-                    open_id,
-                    now,
-                    alert.severity,
-                    alert_pb,
-                    joined,
-                    added,
-                    self.alerts_kept,
-                    self.stream_maxlen,
-                    EVENT_FIELD,
-                ],
+                args=self._join_lua.args(
+                    tag=shard_tag(shard),
+                    field=field,
+                    id=open_id,
+                    now_ms=now,
+                    severity=alert.severity,
+                    alert=alert_pb,
+                    alert_entry=joined,
+                    added_prefix=added,
+                    kept=self.alerts_kept,
+                    maxlen=self.stream_maxlen,
+                    event_field=EVENT_FIELD,
+                ),
             )
             if reply is not None:
                 return self._trigger_result(alert, *reply)
@@ -149,24 +156,26 @@ class IncidentStore:
                 keys.events_key(shard),
                 keys.status_index_key(shard, TRIGGERED),
             ],
-            args=[
-                shard_tag(shard),
-                shard,
-                INCIDENT_SHARDS,
-                field,
-                now,
-                keys.time_bound(now),
-                alert.severity,
-                new_incident(service, dedup_key, alert, now).SerializeToString(),
-                alert_pb,
-                opened_entry(alert, actor, now).SerializeToString(),
-                joined,
-                event_prefix(incidents_pb2.INCIDENT_EVENT_KIND_TRIGGERED, now, actor, traceparent),
-                added,
-                self.alerts_kept,
-                self.stream_maxlen,
-                EVENT_FIELD,
-            ],
+            args=self._trigger_lua.args(
+                tag=shard_tag(shard),
+                shard=shard,
+                shards=INCIDENT_SHARDS,
+                field=field,
+                now_ms=now,
+                now13=keys.time_bound(now),
+                severity=alert.severity,
+                incident=new_incident(service, dedup_key, alert, now).SerializeToString(),
+                alert=alert_pb,
+                triggered_entry=opened_entry(alert, actor, now).SerializeToString(),
+                alert_entry=joined,
+                triggered_prefix=event_prefix(
+                    incidents_pb2.INCIDENT_EVENT_KIND_TRIGGERED, now, actor, traceparent
+                ),
+                added_prefix=added,
+                kept=self.alerts_kept,
+                maxlen=self.stream_maxlen,
+                event_field=EVENT_FIELD,
+            ),
         )
         result = self._trigger_result(alert, *reply)
         if len(self._open_ids) >= OPEN_IDS_KEPT:
@@ -273,7 +282,7 @@ class IncidentStore:
         if idempotency_key:
             script_keys.append(keys.idempotency_key(incident_id, idempotency_key))
         result = await self._append(
-            keys=script_keys, args=[timeline_entry.SerializeToString(), IDEMPOTENCY_TTL_S]
+            script_keys, entry=timeline_entry.SerializeToString(), ttl_s=IDEMPOTENCY_TTL_S
         )
         if result == -1:
             raise NotFound(f"incident {incident_id} does not exist")
@@ -310,12 +319,17 @@ class IncidentStore:
         new = change.incident
         release = dedup_field(new.service_id, new.dedup_key) if change.release_dedup else ""
         expire = int(self.retention.total_seconds()) if new.status == RESOLVED else 0
-        timer_args: tuple[Any, ...] = _NO_TIMER
+        timer_args = _NO_TIMER
         if change.snooze_timer is SnoozeTimer.ARM:
             due = change.snooze_due_ms
-            timer_args = ("arm", snooze_tag(shard), due, encode_payload(due, traceparent))
+            timer_args = {
+                "timer_action": "arm",
+                "timer_tag": snooze_tag(shard),
+                "timer_due_ms": due,
+                "timer_payload": encode_payload(due, traceparent),
+            }
         elif change.snooze_timer is SnoozeTimer.CANCEL:
-            timer_args = ("cancel", snooze_tag(shard), 0, "")
+            timer_args = {**_NO_TIMER, "timer_action": "cancel", "timer_tag": snooze_tag(shard)}
         actor = change.entry.actor
         result = await self._run_apply(
             incident_id,
@@ -349,7 +363,7 @@ class IncidentStore:
         member: str = "",
         release: str = "",
         expire: int = 0,
-        timer_args: tuple[Any, ...] = _NO_TIMER,
+        timer_args: dict[str, Any] = _NO_TIMER,
     ) -> list[Any]:
         """Run lua/apply.lua (see its header for the arguments); an empty `sv` writes no
         state and skips the version check."""
@@ -365,18 +379,16 @@ class IncidentStore:
                 keys.dedup_key(shard),
                 *snooze_timer_keys(shard),
             ],
-            args=[
-                incident_id,
-                sv,
-                state,
-                now,
-                member,
-                timeline_entry.SerializeToString(),
-                prefix,
-                release,
-                expire,
-                self.stream_maxlen,
-                EVENT_FIELD,
-                *timer_args,
-            ],
+            id=incident_id,
+            expected_sv=sv,
+            state=state,
+            now_ms=now,
+            member=member,
+            timeline_entry=timeline_entry.SerializeToString(),
+            prefix=prefix,
+            release=release,
+            expire_s=expire,
+            maxlen=self.stream_maxlen,
+            event_field=EVENT_FIELD,
+            **timer_args,
         )

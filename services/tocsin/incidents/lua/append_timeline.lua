@@ -1,6 +1,8 @@
 -- Append a timeline entry written by another service, at most once per idempotency key.
 -- KEYS: 1 incident hash, 2 timeline, 3 idempotency key (optional)
--- ARGV: 1 TimelineEntry protobuf, 2 idempotency key TTL in seconds
+-- ARGV:
+--   entry    TimelineEntry protobuf
+--   ttl_s    idempotency key TTL
 -- Returns 1 appended, 0 key seen before, -1 no such incident.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return -1

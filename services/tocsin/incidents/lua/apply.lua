@@ -4,11 +4,22 @@
 -- timer and outbox event change together or not at all.
 -- KEYS: 1 incident hash, 2 timeline, 3 alerts, 4 events stream, 5 old status index,
 --       6 new status index, 7 dedup hash, 8.. snooze timer keys (timer library)
--- ARGV: 1 incident id, 2 expected sv ('' = keep p and skip the check, for notes),
---       3 new p, 4 now ms, 5 index member, 6 timeline entry, 7 event prefix,
---       8 dedup field to release ('' = none), 9 expire seconds ('0' = none),
---       10 stream maxlen, 11 event field, 12 timer action ('', 'arm', 'cancel'),
---       13 timer tag, 14 timer due ms, 15 timer payload
+-- ARGV:
+--   id               incident id
+--   expected_sv      '' = keep p and skip the check (for notes)
+--   state            the new p
+--   now_ms
+--   member           index member
+--   timeline_entry   TimelineEntry protobuf
+--   prefix           the event's prefix
+--   release          dedup field to release ('' = none)
+--   expire_s         '0' = none
+--   maxlen           stream maxlen
+--   event_field
+--   timer_action     '', 'arm' or 'cancel' (the snooze timer)
+--   timer_tag
+--   timer_due_ms
+--   timer_payload    snooze.encode_payload
 -- Returns {1, Incident protobuf} when written, {0} on a version conflict, {-1} if absent.
 local ik = KEYS[1]
 local sv = redis.call('HGET', ik, 'sv')

@@ -4,9 +4,18 @@
 -- none of the new-incident arguments trigger.lua takes, which the caller then skips
 -- building.
 -- KEYS: 1 dedup hash, 2 events stream
--- ARGV: 1 tag, 2 dedup field, 3 incident id, 4 now ms, 5 severity, 6 Alert (without id),
---       7 ALERT timeline entry, 8 ALERT_ADDED event prefix, 9 alerts kept,
---       10 stream maxlen, 11 event field
+-- ARGV:
+--   tag
+--   field           dedup field
+--   id              incident id
+--   now_ms
+--   severity
+--   alert           Alert protobuf (without id)
+--   alert_entry     ALERT timeline entry
+--   added_prefix    ALERT_ADDED event prefix
+--   kept            alerts kept
+--   maxlen          stream maxlen
+--   event_field
 -- Returns {0, incident id, Incident protobuf, alert id}, or nil.
 local tag, id = ARGV[1], ARGV[3]
 if redis.call('HGET', KEYS[1], ARGV[2]) ~= id then

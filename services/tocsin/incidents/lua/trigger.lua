@@ -1,10 +1,23 @@
 -- Take an alert: join the open incident that has its dedup entry, or open a new one.
 -- One script, so two triggers with the same key can never open two incidents.
 -- KEYS: 1 dedup hash, 2 incident sequence, 3 events stream, 4 triggered status index
--- ARGV: 1 tag, 2 shard, 3 shard count, 4 dedup field, 5 now ms, 6 now as 13 digits,
---       7 severity, 8 new Incident (without id and counters), 9 Alert (without id),
---       10 TRIGGERED timeline entry, 11 ALERT timeline entry, 12 TRIGGERED event prefix,
---       13 ALERT_ADDED event prefix, 14 alerts kept, 15 stream maxlen, 16 event field
+-- ARGV:
+--   tag
+--   shard
+--   shards              shard count
+--   field               dedup field
+--   now_ms
+--   now13               now as 13 digits
+--   severity
+--   incident            new Incident protobuf (without id and counters)
+--   alert               Alert protobuf (without id)
+--   triggered_entry     TRIGGERED timeline entry
+--   alert_entry         ALERT timeline entry
+--   triggered_prefix    TRIGGERED event prefix
+--   added_prefix        ALERT_ADDED event prefix
+--   kept                alerts kept
+--   maxlen              stream maxlen
+--   event_field
 -- Returns {1 if created else 0, incident id, Incident protobuf, alert id}.
 -- The incident's own keys are named here, since its id is allocated here; they carry the
 -- same hash tag as KEYS, so the script stays in one Cluster slot.
