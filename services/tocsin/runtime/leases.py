@@ -24,7 +24,8 @@ from collections.abc import Iterable
 
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.loops import LoopGuard, WorkerHealth
-from tocsin.runtime.redis import RedisClient, read_lua, register_lua
+from tocsin.runtime.redis import RedisClient, read_lua
+from tocsin.runtime.scripts import LuaScript
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,9 @@ class ShardLeases:
         self.members_key = f"tocsin:{tag}:members"
         self.owners_key = f"tocsin:{tag}:owners"
         self._gc_ms = max(_MIN_GC_MS, 10 * lease_ms)
-        self._join = register_lua(redis, _JOIN)
-        self._sync = register_lua(redis, _SYNC)
-        self._leave = register_lua(redis, _LEAVE)
+        self._join = LuaScript(redis, "lease_join.lua", body=_JOIN)
+        self._sync = LuaScript(redis, "lease_sync.lua", body=_SYNC)
+        self._leave = LuaScript(redis, "lease_leave.lua", body=_LEAVE)
         self._owned: frozenset[int] = frozenset()
         self._valid_until_ms = 0
 
@@ -89,13 +90,22 @@ class ShardLeases:
         """Renew membership, rebalance and renew leases; returns the shards now owned."""
         now = self.clock.now_ms()
         members = await self._join(
-            keys=[self.members_key], args=[self.instance_id, now, self.lease_ms, self._gc_ms]
+            keys=[self.members_key],
+            member=self.instance_id,
+            now_ms=now,
+            lease_ms=self.lease_ms,
+            gc_ms=self._gc_ms,
         )
         assignment = assign_shards((m.decode() for m in members), self.shards)
         desired = [shard for shard, owner in assignment.items() if owner == self.instance_id]
         owned = await self._sync(
             keys=[self.owners_key],
-            args=[self.instance_id, now, self.lease_ms, self._gc_ms, self.shards, *desired],
+            owner=self.instance_id,
+            now_ms=now,
+            lease_ms=self.lease_ms,
+            gc_ms=self._gc_ms,
+            shards=self.shards,
+            desired=desired,
         )
         previous = self._owned
         self._owned = frozenset(int(shard) for shard in owned)
@@ -116,7 +126,7 @@ class ShardLeases:
         self._owned = frozenset()
         self._valid_until_ms = 0
         await self._leave(
-            keys=[self.members_key, self.owners_key], args=[self.instance_id, self.shards]
+            keys=[self.members_key, self.owners_key], owner=self.instance_id, shards=self.shards
         )
 
     async def run(self, stop: asyncio.Event, health: WorkerHealth | None = None) -> None:

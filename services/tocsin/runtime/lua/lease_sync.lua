@@ -1,6 +1,12 @@
 -- Take or renew the leases of the desired shards and give up every other lease held.
 -- KEYS[1] owners hash (shard -> "owner|deadline_ms")
--- ARGV: owner, now_ms, lease_ms, gc_ms, shards, desired shard...
+-- ARGV:
+--   owner
+--   now_ms
+--   lease_ms
+--   gc_ms       the hash expires this long after the last sync
+--   shards      shard count
+--   desired...  the shards to take or renew
 -- A lease is free when absent or when its deadline is not after now. Returns owned shards.
 local owner, now = ARGV[1], tonumber(ARGV[2])
 local value = owner .. '|' .. (now + tonumber(ARGV[3]))
