@@ -16,9 +16,6 @@ SERVICES = Path(__file__).resolve().parents[2] / "services" / "tocsin"
 LIBRARIES = {"proto_constants.lua"}
 NOT_YET_NAMED = {
     # Scripts whose callers still pass ARGV by position (issue 11 item 14, to be moved):
-    "incidents/lua/service_create.lua",
-    "incidents/lua/service_lookup.lua",
-    "incidents/lua/service_replace.lua",
     "notification/lua/page_prepare.lua",
     "notification/lua/reserve.lua",
     "notification/lua/settings_write.lua",

@@ -21,7 +21,8 @@ from tocsin.incidents import keys
 from tocsin.incidents.validation import check, service_id_violations, service_violations
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
-from tocsin.runtime.redis import RedisClient, read_lua, register_lua
+from tocsin.runtime.redis import RedisClient, read_lua
+from tocsin.runtime.scripts import LuaScript
 from tocsin.v1 import incidents_pb2
 
 DEFAULT_PAGE_SIZE = 100
@@ -46,9 +47,9 @@ class ServiceStore:
         self._cache: dict[tuple[str, str], tuple[int, incidents_pb2.Service]] = {}
         self._finding: dict[tuple[str, str], asyncio.Future[incidents_pb2.Service | None]] = {}
         self._keys = [keys.SERVICES_BY_ID, keys.SERVICES_BY_KEY]
-        self._create = register_lua(redis, _lua("service_create.lua"))
-        self._replace = register_lua(redis, _lua("service_replace.lua"))
-        self._lookup = register_lua(redis, _lua("service_lookup.lua"))
+        self._create = LuaScript(redis, "service_create.lua", body=_lua("service_create.lua"))
+        self._replace = LuaScript(redis, "service_replace.lua", body=_lua("service_replace.lua"))
+        self._lookup = LuaScript(redis, "service_lookup.lua", body=_lua("service_lookup.lua"))
 
     async def create(
         self, service: incidents_pb2.Service, *, validate_only: bool = False
@@ -65,7 +66,10 @@ class ServiceStore:
             await self._key_free(stored)
             return stored
         result = await self._create(
-            keys=self._keys, args=[stored.id, stored.integration_key, stored.SerializeToString()]
+            self._keys,
+            id=stored.id,
+            key=stored.integration_key,
+            service=stored.SerializeToString(),
         )
         if result == b"id":
             raise AlreadyExists(f"service {stored.id!r} already exists")
@@ -104,7 +108,7 @@ class ServiceStore:
         self, *, service_id: str = "", integration_key: str = ""
     ) -> incidents_pb2.Service | None:
         """The service with this id, or else with this integration key; None if none."""
-        raw = await self._lookup(keys=self._keys, args=[service_id, integration_key])
+        raw = await self._lookup(self._keys, id=service_id, key=integration_key)
         return incidents_pb2.Service.FromString(raw) if raw is not None else None
 
     async def get(self, service_id: str, field: str = "id") -> incidents_pb2.Service:
@@ -146,14 +150,12 @@ class ServiceStore:
                 await self._key_free(stored)
                 return stored
             result = await self._replace(
-                keys=self._keys,
-                args=[
-                    stored.id,
-                    raw,
-                    current.integration_key,
-                    stored.SerializeToString(),
-                    stored.integration_key,
-                ],
+                self._keys,
+                id=stored.id,
+                read=raw,
+                key=current.integration_key,
+                service=stored.SerializeToString(),
+                new_key=stored.integration_key,
             )
             if self._settled(result, stored.id):
                 self._cache.clear()
@@ -165,7 +167,12 @@ class ServiceStore:
         for _ in range(_RETRIES):
             current, raw = await self._read(service_id)
             result = await self._replace(
-                keys=self._keys, args=[service_id, raw, current.integration_key, b"", b""]
+                self._keys,
+                id=service_id,
+                read=raw,
+                key=current.integration_key,
+                service=b"",
+                new_key=b"",
             )
             if self._settled(result, service_id):
                 self._cache.clear()

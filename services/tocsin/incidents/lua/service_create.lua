@@ -1,4 +1,8 @@
--- Create a service. KEYS: 1 by-id hash, 2 by-key hash; ARGV: id, integration key, Service.
+-- Create a service. KEYS: 1 by-id hash, 2 by-key hash
+-- ARGV:
+--   id
+--   key        integration key
+--   service    Service protobuf
 -- Returns 'ok', or 'id' / 'key' when that is taken.
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   return 'id'

@@ -1,5 +1,9 @@
--- A service by id (ARGV[1]) or, when that is empty, by integration key (ARGV[2]).
--- KEYS: 1 by-id hash, 2 by-key hash. Returns the Service protobuf or nil.
+-- A service by id or, when that is empty, by integration key.
+-- KEYS: 1 by-id hash, 2 by-key hash
+-- ARGV:
+--   id
+--   key        integration key
+-- Returns the Service protobuf or nil.
 local id = ARGV[1]
 if id == '' then
   id = redis.call('HGET', KEYS[2], ARGV[2])

@@ -1,7 +1,11 @@
--- Replace or delete a service the caller read as ARGV[2] (compare-and-set).
+-- Replace or delete a service the caller read as `read` (compare-and-set).
 -- KEYS: 1 by-id hash, 2 by-key hash
--- ARGV: 1 id, 2 Service as read, 3 its integration key, 4 new Service ('' = delete),
---       5 new integration key
+-- ARGV:
+--   id
+--   read       the Service protobuf as read
+--   key        its integration key
+--   service    the new Service protobuf ('' = delete)
+--   new_key    the new integration key
 -- Returns 'ok', 'missing', 'conflict' (changed since read) or 'key' (new key taken).
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 if not current then
