@@ -19,9 +19,6 @@ NOT_YET_NAMED = {
     "notification/lua/page_prepare.lua",
     "notification/lua/reserve.lua",
     "notification/lua/settings_write.lua",
-    "scheduling/lua/delete_schedule.lua",
-    "scheduling/lua/delete_user.lua",
-    "scheduling/lua/put_schedule.lua",
 }
 _ARGV_USE = re.compile(r"ARGV\[(\d+)\]")
 

@@ -24,7 +24,8 @@ from tocsin.runtime.errors import (
     InvalidArgument,
     NotFound,
 )
-from tocsin.runtime.redis import RedisClient, read_lua, register_lua
+from tocsin.runtime.redis import RedisClient, read_lua
+from tocsin.runtime.scripts import LuaScript
 from tocsin.scheduling.convert import parse_schedule, to_domain_schedule
 from tocsin.scheduling.model import Schedule
 from tocsin.v1 import scheduling_pb2
@@ -34,6 +35,10 @@ USERS = PREFIX + "users"
 SCHEDULES = PREFIX + "schedules"
 _CACHE_SIZE = 256
 _CREATE_USER = """
+-- Create a user unless the id is taken. KEYS: user key, users index
+-- ARGV:
+--   id       user id
+--   user     User protobuf
 if redis.call("SET", KEYS[1], ARGV[2], "NX") then
   redis.call("ZADD", KEYS[2], 0, ARGV[1])
   return 1
@@ -41,6 +46,10 @@ end
 return 0
 """
 _CAS_ATTEMPTS = 5
+
+
+def _script(redis: RedisClient, name: str) -> LuaScript:
+    return LuaScript(redis, name, body=read_lua("tocsin.scheduling", f"lua/{name}"))
 
 
 def user_key(user_id: str) -> str:
@@ -59,19 +68,17 @@ class SchedulingStore:
     def __init__(self, redis: RedisClient) -> None:
         # redis-py's annotations assume str replies; these clients return bytes.
         self.redis: Any = redis
-        self._put = register_lua(redis, read_lua("tocsin.scheduling", "lua/put_schedule.lua"))
-        self._delete = register_lua(redis, read_lua("tocsin.scheduling", "lua/delete_schedule.lua"))
-        self._delete_user = register_lua(
-            redis, read_lua("tocsin.scheduling", "lua/delete_user.lua")
-        )
-        self._create_user = register_lua(redis, _CREATE_USER)
+        self._put = _script(redis, "put_schedule.lua")
+        self._delete = _script(redis, "delete_schedule.lua")
+        self._delete_user = _script(redis, "delete_user.lua")
+        self._create_user = LuaScript(redis, "create user", body=_CREATE_USER)
         self._compiled: OrderedDict[tuple[str, int], Schedule] = OrderedDict()
 
     # users
 
     async def create_user(self, user: scheduling_pb2.User) -> None:
         created = await self._create_user(
-            keys=[user_key(user.id), USERS], args=[user.id, user.SerializeToString()]
+            [user_key(user.id), USERS], id=user.id, user=user.SerializeToString()
         )
         if not created:
             raise AlreadyExists(f"user {user.id!r} already exists")
@@ -95,9 +102,7 @@ class SchedulingStore:
         return {i.decode() for i in await self.redis.zrange(USERS, 0, -1)}
 
     async def delete_user(self, user_id: str) -> None:
-        reply = await self._delete_user(
-            keys=[user_key(user_id), USERS, refs_key(user_id)], args=[user_id]
-        )
+        reply = await self._delete_user([user_key(user_id), USERS, refs_key(user_id)], id=user_id)
         outcome = reply[0].decode()
         if outcome == "missing":
             raise NotFound(f"user {user_id!r} does not exist")
@@ -190,7 +195,7 @@ class SchedulingStore:
 
     async def delete_schedule(self, schedule_id: str) -> None:
         deleted = await self._delete(
-            keys=[schedule_key(schedule_id), SCHEDULES], args=[schedule_id, PREFIX]
+            [schedule_key(schedule_id), SCHEDULES], id=schedule_id, prefix=PREFIX
         )
         if not deleted:
             raise NotFound(f"schedule {schedule_id!r} does not exist")
@@ -223,7 +228,13 @@ class SchedulingStore:
         )
         reply = await self._put(
             keys=[schedule_key(msg.id), SCHEDULES, *(user_key(u) for u in users)],
-            args=[msg.id, mode, expected, msg.SerializeToString(), msg.version, PREFIX, *users],
+            id=msg.id,
+            mode=mode,
+            expected=expected,
+            schedule=msg.SerializeToString(),
+            version=msg.version,
+            prefix=PREFIX,
+            users=users,
         )
         outcome = reply[0].decode()
         if outcome == "exists":

@@ -1,5 +1,8 @@
 -- Delete a schedule and its user references.
--- KEYS[1] schedule hash, KEYS[2] schedules index; ARGV[1] id, ARGV[2] key prefix
+-- KEYS[1] schedule hash, KEYS[2] schedules index
+-- ARGV:
+--   id       schedule id
+--   prefix   key prefix
 -- Returns 1 if deleted, 0 if it did not exist.
 local users = redis.call("HGET", KEYS[1], "users")
 if not users and redis.call("EXISTS", KEYS[1]) == 0 then return 0 end

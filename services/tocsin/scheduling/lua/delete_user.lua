@@ -1,5 +1,7 @@
 -- Delete a user unless a schedule still names them.
--- KEYS[1] user key, KEYS[2] users index, KEYS[3] the user's schedule references; ARGV[1] id
+-- KEYS[1] user key, KEYS[2] users index, KEYS[3] the user's schedule references
+-- ARGV:
+--   id       user id
 -- Returns {"ok"} | {"missing"} | {"referenced", schedule ids...}
 if redis.call("EXISTS", KEYS[1]) == 0 then return {"missing"} end
 local refs = redis.call("SMEMBERS", KEYS[3])

@@ -1,8 +1,13 @@
 -- Create or replace a schedule, atomically with the user-reference index.
 -- KEYS[1] schedule hash, KEYS[2] schedules index (zset), KEYS[3..] user keys it names
--- ARGV[1] schedule id, ARGV[2] mode ("create" | "update"), ARGV[3] expected version
--- (update; 0 = any), ARGV[4] new proto bytes, ARGV[5] new version, ARGV[6] key prefix,
--- ARGV[7..] the user ids (same order as KEYS[3..])
+-- ARGV:
+--   id         schedule id
+--   mode       "create" | "update"
+--   expected   expected version (update; 0 = any)
+--   schedule   the new Schedule protobuf
+--   version    the new version
+--   prefix     key prefix
+--   users...   the user ids (same order as KEYS[3..])
 -- Returns {"ok"} | {"exists"} | {"missing"} | {"conflict", version} | {"unknown_users", ...}
 local current = redis.call("HGET", KEYS[1], "version")
 if ARGV[2] == "create" and current then return {"exists"} end
