@@ -9,7 +9,7 @@ import asyncio
 import json
 from dataclasses import replace
 
-from tests.escalation.stack import FullStack, user
+from tests.escalation.stack import FullStack, schedule, user
 from tests.escalation.test_escalation import people, timeline, trigger
 from tests.notification.stack import BOB, SMS
 from tocsin.escalation.domain import idempotency_key
@@ -244,3 +244,17 @@ async def test_a_throttle_that_never_ends_fails_the_rule_after_a_minute_and_move
     )
     await stack.tick(minutes=30)
     await stack.pager.expect_no_more_pages()
+
+
+async def test_a_schedule_whose_on_call_user_cannot_be_reached_moves_on(stack: FullStack) -> None:
+    await people(stack)
+    await nobody_to_call(stack, "zed")
+    await stack.schedule("primary", ["zed"])
+    await stack.policy(([schedule("primary")], 5), ([user("bob")], 5))
+
+    incident_id = await trigger(stack)
+
+    await stack.pager.expect_sms("bob")
+    lines = await timeline(stack, incident_id)
+    assert "Escalation level 1 (loop 1) paged zed (schedule primary)" in lines
+    assert any("can reach nobody (zed has no contact method)" in line for line in lines)
