@@ -246,6 +246,21 @@ async def test_fail_next_refuses_then_recovers(fake: FakeTwilio, client: httpx.A
     assert len(fake.accepted("sms")) == 1 and fake.accepted("call") == []
 
 
+async def test_a_throttle_can_carry_retry_after_and_hit_one_number(client: httpx.AsyncClient):
+    other = "+15005550011"
+    control = {"count": 1, "status": 429, "code": 20429, "retry_after": 7, "to": ALICE}
+    assert (await client.post("/_fake/fail", json=control)).status_code == 200
+
+    elsewhere = await client.post(MESSAGES, data=sms(To=other))
+    throttled = await client.post(MESSAGES, data=sms())
+    again = await client.post(MESSAGES, data=sms())
+
+    assert elsewhere.status_code == 201 and "retry-after" not in elsewhere.headers
+    assert throttled.status_code == 429 and throttled.headers["retry-after"] == "7"
+    assert throttled.json()["code"] == 20429
+    assert again.status_code == 201
+
+
 async def test_sms_status_callbacks_are_signed(
     fake: FakeTwilio, client: httpx.AsyncClient, receiver: Receiver
 ):
