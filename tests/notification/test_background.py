@@ -5,10 +5,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from redis.exceptions import RedisClusterException
+
 from tests.notification.stack import ALICE, SMS, VOICE, PagingStack
 from tests.services import LOOPBACK_ANY_PORT
 from tocsin.notification.server import NotificationService, create_server
+from tocsin.notification.servicer import SERVICE_NAME
 from tocsin.runtime.events import INCIDENT_SHARDS, incident_shard
+from tocsin.runtime.leases import ShardLeases
 from tocsin.runtime.service import ServiceDeps
 from tocsin.v1 import common_pb2, incidents_pb2
 
@@ -62,3 +69,55 @@ async def test_background_tasks_follow_events_and_release_their_shards(
 
 async def _is(value: Awaitable[object], expected: object) -> bool:
     return await value == expected
+
+
+async def serving_status(port: int) -> str:
+    # A plain channel: tocsin's own avoids a replica that is not serving.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=2
+        )
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+async def test_health_is_not_serving_while_a_worker_keeps_failing_and_serving_once_it_recovers(
+    stack: PagingStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deps = ServiceDeps(stack.config, stack.redis, stack.clock, peers=stack.client)
+    running, port = await create_server(deps, LOOPBACK_ANY_PORT, background=True)
+    assert isinstance(running, NotificationService)
+    running.workers.fail_after_s = 0.3
+    leases = running.parts.leases
+    heartbeat = leases.heartbeat
+    failing = [RedisClusterException("Redis Cluster cannot be connected")]
+    every_shard = frozenset(range(INCIDENT_SHARDS))
+
+    async def faulty_heartbeat() -> frozenset[int]:
+        if failing:
+            raise failing[0]  # what a cut-off Cluster client raises (not a RedisError)
+        return await heartbeat()
+
+    async def until_status(status: str) -> None:
+        """Let time pass (heartbeats come due) until the health check says `status`."""
+        async with asyncio.timeout(15):
+            while await serving_status(port) != status:
+                stack.clock.advance(seconds=1)
+                await asyncio.sleep(0.05)
+
+    try:
+        await until_status("SERVING")
+        await eventually(lambda: _is(_owned(leases), every_shard))
+        monkeypatch.setattr(leases, "heartbeat", faulty_heartbeat)
+        await until_status("NOT_SERVING")
+        assert leases.owned == frozenset()
+
+        failing.clear()
+        await until_status("SERVING")
+        assert leases.owned == every_shard
+        assert all(not task.done() for task in running.tasks)
+    finally:
+        await running.stop(0)
+
+
+async def _owned(leases: ShardLeases) -> frozenset[int]:
+    return leases.owned

@@ -85,8 +85,8 @@ class WorkerHealth:
         backoff_cap_s: float = BACKOFF_CAP_S,
     ) -> LoopGuard:
         """A guard for the loop `name`, registered here (a name already used is reused)."""
-        state = _LoopState(name, fail_after_s, stuck_after_s)
-        self._loops[name] = state
+        state = self._loops.setdefault(name, _LoopState(name))
+        state.fail_after_s, state.stuck_after_s = fail_after_s, stuck_after_s
         return LoopGuard(name, stop, state=state, backoff_cap_s=backoff_cap_s)
 
     def track(self, name: str, task: asyncio.Task[None], stopping: asyncio.Event) -> None:
