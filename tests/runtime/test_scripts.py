@@ -17,7 +17,6 @@ LIBRARIES = {"proto_constants.lua"}
 NOT_YET_NAMED = {
     # Scripts whose callers still pass ARGV by position (issue 11 item 14, to be moved):
     "notification/lua/page_prepare.lua",
-    "notification/lua/reserve.lua",
     "notification/lua/settings_write.lua",
 }
 _ARGV_USE = re.compile(r"ARGV\[(\d+)\]")

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from tocsin.notification import domain, keys
 from tocsin.runtime.clock import Clock
-from tocsin.runtime.redis import RedisClient, read_lua, register_lua
+from tocsin.runtime.redis import RedisClient, read_lua
+from tocsin.runtime.scripts import LuaScript
 
 
 class RateLimiter:
@@ -36,7 +37,9 @@ class RateLimiter:
         self.sender = sender
         self.sender_interval_ms = round(1000 / sends_per_second) if sends_per_second else 0
         self.number_interval_ms = number_interval_ms
-        self._reserve = register_lua(redis, read_lua("tocsin.notification", "lua/reserve.lua"))
+        self._reserve = LuaScript(
+            redis, "reserve.lua", body=read_lua("tocsin.notification", "lua/reserve.lua")
+        )
 
     @property
     def enabled(self) -> bool:
@@ -56,5 +59,10 @@ class RateLimiter:
 
     async def _take(self, name: str, now: int, not_before: int, interval_ms: int) -> int:
         return int(
-            await self._reserve(keys=[keys.rate_slot(name)], args=[now, not_before, interval_ms])
+            await self._reserve(
+                [keys.rate_slot(name)],
+                now_ms=now,
+                not_before_ms=not_before,
+                interval_ms=interval_ms,
+            )
         )
