@@ -26,17 +26,17 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctocsin/v1/notification.proto\x12\ttocsin.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"{\n\rContactMethod\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12*\n\x04type\x18\x03 \x01(\x0e\x32\x1c.tocsin.v1.ContactMethodType\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x10\n\x08\x64isabled\x18\x05 \x01(\x08\"W\n\x10NotificationRule\x12\x19\n\x11\x63ontact_method_id\x18\x01 \x01(\t\x12(\n\x05\x64\x65lay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xf6\x02\n\x07\x41ttempt\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bincident_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x19\n\x11\x63ontact_method_id\x18\x04 \x01(\t\x12*\n\x04type\x18\x05 \x01(\x0e\x32\x1c.tocsin.v1.ContactMethodType\x12\x12\n\nrule_index\x18\x06 \x01(\x05\x12(\n\x06status\x18\x07 \x01(\x0e\x32\x18.tocsin.v1.AttemptStatus\x12\x13\n\x0bprovider_id\x18\x08 \x01(\t\x12\x12\n\nerror_code\x18\t \x01(\x05\x12\x17\n\x0fprovider_status\x18\n \x01(\t\x12\x12\n\nreply_code\x18\x0b \x01(\t\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"e\n\x1a\x43reateContactMethodRequest\x12\x30\n\x0e\x63ontact_method\x18\x01 \x01(\x0b\x32\x18.tocsin.v1.ContactMethod\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\"O\n\x1b\x43reateContactMethodResponse\x12\x30\n\x0e\x63ontact_method\x18\x01 \x01(\x0b\x32\x18.tocsin.v1.ContactMethod\"e\n\x1aUpdateContactMethodRequest\x12\x30\n\x0e\x63ontact_method\x18\x01 \x01(\x0b\x32\x18.tocsin.v1.ContactMethod\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\"O\n\x1bUpdateContactMethodResponse\x12\x30\n\x0e\x63ontact_method\x18\x01 \x01(\x0b\x32\x18.tocsin.v1.ContactMethod\"(\n\x1a\x44\x65leteContactMethodRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1d\n\x1b\x44\x65leteContactMethodResponse\"5\n\"GetUserNotificationSettingsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x84\x01\n#GetUserNotificationSettingsResponse\x12\x31\n\x0f\x63ontact_methods\x18\x01 \x03(\x0b\x32\x18.tocsin.v1.ContactMethod\x12*\n\x05rules\x18\x02 \x03(\x0b\x32\x1b.tocsin.v1.NotificationRule\"q\n\x1bSetNotificationRulesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12*\n\x05rules\x18\x02 \x03(\x0b\x32\x1b.tocsin.v1.NotificationRule\x12\x15\n\rvalidate_only\x18\x03 \x01(\x08\"J\n\x1cSetNotificationRulesResponse\x12*\n\x05rules\x18\x01 \x03(\x0b\x32\x1b.tocsin.v1.NotificationRule\"c\n\rNotifyRequest\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x13\n\x0btraceparent\x18\x04 \x01(\t\"k\n\x0eNotifyResponse\x12\x0f\n\x07started\x18\x01 \x01(\x08\x12\x17\n\x0frules_scheduled\x18\x02 \x01(\x05\x12\x13\n\x0bunreachable\x18\x03 \x01(\x08\x12\x1a\n\x12unreachable_reason\x18\x04 \x01(\t\"1\n\x1a\x43\x61ncelNotificationsRequest\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\"0\n\x1b\x43\x61ncelNotificationsResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x05\"*\n\x13ListAttemptsRequest\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\"<\n\x14ListAttemptsResponse\x12$\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x12.tocsin.v1.Attempt\"&\n\x13SendTestPageRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"<\n\x14SendTestPageResponse\x12$\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x12.tocsin.v1.Attempt\"e\n\x18HandleIncomingSmsRequest\x12\x13\n\x0b\x66rom_number\x18\x01 \x01(\t\x12\x11\n\tto_number\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\x12\x13\n\x0bmessage_sid\x18\x04 \x01(\t\"*\n\x19HandleIncomingSmsResponse\x12\r\n\x05reply\x18\x01 \x01(\t\"R\n\x1aHandleVoiceKeypressRequest\x12\x10\n\x08\x63\x61ll_sid\x18\x01 \x01(\t\x12\x0e\n\x06\x64igits\x18\x02 \x01(\t\x12\x12\n\nattempt_id\x18\x03 \x01(\t\",\n\x1bHandleVoiceKeypressResponse\x12\r\n\x05twiml\x18\x01 \x01(\t\"j\n\x1bHandleDeliveryStatusRequest\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x12\n\nattempt_id\x18\x04 \x01(\t\"-\n\x1cHandleDeliveryStatusResponse\x12\r\n\x05known\x18\x01 \x01(\x08*t\n\x11\x43ontactMethodType\x12#\n\x1f\x43ONTACT_METHOD_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43ONTACT_METHOD_TYPE_SMS\x10\x01\x12\x1d\n\x19\x43ONTACT_METHOD_TYPE_VOICE\x10\x02*\xd5\x01\n\rAttemptStatus\x12\x1e\n\x1a\x41TTEMPT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41TTEMPT_STATUS_SENDING\x10\x01\x12\x17\n\x13\x41TTEMPT_STATUS_SENT\x10\x02\x12\x1c\n\x18\x41TTEMPT_STATUS_DELIVERED\x10\x03\x12\x19\n\x15\x41TTEMPT_STATUS_FAILED\x10\x04\x12\x1a\n\x16\x41TTEMPT_STATUS_UNKNOWN\x10\x05\x12\x1a\n\x16\x41TTEMPT_STATUS_SKIPPED\x10\x06\x32\xa4\t\n\x13NotificationService\x12\x64\n\x13\x43reateContactMethod\x12%.tocsin.v1.CreateContactMethodRequest\x1a&.tocsin.v1.CreateContactMethodResponse\x12\x64\n\x13UpdateContactMethod\x12%.tocsin.v1.UpdateContactMethodRequest\x1a&.tocsin.v1.UpdateContactMethodResponse\x12\x64\n\x13\x44\x65leteContactMethod\x12%.tocsin.v1.DeleteContactMethodRequest\x1a&.tocsin.v1.DeleteContactMethodResponse\x12|\n\x1bGetUserNotificationSettings\x12-.tocsin.v1.GetUserNotificationSettingsRequest\x1a..tocsin.v1.GetUserNotificationSettingsResponse\x12g\n\x14SetNotificationRules\x12&.tocsin.v1.SetNotificationRulesRequest\x1a\'.tocsin.v1.SetNotificationRulesResponse\x12=\n\x06Notify\x12\x18.tocsin.v1.NotifyRequest\x1a\x19.tocsin.v1.NotifyResponse\x12\x64\n\x13\x43\x61ncelNotifications\x12%.tocsin.v1.CancelNotificationsRequest\x1a&.tocsin.v1.CancelNotificationsResponse\x12O\n\x0cListAttempts\x12\x1e.tocsin.v1.ListAttemptsRequest\x1a\x1f.tocsin.v1.ListAttemptsResponse\x12O\n\x0cSendTestPage\x12\x1e.tocsin.v1.SendTestPageRequest\x1a\x1f.tocsin.v1.SendTestPageResponse\x12^\n\x11HandleIncomingSms\x12#.tocsin.v1.HandleIncomingSmsRequest\x1a$.tocsin.v1.HandleIncomingSmsResponse\x12\x64\n\x13HandleVoiceKeypress\x12%.tocsin.v1.HandleVoiceKeypressRequest\x1a&.tocsin.v1.HandleVoiceKeypressResponse\x12g\n\x14HandleDeliveryStatus\x12&.tocsin.v1.HandleDeliveryStatusRequest\x1a\'.tocsin.v1.HandleDeliveryStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctocsin/v1/notification.proto\x12\ttocsin.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"{\n\rContactMethod\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12*\n\x04type\x18\x03 \x01(\x0e\x32\x1c.tocsin.v1.ContactMethodType\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x10\n\x08\x64isabled\x18\x05 \x01(\x08\"W\n\x10NotificationRule\x12\x19\n\x11\x63ontact_method_id\x18\x01 \x01(\t\x12(\n\x05\x64\x65lay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xf6\x02\n\x07\x41ttempt\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bincident_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x19\n\x11\x63ontact_method_id\x18\x04 \x01(\t\x12*\n\x04type\x18\x05 \x01(\x0e\x32\x1c.tocsin.v1.ContactMethodType\x12\x12\n\nrule_index\x18\x06 \x01(\x05\x12(\n\x06status\x18\x07 \x01(\x0e\x32\x18.tocsin.v1.AttemptStatus\x12\x13\n\x0bprovider_id\x18\x08 \x01(\t\x12\x12\n\nerror_code\x18\t \x01(\x05\x12\x17\n\x0fprovider_status\x18\n \x01(\t\x12\x12\n\nreply_code\x18\x0b \x01(\t\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"e\n\x1a\x43reateContactMethodRequest\x12\x30\n\x0e\x63ontact_method\x18\x01 \x01(\x0b\x32\x18.tocsin.v1.ContactMethod\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\"O\n\x1b\x43reateContactMethodResponse\x12\x30\n\x0e\x63ontact_method\x18\x01 \x01(\x0b\x32\x18.tocsin.v1.ContactMethod\"e\n\x1aUpdateContactMethodRequest\x12\x30\n\x0e\x63ontact_method\x18\x01 \x01(\x0b\x32\x18.tocsin.v1.ContactMethod\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\"O\n\x1bUpdateContactMethodResponse\x12\x30\n\x0e\x63ontact_method\x18\x01 \x01(\x0b\x32\x18.tocsin.v1.ContactMethod\"(\n\x1a\x44\x65leteContactMethodRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1d\n\x1b\x44\x65leteContactMethodResponse\"5\n\"GetUserNotificationSettingsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x84\x01\n#GetUserNotificationSettingsResponse\x12\x31\n\x0f\x63ontact_methods\x18\x01 \x03(\x0b\x32\x18.tocsin.v1.ContactMethod\x12*\n\x05rules\x18\x02 \x03(\x0b\x32\x1b.tocsin.v1.NotificationRule\"q\n\x1bSetNotificationRulesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12*\n\x05rules\x18\x02 \x03(\x0b\x32\x1b.tocsin.v1.NotificationRule\x12\x15\n\rvalidate_only\x18\x03 \x01(\x08\"J\n\x1cSetNotificationRulesResponse\x12*\n\x05rules\x18\x01 \x03(\x0b\x32\x1b.tocsin.v1.NotificationRule\"\x96\x01\n\rNotifyRequest\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x13\n\x0btraceparent\x18\x04 \x01(\t\x12\x31\n\rnext_level_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"k\n\x0eNotifyResponse\x12\x0f\n\x07started\x18\x01 \x01(\x08\x12\x17\n\x0frules_scheduled\x18\x02 \x01(\x05\x12\x13\n\x0bunreachable\x18\x03 \x01(\x08\x12\x1a\n\x12unreachable_reason\x18\x04 \x01(\t\"1\n\x1a\x43\x61ncelNotificationsRequest\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\"0\n\x1b\x43\x61ncelNotificationsResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x05\"*\n\x13ListAttemptsRequest\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\"<\n\x14ListAttemptsResponse\x12$\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x12.tocsin.v1.Attempt\"&\n\x13SendTestPageRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"<\n\x14SendTestPageResponse\x12$\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x12.tocsin.v1.Attempt\"e\n\x18HandleIncomingSmsRequest\x12\x13\n\x0b\x66rom_number\x18\x01 \x01(\t\x12\x11\n\tto_number\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\x12\x13\n\x0bmessage_sid\x18\x04 \x01(\t\"*\n\x19HandleIncomingSmsResponse\x12\r\n\x05reply\x18\x01 \x01(\t\"R\n\x1aHandleVoiceKeypressRequest\x12\x10\n\x08\x63\x61ll_sid\x18\x01 \x01(\t\x12\x0e\n\x06\x64igits\x18\x02 \x01(\t\x12\x12\n\nattempt_id\x18\x03 \x01(\t\",\n\x1bHandleVoiceKeypressResponse\x12\r\n\x05twiml\x18\x01 \x01(\t\"j\n\x1bHandleDeliveryStatusRequest\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x12\n\nattempt_id\x18\x04 \x01(\t\"-\n\x1cHandleDeliveryStatusResponse\x12\r\n\x05known\x18\x01 \x01(\x08*t\n\x11\x43ontactMethodType\x12#\n\x1f\x43ONTACT_METHOD_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43ONTACT_METHOD_TYPE_SMS\x10\x01\x12\x1d\n\x19\x43ONTACT_METHOD_TYPE_VOICE\x10\x02*\xd5\x01\n\rAttemptStatus\x12\x1e\n\x1a\x41TTEMPT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41TTEMPT_STATUS_SENDING\x10\x01\x12\x17\n\x13\x41TTEMPT_STATUS_SENT\x10\x02\x12\x1c\n\x18\x41TTEMPT_STATUS_DELIVERED\x10\x03\x12\x19\n\x15\x41TTEMPT_STATUS_FAILED\x10\x04\x12\x1a\n\x16\x41TTEMPT_STATUS_UNKNOWN\x10\x05\x12\x1a\n\x16\x41TTEMPT_STATUS_SKIPPED\x10\x06\x32\xa4\t\n\x13NotificationService\x12\x64\n\x13\x43reateContactMethod\x12%.tocsin.v1.CreateContactMethodRequest\x1a&.tocsin.v1.CreateContactMethodResponse\x12\x64\n\x13UpdateContactMethod\x12%.tocsin.v1.UpdateContactMethodRequest\x1a&.tocsin.v1.UpdateContactMethodResponse\x12\x64\n\x13\x44\x65leteContactMethod\x12%.tocsin.v1.DeleteContactMethodRequest\x1a&.tocsin.v1.DeleteContactMethodResponse\x12|\n\x1bGetUserNotificationSettings\x12-.tocsin.v1.GetUserNotificationSettingsRequest\x1a..tocsin.v1.GetUserNotificationSettingsResponse\x12g\n\x14SetNotificationRules\x12&.tocsin.v1.SetNotificationRulesRequest\x1a\'.tocsin.v1.SetNotificationRulesResponse\x12=\n\x06Notify\x12\x18.tocsin.v1.NotifyRequest\x1a\x19.tocsin.v1.NotifyResponse\x12\x64\n\x13\x43\x61ncelNotifications\x12%.tocsin.v1.CancelNotificationsRequest\x1a&.tocsin.v1.CancelNotificationsResponse\x12O\n\x0cListAttempts\x12\x1e.tocsin.v1.ListAttemptsRequest\x1a\x1f.tocsin.v1.ListAttemptsResponse\x12O\n\x0cSendTestPage\x12\x1e.tocsin.v1.SendTestPageRequest\x1a\x1f.tocsin.v1.SendTestPageResponse\x12^\n\x11HandleIncomingSms\x12#.tocsin.v1.HandleIncomingSmsRequest\x1a$.tocsin.v1.HandleIncomingSmsResponse\x12\x64\n\x13HandleVoiceKeypress\x12%.tocsin.v1.HandleVoiceKeypressRequest\x1a&.tocsin.v1.HandleVoiceKeypressResponse\x12g\n\x14HandleDeliveryStatus\x12&.tocsin.v1.HandleDeliveryStatusRequest\x1a\'.tocsin.v1.HandleDeliveryStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tocsin.v1.notification_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONTACTMETHODTYPE']._serialized_start=2472
-  _globals['_CONTACTMETHODTYPE']._serialized_end=2588
-  _globals['_ATTEMPTSTATUS']._serialized_start=2591
-  _globals['_ATTEMPTSTATUS']._serialized_end=2804
+  _globals['_CONTACTMETHODTYPE']._serialized_start=2524
+  _globals['_CONTACTMETHODTYPE']._serialized_end=2640
+  _globals['_ATTEMPTSTATUS']._serialized_start=2643
+  _globals['_ATTEMPTSTATUS']._serialized_end=2856
   _globals['_CONTACTMETHOD']._serialized_start=108
   _globals['_CONTACTMETHOD']._serialized_end=231
   _globals['_NOTIFICATIONRULE']._serialized_start=233
@@ -63,34 +63,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETNOTIFICATIONRULESREQUEST']._serialized_end=1443
   _globals['_SETNOTIFICATIONRULESRESPONSE']._serialized_start=1445
   _globals['_SETNOTIFICATIONRULESRESPONSE']._serialized_end=1519
-  _globals['_NOTIFYREQUEST']._serialized_start=1521
-  _globals['_NOTIFYREQUEST']._serialized_end=1620
-  _globals['_NOTIFYRESPONSE']._serialized_start=1622
-  _globals['_NOTIFYRESPONSE']._serialized_end=1729
-  _globals['_CANCELNOTIFICATIONSREQUEST']._serialized_start=1731
-  _globals['_CANCELNOTIFICATIONSREQUEST']._serialized_end=1780
-  _globals['_CANCELNOTIFICATIONSRESPONSE']._serialized_start=1782
-  _globals['_CANCELNOTIFICATIONSRESPONSE']._serialized_end=1830
-  _globals['_LISTATTEMPTSREQUEST']._serialized_start=1832
-  _globals['_LISTATTEMPTSREQUEST']._serialized_end=1874
-  _globals['_LISTATTEMPTSRESPONSE']._serialized_start=1876
-  _globals['_LISTATTEMPTSRESPONSE']._serialized_end=1936
-  _globals['_SENDTESTPAGEREQUEST']._serialized_start=1938
-  _globals['_SENDTESTPAGEREQUEST']._serialized_end=1976
-  _globals['_SENDTESTPAGERESPONSE']._serialized_start=1978
-  _globals['_SENDTESTPAGERESPONSE']._serialized_end=2038
-  _globals['_HANDLEINCOMINGSMSREQUEST']._serialized_start=2040
-  _globals['_HANDLEINCOMINGSMSREQUEST']._serialized_end=2141
-  _globals['_HANDLEINCOMINGSMSRESPONSE']._serialized_start=2143
-  _globals['_HANDLEINCOMINGSMSRESPONSE']._serialized_end=2185
-  _globals['_HANDLEVOICEKEYPRESSREQUEST']._serialized_start=2187
-  _globals['_HANDLEVOICEKEYPRESSREQUEST']._serialized_end=2269
-  _globals['_HANDLEVOICEKEYPRESSRESPONSE']._serialized_start=2271
-  _globals['_HANDLEVOICEKEYPRESSRESPONSE']._serialized_end=2315
-  _globals['_HANDLEDELIVERYSTATUSREQUEST']._serialized_start=2317
-  _globals['_HANDLEDELIVERYSTATUSREQUEST']._serialized_end=2423
-  _globals['_HANDLEDELIVERYSTATUSRESPONSE']._serialized_start=2425
-  _globals['_HANDLEDELIVERYSTATUSRESPONSE']._serialized_end=2470
-  _globals['_NOTIFICATIONSERVICE']._serialized_start=2807
-  _globals['_NOTIFICATIONSERVICE']._serialized_end=3995
+  _globals['_NOTIFYREQUEST']._serialized_start=1522
+  _globals['_NOTIFYREQUEST']._serialized_end=1672
+  _globals['_NOTIFYRESPONSE']._serialized_start=1674
+  _globals['_NOTIFYRESPONSE']._serialized_end=1781
+  _globals['_CANCELNOTIFICATIONSREQUEST']._serialized_start=1783
+  _globals['_CANCELNOTIFICATIONSREQUEST']._serialized_end=1832
+  _globals['_CANCELNOTIFICATIONSRESPONSE']._serialized_start=1834
+  _globals['_CANCELNOTIFICATIONSRESPONSE']._serialized_end=1882
+  _globals['_LISTATTEMPTSREQUEST']._serialized_start=1884
+  _globals['_LISTATTEMPTSREQUEST']._serialized_end=1926
+  _globals['_LISTATTEMPTSRESPONSE']._serialized_start=1928
+  _globals['_LISTATTEMPTSRESPONSE']._serialized_end=1988
+  _globals['_SENDTESTPAGEREQUEST']._serialized_start=1990
+  _globals['_SENDTESTPAGEREQUEST']._serialized_end=2028
+  _globals['_SENDTESTPAGERESPONSE']._serialized_start=2030
+  _globals['_SENDTESTPAGERESPONSE']._serialized_end=2090
+  _globals['_HANDLEINCOMINGSMSREQUEST']._serialized_start=2092
+  _globals['_HANDLEINCOMINGSMSREQUEST']._serialized_end=2193
+  _globals['_HANDLEINCOMINGSMSRESPONSE']._serialized_start=2195
+  _globals['_HANDLEINCOMINGSMSRESPONSE']._serialized_end=2237
+  _globals['_HANDLEVOICEKEYPRESSREQUEST']._serialized_start=2239
+  _globals['_HANDLEVOICEKEYPRESSREQUEST']._serialized_end=2321
+  _globals['_HANDLEVOICEKEYPRESSRESPONSE']._serialized_start=2323
+  _globals['_HANDLEVOICEKEYPRESSRESPONSE']._serialized_end=2367
+  _globals['_HANDLEDELIVERYSTATUSREQUEST']._serialized_start=2369
+  _globals['_HANDLEDELIVERYSTATUSREQUEST']._serialized_end=2475
+  _globals['_HANDLEDELIVERYSTATUSRESPONSE']._serialized_start=2477
+  _globals['_HANDLEDELIVERYSTATUSRESPONSE']._serialized_end=2522
+  _globals['_NOTIFICATIONSERVICE']._serialized_start=2859
+  _globals['_NOTIFICATIONSERVICE']._serialized_end=4047
 # @@protoc_insertion_point(module_scope)

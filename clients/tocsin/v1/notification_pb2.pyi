@@ -495,6 +495,7 @@ class NotifyRequest(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     TRACEPARENT_FIELD_NUMBER: _builtins.int
+    NEXT_LEVEL_AT_FIELD_NUMBER: _builtins.int
     incident_id: _builtins.str
     """The incident."""
     user_id: _builtins.str
@@ -503,6 +504,13 @@ class NotifyRequest(_message.Message):
     """E.g. "incident/level/loop/user"; a repeat does nothing."""
     traceparent: _builtins.str
     """W3C traceparent of the escalation hop, so sends join the incident's trace."""
+    @_builtins.property
+    def next_level_at(self) -> _timestamp_pb2.Timestamp:
+        """When the escalation's next level is due (unset: not known). A send the provider
+        refused without processing it (throttled, 5xx) is retried until then or the user's
+        next rule, whichever comes first, and for at least a minute.
+        """
+
     def __init__(
         self,
         *,
@@ -510,10 +518,11 @@ class NotifyRequest(_message.Message):
         user_id: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
         traceparent: _builtins.str = ...,
+        next_level_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_level_at", b"next_level_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "incident_id", b"incident_id", "traceparent", b"traceparent", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "incident_id", b"incident_id", "next_level_at", b"next_level_at", "traceparent", b"traceparent", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
