@@ -29,7 +29,7 @@ from tocsin.runtime.clock import Clock
 from tocsin.runtime.events import INCIDENT_SHARDS, incident_shard
 from tocsin.runtime.redis import RedisClient, read_lua
 from tocsin.runtime.scripts import PROTO_LUA, LuaScript
-from tocsin.runtime.timers import TIMER_LUA, ClaimedTimer, TimerStore
+from tocsin.runtime.timers import TIMER_LUA, ClaimedTimer, TimerStore, claimed_from_reply
 from tocsin.v1 import incidents_pb2, notification_pb2
 
 _LIBS = (
@@ -123,17 +123,7 @@ class PagingStore:
         )
         if not int(reply[0]):
             return CycleStart(started=False)
-        claimed = tuple(
-            ClaimedTimer(
-                timer_id=_text(timer_id),
-                shard=shard,
-                payload=keys.as_bytes(payload),
-                due_ms=int(due),
-                fence=int(fence),
-                lease_deadline_ms=int(deadline),
-            )
-            for timer_id, payload, due, fence, deadline in reply[4]
-        )
+        claimed = tuple(claimed_from_reply(shard, row) for row in reply[4])
         return CycleStart(True, _text(reply[1]), int(reply[2]), int(reply[3]), claimed)
 
     async def fire(

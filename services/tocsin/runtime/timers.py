@@ -146,13 +146,13 @@ class TimerStore:
         self._check_shard(shard)
         now = self.clock.now_ms()
         next_wake, rows = await self._run(self._claim_due, shard, now, limit, lease_ms)
-        return [_claimed(shard, row) for row in rows], _optional_ms(next_wake)
+        return [claimed_from_reply(shard, row) for row in rows], _optional_ms(next_wake)
 
     async def claim(self, timer_id: str, shard: int | None, lease_ms: int) -> ClaimedTimer | None:
         """Claim this one timer if it is due and not in flight (the no-poll fast path)."""
         shard = self.shard_for(timer_id, shard)
         row = await self._run(self._claim, shard, timer_id, self.clock.now_ms(), lease_ms)
-        return _claimed(shard, row) if row else None
+        return claimed_from_reply(shard, row) if row else None
 
     async def complete(self, claimed: ClaimedTimer) -> bool:
         """Remove a fired timer; False (and nothing changed) if the claim went stale."""
@@ -183,7 +183,9 @@ class TimerStore:
             raise ValueError(f"shard must be in [0, {self.shards}), got {shard}")
 
 
-def _claimed(shard: int, row: list[bytes | int]) -> ClaimedTimer:
+def claimed_from_reply(shard: int, row: list[bytes | int]) -> ClaimedTimer:
+    """A claim as the library's timer_take returns it: {id, payload, due, fence, deadline}
+    (scripts that claim for their caller, e.g. notification's notify.lua, return it too)."""
     timer_id, payload, due_ms, fence, deadline = row
     assert isinstance(timer_id, bytes) and isinstance(payload, bytes)
     return ClaimedTimer(
