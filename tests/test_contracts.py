@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -109,3 +110,32 @@ async def test_lua_constants_are_the_protos_values(redis: Redis) -> None:
     alert_key = pb_key["IncidentEvent"]["alert"].encode("latin-1")
     event = incidents_pb2.IncidentEvent.FromString(alert_key + bytes([2]) + b"\x0a\x00")
     assert event.HasField("alert")
+
+
+_HAND_COPIED = (
+    (re.compile(r"'(\\\d+)+'"), "a protobuf key as an escaped byte string (use PB_KEY)"),
+    (
+        re.compile(r"\b(st|status|type|channel)\s*(==|~=|=)\s*-?\d"),
+        "an enum value as a number (use the generated enum table)",
+    ),
+    (
+        re.compile(r"\blocal\s+[A-Z][A-Z0-9_]*\s*=\s*-?\d"),
+        "a constant copied as a number (use the generated enum table)",
+    ),
+    (
+        re.compile(r"(^|[{,])\s*\[\d+\]\s*=(?!=)", re.MULTILINE),
+        "a table keyed by enum numbers (key it by enum names)",
+    ),
+)
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in (ROOT / "services").rglob("*.lua") if p != LUA_CONSTANTS),
+    ids=lambda p: str(p.relative_to(ROOT / "services")),
+)
+def test_no_script_carries_a_hand_copied_protobuf_number(path: Path) -> None:
+    code = "\n".join(line.split("--", 1)[0] for line in path.read_text().splitlines())
+    for pattern, what in _HAND_COPIED:
+        match = pattern.search(code)
+        assert match is None, f"{path.name}: {match.group(0)!r} is {what}"
