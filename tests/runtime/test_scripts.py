@@ -17,7 +17,6 @@ LIBRARIES = {"proto_constants.lua"}
 NOT_YET_NAMED = {
     # Scripts whose callers still pass ARGV by position (issue 11 item 14, to be moved):
     "notification/lua/page_prepare.lua",
-    "notification/lua/settings_write.lua",
 }
 _ARGV_USE = re.compile(r"ARGV\[(\d+)\]")
 
@@ -55,6 +54,7 @@ def test_every_script_declares_the_argv_its_body_uses(path: Path) -> None:
 def test_the_header_is_parsed_in_order_with_a_rest_argument() -> None:
     body = (
         "-- Does things.\n-- KEYS: one\n-- ARGV:\n--   tag      a tag\n--   now_ms\n"
+        "--            and its description, continued\n"
         "--   ids...   the rest\n-- Returns 1.\nreturn 1\n"
     )
     assert declared_argv(body) == ("tag", "now_ms", "ids...")

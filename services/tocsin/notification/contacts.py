@@ -17,6 +17,7 @@ from tocsin.notification.domain import Settings
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import AlreadyExists, Conflict
 from tocsin.runtime.redis import RedisClient, read_lua, register_lua
+from tocsin.runtime.scripts import LuaScript
 from tocsin.v1 import notification_pb2
 
 REPLY_CODES = 99
@@ -61,7 +62,7 @@ class ContactStore:
     def __init__(self, redis: RedisClient, clock: Clock) -> None:
         self.redis = redis
         self.clock = clock
-        self._write = register_lua(redis, _WRITE)
+        self._write = LuaScript(redis, "settings_write.lua", body=_WRITE)
         self._prepare = register_lua(redis, _PREPARE)
 
     async def settings(self, user_id: str) -> Settings | None:
@@ -124,7 +125,10 @@ class ContactStore:
                 keys.CM_OWNER,
                 *(keys.number_index(n) for n in numbers),
             ],
-            args=[user_id, expected, updated.SerializeToString(), json.dumps(changes)],
+            user=user_id,
+            expected=expected,
+            settings=updated.SerializeToString(),
+            changes=json.dumps(changes),
         )
         if int(result) == -1:
             raise AlreadyExists("that contact method id belongs to another user")

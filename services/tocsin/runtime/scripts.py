@@ -6,11 +6,13 @@ enum or encodes a protobuf field prepends it first and uses its names
 (`AttemptStatus.SENDING`, `PB_KEY.Incident.severity`), never a literal number.
 
 `LuaScript` names a script's arguments. The script's header is the one declaration of
-its ARGV, in order, one name a line (a name ending in `...` takes the rest, a list):
+its ARGV, in order, one name a line, three spaces after `--` (a line indented further
+continues the description; a name ending in `...` takes the rest, a list):
 
     -- ARGV:
     --   tag       timer tag
-    --   now_ms    the caller's clock
+    --   now_ms    the caller's clock, which every
+    --             timer decision uses
     --   ids...    the timers to cancel
 
 and the caller passes them by name (`await script(keys, tag=..., now_ms=..., ids=[...])`);
@@ -32,7 +34,8 @@ from tocsin.runtime.redis import RedisClient, read_lua, register_lua
 PROTO_LUA = read_lua("tocsin.runtime", "lua/proto_constants.lua")
 
 _ARGV_HEADER = re.compile(r"^-- ARGV:\s*(none)?\s*$")
-_ARGV_NAME = re.compile(r"^--\s+([a-z][a-z0-9_]*(?:\.\.\.)?)(?:\s|$)")
+_ARGV_NAME = re.compile(r"^--   ([a-z][a-z0-9_]*(?:\.\.\.)?)(?:\s|$)")
+"""A name starts three spaces after `--`; a line indented further continues a description."""
 
 
 def declared_argv(body: str) -> tuple[str, ...] | None:

@@ -1,7 +1,11 @@
 -- Compare-and-set a user's notification settings and keep the indexes in step.
--- KEYS: user settings, contact method owners, then the number indexes named in ARGV[4]
--- ARGV: user id, expected settings ('' = none), new settings, index changes (JSON):
---   {own = [ids to claim], disown = [ids], link = [[key index, id]], unlink = [[key index, id]]}
+-- KEYS: user settings, contact method owners, then the number indexes named in `changes`
+-- ARGV:
+--   user       user id
+--   expected   the settings as read ('' = none)
+--   settings   the new settings
+--   changes    index changes (JSON): {own = [ids to claim], disown = [ids],
+--              link = [[key index, id]], unlink = [[key index, id]]}
 -- Returns 1, 0 when the settings changed meanwhile (read again), or -1 when a claimed id
 -- belongs to another user.
 local user = ARGV[1]
