@@ -13,7 +13,7 @@ from tocsin.v1 import incidents_pb2
 _LIB = read_lua("tocsin.incidents", "lua/incident_lib.lua")
 
 
-async def _lua(redis: Redis, body: str, *args: object) -> bytes:
+async def _lua(redis: Redis, body: str, *args: str | bytes | int) -> bytes:
     reply = await redis.eval("\n".join((PROTO_LUA, _LIB, body)), 0, *args)
     assert isinstance(reply, bytes)
     return reply
