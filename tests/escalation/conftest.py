@@ -15,3 +15,13 @@ async def stack(redis: RedisClient) -> AsyncIterator[FullStack]:
         yield full
         await full.run_until_quiet()
         full.pager.check_all_expected()
+
+
+@pytest.fixture
+async def any_stack(any_redis: RedisClient) -> AsyncIterator[FullStack]:
+    """`stack` on the standalone server, then on the 3-master Redis Cluster: every
+    service (scheduling, incidents, escalation, notification) runs on either."""
+    async with full_stack(any_redis) as full:
+        yield full
+        await full.run_until_quiet()
+        full.pager.check_all_expected()

@@ -36,7 +36,8 @@ async def timeline(stack: FullStack, incident_id: str) -> list[str]:
     return [entry.message for entry in incident.timeline]
 
 
-async def test_levels_page_in_turn_until_an_sms_reply_acknowledges(stack: FullStack) -> None:
+async def test_levels_page_in_turn_until_an_sms_reply_acknowledges(any_stack: FullStack) -> None:
+    stack = any_stack  # on the standalone server, then on the Redis Cluster
     await people(stack)
     await stack.schedule("primary", ["alice"])
     await stack.policy(([schedule("primary")], 5), ([user("bob")], 10))

@@ -3,6 +3,11 @@
 `GET /readyz` (the gateway's Kubernetes readiness): the same for only the services the
 gateway calls (scheduling, incidents, notification). Clients call only replicas that
 report SERVING, so a service counts as SERVING while at least one replica does.
+
+A service reports NOT_SERVING not only while it stops: also while one of its background
+loops (timer workers, lease heartbeats, consumers, sweeps, the auditor) keeps failing or
+hangs, or while its Redis does not answer (runtime/loops.py). So `/healthz` says 503 when
+Redis is down or workers are stuck, and 200 again once they recover.
 """
 
 from __future__ import annotations
