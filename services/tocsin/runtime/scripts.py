@@ -74,10 +74,24 @@ class LuaScript:
         self.name = name
         self.argv = argv
         self.script: AsyncScript = register_lua(redis, *libraries, body)
+        self._names = tuple(n.removesuffix("...") for n in argv)
+        self._rest = bool(argv) and argv[-1].endswith("...")
 
     def args(self, **values: Any) -> list[Any]:
         """ARGV in the declared order; TypeError naming what is missing or unknown."""
-        names = [n.removesuffix("...") for n in self.argv]
+        names = self._names
+        if len(values) != len(names) or not all(n in values for n in names):
+            self._refuse(values)
+        ordered = [values[n] for n in names]
+        if self._rest:
+            rest = ordered.pop()
+            if isinstance(rest, str | bytes) or not isinstance(rest, Sequence):
+                raise TypeError(f"script {self.name}: {self.argv[-1]} takes a sequence")
+            ordered.extend(rest)
+        return ordered
+
+    def _refuse(self, values: dict[str, Any]) -> None:
+        names = self._names
         missing = [n for n in names if n not in values]
         unknown = sorted(set(values) - set(names))
         if missing or unknown:
@@ -86,13 +100,6 @@ class LuaScript:
                 + (f"; missing {', '.join(missing)}" if missing else "")
                 + (f"; unknown {', '.join(unknown)}" if unknown else "")
             )
-        ordered = [values[n] for n in names]
-        if self.argv and self.argv[-1].endswith("..."):
-            rest = ordered.pop()
-            if isinstance(rest, str | bytes) or not isinstance(rest, Sequence):
-                raise TypeError(f"script {self.name}: {self.argv[-1]} takes a sequence")
-            ordered.extend(rest)
-        return ordered
 
     async def __call__(self, keys: Sequence[Any], **values: Any) -> Any:
         return await self.script(keys=list(keys), args=self.args(**values))
