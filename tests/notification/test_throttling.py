@@ -10,6 +10,7 @@ from dataclasses import replace
 from tests.notification.stack import ALICE, SMS, VOICE, PagingStack
 from tests.notification.test_paging import advance_until
 from tocsin.notification import keys as nkeys
+from tocsin.notification.domain import retry_deadline
 from tocsin.notification.records import TimerPayload
 from tocsin.runtime.events import incident_shard
 from tocsin.v1 import notification_pb2
@@ -67,20 +68,25 @@ async def test_retry_after_is_honoured_from_the_timer(stack: PagingStack) -> Non
     assert attempt.status == DELIVERED
 
 
-async def test_a_throttle_past_the_window_fails_the_rule_and_the_next_runs_at_once(
+async def test_a_throttle_past_the_next_level_fails_the_rule_and_the_next_runs_at_once(
     stack: PagingStack,
 ) -> None:
-    await stack.add_user("alice", ALICE, [(SMS, 0), (VOICE, 300)])
+    await stack.add_user("alice", ALICE, [(SMS, 0), (VOICE, 120)])
     incident_id = await stack.trigger()
     stack.fake.fail_next(1000, status=503, code=20503, kind="sms", retry_after=30)
+    request = notification_pb2.NotifyRequest(
+        incident_id=incident_id, user_id="alice", idempotency_key=f"{incident_id}/0/0/0/alice"
+    )
+    request.next_level_at.FromMilliseconds(stack.clock.now_ms() + 90_000)
 
-    await stack.notify(incident_id, "alice")
+    await stack.client.notification.Notify(request)
     await stack.settle()
-    for _ in range(2):
+    for _ in range(3):
         await stack.tick(seconds=30)
 
-    await stack.pager.expect_voice("alice")  # a minute in, not at the rule's 5 minutes
-    assert statuses(stack) == [503, 503, 503, 201]
+    # SMS tried until the next level is due, then the call at once, not at 120 s
+    await stack.pager.expect_voice("alice")
+    assert statuses(stack) == [503, 503, 503, 503, 201]
     sms, call = await stack.attempts(incident_id)
     assert (sms.status, sms.error_code) == (FAILED, 20503)
     assert (call.rule_index, call.status) == (1, DELIVERED)
@@ -110,6 +116,16 @@ async def test_a_throttled_page_of_an_acknowledged_incident_is_not_retried(
 
 def test_a_retried_rules_timer_payload_round_trips() -> None:
     payload = TimerPayload("7-1", 0, "alice", "alice-sms", SMS, "", slot_ms=5)
-    retry = replace(payload, first_ms=1_000, retries=3)
+    retry = replace(payload, retry_until_ms=61_000, retries=3)
     assert TimerPayload.decode(retry.encode()) == retry
     assert TimerPayload.decode(payload.encode()) == payload
+
+
+def test_a_throttled_send_is_worth_retrying_until_the_next_rule_or_level() -> None:
+    minute = 60_000
+    # (first refusal, cycle start, rule delays, rule, next level due) -> deadline
+    assert retry_deadline(0, 0, [0], 0, 0, minute) == minute  # nothing known: a minute
+    assert retry_deadline(0, 0, [0, 5 * minute], 0, 0, minute) == 5 * minute
+    assert retry_deadline(0, 0, [0, 5 * minute], 0, 3 * minute, minute) == 3 * minute
+    assert retry_deadline(0, 0, [0, 0], 0, 3 * minute, minute) == minute  # at least a minute
+    assert retry_deadline(0, 0, [0, minute], 1, 15 * minute, minute) == 15 * minute

@@ -180,25 +180,27 @@ class HopPage:
 @dataclass(frozen=True)
 class HopPayload:
     """The outgoing work of one fired level (an outbox timer): its Notify calls and its
-    timeline notes. Stored as {"incident", "epoch", "pages", "notes", "tp"}."""
+    timeline notes. `next_level_ms` is when the next level is due (the pages matter until
+    then). Stored as {"incident", "epoch", "pages", "notes", "tp"[, "until"]}."""
 
     incident_id: str
     epoch: int
     pages: tuple[HopPage, ...]
     notes: tuple[dict[str, Any], ...]
     traceparent: str
+    next_level_ms: int | None = None
 
     def encode(self) -> str:
-        return json.dumps(
-            {
-                "incident": self.incident_id,
-                "epoch": self.epoch,
-                "pages": [[p.level, p.loop, p.user_id, p.schedule_id] for p in self.pages],
-                "notes": list(self.notes),
-                "tp": self.traceparent,
-            },
-            separators=(",", ":"),
-        )
+        data: dict[str, Any] = {
+            "incident": self.incident_id,
+            "epoch": self.epoch,
+            "pages": [[p.level, p.loop, p.user_id, p.schedule_id] for p in self.pages],
+            "notes": list(self.notes),
+            "tp": self.traceparent,
+        }
+        if self.next_level_ms is not None:
+            data["until"] = self.next_level_ms
+        return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def decode(cls, raw: bytes | str) -> HopPayload:
@@ -212,4 +214,5 @@ class HopPayload:
             ),
             notes=tuple(data["notes"]),
             traceparent=str(data.get("tp") or ""),
+            next_level_ms=int(data["until"]) if data.get("until") is not None else None,
         )

@@ -265,6 +265,7 @@ class EscalationEngine:
                     tuple(HopPage(p.level, p.loop, p.user_id, p.schedule_id) for p in pages),
                     tuple(notes),
                     current_traceparent(),
+                    advanced.next_fire_ms,
                 ),
             )
             if not await self.store.write(
@@ -376,14 +377,16 @@ class EscalationEngine:
                 },
             ):
                 key = domain.idempotency_key(incident_id, epoch, level, loop, user_id)
-                reply = await self.peers.notification.Notify(
-                    notification_pb2.NotifyRequest(
-                        incident_id=incident_id,
-                        user_id=user_id,
-                        idempotency_key=key,
-                        traceparent=current_traceparent(),
-                    )
+                request = notification_pb2.NotifyRequest(
+                    incident_id=incident_id,
+                    user_id=user_id,
+                    idempotency_key=key,
+                    traceparent=current_traceparent(),
                 )
+                if hop.next_level_ms is not None:
+                    # the page matters until then: a throttled send is retried until then
+                    request.next_level_at.FromMilliseconds(hop.next_level_ms)
+                reply = await self.peers.notification.Notify(request)
                 if reply.unreachable:
                     unreachable.append((user_id, key, reply.unreachable_reason))
         for i, note in enumerate(hop.notes):

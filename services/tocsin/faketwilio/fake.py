@@ -208,6 +208,12 @@ class FakeTwilio:
             raise ValueError(f"retry_after must be >= 0, got {retry_after}")
         self._failures.extend(_Failure(status, code, kind, retry_after, to) for _ in range(n))
 
+    def clear_failures(self) -> int:
+        """Drop the refusals `fail_next` still owes (a throttle that ends); how many."""
+        owed = len(self._failures)
+        self._failures.clear()
+        return owed
+
     def set_sms_outcome(self, number: str, outcome: str) -> None:
         if outcome not in SMS_OUTCOMES:
             raise ValueError(f"outcome must be one of {sorted(SMS_OUTCOMES)}, got {outcome!r}")

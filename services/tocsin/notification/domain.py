@@ -233,6 +233,24 @@ def unreachable_reason(user_id: str, settings: Settings) -> str:
     return ""
 
 
+def retry_deadline(
+    first_ms: int,
+    created_ms: int,
+    delays_ms: Sequence[int],
+    rule_index: int,
+    level_due_ms: int,
+    min_window_ms: int,
+) -> int:
+    """Until when a send of rule `rule_index` that the provider did not process is worth
+    retrying: until the user's next rule or the escalation's next level (`level_due_ms`,
+    0 if not known) is due, whichever comes first, and at least `min_window_ms` after the
+    first refusal (`first_ms`). Rules are ordered by delay."""
+    ends = [created_ms + d for d in delays_ms[rule_index + 1 : rule_index + 2]]
+    if level_due_ms > 0:
+        ends.append(level_due_ms)
+    return max(first_ms + min_window_ms, min(ends, default=0))
+
+
 def contact_method(settings: Settings, method_id: str) -> notification_pb2.ContactMethod | None:
     return next((m for m in settings.contact_methods if m.id == method_id), None)
 

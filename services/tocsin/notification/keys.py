@@ -8,6 +8,8 @@ and every settings change is one atomic script:
     tocsin:{contacts}:cm-owner               hash    contact method id -> user id
     tocsin:{contacts}:number:<e164>          hash    contact method id -> user id, for replies
     tocsin:{contacts}:codes:<user>           hash    reply code -> "<incident>|<expires_ms>"
+                                                     (answerable until expires, held a
+                                                     quarantine longer; lua/page_prepare.lua)
     tocsin:{contacts}:code-of:<user>         hash    incident -> reply code
     tocsin:{contacts}:code-seq:<user>        string  the last code handed out (round robin)
     tocsin:{contacts}:latest:<e164>          string  "<incident>|<user>|<expires_ms>": the
@@ -24,14 +26,15 @@ and its attempts change together in one script:
     tocsin:T:notify:inc:<id>:cycles          hash    user -> current cycle id
     tocsin:T:notify:cycle:<cycle>            hash    the cycle: inc, user, tp, code, rules
                                                      (JSON snapshot), n, c, k (Notify key),
-                                                     x (cancelled)
+                                                     lv (next level due), x (cancelled)
     tocsin:T:notify:inc:<id>:attempts        hash    attempt id -> attempt JSON
     tocsin:T:notify:sending                  zset    "<attempts key>|<attempt id>" -> start ms
     tocsin:T:notify:idem:<key>               string  a Notify idempotency key (TTL retention)
     tocsin:T:notify:timers ...               the timer library's keys (see timer_keys)
 
 Rate limits: `tocsin:{rate:<channel>:<kind>:<number>}:next`, one slot each. Provider ids:
-`tocsin:sid:{<sid>}` -> attempt id.
+`tocsin:sid:{<sid>}` -> attempt id. Twilio webhooks already handled (a MessageSid, a
+CallSid and its digits, a status callback): `tocsin:seen:{<kind>:<sid>...}`, with a TTL.
 """
 
 from __future__ import annotations
@@ -113,6 +116,10 @@ def idempotency(incident_id: str, key: str) -> str:
 
 def provider_sid(sid: str) -> str:
     return f"tocsin:sid:{{{sid}}}"
+
+
+def webhook_seen(name: str) -> str:
+    return f"tocsin:seen:{{{name}}}"
 
 
 def rate_slot(name: str) -> str:

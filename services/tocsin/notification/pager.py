@@ -62,8 +62,15 @@ class Pager:
         self.clock = clock
 
     async def notify(
-        self, incident_id: str, user_id: str, idempotency_key: str, traceparent: str
+        self,
+        incident_id: str,
+        user_id: str,
+        idempotency_key: str,
+        traceparent: str,
+        next_level_ms: int = 0,
     ) -> NotifyResult:
+        """Start the user's cycle. `next_level_ms` (0: not known) is when the page stops
+        mattering: a throttled send is retried until then or the next rule."""
         page = await self.contacts.prepare_page(user_id, incident_id)
         rules = domain.rules_snapshot(page.settings)
         unreachable = domain.unreachable_reason(user_id, page.settings)
@@ -75,6 +82,7 @@ class Pager:
             page.reply_code,
             rules,
             self.sender.options.lease_ms,
+            next_level_ms,
         )
         if not start.started:
             return NotifyResult(False, 0, unreachable)

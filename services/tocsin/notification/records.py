@@ -62,8 +62,8 @@ class TimerPayload:
     """What a rule's timer carries (lua/notify.lua writes it). `slot_ms` is set once a
     rate-limit slot is reserved, so the firing at that slot sends without reserving again.
     A send the provider refused without processing it is retried from the same timer:
-    `first_ms` is when it was first refused and `retries` how often it was re-armed.
-    Stored as {"c", "r", "u", "cm", "t", "tp"[, "s"][, "f", "n"]}."""
+    until `retry_until_ms` (set at the first refusal), `retries` times so far.
+    Stored as {"c", "r", "u", "cm", "t", "tp"[, "s"][, "ru", "n"]}."""
 
     cycle_id: str
     rule_index: int
@@ -72,7 +72,7 @@ class TimerPayload:
     channel: int
     traceparent: str
     slot_ms: int | None = None
-    first_ms: int | None = None
+    retry_until_ms: int | None = None
     retries: int = 0
 
     def encode(self) -> bytes:
@@ -86,15 +86,15 @@ class TimerPayload:
         }
         if self.slot_ms is not None:
             data["s"] = self.slot_ms
-        if self.first_ms is not None:
-            data["f"] = self.first_ms
+        if self.retry_until_ms is not None:
+            data["ru"] = self.retry_until_ms
             data["n"] = self.retries
         return _dumps(data).encode()
 
     @classmethod
     def decode(cls, payload: bytes | str) -> TimerPayload:
         data = json.loads(payload)
-        slot, first = data.get("s"), data.get("f")
+        slot, until = data.get("s"), data.get("ru")
         return cls(
             cycle_id=str(data["c"]),
             rule_index=int(data["r"]),
@@ -103,7 +103,7 @@ class TimerPayload:
             channel=int(data["t"]),
             traceparent=str(data.get("tp") or ""),
             slot_ms=int(slot) if slot is not None else None,
-            first_ms=int(first) if first is not None else None,
+            retry_until_ms=int(until) if until is not None else None,
             retries=int(data.get("n") or 0),
         )
 

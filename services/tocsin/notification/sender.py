@@ -10,8 +10,10 @@ unknown outcome (timeout after the request left) is recorded, not retried.
 A throttle must not lose the page: a few quick retries happen in process (seconds,
 honouring Retry-After), then the rule's own timer is re-armed for the next try
 (lua/retry_later.lua: the unsent attempt is removed and the timer armed in one step), with
-backoff and Retry-After, for `retry_window_ms` (at least a minute) from the first refusal.
-No process holds a send slot meanwhile, and one that dies loses nothing.
+backoff and Retry-After, for as long as the page matters: until the user's next rule or
+the escalation's next level is due (Notify's next_level_at), whichever comes first, and at
+least `retry_window_ms` (a minute). No process holds a send slot meanwhile, and one that
+dies loses nothing.
 
 A rule whose contact method cannot be used (deleted, STOPped) or whose send failed (refused
 for good: invalid number, unreachable, opted out; or still refused after every retry)
@@ -72,7 +74,8 @@ class SenderOptions:
     what a burst asks of Redis's connection pool and Twilio's HTTP pool."""
     retry_window_ms: int = 60_000
     """How long after its first refusal a throttled (or 5xx, not connected) rule page is
-    still retried from its timer before it counts as failed."""
+    at least retried from its timer before it counts as failed (longer until the next rule
+    or level is due: see domain.retry_deadline)."""
     later_base_delay_s: float = 2.0
     later_max_delay_s: float = 15.0
     """Backoff between the timer's retries (doubling, jittered; Retry-After if longer)."""
@@ -269,7 +272,7 @@ class Sender:
             return rearmed
 
         # A retry from the timer is one request: the quick in-process ones were spent.
-        attempts = 1 if payload.first_ms is not None else self.options.retry_attempts
+        attempts = 1 if payload.retry_until_ms is not None else self.options.retry_attempts
         error = await self.deliver(page, retry_later=retry_later, attempts=attempts)
         if error is None or error.outcome_unknown or rearmed:
             return
@@ -285,8 +288,19 @@ class Sender:
         """Re-arm the rule's timer for another try of a send the provider did not process,
         while within the retry window; False when the window is over (it failed)."""
         now = self.clock.now_ms()
-        first = payload.first_ms if payload.first_ms is not None else now
-        deadline = first + self.options.retry_window_ms
+        deadline = payload.retry_until_ms
+        if deadline is None:
+            window = await self.store.retry_window(payload)
+            if window is None:
+                return False
+            deadline = domain.retry_deadline(
+                now,
+                window.created_ms,
+                window.delays_ms,
+                payload.rule_index,
+                window.level_due_ms,
+                self.options.retry_window_ms,
+            )
         if now >= deadline:
             return False
         ceiling = min(
@@ -295,7 +309,7 @@ class Sender:
         )
         delay_s = max(ceiling / 2 + ceiling / 2 * random.random(), error.retry_after_s or 0.0)
         due = min(now + int(delay_s * 1000), deadline)
-        retry = replace(payload, first_ms=first, retries=payload.retries + 1)
+        retry = replace(payload, retry_until_ms=deadline, retries=payload.retries + 1)
         if not await self.store.retry_later(retry, due):
             return False
         self.on_rearm()
@@ -305,7 +319,7 @@ class Sender:
             error,
             (due - now) / 1000,
         )
-        if payload.first_ms is None:
+        if payload.retry_until_ms is None:
             self._timeline_attempt(
                 page.incident_id,
                 page.attempt_id,
@@ -313,7 +327,7 @@ class Sender:
                 page.user_id,
                 page.method.id,
                 "refused for now",
-                f"{error}; trying again for up to {self.options.retry_window_ms // 1000} s",
+                f"{error}; trying again for up to {(deadline - now) // 1000} s",
                 error_code=error.code,
             )
         return True

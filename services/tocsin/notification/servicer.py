@@ -171,6 +171,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
             request.user_id,
             request.idempotency_key,
             request.traceparent or current_traceparent(),
+            request.next_level_at.ToMilliseconds() if request.HasField("next_level_at") else 0,
         )
         return pb.NotifyResponse(
             started=result.started,

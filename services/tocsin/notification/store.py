@@ -24,7 +24,7 @@ from typing import Any
 
 from tocsin.notification import domain, keys
 from tocsin.notification.contacts import KeyWrite
-from tocsin.notification.records import AttemptRecord, CycleRule, encode_rules
+from tocsin.notification.records import AttemptRecord, CycleRule, decode_rules, encode_rules
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.events import INCIDENT_SHARDS, incident_shard
 from tocsin.runtime.redis import RedisClient, read_lua
@@ -70,6 +70,16 @@ class Fired:
     next_rule: int = -1
 
 
+@dataclass(frozen=True)
+class RetryWindow:
+    """A cycle's start, its rules' delays (in order) and when the escalation's next level
+    is due (0: not known)."""
+
+    created_ms: int
+    delays_ms: tuple[int, ...]
+    level_due_ms: int
+
+
 def _text(value: Any) -> str:
     return keys.as_text(value) if isinstance(value, bytes | str) else str(value)
 
@@ -100,6 +110,7 @@ class PagingStore:
         reply_code: str,
         rules: Sequence[CycleRule],
         lease_ms: int,
+        level_due_ms: int = 0,
     ) -> CycleStart:
         shard = incident_shard(incident_id)
         reply = await self._notify(
@@ -120,6 +131,7 @@ class PagingStore:
             rules=encode_rules(rules),
             lease_ms=lease_ms,
             key=idempotency_key,
+            level_due_ms=level_due_ms,
         )
         if not int(reply[0]):
             return CycleStart(started=False)
@@ -209,6 +221,20 @@ class PagingStore:
                 due_ms=due_ms,
                 payload=payload.encode(),
             )
+        )
+
+    async def retry_window(self, payload: domain.TimerPayload) -> RetryWindow | None:
+        """What decides how long a rule's throttled send is retried (None: no cycle)."""
+        raw = await self.redis.hmget(
+            keys.cycle(payload.cycle_id, payload.incident_id), ["c", "rules", "lv"]
+        )
+        created, rules, level_due = raw
+        if created is None or rules is None:
+            return None
+        return RetryWindow(
+            int(created),
+            tuple(r.delay_ms for r in decode_rules(keys.as_bytes(rules))),
+            int(level_due or 0),
         )
 
     async def cycle_spent(self, payload: domain.TimerPayload) -> str | None:

@@ -2,8 +2,9 @@
 -- timer_lib and attempt_lib).
 --
 -- A cycle is a hash (see keys.py): inc, user, tp, code, rules (JSON list of
--- {cm, d, t}), n (rule count), c (created ms), k (the Notify idempotency key), x ('1'
--- once cancelled). Rule i's timer id
+-- {cm, d, t}), n (rule count), c (created ms), k (the Notify idempotency key), lv (when
+-- the escalation's next level is due, 0 if not known), x ('1' once cancelled). Rule i's
+-- timer id
 -- is '<cycle id>-<i>'; timers live under the incident shard's 'notify' namespace `tag`.
 
 local INCIDENT_TRIGGERED = IncidentStatus.TRIGGERED

@@ -12,6 +12,7 @@
 --   rules        JSON, records.encode_rules ([{cm, d, t}], ordered by delay)
 --   lease_ms     of the claims on the rules due now
 --   key          the Notify idempotency key (kept as the cycle's k: see cycle_spent.lua)
+--   level_due_ms when the page stops mattering, 0 if not known (the cycle's lv)
 -- Returns {0} when the idempotency key was seen, else {1, cycle id, rules, cancelled,
 -- claims}: cancelled counts the timers of a replaced cycle; claims are the timers of the
 -- rules due now, already claimed for the caller (timer_claim, as TimerStore.claim does)
@@ -31,7 +32,7 @@ local cycle_id = inc .. '-' .. redis.call('HINCRBY', KEYS[2], 'seq', 1)
 local cycle_key = prefix .. 'cycle:' .. cycle_id
 local rules = cjson.decode(ARGV[9])
 redis.call('HSET', cycle_key, 'inc', inc, 'user', user, 'tp', ARGV[7], 'code', ARGV[8],
-  'rules', ARGV[9], 'n', #rules, 'c', now, 'k', ARGV[11])
+  'rules', ARGV[9], 'n', #rules, 'c', now, 'k', ARGV[11], 'lv', ARGV[12])
 redis.call('HSET', KEYS[3], user, cycle_id)
 for _, key in ipairs({cycle_key, KEYS[2], KEYS[3]}) do
   redis.call('PEXPIRE', key, ttl)
