@@ -18,8 +18,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from tocsin.runtime.errors import Unavailable
 from tocsin.runtime.events import EVENT_FIELD, INCIDENT_SHARDS, stream_key
 from tocsin.runtime.redis import RedisClient, blocking_ms
@@ -83,5 +81,5 @@ async def _follow(
                     event = incidents_pb2.IncidentEvent.FromString(fields[EVENT_FIELD])
                     event.event_id = last
                     await queue.put(event)
-    except (RedisError, OSError) as error:
+    except Exception as error:  # any failure ends the watch with UNAVAILABLE, never silently
         await queue.put(error)

@@ -89,11 +89,7 @@ def create_redis(url: str) -> RedisClient:
 
 def socket_timeout_s(redis: RedisClient) -> float | None:
     """The client's per-reply socket timeout in seconds (None: wait forever)."""
-    if isinstance(redis, RedisCluster):
-        kwargs = redis.get_connection_kwargs()
-    else:
-        kwargs = redis.connection_pool.connection_kwargs
-    timeout = kwargs.get("socket_timeout")
+    timeout = redis.get_connection_kwargs().get("socket_timeout")
     return None if timeout is None else float(timeout)
 
 
