@@ -11,9 +11,10 @@ Other modules keep their own keys under the same tag as a timer (say an incident
 escalation state, tagged `shard_tag(shard_of(incident_id, shards))`) and prepend
 `TIMER_LUA` to their scripts, so a state change and its timers commit atomically:
 
-    script = register_lua(redis, TIMER_LUA, "redis.call('SET', KEYS[1], ARGV[2]) "
-                                            "timer_arm(ARGV[1], ARGV[3], ARGV[4], ARGV[5])")
-    await script(keys=[state_key, *timer_keys(shard)], args=[shard_tag(shard), ...])
+    script = LuaScript(redis, "save", TIMER_LUA, body=(
+        "-- ARGV:\n--   tag\n--   state\n--   id\n--   due_ms\n--   payload\n"
+        "redis.call('SET', KEYS[1], ARGV[2]) timer_arm(ARGV[1], ARGV[3], ARGV[4], ARGV[5])"))
+    await script([state_key, *timer_keys(shard)], tag=shard_tag(shard), state=..., ...)
 
 Library functions: `timer_arm(tag, id, due_ms, payload)`, `timer_cancel(tag, id) -> 0|1`,
 `timer_complete(tag, id, fence) -> 0|1`. Times are clock milliseconds passed in by the
@@ -29,12 +30,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.commands.core import AsyncScript
 from redis.typing import EncodableT
 
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.loops import LoopGuard, WorkerHealth
-from tocsin.runtime.redis import RedisClient, read_lua, register_lua
+from tocsin.runtime.redis import RedisClient, read_lua
+from tocsin.runtime.scripts import LuaScript
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +45,47 @@ TIMER_LUA = read_lua("tocsin.runtime", "lua/timer_lib.lua")
 DEFAULT_SHARDS = 64
 _KEY_NAMES = ("timers", "inflight", "timer_payload", "timer_due", "timer_fence", "fence_seq")
 
-_ARM = "timer_arm(ARGV[1], ARGV[2], ARGV[3], ARGV[4])"
-_CANCEL = "return timer_cancel(ARGV[1], ARGV[2])"
-_COMPLETE = "return timer_complete(ARGV[1], ARGV[2], ARGV[3])"
-_CLAIM = "return timer_claim(ARGV[1], ARGV[2], ARGV[3], ARGV[4])"
-_CLAIM_DUE = (
-    "local claimed = timer_claim_due(ARGV[1], ARGV[2], ARGV[3], ARGV[4])\n"
-    "return {timer_next_wake(ARGV[1]), claimed}"
-)
-_REAP = "return timer_reap(ARGV[1], ARGV[2], ARGV[3])"
-_NEXT_WAKE = "return timer_next_wake(ARGV[1])"
-_PENDING = "return redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2])"  # timers + inflight
+# Each script's `-- ARGV:` header names its arguments (runtime/scripts.py); `tag` is the
+# shard's timer tag, which TimerStore._run passes to every one.
+_ARM = """-- ARGV:
+--   tag
+--   id
+--   due_ms
+--   payload
+timer_arm(ARGV[1], ARGV[2], ARGV[3], ARGV[4])"""
+_CANCEL = """-- ARGV:
+--   tag
+--   id
+return timer_cancel(ARGV[1], ARGV[2])"""
+_COMPLETE = """-- ARGV:
+--   tag
+--   id
+--   fence
+return timer_complete(ARGV[1], ARGV[2], ARGV[3])"""
+_CLAIM = """-- ARGV:
+--   tag
+--   id
+--   now_ms
+--   lease_ms
+return timer_claim(ARGV[1], ARGV[2], ARGV[3], ARGV[4])"""
+_CLAIM_DUE = """-- ARGV:
+--   tag
+--   now_ms
+--   limit
+--   lease_ms
+local claimed = timer_claim_due(ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+return {timer_next_wake(ARGV[1]), claimed}"""
+_REAP = """-- ARGV:
+--   tag
+--   now_ms
+--   limit
+return timer_reap(ARGV[1], ARGV[2], ARGV[3])"""
+_NEXT_WAKE = """-- ARGV:
+--   tag
+return timer_next_wake(ARGV[1])"""
+_PENDING = """-- KEYS: timers, inflight
+-- ARGV: none
+return redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2])"""
 
 
 def shard_of(entity_id: str, shards: int = DEFAULT_SHARDS) -> int:
@@ -104,14 +135,14 @@ class TimerStore:
         self.clock = clock
         self.shards = shards
         self.namespace = namespace
-        self._arm = register_lua(redis, TIMER_LUA, _ARM)
-        self._cancel = register_lua(redis, TIMER_LUA, _CANCEL)
-        self._complete = register_lua(redis, TIMER_LUA, _COMPLETE)
-        self._claim = register_lua(redis, TIMER_LUA, _CLAIM)
-        self._claim_due = register_lua(redis, TIMER_LUA, _CLAIM_DUE)
-        self._reap = register_lua(redis, TIMER_LUA, _REAP)
-        self._next_wake = register_lua(redis, TIMER_LUA, _NEXT_WAKE)
-        self._pending = register_lua(redis, _PENDING)
+        self._arm = LuaScript(redis, "timer arm", TIMER_LUA, body=_ARM)
+        self._cancel = LuaScript(redis, "timer cancel", TIMER_LUA, body=_CANCEL)
+        self._complete = LuaScript(redis, "timer complete", TIMER_LUA, body=_COMPLETE)
+        self._claim = LuaScript(redis, "timer claim", TIMER_LUA, body=_CLAIM)
+        self._claim_due = LuaScript(redis, "timer claim due", TIMER_LUA, body=_CLAIM_DUE)
+        self._reap = LuaScript(redis, "timer reap", TIMER_LUA, body=_REAP)
+        self._next_wake = LuaScript(redis, "timer next wake", TIMER_LUA, body=_NEXT_WAKE)
+        self._pending = LuaScript(redis, "timers pending", body=_PENDING)
 
     def shard_for(self, timer_id: str, shard: int | None = None) -> int:
         """`shard` if given (and valid), else the shard of `timer_id`."""
@@ -127,12 +158,12 @@ class TimerStore:
         if not timer_id:
             raise ValueError("timer_id must not be empty")
         shard = self.shard_for(timer_id, shard)
-        await self._run(self._arm, shard, timer_id, int(due_ms), payload)
+        await self._run(self._arm, shard, id=timer_id, due_ms=int(due_ms), payload=payload)
 
     async def cancel(self, timer_id: str, shard: int | None = None) -> bool:
         """Cancel a waiting or in-flight timer; False if there was none."""
         shard = self.shard_for(timer_id, shard)
-        return bool(await self._run(self._cancel, shard, timer_id))
+        return bool(await self._run(self._cancel, shard, id=timer_id))
 
     async def claim_due(self, shard: int, limit: int, lease_ms: int) -> list[ClaimedTimer]:
         """Claim up to `limit` due timers of `shard` (re-offering expired leases first)."""
@@ -145,38 +176,44 @@ class TimerStore:
         """`claim_due` plus `next_due_ms` of the shard after the claim, in one round trip."""
         self._check_shard(shard)
         now = self.clock.now_ms()
-        next_wake, rows = await self._run(self._claim_due, shard, now, limit, lease_ms)
+        next_wake, rows = await self._run(
+            self._claim_due, shard, now_ms=now, limit=limit, lease_ms=lease_ms
+        )
         return [claimed_from_reply(shard, row) for row in rows], _optional_ms(next_wake)
 
     async def claim(self, timer_id: str, shard: int | None, lease_ms: int) -> ClaimedTimer | None:
         """Claim this one timer if it is due and not in flight (the no-poll fast path)."""
         shard = self.shard_for(timer_id, shard)
-        row = await self._run(self._claim, shard, timer_id, self.clock.now_ms(), lease_ms)
+        row = await self._run(
+            self._claim, shard, id=timer_id, now_ms=self.clock.now_ms(), lease_ms=lease_ms
+        )
         return claimed_from_reply(shard, row) if row else None
 
     async def complete(self, claimed: ClaimedTimer) -> bool:
         """Remove a fired timer; False (and nothing changed) if the claim went stale."""
-        result = await self._run(self._complete, claimed.shard, claimed.timer_id, claimed.fence)
+        result = await self._run(
+            self._complete, claimed.shard, id=claimed.timer_id, fence=claimed.fence
+        )
         return bool(result)
 
     async def reap_expired(self, shard: int, limit: int = 1000) -> int:
         """Re-offer up to `limit` in-flight timers of `shard` whose lease has passed."""
         self._check_shard(shard)
-        return int(await self._run(self._reap, shard, self.clock.now_ms(), limit))
+        return int(await self._run(self._reap, shard, now_ms=self.clock.now_ms(), limit=limit))
 
     async def pending_count(self, shard: int) -> int:
         """Timers of `shard` armed and not yet completed or cancelled (waiting or in flight)."""
         self._check_shard(shard)
-        return int(await self._pending(keys=timer_keys(shard, self.namespace)[:2]))
+        return int(await self._pending(timer_keys(shard, self.namespace)[:2]))
 
     async def next_due_ms(self, shard: int) -> int | None:
         """When a claim on `shard` could next return a timer (a due time or lease end)."""
         self._check_shard(shard)
         return _optional_ms(await self._run(self._next_wake, shard))
 
-    async def _run(self, script: AsyncScript, shard: int, *args: EncodableT) -> Any:
+    async def _run(self, script: LuaScript, shard: int, **args: EncodableT) -> Any:
         keys = timer_keys(shard, self.namespace)
-        return await script(keys=keys, args=[timer_tag(shard, self.namespace), *args])
+        return await script(keys, tag=timer_tag(shard, self.namespace), **args)
 
     def _check_shard(self, shard: int) -> None:
         if not 0 <= shard < self.shards:
