@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.exceptions import RedisClusterException
 
-from tests.notification.stack import ALICE, SMS, VOICE, PagingStack
+from tests.notification.stack import ALICE, SMS, VOICE, PagingStack, paging_stack
 from tests.services import LOOPBACK_ANY_PORT
 from tocsin.notification.server import NotificationService, create_server
 from tocsin.notification.servicer import SERVICE_NAME
 from tocsin.runtime.events import INCIDENT_SHARDS, incident_shard
 from tocsin.runtime.leases import ShardLeases
+from tocsin.runtime.redis import RedisClient
 from tocsin.runtime.service import ServiceDeps
 from tocsin.v1 import common_pb2, incidents_pb2
 
@@ -80,9 +81,18 @@ async def serving_status(port: int) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
+@pytest.fixture
+async def any_stack(any_redis: RedisClient) -> AsyncIterator[PagingStack]:
+    """The paging stack on the standalone server, then on the 3-master Redis Cluster."""
+    async with paging_stack(any_redis) as paging:
+        yield paging
+        paging.pager.check_all_expected()
+
+
 async def test_health_is_not_serving_while_a_worker_keeps_failing_and_serving_once_it_recovers(
-    stack: PagingStack, monkeypatch: pytest.MonkeyPatch
+    any_stack: PagingStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    stack = any_stack  # on the standalone server, then on the Redis Cluster
     deps = ServiceDeps(stack.config, stack.redis, stack.clock, peers=stack.client)
     running, port = await create_server(deps, LOOPBACK_ANY_PORT, background=True)
     assert isinstance(running, NotificationService)
@@ -114,6 +124,14 @@ async def test_health_is_not_serving_while_a_worker_keeps_failing_and_serving_on
         failing.clear()
         await until_status("SERVING")
         assert leases.owned == every_shard
+        # ...and the consumer still follows incident events.
+        incident_id = await stack.trigger("disk full on db1", mirror=False)
+        await eventually(
+            lambda: _is(
+                running.parts.store.incident_status(incident_id),
+                incidents_pb2.INCIDENT_STATUS_TRIGGERED,
+            )
+        )
         assert all(not task.done() for task in running.tasks)
     finally:
         await running.stop(0)
