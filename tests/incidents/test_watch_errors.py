@@ -45,4 +45,3 @@ async def test_a_watch_whose_reads_fail_ends_unavailable(
     with pytest.raises(Unavailable, match="incident events cannot be read"):
         async with asyncio.timeout(5):
             await anext(events)
-    await events.aclose()
