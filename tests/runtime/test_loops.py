@@ -212,6 +212,35 @@ async def test_lease_heartbeat_survives_any_exception(
         await eventually(lambda: leases.owned == ALL and health.healthy)
 
 
+async def test_a_replica_back_from_a_partition_takes_its_share_again(
+    any_redis: RedisClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = ManualClock()
+    a = ShardLeases(any_redis, clock, "share", "a", SHARDS, LEASE_MS)
+    b = ShardLeases(any_redis, clock, "share", "b", SHARDS, LEASE_MS)
+    cut_off = Faulty(a, "heartbeat", RedisClusterException("Redis Cluster cannot be connected"))
+    cut_off.failing = False
+    monkeypatch.setattr(a, "heartbeat", cut_off.__getattr__("heartbeat"))
+    health = WorkerHealth(fail_after_s=0.3)
+
+    async def time_passes_until(check: Callable[[], bool]) -> None:
+        async with asyncio.timeout(15):
+            while not check():
+                clock.advance(seconds=1)
+                await asyncio.sleep(0.02)
+
+    with running(lambda stop: a.run(stop, health), lambda stop: b.run(stop)):
+        await time_passes_until(lambda: a.owned and b.owned and a.owned | b.owned == ALL)
+        cut_off.failing = True  # a is partitioned away: b takes every shard
+        await time_passes_until(lambda: b.owned == ALL and not a.owned)
+        await eventually(lambda: not health.healthy)  # failing for 0.3 s of real time
+        cut_off.failing = False  # healed: a rejoins and takes its share back
+        await time_passes_until(
+            lambda: bool(a.owned) and a.owned.isdisjoint(b.owned) and a.owned | b.owned == ALL
+        )
+        assert health.healthy
+
+
 @pytest.mark.parametrize("fault", FAULTS)
 async def test_timer_worker_survives_any_exception(
     any_redis: RedisClient, fault: BaseException, monkeypatch: pytest.MonkeyPatch
