@@ -338,11 +338,15 @@ class Sender:
         key = await self.store.cycle_spent(payload)
         if key is None:
             return
-        await self.escalation.report_unreachable(
-            payload.incident_id,
-            payload.user_id,
-            key,
-            f"every notification rule of {payload.user_id} failed (last: {reason})",
+        # In the background: the send slot is not held while escalation fires a level.
+        self.spawn(
+            self.escalation.report_unreachable(
+                payload.incident_id,
+                payload.user_id,
+                key,
+                f"every notification rule of {payload.user_id} failed (last: {reason})",
+            ),
+            f"unreachable report for {payload.cycle_id}",
         )
 
     async def _fire_rule(self, payload: TimerPayload, rule_index: int) -> None:
