@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from tests.escalation.stack import FullStack, schedule, user
 from tests.escalation.test_escalation import people, timeline, trigger
-from tests.notification.stack import BOB, SMS
+from tests.notification.stack import BOB, SMS, VOICE
 from tocsin.escalation.domain import idempotency_key
 from tocsin.escalation.store import hop_timer_id
 from tocsin.runtime.events import incident_shard
@@ -206,6 +206,26 @@ async def test_a_level_whose_only_rule_fails_for_good_moves_on_at_once(stack: Fu
     assert any(
         "can reach nobody (every notification rule of dan failed (last: SMS:" in line
         and "21614" in line
+        for line in lines
+    )
+
+
+async def test_a_user_whose_every_rule_fails_for_good_counts_as_unanswered(
+    stack: FullStack,
+) -> None:
+    await people(stack)
+    # Twilio's test number +15005550001 takes neither SMS (21211) nor calls (21217).
+    await stack.paging.add_user("eve", "+15005550001", [(SMS, 0), (VOICE, 120)])
+    await nobody_to_call(stack, "zed")
+    await stack.policy(([user("eve"), user("zed")], 5), ([user("bob")], 5))
+
+    incident_id = await trigger(stack)
+
+    await stack.pager.expect_sms("bob")  # both rules failed at once; zed has nothing
+    lines = await timeline(stack, incident_id)
+    assert any(
+        "can reach nobody (every notification rule of eve failed (last: VOICE:" in line
+        and "zed has no contact method" in line
         for line in lines
     )
 
