@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TypeVar
 
+import grpc
+
+from tocsin.client.apply import unpageable_reason
 from tocsin.client.client import TocsinClient
-from tocsin.v1 import common_pb2
+from tocsin.v1 import common_pb2, notification_pb2
 
 T = TypeVar("T")
 
@@ -23,6 +27,20 @@ def run_with_client(body: Callable[[TocsinClient], Awaitable[T]]) -> T:
             return await body(client)
 
     return asyncio.run(main())
+
+
+async def warn_if_unpageable(client: TocsinClient, user_id: str) -> None:
+    """A warning on stderr when `user_id` has no way to be paged (no contact method, no
+    rule): what the command just did will page nobody through them."""
+    try:
+        settings = await client.notification.GetUserNotificationSettings(
+            notification_pb2.GetUserNotificationSettingsRequest(user_id=user_id)
+        )
+    except grpc.aio.AioRpcError:
+        return  # the command itself succeeded; this is advice only
+    reason = unpageable_reason(settings)
+    if reason is not None:
+        print(f"warning: {user_id} cannot be paged: {reason}", file=sys.stderr)
 
 
 def rfc3339(text: str) -> datetime:

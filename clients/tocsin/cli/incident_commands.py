@@ -8,7 +8,13 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tocsin.cli.common import add_json_flag, cli_actor, incident_number, run_with_client
+from tocsin.cli.common import (
+    add_json_flag,
+    cli_actor,
+    incident_number,
+    run_with_client,
+    warn_if_unpageable,
+)
 from tocsin.cli.output import print_json, print_table
 from tocsin.cli.output import rfc3339 as format_time
 from tocsin.client.client import TocsinClient
@@ -257,7 +263,14 @@ def _reassign(args: argparse.Namespace) -> int:
     request = incidents_pb2.ReassignRequest(
         incident_id=args.id, assignment=assignment, actor=cli_actor()
     )
-    reply: incidents_pb2.ReassignResponse = _call(lambda c: c.incidents.Reassign(request))
+
+    async def reassign(client: TocsinClient) -> incidents_pb2.ReassignResponse:
+        reply = await client.incidents.Reassign(request)
+        if args.user:
+            await warn_if_unpageable(client, args.user)
+        return reply
+
+    reply = run_with_client(reassign)
     target = f"user {args.user}" if args.user else f"escalation policy {args.policy}"
     return _print_incident(args, reply.incident, f"Reassigned #{args.id} to {target}")
 

@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from tocsin.cli.common import add_json_flag, rfc3339, run_with_client
+from tocsin.cli.common import add_json_flag, rfc3339, run_with_client, warn_if_unpageable
 from tocsin.cli.output import print_json, print_table
 from tocsin.cli.output import rfc3339 as format_time
 from tocsin.client.client import TocsinClient
@@ -141,9 +141,11 @@ def _override(args: argparse.Namespace) -> int:
     override.end.FromDatetime(args.end)
 
     async def create(client: TocsinClient) -> pb.CreateOverrideResponse:
-        return await client.scheduling.CreateOverride(
+        reply = await client.scheduling.CreateOverride(
             pb.CreateOverrideRequest(schedule_id=args.schedule, override=override)
         )
+        await warn_if_unpageable(client, args.user)
+        return reply
 
     created = run_with_client(create).override
     result = {

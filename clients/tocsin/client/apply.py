@@ -439,6 +439,23 @@ def _with_check(
     return call(copy)
 
 
+def unpageable_reason(
+    settings: notification_pb2.GetUserNotificationSettingsResponse,
+) -> str | None:
+    """Why a user with these settings cannot be paged, or None if a rule can reach them."""
+    methods = {m.id: m for m in settings.contact_methods}
+    if not methods:
+        return "has no contact method"
+    if not settings.rules:
+        return "has no notification rule"
+    if all(
+        r.contact_method_id not in methods or methods[r.contact_method_id].disabled
+        for r in settings.rules
+    ):
+        return "every contact method its rules use is disabled (the number replied STOP)"
+    return None
+
+
 def reachability(
     state: DesiredState,
     running: dict[str, notification_pb2.GetUserNotificationSettingsResponse],
@@ -462,17 +479,12 @@ def reachability(
             copy.CopyFrom(method)
             copy.disabled = bool(kept and kept.disabled and kept.address == _e164(method.address))
             methods[method.id] = copy
-        rules = config.rules if config.rules_given else list(current.rules)
-        if not methods:
-            reason = "has no contact method"
-        elif not rules:
-            reason = "has no notification rule"
-        elif all(
-            r.contact_method_id not in methods or methods[r.contact_method_id].disabled
-            for r in rules
-        ):
-            reason = "every contact method its rules use is disabled (the number replied STOP)"
-        else:
+        merged = notification_pb2.GetUserNotificationSettingsResponse(
+            contact_methods=list(methods.values()),
+            rules=config.rules if config.rules_given else list(current.rules),
+        )
+        reason = unpageable_reason(merged)
+        if reason is None:
             continue
         why_not[config.user.id] = reason
         warn(f"users[{i}]", f"{config.user.id} cannot be paged: {reason}")
