@@ -15,6 +15,7 @@ from tests.harness import FROM_NUMBER, spoken_text
 from tests.notification.stack import ALICE, BOB, SMS, VOICE, PagingStack
 from tocsin.faketwilio import RecordedRequest
 from tocsin.notification import keys as nkeys
+from tocsin.notification.contacts import REPLY_CODES
 from tocsin.v1 import common_pb2, incidents_pb2, notification_pb2
 
 SENT = notification_pb2.ATTEMPT_STATUS_SENT
@@ -85,24 +86,119 @@ async def test_an_sms_reply_acknowledges_and_the_call_never_comes(stack: PagingS
     await stack.pager.expect_no_more_pages()
 
 
-async def test_a_plain_ack_acknowledges_the_latest_page_to_that_number(
+async def test_a_plain_ack_acts_only_when_one_paged_incident_is_open(
     stack: PagingStack,
 ) -> None:
     await stack.add_user("alice", ALICE, [(SMS, 0)])
     first = await stack.trigger("disk full on db1")
     second = await stack.trigger("api latency high")
     await stack.notify(first, "alice")
-    await stack.pager.expect_sms("alice", contains="disk full")
+    first_code = reply_code(await stack.pager.expect_sms("alice", contains="disk full"))
     await stack.notify(second, "alice")
-    await stack.pager.expect_sms("alice", contains="api latency")
+    second_code = reply_code(await stack.pager.expect_sms("alice", contains="api latency"))
 
+    # "ack" to the first text must not acknowledge the second: it asks which.
+    assert await stack.pager.reply_sms("alice", "ack") == (
+        f"Which incident? Reply with its code: '{first_code}a' #{first} disk full on db1; "
+        f"'{second_code}a' #{second} api latency high"
+    )
+    assert [(await stack.incident(i)).status for i in (first, second)] == [TRIGGERED] * 2
+    assert await stack.pager.reply_sms("alice", f"{first_code} resolve") == (
+        f"Resolved #{first}: disk full on db1"
+    )
+    await stack.drain_events()
     assert await stack.pager.reply_sms("alice", "ack") == (
         f"Acknowledged #{second}: api latency high"
     )
-    assert (await stack.incident(first)).status == TRIGGERED
     assert await stack.pager.reply_sms("alice", "ack") == (
         f"Already acknowledged #{second}: api latency high"
     )
+
+
+async def test_a_reply_to_the_first_of_a_storm_of_pages_acts_on_the_first_incident(
+    stack: PagingStack,
+) -> None:
+    """Codes 1-99 once meant the 100th page took over the code of the first."""
+    await stack.add_user("alice", ALICE, [(SMS, 0)])
+    incidents: list[str] = []
+    codes: list[str] = []
+    for n in range(REPLY_CODES + 5):
+        incidents.append(await stack.trigger(f"disk {n} full", mirror=False))
+        await stack.notify(incidents[-1], "alice")
+        codes.append(reply_code(await stack.pager.expect_sms("alice", contains=f"disk {n} ")))
+        stack.clock.advance(seconds=1)
+    await stack.drain_events()
+
+    assert len(set(codes)) == len(codes)
+    assert codes[:3] == ["1", "2", "3"] and codes[REPLY_CODES] == "100"
+    assert await stack.pager.reply_sms("alice", f"{codes[0]}a") == (
+        f"Acknowledged #{incidents[0]}: disk 0 full"
+    )
+    assert await stack.pager.reply_sms("alice", f"{codes[2]}r") == (
+        f"Resolved #{incidents[2]}: disk 2 full"
+    )
+    statuses = [(await stack.incident(i)).status for i in incidents]
+    assert statuses[:3] == [ACKNOWLEDGED, TRIGGERED, RESOLVED]
+    assert set(statuses[3:]) == {TRIGGERED}
+
+
+async def test_an_expired_code_is_refused_and_not_reused_while_a_late_reply_may_come(
+    stack: PagingStack,
+) -> None:
+    await stack.add_user("alice", ALICE, [(SMS, 0)])
+    old = await stack.trigger("disk full on db1")
+    await stack.notify(old, "alice")
+    old_code = reply_code(await stack.pager.expect_sms("alice"))
+    stack.clock.advance(days=2)  # past the answer window
+    new = await stack.trigger("api latency high")
+    await stack.notify(new, "alice")
+    new_code = reply_code(await stack.pager.expect_sms("alice"))
+
+    assert new_code != old_code
+    assert await stack.pager.reply_sms("alice", f"{old_code}a") == (
+        f"Unknown code {old_code}. Reply with its code: '{new_code}a' #{new} api latency high"
+    )
+    assert (await stack.incident(new)).status == TRIGGERED
+    assert (await stack.incident(old)).status == TRIGGERED  # too late to act on
+
+
+async def test_a_code_two_users_sharing_a_number_both_hold_asks_which(
+    stack: PagingStack,
+) -> None:
+    await stack.add_user("alice", ALICE, [(SMS, 0)])
+    await stack.add_user("carol", ALICE, [(SMS, 0)])
+    first = await stack.trigger("disk full on db1")
+    second = await stack.trigger("api latency high")
+    await stack.notify(first, "alice")
+    alice_code = reply_code(await stack.pager.expect_sms("alice", contains="disk full"))
+    await stack.notify(second, "carol")
+    carol_code = reply_code(await stack.pager.expect_sms("carol", contains="api latency"))
+    assert alice_code == carol_code  # codes are per user
+
+    answer = await stack.pager.reply_sms("alice", f"{alice_code}a")
+
+    assert answer.startswith(f"Code {alice_code} names more than one incident. Reply with")
+    assert [(await stack.incident(i)).status for i in (first, second)] == [TRIGGERED] * 2
+
+
+async def test_a_keypress_acts_on_the_incident_of_its_call_whatever_came_after(
+    stack: PagingStack,
+) -> None:
+    await stack.add_user("alice", ALICE, [(VOICE, 0)])
+    first = await stack.trigger("disk full on db1")
+    await stack.notify(first, "alice")
+    call = await stack.pager.expect_voice("alice", contains="disk full")
+    second = await stack.trigger("api latency high")
+    await stack.notify(second, "alice")
+    await stack.pager.expect_voice("alice", contains="api latency")
+
+    answer = await stack.pager.press(call, "4")
+
+    assert f"Acknowledged #{first}" in " ".join(spoken_text(answer))
+    assert [(await stack.incident(i)).status for i in (first, second)] == [
+        ACKNOWLEDGED,
+        TRIGGERED,
+    ]
 
 
 async def test_replies_that_name_nothing_are_answered_plainly(stack: PagingStack) -> None:

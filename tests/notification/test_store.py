@@ -12,7 +12,13 @@ from collections.abc import Callable
 import pytest
 
 from tocsin.notification import domain
-from tocsin.notification.contacts import REPLY_CODES, ContactStore
+from tocsin.notification.contacts import (
+    REPLY_CODE_QUARANTINE_MS,
+    REPLY_CODE_TTL_MS,
+    REPLY_CODES,
+    ContactStore,
+    LiveCode,
+)
 from tocsin.notification.domain import AttemptLocation, Settings, TimerPayload
 from tocsin.notification.ratelimit import RateLimiter
 from tocsin.notification.records import CycleRule
@@ -280,7 +286,7 @@ async def test_reply_codes_stay_with_their_incident_and_are_not_reused_at_once(
     assert third not in (first, second)  # round robin: an old reply cannot hit it
 
 
-async def test_when_every_code_is_live_the_oldest_is_taken_over(
+async def test_when_every_code_is_live_codes_grow_a_digit_and_none_is_taken_over(
     any_redis: RedisClient, clock: ManualClock
 ) -> None:
     contacts = ContactStore(any_redis, clock)
@@ -290,9 +296,31 @@ async def test_when_every_code_is_live_the_oldest_is_taken_over(
 
     code = (await contacts.prepare_page("alice", "999984")).reply_code
 
-    assert code == "1"
-    assert await contacts.incident_of_code("alice", "1") == "999984"
+    assert code == "100"
+    assert await contacts.incident_of_code("alice", "100") == "999984"
+    assert await contacts.incident_of_code("alice", "1") == "16"
     assert await contacts.incident_of_code("alice", "2") == "32"
+    assert len(await contacts.live_codes("alice")) == REPLY_CODES + 1
+
+
+async def test_a_code_is_free_again_only_after_its_window_and_quarantine(
+    any_redis: RedisClient, clock: ManualClock
+) -> None:
+    contacts = ContactStore(any_redis, clock)
+    for n in range(REPLY_CODES):
+        await contacts.prepare_page("alice", str(16 * (n + 1)))
+    clock.advance(seconds=1)
+    await contacts.prepare_page("alice", "16")  # code 1's incident paged again, later
+    clock.advance(seconds=REPLY_CODE_TTL_MS / 1000 - 1)
+    # Codes 2-99 are past their answer window: they answer nothing, and none is reused yet.
+    assert await contacts.incident_of_code("alice", "2") is None
+    assert await contacts.live_codes("alice") == [LiveCode("1", "16", "alice")]
+    assert (await contacts.prepare_page("alice", "1600")).reply_code == "100"
+
+    clock.advance(seconds=REPLY_CODE_QUARANTINE_MS / 1000)  # code 1 has a second to go
+    assert (await contacts.prepare_page("alice", "3200")).reply_code == "2"
+    assert await contacts.incident_of_code("alice", "2") == "3200"
+    assert await contacts.live_codes("alice") == [LiveCode("2", "3200", "alice")]
 
 
 async def test_concurrent_settings_changes_are_all_kept(

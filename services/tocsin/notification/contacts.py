@@ -21,10 +21,14 @@ from tocsin.runtime.scripts import LuaScript
 from tocsin.v1 import notification_pb2
 
 REPLY_CODES = 99
-"""Codes 1..99: one or two digits to type at 3 a.m."""
+"""The first tier of codes, 1..99: one or two digits to type at 3 a.m. While all of them
+are in use, codes get a digit longer (100..999, then 1000..9999, ...)."""
 REPLY_CODE_TTL_MS = 24 * 3600 * 1000
 """A reply code (and "the latest page to this number") stays valid this long after the
 latest page for its incident."""
+REPLY_CODE_QUARANTINE_MS = 7 * 24 * 3600 * 1000
+"""After that, the code names nothing for this long (a late reply is refused, not sent to
+another incident) before it may be handed out again."""
 _WRITE_RETRIES = 20
 
 _WRITE = read_lua("tocsin.notification", "lua/settings_write.lua")
@@ -50,6 +54,15 @@ class KeyWrite:
     key: str
     value: str
     ttl_ms: int
+
+
+@dataclass(frozen=True)
+class LiveCode:
+    """A reply code that can still be answered: `code` names `incident_id` for `user_id`."""
+
+    code: str
+    incident_id: str
+    user_id: str
 
 
 @dataclass(frozen=True)
@@ -143,7 +156,13 @@ class ContactStore:
                 keys.code_of(user_id),
                 keys.code_seq(user_id),
             ],
-            args=[incident_id, self.clock.now_ms(), REPLY_CODE_TTL_MS, REPLY_CODES],
+            args=[
+                incident_id,
+                self.clock.now_ms(),
+                REPLY_CODE_TTL_MS,
+                REPLY_CODE_QUARANTINE_MS,
+                REPLY_CODES,
+            ],
         )
         settings = Settings.FromString(keys.as_bytes(raw)) if raw else Settings()
         return PageContext(settings, keys.as_text(code))
@@ -155,6 +174,17 @@ class ContactStore:
             return None
         incident_id, _, expires = keys.as_text(held).partition("|")
         return incident_id if int(expires) > self.clock.now_ms() else None
+
+    async def live_codes(self, user_id: str) -> list[LiveCode]:
+        """The user's codes that can still be answered, in code order."""
+        held = await self.redis.hgetall(keys.reply_codes(user_id))
+        now = self.clock.now_ms()
+        live: list[LiveCode] = []
+        for code, value in held.items():
+            incident_id, _, expires = keys.as_text(value).partition("|")
+            if int(expires) > now:
+                live.append(LiveCode(keys.as_text(code), incident_id, user_id))
+        return sorted(live, key=lambda c: int(c.code))
 
     async def owners_of_number(self, number: str) -> list[NumberOwner]:
         owners = await self.redis.hgetall(keys.number_index(number))

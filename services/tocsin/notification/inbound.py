@@ -5,30 +5,58 @@ messages.parse_sms_reply and turned into an Acknowledge or Resolve on the incide
 service, with the replying user as the actor; the answer says what happened in words a
 half-awake person understands ("Acknowledged #123: disk full on db1"). A number tocsin
 does not know gets no answer at all, so nobody can probe who is on call.
+
+A reply acts only on the incident it answers. A code names one incident while the page
+that carried it can be answered (contacts.py, lua/page_prepare.lua); a code that names
+nothing, or more than one incident (two users sharing a number), and a bare "ack" while
+more than one of the number's paged incidents is open, act on nothing: the answer lists
+the open incidents with their codes. A keypress acts on the incident of the call it was
+pressed in (the attempt named in the signed Gather URL), never through a code.
+
+Twilio's signatures carry no timestamp, so a captured request stays valid. Each webhook
+is therefore handled once: its MessageSid (a keypress: CallSid and digits; a status
+callback: the sid, status and error) is marked seen with SET NX before anything changes,
+and a repeat within WEBHOOK_SEEN_TTL_MS is answered without acting. Acting is an RPC to
+another service, so the mark cannot commit with it: it is set first and removed when the
+action could not be recorded, so a retry may act (at most once, never twice).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import grpc
 
-from tocsin.notification import domain, messages
-from tocsin.notification.contacts import ContactStore
+from tocsin.notification import domain, keys, messages
+from tocsin.notification.contacts import ContactStore, LiveCode
 from tocsin.notification.messages import ReplyAction
 from tocsin.notification.peers import IncidentsPeer
 from tocsin.notification.providers import mask_phone
 from tocsin.notification.sender import Sender
 from tocsin.notification.store import PagingStore
-from tocsin.v1 import common_pb2, notification_pb2
+from tocsin.v1 import common_pb2, incidents_pb2, notification_pb2
 
 log = logging.getLogger(__name__)
+
+WEBHOOK_SEEN_TTL_MS = 30 * 24 * 3600 * 1000
+"""How long a handled webhook is remembered: far beyond Twilio's own retries (minutes)
+and beyond a reply code's answer window and quarantine (8 days), so a replay within it
+changes nothing. A request replayed later is handled as new (see README)."""
+LISTED_INCIDENTS = 5
+"""A reply asking which incident lists at most this many (an SMS is read on a phone)."""
+_OPEN_STATUSES = (
+    incidents_pb2.INCIDENT_STATUS_TRIGGERED,
+    incidents_pb2.INCIDENT_STATUS_ACKNOWLEDGED,
+)
 
 VOICE_RETRY_TEXT = "Sorry, that is not an option."
 VOICE_UNKNOWN_CALL = "Sorry, this call is not linked to a page. Goodbye."
 VOICE_TEST_CALL = "This was a test call. Goodbye."
 VOICE_FAILED = "Sorry, tocsin could not record that."
+VOICE_REPEAT = "Goodbye."
 ACK_WORDS = {True: "Acknowledged", False: "Already acknowledged"}
 RESOLVE_WORDS = {True: "Resolved", False: "Already resolved"}
 
@@ -59,21 +87,27 @@ class Inbound:
 
     # -- SMS ----------------------------------------------------------------------------
 
-    async def incoming_sms(self, from_number: str, body: str) -> str:
-        """The answer to an SMS from `from_number` ('' = send no answer)."""
+    async def incoming_sms(self, from_number: str, body: str, message_sid: str = "") -> str:
+        """The answer to an SMS from `from_number` ('' = send no answer); a MessageSid seen
+        before is answered with nothing and changes nothing."""
+        return await self._once(
+            f"sms:{message_sid}" if message_sid else "",
+            lambda: self._incoming_sms(from_number, body),
+            repeat="",
+        )
+
+    async def _incoming_sms(self, from_number: str, body: str) -> Outcome:
         try:
             number = domain.normalize_phone(from_number, "from_number")
         except domain.InvalidArgument:
-            return ""
+            return Outcome("", True)
         owners = await self.contacts.owners_of_number(number)
         if not owners:
             log.info("SMS from unknown number %s ignored", mask_phone(number))
-            return ""
+            return Outcome("", True)
         reply = messages.parse_sms_reply(body)
-        if reply is None:
-            return domain.help_reply()
-        if reply.action == ReplyAction.HELP:
-            return domain.help_reply()
+        if reply is None or reply.action == ReplyAction.HELP:
+            return Outcome(domain.help_reply(), True)
         if reply.action in (ReplyAction.OPT_OUT, ReplyAction.OPT_IN):
             enabled = reply.action == ReplyAction.OPT_IN
             changed = await self.contacts.set_number_enabled(number, enabled)
@@ -84,28 +118,62 @@ class Inbound:
                 "enabled" if enabled else "disabled",
                 ", ".join(changed) or "nothing",
             )
-            return ""  # Twilio answers STOP / START itself
-        target = await self._target(number, [o.user_id for o in owners], reply.code)
+            return Outcome("", True)  # Twilio answers STOP / START itself
+        users = sorted({o.user_id for o in owners})
+        target = await self._target(number, users, reply.code, reply.action)
         if isinstance(target, str):
-            return target
+            return Outcome(target, True)
         incident_id, user_id = target
         actor = common_pb2.Actor(user_id=user_id, channel=common_pb2.CHANNEL_SMS)
-        return (await self._act(reply.action, incident_id, actor)).reply
+        return await self._act(reply.action, incident_id, actor)
 
     async def _target(
-        self, number: str, users: list[str], code: str | None
+        self, number: str, users: Sequence[str], code: str | None, action: ReplyAction
     ) -> tuple[str, str] | str:
-        """(incident, user) a reply is about, or the answer explaining why there is none."""
-        if code is None:
-            latest = await self.contacts.latest_page(number)
-            if latest is None:
-                return domain.NO_RECENT_PAGE_REPLY
-            return latest.incident_id, latest.user_id
-        for user_id in users:
-            incident_id = await self.contacts.incident_of_code(user_id, code)
-            if incident_id is not None:
-                return incident_id, user_id
-        return domain.unknown_code_reply(code)
+        """(incident, user) a reply is about, or the answer explaining why there is none.
+
+        A code must name exactly one incident among the codes the number's users can still
+        answer; a bare "ack" needs at most one of them still open (then that one; with none
+        open, the latest page's, whose answer says it is already done). Anything else asks.
+        """
+        live = [c for user_id in users for c in await self.contacts.live_codes(user_id)]
+        if code is not None:
+            wanted = code.lstrip("0") or "0"
+            named = _by_incident(c for c in live if c.code == wanted)
+            if len(named) == 1:
+                only = next(iter(named.values()))
+                return only.incident_id, only.user_id
+            head = (
+                f"Code {code} names more than one incident."
+                if named
+                else domain.unknown_code_reply(code) + "."
+            )
+            return await self._which_incident(head, live, action)
+        still_open = await self._open_incidents(live)
+        if len(still_open) == 1:
+            only = still_open[0][0]
+            return only.incident_id, only.user_id
+        if len(still_open) > 1:
+            return _which_reply("Which incident?", still_open, action)
+        latest = await self.contacts.latest_page(number)
+        if latest is None:
+            return domain.NO_RECENT_PAGE_REPLY
+        return latest.incident_id, latest.user_id
+
+    async def _which_incident(self, head: str, live: list[LiveCode], action: ReplyAction) -> str:
+        still_open = await self._open_incidents(live)
+        return _which_reply(head, still_open, action) if still_open else head.rstrip(".")
+
+    async def _open_incidents(self, live: list[LiveCode]) -> list[tuple[LiveCode, str]]:
+        """The live codes whose incident is not known to be resolved, with its summary, one
+        per incident (an incident paged to two users sharing the number is listed once)."""
+        codes = list(_by_incident(live).values())
+        mirrors = await asyncio.gather(*(self.store.incident_mirror(c.incident_id) for c in codes))
+        return [
+            (code, summary)
+            for code, (status, summary) in zip(codes, mirrors, strict=True)
+            if status is None or status in _OPEN_STATUSES
+        ]
 
     async def _act(self, action: ReplyAction, incident_id: str, actor: common_pb2.Actor) -> Outcome:
         """Acknowledge or resolve; the answer's incident goes straight into the status
@@ -130,7 +198,11 @@ class Inbound:
     # -- voice --------------------------------------------------------------------------
 
     async def keypress(self, call_sid: str, digits: str, attempt_id: str) -> str:
-        """TwiML answering a Gather: 4 acknowledges, 6 resolves, anything else repeats."""
+        """TwiML answering a Gather: 4 acknowledges, 6 resolves, anything else repeats.
+
+        The incident is the one of the call's attempt (named in the signed Gather URL, or
+        found by CallSid). A keypress that acts is handled once per CallSid and digits: a
+        repeat hangs up and changes nothing."""
         attempt = await self._attempt(attempt_id, call_sid)
         if attempt is None:
             return messages.gather_response_twiml(VOICE_UNKNOWN_CALL)
@@ -141,17 +213,64 @@ class Inbound:
         if action is None:
             return messages.gather_response_twiml(VOICE_RETRY_TEXT, retry_action_url=retry_url)
         actor = common_pb2.Actor(user_id=attempt.user_id, channel=common_pb2.CHANNEL_VOICE)
-        outcome = await self._act(action, attempt.incident_id, actor)
+        incident_id = attempt.incident_id
+
+        async def act() -> Outcome:
+            outcome = await self._act(action, incident_id, actor)
+            if not outcome.done:
+                return Outcome(
+                    messages.gather_response_twiml(VOICE_FAILED, retry_action_url=retry_url),
+                    False,
+                )
+            return Outcome(messages.gather_response_twiml(f"{outcome.reply}. Goodbye."), True)
+
+        return await self._once(
+            f"voice:{call_sid}:{digits.strip()[:16]}" if call_sid else "",
+            act,
+            repeat=messages.gather_response_twiml(VOICE_REPEAT),
+        )
+
+    # -- once per webhook ---------------------------------------------------------------
+
+    async def _once(self, name: str, handle: Callable[[], Awaitable[Outcome]], repeat: str) -> str:
+        """Run `handle` unless the webhook `name` was handled before (then answer `repeat`).
+        The mark is set first and removed if `handle` could not record its action."""
+        if not name:
+            return (await handle()).reply
+        seen = keys.webhook_seen(name)
+        if not await self.store.redis.set(seen, "1", nx=True, px=WEBHOOK_SEEN_TTL_MS):
+            log.info("a repeated Twilio webhook (%s) was answered and ignored", name[:64])
+            return repeat
+        try:
+            outcome = await handle()
+        except BaseException:
+            await self.store.redis.delete(seen)
+            raise
         if not outcome.done:
-            return messages.gather_response_twiml(VOICE_FAILED, retry_action_url=retry_url)
-        return messages.gather_response_twiml(f"{outcome.reply}. Goodbye.")
+            await self.store.redis.delete(seen)
+        return outcome.reply
 
     # -- delivery status ----------------------------------------------------------------
 
     async def delivery_status(
         self, provider_id: str, status: str, error_code: int, attempt_id: str
     ) -> bool:
-        """Record a status callback on its attempt; False if no attempt is known."""
+        """Record a status callback on its attempt; False if no attempt is known. The same
+        callback again (same sid, status and error) is known and changes nothing."""
+        name = f"status:{provider_id or attempt_id}:{status.strip().lower()[:32]}:{error_code}"
+        known = True
+
+        async def record() -> Outcome:
+            nonlocal known
+            known = await self._delivery_status(provider_id, status, error_code, attempt_id)
+            return Outcome("", known)
+
+        await self._once(name, record, repeat="")
+        return known
+
+    async def _delivery_status(
+        self, provider_id: str, status: str, error_code: int, attempt_id: str
+    ) -> bool:
         attempt = await self._attempt(attempt_id, provider_id)
         if attempt is None:
             return False
@@ -201,3 +320,24 @@ class Inbound:
         if location is None:
             return None
         return await self.store.attempt(location)
+
+
+def _by_incident(codes: Iterable[LiveCode]) -> dict[str, LiveCode]:
+    """One code per incident (the first, in the order given)."""
+    found: dict[str, LiveCode] = {}
+    for code in codes:
+        found.setdefault(code.incident_id, code)
+    return found
+
+
+def _which_reply(head: str, still_open: Sequence[tuple[LiveCode, str]], action: ReplyAction) -> str:
+    """`head`, then the open incidents with the reply that acts on each."""
+    letter = "r" if action == ReplyAction.RESOLVE else "a"
+    listed = [
+        f"'{code.code}{letter}' #{code.incident_id}"
+        + (f" {domain.short_summary(summary)}" if summary else "")
+        for code, summary in still_open[:LISTED_INCIDENTS]
+    ]
+    more = len(still_open) - len(listed)
+    tail = f"; and {more} more (tocsin incidents)" if more > 0 else ""
+    return f"{head} Reply with its code: {'; '.join(listed)}{tail}"

@@ -210,7 +210,9 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
     async def HandleIncomingSms(
         self, request: pb.HandleIncomingSmsRequest, context: Any
     ) -> pb.HandleIncomingSmsResponse:
-        reply = await self.inbound.incoming_sms(request.from_number, request.body)
+        reply = await self.inbound.incoming_sms(
+            request.from_number, request.body, request.message_sid
+        )
         return pb.HandleIncomingSmsResponse(reply=reply)
 
     @_bounded

@@ -297,6 +297,14 @@ class PagingStore:
         raw = await self.redis.hget(keys.incident_state(incident_id), "st")
         return int(raw) if raw is not None else None
 
+    async def incident_mirror(self, incident_id: str) -> tuple[int | None, str]:
+        """The mirrored status (None while unknown) and summary."""
+        status, summary = await self.redis.hmget(keys.incident_state(incident_id), ["st", "sum"])
+        return (
+            int(status) if status is not None else None,
+            keys.as_text(summary) if summary is not None else "",
+        )
+
     # -- attempts -----------------------------------------------------------------------
 
     def _attempt_keys(self, location: domain.AttemptLocation) -> list[str]:
