@@ -18,7 +18,8 @@ from starlette.routing import Route
 from twilio.request_validator import RequestValidator
 
 from tocsin.faketwilio import FakeTwilio, create_fake_twilio, main, serve_asgi
-from tocsin.notification.messages import sms_reply_twiml, voice_twiml
+from tocsin.gateway.twilio_webhooks import sms_reply_twiml
+from tocsin.notification.messages import voice_twiml
 
 ACCOUNT_SID = "AC" + "0f" * 16
 AUTH_TOKEN = "fake-auth-token"

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from urllib.parse import parse_qsl
 from xml.etree import ElementTree
 
 import httpx
 import pytest
 from twilio.request_validator import RequestValidator
 
-from tests.harness import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER
-from tests.notification.stack import ALICE, SMS, PagingStack, paging_stack
+from tests.harness import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER, gather_actions, spoken_text
+from tests.notification.stack import ALICE, BOB, SMS, VOICE, PagingStack, paging_stack
 from tests.services import client_for
+from tocsin.faketwilio.fake import PostedWebhook
 from tocsin.gateway.app import create_app
+from tocsin.gateway.twilio_webhooks import sms_reply_twiml
 from tocsin.runtime.clock import ManualClock
 from tocsin.runtime.config import load_config
 from tocsin.runtime.redis import RedisClient
-from tocsin.v1 import incidents_pb2
+from tocsin.v1 import common_pb2, incidents_pb2, notification_pb2
+
+DELIVERED = notification_pb2.ATTEMPT_STATUS_DELIVERED
 
 PUBLIC_URL = "https://tocsin.example.com"
 TWILIO_ENV = {
@@ -167,3 +172,148 @@ async def test_a_forged_reply_acknowledges_nothing(stack: PagingStack) -> None:
         incidents_pb2.GetIncidentRequest(incident_id=incident_id)
     )
     assert status.incident.status == incidents_pb2.INCIDENT_STATUS_TRIGGERED
+
+
+async def _replay(posted: PostedWebhook) -> httpx.Response:
+    """Send a captured signed webhook again, byte for byte as Twilio signed it."""
+    async with httpx.AsyncClient() as http:
+        return await http.post(
+            posted.url, data=posted.params, headers={"X-Twilio-Signature": posted.signature}
+        )
+
+
+def _last(stack: PagingStack, kind: str) -> PostedWebhook:
+    return [w for w in stack.fake.webhooks if w.kind == kind][-1]
+
+
+async def _status(stack: PagingStack, incident_id: str) -> int:
+    reply = await stack.client.incidents.GetIncident(
+        incidents_pb2.GetIncidentRequest(incident_id=incident_id)
+    )
+    return int(reply.incident.status)
+
+
+async def test_a_replayed_sms_reply_changes_nothing(stack: PagingStack) -> None:
+    await stack.add_user("alice", ALICE, [(SMS, 0)])
+    first = await stack.trigger("disk full on db1")
+    await stack.notify(first, "alice")
+    await stack.pager.expect_sms("alice")
+    assert await stack.pager.reply_sms("alice", "resolve") == (
+        f"Resolved #{first}: disk full on db1"
+    )
+    captured = _last(stack, "sms")
+    await stack.drain_events()
+    newer = await stack.trigger("api latency high")
+    await stack.notify(newer, "alice")
+    await stack.pager.expect_sms("alice")
+
+    replayed = await _replay(captured)
+
+    assert replayed.status_code == 200
+    assert ElementTree.fromstring(replayed.text).findall("*") == []  # no answer
+    assert await _status(stack, newer) == incidents_pb2.INCIDENT_STATUS_TRIGGERED
+    # A new message (a new MessageSid) with the same words still acts.
+    assert await stack.pager.reply_sms("alice", "resolve") == (
+        f"Resolved #{newer}: api latency high"
+    )
+
+
+async def test_a_replayed_keypress_changes_nothing(stack: PagingStack) -> None:
+    await stack.add_user("alice", ALICE, [(VOICE, 0)])
+    await stack.add_user("bob", BOB, [])
+    incident_id = await stack.trigger("disk full on db1")
+    await stack.notify(incident_id, "alice")
+    call = await stack.pager.expect_voice("alice")
+    assert f"Acknowledged #{incident_id}" in " ".join(
+        spoken_text(await stack.pager.press(call, "4"))
+    )
+    captured = _last(stack, "digits")
+    await stack.client.incidents.Reassign(  # triggered again, for bob
+        incidents_pb2.ReassignRequest(
+            incident_id=incident_id,
+            assignment=incidents_pb2.Assignment(user_id="bob"),
+            actor=common_pb2.Actor(channel=common_pb2.CHANNEL_CLI, display="ops"),
+        )
+    )
+
+    replayed = await _replay(captured)
+
+    assert replayed.status_code == 200
+    assert spoken_text(replayed.text) == ["Goodbye."]
+    assert await _status(stack, incident_id) == incidents_pb2.INCIDENT_STATUS_TRIGGERED
+
+
+async def test_a_replayed_status_callback_changes_nothing(stack: PagingStack) -> None:
+    await stack.add_user("alice", ALICE, [(SMS, 0)])
+    incident_id = await stack.trigger()
+    await stack.notify(incident_id, "alice")
+    await stack.pager.expect_sms("alice")
+    await stack.settle()
+    sent = next(
+        w for w in stack.fake.webhooks if w.kind == "status" and w.params["MessageStatus"] == "sent"
+    )
+    [before] = await stack.attempts(incident_id)
+    assert (before.status, before.provider_status) == (DELIVERED, "delivered")
+
+    replayed = await _replay(sent)
+
+    assert replayed.status_code == 204
+    [after] = await stack.attempts(incident_id)
+    assert (after.status, after.provider_status) == (DELIVERED, "delivered")
+
+
+@pytest.mark.parametrize("error_code", ["9" * 30, "30008x", "-1", "²", " "])
+async def test_an_odd_error_code_is_ignored_not_a_500(stack: PagingStack, error_code: str) -> None:
+    await stack.add_user("alice", ALICE, [(SMS, 0)])
+    incident_id = await stack.trigger()
+    await stack.notify(incident_id, "alice")
+    sms = await stack.pager.expect_sms("alice")
+    await stack.settle()
+    assert sms.status_callback is not None and sms.sid is not None
+    params = [("MessageSid", sms.sid), ("MessageStatus", "undelivered"), ("ErrorCode", error_code)]
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            sms.status_callback,
+            content=_form(params),
+            headers=_headers(signature(sms.status_callback, params)),
+        )
+
+    assert response.status_code == 204
+    [attempt] = await stack.attempts(incident_id)
+    assert (attempt.provider_status, attempt.error_code) == ("undelivered", 0)
+
+
+async def test_odd_values_in_every_twilio_webhook_are_answered_not_a_500(
+    stack: PagingStack,
+) -> None:
+    await stack.add_user("alice", ALICE, [(VOICE, 0)])
+    incident_id = await stack.trigger()
+    await stack.notify(incident_id, "alice")
+    call = await stack.pager.expect_voice("alice")
+    assert call.sid is not None
+    action = gather_actions(call.twiml or "")[0]
+    sms_url = f"{stack.config.public_url}/twilio/sms"
+    sid = f"CallSid={call.sid}"
+    odd = [
+        (sms_url, f"From={ALICE}&Body={'1a' * 20_000}&MessageSid=SM{'9' * 300}"),
+        (sms_url, "From=%ED%A0%BD%FF&Body=%00ack%ED%A0%BD&MessageSid=SMx&NumMedia=" + "9" * 40),
+        (action, f"{sid}&Digits={'4' * 500}&CallDuration={'9' * 40}&SequenceNumber=-x"),
+        (action, f"{sid}&Digits=%00%ED%A0%BD"),
+    ]
+    async with httpx.AsyncClient() as http:
+        for url, body in odd:
+            signed = signature(url, parse_qsl(body, keep_blank_values=True))
+            response = await http.post(url, content=body, headers=_headers(signed))
+            assert response.status_code == 200, (url, response.text)
+            ElementTree.fromstring(response.text)  # well-formed TwiML
+        too_big = f"From={ALICE}&Body={'x' * 70_000}"
+        signed = signature(sms_url, parse_qsl(too_big))
+        response = await http.post(sms_url, content=too_big, headers=_headers(signed))
+        assert response.status_code == 413
+    assert await _status(stack, incident_id) == incidents_pb2.INCIDENT_STATUS_TRIGGERED
+
+
+def test_the_sms_answer_is_well_formed_twiml_whatever_the_text() -> None:
+    assert ElementTree.fromstring(sms_reply_twiml("")).findall("Message") == []
+    root = ElementTree.fromstring(sms_reply_twiml("Incident 4 acknowledged\x00\x1b"))
+    assert [m.text for m in root.findall("Message")] == ["Incident 4 acknowledged"]

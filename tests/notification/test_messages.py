@@ -15,7 +15,6 @@ from tocsin.notification.messages import (
     parse_keypress,
     parse_sms_reply,
     sms_body,
-    sms_reply_twiml,
     sms_segments,
     voice_twiml,
 )
@@ -166,12 +165,6 @@ def test_gather_response_can_offer_the_menu_again() -> None:
     assert len(gathers) == 2
     assert gathers[0].findall("Say")[0].text == "Sorry, that is not an option."
     assert all(g.attrib["action"] == ACTION_URL for g in gathers)
-
-
-def test_sms_reply_twiml() -> None:
-    assert ElementTree.fromstring(sms_reply_twiml(None)).findall("Message") == []
-    root = ElementTree.fromstring(sms_reply_twiml("Incident 4 acknowledged\x00"))
-    assert [m.text for m in root.findall("Message")] == ["Incident 4 acknowledged"]
 
 
 @pytest.mark.parametrize(

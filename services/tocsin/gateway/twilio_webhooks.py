@@ -9,11 +9,20 @@ further. Without Twilio credentials the routes answer 404 saying so.
 
 The form is parsed with the standard library, keeping repeated keys, because the
 signature covers every value of a repeated parameter.
+
+A signed request is still read defensively: whatever a field holds, the answer is never
+a 500. Text fields are cut to a length no genuine Twilio value reaches, an `ErrorCode`
+that is not a number tocsin can carry (non-numeric, or past int32) is dropped with a
+warning (its length only; no phone number is ever logged), and bodies over
+MAX_BODY_BYTES get 413 before any parsing. Each webhook is acted on once (its Sid; see
+notification/inbound.py): a replay is answered and changes nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import unicodedata
 from urllib.parse import parse_qsl
 
 import grpc
@@ -27,9 +36,9 @@ from twilio.request_validator import (
     RequestValidator,
     get_signature_algorithm,
 )
+from twilio.twiml.messaging_response import MessagingResponse
 
 from tocsin.client.client import TocsinClient
-from tocsin.notification.messages import sms_reply_twiml
 from tocsin.runtime.config import Config
 from tocsin.v1 import notification_pb2
 
@@ -41,6 +50,13 @@ NOT_CONFIGURED = (
     "TWILIO_FROM_NUMBER (and TOCSIN_PUBLIC_URL to the URL Twilio calls).\n"
 )
 _TIMEOUT_S = 10.0
+MAX_BODY_BYTES = 64 * 1024
+"""Twilio's webhooks are a few hundred bytes (an SMS body is at most 1,600 characters)."""
+MAX_FIELD_CHARS = {"Body": 4096, "Digits": 64}
+"""What a field is cut to before it is passed on; any other field gets _OTHER_FIELD_CHARS."""
+_OTHER_FIELD_CHARS = 128
+_ERROR_CODE = re.compile(r"[0-9]{1,9}")
+"""An ErrorCode the contract (int32) can carry: Twilio's are five digits."""
 
 
 class _Refused(Exception):
@@ -53,7 +69,15 @@ async def _signed_form(request: Request) -> FormData:
     config: Config = request.app.state.config
     if config.twilio is None:
         raise _Refused(PlainTextResponse(NOT_CONFIGURED, status_code=404))
-    body = (await request.body()).decode("utf-8", "replace")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _Refused(_too_large())
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise _Refused(_too_large())
+    body = raw.decode("utf-8", "replace")
     pairs: list[tuple[str, str | UploadFile]] = list(parse_qsl(body, keep_blank_values=True))
     form = FormData(pairs)
     query = request.url.query
@@ -65,6 +89,42 @@ async def _signed_form(request: Request) -> FormData:
         log.warning("refused a Twilio webhook to %s with a bad signature", request.url.path)
         raise _Refused(PlainTextResponse("invalid Twilio signature\n", status_code=403))
     return form
+
+
+def _too_large() -> Response:
+    return PlainTextResponse(f"body over {MAX_BODY_BYTES} bytes\n", status_code=413)
+
+
+def _field(form: FormData, *names: str) -> str:
+    """The first non-empty of `names` in the form, cut to its field's bound."""
+    for name in names:
+        value = form.get(name)
+        if isinstance(value, str) and value:
+            return value[: MAX_FIELD_CHARS.get(name, _OTHER_FIELD_CHARS)]
+    return ""
+
+
+def error_code_of(form: FormData) -> int:
+    """Twilio's ErrorCode as a number, 0 when absent or not one tocsin can carry."""
+    value = _field(form, "ErrorCode").strip()
+    if not value:
+        return 0
+    if not _ERROR_CODE.fullmatch(value):
+        log.warning("ignored an unparsable Twilio ErrorCode (%d characters)", len(value))
+        return 0
+    return int(value)
+
+
+def sms_reply_twiml(text: str) -> str:
+    """The TwiML answer to an incoming SMS: one message with `text`, or none when empty.
+    Control characters are dropped: TwiML is XML, where most of them cannot appear."""
+    response = MessagingResponse()
+    printable = "".join(
+        " " if unicodedata.category(ch).startswith("C") else ch for ch in text
+    ).strip()
+    if printable:
+        response.message(printable)
+    return str(response.to_xml())
 
 
 def _client(request: Request) -> TocsinClient:
@@ -82,10 +142,10 @@ async def incoming_sms(request: Request) -> Response:
         form = await _signed_form(request)
         reply = await _client(request).notification.HandleIncomingSms(
             notification_pb2.HandleIncomingSmsRequest(
-                from_number=str(form.get("From", "")),
-                to_number=str(form.get("To", "")),
-                body=str(form.get("Body", "")),
-                message_sid=str(form.get("MessageSid", "")),
+                from_number=_field(form, "From"),
+                to_number=_field(form, "To"),
+                body=_field(form, "Body"),
+                message_sid=_field(form, "MessageSid", "SmsSid"),
             ),
             timeout=_TIMEOUT_S,
         )
@@ -93,7 +153,7 @@ async def incoming_sms(request: Request) -> Response:
         return refused.response
     except grpc.aio.AioRpcError as error:
         return _unavailable(error)
-    return Response(sms_reply_twiml(reply.reply or None), media_type=TWIML)
+    return Response(sms_reply_twiml(reply.reply), media_type=TWIML)
 
 
 async def voice_keypress(request: Request) -> Response:
@@ -101,9 +161,9 @@ async def voice_keypress(request: Request) -> Response:
         form = await _signed_form(request)
         reply = await _client(request).notification.HandleVoiceKeypress(
             notification_pb2.HandleVoiceKeypressRequest(
-                call_sid=str(form.get("CallSid", "")),
-                digits=str(form.get("Digits", "")),
-                attempt_id=request.query_params.get("attempt", ""),
+                call_sid=_field(form, "CallSid"),
+                digits=_field(form, "Digits"),
+                attempt_id=request.query_params.get("attempt", "")[:_OTHER_FIELD_CHARS],
             ),
             timeout=_TIMEOUT_S,
         )
@@ -117,13 +177,12 @@ async def voice_keypress(request: Request) -> Response:
 async def delivery_status(request: Request) -> Response:
     try:
         form = await _signed_form(request)
-        error_code = str(form.get("ErrorCode", "") or "0")
         await _client(request).notification.HandleDeliveryStatus(
             notification_pb2.HandleDeliveryStatusRequest(
-                provider_id=str(form.get("MessageSid") or form.get("CallSid") or ""),
-                status=str(form.get("MessageStatus") or form.get("CallStatus") or ""),
-                error_code=int(error_code) if error_code.isdigit() else 0,
-                attempt_id=request.query_params.get("attempt", ""),
+                provider_id=_field(form, "MessageSid", "CallSid"),
+                status=_field(form, "MessageStatus", "CallStatus"),
+                error_code=error_code_of(form),
+                attempt_id=request.query_params.get("attempt", "")[:_OTHER_FIELD_CHARS],
             ),
             timeout=_TIMEOUT_S,
         )

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import urlsplit
 
-from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import VoiceResponse
 
 GSM7_BASIC = frozenset(
@@ -240,14 +239,6 @@ def test_voice_twiml(user_name: str) -> str:
     name = _short_service_name(user_name)
     response.say(f"This is a tocsin test call for {name}. Voice pages reach you here. Goodbye.")
     response.hangup()
-    return str(response.to_xml())
-
-
-def sms_reply_twiml(message: str | None) -> str:
-    """The TwiML answer to an incoming SMS: one reply message, or none at all."""
-    response = MessagingResponse()
-    if message:
-        response.message(clean_text(message))
     return str(response.to_xml())
 
 
