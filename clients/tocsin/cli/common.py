@@ -7,7 +7,7 @@ import asyncio
 import getpass
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import grpc
@@ -53,6 +53,15 @@ def rfc3339(text: str) -> datetime:
         ) from error
     if value.tzinfo is None:
         raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset; add Z or e.g. -05:00")
+    return in_range(value, text)
+
+
+def in_range(value: datetime, text: str) -> datetime:
+    """`value`, if it is a moment a protobuf Timestamp can hold (years 1 to 9999 in UTC)."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range") from None
     return value
 
 

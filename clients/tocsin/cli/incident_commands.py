@@ -11,6 +11,7 @@ from typing import Any
 from tocsin.cli.common import (
     add_json_flag,
     cli_actor,
+    in_range,
     incident_number,
     run_with_client,
     warn_if_unpageable,
@@ -60,7 +61,7 @@ def since(text: str) -> datetime:
         raise argparse.ArgumentTypeError(
             f"expected a duration like 2h or an RFC 3339 time, got {text!r}"
         ) from error
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return in_range(moment if moment.tzinfo else moment.replace(tzinfo=UTC), text)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
