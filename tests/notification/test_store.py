@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from tocsin.notification import domain
+from tocsin.notification import keys as nkeys
 from tocsin.notification.contacts import (
     REPLY_CODE_QUARANTINE_MS,
     REPLY_CODE_TTL_MS,
@@ -318,9 +319,28 @@ async def test_a_code_is_free_again_only_after_its_window_and_quarantine(
     assert (await contacts.prepare_page("alice", "1600")).reply_code == "100"
 
     clock.advance(seconds=REPLY_CODE_QUARANTINE_MS / 1000)  # code 1 has a second to go
-    assert (await contacts.prepare_page("alice", "3200")).reply_code == "2"
-    assert await contacts.incident_of_code("alice", "2") == "3200"
-    assert await contacts.live_codes("alice") == [LiveCode("2", "3200", "alice")]
+    reused = (await contacts.prepare_page("alice", "3200")).reply_code
+    assert reused in {str(c) for c in range(2, REPLY_CODES + 1)}
+    assert await contacts.incident_of_code("alice", reused) == "3200"
+    assert await contacts.live_codes("alice") == [LiveCode(reused, "3200", "alice")]
+    clock.advance(seconds=1)  # now code 1 is free too, but has been for less long
+    assert (await contacts.prepare_page("alice", "4800")).reply_code not in ("1", reused)
+
+
+async def test_codes_held_before_the_tiers_keep_their_incident(
+    any_redis: RedisClient, clock: ManualClock
+) -> None:
+    """Codes handed out round robin by the previous version (no tier keys) stay theirs."""
+    expires = clock.now_ms() + REPLY_CODE_TTL_MS
+    await any_redis.hset(nkeys.reply_codes("alice"), mapping={"1": f"16|{expires}"})
+    await any_redis.hset(nkeys.reply_codes("alice"), mapping={"3": f"48|{expires}"})
+    await any_redis.hset(nkeys.code_of("alice"), mapping={"16": "1", "48": "3"})
+    contacts = ContactStore(any_redis, clock)
+
+    handed = [(await contacts.prepare_page("alice", str(i))).reply_code for i in (64, 80, 48)]
+
+    assert handed == ["2", "4", "3"]
+    assert await contacts.incident_of_code("alice", "1") == "16"
 
 
 async def test_concurrent_settings_changes_are_all_kept(

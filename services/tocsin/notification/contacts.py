@@ -29,6 +29,9 @@ latest page for its incident."""
 REPLY_CODE_QUARANTINE_MS = 7 * 24 * 3600 * 1000
 """After that, the code names nothing for this long (a late reply is refused, not sent to
 another incident) before it may be handed out again."""
+REPLY_CODE_KEY_MARGIN_MS = 24 * 3600 * 1000
+"""The code keys outlive the last code they hold by this much (Redis expires keys by its
+own clock, the codes follow the injected one)."""
 _WRITE_RETRIES = 20
 
 _WRITE = read_lua("tocsin.notification", "lua/settings_write.lua")
@@ -154,14 +157,14 @@ class ContactStore:
                 keys.user_settings(user_id),
                 keys.reply_codes(user_id),
                 keys.code_of(user_id),
-                keys.code_seq(user_id),
             ],
             args=[
                 incident_id,
                 self.clock.now_ms(),
                 REPLY_CODE_TTL_MS,
                 REPLY_CODE_QUARANTINE_MS,
-                REPLY_CODES,
+                REPLY_CODE_KEY_MARGIN_MS,
+                keys.code_tier_prefix(user_id),
             ],
         )
         settings = Settings.FromString(keys.as_bytes(raw)) if raw else Settings()

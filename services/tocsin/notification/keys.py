@@ -11,7 +11,8 @@ and every settings change is one atomic script:
                                                      (answerable until expires, held a
                                                      quarantine longer; lua/page_prepare.lua)
     tocsin:{contacts}:code-of:<user>         hash    incident -> reply code
-    tocsin:{contacts}:code-seq:<user>        string  the last code handed out (round robin)
+    tocsin:{contacts}:code-tier:<user>:<n>   zset    tier n's codes (1: 1-99, 2: 100-999,
+                                                     ...) -> when each is free again
     tocsin:{contacts}:latest:<e164>          string  "<incident>|<user>|<expires_ms>": the
                                                      latest page to a number (plain "ack")
     tocsin:{contacts}:test-attempts:<user>   hash    test page attempt id -> attempt JSON
@@ -65,8 +66,9 @@ def code_of(user_id: str) -> str:
     return f"{CONTACTS}:code-of:{user_id}"
 
 
-def code_seq(user_id: str) -> str:
-    return f"{CONTACTS}:code-seq:{user_id}"
+def code_tier_prefix(user_id: str) -> str:
+    """The tier keys, `<this><n>`, are named in lua/page_prepare.lua."""
+    return f"{CONTACTS}:code-tier:{user_id}:"
 
 
 def latest_page(number: str) -> str:
