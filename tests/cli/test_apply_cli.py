@@ -329,3 +329,26 @@ async def test_apply_warns_about_whoever_cannot_be_reached(
         assert "create service lost-api" in out  # warnings, not errors
     code, out, _ = await run_cli(monkeypatch, targets, "apply", "-f", str(config), "--json")
     assert as_json(out)["warnings"] == expected and as_json(out)["changes"] == []
+
+
+async def test_what_only_the_servers_check_is_reported_at_its_line(
+    targets: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = _write(
+        tmp_path,
+        "server-checks.yaml",
+        "users:\n"
+        "  - id: erin smith\n"
+        "    name: Erin\n"
+        "escalation_policies:\n"
+        "  - id: fast\n"
+        "    repeat: 99\n"
+        "    levels:\n"
+        "      - delay: 30s\n"
+        "        targets: [{user: erin smith}]\n",
+    )
+    code, out, err = await run_cli(monkeypatch, targets, "apply", "-f", str(config), "--dry-run")
+    assert code == 1 and out == ""
+    assert f"{config}:2: users[0].id: " in err
+    assert f"{config}:6: escalation_policies[0].repeat: must be between 0 and" in err
+    assert f"{config}:8: escalation_policies[0].levels[0].delay: must be at least 1 minute" in err
