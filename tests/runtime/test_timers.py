@@ -13,6 +13,7 @@ from tocsin.runtime.redis import RedisClient, register_lua
 from tocsin.runtime.timers import (
     TIMER_LUA,
     ClaimedTimer,
+    RetryLater,
     TimerStore,
     TimerWorker,
     shard_of,
@@ -162,6 +163,46 @@ async def test_failing_handler_is_retried_after_its_lease(
     assert await worker.run_once() == 0
     assert handler.ids() == ["flaky", "flaky"]
     assert handler.fired[1].fence > handler.fired[0].fence
+
+
+async def test_a_handler_that_asks_to_retry_later_gets_its_timer_back_soon(
+    store: TimerStore, clock: ManualClock
+) -> None:
+    """RetryLater (a peer still starting) gives the timer back due in its delay, not
+    after the 30 s lease; the same payload, a higher fence."""
+    fired: list[ClaimedTimer] = []
+
+    async def not_yet(timer: ClaimedTimer) -> None:
+        fired.append(timer)
+        if len(fired) == 1:
+            raise RetryLater(1_000)
+
+    worker = TimerWorker(store, clock, not_yet, all_shards, lease_ms=LEASE_MS)
+    await store.arm("hop", clock.now_ms(), PAYLOAD)
+    assert await worker.run_once() == 1
+    assert await store.next_due_ms(shard_of("hop", SHARDS)) == clock.now_ms() + 1_000
+    clock.advance(seconds=0.999)
+    assert await worker.run_once() == 0
+    clock.advance(seconds=0.001)
+    assert await worker.run_once() == 1
+    assert [t.payload for t in fired] == [PAYLOAD, PAYLOAD]
+    assert fired[1].fence > fired[0].fence
+    clock.advance(minutes=5)
+    assert await worker.run_once() == 0
+
+
+async def test_retry_of_a_stale_claim_changes_nothing(
+    store: TimerStore, clock: ManualClock
+) -> None:
+    await store.arm("t", clock.now_ms(), PAYLOAD)
+    first = await store.claim("t", None, 1_000)
+    assert first is not None
+    clock.advance(seconds=2)  # its lease ended; another worker claims it
+    (second,) = await store.claim_due(shard_of("t", SHARDS), 10, LEASE_MS)
+    assert not await store.retry(first, clock.now_ms())
+    assert await store.claim("t", None, LEASE_MS) is None  # still in flight for `second`
+    assert await store.retry(second, clock.now_ms() + 5_000)
+    assert not await store.complete(second)
 
 
 async def test_cancelled_timer_never_fires(store: TimerStore, clock: ManualClock) -> None:

@@ -17,6 +17,11 @@ from tocsin.client.targets import grpc_target
 
 DNS_REFRESH_MS = 5000
 """Least time between two DNS resolutions of one channel's target (gRPC's default: 30 s)."""
+RECONNECT_BACKOFF_MS = (100, 1000)
+"""First and longest wait between two attempts to connect to a peer that is down (gRPC's
+defaults, 1 s growing to 120 s, left a restarted peer unused for many seconds): a call
+waiting for a starting peer (`wait_for_ready=True`) goes out within about a second of it
+listening."""
 
 _SERVICE_CONFIG = json.dumps(
     {
@@ -79,5 +84,7 @@ def create_channel(target: str, token: str | None = None) -> grpc.aio.Channel:
             ("grpc.service_config", _SERVICE_CONFIG),
             ("grpc.enable_retries", 1),
             ("grpc.dns_min_time_between_resolutions_ms", DNS_REFRESH_MS),
+            ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+            ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1]),
         ],
     )

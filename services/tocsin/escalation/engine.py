@@ -19,6 +19,11 @@ ReportUnreachable, a user whose every rule failed. Once every user the level pag
 reported, one more compare-and-set makes the next level due now, guarded by the level's
 epoch, level and loop and by its still being the current one, so a repeated report or a
 redone hop moves nothing twice.
+
+Calls to the other services wait for a peer that is starting (gRPC wait_for_ready) inside
+`PEER_DEADLINE_S`; if one still fails with UNAVAILABLE or its deadline, the timer (level
+or hop) is given back due again in `PEER_RETRY_MS` rather than left in flight until its
+lease, so overdue levels go out about a second after the peers are up.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from tocsin.runtime.events import incident_shard
 from tocsin.runtime.telemetry import context_from_traceparent, current_traceparent
-from tocsin.runtime.timers import ClaimedTimer
+from tocsin.runtime.timers import ClaimedTimer, RetryLater, retry_later
 from tocsin.v1 import common_pb2, incidents_pb2, notification_pb2, scheduling_pb2
 
 log = logging.getLogger(__name__)
@@ -60,6 +65,11 @@ _repaired = metrics.get_meter("tocsin.escalation").create_counter(
 DIRECT_ASSIGNMENT_DELAY_MS = 5 * 60_000
 """A user-assigned incident is one level: that user, whose own rules repeat the page."""
 HOP_LEASE_MS = 15_000
+PEER_DEADLINE_S = 5.0
+"""How long a call to another service may take, waiting for it to be up included."""
+PEER_RETRY_MS = 1_000
+"""When a timer whose peer call failed (UNAVAILABLE, deadline) is due again."""
+_PEER_PASSING = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 _WRITE_ATTEMPTS = 5
 _EVENT = incidents_pb2.IncidentEventKind
 
@@ -156,11 +166,31 @@ class EscalationEngine:
             level_timer_id(incident_id), incident_shard(incident_id), HOP_LEASE_MS
         )
         if claimed is not None:
-            await self.on_timer(claimed)
+            try:
+                await self.on_timer(claimed)
+            except RetryLater as later:
+                await retry_later(self.store.timers, claimed, later)
+                return
             await self.store.timers.complete(claimed)
 
     async def on_timer(self, timer: ClaimedTimer) -> None:
-        """Handler for every timer of the escalation shards: levels and hops."""
+        """Handler for every timer of the escalation shards: levels and hops. Raises
+        RetryLater when a peer did not answer (still starting, or gone for a moment)."""
+        try:
+            await self._on_timer(timer)
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in _PEER_PASSING:
+                raise
+            log.warning(
+                "%s: a peer did not answer (%s: %s); retried in %d ms",
+                timer.timer_id,
+                error.code().name,
+                _peer_of(error),
+                PEER_RETRY_MS,
+            )
+            raise RetryLater(PEER_RETRY_MS) from None
+
+    async def _on_timer(self, timer: ClaimedTimer) -> None:
         if timer.timer_id.startswith("hop:"):
             await self._send_hop(timer)
             return
@@ -325,7 +355,9 @@ class EscalationEngine:
             request = scheduling_pb2.WhoIsOnCallRequest(schedule_id=schedule_id)
             request.at.FromDatetime(at)
             try:
-                reply = await self.peers.scheduling.WhoIsOnCall(request)
+                reply = await self.peers.scheduling.WhoIsOnCall(
+                    request, timeout=PEER_DEADLINE_S, wait_for_ready=True
+                )
             except grpc.aio.AioRpcError as error:
                 if error.code() != grpc.StatusCode.NOT_FOUND:
                     raise
@@ -353,7 +385,10 @@ class EscalationEngine:
         if claimed is None:
             return
         try:
-            await self._send_hop(claimed)
+            await self.on_timer(claimed)
+        except RetryLater as later:
+            await retry_later(self.store.timers, claimed, later)
+            return
         except Exception:
             log.exception("sending %s failed; its timer retries after the lease", hop_id)
             return
@@ -386,7 +421,9 @@ class EscalationEngine:
                 if hop.next_level_ms is not None:
                     # the page matters until then: a throttled send is retried until then
                     request.next_level_at.FromMilliseconds(hop.next_level_ms)
-                reply = await self.peers.notification.Notify(request)
+                reply = await self.peers.notification.Notify(
+                    request, timeout=PEER_DEADLINE_S, wait_for_ready=True
+                )
                 if reply.unreachable:
                     unreachable.append((user_id, key, reply.unreachable_reason))
         for i, note in enumerate(hop.notes):
@@ -395,7 +432,9 @@ class EscalationEngine:
                     incident_id=incident_id,
                     entry=_timeline_entry(note),
                     idempotency_key=f"{timer.timer_id}/{i}",
-                )
+                ),
+                timeout=PEER_DEADLINE_S,
+                wait_for_ready=True,
             )
         # After the level's own entries, so the timeline reads in order. A redone hop
         # reports again; the report's guard moves the level on once.
@@ -428,7 +467,9 @@ class EscalationEngine:
                             "nobody is paged. Assign a policy to the service."
                         )
                     ),
-                )
+                ),
+                timeout=PEER_DEADLINE_S,
+                wait_for_ready=True,
             )
             return None
 
@@ -465,7 +506,9 @@ class EscalationEngine:
         request.created_after.FromMilliseconds(since_ms)
         started = 0
         while True:
-            reply = await self.peers.incidents.ListIncidents(request)
+            reply = await self.peers.incidents.ListIncidents(
+                request, timeout=PEER_DEADLINE_S, wait_for_ready=True
+            )
             for incident in reply.incidents:
                 if not await self.store.exists(incident.id):
                     log.warning("auditor starts the missing escalation of incident %s", incident.id)
@@ -474,6 +517,11 @@ class EscalationEngine:
             if not reply.next_page_token:
                 return started
             request.page_token = reply.next_page_token
+
+
+def _peer_of(error: grpc.aio.AioRpcError) -> str:
+    """The call's details, which name the peer's address (no secrets in them)."""
+    return (error.details() or "")[:200]
 
 
 def _warning(message: str) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Lookups made while paging (the incident's summary, its service's name) and timel
 entries are best effort under a short deadline: a page may go out with plainer text or a
 missing timeline line, but it never waits long on them and never fails because of them.
 Acknowledge and Resolve (from a reply) and user checks (on settings changes) report their
-errors, because the person on the other end must know whether it worked.
+errors, because the person on the other end must know whether it worked. Every call waits
+for a peer that is starting (wait_for_ready) within its deadline instead of failing at once.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ class IncidentsPeer:
         """The incident, or None if it does not exist or incidents cannot be reached."""
         try:
             reply = await self._client().incidents.GetIncident(
-                incidents_pb2.GetIncidentRequest(incident_id=incident_id), timeout=self.timeout_s
+                incidents_pb2.GetIncidentRequest(incident_id=incident_id),
+                timeout=self.timeout_s,
+                wait_for_ready=True,
             )
         except grpc.aio.AioRpcError as error:
             log.warning("incident %s: lookup failed: %s", incident_id, error.code().name)
@@ -61,7 +64,9 @@ class IncidentsPeer:
             return cached[0]
         try:
             reply = await self._client().incidents.GetService(
-                incidents_pb2.GetServiceRequest(id=service_id), timeout=self.timeout_s
+                incidents_pb2.GetServiceRequest(id=service_id),
+                timeout=self.timeout_s,
+                wait_for_ready=True,
             )
         except grpc.aio.AioRpcError as error:
             log.warning("service %s: name lookup failed: %s", service_id, error.code().name)
@@ -89,6 +94,7 @@ class IncidentsPeer:
                     incident_id=incident_id, entry=entry, idempotency_key=idempotency_key
                 ),
                 timeout=self.timeout_s,
+                wait_for_ready=True,
             )
         except grpc.aio.AioRpcError as error:
             log.warning(
@@ -106,6 +112,7 @@ class IncidentsPeer:
         return await self._client().incidents.Acknowledge(
             incidents_pb2.AcknowledgeRequest(incident_id=incident_id, actor=actor),
             timeout=5 * self.timeout_s,
+            wait_for_ready=True,
         )
 
     async def resolve(
@@ -114,6 +121,7 @@ class IncidentsPeer:
         return await self._client().incidents.Resolve(
             incidents_pb2.ResolveRequest(incident_id=incident_id, actor=actor),
             timeout=5 * self.timeout_s,
+            wait_for_ready=True,
         )
 
 
@@ -126,7 +134,9 @@ class UsersPeer:
         """The user; NotFound if scheduling does not know them, Unavailable if it is down."""
         try:
             reply = await self._client().scheduling.GetUser(
-                scheduling_pb2.GetUserRequest(id=user_id), timeout=self.timeout_s
+                scheduling_pb2.GetUserRequest(id=user_id),
+                timeout=self.timeout_s,
+                wait_for_ready=True,
             )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
@@ -159,6 +169,7 @@ class EscalationPeer:
                     reason=reason,
                 ),
                 timeout=self.timeout_s,
+                wait_for_ready=True,
             )
         except grpc.aio.AioRpcError as error:
             # INVALID_ARGUMENT: a Notify that escalation did not send (its own key format).

@@ -17,8 +17,10 @@ escalation state, tagged `shard_tag(shard_of(incident_id, shards))`) and prepend
     await script([state_key, *timer_keys(shard)], tag=shard_tag(shard), state=..., ...)
 
 Library functions: `timer_arm(tag, id, due_ms, payload)`, `timer_cancel(tag, id) -> 0|1`,
-`timer_complete(tag, id, fence) -> 0|1`. Times are clock milliseconds passed in by the
-caller (never Redis TIME), so a ManualClock drives due times and leases alike.
+`timer_complete(tag, id, fence) -> 0|1`, `timer_retry(tag, id, fence, due_ms) -> 0|1` (a
+handler that raises `RetryLater` gets its timer back due soon, not after its lease). Times
+are clock milliseconds passed in by the caller (never Redis TIME), so a ManualClock drives
+due times and leases alike.
 """
 
 from __future__ import annotations
@@ -62,6 +64,12 @@ _COMPLETE = """-- ARGV:
 --   id
 --   fence
 return timer_complete(ARGV[1], ARGV[2], ARGV[3])"""
+_RETRY = """-- ARGV:
+--   tag
+--   id
+--   fence
+--   due_ms
+return timer_retry(ARGV[1], ARGV[2], ARGV[3], ARGV[4])"""
 _CLAIM = """-- ARGV:
 --   tag
 --   id
@@ -138,6 +146,7 @@ class TimerStore:
         self._arm = LuaScript(redis, "timer arm", TIMER_LUA, body=_ARM)
         self._cancel = LuaScript(redis, "timer cancel", TIMER_LUA, body=_CANCEL)
         self._complete = LuaScript(redis, "timer complete", TIMER_LUA, body=_COMPLETE)
+        self._retry = LuaScript(redis, "timer retry", TIMER_LUA, body=_RETRY)
         self._claim = LuaScript(redis, "timer claim", TIMER_LUA, body=_CLAIM)
         self._claim_due = LuaScript(redis, "timer claim due", TIMER_LUA, body=_CLAIM_DUE)
         self._reap = LuaScript(redis, "timer reap", TIMER_LUA, body=_REAP)
@@ -196,6 +205,14 @@ class TimerStore:
         )
         return bool(result)
 
+    async def retry(self, claimed: ClaimedTimer, due_ms: int) -> bool:
+        """Give a claimed timer back, due again at `due_ms`, instead of leaving it in
+        flight until its lease ends; False (and nothing changed) if the claim went stale."""
+        result = await self._run(
+            self._retry, claimed.shard, id=claimed.timer_id, fence=claimed.fence, due_ms=due_ms
+        )
+        return bool(result)
+
     async def reap_expired(self, shard: int, limit: int = 1000) -> int:
         """Re-offer up to `limit` in-flight timers of `shard` whose lease has passed."""
         self._check_shard(shard)
@@ -241,6 +258,17 @@ def _optional_ms(value: int) -> int | None:
 
 
 Handler = Callable[[ClaimedTimer], Awaitable[None]]
+
+
+class RetryLater(Exception):
+    """Raised by a timer handler that could not do its work now for a reason that passes
+    (a peer still starting): the worker gives the timer back, due again in `delay_ms`
+    (clock time), rather than leaving it in flight until its lease ends. The handler
+    logs why; the worker does not log it again."""
+
+    def __init__(self, delay_ms: int, reason: str = "") -> None:
+        super().__init__(reason or f"retry in {delay_ms} ms")
+        self.delay_ms = delay_ms
 
 
 class TimerWorker:
@@ -369,6 +397,9 @@ class TimerWorker:
     async def _fire(self, timer: ClaimedTimer) -> None:
         try:
             await self.handler(timer)
+        except RetryLater as later:
+            await retry_later(self.store, timer, later)
+            return
         except Exception:
             log.exception(
                 "timer %s (fence %d) failed; retried after its lease", timer.timer_id, timer.fence
@@ -383,6 +414,17 @@ class TimerWorker:
             return
         if not completed:
             log.debug("timer %s: claim with fence %d went stale", timer.timer_id, timer.fence)
+
+
+async def retry_later(store: TimerStore, timer: ClaimedTimer, later: RetryLater) -> None:
+    """Give `timer` back, due `later.delay_ms` from now; if even that fails, its lease
+    ends and it is offered again anyway."""
+    try:
+        await store.retry(timer, store.clock.now_ms() + later.delay_ms)
+    except Exception as error:
+        log.warning(
+            "timer %s not given back (offered again after its lease): %s", timer.timer_id, error
+        )
 
 
 async def _set_when(source: asyncio.Event, target: asyncio.Event) -> None:

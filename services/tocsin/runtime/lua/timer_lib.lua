@@ -54,6 +54,21 @@ local function timer_complete(tag, id, fence)
   return 1
 end
 
+-- Put the claim of `id` holding `fence` back to wait until `due_ms` (a handler that
+-- could not finish now, e.g. a peer still starting, retries soon instead of after its
+-- lease). Returns 1, or 0 if that claim is stale (nothing changed).
+local function timer_retry(tag, id, fence, due_ms)
+  local current = redis.call('HGET', timer_key(tag, 'timer_fence'), id)
+  if not current or tonumber(current) ~= tonumber(fence) then
+    return 0
+  end
+  redis.call('ZREM', timer_key(tag, 'inflight'), id)
+  redis.call('HDEL', timer_key(tag, 'timer_fence'), id)
+  redis.call('ZADD', timer_key(tag, 'timers'), due_ms, id)
+  redis.call('HSET', timer_key(tag, 'timer_due'), id, due_ms)
+  return 1
+end
+
 -- Move waiting timer `id` into flight; returns {id, payload, due_ms, fence, lease_deadline_ms}.
 local function timer_take(tag, id, now_ms, lease_ms)
   local deadline = tonumber(now_ms) + tonumber(lease_ms)
