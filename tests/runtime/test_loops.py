@@ -230,7 +230,7 @@ async def test_a_replica_back_from_a_partition_takes_its_share_again(
                 await asyncio.sleep(0.02)
 
     with running(lambda stop: a.run(stop, health), lambda stop: b.run(stop)):
-        await time_passes_until(lambda: a.owned and b.owned and a.owned | b.owned == ALL)
+        await time_passes_until(lambda: bool(a.owned and b.owned) and a.owned | b.owned == ALL)
         cut_off.failing = True  # a is partitioned away: b takes every shard
         await time_passes_until(lambda: b.owned == ALL and not a.owned)
         await eventually(lambda: not health.healthy)  # failing for 0.3 s of real time
