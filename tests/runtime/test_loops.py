@@ -397,3 +397,24 @@ async def test_a_lease_holder_cut_off_from_redis_takes_its_shards_again_after_he
             while leases.owned != ALL or not health.healthy:
                 clock.advance(seconds=0.5)
                 await asyncio.sleep(0.05)
+
+
+@pytest.mark.cluster
+async def test_the_probe_sees_one_cluster_master_stop_answering(
+    redis_cluster_server: EmbeddedCluster,
+) -> None:
+    flush_cluster(redis_cluster_server)
+    client = await connect_redis(with_query(redis_cluster_server.url, "socket_timeout=2"))
+    health = WorkerHealth()
+    try:
+        with running(
+            lambda stop: probe_redis(client, health, stop, interval_s=0.1, stuck_after_s=0.5)
+        ):
+            await eventually(lambda: health.healthy)
+            last = redis_cluster_server.nodes[-1].pid  # not the node PINGed by default
+            assert last is not None
+            with paused([last]):
+                await eventually(lambda: not health.healthy, timeout_s=5)
+            await eventually(lambda: health.healthy, timeout_s=10)
+    finally:
+        await client.aclose()

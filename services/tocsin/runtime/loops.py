@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
+from redis.asyncio import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
 from tocsin.runtime.redis import RedisClient
@@ -248,7 +249,7 @@ async def probe_redis(
     interval_s: float = PROBE_INTERVAL_S,
     stuck_after_s: float = PROBE_STUCK_AFTER_S,
 ) -> None:
-    """PING Redis (every node of a Cluster) every `interval_s`: a failed PING makes the
+    """PING Redis (every master of a Cluster) every `interval_s`: a failed PING makes the
     process unhealthy at once, a PING unanswered for `stuck_after_s` too."""
     guard = health.guard("redis probe", stop, fail_after_s=0.0, stuck_after_s=stuck_after_s)
 
@@ -257,7 +258,10 @@ async def probe_redis(
             await asyncio.wait_for(stop.wait(), timeout=interval_s)
 
     async def ping() -> None:
-        await redis.ping()
+        if isinstance(redis, RedisCluster):  # every master: each holds slots tocsin needs
+            await redis.ping(target_nodes=RedisCluster.PRIMARIES)
+        else:
+            await redis.ping()
 
     await run_loop(guard, stop, ping, pause)
 
