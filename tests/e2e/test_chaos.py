@@ -1,0 +1,255 @@
+"""Chaos: under a steady load of new incidents, every process of `tocsin up` is killed -9
+in turn, the embedded Redis too, and escalation and notification are frozen (SIGSTOP)
+for longer than their leases; then every page is counted: none lost, none twice.
+
+The load is what Alertmanager does: one new alert every `1 / RATE_PER_S` seconds on the
+Events API, each retried until it is accepted (a 5xx, 429 or a refused connection is
+retried, as a sender does), each with its own dedup key, so a retry joins the incident
+its earlier attempt may have opened. The policy (chaos.yaml's `burst`) pages quinn at
+once and rosa a minute later, so every accepted alert owes exactly two SMS. The clock
+runs 60 times faster than the wall: a frozen process misses minutes of escalation, and
+every timer lease (15-30 s) and shard lease (10 s) has expired when it is thawed.
+
+Lateness is measured against when the page was due had nothing failed: level 1 at the
+incident's creation, level 2 a minute later. The figures are printed (README, Chaos).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tests.e2e.pager import Page, minutes
+from tests.e2e.paging_stack import PagingStack, paging_stack
+from tests.e2e.stack import alive, descendants, wait_for
+from tocsin.v1 import incidents_pb2
+
+pytestmark = pytest.mark.slow
+
+HERE = Path(__file__).parent
+BURST_KEY = "8" * 32
+START = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+SPEED = 60.0
+RATE_PER_S = 4.0
+"""New incidents per real second."""
+FROZEN_S = 3.0
+"""Real seconds a process stays stopped: 3 virtual minutes, past every lease."""
+SENDER_GIVES_UP_S = 90.0
+QUINN, ROSA = "+12025550141", "+12025550142"
+LEVEL_OF = {QUINN: 1, ROSA: 2}
+SUMMARY = re.compile(r"chaos-(\d{5})")
+
+
+@dataclass
+class Load:
+    """A steady stream of new alerts, each retried until accepted (as Alertmanager does)."""
+
+    url: str
+    rate_per_s: float
+    accepted: dict[int, float] = field(default_factory=dict)
+    """Alert number -> real time its 202 came."""
+    refused: list[str] = field(default_factory=list)
+    retries: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _futures: list[Future[None]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run(self) -> threading.Thread:
+        thread = threading.Thread(target=self._produce, daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self, thread: threading.Thread) -> None:
+        self._stop.set()
+        thread.join()
+        for future in self._futures:
+            future.result()
+
+    def _produce(self) -> None:
+        with httpx.Client(timeout=10) as http, ThreadPoolExecutor(32) as pool:
+            number = 0
+            next_at = time.monotonic()
+            while not self._stop.is_set():
+                self._futures.append(pool.submit(self._send, http, number))
+                number += 1
+                next_at += 1 / self.rate_per_s
+                self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def _send(self, http: httpx.Client, number: int) -> None:
+        name = f"chaos-{number:05d}"
+        event = {
+            "routing_key": BURST_KEY,
+            "event_action": "trigger",
+            "dedup_key": name,
+            "payload": {"summary": f"{name} disk full", "source": "chaos", "severity": "error"},
+        }
+        deadline = time.monotonic() + SENDER_GIVES_UP_S
+        while time.monotonic() < deadline:
+            try:
+                reply = http.post(self.url, json=event)
+            except httpx.HTTPError:
+                reply = None
+            if reply is not None and reply.status_code == 202:
+                with self._lock:
+                    self.accepted[number] = time.time()
+                return
+            if reply is not None and reply.status_code < 500 and reply.status_code != 429:
+                with self._lock:
+                    self.refused.append(f"{name}: {reply.status_code} {reply.text}")
+                return
+            with self._lock:
+                self.retries += 1
+            time.sleep(0.2)  # a sender's retry backoff, not a wait for an escalation
+        with self._lock:
+            self.refused.append(f"{name}: never accepted in {SENDER_GIVES_UP_S}s")
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[PagingStack]:
+    with paging_stack(
+        tmp_path,
+        start=START,
+        speed=SPEED,
+        configs=(HERE / "chaos.yaml",),
+        extra_env={"TOCSIN_EVENTS_API_RATE": "0"},
+    ) as running:
+        yield running
+
+
+def redis_pid(tocsin: PagingStack) -> int | None:
+    assert tocsin.stack.process is not None
+    for pid in descendants(tocsin.stack.process.pid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"redis-server" in argv and alive(pid):
+            return pid
+    return None
+
+
+def answers(url: str) -> bool:
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=0.2, socket_timeout=0.5) as client:
+            return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def kill_each_service(tocsin: PagingStack) -> None:
+    for name in ("scheduling", "incidents", "escalation", "notification", "gateway"):
+        killed = tocsin.stack.kill_child(name)
+        tocsin.stack.wait_restarted(name, killed, timeout_s=60)
+        time.sleep(1)  # the load goes on between two blows
+
+
+def kill_redis(tocsin: PagingStack) -> None:
+    url = tocsin.stack.redis_url()
+    killed = redis_pid(tocsin)
+    assert killed is not None
+    os.kill(killed, signal.SIGKILL)
+    wait_for(lambda: redis_pid(tocsin) not in (None, killed) and answers(url), 15, "Redis", 0.02)
+    tocsin.stack.wait_healthy(timeout_s=60)
+    time.sleep(1)
+
+
+def freeze(tocsin: PagingStack, name: str) -> None:
+    pid = tocsin.stack.child_pid(name)
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(FROZEN_S)  # longer than every lease, in virtual time
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    tocsin.stack.wait_healthy(timeout_s=60)
+    time.sleep(1)
+
+
+def created_at(tocsin: PagingStack) -> dict[int, int]:
+    """Alert number -> its incident's creation (virtual ms), one incident per alert."""
+    request = incidents_pb2.ListIncidentsRequest(service_ids=["burst-api"], page_size=500)
+    found: dict[int, int] = {}
+    while True:
+        reply = tocsin.client.incidents.ListIncidents(request)
+        for incident in reply.incidents:
+            match = SUMMARY.fullmatch(incident.dedup_key)
+            assert match, incident.dedup_key
+            number = int(match.group(1))
+            assert number not in found, f"two incidents for alert {number}"
+            found[number] = incident.created_at.ToMilliseconds()
+        if not reply.next_page_token:
+            return found
+        request.page_token = reply.next_page_token
+
+
+def chaos_pages(tocsin: PagingStack) -> list[tuple[int, int, Page]]:
+    """(alert number, level, page) for every page the fake accepted."""
+    found = []
+    for page in tocsin.log.pages():
+        match = SUMMARY.search(page.text)
+        assert match and page.kind == "sms" and page.to in LEVEL_OF, page
+        found.append((int(match.group(1)), LEVEL_OF[page.to], page))
+    return found
+
+
+def test_no_page_is_lost_or_sent_twice_through_kills_a_redis_restart_and_frozen_processes(
+    stack: PagingStack,
+) -> None:
+    tocsin = stack
+    load = Load(f"{tocsin.stack.http}/v2/enqueue", RATE_PER_S)
+    started = time.monotonic()
+    producer = load.run()
+    try:
+        time.sleep(2)  # steady state first
+        kill_each_service(tocsin)
+        kill_redis(tocsin)
+        freeze(tocsin, "escalation")
+        freeze(tocsin, "notification")
+    finally:
+        load.stop(producer)
+    assert not load.refused, load.refused[:5]
+    accepted = sorted(load.accepted)
+    owed = {(number, level) for number in accepted for level in (1, 2)}
+
+    def all_paged() -> bool:
+        return owed <= {(number, level) for number, level, _ in chaos_pages(tocsin)}
+
+    wait_for(all_paged, 60, "a page for every level of every accepted alert", 0.5)
+    # redone work would page again within a lease (30 s virtual); the policy is
+    # exhausted a minute after level 2, which pages nobody
+    time.sleep(tocsin.log.real_seconds_until(tocsin.now() + minutes(2)))
+    pages = chaos_pages(tocsin)
+    tocsin.log.taken.update(page.sid for _, _, page in pages)
+    created = created_at(tocsin)
+    per_level = Counter((number, level) for number, level, _ in pages)
+    lost = sorted(owed - set(per_level))
+    duplicates = sorted(key for key, count in per_level.items() if count > 1)
+    unasked = sorted(set(per_level) - owed)
+    lateness = {1: 0.0, 2: 0.0}
+    for number, level, page in pages:
+        due = created[number] + (level - 1) * minutes(1)
+        assert page.at >= due - 1_000, f"alert {number} level {level} paged early"
+        lateness[level] = max(lateness[level], (page.at - due) / SPEED / 1000)
+    print(
+        f"\nchaos: {len(accepted)} incidents, {len(pages)} pages, {len(lost)} lost, "
+        f"{len(duplicates)} duplicates, {load.retries} sender retries; latest page "
+        f"{lateness[1]:.1f} s (level 1) / {lateness[2]:.1f} s (level 2) real after its due "
+        f"time; {time.monotonic() - started:.0f} s"
+    )
+    assert set(created) == set(accepted), "every accepted alert has its own incident"
+    assert not lost, f"lost: {lost[:10]}"
+    assert not duplicates, f"sent twice: {duplicates[:10]}"
+    assert not unasked, f"pages for alerts never accepted: {unasked[:10]}"
