@@ -2,6 +2,11 @@
 in turn, the embedded Redis too, and escalation and notification are frozen (SIGSTOP)
 for longer than their leases; then every page is counted: none lost, none twice.
 
+Escalation is frozen while a second replica runs beside it: the replica takes every
+timer shard once the frozen one's leases end, and re-fires its in-flight timers; when
+the frozen process is thawed it carries on with claims that went stale meanwhile, which
+fences, versions and idempotency keys must turn into no-ops.
+
 The load is what Alertmanager does: one new alert every `1 / RATE_PER_S` seconds on the
 Events API, each retried until it is accepted (a 5xx, 429 or a refused connection is
 retried, as a sender does), each with its own dedup key, so a retry joins the incident
@@ -22,7 +27,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,7 +39,7 @@ import redis
 
 from tests.e2e.pager import Page, minutes
 from tests.e2e.paging_stack import PagingStack, paging_stack
-from tests.e2e.stack import alive, descendants, wait_for
+from tests.e2e.stack import Service, alive, descendants, free_port, wait_for
 from tocsin.v1 import incidents_pb2
 
 pytestmark = pytest.mark.slow
@@ -49,6 +54,8 @@ FROZEN_S = 3.0
 """Real seconds a process stays stopped: 3 virtual minutes, past every lease."""
 SENDER_GIVES_UP_S = 90.0
 QUINN, ROSA = "+12025550141", "+12025550142"
+INSTANCE, REPLICA = "chaos-a", "chaos-b"
+OWNERS = "tocsin:{leases:escalation}:owners"
 LEVEL_OF = {QUINN: 1, ROSA: 2}
 SUMMARY = re.compile(r"chaos-(\d{5})")
 
@@ -124,7 +131,7 @@ def stack(tmp_path: Path) -> Iterator[PagingStack]:
         start=START,
         speed=SPEED,
         configs=(HERE / "chaos.yaml",),
-        extra_env={"TOCSIN_EVENTS_API_RATE": "0"},
+        extra_env={"TOCSIN_EVENTS_API_RATE": "0", "TOCSIN_INSTANCE": INSTANCE},
     ) as running:
         yield running
 
@@ -166,16 +173,56 @@ def kill_redis(tocsin: PagingStack) -> None:
     time.sleep(1)
 
 
-def freeze(tocsin: PagingStack, name: str) -> None:
+def freeze(
+    tocsin: PagingStack, name: str, while_frozen: Callable[[], object] | None = None
+) -> None:
     pid = tocsin.stack.child_pid(name)
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
     try:
         time.sleep(FROZEN_S)  # longer than every lease, in virtual time
+        if while_frozen is not None:
+            while_frozen()
     finally:
         os.kill(pid, signal.SIGCONT)
     tocsin.stack.wait_healthy(timeout_s=60)
     time.sleep(1)
+
+
+def owners(client: redis.Redis) -> set[str]:
+    """The escalation instances holding shard leases."""
+    leases: dict[bytes, bytes] = client.hgetall(OWNERS)  # type: ignore[assignment]
+    return {value.decode().split("|")[0] for value in leases.values()}
+
+
+def freeze_escalation_beside_a_replica(tocsin: PagingStack, log_dir: Path) -> None:
+    url = tocsin.stack.redis_url()
+    replica = Service(
+        "escalation",
+        {
+            **tocsin.stack.env,
+            "TOCSIN_REDIS_URL": url,
+            "TOCSIN_INSTANCE": REPLICA,
+            "TOCSIN_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
+        },
+        log_dir / "replica.log",
+    )
+    both = {f"escalation-{INSTANCE}", f"escalation-{REPLICA}"}
+    with redis.Redis.from_url(url) as client:
+        replica.start()
+        try:
+            wait_for(lambda: owners(client) == both, 60, "the shards split over two replicas")
+            alone = {f"escalation-{REPLICA}"}
+            freeze(
+                tocsin,
+                "escalation",
+                lambda: wait_for(
+                    lambda: owners(client) == alone, 5, "the replica holding every shard"
+                ),
+            )
+            wait_for(lambda: owners(client) == both, 60, "the thawed replica's shards back")
+        finally:
+            replica.stop()
 
 
 def created_at(tocsin: PagingStack) -> dict[int, int]:
@@ -206,7 +253,7 @@ def chaos_pages(tocsin: PagingStack) -> list[tuple[int, int, Page]]:
 
 
 def test_no_page_is_lost_or_sent_twice_through_kills_a_redis_restart_and_frozen_processes(
-    stack: PagingStack,
+    stack: PagingStack, tmp_path: Path
 ) -> None:
     tocsin = stack
     load = Load(f"{tocsin.stack.http}/v2/enqueue", RATE_PER_S)
@@ -216,7 +263,7 @@ def test_no_page_is_lost_or_sent_twice_through_kills_a_redis_restart_and_frozen_
         time.sleep(2)  # steady state first
         kill_each_service(tocsin)
         kill_redis(tocsin)
-        freeze(tocsin, "escalation")
+        freeze_escalation_beside_a_replica(tocsin, tmp_path)
         freeze(tocsin, "notification")
     finally:
         load.stop(producer)
