@@ -118,6 +118,8 @@ async def test_an_overdue_level_pages_within_a_second_of_its_peers_starting(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage() for r in errors]
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) <= 1, warnings
 
 
 async def test_a_hop_whose_notify_failed_is_offered_again_after_a_short_backoff(
