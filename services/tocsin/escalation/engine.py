@@ -29,6 +29,7 @@ lease, so overdue levels go out about a second after the peers are up.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import astuple, replace
 from typing import Any
 
@@ -70,6 +71,8 @@ PEER_DEADLINE_S = 5.0
 PEER_RETRY_MS = 1_000
 """When a timer whose peer call failed (UNAVAILABLE, deadline) is due again."""
 _PEER_PASSING = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+PEER_LOG_EVERY_S = 30.0
+"""While peers keep failing, one WARNING per this interval (the rest at DEBUG)."""
 _WRITE_ATTEMPTS = 5
 _EVENT = incidents_pb2.IncidentEventKind
 
@@ -80,6 +83,8 @@ class EscalationEngine:
         self.peers = peers
         self.clock = clock
         self.repaired = 0
+        self._peer_warned_at: float | None = None
+        self._peer_failures = 0
 
     # incident events
 
@@ -181,12 +186,20 @@ class EscalationEngine:
         except grpc.aio.AioRpcError as error:
             if error.code() not in _PEER_PASSING:
                 raise
-            log.warning(
-                "%s: a peer did not answer (%s: %s); retried in %d ms",
+            self._peer_failures += 1
+            now = time.monotonic()  # log pacing, not product time
+            last = self._peer_warned_at
+            loud = last is None or now - last >= PEER_LOG_EVERY_S
+            if loud:
+                self._peer_warned_at = now
+            log.log(
+                logging.WARNING if loud else logging.DEBUG,
+                "%s: a peer did not answer (%s: %s); retried in %d ms (%d such retries)",
                 timer.timer_id,
                 error.code().name,
                 _peer_of(error),
                 PEER_RETRY_MS,
+                self._peer_failures,
             )
             raise RetryLater(PEER_RETRY_MS) from None
 
