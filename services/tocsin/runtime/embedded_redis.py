@@ -174,8 +174,8 @@ class EmbeddedRedis:
             return bool(client.ping())
         except redis.BusyLoadingError:
             return False  # still replaying the append-only file
-        except redis.ConnectionError:
-            return False
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False  # not listening yet, or something else holds the port
         finally:
             client.close()
 

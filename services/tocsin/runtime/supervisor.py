@@ -30,7 +30,7 @@ from pathlib import Path
 
 from tocsin.client.endpoints import Endpoints, write_endpoints
 from tocsin.runtime.config import SERVICE_NAMES, Config
-from tocsin.runtime.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from tocsin.runtime.embedded_redis import EmbeddedRedis
 
 log = logging.getLogger(__name__)
 STACK = (*SERVICE_NAMES, "gateway")
@@ -169,7 +169,7 @@ class Stack:
         self.redis_restarts += 1
         try:
             redis.start()  # the same port: the URL the services were given stays valid
-        except (EmbeddedRedisError, OSError) as error:
+        except Exception as error:  # never end supervision: retried with backoff
             log.error("embedded redis-server did not start again; retrying: %s", error)
             self._redis_next_start = 0.0
             return
