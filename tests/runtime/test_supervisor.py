@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,3 +67,22 @@ def test_a_restart_that_fails_is_retried_with_backoff(
     assert redis.pid is not None
     with redis.client() as client:
         assert client.ping()
+
+
+def test_a_child_that_cannot_be_started_is_retried_and_supervision_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervisor, "_RESTART_BACKOFF_S", (0.05,))
+    stack = Stack(load_config({"TOCSIN_DATA_DIR": str(tmp_path)}), echo=lambda _: None)
+    missing = supervisor.Child("ghost", [str(tmp_path / "no-such-program")], {})
+    stack.children.append(missing)
+    runner = threading.Thread(target=stack.supervise)
+    runner.start()
+    deadline = time.monotonic() + 5
+    while missing.restarts < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the supervisor's thread at work (not product time)
+    stack.stop_requested.set()
+    runner.join(5)
+    assert not runner.is_alive()
+    assert missing.restarts >= 3
+    assert any("ghost could not be started" in r.getMessage() for r in caplog.records)

@@ -140,7 +140,10 @@ class Stack:
                     continue
                 child.restarts += 1
                 child.next_start = 0.0
-                child.start()
+                try:
+                    child.start()
+                except OSError as error:  # e.g. out of processes: tried again with backoff
+                    log.error("%s could not be started; retrying: %s", child.name, error)
 
     def _supervise_redis(self) -> None:
         """Start the embedded Redis again if it died: same data dir, same port."""
