@@ -1,7 +1,9 @@
 """The IncidentService gRPC adapter: requests to domain calls, results to responses.
 
-Checks and rules live in validation.py and domain.py, Redis in the stores; domain errors
-become status codes in the shared error interceptor (tocsin.runtime.grpcserver).
+Alerts are normalised in normalize.py (Trigger and TriggerBatch requests are decoded by
+decoding.py, so an undecodable alert fails alone); checks and rules live in validation.py
+and domain.py, Redis in the stores; domain errors become status codes in the shared error
+interceptor (tocsin.runtime.grpcserver).
 """
 
 from __future__ import annotations
