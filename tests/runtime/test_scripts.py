@@ -17,10 +17,8 @@ from tocsin.scheduling import store as scheduling_store
 
 SERVICES = Path(__file__).resolve().parents[2] / "services" / "tocsin"
 LIBRARIES = {"proto_constants.lua"}
-NOT_YET_NAMED = {
-    # Scripts whose callers still pass ARGV by position (issue 11 item 14, to be moved):
-    "notification/lua/page_prepare.lua",
-}
+NOT_YET_NAMED: frozenset[str] = frozenset()
+"""Scripts whose callers still pass ARGV by position: none left (issue 11 item 14)."""
 _ARGV_USE = re.compile(r"ARGV\[(\d+)\]")
 
 

@@ -16,7 +16,7 @@ from tocsin.notification import domain, keys
 from tocsin.notification.domain import Settings
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import AlreadyExists, Conflict
-from tocsin.runtime.redis import RedisClient, read_lua, register_lua
+from tocsin.runtime.redis import RedisClient, read_lua
 from tocsin.runtime.scripts import LuaScript
 from tocsin.v1 import notification_pb2
 
@@ -79,7 +79,7 @@ class ContactStore:
         self.redis = redis
         self.clock = clock
         self._write = LuaScript(redis, "settings_write.lua", body=_WRITE)
-        self._prepare = register_lua(redis, _PREPARE)
+        self._prepare = LuaScript(redis, "page_prepare.lua", body=_PREPARE)
 
     async def settings(self, user_id: str) -> Settings | None:
         """The user's settings, or None if they never had any."""
@@ -153,19 +153,17 @@ class ContactStore:
     async def prepare_page(self, user_id: str, incident_id: str) -> PageContext:
         """The user's settings and their reply code for the incident, in one round trip."""
         raw, code = await self._prepare(
-            keys=[
+            [
                 keys.user_settings(user_id),
                 keys.reply_codes(user_id),
                 keys.code_of(user_id),
             ],
-            args=[
-                incident_id,
-                self.clock.now_ms(),
-                REPLY_CODE_TTL_MS,
-                REPLY_CODE_QUARANTINE_MS,
-                REPLY_CODE_KEY_MARGIN_MS,
-                keys.code_tier_prefix(user_id),
-            ],
+            incident_id=incident_id,
+            now_ms=self.clock.now_ms(),
+            window_ms=REPLY_CODE_TTL_MS,
+            quarantine_ms=REPLY_CODE_QUARANTINE_MS,
+            margin_ms=REPLY_CODE_KEY_MARGIN_MS,
+            tier_prefix=keys.code_tier_prefix(user_id),
         )
         settings = Settings.FromString(keys.as_bytes(raw)) if raw else Settings()
         return PageContext(settings, keys.as_text(code))

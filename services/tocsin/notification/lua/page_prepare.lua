@@ -1,7 +1,12 @@
 -- Before a page: the user's settings and the reply code for (user, incident).
 -- KEYS: user settings, reply codes, code-of
--- ARGV: incident id, now ms, answer window ms, quarantine ms, key margin ms,
---       prefix of the per-tier keys (same hash tag as KEYS)
+-- ARGV:
+--   incident_id    the incident the page is about
+--   now_ms         the caller's clock
+--   window_ms      how long after the latest page a reply may act
+--   quarantine_ms  how long after that the code names nothing
+--   margin_ms      how long a key outlives the last code it holds
+--   tier_prefix    prefix of the per-tier keys (same hash tag as KEYS)
 -- A code names one incident from its first page until `quarantine` after its answer window
 -- (`window` after that incident's latest page to the user) has passed: replies inside the
 -- window act, later ones are refused, and only then may the code name another incident.
