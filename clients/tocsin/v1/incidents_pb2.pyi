@@ -820,7 +820,10 @@ class TriggerRequest(_message.Message):
     dedup_key: _builtins.str
     """Deduplication key; empty means generate one (returned)."""
     summary: _builtins.str
-    """One-line summary (at most 1024 characters)."""
+    """Summary; required. The server normalises it rather than refusing it: control
+    characters become spaces, and past 1024 characters it is cut with an ellipsis and
+    kept whole in details as `summary_full` (likewise source, component, group, class).
+    """
     severity: _common_pb2.Severity.ValueType
     """Severity; unspecified means critical."""
     source: _builtins.str
@@ -831,7 +834,9 @@ class TriggerRequest(_message.Message):
     """Group."""
     @_builtins.property
     def details(self) -> _struct_pb2.Struct:
-        """Free-form details (at most 64 KiB encoded)."""
+        """Free-form details (at most 64 KiB encoded and 20 levels deep: past that the alert
+        is refused alone with INVALID_ARGUMENT naming `details`).
+        """
 
     @_builtins.property
     def links(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Link]:
