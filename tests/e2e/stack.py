@@ -205,7 +205,9 @@ class Stack:
             return self.env["TOCSIN_REDIS_URL"]
         for line in self.output().splitlines():
             if line.startswith("redis ") and "(embedded" in line:
-                return line.split()[1]
+                # Printed with the password masked; it is in the data dir (mode 0600).
+                password = (self.data_dir / "redis" / "password").read_text().strip()
+                return line.split()[1].replace("***@", f":{password}@", 1)
         raise AssertionError(f"no Redis URL in the output of tocsin up:\n{self.output()}")
 
     def wait_healthy(self, timeout_s: float = 30.0) -> float:

@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import redis
 
 from tests.e2e.stack import Stack, alive, descendants
 
@@ -36,8 +39,22 @@ def test_up_prints_endpoints_turns_healthy_and_stops_cleanly(tmp_path: Path) -> 
     }
     children = descendants(stack.process.pid)
     assert len(children) >= 6  # four services, the gateway, redis-server
+    # The embedded Redis: refused without the password, which is in no argv and no output.
+    redis_dir = tmp_path / "data" / "redis"
+    password = (redis_dir / "password").read_text().strip()
+    url = urlsplit(stack.redis_url())
+    assert url.hostname == "127.0.0.1" and url.password == password
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(host=url.hostname, port=url.port or 0, protocol=2).get("x")
+    for pid in children:
+        assert password.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert stat.S_IMODE(redis_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((redis_dir / "password").stat().st_mode) == 0o600
+    assert stat.S_IMODE((redis_dir / "appendonly.aof").stat().st_mode) == 0o600
+    assert password not in (tmp_path / "data" / "endpoints.json").read_text()
     started = time.monotonic()
     output = stack.stop()
+    assert password not in output  # what tocsin up printed and every service logged
     assert time.monotonic() - started < 10, output
     assert stack.process.returncode == 0, output
     assert not [pid for pid in children if alive(pid)], output

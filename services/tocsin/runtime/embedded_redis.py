@@ -5,6 +5,14 @@
 127.0.0.1 only, keeps protected mode on, persists with an append-only file under
 `data_dir` (RDB snapshots off) and never evicts keys.
 
+Its data (the append-only file holds every contact's phone number) is for its owner only:
+`data_dir` is made mode 0700, the server runs with umask 077 (AOF and RDB files 0600), and
+its config file is written 0600. With `require_password` (what `tocsin up` uses) the server
+also gets `requirepass`: a random password generated once into `data_dir/password`
+(created 0600, never widened) and reused by every restart, so the URL the services were
+given stays valid. The password is in the config file, never on the command line (where
+`ps` would show it); `display_url` is the URL to print or log, without it.
+
 The methods are synchronous (starting a server takes tens of milliseconds); async code
 can call them through `asyncio.to_thread`. Startup timeouts here are process supervision
 on the wall clock, not product time, so they do not go through `Clock`.
@@ -14,8 +22,10 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 import signal
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Callable
@@ -34,6 +44,10 @@ CLUSTER_SLOTS = 16384
 _CLUSTER_BUS_OFFSET = 10000  # Redis 6.2 has no cluster-port setting: bus = port + 10000
 _START_ATTEMPTS = 5
 _LOG_NAME = "redis-server.log"
+_CONFIG_NAME = "redis.conf"
+PASSWORD_FILE = "password"
+_PRIVATE_DIR = 0o700
+_PRIVATE_FILE = 0o600
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -50,8 +64,10 @@ class EmbeddedRedis:
         cluster_enabled: bool = False,
         start_timeout_s: float = 30.0,
         preexec: Callable[[], None] | None = None,
+        require_password: bool = False,
     ) -> None:
-        """`port=0` picks a free port on first start; restarts reuse the same port."""
+        """`port=0` picks a free port on first start; restarts reuse the same port (and
+        password, read again from `data_dir/password`)."""
         self.data_dir = Path(data_dir).absolute()  # the server runs with data_dir as cwd
         self.port = port
         self.appendonly = appendonly
@@ -59,13 +75,29 @@ class EmbeddedRedis:
         self.start_timeout_s = start_timeout_s
         self.preexec = preexec
         """Runs in the child before exec (`tocsin up` passes a parent-death signal)."""
+        self.require_password = require_password
+        self.password: str | None = None
+        """Set by `start()` when `require_password`; secret: never log it."""
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        """The URL to connect with; it carries the password: never print or log it."""
         if not self.port:
             raise EmbeddedRedisError("the server has not been started yet")
-        return f"redis://{HOST}:{self.port}"
+        credentials = f":{self.password}@" if self.password else ""
+        return f"redis://{credentials}{HOST}:{self.port}"
+
+    @property
+    def display_url(self) -> str:
+        """`url` with the password masked, for output and logs."""
+        if not self.port:
+            raise EmbeddedRedisError("the server has not been started yet")
+        return f"redis://{'***@' if self.password else ''}{HOST}:{self.port}"
+
+    @property
+    def password_file(self) -> Path:
+        return self.data_dir / PASSWORD_FILE
 
     @property
     def pid(self) -> int | None:
@@ -77,7 +109,11 @@ class EmbeddedRedis:
     def start(self) -> None:
         if self.pid is not None:
             raise EmbeddedRedisError(f"redis-server already running as pid {self.pid}")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=_PRIVATE_DIR, parents=True, exist_ok=True)
+        if self.require_password and self.password is None:
+            # Before _make_private: a password others could read is refused, not tightened.
+            self.password = _load_or_create_password(self.password_file)
+        _make_private(self.data_dir)  # also a directory (and AOF) made before this was so
         pick_port = self.port == 0
         for _ in range(_START_ATTEMPTS):
             if pick_port:
@@ -121,6 +157,7 @@ class EmbeddedRedis:
         return redis.Redis(
             host=HOST,
             port=self.port,
+            password=self.password,
             socket_connect_timeout=1,
             socket_timeout=5,
             retry=Retry(NoBackoff(), retries=0),  # SHUTDOWN must not reconnect and retry
@@ -140,10 +177,11 @@ class EmbeddedRedis:
 
     def _try_start(self) -> bool:
         """Start on `self.port`; False if the port was taken, raise on any other failure."""
-        config = self.data_dir / "redis.conf"
-        config.write_text(self._config())
+        config = self.data_dir / _CONFIG_NAME
+        _write_private(config, self._config())
         log_size = self._log_path().stat().st_size if self._log_path().exists() else 0
-        with self._log_path().open("ab") as log:
+        log_fd = os.open(self._log_path(), os.O_WRONLY | os.O_CREAT | os.O_APPEND, _PRIVATE_FILE)
+        with os.fdopen(log_fd, "ab") as log:
             self._process = subprocess.Popen(
                 [str(SERVER_BINARY), str(config)],
                 stdin=subprocess.DEVNULL,
@@ -151,6 +189,7 @@ class EmbeddedRedis:
                 stderr=subprocess.STDOUT,
                 cwd=self.data_dir,
                 start_new_session=True,  # a Ctrl-C in the terminal goes to the supervisor only
+                umask=0o077,  # the AOF, RDB and log it creates: for its owner only
                 preexec_fn=self.preexec,
             )
         deadline = time.monotonic() + self.start_timeout_s
@@ -174,6 +213,8 @@ class EmbeddedRedis:
             return bool(client.ping())
         except redis.BusyLoadingError:
             return False  # still replaying the append-only file
+        except redis.AuthenticationError:
+            return False  # another server holds the port (ours knows the password)
         except (redis.ConnectionError, redis.TimeoutError):
             return False  # not listening yet, or something else holds the port
         finally:
@@ -191,6 +232,8 @@ class EmbeddedRedis:
             "appendfsync everysec",
             "maxmemory-policy noeviction",
         ]
+        if self.password:
+            lines.append(f"requirepass {self.password}")
         if self.cluster_enabled:
             lines += ["cluster-enabled yes", "cluster-config-file nodes.conf"]
             lines += ["cluster-node-timeout 5000"]
@@ -308,6 +351,48 @@ def _bind_free(port: int) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((HOST, port))
         return int(probe.getsockname()[1])
+
+
+def _load_or_create_password(path: Path) -> str:
+    """The password in `path`, or a new random one written there with mode 0600.
+
+    The file is created with O_EXCL and its mode from the start (never a chmod after, which
+    would leave a moment where others could read it).
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _PRIVATE_FILE)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            raise EmbeddedRedisError(
+                f"{path} is readable by other users; make it mode 0600 (chmod 600 {path})"
+            ) from None
+        password = path.read_text().strip()
+        if not password:
+            raise EmbeddedRedisError(
+                f"{path} is empty; delete it to generate a new password"
+            ) from None
+        return password
+    password = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as file:
+        file.write(password + "\n")
+    return password
+
+
+def _make_private(data_dir: Path) -> None:
+    """Mode 0700 on `data_dir`, and no access for others to the files already in it."""
+    os.chmod(data_dir, _PRIVATE_DIR)
+    for path in data_dir.iterdir():
+        mode = path.lstat().st_mode
+        if stat.S_ISREG(mode) and mode & 0o077:
+            os.chmod(path, stat.S_IMODE(mode) & ~0o077)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `path` anew with mode 0600 (an older, wider file is replaced, not reused)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _PRIVATE_FILE)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
 
 
 def _wait_or(process: subprocess.Popen[bytes], timeout_s: float, sig: signal.Signals) -> None:

@@ -10,6 +10,16 @@ The embedded Redis is supervised like every child: if it dies (kill -9, out of m
 is started again at once, on the same data directory (its append-only file is replayed)
 and the same port, so the URL the services were given stays valid and their clients
 reconnect by themselves (redis-py retries a refused command for a few seconds).
+
+The embedded Redis is locked down (see `embedded_redis`): its data directory is 0700 and
+it requires a random password kept in `redis/password` (0600), reused on every restart.
+The services get it in TOCSIN_REDIS_URL (their environment, readable only by this user);
+what `tocsin up` prints shows the URL with the password masked.
+
+A child that exits (at start-up or later) is started again after a short backoff (a
+quarter of a second, doubling to at most 2 s while it keeps failing, back to the start
+after a minute up), so a service that failed at start-up because a dependency was briefly
+away is back within seconds.
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ from tocsin.runtime.embedded_redis import EmbeddedRedis
 log = logging.getLogger(__name__)
 STACK = (*SERVICE_NAMES, "gateway")
 _PR_SET_PDEATHSIG = 1
-_RESTART_BACKOFF_S = (0.5, 1, 2, 5, 10)
+_RESTART_BACKOFF_S = (0.25, 0.5, 1, 2)
 _REDIS_RESTART_BACKOFF_S = (0.0, 0.5, 1, 2, 5)
 """Redis first comes back at once: every service waits on it."""
 _STABLE_S = 60
@@ -82,11 +92,16 @@ class Stack:
     def start(self) -> Endpoints:
         env = dict(os.environ)
         if self.config.redis_url is None:
-            self.redis = EmbeddedRedis(self.config.data_dir / "redis", preexec=_die_with_parent)
+            self.redis = EmbeddedRedis(
+                self.config.data_dir / "redis", preexec=_die_with_parent, require_password=True
+            )
             self.redis.start()
             self._redis_started_at = time.monotonic()
-            env["TOCSIN_REDIS_URL"] = self.redis.url
-            self.echo(f"redis        {self.redis.url}  (embedded, AOF in {self.redis.data_dir})")
+            env["TOCSIN_REDIS_URL"] = self.redis.url  # with the password: never printed
+            self.echo(
+                f"redis        {self.redis.display_url}  (embedded, AOF in "
+                f"{self.redis.data_dir}, password in {self.redis.password_file})"
+            )
         else:
             self.echo("redis        TOCSIN_REDIS_URL (external)")
         env["TOCSIN_DATA_DIR"] = str(self.config.data_dir)
@@ -178,7 +193,9 @@ class Stack:
             return
         self._redis_next_start = 0.0
         self._redis_started_at = time.monotonic()
-        self.echo(f"redis        restarted on {redis.url} after {time.monotonic() - now:.2f}s")
+        self.echo(
+            f"redis        restarted on {redis.display_url} after {time.monotonic() - now:.2f}s"
+        )
 
     def stop(self, grace_s: float = 5.0) -> None:
         for child in self.children:
