@@ -35,6 +35,11 @@ def test_defaults_are_loopback_and_embedded() -> None:
         ({"TOCSIN_RETENTION": "ninety"}, "TOCSIN_RETENTION"),
         ({"TOCSIN_INCIDENTS_ADDR": "nohost"}, "TOCSIN_INCIDENTS_ADDR"),
         ({"TOCSIN_EVENTS_API_RATE": "lots"}, "TOCSIN_EVENTS_API_RATE"),
+        ({"TOCSIN_HTTP_HEADER_TIMEOUT": "0s"}, "TOCSIN_HTTP_HEADER_TIMEOUT"),
+        ({"TOCSIN_HTTP_BODY_TIMEOUT": "soon"}, "TOCSIN_HTTP_BODY_TIMEOUT"),
+        ({"TOCSIN_HTTP_KEEPALIVE_TIMEOUT": "-5s"}, "TOCSIN_HTTP_KEEPALIVE_TIMEOUT"),
+        ({"TOCSIN_HTTP_MAX_CONNECTIONS": "0"}, "TOCSIN_HTTP_MAX_CONNECTIONS"),
+        ({"TOCSIN_HTTP_MAX_CONNECTIONS": "many"}, "TOCSIN_HTTP_MAX_CONNECTIONS"),
         ({"TWILIO_ACCOUNT_SID": "AC" + "0" * 32}, "TWILIO_AUTH_TOKEN"),
         (
             {

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
@@ -40,7 +41,8 @@ class EventsFastPath:
     In an alert storm the Events API is nearly all the traffic, and Starlette's middleware
     and routing cost ~10% of the gateway's CPU per event. The endpoint answers every
     error itself; an unexpected exception reaches uvicorn, which logs it and answers 500
-    as Starlette's error middleware would."""
+    as Starlette's error middleware would. A client that disconnects mid-body (or is cut
+    off by the gateway's deadlines) is no error: nothing is logged."""
 
     def __init__(self, app: Starlette) -> None:
         self.app = app
@@ -48,12 +50,17 @@ class EventsFastPath:
         self._enqueue = events_api.enqueue_app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["path"] == "/v2/enqueue"
-            and (scope["method"] == "POST")
-        ):
-            scope["app"] = self.app
-            await self._enqueue(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+        try:
+            if (
+                scope["type"] == "http"
+                and scope["path"] == "/v2/enqueue"
+                and (scope["method"] == "POST")
+            ):
+                scope["app"] = self.app
+                await self._enqueue(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+        except ClientDisconnect:
+            # The client went away, or was cut off for sending too slowly (protocol.py):
+            # there is nobody to answer, and nothing was written for a half-read body.
+            pass

@@ -1,13 +1,15 @@
-"""Run the gateway with uvicorn."""
+"""Run the gateway with uvicorn, behind the deadlines and cap of gateway/protocol.py."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+from typing import Literal
 
 import uvicorn
 
-from tocsin.gateway.app import create_app
+from tocsin.gateway.app import EventsFastPath, create_app
+from tocsin.gateway.protocol import HttpLimits, guarded_protocol
 from tocsin.runtime.clock import Clock, clock_from_env
 from tocsin.runtime.config import Address, Config, load_config
 from tocsin.runtime.service import configure_logging, peer_client
@@ -21,9 +23,7 @@ async def start_gateway(
     addr = addr or config.http_addr
     config.check_bind(addr, "TOCSIN_HTTP_ADDR")
     app = create_app(config, peer_client(config), clock)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=addr.host, port=addr.port, log_level="warning", lifespan="on")
-    )
+    server = uvicorn.Server(uvicorn_config(app, config, addr, lifespan="on"))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
@@ -38,16 +38,29 @@ async def _serve(config: Config) -> None:
     # The gRPC channels must be created inside the loop that uses them, so the app is
     # built here rather than handed to uvicorn.run (which makes its own loop later).
     app = create_app(config, peer_client(config), clock_from_env(os.environ))
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.http_addr.host,
-            port=config.http_addr.port,
-            log_level="warning",
-            timeout_graceful_shutdown=3,
-        )
-    )
+    server = uvicorn.Server(uvicorn_config(app, config, config.http_addr, lifespan="auto"))
     await server.serve()
+
+
+def uvicorn_config(
+    app: EventsFastPath, config: Config, addr: Address, *, lifespan: Literal["on", "auto"]
+) -> uvicorn.Config:
+    """uvicorn's settings: the guarded protocol, keep-alive and shutdown times."""
+    limits = HttpLimits(
+        header_timeout=config.http_header_timeout.total_seconds(),
+        body_timeout=config.http_body_timeout.total_seconds(),
+        max_connections=config.http_max_connections,
+    )
+    return uvicorn.Config(
+        app,
+        host=addr.host,
+        port=addr.port,
+        http=guarded_protocol(limits),
+        timeout_keep_alive=max(1, int(config.http_keepalive_timeout.total_seconds())),
+        timeout_graceful_shutdown=3,
+        log_level="warning",
+        lifespan=lifespan,
+    )
 
 
 def serve() -> None:

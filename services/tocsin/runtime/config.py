@@ -85,6 +85,14 @@ class Config:
     resolve the peer's name again and replicas added since get their share of calls."""
     grpc_max_connection_age_grace: timedelta = timedelta(minutes=10)
     """How long calls still running on such a connection (a watch stream) may go on."""
+    http_header_timeout: timedelta = timedelta(seconds=10)
+    """A request's line and headers must arrive within this (else 408, connection closed)."""
+    http_body_timeout: timedelta = timedelta(seconds=30)
+    """A request's whole body must arrive within this of its headers (else 408)."""
+    http_keepalive_timeout: timedelta = timedelta(seconds=5)
+    """An idle kept-alive connection is closed after this."""
+    http_max_connections: int = 1000
+    """Open client connections; one more evicts the one waiting longest for headers."""
 
     def grpc_listen_addr(self, service: str) -> Address:
         if self.listen_addr is not None:
@@ -146,6 +154,19 @@ def _parse_count(value: str, variable: str) -> int:
     if not value.strip().isdigit():
         raise ConfigError(f"{variable}={value!r}: expected a whole number, e.g. 600 (0 = off)")
     return int(value)
+
+
+def _parse_positive_count(value: str, variable: str) -> int:
+    if not value.strip().isdigit() or int(value) == 0:
+        raise ConfigError(f"{variable}={value!r}: expected a whole number above 0, e.g. 1000")
+    return int(value)
+
+
+def _parse_timeout(value: str, variable: str) -> timedelta:
+    timeout = parse_duration_env(value, variable)
+    if timeout <= timedelta(0):
+        raise ConfigError(f"{variable}={value!r}: expected a duration above 0, e.g. 10s")
+    return timeout
 
 
 def _parse_switch(value: str, variable: str) -> bool:
@@ -238,6 +259,18 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         ),
         events_api_rate_per_minute=_parse_count(
             env.get("TOCSIN_EVENTS_API_RATE", "600"), "TOCSIN_EVENTS_API_RATE"
+        ),
+        http_header_timeout=_parse_timeout(
+            env.get("TOCSIN_HTTP_HEADER_TIMEOUT", "10s"), "TOCSIN_HTTP_HEADER_TIMEOUT"
+        ),
+        http_body_timeout=_parse_timeout(
+            env.get("TOCSIN_HTTP_BODY_TIMEOUT", "30s"), "TOCSIN_HTTP_BODY_TIMEOUT"
+        ),
+        http_keepalive_timeout=_parse_timeout(
+            env.get("TOCSIN_HTTP_KEEPALIVE_TIMEOUT", "5s"), "TOCSIN_HTTP_KEEPALIVE_TIMEOUT"
+        ),
+        http_max_connections=_parse_positive_count(
+            env.get("TOCSIN_HTTP_MAX_CONNECTIONS", "1000"), "TOCSIN_HTTP_MAX_CONNECTIONS"
         ),
         twilio_status_callbacks=_parse_switch(
             env.get("TOCSIN_TWILIO_STATUS_CALLBACKS", "on"), "TOCSIN_TWILIO_STATUS_CALLBACKS"
