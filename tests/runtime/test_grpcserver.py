@@ -8,12 +8,13 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tocsin.client.channel import create_channel
 from tocsin.runtime.config import Address, ConfigError, load_config
 from tocsin.runtime.errors import FieldViolation, InvalidArgument, NotFound
 from tocsin.runtime.grpcserver import GrpcServer, start_grpc_server
-from tocsin.v1 import scheduling_pb2, scheduling_pb2_grpc
+from tocsin.v1 import incidents_pb2, incidents_pb2_grpc, scheduling_pb2, scheduling_pb2_grpc
 
 LOOPBACK = Address("127.0.0.1", 0)
 
@@ -116,3 +117,87 @@ async def test_stop_marks_not_serving_then_closes(open_server: GrpcServer) -> No
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await health.Check(health_pb2.HealthCheckRequest(), timeout=3)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+class _Watcher(incidents_pb2_grpc.IncidentServiceServicer):
+    async def WatchIncidents(self, request, context):
+        yield incidents_pb2.WatchIncidentsResponse()
+
+
+async def _start_with_stream(env: dict[str, str], addr: Address = LOOPBACK) -> GrpcServer:
+    def register(server: grpc.aio.Server) -> None:
+        scheduling_pb2_grpc.add_SchedulingServiceServicer_to_server(
+            _Servicer(),  # type: ignore[abstract]
+            server,
+        )
+        incidents_pb2_grpc.add_IncidentServiceServicer_to_server(
+            _Watcher(),  # type: ignore[abstract]
+            server,
+        )
+
+    return await start_grpc_server(
+        load_config(env),
+        addr,
+        register,
+        ["tocsin.v1.SchedulingService", "tocsin.v1.IncidentService"],
+    )
+
+
+async def test_streams_and_reflection_without_the_token_are_unauthenticated() -> None:
+    """Not UNKNOWN: the refusal of a streaming call has the streaming call's shape."""
+    server = await _start_with_stream({"TOCSIN_API_TOKEN": "s3cret"})
+    target = f"127.0.0.1:{server.port}"
+    try:
+        async with grpc.aio.insecure_channel(target) as anonymous:
+            watch = incidents_pb2_grpc.IncidentServiceStub(anonymous).WatchIncidents(
+                incidents_pb2.WatchIncidentsRequest()
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                async for _ in watch:
+                    pass
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            reflect = reflection_pb2_grpc.ServerReflectionStub(anonymous).ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                async for _ in reflect:
+                    pass
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        async with create_channel(target, token="s3cret") as authorised:
+            watch = incidents_pb2_grpc.IncidentServiceStub(authorised).WatchIncidents(
+                incidents_pb2.WatchIncidentsRequest()
+            )
+            assert [reply async for reply in watch] == [incidents_pb2.WatchIncidentsResponse()]
+            reflect = reflection_pb2_grpc.ServerReflectionStub(authorised).ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+            names = [s.name async for r in reflect for s in r.list_services_response.service]
+            assert "tocsin.v1.IncidentService" in names
+    finally:
+        await server.stop(0)
+
+
+async def test_two_authorization_values_are_refused(token_server: GrpcServer) -> None:
+    """Not "the last one wins": a proxy that adds its own header cannot smuggle a token."""
+    request = scheduling_pb2.GetUserRequest(id="alice")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{token_server.port}") as channel:
+        stub = scheduling_pb2_grpc.SchedulingServiceStub(channel)
+        for values in (("Bearer wrong", "Bearer s3cret"), ("Bearer s3cret", "Bearer s3cret")):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.GetUser(request, metadata=[("authorization", v) for v in values])
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        reply = await stub.GetUser(request, metadata=[("authorization", "Bearer s3cret")])
+        assert reply.user.id == "alice"
+
+
+async def test_the_bind_refusal_names_the_variable_that_set_the_address() -> None:
+    env = {"TOCSIN_SCHEDULING_ADDR": "0.0.0.0:0"}
+    config = load_config(env)
+    with pytest.raises(
+        ConfigError, match=r"^TOCSIN_SCHEDULING_ADDR=0\.0\.0\.0:0: .*TOCSIN_API_TOKEN"
+    ):
+        await _start_with_stream(env, config.grpc_listen_addr("scheduling"))
+    env = {"TOCSIN_SCHEDULING_ADDR": "0.0.0.0:0", "TOCSIN_LISTEN_ADDR": "0.0.0.0:0"}
+    config = load_config(env)
+    with pytest.raises(ConfigError, match=r"^TOCSIN_LISTEN_ADDR=0\.0\.0\.0:0: "):
+        await _start_with_stream(env, config.grpc_listen_addr("scheduling"))

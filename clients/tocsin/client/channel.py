@@ -49,9 +49,7 @@ _SERVICE_CONFIG = json.dumps(
 )
 
 
-class _TokenInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor
-):
+class _TokenDetails:
     """Adds the bearer token on insecure (loopback/cluster-internal) channels."""
 
     def __init__(self, token: str) -> None:
@@ -64,11 +62,28 @@ class _TokenInterceptor(
             details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
         )
 
+
+# One class per kind of call: grpc.aio files an interceptor under the first kind it
+# implements only, so one class for both left streaming calls (WatchIncidents) without
+# the token.
+class _UnaryTokenInterceptor(_TokenDetails, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, client_call_details, request):
         return await continuation(self._details(client_call_details), request)
 
+
+class _StreamTokenInterceptor(_TokenDetails, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, client_call_details, request):
         return await continuation(self._details(client_call_details), request)
+
+
+class _ClientStreamTokenInterceptor(_TokenDetails, grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        return await continuation(self._details(client_call_details), request_iterator)
+
+
+class _BidiTokenInterceptor(_TokenDetails, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return await continuation(self._details(client_call_details), request_iterator)
 
 
 def create_channel(target: str, token: str | None = None) -> grpc.aio.Channel:
@@ -76,7 +91,15 @@ def create_channel(target: str, token: str | None = None) -> grpc.aio.Channel:
     see tocsin.client.targets) with tracing and the bearer token."""
     interceptors: list[grpc.aio.ClientInterceptor] = list(aio_client_interceptors())
     if token:
-        interceptors.append(_TokenInterceptor(token))
+        interceptors += [
+            kind(token)
+            for kind in (
+                _UnaryTokenInterceptor,
+                _StreamTokenInterceptor,
+                _ClientStreamTokenInterceptor,
+                _BidiTokenInterceptor,
+            )
+        ]
     return grpc.aio.insecure_channel(
         grpc_target(target),
         interceptors=interceptors,

@@ -2,7 +2,12 @@
 
 `start_grpc_server` adds health checking, reflection, OpenTelemetry, the bearer-token
 check and the domain-error mapping, binds (port 0 picks a free port, as tests do) and
-starts. Without TOCSIN_API_TOKEN it refuses to bind anything but loopback.
+starts. Without TOCSIN_API_TOKEN it refuses to bind anything but loopback (naming the
+variable the address came from).
+
+With a token every call but health checks needs exactly one `authorization: Bearer
+<token>` value (two values are refused, whichever comes last); a refusal is
+UNAUTHENTICATED for every kind of call, streaming ones and reflection included.
 
 Every connection is closed (HTTP/2 GOAWAY, calls in flight finish within the grace) once it
 is `TOCSIN_GRPC_MAX_CONNECTION_AGE` old, give or take 10%: clients then connect again and
@@ -16,7 +21,7 @@ import hmac
 import inspect
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +38,8 @@ _HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    """Rejects calls without `authorization: Bearer <token>`; health checks stay open."""
+    """Rejects calls without exactly one `authorization: Bearer <token>`; health checks
+    stay open."""
 
     def __init__(self, token: str) -> None:
         self._expected = f"Bearer {token}".encode()
@@ -46,26 +52,44 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method or ""
         if method.startswith(_HEALTH_PREFIX):
             return await continuation(handler_call_details)
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        given = metadata.get("authorization", "")
-        given_bytes = given.encode() if isinstance(given, str) else bytes(given)
-        if hmac.compare_digest(given_bytes, self._expected):
+        given = [
+            value.encode() if isinstance(value, str) else bytes(value)
+            for key, value in handler_call_details.invocation_metadata or ()
+            if key == "authorization"
+        ]
+        if len(given) == 1 and hmac.compare_digest(given[0], self._expected):
             return await continuation(handler_call_details)
         handler = await continuation(handler_call_details)
         return _rejecting_handler(handler)
 
 
-def _rejecting_handler(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
-    async def reject(_request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+_REFUSAL = "missing or wrong bearer token (send exactly one authorization value)"
 
-    if handler is not None and handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(
-            reject, request_deserializer=handler.request_deserializer
-        )
-    return grpc.unary_unary_rpc_method_handler(
-        reject, request_deserializer=handler.request_deserializer if handler else None
-    )
+
+def _rejecting_handler(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` that answers UNAUTHENTICATED.
+
+    The kind matters: a unary handler for a client-streaming call, or a coroutine where the
+    tracing interceptor iterates a response stream, ends the call with UNKNOWN instead.
+    """
+
+    async def reject(_request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _REFUSAL)
+
+    async def reject_stream(_request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _REFUSAL)
+        yield  # never reached: this makes an async generator, as a response stream is
+
+    deserializer = handler.request_deserializer if handler is not None else None
+    streams_in = handler is not None and handler.request_streaming
+    streams_out = handler is not None and handler.response_streaming
+    if streams_in and streams_out:
+        return grpc.stream_stream_rpc_method_handler(reject_stream, deserializer)
+    if streams_in:
+        return grpc.stream_unary_rpc_method_handler(reject, deserializer)
+    if streams_out:
+        return grpc.unary_stream_rpc_method_handler(reject_stream, deserializer)
+    return grpc.unary_unary_rpc_method_handler(reject, deserializer)
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
@@ -152,10 +176,14 @@ async def start_grpc_server(
     register: Registrar,
     service_names: Sequence[str],
     *,
-    variable: str = "TOCSIN_LISTEN_ADDR",
+    variable: str | None = None,
 ) -> GrpcServer:
-    """Bind, start and mark SERVING a server with tocsin's standard interceptors."""
-    config.check_bind(addr, variable)
+    """Bind, start and mark SERVING a server with tocsin's standard interceptors.
+
+    `variable` names the setting `addr` came from in a refusal; by default the one it
+    matches: TOCSIN_LISTEN_ADDR, else the service's TOCSIN_<SERVICE>_ADDR.
+    """
+    config.check_bind(addr, variable or _listen_variable(config, addr))
     # Health checks (probes, clients watching each replica) are not traced: they are many,
     # and tracing would wrap Watch, a coroutine, as if it were an async iterator.
     interceptors: list[grpc.aio.ServerInterceptor] = [
@@ -178,6 +206,14 @@ async def start_grpc_server(
     grpc_server = GrpcServer(server, port, health_servicer, tuple(service_names))
     await grpc_server.set_serving(True)
     return grpc_server
+
+
+def _listen_variable(config: Config, addr: Address) -> str:
+    if config.listen_addr is None or config.listen_addr != addr:
+        for name, configured in config.grpc_addrs.items():
+            if configured == addr:
+                return f"TOCSIN_{name.upper()}_ADDR"
+    return "TOCSIN_LISTEN_ADDR"
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:
