@@ -95,6 +95,8 @@ def test_healthz_names_a_service_that_is_down(tmp_path: Path) -> None:
         (["up"], {"TOCSIN_HTTP_ADDR": "8080"}, "TOCSIN_HTTP_ADDR='8080': expected HOST:PORT"),
         (["serve", "incidents"], {}, "TOCSIN_REDIS_URL must be set"),
         (["serve", "gateway"], {"TOCSIN_HTTP_ADDR": "0.0.0.0:0"}, "TOCSIN_API_TOKEN"),
+        (["serve", "incidents"], {"TOCSIN_API_TOKEN": "  "}, "TOCSIN_API_TOKEN is blank"),
+        (["up"], {"TOCSIN_API_TOKEN": " "}, "TOCSIN_API_TOKEN is blank"),
     ],
 )
 def test_bad_configuration_stops_with_the_variable_named(

@@ -80,3 +80,16 @@ def test_twilio_and_public_url() -> None:
     assert "secret" not in repr(config)
     assert config.public_url == "https://tocsin.example.com"
     assert not config.http_addr.is_loopback
+
+
+@pytest.mark.parametrize("token", [" ", "\t \n", "two words", "s3cret\n"])
+def test_a_blank_or_unsendable_api_token_is_refused_without_echoing_it(token: str) -> None:
+    with pytest.raises(ConfigError, match=r"^TOCSIN_API_TOKEN ") as refused:
+        load_config({"TOCSIN_API_TOKEN": token})
+    assert "words" not in str(refused.value) and "s3cret" not in str(refused.value)
+
+
+def test_an_empty_api_token_is_no_token_and_the_redis_url_is_not_in_the_repr() -> None:
+    assert load_config({"TOCSIN_API_TOKEN": ""}).api_token is None
+    config = load_config({"TOCSIN_REDIS_URL": "redis://:hunter2@127.0.0.1:6380"})
+    assert "hunter2" not in repr(config)

@@ -60,7 +60,8 @@ class TwilioConfig:
 
 @dataclass(frozen=True)
 class Config:
-    redis_url: str | None
+    redis_url: str | None = field(repr=False)
+    """May carry a password (the embedded Redis's does): never log it."""
     data_dir: Path
     http_addr: Address
     public_url: str
@@ -92,6 +93,10 @@ class Config:
     http_keepalive_timeout: timedelta = timedelta(seconds=5)
     """An idle kept-alive connection is closed after this."""
     http_max_connections: int = 1000
+    grpc_max_concurrent_streams: int = 1000
+    """Calls in flight per client connection to a gRPC server; more wait at the client."""
+    max_watch_streams: int = 16
+    """WatchIncidents streams per incidents process (each holds 16 blocking Redis reads)."""
     """Open client connections; one more evicts the one waiting longest for headers."""
 
     def grpc_listen_addr(self, service: str) -> Address:
@@ -189,6 +194,20 @@ def _parse_url(value: str, variable: str, schemes: tuple[str, ...]) -> str:
     return value.rstrip("/")
 
 
+def _parse_token(value: str, variable: str) -> str | None:
+    """Unset or empty: no token. A value of spaces, or one with spaces or control
+    characters in it (a gRPC metadata value cannot carry them), is a mistake: refused."""
+    if not value:
+        return None
+    if not value.strip():
+        raise ConfigError(f"{variable} is blank (only whitespace); set a real token or unset it")
+    if not all(" " < char <= "~" for char in value):
+        raise ConfigError(
+            f"{variable} must be printable ASCII without spaces (e.g. openssl rand -hex 32)"
+        )
+    return value
+
+
 def _twilio(env: Mapping[str, str]) -> TwilioConfig | None:
     names = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_FROM_NUMBER")
     present = [n for n in names if env.get(n)]
@@ -238,7 +257,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         data_dir=Path(env.get("TOCSIN_DATA_DIR", ".tocsin")).absolute(),
         http_addr=http_addr,
         public_url=public_url,
-        api_token=env.get("TOCSIN_API_TOKEN") or None,
+        api_token=_parse_token(env.get("TOCSIN_API_TOKEN", ""), "TOCSIN_API_TOKEN"),
         twilio=_twilio(env),
         grpc_addrs={name: address for name, (_, address) in peers.items()},
         grpc_targets={name: target for name, (target, _) in peers.items()},
@@ -271,6 +290,13 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         ),
         http_max_connections=_parse_positive_count(
             env.get("TOCSIN_HTTP_MAX_CONNECTIONS", "1000"), "TOCSIN_HTTP_MAX_CONNECTIONS"
+        ),
+        grpc_max_concurrent_streams=_parse_positive_count(
+            env.get("TOCSIN_GRPC_MAX_CONCURRENT_STREAMS", "1000"),
+            "TOCSIN_GRPC_MAX_CONCURRENT_STREAMS",
+        ),
+        max_watch_streams=_parse_positive_count(
+            env.get("TOCSIN_MAX_WATCH_STREAMS", "16"), "TOCSIN_MAX_WATCH_STREAMS"
         ),
         twilio_status_callbacks=_parse_switch(
             env.get("TOCSIN_TWILIO_STATUS_CALLBACKS", "on"), "TOCSIN_TWILIO_STATUS_CALLBACKS"
