@@ -1,0 +1,234 @@
+"""Hosts as Linux network namespaces, for tests whose partitions must be real.
+
+`Network` creates a bridge in the root namespace with the first address of a private /24
+(10.213.77.0/24) and, per `host(...)`, a namespace joined to the bridge by a veth pair,
+with an address of its own in that /24. Processes started with `Host.popen` run inside
+the namespace: they reach the root namespace (Redis, the fake Twilio, the services run
+there) and each other only over the bridge. `Host.cut()` takes the root side of its veth
+down, so every packet to or from the host is dropped (a blackhole, as a failed switch
+port or a partition looks: connections hang until their timeouts, nothing is refused);
+`Host.heal()` brings it back.
+
+Every name starts with `PREFIX`, and `Network` removes whatever a crashed earlier run left
+with that prefix before it creates anything, and everything it created when it ends,
+also on failure. Only namespaces, links and addresses it creates are touched.
+
+`NetnsCluster` is a 3-master Redis Cluster of the bundled redis-server listening on the
+bridge address (and loopback), announcing the bridge address, so clients inside the
+namespaces follow MOVED replies to addresses they can reach.
+
+`unavailable()` says why none of this can run here (not root, no `ip netns`), or None.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from tocsin.runtime.embedded_redis import (
+    CLUSTER_SLOTS,
+    EmbeddedCluster,
+    EmbeddedRedis,
+    _wait_until_ok,
+)
+
+PREFIX = "tcsn"
+"""Every namespace and link this module creates is named with this prefix."""
+SUBNET = "10.213.77"
+"""The private /24 the bridge and the hosts take their addresses from."""
+BRIDGE = f"{PREFIX}br0"
+GATEWAY_IP = f"{SUBNET}.1"
+"""The root namespace's address on the bridge."""
+
+
+def unavailable() -> str | None:
+    """Why namespaces cannot be used here, or None when they can."""
+    if os.geteuid() != 0:
+        return "network namespaces need root (CI runs this suite as root)"
+    if shutil.which("ip") is None:
+        return "the `ip` command (iproute2) is not installed"
+    probe = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"`ip netns` is not available: {probe.stderr.strip()}"
+    return None
+
+
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {result.stderr.strip()}")
+    return result
+
+
+def remove_leftovers() -> None:
+    """Delete every namespace and link named with PREFIX (a crashed run's leftovers)."""
+    for line in ip("netns", "list").stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if name.startswith(PREFIX):
+            _kill_namespace_processes(name)
+            ip("netns", "del", name, check=False)
+    for line in ip("-o", "link", "show").stdout.splitlines():
+        name = line.split(":")[1].strip().split("@")[0]
+        if name.startswith(PREFIX):
+            ip("link", "del", name, check=False)
+
+
+def _kill_namespace_processes(namespace: str) -> None:
+    pids = ip("netns", "pids", namespace, check=False).stdout.split()
+    for pid in pids:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+
+
+@dataclass
+class Host:
+    """One network namespace joined to the bridge: a "machine" at `address`."""
+
+    name: str
+    address: str
+    namespace: str
+    veth: str
+    processes: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    def popen(
+        self, argv: Sequence[str], env: dict[str, str], log: IO[str]
+    ) -> subprocess.Popen[str]:
+        """Run `argv` inside the namespace (`ip netns exec` execs it: the pid is argv's)."""
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", self.namespace, *argv],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.processes.append(process)
+        return process
+
+    def cut(self) -> None:
+        """Drop every packet to and from this host (its switch port goes down)."""
+        ip("link", "set", "dev", self.veth, "down")
+
+    def heal(self) -> None:
+        ip("link", "set", "dev", self.veth, "up")
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+
+
+class Network:
+    """The bridge and the hosts; a context manager that always removes all of it."""
+
+    def __init__(self) -> None:
+        self.hosts: list[Host] = []
+
+    def __enter__(self) -> Network:
+        remove_leftovers()
+        try:
+            ip("link", "add", BRIDGE, "type", "bridge")
+            ip("addr", "add", f"{GATEWAY_IP}/24", "dev", BRIDGE)
+            ip("link", "set", BRIDGE, "up")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def host(self, name: str) -> Host:
+        """A new namespace `PREFIX-name` at the next free address of the /24."""
+        number = 10 + len(self.hosts)
+        host = Host(name, f"{SUBNET}.{number}", f"{PREFIX}-{name}", f"{PREFIX}v{number}")
+        self.hosts.append(host)
+        ip("netns", "add", host.namespace)
+        ip(
+            "link",
+            "add",
+            host.veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            host.namespace,
+        )
+        ip("link", "set", host.veth, "master", BRIDGE, "up")
+        ip("-n", host.namespace, "addr", "add", f"{host.address}/24", "dev", "eth0")
+        ip("-n", host.namespace, "link", "set", "eth0", "up")
+        ip("-n", host.namespace, "link", "set", "lo", "up")
+        return host
+
+    def close(self) -> None:
+        for host in self.hosts:
+            host.stop()
+        for host in self.hosts:
+            _kill_namespace_processes(host.namespace)
+            ip("netns", "del", host.namespace, check=False)
+            ip("link", "del", host.veth, check=False)
+        ip("link", "del", BRIDGE, check=False)
+        self.hosts.clear()
+
+
+class BridgeRedis(EmbeddedRedis):
+    """The bundled redis-server, listening on loopback and on the bridge address."""
+
+    def _config(self) -> str:
+        lines = super()._config().splitlines()
+        lines = [f"bind 127.0.0.1 {GATEWAY_IP}" if ln.startswith("bind ") else ln for ln in lines]
+        if self.cluster_enabled:
+            lines.append(f"cluster-announce-ip {GATEWAY_IP}")
+        return "\n".join(lines) + "\n"
+
+
+@dataclass
+class NetnsCluster:
+    """A Redis Cluster the namespaces reach at GATEWAY_IP."""
+
+    cluster: EmbeddedCluster
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://{GATEWAY_IP}:{self.cluster.nodes[0].port}"
+
+    def stop(self) -> None:
+        self.cluster.stop()
+
+
+def start_bridge_cluster(base_dir: Path, masters: int = 3) -> NetnsCluster:
+    """`masters` cluster-enabled servers on the bridge address, slots split, state ok."""
+    cluster = EmbeddedCluster([])
+    try:
+        for index in range(masters):
+            server = BridgeRedis(base_dir / f"node-{index}", cluster_enabled=True)
+            cluster.nodes.append(server)
+            server.start()
+        bounds = [CLUSTER_SLOTS * i // masters for i in range(masters + 1)]
+        for index, node in enumerate(cluster.nodes):
+            with node.client() as client:
+                slots = range(bounds[index], bounds[index + 1])
+                client.execute_command("CLUSTER ADDSLOTS", *slots)
+                for other in cluster.nodes[index + 1 :]:
+                    client.execute_command("CLUSTER MEET", GATEWAY_IP, other.port)
+        _wait_until_ok(cluster.nodes, 30)
+    except BaseException:
+        cluster.stop()
+        raise
+    return NetnsCluster(cluster)
