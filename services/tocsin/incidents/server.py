@@ -51,7 +51,13 @@ async def create_server(
     store = IncidentStore(deps.redis, deps.clock, deps.config.retention)
     services = ServiceStore(deps.redis, deps.clock)
     worker = snooze_worker(SnoozeTimerStore(deps.redis, deps.clock), deps.clock, store)
-    servicer = IncidentServicer(store, services, deps.clock, Assignees(lambda: deps.peer_client()))
+    servicer = IncidentServicer(
+        store,
+        services,
+        deps.clock,
+        Assignees(lambda: deps.peer_client()),
+        max_watchers=deps.config.max_watch_streams,
+    )
 
     def register(server: grpc.aio.Server) -> None:
         _add_servicer(servicer, server)

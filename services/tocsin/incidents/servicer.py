@@ -4,6 +4,10 @@ Alerts are normalised in normalize.py (Trigger and TriggerBatch requests are dec
 decoding.py, so an undecodable alert fails alone); checks and rules live in validation.py
 and domain.py, Redis in the stores; domain errors become status codes in the shared error
 interceptor (tocsin.runtime.grpcserver).
+
+At most `max_watchers` WatchIncidents streams run at once per process (each holds a
+blocking Redis read per shard, from the pool every other call needs); one more is
+RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from tocsin.runtime.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     TocsinError,
     rpc_status,
 )
@@ -54,11 +59,14 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
         services: ServiceStore,
         clock: Clock,
         assignees: Assignees,
+        max_watchers: int = 16,
     ) -> None:
         self.incidents = incidents
         self.services = services
         self.clock = clock
         self.assignees = assignees
+        self.max_watchers = max_watchers
+        self._watchers = 0
 
     # Services
 
@@ -255,10 +263,19 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
         self, request: incidents_pb2.WatchIncidentsRequest, context: Any
     ) -> AsyncIterator[incidents_pb2.WatchIncidentsResponse]:
         since = request.since.ToMilliseconds() if request.HasField("since") else None
-        async for event in watch_events(
-            self.incidents.redis, frozenset(request.service_ids), since
-        ):
-            yield incidents_pb2.WatchIncidentsResponse(event=event)
+        if self._watchers >= self.max_watchers:
+            raise ResourceExhausted(
+                f"{self.max_watchers} WatchIncidents streams are open on this replica "
+                "(TOCSIN_MAX_WATCH_STREAMS); try again later"
+            )
+        self._watchers += 1
+        try:
+            async for event in watch_events(
+                self.incidents.redis, frozenset(request.service_ids), since
+            ):
+                yield incidents_pb2.WatchIncidentsResponse(event=event)
+        finally:
+            self._watchers -= 1
 
     # Helpers
 

@@ -93,11 +93,11 @@ class Config:
     http_keepalive_timeout: timedelta = timedelta(seconds=5)
     """An idle kept-alive connection is closed after this."""
     http_max_connections: int = 1000
+    """Open client connections; one more evicts the one waiting longest for headers."""
     grpc_max_concurrent_streams: int = 1000
     """Calls in flight per client connection to a gRPC server; more wait at the client."""
     max_watch_streams: int = 16
     """WatchIncidents streams per incidents process (each holds 16 blocking Redis reads)."""
-    """Open client connections; one more evicts the one waiting longest for headers."""
 
     def grpc_listen_addr(self, service: str) -> Address:
         if self.listen_addr is not None:

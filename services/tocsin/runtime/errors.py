@@ -62,6 +62,12 @@ class Unavailable(TocsinError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class ResourceExhausted(TocsinError):
+    """A per-process cap is reached (e.g. concurrent watch streams); retry later."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 def rpc_status(error: TocsinError) -> status_pb2.Status:
     """The google.rpc.Status of `error`, with BadRequest field violations if it has any."""
     status = status_pb2.Status(code=getattr(code_pb2, error.code.name), message=str(error))

@@ -157,9 +157,19 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+"""Largest request message a server takes (RESOURCE_EXHAUSTED beyond); the client's
+TriggerBatch stays under 1 MiB per batch, the gateway's Alertmanager payloads under this."""
+
+
 def server_options(config: Config) -> list[tuple[str, int]]:
-    """gRPC core options of every tocsin server."""
-    options = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)]
+    """gRPC core options of every tocsin server: message size, streams per connection,
+    connection age."""
+    options = [
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_concurrent_streams", config.grpc_max_concurrent_streams),
+    ]
     age_ms = int(config.grpc_max_connection_age.total_seconds() * 1000)
     if age_ms > 0:
         grace_ms = int(config.grpc_max_connection_age_grace.total_seconds() * 1000)
