@@ -56,6 +56,7 @@ def uvicorn_config(
         host=addr.host,
         port=addr.port,
         http=guarded_protocol(limits),
+        ws="none",  # no WebSocket routes: an Upgrade request is a plain HTTP request
         timeout_keep_alive=max(1, int(config.http_keepalive_timeout.total_seconds())),
         timeout_graceful_shutdown=3,
         log_level="warning",
