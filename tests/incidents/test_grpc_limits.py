@@ -102,3 +102,34 @@ async def test_calls_in_flight_per_connection_are_capped(redis: RedisClient) -> 
         reply = await asyncio.wait_for(waiting, timeout=5)
         assert [s.id for s in reply.services] == ["payments-api"]
         second.cancel()
+
+
+async def test_forty_watchers_leave_the_redis_pool_to_alerts(redis: RedisClient) -> None:
+    """Each stream holds 16 blocking Redis reads: 40 of them took the whole 512-connection
+    pool and a Trigger failed after the pool's 10 s wait. At the default cap, 16 run,
+    the rest are refused, and alerts go through at once."""
+    async with served_with(redis, {}) as served:
+        since = await an_incident(served)
+        calls = [
+            served.stub.WatchIncidents(incidents_pb2.WatchIncidentsRequest(since=since))
+            for _ in range(40)
+        ]
+        try:
+            firsts = await asyncio.wait_for(
+                asyncio.gather(*(call.read() for call in calls), return_exceptions=True), 15
+            )
+            refused = [f for f in firsts if isinstance(f, grpc.aio.AioRpcError)]
+            assert len(refused) == 40 - 16
+            assert {f.code() for f in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+            reply = await asyncio.wait_for(
+                served.stub.Trigger(
+                    incidents_pb2.TriggerRequest(
+                        service_id="payments-api", dedup_key="b", summary="b"
+                    )
+                ),
+                timeout=2,
+            )
+            assert reply.incident.id
+        finally:
+            for call in calls:
+                call.cancel()
