@@ -101,6 +101,41 @@ async def test_tricklers_are_closed_after_the_deadline_and_real_alerts_get_in(
     assert "Exception in ASGI application" not in capfd.readouterr().err
 
 
+async def test_at_the_cap_tricklers_waiting_for_headers_make_room_else_503(
+    served: Served,
+) -> None:
+    env = {"TOCSIN_HTTP_MAX_CONNECTIONS": "6", "TOCSIN_HTTP_BODY_TIMEOUT": "60s"}
+    async with gateway(served, env) as port:
+        tricklers = []
+        for start, drip in [(HEADERS_STARTED, b"x")] + [(BODY_STARTED, b" ")] * 3:
+            opened = asyncio.Event()
+            tricklers.append(asyncio.create_task(trickle(port, start, drip, opened)))
+            await opened.wait()
+        assert (await send_alert(port))[0] == 202  # 5 connections: under the cap
+
+        async def body_started() -> asyncio.StreamWriter:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(BODY_STARTED)
+            await asyncio.sleep(0.1)
+            return writer
+
+        writers = [await body_started(), await body_started()]  # 6: the cap
+        writers.append(await body_started())  # 7: the header trickler makes room
+        evicted = await asyncio.wait_for(tricklers[0], timeout=2)
+        assert evicted.startswith(b"HTTP/1.1 408 ")
+        # Now every connection has a request in progress: one more is refused.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writers.append(writer)
+        answer = await asyncio.wait_for(reader.read(), timeout=2)
+        assert answer.startswith(b"HTTP/1.1 503 ")
+        assert not any(task.done() for task in tricklers[1:])
+        for each in writers:
+            each.close()
+        for task in tricklers:
+            task.cancel()
+        await asyncio.gather(*tricklers, return_exceptions=True)
+
+
 async def test_an_idle_kept_alive_connection_is_closed_after_the_keepalive_timeout(
     served: Served,
 ) -> None:
