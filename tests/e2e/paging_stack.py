@@ -18,13 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 
 from tests.e2e.pager import PageLog, Pager
 from tests.e2e.stack import (
     UNLIMITED_SENDING,
     FakeTwilioProcess,
     Stack,
+    alive,
     clock_env,
+    descendants,
     fast_clock,
 )
 from tocsin.client.client import SyncTocsinClient
@@ -98,6 +101,27 @@ class PagingStack:
     def cli_json(self, *args: str) -> Any:
         """A `tocsin ... --json` command's output."""
         return json.loads(self.stack.cli(*args, "--json"))
+
+    def redis_pid(self) -> int | None:
+        """The pid of the embedded redis-server `tocsin up` runs now, if one is alive."""
+        assert self.stack.process is not None
+        for pid in descendants(self.stack.process.pid):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"redis-server" in argv and alive(pid):
+                return pid
+        return None
+
+
+def redis_answers(url: str) -> bool:
+    """Whether the Redis at `url` answers a PING within half a second."""
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=0.2, socket_timeout=0.5) as client:
+            return bool(client.ping())
+    except redis.RedisError:
+        return False
 
 
 @contextlib.contextmanager

@@ -38,8 +38,8 @@ import pytest
 import redis
 
 from tests.e2e.pager import Page, minutes
-from tests.e2e.paging_stack import PagingStack, paging_stack
-from tests.e2e.stack import Service, alive, descendants, free_port, wait_for
+from tests.e2e.paging_stack import PagingStack, paging_stack, redis_answers
+from tests.e2e.stack import Service, free_port, wait_for
 from tocsin.v1 import incidents_pb2
 
 pytestmark = pytest.mark.slow
@@ -136,26 +136,6 @@ def stack(tmp_path: Path) -> Iterator[PagingStack]:
         yield running
 
 
-def redis_pid(tocsin: PagingStack) -> int | None:
-    assert tocsin.stack.process is not None
-    for pid in descendants(tocsin.stack.process.pid):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"redis-server" in argv and alive(pid):
-            return pid
-    return None
-
-
-def answers(url: str) -> bool:
-    try:
-        with redis.Redis.from_url(url, socket_connect_timeout=0.2, socket_timeout=0.5) as client:
-            return bool(client.ping())
-    except redis.RedisError:
-        return False
-
-
 def kill_each_service(tocsin: PagingStack) -> None:
     for name in ("scheduling", "incidents", "escalation", "notification", "gateway"):
         killed = tocsin.stack.kill_child(name)
@@ -165,10 +145,12 @@ def kill_each_service(tocsin: PagingStack) -> None:
 
 def kill_redis(tocsin: PagingStack) -> None:
     url = tocsin.stack.redis_url()
-    killed = redis_pid(tocsin)
+    killed = tocsin.redis_pid()
     assert killed is not None
     os.kill(killed, signal.SIGKILL)
-    wait_for(lambda: redis_pid(tocsin) not in (None, killed) and answers(url), 15, "Redis", 0.02)
+    wait_for(
+        lambda: tocsin.redis_pid() not in (None, killed) and redis_answers(url), 15, "Redis", 0.02
+    )
     tocsin.stack.wait_healthy(timeout_s=60)
     time.sleep(1)
 

@@ -18,11 +18,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import redis
 
 from tests.e2e.pager import minutes
-from tests.e2e.paging_stack import PagingStack, paging_stack
-from tests.e2e.stack import alive, descendants, wait_for
+from tests.e2e.paging_stack import PagingStack, paging_stack, redis_answers
+from tests.e2e.stack import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -36,26 +35,6 @@ START = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 def stack(tmp_path: Path) -> Iterator[PagingStack]:
     with paging_stack(tmp_path, start=START, configs=(HERE / "chaos.yaml",)) as running:
         yield running
-
-
-def redis_pid(tocsin: PagingStack) -> int | None:
-    assert tocsin.stack.process is not None
-    for pid in descendants(tocsin.stack.process.pid):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"redis-server" in argv and alive(pid):
-            return pid
-    return None
-
-
-def answers(url: str) -> bool:
-    try:
-        with redis.Redis.from_url(url, socket_connect_timeout=0.2, socket_timeout=0.5) as client:
-            return bool(client.ping())
-    except redis.RedisError:
-        return False
 
 
 def real_ms(tocsin: PagingStack, virtual_ms: int) -> float:
@@ -79,19 +58,19 @@ def test_a_killed_embedded_redis_comes_back_with_its_data_and_overdue_levels_pag
     pager.expect_sms("quinn", "disk full before the crash")
     before = tocsin.incident("burst-api", "before")
 
-    killed = redis_pid(tocsin)
+    killed = tocsin.redis_pid()
     assert killed is not None
     os.kill(supervisor.pid, signal.SIGSTOP)  # nobody restarts Redis until thawed
     try:
         os.kill(killed, signal.SIGKILL)
-        wait_for(lambda: not answers(url), 5, "redis-server to die")
+        wait_for(lambda: not redis_answers(url), 5, "redis-server to die")
         # rosa's level falls due while Redis is gone
         time.sleep(tocsin.log.real_seconds_until(triggered + minutes(1.5)))
     finally:
         os.kill(supervisor.pid, signal.SIGCONT)
-    wait_for(lambda: answers(url), 10, "the embedded Redis back on the same port", 0.01)
+    wait_for(lambda: redis_answers(url), 10, "the embedded Redis back on the same port", 0.01)
     back_ms = time.time() * 1000
-    restarted = redis_pid(tocsin)
+    restarted = tocsin.redis_pid()
     assert restarted is not None and restarted != killed
     assert urlsplit(tocsin.stack.redis_url()).port == urlsplit(url).port
 
