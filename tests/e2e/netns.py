@@ -11,7 +11,9 @@ port or a partition looks: connections hang until their timeouts, nothing is ref
 
 Every name starts with `PREFIX`, and `Network` removes whatever a crashed earlier run left
 with that prefix before it creates anything, and everything it created when it ends,
-also on failure. Only namespaces, links and addresses it creates are touched.
+also on failure. Only namespaces, links and addresses it creates are touched. Two runs on
+one machine take turns (an exclusive lock on `LOCK_PATH`, which the kernel releases when
+a run dies), so one never removes the other's namespaces as leftovers.
 
 `NetnsCluster` is a 3-master Redis Cluster of the bundled redis-server listening on the
 bridge address (and loopback), announcing the bridge address, so clients inside the
@@ -22,6 +24,7 @@ namespaces follow MOVED replies to addresses they can reach.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -46,6 +49,7 @@ SUBNET = "10.213.77"
 BRIDGE = f"{PREFIX}br0"
 GATEWAY_IP = f"{SUBNET}.1"
 """The root namespace's address on the bridge."""
+LOCK_PATH = Path("/run") / f"{PREFIX}-tests.lock"
 
 
 def unavailable() -> str | None:
@@ -132,8 +136,11 @@ class Network:
 
     def __init__(self) -> None:
         self.hosts: list[Host] = []
+        self._lock: IO[bytes] | None = None
 
     def __enter__(self) -> Network:
+        self._lock = LOCK_PATH.open("ab")
+        fcntl.flock(self._lock, fcntl.LOCK_EX)  # another run on this machine goes first
         remove_leftovers()
         try:
             ip("link", "add", BRIDGE, "type", "bridge")
@@ -185,6 +192,9 @@ class Network:
             ip("link", "del", host.veth, check=False)
         ip("link", "del", BRIDGE, check=False)
         self.hosts.clear()
+        if self._lock is not None:
+            self._lock.close()  # releases the lock
+            self._lock = None
 
 
 class BridgeRedis(EmbeddedRedis):
