@@ -57,7 +57,7 @@ def describe_rpc_error(error: grpc.RpcError) -> str:
             bad = error_details_pb2.BadRequest()
             if detail.Unpack(bad):
                 lines += [f"  {v.field}: {v.description}" for v in bad.field_violations]
-    if code == grpc.StatusCode.UNAVAILABLE:
+    if code == grpc.StatusCode.UNAVAILABLE and not raw:  # not the service's own answer
         lines[0] += " (is the stack running? start it with `tocsin up`)"
     return "\n".join(lines)
 

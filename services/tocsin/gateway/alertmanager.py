@@ -302,7 +302,8 @@ def _reply(outcome: Outcome) -> JSONResponse:
     if outcome.retry is not None:  # Alertmanager sends the group again (429 or 5xx)
         response = unavailable(outcome.retry)
         body = json.loads(bytes(response.body)) | counts | {"errors": outcome.errors}
-        return JSONResponse(body, status_code=response.status_code)
+        retry_after = {k: v for k, v in response.headers.items() if k == "retry-after"}
+        return JSONResponse(body, status_code=response.status_code, headers=retry_after)
     if not rejected:
         return JSONResponse({"status": "success"} | counts)
     body = counts | {"rejected": rejected, "errors": outcome.errors}

@@ -64,7 +64,7 @@ from starlette.types import Receive, Scope, Send
 from tocsin.client.client import TocsinClient
 from tocsin.client.limits import INTEGRATION_KEY_LENGTH, MAX_DETAILS_DEPTH
 from tocsin.runtime.clock import Clock
-from tocsin.runtime.errors import FieldViolation
+from tocsin.runtime.errors import ERROR_DOMAIN, REDIS_OUT_OF_MEMORY, FieldViolation
 from tocsin.v1 import common_pb2, incidents_pb2
 
 log = logging.getLogger(__name__)
@@ -364,8 +364,27 @@ def rpc_violations(error: grpc.aio.AioRpcError) -> list[FieldViolation]:
     return found
 
 
+def rpc_reasons(error: grpc.aio.AioRpcError) -> set[str]:
+    """The `google.rpc.ErrorInfo` reasons tocsin's services attached to `error`."""
+    raw = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin")
+    if not raw:
+        return set()
+    found: set[str] = set()
+    for detail in status_pb2.Status.FromString(raw).details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
+            found.add(info.reason)
+    return found
+
+
+RETRY_AFTER_S = 5
+"""`Retry-After` of a 503: Redis out of memory or a service unreachable, both passing."""
+
+
 def unavailable(error: grpc.aio.AioRpcError) -> JSONResponse:
-    """A gRPC failure that is not the sender's fault, as a retryable (or internal) error."""
+    """A gRPC failure that is not the sender's fault, as a retryable (or internal) error:
+    503 with `Retry-After` (PagerDuty clients and Alertmanager send it again), naming
+    the cause when it is Redis refusing writes (maxmemory reached)."""
     code = error.code()
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return JSONResponse({"status": "throttle event", "message": error.details()}, 429)
@@ -375,7 +394,15 @@ def unavailable(error: grpc.aio.AioRpcError) -> JSONResponse:
         grpc.StatusCode.ABORTED,
     )
     if code in retryable:
-        return JSONResponse({"status": "unavailable", "message": "try again later"}, 503)
+        storage_full = REDIS_OUT_OF_MEMORY in rpc_reasons(error)
+        message = error.details() if storage_full else "try again later"
+        if storage_full:
+            log.warning("alert not taken: %s", message)
+        return JSONResponse(
+            {"status": "unavailable", "message": message},
+            503,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
     log.error("incidents service refused the gateway: %s %s", code, error.details())
     return JSONResponse({"status": "error", "message": "internal error"}, 500)
 

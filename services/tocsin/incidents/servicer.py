@@ -41,7 +41,7 @@ from tocsin.runtime.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
-    TocsinError,
+    domain_error,
     rpc_status,
 )
 from tocsin.runtime.telemetry import current_traceparent, is_traceparent
@@ -127,12 +127,13 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
         traceparent = item.traceparent if is_traceparent(item.traceparent) else call_traceparent
         try:
             response = await self._trigger(item.request, traceparent)
-        except TocsinError as error:
-            return incidents_pb2.TriggerBatchResult(error=rpc_status(error))
-        except Exception as error:  # as a lone Trigger would end: UNKNOWN, and logged
-            log.exception("TriggerBatch item failed")
+        except Exception as raised:  # as a lone Trigger would end (the error interceptor)
+            error = domain_error(raised)
+            if error is not None:
+                return incidents_pb2.TriggerBatchResult(error=rpc_status(error))
+            log.exception("TriggerBatch item failed")  # a bug: UNKNOWN, and logged
             return incidents_pb2.TriggerBatchResult(
-                error=status_pb2.Status(code=code_pb2.UNKNOWN, message=f"{error!r}")
+                error=status_pb2.Status(code=code_pb2.UNKNOWN, message=f"{raised!r}")
             )
         return incidents_pb2.TriggerBatchResult(response=response)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,39 @@ class ResourceExhausted(TocsinError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+ERROR_DOMAIN = "tocsin"
+REDIS_OUT_OF_MEMORY = "REDIS_OUT_OF_MEMORY"
+"""`google.rpc.ErrorInfo` reason of `StorageFull`: clients show its message as it is."""
+
+
+class StorageFull(Unavailable):
+    """Redis refuses writes (maxmemory reached, `OOM command not allowed`): nothing was
+    written; the same call succeeds once memory is freed, so clients retry (HTTP 503)."""
+
+    reason = REDIS_OUT_OF_MEMORY
+
+    def __init__(self) -> None:
+        super().__init__(
+            "tocsin's Redis is out of memory (maxmemory reached) and refuses writes; "
+            "nothing was recorded, retry later"
+        )
+
+
+def domain_error(error: Exception) -> TocsinError | None:
+    """The `TocsinError` a lower-level error stands for, or None (a bug: let it surface).
+
+    The one place where storage errors get their meaning: Redis's `OOM` reply (redis-py's
+    `OutOfMemoryError`, or a script error carrying it) is `StorageFull`.
+    """
+    if isinstance(error, TocsinError):
+        return error
+    if isinstance(error, OutOfMemoryError) or (
+        isinstance(error, ResponseError) and "not allowed when used memory" in str(error)
+    ):
+        return StorageFull()
+    return None
+
+
 def rpc_status(error: TocsinError) -> status_pb2.Status:
     """The google.rpc.Status of `error`, with BadRequest field violations if it has any."""
     status = status_pb2.Status(code=getattr(code_pb2, error.code.name), message=str(error))
@@ -84,6 +118,11 @@ def rpc_status(error: TocsinError) -> status_pb2.Status:
             )
         )
         status.details.append(detail)
+    reason = getattr(error, "reason", None)
+    if reason:
+        info = any_pb2.Any()
+        info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
+        status.details.append(info)
     return status
 
 

@@ -31,7 +31,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from tocsin.runtime.config import Address, Config
-from tocsin.runtime.errors import TocsinError, status_trailer
+from tocsin.runtime.errors import domain_error, status_trailer
 
 log = logging.getLogger(__name__)
 _HEALTH_PREFIX = "/grpc.health.v1.Health/"
@@ -93,7 +93,9 @@ def _rejecting_handler(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodH
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    """Turns `TocsinError`s raised by servicers into their gRPC status with details."""
+    """Turns `TocsinError`s raised by servicers into their gRPC status with details, and
+    the storage errors `errors.domain_error` gives a meaning (Redis out of memory:
+    UNAVAILABLE) too; any other exception ends the call as before (UNKNOWN)."""
 
     async def intercept_service(
         self,
@@ -109,7 +111,10 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
                     return await inner(request, context)
-                except TocsinError as error:
+                except Exception as raised:
+                    error = domain_error(raised)
+                    if error is None:
+                        raise
                     await context.abort(error.code, str(error), status_trailer(error))
 
             return grpc.unary_unary_rpc_method_handler(
@@ -124,7 +129,10 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     async for item in inner_stream(request, context):
                         yield item
-                except TocsinError as error:
+                except Exception as raised:
+                    error = domain_error(raised)
+                    if error is None:
+                        raise
                     await context.abort(error.code, str(error), status_trailer(error))
 
             return grpc.unary_stream_rpc_method_handler(

@@ -28,10 +28,10 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 from redis.asyncio import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
@@ -250,7 +250,10 @@ async def probe_redis(
     stuck_after_s: float = PROBE_STUCK_AFTER_S,
 ) -> None:
     """PING Redis (every master of a Cluster) every `interval_s`: a failed PING makes the
-    process unhealthy at once, a PING unanswered for `stuck_after_s` too."""
+    process unhealthy at once, a PING unanswered for `stuck_after_s` too. PING still
+    answers when Redis refuses writes at maxmemory, so the probe also reads INFO memory:
+    a master over its maxmemory that cannot evict (noeviction, the policy tocsin needs,
+    or a volatile-* one) counts as failed until memory is freed."""
     guard = health.guard("redis probe", stop, fail_after_s=0.0, stuck_after_s=stuck_after_s)
 
     async def pause() -> None:
@@ -260,10 +263,34 @@ async def probe_redis(
     async def ping() -> None:
         if isinstance(redis, RedisCluster):  # every master: each holds slots tocsin needs
             await redis.ping(target_nodes=RedisCluster.PRIMARIES)
+            replies = await redis.info("memory", target_nodes=RedisCluster.PRIMARIES)
+            memories = list(replies.values()) if isinstance(replies, dict) else [replies]
+            if memories and not all(isinstance(m, dict) for m in memories):
+                memories = [replies]
         else:
             await redis.ping()
+            memories = [await redis.info("memory")]
+        for memory in memories:
+            refusing = refuses_writes(memory)
+            if refusing:
+                raise RedisOutOfMemory(refusing)
 
     await run_loop(guard, stop, ping, pause)
+
+
+class RedisOutOfMemory(RedisError):
+    """Redis answers but refuses writes (used_memory over maxmemory, nothing evictable)."""
+
+
+def refuses_writes(memory: Mapping[str, Any]) -> str | None:
+    """Why a Redis whose INFO memory is `memory` refuses writes (`OOM command not
+    allowed`), or None."""
+    limit = int(memory.get("maxmemory", 0) or 0)
+    used = int(memory.get("used_memory", 0) or 0)
+    policy = str(memory.get("maxmemory_policy", "noeviction"))
+    if limit <= 0 or used <= limit or policy.startswith("allkeys"):
+        return None
+    return f"Redis refuses writes: used_memory {used} > maxmemory {limit} ({policy})"
 
 
 class _HealthSetter(Protocol):
