@@ -378,13 +378,14 @@ def rpc_reasons(error: grpc.aio.AioRpcError) -> set[str]:
 
 
 RETRY_AFTER_S = 5
-"""`Retry-After` of a 503: Redis out of memory or a service unreachable, both passing."""
+"""`Retry-After` of a 503: Redis out of memory, a backlog, a service unreachable."""
 
 
 def unavailable(error: grpc.aio.AioRpcError) -> JSONResponse:
     """A gRPC failure that is not the sender's fault, as a retryable (or internal) error:
     503 with `Retry-After` (PagerDuty clients and Alertmanager send it again), naming
-    the cause when it is Redis refusing writes (maxmemory reached)."""
+    the cause when the service gave one (Redis refusing writes at maxmemory, or the
+    backlog past TOCSIN_BACKLOG_MAX_AGE)."""
     code = error.code()
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return JSONResponse({"status": "throttle event", "message": error.details()}, 429)
@@ -394,9 +395,9 @@ def unavailable(error: grpc.aio.AioRpcError) -> JSONResponse:
         grpc.StatusCode.ABORTED,
     )
     if code in retryable:
-        storage_full = REDIS_OUT_OF_MEMORY in rpc_reasons(error)
-        message = error.details() if storage_full else "try again later"
-        if storage_full:
+        reasons = rpc_reasons(error)  # the service's own answer: its message says why
+        message = error.details() if reasons else "try again later"
+        if REDIS_OUT_OF_MEMORY in reasons:
             log.warning("alert not taken: %s", message)
         return JSONResponse(
             {"status": "unavailable", "message": message},

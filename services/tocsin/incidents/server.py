@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import grpc
 
 from tocsin.incidents.assignees import Assignees
+from tocsin.incidents.backlog import Backlog
 from tocsin.incidents.decoding import decode_trigger, decode_trigger_batch
 from tocsin.incidents.service_store import ServiceStore
 from tocsin.incidents.servicer import SERVICE_NAME, IncidentServicer
@@ -57,6 +58,7 @@ async def create_server(
         deps.clock,
         Assignees(lambda: deps.peer_client()),
         max_watchers=deps.config.max_watch_streams,
+        backlog=Backlog(deps.redis, deps.config.backlog_max_age),
     )
 
     def register(server: grpc.aio.Server) -> None:

@@ -23,6 +23,7 @@ from google.rpc import code_pb2, status_pb2
 
 from tocsin.incidents import domain, normalize, validation
 from tocsin.incidents.assignees import Assignees
+from tocsin.incidents.backlog import Backlog
 from tocsin.incidents.decoding import SplitBatch
 from tocsin.incidents.query import (
     DEFAULT_PAGE_SIZE,
@@ -60,12 +61,14 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
         clock: Clock,
         assignees: Assignees,
         max_watchers: int = 16,
+        backlog: Backlog | None = None,
     ) -> None:
         self.incidents = incidents
         self.services = services
         self.clock = clock
         self.assignees = assignees
         self.max_watchers = max_watchers
+        self.backlog = backlog
         self._watchers = 0
 
     # Services
@@ -146,6 +149,11 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
         dedup_key = normalize.alert(alert, request.dedup_key)
         check(validation.trigger_violations(alert, dedup_key, actor))
         service = await self._service(request.service_id, request.integration_key)
+        refusal = await self.backlog.refusal() if self.backlog is not None else None
+        if refusal is not None and (  # backpressure: new incidents only
+            not dedup_key or await self.incidents.find_open(service.id, dedup_key) is None
+        ):
+            raise refusal
         dedup_key = dedup_key or uuid.uuid4().hex
         result = await self.incidents.trigger(service, dedup_key, alert, actor, traceparent)
         return incidents_pb2.TriggerResponse(

@@ -97,6 +97,9 @@ class Config:
     grpc_max_concurrent_streams: int = 1000
     """Calls in flight per client connection to a gRPC server; more wait at the client."""
     max_watch_streams: int = 16
+    backlog_max_age: timedelta = timedelta(seconds=60)
+    """Past this age of the oldest unhandled incident event, new incidents are refused
+    (503 with Retry-After); 0 = never."""
     """WatchIncidents streams per incidents process (each holds 16 blocking Redis reads)."""
 
     def grpc_listen_addr(self, service: str) -> Address:
@@ -297,6 +300,9 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         ),
         max_watch_streams=_parse_positive_count(
             env.get("TOCSIN_MAX_WATCH_STREAMS", "16"), "TOCSIN_MAX_WATCH_STREAMS"
+        ),
+        backlog_max_age=_parse_interval(
+            env.get("TOCSIN_BACKLOG_MAX_AGE", "60s"), "TOCSIN_BACKLOG_MAX_AGE"
         ),
         twilio_status_callbacks=_parse_switch(
             env.get("TOCSIN_TWILIO_STATUS_CALLBACKS", "on"), "TOCSIN_TWILIO_STATUS_CALLBACKS"

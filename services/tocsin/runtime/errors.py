@@ -87,6 +87,25 @@ class StorageFull(Unavailable):
         )
 
 
+BACKLOG_TOO_OLD = "BACKLOG_TOO_OLD"
+"""`google.rpc.ErrorInfo` reason of `BacklogTooOld`."""
+
+
+class BacklogTooOld(Unavailable):
+    """Backpressure: the incident-events backlog is older than TOCSIN_BACKLOG_MAX_AGE, so
+    an alert that would open a new incident is refused (retry later); nothing written."""
+
+    reason = BACKLOG_TOO_OLD
+
+    def __init__(self, age_s: float, max_age_s: float) -> None:
+        super().__init__(
+            f"tocsin is behind: its oldest unhandled incident event is {age_s:.0f}s old "
+            f"(over TOCSIN_BACKLOG_MAX_AGE={max_age_s:.0f}s), so new incidents are refused "
+            "until it catches up; alerts for open incidents, acknowledgements and resolves "
+            "are accepted; retry later"
+        )
+
+
 def domain_error(error: Exception) -> TocsinError | None:
     """The `TocsinError` a lower-level error stands for, or None (a bug: let it surface).
 

@@ -1,0 +1,168 @@
+"""Backpressure: the age of the incident-events backlog, and refusing new incidents past it.
+
+Every incident's events go through the incident-events streams to the escalation and
+notification consumer groups (runtime/events.py). When they fall behind (a storm, a
+consumer down), an accepted alert pages minutes late. So past `TOCSIN_BACKLOG_MAX_AGE`
+(the age of the oldest event some group has not finished handling: delivered and not
+acknowledged, or not delivered yet) Trigger refuses alerts that would open a NEW
+incident with `BacklogTooOld` (UNAVAILABLE; the gateway answers 503 with Retry-After),
+until the backlog drains. Alerts that join an open incident, acknowledgements and
+resolves are always accepted: they add no work that pages.
+
+The backlog is measured at most once per `SAMPLE_INTERVAL_S` per process, not per
+request (a measurement that fails refuses nothing: it is logged and the last sample kept):
+per shard one XINFO GROUPS, plus per group with work an XPENDING summary and an XRANGE
+for the first undelivered entry. Stream ids carry Redis's clock, compared
+here with this host's wall clock (not the injectable one). The sample is exported as
+OpenTelemetry gauges: the oldest age, and the entries delivered but not acknowledged
+(plus, on Redis 7 and later, those not delivered yet: XINFO's `lag`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from tocsin.runtime.errors import BacklogTooOld
+from tocsin.runtime.events import CONSUMER_GROUPS, INCIDENT_SHARDS, stream_key
+from tocsin.runtime.redis import RedisClient
+
+log = logging.getLogger(__name__)
+
+SAMPLE_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class BacklogSample:
+    entries: int
+    """Events delivered and not acknowledged (plus undelivered ones, where Redis says)."""
+    oldest_age_s: float
+    """Age of the oldest event some consumer group has not finished with; 0 if none."""
+
+
+_latest = BacklogSample(0, 0.0)
+
+
+def latest_sample() -> BacklogSample:
+    """What the gauges report: the last sample this process measured."""
+    return _latest
+
+
+def _observe_age(_options: CallbackOptions) -> Iterable[Observation]:
+    return [Observation(_latest.oldest_age_s)]
+
+
+def _observe_entries(_options: CallbackOptions) -> Iterable[Observation]:
+    return [Observation(_latest.entries)]
+
+
+_meter = metrics.get_meter("tocsin.incidents")
+_meter.create_observable_gauge(
+    "tocsin.incidents.backlog.age",
+    callbacks=[_observe_age],
+    unit="s",
+    description="Age of the oldest incident event a consumer group has not handled yet",
+)
+_meter.create_observable_gauge(
+    "tocsin.incidents.backlog.entries",
+    callbacks=[_observe_entries],
+    description="Incident events delivered to a consumer group and not acknowledged yet",
+)
+
+
+def _id_ms(entry_id: Any) -> int:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    return int(text.split("-", 1)[0])
+
+
+class Backlog:
+    def __init__(
+        self,
+        redis: RedisClient,
+        max_age: timedelta,
+        *,
+        groups: Sequence[str] = CONSUMER_GROUPS,
+        shards: int = INCIDENT_SHARDS,
+        interval_s: float = SAMPLE_INTERVAL_S,
+    ) -> None:
+        self.redis = redis
+        self.max_age_s = max_age.total_seconds()
+        self.groups = groups
+        self.shards = shards
+        self.interval_s = interval_s
+        self._sample = BacklogSample(0, 0.0)
+        self._sampled_at = float("-inf")
+        self._sampling: asyncio.Task[BacklogSample] | None = None
+
+    async def refusal(self) -> BacklogTooOld | None:
+        """The error for a new incident while the backlog is past the limit, else None
+        (always None with no limit, max_age 0)."""
+        if self.max_age_s <= 0:
+            return None
+        sample = await self.current()
+        if sample.oldest_age_s > self.max_age_s:
+            return BacklogTooOld(sample.oldest_age_s, self.max_age_s)
+        return None
+
+    async def current(self) -> BacklogSample:
+        """The latest sample, measured again if older than `interval_s` (one measurement
+        at a time: concurrent callers share it)."""
+        if time.monotonic() - self._sampled_at < self.interval_s:
+            return self._sample
+        if self._sampling is None or self._sampling.done():
+            self._sampling = asyncio.create_task(self._measure())
+        return await asyncio.shield(self._sampling)
+
+    async def _measure(self) -> BacklogSample:
+        """Measure; if that fails (Redis away, an ACL without XINFO), alerts are not
+        refused for it (an alert that can be taken must page): log, keep the last sample."""
+        try:
+            return await self._sample_now()
+        except Exception as error:
+            self._sampled_at = time.monotonic()
+            log.warning("the incident-events backlog could not be measured: %r", error)
+            return self._sample
+
+    async def _sample_now(self) -> BacklogSample:
+        global _latest
+        shards = await asyncio.gather(*(self._shard(shard) for shard in range(self.shards)))
+        now_ms = time.time() * 1000
+        oldest = [ms for _, ms in shards if ms is not None]
+        sample = BacklogSample(
+            entries=sum(entries for entries, _ in shards),
+            oldest_age_s=max(0.0, (now_ms - min(oldest)) / 1000) if oldest else 0.0,
+        )
+        self._sample, self._sampled_at = sample, time.monotonic()
+        _latest = sample
+        return sample
+
+    async def _shard(self, shard: int) -> tuple[int, int | None]:
+        """(entries, ms of the oldest unfinished entry) of one shard's stream."""
+        key = stream_key(shard)
+        entries = 0
+        oldest: list[int] = []
+        for group in await self.redis.xinfo_groups(key):
+            name = group["name"].decode() if isinstance(group["name"], bytes) else group["name"]
+            if name not in self.groups:
+                continue
+            pending = int(group.get("pending") or 0)
+            lag = group.get("lag")
+            entries += pending + (int(lag) if isinstance(lag, int) else 0)
+            if pending:
+                summary = await self.redis.xpending(key, name)
+                if summary.get("min"):
+                    oldest.append(_id_ms(summary["min"]))
+            last = group["last-delivered-id"]
+            last = last.decode() if isinstance(last, bytes) else str(last)
+            undelivered = await self.redis.xrange(key, min=f"({last}", max="+", count=1)
+            if undelivered:
+                oldest.append(_id_ms(undelivered[0][0]))
+        return entries, min(oldest) if oldest else None

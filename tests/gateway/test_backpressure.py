@@ -1,0 +1,101 @@
+"""Backpressure (issue 19): with the escalation consumer not running, the incident-events
+backlog ages past TOCSIN_BACKLOG_MAX_AGE (1s here), and the Events API and Alertmanager
+endpoints refuse alerts that would open a NEW incident with 503 and `Retry-After`, while
+a repeat of an open incident's alert, its acknowledgement and its resolve are accepted;
+once the backlog drains, new incidents are accepted again. The backlog's age and size are
+what the OpenTelemetry gauges report.
+
+Every service is real (scheduling, incidents, notification, the gateway) on real Redis.
+The backlog's age is wall-clock time by design (stream ids carry Redis's clock), so the
+test waits real seconds for it; no escalation is waited for."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from tests.notification.stack import PagingStack, paging_stack
+from tocsin.incidents.backlog import SAMPLE_INTERVAL_S, latest_sample
+from tocsin.runtime.config import ConfigError, load_config
+from tocsin.runtime.events import EventConsumer
+from tocsin.runtime.redis import RedisClient
+from tocsin.v1 import incidents_pb2
+
+MAX_AGE_S = 1
+
+
+@pytest.fixture
+async def stack(redis: RedisClient) -> AsyncIterator[PagingStack]:
+    async with paging_stack(redis, {"TOCSIN_BACKLOG_MAX_AGE": f"{MAX_AGE_S}s"}) as paging:
+        yield paging
+
+
+def base_url(stack: PagingStack) -> str:
+    url = stack.pager.sms_webhook_url
+    assert url is not None
+    return url.removesuffix("/twilio/sms")
+
+
+def event(key: str, action: str, dedup_key: str) -> dict[str, object]:
+    body: dict[str, object] = {"routing_key": key, "event_action": action, "dedup_key": dedup_key}
+    if action == "trigger":
+        body["payload"] = {"summary": dedup_key, "source": "db1", "severity": "critical"}
+    return body
+
+
+def alertmanager(name: str) -> dict[str, object]:
+    return {
+        "version": "4",
+        "status": "firing",
+        "alerts": [{"status": "firing", "labels": {"alertname": name}, "fingerprint": name}],
+    }
+
+
+async def nothing(_event: incidents_pb2.IncidentEvent) -> None:
+    return None
+
+
+async def test_new_incidents_are_refused_past_the_backlog_age_and_the_rest_accepted(
+    stack: PagingStack,
+) -> None:
+    reply = await stack.client.incidents.GetService(
+        incidents_pb2.GetServiceRequest(id="payments-api")
+    )
+    key = reply.service.integration_key
+    async with httpx.AsyncClient(base_url=base_url(stack), timeout=10) as http:
+        opened = await http.post("/v2/enqueue", json=event(key, "trigger", "disk full"))
+        assert opened.status_code == 202, opened.text
+        # Nobody consumes the escalation group: its backlog ages (real time, see above).
+        await asyncio.sleep(MAX_AGE_S + SAMPLE_INTERVAL_S + 0.2)
+
+        refused = await http.post("/v2/enqueue", json=event(key, "trigger", "cpu hot"))
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"] == "5"
+        assert "TOCSIN_BACKLOG_MAX_AGE" in refused.json()["message"]
+        refused = await http.post(f"/v1/alertmanager/{key}", json=alertmanager("web1 down"))
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"] == "5"
+        assert "TOCSIN_BACKLOG_MAX_AGE" in refused.json()["message"]
+        sample = latest_sample()
+        assert sample.oldest_age_s > MAX_AGE_S, sample
+
+        for action in ("trigger", "acknowledge", "resolve"):  # the open incident's
+            reply = await http.post("/v2/enqueue", json=event(key, action, "disk full"))
+            assert reply.status_code == 202, (action, reply.text)
+
+        drained = await EventConsumer(stack.redis, "escalation", nothing).drain_once()
+        assert drained >= 3
+        await stack.drain_events()  # notification's group too
+        await asyncio.sleep(SAMPLE_INTERVAL_S + 0.1)  # the next sample
+        reply = await http.post("/v2/enqueue", json=event(key, "trigger", "cpu hot"))
+        assert reply.status_code == 202, reply.text
+        assert latest_sample().oldest_age_s < MAX_AGE_S
+
+
+def test_a_bad_backlog_limit_names_its_variable() -> None:
+    with pytest.raises(ConfigError, match="TOCSIN_BACKLOG_MAX_AGE"):
+        load_config({"TOCSIN_BACKLOG_MAX_AGE": "lots"})
+    assert load_config({"TOCSIN_BACKLOG_MAX_AGE": "0"}).backlog_max_age.total_seconds() == 0
