@@ -12,15 +12,23 @@ test waits real seconds for it; no escalation is waited for."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import httpx
 import pytest
 
 from tests.notification.stack import PagingStack, paging_stack
-from tocsin.incidents.backlog import SAMPLE_INTERVAL_S, latest_sample
+from tocsin.incidents.backlog import SAMPLE_INTERVAL_S, Backlog, BacklogSample, latest_sample
 from tocsin.runtime.config import ConfigError, load_config
-from tocsin.runtime.events import EventConsumer
+from tocsin.runtime.events import (
+    CONSUMER_GROUPS,
+    INCIDENT_SHARDS,
+    EventConsumer,
+    ensure_groups,
+    stream_key,
+)
 from tocsin.runtime.redis import RedisClient
 from tocsin.v1 import incidents_pb2
 
@@ -99,3 +107,34 @@ def test_a_bad_backlog_limit_names_its_variable() -> None:
     with pytest.raises(ConfigError, match="TOCSIN_BACKLOG_MAX_AGE"):
         load_config({"TOCSIN_BACKLOG_MAX_AGE": "lots"})
     assert load_config({"TOCSIN_BACKLOG_MAX_AGE": "0"}).backlog_max_age.total_seconds() == 0
+
+
+async def test_the_sample_sees_undelivered_and_unacknowledged_events(redis: RedisClient) -> None:
+    await ensure_groups(redis, CONSUMER_GROUPS, "0")
+    backlog = Backlog(redis, timedelta(seconds=60), interval_s=0)
+    assert (await backlog.current()).oldest_age_s == 0
+    assert await backlog.refusal() is None
+    an_hour_ago = int(time.time() * 1000) - 3_600_000
+    await redis.xadd(stream_key(3), {"e": b""}, id=f"{an_hour_ago}-0")
+    sample = await backlog.current()
+    assert 3_590 < sample.oldest_age_s < 3_700, sample
+    refusal = await backlog.refusal()
+    assert refusal is not None and "TOCSIN_BACKLOG_MAX_AGE=60s" in str(refusal)
+    # delivered to notification, not acknowledged: still the backlog, and counted
+    await redis.xreadgroup("notification", "n1", {stream_key(3): ">"})
+    await redis.xreadgroup("escalation", "e1", {stream_key(3): ">"})
+    sample = await backlog.current()
+    assert sample.entries == 2 and sample.oldest_age_s > 3_590, sample
+    await redis.xack(stream_key(3), "notification", f"{an_hour_ago}-0")
+    await redis.xack(stream_key(3), "escalation", f"{an_hour_ago}-0")
+    assert await backlog.current() == BacklogSample(0, 0.0)
+    assert await Backlog(redis, timedelta(0), interval_s=0).refusal() is None
+
+
+async def test_a_backlog_that_cannot_be_measured_refuses_nothing(redis: RedisClient) -> None:
+    await ensure_groups(redis, CONSUMER_GROUPS, "0")
+    an_hour_ago = int(time.time() * 1000) - 3_600_000
+    await redis.xadd(stream_key(3), {"e": b""}, id=f"{an_hour_ago}-0")
+    # one shard more than exist: its XINFO GROUPS fails (no such key), so the measurement
+    backlog = Backlog(redis, timedelta(seconds=1), shards=INCIDENT_SHARDS + 1, interval_s=0)
+    assert await backlog.refusal() is None
