@@ -109,7 +109,10 @@ def test_a_bad_backlog_limit_names_its_variable() -> None:
     assert load_config({"TOCSIN_BACKLOG_MAX_AGE": "0"}).backlog_max_age.total_seconds() == 0
 
 
-async def test_the_sample_sees_undelivered_and_unacknowledged_events(redis: RedisClient) -> None:
+async def test_the_sample_sees_undelivered_and_unacknowledged_events(
+    any_redis: RedisClient,
+) -> None:
+    redis = any_redis  # on the standalone server, then on the Redis Cluster
     await ensure_groups(redis, CONSUMER_GROUPS, "0")
     backlog = Backlog(redis, timedelta(seconds=60), interval_s=0)
     assert (await backlog.current()).oldest_age_s == 0
