@@ -46,7 +46,7 @@ from redis.cluster import RedisCluster
 
 from tests.e2e import netns
 from tests.e2e.netns import GATEWAY_IP, SUBNET, Host, Network, start_bridge_cluster
-from tests.e2e.pager import Page, PageLog, minutes
+from tests.e2e.pager import PageLog, minutes
 from tests.e2e.stack import (
     ACCOUNT_SID,
     AUTH_TOKEN,
@@ -58,11 +58,10 @@ from tests.e2e.stack import (
     free_port,
     wait_for,
 )
-from tests.e2e.test_chaos import SUMMARY, Load
+from tests.e2e.test_chaos import Load, burst_pages, created_at
 from tocsin.client.client import SyncTocsinClient
 from tocsin.client.endpoints import resolve_endpoints
 from tocsin.runtime.clock import ScaledClock
-from tocsin.v1 import incidents_pb2
 
 WHY_NOT = netns.unavailable()
 pytestmark = [
@@ -87,8 +86,6 @@ consumer's event is claimed after 10-15 s of Redis idle time, a call to a cut-of
 ends at its 5 s deadline and is retried a second later."""
 TOKEN = "netns-cluster-test-token"
 GRPC_PORT = 7000
-QUINN, ROSA = "+12025550141", "+12025550142"
-LEVEL_OF = {QUINN: 1, ROSA: 2}
 
 
 @dataclass
@@ -225,33 +222,6 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 ESC = [("escalation", "esc-a"), ("escalation", "esc-b"), ("escalation", "esc-c")]
 NTF = [("notification", "ntf-a"), ("notification", "ntf-b"), ("notification", "ntf-c")]
-
-
-def created_at(client: SyncTocsinClient) -> dict[int, int]:
-    """Alert number -> its incident's creation (virtual ms); fails on two for one alert."""
-    request = incidents_pb2.ListIncidentsRequest(service_ids=["burst-api"], page_size=500)
-    found: dict[int, int] = {}
-    while True:
-        reply = client.incidents.ListIncidents(request)
-        for incident in reply.incidents:
-            match = SUMMARY.fullmatch(incident.dedup_key)
-            assert match, incident.dedup_key
-            number = int(match.group(1))
-            assert number not in found, f"two incidents for alert {number}"
-            found[number] = incident.created_at.ToMilliseconds()
-        if not reply.next_page_token:
-            return found
-        request.page_token = reply.next_page_token
-
-
-def burst_pages(log: PageLog) -> list[tuple[int, int, Page]]:
-    """(alert number, level, page) for every page the fake accepted."""
-    found = []
-    for page in log.pages():
-        match = SUMMARY.search(page.text)
-        assert match and page.kind == "sms" and page.to in LEVEL_OF, page
-        found.append((int(match.group(1)), LEVEL_OF[page.to], page))
-    return found
 
 
 def test_partitioned_killed_and_added_replicas_on_separate_hosts_page_every_level_once(
