@@ -24,6 +24,7 @@ from tests.incidents.harness import (
     serve_incidents,
     snapshot,
 )
+from tocsin.gateway.events_api import RateLimiter
 from tocsin.runtime.clock import ManualClock
 from tocsin.v1 import common_pb2, incidents_pb2
 
@@ -338,3 +339,15 @@ async def test_labels_that_are_not_text_are_read_as_text(
     assert incident is not None and incident.severity == common_pb2.SEVERITY_WARNING
     labels = MessageToDict(incident.alerts[0].details)["labels"]
     assert labels["replicas"] == "3" and labels["deep"].startswith('{"x": {"x": ')
+
+
+async def test_a_key_over_its_rate_gets_429_with_retry_after(served: Served) -> None:
+    """Alertmanager retries a 429 group; Retry-After says when the next one is taken."""
+    async with gateway_for(served) as (http, app):
+        app.state.events_rate_limiter = RateLimiter(2, served.clock)  # 2 per minute
+        url = f"/v1/alertmanager/{PAYMENTS_KEY}"
+        replies = [await http.post(url, json=WEBHOOK) for _ in range(3)]
+        assert [reply.status_code for reply in replies] == [200, 200, 429]
+        assert replies[2].headers["Retry-After"] == "30"
+        served.clock.advance(seconds=30)
+        assert (await http.post(url, json=WEBHOOK)).status_code == 200

@@ -457,11 +457,17 @@ async def test_a_routing_key_over_its_rate_is_throttled_until_tokens_return(
     http, app = gateway
     app.state.events_rate_limiter = RateLimiter(3, served.clock)  # 3 per minute
     event = _with_key(PD_TRIGGER_EXAMPLE)
-    statuses = [(await http.post("/v2/enqueue", json=event)).status_code for _ in range(4)]
-    assert statuses == [202, 202, 202, 429]
+    replies = [await http.post("/v2/enqueue", json=event) for _ in range(4)]
+    assert [reply.status_code for reply in replies] == [202, 202, 202, 429]
+    # When the next token is back (a token every 20 s), which PagerDuty clients honour.
+    assert replies[3].headers["Retry-After"] == "20"
+    assert "retry-after" not in replies[2].headers
     incident = await _open_incident(served, "samplekeyhere")
     assert incident is not None and incident.alert_count == 3
-    served.clock.advance(seconds=20)  # one token back
+    served.clock.advance(seconds=15)
+    throttled = await http.post("/v2/enqueue", json=event)
+    assert (throttled.status_code, throttled.headers["Retry-After"]) == (429, "5")
+    served.clock.advance(seconds=5)  # one token back
     assert (await http.post("/v2/enqueue", json=event)).status_code == 202
     assert (await http.post("/v2/enqueue", json=event)).status_code == 429
 
@@ -473,6 +479,21 @@ def test_rate_limiter_memory_is_bounded() -> None:
         assert limiter.allow(f"key-{n}")
     assert len(limiter._buckets) <= 100
     assert RateLimiter(0, clock).allow("any")  # 0 = no limit
+
+
+def test_retry_after_is_when_the_next_token_is_back() -> None:
+    clock = ManualClock()
+    limiter = RateLimiter(600, clock)  # 10 a second
+    for _ in range(600):
+        assert limiter.allow("k")
+    assert not limiter.allow("k")
+    assert limiter.retry_after_s("k") == 1  # 0.1 s, rounded up to a whole second
+    assert limiter.retry_after_s("another") == 1
+    slow = RateLimiter(1, clock)  # one a minute
+    assert slow.allow("k") and not slow.allow("k")
+    assert slow.retry_after_s("k") == 60
+    clock.advance(seconds=59.5)
+    assert slow.retry_after_s("k") == 1
 
 
 async def test_an_unreachable_incidents_service_is_a_retryable_503(

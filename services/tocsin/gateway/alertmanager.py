@@ -287,8 +287,13 @@ async def webhook(request: Request) -> JSONResponse:
             {"status": "error", "message": "invalid webhook payload", "errors": bad.errors},
             status_code=bad.status,
         )
-    if not rate_limiter(request.app).allow(key):
-        return JSONResponse({"status": "error", "message": "rate limit exceeded"}, 429)
+    limiter = rate_limiter(request.app)
+    if not limiter.allow(key):
+        return JSONResponse(
+            {"status": "error", "message": "rate limit exceeded"},
+            429,
+            headers={"Retry-After": str(limiter.retry_after_s(key))},
+        )
     outcome = Outcome(errors=[e for found in errors.values() for e in found], rejected=set(errors))
     await _apply(request.app.state.client, key, actions, outcome)
     return _reply(outcome)

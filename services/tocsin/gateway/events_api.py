@@ -388,7 +388,11 @@ def unavailable(error: grpc.aio.AioRpcError) -> JSONResponse:
     backlog past TOCSIN_BACKLOG_MAX_AGE)."""
     code = error.code()
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return JSONResponse({"status": "throttle event", "message": error.details()}, 429)
+        return JSONResponse(
+            {"status": "throttle event", "message": error.details()},
+            429,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
     retryable = (
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -413,6 +417,8 @@ def unavailable(error: grpc.aio.AioRpcError) -> JSONResponse:
 
 class RateLimiter:
     """Token buckets per key: `per_minute` tokens refilled evenly, bursts up to that many.
+    A refused request is told when the next token is back (`retry_after_s`), which the
+    429 carries as `Retry-After`.
 
     Memory is bounded: beyond `max_keys` buckets, the ones that are full again (the same
     as absent) are forgotten, then the least recently used.
@@ -436,6 +442,16 @@ class RateLimiter:
         if len(self._buckets) > self.max_keys:
             self._forget(now)
         return allowed
+
+    def retry_after_s(self, key: str) -> int:
+        """Whole seconds (at least 1) until `key` has a token again, for `Retry-After`."""
+        if self.capacity <= 0:
+            return 0
+        now = self.clock.now_ms()
+        tokens, last = self._buckets.get(key, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - last) * self.refill_per_ms)
+        missing_ms = max(0.0, 1 - tokens) / self.refill_per_ms
+        return max(1, math.ceil(missing_ms / 1000))
 
     def _forget(self, now: int) -> None:
         full = [
@@ -562,7 +578,8 @@ def _links(value: Any, href_key: str, text_key: str) -> list[tuple[str, str]]:
 async def enqueue(request: Request) -> JSONResponse:
     try:
         event = parse_event(await read_json(request, MAX_BODY_BYTES))
-        if not rate_limiter(request.app).allow(event.routing_key):
+        limiter = rate_limiter(request.app)
+        if not limiter.allow(event.routing_key):
             return JSONResponse(
                 {
                     "status": "throttle event",
@@ -570,6 +587,7 @@ async def enqueue(request: Request) -> JSONResponse:
                     "Please retry later.",
                 },
                 status_code=429,
+                headers={"Retry-After": str(limiter.retry_after_s(event.routing_key))},
             )
         if event.trigger is not None:
             return await _trigger(request.app.state.client, event)
