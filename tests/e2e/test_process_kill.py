@@ -25,7 +25,7 @@ import redis
 from tests.e2e.pager import minutes, reply_code
 from tests.e2e.paging_stack import PagingStack
 from tests.e2e.stack import wait_for
-from tocsin.runtime.events import incident_shard, stream_key
+from tocsin.runtime.events import incident_stream
 from tocsin.v1 import incidents_pb2
 
 pytestmark = pytest.mark.slow
@@ -93,7 +93,7 @@ def test_an_acknowledgement_the_killed_notification_process_had_received_still_s
     incident = tocsin.incident("fast-api", "ack-in-flight")
     notification = tocsin.stack.child_pid("notification")
     assert notification is not None
-    stream = stream_key(incident_shard(incident.id))
+    stream = incident_stream(incident)
     with redis.Redis.from_url(tocsin.stack.redis_url()) as client:
         os.kill(notification, signal.SIGSTOP)  # frozen inside its blocking stream reads
         tocsin.client.incidents.Acknowledge(

@@ -13,7 +13,7 @@ import pytest
 from tests.escalation.stack import FullStack, schedule, user
 from tests.notification.stack import ALICE, BOB, SMS, VOICE
 from tocsin.escalation.store import level_timer_id
-from tocsin.runtime.events import incident_shard
+from tocsin.runtime.events import incident_shard, shard_streams
 from tocsin.v1 import escalation_pb2, incidents_pb2, notification_pb2
 
 CAROL = "+15005550012"
@@ -213,9 +213,8 @@ async def test_the_auditor_starts_an_escalation_whose_event_was_lost(stack: Full
     incident_id = await stack.paging.trigger(mirror=False)
     assert stack.escalation.consumer is not None
     # the escalation service never saw the event (e.g. the stream was trimmed)
-    await stack.escalation.consumer.redis.xgroup_setid(
-        f"tocsin:{{t{incident_shard(incident_id)}}}:incident-events", "escalation", "$"
-    )
+    for key in shard_streams(incident_shard(incident_id)):
+        await stack.escalation.consumer.redis.xgroup_setid(key, "escalation", "$")
     await stack.paging.drain_events()
     engine = stack.escalation.engine
     assert engine is not None

@@ -24,9 +24,11 @@ from tocsin.incidents.backlog import SAMPLE_INTERVAL_S, Backlog, BacklogSample, 
 from tocsin.runtime.config import ConfigError, load_config
 from tocsin.runtime.events import (
     CONSUMER_GROUPS,
+    EVENT_LANES,
     INCIDENT_SHARDS,
     EventConsumer,
     ensure_groups,
+    lane_of,
     stream_key,
 )
 from tocsin.runtime.redis import RedisClient
@@ -130,8 +132,34 @@ async def test_the_sample_sees_undelivered_and_unacknowledged_events(
     assert sample.entries == 2 and sample.oldest_age_s > 3_590, sample
     await redis.xack(stream_key(3), "notification", f"{an_hour_ago}-0")
     await redis.xack(stream_key(3), "escalation", f"{an_hour_ago}-0")
-    assert await backlog.current() == BacklogSample(0, 0.0)
+    assert await backlog.current() == BacklogSample(0, 0.0, (0.0,) * EVENT_LANES)
     assert await Backlog(redis, timedelta(0), interval_s=0).refusal() is None
+
+
+def two_services_in_different_lanes() -> tuple[str, str]:
+    names = [f"service-{n}" for n in range(64)]
+    stormy = next(name for name in names if lane_of(name) != 0)
+    quiet = next(name for name in names if lane_of(name) not in (0, lane_of(stormy)))
+    return stormy, quiet
+
+
+async def test_a_storm_ages_only_its_own_lane(any_redis: RedisClient) -> None:
+    """A service's new incidents are refused for the age of its own lane: another
+    service's storm does not refuse them (the consumers take lanes round robin)."""
+    redis = any_redis
+    await ensure_groups(redis, CONSUMER_GROUPS, "0")
+    stormy, quiet = two_services_in_different_lanes()
+    backlog = Backlog(redis, timedelta(seconds=60), interval_s=0)
+    an_hour_ago = int(time.time() * 1000) - 3_600_000
+    for shard in (3, 9):
+        await redis.xadd(stream_key(shard, lane_of(stormy)), {"e": b""}, id=f"{an_hour_ago}-0")
+    sample = await backlog.current()
+    assert sample.oldest_age_s > 3_590 and sample.age_for(stormy) > 3_590, sample
+    assert sample.age_for(quiet) == 0
+    refusal = await backlog.refusal(stormy)
+    assert refusal is not None and "TOCSIN_BACKLOG_MAX_AGE=60s" in str(refusal)
+    assert await backlog.refusal(quiet) is None
+    assert await backlog.refusal() is not None  # no service: every lane counts
 
 
 async def test_a_backlog_that_cannot_be_measured_refuses_nothing(redis: RedisClient) -> None:

@@ -18,7 +18,7 @@ from tocsin.gateway.app import EventsFastPath, create_app
 from tocsin.incidents.server import IncidentsService, create_server
 from tocsin.runtime.clock import ManualClock
 from tocsin.runtime.config import Address, load_config
-from tocsin.runtime.events import EVENT_FIELD, INCIDENT_SHARDS, incident_shard, stream_key
+from tocsin.runtime.events import EVENT_FIELD, INCIDENT_SHARDS, incident_shard, shard_streams
 from tocsin.runtime.redis import RedisClient
 from tocsin.runtime.service import ServiceDeps
 from tocsin.v1 import common_pb2, incidents_pb2, incidents_pb2_grpc
@@ -90,8 +90,12 @@ def cli_actor(name: str = "alice") -> common_pb2.Actor:
 
 
 async def events_of(redis: RedisClient, incident_id: str) -> list[incidents_pb2.IncidentEvent]:
-    """The outbox events of one incident, oldest first, read from its shard's stream."""
-    entries: Any = await redis.xrange(stream_key(incident_shard(incident_id)))
+    """The outbox events of one incident, oldest first, read from its shard's streams
+    (every lane: the incident's events are all in one)."""
+    entries: list[Any] = []
+    for key in shard_streams(incident_shard(incident_id)):
+        entries += await redis.xrange(key) or []
+    entries.sort(key=lambda entry: tuple(int(part) for part in entry[0].split(b"-")))
     events = []
     for entry_id, fields in entries:
         event = incidents_pb2.IncidentEvent.FromString(fields[EVENT_FIELD])
@@ -111,7 +115,8 @@ def event_kinds(events: list[incidents_pb2.IncidentEvent]) -> list[str]:
 async def all_events(redis: RedisClient) -> int:
     total = 0
     for shard in range(INCIDENT_SHARDS):
-        total += await redis.xlen(stream_key(shard))
+        for key in shard_streams(shard):
+            total += await redis.xlen(key)
     return total
 
 

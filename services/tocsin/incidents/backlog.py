@@ -9,10 +9,16 @@ incident with `BacklogTooOld` (UNAVAILABLE; the gateway answers 503 with Retry-A
 until the backlog drains. Alerts that join an open incident, acknowledgements and
 resolves are always accepted: they add no work that pages.
 
+The streams are split into lanes by service (runtime/events.py), and consumers take the
+lanes round robin, so a storm on one service only ages its own lane: the age that refuses
+a service's new incidents is that of its lane (the oldest over every shard), and a quiet
+service keeps opening incidents, and paging, during another's storm. The gauges report
+the whole backlog, every lane of every shard.
+
 The backlog is measured at most once per `SAMPLE_INTERVAL_S` per process, not per
 request (a measurement that fails refuses nothing: it is logged and the last sample kept):
-per shard one XINFO GROUPS, plus per group with work an XPENDING summary and an XRANGE
-for the first undelivered entry. Stream ids carry Redis's clock, compared
+per shard and lane one XINFO GROUPS, plus per group with work an XPENDING summary and an
+XRANGE for the first undelivered entry. Stream ids carry Redis's clock, compared
 here with this host's wall clock (not the injectable one). The sample is exported as
 OpenTelemetry gauges: the oldest age, and the entries delivered but not acknowledged
 (plus, on Redis 7 and later, those not delivered yet: XINFO's `lag`).
@@ -32,7 +38,13 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from tocsin.runtime.errors import BacklogTooOld
-from tocsin.runtime.events import CONSUMER_GROUPS, INCIDENT_SHARDS, stream_key
+from tocsin.runtime.events import (
+    CONSUMER_GROUPS,
+    EVENT_LANES,
+    INCIDENT_SHARDS,
+    lane_of,
+    stream_key,
+)
 from tocsin.runtime.redis import RedisClient
 
 log = logging.getLogger(__name__)
@@ -46,6 +58,15 @@ class BacklogSample:
     """Events delivered and not acknowledged (plus undelivered ones, where Redis says)."""
     oldest_age_s: float
     """Age of the oldest event some consumer group has not finished with; 0 if none."""
+    lane_ages_s: tuple[float, ...] = ()
+    """The same per lane (index: lane), over every shard; empty = not measured."""
+
+    def age_for(self, service_id: str | None) -> float:
+        """The age that counts for new incidents of `service_id`: its lane's (all lanes'
+        when None or not measured)."""
+        if service_id is None or not self.lane_ages_s:
+            return self.oldest_age_s
+        return self.lane_ages_s[lane_of(service_id)]
 
 
 _latest = BacklogSample(0, 0.0)
@@ -102,14 +123,15 @@ class Backlog:
         self._sampled_at = float("-inf")
         self._sampling: asyncio.Task[BacklogSample] | None = None
 
-    async def refusal(self) -> BacklogTooOld | None:
-        """The error for a new incident while the backlog is past the limit, else None
-        (always None with no limit, max_age 0)."""
+    async def refusal(self, service_id: str | None = None) -> BacklogTooOld | None:
+        """The error for a new incident of `service_id` while its lane's backlog (every
+        lane's when None) is past the limit, else None (always None with no limit,
+        max_age 0)."""
         if self.max_age_s <= 0:
             return None
-        sample = await self.current()
-        if sample.oldest_age_s > self.max_age_s:
-            return BacklogTooOld(sample.oldest_age_s, self.max_age_s)
+        age = (await self.current()).age_for(service_id)
+        if age > self.max_age_s:
+            return BacklogTooOld(age, self.max_age_s)
         return None
 
     async def current(self) -> BacklogSample:
@@ -133,20 +155,28 @@ class Backlog:
 
     async def _sample_now(self) -> BacklogSample:
         global _latest
-        shards = await asyncio.gather(*(self._shard(shard) for shard in range(self.shards)))
+        cells = [(shard, lane) for shard in range(self.shards) for lane in range(EVENT_LANES)]
+        measured = await asyncio.gather(*(self._stream(stream_key(*cell)) for cell in cells))
         now_ms = time.time() * 1000
-        oldest = [ms for _, ms in shards if ms is not None]
+
+        def age(oldest: list[int]) -> float:
+            return max(0.0, (now_ms - min(oldest)) / 1000) if oldest else 0.0
+
+        by_lane: list[list[int]] = [[] for _ in range(EVENT_LANES)]
+        for (_, lane), (_, ms) in zip(cells, measured, strict=True):
+            if ms is not None:
+                by_lane[lane].append(ms)
         sample = BacklogSample(
-            entries=sum(entries for entries, _ in shards),
-            oldest_age_s=max(0.0, (now_ms - min(oldest)) / 1000) if oldest else 0.0,
+            entries=sum(entries for entries, _ in measured),
+            oldest_age_s=age([ms for lane in by_lane for ms in lane]),
+            lane_ages_s=tuple(age(lane) for lane in by_lane),
         )
         self._sample, self._sampled_at = sample, time.monotonic()
         _latest = sample
         return sample
 
-    async def _shard(self, shard: int) -> tuple[int, int | None]:
-        """(entries, ms of the oldest unfinished entry) of one shard's stream."""
-        key = stream_key(shard)
+    async def _stream(self, key: str) -> tuple[int, int | None]:
+        """(entries, ms of the oldest unfinished entry) of one lane of one shard."""
         entries = 0
         oldest: list[int] = []
         for group in await self.redis.xinfo_groups(key):

@@ -7,7 +7,8 @@ so one script can change it atomically (lua/incident_lib.lua builds the same nam
                                           o (protobuf of the counters, appended to p),
                                           sv (state version, for compare-and-set),
                                           v, n, sev, u, la (version, alert_count,
-                                          severity, updated_at ms, last_alert_at ms)
+                                          severity, updated_at ms, last_alert_at ms),
+                                          ln (its event lane)
     tocsin:T:inc:<id>:alerts      list    the last ALERTS_KEPT Alert protobufs
     tocsin:T:inc:<id>:timeline    list    TimelineEntry protobufs, oldest first
     tocsin:T:inc:<id>:idem:<key>  string  an AppendTimeline idempotency key, with a TTL
@@ -16,7 +17,9 @@ so one script can change it atomically (lua/incident_lib.lua builds the same nam
     tocsin:T:incidents:status:<n> zset    (score 0) "<created_ms:013>-<id:016>" per status,
                                           so a lexicographic range is a time range
     tocsin:T:snooze:timers ...    the timer library's keys, namespaced (see snooze.py)
-    tocsin:T:incident-events      stream  the outbox (tocsin.runtime.events)
+    tocsin:T:incident-events      stream  the outbox, lane 0 (tocsin.runtime.events)
+    tocsin:T:incident-events:lane:<n>  stream  lanes 1..7; an incident's lane is `ln`
+                                          in its hash (absent: 0), from its service
 
 Services are few and not sharded: `tocsin:{services}:by-id` (id -> Service protobuf) and
 `tocsin:{services}:by-key` (integration key -> id).
@@ -67,6 +70,7 @@ def status_index_key(shard: int, status: int) -> str:
 
 
 def events_key(shard: int) -> str:
+    """The shard's lane-0 stream, which the scripts take; they pick the incident's lane."""
     return stream_key(shard)
 
 

@@ -149,7 +149,7 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
         dedup_key = normalize.alert(alert, request.dedup_key)
         check(validation.trigger_violations(alert, dedup_key, actor))
         service = await self._service(request.service_id, request.integration_key)
-        refusal = await self.backlog.refusal() if self.backlog is not None else None
+        refusal = await self.backlog.refusal(service.id) if self.backlog is not None else None
         if refusal is not None and (  # backpressure: new incidents only
             not dedup_key or await self.incidents.find_open(service.id, dedup_key) is None
         ):

@@ -47,7 +47,13 @@ from tocsin.incidents.domain import (
 from tocsin.incidents.snooze import encode_payload, snooze_tag, snooze_timer_keys
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import Conflict, NotFound
-from tocsin.runtime.events import EVENT_FIELD, INCIDENT_SHARDS, STREAM_MAXLEN, incident_shard
+from tocsin.runtime.events import (
+    EVENT_FIELD,
+    INCIDENT_SHARDS,
+    STREAM_MAXLEN,
+    incident_shard,
+    lane_of,
+)
 from tocsin.runtime.redis import RedisClient, read_lua
 from tocsin.runtime.scripts import PROTO_LUA, LuaScript
 from tocsin.runtime.timers import TIMER_LUA, shard_tag
@@ -175,6 +181,7 @@ class IncidentStore:
                 kept=self.alerts_kept,
                 maxlen=self.stream_maxlen,
                 event_field=EVENT_FIELD,
+                lane=lane_of(service.id),
             ),
         )
         result = self._trigger_result(alert, *reply)

@@ -1,4 +1,5 @@
-"""WatchIncidents: follow the 16 shard streams with plain XREAD (no consumer group).
+"""WatchIncidents: follow the 16 shard streams (each with its lanes) with plain XREAD (no
+consumer group).
 
 Watching is a read-only tail for dashboards and tools, so it must not take entries away
 from the escalation and notification groups. One reader per shard (a cluster serves
@@ -19,7 +20,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tocsin.runtime.errors import Unavailable
-from tocsin.runtime.events import EVENT_FIELD, INCIDENT_SHARDS, stream_key
+from tocsin.runtime.events import EVENT_FIELD, INCIDENT_SHARDS, shard_streams
 from tocsin.runtime.redis import RedisClient, blocking_ms
 from tocsin.v1 import incidents_pb2
 
@@ -60,26 +61,38 @@ async def watch_events(
                 await reader
 
 
-async def _start_id(redis: RedisClient, shard: int, since_ms: int | None) -> str:
+async def _start_id(redis: RedisClient, shard: int, since_ms: int | None) -> dict[str, str]:
+    """Where each lane of `shard` is read from."""
+    keys = shard_streams(shard)
     if since_ms is not None:
-        return f"{since_ms - 1}-{_MAX_SEQ}" if since_ms > 0 else "0-0"
-    last: Any = await redis.xrevrange(stream_key(shard), "+", "-", count=1)
-    return last[0][0].decode() if last else "0-0"
+        start = f"{since_ms - 1}-{_MAX_SEQ}" if since_ms > 0 else "0-0"
+        return dict.fromkeys(keys, start)
+    lasts: list[Any] = [await redis.xrevrange(key, "+", "-", count=1) for key in keys]
+    return {
+        key: last[0][0].decode() if last else "0-0" for key, last in zip(keys, lasts, strict=True)
+    }
 
 
 async def _follow(
-    redis: RedisClient, shard: int, start: str, queue: asyncio.Queue[Item], block_ms: int
+    redis: RedisClient,
+    shard: int,
+    start: dict[str, str],
+    queue: asyncio.Queue[Item],
+    block_ms: int,
 ) -> None:
-    key = stream_key(shard)
-    last = start
+    """One XREAD over the shard's lanes (one slot); an incident's events are in one lane,
+    so they keep their order."""
+    last = dict(start)
     try:
         while True:
-            reply: Any = await redis.xread({key: last}, count=_BATCH, block=block_ms)
-            for _stream, entries in reply or []:
+            streams: Any = last
+            reply: Any = await redis.xread(streams, count=_BATCH, block=block_ms)
+            for stream, entries in reply or []:
+                key = stream.decode() if isinstance(stream, bytes) else str(stream)
                 for entry_id, fields in entries:
-                    last = entry_id.decode()
+                    last[key] = entry_id.decode()
                     event = incidents_pb2.IncidentEvent.FromString(fields[EVENT_FIELD])
-                    event.event_id = last
+                    event.event_id = last[key]
                     await queue.put(event)
     except Exception as error:  # any failure ends the watch with UNAVAILABLE, never silently
         await queue.put(error)

@@ -5,13 +5,26 @@ shard, `tocsin:{tN}:incident-events`, because the outbox XADD must run in the sa
 script, and so the same Cluster slot, as the incident it describes. An incident's shard is
 fixed by its id (`incident_shard`), so its events stay in order.
 
-Each consumer group (escalation, notification) reads every shard with one blocking
-XREADGROUP per shard, handles entries in order, and XACKs them (one XACK per read) only
-after its handler succeeded. Entries left pending by a consumer that died are taken over
-with XAUTOCLAIM after `claim_idle_ms` (looked for every half of it; a restarted process
-with the same identity resumes its own at once); an entry whose handler keeps failing is
-moved to a dead-letter stream after `max_deliveries`, so one bad entry cannot stall a
-shard forever.
+Each shard's stream is split again into `EVENT_LANES` lanes by the incident's service
+(`lane_of`, a hash: services that hash alike share a lane): lane 0 is
+`tocsin:{tN}:incident-events` (so events written before lanes existed are still read),
+lane n `tocsin:{tN}:incident-events:lane:n`. An incident keeps its lane (trigger.lua
+stores it in the incident hash), so its events stay in order. Lanes are what keeps a
+storm on one service from delaying another service's first page: each consumer holds at
+most `batch` entries of a lane at a time and handles the lanes it holds round robin, one
+entry of each in turn, and between two rounds (at most every `refill_ms`) reads the lanes
+whose entries it has finished, so an event on a quiet lane waits for about one entry of
+each busy lane, not for a storm's whole backlog in the shard (README, Design: "Fair
+scheduling").
+
+Each consumer group (escalation, notification) reads every shard with one XREADGROUP
+over its lanes (the blocking one when it holds nothing), handles each lane's entries in
+order, and XACKs them (one XACK per lane and round) only after its handler succeeded.
+Entries left pending by a consumer that died are taken over with XAUTOCLAIM after
+`claim_idle_ms` (looked for every half of it; a restarted process with the same identity
+resumes its own at once; entries a consumer holds to handle are not taken by itself); an
+entry whose handler keeps failing is moved to a dead-letter stream after
+`max_deliveries`, so one bad entry cannot stall a shard forever.
 
 Every shard's loop runs under a `loops.LoopGuard`: any error (a timeout, a Cluster
 client's own exceptions, a connection closed under it) is logged, backed off and retried,
@@ -27,6 +40,8 @@ import contextlib
 import logging
 import os
 import socket
+import zlib
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -59,8 +74,30 @@ def incident_shard(incident_id: str) -> int:
     return int(incident_id) % INCIDENT_SHARDS
 
 
-def stream_key(shard: int) -> str:
-    return f"tocsin:{shard_tag(shard)}:incident-events"
+EVENT_LANES = 8
+"""Lanes per shard (fixed at deployment, like the shards): a new incident's events go to
+lane `lane_of(service_id)`, which it keeps."""
+
+
+def lane_of(service_id: str) -> int:
+    """The event lane of a service's incidents: stable across processes (CRC-32)."""
+    return zlib.crc32(service_id.encode()) % EVENT_LANES
+
+
+def stream_key(shard: int, lane: int = 0) -> str:
+    """A shard's stream of one lane (lane 0 keeps the name it had before lanes)."""
+    base = f"tocsin:{shard_tag(shard)}:incident-events"
+    return f"{base}:lane:{lane}" if lane else base
+
+
+def shard_streams(shard: int) -> list[str]:
+    """Every lane's stream of `shard`, lane 0 first (one hash tag: one Cluster slot)."""
+    return [stream_key(shard, lane) for lane in range(EVENT_LANES)]
+
+
+def incident_stream(incident: incidents_pb2.Incident) -> str:
+    """The stream (shard and lane) of an incident opened since lanes exist."""
+    return stream_key(incident_shard(incident.id), lane_of(incident.service_id))
 
 
 def dead_letter_key(shard: int) -> str:
@@ -70,14 +107,15 @@ def dead_letter_key(shard: int) -> str:
 async def ensure_groups(
     redis: RedisClient, groups: Sequence[str], start_id: str, shards: int = INCIDENT_SHARDS
 ) -> None:
-    """Create the consumer groups (and streams) that do not exist yet."""
+    """Create the consumer groups (and streams) that do not exist yet, on every lane."""
     for shard in range(shards):
-        for group in groups:
-            try:
-                await redis.xgroup_create(stream_key(shard), group, id=start_id, mkstream=True)
-            except ResponseError as error:
-                if "BUSYGROUP" not in str(error):
-                    raise
+        for key in shard_streams(shard):
+            for group in groups:
+                try:
+                    await redis.xgroup_create(key, group, id=start_id, mkstream=True)
+                except ResponseError as error:
+                    if "BUSYGROUP" not in str(error):
+                        raise
 
 
 def instance_name(group: str) -> str:
@@ -99,7 +137,8 @@ class EventConsumer:
         consumer: str | None = None,
         shards: Sequence[int] = range(INCIDENT_SHARDS),
         block_ms: int = 1000,
-        batch: int = 100,
+        batch: int = 32,
+        refill_ms: int = 20,
         claim_idle_ms: int = 10_000,
         max_deliveries: int = 10,
     ) -> None:
@@ -111,6 +150,11 @@ class EventConsumer:
         self.block_ms = blocking_ms(redis, block_ms)
         """The block asked for, capped below the client's socket timeout."""
         self.batch = batch
+        """Entries of one lane read (and held) at a time."""
+        self.refill_ms = refill_ms
+        """While holding entries, lanes that ran dry are read again at most this often
+        (real time): often enough that a quiet lane's event waits milliseconds, rarely
+        enough that cheap entries (a dedup storm's) still go 32 to a read."""
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
         self.handled = 0
@@ -143,11 +187,21 @@ class EventConsumer:
                     await task
 
     async def drain_once(self) -> int:
-        """Handle whatever is available now without blocking (for tests and the fast path)."""
+        """Handle what is in the streams now without blocking, shard by shard, each read
+        (at most `batch` per lane) lanes round robin and acknowledged (for tests)."""
         count = 0
         for shard in self.shards:
-            count += await self._read(shard, block_ms=None, pending=True)
-            count += await self._read(shard, block_ms=None, pending=False)
+            lanes = _Lanes(shard)
+            pending = True  # this consumer's own entries first, then new ones
+            while True:
+                read = await self._fill(lanes, None, pending=pending)
+                count += read
+                while lanes.held:
+                    await self._round(lanes)
+                await self._ack_done(lanes)
+                if not read and not pending:
+                    break
+                pending = False
         return count
 
     async def claim_stale(self) -> int:
@@ -164,64 +218,101 @@ class EventConsumer:
     async def _run_shard(self, shard: int, stop: asyncio.Event, guard: LoopGuard) -> None:
         loop = asyncio.get_running_loop()
         next_claim = loop.time() + self.claim_idle_ms / 2000
+        lanes = _Lanes(shard)
         resumed = False
         while not stop.is_set():
             async with guard:
                 if not resumed:  # what this consumer received before a restart, first
-                    await self._read(shard, block_ms=None, pending=True)
+                    await self._fill(lanes, None, pending=True)
                     resumed = True
-                await self._read(shard, block_ms=self.block_ms, pending=False)
+                await self._step(lanes)
                 now = loop.time()  # real time on purpose: XAUTOCLAIM judges Redis' idle time
                 if now >= next_claim:
                     next_claim = now + self.claim_idle_ms / 2000
-                    await self._claim_shard(shard)
+                    await self._claim_shard(shard, lanes.held_ids())
 
-    async def _read(self, shard: int, *, block_ms: int | None, pending: bool) -> int:
-        key = stream_key(shard)
+    async def _step(self, lanes: _Lanes) -> None:
+        """Read the lanes that ran dry (blocking when nothing is held), then handle rounds
+        of one entry per held lane until none is held or `refill_ms` passed; then XACK."""
+        loop = asyncio.get_running_loop()
+        await self._fill(lanes, None if lanes.held else self.block_ms, pending=False)
+        until = loop.time() + self.refill_ms / 1000
+        try:
+            while lanes.held:
+                await self._round(lanes)
+                if loop.time() >= until and lanes.dry():
+                    break
+        finally:
+            await self._ack_done(lanes)
+
+    async def _fill(self, lanes: _Lanes, block_ms: int | None, *, pending: bool) -> int:
+        """One XREADGROUP over the lanes holding nothing ("0": this consumer's own pending
+        entries, after a restart; ">": new ones); returns how many entries came."""
+        keys = lanes.dry()
+        if not keys:
+            return 0
         reply: Any = await self.redis.xreadgroup(
             self.group,
             self.consumer,
-            {key: "0" if pending else ">"},
+            dict.fromkeys(keys, "0" if pending else ">"),
             count=self.batch,
             block=block_ms,
         )
-        entries: list[tuple[bytes, dict[bytes, bytes] | None]] = reply[0][1] if reply else []
-        done = [entry_id for entry_id, fields in entries if await self._handle(entry_id, fields)]
-        await self._ack(shard, done)
-        return len(entries)
+        count = 0
+        for key, entries in reply or []:
+            lanes.add(key.decode() if isinstance(key, bytes) else str(key), entries)
+            count += len(entries)
+        return count
 
-    async def _ack(self, shard: int, entry_ids: list[bytes]) -> None:
-        """One XACK for the entries of a read that were handled: under an alert storm a
-        round trip per entry was most of a consumer's time, and it delayed the pages of
+    async def _round(self, lanes: _Lanes) -> None:
+        """Handle the next entry of every lane that holds one, lanes in turn."""
+        for key, (entry_id, fields) in lanes.next_round():
+            if await self._handle(entry_id, fields):
+                lanes.done(key, entry_id)
+
+    async def _ack_done(self, lanes: _Lanes) -> None:
+        for key, entry_ids in lanes.take_done():
+            await self._ack(key, entry_ids)
+
+    async def _ack(self, key: str, entry_ids: list[bytes]) -> None:
+        """One XACK per lane for the entries handled since the last: under an alert storm
+        a round trip per entry was most of a consumer's time, and it delayed the pages of
         other incidents in the shard. A crash before it means those entries are
         delivered again, as a crash between handling and acknowledging one always
         could: handlers are idempotent."""
         if entry_ids:
-            await self.redis.xack(stream_key(shard), self.group, *entry_ids)
+            await self.redis.xack(key, self.group, *entry_ids)
 
-    async def _claim_shard(self, shard: int) -> int:
-        key = stream_key(shard)
-        reply: Any = await self.redis.xautoclaim(
-            key, self.group, self.consumer, self.claim_idle_ms, start_id="0-0", count=self.batch
-        )
-        entries: list[tuple[bytes, dict[bytes, bytes] | None]] = reply[1]
-        done: list[bytes] = []
-        for entry_id, fields in entries:
-            if fields is None:
-                continue
-            if await self._delivery_count(key, entry_id) > self.max_deliveries:
-                await self._dead_letter(shard, entry_id, fields)
-                continue
-            if await self._handle(entry_id, fields):
-                done.append(entry_id)
-        await self._ack(shard, done)
-        return len(entries)
+    async def _claim_shard(self, shard: int, held: frozenset[bytes] = frozenset()) -> int:
+        """XAUTOCLAIM each lane's entries idle past `claim_idle_ms` (a dead consumer's, or
+        our own that failed); entries this consumer holds to handle are left alone."""
+        count = 0
+        for lane in range(EVENT_LANES):
+            key = stream_key(shard, lane)
+            reply: Any = await self.redis.xautoclaim(
+                key, self.group, self.consumer, self.claim_idle_ms, start_id="0-0", count=self.batch
+            )
+            entries: list[tuple[bytes, dict[bytes, bytes] | None]] = reply[1]
+            done: list[bytes] = []
+            for entry_id, fields in entries:
+                if fields is None or entry_id in held:
+                    continue
+                if await self._delivery_count(key, entry_id) > self.max_deliveries:
+                    await self._dead_letter(shard, key, entry_id, fields)
+                    continue
+                if await self._handle(entry_id, fields):
+                    done.append(entry_id)
+            await self._ack(key, done)
+            count += len(entries)
+        return count
 
     async def _delivery_count(self, key: str, entry_id: bytes) -> int:
         rows = await self.redis.xpending_range(key, self.group, entry_id, entry_id, 1)
         return int(rows[0]["times_delivered"]) if rows else 0
 
-    async def _dead_letter(self, shard: int, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+    async def _dead_letter(
+        self, shard: int, key: str, entry_id: bytes, fields: dict[bytes, bytes]
+    ) -> None:
         log.error(
             "%s: giving up on event %s after %d deliveries",
             self.group,
@@ -234,7 +325,7 @@ class EventConsumer:
             dead,
             maxlen=10_000,
         )
-        await self.redis.xack(stream_key(shard), self.group, entry_id)
+        await self.redis.xack(key, self.group, entry_id)
 
     async def _handle(self, entry_id: bytes, fields: dict[bytes, bytes] | None) -> bool:
         """Run the handler, retrying in place (keeping the shard's order) a few times;
@@ -265,3 +356,48 @@ class EventConsumer:
                 await asyncio.sleep(delay)
         self.handled += 1
         return True
+
+
+Entry = tuple[bytes, dict[bytes, bytes] | None]
+
+
+class _Lanes:
+    """What a consumer holds of one shard: per lane, the entries read and not handled yet
+    (in stream order) and those handled and not acknowledged yet."""
+
+    def __init__(self, shard: int) -> None:
+        self.keys = shard_streams(shard)
+        self._queues: dict[str, deque[Entry]] = {key: deque() for key in self.keys}
+        self._done: dict[str, list[bytes]] = {key: [] for key in self.keys}
+        self._turn = 0
+
+    @property
+    def held(self) -> bool:
+        return any(self._queues.values())
+
+    def dry(self) -> list[str]:
+        """The lanes holding nothing to handle."""
+        return [key for key in self.keys if not self._queues[key]]
+
+    def add(self, key: str, entries: list[Entry]) -> None:
+        self._queues[key].extend(entries)
+
+    def next_round(self) -> list[tuple[str, Entry]]:
+        """One entry from each lane that holds one, starting one lane further each round
+        (so no lane is always first)."""
+        n = len(self.keys)
+        order = [self.keys[(self._turn + i) % n] for i in range(n)]
+        self._turn = (self._turn + 1) % n
+        return [(key, self._queues[key].popleft()) for key in order if self._queues[key]]
+
+    def done(self, key: str, entry_id: bytes) -> None:
+        self._done[key].append(entry_id)
+
+    def take_done(self) -> list[tuple[str, list[bytes]]]:
+        taken = [(key, ids) for key, ids in self._done.items() if ids]
+        for key, _ in taken:
+            self._done[key] = []
+        return taken
+
+    def held_ids(self) -> frozenset[bytes]:
+        return frozenset(entry_id for queue in self._queues.values() for entry_id, _ in queue)

@@ -2,7 +2,8 @@
 -- compare-and-set, so concurrent writers never lose an update (the loser re-reads and
 -- decides again), and the state, status index, timeline, dedup entry, retention, snooze
 -- timer and outbox event change together or not at all.
--- KEYS: 1 incident hash, 2 timeline, 3 alerts, 4 events stream, 5 old status index,
+-- KEYS: 1 incident hash, 2 timeline, 3 alerts, 4 events stream (the shard's lane 0; the
+--       event goes to the incident's lane, `ln` in its hash), 5 old status index,
 --       6 new status index, 7 dedup hash, 8.. snooze timer keys (timer library)
 -- ARGV:
 --   id               incident id
@@ -54,5 +55,6 @@ elseif ARGV[12] == 'cancel' then
   timer_cancel(ARGV[13], ARGV[1])
 end
 local incident = redis.call('HGET', ik, 'p') .. o
-publish(KEYS[4], ARGV[10], ARGV[11], ARGV[7], incident, nil)
+publish(lane_stream(KEYS[4], redis.call('HGET', ik, 'ln')), ARGV[10], ARGV[11], ARGV[7],
+        incident, nil)
 return {1, incident}

@@ -67,6 +67,18 @@ local function refresh_overlay(ik)
   return o
 end
 
+-- The outbox stream of an incident: `base` is its shard's lane-0 stream
+-- (tocsin:T:incident-events); lane n > 0 is base .. ':lane:' .. n (runtime/events.py
+-- stream_key). The lane is chosen from the service when the incident opens and kept in
+-- its hash (`ln`; absent = 0, as for incidents opened before lanes), so every event of an
+-- incident goes to one stream and keeps its order. Same hash tag, so same Cluster slot.
+local function lane_stream(base, lane)
+  if not lane or lane == '0' or lane == false then
+    return base
+  end
+  return base .. ':lane:' .. lane
+end
+
 -- XADD an IncidentEvent: the caller's prefix (kind, at, actor, traceparent, note) plus the
 -- incident and, when given, the alert.
 local function publish(stream, maxlen, field, prefix, incident, alert)
@@ -77,8 +89,9 @@ local function publish(stream, maxlen, field, prefix, incident, alert)
   return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', field, event)
 end
 
--- Add an alert to open incident `id` (tag `tag`) whose counters n, v, sev were just read:
--- counters, alert, timeline (the first `kept` alerts) and the ALERT_ADDED event.
+-- Add an alert to open incident `id` (tag `tag`) whose counters n, v, sev, ln were just
+-- read: counters, alert, timeline (the first `kept` alerts) and the ALERT_ADDED event, on
+-- the incident's lane of `stream` (its shard's lane-0 stream).
 -- Returns {0, id, Incident protobuf, alert id}, as trigger.lua does for a repeat.
 local function join_incident(tag, id, counters, now, severity, alert_pb, entry, prefix,
                              kept, stream, maxlen, field)
@@ -96,6 +109,6 @@ local function join_incident(tag, id, counters, now, severity, alert_pb, entry, 
     redis.call('RPUSH', ik .. ':timeline', entry)
   end
   local incident = redis.call('HGET', ik, 'p') .. o
-  publish(stream, maxlen, field, prefix, incident, alert)
+  publish(lane_stream(stream, counters[4]), maxlen, field, prefix, incident, alert)
   return {0, id, incident, int_str(n)}
 end

@@ -3,7 +3,7 @@
 -- or expired meanwhile), and the caller runs trigger.lua, which decides afresh. It needs
 -- none of the new-incident arguments trigger.lua takes, which the caller then skips
 -- building.
--- KEYS: 1 dedup hash, 2 events stream
+-- KEYS: 1 dedup hash, 2 events stream (the shard's lane 0; the incident's lane is in its hash)
 -- ARGV:
 --   tag
 --   field           dedup field
@@ -21,7 +21,7 @@ local tag, id = ARGV[1], ARGV[3]
 if redis.call('HGET', KEYS[1], ARGV[2]) ~= id then
   return nil
 end
-local counters = redis.call('HMGET', inc_key(tag, id), 'n', 'v', 'sev')
+local counters = redis.call('HMGET', inc_key(tag, id), 'n', 'v', 'sev', 'ln')
 if not counters[1] then
   return nil
 end

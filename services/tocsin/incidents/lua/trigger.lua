@@ -1,6 +1,7 @@
 -- Take an alert: join the open incident that has its dedup entry, or open a new one.
 -- One script, so two triggers with the same key can never open two incidents.
--- KEYS: 1 dedup hash, 2 incident sequence, 3 events stream, 4 triggered status index
+-- KEYS: 1 dedup hash, 2 incident sequence, 3 events stream (the shard's lane 0),
+--       4 triggered status index
 -- ARGV:
 --   tag
 --   shard
@@ -18,6 +19,7 @@
 --   kept                alerts kept
 --   maxlen              stream maxlen
 --   event_field
+--   lane                the new incident's event lane (from its service)
 -- Returns {1 if created else 0, incident id, Incident protobuf, alert id}.
 -- The incident's own keys are named here, since its id is allocated here; they carry the
 -- same hash tag as KEYS, so the script stays in one Cluster slot.
@@ -26,7 +28,7 @@ local id = redis.call('HGET', KEYS[1], ARGV[4])
 local counters
 if id then
   -- One read for the counters, which also tells whether the incident still exists.
-  counters = redis.call('HMGET', inc_key(tag, id), 'n', 'v', 'sev')
+  counters = redis.call('HMGET', inc_key(tag, id), 'n', 'v', 'sev', 'ln')
   if not counters[1] then
     redis.call('HDEL', KEYS[1], ARGV[4])
     id = false
@@ -42,7 +44,8 @@ local k = redis.call('INCR', KEYS[2])
 id = int_str(k * tonumber(ARGV[3]) + tonumber(ARGV[2]))
 local ik = inc_key(tag, id)
 local p = ARGV[8] .. pb_bytes(PB_KEY.Incident.id, id)
-redis.call('HSET', ik, 'p', p, 'sv', 1, 'v', 1, 'n', 1, 'sev', severity, 'u', now, 'la', now)
+redis.call('HSET', ik, 'p', p, 'sv', 1, 'v', 1, 'n', 1, 'sev', severity, 'u', now, 'la', now,
+           'ln', ARGV[17])
 local o = refresh_overlay(ik)
 local alert = ARGV[9] .. pb_bytes(PB_KEY.Alert.id, '1')
 redis.call('RPUSH', ik .. ':alerts', alert)
@@ -50,5 +53,5 @@ redis.call('RPUSH', ik .. ':timeline', ARGV[10])
 redis.call('HSET', KEYS[1], ARGV[4], id)
 redis.call('ZADD', KEYS[4], 0, index_member(ARGV[6], id))
 local incident = p .. o
-publish(KEYS[3], ARGV[15], ARGV[16], ARGV[12], incident, alert)
+publish(lane_stream(KEYS[3], ARGV[17]), ARGV[15], ARGV[16], ARGV[12], incident, alert)
 return {1, id, incident, '1'}
