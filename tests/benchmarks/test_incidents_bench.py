@@ -44,7 +44,7 @@ from tocsin.incidents.service_store import ServiceStore
 from tocsin.incidents.store import IncidentStore
 from tocsin.runtime.clock import SystemClock
 from tocsin.runtime.embedded_redis import EmbeddedRedis
-from tocsin.runtime.events import INCIDENT_SHARDS, stream_key
+from tocsin.runtime.events import INCIDENT_SHARDS, shard_streams
 from tocsin.runtime.redis import connect_redis
 from tocsin.v1 import common_pb2, incidents_pb2, incidents_pb2_grpc
 
@@ -360,8 +360,9 @@ async def _memory_per_resolved_incident(url: str) -> dict[str, float]:
         # The outbox events until the streams are trimmed (12 per incident here).
         stream_bytes = events = 0
         for shard in range(INCIDENT_SHARDS):
-            stream_bytes += int(await redis.memory_usage(stream_key(shard), samples=0) or 0)
-            events += await redis.xlen(stream_key(shard))
+            for stream in shard_streams(shard):  # every lane
+                stream_bytes += int(await redis.memory_usage(stream, samples=0) or 0)
+                events += await redis.xlen(stream)
         figures["stream_bytes_per_event"] = stream_bytes / events
         return figures
     finally:
