@@ -26,7 +26,7 @@ from typing import IO
 from loadtests.procs import free_ports
 from tocsin.client.endpoints import Endpoints
 
-SERVICES = ("scheduling", "incidents", "escalation", "notification")
+SERVICES = ("scheduling", "incidents", "escalation", "notification", "history")
 ACCOUNT_SID = "AC" + "10ad" * 8
 AUTH_TOKEN = "loadtest-auth-token"
 FROM_NUMBER = "+15005550006"

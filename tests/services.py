@@ -37,6 +37,6 @@ def client_for(token: str = "", **targets: str) -> TocsinClient:
     unused = "127.0.0.1:9"  # discard port: calls to a service the test did not start fail fast
     values = {
         name: targets.get(name, unused)
-        for name in ("scheduling", "incidents", "escalation", "notification")
+        for name in ("scheduling", "incidents", "escalation", "notification", "history")
     }
     return TocsinClient(Endpoints(http=targets.get("http", unused), **values), token=token)

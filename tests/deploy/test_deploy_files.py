@@ -813,6 +813,7 @@ def test_secrets_come_from_git_ignored_files() -> None:
     keys = set(env_file(K8S / "secrets.env.example"))
     assert keys == {
         "TOCSIN_API_TOKEN",
+        "TOCSIN_DATABASE_URL",
         "TWILIO_ACCOUNT_SID",
         "TWILIO_AUTH_TOKEN",
         "TWILIO_FROM_NUMBER",

@@ -28,7 +28,7 @@ import httpx
 
 from tocsin.runtime.clock import TEST_CLOCK_VARIABLE, ScaledClock, datetime_to_ms
 
-SERVICES = ("scheduling", "incidents", "escalation", "notification")
+SERVICES = ("scheduling", "incidents", "escalation", "notification", "history")
 TOCSIN = [sys.executable, "-m", "tocsin.cli.main"]
 
 ACCOUNT_SID = "AC" + "e2" * 16

@@ -17,7 +17,7 @@ from tests.e2e.stack import Stack, descendants
 
 pytestmark = pytest.mark.slow
 
-SERVICES = ["escalation", "incidents", "notification", "scheduling"]
+SERVICES = ["escalation", "history", "incidents", "notification", "scheduling"]
 
 
 def wait_for_healthz(

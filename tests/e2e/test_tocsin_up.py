@@ -36,9 +36,10 @@ def test_up_prints_endpoints_turns_healthy_and_stops_cleanly(tmp_path: Path) -> 
         "incidents",
         "escalation",
         "notification",
+        "history",
     }
     children = descendants(stack.process.pid)
-    assert len(children) >= 6  # four services, the gateway, redis-server
+    assert len(children) >= 7  # five services, the gateway, redis-server
     # The embedded Redis: refused without the password, which is in no argv and no output.
     redis_dir = tmp_path / "data" / "redis"
     password = (redis_dir / "password").read_text().strip()

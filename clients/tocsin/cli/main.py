@@ -17,11 +17,13 @@ import grpc
 from tocsin.cli import (
     apply_command,
     escalation_commands,
+    history_commands,
     incident_commands,
     notification_commands,
     schedule_commands,
     stack_commands,
 )
+from tocsin.cli.charts import ChartError
 from tocsin.cli.output import describe_os_error, describe_rpc_error
 from tocsin.client.targets import TargetError
 
@@ -33,6 +35,7 @@ COMMAND_MODULES = (
     escalation_commands,
     incident_commands,
     notification_commands,
+    history_commands,
 )
 
 
@@ -59,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except grpc.RpcError as error:
         print(describe_rpc_error(error), file=sys.stderr)
         code = 1
+    except ChartError as error:
+        print(f"tocsin: {error}", file=sys.stderr)
+        code = 2
     except TargetError as error:  # a malformed TOCSIN_<SERVICE>_ADDR, named in the message
         print(f"tocsin: {error}", file=sys.stderr)
         code = 2

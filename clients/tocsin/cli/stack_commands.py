@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-STACK = ("scheduling", "incidents", "escalation", "notification", "gateway")
+STACK = ("scheduling", "incidents", "escalation", "notification", "history", "gateway")
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -19,11 +19,14 @@ from tocsin.client.targets import grpc_target
 from tocsin.client.trigger_batcher import TriggerBatcher
 from tocsin.v1 import (
     escalation_pb2_grpc,
+    history_pb2_grpc,
     incidents_pb2,
     incidents_pb2_grpc,
     notification_pb2_grpc,
     scheduling_pb2_grpc,
 )
+
+SERVICES = ("scheduling", "incidents", "escalation", "notification", "history")
 
 
 class TocsinClient:
@@ -31,8 +34,7 @@ class TocsinClient:
         self.endpoints = endpoints or resolve_endpoints()
         token = token if token is not None else os.environ.get("TOCSIN_API_TOKEN")
         self._channels = {
-            name: create_channel(getattr(self.endpoints, name), token)
-            for name in ("scheduling", "incidents", "escalation", "notification")
+            name: create_channel(getattr(self.endpoints, name), token) for name in SERVICES
         }
         self.scheduling = scheduling_pb2_grpc.SchedulingServiceStub(self._channels["scheduling"])
         self.incidents = incidents_pb2_grpc.IncidentServiceStub(self._channels["incidents"])
@@ -40,6 +42,7 @@ class TocsinClient:
         self.notification = notification_pb2_grpc.NotificationServiceStub(
             self._channels["notification"]
         )
+        self.history = history_pb2_grpc.HistoryServiceStub(self._channels["history"])
         self._triggers = TriggerBatcher(self.incidents)
 
     async def trigger(
@@ -85,14 +88,12 @@ class SyncTocsinClient:
             ch = grpc.insecure_channel(grpc_target(target))
             return grpc.intercept_channel(ch, metadata_plugin) if metadata_plugin else ch
 
-        self._channels = [
-            channel(getattr(self.endpoints, n))
-            for n in ("scheduling", "incidents", "escalation", "notification")
-        ]
+        self._channels = [channel(getattr(self.endpoints, n)) for n in SERVICES]
         self.scheduling = scheduling_pb2_grpc.SchedulingServiceStub(self._channels[0])
         self.incidents = incidents_pb2_grpc.IncidentServiceStub(self._channels[1])
         self.escalation = escalation_pb2_grpc.EscalationServiceStub(self._channels[2])
         self.notification = notification_pb2_grpc.NotificationServiceStub(self._channels[3])
+        self.history = history_pb2_grpc.HistoryServiceStub(self._channels[4])
 
     def close(self) -> None:
         for channel in self._channels:

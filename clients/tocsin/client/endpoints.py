@@ -22,6 +22,7 @@ DEFAULTS = {
     "incidents": "127.0.0.1:50052",
     "escalation": "127.0.0.1:50053",
     "notification": "127.0.0.1:50054",
+    "history": "127.0.0.1:50055",
     "http": "127.0.0.1:8080",
 }
 ENDPOINTS_FILE = "endpoints.json"
@@ -34,6 +35,7 @@ class Endpoints:
     escalation: str
     notification: str
     http: str
+    history: str = DEFAULTS["history"]
 
     def as_dict(self) -> dict[str, str]:
         return {name: getattr(self, name) for name in DEFAULTS}

@@ -27,6 +27,7 @@ _SERVICE_NAMES = {
     "incidents": "tocsin.v1.IncidentService",
     "escalation": "tocsin.v1.EscalationService",
     "notification": "tocsin.v1.NotificationService",
+    "history": "tocsin.v1.HistoryService",
 }
 
 

@@ -14,17 +14,20 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tocsin.client.targets import TargetError, addresses, grpc_target, is_single_address
 from tocsin.runtime.durations import parse_duration
 
-SERVICE_NAMES = ("scheduling", "incidents", "escalation", "notification")
+SERVICE_NAMES = ("scheduling", "incidents", "escalation", "notification", "history")
 DEFAULT_GRPC_PORTS = {
     "scheduling": 50051,
     "incidents": 50052,
     "escalation": 50053,
     "notification": 50054,
+    "history": 50055,
 }
+HISTORY_DATABASE_FILE = "history.sqlite3"
 
 
 class ConfigError(ValueError):
@@ -101,6 +104,18 @@ class Config:
     """Past this age of the oldest unhandled incident event, new incidents are refused
     (503 with Retry-After); 0 = never."""
     """WatchIncidents streams per incidents process (each holds 16 blocking Redis reads)."""
+    database_url: str | None = field(default=None, repr=False)
+    """The incident archive (TOCSIN_DATABASE_URL): postgresql://... or sqlite:///...; None
+    means the SQLite file `history.sqlite3` in data_dir. May carry a password."""
+    report_time_zone: str = "UTC"
+    """Zone in which reports count a person's pages by hour when scheduling knows none."""
+
+    @property
+    def history_database_url(self) -> str:
+        """The archive's SQLAlchemy URL (the embedded SQLite file unless configured)."""
+        if self.database_url is not None:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / HISTORY_DATABASE_FILE}"
 
     def grpc_listen_addr(self, service: str) -> Address:
         if self.listen_addr is not None:
@@ -211,6 +226,29 @@ def _parse_token(value: str, variable: str) -> str | None:
     return value
 
 
+def _parse_database_url(value: str, variable: str) -> str:
+    scheme = urlsplit(value).scheme
+    known = ("postgresql", "postgres", "postgresql+asyncpg", "sqlite", "sqlite+aiosqlite")
+    if scheme not in known or (
+        scheme.startswith("sqlite") and not value.startswith(scheme + ":///")
+    ):
+        raise ConfigError(
+            f"{variable}: expected postgresql://USER@HOST:PORT/DATABASE or sqlite:///PATH "
+            f"(got a URL starting with {scheme or 'no scheme'!r})"
+        )
+    return value
+
+
+def _parse_zone(value: str, variable: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{variable}={value!r}: expected an IANA time zone, e.g. Europe/Paris"
+        ) from None
+    return value
+
+
 def _twilio(env: Mapping[str, str]) -> TwilioConfig | None:
     names = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_FROM_NUMBER")
     present = [n for n in names if env.get(n)]
@@ -303,6 +341,12 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         ),
         backlog_max_age=_parse_interval(
             env.get("TOCSIN_BACKLOG_MAX_AGE", "60s"), "TOCSIN_BACKLOG_MAX_AGE"
+        ),
+        database_url=_parse_database_url(env["TOCSIN_DATABASE_URL"], "TOCSIN_DATABASE_URL")
+        if env.get("TOCSIN_DATABASE_URL")
+        else None,
+        report_time_zone=_parse_zone(
+            env.get("TOCSIN_REPORT_TIME_ZONE", "UTC"), "TOCSIN_REPORT_TIME_ZONE"
         ),
         twilio_status_callbacks=_parse_switch(
             env.get("TOCSIN_TWILIO_STATUS_CALLBACKS", "on"), "TOCSIN_TWILIO_STATUS_CALLBACKS"

@@ -141,6 +141,7 @@ class EventConsumer:
         refill_ms: int = 20,
         claim_idle_ms: int = 10_000,
         max_deliveries: int = 10,
+        start_id: str = "$",
     ) -> None:
         self.redis = redis
         self.group = group
@@ -158,10 +159,13 @@ class EventConsumer:
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
         self.handled = 0
+        self.start_id = start_id
+        """Where a group this consumer creates starts: "$" (the end) for groups the
+        producer also creates, "0" (everything retained) for a late joiner (history)."""
 
     async def start(self) -> None:
-        # "$" only matters when a new group joins an existing stream: it starts at the end.
-        await ensure_groups(self.redis, [self.group], "$", len(self.shards))
+        # Only matters when a new group joins an existing stream.
+        await ensure_groups(self.redis, [self.group], self.start_id, len(self.shards))
 
     async def run(self, stop: asyncio.Event, health: WorkerHealth | None = None) -> None:
         """Consume every shard until `stop` is set; errors are retried (see module doc)."""

@@ -1,0 +1,1 @@
+"""The history service: the incident archive in SQL, search, similar incidents, reports."""

@@ -1,0 +1,1 @@
+"""Alembic migrations of the incident archive (run at every start: `store.migrate`)."""

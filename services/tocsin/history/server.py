@@ -1,0 +1,87 @@
+"""The history service process: the archive's gRPC server and the work that fills it.
+
+Background tasks (in RunningService.tasks, all supervised by `runtime.loops`, so health
+turns NOT_SERVING while one keeps failing and none stops silently):
+
+- the incident-events consumer (group "history"): one committed transaction per event,
+  acknowledged after the commit;
+- the timeline copier: pages and other timeline entries from the incidents service.
+
+The schema is migrated (Alembic) before the server answers. Tests pass
+`background=False` and drive `parts.consumer.drain_once()` and
+`parts.archiver.sync_once()` by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tocsin.history.archiver import GROUP, Archiver
+from tocsin.history.servicer import SERVICE_NAME, HistoryServicer
+from tocsin.history.store import ArchiveStore
+from tocsin.runtime.config import Address
+from tocsin.runtime.events import EventConsumer, instance_name
+from tocsin.runtime.grpcserver import start_grpc_server
+from tocsin.runtime.service import RunningService, ServiceDeps, serve_blocking
+from tocsin.v1 import history_pb2_grpc
+
+CONSUMER_BLOCK_MS = 5_000
+
+
+@dataclass
+class Parts:
+    store: ArchiveStore
+    archiver: Archiver
+    consumer: EventConsumer
+
+
+@dataclass
+class HistoryService(RunningService):
+    parts: Parts = field(kw_only=True)
+
+
+async def create_server(
+    deps: ServiceDeps,
+    addr: Address | None = None,
+    *,
+    background: bool = True,
+) -> tuple[HistoryService, int]:
+    """Start the history service on `deps.config.database_url` (migrated first)."""
+    store = ArchiveStore(deps.config.history_database_url)
+    try:
+        await store.migrate()
+        archiver = Archiver(store, deps.redis, deps.peer_client, deps.clock)
+        instance = instance_name(GROUP)
+        consumer = EventConsumer(
+            deps.redis,
+            GROUP,
+            archiver.handle,
+            consumer=instance,
+            block_ms=CONSUMER_BLOCK_MS,
+            start_id="0",
+        )
+        await consumer.start()
+        servicer = HistoryServicer(
+            store, archiver, deps.peer_client, deps.clock, deps.config.report_time_zone
+        )
+        grpc_server = await start_grpc_server(
+            deps.config,
+            addr or deps.config.grpc_listen_addr("history"),
+            lambda server: history_pb2_grpc.add_HistoryServiceServicer_to_server(servicer, server),
+            [SERVICE_NAME],
+        )
+    except BaseException:
+        await store.close()
+        raise
+    running = HistoryService(grpc_server, parts=Parts(store, archiver, consumer))
+    if background:
+        stop, health = running.stopping, running.workers
+        running.start_worker("history consumer", consumer.run(stop, health))
+        running.start_worker("history timeline copier", archiver.run_sync(stop, health))
+        running.start_health(deps.redis)
+    running.on_stop.append(store.close)
+    return running, grpc_server.port
+
+
+def serve() -> None:
+    serve_blocking("history", create_server)
