@@ -15,7 +15,7 @@ from tests.services import LOOPBACK_ANY_PORT
 from tocsin.history import server as history_server
 from tocsin.runtime.clock import ManualClock, SystemClock
 from tocsin.runtime.config import load_config
-from tocsin.runtime.events import EVENT_FIELD, incident_shard, stream_key
+from tocsin.runtime.events import EVENT_FIELD, incident_stream
 from tocsin.runtime.redis import RedisClient
 from tocsin.runtime.service import ServiceDeps
 from tocsin.v1 import common_pb2, incidents_pb2
@@ -77,9 +77,7 @@ async def _scenario(stack: contextlib.AsyncExitStack, redis: RedisClient, tmp_pa
         note="looking at db9",
     )
     note.incident.version += 1
-    await redis.xadd(
-        stream_key(incident_shard(incident_id)), {EVENT_FIELD: note.SerializeToString()}
-    )
+    await redis.xadd(incident_stream(note.incident), {EVENT_FIELD: note.SerializeToString()})
 
     async def unhealthy() -> bool:
         return any("timeline copier" in p for p in running.workers.problems())

@@ -11,8 +11,8 @@
   writes the entries and pages it does not have. The mark is in the database: a crash
   or an unreachable incidents service only delays the copy. An incident the incidents
   service no longer has (past retention) keeps what the archive already holds.
-- `rebuild` reads every shard's stream from the start (XRANGE) and writes it all again:
-  what the streams still retain is restored into an empty or damaged archive, and an
+- `rebuild` reads every shard's streams (every lane) from the start (XRANGE) and writes
+  it all again: what the streams still retain is restored into an empty or damaged archive, and an
   intact one is left unchanged.
 """
 
@@ -29,7 +29,7 @@ from google.protobuf.message import DecodeError
 from tocsin.client.client import TocsinClient
 from tocsin.history.store import ArchiveStore
 from tocsin.runtime.clock import Clock
-from tocsin.runtime.events import EVENT_FIELD, INCIDENT_SHARDS, stream_key
+from tocsin.runtime.events import EVENT_FIELD, INCIDENT_SHARDS, shard_streams
 from tocsin.runtime.loops import WorkerHealth, run_loop
 from tocsin.runtime.redis import RedisClient
 from tocsin.v1 import incidents_pb2
@@ -94,12 +94,10 @@ class Archiver:
     async def rebuild(self) -> int:
         """Write every retained event of every shard again; how many."""
         total = 0
-        for shard in range(INCIDENT_SHARDS):
+        for key in (k for shard in range(INCIDENT_SHARDS) for k in shard_streams(shard)):
             start = "-"
             while True:
-                entries: Any = await self.redis.xrange(
-                    stream_key(shard), min=start, max="+", count=REBUILD_CHUNK
-                )
+                entries: Any = await self.redis.xrange(key, min=start, max="+", count=REBUILD_CHUNK)
                 if not entries:
                     break
                 batch = []
