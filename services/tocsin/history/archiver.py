@@ -1,8 +1,9 @@
 """Filling the archive: the incident-events consumer, the timeline copier, the rebuild.
 
 - The consumer (group "history", created at "0" so a new archive starts from everything
-  the streams retain) writes each event in one transaction and returns only after the
-  commit; `EventConsumer` acknowledges the entry after that, so a crash at any moment
+  the streams retain) writes each event in a transaction and returns only after the
+  commit (events its shard loops hand over at the same time share one transaction: a
+  group commit); `EventConsumer` acknowledges the entry after that, so a crash at any moment
   loses nothing (the entry is delivered again) and duplicates nothing (writes are
   idempotent, see `store`).
 - Pages are timeline entries escalation appends without a stream event, so after an
@@ -40,6 +41,7 @@ GROUP = "history"
 SYNC_INTERVAL_S = 1.0
 SYNC_BATCH = 100
 REBUILD_CHUNK = 500
+GROUP_COMMIT_MAX = 256
 _GONE = (grpc.StatusCode.NOT_FOUND,)
 
 
@@ -56,10 +58,12 @@ class Archiver:
         self.peers = peers
         self.clock = clock
         self.synced = 0
+        self.writes = GroupCommit(store)
 
     async def handle(self, event: incidents_pb2.IncidentEvent) -> None:
-        """The consumer's handler: returns once the event is committed."""
-        await self.store.apply(event)
+        """The consumer's handler: returns once the event is committed (raises if it
+        could not be)."""
+        await self.writes.write(event)
 
     async def sync_once(self) -> int:
         """Copy the timelines of the incidents marked for it; how many were copied."""
@@ -114,3 +118,53 @@ class Archiver:
                     break
                 start = "(" + entries[-1][0].decode()
         return total
+
+
+class GroupCommit:
+    """Events handed over while a transaction is being written go into the next one
+    together: the shard loops of the consumer each wait for their own event's commit,
+    and share transactions (a batch costs about what one event does, see store)."""
+
+    def __init__(self, store: ArchiveStore) -> None:
+        self.store = store
+        self._waiting: list[tuple[incidents_pb2.IncidentEvent, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def write(self, event: incidents_pb2.IncidentEvent) -> None:
+        """Return once `event` is committed; raise what writing it raised."""
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append((event, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_waiting())
+        await asyncio.shield(done)
+
+    async def _write_waiting(self) -> None:
+        while self._waiting:
+            batch = self._waiting[:GROUP_COMMIT_MAX]
+            del self._waiting[:GROUP_COMMIT_MAX]
+            try:
+                await self.store.apply_many([event for event, _ in batch])
+            except Exception as error:
+                if len(batch) == 1:
+                    _settle(batch[0][1], error)
+                    continue
+                # One bad event must not fail the others: each on its own, then.
+                for event, done in batch:
+                    try:
+                        await self.store.apply(event)
+                    except Exception as alone:
+                        _settle(done, alone)
+                    else:
+                        _settle(done, None)
+                continue
+            for _, done in batch:
+                _settle(done, None)
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+    if done.done():  # its handler was cancelled (the process is stopping)
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)

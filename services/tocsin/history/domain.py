@@ -1,9 +1,9 @@
 """The incident archive's pure logic: what an event or a timeline means for the archive,
 search words, percentiles, and the report's arithmetic. No I/O.
 
-Guarantees the store builds on: everything here is a function of its input only, so
-writing the same event (or the same timeline) twice derives the same rows, and the
-archive converges whatever the order of replays.
+Guarantees the store builds on: everything here is a function of its input only, and
+merging an event's text into an incident's text that already holds it changes nothing,
+so writing the same event (or the same timeline) again leaves the archive as it was.
 """
 
 from __future__ import annotations

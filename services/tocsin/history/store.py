@@ -192,92 +192,130 @@ class ArchiveStore:
         await self.apply_many([event])
 
     async def apply_many(self, batch: Iterable[incidents_pb2.IncidentEvent]) -> int:
-        """Write events in one transaction, in order; how many."""
-        count = 0
+        """Write events in one transaction, in order; how many. A handful of statements
+        for the whole batch (one upsert of the incidents, one insert of the events, of
+        the alerts, one read and one update of the searchable text), so a batch costs
+        little more than one event."""
+        events_in = [e for e in batch if _valid(e)]
+        if not events_in:
+            return 0
         async with self._writing(), self.engine.begin() as conn:
-            for event in batch:
-                await self._apply(conn, event)
-                count += 1
-        return count
+            await self._apply_batch(conn, events_in)
+        return len(events_in)
 
     def _writing(self) -> Any:
         """SQLite has one writer: writers of this process queue here, not on busy_timeout."""
         return self._sqlite_write or _NoLock()
 
-    async def _apply(self, conn: AsyncConnection, event: incidents_pb2.IncidentEvent) -> None:
-        incident = event.incident
-        if not incident.id.isdigit():
-            log.warning(
-                "event %s: incident id %r is not a number; skipped", event.event_id, incident.id
-            )
-            return
-        iid = int(incident.id)
-        at_ms = event.at.ToMilliseconds() or incident.updated_at.ToMilliseconds()
-        row = _incident_values(incident)
+    async def _apply_batch(
+        self, conn: AsyncConnection, batch: Sequence[incidents_pb2.IncidentEvent]
+    ) -> None:
+        newest: dict[int, dict[str, Any]] = {}
+        event_rows: dict[tuple[int, str], dict[str, Any]] = {}
+        alert_rows: dict[tuple[int, str], dict[str, Any]] = {}
+        first_response: dict[int, int] = {}
+        for event in batch:
+            incident = event.incident
+            iid = int(incident.id)
+            row = _incident_values(incident)
+            if iid not in newest or newest[iid]["version"] <= row["version"]:
+                newest[iid] = row
+            at_ms = _event_ms(event)
+            if event.event_id:
+                event_rows[(iid, event.event_id)] = {
+                    "incident_id": iid,
+                    "event_id": event.event_id,
+                    "kind": event.kind,
+                    "at_ms": at_ms,
+                    "actor_user": event.actor.user_id,
+                    "actor_display": event.actor.display,
+                    "actor_channel": event.actor.channel,
+                    "note": event.note,
+                }
+            if event.HasField("alert") and event.alert.id:
+                alert_rows[(iid, event.alert.id)] = {
+                    "incident_id": iid,
+                    "alert_id": event.alert.id,
+                    "received_ms": event.alert.received_at.ToMilliseconds(),
+                    "proto": event.alert.SerializeToString(),
+                }
+            if event.kind in _RESPONSE_KINDS:
+                first_response[iid] = min(first_response.get(iid, at_ms), at_ms)
         upsert = _insert(self.dialect, incidents).values(
-            **row, synced_version=0, sync_due=False, search_text="", first_response_ms=None
+            [
+                {
+                    **row,
+                    "synced_version": 0,
+                    "sync_due": False,
+                    "search_text": "",
+                    "first_response_ms": None,
+                }
+                for row in newest.values()
+            ]
         )
-        upsert = upsert.on_conflict_do_update(
-            index_elements=[incidents.c.id],
-            set_={key: upsert.excluded[key] for key in row if key != "id"},
-            where=incidents.c.version <= upsert.excluded.version,
+        keys = [key for key in next(iter(newest.values())) if key != "id"]
+        await conn.execute(
+            upsert.on_conflict_do_update(
+                index_elements=[incidents.c.id],
+                set_={key: upsert.excluded[key] for key in keys},
+                where=incidents.c.version <= upsert.excluded.version,
+            )
         )
-        await conn.execute(upsert)
-        if event.event_id:
+        if event_rows:
             await conn.execute(
-                _insert(self.dialect, events)
-                .values(
-                    incident_id=iid,
-                    event_id=event.event_id,
-                    kind=event.kind,
-                    at_ms=at_ms,
-                    actor_user=event.actor.user_id,
-                    actor_display=event.actor.display,
-                    actor_channel=event.actor.channel,
-                    note=event.note,
-                )
-                .on_conflict_do_nothing()
+                _insert(self.dialect, events).on_conflict_do_nothing(), list(event_rows.values())
             )
-        if event.HasField("alert") and event.alert.id:
+        if alert_rows:
             await conn.execute(
-                _insert(self.dialect, alerts)
-                .values(
-                    incident_id=iid,
-                    alert_id=event.alert.id,
-                    received_ms=event.alert.received_at.ToMilliseconds(),
-                    proto=event.alert.SerializeToString(),
-                )
-                .on_conflict_do_nothing()
+                _insert(self.dialect, alerts).on_conflict_do_nothing(), list(alert_rows.values())
             )
-        if event.kind in _RESPONSE_KINDS:
+        if first_response:
             await conn.execute(
                 incidents.update()
-                .where(incidents.c.id == iid)
+                .where(incidents.c.id == sa.bindparam("b_id"))
                 .where(
                     sa.or_(
                         incidents.c.first_response_ms.is_(None),
-                        incidents.c.first_response_ms > at_ms,
+                        incidents.c.first_response_ms > sa.bindparam("b_at"),
                     )
                 )
-                .values(first_response_ms=at_ms)
+                .values(first_response_ms=sa.bindparam("b_at")),
+                [{"b_id": iid, "b_at": at} for iid, at in first_response.items()],
             )
-        parts = domain.searchable_parts(incident, event.alert, event.note)
-        needs_sync = event.kind in domain.SYNC_KINDS
-        current = (
-            await conn.execute(
-                sa.select(incidents.c.search_text, incidents.c.synced_version).where(
-                    incidents.c.id == iid
-                )
+        current = {
+            r.id: r
+            for r in await conn.execute(
+                sa.select(
+                    incidents.c.id, incidents.c.search_text, incidents.c.synced_version
+                ).where(incidents.c.id.in_(list(newest)))
             )
-        ).one()
-        text = domain.merge_search_text(current.search_text, parts)
-        changes: dict[str, Any] = {}
-        if text != current.search_text:
-            changes["search_text"] = text
-        if needs_sync and incident.version > current.synced_version:
-            changes["sync_due"] = True
+        }
+        texts = {iid: current[iid].search_text for iid in newest}
+        due: set[int] = set()
+        for event in batch:
+            iid = int(event.incident.id)
+            parts = domain.searchable_parts(event.incident, event.alert, event.note)
+            texts[iid] = domain.merge_search_text(texts[iid], parts)
+            if (
+                event.kind in domain.SYNC_KINDS
+                and event.incident.version > current[iid].synced_version
+            ):
+                due.add(iid)
+        changes = [
+            {"b_id": iid, "b_text": texts[iid], "b_due": iid in due}
+            for iid in newest
+            if texts[iid] != current[iid].search_text or iid in due
+        ]
         if changes:
-            await conn.execute(incidents.update().where(incidents.c.id == iid).values(**changes))
+            await conn.execute(
+                incidents.update()
+                .where(incidents.c.id == sa.bindparam("b_id"))
+                .values(
+                    search_text=sa.bindparam("b_text"),
+                    sync_due=sa.or_(incidents.c.sync_due, sa.bindparam("b_due", sa.Boolean)),
+                ),
+                changes,
+            )
 
     async def due_for_sync(self, limit: int = 100) -> list[str]:
         """Incidents whose timeline should be copied again (oldest change first)."""
@@ -553,6 +591,19 @@ class ArchiveStore:
                 rows = await conn.execute(sa.select(table))
                 out[table.name] = sorted(tuple(r) for r in rows)
         return out
+
+
+def _valid(event: incidents_pb2.IncidentEvent) -> bool:
+    if event.incident.id.isdigit():
+        return True
+    log.warning(
+        "event %s: incident id %r is not a number; skipped", event.event_id, event.incident.id
+    )
+    return False
+
+
+def _event_ms(event: incidents_pb2.IncidentEvent) -> int:
+    return event.at.ToMilliseconds() or event.incident.updated_at.ToMilliseconds()
 
 
 class _NoLock:

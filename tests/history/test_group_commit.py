@@ -1,0 +1,68 @@
+"""The consumer's group commit: concurrent handlers share a transaction, each returns only
+once its own event is committed, and one event the database refuses fails alone (the
+others of its batch are written), so it cannot drag innocent events to the dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.history.databases import postgres_database
+from tocsin.history.archiver import GroupCommit
+from tocsin.history.store import ArchiveStore, SearchFilters
+from tocsin.v1 import incidents_pb2
+
+
+def event(n: int, alert_id: str = "1") -> incidents_pb2.IncidentEvent:
+    e = incidents_pb2.IncidentEvent(
+        kind=incidents_pb2.INCIDENT_EVENT_KIND_TRIGGERED,
+        event_id=f"1700000000000-{n}",
+        alert=incidents_pb2.Alert(id=alert_id, summary=f"alert {n}"),
+    )
+    e.incident.id = str(16 * n)
+    e.incident.service_id = "payments-api"
+    e.incident.summary = f"disk full on db{n}"
+    e.incident.version = 1
+    e.at.FromMilliseconds(1_700_000_000_000 + n)
+    e.incident.created_at.CopyFrom(e.at)
+    return e
+
+
+async def test_a_refused_event_fails_alone() -> None:
+    async with postgres_database() as url:
+        store = ArchiveStore(url)
+        await store.migrate()
+        try:
+            writes = GroupCommit(store)
+            # alert ids are at most 20 characters in the archive: PostgreSQL refuses it
+            events = [event(1), event(2, alert_id="9" * 30), event(3)]
+            results = await asyncio.gather(
+                *(writes.write(e) for e in events), return_exceptions=True
+            )
+            assert results[0] is None and results[2] is None
+            assert isinstance(results[1], Exception)
+            rows = (await store.dump())["incidents"]
+            assert sorted(r[0] for r in rows) == [16, 48]
+            hits = await store.search("disk", SearchFilters(), newest_first=True, limit=10)
+            assert [h.row.id for h in hits] == [48, 16]
+        finally:
+            await store.close()
+
+
+@pytest.mark.parametrize("count", [1, 40])
+async def test_concurrent_writers_each_see_their_commit(tmp_path: Path, count: int) -> None:
+    store = ArchiveStore(f"sqlite:///{tmp_path / 'a.sqlite3'}")
+    await store.migrate()
+    try:
+        writes = GroupCommit(store)
+
+        async def write_and_check(n: int) -> None:
+            await writes.write(event(n))
+            assert await store.incident(str(16 * n)) is not None  # committed when it returns
+
+        await asyncio.gather(*(write_and_check(n) for n in range(count)))
+        assert len((await store.dump())["events"]) == count
+    finally:
+        await store.close()
