@@ -5,6 +5,8 @@ a failure at all."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -15,6 +17,7 @@ import pytest
 from tests.cli_runner import run_cli
 from tests.escalation.stack import full_stack
 from tests.incidents.harness import Served, create_payments, serve_incidents, trigger_request
+from tocsin.cli.main import main
 from tocsin.runtime.clock import ManualClock
 from tocsin.runtime.redis import RedisClient
 
@@ -132,3 +135,39 @@ async def test_a_closed_pipe_ends_quietly(served: Served) -> None:
         os.close(write)
     assert stderr.decode() == ""
     assert process.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("TOCSIN_LOG_LEVEL", "verbose"), ("TOCSIN_INSTANCE", "a|b")]
+)
+async def test_tocsin_up_refuses_a_bad_setting_at_start_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, value: str
+) -> None:
+    monkeypatch.setenv("TOCSIN_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv(variable, value)
+    code, out, err = await run_cli(monkeypatch, {}, "up")
+    assert code == 2 and out == ""
+    assert _one_line(err).startswith(f"tocsin up: {variable}={value!r}: expected")
+    assert not (tmp_path / "endpoints.json").exists()  # nothing started
+
+
+async def test_a_token_for_a_remote_service_without_tls_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    remote = dict.fromkeys(("scheduling", "incidents", "escalation", "notification"), "10.9.9.9:1")
+    for name in ("TOCSIN_TLS_CERT", "TOCSIN_TLS_KEY", "TOCSIN_TLS_CA"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("TOCSIN_ALLOW_INSECURE_TOKENS", raising=False)
+    for name, target in remote.items():
+        monkeypatch.setenv(f"TOCSIN_{name.upper()}_ADDR", target)
+    monkeypatch.setenv("TOCSIN_API_TOKEN", "secret-value-123")
+    err = io.StringIO()
+
+    def call() -> object:
+        with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exited:
+            main(["incidents"])
+        return exited.value.code
+
+    assert await asyncio.to_thread(call) == 2
+    line = _one_line(err.getvalue())
+    assert "TOCSIN_ALLOW_INSECURE_TOKENS" in line and "secret-value-123" not in line

@@ -509,6 +509,39 @@ def test_k8s_environment_is_a_valid_tocsin_config(name: str) -> None:
         assert config.grpc_listen_addr(name) == Address("0.0.0.0", DEFAULT_GRPC_PORTS[name])
 
 
+@pytest.mark.parametrize("name", STACK)
+async def test_k8s_and_compose_peers_may_send_the_token(name: str) -> None:
+    """Pods and compose containers reach their peers by name (not loopback), in plaintext
+    unless TLS is set up: the files give the explicit consent, so peers can be called."""
+    from tocsin.runtime.service import peer_client
+
+    for env in (
+        k8s_env(name, template_secrets(TOCSIN_API_TOKEN=TOKEN)),
+        compose_env(name, {"TOCSIN_API_TOKEN": TOKEN}),
+    ):
+        config = load_config(env)
+        assert config.allow_insecure_tokens and config.tls is None
+        await peer_client(config).close()
+
+
+def test_k8s_pods_mount_the_optional_tls_secret_where_the_configmap_says() -> None:
+    data = k8s_object("ConfigMap", "tocsin-config")["data"]
+    commented = (DEPLOY / "kubernetes" / "configmap.yaml").read_text()
+    for name in STACK:
+        deployment = k8s_object("Deployment", name)
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["tls"]["secret"] == {
+            "secretName": "tocsin-tls",
+            "optional": True,
+            "defaultMode": 0o400,
+        }
+        mounts = {m["name"]: m for m in container(deployment)["volumeMounts"]}
+        assert mounts["tls"] == {"name": "tls", "mountPath": "/etc/tocsin/tls", "readOnly": True}
+    for variable, file in (("CERT", "tls.crt"), ("KEY", "tls.key"), ("CA", "ca.crt")):
+        assert f"# TOCSIN_TLS_{variable}: /etc/tocsin/tls/{file}" in commented
+        assert f"TOCSIN_TLS_{variable}" not in data
+
+
 @pytest.mark.parametrize("name", SERVICE_NAMES)
 def test_k8s_template_secret_fails_loudly_until_filled_in(name: str) -> None:
     config = load_config(k8s_env(name, template_secrets()))

@@ -43,6 +43,15 @@ def test_defaults_are_loopback_and_embedded() -> None:
         ({"TOCSIN_HTTP_MAX_CONNECTIONS": "many"}, "TOCSIN_HTTP_MAX_CONNECTIONS"),
         ({"TOCSIN_GRPC_MAX_CONCURRENT_STREAMS": "0"}, "TOCSIN_GRPC_MAX_CONCURRENT_STREAMS"),
         ({"TOCSIN_MAX_WATCH_STREAMS": "-1"}, "TOCSIN_MAX_WATCH_STREAMS"),
+        # These passed the check once and failed later (logging set-up, consumer names).
+        ({"TOCSIN_LOG_LEVEL": "verbose"}, "TOCSIN_LOG_LEVEL"),
+        ({"TOCSIN_INSTANCE": "a|b"}, "TOCSIN_INSTANCE"),
+        ({"TOCSIN_INSTANCE": "has space"}, "TOCSIN_INSTANCE"),
+        ({"TOCSIN_INSTANCE": "x" * 129}, "TOCSIN_INSTANCE"),
+        ({"TOCSIN_INSTANCE": "caf\u00e9"}, "TOCSIN_INSTANCE"),
+        ({"TOCSIN_REDIS_URL": "redis://localhost:port"}, "TOCSIN_REDIS_URL"),
+        ({"TOCSIN_REDIS_URL": "redis+cluster://a:6379,b:99999"}, "TOCSIN_REDIS_URL"),
+        ({"TOCSIN_ALLOW_INSECURE_TOKENS": "yes"}, "TOCSIN_ALLOW_INSECURE_TOKENS"),
         ({"TWILIO_ACCOUNT_SID": "AC" + "0" * 32}, "TWILIO_AUTH_TOKEN"),
         (
             {
@@ -96,3 +105,26 @@ def test_an_empty_api_token_is_no_token_and_the_redis_url_is_not_in_the_repr() -
     assert load_config({"TOCSIN_API_TOKEN": ""}).api_token is None
     config = load_config({"TOCSIN_REDIS_URL": "redis://:hunter2@127.0.0.1:6380"})
     assert "hunter2" not in repr(config)
+
+
+def test_log_level_and_instance_are_normalised_and_kept() -> None:
+    config = load_config(
+        {
+            "TOCSIN_LOG_LEVEL": "debug",
+            "TOCSIN_INSTANCE": "scheduling-127.0.0.2:5005",
+            "TOCSIN_REDIS_URL": "redis://:pw@[::1]:6379/0",
+        }
+    )
+    assert (config.log_level, config.instance) == ("DEBUG", "scheduling-127.0.0.2:5005")
+    assert load_config({"TOCSIN_LOG_LEVEL": "warn"}).log_level == "WARNING"
+    assert load_config({}).log_level == "INFO" and load_config({}).instance is None
+
+
+def test_instance_name_refuses_what_load_config_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tocsin.runtime.events import instance_name
+
+    monkeypatch.setenv("TOCSIN_INSTANCE", "a|b")
+    with pytest.raises(ConfigError, match="TOCSIN_INSTANCE"):
+        instance_name("escalation")
+    monkeypatch.setenv("TOCSIN_INSTANCE", "esc-1")
+    assert instance_name("escalation") == "escalation-esc-1"

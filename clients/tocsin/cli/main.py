@@ -26,6 +26,7 @@ from tocsin.cli import (
 from tocsin.cli.charts import ChartError
 from tocsin.cli.output import describe_os_error, describe_rpc_error
 from tocsin.client.targets import TargetError
+from tocsin.client.tls import InsecureTokenError, TlsError
 
 # Each module registers its sub-commands with `register(commands)`.
 COMMAND_MODULES = (
@@ -65,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ChartError as error:
         print(f"tocsin: {error}", file=sys.stderr)
         code = 2
-    except TargetError as error:  # a malformed TOCSIN_<SERVICE>_ADDR, named in the message
+    except (TargetError, TlsError, InsecureTokenError) as error:  # a setting, named in it
         print(f"tocsin: {error}", file=sys.stderr)
         code = 2
     except OSError as error:  # a file named on the command line, say

@@ -32,12 +32,12 @@ def _up(args: argparse.Namespace) -> int:
     from tocsin.runtime.service import configure_logging
     from tocsin.runtime.supervisor import run_up
 
-    configure_logging()
     try:
         config = load_config()
     except ConfigError as error:
         print(f"tocsin up: {error}", file=sys.stderr)
         return 2
+    configure_logging(config.log_level)
     return run_up(config)
 
 

@@ -1,4 +1,8 @@
-"""gRPC channels to tocsin services: bearer token, OpenTelemetry, sane retries.
+"""gRPC channels to tocsin services: bearer token, TLS, OpenTelemetry, sane retries.
+
+With `tls` the channel is TLS (verifying the server against the CA, presenting this
+process's certificate for mutual TLS); a bearer token never goes in plaintext to a
+non-loopback address unless `allow_insecure_tokens` (see tocsin.client.tls).
 
 Calls go round robin over every address of the target that reports SERVING (see
 tocsin.client.targets). A DNS name is resolved again when a connection ends (servers end
@@ -14,6 +18,7 @@ import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from tocsin.client.targets import grpc_target
+from tocsin.client.tls import TlsSettings, check_token_transport
 
 DNS_REFRESH_MS = 5000
 """Least time between two DNS resolutions of one channel's target (gRPC's default: 30 s)."""
@@ -86,11 +91,29 @@ class _BidiTokenInterceptor(_TokenDetails, grpc.aio.StreamStreamClientIntercepto
         return await continuation(self._details(client_call_details), request_iterator)
 
 
-def create_channel(target: str, token: str | None = None) -> grpc.aio.Channel:
+def channel_credentials(tls: TlsSettings) -> grpc.ChannelCredentials:
+    """TLS credentials: verify the server against the CA (else the system's roots) and
+    present this process's certificate when it has one (mutual TLS)."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=tls.ca, private_key=tls.private_key, certificate_chain=tls.cert_chain
+    )
+
+
+def create_channel(
+    target: str,
+    token: str | None = None,
+    *,
+    tls: TlsSettings | None = None,
+    allow_insecure_tokens: bool = False,
+) -> grpc.aio.Channel:
     """An asyncio channel to `target` (HOST:PORT, IP:PORT,IP:PORT,... or dns:///HOST:PORT;
-    see tocsin.client.targets) with tracing and the bearer token."""
+    see tocsin.client.targets) with tracing, the bearer token and, with `tls`, TLS.
+
+    Raises `InsecureTokenError` for a token over plaintext beyond loopback unless
+    `allow_insecure_tokens`."""
     interceptors: list[grpc.aio.ClientInterceptor] = list(aio_client_interceptors())
     if token:
+        check_token_transport(target, tls=tls is not None, allow_insecure=allow_insecure_tokens)
         interceptors += [
             kind(token)
             for kind in (
@@ -100,14 +123,15 @@ def create_channel(target: str, token: str | None = None) -> grpc.aio.Channel:
                 _BidiTokenInterceptor,
             )
         ]
-    return grpc.aio.insecure_channel(
-        grpc_target(target),
-        interceptors=interceptors,
-        options=[
-            ("grpc.service_config", _SERVICE_CONFIG),
-            ("grpc.enable_retries", 1),
-            ("grpc.dns_min_time_between_resolutions_ms", DNS_REFRESH_MS),
-            ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
-            ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1]),
-        ],
-    )
+    options: list[tuple[str, str | int]] = [
+        ("grpc.service_config", _SERVICE_CONFIG),
+        ("grpc.enable_retries", 1),
+        ("grpc.dns_min_time_between_resolutions_ms", DNS_REFRESH_MS),
+        ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+        ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1]),
+    ]
+    if tls is not None:
+        return grpc.aio.secure_channel(
+            grpc_target(target), channel_credentials(tls), options, interceptors=interceptors
+        )
+    return grpc.aio.insecure_channel(grpc_target(target), options, interceptors=interceptors)

@@ -13,9 +13,15 @@ from types import TracebackType
 
 import grpc
 
-from tocsin.client.channel import create_channel
+from tocsin.client.channel import channel_credentials, create_channel
 from tocsin.client.endpoints import Endpoints, resolve_endpoints
 from tocsin.client.targets import grpc_target
+from tocsin.client.tls import (
+    TlsSettings,
+    allow_insecure_tokens,
+    check_token_transport,
+    tls_from_env,
+)
 from tocsin.client.trigger_batcher import TriggerBatcher
 from tocsin.v1 import (
     escalation_pb2_grpc,
@@ -28,13 +34,40 @@ from tocsin.v1 import (
 
 SERVICES = ("scheduling", "incidents", "escalation", "notification", "history")
 
+FROM_ENV = "env"
+"""`tls=FROM_ENV` (the default): TLS settings from TOCSIN_TLS_* (tocsin.client.tls)."""
+
+
+def _transport(
+    tls: TlsSettings | str | None, allow_insecure: bool | None
+) -> tuple[TlsSettings | None, bool]:
+    settings = tls_from_env(os.environ) if tls == FROM_ENV else tls
+    assert settings is None or isinstance(settings, TlsSettings)
+    allow = allow_insecure_tokens(os.environ) if allow_insecure is None else allow_insecure
+    return settings, allow
+
 
 class TocsinClient:
-    def __init__(self, endpoints: Endpoints | None = None, token: str | None = None) -> None:
+    """Channels to every service. `tls` and `allow_insecure_tokens` default to the
+    environment's TOCSIN_TLS_* and TOCSIN_ALLOW_INSECURE_TOKENS; `token` to
+    TOCSIN_API_TOKEN. Raises `TlsError`/`InsecureTokenError` before any call."""
+
+    def __init__(
+        self,
+        endpoints: Endpoints | None = None,
+        token: str | None = None,
+        *,
+        tls: TlsSettings | str | None = FROM_ENV,
+        allow_insecure_tokens: bool | None = None,
+    ) -> None:
         self.endpoints = endpoints or resolve_endpoints()
         token = token if token is not None else os.environ.get("TOCSIN_API_TOKEN")
+        settings, allow = _transport(tls, allow_insecure_tokens)
         self._channels = {
-            name: create_channel(getattr(self.endpoints, name), token) for name in SERVICES
+            name: create_channel(
+                getattr(self.endpoints, name), token, tls=settings, allow_insecure_tokens=allow
+            )
+            for name in SERVICES
         }
         self.scheduling = scheduling_pb2_grpc.SchedulingServiceStub(self._channels["scheduling"])
         self.incidents = incidents_pb2_grpc.IncidentServiceStub(self._channels["incidents"])
@@ -79,13 +112,27 @@ class TocsinClient:
 class SyncTocsinClient:
     """Blocking stubs over ordinary (non-asyncio) channels."""
 
-    def __init__(self, endpoints: Endpoints | None = None, token: str | None = None) -> None:
+    def __init__(
+        self,
+        endpoints: Endpoints | None = None,
+        token: str | None = None,
+        *,
+        tls: TlsSettings | str | None = FROM_ENV,
+        allow_insecure_tokens: bool | None = None,
+    ) -> None:
         self.endpoints = endpoints or resolve_endpoints()
         token = token if token is not None else os.environ.get("TOCSIN_API_TOKEN")
         metadata_plugin = _TokenPlugin(token) if token else None
+        settings, allow = _transport(tls, allow_insecure_tokens)
 
         def channel(target: str) -> grpc.Channel:
-            ch = grpc.insecure_channel(grpc_target(target))
+            if token:
+                check_token_transport(target, tls=settings is not None, allow_insecure=allow)
+            ch = (
+                grpc.secure_channel(grpc_target(target), channel_credentials(settings))
+                if settings is not None
+                else grpc.insecure_channel(grpc_target(target))
+            )
             return grpc.intercept_channel(ch, metadata_plugin) if metadata_plugin else ch
 
         self._channels = [channel(getattr(self.endpoints, n)) for n in SERVICES]

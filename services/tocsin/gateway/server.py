@@ -67,8 +67,8 @@ def uvicorn_config(
 def serve() -> None:
     import uvloop
 
-    configure_logging()
     config = load_config()
+    configure_logging(config.log_level)
     setup_tracing("gateway")
     config.check_bind(config.http_addr, "TOCSIN_HTTP_ADDR")
     uvloop.run(_serve(config))

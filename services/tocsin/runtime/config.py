@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tocsin.client.targets import TargetError, addresses, grpc_target, is_single_address
+from tocsin.client.tls import TlsError, TlsSettings, allow_insecure_tokens, tls_from_env
 from tocsin.runtime.durations import parse_duration
 
 SERVICE_NAMES = ("scheduling", "incidents", "escalation", "notification", "history")
@@ -109,6 +110,16 @@ class Config:
     means the SQLite file `history.sqlite3` in data_dir. May carry a password."""
     report_time_zone: str = "UTC"
     """Zone in which reports count a person's pages by hour when scheduling knows none."""
+    tls: TlsSettings | None = None
+    """TOCSIN_TLS_CERT/KEY/CA: TLS for every gRPC server and client of this process
+    (mutual TLS with a CA); None = plaintext. The key is never logged."""
+    allow_insecure_tokens: bool = False
+    """TOCSIN_ALLOW_INSECURE_TOKENS=1: send the bearer token in plaintext beyond loopback."""
+    log_level: str = "INFO"
+    """TOCSIN_LOG_LEVEL: DEBUG, INFO, WARNING, ERROR or CRITICAL."""
+    instance: str | None = None
+    """TOCSIN_INSTANCE: this process's name in consumer groups and leases (None = host
+    name); printable ASCII without spaces or `|`."""
 
     @property
     def history_database_url(self) -> str:
@@ -249,6 +260,66 @@ def _parse_zone(value: str, variable: str) -> str:
     return value
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+INSTANCE_PATTERN = re.compile(r"[!-{}~]{1,128}")
+"""Printable ASCII without spaces or `|` (shard leases store `instance|token`)."""
+
+
+def parse_log_level(value: str, variable: str = "TOCSIN_LOG_LEVEL") -> str:
+    level = value.strip().upper()
+    if level == "WARN":
+        level = "WARNING"
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{variable}={value!r}: expected one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def parse_instance(value: str, variable: str = "TOCSIN_INSTANCE") -> str | None:
+    """Part of Redis consumer names and lease values (`instance|token`)."""
+    if not value:
+        return None
+    if not INSTANCE_PATTERN.fullmatch(value):
+        raise ConfigError(
+            f"{variable}={value!r}: expected printable ASCII without spaces or '|' "
+            "(at most 128 characters), e.g. scheduling-2"
+        )
+    return value
+
+
+def _redis_url(value: str, variable: str) -> str:
+    _parse_url(value, variable, ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"))
+    parts = urlsplit(value)
+    if parts.scheme == "unix":
+        return value
+    for seed in (parts.netloc.rpartition("@")[2] or "").split(","):
+        host, sep, port = seed.rpartition(":")
+        if sep and not host.endswith("]") and ":" in host:
+            continue  # a bare IPv6 literal without a port
+        if sep and (not port.isdigit() or not 0 < int(port) <= 65535):
+            raise ConfigError(f"{variable}: {seed!r} has no valid port (expected HOST:PORT)")
+    return value
+
+
+def _tls(env: Mapping[str, str]) -> TlsSettings | None:
+    try:
+        tls = tls_from_env(env)
+    except TlsError as error:
+        raise ConfigError(str(error)) from None
+    if tls is not None and tls.cert_chain is None:
+        raise ConfigError(
+            "TOCSIN_TLS_CA is set without TOCSIN_TLS_CERT and TOCSIN_TLS_KEY: a server needs "
+            "its own certificate (a CLI needs only the CA)"
+        )
+    return tls
+
+
+def _allow_insecure(env: Mapping[str, str]) -> bool:
+    try:
+        return allow_insecure_tokens(env)
+    except TlsError as error:
+        raise ConfigError(str(error)) from None
+
+
 def _twilio(env: Mapping[str, str]) -> TwilioConfig | None:
     names = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_FROM_NUMBER")
     present = [n for n in names if env.get(n)]
@@ -276,11 +347,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     env = os.environ if env is None else env
     redis_url = env.get("TOCSIN_REDIS_URL") or None
     if redis_url is not None:
-        _parse_url(
-            redis_url,
-            "TOCSIN_REDIS_URL",
-            ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"),
-        )
+        _redis_url(redis_url, "TOCSIN_REDIS_URL")
     http_addr = parse_address(env.get("TOCSIN_HTTP_ADDR", "127.0.0.1:8080"), "TOCSIN_HTTP_ADDR")
     public_url = _parse_url(
         env.get("TOCSIN_PUBLIC_URL", f"http://{http_addr}"), "TOCSIN_PUBLIC_URL", ("http", "https")
@@ -351,4 +418,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         twilio_status_callbacks=_parse_switch(
             env.get("TOCSIN_TWILIO_STATUS_CALLBACKS", "on"), "TOCSIN_TWILIO_STATUS_CALLBACKS"
         ),
+        tls=_tls(env),
+        allow_insecure_tokens=_allow_insecure(env),
+        log_level=parse_log_level(env.get("TOCSIN_LOG_LEVEL", "INFO")),
+        instance=parse_instance(env.get("TOCSIN_INSTANCE", "")),
     )

@@ -48,6 +48,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 from redis.exceptions import ResponseError
 
+from tocsin.runtime.config import parse_instance
 from tocsin.runtime.loops import LoopGuard, WorkerHealth, lone_guard
 from tocsin.runtime.redis import RedisClient, blocking_ms
 from tocsin.runtime.timers import shard_tag
@@ -123,8 +124,10 @@ def instance_name(group: str) -> str:
     name. Stable across restarts on purpose: a restarted process (same container, same
     pod) picks up the entries it left pending at once, and takes back its own shard
     leases, instead of waiting for them to time out. Replicas on one host must set
-    distinct TOCSIN_INSTANCE values (Kubernetes pods differ by host name already)."""
-    return f"{group}-{os.environ.get('TOCSIN_INSTANCE') or socket.gethostname()}"
+    distinct TOCSIN_INSTANCE values (Kubernetes pods differ by host name already). A value
+    that is no plain name (`a|b`) raises ConfigError, as `load_config` does at start."""
+    instance = parse_instance(os.environ.get("TOCSIN_INSTANCE", ""))
+    return f"{group}-{instance or socket.gethostname()}"
 
 
 class EventConsumer:

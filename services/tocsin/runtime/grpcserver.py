@@ -9,6 +9,10 @@ With a token every call but health checks needs exactly one `authorization: Bear
 <token>` value (two values are refused, whichever comes last); a refusal is
 UNAUTHENTICATED for every kind of call, streaming ones and reflection included.
 
+With TOCSIN_TLS_CERT/KEY every server speaks TLS only (a plaintext client fails its
+handshake); with TOCSIN_TLS_CA as well it requires a client certificate signed by that CA
+(mutual TLS): a client without one is refused before any call reaches a handler.
+
 Every connection is closed (HTTP/2 GOAWAY, calls in flight finish within the grace) once it
 is `TOCSIN_GRPC_MAX_CONNECTION_AGE` old, give or take 10%: clients then connect again and
 resolve the service's name anew, so calls spread over replicas started since.
@@ -30,6 +34,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
+from tocsin.client.tls import TlsSettings
 from tocsin.runtime.config import Address, Config
 from tocsin.runtime.errors import domain_error, status_trailer
 
@@ -217,13 +222,26 @@ async def start_grpc_server(
     reflection.enable_server_reflection(
         (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(str(addr))
+    if config.tls is not None:
+        port = server.add_secure_port(str(addr), server_credentials(config.tls))
+    else:
+        port = server.add_insecure_port(str(addr))
     if port == 0:
         raise OSError(f"could not bind gRPC server to {addr}")
     await server.start()
     grpc_server = GrpcServer(server, port, health_servicer, tuple(service_names))
     await grpc_server.set_serving(True)
     return grpc_server
+
+
+def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
+    """This server's certificate; with a CA, client certificates are required and verified."""
+    assert tls.cert_chain is not None and tls.private_key is not None  # load_config checks
+    return grpc.ssl_server_credentials(
+        [(tls.private_key, tls.cert_chain)],
+        root_certificates=tls.ca,
+        require_client_auth=tls.mutual,
+    )
 
 
 def _listen_variable(config: Config, addr: Address) -> str:

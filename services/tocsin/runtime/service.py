@@ -53,7 +53,12 @@ def peer_client(config: Config) -> TocsinClient:
     """A client for the services at the configured addresses (round robin over every
     replica a peer's target names), with the API token."""
     addrs = {name: config.grpc_targets.get(name) or str(a) for name, a in config.grpc_addrs.items()}
-    return TocsinClient(Endpoints(http=str(config.http_addr), **addrs), config.api_token)
+    return TocsinClient(
+        Endpoints(http=str(config.http_addr), **addrs),
+        config.api_token,
+        tls=config.tls,
+        allow_insecure_tokens=config.allow_insecure_tokens,
+    )
 
 
 @dataclass
@@ -108,9 +113,10 @@ class RunningService:
 CreateServer = Callable[[ServiceDeps, Address | None], Awaitable[tuple[RunningService, int]]]
 
 
-def configure_logging() -> None:
+def configure_logging(level: str = "INFO") -> None:
+    """Log to stderr at `level` (validated: Config.log_level, from TOCSIN_LOG_LEVEL)."""
     logging.basicConfig(
-        level=os.environ.get("TOCSIN_LOG_LEVEL", "INFO").upper(),
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -150,5 +156,6 @@ def serve_blocking(name: str, create_server: CreateServer) -> None:
 
     from tocsin.runtime.config import load_config
 
-    configure_logging()
-    uvloop.run(run_service(name, load_config(), create_server))
+    config = load_config()
+    configure_logging(config.log_level)
+    uvloop.run(run_service(name, config, create_server))
