@@ -36,8 +36,10 @@ async def test_a_refused_event_fails_alone() -> None:
         await store.migrate()
         try:
             writes = GroupCommit(store)
-            # alert ids are at most 20 characters in the archive: PostgreSQL refuses it
-            events = [event(1), event(2, alert_id="9" * 30), event(3)]
+            # service ids are at most 64 characters in the archive: PostgreSQL refuses it
+            refused = event(2)
+            refused.incident.service_id = "s" * 70
+            events = [event(1), refused, event(3)]
             results = await asyncio.gather(
                 *(writes.write(e) for e in events), return_exceptions=True
             )
@@ -64,5 +66,26 @@ async def test_concurrent_writers_each_see_their_commit(tmp_path: Path, count: i
 
         await asyncio.gather(*(write_and_check(n) for n in range(count)))
         assert len((await store.dump())["events"]) == count
+    finally:
+        await store.close()
+
+
+async def test_a_storm_keeps_the_first_thousand_alerts(tmp_path: Path) -> None:
+    store = ArchiveStore(f"sqlite:///{tmp_path / 'a.sqlite3'}")
+    await store.migrate()
+    try:
+        batch = []
+        for n in (1, 1000, 1001, 250_000):
+            e = event(1, alert_id=str(n))
+            e.event_id = f"1700000000000-{n}"
+            e.incident.version = n
+            e.incident.alert_count = n
+            batch.append(e)
+        await store.apply_many(batch)
+        dump = await store.dump()
+        assert [row[1] for row in dump["alerts"]] == ["1", "1000"]
+        assert len(dump["events"]) == 4
+        row = await store.incident("16")
+        assert row is not None and row.version == 250_000
     finally:
         await store.close()

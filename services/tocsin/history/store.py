@@ -37,6 +37,8 @@ from tocsin.v1 import incidents_pb2
 
 log = logging.getLogger(__name__)
 
+ALERTS_ARCHIVED = 1000
+"""Alerts kept per incident (Redis keeps 100); the incident's alert_count counts them all."""
 MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 7_413_260_116
 """PostgreSQL advisory lock key held while migrating (replicas start together)."""
@@ -232,7 +234,7 @@ class ArchiveStore:
                     "actor_channel": event.actor.channel,
                     "note": event.note,
                 }
-            if event.HasField("alert") and event.alert.id:
+            if event.HasField("alert") and _archived_alert(event.alert.id):
                 alert_rows[(iid, event.alert.id)] = {
                     "incident_id": iid,
                     "alert_id": event.alert.id,
@@ -591,6 +593,12 @@ class ArchiveStore:
                 rows = await conn.execute(sa.select(table))
                 out[table.name] = sorted(tuple(r) for r in rows)
         return out
+
+
+def _archived_alert(alert_id: str) -> bool:
+    """The first ALERTS_ARCHIVED alerts of an incident are kept (alert_count counts them
+    all): a storm of repeats must not grow the archive without bound."""
+    return alert_id.isdigit() and int(alert_id) <= ALERTS_ARCHIVED
 
 
 def _valid(event: incidents_pb2.IncidentEvent) -> bool:
