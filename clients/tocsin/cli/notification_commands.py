@@ -14,13 +14,11 @@ import phonenumbers
 from tocsin.cli.common import add_json_flag, run_with_client
 from tocsin.cli.output import print_json, print_table
 from tocsin.client.client import TocsinClient
+from tocsin.client.contact_types import CONTACT_TYPE_NAMES
 from tocsin.v1 import notification_pb2, scheduling_pb2
 
 _PAGE = 1000
-_CHANNELS = {
-    notification_pb2.CONTACT_METHOD_TYPE_SMS: "sms",
-    notification_pb2.CONTACT_METHOD_TYPE_VOICE: "voice",
-}
+_CHANNELS = CONTACT_TYPE_NAMES
 _STATUSES = {
     notification_pb2.ATTEMPT_STATUS_SENDING: "sending",
     notification_pb2.ATTEMPT_STATUS_SENT: "sent",

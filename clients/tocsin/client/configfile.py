@@ -19,15 +19,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from google.protobuf.duration_pb2 import Duration
 
+from tocsin.client.contact_types import CONTACT_TYPES, expected_types
 from tocsin.v1 import escalation_pb2, incidents_pb2, notification_pb2, scheduling_pb2
 
 _DURATION = re.compile(r"([0-9]+)([smhdw])")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_CONTACT_TYPES = {
-    "sms": notification_pb2.CONTACT_METHOD_TYPE_SMS,
-    "voice": notification_pb2.CONTACT_METHOD_TYPE_VOICE,
-}
+_CONTACT_TYPES = CONTACT_TYPES
 
 
 class ConfigFileError(ValueError):
@@ -233,7 +231,7 @@ def _user(r: _Reader, node: yaml.Node, path: str) -> UserConfig:
         cm = r.mapping(cm_node, cm_path, {"id", "type", "address"}, {"id", "type", "address"})
         kind = r.text(cm.get("type"), f"{cm_path}.type")
         if "type" in cm and kind not in _CONTACT_TYPES:
-            r.problem(cm["type"], f"{cm_path}.type", f"expected sms or voice, got {kind!r}")
+            r.problem(cm["type"], f"{cm_path}.type", f"expected {expected_types()}, got {kind!r}")
         methods.append(
             notification_pb2.ContactMethod(
                 id=r.text(cm.get("id"), f"{cm_path}.id"),

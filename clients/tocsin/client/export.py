@@ -12,12 +12,10 @@ import yaml
 from google.protobuf.duration_pb2 import Duration
 
 from tocsin.client.client import TocsinClient
+from tocsin.client.contact_types import CONTACT_TYPE_NAMES
 from tocsin.v1 import escalation_pb2, incidents_pb2, notification_pb2, scheduling_pb2
 
-_TYPES = {
-    notification_pb2.CONTACT_METHOD_TYPE_SMS: "sms",
-    notification_pb2.CONTACT_METHOD_TYPE_VOICE: "voice",
-}
+_TYPES = CONTACT_TYPE_NAMES
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import phonenumbers
 from google.protobuf.duration_pb2 import Duration
 
+from tocsin.notification.channels import ChannelRegistry, channel_name
 from tocsin.notification.records import AttemptRecord, CycleRule
 from tocsin.notification.records import TimerPayload as TimerPayload
 from tocsin.notification.records import attempts_in_order as records_in_order
@@ -29,7 +30,8 @@ from tocsin.v1 import incidents_pb2, notification_pb2
 
 SMS = notification_pb2.CONTACT_METHOD_TYPE_SMS
 VOICE = notification_pb2.CONTACT_METHOD_TYPE_VOICE
-CHANNEL_NAMES: dict[int, str] = {SMS: "sms", VOICE: "voice"}
+CHANNEL_WORDS: dict[int, str] = {SMS: "SMS", VOICE: "Voice call"}
+"""How the timeline names a channel; others by their name, capitalised ("Email")."""
 
 SENDING = notification_pb2.ATTEMPT_STATUS_SENDING
 SENT = notification_pb2.ATTEMPT_STATUS_SENT
@@ -78,20 +80,26 @@ def normalize_phone(address: str, field: str) -> str:
 
 
 def validated_contact_method(
-    method: notification_pb2.ContactMethod, field: str = "contact_method"
+    method: notification_pb2.ContactMethod,
+    channels: ChannelRegistry,
+    field: str = "contact_method",
 ) -> notification_pb2.ContactMethod:
-    """A copy of `method` with its address in E.164; every problem named by field path."""
+    """A copy of `method` with its address normalised by its channel (E.164 for a phone);
+    every problem named by field path. A type no channel of `channels` sends is refused."""
     violations = [
         *id_violations(method.id, f"{field}.id"),
         *id_violations(method.user_id, f"{field}.user_id"),
     ]
-    if method.type not in CHANNEL_NAMES:
-        violations.append(FieldViolation(f"{field}.type", "must be SMS or VOICE"))
     address = ""
-    try:
-        address = normalize_phone(method.address, f"{field}.address")
-    except InvalidArgument as error:
-        violations.extend(error.violations)
+    channel = channels.find(method.type)
+    if channel is None:
+        violation = channels.type_violation(method.type, f"{field}.type")
+        violations.extend([violation] if violation else [])
+    else:
+        try:
+            address = channel.normalize_address(method.address, f"{field}.address")
+        except InvalidArgument as error:
+            violations.extend(error.violations)
     if violations:
         raise InvalidArgument(violations)
     normalized = notification_pb2.ContactMethod()
@@ -330,7 +338,7 @@ def attempt_status_of(provider_status: str) -> int | None:
 
 
 def channel_word(channel: int) -> str:
-    return "SMS" if channel == SMS else "Voice call"
+    return CHANNEL_WORDS.get(channel) or channel_name(channel).capitalize()
 
 
 def short_summary(summary: str) -> str:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import grpc
 
 from tocsin.notification import domain, keys, messages
+from tocsin.notification.channels import channel_name
 from tocsin.notification.contacts import ContactStore, LiveCode
 from tocsin.notification.messages import ReplyAction
 from tocsin.notification.peers import IncidentsPeer
@@ -293,7 +294,7 @@ class Inbound:
             attributes = {
                 "user_id": record.user_id,
                 "contact_method_id": record.contact_method_id,
-                "channel": domain.CHANNEL_NAMES.get(record.type, ""),
+                "channel": channel_name(record.type),
                 "attempt_id": record.id,
                 "status": word,
             }

@@ -23,6 +23,7 @@ import logging
 from dataclasses import dataclass
 
 from tocsin.notification import domain
+from tocsin.notification.channels import channel_name
 from tocsin.notification.contacts import ContactStore
 from tocsin.notification.peers import IncidentsPeer
 from tocsin.notification.sender import Sender
@@ -151,7 +152,7 @@ class Pager:
             {
                 "user_id": attempt.user_id,
                 "contact_method_id": attempt.contact_method_id,
-                "channel": domain.CHANNEL_NAMES.get(attempt.type, ""),
+                "channel": channel_name(attempt.type),
                 "attempt_id": attempt.id,
                 "status": "outcome unknown",
             },

@@ -15,7 +15,8 @@ caller waits for the slot on the clock; nothing is dropped.
 
 from __future__ import annotations
 
-from tocsin.notification import domain, keys
+from tocsin.notification import keys
+from tocsin.notification.channels import channel_name
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.redis import RedisClient, read_lua
 from tocsin.runtime.scripts import LuaScript
@@ -49,7 +50,7 @@ class RateLimiter:
         """The moment (clock ms) a page on `channel` to `number` may go; reserves it."""
         now = self.clock.now_ms()
         slot = now
-        kind = domain.CHANNEL_NAMES[channel]
+        kind = channel_name(channel)
         if self.number_interval_ms:
             slot = await self._take(f"{kind}:to:{number}", now, slot, self.number_interval_ms)
         if self.sender_interval_ms:

@@ -33,16 +33,22 @@ import random
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlencode
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from tocsin.notification import domain, messages
+from tocsin.notification import domain
+from tocsin.notification.channels import (
+    Channel,
+    ChannelRegistry,
+    Message,
+    PageContent,
+    channel_name,
+)
 from tocsin.notification.contacts import ContactStore
 from tocsin.notification.domain import AttemptLocation, TimerPayload
 from tocsin.notification.peers import EscalationPeer, IncidentsPeer
-from tocsin.notification.providers import Provider, ProviderError, SendResult, send_with_retry
+from tocsin.notification.providers import ProviderError, SendResult, send_with_retry
 from tocsin.notification.ratelimit import RateLimiter
 from tocsin.notification.store import Fired, PagingStore
 from tocsin.runtime.clock import Clock
@@ -59,6 +65,10 @@ SKIPPED_NOT_TRIGGERED = "incident no longer triggered"
 UNKNOWN_OUTCOME = "no answer from the provider; not resent"
 
 
+def unhandled_type_reason(channel_type: int) -> str:
+    return f"no channel sends contact type {channel_name(channel_type)} ({channel_type})"
+
+
 @dataclass(frozen=True)
 class SenderOptions:
     public_url: str
@@ -67,8 +77,6 @@ class SenderOptions:
     retry_attempts: int = 5
     retry_base_delay_s: float = 0.2
     retry_max_delay_s: float = 5.0
-    status_callbacks: bool = True
-    """Ask the provider to report delivery to `{public_url}/twilio/status`."""
     max_pages_in_flight: int = 16
     """Rule pages handled at once; more wait their turn (queued, never dropped). Bounds
     what a burst asks of Redis's connection pool and Twilio's HTTP pool."""
@@ -87,11 +95,11 @@ class Page:
 
     location: AttemptLocation
     method: notification_pb2.ContactMethod
+    channel: Channel
     user_id: str
     rule_index: int
     traceparent: str
-    text: str
-    """SMS body or call TwiML."""
+    message: Message
     incident_id: str = ""
 
     @property
@@ -105,7 +113,7 @@ class Sender:
         store: PagingStore,
         contacts: ContactStore,
         limiter: RateLimiter,
-        provider: Provider,
+        channels: ChannelRegistry,
         incidents: IncidentsPeer,
         clock: Clock,
         options: SenderOptions,
@@ -116,7 +124,7 @@ class Sender:
         self.store = store
         self.contacts = contacts
         self.limiter = limiter
-        self.provider = provider
+        self.channels = channels
         self.incidents = incidents
         self.escalation = escalation or EscalationPeer(incidents.client)
         self.clock = clock
@@ -189,8 +197,14 @@ class Sender:
         payload = TimerPayload.decode(timer.payload)
         if method is None:
             method = await self.contacts.contact_method(payload.user_id, payload.contact_method_id)
-        if method is None or method.disabled:
-            reason = UNREACHABLE_DELETED if method is None else UNREACHABLE_DISABLED
+        channel = self.channels.find(method.type) if method is not None else None
+        if method is None or method.disabled or channel is None:
+            if method is None:
+                reason = UNREACHABLE_DELETED
+            elif method.disabled:
+                reason = UNREACHABLE_DISABLED
+            else:
+                reason = unhandled_type_reason(method.type)
             fired = await self.store.fire(timer, payload, payload.channel, "unreachable", reason)
             if fired.outcome == "unreachable":
                 self._timeline_attempt(
@@ -218,7 +232,7 @@ class Sender:
         if fired.outcome != "send":
             log.debug("rule %s not sent: %s", payload.attempt_id, fired.outcome)
             return
-        await self._send_rule(payload, method, fired)
+        await self._send_rule(payload, method, channel, fired)
 
     async def _fire_after_check(
         self, timer: ClaimedTimer, payload: TimerPayload, channel: int
@@ -234,7 +248,11 @@ class Sender:
         return fired
 
     async def _send_rule(
-        self, payload: TimerPayload, method: notification_pb2.ContactMethod, fired: Fired
+        self,
+        payload: TimerPayload,
+        method: notification_pb2.ContactMethod,
+        channel: Channel,
+        fired: Fired,
     ) -> None:
         location = AttemptLocation(payload.attempt_id, fired.incident_id, None)
         summary, service_id = fired.summary, fired.service_id
@@ -251,17 +269,22 @@ class Sender:
                 summary, service_id = incident.summary, incident.service_id
         service = await self.incidents.service_name(service_id) or "tocsin"
         summary = summary or f"incident #{fired.incident_id}"
-        if method.type == domain.SMS:
-            text = messages.sms_body(service, summary, fired.reply_code)
-        else:
-            text = messages.voice_twiml(service, summary, self._url("voice", payload.attempt_id))
+        content = PageContent(
+            incident_id=fired.incident_id,
+            service=service,
+            summary=summary,
+            reply_code=fired.reply_code,
+            attempt_id=payload.attempt_id,
+            public_url=self.options.public_url,
+        )
         page = Page(
             location,
             method,
+            channel,
             fired.user_id,
             payload.rule_index,
             payload.traceparent,
-            text,
+            channel.render(content),
             fired.incident_id,
         )
         rearmed = False
@@ -281,8 +304,7 @@ class Sender:
         next_rule = await self.store.advance(payload, method.id)
         await self._fire_rule(payload, next_rule)
         if next_rule < 0:
-            channel = domain.CHANNEL_NAMES.get(method.type, "").upper() or "page"
-            await self._report_if_spent(payload, f"{channel}: {error}")
+            await self._report_if_spent(payload, f"{channel_name(method.type).upper()}: {error}")
 
     async def _retry_later(self, payload: TimerPayload, page: Page, error: ProviderError) -> bool:
         """Re-arm the rule's timer for another try of a send the provider did not process,
@@ -373,27 +395,19 @@ class Sender:
     ) -> notification_pb2.Attempt:
         attempt = await self.store.begin_test_attempt(user.id, method)
         location = AttemptLocation(attempt.id, None, user.id)
-        if method.disabled:
-            await self.store.update_attempt(
-                location, domain.FAILED, provider_status=UNREACHABLE_DISABLED
-            )
+        channel = self.channels.find(method.type)
+        if method.disabled or channel is None:
+            reason = UNREACHABLE_DISABLED if method.disabled else unhandled_type_reason(method.type)
+            await self.store.update_attempt(location, domain.FAILED, provider_status=reason)
         else:
             if self.limiter.enabled:
                 slot = await self.limiter.reserve(method.type, method.address)
                 await self.clock.sleep_until(slot)
-            name = user.name or user.id
-            text = (
-                messages.test_sms_body(name)
-                if method.type == domain.SMS
-                else messages.test_voice_twiml(name)
-            )
-            await self.deliver(Page(location, method, user.id, -1, "", text))
+            message = channel.render_test(user.name or user.id)
+            await self.deliver(Page(location, method, channel, user.id, -1, "", message))
         return await self.store.attempt(location) or attempt
 
-    # -- the provider call --------------------------------------------------------------
-
-    def _url(self, route: str, attempt_id: str) -> str:
-        return f"{self.options.public_url}/twilio/{route}?{urlencode({'attempt': attempt_id})}"
+    # -- the channel's send --------------------------------------------------------------
 
     async def deliver(
         self,
@@ -405,7 +419,7 @@ class Sender:
         """Call the provider for a page recorded SENDING and record the outcome.
         Returns the error if it failed. A retryable error that `retry_later` took (True:
         the page will be tried again) is returned without recording a failure."""
-        channel = domain.CHANNEL_NAMES[page.method.type]
+        channel = channel_name(page.channel.type)
         attributes: dict[str, str | int] = {
             "incident.id": page.incident_id,
             "user.id": page.user_id,
@@ -441,20 +455,17 @@ class Sender:
         return None
 
     async def _provider_request(self, page: Page) -> SendResult:
-        """One provider request, as a child span of the send (never the number in it)."""
-        sms = page.method.type == domain.SMS
+        """One request of the page's channel, as a child span of the send (never the
+        address in it)."""
+        channel = page.channel
+        provider = getattr(channel, "provider", channel)
         with self.tracer.start_as_current_span(
-            "twilio.messages.create" if sms else "twilio.calls.create",
+            channel.span_name,
             kind=SpanKind.CLIENT,
-            attributes={"notification.provider": type(self.provider).__name__},
+            attributes={"notification.provider": type(provider).__name__},
         ) as span:
-            callback = (
-                self._url("status", page.attempt_id) if self.options.status_callbacks else None
-            )
             try:
-                if sms:
-                    return await self.provider.send_sms(page.method.address, page.text, callback)
-                return await self.provider.place_call(page.method.address, page.text, callback)
+                return await channel.send(page.method.address, page.message, page.attempt_id)
             except ProviderError as error:
                 span.set_status(Status(StatusCode.ERROR, str(error)))
                 raise
@@ -469,7 +480,7 @@ class Sender:
         await self.store.update_attempt(
             page.location, domain.SENT, provider_id=result.sid or "", provider_status=result.status
         )
-        latest = page.incident_id and page.method.type == domain.SMS
+        latest = page.incident_id and page.channel.replies
         await self.store.remember_page(
             result.sid or "",
             page.attempt_id,
@@ -520,7 +531,7 @@ class Sender:
         attributes = {
             "user_id": user_id,
             "contact_method_id": method_id,
-            "channel": domain.CHANNEL_NAMES[channel],
+            "channel": channel_name(channel),
             "attempt_id": attempt_id,
             "status": what,
         }

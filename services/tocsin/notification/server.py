@@ -19,6 +19,8 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from tocsin.notification.channels import Channel, ChannelRegistry
+from tocsin.notification.channels.phone import SmsChannel, VoiceChannel
 from tocsin.notification.contacts import ContactStore
 from tocsin.notification.inbound import Inbound
 from tocsin.notification.pager import Pager
@@ -62,6 +64,7 @@ class Parts:
     consumer: EventConsumer
     leases: ShardLeases
     provider: Provider
+    channels: ChannelRegistry
 
 
 @dataclass
@@ -79,6 +82,17 @@ def provider_from_config(config: Config) -> Provider:
     )
 
 
+def channels_from_config(config: Config, provider: Provider) -> ChannelRegistry:
+    """Every channel this process sends, configured: SMS and voice through `provider`.
+    A channel's own settings come from its part of the configuration."""
+    callbacks = config.twilio_status_callbacks
+    channels: list[Channel] = [
+        SmsChannel(provider, config.public_url, status_callbacks=callbacks),
+        VoiceChannel(provider, config.public_url, status_callbacks=callbacks),
+    ]
+    return ChannelRegistry(channels)
+
+
 def build_parts(
     deps: ServiceDeps, provider: Provider, shard_source: Callable[[], Iterable[int]] | None
 ) -> Parts:
@@ -93,8 +107,9 @@ def build_parts(
         sends_per_second=config.twilio_sends_per_second,
         number_interval_ms=int(config.number_send_interval.total_seconds() * 1000),
     )
-    options = SenderOptions(config.public_url, status_callbacks=config.twilio_status_callbacks)
-    sender = Sender(store, contacts, limiter, provider, incidents, clock, options)
+    channels = channels_from_config(config, provider)
+    options = SenderOptions(config.public_url)
+    sender = Sender(store, contacts, limiter, channels, incidents, clock, options)
     pager = Pager(store, contacts, sender, incidents, clock)
     instance = instance_name(GROUP)
     leases = ShardLeases(redis, clock, GROUP, instance, INCIDENT_SHARDS, SHARD_LEASE_MS)
@@ -119,6 +134,7 @@ def build_parts(
         consumer=consumer,
         leases=leases,
         provider=provider,
+        channels=channels,
     )
 
 
@@ -155,6 +171,7 @@ async def create_server(
         parts.pager,
         parts.sender,
         parts.inbound,
+        parts.channels,
         UsersPeer(lambda: deps.peer_client()),
     )
     grpc_server = await start_grpc_server(
@@ -183,6 +200,7 @@ async def create_server(
 
     async def close() -> None:
         await parts.sender.close()
+        await parts.channels.aclose()
         await provider.aclose()
 
     running.on_stop.append(close)

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from tocsin.notification import domain
+from tocsin.notification.channels import ChannelRegistry
 from tocsin.notification.contacts import ContactStore
 from tocsin.notification.inbound import Inbound
 from tocsin.notification.pager import Pager
@@ -59,6 +60,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         pager: Pager,
         sender: Sender,
         inbound: Inbound,
+        channels: ChannelRegistry,
         users: UsersPeer,
     ) -> None:
         self.contacts = contacts
@@ -66,6 +68,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         self.pager = pager
         self.sender = sender
         self.inbound = inbound
+        self.channels = channels
         self.users = users
         self.slots = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
 
@@ -75,7 +78,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
     async def CreateContactMethod(
         self, request: pb.CreateContactMethodRequest, context: Any
     ) -> pb.CreateContactMethodResponse:
-        method = domain.validated_contact_method(request.contact_method)
+        method = domain.validated_contact_method(request.contact_method, self.channels)
         if request.validate_only:  # the user may be created by the same apply
             if await self.contacts.owner_of(method.id) not in (None, method.user_id):
                 raise AlreadyExists("that contact method id belongs to another user")
@@ -93,7 +96,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
     async def UpdateContactMethod(
         self, request: pb.UpdateContactMethodRequest, context: Any
     ) -> pb.UpdateContactMethodResponse:
-        method = domain.validated_contact_method(request.contact_method)
+        method = domain.validated_contact_method(request.contact_method, self.channels)
         owner = await self.contacts.owner_of(method.id)
         if owner is None:
             raise NotFound(f"contact method {method.id!r} does not exist")

@@ -1,0 +1,70 @@
+"""SMS and voice: the two channels of a phone number, through one `Provider` (Twilio, or
+the console when no credentials are set; providers.py).
+
+The provider is shared by both channels and owned by the notification server, which
+closes it; the channels only borrow it. A status callback (`/twilio/status`) is asked for
+when `status_callbacks` is on, so Twilio reports delivery back to the attempt.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from tocsin.notification import messages
+from tocsin.notification.channels import Message, PageContent
+from tocsin.notification.domain import normalize_phone
+from tocsin.notification.providers import Provider, SendResult
+from tocsin.v1 import notification_pb2
+
+
+def twilio_url(public_url: str, route: str, attempt_id: str) -> str:
+    return f"{public_url}/twilio/{route}?{urlencode({'attempt': attempt_id})}"
+
+
+class _PhoneChannel:
+    def __init__(self, provider: Provider, public_url: str, *, status_callbacks: bool) -> None:
+        self.provider = provider
+        self.public_url = public_url
+        self.status_callbacks = status_callbacks
+
+    def normalize_address(self, address: str, field: str) -> str:
+        return normalize_phone(address, field)
+
+    def _callback(self, attempt_id: str) -> str | None:
+        if not self.status_callbacks:
+            return None
+        return twilio_url(self.public_url, "status", attempt_id)
+
+    async def aclose(self) -> None:
+        """Nothing: the provider belongs to the server (shared by SMS and voice)."""
+
+
+class SmsChannel(_PhoneChannel):
+    type: int = notification_pb2.CONTACT_METHOD_TYPE_SMS
+    span_name = "twilio.messages.create"
+    replies = True
+
+    def render(self, page: PageContent) -> Message:
+        return Message(messages.sms_body(page.service, page.summary, page.reply_code))
+
+    def render_test(self, user_name: str) -> Message:
+        return Message(messages.test_sms_body(user_name))
+
+    async def send(self, address: str, message: Message, attempt_id: str) -> SendResult:
+        return await self.provider.send_sms(address, message.body, self._callback(attempt_id))
+
+
+class VoiceChannel(_PhoneChannel):
+    type: int = notification_pb2.CONTACT_METHOD_TYPE_VOICE
+    span_name = "twilio.calls.create"
+    replies = False
+
+    def render(self, page: PageContent) -> Message:
+        gather = twilio_url(page.public_url, "voice", page.attempt_id)
+        return Message(messages.voice_twiml(page.service, page.summary, gather))
+
+    def render_test(self, user_name: str) -> Message:
+        return Message(messages.test_voice_twiml(user_name))
+
+    async def send(self, address: str, message: Message, attempt_id: str) -> SendResult:
+        return await self.provider.place_call(address, message.body, self._callback(attempt_id))
