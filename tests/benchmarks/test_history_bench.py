@@ -13,8 +13,9 @@
   filter.
 
 Run: `.venv/bin/pytest tests/benchmarks/test_history_bench.py --benchmark-enable -s`
-(`TOCSIN_BENCH_ARCHIVE_INCIDENTS=1000000` for the README's figures; about 10 minutes per
-database on the 2-core machine; run it under the heavy lock). PostgreSQL as for
+(`TOCSIN_BENCH_ARCHIVE_INCIDENTS=1000000` for an archive of a million; the README's figures
+come from `python -m loadtests.history_search`, which loads one once and measures it
+separately). PostgreSQL as for
 tests/history (`TOCSIN_TEST_POSTGRES_URL`). Nothing here asserts on time.
 """
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,9 +32,10 @@ from typing import Any
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
+from loadtests.history_search import START_MS, bulk_insert, generate, measure
 from tests.history.databases import database
 from tocsin.history.archiver import GroupCommit
-from tocsin.history.store import ArchiveStore, SearchFilters, incidents
+from tocsin.history.store import ArchiveStore
 from tocsin.v1 import common_pb2, incidents_pb2
 
 pytestmark = pytest.mark.benchmark
@@ -43,94 +44,6 @@ ARCHIVE_SIZE = int(os.environ.get("TOCSIN_BENCH_ARCHIVE_INCIDENTS", "20000"))
 WRITE_INCIDENTS = int(os.environ.get("TOCSIN_BENCH_ARCHIVE_WRITES", "400"))
 WRITERS = 16
 QUERIES = int(os.environ.get("TOCSIN_BENCH_SEARCH_QUERIES", "100"))
-START_MS = 1_735_689_600_000  # 2025-01-01
-SPAN_MS = 2 * 365 * 86_400_000
-SERVICES = [f"service-{n:02d}" for n in range(50)]
-COMPONENTS = "api db cache queue worker gateway scheduler ingest search billing auth cdn".split()
-PROBLEMS = (
-    "latency high", "error rate above threshold", "pod restarting", "memory pressure",
-    "connection pool exhausted", "replication lag", "certificate expires soon",
-    "timeouts from upstream", "queue backlog growing", "5xx responses", "slow queries",
-    "dns resolution failures", "health check failing", "cpu throttled", "oom killed",
-)  # fmt: skip
-NOTES = (
-    "rolled back the deploy", "scaled out to 6 replicas", "failed over to the replica",
-    "restarted the pods", "cleared the cache", "raised the connection limit",
-    "upstream provider incident", "added an index", "false alarm, threshold tuned",
-)  # fmt: skip
-RARE = "certbot"
-"""In about one incident in 10,000."""
-COMMON = "disk"
-"""In about one incident in 10."""
-
-
-def _text(rng: random.Random, n: int) -> tuple[str, str]:
-    component = rng.choice(COMPONENTS)
-    summary = f"{component} {rng.choice(PROBLEMS)} on {component}-{rng.randrange(400)}"
-    if rng.random() < 0.1:
-        summary += f" {COMMON} usage {rng.randrange(80, 100)}%"
-    note = rng.choice(NOTES)
-    if n % 10_000 == 7:
-        note = f"restarted {RARE} and reloaded nginx"
-    return summary, note
-
-
-def _rows(count: int, seed: int = 2026) -> list[dict[str, Any]]:
-    rng = random.Random(seed)
-    rows = []
-    for n in range(count):
-        summary, note = _text(rng, n)
-        created = START_MS + n * SPAN_MS // max(count, 1)
-        incident = incidents_pb2.Incident(
-            id=str(16 * n + n % 16), service_id=rng.choice(SERVICES), summary=summary
-        )
-        rows.append(
-            {
-                "id": 16 * n + n % 16,
-                "service_id": incident.service_id,
-                "dedup_key": f"key-{rng.randrange(5000)}",
-                "status": incidents_pb2.INCIDENT_STATUS_RESOLVED,
-                "severity": rng.choice([1, 2, 3, 4]),
-                "summary": summary,
-                "created_ms": created,
-                "updated_ms": created + 600_000,
-                "acknowledged_by": "alice",
-                "resolved_ms": created + 600_000,
-                "resolved_by": "alice",
-                "first_response_ms": created + 60_000,
-                "version": 3,
-                "synced_version": 3,
-                "sync_due": False,
-                "search_text": f"{summary}\nhost-{rng.randrange(400)}\n{note}",
-                "proto": incident.SerializeToString(),
-            }
-        )
-    return rows
-
-
-async def _bulk_insert(store: ArchiveStore, rows: list[dict[str, Any]]) -> None:
-    columns = [c.name for c in incidents.columns]
-    chunk = 20_000
-    for start in range(0, len(rows), chunk):
-        part = rows[start : start + chunk]
-        async with store.engine.begin() as conn:
-            if store.dialect == "postgresql":
-                raw = await conn.get_raw_connection()
-                await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
-                    "incidents",
-                    records=[tuple(r[c] for c in columns) for r in part],
-                    columns=columns,
-                )
-            else:
-                raw = await conn.get_raw_connection()
-                marks = ", ".join("?" for _ in columns)
-                await raw.driver_connection.executemany(  # type: ignore[union-attr]
-                    f"INSERT INTO incidents ({', '.join(columns)}) VALUES ({marks})",
-                    [tuple(r[c] for c in columns) for r in part],
-                )
-    if store.dialect == "postgresql":
-        async with store.engine.begin() as conn:
-            await conn.exec_driver_sql("ANALYZE incidents")
 
 
 @asynccontextmanager
@@ -210,30 +123,10 @@ async def _write_throughput(kind: str, tmp_path: Path) -> dict[str, float]:
 async def _search_latency(kind: str, tmp_path: Path) -> dict[str, Any]:
     async with _store(kind, tmp_path) as store:
         started = time.perf_counter()
-        await _bulk_insert(store, _rows(ARCHIVE_SIZE))
+        await bulk_insert(store, generate(ARCHIVE_SIZE))
         load_s = time.perf_counter() - started
-        cases: dict[str, tuple[str, SearchFilters, bool]] = {
-            "rare word": (RARE, SearchFilters(), False),
-            "common word, relevance": (COMMON, SearchFilters(), False),
-            "common word, newest": (COMMON, SearchFilters(), True),
-            "three words": ("replication lag db", SearchFilters(), False),
-            "word + service": ("latency", SearchFilters(service_ids=["service-07"]), False),
-        }
-        figures: dict[str, Any] = {"incidents": ARCHIVE_SIZE, "load_s": round(load_s, 1)}
-        for name, (query, filters, newest) in cases.items():
-            await store.search(query, filters, newest_first=newest, limit=20)  # warm
-            timings = []
-            for _ in range(QUERIES):
-                t0 = time.perf_counter()
-                hits = await store.search(query, filters, newest_first=newest, limit=20)
-                timings.append((time.perf_counter() - t0) * 1000)
-            timings.sort()
-            figures[name] = {
-                "hits": len(hits),
-                "p50_ms": round(timings[len(timings) // 2], 2),
-                "p99_ms": round(timings[min(len(timings) - 1, int(len(timings) * 0.99))], 2),
-            }
-        return figures
+        figures = await measure(store, QUERIES)
+        return {"incidents": ARCHIVE_SIZE, "load_s": round(load_s, 1), **figures}
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
