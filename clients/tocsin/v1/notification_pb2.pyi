@@ -33,6 +33,8 @@ class _ContactMethodTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Con
     """Text message."""
     CONTACT_METHOD_TYPE_VOICE: _ContactMethodType.ValueType  # 2
     """Phone call with a keypress menu."""
+    CONTACT_METHOD_TYPE_EMAIL: _ContactMethodType.ValueType  # 3
+    """Email (SMTP): plain text and HTML."""
 
 class ContactMethodType(_ContactMethodType, metaclass=_ContactMethodTypeEnumTypeWrapper):
     """How a contact method is reached."""
@@ -43,6 +45,8 @@ CONTACT_METHOD_TYPE_SMS: ContactMethodType.ValueType  # 1
 """Text message."""
 CONTACT_METHOD_TYPE_VOICE: ContactMethodType.ValueType  # 2
 """Phone call with a keypress menu."""
+CONTACT_METHOD_TYPE_EMAIL: ContactMethodType.ValueType  # 3
+"""Email (SMTP): plain text and HTML."""
 Global___ContactMethodType: _TypeAlias = ContactMethodType  # noqa: Y015
 
 class _AttemptStatus:

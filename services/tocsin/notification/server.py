@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from tocsin.notification.channels import Channel, ChannelRegistry
+from tocsin.notification.channels.email import ConsoleEmailChannel, EmailChannel
 from tocsin.notification.channels.phone import SmsChannel, VoiceChannel
 from tocsin.notification.contacts import ContactStore
 from tocsin.notification.inbound import Inbound
@@ -83,12 +84,15 @@ def provider_from_config(config: Config) -> Provider:
 
 
 def channels_from_config(config: Config, provider: Provider) -> ChannelRegistry:
-    """Every channel this process sends, configured: SMS and voice through `provider`.
-    A channel's own settings come from its part of the configuration."""
+    """Every channel this process sends, configured: SMS and voice through `provider`,
+    email through TOCSIN_SMTP_URL (printed without it). A channel's own settings come
+    from its part of the configuration."""
     callbacks = config.twilio_status_callbacks
+    sms_number = config.twilio.from_number if config.twilio else None
     channels: list[Channel] = [
         SmsChannel(provider, config.public_url, status_callbacks=callbacks),
         VoiceChannel(provider, config.public_url, status_callbacks=callbacks),
+        EmailChannel(config.smtp, sms_number=sms_number) if config.smtp else ConsoleEmailChannel(),
     ]
     return ChannelRegistry(channels)
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from email.utils import formataddr, parseaddr
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tocsin.client.targets import TargetError, addresses, grpc_target, is_single_address
@@ -63,6 +65,28 @@ class TwilioConfig:
 
 
 @dataclass(frozen=True)
+class SmtpConfig:
+    """Where email pages go (TOCSIN_SMTP_URL) and who they come from (TOCSIN_EMAIL_FROM)."""
+
+    host: str
+    port: int
+    implicit_tls: bool
+    """`smtps://`: TLS from the first byte (port 465)."""
+    starttls: str
+    """`smtp://` only: `auto` (upgrade when the server offers STARTTLS), `require` (fail
+    without it; the default when credentials are given) or `off`."""
+    username: str | None
+    password: str | None = field(repr=False)
+    sender: str
+    """The From address, e.g. `tocsin <pages@example.com>`."""
+    ca_file: str | None = None
+    """TOCSIN_SMTP_CA: the CA (PEM) the server's certificate must chain to; None = the
+    system's roots."""
+    timeout_s: float = 15.0
+    """Connecting, and each SMTP command's answer."""
+
+
+@dataclass(frozen=True)
 class Config:
     redis_url: str | None = field(repr=False)
     """May carry a password (the embedded Redis's does): never log it."""
@@ -71,6 +95,7 @@ class Config:
     public_url: str
     api_token: str | None = field(repr=False)
     twilio: TwilioConfig | None
+    """Twilio for SMS and voice; None = the console notifier."""
     grpc_addrs: Mapping[str, Address]
     """The first address of each service as configured (where it listens by default)."""
     retention: timedelta
@@ -101,6 +126,8 @@ class Config:
     grpc_max_concurrent_streams: int = 1000
     """Calls in flight per client connection to a gRPC server; more wait at the client."""
     max_watch_streams: int = 16
+    smtp: SmtpConfig | None = None
+    """SMTP for email pages; None = email pages are printed by the console notifier."""
     backlog_max_age: timedelta = timedelta(seconds=60)
     """Past this age of the oldest unhandled incident event, new incidents are refused
     (503 with Retry-After); 0 = never."""
@@ -342,6 +369,69 @@ def _twilio(env: Mapping[str, str]) -> TwilioConfig | None:
     return TwilioConfig(sid, env["TWILIO_AUTH_TOKEN"], from_number, base)
 
 
+_STARTTLS = ("auto", "require", "off")
+
+
+def _smtp(env: Mapping[str, str]) -> SmtpConfig | None:
+    """TOCSIN_SMTP_URL (`smtp://[user:password@]host[:port][?starttls=auto|require|off]`
+    or `smtps://...`) and TOCSIN_EMAIL_FROM, which must come together."""
+    url, sender = env.get("TOCSIN_SMTP_URL", ""), env.get("TOCSIN_EMAIL_FROM", "")
+    if not url and not sender:
+        return None
+    if not url:
+        raise ConfigError("TOCSIN_EMAIL_FROM is set without TOCSIN_SMTP_URL")
+    if not sender:
+        raise ConfigError("TOCSIN_SMTP_URL is set without TOCSIN_EMAIL_FROM")
+    parts = urlsplit(url)
+    # Never the URL itself in an error: it may carry the password.
+    if parts.scheme not in ("smtp", "smtps"):
+        raise ConfigError("TOCSIN_SMTP_URL: expected smtp://host[:port] or smtps://host[:port]")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError("TOCSIN_SMTP_URL: the port is not a number from 1 to 65535") from None
+    if not parts.hostname:
+        raise ConfigError("TOCSIN_SMTP_URL: a host is required")
+    implicit = parts.scheme == "smtps"
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    if (username is None) != (password is None):
+        raise ConfigError("TOCSIN_SMTP_URL: give both a user name and a password, or neither")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - {"starttls"})
+    if unknown:
+        raise ConfigError(f"TOCSIN_SMTP_URL: unknown parameter {unknown[0]!r} (only starttls)")
+    starttls = query.get("starttls", ["require" if username else "auto"])[-1]
+    if starttls not in _STARTTLS:
+        raise ConfigError(f"TOCSIN_SMTP_URL: starttls must be one of {', '.join(_STARTTLS)}")
+    if implicit and "starttls" in query:
+        raise ConfigError("TOCSIN_SMTP_URL: starttls applies to smtp://, not smtps://")
+    display, address = parseaddr(sender)
+    if not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+", address):
+        raise ConfigError(
+            "TOCSIN_EMAIL_FROM: expected an address, e.g. pages@example.com or "
+            "'tocsin <pages@example.com>'"
+        )
+    ca_file = env.get("TOCSIN_SMTP_CA") or None
+    if ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigError(
+                f"TOCSIN_SMTP_CA={ca_file!r}: not a readable PEM CA bundle ({type(error).__name__})"
+            ) from None
+    return SmtpConfig(
+        ca_file=ca_file,
+        host=parts.hostname,
+        port=port or (465 if implicit else 587),
+        implicit_tls=implicit,
+        starttls="off" if implicit else starttls,
+        username=username,
+        password=password,
+        sender=formataddr((display, address)),
+    )
+
+
 def load_config(env: Mapping[str, str] | None = None) -> Config:
     """Read and validate the configuration (from `os.environ` unless given)."""
     env = os.environ if env is None else env
@@ -367,6 +457,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         public_url=public_url,
         api_token=_parse_token(env.get("TOCSIN_API_TOKEN", ""), "TOCSIN_API_TOKEN"),
         twilio=_twilio(env),
+        smtp=_smtp(env),
         grpc_addrs={name: address for name, (_, address) in peers.items()},
         grpc_targets={name: target for name, (target, _) in peers.items()},
         grpc_max_connection_age=_parse_interval(

@@ -17,6 +17,7 @@ local ContactMethodType = {  -- tocsin.v1.ContactMethodType
   UNSPECIFIED = 0,
   SMS = 1,
   VOICE = 2,
+  EMAIL = 3,
 }
 local IncidentStatus = {  -- tocsin.v1.IncidentStatus
   UNSPECIFIED = 0,
