@@ -3,6 +3,7 @@ dead-lettering of an entry that always fails. Standalone and Cluster."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -132,3 +133,52 @@ async def test_one_xack_per_read_for_the_entries_handled(
     assert ids == [entry_id.decode() for entry_id, _ in entries[:50]]
     pending = await redis.xpending(stream_key(0), "escalation")
     assert pending["pending"] == 1
+
+
+async def test_a_lane_stuck_on_its_event_does_not_hold_back_another_lane(
+    groups: RedisClient,
+) -> None:
+    """Lanes of a shard are handled concurrently, each in order: while a handler of one
+    lane hangs (a peer that does not answer), the events of another lane of the same
+    shard are handled, in order, and the stuck lane's later events wait for it."""
+    stuck = asyncio.Event()
+    order: list[str] = []
+    handled = asyncio.Condition()
+
+    async def handler(event: incidents_pb2.IncidentEvent) -> None:
+        if event.incident.id == "16" and not stuck.is_set():
+            await stuck.wait()
+        async with handled:
+            order.append(event.incident.id)
+            handled.notify_all()
+
+    async def until_handled(count: int) -> None:
+        async with asyncio.timeout(10), handled:
+            await handled.wait_for(lambda: len(order) >= count)
+
+    def event(incident_id: str, kind: incidents_pb2.IncidentEventKind.ValueType) -> Any:
+        pb = incidents_pb2.IncidentEvent(kind=kind, incident=incidents_pb2.Incident(id=incident_id))
+        return {EVENT_FIELD: pb.SerializeToString()}
+
+    # shard 0: incident 16 (and 48 behind it) on lane 1, incidents 32 and 64 on lane 2
+    await groups.xadd(stream_key(0, 1), event("16", TRIGGERED))
+    await groups.xadd(stream_key(0, 1), event("48", TRIGGERED))
+    await groups.xadd(stream_key(0, 2), event("32", TRIGGERED))
+    await groups.xadd(stream_key(0, 2), event("32", ACKED))
+    await groups.xadd(stream_key(0, 2), event("64", TRIGGERED))
+    consumer = EventConsumer(groups, "escalation", handler, shards=[0], block_ms=200)
+    stop = asyncio.Event()
+    running = asyncio.create_task(consumer.run(stop))
+    try:
+        await until_handled(3)
+        assert order == ["32", "32", "64"]  # lane 2 in order, lane 1 still stuck on 16
+        stuck.set()
+        await until_handled(5)
+        assert order[3:] == ["16", "48"]
+    finally:
+        stop.set()
+        await running
+    # everything handled was acknowledged (at the latest when the consumer stopped)
+    await consumer.drain_once()
+    for lane in (1, 2):
+        assert (await groups.xpending(stream_key(0, lane), "escalation"))["pending"] == 0

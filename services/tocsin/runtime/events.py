@@ -10,16 +10,17 @@ Each shard's stream is split again into `EVENT_LANES` lanes by the incident's se
 `tocsin:{tN}:incident-events` (so events written before lanes existed are still read),
 lane n `tocsin:{tN}:incident-events:lane:n`. An incident keeps its lane (trigger.lua
 stores it in the incident hash), so its events stay in order. Lanes are what keeps a
-storm on one service from delaying another service's first page: each consumer holds at
-most `batch` entries of a lane at a time and handles the lanes it holds round robin, one
-entry of each in turn, and between two rounds (at most every `refill_ms`) reads the lanes
-whose entries it has finished, so an event on a quiet lane waits for about one entry of
-each busy lane, not for a storm's whole backlog in the shard (README, Design: "Fair
-scheduling").
+storm on one service from delaying another service's first page: in each shard a
+consumer runs one worker per lane that has entries, lanes concurrently, each handling its
+lane's entries in order (at most `batch` read at a time) and reading its lane again until
+it is empty; the shard's loop meanwhile waits, in a blocking XREADGROUP, on the lanes no
+worker has, so an event on a quiet lane is read at once and handled beside a storm's
+backlog rather than behind it (README, Design: "Fair scheduling").
 
 Each consumer group (escalation, notification) reads every shard with one XREADGROUP
-over its lanes (the blocking one when it holds nothing), handles each lane's entries in
-order, and XACKs them (one XACK per lane and round) only after its handler succeeded.
+over its idle lanes (and one per lane from its worker), handles each lane's entries in
+order, and XACKs them (one XACK per lane, at most every `refill_ms`) only after its
+handler succeeded.
 Entries left pending by a consumer that died are taken over with XAUTOCLAIM after
 `claim_idle_ms` (looked for every half of it; a restarted process with the same identity
 resumes its own at once; entries a consumer holds to handle are not taken by itself); an
@@ -42,7 +43,7 @@ import os
 import socket
 import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -141,7 +142,7 @@ class EventConsumer:
         shards: Sequence[int] = range(INCIDENT_SHARDS),
         block_ms: int = 1000,
         batch: int = 32,
-        refill_ms: int = 20,
+        refill_ms: int = 100,
         claim_idle_ms: int = 10_000,
         max_deliveries: int = 10,
         start_id: str = "$",
@@ -155,10 +156,11 @@ class EventConsumer:
         """The block asked for, capped below the client's socket timeout."""
         self.batch = batch
         """Entries of one lane read (and held) at a time."""
-        self.refill_ms = refill_ms
-        """While holding entries, lanes that ran dry are read again at most this often
-        (real time): often enough that a quiet lane's event waits milliseconds, rarely
-        enough that cheap entries (a dedup storm's) still go 32 to a read."""
+        self.refill_ms = min(refill_ms, self.block_ms)
+        """While lane workers run, the shard's read of the other lanes blocks at most this
+        long (real time), so handled entries are acknowledged, and lanes whose worker
+        finished are read again, at least this often. An event on a lane being waited on
+        ends the wait at once."""
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
         self.handled = 0
@@ -227,30 +229,57 @@ class EventConsumer:
         next_claim = loop.time() + self.claim_idle_ms / 2000
         lanes = _Lanes(shard)
         resumed = False
-        while not stop.is_set():
-            async with guard:
-                if not resumed:  # what this consumer received before a restart, first
-                    await self._fill(lanes, None, pending=True)
-                    resumed = True
-                await self._step(lanes)
-                now = loop.time()  # real time on purpose: XAUTOCLAIM judges Redis' idle time
-                if now >= next_claim:
-                    next_claim = now + self.claim_idle_ms / 2000
-                    await self._claim_shard(shard, lanes.held_ids())
+        try:
+            while not stop.is_set():
+                async with guard:
+                    if not resumed:  # what this consumer received before a restart, first
+                        await self._fill(lanes, None, pending=True)
+                        resumed = True
+                    await self._step(lanes)
+                    now = loop.time()  # real time on purpose: XAUTOCLAIM judges Redis' idle
+                    if now >= next_claim:
+                        next_claim = now + self.claim_idle_ms / 2000
+                        await self._claim_shard(shard, lanes.held_ids())
+        finally:
+            await lanes.stop_workers()
 
     async def _step(self, lanes: _Lanes) -> None:
-        """Read the lanes that ran dry (blocking when nothing is held), then handle rounds
-        of one entry per held lane until none is held or `refill_ms` passed; then XACK."""
-        loop = asyncio.get_running_loop()
-        await self._fill(lanes, None if lanes.held else self.block_ms, pending=False)
-        until = loop.time() + self.refill_ms / 1000
-        try:
-            while lanes.held:
-                await self._round(lanes)
-                if loop.time() >= until and lanes.dry():
-                    break
-        finally:
-            await self._ack_done(lanes)
+        """One turn of a shard's loop: acknowledge what the lane workers finished, read
+        the lanes nobody is working on (blocking up to `block_ms` when no worker runs,
+        `refill_ms` while some do; an event on such a lane ends the wait at once), and
+        start a worker for each lane that got entries. A worker handles its lane's
+        entries in order and reads its own lane again until it is empty, so each lane has
+        one reader at a time and an incident's events keep their order."""
+        lanes.reap_workers()  # raises what a worker raised (the guard logs it, backs off)
+        await self._ack_done(lanes)
+        if lanes.dry():
+            block = self.refill_ms if lanes.working else self.block_ms
+            await self._fill(lanes, block, pending=False)
+        elif lanes.working:  # every lane has a worker: wait for one to finish
+            await asyncio.wait(
+                lanes.working, timeout=self.refill_ms / 1000, return_when=asyncio.FIRST_COMPLETED
+            )
+        for key in lanes.idle_with_entries():
+            lanes.start_worker(key, self._work(lanes, key))
+
+    async def _work(self, lanes: _Lanes, key: str) -> None:
+        """Handle lane `key`'s entries in order, reading the lane again when they run out,
+        until it is empty."""
+        while True:
+            while (entry := lanes.take(key)) is not None:
+                entry_id, fields = entry
+                try:
+                    if await self._handle(entry_id, fields):
+                        lanes.done(key, entry_id)
+                finally:
+                    lanes.finished(key)
+            reply: Any = await self.redis.xreadgroup(
+                self.group, self.consumer, {key: ">"}, count=self.batch, block=None
+            )
+            entries = reply[0][1] if reply else []
+            if not entries:
+                return
+            lanes.add(key, entries)
 
     async def _fill(self, lanes: _Lanes, block_ms: int | None, *, pending: bool) -> int:
         """One XREADGROUP over the lanes holding nothing ("0": this consumer's own pending
@@ -370,21 +399,65 @@ Entry = tuple[bytes, dict[bytes, bytes] | None]
 
 class _Lanes:
     """What a consumer holds of one shard: per lane, the entries read and not handled yet
-    (in stream order) and those handled and not acknowledged yet."""
+    (in stream order), the one being handled, those handled and not acknowledged yet, and
+    the lane's worker task while it runs."""
 
     def __init__(self, shard: int) -> None:
         self.keys = shard_streams(shard)
         self._queues: dict[str, deque[Entry]] = {key: deque() for key in self.keys}
         self._done: dict[str, list[bytes]] = {key: [] for key in self.keys}
+        self._handling: dict[str, bytes] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
         self._turn = 0
 
     @property
     def held(self) -> bool:
         return any(self._queues.values())
 
+    @property
+    def working(self) -> set[asyncio.Task[None]]:
+        return set(self._workers.values())
+
     def dry(self) -> list[str]:
-        """The lanes holding nothing to handle."""
-        return [key for key in self.keys if not self._queues[key]]
+        """The lanes holding nothing to handle and without a worker (which reads its own)."""
+        return [key for key in self.keys if not self._queues[key] and key not in self._workers]
+
+    def idle_with_entries(self) -> list[str]:
+        return [key for key in self.keys if self._queues[key] and key not in self._workers]
+
+    def start_worker(self, key: str, work: Coroutine[Any, Any, None]) -> None:
+        self._workers[key] = asyncio.get_running_loop().create_task(work)
+
+    def reap_workers(self) -> None:
+        """Forget the workers that finished; raise the first error one of them raised."""
+        error: BaseException | None = None
+        for key, task in list(self._workers.items()):
+            if task.done():
+                del self._workers[key]
+                if not task.cancelled() and task.exception() is not None and error is None:
+                    error = task.exception()
+        if error is not None:
+            raise error
+
+    async def stop_workers(self) -> None:
+        for task in self._workers.values():
+            task.cancel()
+        for task in self._workers.values():
+            with contextlib.suppress(BaseException):
+                await task
+        self._workers.clear()
+
+    def take(self, key: str) -> Entry | None:
+        """The lane's next entry, now being handled; None when none is held."""
+        queue = self._queues[key]
+        if not queue:
+            return None
+        entry = queue.popleft()
+        self._handling[key] = entry[0]
+        return entry
+
+    def finished(self, key: str) -> None:
+        self._handling.pop(key, None)
 
     def add(self, key: str, entries: list[Entry]) -> None:
         self._queues[key].extend(entries)
@@ -407,4 +480,6 @@ class _Lanes:
         return taken
 
     def held_ids(self) -> frozenset[bytes]:
-        return frozenset(entry_id for queue in self._queues.values() for entry_id, _ in queue)
+        """Entries this consumer holds: read and not handled yet, or being handled."""
+        queued = (entry_id for queue in self._queues.values() for entry_id, _ in queue)
+        return frozenset((*queued, *self._handling.values()))
