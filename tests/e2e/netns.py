@@ -5,9 +5,20 @@
 with an address of its own in that /24. Processes started with `Host.popen` run inside
 the namespace: they reach the root namespace (Redis, the fake Twilio, the services run
 there) and each other only over the bridge. `Host.cut()` takes the root side of its veth
-down, so every packet to or from the host is dropped (a blackhole, as a failed switch
-port or a partition looks: connections hang until their timeouts, nothing is refused);
-`Host.heal()` brings it back.
+down, so every packet to or from the host is dropped; `Host.heal()` brings it back.
+`Host.drop(address, ports)` installs iptables DROP rules inside the namespace for TCP
+to and from those ports of `address` (the host is partitioned from, say, Redis alone,
+and still reaches and is reached by everything else); `Host.undrop()` removes them.
+Both are blackholes, as a failed switch port or a partition looks: packets vanish, no
+RST comes back, so connections hang until their timeouts and nothing is refused.
+
+Names: `ip netns exec` bind-mounts `/etc/netns/<namespace>/hosts` over `/etc/hosts`, so
+every host gets such a file, and `Network.publish(name, address)` appends `address` for
+`name` to every host's file (in place: the bind mount follows the inode, a file
+replaced by a rename would not be seen). A name published for several addresses
+resolves to all of them, as a headless Kubernetes Service's DNS name does; gRPC's
+resolvers (c-ares, the default, and `GRPC_DNS_RESOLVER=native` alike) read it and see
+an address added later when they resolve the name again.
 
 Every name starts with `PREFIX`, and `Network` removes whatever a crashed earlier run left
 with that prefix before it creates anything, and everything it created when it ends,
@@ -19,7 +30,8 @@ a run dies), so one never removes the other's namespaces as leftovers.
 bridge address (and loopback), announcing the bridge address, so clients inside the
 namespaces follow MOVED replies to addresses they can reach.
 
-`unavailable()` says why none of this can run here (not root, no `ip netns`), or None.
+`unavailable()` says why none of this can run here (not root, no `ip netns`, no
+`iptables`), or None.
 """
 
 from __future__ import annotations
@@ -50,6 +62,8 @@ BRIDGE = f"{PREFIX}br0"
 GATEWAY_IP = f"{SUBNET}.1"
 """The root namespace's address on the bridge."""
 LOCK_PATH = Path("/run") / f"{PREFIX}-tests.lock"
+NETNS_ETC = Path("/etc/netns")
+"""Where `ip netns exec` finds the files it bind-mounts over /etc (hosts here)."""
 
 
 def unavailable() -> str | None:
@@ -61,6 +75,8 @@ def unavailable() -> str | None:
     probe = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
     if probe.returncode != 0:
         return f"`ip netns` is not available: {probe.stderr.strip()}"
+    if shutil.which("iptables") is None:
+        return "the `iptables` command is not installed (.ci/run installs it with apt)"
     return None
 
 
@@ -82,6 +98,8 @@ def remove_leftovers() -> None:
         name = line.split(":")[1].strip().split("@")[0]
         if name.startswith(PREFIX):
             ip("link", "del", name, check=False)
+    for directory in NETNS_ETC.glob(f"{PREFIX}-*"):
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _kill_namespace_processes(namespace: str) -> None:
@@ -124,6 +142,35 @@ class Host:
     def heal(self) -> None:
         ip("link", "set", "dev", self.veth, "up")
 
+    def drop(self, address: str, ports: Sequence[int]) -> None:
+        """Drop every TCP packet between this host and `ports` of `address`, both ways."""
+        for rule in self._drop_rules(address, ports):
+            self._iptables("-A", *rule)
+
+    def undrop(self, address: str, ports: Sequence[int]) -> None:
+        for rule in self._drop_rules(address, ports):
+            self._iptables("-D", *rule)
+
+    @staticmethod
+    def _drop_rules(address: str, ports: Sequence[int]) -> list[list[str]]:
+        listed = ",".join(str(port) for port in ports)
+        tcp = ["-p", "tcp", "-m", "multiport"]
+        return [
+            ["OUTPUT", *tcp, "-d", address, "--dports", listed, "-j", "DROP"],
+            ["INPUT", *tcp, "-s", address, "--sports", listed, "-j", "DROP"],
+        ]
+
+    def _iptables(self, *args: str) -> None:
+        argv = ["ip", "netns", "exec", self.namespace, "iptables", "-w", *args]
+        result = subprocess.run(argv, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)}: {result.stderr.strip()}")
+
+    @property
+    def hosts_file(self) -> Path:
+        """The file `ip netns exec` mounts as this host's /etc/hosts."""
+        return NETNS_ETC / self.namespace / "hosts"
+
     def stop(self) -> None:
         for process in self.processes:
             if process.poll() is None:
@@ -136,6 +183,8 @@ class Network:
 
     def __init__(self) -> None:
         self.hosts: list[Host] = []
+        self.names: list[tuple[str, str]] = []
+        """(address, name) lines every host's /etc/hosts has, in publishing order."""
         self._lock: IO[bytes] | None = None
 
     def __enter__(self) -> Network:
@@ -181,7 +230,17 @@ class Network:
         ip("-n", host.namespace, "addr", "add", f"{host.address}/24", "dev", "eth0")
         ip("-n", host.namespace, "link", "set", "eth0", "up")
         ip("-n", host.namespace, "link", "set", "lo", "up")
+        host.hosts_file.parent.mkdir(parents=True, exist_ok=True)
+        lines = [("127.0.0.1", "localhost"), *self.names]
+        host.hosts_file.write_text("".join(f"{a} {n}\n" for a, n in lines))
         return host
+
+    def publish(self, name: str, address: str) -> None:
+        """`name` resolves to `address` too, on every host (now and created later)."""
+        self.names.append((address, name))
+        for host in self.hosts:
+            with host.hosts_file.open("a") as hosts:  # in place, one write
+                hosts.write(f"{address} {name}\n")
 
     def close(self) -> None:
         for host in self.hosts:
@@ -190,8 +249,10 @@ class Network:
             _kill_namespace_processes(host.namespace)
             ip("netns", "del", host.namespace, check=False)
             ip("link", "del", host.veth, check=False)
+            shutil.rmtree(host.hosts_file.parent, ignore_errors=True)
         ip("link", "del", BRIDGE, check=False)
         self.hosts.clear()
+        self.names.clear()
         if self._lock is not None:
             self._lock.close()  # releases the lock
             self._lock = None

@@ -2,7 +2,8 @@
 
 It implements `opentelemetry.proto.collector.trace.v1.TraceService/Export` (and accepts
 and drops metrics, which the same endpoint receives) with the stubs the
-`opentelemetry-proto` package ships, and keeps every span with its service name.
+`opentelemetry-proto` package ships, and keeps every span with its service name and
+instance (`service.instance.id`, from `OTEL_RESOURCE_ATTRIBUTES`), kind and start time.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ class ReceivedSpan:
     span_id: str
     parent_span_id: str
     attributes: dict[str, Any]
+    instance: str = ""
+    """The resource's `service.instance.id` ("" when the process sets none)."""
+    kind: int = 0
+    """The OTLP span kind (2 = SERVER: a call this process received)."""
+    start_ns: int = 0
+    """Wall-clock start (Unix ns), as the exporting process saw it."""
 
 
 def _value(any_value: Any) -> Any:
@@ -46,6 +53,7 @@ class _Traces(trace_service_pb2_grpc.TraceServiceServicer):
         for resource_spans in request.resource_spans:
             attributes = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
             service = str(attributes.get("service.name", ""))
+            instance = str(attributes.get("service.instance.id", ""))
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
                     received.append(
@@ -56,6 +64,9 @@ class _Traces(trace_service_pb2_grpc.TraceServiceServicer):
                             span_id=span.span_id.hex(),
                             parent_span_id=span.parent_span_id.hex(),
                             attributes={a.key: _value(a.value) for a in span.attributes},
+                            instance=instance,
+                            kind=span.kind,
+                            start_ns=span.start_time_unix_nano,
                         )
                     )
         with self.collector.lock:
@@ -71,17 +82,18 @@ class _Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
 
 
 class OtlpCollector:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.spans: list[ReceivedSpan] = []
         self.lock = threading.Lock()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Traces(self), self.server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_Metrics(), self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.port = self.server.add_insecure_port(f"{host}:0")
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> None:
         self.server.start()
