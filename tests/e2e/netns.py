@@ -4,13 +4,12 @@
 (10.213.77.0/24) and, per `host(...)`, a namespace joined to the bridge by a veth pair,
 with an address of its own in that /24. Processes started with `Host.popen` run inside
 the namespace: they reach the root namespace (Redis, the fake Twilio, the services run
-there) and each other only over the bridge. `Host.cut()` takes the root side of its veth
-down, so every packet to or from the host is dropped; `Host.heal()` brings it back.
-`Host.drop(address, ports)` installs iptables DROP rules inside the namespace for TCP
-to and from those ports of `address` (the host is partitioned from, say, Redis alone,
-and still reaches and is reached by everything else); `Host.undrop()` removes them.
-Both are blackholes, as a failed switch port or a partition looks: packets vanish, no
-RST comes back, so connections hang until their timeouts and nothing is refused.
+there) and each other only over the bridge. `Host.drop(address, ports)` installs
+iptables DROP rules inside the namespace for TCP to and from those ports of `address`
+(the host is partitioned from, say, Redis alone, and still reaches and is reached by
+everything else); `Host.undrop()` removes them. A blackhole, as a partition looks:
+packets vanish, no RST comes back, so connections hang until their timeouts and
+nothing is refused.
 
 Names: `ip netns exec` bind-mounts `/etc/netns/<namespace>/hosts` over `/etc/hosts`, so
 every host gets such a file, and `Network.publish(name, address)` appends `address` for
@@ -134,13 +133,6 @@ class Host:
         )
         self.processes.append(process)
         return process
-
-    def cut(self) -> None:
-        """Drop every packet to and from this host (its switch port goes down)."""
-        ip("link", "set", "dev", self.veth, "down")
-
-    def heal(self) -> None:
-        ip("link", "set", "dev", self.veth, "up")
 
     def drop(self, address: str, ports: Sequence[int]) -> None:
         """Drop every TCP packet between this host and `ports` of `address`, both ways."""
