@@ -9,6 +9,9 @@ serve NAME`, one process each, the defaults a deployment gets apart from a short
 `TOCSIN_GRPC_MAX_CONNECTION_AGE`) runs on a host of its own (tests/e2e/netns.py):
 scheduling, incidents, escalation and notification replicas a and b, gateways a and b,
 and a "cli" host that applies the configuration and reads policies from escalation.
+History, the archive, is off the paging path and not run here (its replicas would share
+a PostgreSQL database), so the gateways' /healthz stays 503 and their /readyz is waited
+for.
 
 Services reach each other by name only: every host's /etc/hosts maps
 `scheduling.tocsin`, `incidents.tocsin`, ... to the addresses of that service's replicas,
@@ -256,9 +259,10 @@ def held_by(client: RedisCluster, group: str, instances: set[str]) -> bool:
         return False
 
 
-def healthy(url: str) -> bool:
+def ready(url: str) -> bool:
+    """The gateway's readiness: a replica of each service it calls is SERVING."""
     try:
-        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -366,7 +370,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
                 cluster.start("gateway", gateway)
             for gateway in ("gw-a", "gw-b"):
                 url = cluster.gateway_url(gateway)
-                wait_for(lambda u=url: healthy(u), 120, f"{gateway}'s /healthz", 0.2)
+                wait_for(lambda u=url: ready(u), 120, f"{gateway}'s /readyz", 0.2)
             cli = cluster.replicas["cli"].namespace
             apply = subprocess.run(
                 ["ip", "netns", "exec", cli, *TOCSIN, "apply", "-f", str(HERE / "netns.yaml")],
