@@ -14,7 +14,7 @@ from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
 from tocsin.client.client import TocsinClient
-from tocsin.gateway import alertmanager, events_api, health, ical, twilio_webhooks
+from tocsin.gateway import alertmanager, events_api, health, ical, oidc, twilio_webhooks
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.config import Config
 
@@ -28,6 +28,7 @@ def create_app(config: Config, client: TocsinClient, clock: Clock) -> EventsFast
         await client.close()
 
     routes: list[BaseRoute] = [route for module in EDGE_MODULES for route in module.routes]
+    routes += oidc.routes_for(config, client)  # /auth/oidc/*, when TOCSIN_OIDC_* is set
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.config = config
     app.state.client = client

@@ -87,6 +87,21 @@ class SmtpConfig:
 
 
 @dataclass(frozen=True)
+class OidcConfig:
+    """OpenID Connect sign-in at the gateway (TOCSIN_OIDC_*); see gateway/oidc.py."""
+
+    issuer: str
+    """The provider's issuer URL (https://, or http:// on loopback only); its
+    /.well-known/openid-configuration is read on the first sign-in."""
+    client_id: str
+    """tocsin's client id at the provider."""
+    client_secret: str = field(repr=False)
+    """tocsin's client secret at the provider: never logged."""
+    claim: str = "email"
+    """The ID token claim naming the tocsin user: matched with users' email, then ids."""
+
+
+@dataclass(frozen=True)
 class Config:
     redis_url: str | None = field(repr=False)
     """May carry a password (the embedded Redis's does): never log it."""
@@ -144,6 +159,9 @@ class Config:
     """TOCSIN_ALLOW_INSECURE_TOKENS=1: send the bearer token in plaintext beyond loopback."""
     log_level: str = "INFO"
     """TOCSIN_LOG_LEVEL: DEBUG, INFO, WARNING, ERROR or CRITICAL."""
+    oidc: OidcConfig | None = None
+    """OpenID Connect sign-in (TOCSIN_OIDC_ISSUER, _CLIENT_ID, _CLIENT_SECRET, _CLAIM);
+    None = only local passwords."""
     instance: str | None = None
     """TOCSIN_INSTANCE: this process's name in consumer groups and leases (None = host
     name); printable ASCII without spaces or `|`."""
@@ -347,6 +365,41 @@ def _allow_insecure(env: Mapping[str, str]) -> bool:
         raise ConfigError(str(error)) from None
 
 
+OIDC_VARIABLES = ("TOCSIN_OIDC_ISSUER", "TOCSIN_OIDC_CLIENT_ID", "TOCSIN_OIDC_CLIENT_SECRET")
+
+
+def _oidc(env: Mapping[str, str]) -> OidcConfig | None:
+    present = [name for name in OIDC_VARIABLES if env.get(name)]
+    if not present:
+        if env.get("TOCSIN_OIDC_CLAIM"):
+            raise ConfigError("TOCSIN_OIDC_CLAIM is set without TOCSIN_OIDC_ISSUER")
+        return None
+    missing = [name for name in OIDC_VARIABLES if not env.get(name)]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} must be set together with {', '.join(present)}")
+    issuer = env["TOCSIN_OIDC_ISSUER"].strip()
+    parts = urlsplit(issuer)
+    loopback = parts.hostname is not None and Address(parts.hostname, 0).is_loopback
+    if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+        raise ConfigError(
+            f"TOCSIN_OIDC_ISSUER={issuer!r}: expected an https:// URL (http:// only on "
+            "loopback), e.g. https://accounts.google.com"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigError(f"TOCSIN_OIDC_ISSUER={issuer!r}: an issuer has no ? or # part")
+    client_id = env["TOCSIN_OIDC_CLIENT_ID"]
+    if not all(" " < char <= "~" for char in client_id):
+        raise ConfigError("TOCSIN_OIDC_CLIENT_ID must be printable ASCII without spaces")
+    secret = _parse_token(env["TOCSIN_OIDC_CLIENT_SECRET"], "TOCSIN_OIDC_CLIENT_SECRET")
+    assert secret is not None
+    claim = env.get("TOCSIN_OIDC_CLAIM", "email").strip() or "email"
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}", claim):
+        raise ConfigError(
+            f"TOCSIN_OIDC_CLAIM={claim!r}: expected a claim name, e.g. email or preferred_username"
+        )
+    return OidcConfig(issuer.rstrip("/"), client_id, secret, claim)
+
+
 def _twilio(env: Mapping[str, str]) -> TwilioConfig | None:
     names = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_FROM_NUMBER")
     present = [n for n in names if env.get(n)]
@@ -513,4 +566,5 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         allow_insecure_tokens=_allow_insecure(env),
         log_level=parse_log_level(env.get("TOCSIN_LOG_LEVEL", "INFO")),
         instance=parse_instance(env.get("TOCSIN_INSTANCE", "")),
+        oidc=_oidc(env),
     )
