@@ -128,3 +128,45 @@ def test_instance_name_refuses_what_load_config_refuses(monkeypatch: pytest.Monk
         instance_name("escalation")
     monkeypatch.setenv("TOCSIN_INSTANCE", "esc-1")
     assert instance_name("escalation") == "escalation-esc-1"
+
+
+OIDC = {
+    "TOCSIN_OIDC_ISSUER": "https://id.example.com/",
+    "TOCSIN_OIDC_CLIENT_ID": "tocsin",
+    "TOCSIN_OIDC_CLIENT_SECRET": "oidc-secret-4b1d",
+}
+
+
+def test_oidc_settings_are_all_or_nothing_and_the_secret_is_hidden() -> None:
+    config = load_config(OIDC)
+    assert config.oidc is not None
+    assert (config.oidc.issuer, config.oidc.client_id, config.oidc.claim) == (
+        "https://id.example.com",
+        "tocsin",
+        "email",
+    )
+    assert "oidc-secret-4b1d" not in repr(config)
+    custom = load_config({**OIDC, "TOCSIN_OIDC_CLAIM": "preferred_username"})
+    assert custom.oidc is not None and custom.oidc.claim == "preferred_username"
+    loopback = load_config({**OIDC, "TOCSIN_OIDC_ISSUER": "http://127.0.0.1:9000"})
+    assert loopback.oidc is not None and loopback.oidc.issuer == "http://127.0.0.1:9000"
+    assert load_config({}).oidc is None
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TOCSIN_OIDC_ISSUER": "https://id.example.com"}, "TOCSIN_OIDC_CLIENT_ID"),
+        ({**OIDC, "TOCSIN_OIDC_CLIENT_SECRET": ""}, "TOCSIN_OIDC_CLIENT_SECRET must be set"),
+        ({**OIDC, "TOCSIN_OIDC_ISSUER": "http://id.example.com"}, "TOCSIN_OIDC_ISSUER"),
+        ({**OIDC, "TOCSIN_OIDC_ISSUER": "id.example.com"}, "TOCSIN_OIDC_ISSUER"),
+        ({**OIDC, "TOCSIN_OIDC_ISSUER": "https://id.example.com/?x=1"}, "TOCSIN_OIDC_ISSUER"),
+        ({**OIDC, "TOCSIN_OIDC_CLAIM": "e mail"}, "TOCSIN_OIDC_CLAIM"),
+        ({"TOCSIN_OIDC_CLAIM": "email"}, "TOCSIN_OIDC_CLAIM"),
+        ({**OIDC, "TOCSIN_OIDC_CLIENT_SECRET": "has space"}, "TOCSIN_OIDC_CLIENT_SECRET"),
+    ],
+)
+def test_bad_oidc_settings_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as refused:
+        load_config(env)
+    assert "oidc-secret-4b1d" not in str(refused.value)
