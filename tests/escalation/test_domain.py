@@ -14,12 +14,16 @@ from tocsin.escalation.domain import (
     Exhausted,
     Level,
     LevelFired,
+    LevelKey,
+    Page,
     Policy,
     Status,
     Target,
     fire,
     idempotency_key,
     is_due,
+    pages_out,
+    record_pages,
     restart,
     start,
     stop,
@@ -42,8 +46,30 @@ policies = st.builds(
 )
 
 
+def paged(escalation: Escalation, work: object, now: int) -> Escalation:
+    """Record a page per target of a fired level (as the engine does)."""
+    if not isinstance(work, LevelFired):
+        return escalation
+    pages = tuple(
+        Page(work.level, work.loop, t.id, "", now, escalation.epoch)
+        for t in dict.fromkeys(work.targets)
+    )
+    return record_pages(escalation, pages)
+
+
+def all_out(escalation: Escalation, work: object, at: int) -> Escalation:
+    """Every page of the fired level reported out at `at` (they went out at once)."""
+    if not isinstance(work, LevelFired):
+        return escalation
+    key = LevelKey("7", escalation.epoch, work.level, work.loop, "")
+    released = pages_out(escalation, key, {t.id: at for t in work.targets}, at)
+    assert released is not None
+    return released
+
+
 def run_to_end(escalation: Escalation, lateness_ms: int = 0) -> list[tuple[int, object]]:
-    """Fire whenever due (optionally late); return (fire time, work) in order."""
+    """Fire whenever due (optionally late), each level's pages out at once; return (fire
+    time, work) in order."""
     fired: list[tuple[int, object]] = []
     while escalation.status is Status.ACTIVE:
         assert escalation.next_fire_ms is not None
@@ -52,6 +78,7 @@ def run_to_end(escalation: Escalation, lateness_ms: int = 0) -> list[tuple[int, 
         before = escalation.version
         escalation, work = fire(escalation, now)
         assert escalation.version == before + 1
+        escalation = all_out(paged(escalation, work, now), work, now)
         fired.append((now, work))
     return fired
 

@@ -647,3 +647,65 @@ class ReportUnreachableResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportUnreachableResponse: _TypeAlias = ReportUnreachableResponse  # noqa: Y015
+
+@_typing.final
+class ReportPageOutRequest(_message.Message):
+    """Request for ReportPageOut."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    OUT_AT_FIELD_NUMBER: _builtins.int
+    incident_id: _builtins.str
+    """The incident."""
+    user_id: _builtins.str
+    """The user whose first page went out."""
+    idempotency_key: _builtins.str
+    """The idempotency key of the Notify that paged the user
+    ("incident/epoch/level/loop/user"): it names the level the report is about.
+    """
+    @_builtins.property
+    def out_at(self) -> _timestamp_pb2.Timestamp:
+        """When the page went out (the provider answered or the send failed); unset: now.
+        Escalation keeps it between the level's firing and the time it receives the report.
+        """
+
+    def __init__(
+        self,
+        *,
+        incident_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+        out_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["out_at", b"out_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "incident_id", b"incident_id", "out_at", b"out_at", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportPageOutRequest: _TypeAlias = ReportPageOutRequest  # noqa: Y015
+
+@_typing.final
+class ReportPageOutResponse(_message.Message):
+    """Response for ReportPageOut."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASED_FIELD_NUMBER: _builtins.int
+    released: _builtins.bool
+    """True when this report was the level's last: the next level now counts from it."""
+    def __init__(
+        self,
+        *,
+        released: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["released", b"released"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportPageOutResponse: _TypeAlias = ReportPageOutResponse  # noqa: Y015

@@ -79,6 +79,11 @@ class EscalationServiceStub:
                 request_serializer=tocsin_dot_v1_dot_escalation__pb2.ReportUnreachableRequest.SerializeToString,
                 response_deserializer=tocsin_dot_v1_dot_escalation__pb2.ReportUnreachableResponse.FromString,
                 _registered_method=True)
+        self.ReportPageOut = channel.unary_unary(
+                '/tocsin.v1.EscalationService/ReportPageOut',
+                request_serializer=tocsin_dot_v1_dot_escalation__pb2.ReportPageOutRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_escalation__pb2.ReportPageOutResponse.FromString,
+                _registered_method=True)
 
 
 class EscalationServiceServicer:
@@ -149,6 +154,17 @@ class EscalationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportPageOut(self, request, context):
+        """Reports that the first page to a user a level paged went out (or failed: either way
+        it is no longer waiting in a backlog). Levels go out in order: the next level waits
+        until every user the level paged is reported, then fires the level's delay after the
+        last report (never before its own due time). Idempotent: a repeated report, or one
+        for another epoch or a level no longer awaited, does nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EscalationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -191,6 +207,11 @@ def add_EscalationServiceServicer_to_server(servicer, server):
                     servicer.ReportUnreachable,
                     request_deserializer=tocsin_dot_v1_dot_escalation__pb2.ReportUnreachableRequest.FromString,
                     response_serializer=tocsin_dot_v1_dot_escalation__pb2.ReportUnreachableResponse.SerializeToString,
+            ),
+            'ReportPageOut': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportPageOut,
+                    request_deserializer=tocsin_dot_v1_dot_escalation__pb2.ReportPageOutRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_escalation__pb2.ReportPageOutResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -414,6 +435,33 @@ class EscalationService:
             '/tocsin.v1.EscalationService/ReportUnreachable',
             tocsin_dot_v1_dot_escalation__pb2.ReportUnreachableRequest.SerializeToString,
             tocsin_dot_v1_dot_escalation__pb2.ReportUnreachableResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportPageOut(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.EscalationService/ReportPageOut',
+            tocsin_dot_v1_dot_escalation__pb2.ReportPageOutRequest.SerializeToString,
+            tocsin_dot_v1_dot_escalation__pb2.ReportPageOutResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,13 @@ class EscalationServiceStub:
     nobody on call does), with the reasons in the timeline. Idempotent: a repeated report,
     or one for another epoch or a level that is no longer the current one, does nothing.
     """
+    ReportPageOut: _grpc.UnaryUnaryMultiCallable[_escalation_pb2.ReportPageOutRequest, _escalation_pb2.ReportPageOutResponse]
+    """Reports that the first page to a user a level paged went out (or failed: either way
+    it is no longer waiting in a backlog). Levels go out in order: the next level waits
+    until every user the level paged is reported, then fires the level's delay after the
+    last report (never before its own due time). Idempotent: a repeated report, or one
+    for another epoch or a level no longer awaited, does nothing.
+    """
 
 @_typing.type_check_only
 class EscalationServiceAsyncStub(EscalationServiceStub):
@@ -90,6 +97,13 @@ class EscalationServiceAsyncStub(EscalationServiceStub):
     the level counts as unanswered and the next level fires at once (as a level with
     nobody on call does), with the reasons in the timeline. Idempotent: a repeated report,
     or one for another epoch or a level that is no longer the current one, does nothing.
+    """
+    ReportPageOut: _aio.UnaryUnaryMultiCallable[_escalation_pb2.ReportPageOutRequest, _escalation_pb2.ReportPageOutResponse]  # type: ignore[assignment]
+    """Reports that the first page to a user a level paged went out (or failed: either way
+    it is no longer waiting in a backlog). Levels go out in order: the next level waits
+    until every user the level paged is reported, then fires the level's delay after the
+    last report (never before its own due time). Idempotent: a repeated report, or one
+    for another epoch or a level no longer awaited, does nothing.
     """
 
 class EscalationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -167,6 +181,19 @@ class EscalationServiceServicer(metaclass=_abc_1.ABCMeta):
         the level counts as unanswered and the next level fires at once (as a level with
         nobody on call does), with the reasons in the timeline. Idempotent: a repeated report,
         or one for another epoch or a level that is no longer the current one, does nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportPageOut(
+        self,
+        request: _escalation_pb2.ReportPageOutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_escalation_pb2.ReportPageOutResponse, _abc.Awaitable[_escalation_pb2.ReportPageOutResponse]]:
+        """Reports that the first page to a user a level paged went out (or failed: either way
+        it is no longer waiting in a backlog). Levels go out in order: the next level waits
+        until every user the level paged is reported, then fires the level's delay after the
+        last report (never before its own due time). Idempotent: a repeated report, or one
+        for another epoch or a level no longer awaited, does nothing.
         """
 
 def add_EscalationServiceServicer_to_server(servicer: EscalationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

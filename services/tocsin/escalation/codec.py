@@ -11,7 +11,7 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from tocsin.escalation.domain import Escalation, Level, Page, Policy, Status, Target
+from tocsin.escalation.domain import Awaiting, Escalation, Level, Page, Policy, Status, Target
 from tocsin.v1 import escalation_pb2 as pb
 
 
@@ -89,33 +89,36 @@ def escalation_to_proto(state: Escalation) -> pb.Escalation:
 
 
 def dump_state(state: Escalation) -> str:
+    """The stored JSON; "aw" ([level, loop, fired ms, delay ms]) only while a level awaits
+    its pages' report, so a state written before it existed reads as "nothing awaited"."""
     policy = state.policy
-    return json.dumps(
-        {
-            "incident": state.incident_id,
-            "policy": {
-                "id": policy.id,
-                "name": policy.name,
-                "repeat": policy.repeat,
-                "version": policy.version,
-                "levels": [
-                    {"delay_ms": lv.delay_ms, "targets": [[t.kind, t.id] for t in lv.targets]}
-                    for lv in policy.levels
-                ],
-            },
-            "status": state.status.value,
-            "next_level": state.next_level,
-            "loop": state.loop,
-            "next_fire_ms": state.next_fire_ms,
-            "version": state.version,
-            "epoch": state.epoch,
-            "started_ms": state.started_ms,
-            "pages": [
-                [p.level, p.loop, p.user_id, p.schedule_id, p.at_ms, p.epoch] for p in state.pages
+    data: dict[str, Any] = {
+        "incident": state.incident_id,
+        "policy": {
+            "id": policy.id,
+            "name": policy.name,
+            "repeat": policy.repeat,
+            "version": policy.version,
+            "levels": [
+                {"delay_ms": lv.delay_ms, "targets": [[t.kind, t.id] for t in lv.targets]}
+                for lv in policy.levels
             ],
         },
-        separators=(",", ":"),
-    )
+        "status": state.status.value,
+        "next_level": state.next_level,
+        "loop": state.loop,
+        "next_fire_ms": state.next_fire_ms,
+        "version": state.version,
+        "epoch": state.epoch,
+        "started_ms": state.started_ms,
+        "pages": [
+            [p.level, p.loop, p.user_id, p.schedule_id, p.at_ms, p.epoch] for p in state.pages
+        ],
+    }
+    if state.awaiting is not None:
+        aw = state.awaiting
+        data["aw"] = [aw.level, aw.loop, aw.fired_ms, aw.delay_ms]
+    return json.dumps(data, separators=(",", ":"))
 
 
 def load_state(raw: bytes | str) -> Escalation:
@@ -141,6 +144,7 @@ def load_state(raw: bytes | str) -> Escalation:
         epoch=data["epoch"],
         started_ms=data["started_ms"],
         pages=tuple(Page(*p) for p in data["pages"]),
+        awaiting=Awaiting(*(int(v) for v in data["aw"])) if data.get("aw") else None,
     )
 
 

@@ -9,10 +9,22 @@ pages, so a duplicate or stale timer changes nothing and pages nobody.
 `epoch` counts restarts (a snooze that ended, a reassignment): it is part of every page's
 idempotency key, so a restarted escalation pages level 0 again instead of being mistaken
 for a repeat of the first run.
+
+Levels go out in order. A fired level is `awaiting` until notification reports that the
+first page to each user it paged went out (or failed): `pages_out`. What comes next (the
+next level, a repeat's first level, the exhaustion) fires only after that, and its delay
+counts from then: at max(due, out + delay), where due = fired + delay and out is when the
+level's last page went out. A timer that comes while the level is still awaiting holds
+it (`fire` returns `Held`, the timer is re-armed for `hold_until_ms`); the report re-arms
+it for out + delay. Should no report ever come (lost to a crash, a notification too old
+to send one), the next level goes ahead `LEVEL_HOLD_MAX_MS` after its due time, flagged
+`unconfirmed`: a lost report delays a level, it never stalls the escalation. A manual
+Escalate fires at once: a person asked for it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Literal
@@ -24,6 +36,9 @@ MIN_DELAY_MS = 60_000
 MAX_REPEAT = 9
 MAX_LEVELS = 20
 MAX_TARGETS = 20
+LEVEL_HOLD_MAX_MS = 5 * 60_000
+"""How long past its due time the next level waits for the previous level's pages to be
+reported out before it goes ahead anyway (the bound on a lost report)."""
 
 
 class Status(StrEnum):
@@ -77,6 +92,25 @@ class LevelKey:
 
 
 @dataclass(frozen=True)
+class Awaiting:
+    """The level that fired last, whose pages have not all been reported out yet."""
+
+    level: int
+    loop: int
+    fired_ms: int
+    delay_ms: int
+
+    @property
+    def due_ms(self) -> int:
+        """When the next level is due by the policy alone."""
+        return self.fired_ms + self.delay_ms
+
+    def hold_until_ms(self, hold_max_ms: int) -> int:
+        """When the next level goes ahead without the report."""
+        return self.due_ms + hold_max_ms
+
+
+@dataclass(frozen=True)
 class Escalation:
     incident_id: str
     policy: Policy
@@ -89,6 +123,9 @@ class Escalation:
     epoch: int
     started_ms: int
     pages: tuple[Page, ...] = ()
+    awaiting: Awaiting | None = None
+    """The last fired level while its pages are not all out; None once they are (or it
+    paged nobody)."""
 
     @property
     def last_fired_level(self) -> int:
@@ -105,6 +142,9 @@ class LevelFired:
     level: int
     loop: int
     targets: tuple[Target, ...]
+    unconfirmed: Awaiting | None = None
+    """The previous level, when its pages were never reported out and this one went
+    ahead after LEVEL_HOLD_MAX_MS (worth a timeline warning)."""
 
 
 @dataclass(frozen=True)
@@ -112,9 +152,20 @@ class Exhausted:
     """Every level of every loop fired and nobody acknowledged."""
 
     loops: int
+    unconfirmed: Awaiting | None = None
 
 
-Work = LevelFired | Exhausted
+@dataclass(frozen=True)
+class Held:
+    """What is next was due but waits for `level`'s pages to go out; the timer is
+    re-armed for `until_ms` (the bound), or earlier by the report."""
+
+    level: int
+    loop: int
+    until_ms: int
+
+
+Work = LevelFired | Exhausted | Held
 
 
 def start(incident_id: str, policy: Policy, now_ms: int, epoch: int = 0) -> Escalation:
@@ -142,7 +193,13 @@ def stop(current: Escalation) -> Escalation | None:
     """Stop paging; None when already stopped (nothing to write)."""
     if current.status is not Status.ACTIVE:
         return None
-    return replace(current, status=Status.STOPPED, next_fire_ms=None, version=current.version + 1)
+    return replace(
+        current,
+        status=Status.STOPPED,
+        next_fire_ms=None,
+        version=current.version + 1,
+        awaiting=None,
+    )
 
 
 def is_due(current: Escalation, now_ms: int) -> bool:
@@ -153,24 +210,45 @@ def is_due(current: Escalation, now_ms: int) -> bool:
     )
 
 
-def fire(current: Escalation, now_ms: int, *, manual: bool = False) -> tuple[Escalation, Work]:
-    """Fire what is next: a level (and arm the one after it) or the exhaustion.
+def fire(
+    current: Escalation,
+    now_ms: int,
+    *,
+    manual: bool = False,
+    hold_max_ms: int = LEVEL_HOLD_MAX_MS,
+) -> tuple[Escalation, Work]:
+    """Fire what is next: a level (and arm the one after it) or the exhaustion; or, while
+    the previous level's pages are not out and the hold has not run out, hold it (`Held`).
 
-    `manual` fires the next level now even if it is not due yet (the Escalate call).
+    `manual` fires the next level now even if it is not due yet (the Escalate call), and
+    does not wait for the previous level's pages. A fired level is `awaiting` until
+    `pages_out` (or `record_pages` with no page) clears it.
     Raises ValueError when the escalation is not active or not due.
     """
     if current.status is not Status.ACTIVE:
         raise ValueError(f"escalation of incident {current.incident_id} is {current.status}")
     if not manual and not is_due(current, now_ms):
         raise ValueError(f"escalation of incident {current.incident_id} is not due")
+    previous = current.awaiting
+    unconfirmed = None
+    if previous is not None and not manual:
+        until = previous.hold_until_ms(hold_max_ms)
+        if now_ms < until:
+            held = replace(current, next_fire_ms=until, version=current.version + 1)
+            return held, Held(previous.level, previous.loop, until)
+        unconfirmed = previous
     levels = current.policy.levels
     if current.next_level >= len(levels):
         if manual and current.loop < current.policy.repeat:
             return fire(replace(current, next_level=0, loop=current.loop + 1), now_ms, manual=True)
         exhausted = replace(
-            current, status=Status.EXHAUSTED, next_fire_ms=None, version=current.version + 1
+            current,
+            status=Status.EXHAUSTED,
+            next_fire_ms=None,
+            version=current.version + 1,
+            awaiting=None,
         )
-        return exhausted, Exhausted(loops=current.loop + 1)
+        return exhausted, Exhausted(loops=current.loop + 1, unconfirmed=unconfirmed)
     level = levels[current.next_level]
     next_fire = now_ms + level.delay_ms
     cursor = _cursor_after(current.policy, current.next_level, current.loop)
@@ -180,8 +258,9 @@ def fire(current: Escalation, now_ms: int, *, manual: bool = False) -> tuple[Esc
         loop=cursor[1],
         next_fire_ms=next_fire,
         version=current.version + 1,
+        awaiting=Awaiting(current.next_level, current.loop, now_ms, level.delay_ms),
     )
-    return advanced, LevelFired(current.next_level, current.loop, level.targets)
+    return advanced, LevelFired(current.next_level, current.loop, level.targets, unconfirmed)
 
 
 def _cursor_after(policy: Policy, level: int, loop: int) -> tuple[int, int]:
@@ -225,12 +304,42 @@ def skip_unanswered(
     users = level_users(current, key)
     if not users or not users <= reported:
         return None
-    return replace(current, next_fire_ms=now_ms, version=current.version + 1)
+    return replace(current, next_fire_ms=now_ms, version=current.version + 1, awaiting=None)
+
+
+def pages_out(
+    current: Escalation, key: LevelKey, reported: Mapping[str, int], now_ms: int
+) -> Escalation | None:
+    """The state once every user `key`'s level paged is in `reported` (user -> when the
+    first page to them went out or failed): no longer awaiting, the next level due at
+    max(due, out + delay), out being the latest of those times (kept within the level's
+    firing and now). None when there is nothing to write: a stale or repeated report,
+    another level or epoch, or a user not reported yet."""
+    awaiting = current.awaiting
+    if (
+        current.status is not Status.ACTIVE
+        or awaiting is None
+        or current.epoch != key.epoch
+        or (awaiting.level, awaiting.loop) != (key.level, key.loop)
+        or current.next_fire_ms is None
+    ):
+        return None
+    users = level_users(current, key)
+    if not users or not users <= reported.keys():
+        return None
+    out_ms = min(max(max(reported[u] for u in users), awaiting.fired_ms), now_ms)
+    next_fire = max(awaiting.due_ms, out_ms + awaiting.delay_ms)
+    return replace(current, next_fire_ms=next_fire, version=current.version + 1, awaiting=None)
 
 
 def record_pages(current: Escalation, pages: tuple[Page, ...]) -> Escalation:
-    """The state with the pages a fired level sent appended (same version: one write)."""
-    return replace(current, pages=current.pages + pages)
+    """The state with the pages a fired level sent appended (same version: one write). A
+    level that paged nobody has nothing to wait for."""
+    return replace(
+        current,
+        pages=current.pages + pages,
+        awaiting=current.awaiting if pages else None,
+    )
 
 
 def idempotency_key(incident_id: str, epoch: int, level: int, loop: int, user_id: str) -> str:

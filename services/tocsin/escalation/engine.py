@@ -20,6 +20,14 @@ reported, one more compare-and-set makes the next level due now, guarded by the 
 epoch, level and loop and by its still being the current one, so a repeated report or a
 redone hop moves nothing twice.
 
+Levels go out in order (domain.py): a fired level awaits notification's ReportPageOut
+for each user it paged (Notify answering `unreachable` counts as out at once). A level
+timer that comes before those reports re-arms itself for the bound (`Held`); the last
+report re-arms it for the level's delay after the last page went out, and fires it now if
+that has passed. The report is recorded per user (HSETNX, first wins) and applied by one
+compare-and-set guarded by epoch, level and loop, so a repeated or stale report moves
+nothing; a lost one delays the next level by at most LEVEL_HOLD_MAX_MS past its due time.
+
 Calls to the other services wait for a peer that is starting (gRPC wait_for_ready) inside
 `PEER_DEADLINE_S`; if one still fails with UNAVAILABLE or its deadline, the timer (level
 or hop) is given back due again in `PEER_RETRY_MS` rather than left in flight until its
@@ -40,8 +48,11 @@ from tocsin.client.client import TocsinClient
 from tocsin.escalation import domain
 from tocsin.escalation.codec import HopPage, HopPayload, LevelTimerPayload, policy_from_proto
 from tocsin.escalation.domain import (
+    LEVEL_HOLD_MAX_MS,
+    Awaiting,
     Escalation,
     Exhausted,
+    Held,
     LevelFired,
     LevelKey,
     Page,
@@ -82,6 +93,8 @@ class EscalationEngine:
         self.store = store
         self.peers = peers
         self.clock = clock
+        self.hold_max_ms = LEVEL_HOLD_MAX_MS
+        """How long past its due time a level waits for the previous level's pages."""
         self.repaired = 0
         self._peer_warned_at: float | None = None
         self._peer_failures = 0
@@ -243,6 +256,9 @@ class EscalationEngine:
                 "idempotency_key",
                 "must be the key escalation paged the user with (incident/epoch/level/loop/user)",
             )
+        # A user nobody can reach has no page left to wait for: out (failed) now, so a
+        # level of reachable and unreachable users is released once the others' are out.
+        await self.report_page_out(incident_id, user_id, idempotency_key, None)
         reported = await self.store.record_unreachable(
             incident_id, key.epoch, key.level, key.loop, user_id, reason or "cannot be reached"
         )
@@ -272,6 +288,43 @@ class EscalationEngine:
                 return True
         raise Conflict(f"escalation of incident {incident_id} kept changing; retried")
 
+    async def report_page_out(
+        self,
+        incident_id: str,
+        user_id: str,
+        idempotency_key: str,
+        out_ms: int | None,
+    ) -> bool:
+        """The first page to `user_id`, paged with `idempotency_key`, went out (or failed)
+        at `out_ms` (None: now). When every user that level paged is reported, the next
+        level counts its delay from the last of them (firing now if that has passed).
+        True when this report released the next level."""
+        key = domain.parse_idempotency_key(idempotency_key)
+        if key is None or key.incident_id != incident_id or key.user_id != user_id:
+            raise InvalidArgument.one(
+                "idempotency_key",
+                "must be the key escalation paged the user with (incident/epoch/level/loop/user)",
+            )
+        now = self.clock.now_ms()
+        at = now if out_ms is None else min(out_ms, now)
+        reported = await self.store.record_out(
+            incident_id, key.epoch, key.level, key.loop, user_id, at
+        )
+        for _ in range(_WRITE_ATTEMPTS):
+            state = await self.store.load(incident_id)
+            if state is None:
+                return False
+            now = self.clock.now_ms()
+            released = domain.pages_out(state, key, reported, now)
+            if released is None:
+                return False
+            traceparent = await self.store.level_traceparent(incident_id)
+            if await self.store.write(released, state.version, traceparent=traceparent):
+                if released.next_fire_ms is not None and released.next_fire_ms <= now:
+                    await self.fire_now(incident_id)
+                return True
+        raise Conflict(f"escalation of incident {incident_id} kept changing; retried")
+
     async def _advance(
         self, state: Escalation, traceparent: str, *, manual: bool
     ) -> Escalation | None:
@@ -288,7 +341,15 @@ class EscalationEngine:
                     "escalation.manual": manual,
                 }
             )
-            advanced, work = domain.fire(state, now, manual=manual)
+            advanced, work = domain.fire(state, now, manual=manual, hold_max_ms=self.hold_max_ms)
+            if isinstance(work, Held):
+                # The previous level's pages are still waiting to go out: the timer comes
+                # back at the bound, or earlier when they are reported (report_page_out).
+                span.set_attribute("escalation.held_until", work.until_ms)
+                if not await self.store.write(advanced, state.version, traceparent=traceparent):
+                    span.set_attribute("escalation.stale", True)
+                    return None
+                return advanced
             if isinstance(work, LevelFired):
                 pages, notes = await self._resolve_targets(state, work, now)
                 advanced = domain.record_pages(advanced, pages)
@@ -300,6 +361,8 @@ class EscalationEngine:
                 span.set_attribute("escalation.exhausted", True)
                 pages, notes = (), [_exhausted_note(state, work)]
                 hop_id = f"hop:{state.incident_id}:{state.epoch}:exhausted"
+            if work.unconfirmed is not None:
+                notes.insert(0, _unconfirmed_note(work.unconfirmed, self.hold_max_ms))
             hop = Hop(
                 hop_id,
                 HopPayload(
@@ -554,6 +617,14 @@ def _unreachable_note(key: LevelKey, reported: dict[str, str]) -> dict[str, Any]
             "users": ",".join(sorted(reported)),
         },
     }
+
+
+def _unconfirmed_note(previous: Awaiting, hold_max_ms: int) -> dict[str, Any]:
+    return _warning(
+        f"Escalation level {previous.level + 1} (loop {previous.loop + 1}): its pages were "
+        f"not reported sent within {hold_max_ms // 1000} s of the next level's due time; "
+        "the escalation goes on without waiting longer"
+    )
 
 
 def _exhausted_note(state: Escalation, work: Exhausted) -> dict[str, Any]:

@@ -98,6 +98,24 @@ class EscalationServicer(escalation_pb2_grpc.EscalationServiceServicer):
         )
         return pb.ReportUnreachableResponse(advanced=advanced)
 
+    async def ReportPageOut(
+        self, request: pb.ReportPageOutRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReportPageOutResponse:
+        violations = [
+            FieldViolation(name, "is required")
+            for name in ("incident_id", "user_id", "idempotency_key")
+            if not getattr(request, name)
+        ]
+        if violations:
+            raise InvalidArgument(violations)
+        released = await self.engine.report_page_out(
+            request.incident_id,
+            request.user_id,
+            request.idempotency_key,
+            request.out_at.ToMilliseconds() if request.HasField("out_at") else None,
+        )
+        return pb.ReportPageOutResponse(released=released)
+
     async def _validate(self, policy: pb.EscalationPolicy, references: bool = True) -> None:
         """InvalidArgument naming every problem; `references=False` (validate_only): the
         users and schedules named need not exist yet."""

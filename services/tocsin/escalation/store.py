@@ -66,6 +66,12 @@ def unreachable_key(incident_id: str, epoch: int, level: int, loop: int) -> str:
     return f"tocsin:{tag}:esc-unreachable:{incident_id}:{epoch}:{level}:{loop}"
 
 
+def out_key(incident_id: str, epoch: int, level: int, loop: int) -> str:
+    """Users of one firing of a level whose first page was reported out: user -> when."""
+    tag = shard_tag(incident_shard(incident_id))
+    return f"tocsin:{tag}:esc-out:{incident_id}:{epoch}:{level}:{loop}"
+
+
 def level_timer_id(incident_id: str) -> str:
     return f"esc:{incident_id}"
 
@@ -149,10 +155,30 @@ class EscalationStore:
             *_, reported = await pipe.execute()
         return {k.decode(): v.decode() for k, v in reported.items()}
 
+    async def record_out(
+        self, incident_id: str, epoch: int, level: int, loop: int, user_id: str, at_ms: int
+    ) -> dict[str, int]:
+        """Note that the first page to `user_id`, paged by that firing of the level, went
+        out at `at_ms` (the first report wins); returns every user of it reported so far."""
+        key = out_key(incident_id, epoch, level, loop)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, user_id, at_ms)
+            pipe.pexpire(key, self.retention_ms)
+            pipe.hgetall(key)
+            *_, reported = await pipe.execute()
+        return {k.decode(): int(v) for k, v in reported.items()}
+
     async def overdue(self, shard: int, before_ms: int, limit: int = 500) -> list[str]:
         """Active escalations of `shard` whose next level was due before `before_ms`."""
         ids = await self.redis.zrangebyscore(active_key(shard), "-inf", before_ms, 0, limit)
         return [i.decode() for i in ids]
+
+    async def level_traceparent(self, incident_id: str) -> str:
+        """The trace the level timer continues ("" if none): a write that only moves the
+        timer (a report) keeps the escalation's trace."""
+        payloads = timer_keys(incident_shard(incident_id))[2]
+        raw = await self.redis.hget(payloads, level_timer_id(incident_id))
+        return LevelTimerPayload.decode(raw).traceparent if raw is not None else ""
 
     async def has_live_timer(self, incident_id: str) -> bool:
         shard = incident_shard(incident_id)

@@ -149,8 +149,10 @@ class UsersPeer:
 
 class EscalationPeer:
     """Tells escalation that a user it paged cannot be reached (every rule failed), so a
-    level nobody can answer moves on at once. Best effort: should escalation not answer,
-    the level waits out its delay, as it would have anyway."""
+    level nobody can answer moves on at once, and that a user's first page went out, so
+    the next level may follow. Best effort: should escalation not answer, an unreachable
+    level waits out its delay, as it would have anyway, and the next level goes ahead at
+    most LEVEL_HOLD_MAX_MS (escalation/domain.py) after its due time."""
 
     def __init__(self, client: Callable[[], TocsinClient], timeout_s: float = 5.0) -> None:
         self.client = client
@@ -187,3 +189,32 @@ class EscalationPeer:
             )
             return False
         return reply.advanced
+
+    async def report_page_out(
+        self, incident_id: str, user_id: str, idempotency_key: str, out_ms: int
+    ) -> bool:
+        """True when the report released the next level."""
+        request = escalation_pb2.ReportPageOutRequest(
+            incident_id=incident_id, user_id=user_id, idempotency_key=idempotency_key
+        )
+        request.out_at.FromMilliseconds(out_ms)
+        try:
+            reply = await self.client().escalation.ReportPageOut(
+                request, timeout=self.timeout_s, wait_for_ready=True
+            )
+        except grpc.aio.AioRpcError as error:
+            # INVALID_ARGUMENT: a Notify that escalation did not send (its own key format).
+            level = (
+                logging.DEBUG
+                if error.code() == grpc.StatusCode.INVALID_ARGUMENT
+                else logging.WARNING
+            )
+            log.log(
+                level,
+                "incident %s: could not report %s's page out to escalation: %s",
+                incident_id,
+                user_id,
+                error.code().name,
+            )
+            return False
+        return reply.released

@@ -23,6 +23,11 @@ later rules still run at their time. Twilio's 21610 (the person replied STOP) al
 their SMS contact methods disabled, as a STOP that reached us would. When no rule is left
 (none waiting, every attempt failed) escalation is told the user cannot be reached
 (ReportUnreachable), so a level nobody can answer moves on at once.
+
+Once the first rule's page of a cycle has an outcome (sent, failed, unknown, or skipped
+for a contact method that cannot be used), escalation is told that page went out
+(ReportPageOut): the next level waits for it, so it never pages before this one
+(escalation/domain.py). A throttled page retried later has not gone out yet.
 """
 
 from __future__ import annotations
@@ -216,6 +221,7 @@ class Sender:
                     "skipped",
                     reason,
                 )
+                self._report_out(payload)
                 await self._fire_rule(payload, fired.next_rule)
                 if fired.next_rule < 0:
                     await self._report_if_spent(payload, reason)
@@ -297,7 +303,10 @@ class Sender:
         # A retry from the timer is one request: the quick in-process ones were spent.
         attempts = 1 if payload.retry_until_ms is not None else self.options.retry_attempts
         error = await self.deliver(page, retry_later=retry_later, attempts=attempts)
-        if error is None or error.outcome_unknown or rearmed:
+        if rearmed:
+            return
+        self._report_out(payload)
+        if error is None or error.outcome_unknown:
             return
         if error.code == domain.OPTED_OUT_CODE and method.type == domain.SMS:
             await self.contacts.set_number_enabled(method.address, False)
@@ -353,6 +362,28 @@ class Sender:
                 error_code=error.code,
             )
         return True
+
+    def _report_out(self, payload: TimerPayload) -> None:
+        """The cycle's first page went out (or failed): tell escalation, in the background,
+        so the next level may follow (it waits for this, or for its bound)."""
+        if payload.rule_index != 0:
+            return
+        out_ms = self.clock.now_ms()
+
+        async def report() -> None:
+            key = await self.store.cycle_key(payload)
+            if not key:
+                return
+            with self.tracer.start_as_current_span(
+                "notification.page_out",
+                context=context_from_traceparent(payload.traceparent),
+                attributes={"incident.id": payload.incident_id, "user.id": payload.user_id},
+            ):
+                await self.escalation.report_page_out(
+                    payload.incident_id, payload.user_id, key, out_ms
+                )
+
+        self.spawn(report(), f"page-out report for {payload.cycle_id}")
 
     async def _report_if_spent(self, payload: TimerPayload, reason: str) -> None:
         """No rule is left to reach the user with: tell escalation (which moves the level

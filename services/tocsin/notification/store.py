@@ -237,6 +237,11 @@ class PagingStore:
             int(level_due or 0),
         )
 
+    async def cycle_key(self, payload: domain.TimerPayload) -> str | None:
+        """The Notify idempotency key of the rule's cycle (None: cycle gone)."""
+        raw = await self.redis.hget(keys.cycle(payload.cycle_id, payload.incident_id), "k")
+        return _text(raw) if raw else None
+
     async def cycle_spent(self, payload: domain.TimerPayload) -> str | None:
         """The cycle's Notify idempotency key when nothing is left to reach the user with
         (no rule waiting, every attempt failed); None otherwise."""
