@@ -26,7 +26,8 @@ their SMS contact methods disabled, as a STOP that reached us would. When no rul
 
 Once the first rule's page of a cycle has an outcome (sent, failed, unknown, or skipped
 for a contact method that cannot be used), escalation is told that page went out
-(ReportPageOut): the next level waits for it, so it never pages before this one
+(ReportPageOut), if its Notify came from an escalation level (it named the next level's
+time): the next level waits for it, so it never pages before this one
 (escalation/domain.py). A throttled page retried later has not gone out yet.
 """
 
@@ -371,7 +372,7 @@ class Sender:
         out_ms = self.clock.now_ms()
 
         async def report() -> None:
-            key = await self.store.cycle_key(payload)
+            key = await self.store.awaited_key(payload)
             if not key:
                 return
             with self.tracer.start_as_current_span(

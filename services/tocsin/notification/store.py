@@ -237,10 +237,15 @@ class PagingStore:
             int(level_due or 0),
         )
 
-    async def cycle_key(self, payload: domain.TimerPayload) -> str | None:
-        """The Notify idempotency key of the rule's cycle (None: cycle gone)."""
-        raw = await self.redis.hget(keys.cycle(payload.cycle_id, payload.incident_id), "k")
-        return _text(raw) if raw else None
+    async def awaited_key(self, payload: domain.TimerPayload) -> str | None:
+        """The Notify idempotency key of the rule's cycle when an escalation level waits
+        on it (its Notify named the next level's time); None otherwise or if it is gone."""
+        key, level_due = await self.redis.hmget(
+            keys.cycle(payload.cycle_id, payload.incident_id), ["k", "lv"]
+        )
+        if not key or not int(level_due or 0):
+            return None
+        return _text(key)
 
     async def cycle_spent(self, payload: domain.TimerPayload) -> str | None:
         """The cycle's Notify idempotency key when nothing is left to reach the user with
