@@ -35,6 +35,8 @@ class _ContactMethodTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Con
     """Phone call with a keypress menu."""
     CONTACT_METHOD_TYPE_EMAIL: _ContactMethodType.ValueType  # 3
     """Email (SMTP): plain text and HTML."""
+    CONTACT_METHOD_TYPE_WEBHOOK: _ContactMethodType.ValueType  # 4
+    """A signed HTTPS POST of the page as JSON (see the README's "Channels")."""
 
 class ContactMethodType(_ContactMethodType, metaclass=_ContactMethodTypeEnumTypeWrapper):
     """How a contact method is reached."""
@@ -47,6 +49,8 @@ CONTACT_METHOD_TYPE_VOICE: ContactMethodType.ValueType  # 2
 """Phone call with a keypress menu."""
 CONTACT_METHOD_TYPE_EMAIL: ContactMethodType.ValueType  # 3
 """Email (SMTP): plain text and HTML."""
+CONTACT_METHOD_TYPE_WEBHOOK: ContactMethodType.ValueType  # 4
+"""A signed HTTPS POST of the page as JSON (see the README's "Channels")."""
 Global___ContactMethodType: _TypeAlias = ContactMethodType  # noqa: Y015
 
 class _AttemptStatus:

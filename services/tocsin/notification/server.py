@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from tocsin.notification.channels import Channel, ChannelRegistry
 from tocsin.notification.channels.email import ConsoleEmailChannel, EmailChannel
 from tocsin.notification.channels.phone import SmsChannel, VoiceChannel
+from tocsin.notification.channels.webhook import WebhookChannel
 from tocsin.notification.contacts import ContactStore
 from tocsin.notification.inbound import Inbound
 from tocsin.notification.pager import Pager
@@ -85,8 +86,9 @@ def provider_from_config(config: Config) -> Provider:
 
 def channels_from_config(config: Config, provider: Provider) -> ChannelRegistry:
     """Every channel this process sends, configured: SMS and voice through `provider`,
-    email through TOCSIN_SMTP_URL (printed without it). A channel's own settings come
-    from its part of the configuration."""
+    email through TOCSIN_SMTP_URL (printed without it), signed webhooks with
+    TOCSIN_WEBHOOK_SECRET (none without it). A channel's own settings come from its part
+    of the configuration."""
     callbacks = config.twilio_status_callbacks
     sms_number = config.twilio.from_number if config.twilio else None
     channels: list[Channel] = [
@@ -94,6 +96,8 @@ def channels_from_config(config: Config, provider: Provider) -> ChannelRegistry:
         VoiceChannel(provider, config.public_url, status_callbacks=callbacks),
         EmailChannel(config.smtp, sms_number=sms_number) if config.smtp else ConsoleEmailChannel(),
     ]
+    if config.webhook_secret:
+        channels.append(WebhookChannel(config.webhook_secret))
     return ChannelRegistry(channels)
 
 

@@ -143,6 +143,9 @@ class Config:
     max_watch_streams: int = 16
     smtp: SmtpConfig | None = None
     """SMTP for email pages; None = email pages are printed by the console notifier."""
+    webhook_secret: str | None = field(default=None, repr=False)
+    """TOCSIN_WEBHOOK_SECRET: the HMAC-SHA256 key of outgoing webhooks; None = no
+    webhook channel (a `webhook` contact method is refused)."""
     backlog_max_age: timedelta = timedelta(seconds=60)
     """Past this age of the oldest unhandled incident event, new incidents are refused
     (503 with Retry-After); 0 = never."""
@@ -485,6 +488,19 @@ def _smtp(env: Mapping[str, str]) -> SmtpConfig | None:
     )
 
 
+MIN_WEBHOOK_SECRET_CHARS = 16
+
+
+def _webhook_secret(value: str) -> str | None:
+    secret = _parse_token(value, "TOCSIN_WEBHOOK_SECRET")
+    if secret is not None and len(secret) < MIN_WEBHOOK_SECRET_CHARS:
+        raise ConfigError(
+            f"TOCSIN_WEBHOOK_SECRET must be at least {MIN_WEBHOOK_SECRET_CHARS} characters "
+            "(e.g. openssl rand -hex 32)"
+        )
+    return secret
+
+
 def load_config(env: Mapping[str, str] | None = None) -> Config:
     """Read and validate the configuration (from `os.environ` unless given)."""
     env = os.environ if env is None else env
@@ -511,6 +527,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         api_token=_parse_token(env.get("TOCSIN_API_TOKEN", ""), "TOCSIN_API_TOKEN"),
         twilio=_twilio(env),
         smtp=_smtp(env),
+        webhook_secret=_webhook_secret(env.get("TOCSIN_WEBHOOK_SECRET", "")),
         grpc_addrs={name: address for name, (_, address) in peers.items()},
         grpc_targets={name: target for name, (target, _) in peers.items()},
         grpc_max_connection_age=_parse_interval(

@@ -18,6 +18,7 @@ local ContactMethodType = {  -- tocsin.v1.ContactMethodType
   SMS = 1,
   VOICE = 2,
   EMAIL = 3,
+  WEBHOOK = 4,
 }
 local IncidentStatus = {  -- tocsin.v1.IncidentStatus
   UNSPECIFIED = 0,
