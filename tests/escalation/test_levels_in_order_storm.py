@@ -17,8 +17,10 @@ import pytest
 
 from tests.escalation.stack import FullStack, user
 from tests.escalation.test_escalation import people, timeline, trigger
+from tests.notification.stack import SMS
 from tocsin.escalation.domain import LEVEL_HOLD_MAX_MS
 from tocsin.notification.ratelimit import RateLimiter
+from tocsin.runtime.events import INCIDENT_SHARDS
 from tocsin.v1 import notification_pb2
 
 INCIDENTS = 12
@@ -110,3 +112,42 @@ async def test_a_lost_report_holds_the_next_level_only_until_the_bound(
     assert any("were not reported sent" in line for line in lines)
     await stack.tick(minutes=30)
     await stack.pager.expect_no_more_pages()
+
+
+class ProcessKilled(BaseException):
+    """Stands for SIGKILL: nothing after it runs, no `except Exception` catches it."""
+
+
+async def test_a_first_page_whose_sender_died_is_reported_by_the_sweep(
+    stack: FullStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """notification dies after Twilio took bob's SMS, before recording or reporting it:
+    the sweep that marks the attempt UNKNOWN (3 minutes on) reports it out, so carol's
+    level comes 5 minutes after that, not only when the hold runs out."""
+    await people(stack)
+    await stack.policy(([user("bob")], 5), ([user("carol")], 5))
+    provider = getattr(stack.paging.parts.sender.channels.find(SMS), "provider")  # noqa: B009
+    real_send = provider.send_sms
+
+    async def dies_after_request(to: str, body: str, callback: str | None) -> object:
+        await real_send(to, body, None)
+        raise ProcessKilled
+
+    monkeypatch.setattr(provider, "send_sms", dies_after_request)
+    incident_id = await trigger(stack)
+    await stack.pager.expect_sms("bob")
+    monkeypatch.undo()
+
+    await stack.tick(minutes=3)
+    pager = stack.paging.parts.pager
+    assert await pager.sweep(range(INCIDENT_SHARDS), tests=False) == 1
+    await stack.run_until_quiet()
+    [attempt] = await stack.paging.attempts(incident_id)
+    assert attempt.status == notification_pb2.ATTEMPT_STATUS_UNKNOWN
+
+    await stack.tick(minutes=4, seconds=59)  # 7:59: held (due at 5:00, out at 3:00)
+    await stack.pager.expect_no_more_pages()
+    await stack.tick(seconds=1)
+    await stack.pager.expect_sms("carol")
+    lines = await timeline(stack, incident_id)
+    assert not any("were not reported sent" in line for line in lines)

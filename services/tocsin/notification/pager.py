@@ -14,7 +14,9 @@ what a firing rule checks before sending; an incident it has not seen yet counts
 triggered.
 
 `sweep` finds attempts left SENDING by a process that died mid-send and marks them
-UNKNOWN: they may have reached the person, so they are never resent.
+UNKNOWN: they may have reached the person, so they are never resent. A cycle's first
+page marked so is reported out to escalation (the dead process could not), so the next
+level waits no longer than that.
 """
 
 from __future__ import annotations
@@ -136,6 +138,12 @@ class Pager:
                 self.sender.spawn(
                     self._timeline_unknown(attempt), f"timeline entry for {attempt.id}"
                 )
+                cycle_id, _, rule = attempt.id.rpartition("-")
+                if rule == "0":
+                    # its process died before reporting it: the next level may follow now
+                    self.sender.report_first_page_out(
+                        attempt.incident_id, cycle_id, attempt.user_id
+                    )
         return len(marked)
 
     async def _timeline_unknown(self, attempt: notification_pb2.Attempt) -> None:

@@ -365,26 +365,31 @@ class Sender:
         return True
 
     def _report_out(self, payload: TimerPayload) -> None:
-        """The cycle's first page went out (or failed): tell escalation, in the background,
-        so the next level may follow (it waits for this, or for its bound)."""
-        if payload.rule_index != 0:
-            return
+        if payload.rule_index == 0:
+            self.report_first_page_out(
+                payload.incident_id, payload.cycle_id, payload.user_id, payload.traceparent
+            )
+
+    def report_first_page_out(
+        self, incident_id: str, cycle_id: str, user_id: str, traceparent: str = ""
+    ) -> None:
+        """The cycle's first page went out (or failed, or its outcome became unknown):
+        tell escalation, in the background, so the next level may follow (it waits for
+        this, or for its bound)."""
         out_ms = self.clock.now_ms()
 
         async def report() -> None:
-            key = await self.store.awaited_key(payload)
+            key = await self.store.awaited_key(incident_id, cycle_id)
             if not key:
                 return
             with self.tracer.start_as_current_span(
                 "notification.page_out",
-                context=context_from_traceparent(payload.traceparent),
-                attributes={"incident.id": payload.incident_id, "user.id": payload.user_id},
+                context=context_from_traceparent(traceparent),
+                attributes={"incident.id": incident_id, "user.id": user_id},
             ):
-                await self.escalation.report_page_out(
-                    payload.incident_id, payload.user_id, key, out_ms
-                )
+                await self.escalation.report_page_out(incident_id, user_id, key, out_ms)
 
-        self.spawn(report(), f"page-out report for {payload.cycle_id}")
+        self.spawn(report(), f"page-out report for {cycle_id}")
 
     async def _report_if_spent(self, payload: TimerPayload, reason: str) -> None:
         """No rule is left to reach the user with: tell escalation (which moves the level

@@ -237,12 +237,10 @@ class PagingStore:
             int(level_due or 0),
         )
 
-    async def awaited_key(self, payload: domain.TimerPayload) -> str | None:
-        """The Notify idempotency key of the rule's cycle when an escalation level waits
-        on it (its Notify named the next level's time); None otherwise or if it is gone."""
-        key, level_due = await self.redis.hmget(
-            keys.cycle(payload.cycle_id, payload.incident_id), ["k", "lv"]
-        )
+    async def awaited_key(self, incident_id: str, cycle_id: str) -> str | None:
+        """The Notify idempotency key of the cycle when an escalation level waits on it
+        (its Notify named the next level's time); None otherwise or if it is gone."""
+        key, level_due = await self.redis.hmget(keys.cycle(cycle_id, incident_id), ["k", "lv"])
         if not key or not int(level_due or 0):
             return None
         return _text(key)
