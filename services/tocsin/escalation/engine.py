@@ -69,7 +69,17 @@ from tocsin.v1 import common_pb2, incidents_pb2, notification_pb2, scheduling_pb
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("tocsin.escalation")
-_repaired = metrics.get_meter("tocsin.escalation").create_counter(
+_meter = metrics.get_meter("tocsin.escalation")
+_held = _meter.create_counter(
+    "tocsin.escalation.levels_held",
+    description="Level timers that came while the previous level's pages were not out yet",
+)
+_unconfirmed = _meter.create_counter(
+    "tocsin.escalation.levels_unconfirmed",
+    description="Levels that went ahead after LEVEL_HOLD_MAX_MS without the previous "
+    "level's pages reported out (a lost report, or a backlog older than that)",
+)
+_repaired = _meter.create_counter(
     "tocsin.escalation.auditor.repaired",
     description="Escalations the auditor found without a live timer and re-armed or started",
 )
@@ -349,6 +359,7 @@ class EscalationEngine:
                 if not await self.store.write(advanced, state.version, traceparent=traceparent):
                     span.set_attribute("escalation.stale", True)
                     return None
+                _held.add(1)
                 return advanced
             if isinstance(work, LevelFired):
                 pages, notes = await self._resolve_targets(state, work, now)
@@ -362,6 +373,7 @@ class EscalationEngine:
                 pages, notes = (), [_exhausted_note(state, work)]
                 hop_id = f"hop:{state.incident_id}:{state.epoch}:exhausted"
             if work.unconfirmed is not None:
+                span.set_attribute("escalation.unconfirmed", True)
                 notes.insert(0, _unconfirmed_note(work.unconfirmed, self.hold_max_ms))
             hop = Hop(
                 hop_id,
@@ -379,6 +391,15 @@ class EscalationEngine:
             ):
                 span.set_attribute("escalation.stale", True)
                 return None
+        if work.unconfirmed is not None:
+            _unconfirmed.add(1)
+            log.warning(
+                "incident %s: level %d (loop %d) went ahead without the previous level's "
+                "pages reported out",
+                state.incident_id,
+                state.next_level,
+                state.loop,
+            )
         await self._send_hop_now(state.incident_id, hop.timer_id)
         if advanced.next_fire_ms is not None and advanced.next_fire_ms <= now:
             await self.fire_now(state.incident_id)
