@@ -124,5 +124,5 @@ def test_apply_refuses_an_unknown_contact_type_with_file_and_line(tmp_path: Path
 
     assert refused.value.problems == [
         f"{config}:9: users[0].contact_methods[1].type: "
-        "expected sms, voice, email or webhook, got 'pigeon'"
+        "expected sms, voice, email, webhook or slack, got 'pigeon'"
     ]

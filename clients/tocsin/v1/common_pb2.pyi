@@ -39,6 +39,8 @@ class _ChannelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Channel.Value
     """Prometheus Alertmanager's webhook (`POST /v1/alertmanager`)."""
     CHANNEL_AUTO: _Channel.ValueType  # 7
     """tocsin itself: escalation, timers, snooze expiry, retention."""
+    CHANNEL_SLACK: _Channel.ValueType  # 8
+    """A button pressed on a Slack message (`POST /slack/interactions`)."""
 
 class Channel(_Channel, metaclass=_ChannelEnumTypeWrapper):
     """How a change reached tocsin; shown in every timeline entry."""
@@ -59,6 +61,8 @@ CHANNEL_ALERTMANAGER: Channel.ValueType  # 6
 """Prometheus Alertmanager's webhook (`POST /v1/alertmanager`)."""
 CHANNEL_AUTO: Channel.ValueType  # 7
 """tocsin itself: escalation, timers, snooze expiry, retention."""
+CHANNEL_SLACK: Channel.ValueType  # 8
+"""A button pressed on a Slack message (`POST /slack/interactions`)."""
 Global___Channel: _TypeAlias = Channel  # noqa: Y015
 
 class _Severity:

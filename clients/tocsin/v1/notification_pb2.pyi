@@ -37,6 +37,8 @@ class _ContactMethodTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Con
     """Email (SMTP): plain text and HTML."""
     CONTACT_METHOD_TYPE_WEBHOOK: _ContactMethodType.ValueType  # 4
     """A signed HTTPS POST of the page as JSON (see the README's "Channels")."""
+    CONTACT_METHOD_TYPE_SLACK: _ContactMethodType.ValueType  # 5
+    """A Slack direct message with Acknowledge and Resolve buttons (address: a Slack user id)."""
 
 class ContactMethodType(_ContactMethodType, metaclass=_ContactMethodTypeEnumTypeWrapper):
     """How a contact method is reached."""
@@ -51,6 +53,8 @@ CONTACT_METHOD_TYPE_EMAIL: ContactMethodType.ValueType  # 3
 """Email (SMTP): plain text and HTML."""
 CONTACT_METHOD_TYPE_WEBHOOK: ContactMethodType.ValueType  # 4
 """A signed HTTPS POST of the page as JSON (see the README's "Channels")."""
+CONTACT_METHOD_TYPE_SLACK: ContactMethodType.ValueType  # 5
+"""A Slack direct message with Acknowledge and Resolve buttons (address: a Slack user id)."""
 Global___ContactMethodType: _TypeAlias = ContactMethodType  # noqa: Y015
 
 class _AttemptStatus:
@@ -876,3 +880,63 @@ class HandleDeliveryStatusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HandleDeliveryStatusResponse: _TypeAlias = HandleDeliveryStatusResponse  # noqa: Y015
+
+@_typing.final
+class HandleSlackActionRequest(_message.Message):
+    """Request for HandleSlackAction: a button of a Slack page was pressed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SLACK_USER_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    ATTEMPT_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_TS_FIELD_NUMBER: _builtins.int
+    slack_user_id: _builtins.str
+    """Who pressed it (Slack user id); must be the Slack user the page went to."""
+    action: _builtins.str
+    """"ack" or "resolve"."""
+    attempt_id: _builtins.str
+    """The page's attempt id (the button's value)."""
+    channel_id: _builtins.str
+    """Where the message is (Slack channel id and message ts), to update it in place."""
+    message_ts: _builtins.str
+    """The message's ts."""
+    def __init__(
+        self,
+        *,
+        slack_user_id: _builtins.str = ...,
+        action: _builtins.str = ...,
+        attempt_id: _builtins.str = ...,
+        channel_id: _builtins.str = ...,
+        message_ts: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt_id", b"attempt_id", "channel_id", b"channel_id", "message_ts", b"message_ts", "slack_user_id", b"slack_user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandleSlackActionRequest: _TypeAlias = HandleSlackActionRequest  # noqa: Y015
+
+@_typing.final
+class HandleSlackActionResponse(_message.Message):
+    """Response for HandleSlackAction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """What happened, as the message now says ("Acknowledged #123: disk full on db1")."""
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandleSlackActionResponse: _TypeAlias = HandleSlackActionResponse  # noqa: Y015

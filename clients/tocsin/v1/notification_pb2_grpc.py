@@ -101,6 +101,11 @@ class NotificationServiceStub:
                 request_serializer=tocsin_dot_v1_dot_notification__pb2.HandleDeliveryStatusRequest.SerializeToString,
                 response_deserializer=tocsin_dot_v1_dot_notification__pb2.HandleDeliveryStatusResponse.FromString,
                 _registered_method=True)
+        self.HandleSlackAction = channel.unary_unary(
+                '/tocsin.v1.NotificationService/HandleSlackAction',
+                request_serializer=tocsin_dot_v1_dot_notification__pb2.HandleSlackActionRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_notification__pb2.HandleSlackActionResponse.FromString,
+                _registered_method=True)
 
 
 class NotificationServiceServicer:
@@ -198,6 +203,13 @@ class NotificationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HandleSlackAction(self, request, context):
+        """Acts on a Slack button press (already signature-checked by the gateway).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NotificationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -260,6 +272,11 @@ def add_NotificationServiceServicer_to_server(servicer, server):
                     servicer.HandleDeliveryStatus,
                     request_deserializer=tocsin_dot_v1_dot_notification__pb2.HandleDeliveryStatusRequest.FromString,
                     response_serializer=tocsin_dot_v1_dot_notification__pb2.HandleDeliveryStatusResponse.SerializeToString,
+            ),
+            'HandleSlackAction': grpc.unary_unary_rpc_method_handler(
+                    servicer.HandleSlackAction,
+                    request_deserializer=tocsin_dot_v1_dot_notification__pb2.HandleSlackActionRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_notification__pb2.HandleSlackActionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -593,6 +610,33 @@ class NotificationService:
             '/tocsin.v1.NotificationService/HandleDeliveryStatus',
             tocsin_dot_v1_dot_notification__pb2.HandleDeliveryStatusRequest.SerializeToString,
             tocsin_dot_v1_dot_notification__pb2.HandleDeliveryStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HandleSlackAction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.NotificationService/HandleSlackAction',
+            tocsin_dot_v1_dot_notification__pb2.HandleSlackActionRequest.SerializeToString,
+            tocsin_dot_v1_dot_notification__pb2.HandleSlackActionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -66,6 +66,8 @@ class NotificationServiceStub:
     """Handles a keypress from a voice page's Gather (already signature-checked)."""
     HandleDeliveryStatus: _grpc.UnaryUnaryMultiCallable[_notification_pb2.HandleDeliveryStatusRequest, _notification_pb2.HandleDeliveryStatusResponse]
     """Records a provider status callback (already signature-checked)."""
+    HandleSlackAction: _grpc.UnaryUnaryMultiCallable[_notification_pb2.HandleSlackActionRequest, _notification_pb2.HandleSlackActionResponse]
+    """Acts on a Slack button press (already signature-checked by the gateway)."""
 
 @_typing.type_check_only
 class NotificationServiceAsyncStub(NotificationServiceStub):
@@ -105,6 +107,8 @@ class NotificationServiceAsyncStub(NotificationServiceStub):
     """Handles a keypress from a voice page's Gather (already signature-checked)."""
     HandleDeliveryStatus: _aio.UnaryUnaryMultiCallable[_notification_pb2.HandleDeliveryStatusRequest, _notification_pb2.HandleDeliveryStatusResponse]  # type: ignore[assignment]
     """Records a provider status callback (already signature-checked)."""
+    HandleSlackAction: _aio.UnaryUnaryMultiCallable[_notification_pb2.HandleSlackActionRequest, _notification_pb2.HandleSlackActionResponse]  # type: ignore[assignment]
+    """Acts on a Slack button press (already signature-checked by the gateway)."""
 
 class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
     """NotificationService owns users' contact methods and notification rules, runs each
@@ -213,5 +217,13 @@ class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_notification_pb2.HandleDeliveryStatusResponse, _abc.Awaitable[_notification_pb2.HandleDeliveryStatusResponse]]:
         """Records a provider status callback (already signature-checked)."""
+
+    @_abc_1.abstractmethod
+    def HandleSlackAction(
+        self,
+        request: _notification_pb2.HandleSlackActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_notification_pb2.HandleSlackActionResponse, _abc.Awaitable[_notification_pb2.HandleSlackActionResponse]]:
+        """Acts on a Slack button press (already signature-checked by the gateway)."""
 
 def add_NotificationServiceServicer_to_server(servicer: NotificationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -14,11 +14,26 @@ from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
 from tocsin.client.client import TocsinClient
-from tocsin.gateway import alertmanager, events_api, health, ical, oidc, twilio_webhooks
+from tocsin.gateway import (
+    alertmanager,
+    events_api,
+    health,
+    ical,
+    oidc,
+    slack_interactions,
+    twilio_webhooks,
+)
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.config import Config
 
-EDGE_MODULES = (events_api, alertmanager, health, ical, twilio_webhooks)  # busiest first
+EDGE_MODULES = (
+    events_api,
+    alertmanager,
+    health,
+    ical,
+    twilio_webhooks,
+    slack_interactions,
+)  # busiest first
 
 
 def create_app(config: Config, client: TocsinClient, clock: Clock) -> EventsFastPath:

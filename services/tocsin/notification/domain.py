@@ -30,6 +30,7 @@ from tocsin.v1 import incidents_pb2, notification_pb2
 
 SMS = notification_pb2.CONTACT_METHOD_TYPE_SMS
 VOICE = notification_pb2.CONTACT_METHOD_TYPE_VOICE
+SLACK = notification_pb2.CONTACT_METHOD_TYPE_SLACK
 CHANNEL_WORDS: dict[int, str] = {SMS: "SMS", VOICE: "Voice call"}
 """How the timeline names a channel; others by their name, capitalised ("Email")."""
 

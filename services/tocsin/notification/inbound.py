@@ -32,10 +32,11 @@ import grpc
 
 from tocsin.notification import domain, keys, messages
 from tocsin.notification.channels import channel_name
+from tocsin.notification.channels.slack import SlackChannel
 from tocsin.notification.contacts import ContactStore, LiveCode
 from tocsin.notification.messages import ReplyAction
 from tocsin.notification.peers import IncidentsPeer
-from tocsin.notification.providers import mask_phone
+from tocsin.notification.providers import ProviderError, mask_phone
 from tocsin.notification.sender import Sender
 from tocsin.notification.store import PagingStore
 from tocsin.v1 import common_pb2, incidents_pb2, notification_pb2
@@ -79,12 +80,14 @@ class Inbound:
         incidents: IncidentsPeer,
         sender: Sender,
         public_url: str,
+        slack: SlackChannel | None = None,
     ) -> None:
         self.store = store
         self.contacts = contacts
         self.incidents = incidents
         self.sender = sender
         self.public_url = public_url
+        self.slack = slack
 
     # -- SMS ----------------------------------------------------------------------------
 
@@ -229,6 +232,42 @@ class Inbound:
             f"voice:{call_sid}:{digits.strip()[:16]}" if call_sid else "",
             act,
             repeat=messages.gather_response_twiml(VOICE_REPEAT),
+        )
+
+    # -- slack --------------------------------------------------------------------------
+
+    async def slack_action(
+        self, slack_user_id: str, action: str, attempt_id: str, channel_id: str, ts: str
+    ) -> str:
+        """A button of a Slack page: act as the tocsin user it was sent to, only if the
+        presser is that contact method's Slack user; once per attempt, action and user;
+        then the message says what happened (buttons gone)."""
+        what = {"ack": ReplyAction.ACK, "resolve": ReplyAction.RESOLVE}.get(action)
+        location = domain.locate_attempt(attempt_id)
+        attempt = await self.store.attempt(location) if location else None
+        if what is None or attempt is None or not attempt.incident_id:
+            return "This button names no page tocsin knows."
+        method = await self.contacts.contact_method(attempt.user_id, attempt.contact_method_id)
+        linked = method is not None and method.type == domain.SLACK
+        if not linked or method is None or method.address != slack_user_id.strip().upper():
+            log.warning("a Slack button of %s was pressed by another Slack user", attempt.id)
+            return "Only the person this page was sent to can act on it here."
+        actor = common_pb2.Actor(user_id=attempt.user_id, channel=common_pb2.CHANNEL_SLACK)
+        incident_id = attempt.incident_id
+
+        async def act() -> Outcome:
+            outcome = await self._act(what, incident_id, actor)
+            if outcome.done and self.slack is not None and channel_id and ts:
+                try:
+                    await self.slack.update(channel_id, ts, outcome.reply)
+                except ProviderError as error:
+                    log.warning("could not update the Slack message of %s: %s", attempt.id, error)
+            return outcome
+
+        return await self._once(
+            f"slack:{attempt.id}:{what.value}:{slack_user_id[:32]}",
+            act,
+            repeat="Already done.",
         )
 
     # -- once per webhook ---------------------------------------------------------------

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from tocsin.notification.channels import Channel, ChannelRegistry
 from tocsin.notification.channels.email import ConsoleEmailChannel, EmailChannel
 from tocsin.notification.channels.phone import SmsChannel, VoiceChannel
+from tocsin.notification.channels.slack import SlackChannel
 from tocsin.notification.channels.webhook import WebhookChannel
 from tocsin.notification.contacts import ContactStore
 from tocsin.notification.inbound import Inbound
@@ -98,7 +99,14 @@ def channels_from_config(config: Config, provider: Provider) -> ChannelRegistry:
     ]
     if config.webhook_secret:
         channels.append(WebhookChannel(config.webhook_secret))
+    if config.slack:
+        channels.append(SlackChannel(config.slack))
     return ChannelRegistry(channels)
+
+
+def _slack_of(channels: ChannelRegistry) -> SlackChannel | None:
+    slack = channels.find(SlackChannel.type)
+    return slack if isinstance(slack, SlackChannel) else None
 
 
 def build_parts(
@@ -137,7 +145,14 @@ def build_parts(
         store=store,
         sender=sender,
         pager=pager,
-        inbound=Inbound(store, contacts, incidents, sender, config.public_url),
+        inbound=Inbound(
+            store,
+            contacts,
+            incidents,
+            sender,
+            config.public_url,
+            slack=_slack_of(channels),
+        ),
         worker=worker,
         consumer=consumer,
         leases=leases,

@@ -226,6 +226,19 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         return pb.HandleVoiceKeypressResponse(twiml=twiml)
 
     @_bounded
+    async def HandleSlackAction(
+        self, request: pb.HandleSlackActionRequest, context: Any
+    ) -> pb.HandleSlackActionResponse:
+        text = await self.inbound.slack_action(
+            request.slack_user_id,
+            request.action,
+            request.attempt_id,
+            request.channel_id,
+            request.message_ts,
+        )
+        return pb.HandleSlackActionResponse(text=text)
+
+    @_bounded
     async def HandleDeliveryStatus(
         self, request: pb.HandleDeliveryStatusRequest, context: Any
     ) -> pb.HandleDeliveryStatusResponse:

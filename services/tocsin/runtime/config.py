@@ -102,6 +102,18 @@ class OidcConfig:
 
 
 @dataclass(frozen=True)
+class SlackConfig:
+    """The Slack app tocsin pages through."""
+
+    bot_token: str = field(repr=False)
+    """TOCSIN_SLACK_BOT_TOKEN: the bot's `xoxb-` token (scopes chat:write, im:write)."""
+    signing_secret: str = field(repr=False)
+    """TOCSIN_SLACK_SIGNING_SECRET: verifies button presses (`/slack/interactions`)."""
+    base_url: str = "https://slack.com"
+    """TOCSIN_SLACK_BASE_URL: where Web API calls go (`<base>/api/chat.postMessage`)."""
+
+
+@dataclass(frozen=True)
 class Config:
     redis_url: str | None = field(repr=False)
     """May carry a password (the embedded Redis's does): never log it."""
@@ -143,6 +155,8 @@ class Config:
     max_watch_streams: int = 16
     smtp: SmtpConfig | None = None
     """SMTP for email pages; None = email pages are printed by the console notifier."""
+    slack: SlackConfig | None = None
+    """Slack DMs with buttons; None = no `slack` channel."""
     webhook_secret: str | None = field(default=None, repr=False)
     """TOCSIN_WEBHOOK_SECRET: the HMAC-SHA256 key of outgoing webhooks; None = no
     webhook channel (a `webhook` contact method is refused)."""
@@ -491,6 +505,27 @@ def _smtp(env: Mapping[str, str]) -> SmtpConfig | None:
 MIN_WEBHOOK_SECRET_CHARS = 16
 
 
+def _slack(env: Mapping[str, str]) -> SlackConfig | None:
+    names = ("TOCSIN_SLACK_BOT_TOKEN", "TOCSIN_SLACK_SIGNING_SECRET")
+    present = [n for n in names if env.get(n)]
+    if not present:
+        return None
+    missing = [n for n in names if not env.get(n)]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} must be set together with {', '.join(present)}")
+    token = _parse_token(env["TOCSIN_SLACK_BOT_TOKEN"], "TOCSIN_SLACK_BOT_TOKEN")
+    secret = _parse_token(env["TOCSIN_SLACK_SIGNING_SECRET"], "TOCSIN_SLACK_SIGNING_SECRET")
+    assert token is not None and secret is not None
+    if not token.startswith("xoxb-"):
+        raise ConfigError("TOCSIN_SLACK_BOT_TOKEN: expected a bot token (xoxb-...)")
+    base = _parse_url(
+        env.get("TOCSIN_SLACK_BASE_URL", "https://slack.com"),
+        "TOCSIN_SLACK_BASE_URL",
+        ("http", "https"),
+    )
+    return SlackConfig(token, secret, base)
+
+
 def _webhook_secret(value: str) -> str | None:
     secret = _parse_token(value, "TOCSIN_WEBHOOK_SECRET")
     if secret is not None and len(secret) < MIN_WEBHOOK_SECRET_CHARS:
@@ -527,6 +562,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         api_token=_parse_token(env.get("TOCSIN_API_TOKEN", ""), "TOCSIN_API_TOKEN"),
         twilio=_twilio(env),
         smtp=_smtp(env),
+        slack=_slack(env),
         webhook_secret=_webhook_secret(env.get("TOCSIN_WEBHOOK_SECRET", "")),
         grpc_addrs={name: address for name, (_, address) in peers.items()},
         grpc_targets={name: target for name, (target, _) in peers.items()},

@@ -19,6 +19,7 @@ local ContactMethodType = {  -- tocsin.v1.ContactMethodType
   VOICE = 2,
   EMAIL = 3,
   WEBHOOK = 4,
+  SLACK = 5,
 }
 local IncidentStatus = {  -- tocsin.v1.IncidentStatus
   UNSPECIFIED = 0,
