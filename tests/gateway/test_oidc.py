@@ -136,3 +136,17 @@ async def test_the_client_secret_is_in_no_log_line(
         )
     assert "OIDC sign-in refused" in caplog.text
     assert CLIENT_SECRET not in caplog.text
+
+
+async def test_an_email_the_provider_has_not_verified_is_refused(
+    stack: SignInStack, redis: RedisClient
+) -> None:
+    async with httpx.AsyncClient() as browser:
+        page = await browse_sign_in(
+            browser,
+            f"{stack.gateway}/auth/oidc/login",
+            "unverified-alice@example.com",
+            stack.callback,
+        )
+    assert page.status_code == 403
+    assert "not verified" in page.text

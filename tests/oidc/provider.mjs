@@ -1,7 +1,8 @@
 // A real OpenID Connect provider for the tests: the `oidc-provider` npm package (the
 // certified implementation by panva), on loopback, with one confidential client and its
 // development login form (any login name signs in; the name becomes the subject and the
-// email is NAME, or NAME@example.com when it has no @).
+// email is NAME, or NAME@example.com when it has no @; a name starting "unverified-" gets
+// email_verified: false).
 //
 // Usage: node provider.mjs  with OIDC_PROVIDER_MODULE (path to oidc-provider's
 // lib/index.js), PORT, CLIENT_ID, CLIENT_SECRET, REDIRECT_URI set. Prints "ready ISSUER".
@@ -28,7 +29,7 @@ const provider = new Provider(issuer, {
     return {
       accountId: id,
       async claims() {
-        return { sub: id, email, email_verified: true, name: id };
+        return { sub: id, email, email_verified: !id.startsWith("unverified-"), name: id };
       },
     };
   },
