@@ -40,7 +40,7 @@ async def test_an_unknown_contact_type_is_refused_naming_the_field_and_nothing_i
             await create(stack, method("alice-pigeon", bad))
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert violations(refused.value) == ["contact_method.type"]
-        assert "must be one of sms, voice, email" in str(refused.value.details())
+        assert "must be one of sms, voice, email, teams" in str(refused.value.details())
 
     stored = {m.id for m in (await settings(stack)).contact_methods}
     assert stored == {"alice-sms", "alice-voice"}
@@ -124,5 +124,5 @@ def test_apply_refuses_an_unknown_contact_type_with_file_and_line(tmp_path: Path
 
     assert refused.value.problems == [
         f"{config}:9: users[0].contact_methods[1].type: "
-        "expected sms, voice, email, webhook or slack, got 'pigeon'"
+        "expected sms, voice, email, webhook, slack or teams, got 'pigeon'"
     ]

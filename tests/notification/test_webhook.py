@@ -204,7 +204,9 @@ async def test_without_a_secret_there_is_no_webhook_channel(redis: RedisClient) 
                 )
             )
         assert violations(refused.value) == ["contact_method.type"]
-        assert "must be one of sms, voice, email, got webhook" in (refused.value.details() or "")
+        assert "must be one of sms, voice, email, teams, got webhook" in (
+            refused.value.details() or ""
+        )
 
 
 def test_a_receiver_refuses_a_bad_or_old_signature() -> None:

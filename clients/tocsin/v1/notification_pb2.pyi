@@ -39,6 +39,8 @@ class _ContactMethodTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Con
     """A signed HTTPS POST of the page as JSON (see the README's "Channels")."""
     CONTACT_METHOD_TYPE_SLACK: _ContactMethodType.ValueType  # 5
     """A Slack direct message with Acknowledge and Resolve buttons (address: a Slack user id)."""
+    CONTACT_METHOD_TYPE_TEAMS: _ContactMethodType.ValueType  # 6
+    """A Microsoft Teams channel: an Adaptive Card POSTed to its incoming-webhook/Workflows URL."""
 
 class ContactMethodType(_ContactMethodType, metaclass=_ContactMethodTypeEnumTypeWrapper):
     """How a contact method is reached."""
@@ -55,6 +57,8 @@ CONTACT_METHOD_TYPE_WEBHOOK: ContactMethodType.ValueType  # 4
 """A signed HTTPS POST of the page as JSON (see the README's "Channels")."""
 CONTACT_METHOD_TYPE_SLACK: ContactMethodType.ValueType  # 5
 """A Slack direct message with Acknowledge and Resolve buttons (address: a Slack user id)."""
+CONTACT_METHOD_TYPE_TEAMS: ContactMethodType.ValueType  # 6
+"""A Microsoft Teams channel: an Adaptive Card POSTed to its incoming-webhook/Workflows URL."""
 Global___ContactMethodType: _TypeAlias = ContactMethodType  # noqa: Y015
 
 class _AttemptStatus:

@@ -23,6 +23,7 @@ from tocsin.notification.channels import Channel, ChannelRegistry
 from tocsin.notification.channels.email import ConsoleEmailChannel, EmailChannel
 from tocsin.notification.channels.phone import SmsChannel, VoiceChannel
 from tocsin.notification.channels.slack import SlackChannel
+from tocsin.notification.channels.teams import TeamsChannel
 from tocsin.notification.channels.webhook import WebhookChannel
 from tocsin.notification.contacts import ContactStore
 from tocsin.notification.inbound import Inbound
@@ -87,7 +88,7 @@ def provider_from_config(config: Config) -> Provider:
 
 def channels_from_config(config: Config, provider: Provider) -> ChannelRegistry:
     """Every channel this process sends, configured: SMS and voice through `provider`,
-    email through TOCSIN_SMTP_URL (printed without it), signed webhooks with
+    email through TOCSIN_SMTP_URL (printed without it), Teams cards, signed webhooks with
     TOCSIN_WEBHOOK_SECRET (none without it). A channel's own settings come from its part
     of the configuration."""
     callbacks = config.twilio_status_callbacks
@@ -97,6 +98,7 @@ def channels_from_config(config: Config, provider: Provider) -> ChannelRegistry:
         VoiceChannel(provider, config.public_url, status_callbacks=callbacks),
         EmailChannel(config.smtp, sms_number=sms_number) if config.smtp else ConsoleEmailChannel(),
     ]
+    channels.append(TeamsChannel(config.public_url))
     if config.webhook_secret:
         channels.append(WebhookChannel(config.webhook_secret))
     if config.slack:

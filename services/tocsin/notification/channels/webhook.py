@@ -130,6 +130,40 @@ def render_test(user_name: str) -> Message:
     return Message(json.dumps(body, separators=(",", ":"), sort_keys=True))
 
 
+async def post_once(
+    http: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str], sid: str
+) -> SendResult:
+    """One POST, its failure classified (see the module docstring); the URL appears in
+    errors only as scheme and host."""
+    where = safe_url(url)
+    try:
+        response = await http.post(url, content=body, headers=headers)
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        raise ProviderError(
+            f"could not connect to {where}: {type(exc).__name__}",
+            permanent=False,
+            retryable=True,
+        ) from None
+    except httpx.HTTPError as exc:
+        raise ProviderError(
+            f"no answer from {where}, it may have been delivered: {type(exc).__name__}",
+            permanent=False,
+            retryable=False,
+        ) from None
+    status = response.status_code
+    if 200 <= status < 300:
+        return SendResult(sid=sid, status="delivered")
+    retryable = status == 429 or status >= 500
+    raise ProviderError(
+        f"{where} answered HTTP {status}",
+        permanent=not retryable,
+        retryable=retryable,
+        code=status,
+        http_status=status,
+        retry_after_s=parse_retry_after(response.headers.get("Retry-After")) if retryable else None,
+    )
+
+
 class WebhookChannel:
     """Signed JSON POSTs through one pooled HTTP client."""
 
@@ -171,35 +205,7 @@ class WebhookChannel:
             TIMESTAMP_HEADER: str(timestamp),
             SIGNATURE_HEADER: sign(self._secret, timestamp, body),
         }
-        where = safe_url(address)
-        try:
-            response = await self._http.post(address, content=body, headers=headers)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise ProviderError(
-                f"could not connect to {where}: {type(exc).__name__}",
-                permanent=False,
-                retryable=True,
-            ) from None
-        except httpx.HTTPError as exc:
-            raise ProviderError(
-                f"no answer from {where}, it may have been delivered: {type(exc).__name__}",
-                permanent=False,
-                retryable=False,
-            ) from None
-        status = response.status_code
-        if 200 <= status < 300:
-            return SendResult(sid=attempt_id, status="delivered")
-        retryable = status == 429 or status >= 500
-        raise ProviderError(
-            f"{where} answered HTTP {status}",
-            permanent=not retryable,
-            retryable=retryable,
-            code=status,
-            http_status=status,
-            retry_after_s=parse_retry_after(response.headers.get("Retry-After"))
-            if retryable
-            else None,
-        )
+        return await post_once(self._http, address, body, headers, attempt_id)
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -20,6 +20,7 @@ local ContactMethodType = {  -- tocsin.v1.ContactMethodType
   EMAIL = 3,
   WEBHOOK = 4,
   SLACK = 5,
+  TEAMS = 6,
 }
 local IncidentStatus = {  -- tocsin.v1.IncidentStatus
   UNSPECIFIED = 0,
