@@ -71,6 +71,8 @@ class LocalStack:
     log_dir: Path
     log_level: str = "WARNING"
     status_callbacks: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    """Variables for the stack beyond (or instead of) the load-test defaults above."""
     up: subprocess.Popen[bytes] | None = None
     fake: subprocess.Popen[bytes] | None = None
     _logs: list[IO[bytes]] = field(default_factory=list)
@@ -98,6 +100,7 @@ class LocalStack:
             "TOCSIN_LOG_LEVEL": self.log_level,
             **{f"TOCSIN_{name.upper()}_ADDR": addr for name, addr in addrs.items()},
         }
+        env |= self.env
         self.up = self._spawn([sys.executable, "-m", "tocsin.cli.main", "up"], env, "stack.log")
         try:
             _wait_http(f"{fake_url}/_fake/stats", timeout_s, self.fake)
