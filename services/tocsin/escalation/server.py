@@ -67,6 +67,7 @@ async def create_server(
         engine.on_timer,
         (lambda: leases.owned) if background else (lambda: all_shards),
     )
+    worker.kind = "escalation"
     consumer = EventConsumer(deps.redis, "escalation", engine.on_event)
     running.worker, running.consumer, running.leases = worker, consumer, leases
     if not background:

@@ -12,6 +12,7 @@ from tocsin.gateway.app import EventsFastPath, create_app
 from tocsin.gateway.protocol import HttpLimits, guarded_protocol
 from tocsin.runtime.clock import Clock, clock_from_env
 from tocsin.runtime.config import Address, Config, load_config
+from tocsin.runtime.metrics import serve_process_metrics
 from tocsin.runtime.service import configure_logging, peer_client
 from tocsin.runtime.telemetry import setup_tracing
 
@@ -37,9 +38,14 @@ async def start_gateway(
 async def _serve(config: Config) -> None:
     # The gRPC channels must be created inside the loop that uses them, so the app is
     # built here rather than handed to uvicorn.run (which makes its own loop later).
+    metrics_server = await serve_process_metrics(config, "gateway")
     app = create_app(config, peer_client(config), clock_from_env(os.environ))
     server = uvicorn.Server(uvicorn_config(app, config, config.http_addr, lifespan="auto"))
-    await server.serve()
+    try:
+        await server.serve()
+    finally:
+        if metrics_server is not None:
+            await metrics_server.stop()
 
 
 def uvicorn_config(
@@ -71,4 +77,5 @@ def serve() -> None:
     configure_logging(config.log_level)
     setup_tracing("gateway")
     config.check_bind(config.http_addr, "TOCSIN_HTTP_ADDR")
+    config.metrics_listen_addr("gateway")  # a refused metrics address stops it here
     uvloop.run(_serve(config))

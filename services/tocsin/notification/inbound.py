@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from tocsin.notification import domain, keys, messages
+from tocsin.notification import domain, keys, messages, pagemetrics
 from tocsin.notification.channels import channel_name
 from tocsin.notification.channels.slack import SlackChannel
 from tocsin.notification.contacts import ContactStore, LiveCode
@@ -339,6 +339,7 @@ class Inbound:
             }
             if error_code:
                 attributes["error_code"] = str(error_code)
+                pagemetrics.provider_error(record.type, str(error_code), "callback")
             self.sender.spawn(
                 self.incidents.append_timeline(
                     record.incident_id,

@@ -43,7 +43,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from tocsin.notification import domain
+from tocsin.notification import domain, pagemetrics
 from tocsin.notification.channels import (
     Channel,
     ChannelRegistry,
@@ -213,6 +213,7 @@ class Sender:
                 reason = unhandled_type_reason(method.type)
             fired = await self.store.fire(timer, payload, payload.channel, "unreachable", reason)
             if fired.outcome == "unreachable":
+                pagemetrics.page(payload.channel, "unreachable")
                 self._timeline_attempt(
                     payload.incident_id,
                     payload.attempt_id,
@@ -272,6 +273,7 @@ class Sender:
                     await self.store.update_attempt(
                         location, domain.SKIPPED, provider_status=SKIPPED_NOT_TRIGGERED
                     )
+                    pagemetrics.page(method.type, "skipped")
                     return
                 summary, service_id = incident.summary, incident.service_id
         service = await self.incidents.service_name(service_id) or "tocsin"
@@ -484,11 +486,28 @@ class Sender:
                     span.set_attribute("notification.error_code", error.code)
                 if error.retryable and retry_later is not None and await retry_later(error):
                     span.set_attribute("notification.retry_later", True)
+                    pagemetrics.page(page.channel.type, "retry_later")
                     return error
                 await self._record_failure(page, error)
+                outcome = "unknown" if error.outcome_unknown else "failed"
+                pagemetrics.page(page.channel.type, outcome)
                 return error
             span.set_attribute("notification.provider_id", result.sid or "")
+        accepted_ms = self.clock.now_ms()
         await self._record_sent(page, result)
+        pagemetrics.page(page.channel.type, "sent")
+        if page.incident_id and page.rule_index >= 0:
+            self.spawn(
+                pagemetrics.first_page_sent(
+                    self.store.redis,
+                    self.incidents,
+                    page.incident_id,
+                    page.channel.type,
+                    accepted_ms,
+                    self.store.retention_ms,
+                ),
+                f"first page metric of {page.incident_id}",
+            )
         return None
 
     async def _provider_request(self, page: Page) -> SendResult:
@@ -505,6 +524,8 @@ class Sender:
                 return await channel.send(page.method.address, page.message, page.attempt_id)
             except ProviderError as error:
                 span.set_status(Status(StatusCode.ERROR, str(error)))
+                code = pagemetrics.error_code(error)
+                pagemetrics.provider_error(channel.type, code, "request")
                 raise
 
     async def _record_sent(self, page: Page, result: SendResult) -> None:

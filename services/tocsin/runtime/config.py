@@ -32,6 +32,17 @@ DEFAULT_GRPC_PORTS = {
 }
 HISTORY_DATABASE_FILE = "history.sqlite3"
 
+DEFAULT_METRICS_PORTS = {
+    "gateway": 9460,
+    "scheduling": 9461,
+    "incidents": 9462,
+    "escalation": 9463,
+    "notification": 9464,
+    "history": 9465,
+}
+"""Where each process serves /metrics when TOCSIN_METRICS_ADDR is unset (on 127.0.0.1);
+`tocsin up` given TOCSIN_METRICS_ADDR=HOST:P gives its processes P, P+1, ... in this order."""
+
 
 class ConfigError(ValueError):
     """A configuration value is missing or malformed; the message names the variable."""
@@ -189,6 +200,27 @@ class Config:
         if self.database_url is not None:
             return self.database_url
         return f"sqlite:///{self.data_dir / HISTORY_DATABASE_FILE}"
+
+    metrics_addr: Address | None = None
+    """Where this process serves Prometheus metrics (GET /metrics); None: its default
+    port on 127.0.0.1 (DEFAULT_METRICS_PORTS)."""
+    metrics_enabled: bool = True
+    """False when TOCSIN_METRICS_ADDR=off: no metrics endpoint."""
+    metrics_token: str | None = field(default=None, repr=False)
+    """Bearer token a scrape must send; required to serve metrics beyond loopback."""
+
+    def metrics_listen_addr(self, process: str) -> Address | None:
+        """Where `process` serves /metrics, or None when metrics are off; refuses an
+        address beyond loopback without TOCSIN_METRICS_TOKEN."""
+        if not self.metrics_enabled:
+            return None
+        addr = self.metrics_addr or Address("127.0.0.1", DEFAULT_METRICS_PORTS[process])
+        if not addr.is_loopback and not self.metrics_token:
+            raise ConfigError(
+                f"TOCSIN_METRICS_ADDR={addr}: refusing to serve metrics beyond loopback "
+                "without TOCSIN_METRICS_TOKEN; set a token or bind 127.0.0.1"
+            )
+        return addr
 
     def grpc_listen_addr(self, service: str) -> Address:
         if self.listen_addr is not None:
@@ -417,6 +449,14 @@ def _oidc(env: Mapping[str, str]) -> OidcConfig | None:
     return OidcConfig(issuer.rstrip("/"), client_id, secret, claim)
 
 
+def _parse_metrics_addr(value: str | None) -> tuple[bool, Address | None]:
+    if value is None or not value.strip():
+        return True, None
+    if value.strip().lower() == "off":
+        return False, None
+    return True, parse_address(value.strip(), "TOCSIN_METRICS_ADDR")
+
+
 def _twilio(env: Mapping[str, str]) -> TwilioConfig | None:
     names = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_FROM_NUMBER")
     present = [n for n in names if env.get(n)]
@@ -554,7 +594,17 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         for name in SERVICE_NAMES
     }
     listen = env.get("TOCSIN_LISTEN_ADDR")
+    metrics_enabled, metrics_addr = _parse_metrics_addr(env.get("TOCSIN_METRICS_ADDR"))
+    metrics_token = _parse_token(env.get("TOCSIN_METRICS_TOKEN", ""), "TOCSIN_METRICS_TOKEN")
+    if metrics_addr is not None and not metrics_addr.is_loopback and not metrics_token:
+        raise ConfigError(
+            f"TOCSIN_METRICS_ADDR={metrics_addr}: refusing to serve metrics beyond loopback "
+            "without TOCSIN_METRICS_TOKEN; set a token or bind 127.0.0.1"
+        )
     return Config(
+        metrics_addr=metrics_addr,
+        metrics_enabled=metrics_enabled,
+        metrics_token=metrics_token,
         redis_url=redis_url,
         data_dir=Path(env.get("TOCSIN_DATA_DIR", ".tocsin")).absolute(),
         http_addr=http_addr,

@@ -41,6 +41,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -51,6 +52,7 @@ from redis.exceptions import ResponseError
 
 from tocsin.runtime.config import parse_instance
 from tocsin.runtime.loops import LoopGuard, WorkerHealth, lone_guard
+from tocsin.runtime.metrics import CONSUMER_LAG, DEAD_LETTERED, EVENTS_HANDLED
 from tocsin.runtime.redis import RedisClient, blocking_ms
 from tocsin.runtime.timers import shard_tag
 from tocsin.v1 import incidents_pb2
@@ -60,6 +62,8 @@ log = logging.getLogger(__name__)
 INCIDENT_SHARDS = 16
 """Fixed at deployment: incident ids encode their shard (id mod 16)."""
 
+STREAM_NAME = "incident-events"
+"""The streams' name in metrics (one label value for every shard and lane)."""
 EVENT_FIELD = b"e"
 STREAM_MAXLEN = 20_000
 """Per shard (about 320k events in all): consumers lag by milliseconds, and the escalation
@@ -167,6 +171,9 @@ class EventConsumer:
         self.start_id = start_id
         """Where a group this consumer creates starts: "$" (the end) for groups the
         producer also creates, "0" (everything retained) for a late joiner (history)."""
+        self._labels = {"stream": STREAM_NAME, "group": group}
+        EVENTS_HANDLED.add(0, self._labels)  # the series exist (at 0) before any event
+        DEAD_LETTERED.add(0, self._labels)
 
     async def start(self) -> None:
         # Only matters when a new group joins an existing stream.
@@ -259,6 +266,7 @@ class EventConsumer:
             await asyncio.wait(
                 lanes.working, timeout=self.refill_ms / 1000, return_when=asyncio.FIRST_COMPLETED
             )
+        self._record_lag(lanes)
         for key in lanes.idle_with_entries():
             lanes.start_worker(key, self._work(lanes, key))
 
@@ -310,6 +318,13 @@ class EventConsumer:
         for key, entry_ids in lanes.take_done():
             await self._ack(key, entry_ids)
 
+    def _record_lag(self, lanes: _Lanes) -> None:
+        """Consumer lag: the age of the oldest entry read and not handled yet (Redis's
+        clock in its id against this host's wall clock), 0 when none is held."""
+        oldest_ms = lanes.oldest_ms()
+        age_s = 0.0 if oldest_ms is None else time.time() - oldest_ms / 1000
+        CONSUMER_LAG.record(STREAM_NAME, self.group, lanes.shard, age_s)
+
     async def _ack(self, key: str, entry_ids: list[bytes]) -> None:
         """One XACK per lane for the entries handled since the last: under an alert storm
         a round trip per entry was most of a consumer's time, and it delayed the pages of
@@ -318,6 +333,7 @@ class EventConsumer:
         could: handlers are idempotent."""
         if entry_ids:
             await self.redis.xack(key, self.group, *entry_ids)
+            EVENTS_HANDLED.add(len(entry_ids), self._labels)
 
     async def _claim_shard(self, shard: int, held: frozenset[bytes] = frozenset()) -> int:
         """XAUTOCLAIM each lane's entries idle past `claim_idle_ms` (a dead consumer's, or
@@ -362,6 +378,7 @@ class EventConsumer:
             maxlen=10_000,
         )
         await self.redis.xack(key, self.group, entry_id)
+        DEAD_LETTERED.add(1, self._labels)
 
     async def _handle(self, entry_id: bytes, fields: dict[bytes, bytes] | None) -> bool:
         """Run the handler, retrying in place (keeping the shard's order) a few times;
@@ -403,6 +420,7 @@ class _Lanes:
     the lane's worker task while it runs."""
 
     def __init__(self, shard: int) -> None:
+        self.shard = shard
         self.keys = shard_streams(shard)
         self._queues: dict[str, deque[Entry]] = {key: deque() for key in self.keys}
         self._done: dict[str, list[bytes]] = {key: [] for key in self.keys}
@@ -478,6 +496,12 @@ class _Lanes:
         for key, _ in taken:
             self._done[key] = []
         return taken
+
+    def oldest_ms(self) -> int | None:
+        """The stream time (ms) of the oldest entry held (queued or being handled)."""
+        heads = [queue[0][0] for queue in self._queues.values() if queue]
+        heads += self._handling.values()
+        return min(int(entry_id.split(b"-")[0]) for entry_id in heads) if heads else None
 
     def held_ids(self) -> frozenset[bytes]:
         """Entries this consumer holds: read and not handled yet, or being handled."""

@@ -1,6 +1,7 @@
 """gRPC asyncio server bootstrap shared by every tocsin service.
 
-`start_grpc_server` adds health checking, reflection, OpenTelemetry, the bearer-token
+`start_grpc_server` adds health checking, reflection, OpenTelemetry, request metrics
+(runtime/metrics.py: every call timed by method and status code), the bearer-token
 check and the domain-error mapping, binds (port 0 picks a free port, as tests do) and
 starts. Without TOCSIN_API_TOKEN it refuses to bind anything but loopback (naming the
 variable the address came from).
@@ -25,6 +26,7 @@ import hmac
 import inspect
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +39,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 from tocsin.client.tls import TlsSettings
 from tocsin.runtime.config import Address, Config
 from tocsin.runtime.errors import domain_error, status_trailer
+from tocsin.runtime.metrics import GRPC_DURATION
 
 log = logging.getLogger(__name__)
 _HEALTH_PREFIX = "/grpc.health.v1.Health/"
@@ -146,6 +149,88 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Times every call of a registered method by its final status code
+    (`tocsin.grpc.server.duration`; its count is the request rate). A method no handler is
+    registered for is not counted: its name is whatever the caller sent."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        labels = {"method": handler_call_details.method or ""}
+        return _rebuild(handler, lambda inner, stream: _timed(inner, stream, labels))
+
+
+def _rebuild(
+    handler: grpc.RpcMethodHandler, wrap: Callable[[Any, bool], Any]
+) -> grpc.RpcMethodHandler:
+    """`handler` with its behaviour passed through `wrap(behaviour, response_streams)`."""
+    args = (handler.request_deserializer, handler.response_serializer)
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, True), *args)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary, False), *args)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream, True), *args)
+    return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, False), *args)
+
+
+def _status_name(context: grpc.aio.ServicerContext, raised: BaseException | None) -> str:
+    if isinstance(raised, asyncio.CancelledError):
+        return "CANCELLED"
+    if raised is not None and not isinstance(raised, grpc.aio.AbortError):
+        return "UNKNOWN"
+    code = context.code()
+    if code is None:
+        return "OK" if raised is None else "UNKNOWN"
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    for status in grpc.StatusCode:  # the aio context may give the number
+        if status.value[0] == code:
+            return status.name
+    return "UNKNOWN"
+
+
+def _timed(inner: Any, response_streams: bool, labels: dict[str, str]) -> Any:
+    """`inner` (a coroutine function or an async generator function) timed into
+    tocsin.grpc.server.duration."""
+
+    def record(started: float, context: grpc.aio.ServicerContext, raised: BaseException | None):
+        code = _status_name(context, raised)
+        GRPC_DURATION.record(time.perf_counter() - started, {**labels, "code": code})
+
+    if response_streams and inspect.isasyncgenfunction(inner):
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            try:
+                async for item in inner(request, context):
+                    yield item
+            except BaseException as raised:
+                record(started, context, raised)
+                raise
+            record(started, context, None)
+
+        return stream
+
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        try:
+            result = await inner(request, context)
+        except BaseException as raised:
+            record(started, context, raised)
+            raise
+        record(started, context, None)
+        return result
+
+    return call
+
+
 Registrar = Callable[[grpc.aio.Server], None]
 
 
@@ -210,7 +295,8 @@ async def start_grpc_server(
     # Health checks (probes, clients watching each replica) are not traced: they are many,
     # and tracing would wrap Watch, a coroutine, as if it were an async iterator.
     interceptors: list[grpc.aio.ServerInterceptor] = [
-        aio_server_interceptor(filter_=filters.negate(filters.health_check()))
+        MetricsInterceptor(),
+        aio_server_interceptor(filter_=filters.negate(filters.health_check())),
     ]
     if config.api_token:
         interceptors.append(BearerTokenInterceptor(config.api_token))

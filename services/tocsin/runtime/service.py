@@ -2,7 +2,8 @@
 
 Each service's `server.py` offers `create_server(deps, addr=None) -> (RunningService, port)`
 (port 0 in tests) and `serve()`; `run_service` is the common `serve()` body: configure
-logging and tracing, connect Redis, start, wait for SIGTERM/SIGINT, stop gracefully.
+logging, tracing and the metrics endpoint (runtime/metrics.py), connect Redis, start,
+wait for SIGTERM/SIGINT, stop gracefully.
 
 Background loops are started with `RunningService.start_worker` and guarded by
 `runtime.loops`; `start_health` adds the Redis probe and the watcher that turns the gRPC
@@ -27,6 +28,7 @@ from tocsin.runtime.clock import TEST_CLOCK_VARIABLE, Clock, SystemClock, clock_
 from tocsin.runtime.config import Address, Config, ConfigError
 from tocsin.runtime.grpcserver import GrpcServer, install_stop_signals
 from tocsin.runtime.loops import WorkerHealth, probe_redis, watch_health
+from tocsin.runtime.metrics import serve_process_metrics
 from tocsin.runtime.redis import RedisClient, connect_redis
 from tocsin.runtime.telemetry import setup_tracing
 
@@ -132,6 +134,7 @@ async def run_service(name: str, config: Config, create_server: CreateServer) ->
             f"TOCSIN_REDIS_URL must be set to run {name} on its own (`tocsin up` embeds Redis)"
         )
     setup_tracing(name)
+    metrics_server = await serve_process_metrics(config, name)
     redis = await connect_redis(config.redis_url)
     clock = clock_from_env(os.environ)
     if not isinstance(clock, SystemClock):
@@ -148,6 +151,8 @@ async def run_service(name: str, config: Config, create_server: CreateServer) ->
     if deps.peers is not None:
         await deps.peers.close()
     await redis.aclose()
+    if metrics_server is not None:
+        await metrics_server.stop()
 
 
 def serve_blocking(name: str, create_server: CreateServer) -> None:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tocsin.client.endpoints import Endpoints, write_endpoints
-from tocsin.runtime.config import SERVICE_NAMES, Config
+from tocsin.runtime.config import DEFAULT_METRICS_PORTS, SERVICE_NAMES, Address, Config
 from tocsin.runtime.embedded_redis import EmbeddedRedis
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class Stack:
         env["TOCSIN_DATA_DIR"] = str(self.config.data_dir)
         for name in STACK:
             command = [sys.executable, "-m", "tocsin.cli.main", "serve", name]
-            child = Child(name, command, env)
+            child = Child(name, command, {**env, **self.metrics_env(name)})
             child.start()
             self.children.append(child)
         addrs = {n: str(a) for n, a in self.config.grpc_addrs.items()}
@@ -116,10 +116,27 @@ class Stack:
         for name, addr in addrs.items():
             self.echo(f"{name:<12} grpc://{addr}")
         self.echo(f"{'gateway':<12} {self.config.public_url}  (healthz: /healthz)")
+        metrics = [f"{n} {a}" for n in STACK if (a := self.metrics_addr(n)) is not None]
+        if metrics:
+            self.echo(f"{'metrics':<12} {', '.join(metrics)}  (GET /metrics)")
         notifier = "twilio" if self.config.twilio else "console (no Twilio credentials)"
         self.echo(f"{'notifier':<12} {notifier}")
         self.echo(f"{'endpoints':<12} {self.endpoints_file}")
         return endpoints
+
+    def metrics_addr(self, name: str) -> Address | None:
+        """Where child `name` serves /metrics: its default port, or with
+        TOCSIN_METRICS_ADDR=HOST:P the port P plus its place in DEFAULT_METRICS_PORTS
+        (port 0: a free port each)."""
+        base = self.config.metrics_listen_addr(name)
+        if base is None or self.config.metrics_addr is None or base.port == 0:
+            return base
+        offset = list(DEFAULT_METRICS_PORTS).index(name)
+        return Address(base.host, base.port + offset)
+
+    def metrics_env(self, name: str) -> dict[str, str]:
+        addr = self.metrics_addr(name)
+        return {"TOCSIN_METRICS_ADDR": "off" if addr is None else str(addr)}
 
     @property
     def endpoints_file(self) -> Path:

@@ -1,7 +1,8 @@
 """OpenTelemetry set-up and trace-context helpers.
 
 Exporters follow the standard `OTEL_*` variables: OTLP when an endpoint is set, nothing
-exported otherwise. The trace context travels inside stream entries and timer payloads as
+exported otherwise. Metrics have their own set-up (runtime/metrics.py: Prometheus, plus
+OTLP when an endpoint is set). The trace context travels inside stream entries and timer payloads as
 a W3C `traceparent` string, so a page sent minutes later still joins the alert's trace.
 """
 
@@ -11,9 +12,7 @@ import os
 from collections.abc import Mapping
 
 from opentelemetry import context as otel_context
-from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -21,7 +20,6 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _OTLP_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-_OTLP_METRICS = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
 
 
 def setup_tracing(
@@ -29,7 +27,7 @@ def setup_tracing(
     env: Mapping[str, str] | None = None,
     extra_processor: SpanProcessor | None = None,
 ) -> TracerProvider:
-    """Install the global tracer provider (and, with an OTLP endpoint, the meter provider)."""
+    """Install the global tracer provider (OTLP export with an endpoint)."""
     env = os.environ if env is None else env
     name = env.get("OTEL_SERVICE_NAME", f"tocsin-{service_name}")
     provider = TracerProvider(resource=Resource.create({"service.name": name}))
@@ -38,13 +36,6 @@ def setup_tracing(
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    if enabled and (env.get(_OTLP_VARIABLES[0]) or env.get(_OTLP_METRICS)):
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-
-        reader = PeriodicExportingMetricReader(OTLPMetricExporter())
-        metrics.set_meter_provider(
-            MeterProvider(resource=provider.resource, metric_readers=[reader])
-        )
     if extra_processor is not None:
         provider.add_span_processor(extra_processor)
     trace.set_tracer_provider(provider)

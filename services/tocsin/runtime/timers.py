@@ -36,6 +36,7 @@ from redis.typing import EncodableT
 
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.loops import LoopGuard, WorkerHealth
+from tocsin.runtime.metrics import TIMER_LATENESS
 from tocsin.runtime.redis import RedisClient, read_lua
 from tocsin.runtime.scripts import LuaScript
 
@@ -293,6 +294,8 @@ class TimerWorker:
         max_running: int = 256,
     ) -> None:
         self.store = store
+        self.kind = store.namespace or "timers"
+        """The `kind` label of tocsin.timer.lateness (escalation, notify, snooze)."""
         self.clock = clock
         self.handler = handler
         self.shard_source = shard_source
@@ -395,6 +398,8 @@ class TimerWorker:
             raise
 
     async def _fire(self, timer: ClaimedTimer) -> None:
+        lateness_ms = self.clock.now_ms() - timer.due_ms
+        TIMER_LATENESS.record(max(0, lateness_ms) / 1000, {"kind": self.kind})
         try:
             await self.handler(timer)
         except RetryLater as later:

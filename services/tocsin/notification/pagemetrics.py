@@ -1,0 +1,74 @@
+"""What the notification service counts (runtime/metrics.py has the instruments).
+
+- Pages by channel and outcome: `sent` (the provider accepted it), `failed`, `unknown`
+  (no answer from the provider; not resent), `retry_later` (refused without being
+  processed; its timer tries again), `unreachable` (contact method deleted or STOPped),
+  `skipped` (the incident had stopped).
+- Provider errors by code (Twilio's for SMS and voice; each channel's own for email,
+  Slack, webhooks), from requests and from delivery status callbacks.
+- Alert -> first page: once per incident, when the provider accepts its first page, the
+  time since the incident was opened (its `created_at`, when the alert that opened it was
+  accepted; the same injectable clock). "First" is decided in Redis, so replicas and
+  retries record it once: `SET tocsin:T:notify:inc:<id>:first-page NX` (kept for the
+  retention), and only the winner asks incidents for `created_at` (one GetIncident per
+  incident, in the background, after the page is recorded: it never delays a page).
+
+Labels are words and codes only: never a number, a user or an incident.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tocsin.notification import keys
+from tocsin.notification.channels import channel_name
+from tocsin.notification.peers import IncidentsPeer
+from tocsin.notification.providers import ProviderError
+from tocsin.runtime.events import incident_shard
+from tocsin.runtime.metrics import FIRST_PAGE_LATENCY, PAGES, TWILIO_ERRORS
+from tocsin.runtime.redis import RedisClient
+
+log = logging.getLogger(__name__)
+
+
+def page(channel: int, outcome: str) -> None:
+    PAGES.add(1, {"channel": channel_name(channel), "outcome": outcome})
+
+
+def error_code(error: ProviderError) -> str:
+    """The `code` label: Twilio's error code, else the HTTP status, else no response."""
+    if error.code:
+        return str(error.code)
+    if error.http_status:
+        return f"http_{error.http_status}"
+    return "no_response"
+
+
+def provider_error(channel: int, code: str, source: str) -> None:
+    TWILIO_ERRORS.add(1, {"code": code, "channel": channel_name(channel), "source": source})
+
+
+def first_page_key(incident_id: str) -> str:
+    return f"{keys.prefix(incident_shard(incident_id))}inc:{incident_id}:first-page"
+
+
+async def first_page_sent(
+    redis: RedisClient,
+    incidents: IncidentsPeer,
+    incident_id: str,
+    channel: int,
+    accepted_ms: int,
+    retention_ms: int,
+) -> bool:
+    """Record alert -> first page if this is the incident's first page accepted by the
+    provider (True); a later page, or an incident that cannot be read, records nothing."""
+    first = await redis.set(first_page_key(incident_id), accepted_ms, nx=True, px=retention_ms)
+    if not first:
+        return False
+    incident = await incidents.get_incident(incident_id)
+    if incident is None or not incident.HasField("created_at"):
+        log.debug("incident %s: no created_at; first page latency not recorded", incident_id)
+        return False
+    latency_ms = max(0, accepted_ms - incident.created_at.ToMilliseconds())
+    FIRST_PAGE_LATENCY.record(latency_ms / 1000, {"channel": channel_name(channel)})
+    return True
