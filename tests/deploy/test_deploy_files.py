@@ -44,6 +44,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 HTTP_PORT = 8080
+METRICS_PORT = 9464
+"""Where every tocsin pod serves /metrics (TOCSIN_METRICS_ADDR)."""
 TOKEN = "test-token"
 DEPLOY_ONLY_VARIABLES = {"TOCSIN_IMAGE"}
 """Variables only the deploy files read (Compose's image name); README must list them."""
@@ -484,7 +486,7 @@ def test_k8s_deployment_and_service_per_service(name: str) -> None:
     assert spec["image"] == "tocsin"
     assert build_parser().parse_args(spec["args"]).service == name
     port = HTTP_PORT if name == "gateway" else DEFAULT_GRPC_PORTS[name]
-    assert [p["containerPort"] for p in spec["ports"]] == [port]
+    assert [p["containerPort"] for p in spec["ports"]] == [port, METRICS_PORT]
     service = k8s_object("Service", name)
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
@@ -540,6 +542,24 @@ def test_k8s_pods_mount_the_optional_tls_secret_where_the_configmap_says() -> No
     for variable, file in (("CERT", "tls.crt"), ("KEY", "tls.key"), ("CA", "ca.crt")):
         assert f"# TOCSIN_TLS_{variable}: /etc/tocsin/tls/{file}" in commented
         assert f"TOCSIN_TLS_{variable}" not in data
+
+
+@pytest.mark.parametrize("name", STACK)
+def test_k8s_pods_serve_metrics_to_prometheus_with_a_token(name: str) -> None:
+    secrets = template_secrets(TOCSIN_API_TOKEN=TOKEN, TOCSIN_METRICS_TOKEN="m-token")
+    config = load_config(k8s_env(name, secrets))
+    assert config.metrics_token == "m-token"
+    assert config.metrics_listen_addr(name) == Address("0.0.0.0", METRICS_PORT)
+    annotations = k8s_object("Deployment", name)["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(METRICS_PORT),
+        "prometheus.io/path": "/metrics",
+    }
+    # Until secrets.env has a metrics token the process refuses to start.
+    unfilled = load_config(k8s_env(name, template_secrets(TOCSIN_API_TOKEN=TOKEN)))
+    with pytest.raises(ConfigError, match="TOCSIN_METRICS_TOKEN"):
+        unfilled.metrics_listen_addr(name)
 
 
 @pytest.mark.parametrize("name", SERVICE_NAMES)
@@ -674,6 +694,12 @@ def test_k8s_network_policies_deny_what_they_do_not_allow() -> None:
     assert denies and denies[0]["spec"]["policyTypes"] == ["Ingress"]
 
 
+PROMETHEUS_SOURCE = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+}
+
+
 def _port_rules(labels: Mapping[str, str], port: int) -> list[dict[str, Any]]:
     """The ingress rules of the policies selecting pods with `labels` that admit `port`."""
     rules = []
@@ -694,6 +720,9 @@ def test_k8s_every_container_port_is_covered_by_a_network_policy(kind: str, name
             rules = _port_rules(labels, port["containerPort"])
             assert rules, f"{kind}/{name}: no NetworkPolicy for port {port['containerPort']}"
             sources = [source for rule in rules for source in rule.get("from", [None])]
+            if port["containerPort"] == METRICS_PORT and name in STACK:
+                assert sources == [PROMETHEUS_SOURCE], (name, sources)  # Prometheus only
+                continue
             if name == "gateway":
                 assert sources == [None]  # the public edge: from anywhere
                 continue
@@ -847,6 +876,7 @@ def test_secrets_come_from_git_ignored_files() -> None:
     assert keys == {
         "TOCSIN_API_TOKEN",
         "TOCSIN_DATABASE_URL",
+        "TOCSIN_METRICS_TOKEN",
         "TWILIO_ACCOUNT_SID",
         "TWILIO_AUTH_TOKEN",
         "TWILIO_FROM_NUMBER",

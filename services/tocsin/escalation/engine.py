@@ -63,6 +63,7 @@ from tocsin.escalation.store import EscalationStore, Hop, hop_timer_id, level_ti
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from tocsin.runtime.events import incident_shard
+from tocsin.runtime.metrics import timer_fired
 from tocsin.runtime.telemetry import context_from_traceparent, current_traceparent
 from tocsin.runtime.timers import ClaimedTimer, RetryLater, retry_later
 from tocsin.v1 import common_pb2, incidents_pb2, notification_pb2, scheduling_pb2
@@ -194,6 +195,7 @@ class EscalationEngine:
             level_timer_id(incident_id), incident_shard(incident_id), HOP_LEASE_MS
         )
         if claimed is not None:
+            timer_fired("escalation", self.clock.now_ms(), claimed.due_ms)
             try:
                 await self.on_timer(claimed)
             except RetryLater as later:
@@ -592,8 +594,7 @@ class EscalationEngine:
         if 0 in shards:
             fixed += await self._start_missing(now - window_ms)
         self.repaired += fixed
-        if fixed:
-            _repaired.add(fixed)
+        _repaired.add(fixed)  # 0 too: the series exists before the first repair
         return fixed
 
     async def _start_missing(self, since_ms: int) -> int:

@@ -596,11 +596,6 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     listen = env.get("TOCSIN_LISTEN_ADDR")
     metrics_enabled, metrics_addr = _parse_metrics_addr(env.get("TOCSIN_METRICS_ADDR"))
     metrics_token = _parse_token(env.get("TOCSIN_METRICS_TOKEN", ""), "TOCSIN_METRICS_TOKEN")
-    if metrics_addr is not None and not metrics_addr.is_loopback and not metrics_token:
-        raise ConfigError(
-            f"TOCSIN_METRICS_ADDR={metrics_addr}: refusing to serve metrics beyond loopback "
-            "without TOCSIN_METRICS_TOKEN; set a token or bind 127.0.0.1"
-        )
     return Config(
         metrics_addr=metrics_addr,
         metrics_enabled=metrics_enabled,

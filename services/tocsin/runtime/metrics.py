@@ -102,6 +102,11 @@ HTTP_DURATION = _meter.create_histogram(
 )
 
 
+def timer_fired(kind: str, now_ms: int, due_ms: int) -> None:
+    """A durable timer of `kind` starts firing at `now_ms` (clock time): its lateness."""
+    TIMER_LATENESS.record(max(0, now_ms - due_ms) / 1000, {"kind": kind})
+
+
 class ConsumerLag:
     """The lag of each (stream, group) this process consumes: per shard, the age of the
     oldest event in its latest read (0 once a read finds nothing new); the gauge reports

@@ -36,7 +36,7 @@ from redis.typing import EncodableT
 
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.loops import LoopGuard, WorkerHealth
-from tocsin.runtime.metrics import TIMER_LATENESS
+from tocsin.runtime.metrics import timer_fired
 from tocsin.runtime.redis import RedisClient, read_lua
 from tocsin.runtime.scripts import LuaScript
 
@@ -398,8 +398,7 @@ class TimerWorker:
             raise
 
     async def _fire(self, timer: ClaimedTimer) -> None:
-        lateness_ms = self.clock.now_ms() - timer.due_ms
-        TIMER_LATENESS.record(max(0, lateness_ms) / 1000, {"kind": self.kind})
+        timer_fired(self.kind, self.clock.now_ms(), timer.due_ms)
         try:
             await self.handler(timer)
         except RetryLater as later:
