@@ -4,6 +4,7 @@ server metrics every service gets from the shared bootstrap."""
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import AsyncIterator
 
 import grpc
@@ -12,11 +13,17 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.metrics import sample
+from tests.tls_certs import Pki, make_pki
 from tocsin.client.channel import create_channel
 from tocsin.runtime.config import DEFAULT_METRICS_PORTS, Address, ConfigError, load_config
 from tocsin.runtime.errors import NotFound
 from tocsin.runtime.grpcserver import GrpcServer, start_grpc_server
-from tocsin.runtime.metrics import render, setup_metrics, start_metrics_server
+from tocsin.runtime.metrics import (
+    render,
+    serve_process_metrics,
+    setup_metrics,
+    start_metrics_server,
+)
 from tocsin.runtime.supervisor import Stack
 from tocsin.v1 import scheduling_pb2, scheduling_pb2_grpc
 
@@ -63,10 +70,36 @@ def test_metrics_beyond_loopback_need_their_own_token(env: dict[str, str]) -> No
         config.metrics_listen_addr("incidents")
 
 
-def test_a_metrics_token_allows_listening_beyond_loopback() -> None:
-    config = load_config({"TOCSIN_METRICS_ADDR": "0.0.0.0:9464", "TOCSIN_METRICS_TOKEN": "m"})
-    assert config.metrics_listen_addr("gateway") == Address("0.0.0.0", 9464)
-    assert "m'" not in repr(config) and "metrics_token" not in repr(config)
+def test_a_metrics_token_allows_listening_beyond_loopback_over_tls_or_with_consent(
+    pki: Pki,
+) -> None:
+    env = {"TOCSIN_METRICS_ADDR": "0.0.0.0:9464", "TOCSIN_METRICS_TOKEN": "m-s3cret"}
+    with pytest.raises(ConfigError, match=r"plaintext.*TOCSIN_ALLOW_INSECURE_TOKENS=1"):
+        load_config(env).metrics_listen_addr("gateway")
+    for extra in ({"TOCSIN_ALLOW_INSECURE_TOKENS": "1"}, pki.env(mutual=False)):
+        config = load_config({**env, **extra})
+        assert config.metrics_listen_addr("gateway") == Address("0.0.0.0", 9464)
+        assert "m-s3cret" not in repr(config) and "metrics_token" not in repr(config)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+async def test_with_a_certificate_metrics_are_served_over_https(pki: Pki) -> None:
+    config = load_config({**pki.env(), "TOCSIN_METRICS_ADDR": "127.0.0.1:0"})
+    server = await serve_process_metrics(config, "scheduling")
+    assert server is not None
+    try:
+        async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=pki.ca)) as http:
+            reply = await http.get(f"https://localhost:{server.port}/metrics")
+            assert reply.status_code == 200 and "process_cpu_seconds_total" in reply.text
+        async with httpx.AsyncClient() as http:
+            with pytest.raises(httpx.HTTPError):  # no plaintext on the same port
+                await http.get(f"http://127.0.0.1:{server.port}/metrics")
+    finally:
+        await server.stop()
 
 
 def test_tocsin_up_gives_each_process_its_own_port_from_the_base() -> None:

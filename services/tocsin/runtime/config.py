@@ -211,7 +211,8 @@ class Config:
 
     def metrics_listen_addr(self, process: str) -> Address | None:
         """Where `process` serves /metrics, or None when metrics are off; refuses an
-        address beyond loopback without TOCSIN_METRICS_TOKEN."""
+        address beyond loopback without TOCSIN_METRICS_TOKEN, and without TLS unless the
+        operator consented to plaintext tokens (TOCSIN_ALLOW_INSECURE_TOKENS=1)."""
         if not self.metrics_enabled:
             return None
         addr = self.metrics_addr or Address("127.0.0.1", DEFAULT_METRICS_PORTS[process])
@@ -219,6 +220,12 @@ class Config:
             raise ConfigError(
                 f"TOCSIN_METRICS_ADDR={addr}: refusing to serve metrics beyond loopback "
                 "without TOCSIN_METRICS_TOKEN; set a token or bind 127.0.0.1"
+            )
+        if not addr.is_loopback and self.tls is None and not self.allow_insecure_tokens:
+            raise ConfigError(
+                f"TOCSIN_METRICS_ADDR={addr}: TOCSIN_METRICS_TOKEN would cross the network "
+                "in plaintext; set TOCSIN_TLS_CERT and TOCSIN_TLS_KEY (metrics over HTTPS) "
+                "or TOCSIN_ALLOW_INSECURE_TOKENS=1 (a trusted private network)"
             )
         return addr
 

@@ -14,9 +14,11 @@ when an OTLP endpoint is configured, an OTLP exporter as well. Names are OpenTel
 (`tocsin.pages`); the Prometheus exporter turns them into `tocsin_pages_total`, adding the
 unit (`_seconds`) and `_total` for counters. The README's Metrics section lists them all.
 
-The endpoint is a small aiohttp server in the process's own event loop. Beyond loopback it
-needs `TOCSIN_METRICS_TOKEN` (checked at start by the config): a scrape then needs
-`Authorization: Bearer <token>`, which Prometheus sends from `authorization.credentials_file`.
+The endpoint is a small aiohttp server in the process's own event loop, over HTTPS with the
+process's certificate when TOCSIN_TLS_CERT/KEY are set. Beyond loopback it needs
+`TOCSIN_METRICS_TOKEN` (checked at start by the config; and TLS, or the operator's consent
+TOCSIN_ALLOW_INSECURE_TOKENS=1): a scrape then needs `Authorization: Bearer <token>`,
+which Prometheus sends from `authorization.credentials_file`.
 The gateway's metrics are not on its public HTTP port: that port faces Twilio and alert
 senders, the metrics port faces Prometheus only.
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import ssl
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -184,9 +187,11 @@ class MetricsServer:
         await self.runner.cleanup()
 
 
-async def start_metrics_server(address: Address, token: str | None = None) -> MetricsServer:
-    """Serve `GET /metrics` (Prometheus text) on `address` in this event loop; with a
-    token, only to `Authorization: Bearer <token>` (401 otherwise)."""
+async def start_metrics_server(
+    address: Address, token: str | None = None, ssl_context: ssl.SSLContext | None = None
+) -> MetricsServer:
+    """Serve `GET /metrics` (Prometheus text) on `address` in this event loop (HTTPS with
+    `ssl_context`); with a token, only to `Authorization: Bearer <token>` (401 otherwise)."""
     expected = f"Bearer {token}".encode() if token else None
 
     async def handle(request: web.Request) -> web.Response:
@@ -200,7 +205,9 @@ async def start_metrics_server(address: Address, token: str | None = None) -> Me
     app.router.add_get("/metrics", handle)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
+    site = web.TCPSite(
+        runner, address.host, address.port, reuse_address=True, ssl_context=ssl_context
+    )
     try:
         await site.start()
     except OSError:
@@ -222,7 +229,7 @@ async def serve_process_metrics(config: Config, process: str) -> MetricsServer |
     if address is None:
         return None
     try:
-        server = await start_metrics_server(address, config.metrics_token)
+        server = await start_metrics_server(address, config.metrics_token, _server_ssl(config))
     except OSError as error:
         if config.metrics_addr is not None:
             raise  # an address asked for must be served
@@ -234,5 +241,17 @@ async def serve_process_metrics(config: Config, process: str) -> MetricsServer |
             error.strerror or error,
         )
         return None
-    log.info("%s metrics on http://%s:%d/metrics", process, address.host, server.port)
+    scheme = "https" if config.tls is not None else "http"
+    log.info("%s metrics on %s://%s:%d/metrics", process, scheme, address.host, server.port)
     return server
+
+
+def _server_ssl(config: Config) -> ssl.SSLContext | None:
+    """HTTPS with the process's own certificate when TOCSIN_TLS_CERT/KEY are set (no
+    client certificate asked: the scrape authenticates with TOCSIN_METRICS_TOKEN)."""
+    tls = config.tls
+    if tls is None or tls.cert_path is None or tls.key_path is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert_path, tls.key_path)
+    return context
