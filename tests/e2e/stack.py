@@ -13,6 +13,7 @@ takes five seconds of waiting, and the test reads virtual time from the same clo
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,6 +28,7 @@ from typing import IO, Any
 import httpx
 
 from tocsin.runtime.clock import TEST_CLOCK_VARIABLE, ScaledClock, datetime_to_ms
+from tocsin.runtime.config import DEFAULT_METRICS_PORTS
 
 SERVICES = ("scheduling", "incidents", "escalation", "notification", "history")
 TOCSIN = [sys.executable, "-m", "tocsin.cli.main"]
@@ -44,6 +46,28 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_run(count: int) -> int:
+    """A port P with P .. P+count-1 all free now (`tocsin up` numbers from its base), below
+    the kernel's ephemeral range, so no port picked for the stack's other listeners (port
+    0, `free_port()`) or an outgoing connection can land in it meanwhile."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(100):
+        base = random.randrange(10_000, max(10_001, low - count))
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError("no run of free ports")
 
 
 def descendants(pid: int) -> set[int]:
@@ -175,6 +199,8 @@ class Stack:
             "TOCSIN_DATA_DIR": str(self.data_dir),
             "TOCSIN_HTTP_ADDR": f"127.0.0.1:{free_port()}",
             **{f"TOCSIN_{name.upper()}_ADDR": f"127.0.0.1:{free_port()}" for name in SERVICES},
+            # Its own metrics ports: another stack on this host may hold the defaults.
+            "TOCSIN_METRICS_ADDR": f"127.0.0.1:{free_port_run(len(DEFAULT_METRICS_PORTS))}",
             **(extra_env or {}),
         }
         for variable in ("TOCSIN_REDIS_URL", "TOCSIN_API_TOKEN", "TWILIO_ACCOUNT_SID"):

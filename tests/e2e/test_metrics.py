@@ -6,7 +6,6 @@ and Grafana dashboard read is one these processes export."""
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -16,6 +15,7 @@ import pytest
 
 from tests.deploy.promql import SYNTHETIC, deploy_exprs, metric_names
 from tests.e2e.paging_stack import PagingStack, paging_stack
+from tests.e2e.stack import free_port_run
 from tests.metrics import names, sample, scrape
 from tocsin.runtime.config import DEFAULT_METRICS_PORTS
 from tocsin.runtime.supervisor import STACK
@@ -29,32 +29,9 @@ MONA, NICK = "+12025550161", "+15005550001"
 FIRST_PAGE = "tocsin_alert_to_first_page_seconds_count"
 
 
-def _free_port_run(count: int) -> int:
-    """A port P with P .. P+count-1 all free now (`tocsin up` numbers from its base)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        if base + count > 65535:
-            continue
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise RuntimeError("no run of free ports")
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PagingStack, int]]:
-    base = _free_port_run(len(DEFAULT_METRICS_PORTS))
+    base = free_port_run(len(DEFAULT_METRICS_PORTS))
     env = {"TOCSIN_METRICS_ADDR": f"127.0.0.1:{base}"}
     configs = (Path(__file__).parent / "metrics.yaml",)
     with paging_stack(
