@@ -176,6 +176,7 @@ class Cluster:
     logs: list[IO[str]] = field(default_factory=list)
     root: list[subprocess.Popen[str]] = field(default_factory=list)
     replicas: dict[str, Host] = field(default_factory=dict)
+    killed: set[str] = field(default_factory=set)
 
     def log(self, name: str) -> IO[str]:
         log = (self.workdir / f"{name}.log").open("w")
@@ -210,11 +211,23 @@ class Cluster:
     def address(self, instance: str) -> str:
         return self.replicas[instance].address
 
+    def fail_if_one_exited(self) -> bool:
+        """Fail at once, with its log's end, if a process the test did not kill ended
+        (False otherwise, so it can lead a wait's condition)."""
+        for instance, host in self.replicas.items():
+            for process in host.processes:
+                if process.poll() is not None and instance not in self.killed:
+                    log = (self.workdir / f"{instance}.log").read_text().splitlines()
+                    tail = "\n".join(log[-5:])
+                    raise AssertionError(f"{instance} exited ({process.returncode}):\n{tail}")
+        return False
+
     def gateway_url(self, instance: str) -> str:
         return f"http://{self.address(instance)}:{HTTP_PORT}"
 
     def kill(self, instance: str) -> None:
         """kill -9 the replica: no clean shutdown, its leases and pending entries stay."""
+        self.killed.add(instance)
         for process in self.replicas[instance].processes:
             process.kill()
             process.wait(5)
@@ -370,7 +383,12 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
                 cluster.start("gateway", gateway)
             for gateway in ("gw-a", "gw-b"):
                 url = cluster.gateway_url(gateway)
-                wait_for(lambda u=url: ready(u), 120, f"{gateway}'s /readyz", 0.2)
+                wait_for(
+                    lambda u=url: cluster.fail_if_one_exited() or ready(u),
+                    120,
+                    f"{gateway}'s /readyz",
+                    0.2,
+                )
             cli = cluster.replicas["cli"].namespace
             apply = subprocess.run(
                 ["ip", "netns", "exec", cli, *TOCSIN, "apply", "-f", str(HERE / "netns.yaml")],
@@ -507,7 +525,9 @@ def test_every_service_twice_partitioned_killed_and_scaled_up_pages_every_level_
                 cluster.network.publish(dns_name(SERVICE_OF[instance]), cluster.address(instance))
             for instance in THIRD:
                 joined[instance] = wait_for(
-                    lambda i=instance: first_call_s(cluster, i, added),
+                    lambda i=instance: (
+                        cluster.fail_if_one_exited() or first_call_s(cluster, i, added)
+                    ),
                     JOIN_LIMIT_S - (time.time() - added),
                     f"a call received by {instance}",
                     0.5,
