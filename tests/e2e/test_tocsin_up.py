@@ -98,6 +98,13 @@ def test_healthz_names_a_service_that_is_down(tmp_path: Path) -> None:
         (["serve", "gateway"], {"TOCSIN_HTTP_ADDR": "0.0.0.0:0"}, "TOCSIN_API_TOKEN"),
         (["serve", "incidents"], {"TOCSIN_API_TOKEN": "  "}, "TOCSIN_API_TOKEN is blank"),
         (["up"], {"TOCSIN_API_TOKEN": " "}, "TOCSIN_API_TOKEN is blank"),
+        (["up"], {"TOCSIN_METRICS_ADDR": "0.0.0.0:0"}, "without TOCSIN_METRICS_TOKEN"),
+        (["serve", "gateway"], {"TOCSIN_METRICS_ADDR": "9460"}, "TOCSIN_METRICS_ADDR='9460'"),
+        (
+            ["serve", "scheduling"],
+            {"TOCSIN_REDIS_URL": "redis://127.0.0.1:9", "TOCSIN_METRICS_ADDR": "0.0.0.0:0"},
+            "without TOCSIN_METRICS_TOKEN",
+        ),
     ],
 )
 def test_bad_configuration_stops_with_the_variable_named(

@@ -30,10 +30,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _up(args: argparse.Namespace) -> int:
     from tocsin.runtime.config import ConfigError, load_config
     from tocsin.runtime.service import configure_logging
-    from tocsin.runtime.supervisor import run_up
+    from tocsin.runtime.supervisor import STACK, run_up
 
     try:
         config = load_config()
+        for name in STACK:  # a refused metrics address stops `up` before anything starts
+            config.metrics_listen_addr(name)
     except ConfigError as error:
         print(f"tocsin up: {error}", file=sys.stderr)
         return 2
