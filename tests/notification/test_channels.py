@@ -12,6 +12,7 @@ import pytest
 from tests.notification.stack import ALICE, SMS, VOICE, PagingStack
 from tests.notification.test_settings import create, settings, violations
 from tocsin.client.configfile import ConfigFileError, load_config_file
+from tocsin.client.contact_types import CONTACT_TYPE_NAMES
 from tocsin.notification import domain
 from tocsin.notification.channels import ChannelRegistry, channel_name
 from tocsin.notification.channels.phone import SmsChannel
@@ -126,3 +127,29 @@ def test_apply_refuses_an_unknown_contact_type_with_file_and_line(tmp_path: Path
         f"{config}:9: users[0].contact_methods[1].type: "
         "expected sms, voice, email, webhook, slack or teams, got 'pigeon'"
     ]
+
+
+def test_apply_reads_every_channel_type_by_its_proto_name(tmp_path: Path) -> None:
+    """A channel added to the proto is known to `tocsin apply` (and export, the CLI)
+    without a list to keep in step."""
+    config = tmp_path / "oncall.yaml"
+    kinds = {
+        "sms": "'+15005550010'",
+        "voice": "'+15005550010'",
+        "email": "alice@example.com",
+        "webhook": "https://hooks.example.com/tocsin",
+        "slack": "U024BE7LH",
+        "teams": "https://example.webhook.office.com/x",
+    }
+    methods = "".join(
+        f"      - id: alice-{kind}\n        type: {kind}\n        address: {address}\n"
+        for kind, address in kinds.items()
+    )
+    config.write_text(f"users:\n  - id: alice\n    name: Alice\n    contact_methods:\n{methods}")
+
+    [user] = load_config_file(config).users
+
+    assert [(m.id, channel_name(m.type)) for m in user.contact_methods] == [
+        (f"alice-{kind}", kind) for kind in kinds
+    ]
+    assert CONTACT_TYPE_NAMES[pb.CONTACT_METHOD_TYPE_TEAMS] == "teams"

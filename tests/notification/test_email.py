@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.struct_pb2 import Struct
 
 from tests.notification.smtp_server import PASSWORD, USER, SmtpRecorder, smtp_server
 from tests.notification.stack import ALICE, SMS, PagingStack, paging_stack
@@ -27,6 +28,7 @@ from tocsin.notification.providers import ProviderError
 from tocsin.runtime.config import ConfigError, load_config
 from tocsin.runtime.errors import InvalidArgument
 from tocsin.runtime.redis import RedisClient
+from tocsin.v1 import incidents_pb2
 from tocsin.v1 import notification_pb2 as pb
 
 EMAIL = pb.CONTACT_METHOD_TYPE_EMAIL
@@ -283,3 +285,25 @@ async def test_a_temporary_refusal_is_retryable_and_the_retry_delivers_once(
     assert later.value.retryable and later.value.code == 451
     result = await channel.send("bob@example.com", MESSAGE, "1-0-0")
     assert [m.message["Message-ID"] for m in recorder.received] == [result.sid]
+
+
+async def test_the_email_shows_the_alerts_details(
+    stack: PagingStack, smtp: tuple[SmtpRecorder, int]
+) -> None:
+    recorder, _ = smtp
+    await add_email_user(stack, [("alice-email", 0), ("alice-sms", 300)])
+    details = Struct()
+    details.update({"host": "db1", "mount": "/var <98%>"})
+    reply = await stack.client.incidents.Trigger(
+        incidents_pb2.TriggerRequest(
+            service_id="payments-api", summary="disk full", dedup_key="disk", details=details
+        )
+    )
+    await stack.drain_events()
+
+    await stack.notify(reply.incident.id, "alice")
+    await stack.settle()
+
+    [mail] = recorder.received
+    assert '"host": "db1"' in mail.part("plain") and '"mount": "/var <98%>"' in mail.part("plain")
+    assert "&quot;mount&quot;: &quot;/var &lt;98%&gt;&quot;" in mail.part("html")

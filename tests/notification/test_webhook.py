@@ -143,7 +143,7 @@ async def test_a_page_reaches_the_receiver_signed_once_after_two_500s(
             "id": incident_id,
             "service": "Payments API",
             "summary": "disk full on db1",
-            "details": "",
+            "details": {},
         },
         "reply_code": attempt.reply_code,
         "tocsin_url": stack.config.public_url,

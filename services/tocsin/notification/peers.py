@@ -41,11 +41,15 @@ class IncidentsPeer:
         """The peer client factory (shared with the other peers of this process)."""
         return self._client
 
-    async def get_incident(self, incident_id: str) -> incidents_pb2.Incident | None:
+    async def get_incident(
+        self, incident_id: str, *, include_alerts: bool = False
+    ) -> incidents_pb2.Incident | None:
         """The incident, or None if it does not exist or incidents cannot be reached."""
         try:
             reply = await self._client().incidents.GetIncident(
-                incidents_pb2.GetIncidentRequest(incident_id=incident_id),
+                incidents_pb2.GetIncidentRequest(
+                    incident_id=incident_id, include_alerts=include_alerts
+                ),
                 timeout=self.timeout_s,
                 wait_for_ready=True,
             )

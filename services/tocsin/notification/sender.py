@@ -34,12 +34,15 @@ time): the next level waits for it, so it never pages before this one
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from google.protobuf import struct_pb2
+from google.protobuf.json_format import MessageToDict
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -69,6 +72,17 @@ UNREACHABLE_DELETED = "contact method deleted"
 UNREACHABLE_DISABLED = "contact method disabled (STOP)"
 SKIPPED_NOT_TRIGGERED = "incident no longer triggered"
 UNKNOWN_OUTCOME = "no answer from the provider; not resent"
+
+
+MAX_DETAILS_CHARS = 4000
+
+
+def details_text(details: struct_pb2.Struct) -> str:
+    """An alert's details as indented JSON for a page ("" when none), cut to fit."""
+    if not details.fields:
+        return ""
+    text = json.dumps(MessageToDict(details), indent=2, sort_keys=True, ensure_ascii=False)
+    return text if len(text) <= MAX_DETAILS_CHARS else text[: MAX_DETAILS_CHARS - 3] + "..."
 
 
 def unhandled_type_reason(channel_type: int) -> str:
@@ -277,6 +291,11 @@ class Sender:
                     return
                 summary, service_id = incident.summary, incident.service_id
         service = await self.incidents.service_name(service_id) or "tocsin"
+        details = ""
+        if channel.wants_details:
+            incident = await self.incidents.get_incident(fired.incident_id, include_alerts=True)
+            alerts = incident.alerts if incident is not None else []
+            details = details_text(alerts[0].details) if alerts else ""
         summary = summary or f"incident #{fired.incident_id}"
         content = PageContent(
             incident_id=fired.incident_id,
@@ -285,6 +304,7 @@ class Sender:
             reply_code=fired.reply_code,
             attempt_id=payload.attempt_id,
             public_url=self.options.public_url,
+            details=details,
         )
         page = Page(
             location,

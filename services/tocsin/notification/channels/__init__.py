@@ -97,6 +97,9 @@ class Channel(Protocol):
     replies: bool
     """A reply to this channel's page may name the incident by "the latest page to this
     address" (so a SENT page records it)."""
+    wants_details: bool
+    """The page shows the incident's details (the sender reads the incident for them;
+    off for the phone, whose first page must leave in milliseconds)."""
 
     def normalize_address(self, address: str, field: str) -> str: ...
 

@@ -22,6 +22,8 @@ def twilio_url(public_url: str, route: str, attempt_id: str) -> str:
 
 
 class _PhoneChannel:
+    wants_details = False
+
     def __init__(self, provider: Provider, public_url: str, *, status_callbacks: bool) -> None:
         self.provider = provider
         self.public_url = public_url

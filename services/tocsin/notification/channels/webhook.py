@@ -109,6 +109,16 @@ def safe_url(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}"
 
 
+def _details(text: str) -> object:
+    """The alert's details as an object ({} when none; the text if it was cut)."""
+    if not text:
+        return {}
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def render_page(page: PageContent) -> Message:
     body = {
         "event_id": page.attempt_id,
@@ -117,7 +127,7 @@ def render_page(page: PageContent) -> Message:
             "id": page.incident_id,
             "service": messages.clean_text(page.service),
             "summary": messages.clean_text(page.summary),
-            "details": page.details,
+            "details": _details(page.details),
         },
         "reply_code": page.reply_code,
         "tocsin_url": page.public_url,
@@ -170,6 +180,7 @@ class WebhookChannel:
     type: int = notification_pb2.CONTACT_METHOD_TYPE_WEBHOOK
     span_name = "webhook.post"
     replies = False
+    wants_details = True
 
     def __init__(
         self,
