@@ -47,18 +47,21 @@ def smtp(pki: Pki) -> Iterator[tuple[SmtpRecorder, int]]:
         yield running
 
 
+def smtp_env(smtp: tuple[SmtpRecorder, int], pki: Pki) -> dict[str, str]:
+    _, port = smtp
+    return {
+        "TOCSIN_SMTP_URL": f"smtp://{USER}:{PASSWORD.replace('/', '%2F')}@127.0.0.1:{port}",
+        "TOCSIN_EMAIL_FROM": FROM,
+        "TOCSIN_SMTP_CA": str(pki.ca),
+    }
+
+
 @pytest.fixture
 async def stack(
     any_redis: RedisClient, smtp: tuple[SmtpRecorder, int], pki: Pki
 ) -> AsyncIterator[PagingStack]:
     """The paging stack (standalone Redis, then a Redis Cluster) with email over SMTP."""
-    _, port = smtp
-    env = {
-        "TOCSIN_SMTP_URL": f"smtp://{USER}:{PASSWORD.replace('/', '%2F')}@127.0.0.1:{port}",
-        "TOCSIN_EMAIL_FROM": FROM,
-        "TOCSIN_SMTP_CA": str(pki.ca),
-    }
-    async with paging_stack(any_redis, env) as paging:
+    async with paging_stack(any_redis, smtp_env(smtp, pki)) as paging:
         yield paging
         paging.pager.check_all_expected()
 
@@ -307,3 +310,22 @@ async def test_the_email_shows_the_alerts_details(
     [mail] = recorder.received
     assert '"host": "db1"' in mail.part("plain") and '"mount": "/var <98%>"' in mail.part("plain")
     assert "&quot;mount&quot;: &quot;/var &lt;98%&gt;&quot;" in mail.part("html")
+
+
+async def test_email_pages_are_not_paced_by_the_phone_rate_limits(
+    redis: RedisClient, smtp: tuple[SmtpRecorder, int], pki: Pki
+) -> None:
+    """TOCSIN_TWILIO_SENDS_PER_SECOND and TOCSIN_NUMBER_SEND_INTERVAL pace the phone
+    channels; a storm's emails to one person all leave at once."""
+    recorder, _ = smtp
+    limits = {"TOCSIN_TWILIO_SENDS_PER_SECOND": "1", "TOCSIN_NUMBER_SEND_INTERVAL": "2s"}
+    async with paging_stack(redis, {**smtp_env(smtp, pki), **limits}) as stack:
+        await add_email_user(stack, [("alice-email", 0), ("alice-sms", 300)])
+        storm = [await stack.trigger(f"alert {n}") for n in range(3)]
+        for incident_id in storm:
+            await stack.notify(incident_id, "alice")
+        await stack.settle()  # the clock does not move
+
+        alerts = sorted(str(m.message["Subject"]).rsplit(": ", 1)[1] for m in recorder.received)
+        assert alerts == ["alert 0", "alert 1", "alert 2"]
+        await stack.pager.expect_no_more_pages()

@@ -242,7 +242,7 @@ class Sender:
                 if fired.next_rule < 0:
                     await self._report_if_spent(payload, reason)
             return
-        if payload.slot_ms is None and self.limiter.enabled:
+        if payload.slot_ms is None and self.limiter.enabled and channel.rate_limited:
             slot = await self.limiter.reserve(method.type, method.address)
             if slot > self.clock.now_ms():
                 if await self.store.rearm(timer, slot, payload.with_slot(slot)):
@@ -459,7 +459,7 @@ class Sender:
             reason = UNREACHABLE_DISABLED if method.disabled else unhandled_type_reason(method.type)
             await self.store.update_attempt(location, domain.FAILED, provider_status=reason)
         else:
-            if self.limiter.enabled:
+            if self.limiter.enabled and channel.rate_limited:
                 slot = await self.limiter.reserve(method.type, method.address)
                 await self.clock.sleep_until(slot)
             message = channel.render_test(user.name or user.id)

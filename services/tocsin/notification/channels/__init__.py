@@ -97,6 +97,10 @@ class Channel(Protocol):
     replies: bool
     """A reply to this channel's page may name the incident by "the latest page to this
     address" (so a SENT page records it)."""
+    rate_limited: bool
+    """Paced by the Twilio number's send rate and the per-address interval
+    (TOCSIN_TWILIO_SENDS_PER_SECOND, TOCSIN_NUMBER_SEND_INTERVAL): the phone channels.
+    The others are not paced; their 429s are retried with Retry-After."""
     wants_details: bool
     """The page shows the incident's details (the sender reads the incident for them;
     off for the phone, whose first page must leave in milliseconds)."""

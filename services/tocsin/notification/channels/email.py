@@ -190,6 +190,7 @@ class EmailChannel:
     type: int = notification_pb2.CONTACT_METHOD_TYPE_EMAIL
     span_name = "smtp.send"
     replies = False
+    rate_limited = False
     wants_details = True
 
     def __init__(self, config: SmtpConfig, *, sms_number: str | None = None) -> None:

@@ -23,6 +23,7 @@ def twilio_url(public_url: str, route: str, attempt_id: str) -> str:
 
 class _PhoneChannel:
     wants_details = False
+    rate_limited = True
 
     def __init__(self, provider: Provider, public_url: str, *, status_callbacks: bool) -> None:
         self.provider = provider

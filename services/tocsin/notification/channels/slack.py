@@ -109,6 +109,7 @@ class SlackChannel:
     type: int = notification_pb2.CONTACT_METHOD_TYPE_SLACK
     span_name = "slack.chat.postMessage"
     replies = False
+    rate_limited = False
     wants_details = False
 
     def __init__(self, config: SlackConfig, *, timeout_s: int = 10) -> None:

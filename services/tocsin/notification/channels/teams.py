@@ -66,6 +66,7 @@ class TeamsChannel:
     type: int = notification_pb2.CONTACT_METHOD_TYPE_TEAMS
     span_name = "teams.post"
     replies = False
+    rate_limited = False
     wants_details = False
 
     def __init__(self, public_url: str, *, timeout_s: float = 10.0) -> None:

@@ -180,6 +180,7 @@ class WebhookChannel:
     type: int = notification_pb2.CONTACT_METHOD_TYPE_WEBHOOK
     span_name = "webhook.post"
     replies = False
+    rate_limited = False
     wants_details = True
 
     def __init__(
