@@ -35,7 +35,14 @@ UNLIMITED = {
     "TOCSIN_NUMBER_SEND_INTERVAL": "0",  # least time between pages to one number; 0 = none
     "TOCSIN_EVENTS_API_RATE": "0",  # /v2/enqueue events per minute per routing key; 0 = off
 }
-_INHERITED_AWAY = ("TOCSIN_REDIS_URL", "TOCSIN_API_TOKEN", "TOCSIN_TEST_CLOCK", "TOCSIN_INSTANCE")
+_INHERITED_AWAY = (
+    "TOCSIN_REDIS_URL",
+    "TOCSIN_API_TOKEN",
+    "TOCSIN_SERVICE_TOKEN",
+    "TOCSIN_TOKEN",
+    "TOCSIN_TEST_CLOCK",
+    "TOCSIN_INSTANCE",
+)
 
 
 @dataclass(frozen=True)

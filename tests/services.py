@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from tocsin.client.client import TocsinClient
 from tocsin.client.endpoints import Endpoints
+from tocsin.runtime.auth import process_service_token
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.config import Address, load_config
 from tocsin.runtime.redis import RedisClient
@@ -32,8 +33,11 @@ async def running(
         await service.stop(0)
 
 
-def client_for(token: str = "", **targets: str) -> TocsinClient:
-    """A client whose named services point at test servers ("scheduling": "127.0.0.1:1234")."""
+def client_for(token: str | None = None, **targets: str) -> TocsinClient:
+    """A client whose named services point at test servers ("scheduling": "127.0.0.1:1234");
+    by default with the service credential of servers started in this process (it stands
+    in for tocsin's other services)."""
+    token = process_service_token() if token is None else token
     unused = "127.0.0.1:9"  # discard port: calls to a service the test did not start fail fast
     values = {
         name: targets.get(name, unused)

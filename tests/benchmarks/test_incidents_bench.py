@@ -42,6 +42,7 @@ from tocsin.incidents import keys
 from tocsin.incidents.domain import resolve
 from tocsin.incidents.service_store import ServiceStore
 from tocsin.incidents.store import IncidentStore
+from tocsin.runtime.auth import process_service_token
 from tocsin.runtime.clock import SystemClock
 from tocsin.runtime.embedded_redis import EmbeddedRedis
 from tocsin.runtime.events import INCIDENT_SHARDS, shard_streams
@@ -124,6 +125,7 @@ def stack(redis_server: EmbeddedRedis) -> Iterator[Stack]:
         "TOCSIN_HTTP_ADDR": http_addr,
         "TOCSIN_EVENTS_API_RATE": "0",
         "TOCSIN_LOG_LEVEL": "WARNING",
+        "TOCSIN_SERVICE_TOKEN": process_service_token(),  # the gateway's, as `tocsin up` gives it
     }
     incidents = ["-m", "tocsin.cli.main", "serve", "incidents"]
     with _process(incidents, env) as incidents_pid, _process(["-c", _GATEWAY], env) as gateway:

@@ -40,6 +40,7 @@ from tocsin.client.channel import create_channel
 from tocsin.notification import domain
 from tocsin.notification.contacts import ContactStore
 from tocsin.notification.store import PagingStore
+from tocsin.runtime.auth import process_service_token
 from tocsin.runtime.clock import SystemClock
 from tocsin.runtime.redis import RedisClient, connect_redis
 from tocsin.v1 import (
@@ -120,6 +121,8 @@ def deployment(redis_url: str) -> Iterator[Deployment]:
             "TOCSIN_TWILIO_SENDS_PER_SECOND": "0",
             "TOCSIN_NUMBER_SEND_INTERVAL": "0",
             "TOCSIN_LOG_LEVEL": "WARNING",
+            # The benchmark calls Notify as escalation would: with the service credential.
+            "TOCSIN_SERVICE_TOKEN": process_service_token(),
         }
         serve = ["-m", "tocsin.cli.main", "serve"]
         with (
@@ -138,8 +141,8 @@ async def _stubs(
     await _wait_serving(deployment.incidents, "tocsin.v1.IncidentService")
     await _wait_serving(deployment.notification, "tocsin.v1.NotificationService")
     async with (
-        create_channel(deployment.incidents) as incidents,
-        create_channel(deployment.notification) as notification,
+        create_channel(deployment.incidents, process_service_token()) as incidents,
+        create_channel(deployment.notification, process_service_token()) as notification,
     ):
         yield (
             incidents_pb2_grpc.IncidentServiceStub(incidents),

@@ -203,7 +203,13 @@ class Stack:
             "TOCSIN_METRICS_ADDR": f"127.0.0.1:{free_port_run(len(DEFAULT_METRICS_PORTS))}",
             **(extra_env or {}),
         }
-        for variable in ("TOCSIN_REDIS_URL", "TOCSIN_API_TOKEN", "TWILIO_ACCOUNT_SID"):
+        for variable in (
+            "TOCSIN_REDIS_URL",
+            "TOCSIN_API_TOKEN",
+            "TOCSIN_SERVICE_TOKEN",
+            "TOCSIN_TOKEN",
+            "TWILIO_ACCOUNT_SID",
+        ):
             if variable not in (extra_env or {}):
                 self.env.pop(variable, None)
         return self.env

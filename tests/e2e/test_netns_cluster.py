@@ -338,6 +338,8 @@ def base_env(redis_url: str, fake_url: str, collector: OtlpCollector) -> dict[st
             for service in SERVICES
         },
         "TOCSIN_GRPC_MAX_CONNECTION_AGE": f"{CONNECTION_AGE_S:.0f}s",
+        # Each "host" has a data directory of its own: they share the service credential.
+        "TOCSIN_SERVICE_TOKEN": "netns-cluster-service-token",
         "TOCSIN_EVENTS_API_RATE": "0",
         "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,

@@ -19,6 +19,7 @@ from tocsin.client.client import TocsinClient
 from tocsin.escalation import server as escalation_server
 from tocsin.escalation.server import EscalationProcess
 from tocsin.notification.peers import EscalationPeer
+from tocsin.runtime.auth import process_service_token
 from tocsin.runtime.config import load_config
 from tocsin.runtime.redis import RedisClient
 from tocsin.runtime.service import ServiceDeps
@@ -138,7 +139,8 @@ async def full_stack(redis: RedisClient) -> AsyncIterator[FullStack]:
             escalation=f"127.0.0.1:{port}",
         )
         paging.parts.sender.escalation = EscalationPeer(lambda: reporter)
-        channel = create_channel(f"127.0.0.1:{port}")
+        # The stub stands in for notification (ReportUnreachable): the service credential.
+        channel = create_channel(f"127.0.0.1:{port}", process_service_token())
         stack = FullStack(
             paging,
             running,

@@ -23,6 +23,7 @@ from tests.gateway.test_events_api import ALERTMANAGER_TRIGGER
 from tests.gateway.test_twilio_webhooks import TWILIO_ENV
 from tests.incidents.harness import PAYMENTS_KEY, Served
 from tocsin.gateway.server import start_gateway
+from tocsin.runtime.auth import process_service_token
 from tocsin.runtime.config import Address, load_config
 
 DEADLINES = {
@@ -217,6 +218,9 @@ async def test_with_256_file_descriptors_300_tricklers_do_not_keep_real_alerts_o
         "TOCSIN_INCIDENTS_ADDR": served.target,
         "TOCSIN_HTTP_HEADER_TIMEOUT": "60s",
         "TOCSIN_HTTP_BODY_TIMEOUT": "60s",
+        # The gateway process calls the in-process incidents server as `tocsin up`'s would:
+        # with the service credential it was handed.
+        "TOCSIN_SERVICE_TOKEN": process_service_token(),
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-c", GATEWAY_WITH_256_FDS, env=env

@@ -16,6 +16,7 @@ from tocsin.client.client import TocsinClient
 from tocsin.client.endpoints import Endpoints
 from tocsin.gateway.app import EventsFastPath, create_app
 from tocsin.incidents.server import IncidentsService, create_server
+from tocsin.runtime.auth import process_service_token
 from tocsin.runtime.clock import ManualClock
 from tocsin.runtime.config import Address, load_config
 from tocsin.runtime.events import EVENT_FIELD, INCIDENT_SHARDS, incident_shard, shard_streams
@@ -44,7 +45,9 @@ async def serve_incidents(
     deps = ServiceDeps(config=load_config(dict(env or {})), redis=redis, clock=clock)
     running, port = await create_server(deps, LOOPBACK, background=False)
     target = f"127.0.0.1:{port}"
-    channel = create_channel(target)
+    # The stub stands in for tocsin's other services (the gateway, notification), so it
+    # holds the service credential: the actors it sends stand.
+    channel = create_channel(target, process_service_token())
     try:
         yield Served(running, incidents_pb2_grpc.IncidentServiceStub(channel), redis, clock, target)
     finally:
@@ -152,7 +155,7 @@ async def gateway_for(served: Served) -> AsyncIterator[tuple[httpx.AsyncClient, 
         notification=unused,
         http=unused,
     )
-    client = TocsinClient(endpoints, token="")
+    client = TocsinClient(endpoints, token=process_service_token())
     app = create_app(load_config({}), client, served.clock)
     transport = httpx.ASGITransport(app=app)
     try:

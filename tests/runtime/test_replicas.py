@@ -32,6 +32,7 @@ from tocsin.client.channel import DNS_REFRESH_MS
 from tocsin.client.client import TocsinClient
 from tocsin.client.endpoints import resolve_endpoints
 from tocsin.client.targets import TargetError
+from tocsin.runtime.auth import process_service_token
 from tocsin.runtime.config import Address, ConfigError, load_config
 from tocsin.runtime.grpcserver import GrpcServer, start_grpc_server
 from tocsin.runtime.service import peer_client
@@ -283,6 +284,7 @@ def _serve(address: str, redis_url: str) -> subprocess.Popen[bytes]:
         "TOCSIN_INSTANCE": f"scheduling-{address}",
         "TOCSIN_GRPC_MAX_CONNECTION_AGE": f"{MAX_AGE_S}s",
         "TOCSIN_GRPC_MAX_CONNECTION_AGE_GRACE": "1s",
+        "TOCSIN_SERVICE_TOKEN": process_service_token(),  # the test's client holds it
     }
     env.pop("TOCSIN_API_TOKEN", None)
     command = [sys.executable, "-m", "tocsin.cli.main", "serve", "scheduling"]

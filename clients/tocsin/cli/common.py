@@ -19,11 +19,12 @@ from tocsin.v1 import common_pb2, notification_pb2
 T = TypeVar("T")
 
 
-def run_with_client(body: Callable[[TocsinClient], Awaitable[T]]) -> T:
-    """Run `body` with a client of the stack the endpoints point at."""
+def run_with_client(body: Callable[[TocsinClient], Awaitable[T]], token: str | None = None) -> T:
+    """Run `body` with a client of the stack the endpoints point at (with the credential
+    tocsin.client.credentials chooses, unless `token` is given; "" sends none)."""
 
     async def main() -> T:
-        async with TocsinClient() as client:
+        async with TocsinClient(token=token, via="cli") as client:
             return await body(client)
 
     return asyncio.run(main())

@@ -18,6 +18,7 @@ from tocsin.cli import (
     apply_command,
     escalation_commands,
     history_commands,
+    identity_commands,
     incident_commands,
     notification_commands,
     schedule_commands,
@@ -25,6 +26,7 @@ from tocsin.cli import (
 )
 from tocsin.cli.charts import ChartError
 from tocsin.cli.output import describe_os_error, describe_rpc_error
+from tocsin.client.credentials import CredentialsFileError
 from tocsin.client.targets import TargetError
 from tocsin.client.tls import InsecureTokenError, TlsError
 
@@ -34,6 +36,7 @@ COMMAND_MODULES = (
     schedule_commands,
     apply_command,
     escalation_commands,
+    identity_commands,
     incident_commands,
     notification_commands,
     history_commands,
@@ -64,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(describe_rpc_error(error), file=sys.stderr)
         code = 1
     except ChartError as error:
+        print(f"tocsin: {error}", file=sys.stderr)
+        code = 2
+    except CredentialsFileError as error:
         print(f"tocsin: {error}", file=sys.stderr)
         code = 2
     except (TargetError, TlsError, InsecureTokenError) as error:  # a setting, named in it

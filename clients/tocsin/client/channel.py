@@ -54,15 +54,23 @@ _SERVICE_CONFIG = json.dumps(
 )
 
 
-class _TokenDetails:
-    """Adds the bearer token on insecure (loopback/cluster-internal) channels."""
+CHANNEL_METADATA = "tocsin-channel"
+"""Metadata naming what a call comes through ("cli", "console"; default "api"), recorded in
+the audit log beside the authenticated principal."""
 
-    def __init__(self, token: str) -> None:
-        self._pair = ("authorization", f"Bearer {token}")
+
+class _TokenDetails:
+    """Adds the bearer token (and the channel's name) to every call."""
+
+    def __init__(self, token: str | None, via: str | None = None) -> None:
+        self._pairs = [("authorization", f"Bearer {token}")] if token else []
+        if via:
+            self._pairs.append((CHANNEL_METADATA, via))
 
     def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        metadata.add(*self._pair)
+        for pair in self._pairs:
+            metadata.add(*pair)
         return grpc.aio.ClientCallDetails(
             details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
         )
@@ -102,20 +110,23 @@ def channel_credentials(tls: TlsSettings) -> grpc.ChannelCredentials:
 def create_channel(
     target: str,
     token: str | None = None,
+    via: str | None = None,
     *,
     tls: TlsSettings | None = None,
     allow_insecure_tokens: bool = False,
 ) -> grpc.aio.Channel:
     """An asyncio channel to `target` (HOST:PORT, IP:PORT,IP:PORT,... or dns:///HOST:PORT;
-    see tocsin.client.targets) with tracing, the bearer token and, with `tls`, TLS.
+    see tocsin.client.targets) with tracing, the bearer token, the channel's name (`via`:
+    "cli", "console") and, with `tls`, TLS.
 
     Raises `InsecureTokenError` for a token over plaintext beyond loopback unless
     `allow_insecure_tokens`."""
     interceptors: list[grpc.aio.ClientInterceptor] = list(aio_client_interceptors())
     if token:
         check_token_transport(target, tls=tls is not None, allow_insecure=allow_insecure_tokens)
+    if token or via:
         interceptors += [
-            kind(token)
+            kind(token, via)
             for kind in (
                 _UnaryTokenInterceptor,
                 _StreamTokenInterceptor,

@@ -3,17 +3,19 @@
 `TocsinClient` (asyncio) holds one channel per service and exposes the generated stubs,
 which are fully typed through the committed .pyi files, plus `trigger()`, which batches
 concurrent alerts into TriggerBatch calls. Internal services and the CLI use it;
-`SyncTocsinClient` offers the same stubs for scripts without an event loop.
+`SyncTocsinClient` offers the same stubs for scripts without an event loop. Without an
+explicit token both send what tocsin.client.credentials chooses (TOCSIN_TOKEN, the
+`tocsin login` token, TOCSIN_API_TOKEN, or none).
 """
 
 from __future__ import annotations
 
-import os
 from types import TracebackType
 
 import grpc
 
 from tocsin.client.channel import channel_credentials, create_channel
+from tocsin.client.credentials import default_token
 from tocsin.client.endpoints import Endpoints, resolve_endpoints
 from tocsin.client.targets import grpc_target
 from tocsin.client.tls import (
@@ -26,6 +28,7 @@ from tocsin.client.trigger_batcher import TriggerBatcher
 from tocsin.v1 import (
     escalation_pb2_grpc,
     history_pb2_grpc,
+    identity_pb2_grpc,
     incidents_pb2,
     incidents_pb2_grpc,
     notification_pb2_grpc,
@@ -49,27 +52,34 @@ def _transport(
 
 class TocsinClient:
     """Channels to every service. `tls` and `allow_insecure_tokens` default to the
-    environment's TOCSIN_TLS_* and TOCSIN_ALLOW_INSECURE_TOKENS; `token` to
-    TOCSIN_API_TOKEN. Raises `TlsError`/`InsecureTokenError` before any call."""
+    environment's TOCSIN_TLS_* and TOCSIN_ALLOW_INSECURE_TOKENS; `token` to what
+    tocsin.client.credentials chooses (TOCSIN_TOKEN, the `tocsin login` token,
+    TOCSIN_API_TOKEN); `via` names the channel ("cli") for the audit log. Raises `TlsError`/`InsecureTokenError` before any call."""
 
     def __init__(
         self,
         endpoints: Endpoints | None = None,
         token: str | None = None,
+        via: str | None = None,
         *,
         tls: TlsSettings | str | None = FROM_ENV,
         allow_insecure_tokens: bool | None = None,
     ) -> None:
         self.endpoints = endpoints or resolve_endpoints()
-        token = token if token is not None else os.environ.get("TOCSIN_API_TOKEN")
+        token = token if token is not None else default_token(self.endpoints.scheduling)
         settings, allow = _transport(tls, allow_insecure_tokens)
         self._channels = {
             name: create_channel(
-                getattr(self.endpoints, name), token, tls=settings, allow_insecure_tokens=allow
+                getattr(self.endpoints, name),
+                token,
+                via,
+                tls=settings,
+                allow_insecure_tokens=allow,
             )
             for name in SERVICES
         }
         self.scheduling = scheduling_pb2_grpc.SchedulingServiceStub(self._channels["scheduling"])
+        self.identity = identity_pb2_grpc.IdentityServiceStub(self._channels["scheduling"])
         self.incidents = incidents_pb2_grpc.IncidentServiceStub(self._channels["incidents"])
         self.escalation = escalation_pb2_grpc.EscalationServiceStub(self._channels["escalation"])
         self.notification = notification_pb2_grpc.NotificationServiceStub(
@@ -121,7 +131,7 @@ class SyncTocsinClient:
         allow_insecure_tokens: bool | None = None,
     ) -> None:
         self.endpoints = endpoints or resolve_endpoints()
-        token = token if token is not None else os.environ.get("TOCSIN_API_TOKEN")
+        token = token if token is not None else default_token(self.endpoints.scheduling)
         metadata_plugin = _TokenPlugin(token) if token else None
         settings, allow = _transport(tls, allow_insecure_tokens)
 
@@ -137,6 +147,7 @@ class SyncTocsinClient:
 
         self._channels = [channel(getattr(self.endpoints, n)) for n in SERVICES]
         self.scheduling = scheduling_pb2_grpc.SchedulingServiceStub(self._channels[0])
+        self.identity = identity_pb2_grpc.IdentityServiceStub(self._channels[0])
         self.incidents = incidents_pb2_grpc.IncidentServiceStub(self._channels[1])
         self.escalation = escalation_pb2_grpc.EscalationServiceStub(self._channels[2])
         self.notification = notification_pb2_grpc.NotificationServiceStub(self._channels[3])

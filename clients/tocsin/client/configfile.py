@@ -20,11 +20,17 @@ import yaml
 from google.protobuf.duration_pb2 import Duration
 
 from tocsin.client.contact_types import CONTACT_TYPES, expected_types
-from tocsin.v1 import escalation_pb2, incidents_pb2, notification_pb2, scheduling_pb2
+from tocsin.v1 import common_pb2, escalation_pb2, incidents_pb2, notification_pb2, scheduling_pb2
 
 _DURATION = re.compile(r"([0-9]+)([smhdw])")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+ROLES = {
+    "admin": common_pb2.ROLE_ADMIN,
+    "responder": common_pb2.ROLE_RESPONDER,
+    "observer": common_pb2.ROLE_OBSERVER,
+}
+"""A user's `role:` (default responder); see the README's "Identity and access"."""
 _CONTACT_TYPES = CONTACT_TYPES
 
 
@@ -214,14 +220,21 @@ def _user(r: _Reader, node: yaml.Node, path: str) -> UserConfig:
     m = r.mapping(
         node,
         path,
-        {"id", "name", "time_zone", "email", "contact_methods", "notification_rules"},
+        {"id", "name", "time_zone", "email", "role", "contact_methods", "notification_rules"},
         {"id", "name"},
     )
+    role_text = r.text(m.get("role"), f"{path}.role", "responder")
+    role = ROLES.get(role_text)
+    if role is None:
+        r.problem(
+            m.get("role"), f"{path}.role", f"expected one of {', '.join(ROLES)}, got {role_text!r}"
+        )
     user = scheduling_pb2.User(
         id=r.text(m.get("id"), f"{path}.id"),
         name=r.text(m.get("name"), f"{path}.name"),
         time_zone=r.text(m.get("time_zone"), f"{path}.time_zone"),
         email=r.text(m.get("email"), f"{path}.email"),
+        role=role or common_pb2.ROLE_RESPONDER,
     )
     if "time_zone" in m:
         r.zone(m["time_zone"], f"{path}.time_zone")

@@ -12,9 +12,11 @@ import yaml
 from google.protobuf.duration_pb2 import Duration
 
 from tocsin.client.client import TocsinClient
+from tocsin.client.configfile import ROLES
 from tocsin.client.contact_types import CONTACT_TYPE_NAMES
 from tocsin.v1 import escalation_pb2, incidents_pb2, notification_pb2, scheduling_pb2
 
+ROLE_NAMES = {value: name for name, value in ROLES.items()}
 _TYPES = CONTACT_TYPE_NAMES
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -62,6 +64,7 @@ async def export_config(client: TocsinClient) -> dict[str, Any]:
                 entry["time_zone"] = user.time_zone
             if user.email:
                 entry["email"] = user.email
+            entry["role"] = ROLE_NAMES.get(user.role, "responder")
             entry["contact_methods"] = [
                 {"id": cm.id, "type": _TYPES[cm.type], "address": cm.address}
                 for cm in settings.contact_methods

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tocsin/v1/common.proto\x12\ttocsin.v1\"N\n\x05\x41\x63tor\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12#\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x12.tocsin.v1.Channel\x12\x0f\n\x07\x64isplay\x18\x03 \x01(\t\"\"\n\x04Link\x12\x0c\n\x04href\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t*\xbf\x01\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x43HANNEL_API\x10\x01\x12\x0f\n\x0b\x43HANNEL_CLI\x10\x02\x12\x0f\n\x0b\x43HANNEL_SMS\x10\x03\x12\x11\n\rCHANNEL_VOICE\x10\x04\x12\x16\n\x12\x43HANNEL_EVENTS_API\x10\x05\x12\x18\n\x14\x43HANNEL_ALERTMANAGER\x10\x06\x12\x10\n\x0c\x43HANNEL_AUTO\x10\x07\x12\x11\n\rCHANNEL_SLACK\x10\x08*x\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x11\n\rSEVERITY_INFO\x10\x01\x12\x14\n\x10SEVERITY_WARNING\x10\x02\x12\x12\n\x0eSEVERITY_ERROR\x10\x03\x12\x15\n\x11SEVERITY_CRITICAL\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tocsin/v1/common.proto\x12\ttocsin.v1\"N\n\x05\x41\x63tor\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12#\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x12.tocsin.v1.Channel\x12\x0f\n\x07\x64isplay\x18\x03 \x01(\t\"\"\n\x04Link\x12\x0c\n\x04href\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t*\xd4\x01\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x43HANNEL_API\x10\x01\x12\x0f\n\x0b\x43HANNEL_CLI\x10\x02\x12\x0f\n\x0b\x43HANNEL_SMS\x10\x03\x12\x11\n\rCHANNEL_VOICE\x10\x04\x12\x16\n\x12\x43HANNEL_EVENTS_API\x10\x05\x12\x18\n\x14\x43HANNEL_ALERTMANAGER\x10\x06\x12\x10\n\x0c\x43HANNEL_AUTO\x10\x07\x12\x11\n\rCHANNEL_SLACK\x10\x08\x12\x13\n\x0f\x43HANNEL_CONSOLE\x10\t*S\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_ADMIN\x10\x01\x12\x12\n\x0eROLE_RESPONDER\x10\x02\x12\x11\n\rROLE_OBSERVER\x10\x03*x\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x11\n\rSEVERITY_INFO\x10\x01\x12\x14\n\x10SEVERITY_WARNING\x10\x02\x12\x12\n\x0eSEVERITY_ERROR\x10\x03\x12\x15\n\x11SEVERITY_CRITICAL\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,9 +32,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tocsin.v1.common_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CHANNEL']._serialized_start=154
-  _globals['_CHANNEL']._serialized_end=345
-  _globals['_SEVERITY']._serialized_start=347
-  _globals['_SEVERITY']._serialized_end=467
+  _globals['_CHANNEL']._serialized_end=366
+  _globals['_ROLE']._serialized_start=368
+  _globals['_ROLE']._serialized_end=451
+  _globals['_SEVERITY']._serialized_start=453
+  _globals['_SEVERITY']._serialized_end=573
   _globals['_ACTOR']._serialized_start=37
   _globals['_ACTOR']._serialized_end=115
   _globals['_LINK']._serialized_start=117

@@ -41,6 +41,8 @@ class _ChannelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Channel.Value
     """tocsin itself: escalation, timers, snooze expiry, retention."""
     CHANNEL_SLACK: _Channel.ValueType  # 8
     """A button pressed on a Slack message (`POST /slack/interactions`)."""
+    CHANNEL_CONSOLE: _Channel.ValueType  # 9
+    """The web console."""
 
 class Channel(_Channel, metaclass=_ChannelEnumTypeWrapper):
     """How a change reached tocsin; shown in every timeline entry."""
@@ -63,7 +65,41 @@ CHANNEL_AUTO: Channel.ValueType  # 7
 """tocsin itself: escalation, timers, snooze expiry, retention."""
 CHANNEL_SLACK: Channel.ValueType  # 8
 """A button pressed on a Slack message (`POST /slack/interactions`)."""
+CHANNEL_CONSOLE: Channel.ValueType  # 9
+"""The web console."""
 Global___Channel: _TypeAlias = Channel  # noqa: Y015
+
+class _Role:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROLE_UNSPECIFIED: _Role.ValueType  # 0
+    """Not given; a user without a role is a responder."""
+    ROLE_ADMIN: _Role.ValueType  # 1
+    """Everything: configuration, users, API keys, the audit log."""
+    ROLE_RESPONDER: _Role.ValueType  # 2
+    """Acts on incidents; manages their own contact methods and notification rules, and
+    overrides on the schedules they are on.
+    """
+    ROLE_OBSERVER: _Role.ValueType  # 3
+    """Reads only."""
+
+class Role(_Role, metaclass=_RoleEnumTypeWrapper):
+    """What a person (or an API key) may do; see the README's "Identity and access"."""
+
+ROLE_UNSPECIFIED: Role.ValueType  # 0
+"""Not given; a user without a role is a responder."""
+ROLE_ADMIN: Role.ValueType  # 1
+"""Everything: configuration, users, API keys, the audit log."""
+ROLE_RESPONDER: Role.ValueType  # 2
+"""Acts on incidents; manages their own contact methods and notification rules, and
+overrides on the schedules they are on.
+"""
+ROLE_OBSERVER: Role.ValueType  # 3
+"""Reads only."""
+Global___Role: _TypeAlias = Role  # noqa: Y015
 
 class _Severity:
     ValueType = _typing.NewType("ValueType", _builtins.int)

@@ -848,7 +848,11 @@ class TriggerRequest(_message.Message):
 
     @_builtins.property
     def actor(self) -> _common_pb2.Actor:
-        """Who sent it; channel defaults to API."""
+        """Who sent it; channel defaults to API.
+        Deprecated for people: the server records the authenticated caller (a personal token's
+        user, an API key) and keeps only the channel (CLI or API) of what is sent here; only
+        the service credential's actor stands as sent (an SMS reply names the phone's owner).
+        """
 
     def __init__(
         self,
@@ -1039,7 +1043,11 @@ class AcknowledgeRequest(_message.Message):
     """The service's integration key instead of service_id, as the Events API passes it."""
     @_builtins.property
     def actor(self) -> _common_pb2.Actor:
-        """Who acknowledges."""
+        """Who acknowledges.
+        Deprecated for people: the server records the authenticated caller (a personal token's
+        user, an API key) and keeps only the channel (CLI or API) of what is sent here; only
+        the service credential's actor stands as sent (an SMS reply names the phone's owner).
+        """
 
     def __init__(
         self,
@@ -1107,7 +1115,11 @@ class ResolveRequest(_message.Message):
     """The service's integration key instead of service_id, as the Events API passes it."""
     @_builtins.property
     def actor(self) -> _common_pb2.Actor:
-        """Who resolves."""
+        """Who resolves.
+        Deprecated for people: the server records the authenticated caller (a personal token's
+        user, an API key) and keeps only the channel (CLI or API) of what is sent here; only
+        the service credential's actor stands as sent (an SMS reply names the phone's owner).
+        """
 
     def __init__(
         self,
@@ -1171,7 +1183,11 @@ class SnoozeRequest(_message.Message):
 
     @_builtins.property
     def actor(self) -> _common_pb2.Actor:
-        """Who snoozes."""
+        """Who snoozes.
+        Deprecated for people: the server records the authenticated caller (a personal token's
+        user, an API key) and keeps only the channel (CLI or API) of what is sent here; only
+        the service credential's actor stands as sent (an SMS reply names the phone's owner).
+        """
 
     def __init__(
         self,
@@ -1229,7 +1245,11 @@ class ReassignRequest(_message.Message):
 
     @_builtins.property
     def actor(self) -> _common_pb2.Actor:
-        """Who reassigns."""
+        """Who reassigns.
+        Deprecated for people: the server records the authenticated caller (a personal token's
+        user, an API key) and keeps only the channel (CLI or API) of what is sent here; only
+        the service credential's actor stands as sent (an SMS reply names the phone's owner).
+        """
 
     def __init__(
         self,
@@ -1285,7 +1305,11 @@ class AddNoteRequest(_message.Message):
     """The note (at most 4096 characters)."""
     @_builtins.property
     def actor(self) -> _common_pb2.Actor:
-        """Who writes it."""
+        """Who writes it.
+        Deprecated for people: the server records the authenticated caller (a personal token's
+        user, an API key) and keeps only the channel (CLI or API) of what is sent here; only
+        the service credential's actor stands as sent (an SMS reply names the phone's owner).
+        """
 
     def __init__(
         self,

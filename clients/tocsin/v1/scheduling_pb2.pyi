@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from tocsin.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -98,6 +99,7 @@ class User(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     TIME_ZONE_FIELD_NUMBER: _builtins.int
     EMAIL_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Stable identifier chosen by the operator, e.g. "alice". Lowercase letters, digits, "-", "_", "."."""
     name: _builtins.str
@@ -105,7 +107,9 @@ class User(_message.Message):
     time_zone: _builtins.str
     """IANA time zone of the person, e.g. "America/New_York"; used for their calendar."""
     email: _builtins.str
-    """Optional email address, informational."""
+    """Optional email address; also what an OpenID Connect sign-in maps to this user."""
+    role: _common_pb2.Role.ValueType
+    """What the user may do; unspecified means ROLE_RESPONDER."""
     def __init__(
         self,
         *,
@@ -113,10 +117,11 @@ class User(_message.Message):
         name: _builtins.str = ...,
         time_zone: _builtins.str = ...,
         email: _builtins.str = ...,
+        role: _common_pb2.Role.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "id", b"id", "name", b"name", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "id", b"id", "name", b"name", "role", b"role", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

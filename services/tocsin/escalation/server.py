@@ -56,6 +56,7 @@ async def create_server(
             servicer, server
         ),
         [SERVICE_NAME],
+        authenticator=deps.authenticator(),
     )
     running = EscalationProcess(grpc_server, engine=engine)
     instance = instance_name("escalation")

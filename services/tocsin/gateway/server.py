@@ -10,6 +10,7 @@ import uvicorn
 
 from tocsin.gateway.app import EventsFastPath, create_app
 from tocsin.gateway.protocol import HttpLimits, guarded_protocol
+from tocsin.runtime.auth import with_service_token
 from tocsin.runtime.clock import Clock, clock_from_env
 from tocsin.runtime.config import Address, Config, load_config
 from tocsin.runtime.metrics import serve_process_metrics
@@ -73,7 +74,7 @@ def uvicorn_config(
 def serve() -> None:
     import uvloop
 
-    config = load_config()
+    config = with_service_token(load_config())
     configure_logging(config.log_level)
     setup_tracing("gateway")
     config.check_bind(config.http_addr, "TOCSIN_HTTP_ADDR")

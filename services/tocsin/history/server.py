@@ -69,6 +69,7 @@ async def create_server(
             addr or deps.config.grpc_listen_addr("history"),
             lambda server: history_pb2_grpc.add_HistoryServiceServicer_to_server(servicer, server),
             [SERVICE_NAME],
+            authenticator=deps.authenticator(),
         )
     except BaseException:
         await store.close()

@@ -65,7 +65,11 @@ async def create_server(
         _add_servicer(servicer, server)
 
     grpc_server = await start_grpc_server(
-        deps.config, addr or deps.config.grpc_listen_addr("incidents"), register, [SERVICE_NAME]
+        deps.config,
+        addr or deps.config.grpc_listen_addr("incidents"),
+        register,
+        [SERVICE_NAME],
+        authenticator=deps.authenticator(),
     )
     running = IncidentsService(
         grpc=grpc_server, store=store, services=services, snooze_worker=worker

@@ -36,6 +36,7 @@ from tocsin.incidents.service_store import ServiceStore
 from tocsin.incidents.store import IncidentStore
 from tocsin.incidents.validation import check
 from tocsin.incidents.watch import watch_events
+from tocsin.runtime.auth import actor_for
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import (
     FieldViolation,
@@ -144,7 +145,7 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
         self, request: incidents_pb2.TriggerRequest, traceparent: str
     ) -> incidents_pb2.TriggerResponse:
         alert = domain.alert_of(request)
-        actor = normalize.actor(request.actor)
+        actor = normalize.actor(actor_for(request.actor))
         check(validation.details_violations(alert.details))
         dedup_key = normalize.alert(alert, request.dedup_key)
         check(validation.trigger_violations(alert, dedup_key, actor))
@@ -290,7 +291,9 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
 
     @staticmethod
     def _actor(actor: common_pb2.Actor) -> common_pb2.Actor:
-        normalized = domain.normalized_actor(actor)
+        """The authenticated caller (runtime.auth.actor_for): a name sent by a person is
+        ignored; only the service credential speaks for others (an SMS reply's owner)."""
+        normalized = domain.normalized_actor(actor_for(actor))
         check(validation.actor_violations(normalized))
         return normalized
 

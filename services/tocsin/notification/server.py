@@ -18,6 +18,7 @@ import gc
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from tocsin.notification.channels import Channel, ChannelRegistry
 from tocsin.notification.channels.email import ConsoleEmailChannel, EmailChannel
@@ -34,6 +35,8 @@ from tocsin.notification.ratelimit import RateLimiter
 from tocsin.notification.sender import Sender, SenderOptions
 from tocsin.notification.servicer import SERVICE_NAME, NotificationServicer
 from tocsin.notification.store import PagingStore
+from tocsin.runtime.auth import Principal
+from tocsin.runtime.authz import OwnCheck
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.config import Address, Config
 from tocsin.runtime.events import INCIDENT_SHARDS, EventConsumer, instance_name
@@ -174,6 +177,21 @@ async def _sweep_forever(
     await run_loop(guard, stop, sweep, lambda: clock.sleep(SWEEP_INTERVAL_S, stop))
 
 
+def own_contact_method(contacts: ContactStore) -> OwnCheck:
+    """The authorization table's "contact_method" check: the method (by id) is the
+    caller's, and so is the owner a changed method names."""
+
+    async def check(request: Any, principal: Principal) -> bool:
+        method_id = request.contact_method.id if hasattr(request, "contact_method") else request.id
+        owner = await contacts.owner_of(method_id)
+        if owner not in (None, principal.user_id):
+            return False
+        named = request.contact_method.user_id if hasattr(request, "contact_method") else owner
+        return bool(principal.user_id) and named == principal.user_id
+
+    return check
+
+
 async def create_server(
     deps: ServiceDeps,
     addr: Address | None = None,
@@ -206,6 +224,8 @@ async def create_server(
             servicer, server
         ),
         [SERVICE_NAME],
+        authenticator=deps.authenticator(),
+        ownership={"contact_method": own_contact_method(parts.contacts)},
     )
     running = NotificationService(grpc_server, parts=parts)
     if background:

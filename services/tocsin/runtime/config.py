@@ -132,6 +132,8 @@ class Config:
     http_addr: Address
     public_url: str
     api_token: str | None = field(repr=False)
+    """The bootstrap admin credential (TOCSIN_API_TOKEN); None on a laptop (loopback only,
+    where a call without a credential is the local admin)."""
     twilio: TwilioConfig | None
     """Twilio for SMS and voice; None = the console notifier."""
     grpc_addrs: Mapping[str, Address]
@@ -201,6 +203,9 @@ class Config:
             return self.database_url
         return f"sqlite:///{self.data_dir / HISTORY_DATABASE_FILE}"
 
+    service_token: str | None = field(default=None, repr=False)
+    """The service credential (TOCSIN_SERVICE_TOKEN) services call each other with; None:
+    the data directory's `service-token` file (see runtime/auth.py)."""
     metrics_addr: Address | None = None
     """Where this process serves Prometheus metrics (GET /metrics); None: its default
     port on 127.0.0.1 (DEFAULT_METRICS_PORTS)."""
@@ -612,6 +617,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         http_addr=http_addr,
         public_url=public_url,
         api_token=_parse_token(env.get("TOCSIN_API_TOKEN", ""), "TOCSIN_API_TOKEN"),
+        service_token=_parse_token(env.get("TOCSIN_SERVICE_TOKEN", ""), "TOCSIN_SERVICE_TOKEN"),
         twilio=_twilio(env),
         smtp=_smtp(env),
         slack=_slack(env),

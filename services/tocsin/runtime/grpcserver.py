@@ -1,14 +1,15 @@
 """gRPC asyncio server bootstrap shared by every tocsin service.
 
 `start_grpc_server` adds health checking, reflection, OpenTelemetry, request metrics
-(runtime/metrics.py: every call timed by method and status code), the bearer-token
-check and the domain-error mapping, binds (port 0 picks a free port, as tests do) and
-starts. Without TOCSIN_API_TOKEN it refuses to bind anything but loopback (naming the
-variable the address came from).
+(runtime/metrics.py: every call timed by method and status code), the authorization
+interceptor (runtime/authz.py: every call authenticated and checked against one table)
+and the domain-error mapping, binds (port 0 picks a free port, as tests do) and starts.
+Without TOCSIN_API_TOKEN it refuses to bind anything but loopback (naming the variable the
+address came from).
 
-With a token every call but health checks needs exactly one `authorization: Bearer
-<token>` value (two values are refused, whichever comes last); a refusal is
-UNAUTHENTICATED for every kind of call, streaming ones and reflection included.
+A call carries at most one `authorization: Bearer <credential>` value (two are refused);
+a refusal is UNAUTHENTICATED or PERMISSION_DENIED for every kind of call, streaming ones
+and reflection included. Health checks need no credential.
 
 With TOCSIN_TLS_CERT/KEY every server speaks TLS only (a plaintext client fails its
 handshake); with TOCSIN_TLS_CA as well it requires a client certificate signed by that CA
@@ -22,12 +23,11 @@ resolve the service's name anew, so calls spread over replicas started since.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import inspect
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,67 +37,13 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from tocsin.client.tls import TlsSettings
+from tocsin.runtime.auth import Authenticator
+from tocsin.runtime.authz import AuthorizationInterceptor, OwnCheck
 from tocsin.runtime.config import Address, Config
 from tocsin.runtime.errors import domain_error, status_trailer
 from tocsin.runtime.metrics import GRPC_DURATION
 
 log = logging.getLogger(__name__)
-_HEALTH_PREFIX = "/grpc.health.v1.Health/"
-
-
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    """Rejects calls without exactly one `authorization: Bearer <token>`; health checks
-    stay open."""
-
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method = handler_call_details.method or ""
-        if method.startswith(_HEALTH_PREFIX):
-            return await continuation(handler_call_details)
-        given = [
-            value.encode() if isinstance(value, str) else bytes(value)
-            for key, value in handler_call_details.invocation_metadata or ()
-            if key == "authorization"
-        ]
-        if len(given) == 1 and hmac.compare_digest(given[0], self._expected):
-            return await continuation(handler_call_details)
-        handler = await continuation(handler_call_details)
-        return _rejecting_handler(handler)
-
-
-_REFUSAL = "missing or wrong bearer token (send exactly one authorization value)"
-
-
-def _rejecting_handler(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as `handler` that answers UNAUTHENTICATED.
-
-    The kind matters: a unary handler for a client-streaming call, or a coroutine where the
-    tracing interceptor iterates a response stream, ends the call with UNKNOWN instead.
-    """
-
-    async def reject(_request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _REFUSAL)
-
-    async def reject_stream(_request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _REFUSAL)
-        yield  # never reached: this makes an async generator, as a response stream is
-
-    deserializer = handler.request_deserializer if handler is not None else None
-    streams_in = handler is not None and handler.request_streaming
-    streams_out = handler is not None and handler.response_streaming
-    if streams_in and streams_out:
-        return grpc.stream_stream_rpc_method_handler(reject_stream, deserializer)
-    if streams_in:
-        return grpc.stream_unary_rpc_method_handler(reject, deserializer)
-    if streams_out:
-        return grpc.unary_stream_rpc_method_handler(reject_stream, deserializer)
-    return grpc.unary_unary_rpc_method_handler(reject, deserializer)
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
@@ -285,11 +231,16 @@ async def start_grpc_server(
     service_names: Sequence[str],
     *,
     variable: str | None = None,
+    authenticator: Authenticator | None = None,
+    ownership: Mapping[str, OwnCheck] | None = None,
 ) -> GrpcServer:
     """Bind, start and mark SERVING a server with tocsin's standard interceptors.
 
     `variable` names the setting `addr` came from in a refusal; by default the one it
     matches: TOCSIN_LISTEN_ADDR, else the service's TOCSIN_<SERVICE>_ADDR.
+    `authenticator` checks personal tokens and API keys too when it has Redis (else only
+    the service credential and the admin tokens); `ownership` names the service's own
+    ownership checks of the authorization table.
     """
     config.check_bind(addr, variable or _listen_variable(config, addr))
     # Health checks (probes, clients watching each replica) are not traced: they are many,
@@ -298,8 +249,9 @@ async def start_grpc_server(
         MetricsInterceptor(),
         aio_server_interceptor(filter_=filters.negate(filters.health_check())),
     ]
-    if config.api_token:
-        interceptors.append(BearerTokenInterceptor(config.api_token))
+    interceptors.append(
+        AuthorizationInterceptor(authenticator or Authenticator(config, None), ownership)
+    )
     interceptors.append(ErrorMappingInterceptor())
     server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
     register(server)

@@ -24,6 +24,7 @@ from typing import Any
 
 from tocsin.client.client import TocsinClient
 from tocsin.client.endpoints import Endpoints
+from tocsin.runtime.auth import Authenticator, service_token, with_service_token
 from tocsin.runtime.clock import TEST_CLOCK_VARIABLE, Clock, SystemClock, clock_from_env
 from tocsin.runtime.config import Address, Config, ConfigError
 from tocsin.runtime.grpcserver import GrpcServer, install_stop_signals
@@ -44,6 +45,10 @@ class ServiceDeps:
     clock: Clock
     peers: TocsinClient | None = None
 
+    def authenticator(self) -> Authenticator:
+        """What this service's gRPC server checks credentials with (runtime/auth.py)."""
+        return Authenticator(self.config, self.redis, self.clock)
+
     def peer_client(self) -> TocsinClient:
         """Client for the other services (created on first use)."""
         if self.peers is None:
@@ -53,11 +58,11 @@ class ServiceDeps:
 
 def peer_client(config: Config) -> TocsinClient:
     """A client for the services at the configured addresses (round robin over every
-    replica a peer's target names), with the API token."""
+    replica a peer's target names), with the service credential."""
     addrs = {name: config.grpc_targets.get(name) or str(a) for name, a in config.grpc_addrs.items()}
     return TocsinClient(
         Endpoints(http=str(config.http_addr), **addrs),
-        config.api_token,
+        service_token(config),
         tls=config.tls,
         allow_insecure_tokens=config.allow_insecure_tokens,
     )
@@ -161,6 +166,6 @@ def serve_blocking(name: str, create_server: CreateServer) -> None:
 
     from tocsin.runtime.config import load_config
 
-    config = load_config()
+    config = with_service_token(load_config())
     configure_logging(config.log_level)
     uvloop.run(run_service(name, config, create_server))

@@ -39,6 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tocsin.client.endpoints import Endpoints, write_endpoints
+from tocsin.runtime.auth import (
+    SERVICE_TOKEN_FILE,
+    SERVICE_TOKEN_VARIABLE,
+    load_or_create_secret_file,
+)
 from tocsin.runtime.config import DEFAULT_METRICS_PORTS, SERVICE_NAMES, Address, Config
 from tocsin.runtime.embedded_redis import EmbeddedRedis
 
@@ -105,6 +110,12 @@ class Stack:
         else:
             self.echo("redis        TOCSIN_REDIS_URL (external)")
         env["TOCSIN_DATA_DIR"] = str(self.config.data_dir)
+        if not self.config.service_token:
+            # The service credential: generated once into the data directory (0600) and
+            # handed to the children in their environment, never on a command line.
+            token_file = self.config.data_dir / SERVICE_TOKEN_FILE
+            env[SERVICE_TOKEN_VARIABLE] = load_or_create_secret_file(token_file)
+            self.echo(f"{'service cred':<12} {token_file}  (for services only)")
         for name in STACK:
             command = [sys.executable, "-m", "tocsin.cli.main", "serve", name]
             child = Child(name, command, {**env, **self.metrics_env(name)})

@@ -2,27 +2,61 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import grpc
+
+from tocsin.identity.servicer import SERVICE_NAME as IDENTITY_SERVICE_NAME
+from tocsin.identity.servicer import IdentityServicer
+from tocsin.identity.store import IdentityStore
+from tocsin.runtime.audit import AuditLog
+from tocsin.runtime.auth import Principal
+from tocsin.runtime.authz import OwnCheck
 from tocsin.runtime.config import Address
+from tocsin.runtime.errors import NotFound
 from tocsin.runtime.grpcserver import start_grpc_server
 from tocsin.runtime.service import RunningService, ServiceDeps, serve_blocking
 from tocsin.scheduling.servicer import SchedulingServicer
 from tocsin.scheduling.store import SchedulingStore
-from tocsin.v1 import scheduling_pb2_grpc
+from tocsin.v1 import identity_pb2_grpc, scheduling_pb2_grpc
 
 SERVICE_NAME = "tocsin.v1.SchedulingService"
+
+
+def own_schedule(store: SchedulingStore) -> OwnCheck:
+    """The authorization table's "schedule_member" check: the caller is on one of the
+    schedule's layers (so may add or remove its overrides)."""
+
+    async def check(request: Any, principal: Principal) -> bool:
+        if not principal.user_id or not request.schedule_id:
+            return False
+        try:
+            schedule = await store.get_schedule(request.schedule_id)
+        except NotFound:
+            return False
+        return any(principal.user_id in layer.user_ids for layer in schedule.layers)
+
+    return check
 
 
 async def create_server(
     deps: ServiceDeps, addr: Address | None = None
 ) -> tuple[RunningService, int]:
-    servicer = SchedulingServicer(SchedulingStore(deps.redis), deps.clock)
+    audit = AuditLog(deps.redis, deps.clock, deps.config.retention)
+    servicer = SchedulingServicer(SchedulingStore(deps.redis), deps.clock, audit)
+    identity = IdentityServicer(IdentityStore(deps.redis), servicer.store, audit, deps.clock)
+
+    def register(server: grpc.aio.Server) -> None:
+        scheduling_pb2_grpc.add_SchedulingServiceServicer_to_server(servicer, server)
+        identity_pb2_grpc.add_IdentityServiceServicer_to_server(identity, server)
+
     grpc_server = await start_grpc_server(
         deps.config,
         addr or deps.config.grpc_listen_addr("scheduling"),
-        lambda server: scheduling_pb2_grpc.add_SchedulingServiceServicer_to_server(
-            servicer, server
-        ),
-        [SERVICE_NAME],
+        register,
+        [SERVICE_NAME, IDENTITY_SERVICE_NAME],
+        authenticator=deps.authenticator(),
+        ownership={"schedule_member": own_schedule(servicer.store)},
     )
     return RunningService(grpc_server), grpc_server.port
 

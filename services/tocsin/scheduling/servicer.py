@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import grpc
 
+from tocsin.runtime.audit import AuditLog
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import FieldViolation, InvalidArgument, NotFound
 from tocsin.runtime.ids import id_violations
@@ -15,14 +18,26 @@ from tocsin.runtime.paging import page_size
 from tocsin.scheduling import domain
 from tocsin.scheduling.convert import from_timestamp, shift_message
 from tocsin.scheduling.store import SchedulingStore
-from tocsin.v1 import scheduling_pb2, scheduling_pb2_grpc
+from tocsin.v1 import common_pb2, scheduling_pb2, scheduling_pb2_grpc
 from tocsin.v1 import scheduling_pb2 as pb
 
 MAX_WINDOW = timedelta(days=400)
 
 
+_ROLES = (common_pb2.ROLE_ADMIN, common_pb2.ROLE_RESPONDER, common_pb2.ROLE_OBSERVER)
+
+
 def _validate_user(user: pb.User) -> None:
+    """Checks `user`, naming every bad field; an unspecified role becomes responder."""
     violations = id_violations(user.id, "user.id")
+    if user.role == common_pb2.ROLE_UNSPECIFIED:
+        user.role = common_pb2.ROLE_RESPONDER
+    elif user.role not in _ROLES:
+        violations.append(
+            FieldViolation(
+                "user.role", f"unknown role {user.role}; expected admin, responder or observer"
+            )
+        )
     if not user.name.strip():
         violations.append(FieldViolation("user.name", "must not be empty"))
     if user.time_zone:
@@ -37,9 +52,32 @@ def _validate_user(user: pb.User) -> None:
 
 
 class SchedulingServicer(scheduling_pb2_grpc.SchedulingServiceServicer):
-    def __init__(self, store: SchedulingStore, clock: Clock) -> None:
+    def __init__(self, store: SchedulingStore, clock: Clock, audit: AuditLog | None = None) -> None:
         self.store = store
         self.clock = clock
+        self.audit = audit
+
+    async def _user_or_none(self, user_id: str) -> pb.User | None:
+        try:
+            return await self.store.get_user(user_id)
+        except NotFound:
+            return None
+
+    async def _schedule_or_none(self, schedule_id: str) -> pb.Schedule | None:
+        try:
+            return await self.store.get_schedule(schedule_id)
+        except NotFound:
+            return None
+
+    async def _record(
+        self, action: str, kind: str, object_id: str, before: Any, after: Any
+    ) -> None:
+        """An audit entry for a change (none if nothing changed); a schedule's version,
+        which every write bumps, is no change of its own."""
+        if self.audit is None:
+            return
+        before, after = _unversioned(before), _unversioned(after)
+        await self.audit.record(action, kind, object_id, before, after)
 
     # users
 
@@ -49,6 +87,7 @@ class SchedulingServicer(scheduling_pb2_grpc.SchedulingServiceServicer):
         _validate_user(request.user)
         if not request.validate_only:
             await self.store.create_user(request.user)
+            await self._record("user.create", "user", request.user.id, None, request.user)
         return pb.CreateUserResponse(user=request.user)
 
     async def GetUser(
@@ -72,13 +111,17 @@ class SchedulingServicer(scheduling_pb2_grpc.SchedulingServiceServicer):
     ) -> pb.UpdateUserResponse:
         _validate_user(request.user)
         if not request.validate_only:
+            before = await self._user_or_none(request.user.id)
             await self.store.update_user(request.user)
+            await self._record("user.update", "user", request.user.id, before, request.user)
         return pb.UpdateUserResponse(user=request.user)
 
     async def DeleteUser(
         self, request: pb.DeleteUserRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteUserResponse:
+        before = await self._user_or_none(request.id)
         await self.store.delete_user(request.id)
+        await self._record("user.delete", "user", request.id, before, None)
         return pb.DeleteUserResponse()
 
     # schedules
@@ -91,7 +134,9 @@ class SchedulingServicer(scheduling_pb2_grpc.SchedulingServiceServicer):
         await self.store.validate(schedule, assume_users=request.validate_only)
         if request.validate_only:
             return pb.CreateScheduleResponse(schedule=schedule)
-        return pb.CreateScheduleResponse(schedule=await self.store.create_schedule(schedule))
+        created = await self.store.create_schedule(schedule)
+        await self._record("schedule.create", "schedule", created.id, None, created)
+        return pb.CreateScheduleResponse(schedule=created)
 
     async def GetSchedule(
         self, request: pb.GetScheduleRequest, context: grpc.aio.ServicerContext
@@ -115,13 +160,17 @@ class SchedulingServicer(scheduling_pb2_grpc.SchedulingServiceServicer):
         await self.store.validate(schedule, assume_users=request.validate_only)
         if request.validate_only:
             return pb.UpdateScheduleResponse(schedule=schedule)
+        before = await self._schedule_or_none(schedule.id)
         stored = await self.store.replace_schedule(schedule, request.schedule.version)
+        await self._record("schedule.update", "schedule", stored.id, before, stored)
         return pb.UpdateScheduleResponse(schedule=stored)
 
     async def DeleteSchedule(
         self, request: pb.DeleteScheduleRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteScheduleResponse:
+        before = await self._schedule_or_none(request.id)
         await self.store.delete_schedule(request.id)
+        await self._record("schedule.delete", "schedule", request.id, before, None)
         return pb.DeleteScheduleResponse()
 
     # layers
@@ -139,7 +188,7 @@ class SchedulingServicer(scheduling_pb2_grpc.SchedulingServiceServicer):
             schedule.layers.extend(layers)
 
         return pb.CreateLayerResponse(
-            schedule=await self.store.modify_schedule(request.schedule_id, add)
+            schedule=await self._modify("layer.create", request.schedule_id, add)
         )
 
     async def UpdateLayer(
@@ -149,7 +198,7 @@ class SchedulingServicer(scheduling_pb2_grpc.SchedulingServiceServicer):
             schedule.layers[_layer_index(schedule, request.layer.name)].CopyFrom(request.layer)
 
         return pb.UpdateLayerResponse(
-            schedule=await self.store.modify_schedule(request.schedule_id, update)
+            schedule=await self._modify("layer.update", request.schedule_id, update)
         )
 
     async def DeleteLayer(
@@ -159,7 +208,7 @@ class SchedulingServicer(scheduling_pb2_grpc.SchedulingServiceServicer):
             del schedule.layers[_layer_index(schedule, request.layer_name)]
 
         return pb.DeleteLayerResponse(
-            schedule=await self.store.modify_schedule(request.schedule_id, delete)
+            schedule=await self._modify("layer.delete", request.schedule_id, delete)
         )
 
     # overrides
@@ -176,7 +225,7 @@ class SchedulingServicer(scheduling_pb2_grpc.SchedulingServiceServicer):
                 raise InvalidArgument.one("override.id", f"{override.id!r} is already used")
             schedule.overrides.append(override)
 
-        await self.store.modify_schedule(request.schedule_id, add)
+        await self._modify("override.create", request.schedule_id, add)
         return pb.CreateOverrideResponse(override=override)
 
     async def DeleteOverride(
@@ -189,8 +238,16 @@ class SchedulingServicer(scheduling_pb2_grpc.SchedulingServiceServicer):
                     return
             raise NotFound(f"override {request.override_id!r} not found")
 
-        await self.store.modify_schedule(request.schedule_id, delete)
+        await self._modify("override.delete", request.schedule_id, delete)
         return pb.DeleteOverrideResponse()
+
+    async def _modify(
+        self, action: str, schedule_id: str, change: Callable[[pb.Schedule], None]
+    ) -> pb.Schedule:
+        before = await self._schedule_or_none(schedule_id)
+        after = await self.store.modify_schedule(schedule_id, change)
+        await self._record(action, "schedule", schedule_id, before, after)
+        return after
 
     # questions
 
@@ -244,6 +301,15 @@ def _window(request: pb.ListShiftsRequest | pb.ListUserShiftsRequest) -> tuple[d
     if end - start > MAX_WINDOW:
         raise InvalidArgument.one("end", f"the window may span at most {MAX_WINDOW.days} days")
     return start, end
+
+
+def _unversioned(message: Any) -> Any:
+    if isinstance(message, pb.Schedule):
+        copy = pb.Schedule()
+        copy.CopyFrom(message)
+        copy.version = 0
+        return copy
+    return message
 
 
 def _layer_index(schedule: pb.Schedule, name: str) -> int:

@@ -28,7 +28,7 @@ from tocsin.runtime.redis import RedisClient, read_lua
 from tocsin.runtime.scripts import LuaScript
 from tocsin.scheduling.convert import parse_schedule, to_domain_schedule
 from tocsin.scheduling.model import Schedule
-from tocsin.v1 import scheduling_pb2
+from tocsin.v1 import common_pb2, scheduling_pb2
 
 PREFIX = "tocsin:{sched}:"
 USERS = PREFIX + "users"
@@ -50,6 +50,13 @@ _CAS_ATTEMPTS = 5
 
 def _script(redis: RedisClient, name: str) -> LuaScript:
     return LuaScript(redis, name, body=read_lua("tocsin.scheduling", f"lua/{name}"))
+
+
+def _with_role(user: scheduling_pb2.User) -> scheduling_pb2.User:
+    """A user stored before roles existed is a responder."""
+    if user.role == common_pb2.ROLE_UNSPECIFIED:
+        user.role = common_pb2.ROLE_RESPONDER
+    return user
 
 
 def user_key(user_id: str) -> str:
@@ -91,12 +98,12 @@ class SchedulingStore:
         raw = await self.redis.get(user_key(user_id))
         if raw is None:
             raise NotFound(f"user {user_id!r} does not exist")
-        return scheduling_pb2.User.FromString(raw)
+        return _with_role(scheduling_pb2.User.FromString(raw))
 
     async def list_users(self, after: str, limit: int) -> list[scheduling_pb2.User]:
         ids = await self._page(USERS, after, limit)
         raws = await self.redis.mget([user_key(i) for i in ids]) if ids else []
-        return [scheduling_pb2.User.FromString(r) for r in raws if r is not None]
+        return [_with_role(scheduling_pb2.User.FromString(r)) for r in raws if r is not None]
 
     async def user_ids(self) -> set[str]:
         return {i.decode() for i in await self.redis.zrange(USERS, 0, -1)}
