@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from tocsin.escalation.engine import EscalationEngine
 from tocsin.escalation.servicer import EscalationServicer
 from tocsin.escalation.store import EscalationStore
+from tocsin.runtime.audit import AuditLog
 from tocsin.runtime.config import Address
 from tocsin.runtime.events import INCIDENT_SHARDS, EventConsumer, instance_name
 from tocsin.runtime.grpcserver import start_grpc_server
@@ -49,6 +50,7 @@ async def create_server(
     peers = deps.peer_client()
     engine = EscalationEngine(store, peers, deps.clock)
     servicer = EscalationServicer(store, engine, peers)
+    servicer.audit = AuditLog(deps.redis, deps.clock, deps.config.retention)
     grpc_server = await start_grpc_server(
         deps.config,
         addr or deps.config.grpc_listen_addr("escalation"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from tocsin.client.client import TocsinClient
@@ -9,6 +11,7 @@ from tocsin.escalation.codec import escalation_to_proto, policy_from_proto
 from tocsin.escalation.domain import validate_policy
 from tocsin.escalation.engine import EscalationEngine
 from tocsin.escalation.store import EscalationStore
+from tocsin.runtime.audit import AuditLog, before_or_none
 from tocsin.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from tocsin.runtime.paging import page_size
 from tocsin.runtime.telemetry import current_traceparent
@@ -23,6 +26,12 @@ class EscalationServicer(escalation_pb2_grpc.EscalationServiceServicer):
         self.store = store
         self.engine = engine
         self.peers = peers
+        self.audit: AuditLog | None = None
+        """Where configuration changes are recorded (set by the server)."""
+
+    async def _record(self, action: str, object_id: str, before: Any, after: Any) -> None:
+        if self.audit is not None:
+            await self.audit.record(action, "escalation_policy", object_id, before, after)
 
     async def CreatePolicy(
         self, request: pb.CreatePolicyRequest, context: grpc.aio.ServicerContext
@@ -30,7 +39,9 @@ class EscalationServicer(escalation_pb2_grpc.EscalationServiceServicer):
         await self._validate(request.policy, references=not request.validate_only)
         if request.validate_only:
             return pb.CreatePolicyResponse(policy=request.policy)
-        return pb.CreatePolicyResponse(policy=await self.store.create_policy(request.policy))
+        created = await self.store.create_policy(request.policy)
+        await self._record("policy.create", created.id, None, created)
+        return pb.CreatePolicyResponse(policy=created)
 
     async def GetPolicy(
         self, request: pb.GetPolicyRequest, context: grpc.aio.ServicerContext
@@ -51,18 +62,22 @@ class EscalationServicer(escalation_pb2_grpc.EscalationServiceServicer):
         await self._validate(request.policy, references=not request.validate_only)
         if request.validate_only:
             return pb.UpdatePolicyResponse(policy=request.policy)
-        return pb.UpdatePolicyResponse(policy=await self.store.update_policy(request.policy))
+        before = await before_or_none(self.store.get_policy(request.policy.id))
+        updated = await self.store.update_policy(request.policy)
+        await self._record("policy.update", updated.id, before, updated)
+        return pb.UpdatePolicyResponse(policy=updated)
 
     async def DeletePolicy(
         self, request: pb.DeletePolicyRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeletePolicyResponse:
-        await self.store.get_policy(request.id)
+        before = await self.store.get_policy(request.id)
         bound = await self._services_bound_to(request.id)
         if bound:
             raise FailedPrecondition(
                 f"escalation policy {request.id!r} is used by services: {', '.join(bound)}"
             )
         await self.store.delete_policy(request.id)
+        await self._record("policy.delete", request.id, before, None)
         return pb.DeletePolicyResponse()
 
     async def GetEscalation(

@@ -20,6 +20,7 @@ from tocsin.incidents.service_store import ServiceStore
 from tocsin.incidents.servicer import SERVICE_NAME, IncidentServicer
 from tocsin.incidents.snooze import SnoozeTimerStore, snooze_worker
 from tocsin.incidents.store import IncidentStore
+from tocsin.runtime.audit import AuditLog
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.config import Address
 from tocsin.runtime.events import CONSUMER_GROUPS, ensure_groups
@@ -60,6 +61,7 @@ async def create_server(
         max_watchers=deps.config.max_watch_streams,
         backlog=Backlog(deps.redis, deps.config.backlog_max_age),
     )
+    servicer.audit = AuditLog(deps.redis, deps.clock, deps.config.retention)
 
     def register(server: grpc.aio.Server) -> None:
         _add_servicer(servicer, server)

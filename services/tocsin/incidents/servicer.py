@@ -36,6 +36,7 @@ from tocsin.incidents.service_store import ServiceStore
 from tocsin.incidents.store import IncidentStore
 from tocsin.incidents.validation import check
 from tocsin.incidents.watch import watch_events
+from tocsin.runtime.audit import AuditLog, before_or_none
 from tocsin.runtime.auth import actor_for
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import (
@@ -71,6 +72,12 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
         self.max_watchers = max_watchers
         self.backlog = backlog
         self._watchers = 0
+        self.audit: AuditLog | None = None
+        """Where configuration changes (services) are recorded (set by the server)."""
+
+    async def _record(self, action: str, object_id: str, before: Any, after: Any) -> None:
+        if self.audit is not None:
+            await self.audit.record(action, "service", object_id, before, after)
 
     # Services
 
@@ -78,6 +85,8 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
         self, request: incidents_pb2.CreateServiceRequest, context: Any
     ) -> incidents_pb2.CreateServiceResponse:
         service = await self.services.create(request.service, validate_only=request.validate_only)
+        if not request.validate_only:
+            await self._record("service.create", service.id, None, service)
         return incidents_pb2.CreateServiceResponse(service=service)
 
     async def GetService(
@@ -94,13 +103,20 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
     async def UpdateService(
         self, request: incidents_pb2.UpdateServiceRequest, context: Any
     ) -> incidents_pb2.UpdateServiceResponse:
+        before = None
+        if not request.validate_only:
+            before = await before_or_none(self.services.get(request.service.id))
         service = await self.services.update(request.service, validate_only=request.validate_only)
+        if not request.validate_only:
+            await self._record("service.update", service.id, before, service)
         return incidents_pb2.UpdateServiceResponse(service=service)
 
     async def DeleteService(
         self, request: incidents_pb2.DeleteServiceRequest, context: Any
     ) -> incidents_pb2.DeleteServiceResponse:
+        before = await before_or_none(self.services.get(request.id))
         await self.services.delete(request.id)
+        await self._record("service.delete", request.id, before, None)
         return incidents_pb2.DeleteServiceResponse()
 
     # Incidents

@@ -35,6 +35,7 @@ from tocsin.notification.ratelimit import RateLimiter
 from tocsin.notification.sender import Sender, SenderOptions
 from tocsin.notification.servicer import SERVICE_NAME, NotificationServicer
 from tocsin.notification.store import PagingStore
+from tocsin.runtime.audit import AuditLog
 from tocsin.runtime.auth import Principal
 from tocsin.runtime.authz import OwnCheck
 from tocsin.runtime.clock import Clock
@@ -217,6 +218,7 @@ async def create_server(
         parts.channels,
         UsersPeer(lambda: deps.peer_client()),
     )
+    servicer.audit = AuditLog(deps.redis, deps.clock, deps.config.retention)
     grpc_server = await start_grpc_server(
         deps.config,
         addr or deps.config.grpc_listen_addr("notification"),

@@ -24,6 +24,7 @@ from tocsin.notification.pager import Pager
 from tocsin.notification.peers import UsersPeer
 from tocsin.notification.sender import Sender
 from tocsin.notification.store import PagingStore
+from tocsin.runtime.audit import AuditLog
 from tocsin.runtime.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from tocsin.runtime.ids import id_violations
 from tocsin.runtime.telemetry import current_traceparent
@@ -71,6 +72,13 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         self.channels = channels
         self.users = users
         self.slots = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
+        self.audit: AuditLog | None = None
+        """Where configuration changes are recorded (set by the server)."""
+
+    async def _record(self, action: str, object_id: str, before: Any, after: Any) -> None:
+        if self.audit is not None:
+            kind = "notification_rules" if action.startswith("rules") else "contact_method"
+            await self.audit.record(action, kind, object_id, before, after)
 
     # -- settings -----------------------------------------------------------------------
 
@@ -86,10 +94,12 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
             domain.with_contact_method(current, method)
             return pb.CreateContactMethodResponse(contact_method=method)
         await self.users.get(method.user_id)
+        before = await self.contacts.contact_method(method.user_id, method.id)
         settings = await self.contacts.change(
             method.user_id, lambda s: domain.with_contact_method(s, method)
         )
         stored = domain.contact_method(settings, method.id)
+        await self._record("contact_method.create", method.id, before, stored)
         return pb.CreateContactMethodResponse(contact_method=stored)
 
     @_bounded
@@ -107,10 +117,12 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
             )
         if request.validate_only:
             return pb.UpdateContactMethodResponse(contact_method=method)
+        before = await self.contacts.contact_method(owner, method.id)
         settings = await self.contacts.change(
             owner, lambda s: domain.with_replaced_contact_method(s, method)
         )
         stored = domain.contact_method(settings, method.id)
+        await self._record("contact_method.update", method.id, before, stored)
         return pb.UpdateContactMethodResponse(contact_method=stored)
 
     @_bounded
@@ -121,7 +133,9 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         owner = await self.contacts.owner_of(request.id)
         if owner is None:
             raise NotFound(f"contact method {request.id!r} does not exist")
+        before = await self.contacts.contact_method(owner, request.id)
         await self.contacts.change(owner, lambda s: domain.without_contact_method(s, request.id))
+        await self._record("contact_method.delete", request.id, before, None)
         return pb.DeleteContactMethodResponse()
 
     @_bounded
@@ -146,10 +160,14 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
                 rules=domain.validated_rules(request.rules, named)
             )
         await self.users.get(request.user_id)
+        current = await self.contacts.settings(request.user_id)
+        before = pb.SetNotificationRulesResponse(rules=current.rules if current else [])
         settings = await self.contacts.change(
             request.user_id, lambda s: domain.with_rules(s, request.rules)
         )
-        return pb.SetNotificationRulesResponse(rules=settings.rules)
+        after = pb.SetNotificationRulesResponse(rules=settings.rules)
+        await self._record("rules.set", request.user_id, before, after)
+        return after
 
     # -- paging -------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 
 from tocsin.runtime.auth import actor_for
 from tocsin.runtime.clock import Clock
+from tocsin.runtime.errors import NotFound
 from tocsin.runtime.redis import RedisClient
 from tocsin.v1 import identity_pb2
 
@@ -46,11 +47,21 @@ def _mask_field(key: str, value: Any) -> Any:
 
 
 def as_json(obj: Message | dict[str, Any] | None) -> str:
-    """`obj` as sorted JSON with phone numbers masked; "" for None."""
+    """`obj` as sorted JSON with phone numbers masked; "" for None. A top-level `version`
+    (which every write of a versioned object bumps) is left out: it is no change."""
     if obj is None:
         return ""
     data = MessageToDict(obj, preserving_proto_field_name=True) if isinstance(obj, Message) else obj
+    data = {k: v for k, v in data.items() if k != "version"}
     return json.dumps(_mask(data), sort_keys=True)
+
+
+async def before_or_none(read: Any) -> Any:
+    """What `read` (an awaitable) returns, or None when the object does not exist."""
+    try:
+        return await read
+    except NotFound:
+        return None
 
 
 class AuditLog:
