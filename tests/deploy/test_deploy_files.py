@@ -47,6 +47,7 @@ HTTP_PORT = 8080
 METRICS_PORT = 9464
 """Where every tocsin pod serves /metrics (TOCSIN_METRICS_ADDR)."""
 TOKEN = "test-token"
+SERVICE_TOKEN = "test-service-token"
 DEPLOY_ONLY_VARIABLES = {"TOCSIN_IMAGE"}
 """Variables only the deploy files read (Compose's image name); README must list them."""
 _VARIABLE = re.compile(r"\b(?:TOCSIN|TWILIO|OTEL)_[A-Z0-9_]*[A-Z0-9]\b")
@@ -340,7 +341,11 @@ def test_compose_runs_each_service_from_the_image(name: str) -> None:
 
 @pytest.mark.parametrize("name", STACK)
 def test_compose_environment_is_a_valid_tocsin_config(name: str) -> None:
-    config = load_config(compose_env(name, {"TOCSIN_API_TOKEN": TOKEN}))
+    config = load_config(
+        compose_env(name, {"TOCSIN_API_TOKEN": TOKEN, "TOCSIN_SERVICE_TOKEN": SERVICE_TOKEN})
+    )
+    # Containers share no data directory: every one gets the same service credential.
+    assert config.service_token == SERVICE_TOKEN
     assert config.api_token == TOKEN
     assert config.twilio is None  # empty TWILIO_* pass-throughs mean "not configured"
     for peer, port in DEFAULT_GRPC_PORTS.items():
@@ -361,11 +366,14 @@ def test_compose_environment_is_a_valid_tocsin_config(name: str) -> None:
 def test_compose_refuses_to_start_without_an_api_token(name: str) -> None:
     with pytest.raises(KeyError, match="TOCSIN_API_TOKEN"):
         compose_env(name, {})
+    with pytest.raises(KeyError, match="TOCSIN_SERVICE_TOKEN"):
+        compose_env(name, {"TOCSIN_API_TOKEN": TOKEN})
 
 
 def test_compose_passes_twilio_only_to_notification_and_gateway() -> None:
     host_env = {
         "TOCSIN_API_TOKEN": TOKEN,
+        "TOCSIN_SERVICE_TOKEN": SERVICE_TOKEN,
         "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
         "TWILIO_AUTH_TOKEN": "fake-twilio-token",
         "TWILIO_FROM_NUMBER": "+15005550006",
@@ -498,7 +506,10 @@ def test_k8s_deployment_and_service_per_service(name: str) -> None:
 
 @pytest.mark.parametrize("name", STACK)
 def test_k8s_environment_is_a_valid_tocsin_config(name: str) -> None:
-    config = load_config(k8s_env(name, template_secrets(TOCSIN_API_TOKEN=TOKEN)))
+    config = load_config(
+        k8s_env(name, template_secrets(TOCSIN_API_TOKEN=TOKEN, TOCSIN_SERVICE_TOKEN=SERVICE_TOKEN))
+    )
+    assert config.service_token == SERVICE_TOKEN
     assert config.api_token == TOKEN
     assert config.twilio is None
     for peer, port in DEFAULT_GRPC_PORTS.items():
@@ -875,6 +886,7 @@ def test_secrets_come_from_git_ignored_files() -> None:
     keys = set(env_file(K8S / "secrets.env.example"))
     assert keys == {
         "TOCSIN_API_TOKEN",
+        "TOCSIN_SERVICE_TOKEN",
         "TOCSIN_DATABASE_URL",
         "TOCSIN_METRICS_TOKEN",
         "TWILIO_ACCOUNT_SID",

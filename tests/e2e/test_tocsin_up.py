@@ -13,11 +13,15 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import grpc
 import httpx
 import pytest
 import redis
 
-from tests.e2e.stack import Stack, alive, descendants
+from tests.e2e.stack import TOCSIN, Stack, alive, descendants
+from tocsin.client.client import SyncTocsinClient
+from tocsin.client.endpoints import resolve_endpoints
+from tocsin.v1 import notification_pb2
 
 pytestmark = pytest.mark.slow
 
@@ -53,9 +57,31 @@ def test_up_prints_endpoints_turns_healthy_and_stops_cleanly(tmp_path: Path) -> 
     assert stat.S_IMODE((redis_dir / "password").stat().st_mode) == 0o600
     assert stat.S_IMODE((redis_dir / "appendonly.aof").stat().st_mode) == 0o600
     assert password not in (tmp_path / "data" / "endpoints.json").read_text()
+    # The service credential: generated 0600 into the data directory, handed over in the
+    # environment, on no command line; the local CLI works without it (the local admin)
+    # and it is the only credential the internal RPCs take.
+    service_token_file = tmp_path / "data" / "service-token"
+    service_token = service_token_file.read_text().strip()
+    assert stat.S_IMODE(service_token_file.stat().st_mode) == 0o600
+    for pid in children:
+        assert service_token.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    cli_env = {**stack.env, "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    whoami = subprocess.run(
+        [*TOCSIN, "whoami", "--json"], env=cli_env, capture_output=True, text=True, timeout=30
+    )
+    assert whoami.returncode == 0, whoami.stderr
+    assert json.loads(whoami.stdout)["credential"] == "local_admin"
+    anonymous = SyncTocsinClient(resolve_endpoints(cli_env), token="")
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            anonymous.notification.Notify(notification_pb2.NotifyRequest(user_id="x"))
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        anonymous.close()
     started = time.monotonic()
     output = stack.stop()
     assert password not in output  # what tocsin up printed and every service logged
+    assert service_token not in output
     assert time.monotonic() - started < 10, output
     assert stack.process.returncode == 0, output
     assert not [pid for pid in children if alive(pid)], output
