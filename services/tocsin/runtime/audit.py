@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 
 from tocsin.runtime.auth import actor_for
 from tocsin.runtime.clock import Clock
-from tocsin.runtime.errors import NotFound
+from tocsin.runtime.errors import InvalidArgument, NotFound
 from tocsin.runtime.redis import RedisClient
 from tocsin.v1 import identity_pb2
 
@@ -57,10 +57,11 @@ def as_json(obj: Message | dict[str, Any] | None) -> str:
 
 
 async def before_or_none(read: Any) -> Any:
-    """What `read` (an awaitable) returns, or None when the object does not exist."""
+    """What `read` (an awaitable) returns, or None when the object does not exist (or the
+    id is malformed: the change itself then refuses it, naming its own field)."""
     try:
         return await read
-    except NotFound:
+    except (NotFound, InvalidArgument):
         return None
 
 
