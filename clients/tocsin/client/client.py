@@ -10,6 +10,7 @@ explicit token both send what tocsin.client.credentials chooses (TOCSIN_TOKEN, t
 
 from __future__ import annotations
 
+import os
 from types import TracebackType
 
 import grpc
@@ -54,7 +55,8 @@ class TocsinClient:
     """Channels to every service. `tls` and `allow_insecure_tokens` default to the
     environment's TOCSIN_TLS_* and TOCSIN_ALLOW_INSECURE_TOKENS; `token` to what
     tocsin.client.credentials chooses (TOCSIN_TOKEN, the `tocsin login` token,
-    TOCSIN_API_TOKEN); `via` names the channel ("cli") for the audit log. Raises `TlsError`/`InsecureTokenError` before any call."""
+    TOCSIN_API_TOKEN); `via` names the channel ("cli") for the audit log. Raises
+    `TlsError`/`InsecureTokenError` before any call."""
 
     def __init__(
         self,
