@@ -20,12 +20,15 @@ from tests.oidc.provider import (
     oidc_provider,
 )
 from tests.services import running
+from tocsin.client.client import TocsinClient
+from tocsin.client.endpoints import DEFAULTS, Endpoints
 from tocsin.gateway.server import start_gateway
 from tocsin.runtime.clock import ManualClock
 from tocsin.runtime.config import load_config
 from tocsin.runtime.redis import RedisClient
 from tocsin.runtime.service import peer_client
 from tocsin.scheduling.server import create_server
+from tocsin.v1 import identity_pb2
 from tocsin.v1 import scheduling_pb2 as pb
 
 
@@ -34,6 +37,7 @@ class SignInStack:
     gateway: str
     callback: str
     provider: Provider
+    scheduling: str
 
 
 @pytest.fixture
@@ -62,7 +66,7 @@ async def stack(redis: RedisClient) -> AsyncIterator[SignInStack]:
             await users.close()
             server, task, _ = await start_gateway(config, ManualClock(0))
             try:
-                yield SignInStack(gateway, callback, provider)
+                yield SignInStack(gateway, callback, provider, scheduling)
             finally:
                 server.should_exit = True
                 await task
@@ -150,3 +154,22 @@ async def test_an_email_the_provider_has_not_verified_is_refused(
         )
     assert page.status_code == 403
     assert "not verified" in page.text
+
+
+async def test_a_sign_in_maps_to_the_right_user_and_yields_a_token_that_works(
+    stack: SignInStack,
+) -> None:
+    """The ID token's email (any case) names alice; the gateway has IdentityService issue
+    her a personal token (with the service credential), which then acts as alice."""
+    async with httpx.AsyncClient() as browser:
+        page = await browse_sign_in(
+            browser, f"{stack.gateway}/auth/oidc/login", "alice@example.com", stack.callback
+        )
+        assert page.status_code < 400, page.text
+        token = browser.cookies.get("tocsin_token")
+    assert token and token.startswith("tcn_") and token not in page.text
+    async with TocsinClient(
+        Endpoints(**(DEFAULTS | {"scheduling": stack.scheduling})), token=token
+    ) as alice:
+        who = await alice.identity.WhoAmI(identity_pb2.WhoAmIRequest(), timeout=10)
+    assert (who.user_id, who.credential) == ("alice", "session")

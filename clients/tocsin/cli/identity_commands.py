@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 from typing import Any
 
@@ -27,9 +28,14 @@ ROLE_NAMES = {value: name for name, value in ROLES.items()}
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    login = commands.add_parser("login", help="sign in with a password; keeps a personal token")
-    login.add_argument("user", help="your tocsin user id")
+    login = commands.add_parser(
+        "login", help="sign in (password, or --sso in a browser); keeps a personal token"
+    )
+    login.add_argument("user", nargs="?", help="your tocsin user id (password sign-in)")
     login.add_argument("--stdin", action="store_true", help="read the password from stdin")
+    login.add_argument(
+        "--sso", action="store_true", help="sign in through the gateway's OpenID Connect provider"
+    )
     login.set_defaults(run=_login)
 
     logout = commands.add_parser("logout", help="end your session and forget its token")
@@ -82,7 +88,14 @@ def _role(value: int) -> str:
     return ROLE_NAMES.get(common_pb2.Role.ValueType(value), "responder")
 
 
+SSO_WAIT_S = 300.0
+
+
 def _login(args: argparse.Namespace) -> int:
+    if args.sso:
+        return _login_sso()
+    if not args.user:
+        raise SystemExit("tocsin login: name your user (tocsin login USER), or use --sso")
     password = _read_password(args.stdin)
 
     async def body(client: TocsinClient) -> identity_pb2.LoginResponse:
@@ -93,6 +106,24 @@ def _login(args: argparse.Namespace) -> int:
     stack = _stack()
     path = store_login(stack, reply.token, reply.user_id)
     print(f"Signed in as {reply.user_id} ({_role(reply.role)}); token kept in {path}")
+    return 0
+
+
+def _login_sso() -> int:
+    from tocsin.cli.sso import BrowserSignIn, SsoError
+    from tocsin.client.endpoints import resolve_endpoints
+
+    http = resolve_endpoints().http
+    gateway = http if "://" in http else f"http://{http}"
+    sign_in = BrowserSignIn(os.environ.get("TOCSIN_PUBLIC_URL") or gateway)
+    print(f"Sign in at: {sign_in.url}", file=sys.stderr)
+    sign_in.open_browser()
+    try:
+        result = sign_in.wait(SSO_WAIT_S)
+    except SsoError as error:
+        raise SystemExit(f"tocsin login: {error}") from None
+    path = store_login(_stack(), result.token, result.user_id)
+    print(f"Signed in as {result.user_id}; token kept in {path}")
     return 0
 
 

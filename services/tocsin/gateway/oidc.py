@@ -45,7 +45,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from tocsin.client.client import TocsinClient
 from tocsin.runtime.config import Address, Config, OidcConfig
-from tocsin.v1 import scheduling_pb2
+from tocsin.v1 import identity_pb2, scheduling_pb2
 
 log = logging.getLogger(__name__)
 
@@ -277,15 +277,17 @@ def _post_to_cli(cli: str, signed_in: SignedIn, cli_state: str) -> HTMLResponse:
     return HTMLResponse(body, 200, headers=_NO_STORE)
 
 
-async def no_token_issuer(client: TocsinClient, user_id: str) -> str:
-    """Until the identity service can issue personal tokens to a signed-in user."""
-    raise SignInRefused(
-        f"signed in as {user_id}, but this tocsin cannot issue personal tokens yet", 501
+async def identity_token_issuer(client: TocsinClient, user_id: str) -> str:
+    """A personal token for `user_id` from IdentityService.IssueToken (the gateway's client
+    holds the service credential, the only one that RPC takes)."""
+    reply = await client.identity.IssueToken(
+        identity_pb2.IssueTokenRequest(user_id=user_id, method="oidc")
     )
+    return reply.token
 
 
 def routes_for(
-    config: Config, client: TocsinClient, issue_token: TokenIssuer = no_token_issuer
+    config: Config, client: TocsinClient, issue_token: TokenIssuer = identity_token_issuer
 ) -> list[BaseRoute]:
     """The sign-in routes when TOCSIN_OIDC_* is set, else none (404)."""
     if config.oidc is None:

@@ -148,6 +148,7 @@ TABLE: Mapping[str, Rule] = {
     _E + "GetEscalation": READ,
     _E + "Escalate": RESPOND,
     _E + "ReportUnreachable": INTERNAL,
+    _E + "ReportPageOut": INTERNAL,
     # notification
     _N + "CreateContactMethod": own("field:contact_method.user_id"),
     _N + "UpdateContactMethod": own("contact_method"),
@@ -161,6 +162,7 @@ TABLE: Mapping[str, Rule] = {
     _N + "HandleIncomingSms": INTERNAL,
     _N + "HandleVoiceKeypress": INTERNAL,
     _N + "HandleDeliveryStatus": INTERNAL,
+    _N + "HandleSlackAction": INTERNAL,
     # history: the incident archive
     _H + "SearchIncidents": READ,
     _H + "GetArchivedIncident": READ,
