@@ -530,7 +530,7 @@ async def test_k8s_and_compose_peers_may_send_the_token(name: str) -> None:
 
     for env in (
         k8s_env(name, template_secrets(TOCSIN_API_TOKEN=TOKEN)),
-        compose_env(name, {"TOCSIN_API_TOKEN": TOKEN}),
+        compose_env(name, {"TOCSIN_API_TOKEN": TOKEN, "TOCSIN_SERVICE_TOKEN": SERVICE_TOKEN}),
     ):
         config = load_config(env)
         assert config.allow_insecure_tokens and config.tls is None
