@@ -187,6 +187,8 @@ def freeze_escalation_beside_a_replica(tocsin: PagingStack, log_dir: Path) -> No
             "TOCSIN_REDIS_URL": url,
             "TOCSIN_INSTANCE": REPLICA,
             "TOCSIN_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
+            # Its own metrics port: the stack's are taken by its own processes.
+            "TOCSIN_METRICS_ADDR": f"127.0.0.1:{free_port()}",
         },
         log_dir / "replica.log",
     )

@@ -48,6 +48,8 @@ def test_a_killed_escalation_replica_hands_its_shards_over_and_no_level_is_lost_
             "TOCSIN_REDIS_URL": tocsin.stack.redis_url(),
             "TOCSIN_INSTANCE": "replica-b",
             "TOCSIN_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
+            # Its own metrics port: the stack's are taken by its own processes.
+            "TOCSIN_METRICS_ADDR": f"127.0.0.1:{free_port()}",
         },
         tmp_path / "replica-b.log",
     )
