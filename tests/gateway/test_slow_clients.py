@@ -82,22 +82,23 @@ async def send_alert(port: int) -> tuple[int, float]:
 async def test_tricklers_are_closed_after_the_deadline_and_real_alerts_get_in(
     served: Served, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    async with gateway(served, DEADLINES) as port:
-        began = time.monotonic()
+    # Deadlines long enough that the last trickler is still open when the alert is answered.
+    deadlines = {**DEADLINES, "TOCSIN_HTTP_HEADER_TIMEOUT": "3s", "TOCSIN_HTTP_BODY_TIMEOUT": "3s"}
+    async with gateway(served, deadlines) as port:
         tricklers = []
         for i in range(320):
             opened = asyncio.Event()
             start, drip = (HEADERS_STARTED, b"x") if i % 2 else (BODY_STARTED, b" ")
             tricklers.append(asyncio.create_task(trickle(port, start, drip, opened)))
             await opened.wait()
-        status, took = await send_alert(port)
+        status, _ = await send_alert(port)
         assert status == 202
-        assert took < 0.5, f"a real alert took {took:.2f} s beside 320 tricklers"
+        # Answered beside them, not after a deadline freed a slot: the newest is still open.
+        assert not tricklers[-1].done(), "the alert waited until tricklers were cut off"
 
-        answers = await asyncio.wait_for(asyncio.gather(*tricklers), timeout=5)
-        closed_after = time.monotonic() - began
+        # Before the deadlines they would trickle forever; now every one gets its 408.
+        answers = await asyncio.wait_for(asyncio.gather(*tricklers), timeout=15)
         assert all(answer.startswith(b"HTTP/1.1 408 ") for answer in answers)
-        assert closed_after < 4, f"tricklers held on for {closed_after:.1f} s"
     # Cutting a slow body off is no application error: no traceback per trickler.
     assert "Exception in ASGI application" not in capfd.readouterr().err
 
@@ -145,9 +146,8 @@ async def test_an_idle_kept_alive_connection_is_closed_after_the_keepalive_timeo
         writer.write(b"GET /nowhere HTTP/1.1\r\nHost: tocsin\r\n\r\n")
         head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 404 ")
-        began = time.monotonic()
+        # Closed by the 1 s keepalive timeout; without one the read would outlast 3 s.
         rest = await asyncio.wait_for(reader.read(), timeout=3)
-        assert time.monotonic() - began < 1.8
         writer.close()
         assert b"HTTP/1.1 404" in head + rest  # then end of stream, nothing else
 
@@ -241,9 +241,9 @@ async def test_with_256_file_descriptors_300_tricklers_do_not_keep_real_alerts_o
             await opened.wait()
         await asyncio.sleep(0.5)  # every trickler is accepted (or refused) by now
         for _ in range(3):
-            status, took = await send_alert(port)
+            # With 60 s deadlines a blocked alert would time out (3 s) rather than get in.
+            status, _ = await send_alert(port)
             assert status == 202
-            assert took < 1.0, f"a real alert took {took:.2f} s"
         still_open = sum(not task.done() for task in tricklers)
         assert still_open <= 256 - 64, still_open
     finally:
