@@ -892,4 +892,9 @@ def test_secrets_come_from_git_ignored_files() -> None:
         "TWILIO_ACCOUNT_SID",
         "TWILIO_AUTH_TOKEN",
         "TWILIO_FROM_NUMBER",
+        "TOCSIN_SMTP_URL",
+        "TOCSIN_EMAIL_FROM",
+        "TOCSIN_WEBHOOK_SECRET",
+        "TOCSIN_SLACK_BOT_TOKEN",
+        "TOCSIN_SLACK_SIGNING_SECRET",
     }
