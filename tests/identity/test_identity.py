@@ -328,3 +328,38 @@ async def test_no_password_token_or_key_reaches_the_logs(
     text = caplog.text + str(audit)
     for value in (secret, login.token, key.key, key.key.rpartition("_")[2]):
         assert value not in text
+
+
+async def test_a_deleted_user_takes_their_credentials_along(stack: IdentityStack) -> None:
+    """A user created again under a deleted user's id inherits no session, API key,
+    password or lock-out: the old bearer tokens fail and the old password does not work."""
+    adam = stack.as_user("adam")
+    user = scheduling_pb2.User(id="dora", name="Dora", role=common_pb2.ROLE_ADMIN)
+    await adam.scheduling.CreateUser(scheduling_pb2.CreateUserRequest(user=user))
+    await adam.identity.SetPassword(
+        identity_pb2.SetPasswordRequest(user_id="dora", password="dora's long password")
+    )
+    anonymous = stack.client("")
+    login = await anonymous.identity.Login(
+        identity_pb2.LoginRequest(user_id="dora", password="dora's long password")
+    )
+    key = await adam.identity.CreateApiKey(
+        identity_pb2.CreateApiKeyRequest(user_id="dora", name="dora-bot")
+    )
+    session, bot = stack.client(login.token), stack.client(key.key)
+    assert (await bot.identity.WhoAmI(identity_pb2.WhoAmIRequest())).user_id == "dora"
+
+    await adam.scheduling.DeleteUser(scheduling_pb2.DeleteUserRequest(id="dora"))
+    await adam.scheduling.CreateUser(scheduling_pb2.CreateUserRequest(user=user))
+
+    for old in (session, bot):
+        error = await _denied(old.identity.WhoAmI(identity_pb2.WhoAmIRequest()))
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    error = await _denied(
+        anonymous.identity.Login(
+            identity_pb2.LoginRequest(user_id="dora", password="dora's long password")
+        )
+    )
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    listed = await adam.identity.ListApiKeys(identity_pb2.ListApiKeysRequest())
+    assert key.api_key.id not in [k.id for k in listed.api_keys]

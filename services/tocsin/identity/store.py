@@ -6,6 +6,9 @@ Keys:
   its secret), `user`, `kind` (session, api_key), `role` (an API key's cap, or ""),
   `name`, `created_ms`, `expires_ms` (0 = never); Redis expires it too;
 - `tocsin:{sched}:api-keys`: sorted set (lexical) of API key ids, for listing;
+- `tocsin:{sched}:user-credentials:<user>`: sorted set of the user's credential ids by
+  expiry (+inf = never), so deleting the user deletes every credential it had: a user
+  created again under the same id inherits no token, key or password;
 - `tocsin:{sched}:password:<user>`: the argon2 hash of a user's password;
 - `tocsin:{sched}:login-failures:<user>`: wrong passwords in a row, expiring after the
   lock-out time.
@@ -26,9 +29,14 @@ from tocsin.v1 import common_pb2, identity_pb2
 
 API_KEYS = IDENTITY_PREFIX + "api-keys"
 
+
+def user_credentials_key(user_id: str) -> str:
+    return f"{IDENTITY_PREFIX}user-credentials:{user_id}"
+
+
 _ISSUE = """
 -- Store a new credential (and index it when it is an API key).
--- KEYS: the credential's hash, the API key index
+-- KEYS: the credential's hash, the API key index, the user's credential ids
 -- ARGV:
 --   id           credential id
 --   hash         SHA-256 of the secret
@@ -47,6 +55,10 @@ end
 if ARGV[4] == "api_key" then
   redis.call("ZADD", KEYS[2], 0, ARGV[1])
 end
+-- Indexed by expiry so that deleting the user finds them; expired ids are dropped here.
+redis.call("ZREMRANGEBYSCORE", KEYS[3], "-inf", "(" .. ARGV[7])
+local expires = tonumber(ARGV[8])
+redis.call("ZADD", KEYS[3], expires > 0 and expires or "+inf", ARGV[1])
 return 1
 """
 
@@ -116,7 +128,7 @@ class IdentityStore:
         """A new credential for `user_id`: (token, id). `lifetime_ms` 0 = until revoked."""
         token, credential_id, hashed = new_token()
         await self._issue(
-            [credential_key(credential_id), API_KEYS],
+            [credential_key(credential_id), API_KEYS, user_credentials_key(user_id)],
             id=credential_id,
             hash=hashed,
             user=user_id,

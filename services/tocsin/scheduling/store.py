@@ -16,6 +16,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from tocsin.identity.store import API_KEYS, failures_key, password_key, user_credentials_key
+from tocsin.runtime.auth import credential_key
 from tocsin.runtime.errors import (
     AlreadyExists,
     Conflict,
@@ -109,7 +111,19 @@ class SchedulingStore:
         return {i.decode() for i in await self.redis.zrange(USERS, 0, -1)}
 
     async def delete_user(self, user_id: str) -> None:
-        reply = await self._delete_user([user_key(user_id), USERS, refs_key(user_id)], id=user_id)
+        reply = await self._delete_user(
+            [
+                user_key(user_id),
+                USERS,
+                refs_key(user_id),
+                user_credentials_key(user_id),
+                API_KEYS,
+                password_key(user_id),
+                failures_key(user_id),
+            ],
+            id=user_id,
+            cred_prefix=credential_key(""),
+        )
         outcome = reply[0].decode()
         if outcome == "missing":
             raise NotFound(f"user {user_id!r} does not exist")
