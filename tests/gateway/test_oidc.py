@@ -4,22 +4,32 @@ a browser (an httpx client with cookies) that fills in the provider's own forms.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
+from tests.cli_runner import run_cli
 from tests.oidc.provider import (
     CLIENT_ID,
     CLIENT_SECRET,
     Provider,
     browse_sign_in,
+    form_of,
     free_port,
     oidc_provider,
 )
 from tests.services import running
+from tocsin.cli import identity_commands
+from tocsin.cli.main import main
 from tocsin.client.client import TocsinClient
 from tocsin.client.endpoints import DEFAULTS, Endpoints
 from tocsin.gateway.server import start_gateway
@@ -173,3 +183,63 @@ async def test_a_sign_in_maps_to_the_right_user_and_yields_a_token_that_works(
     ) as alice:
         who = await alice.identity.WhoAmI(identity_pb2.WhoAmIRequest(), timeout=10)
     assert (who.user_id, who.credential) == ("alice", "session")
+
+
+class _Lines(io.StringIO):
+    """stderr of a CLI run in a thread: hands each written line to the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str]) -> None:
+        super().__init__()
+        self._loop, self._queue = loop, queue
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, line)
+        return super().write(text)
+
+
+async def test_tocsin_login_sso_keeps_a_token_whoami_takes_as_alice(
+    stack: SignInStack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The CLI's loopback listener gets the token in the gateway page's POST, stores it
+    like a password login, and the next command acts as alice."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.setenv("TOCSIN_PUBLIC_URL", stack.gateway)
+    monkeypatch.setenv("TOCSIN_SCHEDULING_ADDR", stack.scheduling)
+    monkeypatch.setenv("TOCSIN_DATA_DIR", str(tmp_path / "data"))
+    for variable in ("TOCSIN_API_TOKEN", "TOCSIN_TOKEN"):
+        monkeypatch.delenv(variable, raising=False)
+    lines: asyncio.Queue[str] = asyncio.Queue()
+    err = _Lines(asyncio.get_running_loop(), lines)
+    out = io.StringIO()
+
+    def login() -> object:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(["login", "--sso", "--no-browser"])
+            except SystemExit as exit_:
+                return exit_.code
+        return None
+
+    # A failing test must not leave the CLI waiting (and stdout redirected) for 5 minutes.
+    monkeypatch.setattr(identity_commands, "SSO_WAIT_S", 20.0)
+    running_login = asyncio.create_task(asyncio.to_thread(login))
+    line = await asyncio.wait_for(lines.get(), 30)
+    assert line.startswith("Sign in at: ")
+    url = line.removeprefix("Sign in at: ")
+    assert url.startswith(f"{stack.gateway}/auth/oidc/login?cli=http")
+    async with httpx.AsyncClient() as browser:
+        page = await browse_sign_in(browser, url, "alice@example.com", stack.callback)
+        assert page.status_code == 200
+        action, fields = form_of(page.text)  # the page's auto-submitted form
+        assert urlsplit(action).hostname == "127.0.0.1" and "tocsin_token" not in browser.cookies
+        posted = await browser.post(action, data=fields)
+    assert posted.status_code == 200 and "alice" in posted.text
+    assert await asyncio.wait_for(running_login, 30) == 0
+    assert "Signed in as alice" in out.getvalue()
+    token = fields["token"]
+    assert token not in out.getvalue() + err.getvalue()
+    stored = json.loads((tmp_path / "tocsin" / "tokens.json").read_text())
+    assert stored[stack.scheduling]["token"] == token
+    code, whoami, _ = await run_cli(monkeypatch, {"scheduling": stack.scheduling}, "whoami")
+    assert code == 0 and whoami.startswith("alice (responder, session)")

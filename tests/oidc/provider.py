@@ -99,7 +99,7 @@ _INPUT = re.compile(r"<input([^>]*)>", re.I)
 _ATTR = re.compile(r"(\w+)=\"([^\"]*)\"")
 
 
-def _form(page: str) -> tuple[str, dict[str, str]]:
+def form_of(page: str) -> tuple[str, dict[str, str]]:
     match = _FORM.search(page)
     if match is None:
         raise AssertionError(f"no form on the provider's page: {page[:500]}")
@@ -131,7 +131,7 @@ async def browse_sign_in(
             )
             continue
         assert response.status_code == 200, (response.status_code, response.text[:500])
-        action, fields = _form(response.text)
+        action, fields = form_of(response.text)
         if "login" in fields or fields.get("prompt") == "login":
             fields.update(login=login, password="any")
         url, method, data = urljoin(str(response.url), action), "POST", fields

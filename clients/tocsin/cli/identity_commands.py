@@ -36,6 +36,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     login.add_argument(
         "--sso", action="store_true", help="sign in through the gateway's OpenID Connect provider"
     )
+    login.add_argument(
+        "--no-browser",
+        action="store_true",
+        help="with --sso: only print the sign-in URL (open it in a browser on this machine)",
+    )
     login.set_defaults(run=_login)
 
     logout = commands.add_parser("logout", help="end your session and forget its token")
@@ -93,7 +98,7 @@ SSO_WAIT_S = 300.0
 
 def _login(args: argparse.Namespace) -> int:
     if args.sso:
-        return _login_sso()
+        return _login_sso(open_browser=not args.no_browser)
     if not args.user:
         raise SystemExit("tocsin login: name your user (tocsin login USER), or use --sso")
     password = _read_password(args.stdin)
@@ -109,15 +114,16 @@ def _login(args: argparse.Namespace) -> int:
     return 0
 
 
-def _login_sso() -> int:
+def _login_sso(*, open_browser: bool = True) -> int:
     from tocsin.cli.sso import BrowserSignIn, SsoError
     from tocsin.client.endpoints import resolve_endpoints
 
     http = resolve_endpoints().http
     gateway = http if "://" in http else f"http://{http}"
     sign_in = BrowserSignIn(os.environ.get("TOCSIN_PUBLIC_URL") or gateway)
-    print(f"Sign in at: {sign_in.url}", file=sys.stderr)
-    sign_in.open_browser()
+    print(f"Sign in at: {sign_in.url}", file=sys.stderr, flush=True)
+    if open_browser:
+        sign_in.open_browser()
     try:
         result = sign_in.wait(SSO_WAIT_S)
     except SsoError as error:

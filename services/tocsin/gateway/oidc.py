@@ -249,7 +249,7 @@ class OidcSignIn:
 
 def _page(title: str, message: str, status: int) -> HTMLResponse:
     body = (
-        "<!doctype html><html><head><meta charset='utf-8'>"
+        '<!doctype html><html><head><meta charset="utf-8">'
         f"<title>tocsin: {html.escape(title)}</title></head>"
         f"<body><h1>{html.escape(title)}</h1><p>{html.escape(message)}</p></body></html>"
     )
@@ -264,15 +264,15 @@ def _post_to_cli(cli: str, signed_in: SignedIn, cli_state: str) -> HTMLResponse:
     URL, stays out of browser history and server logs)."""
     fields = {"token": signed_in.token, "user": signed_in.user_id, "state": cli_state}
     inputs = "".join(
-        f"<input type='hidden' name='{name}' value='{html.escape(value, quote=True)}'>"
+        f'<input type="hidden" name="{name}" value="{html.escape(value, quote=True)}">'
         for name, value in fields.items()
     )
     body = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>tocsin: signed in</title>"
-        "</head><body onload='document.forms[0].submit()'>"
-        f"<form method='post' action='{html.escape(cli, quote=True)}'>{inputs}"
+        '<!doctype html><html><head><meta charset="utf-8"><title>tocsin: signed in</title>'
+        '</head><body onload="document.forms[0].submit()">'
+        f'<form method="post" action="{html.escape(cli, quote=True)}">{inputs}'
         f"<p>Signed in as {html.escape(signed_in.user_id)}. "
-        "<button type='submit'>Return to the tocsin CLI</button></p></form></body></html>"
+        '<button type="submit">Return to the tocsin CLI</button></p></form></body></html>'
     )
     return HTMLResponse(body, 200, headers=_NO_STORE)
 
