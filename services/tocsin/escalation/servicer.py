@@ -97,13 +97,7 @@ class EscalationServicer(escalation_pb2_grpc.EscalationServiceServicer):
     async def ReportUnreachable(
         self, request: pb.ReportUnreachableRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReportUnreachableResponse:
-        violations = [
-            FieldViolation(name, "is required")
-            for name in ("incident_id", "user_id", "idempotency_key")
-            if not getattr(request, name)
-        ]
-        if violations:
-            raise InvalidArgument(violations)
+        _require_report_fields(request)
         advanced = await self.engine.report_unreachable(
             request.incident_id,
             request.user_id,
@@ -116,13 +110,7 @@ class EscalationServicer(escalation_pb2_grpc.EscalationServiceServicer):
     async def ReportPageOut(
         self, request: pb.ReportPageOutRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReportPageOutResponse:
-        violations = [
-            FieldViolation(name, "is required")
-            for name in ("incident_id", "user_id", "idempotency_key")
-            if not getattr(request, name)
-        ]
-        if violations:
-            raise InvalidArgument(violations)
+        _require_report_fields(request)
         released = await self.engine.report_page_out(
             request.incident_id,
             request.user_id,
@@ -190,3 +178,16 @@ class EscalationServicer(escalation_pb2_grpc.EscalationServiceServicer):
             if not reply.next_page_token:
                 return bound
             request.page_token = reply.next_page_token
+
+
+def _require_report_fields(
+    request: pb.ReportUnreachableRequest | pb.ReportPageOutRequest,
+) -> None:
+    """Notification's reports name the incident, the user and the Notify's key."""
+    violations = [
+        FieldViolation(name, "is required")
+        for name in ("incident_id", "user_id", "idempotency_key")
+        if not getattr(request, name)
+    ]
+    if violations:
+        raise InvalidArgument(violations)

@@ -178,18 +178,8 @@ class EscalationPeer:
                 wait_for_ready=True,
             )
         except grpc.aio.AioRpcError as error:
-            # INVALID_ARGUMENT: a Notify that escalation did not send (its own key format).
-            level = (
-                logging.DEBUG
-                if error.code() == grpc.StatusCode.INVALID_ARGUMENT
-                else logging.WARNING
-            )
-            log.log(
-                level,
-                "incident %s: could not report %s unreachable to escalation: %s",
-                incident_id,
-                user_id,
-                error.code().name,
+            _report_failed(
+                error, "incident %s: could not report %s unreachable", incident_id, user_id
             )
             return False
         return reply.advanced
@@ -207,18 +197,15 @@ class EscalationPeer:
                 request, timeout=self.timeout_s, wait_for_ready=True
             )
         except grpc.aio.AioRpcError as error:
-            # INVALID_ARGUMENT: a Notify that escalation did not send (its own key format).
-            level = (
-                logging.DEBUG
-                if error.code() == grpc.StatusCode.INVALID_ARGUMENT
-                else logging.WARNING
-            )
-            log.log(
-                level,
-                "incident %s: could not report %s's page out to escalation: %s",
-                incident_id,
-                user_id,
-                error.code().name,
+            _report_failed(
+                error, "incident %s: could not report %s's page out", incident_id, user_id
             )
             return False
         return reply.released
+
+
+def _report_failed(error: grpc.aio.AioRpcError, what: str, *args: str) -> None:
+    """Log a report to escalation that did not arrive: quietly for INVALID_ARGUMENT (a
+    Notify that escalation did not send, with its own key format), else as a warning."""
+    level = logging.DEBUG if error.code() == grpc.StatusCode.INVALID_ARGUMENT else logging.WARNING
+    log.log(level, what + " to escalation: %s", *args, error.code().name)
