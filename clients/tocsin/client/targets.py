@@ -27,6 +27,16 @@ class TargetError(ValueError):
     """A service address is malformed; the message says which part."""
 
 
+def is_loopback_host(host: str) -> bool:
+    """`localhost` or a loopback IP literal; any other name counts as beyond loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _host_port(text: str) -> tuple[str, int]:
     host, sep, port = text.strip().rpartition(":")
     host = host.removeprefix("[").removesuffix("]") if host.startswith("[") else host

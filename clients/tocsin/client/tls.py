@@ -17,13 +17,12 @@ is held in memory only, never in a `repr`, log line or error message.
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tocsin.client.targets import TargetError, addresses
+from tocsin.client.targets import TargetError, addresses, is_loopback_host
 
 CERT_VARIABLE = "TOCSIN_TLS_CERT"
 KEY_VARIABLE = "TOCSIN_TLS_KEY"
@@ -115,15 +114,6 @@ def allow_insecure_tokens(env: Mapping[str, str]) -> bool:
     return value == "1"
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_token_transport(target: str, *, tls: bool, allow_insecure: bool) -> None:
     """Refuse sending a bearer token in plaintext to a non-loopback `target`."""
     if tls or allow_insecure:
@@ -132,7 +122,7 @@ def check_token_transport(target: str, *, tls: bool, allow_insecure: bool) -> No
         hosts = [host for host, _port in addresses(target)]
     except TargetError:
         return  # the channel itself reports a malformed target
-    outside = [host for host in hosts if not _is_loopback(host)]
+    outside = [host for host in hosts if not is_loopback_host(host)]
     if outside:
         raise InsecureTokenError(
             f"refusing to send a bearer token without TLS to {outside[0]} (not loopback): "

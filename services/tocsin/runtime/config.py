@@ -6,7 +6,6 @@ stops before it binds anything. See the README's configuration table.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import ssl
@@ -18,7 +17,13 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from tocsin.client.targets import TargetError, addresses, grpc_target, is_single_address
+from tocsin.client.targets import (
+    TargetError,
+    addresses,
+    grpc_target,
+    is_loopback_host,
+    is_single_address,
+)
 from tocsin.client.tls import TlsError, TlsSettings, allow_insecure_tokens, tls_from_env
 from tocsin.runtime.durations import parse_duration
 
@@ -59,12 +64,7 @@ class Address:
 
     @property
     def is_loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        return is_loopback_host(self.host)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import time
@@ -34,6 +33,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from tocsin.client.targets import is_loopback_host
 from tocsin.notification import messages
 from tocsin.notification.channels import Message, PageContent
 from tocsin.notification.providers import ProviderError, SendResult, parse_retry_after
@@ -77,15 +77,6 @@ def verify_signature(
     return hmac.compare_digest(sign(secret, sent, body), signature)
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def normalize_url(address: str, field: str) -> str:
     """An absolute https URL (http only to loopback), or InvalidArgument naming `field`
     (the URL is not repeated: it may carry a token)."""
@@ -98,7 +89,7 @@ def normalize_url(address: str, field: str) -> str:
         host, parts = "", urlsplit("")
     if len(text) > MAX_URL_CHARS or not host or any(c.isspace() for c in text):
         raise InvalidArgument.one(field, "must be an absolute https:// URL")
-    if parts.scheme == "https" or (parts.scheme == "http" and _loopback(host)):
+    if parts.scheme == "https" or (parts.scheme == "http" and is_loopback_host(host)):
         return text
     raise InvalidArgument.one(field, "must be an https:// URL (http:// only to loopback)")
 
