@@ -133,6 +133,32 @@ SEVERITY_CRITICAL: Severity.ValueType  # 4
 """Wake someone up."""
 Global___Severity: _TypeAlias = Severity  # noqa: Y015
 
+class _Urgency:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UrgencyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Urgency.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    URGENCY_UNSPECIFIED: _Urgency.ValueType  # 0
+    """Not set: high."""
+    URGENCY_HIGH: _Urgency.ValueType  # 1
+    """Pages with the user's high-urgency rules (SMS, calls...)."""
+    URGENCY_LOW: _Urgency.ValueType  # 2
+    """Pages with the user's low-urgency rules (by default their rules without voice calls)."""
+
+class Urgency(_Urgency, metaclass=_UrgencyEnumTypeWrapper):
+    """How hard an incident pages (PagerDuty's urgencies). Each user has notification rules
+    per urgency; by default a low-urgency incident sends no voice call.
+    """
+
+URGENCY_UNSPECIFIED: Urgency.ValueType  # 0
+"""Not set: high."""
+URGENCY_HIGH: Urgency.ValueType  # 1
+"""Pages with the user's high-urgency rules (SMS, calls...)."""
+URGENCY_LOW: Urgency.ValueType  # 2
+"""Pages with the user's low-urgency rules (by default their rules without voice calls)."""
+Global___Urgency: _TypeAlias = Urgency  # noqa: Y015
+
 @_typing.final
 class Actor(_message.Message):
     """Who made a change and through what."""

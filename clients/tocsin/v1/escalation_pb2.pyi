@@ -21,6 +21,36 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _LevelStrategy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LevelStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LevelStrategy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LEVEL_STRATEGY_UNSPECIFIED: _LevelStrategy.ValueType  # 0
+    """Every target (the default)."""
+    LEVEL_STRATEGY_ALL: _LevelStrategy.ValueType  # 1
+    """Every target."""
+    LEVEL_STRATEGY_ROUND_ROBIN: _LevelStrategy.ValueType  # 2
+    """One target per incident, in turn: each new incident pages the next target of the
+    level (a counter per policy and level, advanced once per incident); a repeat loop
+    of the same incident moves on to the target after.
+    """
+
+class LevelStrategy(_LevelStrategy, metaclass=_LevelStrategyEnumTypeWrapper):
+    """Whom of its targets a level pages."""
+
+LEVEL_STRATEGY_UNSPECIFIED: LevelStrategy.ValueType  # 0
+"""Every target (the default)."""
+LEVEL_STRATEGY_ALL: LevelStrategy.ValueType  # 1
+"""Every target."""
+LEVEL_STRATEGY_ROUND_ROBIN: LevelStrategy.ValueType  # 2
+"""One target per incident, in turn: each new incident pages the next target of the
+level (a counter per policy and level, advanced once per incident); a repeat loop
+of the same incident moves on to the target after.
+"""
+Global___LevelStrategy: _TypeAlias = LevelStrategy  # noqa: Y015
+
 class _EscalationStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -57,21 +87,33 @@ class EscalationTarget(_message.Message):
 
     USER_ID_FIELD_NUMBER: _builtins.int
     SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    SLACK_CHANNEL_FIELD_NUMBER: _builtins.int
+    TEAMS_CHANNEL_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """A user, paged directly."""
     schedule_id: _builtins.str
     """A schedule, resolved to whoever is on call when the level fires."""
+    slack_channel: _builtins.str
+    """A Slack channel id (C024BE91L): a message with Acknowledge and Resolve buttons, which
+    act as the tocsin user whose `slack` contact method is the presser.
+    """
+    teams_channel: _builtins.str
+    """A Teams channel's incoming-webhook or Workflows URL (https://): an Adaptive Card
+    with a link to the incident. The URL is a credential: never in logs or the timeline.
+    """
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         schedule_id: _builtins.str = ...,
+        slack_channel: _builtins.str = ...,
+        teams_channel: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule_id", b"schedule_id", "target", b"target", "user_id", b"user_id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule_id", b"schedule_id", "slack_channel", b"slack_channel", "target", b"target", "teams_channel", b"teams_channel", "user_id", b"user_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule_id", b"schedule_id", "target", b"target", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule_id", b"schedule_id", "slack_channel", b"slack_channel", "target", b"target", "teams_channel", b"teams_channel", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["user_id", "schedule_id"]  # noqa: Y015
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["user_id", "schedule_id", "slack_channel", "teams_channel"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
 
@@ -85,9 +127,12 @@ class EscalationLevel(_message.Message):
 
     TARGETS_FIELD_NUMBER: _builtins.int
     DELAY_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    strategy: Global___LevelStrategy.ValueType
+    """Whom of its targets the level pages."""
     @_builtins.property
     def targets(self) -> _containers.RepeatedCompositeFieldContainer[Global___EscalationTarget]:
-        """Who this level pages (all of them)."""
+        """Who this level pages (all of them, or one in turn: see strategy)."""
 
     @_builtins.property
     def delay(self) -> _duration_pb2.Duration:
@@ -98,10 +143,11 @@ class EscalationLevel(_message.Message):
         *,
         targets: _abc.Iterable[Global___EscalationTarget] | None = ...,
         delay: _duration_pb2.Duration | None = ...,
+        strategy: Global___LevelStrategy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "targets", b"targets"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "strategy", b"strategy", "targets", b"targets"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

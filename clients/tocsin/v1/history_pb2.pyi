@@ -316,7 +316,7 @@ class GetArchivedIncidentRequest(_message.Message):
 
     INCIDENT_ID_FIELD_NUMBER: _builtins.int
     incident_id: _builtins.str
-    """The incident id."""
+    """The incident's number ("#18"), or its id."""
     def __init__(
         self,
         *,
@@ -363,7 +363,9 @@ class SimilarIncidentsRequest(_message.Message):
     INCIDENT_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     incident_id: _builtins.str
-    """The incident to compare with (archived, or still only in the incidents service)."""
+    """The incident to compare with (archived, or still only in the incidents service): its
+    number ("#18"), or its id.
+    """
     page_size: _builtins.int
     """Maximum results (default 5, at most 50)."""
     def __init__(

@@ -13,6 +13,8 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.rpc import status_pb2 as _status_pb2
 from tocsin.v1 import common_pb2 as _common_pb2
+from tocsin.v1 import routing_pb2 as _routing_pb2
+from tocsin.v1 import urgency_pb2 as _urgency_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -84,6 +86,8 @@ class _TimelineKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Timeline
     """The escalation policy ran out of levels and repeats."""
     TIMELINE_KIND_WARNING: _TimelineKind.ValueType  # 12
     """Something tocsin wants a human to know (e.g. a schedule had nobody on call)."""
+    TIMELINE_KIND_STATUS_UPDATE: _TimelineKind.ValueType  # 13
+    """A status update posted for stakeholders."""
 
 class TimelineKind(_TimelineKind, metaclass=_TimelineKindEnumTypeWrapper):
     """What a timeline entry records."""
@@ -114,6 +118,8 @@ TIMELINE_KIND_POLICY_EXHAUSTED: TimelineKind.ValueType  # 11
 """The escalation policy ran out of levels and repeats."""
 TIMELINE_KIND_WARNING: TimelineKind.ValueType  # 12
 """Something tocsin wants a human to know (e.g. a schedule had nobody on call)."""
+TIMELINE_KIND_STATUS_UPDATE: TimelineKind.ValueType  # 13
+"""A status update posted for stakeholders."""
 Global___TimelineKind: _TypeAlias = TimelineKind  # noqa: Y015
 
 class _IncidentEventKind:
@@ -140,6 +146,12 @@ class _IncidentEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Inc
     """Reassigned: escalation restarts for the new assignment."""
     INCIDENT_EVENT_KIND_NOTE_ADDED: _IncidentEventKind.ValueType  # 8
     """A note was added."""
+    INCIDENT_EVENT_KIND_STATUS_UPDATE: _IncidentEventKind.ValueType  # 9
+    """A responder posted a status update for stakeholders (the text is in `note`)."""
+    INCIDENT_EVENT_KIND_ESCALATED: _IncidentEventKind.ValueType  # 10
+    """Escalation paged a level (the timeline entry's text is in `note`); written with the
+    ESCALATED timeline entry. Escalation and notification pass it over.
+    """
 
 class IncidentEventKind(_IncidentEventKind, metaclass=_IncidentEventKindEnumTypeWrapper):
     """What an incident event announces."""
@@ -162,6 +174,12 @@ INCIDENT_EVENT_KIND_REASSIGNED: IncidentEventKind.ValueType  # 7
 """Reassigned: escalation restarts for the new assignment."""
 INCIDENT_EVENT_KIND_NOTE_ADDED: IncidentEventKind.ValueType  # 8
 """A note was added."""
+INCIDENT_EVENT_KIND_STATUS_UPDATE: IncidentEventKind.ValueType  # 9
+"""A responder posted a status update for stakeholders (the text is in `note`)."""
+INCIDENT_EVENT_KIND_ESCALATED: IncidentEventKind.ValueType  # 10
+"""Escalation paged a level (the timeline entry's text is in `note`); written with the
+ESCALATED timeline entry. Escalation and notification pass it over.
+"""
 Global___IncidentEventKind: _TypeAlias = IncidentEventKind  # noqa: Y015
 
 @_typing.final
@@ -174,6 +192,11 @@ class Service(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     INTEGRATION_KEY_FIELD_NUMBER: _builtins.int
     ESCALATION_POLICY_ID_FIELD_NUMBER: _builtins.int
+    GROUPING_FIELD_NUMBER: _builtins.int
+    URGENCY_FIELD_NUMBER: _builtins.int
+    SUPPORT_HOURS_FIELD_NUMBER: _builtins.int
+    ACK_TIMEOUT_FIELD_NUMBER: _builtins.int
+    PAGE_AFTER_MAINTENANCE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Stable identifier, e.g. "payments-api"."""
     name: _builtins.str
@@ -182,6 +205,29 @@ class Service(_message.Message):
     """The Events API v2 routing_key and Alertmanager key for this service (32 characters)."""
     escalation_policy_id: _builtins.str
     """The escalation policy new incidents of this service follow."""
+    page_after_maintenance: _builtins.bool
+    """When a maintenance window on it ends, open (or join) one incident for each dedup key
+    whose alerts arrived during the window, with the last such alert (default false:
+    nothing that arrived during a window ever pages).
+    """
+    @_builtins.property
+    def grouping(self) -> _routing_pb2.AlertGrouping:
+        """How alerts without an open incident of their own dedup key are grouped (routing.proto)."""
+
+    @_builtins.property
+    def urgency(self) -> _urgency_pb2.UrgencyRule:
+        """How urgent its new incidents are (unset: always high)."""
+
+    @_builtins.property
+    def support_hours(self) -> _urgency_pb2.SupportHours:
+        """When the service is supported (for urgency by support hours and deferral)."""
+
+    @_builtins.property
+    def ack_timeout(self) -> _duration_pb2.Duration:
+        """After this long acknowledged, an incident is triggered again and escalation starts
+        over (unset or zero: never). Restarted by a new acknowledgement, ended by a resolve.
+        """
+
     def __init__(
         self,
         *,
@@ -189,10 +235,15 @@ class Service(_message.Message):
         name: _builtins.str = ...,
         integration_key: _builtins.str = ...,
         escalation_policy_id: _builtins.str = ...,
+        grouping: _routing_pb2.AlertGrouping | None = ...,
+        urgency: _urgency_pb2.UrgencyRule | None = ...,
+        support_hours: _urgency_pb2.SupportHours | None = ...,
+        ack_timeout: _duration_pb2.Duration | None = ...,
+        page_after_maintenance: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack_timeout", b"ack_timeout", "grouping", b"grouping", "support_hours", b"support_hours", "urgency", b"urgency"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["escalation_policy_id", b"escalation_policy_id", "id", b"id", "integration_key", b"integration_key", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_timeout", b"ack_timeout", "escalation_policy_id", b"escalation_policy_id", "grouping", b"grouping", "id", b"id", "integration_key", b"integration_key", "name", b"name", "page_after_maintenance", b"page_after_maintenance", "support_hours", b"support_hours", "urgency", b"urgency"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -324,8 +375,13 @@ class Incident(_message.Message):
     TIMELINE_FIELD_NUMBER: _builtins.int
     LAST_ALERT_AT_FIELD_NUMBER: _builtins.int
     LINKS_FIELD_NUMBER: _builtins.int
+    URGENCY_FIELD_NUMBER: _builtins.int
+    URGENCY_REASON_FIELD_NUMBER: _builtins.int
+    PAGE_AT_FIELD_NUMBER: _builtins.int
+    ACK_TIMEOUT_AT_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Decimal identifier, also the human number ("#4821")."""
+    """Decimal identifier, fixed for the incident's life; where it is stored (its shard)."""
     service_id: _builtins.str
     """The service it belongs to."""
     status: Global___IncidentStatus.ValueType
@@ -342,6 +398,15 @@ class Incident(_message.Message):
     """Number of alerts received."""
     version: _builtins.int
     """Incremented on every change."""
+    urgency: _common_pb2.Urgency.ValueType
+    """High or low (decided when it opened; unset reads as high)."""
+    urgency_reason: _builtins.str
+    """Why it has that urgency, e.g. "service payments-api: severity info is low"."""
+    number: _builtins.int
+    """The number people say and type ("#18"): per stack, given in the order incidents
+    open (1, 2, 3 ...). Requests that take an incident_id also take "#18". 0 only on an
+    incident opened before numbers, until the incidents service numbers it at start.
+    """
     @_builtins.property
     def assignment(self) -> Global___Assignment:
         """Who it is assigned to (the service's policy unless reassigned)."""
@@ -390,6 +455,16 @@ class Incident(_message.Message):
     def links(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Link]:
         """Links from its alerts."""
 
+    @_builtins.property
+    def page_at(self) -> _timestamp_pb2.Timestamp:
+        """Set while a low-urgency incident opened outside support hours waits to page: when
+        its escalation starts.
+        """
+
+    @_builtins.property
+    def ack_timeout_at(self) -> _timestamp_pb2.Timestamp:
+        """While acknowledged on a service with an ack timeout: when it is triggered again."""
+
     def __init__(
         self,
         *,
@@ -414,10 +489,15 @@ class Incident(_message.Message):
         timeline: _abc.Iterable[Global___TimelineEntry] | None = ...,
         last_alert_at: _timestamp_pb2.Timestamp | None = ...,
         links: _abc.Iterable[_common_pb2.Link] | None = ...,
+        urgency: _common_pb2.Urgency.ValueType = ...,
+        urgency_reason: _builtins.str = ...,
+        page_at: _timestamp_pb2.Timestamp | None = ...,
+        ack_timeout_at: _timestamp_pb2.Timestamp | None = ...,
+        number: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "acknowledged_by", b"acknowledged_by", "assignment", b"assignment", "created_at", b"created_at", "last_alert_at", b"last_alert_at", "resolved_at", b"resolved_at", "resolved_by", b"resolved_by", "snoozed_until", b"snoozed_until", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack_timeout_at", b"ack_timeout_at", "acknowledged_at", b"acknowledged_at", "acknowledged_by", b"acknowledged_by", "assignment", b"assignment", "created_at", b"created_at", "last_alert_at", b"last_alert_at", "page_at", b"page_at", "resolved_at", b"resolved_at", "resolved_by", b"resolved_by", "snoozed_until", b"snoozed_until", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "acknowledged_by", b"acknowledged_by", "alert_count", b"alert_count", "alerts", b"alerts", "assignment", b"assignment", "created_at", b"created_at", "dedup_key", b"dedup_key", "id", b"id", "last_alert_at", b"last_alert_at", "links", b"links", "resolved_at", b"resolved_at", "resolved_by", b"resolved_by", "service_id", b"service_id", "severity", b"severity", "snoozed_until", b"snoozed_until", "source", b"source", "status", b"status", "summary", b"summary", "timeline", b"timeline", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_timeout_at", b"ack_timeout_at", "acknowledged_at", b"acknowledged_at", "acknowledged_by", b"acknowledged_by", "alert_count", b"alert_count", "alerts", b"alerts", "assignment", b"assignment", "created_at", b"created_at", "dedup_key", b"dedup_key", "id", b"id", "last_alert_at", b"last_alert_at", "links", b"links", "number", b"number", "page_at", b"page_at", "resolved_at", b"resolved_at", "resolved_by", b"resolved_by", "service_id", b"service_id", "severity", b"severity", "snoozed_until", b"snoozed_until", "source", b"source", "status", b"status", "summary", b"summary", "timeline", b"timeline", "updated_at", b"updated_at", "urgency", b"urgency", "urgency_reason", b"urgency_reason", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -887,10 +967,21 @@ class TriggerResponse(_message.Message):
     INCIDENT_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
     DEDUP_KEY_FIELD_NUMBER: _builtins.int
+    SUPPRESSED_BY_FIELD_NUMBER: _builtins.int
+    MAINTENANCE_WINDOW_ID_FIELD_NUMBER: _builtins.int
     created: _builtins.bool
     """True when a new incident was opened; false when the alert joined an open one."""
     dedup_key: _builtins.str
     """The dedup key used (generated when none was given)."""
+    suppressed_by: _builtins.str
+    """Set when an event rule suppressed the alert ("global/<rule>" or "<service>/<rule>"):
+    it was recorded, no incident was opened or joined, `incident` is empty.
+    """
+    maintenance_window_id: _builtins.str
+    """Set when a maintenance window on the service was in progress: the alert was
+    recorded (ListSuppressedAlerts; `suppressed_by` is "maintenance/<window id>"), no
+    incident was opened or joined, `incident` is empty.
+    """
     @_builtins.property
     def incident(self) -> Global___Incident:
         """The incident the alert opened or joined."""
@@ -901,10 +992,12 @@ class TriggerResponse(_message.Message):
         incident: Global___Incident | None = ...,
         created: _builtins.bool = ...,
         dedup_key: _builtins.str = ...,
+        suppressed_by: _builtins.str = ...,
+        maintenance_window_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "dedup_key", b"dedup_key", "incident", b"incident"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "dedup_key", b"dedup_key", "incident", b"incident", "maintenance_window_id", b"maintenance_window_id", "suppressed_by", b"suppressed_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1034,7 +1127,9 @@ class AcknowledgeRequest(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     INTEGRATION_KEY_FIELD_NUMBER: _builtins.int
     incident_id: _builtins.str
-    """The incident id (or service_id + dedup_key, or integration_key + dedup_key)."""
+    """The incident id or its number ("#18") (or service_id + dedup_key, or
+    integration_key + dedup_key).
+    """
     service_id: _builtins.str
     """The service, when addressing by dedup key."""
     dedup_key: _builtins.str
@@ -1106,7 +1201,9 @@ class ResolveRequest(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     INTEGRATION_KEY_FIELD_NUMBER: _builtins.int
     incident_id: _builtins.str
-    """The incident id (or service_id + dedup_key, or integration_key + dedup_key)."""
+    """The incident id or its number ("#18") (or service_id + dedup_key, or
+    integration_key + dedup_key).
+    """
     service_id: _builtins.str
     """The service, when addressing by dedup key."""
     dedup_key: _builtins.str
@@ -1176,7 +1273,7 @@ class SnoozeRequest(_message.Message):
     DURATION_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     incident_id: _builtins.str
-    """The incident id."""
+    """The incident id, or its number ("#18")."""
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration:
         """How long; between 1 minute and 7 days."""
@@ -1238,7 +1335,7 @@ class ReassignRequest(_message.Message):
     ASSIGNMENT_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     incident_id: _builtins.str
-    """The incident id."""
+    """The incident id, or its number ("#18")."""
     @_builtins.property
     def assignment(self) -> Global___Assignment:
         """The new assignment."""
@@ -1300,7 +1397,7 @@ class AddNoteRequest(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     incident_id: _builtins.str
-    """The incident id."""
+    """The incident id, or its number ("#18")."""
     text: _builtins.str
     """The note (at most 4096 characters)."""
     @_builtins.property
@@ -1349,6 +1446,56 @@ class AddNoteResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AddNoteResponse: _TypeAlias = AddNoteResponse  # noqa: Y015
+
+@_typing.final
+class PostStatusUpdateRequest(_message.Message):
+    """Request for PostStatusUpdate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    incident_id: _builtins.str
+    """The incident id."""
+    text: _builtins.str
+    """The update (at most 4096 characters)."""
+    def __init__(
+        self,
+        *,
+        incident_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incident_id", b"incident_id", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PostStatusUpdateRequest: _TypeAlias = PostStatusUpdateRequest  # noqa: Y015
+
+@_typing.final
+class PostStatusUpdateResponse(_message.Message):
+    """Response for PostStatusUpdate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entry(self) -> Global___TimelineEntry:
+        """The timeline entry written."""
+
+    def __init__(
+        self,
+        *,
+        entry: Global___TimelineEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PostStatusUpdateResponse: _TypeAlias = PostStatusUpdateResponse  # noqa: Y015
 
 @_typing.final
 class AppendTimelineRequest(_message.Message):
@@ -1414,7 +1561,7 @@ class GetIncidentRequest(_message.Message):
     INCLUDE_ALERTS_FIELD_NUMBER: _builtins.int
     INCLUDE_TIMELINE_FIELD_NUMBER: _builtins.int
     incident_id: _builtins.str
-    """The incident id."""
+    """The incident id, or its number ("#18")."""
     include_alerts: _builtins.bool
     """Include the alerts."""
     include_timeline: _builtins.bool
@@ -1603,3 +1750,63 @@ class WatchIncidentsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchIncidentsResponse: _TypeAlias = WatchIncidentsResponse  # noqa: Y015
+
+@_typing.final
+class MergeIncidentsRequest(_message.Message):
+    """Request for MergeIncidents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    MERGED_INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    incident_id: _builtins.str
+    """The incident that stays (A)."""
+    merged_incident_id: _builtins.str
+    """The incident merged into it (B): its alerts join A, and it is resolved as merged."""
+    @_builtins.property
+    def actor(self) -> _common_pb2.Actor:
+        """Who does it (the authenticated caller is recorded)."""
+
+    def __init__(
+        self,
+        *,
+        incident_id: _builtins.str = ...,
+        merged_incident_id: _builtins.str = ...,
+        actor: _common_pb2.Actor | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "incident_id", b"incident_id", "merged_incident_id", b"merged_incident_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MergeIncidentsRequest: _TypeAlias = MergeIncidentsRequest  # noqa: Y015
+
+@_typing.final
+class MergeIncidentsResponse(_message.Message):
+    """Response of MergeIncidents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_FIELD_NUMBER: _builtins.int
+    ALERTS_MOVED_FIELD_NUMBER: _builtins.int
+    alerts_moved: _builtins.int
+    """How many of B's alerts joined A."""
+    @_builtins.property
+    def incident(self) -> Global___Incident:
+        """A after the merge."""
+
+    def __init__(
+        self,
+        *,
+        incident: Global___Incident | None = ...,
+        alerts_moved: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts_moved", b"alerts_moved", "incident", b"incident"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MergeIncidentsResponse: _TypeAlias = MergeIncidentsResponse  # noqa: Y015

@@ -4,6 +4,8 @@ import grpc
 import warnings
 
 from tocsin.v1 import incidents_pb2 as tocsin_dot_v1_dot_incidents__pb2
+from tocsin.v1 import routing_pb2 as tocsin_dot_v1_dot_routing__pb2
+from tocsin.v1 import urgency_pb2 as tocsin_dot_v1_dot_urgency__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -100,6 +102,11 @@ class IncidentServiceStub:
                 request_serializer=tocsin_dot_v1_dot_incidents__pb2.AddNoteRequest.SerializeToString,
                 response_deserializer=tocsin_dot_v1_dot_incidents__pb2.AddNoteResponse.FromString,
                 _registered_method=True)
+        self.PostStatusUpdate = channel.unary_unary(
+                '/tocsin.v1.IncidentService/PostStatusUpdate',
+                request_serializer=tocsin_dot_v1_dot_incidents__pb2.PostStatusUpdateRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_incidents__pb2.PostStatusUpdateResponse.FromString,
+                _registered_method=True)
         self.AppendTimeline = channel.unary_unary(
                 '/tocsin.v1.IncidentService/AppendTimeline',
                 request_serializer=tocsin_dot_v1_dot_incidents__pb2.AppendTimelineRequest.SerializeToString,
@@ -119,6 +126,86 @@ class IncidentServiceStub:
                 '/tocsin.v1.IncidentService/WatchIncidents',
                 request_serializer=tocsin_dot_v1_dot_incidents__pb2.WatchIncidentsRequest.SerializeToString,
                 response_deserializer=tocsin_dot_v1_dot_incidents__pb2.WatchIncidentsResponse.FromString,
+                _registered_method=True)
+        self.CreateMaintenanceWindow = channel.unary_unary(
+                '/tocsin.v1.IncidentService/CreateMaintenanceWindow',
+                request_serializer=tocsin_dot_v1_dot_urgency__pb2.CreateMaintenanceWindowRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_urgency__pb2.CreateMaintenanceWindowResponse.FromString,
+                _registered_method=True)
+        self.UpdateMaintenanceWindow = channel.unary_unary(
+                '/tocsin.v1.IncidentService/UpdateMaintenanceWindow',
+                request_serializer=tocsin_dot_v1_dot_urgency__pb2.UpdateMaintenanceWindowRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_urgency__pb2.UpdateMaintenanceWindowResponse.FromString,
+                _registered_method=True)
+        self.ListMaintenanceWindows = channel.unary_unary(
+                '/tocsin.v1.IncidentService/ListMaintenanceWindows',
+                request_serializer=tocsin_dot_v1_dot_urgency__pb2.ListMaintenanceWindowsRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_urgency__pb2.ListMaintenanceWindowsResponse.FromString,
+                _registered_method=True)
+        self.EndMaintenanceWindow = channel.unary_unary(
+                '/tocsin.v1.IncidentService/EndMaintenanceWindow',
+                request_serializer=tocsin_dot_v1_dot_urgency__pb2.EndMaintenanceWindowRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_urgency__pb2.EndMaintenanceWindowResponse.FromString,
+                _registered_method=True)
+        self.DeleteMaintenanceWindow = channel.unary_unary(
+                '/tocsin.v1.IncidentService/DeleteMaintenanceWindow',
+                request_serializer=tocsin_dot_v1_dot_urgency__pb2.DeleteMaintenanceWindowRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_urgency__pb2.DeleteMaintenanceWindowResponse.FromString,
+                _registered_method=True)
+        self.SetEventRules = channel.unary_unary(
+                '/tocsin.v1.IncidentService/SetEventRules',
+                request_serializer=tocsin_dot_v1_dot_routing__pb2.SetEventRulesRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_routing__pb2.SetEventRulesResponse.FromString,
+                _registered_method=True)
+        self.GetEventRules = channel.unary_unary(
+                '/tocsin.v1.IncidentService/GetEventRules',
+                request_serializer=tocsin_dot_v1_dot_routing__pb2.GetEventRulesRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_routing__pb2.GetEventRulesResponse.FromString,
+                _registered_method=True)
+        self.ListEventRules = channel.unary_unary(
+                '/tocsin.v1.IncidentService/ListEventRules',
+                request_serializer=tocsin_dot_v1_dot_routing__pb2.ListEventRulesRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_routing__pb2.ListEventRulesResponse.FromString,
+                _registered_method=True)
+        self.ListSuppressedAlerts = channel.unary_unary(
+                '/tocsin.v1.IncidentService/ListSuppressedAlerts',
+                request_serializer=tocsin_dot_v1_dot_routing__pb2.ListSuppressedAlertsRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_routing__pb2.ListSuppressedAlertsResponse.FromString,
+                _registered_method=True)
+        self.MergeIncidents = channel.unary_unary(
+                '/tocsin.v1.IncidentService/MergeIncidents',
+                request_serializer=tocsin_dot_v1_dot_incidents__pb2.MergeIncidentsRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_incidents__pb2.MergeIncidentsResponse.FromString,
+                _registered_method=True)
+        self.CreateHeartbeatMonitor = channel.unary_unary(
+                '/tocsin.v1.IncidentService/CreateHeartbeatMonitor',
+                request_serializer=tocsin_dot_v1_dot_routing__pb2.CreateHeartbeatMonitorRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_routing__pb2.CreateHeartbeatMonitorResponse.FromString,
+                _registered_method=True)
+        self.UpdateHeartbeatMonitor = channel.unary_unary(
+                '/tocsin.v1.IncidentService/UpdateHeartbeatMonitor',
+                request_serializer=tocsin_dot_v1_dot_routing__pb2.UpdateHeartbeatMonitorRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_routing__pb2.UpdateHeartbeatMonitorResponse.FromString,
+                _registered_method=True)
+        self.GetHeartbeatMonitor = channel.unary_unary(
+                '/tocsin.v1.IncidentService/GetHeartbeatMonitor',
+                request_serializer=tocsin_dot_v1_dot_routing__pb2.GetHeartbeatMonitorRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_routing__pb2.GetHeartbeatMonitorResponse.FromString,
+                _registered_method=True)
+        self.ListHeartbeatMonitors = channel.unary_unary(
+                '/tocsin.v1.IncidentService/ListHeartbeatMonitors',
+                request_serializer=tocsin_dot_v1_dot_routing__pb2.ListHeartbeatMonitorsRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_routing__pb2.ListHeartbeatMonitorsResponse.FromString,
+                _registered_method=True)
+        self.DeleteHeartbeatMonitor = channel.unary_unary(
+                '/tocsin.v1.IncidentService/DeleteHeartbeatMonitor',
+                request_serializer=tocsin_dot_v1_dot_routing__pb2.DeleteHeartbeatMonitorRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_routing__pb2.DeleteHeartbeatMonitorResponse.FromString,
+                _registered_method=True)
+        self.PingHeartbeat = channel.unary_unary(
+                '/tocsin.v1.IncidentService/PingHeartbeat',
+                request_serializer=tocsin_dot_v1_dot_routing__pb2.PingHeartbeatRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_routing__pb2.PingHeartbeatResponse.FromString,
                 _registered_method=True)
 
 
@@ -221,6 +308,14 @@ class IncidentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PostStatusUpdate(self, request, context):
+        """Posts a status update: a timeline entry and an event that the incident's stakeholder
+        subscribers (WebhookService.Subscribe) receive by email, Slack or webhook.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AppendTimeline(self, request, context):
         """Appends a timeline entry written by another tocsin service (escalation, notification).
         """
@@ -244,6 +339,118 @@ class IncidentServiceServicer:
 
     def WatchIncidents(self, request, context):
         """Streams incident events as they happen (optionally from a past position).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateMaintenanceWindow(self, request, context):
+        """Maintenance windows (urgency.proto). Schedules a maintenance window (or starts one now).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateMaintenanceWindow(self, request, context):
+        """Replaces a maintenance window (matched by id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMaintenanceWindows(self, request, context):
+        """Lists maintenance windows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EndMaintenanceWindow(self, request, context):
+        """Ends the occurrence of a maintenance window in progress now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteMaintenanceWindow(self, request, context):
+        """Deletes a maintenance window.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetEventRules(self, request, context):
+        """Noise control (routing.proto). Replaces the event rules of a service or the global ones.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEventRules(self, request, context):
+        """Returns the event rules of a service or the global ones.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEventRules(self, request, context):
+        """Lists every rule set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSuppressedAlerts(self, request, context):
+        """Lists the alerts event rules suppressed, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MergeIncidents(self, request, context):
+        """Merges two open incidents: B's alerts join A, B is resolved as merged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateHeartbeatMonitor(self, request, context):
+        """Creates a heartbeat monitor (its timer starts now).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateHeartbeatMonitor(self, request, context):
+        """Replaces a heartbeat monitor's settings.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHeartbeatMonitor(self, request, context):
+        """Returns one heartbeat monitor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListHeartbeatMonitors(self, request, context):
+        """Lists heartbeat monitors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteHeartbeatMonitor(self, request, context):
+        """Deletes a heartbeat monitor and its timer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PingHeartbeat(self, request, context):
+        """A heartbeat: resets the monitor's timer; ends a missed heartbeat (resolves its incident).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -312,6 +519,11 @@ def add_IncidentServiceServicer_to_server(servicer, server):
                     request_deserializer=tocsin_dot_v1_dot_incidents__pb2.AddNoteRequest.FromString,
                     response_serializer=tocsin_dot_v1_dot_incidents__pb2.AddNoteResponse.SerializeToString,
             ),
+            'PostStatusUpdate': grpc.unary_unary_rpc_method_handler(
+                    servicer.PostStatusUpdate,
+                    request_deserializer=tocsin_dot_v1_dot_incidents__pb2.PostStatusUpdateRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_incidents__pb2.PostStatusUpdateResponse.SerializeToString,
+            ),
             'AppendTimeline': grpc.unary_unary_rpc_method_handler(
                     servicer.AppendTimeline,
                     request_deserializer=tocsin_dot_v1_dot_incidents__pb2.AppendTimelineRequest.FromString,
@@ -331,6 +543,86 @@ def add_IncidentServiceServicer_to_server(servicer, server):
                     servicer.WatchIncidents,
                     request_deserializer=tocsin_dot_v1_dot_incidents__pb2.WatchIncidentsRequest.FromString,
                     response_serializer=tocsin_dot_v1_dot_incidents__pb2.WatchIncidentsResponse.SerializeToString,
+            ),
+            'CreateMaintenanceWindow': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateMaintenanceWindow,
+                    request_deserializer=tocsin_dot_v1_dot_urgency__pb2.CreateMaintenanceWindowRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_urgency__pb2.CreateMaintenanceWindowResponse.SerializeToString,
+            ),
+            'UpdateMaintenanceWindow': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateMaintenanceWindow,
+                    request_deserializer=tocsin_dot_v1_dot_urgency__pb2.UpdateMaintenanceWindowRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_urgency__pb2.UpdateMaintenanceWindowResponse.SerializeToString,
+            ),
+            'ListMaintenanceWindows': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMaintenanceWindows,
+                    request_deserializer=tocsin_dot_v1_dot_urgency__pb2.ListMaintenanceWindowsRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_urgency__pb2.ListMaintenanceWindowsResponse.SerializeToString,
+            ),
+            'EndMaintenanceWindow': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndMaintenanceWindow,
+                    request_deserializer=tocsin_dot_v1_dot_urgency__pb2.EndMaintenanceWindowRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_urgency__pb2.EndMaintenanceWindowResponse.SerializeToString,
+            ),
+            'DeleteMaintenanceWindow': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteMaintenanceWindow,
+                    request_deserializer=tocsin_dot_v1_dot_urgency__pb2.DeleteMaintenanceWindowRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_urgency__pb2.DeleteMaintenanceWindowResponse.SerializeToString,
+            ),
+            'SetEventRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetEventRules,
+                    request_deserializer=tocsin_dot_v1_dot_routing__pb2.SetEventRulesRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_routing__pb2.SetEventRulesResponse.SerializeToString,
+            ),
+            'GetEventRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEventRules,
+                    request_deserializer=tocsin_dot_v1_dot_routing__pb2.GetEventRulesRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_routing__pb2.GetEventRulesResponse.SerializeToString,
+            ),
+            'ListEventRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEventRules,
+                    request_deserializer=tocsin_dot_v1_dot_routing__pb2.ListEventRulesRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_routing__pb2.ListEventRulesResponse.SerializeToString,
+            ),
+            'ListSuppressedAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSuppressedAlerts,
+                    request_deserializer=tocsin_dot_v1_dot_routing__pb2.ListSuppressedAlertsRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_routing__pb2.ListSuppressedAlertsResponse.SerializeToString,
+            ),
+            'MergeIncidents': grpc.unary_unary_rpc_method_handler(
+                    servicer.MergeIncidents,
+                    request_deserializer=tocsin_dot_v1_dot_incidents__pb2.MergeIncidentsRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_incidents__pb2.MergeIncidentsResponse.SerializeToString,
+            ),
+            'CreateHeartbeatMonitor': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateHeartbeatMonitor,
+                    request_deserializer=tocsin_dot_v1_dot_routing__pb2.CreateHeartbeatMonitorRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_routing__pb2.CreateHeartbeatMonitorResponse.SerializeToString,
+            ),
+            'UpdateHeartbeatMonitor': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateHeartbeatMonitor,
+                    request_deserializer=tocsin_dot_v1_dot_routing__pb2.UpdateHeartbeatMonitorRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_routing__pb2.UpdateHeartbeatMonitorResponse.SerializeToString,
+            ),
+            'GetHeartbeatMonitor': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHeartbeatMonitor,
+                    request_deserializer=tocsin_dot_v1_dot_routing__pb2.GetHeartbeatMonitorRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_routing__pb2.GetHeartbeatMonitorResponse.SerializeToString,
+            ),
+            'ListHeartbeatMonitors': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHeartbeatMonitors,
+                    request_deserializer=tocsin_dot_v1_dot_routing__pb2.ListHeartbeatMonitorsRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_routing__pb2.ListHeartbeatMonitorsResponse.SerializeToString,
+            ),
+            'DeleteHeartbeatMonitor': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteHeartbeatMonitor,
+                    request_deserializer=tocsin_dot_v1_dot_routing__pb2.DeleteHeartbeatMonitorRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_routing__pb2.DeleteHeartbeatMonitorResponse.SerializeToString,
+            ),
+            'PingHeartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.PingHeartbeat,
+                    request_deserializer=tocsin_dot_v1_dot_routing__pb2.PingHeartbeatRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_routing__pb2.PingHeartbeatResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -674,6 +966,33 @@ class IncidentService:
             _registered_method=True)
 
     @staticmethod
+    def PostStatusUpdate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.IncidentService/PostStatusUpdate',
+            tocsin_dot_v1_dot_incidents__pb2.PostStatusUpdateRequest.SerializeToString,
+            tocsin_dot_v1_dot_incidents__pb2.PostStatusUpdateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def AppendTimeline(request,
             target,
             options=(),
@@ -771,6 +1090,438 @@ class IncidentService:
             '/tocsin.v1.IncidentService/WatchIncidents',
             tocsin_dot_v1_dot_incidents__pb2.WatchIncidentsRequest.SerializeToString,
             tocsin_dot_v1_dot_incidents__pb2.WatchIncidentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateMaintenanceWindow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.IncidentService/CreateMaintenanceWindow',
+            tocsin_dot_v1_dot_urgency__pb2.CreateMaintenanceWindowRequest.SerializeToString,
+            tocsin_dot_v1_dot_urgency__pb2.CreateMaintenanceWindowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateMaintenanceWindow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.IncidentService/UpdateMaintenanceWindow',
+            tocsin_dot_v1_dot_urgency__pb2.UpdateMaintenanceWindowRequest.SerializeToString,
+            tocsin_dot_v1_dot_urgency__pb2.UpdateMaintenanceWindowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMaintenanceWindows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.IncidentService/ListMaintenanceWindows',
+            tocsin_dot_v1_dot_urgency__pb2.ListMaintenanceWindowsRequest.SerializeToString,
+            tocsin_dot_v1_dot_urgency__pb2.ListMaintenanceWindowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndMaintenanceWindow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.IncidentService/EndMaintenanceWindow',
+            tocsin_dot_v1_dot_urgency__pb2.EndMaintenanceWindowRequest.SerializeToString,
+            tocsin_dot_v1_dot_urgency__pb2.EndMaintenanceWindowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteMaintenanceWindow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.IncidentService/DeleteMaintenanceWindow',
+            tocsin_dot_v1_dot_urgency__pb2.DeleteMaintenanceWindowRequest.SerializeToString,
+            tocsin_dot_v1_dot_urgency__pb2.DeleteMaintenanceWindowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetEventRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.IncidentService/SetEventRules',
+            tocsin_dot_v1_dot_routing__pb2.SetEventRulesRequest.SerializeToString,
+            tocsin_dot_v1_dot_routing__pb2.SetEventRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEventRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.IncidentService/GetEventRules',
+            tocsin_dot_v1_dot_routing__pb2.GetEventRulesRequest.SerializeToString,
+            tocsin_dot_v1_dot_routing__pb2.GetEventRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEventRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.IncidentService/ListEventRules',
+            tocsin_dot_v1_dot_routing__pb2.ListEventRulesRequest.SerializeToString,
+            tocsin_dot_v1_dot_routing__pb2.ListEventRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSuppressedAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.IncidentService/ListSuppressedAlerts',
+            tocsin_dot_v1_dot_routing__pb2.ListSuppressedAlertsRequest.SerializeToString,
+            tocsin_dot_v1_dot_routing__pb2.ListSuppressedAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MergeIncidents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.IncidentService/MergeIncidents',
+            tocsin_dot_v1_dot_incidents__pb2.MergeIncidentsRequest.SerializeToString,
+            tocsin_dot_v1_dot_incidents__pb2.MergeIncidentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateHeartbeatMonitor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.IncidentService/CreateHeartbeatMonitor',
+            tocsin_dot_v1_dot_routing__pb2.CreateHeartbeatMonitorRequest.SerializeToString,
+            tocsin_dot_v1_dot_routing__pb2.CreateHeartbeatMonitorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateHeartbeatMonitor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.IncidentService/UpdateHeartbeatMonitor',
+            tocsin_dot_v1_dot_routing__pb2.UpdateHeartbeatMonitorRequest.SerializeToString,
+            tocsin_dot_v1_dot_routing__pb2.UpdateHeartbeatMonitorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHeartbeatMonitor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.IncidentService/GetHeartbeatMonitor',
+            tocsin_dot_v1_dot_routing__pb2.GetHeartbeatMonitorRequest.SerializeToString,
+            tocsin_dot_v1_dot_routing__pb2.GetHeartbeatMonitorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHeartbeatMonitors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.IncidentService/ListHeartbeatMonitors',
+            tocsin_dot_v1_dot_routing__pb2.ListHeartbeatMonitorsRequest.SerializeToString,
+            tocsin_dot_v1_dot_routing__pb2.ListHeartbeatMonitorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteHeartbeatMonitor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.IncidentService/DeleteHeartbeatMonitor',
+            tocsin_dot_v1_dot_routing__pb2.DeleteHeartbeatMonitorRequest.SerializeToString,
+            tocsin_dot_v1_dot_routing__pb2.DeleteHeartbeatMonitorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PingHeartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.IncidentService/PingHeartbeat',
+            tocsin_dot_v1_dot_routing__pb2.PingHeartbeatRequest.SerializeToString,
+            tocsin_dot_v1_dot_routing__pb2.PingHeartbeatResponse.FromString,
             options,
             channel_credentials,
             insecure,

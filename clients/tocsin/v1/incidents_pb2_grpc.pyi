@@ -6,6 +6,8 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from tocsin.v1 import incidents_pb2 as _incidents_pb2
+from tocsin.v1 import routing_pb2 as _routing_pb2
+from tocsin.v1 import urgency_pb2 as _urgency_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -71,6 +73,10 @@ class IncidentServiceStub:
     """Hands the incident to a user or an escalation policy; escalation restarts for them."""
     AddNote: _grpc.UnaryUnaryMultiCallable[_incidents_pb2.AddNoteRequest, _incidents_pb2.AddNoteResponse]
     """Adds a note to the timeline."""
+    PostStatusUpdate: _grpc.UnaryUnaryMultiCallable[_incidents_pb2.PostStatusUpdateRequest, _incidents_pb2.PostStatusUpdateResponse]
+    """Posts a status update: a timeline entry and an event that the incident's stakeholder
+    subscribers (WebhookService.Subscribe) receive by email, Slack or webhook.
+    """
     AppendTimeline: _grpc.UnaryUnaryMultiCallable[_incidents_pb2.AppendTimelineRequest, _incidents_pb2.AppendTimelineResponse]
     """Appends a timeline entry written by another tocsin service (escalation, notification)."""
     GetIncident: _grpc.UnaryUnaryMultiCallable[_incidents_pb2.GetIncidentRequest, _incidents_pb2.GetIncidentResponse]
@@ -79,6 +85,38 @@ class IncidentServiceStub:
     """Lists incidents matching filters, newest first."""
     WatchIncidents: _grpc.UnaryStreamMultiCallable[_incidents_pb2.WatchIncidentsRequest, _incidents_pb2.WatchIncidentsResponse]
     """Streams incident events as they happen (optionally from a past position)."""
+    CreateMaintenanceWindow: _grpc.UnaryUnaryMultiCallable[_urgency_pb2.CreateMaintenanceWindowRequest, _urgency_pb2.CreateMaintenanceWindowResponse]
+    """Maintenance windows (urgency.proto). Schedules a maintenance window (or starts one now)."""
+    UpdateMaintenanceWindow: _grpc.UnaryUnaryMultiCallable[_urgency_pb2.UpdateMaintenanceWindowRequest, _urgency_pb2.UpdateMaintenanceWindowResponse]
+    """Replaces a maintenance window (matched by id)."""
+    ListMaintenanceWindows: _grpc.UnaryUnaryMultiCallable[_urgency_pb2.ListMaintenanceWindowsRequest, _urgency_pb2.ListMaintenanceWindowsResponse]
+    """Lists maintenance windows."""
+    EndMaintenanceWindow: _grpc.UnaryUnaryMultiCallable[_urgency_pb2.EndMaintenanceWindowRequest, _urgency_pb2.EndMaintenanceWindowResponse]
+    """Ends the occurrence of a maintenance window in progress now."""
+    DeleteMaintenanceWindow: _grpc.UnaryUnaryMultiCallable[_urgency_pb2.DeleteMaintenanceWindowRequest, _urgency_pb2.DeleteMaintenanceWindowResponse]
+    """Deletes a maintenance window."""
+    SetEventRules: _grpc.UnaryUnaryMultiCallable[_routing_pb2.SetEventRulesRequest, _routing_pb2.SetEventRulesResponse]
+    """Noise control (routing.proto). Replaces the event rules of a service or the global ones."""
+    GetEventRules: _grpc.UnaryUnaryMultiCallable[_routing_pb2.GetEventRulesRequest, _routing_pb2.GetEventRulesResponse]
+    """Returns the event rules of a service or the global ones."""
+    ListEventRules: _grpc.UnaryUnaryMultiCallable[_routing_pb2.ListEventRulesRequest, _routing_pb2.ListEventRulesResponse]
+    """Lists every rule set."""
+    ListSuppressedAlerts: _grpc.UnaryUnaryMultiCallable[_routing_pb2.ListSuppressedAlertsRequest, _routing_pb2.ListSuppressedAlertsResponse]
+    """Lists the alerts event rules suppressed, newest first."""
+    MergeIncidents: _grpc.UnaryUnaryMultiCallable[_incidents_pb2.MergeIncidentsRequest, _incidents_pb2.MergeIncidentsResponse]
+    """Merges two open incidents: B's alerts join A, B is resolved as merged."""
+    CreateHeartbeatMonitor: _grpc.UnaryUnaryMultiCallable[_routing_pb2.CreateHeartbeatMonitorRequest, _routing_pb2.CreateHeartbeatMonitorResponse]
+    """Creates a heartbeat monitor (its timer starts now)."""
+    UpdateHeartbeatMonitor: _grpc.UnaryUnaryMultiCallable[_routing_pb2.UpdateHeartbeatMonitorRequest, _routing_pb2.UpdateHeartbeatMonitorResponse]
+    """Replaces a heartbeat monitor's settings."""
+    GetHeartbeatMonitor: _grpc.UnaryUnaryMultiCallable[_routing_pb2.GetHeartbeatMonitorRequest, _routing_pb2.GetHeartbeatMonitorResponse]
+    """Returns one heartbeat monitor."""
+    ListHeartbeatMonitors: _grpc.UnaryUnaryMultiCallable[_routing_pb2.ListHeartbeatMonitorsRequest, _routing_pb2.ListHeartbeatMonitorsResponse]
+    """Lists heartbeat monitors."""
+    DeleteHeartbeatMonitor: _grpc.UnaryUnaryMultiCallable[_routing_pb2.DeleteHeartbeatMonitorRequest, _routing_pb2.DeleteHeartbeatMonitorResponse]
+    """Deletes a heartbeat monitor and its timer."""
+    PingHeartbeat: _grpc.UnaryUnaryMultiCallable[_routing_pb2.PingHeartbeatRequest, _routing_pb2.PingHeartbeatResponse]
+    """A heartbeat: resets the monitor's timer; ends a missed heartbeat (resolves its incident)."""
 
 @_typing.type_check_only
 class IncidentServiceAsyncStub(IncidentServiceStub):
@@ -123,6 +161,10 @@ class IncidentServiceAsyncStub(IncidentServiceStub):
     """Hands the incident to a user or an escalation policy; escalation restarts for them."""
     AddNote: _aio.UnaryUnaryMultiCallable[_incidents_pb2.AddNoteRequest, _incidents_pb2.AddNoteResponse]  # type: ignore[assignment]
     """Adds a note to the timeline."""
+    PostStatusUpdate: _aio.UnaryUnaryMultiCallable[_incidents_pb2.PostStatusUpdateRequest, _incidents_pb2.PostStatusUpdateResponse]  # type: ignore[assignment]
+    """Posts a status update: a timeline entry and an event that the incident's stakeholder
+    subscribers (WebhookService.Subscribe) receive by email, Slack or webhook.
+    """
     AppendTimeline: _aio.UnaryUnaryMultiCallable[_incidents_pb2.AppendTimelineRequest, _incidents_pb2.AppendTimelineResponse]  # type: ignore[assignment]
     """Appends a timeline entry written by another tocsin service (escalation, notification)."""
     GetIncident: _aio.UnaryUnaryMultiCallable[_incidents_pb2.GetIncidentRequest, _incidents_pb2.GetIncidentResponse]  # type: ignore[assignment]
@@ -131,6 +173,38 @@ class IncidentServiceAsyncStub(IncidentServiceStub):
     """Lists incidents matching filters, newest first."""
     WatchIncidents: _aio.UnaryStreamMultiCallable[_incidents_pb2.WatchIncidentsRequest, _incidents_pb2.WatchIncidentsResponse]  # type: ignore[assignment]
     """Streams incident events as they happen (optionally from a past position)."""
+    CreateMaintenanceWindow: _aio.UnaryUnaryMultiCallable[_urgency_pb2.CreateMaintenanceWindowRequest, _urgency_pb2.CreateMaintenanceWindowResponse]  # type: ignore[assignment]
+    """Maintenance windows (urgency.proto). Schedules a maintenance window (or starts one now)."""
+    UpdateMaintenanceWindow: _aio.UnaryUnaryMultiCallable[_urgency_pb2.UpdateMaintenanceWindowRequest, _urgency_pb2.UpdateMaintenanceWindowResponse]  # type: ignore[assignment]
+    """Replaces a maintenance window (matched by id)."""
+    ListMaintenanceWindows: _aio.UnaryUnaryMultiCallable[_urgency_pb2.ListMaintenanceWindowsRequest, _urgency_pb2.ListMaintenanceWindowsResponse]  # type: ignore[assignment]
+    """Lists maintenance windows."""
+    EndMaintenanceWindow: _aio.UnaryUnaryMultiCallable[_urgency_pb2.EndMaintenanceWindowRequest, _urgency_pb2.EndMaintenanceWindowResponse]  # type: ignore[assignment]
+    """Ends the occurrence of a maintenance window in progress now."""
+    DeleteMaintenanceWindow: _aio.UnaryUnaryMultiCallable[_urgency_pb2.DeleteMaintenanceWindowRequest, _urgency_pb2.DeleteMaintenanceWindowResponse]  # type: ignore[assignment]
+    """Deletes a maintenance window."""
+    SetEventRules: _aio.UnaryUnaryMultiCallable[_routing_pb2.SetEventRulesRequest, _routing_pb2.SetEventRulesResponse]  # type: ignore[assignment]
+    """Noise control (routing.proto). Replaces the event rules of a service or the global ones."""
+    GetEventRules: _aio.UnaryUnaryMultiCallable[_routing_pb2.GetEventRulesRequest, _routing_pb2.GetEventRulesResponse]  # type: ignore[assignment]
+    """Returns the event rules of a service or the global ones."""
+    ListEventRules: _aio.UnaryUnaryMultiCallable[_routing_pb2.ListEventRulesRequest, _routing_pb2.ListEventRulesResponse]  # type: ignore[assignment]
+    """Lists every rule set."""
+    ListSuppressedAlerts: _aio.UnaryUnaryMultiCallable[_routing_pb2.ListSuppressedAlertsRequest, _routing_pb2.ListSuppressedAlertsResponse]  # type: ignore[assignment]
+    """Lists the alerts event rules suppressed, newest first."""
+    MergeIncidents: _aio.UnaryUnaryMultiCallable[_incidents_pb2.MergeIncidentsRequest, _incidents_pb2.MergeIncidentsResponse]  # type: ignore[assignment]
+    """Merges two open incidents: B's alerts join A, B is resolved as merged."""
+    CreateHeartbeatMonitor: _aio.UnaryUnaryMultiCallable[_routing_pb2.CreateHeartbeatMonitorRequest, _routing_pb2.CreateHeartbeatMonitorResponse]  # type: ignore[assignment]
+    """Creates a heartbeat monitor (its timer starts now)."""
+    UpdateHeartbeatMonitor: _aio.UnaryUnaryMultiCallable[_routing_pb2.UpdateHeartbeatMonitorRequest, _routing_pb2.UpdateHeartbeatMonitorResponse]  # type: ignore[assignment]
+    """Replaces a heartbeat monitor's settings."""
+    GetHeartbeatMonitor: _aio.UnaryUnaryMultiCallable[_routing_pb2.GetHeartbeatMonitorRequest, _routing_pb2.GetHeartbeatMonitorResponse]  # type: ignore[assignment]
+    """Returns one heartbeat monitor."""
+    ListHeartbeatMonitors: _aio.UnaryUnaryMultiCallable[_routing_pb2.ListHeartbeatMonitorsRequest, _routing_pb2.ListHeartbeatMonitorsResponse]  # type: ignore[assignment]
+    """Lists heartbeat monitors."""
+    DeleteHeartbeatMonitor: _aio.UnaryUnaryMultiCallable[_routing_pb2.DeleteHeartbeatMonitorRequest, _routing_pb2.DeleteHeartbeatMonitorResponse]  # type: ignore[assignment]
+    """Deletes a heartbeat monitor and its timer."""
+    PingHeartbeat: _aio.UnaryUnaryMultiCallable[_routing_pb2.PingHeartbeatRequest, _routing_pb2.PingHeartbeatResponse]  # type: ignore[assignment]
+    """A heartbeat: resets the monitor's timer; ends a missed heartbeat (resolves its incident)."""
 
 class IncidentServiceServicer(metaclass=_abc_1.ABCMeta):
     """IncidentService owns services (alert sources), incidents, alerts, deduplication and the
@@ -246,6 +320,16 @@ class IncidentServiceServicer(metaclass=_abc_1.ABCMeta):
         """Adds a note to the timeline."""
 
     @_abc_1.abstractmethod
+    def PostStatusUpdate(
+        self,
+        request: _incidents_pb2.PostStatusUpdateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_incidents_pb2.PostStatusUpdateResponse, _abc.Awaitable[_incidents_pb2.PostStatusUpdateResponse]]:
+        """Posts a status update: a timeline entry and an event that the incident's stakeholder
+        subscribers (WebhookService.Subscribe) receive by email, Slack or webhook.
+        """
+
+    @_abc_1.abstractmethod
     def AppendTimeline(
         self,
         request: _incidents_pb2.AppendTimelineRequest,
@@ -276,5 +360,133 @@ class IncidentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_incidents_pb2.WatchIncidentsResponse], _abc.AsyncIterator[_incidents_pb2.WatchIncidentsResponse]]:
         """Streams incident events as they happen (optionally from a past position)."""
+
+    @_abc_1.abstractmethod
+    def CreateMaintenanceWindow(
+        self,
+        request: _urgency_pb2.CreateMaintenanceWindowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_urgency_pb2.CreateMaintenanceWindowResponse, _abc.Awaitable[_urgency_pb2.CreateMaintenanceWindowResponse]]:
+        """Maintenance windows (urgency.proto). Schedules a maintenance window (or starts one now)."""
+
+    @_abc_1.abstractmethod
+    def UpdateMaintenanceWindow(
+        self,
+        request: _urgency_pb2.UpdateMaintenanceWindowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_urgency_pb2.UpdateMaintenanceWindowResponse, _abc.Awaitable[_urgency_pb2.UpdateMaintenanceWindowResponse]]:
+        """Replaces a maintenance window (matched by id)."""
+
+    @_abc_1.abstractmethod
+    def ListMaintenanceWindows(
+        self,
+        request: _urgency_pb2.ListMaintenanceWindowsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_urgency_pb2.ListMaintenanceWindowsResponse, _abc.Awaitable[_urgency_pb2.ListMaintenanceWindowsResponse]]:
+        """Lists maintenance windows."""
+
+    @_abc_1.abstractmethod
+    def EndMaintenanceWindow(
+        self,
+        request: _urgency_pb2.EndMaintenanceWindowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_urgency_pb2.EndMaintenanceWindowResponse, _abc.Awaitable[_urgency_pb2.EndMaintenanceWindowResponse]]:
+        """Ends the occurrence of a maintenance window in progress now."""
+
+    @_abc_1.abstractmethod
+    def DeleteMaintenanceWindow(
+        self,
+        request: _urgency_pb2.DeleteMaintenanceWindowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_urgency_pb2.DeleteMaintenanceWindowResponse, _abc.Awaitable[_urgency_pb2.DeleteMaintenanceWindowResponse]]:
+        """Deletes a maintenance window."""
+
+    @_abc_1.abstractmethod
+    def SetEventRules(
+        self,
+        request: _routing_pb2.SetEventRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_routing_pb2.SetEventRulesResponse, _abc.Awaitable[_routing_pb2.SetEventRulesResponse]]:
+        """Noise control (routing.proto). Replaces the event rules of a service or the global ones."""
+
+    @_abc_1.abstractmethod
+    def GetEventRules(
+        self,
+        request: _routing_pb2.GetEventRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_routing_pb2.GetEventRulesResponse, _abc.Awaitable[_routing_pb2.GetEventRulesResponse]]:
+        """Returns the event rules of a service or the global ones."""
+
+    @_abc_1.abstractmethod
+    def ListEventRules(
+        self,
+        request: _routing_pb2.ListEventRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_routing_pb2.ListEventRulesResponse, _abc.Awaitable[_routing_pb2.ListEventRulesResponse]]:
+        """Lists every rule set."""
+
+    @_abc_1.abstractmethod
+    def ListSuppressedAlerts(
+        self,
+        request: _routing_pb2.ListSuppressedAlertsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_routing_pb2.ListSuppressedAlertsResponse, _abc.Awaitable[_routing_pb2.ListSuppressedAlertsResponse]]:
+        """Lists the alerts event rules suppressed, newest first."""
+
+    @_abc_1.abstractmethod
+    def MergeIncidents(
+        self,
+        request: _incidents_pb2.MergeIncidentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_incidents_pb2.MergeIncidentsResponse, _abc.Awaitable[_incidents_pb2.MergeIncidentsResponse]]:
+        """Merges two open incidents: B's alerts join A, B is resolved as merged."""
+
+    @_abc_1.abstractmethod
+    def CreateHeartbeatMonitor(
+        self,
+        request: _routing_pb2.CreateHeartbeatMonitorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_routing_pb2.CreateHeartbeatMonitorResponse, _abc.Awaitable[_routing_pb2.CreateHeartbeatMonitorResponse]]:
+        """Creates a heartbeat monitor (its timer starts now)."""
+
+    @_abc_1.abstractmethod
+    def UpdateHeartbeatMonitor(
+        self,
+        request: _routing_pb2.UpdateHeartbeatMonitorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_routing_pb2.UpdateHeartbeatMonitorResponse, _abc.Awaitable[_routing_pb2.UpdateHeartbeatMonitorResponse]]:
+        """Replaces a heartbeat monitor's settings."""
+
+    @_abc_1.abstractmethod
+    def GetHeartbeatMonitor(
+        self,
+        request: _routing_pb2.GetHeartbeatMonitorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_routing_pb2.GetHeartbeatMonitorResponse, _abc.Awaitable[_routing_pb2.GetHeartbeatMonitorResponse]]:
+        """Returns one heartbeat monitor."""
+
+    @_abc_1.abstractmethod
+    def ListHeartbeatMonitors(
+        self,
+        request: _routing_pb2.ListHeartbeatMonitorsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_routing_pb2.ListHeartbeatMonitorsResponse, _abc.Awaitable[_routing_pb2.ListHeartbeatMonitorsResponse]]:
+        """Lists heartbeat monitors."""
+
+    @_abc_1.abstractmethod
+    def DeleteHeartbeatMonitor(
+        self,
+        request: _routing_pb2.DeleteHeartbeatMonitorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_routing_pb2.DeleteHeartbeatMonitorResponse, _abc.Awaitable[_routing_pb2.DeleteHeartbeatMonitorResponse]]:
+        """Deletes a heartbeat monitor and its timer."""
+
+    @_abc_1.abstractmethod
+    def PingHeartbeat(
+        self,
+        request: _routing_pb2.PingHeartbeatRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_routing_pb2.PingHeartbeatResponse, _abc.Awaitable[_routing_pb2.PingHeartbeatResponse]]:
+        """A heartbeat: resets the monitor's timer; ends a missed heartbeat (resolves its incident)."""
 
 def add_IncidentServiceServicer_to_server(servicer: IncidentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

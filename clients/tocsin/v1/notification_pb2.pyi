@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from tocsin.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -101,6 +102,34 @@ ATTEMPT_STATUS_SKIPPED: AttemptStatus.ValueType  # 6
 """Skipped because the incident was no longer triggered."""
 Global___AttemptStatus: _TypeAlias = AttemptStatus  # noqa: Y015
 
+class _AttemptKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AttemptKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AttemptKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ATTEMPT_KIND_UNSPECIFIED: _AttemptKind.ValueType  # 0
+    """Not set."""
+    ATTEMPT_KIND_PAGE: _AttemptKind.ValueType  # 1
+    """A page for an incident (a notification rule fired)."""
+    ATTEMPT_KIND_TEST: _AttemptKind.ValueType  # 2
+    """A test page (SendTestPage)."""
+    ATTEMPT_KIND_NOTICE: _AttemptKind.ValueType  # 3
+    """A notice that is no page, e.g. a shift hand-off (SendNotice)."""
+
+class AttemptKind(_AttemptKind, metaclass=_AttemptKindEnumTypeWrapper):
+    """What an attempt was for."""
+
+ATTEMPT_KIND_UNSPECIFIED: AttemptKind.ValueType  # 0
+"""Not set."""
+ATTEMPT_KIND_PAGE: AttemptKind.ValueType  # 1
+"""A page for an incident (a notification rule fired)."""
+ATTEMPT_KIND_TEST: AttemptKind.ValueType  # 2
+"""A test page (SendTestPage)."""
+ATTEMPT_KIND_NOTICE: AttemptKind.ValueType  # 3
+"""A notice that is no page, e.g. a shift hand-off (SendNotice)."""
+Global___AttemptKind: _TypeAlias = AttemptKind  # noqa: Y015
+
 @_typing.final
 class ContactMethod(_message.Message):
     """A way to reach a user."""
@@ -147,8 +176,14 @@ class NotificationRule(_message.Message):
 
     CONTACT_METHOD_ID_FIELD_NUMBER: _builtins.int
     DELAY_FIELD_NUMBER: _builtins.int
+    URGENCY_FIELD_NUMBER: _builtins.int
     contact_method_id: _builtins.str
     """The contact method to use."""
+    urgency: _common_pb2.Urgency.ValueType
+    """The incidents it is for: high (also when unset) or low. A user with no low-urgency
+    rule is paged for low-urgency incidents by their high-urgency rules without the
+    voice calls.
+    """
     @_builtins.property
     def delay(self) -> _duration_pb2.Duration:
         """How long after the cycle starts (0 = at once)."""
@@ -158,10 +193,11 @@ class NotificationRule(_message.Message):
         *,
         contact_method_id: _builtins.str = ...,
         delay: _duration_pb2.Duration | None = ...,
+        urgency: _common_pb2.Urgency.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_method_id", b"contact_method_id", "delay", b"delay"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_method_id", b"contact_method_id", "delay", b"delay", "urgency", b"urgency"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -186,6 +222,9 @@ class Attempt(_message.Message):
     REPLY_CODE_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    PROVIDERS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    NOTICE_KEY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Identifier."""
     incident_id: _builtins.str
@@ -208,6 +247,12 @@ class Attempt(_message.Message):
     """Provider status word as reported (queued, delivered, no-answer, ...)."""
     reply_code: _builtins.str
     """The reply code printed in the message."""
+    kind: Global___AttemptKind.ValueType
+    """A page, a test page or a notice."""
+    notice_key: _builtins.str
+    """A notice's idempotency key (e.g. "handoff/<schedule>/<user>/<shift start ms>/start");
+    empty for pages and test pages.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When it was recorded."""
@@ -215,6 +260,13 @@ class Attempt(_message.Message):
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """When it last changed."""
+
+    @_builtins.property
+    def providers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The phone providers the attempt was handed to, in order, each at most once ("twilio",
+        then the fallback's name after a failover; "console" without credentials): the last
+        one sent it (or is sending it). Empty for channels other than SMS and voice.
+        """
 
     def __init__(
         self,
@@ -232,10 +284,13 @@ class Attempt(_message.Message):
         reply_code: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        providers: _abc.Iterable[_builtins.str] | None = ...,
+        kind: Global___AttemptKind.ValueType = ...,
+        notice_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_method_id", b"contact_method_id", "created_at", b"created_at", "error_code", b"error_code", "id", b"id", "incident_id", b"incident_id", "provider_id", b"provider_id", "provider_status", b"provider_status", "reply_code", b"reply_code", "rule_index", b"rule_index", "status", b"status", "type", b"type", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_method_id", b"contact_method_id", "created_at", b"created_at", "error_code", b"error_code", "id", b"id", "incident_id", b"incident_id", "kind", b"kind", "notice_key", b"notice_key", "provider_id", b"provider_id", "provider_status", b"provider_status", "providers", b"providers", "reply_code", b"reply_code", "rule_index", b"rule_index", "status", b"status", "type", b"type", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -512,6 +567,9 @@ class NotifyRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     TRACEPARENT_FIELD_NUMBER: _builtins.int
     NEXT_LEVEL_AT_FIELD_NUMBER: _builtins.int
+    URGENCY_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    SERVICE_ID_FIELD_NUMBER: _builtins.int
     incident_id: _builtins.str
     """The incident."""
     user_id: _builtins.str
@@ -520,11 +578,26 @@ class NotifyRequest(_message.Message):
     """E.g. "incident/level/loop/user"; a repeat does nothing."""
     traceparent: _builtins.str
     """W3C traceparent of the escalation hop, so sends join the incident's trace."""
+    urgency: _common_pb2.Urgency.ValueType
+    """The incident's urgency: which of the user's rules run (unset: high)."""
+    service_id: _builtins.str
+    """The incident's service (empty: not known). The sender queues pages per service and
+    takes them round robin, so one service's storm of pages does not hold back another
+    service's first pages.
+    """
     @_builtins.property
     def next_level_at(self) -> _timestamp_pb2.Timestamp:
         """When the escalation's next level is due (unset: not known). A send the provider
         refused without processing it (throttled, 5xx) is retried until then or the user's
         next rule, whichever comes first, and for at least a minute.
+        """
+
+    @_builtins.property
+    def channel(self) -> Global___ChannelTarget:
+        """Page a channel (an escalation level's slack_channel / teams_channel target) instead
+        of a person: `user_id` is then the channel's own id (runtime/channeltargets.py:
+        `slack_channel:c024be91l`, `teams_channel:<hash of the URL>`), with one rule that
+        sends at once, recorded like every page.
         """
 
     def __init__(
@@ -535,14 +608,43 @@ class NotifyRequest(_message.Message):
         idempotency_key: _builtins.str = ...,
         traceparent: _builtins.str = ...,
         next_level_at: _timestamp_pb2.Timestamp | None = ...,
+        urgency: _common_pb2.Urgency.ValueType = ...,
+        channel: Global___ChannelTarget | None = ...,
+        service_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["next_level_at", b"next_level_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "next_level_at", b"next_level_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "incident_id", b"incident_id", "next_level_at", b"next_level_at", "traceparent", b"traceparent", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "idempotency_key", b"idempotency_key", "incident_id", b"incident_id", "next_level_at", b"next_level_at", "service_id", b"service_id", "traceparent", b"traceparent", "urgency", b"urgency", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NotifyRequest: _TypeAlias = NotifyRequest  # noqa: Y015
+
+@_typing.final
+class ChannelTarget(_message.Message):
+    """A channel an escalation level pages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    type: Global___ContactMethodType.ValueType
+    """CONTACT_METHOD_TYPE_SLACK (a channel id) or CONTACT_METHOD_TYPE_TEAMS (a webhook URL)."""
+    address: _builtins.str
+    """The channel id or webhook URL."""
+    def __init__(
+        self,
+        *,
+        type: Global___ContactMethodType.ValueType = ...,
+        address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChannelTarget: _TypeAlias = ChannelTarget  # noqa: Y015
 
 @_typing.final
 class NotifyResponse(_message.Message):
@@ -631,16 +733,22 @@ class ListAttemptsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
     incident_id: _builtins.str
-    """The incident."""
+    """The incident (or set `user_id`)."""
+    user_id: _builtins.str
+    """Instead of an incident: the attempts of this user (or channel target id, e.g.
+    "slack_channel:c024be91l") that belong to no incident, their test pages and notices.
+    """
     def __init__(
         self,
         *,
         incident_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["incident_id", b"incident_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incident_id", b"incident_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -715,6 +823,68 @@ class SendTestPageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SendTestPageResponse: _TypeAlias = SendTestPageResponse  # noqa: Y015
+
+@_typing.final
+class SendNoticeRequest(_message.Message):
+    """Request for SendNotice."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The user told (empty when `channel` is set)."""
+    text: _builtins.str
+    """The notice (at most 1000 characters)."""
+    idempotency_key: _builtins.str
+    """One notice per key, ever: a repeat (a timer fired twice, a retry) sends nothing."""
+    @_builtins.property
+    def channel(self) -> Global___ChannelTarget:
+        """A channel told instead of a user (CONTACT_METHOD_TYPE_SLACK: a channel id)."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        channel: Global___ChannelTarget | None = ...,
+        text: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "idempotency_key", b"idempotency_key", "text", b"text", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendNoticeRequest: _TypeAlias = SendNoticeRequest  # noqa: Y015
+
+@_typing.final
+class SendNoticeResponse(_message.Message):
+    """Response for SendNotice."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIRST_FIELD_NUMBER: _builtins.int
+    SENT_FIELD_NUMBER: _builtins.int
+    first: _builtins.bool
+    """False if the key was used before (nothing sent this time)."""
+    sent: _builtins.int
+    """Contact methods (or channels) sent to."""
+    def __init__(
+        self,
+        *,
+        first: _builtins.bool = ...,
+        sent: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first", b"first", "sent", b"sent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendNoticeResponse: _TypeAlias = SendNoticeResponse  # noqa: Y015
 
 @_typing.final
 class HandleIncomingSmsRequest(_message.Message):

@@ -86,6 +86,11 @@ class NotificationServiceStub:
                 request_serializer=tocsin_dot_v1_dot_notification__pb2.SendTestPageRequest.SerializeToString,
                 response_deserializer=tocsin_dot_v1_dot_notification__pb2.SendTestPageResponse.FromString,
                 _registered_method=True)
+        self.SendNotice = channel.unary_unary(
+                '/tocsin.v1.NotificationService/SendNotice',
+                request_serializer=tocsin_dot_v1_dot_notification__pb2.SendNoticeRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_notification__pb2.SendNoticeResponse.FromString,
+                _registered_method=True)
         self.HandleIncomingSms = channel.unary_unary(
                 '/tocsin.v1.NotificationService/HandleIncomingSms',
                 request_serializer=tocsin_dot_v1_dot_notification__pb2.HandleIncomingSmsRequest.SerializeToString,
@@ -182,6 +187,14 @@ class NotificationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendNotice(self, request, context):
+        """Sends a notice (a shift hand-off) to a user's SMS, email and Slack contact methods or
+        to a channel, at most once per idempotency key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def HandleIncomingSms(self, request, context):
         """Handles an incoming SMS (already signature-checked by the gateway).
         """
@@ -257,6 +270,11 @@ def add_NotificationServiceServicer_to_server(servicer, server):
                     servicer.SendTestPage,
                     request_deserializer=tocsin_dot_v1_dot_notification__pb2.SendTestPageRequest.FromString,
                     response_serializer=tocsin_dot_v1_dot_notification__pb2.SendTestPageResponse.SerializeToString,
+            ),
+            'SendNotice': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendNotice,
+                    request_deserializer=tocsin_dot_v1_dot_notification__pb2.SendNoticeRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_notification__pb2.SendNoticeResponse.SerializeToString,
             ),
             'HandleIncomingSms': grpc.unary_unary_rpc_method_handler(
                     servicer.HandleIncomingSms,
@@ -529,6 +547,33 @@ class NotificationService:
             '/tocsin.v1.NotificationService/SendTestPage',
             tocsin_dot_v1_dot_notification__pb2.SendTestPageRequest.SerializeToString,
             tocsin_dot_v1_dot_notification__pb2.SendTestPageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendNotice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.NotificationService/SendNotice',
+            tocsin_dot_v1_dot_notification__pb2.SendNoticeRequest.SerializeToString,
+            tocsin_dot_v1_dot_notification__pb2.SendNoticeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,10 @@ class NotificationServiceStub:
     """Lists the send attempts for an incident, with their delivery state."""
     SendTestPage: _grpc.UnaryUnaryMultiCallable[_notification_pb2.SendTestPageRequest, _notification_pb2.SendTestPageResponse]
     """Sends a test message through each of a user's contact methods."""
+    SendNotice: _grpc.UnaryUnaryMultiCallable[_notification_pb2.SendNoticeRequest, _notification_pb2.SendNoticeResponse]
+    """Sends a notice (a shift hand-off) to a user's SMS, email and Slack contact methods or
+    to a channel, at most once per idempotency key.
+    """
     HandleIncomingSms: _grpc.UnaryUnaryMultiCallable[_notification_pb2.HandleIncomingSmsRequest, _notification_pb2.HandleIncomingSmsResponse]
     """Handles an incoming SMS (already signature-checked by the gateway)."""
     HandleVoiceKeypress: _grpc.UnaryUnaryMultiCallable[_notification_pb2.HandleVoiceKeypressRequest, _notification_pb2.HandleVoiceKeypressResponse]
@@ -101,6 +105,10 @@ class NotificationServiceAsyncStub(NotificationServiceStub):
     """Lists the send attempts for an incident, with their delivery state."""
     SendTestPage: _aio.UnaryUnaryMultiCallable[_notification_pb2.SendTestPageRequest, _notification_pb2.SendTestPageResponse]  # type: ignore[assignment]
     """Sends a test message through each of a user's contact methods."""
+    SendNotice: _aio.UnaryUnaryMultiCallable[_notification_pb2.SendNoticeRequest, _notification_pb2.SendNoticeResponse]  # type: ignore[assignment]
+    """Sends a notice (a shift hand-off) to a user's SMS, email and Slack contact methods or
+    to a channel, at most once per idempotency key.
+    """
     HandleIncomingSms: _aio.UnaryUnaryMultiCallable[_notification_pb2.HandleIncomingSmsRequest, _notification_pb2.HandleIncomingSmsResponse]  # type: ignore[assignment]
     """Handles an incoming SMS (already signature-checked by the gateway)."""
     HandleVoiceKeypress: _aio.UnaryUnaryMultiCallable[_notification_pb2.HandleVoiceKeypressRequest, _notification_pb2.HandleVoiceKeypressResponse]  # type: ignore[assignment]
@@ -193,6 +201,16 @@ class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_notification_pb2.SendTestPageResponse, _abc.Awaitable[_notification_pb2.SendTestPageResponse]]:
         """Sends a test message through each of a user's contact methods."""
+
+    @_abc_1.abstractmethod
+    def SendNotice(
+        self,
+        request: _notification_pb2.SendNoticeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_notification_pb2.SendNoticeResponse, _abc.Awaitable[_notification_pb2.SendNoticeResponse]]:
+        """Sends a notice (a shift hand-off) to a user's SMS, email and Slack contact methods or
+        to a channel, at most once per idempotency key.
+        """
 
     @_abc_1.abstractmethod
     def HandleIncomingSms(

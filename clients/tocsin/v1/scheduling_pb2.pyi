@@ -100,6 +100,7 @@ class User(_message.Message):
     TIME_ZONE_FIELD_NUMBER: _builtins.int
     EMAIL_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
+    HANDOFF_NOTICES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Stable identifier chosen by the operator, e.g. "alice". Lowercase letters, digits, "-", "_", "."."""
     name: _builtins.str
@@ -110,6 +111,13 @@ class User(_message.Message):
     """Optional email address; also what an OpenID Connect sign-in maps to this user."""
     role: _common_pb2.Role.ValueType
     """What the user may do; unspecified means ROLE_RESPONDER."""
+    @_builtins.property
+    def handoff_notices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Shift hand-off notices the user asked for, each at most once: "start" (when a
+        shift of theirs starts), "end" (when it ends), "day_before" (24 hours before it
+        starts); sent by SMS, email and Slack (not calls, not webhooks).
+        """
+
     def __init__(
         self,
         *,
@@ -118,10 +126,11 @@ class User(_message.Message):
         time_zone: _builtins.str = ...,
         email: _builtins.str = ...,
         role: _common_pb2.Role.ValueType = ...,
+        handoff_notices: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "id", b"id", "name", b"name", "role", b"role", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "handoff_notices", b"handoff_notices", "id", b"id", "name", b"name", "role", b"role", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -254,6 +263,7 @@ class Schedule(_message.Message):
     LAYERS_FIELD_NUMBER: _builtins.int
     OVERRIDES_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    ANNOUNCE_SLACK_CHANNEL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Stable identifier, e.g. "primary"."""
     name: _builtins.str
@@ -262,6 +272,8 @@ class Schedule(_message.Message):
     """IANA time zone for local times in layers and restrictions."""
     version: _builtins.int
     """Incremented on every change; pass it back on update for optimistic concurrency (0 = any)."""
+    announce_slack_channel: _builtins.str
+    """A Slack channel id (e.g. C024BE91L) told "now on call: X" at every hand-off; empty: none."""
     @_builtins.property
     def layers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Layer]:
         """Layers, lowest first: where a later layer has someone, it wins."""
@@ -279,10 +291,11 @@ class Schedule(_message.Message):
         layers: _abc.Iterable[Global___Layer] | None = ...,
         overrides: _abc.Iterable[Global___Override] | None = ...,
         version: _builtins.int = ...,
+        announce_slack_channel: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "layers", b"layers", "name", b"name", "overrides", b"overrides", "time_zone", b"time_zone", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["announce_slack_channel", b"announce_slack_channel", "id", b"id", "layers", b"layers", "name", b"name", "overrides", b"overrides", "time_zone", b"time_zone", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -543,6 +556,58 @@ class UpdateUserResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateUserResponse: _TypeAlias = UpdateUserResponse  # noqa: Y015
+
+@_typing.final
+class SetHandoffNoticesRequest(_message.Message):
+    """Request for SetHandoffNotices."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    NOTICES_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The user."""
+    @_builtins.property
+    def notices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """"start", "end", "day_before" (see User.handoff_notices); empty: none."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        notices: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["notices", b"notices", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetHandoffNoticesRequest: _TypeAlias = SetHandoffNoticesRequest  # noqa: Y015
+
+@_typing.final
+class SetHandoffNoticesResponse(_message.Message):
+    """Response for SetHandoffNotices."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user(self) -> Global___User:
+        """The user as stored."""
+
+    def __init__(
+        self,
+        *,
+        user: Global___User | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetHandoffNoticesResponse: _TypeAlias = SetHandoffNoticesResponse  # noqa: Y015
 
 @_typing.final
 class DeleteUserRequest(_message.Message):

@@ -65,6 +65,11 @@ class SchedulingServiceStub:
                 request_serializer=tocsin_dot_v1_dot_scheduling__pb2.DeleteUserRequest.SerializeToString,
                 response_deserializer=tocsin_dot_v1_dot_scheduling__pb2.DeleteUserResponse.FromString,
                 _registered_method=True)
+        self.SetHandoffNotices = channel.unary_unary(
+                '/tocsin.v1.SchedulingService/SetHandoffNotices',
+                request_serializer=tocsin_dot_v1_dot_scheduling__pb2.SetHandoffNoticesRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_scheduling__pb2.SetHandoffNoticesResponse.FromString,
+                _registered_method=True)
         self.CreateSchedule = channel.unary_unary(
                 '/tocsin.v1.SchedulingService/CreateSchedule',
                 request_serializer=tocsin_dot_v1_dot_scheduling__pb2.CreateScheduleRequest.SerializeToString,
@@ -171,6 +176,13 @@ class SchedulingServiceServicer:
 
     def DeleteUser(self, request, context):
         """Deletes a user. FAILED_PRECONDITION while a schedule layer or override names them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetHandoffNotices(self, request, context):
+        """Sets which shift hand-off notices a user gets (a user may set their own).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -294,6 +306,11 @@ def add_SchedulingServiceServicer_to_server(servicer, server):
                     servicer.DeleteUser,
                     request_deserializer=tocsin_dot_v1_dot_scheduling__pb2.DeleteUserRequest.FromString,
                     response_serializer=tocsin_dot_v1_dot_scheduling__pb2.DeleteUserResponse.SerializeToString,
+            ),
+            'SetHandoffNotices': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetHandoffNotices,
+                    request_deserializer=tocsin_dot_v1_dot_scheduling__pb2.SetHandoffNoticesRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_scheduling__pb2.SetHandoffNoticesResponse.SerializeToString,
             ),
             'CreateSchedule': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSchedule,
@@ -502,6 +519,33 @@ class SchedulingService:
             '/tocsin.v1.SchedulingService/DeleteUser',
             tocsin_dot_v1_dot_scheduling__pb2.DeleteUserRequest.SerializeToString,
             tocsin_dot_v1_dot_scheduling__pb2.DeleteUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetHandoffNotices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.SchedulingService/SetHandoffNotices',
+            tocsin_dot_v1_dot_scheduling__pb2.SetHandoffNoticesRequest.SerializeToString,
+            tocsin_dot_v1_dot_scheduling__pb2.SetHandoffNoticesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,8 @@ class SchedulingServiceStub:
     """Replaces a user's name, time zone and email."""
     DeleteUser: _grpc.UnaryUnaryMultiCallable[_scheduling_pb2.DeleteUserRequest, _scheduling_pb2.DeleteUserResponse]
     """Deletes a user. FAILED_PRECONDITION while a schedule layer or override names them."""
+    SetHandoffNotices: _grpc.UnaryUnaryMultiCallable[_scheduling_pb2.SetHandoffNoticesRequest, _scheduling_pb2.SetHandoffNoticesResponse]
+    """Sets which shift hand-off notices a user gets (a user may set their own)."""
     CreateSchedule: _grpc.UnaryUnaryMultiCallable[_scheduling_pb2.CreateScheduleRequest, _scheduling_pb2.CreateScheduleResponse]
     """Creates a schedule with its layers and overrides."""
     GetSchedule: _grpc.UnaryUnaryMultiCallable[_scheduling_pb2.GetScheduleRequest, _scheduling_pb2.GetScheduleResponse]
@@ -97,6 +99,8 @@ class SchedulingServiceAsyncStub(SchedulingServiceStub):
     """Replaces a user's name, time zone and email."""
     DeleteUser: _aio.UnaryUnaryMultiCallable[_scheduling_pb2.DeleteUserRequest, _scheduling_pb2.DeleteUserResponse]  # type: ignore[assignment]
     """Deletes a user. FAILED_PRECONDITION while a schedule layer or override names them."""
+    SetHandoffNotices: _aio.UnaryUnaryMultiCallable[_scheduling_pb2.SetHandoffNoticesRequest, _scheduling_pb2.SetHandoffNoticesResponse]  # type: ignore[assignment]
+    """Sets which shift hand-off notices a user gets (a user may set their own)."""
     CreateSchedule: _aio.UnaryUnaryMultiCallable[_scheduling_pb2.CreateScheduleRequest, _scheduling_pb2.CreateScheduleResponse]  # type: ignore[assignment]
     """Creates a schedule with its layers and overrides."""
     GetSchedule: _aio.UnaryUnaryMultiCallable[_scheduling_pb2.GetScheduleRequest, _scheduling_pb2.GetScheduleResponse]  # type: ignore[assignment]
@@ -172,6 +176,14 @@ class SchedulingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduling_pb2.DeleteUserResponse, _abc.Awaitable[_scheduling_pb2.DeleteUserResponse]]:
         """Deletes a user. FAILED_PRECONDITION while a schedule layer or override names them."""
+
+    @_abc_1.abstractmethod
+    def SetHandoffNotices(
+        self,
+        request: _scheduling_pb2.SetHandoffNoticesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduling_pb2.SetHandoffNoticesResponse, _abc.Awaitable[_scheduling_pb2.SetHandoffNoticesResponse]]:
+        """Sets which shift hand-off notices a user gets (a user may set their own)."""
 
     @_abc_1.abstractmethod
     def CreateSchedule(
