@@ -4,6 +4,7 @@ dead-lettering of an entry that always fails. Standalone and Cluster."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -182,3 +183,81 @@ async def test_a_lane_stuck_on_its_event_does_not_hold_back_another_lane(
     await consumer.drain_once()
     for lane in (1, 2):
         assert (await groups.xpending(stream_key(0, lane), "escalation"))["pending"] == 0
+
+
+async def test_incidents_of_a_lane_are_handled_at_once_each_in_order(
+    groups: RedisClient,
+) -> None:
+    """A consumer with `incidents_at_once` handles different incidents of one lane
+    concurrently and each incident's events in stream order: while the handler of
+    incident 16's first event hangs (a slow Notify), incident 32, later in the same lane,
+    is handled, and 16's next event waits for its first. With one at a time (the default)
+    32 waits behind 16, which is what this guards against."""
+    stuck = asyncio.Event()
+    order: list[tuple[str, int]] = []
+    handled = asyncio.Condition()
+    running: set[str] = set()
+    overlapped: list[str] = []
+
+    async def handler(event: incidents_pb2.IncidentEvent) -> None:
+        incident = event.incident.id
+        if incident in running:
+            overlapped.append(incident)  # two events of one incident at once: a defect
+        running.add(incident)
+        try:
+            if incident == "16" and event.kind == TRIGGERED and not stuck.is_set():
+                await stuck.wait()
+            await asyncio.sleep(0)  # let another event of the incident in, if it could
+            async with handled:
+                order.append((incident, event.kind))
+                handled.notify_all()
+        finally:
+            running.discard(incident)
+
+    async def until_handled(count: int, within_s: float = 10) -> None:
+        async with asyncio.timeout(within_s), handled:
+            await handled.wait_for(lambda: len(order) >= count)
+
+    async def consume(at_once: int) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+        consumer = EventConsumer(
+            groups, "escalation", handler, shards=[0], block_ms=200, incidents_at_once=at_once
+        )
+        stop = asyncio.Event()
+        run = asyncio.create_task(consumer.run(stop))
+        try:
+            await publish(groups, "16", TRIGGERED)
+            await publish(groups, "16", ACKED)
+            await until_handled(0)
+            await asyncio.sleep(0.05)  # 16 is in hand (stuck) before 32 arrives
+            await publish(groups, "32", TRIGGERED)
+            await publish(groups, "48", TRIGGERED)
+            await publish(groups, "32", ACKED)
+            with contextlib.suppress(TimeoutError):
+                await until_handled(3, within_s=1.5)
+            early = list(order)
+            stuck.set()
+            await until_handled(5)
+            await asyncio.sleep(0.3)  # nothing more comes (nothing handled twice)
+            seen = list(order)
+        finally:
+            stop.set()
+            await run
+        await consumer.drain_once()  # acknowledges what was handled before the stop
+        assert (await groups.xpending(stream_key(0), "escalation"))["pending"] == 0
+        return early, seen
+
+    early, seen = await consume(16)
+    assert early == [("32", TRIGGERED), ("48", TRIGGERED), ("32", ACKED)]
+    assert seen[3:] == [("16", TRIGGERED), ("16", ACKED)]
+    assert not overlapped
+    order.clear()
+    stuck.clear()
+    early, seen = await consume(1)
+    assert early == []  # one at a time: the lane waits for 16
+    assert seen == [
+        ("16", TRIGGERED),
+        ("16", ACKED),
+        ("32", TRIGGERED),
+        ("48", TRIGGERED),
+        ("32", ACKED),
+    ]

@@ -7,7 +7,7 @@ import pytest
 
 from tests.scheduling.builders import utc
 from tests.scheduling.reference import rfc5545_by_search
-from tocsin.scheduling.localtime import load_zone, resolve_wall_time, to_utc
+from tocsin.runtime.localtime import load_zone, resolve_wall_time, to_utc
 
 # (zone, first instant of the new offset, offset before, offset after), written by hand
 # from the published rules; the test below checks zoneinfo agrees.

@@ -101,6 +101,7 @@ _E = "/tocsin.v1.EscalationService/"
 _N = "/tocsin.v1.NotificationService/"
 _ID = "/tocsin.v1.IdentityService/"
 _H = "/tocsin.v1.HistoryService/"
+_W = "/tocsin.v1.WebhookService/"
 
 TABLE: Mapping[str, Rule] = {
     # scheduling: the directory and rotations
@@ -109,6 +110,7 @@ TABLE: Mapping[str, Rule] = {
     _S + "ListUsers": READ,
     _S + "UpdateUser": ADMIN,
     _S + "DeleteUser": ADMIN,
+    _S + "SetHandoffNotices": own("field:user_id"),
     _S + "CreateSchedule": ADMIN,
     _S + "GetSchedule": READ,
     _S + "ListSchedules": READ,
@@ -135,9 +137,27 @@ TABLE: Mapping[str, Rule] = {
     _I + "Snooze": RESPOND,
     _I + "Reassign": RESPOND,
     _I + "AddNote": RESPOND,
+    _I + "PostStatusUpdate": RESPOND,
     _I + "AppendTimeline": INTERNAL,
     _I + "GetIncident": READ,
     _I + "ListIncidents": READ,
+    # incidents: noise control (event rules, merging, heartbeat monitors)
+    _I + "SetEventRules": ADMIN,
+    _I + "GetEventRules": READ,
+    _I + "ListEventRules": READ,
+    _I + "ListSuppressedAlerts": READ,
+    _I + "MergeIncidents": RESPOND,
+    _I + "CreateHeartbeatMonitor": ADMIN,
+    _I + "UpdateHeartbeatMonitor": ADMIN,
+    _I + "GetHeartbeatMonitor": READ,
+    _I + "ListHeartbeatMonitors": READ,
+    _I + "DeleteHeartbeatMonitor": ADMIN,
+    _I + "PingHeartbeat": RESPOND,
+    _I + "CreateMaintenanceWindow": RESPOND,
+    _I + "UpdateMaintenanceWindow": RESPOND,
+    _I + "ListMaintenanceWindows": READ,
+    _I + "EndMaintenanceWindow": RESPOND,
+    _I + "DeleteMaintenanceWindow": ADMIN,
     _I + "WatchIncidents": READ,
     # escalation
     _E + "CreatePolicy": ADMIN,
@@ -156,6 +176,7 @@ TABLE: Mapping[str, Rule] = {
     _N + "GetUserNotificationSettings": own("field:user_id", _EVERY_ROLE),
     _N + "SetNotificationRules": own("field:user_id"),
     _N + "Notify": INTERNAL,
+    _N + "SendNotice": INTERNAL,
     _N + "CancelNotifications": INTERNAL,
     _N + "ListAttempts": READ,
     _N + "SendTestPage": own("field:user_id"),
@@ -163,6 +184,16 @@ TABLE: Mapping[str, Rule] = {
     _N + "HandleVoiceKeypress": INTERNAL,
     _N + "HandleDeliveryStatus": INTERNAL,
     _N + "HandleSlackAction": INTERNAL,
+    # webhooks: outgoing webhook subscriptions (configuration, with secrets) and
+    # stakeholder subscriptions (responders add stakeholders to an incident)
+    _W + "PutWebhook": ADMIN,
+    _W + "ListWebhooks": ADMIN,
+    _W + "DeleteWebhook": ADMIN,
+    _W + "TestWebhook": ADMIN,
+    _W + "ListWebhookDeliveries": ADMIN,
+    _W + "Subscribe": RESPOND,
+    _W + "Unsubscribe": RESPOND,
+    _W + "ListSubscriptions": READ,
     # history: the incident archive
     _H + "SearchIncidents": READ,
     _H + "GetArchivedIncident": READ,
@@ -175,9 +206,9 @@ TABLE: Mapping[str, Rule] = {
     _ID + "WhoAmI": READ,
     _ID + "SetPassword": own("field:user_id", _EVERY_ROLE),
     _ID + "IssueToken": INTERNAL,
-    _ID + "CreateApiKey": ADMIN,
-    _ID + "ListApiKeys": ADMIN,
-    _ID + "RevokeApiKey": ADMIN,
+    _ID + "CreateApiKey": own("field:user_id", _EVERY_ROLE),
+    _ID + "ListApiKeys": own("field:user_id", _EVERY_ROLE),
+    _ID + "RevokeApiKey": own("api_key", _EVERY_ROLE),
     _ID + "ListAuditEntries": ADMIN,
     # server reflection: what any caller may learn about the API
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": READ,

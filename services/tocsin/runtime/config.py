@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from email.utils import formataddr, parseaddr
@@ -73,6 +73,38 @@ class TwilioConfig:
     auth_token: str = field(repr=False)
     from_number: str
     base_url: str
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    """When a phone provider counts as down (notification/providers.py CircuitBreaker)."""
+
+    failures: int = 3
+    """TOCSIN_SMS_FAILOVER_AFTER: consecutive provider failures (5xx, no connection, a
+    timeout, refused credentials; not 429) after which pages go to the next provider."""
+    open_for: timedelta = timedelta(seconds=60)
+    """TOCSIN_SMS_FAILOVER_COOLDOWN: how long a provider that keeps failing is skipped;
+    then one page tries it again (a success closes the breaker, a failure reopens it)."""
+
+
+@dataclass(frozen=True)
+class SmsFallbackConfig:
+    """A second SMS/voice provider speaking Twilio's 2010-04-01 API elsewhere (SignalWire's
+    compatible "LaML" API, or another Twilio account) that pages fail over to."""
+
+    name: str
+    """TOCSIN_SMS_FALLBACK_NAME (default `signalwire`): the provider's name on attempts,
+    the timeline and metrics (letters, digits, `-`, `_`; not `twilio`)."""
+    account_sid: str
+    """TOCSIN_SMS_FALLBACK_ACCOUNT_SID: the account (SignalWire: the project id)."""
+    auth_token: str = field(repr=False)
+    """TOCSIN_SMS_FALLBACK_AUTH_TOKEN: its API token; also checks the signatures of its
+    webhooks at the gateway. Never logged."""
+    from_number: str
+    """TOCSIN_SMS_FALLBACK_FROM_NUMBER: the E.164 number pages come from through it."""
+    base_url: str
+    """TOCSIN_SMS_FALLBACK_BASE_URL: where `/2010-04-01/Accounts/...` lives, e.g.
+    `https://example.signalwire.com/api/laml` (required: there is no default host)."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +172,9 @@ class Config:
     """The first address of each service as configured (where it listens by default)."""
     retention: timedelta
     listen_addr: Address | None = None
+    public_url_set: bool = False
+    """TOCSIN_PUBLIC_URL was given (not the default from TOCSIN_HTTP_ADDR): pages then
+    carry a short signed link to the incident's page (tocsin.client.links)."""
     twilio_sends_per_second: float = 1.0
     """Pages per second per channel from our Twilio number; 0 = unlimited (load tests)."""
     number_send_interval: timedelta = timedelta(seconds=2)
@@ -166,6 +201,16 @@ class Config:
     grpc_max_concurrent_streams: int = 1000
     """Calls in flight per client connection to a gRPC server; more wait at the client."""
     max_watch_streams: int = 16
+    webhook_timeout: timedelta = timedelta(seconds=10)
+    """TOCSIN_WEBHOOK_TIMEOUT: how long one delivery to a webhook subscription may take."""
+    webhook_lease: timedelta = timedelta(seconds=60)
+    """TOCSIN_WEBHOOK_LEASE: how long a deliverer holds an incident's queue of a webhook
+    subscription; longer than TOCSIN_WEBHOOK_TIMEOUT (a delivery ends before another
+    process may send the same event), and how soon a killed process's delivery is retried."""
+    sms_fallback: SmsFallbackConfig | None = None
+    """TOCSIN_SMS_FALLBACK_*: the provider SMS and voice pages fail over to (None: none)."""
+    failover: BreakerConfig = field(default_factory=BreakerConfig)
+    """TOCSIN_SMS_FAILOVER_*: when a phone provider counts as down."""
     smtp: SmtpConfig | None = None
     """SMTP for email pages; None = email pages are printed by the console notifier."""
     slack: SlackConfig | None = None
@@ -176,10 +221,16 @@ class Config:
     backlog_max_age: timedelta = timedelta(seconds=60)
     """Past this age of the oldest unhandled incident event, new incidents are refused
     (503 with Retry-After); 0 = never."""
+    backlog_max_events: int = 3000
+    """Past this many unhandled incident events in a service's lane (every shard), its new
+    incidents are refused (503 with Retry-After); 0 = never."""
     """WatchIncidents streams per incidents process (each holds 16 blocking Redis reads)."""
     database_url: str | None = field(default=None, repr=False)
     """The incident archive (TOCSIN_DATABASE_URL): postgresql://... or sqlite:///...; None
     means the SQLite file `history.sqlite3` in data_dir. May carry a password."""
+    archive_retention: timedelta | None = None
+    """TOCSIN_ARCHIVE_RETENTION: the archive deletes incidents resolved longer ago than
+    this (hourly); None (`forever`, the default) = it keeps every incident."""
     report_time_zone: str = "UTC"
     """Zone in which reports count a person's pages by hour when scheduling knows none."""
     tls: TlsSettings | None = None
@@ -278,6 +329,24 @@ def parse_duration_env(value: str, variable: str) -> timedelta:
         return parse_duration(value).as_timedelta()
     except ValueError as error:
         raise ConfigError(f"{variable}: {error}") from error
+
+
+def _archive_retention(env: Mapping[str, str]) -> timedelta | None:
+    """TOCSIN_ARCHIVE_RETENTION: `forever` (or unset) or a duration no shorter than
+    TOCSIN_RETENTION (the archive is what outlives Redis: a shorter one would delete
+    incidents Redis still serves, and the timeline copier would bring them back)."""
+    variable = "TOCSIN_ARCHIVE_RETENTION"
+    value = env.get(variable, "").strip()
+    if value in ("", "forever"):
+        return None
+    kept = parse_duration_env(value, variable)
+    redis_kept = parse_duration_env(env.get("TOCSIN_RETENTION", "90d"), "TOCSIN_RETENTION")
+    if kept < redis_kept:
+        raise ConfigError(
+            f"{variable}={value!r}: expected `forever` or a duration at least "
+            f"TOCSIN_RETENTION ({env.get('TOCSIN_RETENTION', '90d')}), e.g. 1095d"
+        )
+    return kept
 
 
 def _parse_rate(value: str, variable: str) -> float:
@@ -429,15 +498,23 @@ def _allow_insecure(env: Mapping[str, str]) -> bool:
 OIDC_VARIABLES = ("TOCSIN_OIDC_ISSUER", "TOCSIN_OIDC_CLIENT_ID", "TOCSIN_OIDC_CLIENT_SECRET")
 
 
-def _oidc(env: Mapping[str, str]) -> OidcConfig | None:
-    present = [name for name in OIDC_VARIABLES if env.get(name)]
+def _set_together(env: Mapping[str, str], names: Sequence[str]) -> bool:
+    """Whether the group of variables `names` is set: all of them (True) or none (False);
+    some but not all is a ConfigError naming the missing ones."""
+    present = [n for n in names if env.get(n)]
     if not present:
+        return False
+    missing = [n for n in names if not env.get(n)]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} must be set together with {', '.join(present)}")
+    return True
+
+
+def _oidc(env: Mapping[str, str]) -> OidcConfig | None:
+    if not _set_together(env, OIDC_VARIABLES):
         if env.get("TOCSIN_OIDC_CLAIM"):
             raise ConfigError("TOCSIN_OIDC_CLAIM is set without TOCSIN_OIDC_ISSUER")
         return None
-    missing = [name for name in OIDC_VARIABLES if not env.get(name)]
-    if missing:
-        raise ConfigError(f"{', '.join(missing)} must be set together with {', '.join(present)}")
     issuer = env["TOCSIN_OIDC_ISSUER"].strip()
     parts = urlsplit(issuer)
     loopback = parts.hostname is not None and Address(parts.hostname, 0).is_loopback
@@ -471,12 +548,8 @@ def _parse_metrics_addr(value: str | None) -> tuple[bool, Address | None]:
 
 def _twilio(env: Mapping[str, str]) -> TwilioConfig | None:
     names = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_FROM_NUMBER")
-    present = [n for n in names if env.get(n)]
-    if not present:
+    if not _set_together(env, names):
         return None
-    missing = [n for n in names if not env.get(n)]
-    if missing:
-        raise ConfigError(f"{', '.join(missing)} must be set together with {', '.join(present)}")
     sid = env["TWILIO_ACCOUNT_SID"]
     if not re.fullmatch(r"AC[0-9a-fA-F]{32}", sid):
         raise ConfigError("TWILIO_ACCOUNT_SID: expected AC followed by 32 hex digits")
@@ -489,6 +562,45 @@ def _twilio(env: Mapping[str, str]) -> TwilioConfig | None:
         ("http", "https"),
     )
     return TwilioConfig(sid, env["TWILIO_AUTH_TOKEN"], from_number, base)
+
+
+def _sms_fallback(env: Mapping[str, str], twilio: TwilioConfig | None) -> SmsFallbackConfig | None:
+    sid_var, token_var = "TOCSIN_SMS_FALLBACK_ACCOUNT_SID", "TOCSIN_SMS_FALLBACK_AUTH_TOKEN"
+    from_var, base_var = "TOCSIN_SMS_FALLBACK_FROM_NUMBER", "TOCSIN_SMS_FALLBACK_BASE_URL"
+    names = [sid_var, token_var, from_var, base_var]
+    if not _set_together(env, names):
+        return None
+    if twilio is None:
+        raise ConfigError(
+            "TOCSIN_SMS_FALLBACK_*: a fallback provider needs the first one "
+            "(TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_FROM_NUMBER)"
+        )
+    name = env.get("TOCSIN_SMS_FALLBACK_NAME", "signalwire").strip()
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", name) or name == "twilio":
+        raise ConfigError(
+            f"TOCSIN_SMS_FALLBACK_NAME={name!r}: expected a word of letters, digits, - or _ "
+            "(not twilio)"
+        )
+    sid = env[sid_var]
+    if not re.fullmatch(r"[A-Za-z0-9-]{8,64}", sid):
+        raise ConfigError(f"{sid_var}: expected an account or project id")
+    from_number = env[from_var]
+    if not re.fullmatch(r"\+[1-9]\d{6,14}", from_number):
+        raise ConfigError(f"{from_var}: expected an E.164 number like +15005550006")
+    base = _parse_url(env[base_var], base_var, ("http", "https"))
+    return SmsFallbackConfig(name, sid, env[token_var], from_number, base)
+
+
+def _failover(env: Mapping[str, str]) -> BreakerConfig:
+    failures = _parse_positive_count(
+        env.get("TOCSIN_SMS_FAILOVER_AFTER", "3"), "TOCSIN_SMS_FAILOVER_AFTER"
+    )
+    return BreakerConfig(
+        failures=failures,
+        open_for=_parse_timeout(
+            env.get("TOCSIN_SMS_FAILOVER_COOLDOWN", "60s"), "TOCSIN_SMS_FAILOVER_COOLDOWN"
+        ),
+    )
 
 
 _STARTTLS = ("auto", "require", "off")
@@ -559,12 +671,8 @@ MIN_WEBHOOK_SECRET_CHARS = 16
 
 def _slack(env: Mapping[str, str]) -> SlackConfig | None:
     names = ("TOCSIN_SLACK_BOT_TOKEN", "TOCSIN_SLACK_SIGNING_SECRET")
-    present = [n for n in names if env.get(n)]
-    if not present:
+    if not _set_together(env, names):
         return None
-    missing = [n for n in names if not env.get(n)]
-    if missing:
-        raise ConfigError(f"{', '.join(missing)} must be set together with {', '.join(present)}")
     token = _parse_token(env["TOCSIN_SLACK_BOT_TOKEN"], "TOCSIN_SLACK_BOT_TOKEN")
     secret = _parse_token(env["TOCSIN_SLACK_SIGNING_SECRET"], "TOCSIN_SLACK_SIGNING_SECRET")
     assert token is not None and secret is not None
@@ -608,6 +716,13 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     listen = env.get("TOCSIN_LISTEN_ADDR")
     metrics_enabled, metrics_addr = _parse_metrics_addr(env.get("TOCSIN_METRICS_ADDR"))
     metrics_token = _parse_token(env.get("TOCSIN_METRICS_TOKEN", ""), "TOCSIN_METRICS_TOKEN")
+    twilio = _twilio(env)
+    webhook_timeout = _parse_timeout(
+        env.get("TOCSIN_WEBHOOK_TIMEOUT", "10s"), "TOCSIN_WEBHOOK_TIMEOUT"
+    )
+    webhook_lease = _parse_timeout(env.get("TOCSIN_WEBHOOK_LEASE", "60s"), "TOCSIN_WEBHOOK_LEASE")
+    if webhook_lease <= webhook_timeout:
+        raise ConfigError("TOCSIN_WEBHOOK_LEASE must be longer than TOCSIN_WEBHOOK_TIMEOUT")
     return Config(
         metrics_addr=metrics_addr,
         metrics_enabled=metrics_enabled,
@@ -616,9 +731,12 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         data_dir=Path(env.get("TOCSIN_DATA_DIR", ".tocsin")).absolute(),
         http_addr=http_addr,
         public_url=public_url,
+        public_url_set="TOCSIN_PUBLIC_URL" in env,
         api_token=_parse_token(env.get("TOCSIN_API_TOKEN", ""), "TOCSIN_API_TOKEN"),
         service_token=_parse_token(env.get("TOCSIN_SERVICE_TOKEN", ""), "TOCSIN_SERVICE_TOKEN"),
-        twilio=_twilio(env),
+        twilio=twilio,
+        sms_fallback=_sms_fallback(env, twilio),
+        failover=_failover(env),
         smtp=_smtp(env),
         slack=_slack(env),
         webhook_secret=_webhook_secret(env.get("TOCSIN_WEBHOOK_SECRET", "")),
@@ -651,6 +769,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         http_keepalive_timeout=_parse_timeout(
             env.get("TOCSIN_HTTP_KEEPALIVE_TIMEOUT", "5s"), "TOCSIN_HTTP_KEEPALIVE_TIMEOUT"
         ),
+        webhook_timeout=webhook_timeout,
+        webhook_lease=webhook_lease,
         http_max_connections=_parse_positive_count(
             env.get("TOCSIN_HTTP_MAX_CONNECTIONS", "1000"), "TOCSIN_HTTP_MAX_CONNECTIONS"
         ),
@@ -664,9 +784,13 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         backlog_max_age=_parse_interval(
             env.get("TOCSIN_BACKLOG_MAX_AGE", "60s"), "TOCSIN_BACKLOG_MAX_AGE"
         ),
+        backlog_max_events=_parse_count(
+            env.get("TOCSIN_BACKLOG_MAX_EVENTS", "3000"), "TOCSIN_BACKLOG_MAX_EVENTS"
+        ),
         database_url=_parse_database_url(env["TOCSIN_DATABASE_URL"], "TOCSIN_DATABASE_URL")
         if env.get("TOCSIN_DATABASE_URL")
         else None,
+        archive_retention=_archive_retention(env),
         report_time_zone=_parse_zone(
             env.get("TOCSIN_REPORT_TIME_ZONE", "UTC"), "TOCSIN_REPORT_TIME_ZONE"
         ),

@@ -106,6 +106,26 @@ class BacklogTooOld(Unavailable):
         )
 
 
+BACKLOG_TOO_LONG = "BACKLOG_TOO_LONG"
+"""`google.rpc.ErrorInfo` reason of `BacklogTooLong`."""
+
+
+class BacklogTooLong(Unavailable):
+    """Backpressure: more incident events wait in a lane than TOCSIN_BACKLOG_MAX_EVENTS,
+    so an alert that would open a new incident there is refused (retry later); nothing
+    written."""
+
+    reason = BACKLOG_TOO_LONG
+
+    def __init__(self, entries: int, max_entries: int) -> None:
+        super().__init__(
+            f"tocsin is behind: {entries} incident events wait to be handled in this "
+            f"service's lane (over TOCSIN_BACKLOG_MAX_EVENTS={max_entries}), so new "
+            "incidents are refused until it catches up; alerts for open incidents, "
+            "acknowledgements and resolves are accepted; retry later"
+        )
+
+
 def domain_error(error: Exception) -> TocsinError | None:
     """The `TocsinError` a lower-level error stands for, or None (a bug: let it surface).
 

@@ -17,6 +17,13 @@ it is empty; the shard's loop meanwhile waits, in a blocking XREADGROUP, on the 
 worker has, so an event on a quiet lane is read at once and handled beside a storm's
 backlog rather than behind it (README, Design: "Fair scheduling").
 
+Within a lane, a consumer built with `incidents_at_once` > 1 (escalation's) handles
+different incidents concurrently, up to that many at once, and each incident's events
+strictly one after another in stream order: an event waits only for the earlier events of
+its own incident, never for another incident's calls, so a burst in one shard does not
+wait for its earlier incidents' pages. Acknowledging stays per entry, after its handler
+succeeded, so a crash still means the unacknowledged entries are redone.
+
 Each consumer group (escalation, notification) reads every shard with one XREADGROUP
 over its idle lanes (and one per lane from its worker), handles each lane's entries in
 order, and XACKs them (one XACK per lane, at most every `refill_ms`) only after its
@@ -70,6 +77,9 @@ STREAM_MAXLEN = 20_000
 auditor re-arms anything an unusually long outage let them miss."""
 CONSUMER_GROUPS = ("escalation", "notification")
 """Groups the producer creates before its first XADD, so no consumer misses an event."""
+OUTBOUND_GROUPS = ("webhooks",)
+"""Groups the producer creates too, but whose lag never holds back ingest (the backlog
+check reads CONSUMER_GROUPS only): outgoing webhooks must never slow paging."""
 
 _IN_PLACE_RETRY_S = (0.05, 0.2, 0.5, 1.0)
 
@@ -150,6 +160,7 @@ class EventConsumer:
         claim_idle_ms: int = 10_000,
         max_deliveries: int = 10,
         start_id: str = "$",
+        incidents_at_once: int = 1,
     ) -> None:
         self.redis = redis
         self.group = group
@@ -171,6 +182,9 @@ class EventConsumer:
         self.start_id = start_id
         """Where a group this consumer creates starts: "$" (the end) for groups the
         producer also creates, "0" (everything retained) for a late joiner (history)."""
+        self.incidents_at_once = incidents_at_once
+        """Different incidents of one lane handled at once (each incident's events in
+        order); 1 handles a lane's entries strictly one after another."""
         self._labels = {"stream": STREAM_NAME, "group": group}
         EVENTS_HANDLED.add(0, self._labels)  # the series exist (at 0) before any event
         DEAD_LETTERED.add(0, self._labels)
@@ -273,6 +287,9 @@ class EventConsumer:
     async def _work(self, lanes: _Lanes, key: str) -> None:
         """Handle lane `key`'s entries in order, reading the lane again when they run out,
         until it is empty."""
+        if self.incidents_at_once > 1:
+            await self._work_by_incident(lanes, key)
+            return
         while True:
             while (entry := lanes.take(key)) is not None:
                 entry_id, fields = entry
@@ -280,7 +297,7 @@ class EventConsumer:
                     if await self._handle(entry_id, fields):
                         lanes.done(key, entry_id)
                 finally:
-                    lanes.finished(key)
+                    lanes.finished(entry_id)
             reply: Any = await self.redis.xreadgroup(
                 self.group, self.consumer, {key: ">"}, count=self.batch, block=None
             )
@@ -288,6 +305,73 @@ class EventConsumer:
             if not entries:
                 return
             lanes.add(key, entries)
+
+    async def _work_by_incident(self, lanes: _Lanes, key: str) -> None:
+        """Lane `key`'s entries, different incidents concurrently (at most
+        `incidents_at_once` at a time), each incident's in stream order: an entry's task
+        waits for its incident's previous entry's task. While some run and the lane holds
+        nothing, the lane is read blocking (`refill_ms`), so a new incident's event is
+        taken at once, not after the slow calls of the incidents in hand. Returns when
+        nothing runs and the lane is empty."""
+        tails: dict[str, asyncio.Task[None]] = {}
+        """Per incident, the task of its last entry taken (while it runs)."""
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                tasks = {task for task in tasks if not task.done()}
+                tails = {incident: task for incident, task in tails.items() if not task.done()}
+                while (
+                    len(tails) < self.incidents_at_once and (entry := lanes.take(key)) is not None
+                ):
+                    entry_id, fields = entry
+                    event = self._decode(entry_id, fields)
+                    incident = (
+                        event.incident.id if isinstance(event, incidents_pb2.IncidentEvent) else ""
+                    )
+                    task = asyncio.get_running_loop().create_task(
+                        self._handle_after(tails.get(incident), lanes, key, entry_id, event)
+                    )
+                    tails[incident] = task
+                    tasks.add(task)
+                if len(tails) >= self.incidents_at_once:
+                    await asyncio.wait(tails.values(), return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                reply: Any = await self.redis.xreadgroup(
+                    self.group,
+                    self.consumer,
+                    {key: ">"},
+                    count=self.batch,
+                    block=self.refill_ms if tasks else None,
+                )
+                entries = reply[0][1] if reply else []
+                if entries:
+                    lanes.add(key, entries)
+                elif not tasks:
+                    return
+        except asyncio.CancelledError:
+            for task in tasks:
+                task.cancel()
+            raise
+        finally:
+            # a failed read: the incidents in hand finish (and are acknowledged) first
+            if tasks:
+                await asyncio.wait(tasks)
+
+    async def _handle_after(
+        self,
+        before: asyncio.Task[None] | None,
+        lanes: _Lanes,
+        key: str,
+        entry_id: bytes,
+        event: incidents_pb2.IncidentEvent | bool,
+    ) -> None:
+        try:
+            if before is not None:
+                await asyncio.wait([before])  # its incident's previous entry, done first
+            if await self._handle_event(entry_id, event):
+                lanes.done(key, entry_id)
+        finally:
+            lanes.finished(entry_id)
 
     async def _fill(self, lanes: _Lanes, block_ms: int | None, *, pending: bool) -> int:
         """One XREADGROUP over the lanes holding nothing ("0": this consumer's own pending
@@ -383,16 +467,29 @@ class EventConsumer:
     async def _handle(self, entry_id: bytes, fields: dict[bytes, bytes] | None) -> bool:
         """Run the handler, retrying in place (keeping the shard's order) a few times;
         whether the entry is done (handled, or trimmed away while pending)."""
+        return await self._handle_event(entry_id, self._decode(entry_id, fields))
+
+    def _decode(
+        self, entry_id: bytes, fields: dict[bytes, bytes] | None
+    ) -> incidents_pb2.IncidentEvent | bool:
+        """The entry's event; True for an entry trimmed away while pending (done), False
+        for one that cannot be decoded (left pending: XAUTOCLAIM dead-letters it after
+        max_deliveries, and it never fails the reads of the entries around it)."""
         if not fields:
             return True
         try:
             event = incidents_pb2.IncidentEvent.FromString(fields[EVENT_FIELD])
         except (KeyError, DecodeError):
-            # Left pending: XAUTOCLAIM dead-letters it after max_deliveries, and it never
-            # fails the reads of the entries around it.
             log.error("%s: event %s cannot be decoded", self.group, entry_id.decode())
             return False
         event.event_id = entry_id.decode()
+        return event
+
+    async def _handle_event(
+        self, entry_id: bytes, event: incidents_pb2.IncidentEvent | bool
+    ) -> bool:
+        if isinstance(event, bool):
+            return event
         for delay in (*_IN_PLACE_RETRY_S, None):
             try:
                 await self.handler(event)
@@ -416,7 +513,7 @@ Entry = tuple[bytes, dict[bytes, bytes] | None]
 
 class _Lanes:
     """What a consumer holds of one shard: per lane, the entries read and not handled yet
-    (in stream order), the one being handled, those handled and not acknowledged yet, and
+    (in stream order), those being handled, those handled and not acknowledged yet, and
     the lane's worker task while it runs."""
 
     def __init__(self, shard: int) -> None:
@@ -424,7 +521,7 @@ class _Lanes:
         self.keys = shard_streams(shard)
         self._queues: dict[str, deque[Entry]] = {key: deque() for key in self.keys}
         self._done: dict[str, list[bytes]] = {key: [] for key in self.keys}
-        self._handling: dict[str, bytes] = {}
+        self._handling: set[bytes] = set()
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._turn = 0
 
@@ -471,11 +568,11 @@ class _Lanes:
         if not queue:
             return None
         entry = queue.popleft()
-        self._handling[key] = entry[0]
+        self._handling.add(entry[0])
         return entry
 
-    def finished(self, key: str) -> None:
-        self._handling.pop(key, None)
+    def finished(self, entry_id: bytes) -> None:
+        self._handling.discard(entry_id)
 
     def add(self, key: str, entries: list[Entry]) -> None:
         self._queues[key].extend(entries)
@@ -500,10 +597,10 @@ class _Lanes:
     def oldest_ms(self) -> int | None:
         """The stream time (ms) of the oldest entry held (queued or being handled)."""
         heads = [queue[0][0] for queue in self._queues.values() if queue]
-        heads += self._handling.values()
+        heads += self._handling
         return min(int(entry_id.split(b"-")[0]) for entry_id in heads) if heads else None
 
     def held_ids(self) -> frozenset[bytes]:
         """Entries this consumer holds: read and not handled yet, or being handled."""
         queued = (entry_id for queue in self._queues.values() for entry_id, _ in queue)
-        return frozenset((*queued, *self._handling.values()))
+        return frozenset((*queued, *self._handling))

@@ -91,6 +91,10 @@ DEAD_LETTERED = _meter.create_counter(
     "tocsin.consumer.dead_lettered",
     description="Stream events a consumer group gave up on (moved to the dead-letter stream)",
 )
+WEBHOOK_DELIVERIES = _meter.create_counter(
+    "tocsin.webhook.deliveries",
+    description="Delivery attempts to webhook and stakeholder subscriptions, by outcome",
+)
 GRPC_DURATION = _meter.create_histogram(
     "tocsin.grpc.server.duration",
     unit="s",

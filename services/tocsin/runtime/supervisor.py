@@ -243,6 +243,24 @@ class Stack:
         self.endpoints_file.unlink(missing_ok=True)
 
 
+def _console_sign_in(stack: Stack, endpoints: Endpoints) -> None:
+    """On a laptop, once the stack is healthy (however long that takes): the web console's
+    `admin` user and password (console/laptop.py), tried a few times."""
+    from tocsin.console.laptop import ensure_console_admin
+
+    for attempt in range(5):
+        while not stack.wait_healthy(timeout_s=30.0):
+            if stack.stop_requested.is_set():
+                return
+        try:
+            ensure_console_admin(stack.config, endpoints, stack.echo)
+            return
+        except Exception as error:  # the stack runs on; only the console sign-in is missing
+            log.warning("could not set up the console's admin sign-in: %s", type(error).__name__)
+            if stack.stop_requested.wait(2.0 * (attempt + 1)):
+                return
+
+
 def run_up(config: Config) -> int:
     stack = Stack(config)
 
@@ -252,8 +270,12 @@ def run_up(config: Config) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        stack.start()
+        endpoints = stack.start()
         started = time.monotonic()
+        if not config.api_token:
+            threading.Thread(
+                target=_console_sign_in, args=(stack, endpoints), name="console admin", daemon=True
+            ).start()
         if stack.wait_healthy():
             stack.echo(
                 f"ready        in {time.monotonic() - started:.1f}s; Ctrl-C stops everything"

@@ -137,13 +137,21 @@ class TimerStore:
         clock: Clock,
         shards: int = DEFAULT_SHARDS,
         namespace: str = "",
+        *,
+        hash_tag: str = "",
     ) -> None:
+        """`hash_tag` (one shard only): keep the timers under that tag, e.g. '{sched}', so a
+        script can check its owner's keys and arm a timer in one step
+        (`tocsin:{sched}:handoff:timers` ...)."""
         if shards < 1:
             raise ValueError("shards must be at least 1")
+        if hash_tag and shards != 1:
+            raise ValueError("a hash_tag holds one shard")
         self.redis = redis
         self.clock = clock
         self.shards = shards
         self.namespace = namespace
+        self.hash_tag = hash_tag
         self._arm = LuaScript(redis, "timer arm", TIMER_LUA, body=_ARM)
         self._cancel = LuaScript(redis, "timer cancel", TIMER_LUA, body=_CANCEL)
         self._complete = LuaScript(redis, "timer complete", TIMER_LUA, body=_COMPLETE)
@@ -153,6 +161,16 @@ class TimerStore:
         self._reap = LuaScript(redis, "timer reap", TIMER_LUA, body=_REAP)
         self._next_wake = LuaScript(redis, "timer next wake", TIMER_LUA, body=_NEXT_WAKE)
         self._pending = LuaScript(redis, "timers pending", body=_PENDING)
+
+    def tag(self, shard: int) -> str:
+        """What the Lua library builds `shard`'s keys from (pass it as a script's `tag`)."""
+        if self.hash_tag:
+            return f"{self.hash_tag}:{self.namespace}" if self.namespace else self.hash_tag
+        return timer_tag(shard, self.namespace)
+
+    def keys(self, shard: int) -> list[str]:
+        """Every key of `shard`, to declare in a script's KEYS (as `timer_keys`)."""
+        return [f"tocsin:{self.tag(shard)}:{name}" for name in _KEY_NAMES]
 
     def shard_for(self, timer_id: str, shard: int | None = None) -> int:
         """`shard` if given (and valid), else the shard of `timer_id`."""
@@ -222,7 +240,7 @@ class TimerStore:
     async def pending_count(self, shard: int) -> int:
         """Timers of `shard` armed and not yet completed or cancelled (waiting or in flight)."""
         self._check_shard(shard)
-        return int(await self._pending(timer_keys(shard, self.namespace)[:2]))
+        return int(await self._pending(self.keys(shard)[:2]))
 
     async def next_due_ms(self, shard: int) -> int | None:
         """When a claim on `shard` could next return a timer (a due time or lease end)."""
@@ -230,8 +248,7 @@ class TimerStore:
         return _optional_ms(await self._run(self._next_wake, shard))
 
     async def _run(self, script: LuaScript, shard: int, **args: EncodableT) -> Any:
-        keys = timer_keys(shard, self.namespace)
-        return await script(keys, tag=timer_tag(shard, self.namespace), **args)
+        return await script(self.keys(shard), tag=self.tag(shard), **args)
 
     def _check_shard(self, shard: int) -> None:
         if not 0 <= shard < self.shards:

@@ -5,9 +5,9 @@ The pure domain lives here; `store`, `servicer` and `server` add Redis and gRPC.
 
 from tocsin.runtime.durations import Duration, parse_duration
 from tocsin.runtime.errors import FieldViolation, InvalidArgument
+from tocsin.runtime.localtime import resolve_wall_time
 from tocsin.scheduling.domain import final_shifts, shift_at, user_shifts, who_is_on_call
 from tocsin.scheduling.ical import schedule_calendar, shift_uid, user_calendar
-from tocsin.scheduling.localtime import resolve_wall_time
 from tocsin.scheduling.model import (
     WEEKDAYS,
     Layer,

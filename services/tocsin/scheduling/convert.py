@@ -6,13 +6,14 @@ Parsing errors become field violations named by their path in the message, so
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tocsin.runtime.durations import parse_duration
 from tocsin.runtime.errors import FieldViolation, InvalidArgument
-from tocsin.scheduling.model import Layer, Override, Restriction, Schedule, Shift, ShiftSource
+from tocsin.runtime.windows import restriction_from_proto
+from tocsin.scheduling.model import Layer, Override, Schedule, Shift, ShiftSource
 from tocsin.v1 import scheduling_pb2
 
 
@@ -47,7 +48,7 @@ def parse_schedule(
     overrides = tuple(
         _override(o, f"{path}overrides[{i}]", violations) for i, o in enumerate(msg.overrides)
     )
-    return Schedule(msg.id, msg.name, msg.time_zone, layers, overrides), violations
+    return Schedule(msg.id, msg.name, msg.time_zone, layers, overrides, msg.version), violations
 
 
 def _layer(msg: scheduling_pb2.Layer, path: str, violations: list[FieldViolation]) -> Layer:
@@ -66,29 +67,10 @@ def _layer(msg: scheduling_pb2.Layer, path: str, violations: list[FieldViolation
     except ValueError as error:
         violations.append(FieldViolation(f"{path}.rotation_length", str(error)))
     restrictions = tuple(
-        _restriction(r, f"{path}.restrictions[{i}]", violations)
+        restriction_from_proto(r, f"{path}.restrictions[{i}]", violations)
         for i, r in enumerate(msg.restrictions)
     )
     return Layer(msg.name, start, length, tuple(msg.user_ids), restrictions)
-
-
-def _restriction(
-    msg: scheduling_pb2.Restriction, path: str, violations: list[FieldViolation]
-) -> Restriction:
-    days: set[int] = set()
-    for i, day in enumerate(msg.days):
-        if day == scheduling_pb2.WEEKDAY_UNSPECIFIED or day not in scheduling_pb2.Weekday.values():
-            violations.append(FieldViolation(f"{path}.days[{i}]", "must be a day of the week"))
-        else:
-            days.add(int(day) - 1)
-    bounds = []
-    for field, text in (("from", getattr(msg, "from")), ("to", msg.to)):
-        try:
-            bounds.append(time.fromisoformat(text))
-        except ValueError:
-            violations.append(FieldViolation(f"{path}.{field}", f"expected HH:MM, got {text!r}"))
-            bounds.append(time(0))
-    return Restriction(frozenset(days), bounds[0], bounds[1])
 
 
 def _override(

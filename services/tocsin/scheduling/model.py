@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, time
+from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
 from tocsin.runtime.durations import Duration
+from tocsin.runtime.windows import Restriction
 
 if TYPE_CHECKING:
     from tocsin.scheduling.plan import SchedulePlan
@@ -31,17 +32,6 @@ def parse_weekdays(names: Iterable[str]) -> frozenset[int]:
             raise ValueError(f"unknown day {name!r}; use mon, tue, wed, thu, fri, sat or sun")
         days.add(WEEKDAYS.index(key))
     return frozenset(days)
-
-
-@dataclass(frozen=True)
-class Restriction:
-    """A window of local wall time in which a layer is active, on each of `days`
-    (0 = Monday). A window whose `end` is at or before its `start` crosses midnight and
-    belongs to the day it starts on; `start == end` is a whole day, start to start."""
-
-    days: frozenset[int]
-    start: time
-    end: time
 
 
 @dataclass(frozen=True)
@@ -77,6 +67,8 @@ class Schedule:
     time_zone: str
     layers: tuple[Layer, ...] = ()
     overrides: tuple[Override, ...] = ()
+    version: int = 0
+    """The stored version this was compiled from (0: not stored)."""
 
     @cached_property
     def plan(self) -> SchedulePlan:

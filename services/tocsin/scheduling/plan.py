@@ -13,7 +13,8 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from tocsin.runtime.errors import InvalidArgument
-from tocsin.scheduling.localtime import load_zone, to_utc
+from tocsin.runtime.localtime import load_zone, to_utc
+from tocsin.runtime.windows import ActiveWindows, Interval
 from tocsin.scheduling.model import (
     Layer,
     OnCall,
@@ -24,7 +25,6 @@ from tocsin.scheduling.model import (
 from tocsin.scheduling.rotation import Rotation
 from tocsin.scheduling.timeline import Segment, merge_by_user, top_segments
 from tocsin.scheduling.validation import validate_schedule
-from tocsin.scheduling.windows import ActiveWindows, Interval
 
 
 class LayerPlan:

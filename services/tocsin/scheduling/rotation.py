@@ -15,7 +15,7 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from tocsin.runtime.durations import Duration
-from tocsin.scheduling.localtime import resolve_wall_time, to_utc, wall_time
+from tocsin.runtime.localtime import resolve_wall_time, to_utc, wall_time
 
 
 class Rotation:

@@ -16,6 +16,7 @@ from tocsin.runtime.config import Address
 from tocsin.runtime.errors import NotFound
 from tocsin.runtime.grpcserver import start_grpc_server
 from tocsin.runtime.service import RunningService, ServiceDeps, serve_blocking
+from tocsin.scheduling.handoff_timers import HandoffTimers
 from tocsin.scheduling.servicer import SchedulingServicer
 from tocsin.scheduling.store import SchedulingStore
 from tocsin.v1 import identity_pb2_grpc, scheduling_pb2_grpc
@@ -39,12 +40,30 @@ def own_schedule(store: SchedulingStore) -> OwnCheck:
     return check
 
 
+def own_api_key(identity: IdentityStore) -> OwnCheck:
+    """The authorization table's "api_key" check: the key (by id) acts as the caller, so
+    they may revoke it (a person's own keys; an API key's own role caps what it does)."""
+
+    async def check(request: Any, principal: Principal) -> bool:
+        if not principal.user_id or not request.id:
+            return False
+        fields = await identity.credential(request.id)
+        return fields.get("kind") == "api_key" and fields.get("user") == (principal.user_id)
+
+    return check
+
+
 async def create_server(
-    deps: ServiceDeps, addr: Address | None = None
+    deps: ServiceDeps, addr: Address | None = None, *, background: bool = True
 ) -> tuple[RunningService, int]:
+    """`background=False` starts no hand-off timer worker (tests fire it by hand)."""
     audit = AuditLog(deps.redis, deps.clock, deps.config.retention)
     servicer = SchedulingServicer(SchedulingStore(deps.redis), deps.clock, audit)
-    identity = IdentityServicer(IdentityStore(deps.redis), servicer.store, audit, deps.clock)
+    servicer.handoffs = HandoffTimers(
+        servicer.store, deps.redis, deps.clock, lambda: deps.peer_client().notification
+    )
+    identity_store = IdentityStore(deps.redis)
+    identity = IdentityServicer(identity_store, servicer.store, audit, deps.clock)
 
     def register(server: grpc.aio.Server) -> None:
         scheduling_pb2_grpc.add_SchedulingServiceServicer_to_server(servicer, server)
@@ -56,9 +75,18 @@ async def create_server(
         register,
         [SERVICE_NAME, IDENTITY_SERVICE_NAME],
         authenticator=deps.authenticator(),
-        ownership={"schedule_member": own_schedule(servicer.store)},
+        ownership={
+            "schedule_member": own_schedule(servicer.store),
+            "api_key": own_api_key(identity_store),
+        },
     )
-    return RunningService(grpc_server), grpc_server.port
+    running = RunningService(grpc_server)
+    if background:
+        running.start_worker(
+            "handoff timer worker", servicer.handoffs.run(running.stopping, running.workers)
+        )
+        running.start_health(deps.redis)
+    return running, grpc_server.port
 
 
 def serve() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -10,16 +11,20 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import grpc
 
+from tocsin.runtime import channeltargets
 from tocsin.runtime.audit import AuditLog
 from tocsin.runtime.clock import Clock
-from tocsin.runtime.errors import FieldViolation, InvalidArgument, NotFound
+from tocsin.runtime.errors import Conflict, FieldViolation, InvalidArgument, NotFound
 from tocsin.runtime.ids import id_violations
 from tocsin.runtime.paging import page_size
-from tocsin.scheduling import domain
+from tocsin.scheduling import domain, handoff
 from tocsin.scheduling.convert import from_timestamp, shift_message
+from tocsin.scheduling.handoff_timers import HandoffTimers
 from tocsin.scheduling.store import SchedulingStore
 from tocsin.v1 import common_pb2, scheduling_pb2, scheduling_pb2_grpc
 from tocsin.v1 import scheduling_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 MAX_WINDOW = timedelta(days=400)
 
@@ -47,8 +52,30 @@ def _validate_user(user: pb.User) -> None:
             violations.append(
                 FieldViolation("user.time_zone", f"unknown time zone {user.time_zone!r}")
             )
+    violations += _notice_violations(user.handoff_notices, "user.handoff_notices")
     if violations:
         raise InvalidArgument(violations)
+
+
+def _notice_violations(notices: Any, field: str) -> list[FieldViolation]:
+    known = ", ".join(handoff.KINDS)
+    return [
+        FieldViolation(f"{field}[{i}]", f"must be one of {known}, got {kind!r}")
+        for i, kind in enumerate(notices)
+        if kind not in handoff.KINDS
+    ]
+
+
+def _validate_announce(schedule: pb.Schedule) -> None:
+    if schedule.announce_slack_channel:
+        schedule.announce_slack_channel = schedule.announce_slack_channel.strip().upper()
+        found = channeltargets.violations(
+            channeltargets.SLACK_CHANNEL,
+            schedule.announce_slack_channel,
+            "schedule.announce_slack_channel",
+        )
+        if found:
+            raise InvalidArgument(found)
 
 
 class SchedulingServicer(scheduling_pb2_grpc.SchedulingServiceServicer):
@@ -56,6 +83,19 @@ class SchedulingServicer(scheduling_pb2_grpc.SchedulingServiceServicer):
         self.store = store
         self.clock = clock
         self.audit = audit
+        self.handoffs: HandoffTimers | None = None
+        """Re-armed on every schedule change (set by the server)."""
+
+    async def _rearm(self, schedule_id: str) -> None:
+        """Re-arm the schedule's hand-off timer after a change that is already stored. If
+        the schedule kept changing meanwhile, the newer changes arm it: this change still
+        succeeded, so no error is returned for it."""
+        if self.handoffs is None:
+            return
+        try:
+            await self.handoffs.rearm(schedule_id)
+        except Conflict as error:
+            log.warning("%s", error)
 
     async def _user_or_none(self, user_id: str) -> pb.User | None:
         try:
@@ -116,6 +156,21 @@ class SchedulingServicer(scheduling_pb2_grpc.SchedulingServiceServicer):
             await self._record("user.update", "user", request.user.id, before, request.user)
         return pb.UpdateUserResponse(user=request.user)
 
+    async def SetHandoffNotices(
+        self, request: pb.SetHandoffNoticesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetHandoffNoticesResponse:
+        violations = _notice_violations(request.notices, "notices")
+        if violations:
+            raise InvalidArgument(violations)
+        before = await self.store.get_user(request.user_id)
+        after = pb.User()
+        after.CopyFrom(before)
+        del after.handoff_notices[:]
+        after.handoff_notices.extend(dict.fromkeys(request.notices))
+        await self.store.update_user(after)
+        await self._record("user.update", "user", after.id, before, after)
+        return pb.SetHandoffNoticesResponse(user=after)
+
     async def DeleteUser(
         self, request: pb.DeleteUserRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteUserResponse:
@@ -131,11 +186,13 @@ class SchedulingServicer(scheduling_pb2_grpc.SchedulingServiceServicer):
     ) -> pb.CreateScheduleResponse:
         schedule = _with_override_ids(request.schedule)
         _require_id(schedule.id, "schedule.id")
+        _validate_announce(schedule)
         await self.store.validate(schedule, assume_users=request.validate_only)
         if request.validate_only:
             return pb.CreateScheduleResponse(schedule=schedule)
         created = await self.store.create_schedule(schedule)
         await self._record("schedule.create", "schedule", created.id, None, created)
+        await self._rearm(created.id)
         return pb.CreateScheduleResponse(schedule=created)
 
     async def GetSchedule(
@@ -157,12 +214,14 @@ class SchedulingServicer(scheduling_pb2_grpc.SchedulingServiceServicer):
         self, request: pb.UpdateScheduleRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpdateScheduleResponse:
         schedule = _with_override_ids(request.schedule)
+        _validate_announce(schedule)
         await self.store.validate(schedule, assume_users=request.validate_only)
         if request.validate_only:
             return pb.UpdateScheduleResponse(schedule=schedule)
         before = await self._schedule_or_none(schedule.id)
         stored = await self.store.replace_schedule(schedule, request.schedule.version)
         await self._record("schedule.update", "schedule", stored.id, before, stored)
+        await self._rearm(stored.id)
         return pb.UpdateScheduleResponse(schedule=stored)
 
     async def DeleteSchedule(
@@ -171,6 +230,7 @@ class SchedulingServicer(scheduling_pb2_grpc.SchedulingServiceServicer):
         before = await self._schedule_or_none(request.id)
         await self.store.delete_schedule(request.id)
         await self._record("schedule.delete", "schedule", request.id, before, None)
+        await self._rearm(request.id)
         return pb.DeleteScheduleResponse()
 
     # layers
@@ -247,6 +307,7 @@ class SchedulingServicer(scheduling_pb2_grpc.SchedulingServiceServicer):
         before = await self._schedule_or_none(schedule_id)
         after = await self.store.modify_schedule(schedule_id, change)
         await self._record(action, "schedule", schedule_id, before, after)
+        await self._rearm(schedule_id)
         return after
 
     # questions

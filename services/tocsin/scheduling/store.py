@@ -32,7 +32,8 @@ from tocsin.scheduling.convert import parse_schedule, to_domain_schedule
 from tocsin.scheduling.model import Schedule
 from tocsin.v1 import common_pb2, scheduling_pb2
 
-PREFIX = "tocsin:{sched}:"
+TAG = "{sched}"
+PREFIX = f"tocsin:{TAG}:"
 USERS = PREFIX + "users"
 SCHEDULES = PREFIX + "schedules"
 _CACHE_SIZE = 256

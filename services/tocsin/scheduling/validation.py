@@ -11,8 +11,9 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from tocsin.runtime.errors import FieldViolation
-from tocsin.scheduling.localtime import load_zone, resolve_wall_time
-from tocsin.scheduling.model import Layer, Override, Restriction, Schedule
+from tocsin.runtime.localtime import load_zone, resolve_wall_time
+from tocsin.runtime.windows import restriction_violations
+from tocsin.scheduling.model import Layer, Override, Schedule
 
 
 def validate_schedule(
@@ -78,24 +79,7 @@ def _layer_violations(
     for j, user in enumerate(layer.users):
         violations += _user_violations(f"{path}.user_ids[{j}]", user, known_users)
     for j, restriction in enumerate(layer.restrictions):
-        violations += _restriction_violations(f"{path}.restrictions[{j}]", restriction)
-    return violations
-
-
-def _restriction_violations(path: str, restriction: Restriction) -> list[FieldViolation]:
-    violations: list[FieldViolation] = []
-    if not restriction.days:
-        violations.append(FieldViolation(f"{path}.days", "needs at least one day"))
-    violations += [
-        FieldViolation(f"{path}.days", f"unknown day {day}; days are 0 (Monday) to 6 (Sunday)")
-        for day in sorted(restriction.days)
-        if day not in range(7)
-    ]
-    violations += [
-        FieldViolation(f"{path}.{field}", "must be a wall-clock time without a UTC offset")
-        for field, moment in (("from", restriction.start), ("to", restriction.end))
-        if moment.tzinfo is not None
-    ]
+        violations += restriction_violations(f"{path}.restrictions[{j}]", restriction)
     return violations
 
 

@@ -69,6 +69,11 @@ local PB_KEY = {
     timeline = '\154\1',  -- 19
     last_alert_at = '\162\1',  -- 20
     links = '\170\1',  -- 21
+    number = '\176\1',  -- 22
+    urgency = '\240\1',  -- 30
+    urgency_reason = '\250\1',  -- 31
+    page_at = '\130\2',  -- 32
+    ack_timeout_at = '\138\2',  -- 33
   },
   IncidentEvent = {  -- tocsin.v1.IncidentEvent
     event_id = '\10',  -- 1

@@ -1,4 +1,5 @@
-"""The local-time windows in which a restricted layer is active.
+"""Local-time windows on days of the week: when a restricted schedule layer is active,
+and a service's support hours (the same semantics for both, DST included).
 
 A window is a wall-clock span on one local date; one whose end is at or before its start
 runs into the next day and still belongs to the day it starts on. Both ends are resolved
@@ -9,16 +10,67 @@ empty (e.g. 02:30-03:00 in New York), and is then skipped.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from tocsin.scheduling.localtime import resolve_day_time
-from tocsin.scheduling.model import Restriction
+from tocsin.runtime.errors import FieldViolation
+from tocsin.runtime.localtime import resolve_day_time
+from tocsin.v1 import scheduling_pb2
 
 _ONE_DAY = timedelta(days=1)
 
 Interval = tuple[datetime, datetime]
+
+
+@dataclass(frozen=True)
+class Restriction:
+    """A window of local wall time in which a layer is active, on each of `days`
+    (0 = Monday). A window whose `end` is at or before its `start` crosses midnight and
+    belongs to the day it starts on; `start == end` is a whole day, start to start."""
+
+    days: frozenset[int]
+    start: time
+    end: time
+
+
+def restriction_from_proto(
+    msg: scheduling_pb2.Restriction, path: str, violations: list[FieldViolation]
+) -> Restriction:
+    """The window `msg` describes; problems are added to `violations`, named under `path`."""
+    days: set[int] = set()
+    for i, day in enumerate(msg.days):
+        if day == scheduling_pb2.WEEKDAY_UNSPECIFIED or day not in scheduling_pb2.Weekday.values():
+            violations.append(FieldViolation(f"{path}.days[{i}]", "must be a day of the week"))
+        else:
+            days.add(int(day) - 1)
+    bounds = []
+    for field, text in (("from", getattr(msg, "from")), ("to", msg.to)):
+        try:
+            bounds.append(time.fromisoformat(text))
+        except ValueError:
+            violations.append(FieldViolation(f"{path}.{field}", f"expected HH:MM, got {text!r}"))
+            bounds.append(time(0))
+    return Restriction(frozenset(days), bounds[0], bounds[1])
+
+
+def restriction_violations(path: str, restriction: Restriction) -> list[FieldViolation]:
+    """What is wrong with a window: no day, an unknown day, a time with a UTC offset."""
+    violations: list[FieldViolation] = []
+    if not restriction.days:
+        violations.append(FieldViolation(f"{path}.days", "needs at least one day"))
+    violations += [
+        FieldViolation(f"{path}.days", f"unknown day {day}; days are 0 (Monday) to 6 (Sunday)")
+        for day in sorted(restriction.days)
+        if day not in range(7)
+    ]
+    violations += [
+        FieldViolation(f"{path}.{field}", "must be a wall-clock time without a UTC offset")
+        for field, moment in (("from", restriction.start), ("to", restriction.end))
+        if moment.tzinfo is not None
+    ]
+    return violations
 
 
 class ActiveWindows:
@@ -82,3 +134,11 @@ class ActiveWindows:
             else:
                 merged.append((begin, finish))
         return merged
+
+    def next_start(
+        self, moment: datetime, horizon: timedelta = timedelta(days=8)
+    ) -> datetime | None:
+        """The earliest instant at or after `moment` inside a window (`moment` itself when
+        it is inside one); None when no window begins within `horizon`."""
+        windows = self.between(moment, moment + horizon)
+        return windows[0][0] if windows else None
