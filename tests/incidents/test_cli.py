@@ -41,30 +41,32 @@ async def test_trigger_ack_note_snooze_resolve(
     opened = as_json(out)
     assert opened["created"] is True
     assert opened["status"] == "triggered" and opened["severity"] == "error"
-    incident_id = opened["id"]
+    incident_id, number = opened["id"], str(opened["number"])
+    assert number == "1"  # the stack's first incident
 
-    code, out, _ = await _tocsin(served, monkeypatch, "ack", incident_id, "--json")
+    code, out, _ = await _tocsin(served, monkeypatch, "ack", number, "--json")
     assert code == 0
     acked = as_json(out)
     assert acked["status"] == "acknowledged"
     # No credential on a laptop stack: the local admin, whatever name the CLI sends.
     assert acked["acknowledged_by"] == f"local admin ({getpass.getuser()}) (cli)"
-    code, out, _ = await _tocsin(served, monkeypatch, "ack", incident_id)
-    assert out.strip() == f"#{incident_id} was already acknowledged"
+    code, out, _ = await _tocsin(served, monkeypatch, "ack", f"#{number}")
+    assert out.strip() == f"#{number} was already acknowledged"
 
-    code, out, _ = await _tocsin(served, monkeypatch, "note", incident_id, "rolling back")
+    code, out, _ = await _tocsin(served, monkeypatch, "note", number, "rolling back")
     assert code == 0
-    code, out, _ = await _tocsin(served, monkeypatch, "snooze", incident_id, "30m", "--json")
+    code, out, _ = await _tocsin(served, monkeypatch, "snooze", number, "30m", "--json")
     assert as_json(out)["snoozed_until"] is not None
-    code, out, _ = await _tocsin(served, monkeypatch, "resolve", incident_id, "--json")
+    code, out, _ = await _tocsin(served, monkeypatch, "resolve", number, "--json")
     assert as_json(out)["status"] == "resolved"
 
     events = await events_of(served.redis, incident_id)
     assert event_kinds(events) == ["TRIGGERED", "ACKNOWLEDGED", "NOTE_ADDED", "SNOOZED", "RESOLVED"]
     assert all(e.actor.channel == common_pb2.CHANNEL_CLI for e in events)
 
-    code, out, _ = await _tocsin(served, monkeypatch, "incident", incident_id, "--json")
+    code, out, _ = await _tocsin(served, monkeypatch, "incident", number, "--json")
     shown = as_json(out)
+    assert shown["id"] == incident_id and shown["number"] == 1
     assert [entry["kind"] for entry in shown["timeline"]] == [
         "triggered",
         "acknowledged",
@@ -74,7 +76,7 @@ async def test_trigger_ack_note_snooze_resolve(
     ]
     assert shown["timeline"][2]["message"] == "rolling back"
     assert shown["alerts"][0]["summary"] == "Checkout is down"
-    code, out, _ = await _tocsin(served, monkeypatch, "incident", incident_id)
+    code, out, _ = await _tocsin(served, monkeypatch, "incident", number)
     assert "timeline:" in out and "rolling back" in out
 
 
@@ -91,7 +93,8 @@ async def test_incidents_lists_with_filters(
             *("--severity", severity, "--json"),
         )
         ids.append(as_json(out)["id"])
-    await _tocsin(served, monkeypatch, "ack", ids[0])
+        assert as_json(out)["number"] == n + 1
+    await _tocsin(served, monkeypatch, "ack", "1")
 
     code, out, _ = await _tocsin(served, monkeypatch, "incidents", "--json")
     assert code == 0
@@ -123,8 +126,9 @@ async def test_incidents_lists_with_filters(
     assert await ids_for("--limit", "2") == [ids[2], ids[1]]
 
     code, out, _ = await _tocsin(served, monkeypatch, "incidents")
+    assert [line.split()[0] for line in out.splitlines()] == ["#", "3", "2", "1"]
     assert out.splitlines()[0].split() == [
-        "ID",
+        "#",
         "STATUS",
         "SEVERITY",
         "SERVICE",
@@ -139,8 +143,9 @@ async def test_errors_are_reported_with_the_field(
     served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     code, _, err = await _tocsin(served, monkeypatch, "ack", "12abc")
-    assert code == 1
-    assert "INVALID_ARGUMENT" in err and "incident_id:" in err
+    assert code == 2 and "expected an incident number like 18 or #18, got '12abc'" in err
+    code, _, err = await _tocsin(served, monkeypatch, "ack", "#404")
+    assert code == 1 and "NOT_FOUND: incident #404 does not exist" in err
     code, _, err = await _tocsin(served, monkeypatch, "trigger", "nope", "--summary", "x")
     assert code == 1 and "NOT_FOUND" in err
     code, _, err = await _tocsin(served, monkeypatch, "snooze", "5", "soon")
@@ -154,16 +159,16 @@ async def test_reassign_to_nobody_is_refused_by_name(
         code, out, _ = await _tocsin(
             served, monkeypatch, "trigger", "payments-api", "--summary", "x", "--json"
         )
-        incident_id = as_json(out)["id"]
+        incident_id, number = as_json(out)["id"], str(as_json(out)["number"])
         for flag, name, noun in (
             ("--user", "zed", "user"),
             ("--policy", "nopolicy", "escalation policy"),
         ):
-            code, out, err = await _tocsin(served, monkeypatch, "reassign", incident_id, flag, name)
+            code, out, err = await _tocsin(served, monkeypatch, "reassign", number, flag, name)
             assert code == 1 and out == ""
             assert f"NOT_FOUND: {noun}" in err and repr(name) in err
-        code, out, _ = await _tocsin(served, monkeypatch, "reassign", incident_id, "--user", "bob")
-        assert code == 0 and out.startswith(f"Reassigned #{incident_id} to user bob")
+        code, out, _ = await _tocsin(served, monkeypatch, "reassign", number, "--user", "bob")
+        assert code == 0 and out.startswith(f"Reassigned #{number} to user bob")
         assert event_kinds(await events_of(served.redis, incident_id)) == [
             "TRIGGERED",
             "REASSIGNED",
@@ -177,7 +182,7 @@ async def test_trigger_quiet_prints_the_number_later_commands_take(
         served, monkeypatch, "trigger", "payments-api", "--summary", "x", "--quiet"
     )
     assert code == 0 and out.strip().isdigit()
-    incident_id = out.strip()
-    code, out, err = await _tocsin(served, monkeypatch, "ack", f"#{incident_id}")
+    number = out.strip()
+    code, out, err = await _tocsin(served, monkeypatch, "ack", f"#{number}")
     assert code == 0, err
-    assert out.strip() == f"Acknowledged #{incident_id}"
+    assert out.strip() == f"Acknowledged #{number}"

@@ -249,9 +249,17 @@ async def test_notes_and_idempotent_timeline_appends(served: Served) -> None:
     escalated = full.incident.timeline[2]
     assert escalated.at.ToMilliseconds() == served.clock.now_ms()  # defaulted
     assert escalated.actor.channel == common_pb2.CHANNEL_API
+    warning = incidents_pb2.TimelineEntry(kind=incidents_pb2.TIMELINE_KIND_WARNING, message="w")
+    await served.stub.AppendTimeline(
+        incidents_pb2.AppendTimelineRequest(incident_id=incident.id, entry=warning)
+    )
     events = await events_of(served.redis, incident.id)
-    assert event_kinds(events) == ["TRIGGERED", "NOTE_ADDED"]  # appends publish nothing
+    # An escalation hop is an event too (once, however often it is appended: webhooks
+    # send it); other appends publish nothing.
+    assert event_kinds(events) == ["TRIGGERED", "NOTE_ADDED", "ESCALATED"]
     assert events[1].note == "rolled back\nv2.3"
+    assert events[2].note == "Paged alice (level 1)"
+    assert events[2].incident.id == incident.id
 
 
 async def test_unknown_incidents_are_not_found(served: Served) -> None:

@@ -1,4 +1,5 @@
-"""Backpressure: the age of the incident-events backlog, and refusing new incidents past it.
+"""Backpressure: the age and length of the incident-events backlog, and refusing new
+incidents past either.
 
 Every incident's events go through the incident-events streams to the escalation and
 notification consumer groups (runtime/events.py). When they fall behind (a storm, a
@@ -6,8 +7,13 @@ consumer down), an accepted alert pages minutes late. So past `TOCSIN_BACKLOG_MA
 (the age of the oldest event some group has not finished handling: delivered and not
 acknowledged, or not delivered yet) Trigger refuses alerts that would open a NEW
 incident with `BacklogTooOld` (UNAVAILABLE; the gateway answers 503 with Retry-After),
-until the backlog drains. Alerts that join an open incident, acknowledgements and
-resolves are always accepted: they add no work that pages.
+until the backlog drains. An age limit does not bound a burst (30,000 new incidents in
+10 s are all in before the oldest is a minute old, and page minutes late), so past
+`TOCSIN_BACKLOG_MAX_EVENTS` events waiting in a lane (the slower group's pending plus
+undelivered ones, over every shard; undelivered ones counted by lua/backlog_count.lua up
+to a share of the limit per stream, since Redis 6.2's XINFO has no `lag`) its new
+incidents are refused with `BacklogTooLong` the same way. Alerts that join an open
+incident, acknowledgements and resolves are always accepted: they add no work that pages.
 
 The streams are split into lanes by service (runtime/events.py), and consumers take the
 lanes round robin, so a storm on one service only ages its own lane: the age that refuses
@@ -15,8 +21,11 @@ a service's new incidents is that of its lane (the oldest over every shard), and
 service keeps opening incidents, and paging, during another's storm. The gauges report
 the whole backlog, every lane of every shard.
 
-The backlog is measured at most once per `SAMPLE_INTERVAL_S` per process, not per
-request (a measurement that fails refuses nothing: it is logged and the last sample kept):
+The backlog is measured once per `SAMPLE_INTERVAL_S` per process by a supervised sampler
+loop (`Backlog.run`), not per request: a Trigger reads the latest sample and never waits
+for a measurement (without the loop, as in tests, the first caller after
+`SAMPLE_INTERVAL_S` measures and concurrent ones share it). A measurement that fails
+refuses nothing: it is logged and the last sample kept. Per measurement:
 per shard and lane one XINFO GROUPS, plus per group with work an XPENDING summary and an
 XRANGE for the first undelivered entry. Stream ids carry Redis's clock, compared
 here with this host's wall clock (not the injectable one). The sample is exported as
@@ -27,6 +36,7 @@ OpenTelemetry gauges: the oldest age, and the entries delivered but not acknowle
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -37,7 +47,7 @@ from typing import Any
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from tocsin.runtime.errors import BacklogTooOld
+from tocsin.runtime.errors import BacklogTooLong, BacklogTooOld
 from tocsin.runtime.events import (
     CONSUMER_GROUPS,
     EVENT_LANES,
@@ -45,7 +55,9 @@ from tocsin.runtime.events import (
     lane_of,
     stream_key,
 )
-from tocsin.runtime.redis import RedisClient
+from tocsin.runtime.loops import WorkerHealth
+from tocsin.runtime.redis import RedisClient, read_lua
+from tocsin.runtime.scripts import LuaScript
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +72,19 @@ class BacklogSample:
     """Age of the oldest event some consumer group has not finished with; 0 if none."""
     lane_ages_s: tuple[float, ...] = ()
     """The same per lane (index: lane), over every shard; empty = not measured."""
+    lane_entries: tuple[int, ...] = ()
+    """Per lane, over every shard: the events the slower group has not finished (pending
+    plus undelivered, the undelivered counted up to a cap per stream); empty = not
+    measured."""
+
+    def entries_for(self, service_id: str | None) -> int:
+        """The backlog length that counts for new incidents of `service_id`: its lane's
+        (the longest lane's when None); 0 when not measured."""
+        if not self.lane_entries:
+            return 0
+        if service_id is None:
+            return max(self.lane_entries)
+        return self.lane_entries[lane_of(service_id)]
 
     def age_for(self, service_id: str | None) -> float:
         """The age that counts for new incidents of `service_id`: its lane's (all lanes'
@@ -110,29 +135,63 @@ class Backlog:
         redis: RedisClient,
         max_age: timedelta,
         *,
+        max_entries: int = 0,
         groups: Sequence[str] = CONSUMER_GROUPS,
         shards: int = INCIDENT_SHARDS,
         interval_s: float = SAMPLE_INTERVAL_S,
     ) -> None:
         self.redis = redis
         self.max_age_s = max_age.total_seconds()
+        self.max_entries = max_entries
+        # Undelivered entries are counted per stream up to a share of the limit plus one
+        # (incidents spread evenly over the shards), so a measurement stays cheap.
+        self._count_cap = (max_entries + shards - 1) // shards + 1 if max_entries > 0 else 0
+        self._count = LuaScript(
+            redis, "backlog_count.lua", body=read_lua("tocsin.incidents", "lua/backlog_count.lua")
+        )
         self.groups = groups
         self.shards = shards
         self.interval_s = interval_s
         self._sample = BacklogSample(0, 0.0)
         self._sampled_at = float("-inf")
         self._sampling: asyncio.Task[BacklogSample] | None = None
+        self._sampler_running = False
 
-    async def refusal(self, service_id: str | None = None) -> BacklogTooOld | None:
+    @property
+    def enabled(self) -> bool:
+        return self.max_age_s > 0 or self.max_entries > 0
+
+    async def refusal(self, service_id: str | None = None) -> BacklogTooOld | BacklogTooLong | None:
         """The error for a new incident of `service_id` while its lane's backlog (every
-        lane's when None) is past the limit, else None (always None with no limit,
-        max_age 0)."""
-        if self.max_age_s <= 0:
+        lane's when None) is past a limit (its age, or its length), else None (always
+        None with no limit)."""
+        if not self.enabled:
             return None
-        age = (await self.current()).age_for(service_id)
-        if age > self.max_age_s:
+        sample = self._sample if self._sampler_running else await self.current()
+        age = sample.age_for(service_id)
+        if self.max_age_s > 0 and age > self.max_age_s:
             return BacklogTooOld(age, self.max_age_s)
+        entries = sample.entries_for(service_id)
+        if self.max_entries > 0 and entries > self.max_entries:
+            return BacklogTooLong(entries, self.max_entries)
         return None
+
+    async def run(self, stop: asyncio.Event, health: WorkerHealth) -> None:
+        """Measure every `interval_s` until `stop` (the process's sampler, supervised).
+        While it runs, `refusal` reads its latest sample and never waits: a measurement
+        reads every lane of every shard, and under load that took long enough to stall
+        every new incident behind it once a second. A failed measurement is logged and
+        refuses nothing (see `_measure`)."""
+        guard = health.guard("incidents backlog sampler", stop)
+        self._sampler_running = True
+        try:
+            while not stop.is_set():
+                async with guard:
+                    await self._measure()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.interval_s)
+        finally:
+            self._sampler_running = False
 
     async def current(self) -> BacklogSample:
         """The latest sample, measured again if older than `interval_s` (one measurement
@@ -163,21 +222,27 @@ class Backlog:
             return max(0.0, (now_ms - min(oldest)) / 1000) if oldest else 0.0
 
         by_lane: list[list[int]] = [[] for _ in range(EVENT_LANES)]
-        for (_, lane), (_, ms) in zip(cells, measured, strict=True):
+        lane_entries = [0] * EVENT_LANES
+        for (_, lane), (_, ms, waiting) in zip(cells, measured, strict=True):
+            lane_entries[lane] += waiting
             if ms is not None:
                 by_lane[lane].append(ms)
         sample = BacklogSample(
-            entries=sum(entries for entries, _ in measured),
+            entries=sum(entries for entries, _, _ in measured),
             oldest_age_s=age([ms for lane in by_lane for ms in lane]),
             lane_ages_s=tuple(age(lane) for lane in by_lane),
+            lane_entries=tuple(lane_entries),
         )
         self._sample, self._sampled_at = sample, time.monotonic()
         _latest = sample
         return sample
 
-    async def _stream(self, key: str) -> tuple[int, int | None]:
-        """(entries, ms of the oldest unfinished entry) of one lane of one shard."""
+    async def _stream(self, key: str) -> tuple[int, int | None, int]:
+        """(entries, ms of the oldest unfinished entry, events the slower group has not
+        finished: pending plus undelivered counted up to the cap) of one lane of one
+        shard."""
         entries = 0
+        waiting = 0
         oldest: list[int] = []
         for group in await self.redis.xinfo_groups(key):
             name = group["name"].decode() if isinstance(group["name"], bytes) else group["name"]
@@ -195,4 +260,10 @@ class Backlog:
             undelivered = await self.redis.xrange(key, min=f"({last}", max="+", count=1)
             if undelivered:
                 oldest.append(_id_ms(undelivered[0][0]))
-        return entries, min(oldest) if oldest else None
+                count = 1
+                if self._count_cap > 1:
+                    count = int(await self._count([key], last=last, cap=self._count_cap))
+                waiting = max(waiting, pending + count)
+            else:
+                waiting = max(waiting, pending)
+        return entries, min(oldest) if oldest else None, waiting

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from tocsin.incidents import urgency
 from tocsin.runtime.clock import ms_to_datetime
 from tocsin.runtime.errors import FailedPrecondition
 from tocsin.runtime.events import INCIDENT_SHARDS
@@ -91,9 +92,14 @@ def received_alert(alert: incidents_pb2.Alert, actor: common_pb2.Actor, now_ms: 
 
 
 def new_incident(
-    service: incidents_pb2.Service, dedup_key: str, alert: incidents_pb2.Alert, now_ms: int
+    service: incidents_pb2.Service,
+    dedup_key: str,
+    alert: incidents_pb2.Alert,
+    now_ms: int,
+    urgency_rule: tuple[common_pb2.Urgency.ValueType, str] | None = None,
 ) -> incidents_pb2.Incident:
-    """A new incident for `alert`, without its id (the store's script allocates it)."""
+    """A new incident for `alert`, without its id (the store's script allocates it);
+    `urgency_rule` is (urgency, event rule) when an event rule set its urgency."""
     incident = incidents_pb2.Incident(
         service_id=service.id,
         status=TRIGGERED,
@@ -105,6 +111,14 @@ def new_incident(
     )
     if service.escalation_policy_id:
         incident.assignment.escalation_policy_id = service.escalation_policy_id
+    if urgency_rule is not None:
+        decision = urgency.set_by_rule(service, urgency_rule[0], urgency_rule[1], now_ms)
+    else:
+        decision = urgency.decide(service, alert.severity, now_ms)
+    incident.urgency = decision.urgency
+    incident.urgency_reason = decision.reason
+    if decision.page_at_ms is not None:
+        incident.page_at.CopyFrom(timestamp(decision.page_at_ms))
     return incident
 
 
@@ -121,12 +135,32 @@ def entry(
 
 
 def opened_entry(
-    alert: incidents_pb2.Alert, actor: common_pb2.Actor, now_ms: int
+    alert: incidents_pb2.Alert,
+    actor: common_pb2.Actor,
+    now_ms: int,
+    incident: incidents_pb2.Incident | None = None,
 ) -> incidents_pb2.TimelineEntry:
-    """The timeline entry for `alert` opening an incident."""
+    """The timeline entry for `alert` opening `incident`: its urgency and what decided it
+    (and, when paging waits for support hours, until when)."""
+    if incident is None or not incident.urgency_reason:
+        return entry(
+            incidents_pb2.TIMELINE_KIND_TRIGGERED, now_ms, actor, f"Triggered: {alert.summary}"
+        )
+    level = urgency.urgency_name(incident.urgency)
+    attributes = {"urgency": level, "urgency_reason": incident.urgency_reason}
+    if incident.HasField("page_at"):
+        attributes["page_at"] = iso(to_ms(incident.page_at))
     return entry(
-        incidents_pb2.TIMELINE_KIND_TRIGGERED, now_ms, actor, f"Triggered: {alert.summary}"
+        incidents_pb2.TIMELINE_KIND_TRIGGERED,
+        now_ms,
+        actor,
+        f"Triggered ({level} urgency, {incident.urgency_reason}): {alert.summary}",
+        **attributes,
     )
+
+
+def iso(ms: int) -> str:
+    return ms_to_datetime(ms).isoformat().replace("+00:00", "Z")
 
 
 def joined_entry(
@@ -166,10 +200,16 @@ class Change:
     entry: incidents_pb2.TimelineEntry
     snooze_timer: SnoozeTimer = SnoozeTimer.KEEP
     release_dedup: bool = False
+    redirect_dedup: str = ""
+    """With release_dedup: the dedup entry becomes this merge redirect (keys.redirect)
+    instead of being deleted."""
 
     @property
     def snooze_due_ms(self) -> int:
-        return to_ms(self.incident.snoozed_until)
+        """When the incident's one timer is due: the snooze's end, or the ack timeout's."""
+        if self.incident.HasField("snoozed_until"):
+            return to_ms(self.incident.snoozed_until)
+        return to_ms(self.incident.ack_timeout_at)
 
 
 def _copy(incident: incidents_pb2.Incident) -> incidents_pb2.Incident:
@@ -186,32 +226,61 @@ def _refuse_resolved(incident: incidents_pb2.Incident, action: str) -> None:
 
 
 def _unsnoozed(incident: incidents_pb2.Incident) -> SnoozeTimer:
-    """Clear a snooze on `incident` (a copy being changed); CANCEL if there was one."""
-    if not incident.HasField("snoozed_until"):
+    """Clear a snooze or an ack timeout on `incident` (a copy being changed); CANCEL if
+    there was one (they share the incident's one timer)."""
+    if not incident.HasField("snoozed_until") and not incident.HasField("ack_timeout_at"):
         return SnoozeTimer.KEEP
     incident.ClearField("snoozed_until")
+    incident.ClearField("ack_timeout_at")
     return SnoozeTimer.CANCEL
 
 
 def acknowledge(
-    current: incidents_pb2.Incident, actor: common_pb2.Actor, now_ms: int
+    current: incidents_pb2.Incident,
+    actor: common_pb2.Actor,
+    now_ms: int,
+    ack_timeout_ms: int = 0,
 ) -> Change | None:
-    """Acknowledge; on a snoozed incident this ends the snooze (it stays acknowledged)."""
+    """Acknowledge; on a snoozed incident this ends the snooze (it stays acknowledged).
+
+    With an ack timeout (the service's, `ack_timeout_ms` > 0) the incident is triggered
+    again that long after, unless resolved first: the incident's timer (shared with
+    snoozes) is armed for `ack_timeout_at`, and a new acknowledgement, even of an
+    acknowledged incident, starts the timeout again (so it is not a no-op then)."""
     _refuse_resolved(current, "acknowledged")
-    if current.status == ACKNOWLEDGED and not current.HasField("snoozed_until"):
+    snoozed = current.HasField("snoozed_until")
+    if current.status == ACKNOWLEDGED and not snoozed and ack_timeout_ms <= 0:
         return None
     incident = _copy(current)
+    again = current.status == ACKNOWLEDGED and not snoozed
     incident.status = ACKNOWLEDGED
     incident.acknowledged_at.CopyFrom(timestamp(now_ms))
     incident.acknowledged_by.CopyFrom(actor)
     timer = _unsnoozed(incident)
-    message = f"Acknowledged by {actor_name(actor)}"
+    message = f"Acknowledged {'again ' if again else ''}by {actor_name(actor)}"
+    attributes: dict[str, str] = {}
+    if ack_timeout_ms > 0:
+        until = now_ms + ack_timeout_ms
+        incident.ack_timeout_at.CopyFrom(timestamp(until))
+        timer = SnoozeTimer.ARM
+        attributes["ack_timeout_at"] = iso(until)
+        message += (
+            f"; pages again at {iso(until)} unless resolved "
+            f"(ack timeout {_minutes(ack_timeout_ms)} of service {current.service_id})"
+        )
     return Change(
         incident,
         incidents_pb2.INCIDENT_EVENT_KIND_ACKNOWLEDGED,
-        entry(incidents_pb2.TIMELINE_KIND_ACKNOWLEDGED, now_ms, actor, message),
+        entry(incidents_pb2.TIMELINE_KIND_ACKNOWLEDGED, now_ms, actor, message, **attributes),
         timer,
     )
+
+
+def _minutes(ms: int) -> str:
+    minutes = ms // 60_000
+    if minutes % 60 == 0:
+        return f"{minutes // 60}h"
+    return f"{minutes}m" if ms % 60_000 == 0 else f"{ms // 1000}s"
 
 
 def resolve(current: incidents_pb2.Incident, actor: common_pb2.Actor, now_ms: int) -> Change | None:
@@ -240,6 +309,7 @@ def snooze(
     """Acknowledge until now + duration, then trigger again (a later snooze replaces it)."""
     _refuse_resolved(current, "snoozed")
     incident = _copy(current)
+    incident.ClearField("ack_timeout_at")  # the snooze's end replaces it (one timer)
     incident.status = ACKNOWLEDGED
     incident.acknowledged_at.CopyFrom(timestamp(now_ms))
     incident.acknowledged_by.CopyFrom(actor)
@@ -261,24 +331,32 @@ def snooze(
 
 
 def unsnooze(current: incidents_pb2.Incident, due_ms: int, now_ms: int) -> Change | None:
-    """The snooze that was due at `due_ms` ended: trigger again, unless that snooze is no
-    longer current (acknowledged, resolved, reassigned or snoozed anew since)."""
-    if current.status != ACKNOWLEDGED or not current.HasField("snoozed_until"):
+    """The incident's timer that was due at `due_ms` fired: a snooze ended, or an
+    acknowledgement timed out. Trigger again, unless that snooze or acknowledgement is no
+    longer current (acknowledged again, resolved, reassigned or snoozed anew since)."""
+    if current.status != ACKNOWLEDGED:
         return None
-    if to_ms(current.snoozed_until) != due_ms:
+    if current.HasField("snoozed_until"):
+        if to_ms(current.snoozed_until) != due_ms:
+            return None
+        message, attributes = "Snooze ended; triggered again", {}
+    elif current.HasField("ack_timeout_at") and to_ms(current.ack_timeout_at) == due_ms:
+        held = due_ms - to_ms(current.acknowledged_at)
+        message = (
+            f"Acknowledged for {_minutes(held)} and not resolved (ack timeout of service "
+            f"{current.service_id}); triggered again, escalation starts over"
+        )
+        attributes = {"reason": "ack_timeout"}
+    else:
         return None
     incident = _copy(current)
     incident.status = TRIGGERED
     incident.ClearField("snoozed_until")
+    incident.ClearField("ack_timeout_at")
     return Change(
         incident,
         incidents_pb2.INCIDENT_EVENT_KIND_UNSNOOZED,
-        entry(
-            incidents_pb2.TIMELINE_KIND_UNSNOOZED,
-            now_ms,
-            AUTO_ACTOR,
-            "Snooze ended; triggered again",
-        ),
+        entry(incidents_pb2.TIMELINE_KIND_UNSNOOZED, now_ms, AUTO_ACTOR, message, **attributes),
     )
 
 

@@ -16,6 +16,8 @@ import grpc
 from tocsin.incidents.assignees import Assignees
 from tocsin.incidents.backlog import Backlog
 from tocsin.incidents.decoding import decode_trigger, decode_trigger_batch
+from tocsin.incidents.heartbeat import heartbeat_worker
+from tocsin.incidents.maintenance import held_worker
 from tocsin.incidents.service_store import ServiceStore
 from tocsin.incidents.servicer import SERVICE_NAME, IncidentServicer
 from tocsin.incidents.snooze import SnoozeTimerStore, snooze_worker
@@ -23,7 +25,7 @@ from tocsin.incidents.store import IncidentStore
 from tocsin.runtime.audit import AuditLog
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.config import Address
-from tocsin.runtime.events import CONSUMER_GROUPS, ensure_groups
+from tocsin.runtime.events import CONSUMER_GROUPS, OUTBOUND_GROUPS, ensure_groups
 from tocsin.runtime.grpcserver import start_grpc_server
 from tocsin.runtime.loops import WorkerHealth, run_loop
 from tocsin.runtime.service import RunningService, ServiceDeps, serve_blocking
@@ -42,6 +44,10 @@ class IncidentsService(RunningService):
     store: IncidentStore
     services: ServiceStore
     snooze_worker: TimerWorker
+    heartbeat_worker: TimerWorker
+    maintenance_worker: TimerWorker
+    """Fires missed heartbeats (heartbeat.py)."""
+    servicer: IncidentServicer
 
 
 async def create_server(
@@ -49,19 +55,27 @@ async def create_server(
 ) -> tuple[IncidentsService, int]:
     """Start serving on `addr` (default: the configured incidents address)."""
     # The consumer groups exist before the first event, so no consumer misses one.
-    await ensure_groups(deps.redis, CONSUMER_GROUPS, "0")
+    await ensure_groups(deps.redis, (*CONSUMER_GROUPS, *OUTBOUND_GROUPS), "0")
     store = IncidentStore(deps.redis, deps.clock, deps.config.retention)
+    numbered = await store.number_existing()  # once: incidents opened before numbers
+    if numbered:
+        log.info("numbered %d incidents opened before incident numbers", numbered)
     services = ServiceStore(deps.redis, deps.clock)
     worker = snooze_worker(SnoozeTimerStore(deps.redis, deps.clock), deps.clock, store)
+    backlog = Backlog(
+        deps.redis, deps.config.backlog_max_age, max_entries=deps.config.backlog_max_events
+    )
     servicer = IncidentServicer(
         store,
         services,
         deps.clock,
         Assignees(lambda: deps.peer_client()),
         max_watchers=deps.config.max_watch_streams,
-        backlog=Backlog(deps.redis, deps.config.backlog_max_age),
+        backlog=backlog,
     )
     servicer.audit = AuditLog(deps.redis, deps.clock, deps.config.retention)
+    held = held_worker(servicer.maintenance, lambda request: servicer._trigger(request, ""))
+    heartbeats = heartbeat_worker(servicer.heartbeats, deps.clock, servicer.open_heartbeat_incident)
 
     def register(server: grpc.aio.Server) -> None:
         _add_servicer(servicer, server)
@@ -74,14 +88,24 @@ async def create_server(
         authenticator=deps.authenticator(),
     )
     running = IncidentsService(
-        grpc=grpc_server, store=store, services=services, snooze_worker=worker
+        grpc=grpc_server,
+        store=store,
+        services=services,
+        snooze_worker=worker,
+        heartbeat_worker=heartbeats,
+        maintenance_worker=held,
+        servicer=servicer,
     )
     if background:
         stop, health = running.stopping, running.workers
         running.start_worker("incidents snooze worker", worker.run(stop, health))
+        running.start_worker("incidents heartbeat worker", heartbeats.run(stop, health))
+        running.start_worker("incidents maintenance worker", held.run(stop, health))
         running.start_worker(
             "incidents retention trim", _trim_periodically(store, deps.clock, stop, health)
         )
+        if backlog.enabled:
+            running.start_worker("incidents backlog sampler", backlog.run(stop, health))
         running.start_health(deps.redis)
     return running, grpc_server.port
 

@@ -21,10 +21,14 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import code_pb2, status_pb2
 
-from tocsin.incidents import domain, normalize, validation
+from tocsin.incidents import domain, normalize, urgency, validation
 from tocsin.incidents.assignees import Assignees
 from tocsin.incidents.backlog import Backlog
 from tocsin.incidents.decoding import SplitBatch
+from tocsin.incidents.heartbeat import HeartbeatStore
+from tocsin.incidents.maintenance import Maintenance
+from tocsin.incidents.maintenance_servicer import MaintenanceRpcs
+from tocsin.incidents.noise_servicer import NoiseControlRpcs
 from tocsin.incidents.query import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
@@ -32,6 +36,8 @@ from tocsin.incidents.query import (
     decode_page_token,
     list_incidents,
 )
+from tocsin.incidents.routing import Router
+from tocsin.incidents.rule_store import RuleStore
 from tocsin.incidents.service_store import ServiceStore
 from tocsin.incidents.store import IncidentStore
 from tocsin.incidents.validation import check
@@ -40,6 +46,7 @@ from tocsin.runtime.audit import AuditLog, before_or_none
 from tocsin.runtime.auth import actor_for
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import (
+    FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
@@ -55,7 +62,9 @@ SERVICE_NAME = "tocsin.v1.IncidentService"
 log = logging.getLogger(__name__)
 
 
-class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
+class IncidentServicer(
+    NoiseControlRpcs, MaintenanceRpcs, incidents_pb2_grpc.IncidentServiceServicer
+):
     def __init__(
         self,
         incidents: IncidentStore,
@@ -74,6 +83,12 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
         self._watchers = 0
         self.audit: AuditLog | None = None
         """Where configuration changes (services) are recorded (set by the server)."""
+        self.router = Router(RuleStore(incidents.redis, clock), services, incidents)
+        """Event rules and grouping on the ingest path (routing.py)."""
+        self.maintenance = Maintenance(incidents.redis, clock)
+        """Maintenance windows; an alert on a service in one pages nobody (maintenance.py)."""
+        self.heartbeats = HeartbeatStore(incidents.redis, clock)
+        """Heartbeat monitors (heartbeat.py)."""
 
     async def _record(self, action: str, object_id: str, before: Any, after: Any) -> None:
         if self.audit is not None:
@@ -166,15 +181,46 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
         dedup_key = normalize.alert(alert, request.dedup_key)
         check(validation.trigger_violations(alert, dedup_key, actor))
         service = await self._service(request.service_id, request.integration_key)
+        routed = await self.router.route(service, alert, dedup_key)  # event rules (routing.py)
+        if routed.suppressed_by:
+            return incidents_pb2.TriggerResponse(
+                dedup_key=routed.dedup_key, suppressed_by=routed.suppressed_by
+            )
+        service, dedup_key = routed.service, normalize.dedup_key(routed.dedup_key)
+        window = await self.maintenance.active_for(service.id)  # maintenance.py
+        if window is not None:
+            suppressed_by = f"maintenance/{window.id}"
+            await self.router.store.record_suppressed(service.id, dedup_key, alert, suppressed_by)
+            await self.maintenance.record(window.id)
+            if service.page_after_maintenance:  # page it when the window ends
+                held = incidents_pb2.TriggerRequest()
+                held.CopyFrom(request)
+                held.ClearField("integration_key")
+                held.service_id, held.dedup_key = service.id, dedup_key
+                held.severity = alert.severity  # as event rules left it
+                await self.maintenance.hold(window, held)
+            return incidents_pb2.TriggerResponse(
+                dedup_key=dedup_key, suppressed_by=suppressed_by, maintenance_window_id=window.id
+            )
         refusal = await self.backlog.refusal(service.id) if self.backlog is not None else None
         if refusal is not None and (  # backpressure: new incidents only
             not dedup_key or await self.incidents.find_open(service.id, dedup_key) is None
         ):
             raise refusal
         dedup_key = dedup_key or uuid.uuid4().hex
-        result = await self.incidents.trigger(service, dedup_key, alert, actor, traceparent)
+        filed_key, window_ms = await self.router.group(service, alert, dedup_key)
+        result = await self.incidents.trigger(
+            service,
+            filed_key,
+            alert,
+            actor,
+            traceparent,
+            notes=routed.notes,
+            window_ms=window_ms,
+            urgency_rule=routed.urgency,
+        )
         return incidents_pb2.TriggerResponse(
-            incident=result.incident, created=result.created, dedup_key=dedup_key
+            incident=result.incident, created=result.created, dedup_key=filed_key
         )
 
     async def Acknowledge(
@@ -182,12 +228,19 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
     ) -> incidents_pb2.AcknowledgeResponse:
         actor = self._actor(request.actor)
         incident_id = await self._address(request)
+        timeout_ms = await self._ack_timeout_ms(incident_id)
         incident, changed = await self.incidents.change(
             incident_id,
-            lambda current, now: domain.acknowledge(current, actor, now),
+            lambda current, now: domain.acknowledge(current, actor, now, timeout_ms),
             current_traceparent(),
         )
         return incidents_pb2.AcknowledgeResponse(incident=incident, changed=changed)
+
+    async def _ack_timeout_ms(self, incident_id: str) -> int:
+        """The ack timeout of the incident's service now (0: none, or no such service)."""
+        service_id = (await self.incidents.get(incident_id)).service_id
+        service = await self.services.lookup(service_id=service_id)
+        return urgency.ack_timeout_ms(service) if service is not None else 0
 
     async def Resolve(
         self, request: incidents_pb2.ResolveRequest, context: Any
@@ -204,7 +257,7 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
     async def Snooze(
         self, request: incidents_pb2.SnoozeRequest, context: Any
     ) -> incidents_pb2.SnoozeResponse:
-        incident_id = validation.parse_incident_id(request.incident_id)
+        incident_id = await self._incident_id(request.incident_id)
         actor = self._actor(request.actor)
         check(validation.snooze_violations(_seconds(request.duration)))
         duration_ms = int(request.duration.ToMilliseconds())
@@ -218,7 +271,7 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
     async def Reassign(
         self, request: incidents_pb2.ReassignRequest, context: Any
     ) -> incidents_pb2.ReassignResponse:
-        incident_id = validation.parse_incident_id(request.incident_id)
+        incident_id = await self._incident_id(request.incident_id)
         actor = self._actor(request.actor)
         check(validation.assignment_violations(request.assignment))
         # The incident first (unknown, resolved: refused without asking anyone), then the
@@ -237,7 +290,7 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
     async def AddNote(
         self, request: incidents_pb2.AddNoteRequest, context: Any
     ) -> incidents_pb2.AddNoteResponse:
-        incident_id = validation.parse_incident_id(request.incident_id)
+        incident_id = await self._incident_id(request.incident_id)
         actor = self._actor(request.actor)
         check(
             validation.text_violations(
@@ -248,6 +301,21 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
             incident_id, request.text, actor, current_traceparent()
         )
         return incidents_pb2.AddNoteResponse(entry=note)
+
+    async def PostStatusUpdate(
+        self, request: incidents_pb2.PostStatusUpdateRequest, context: Any
+    ) -> incidents_pb2.PostStatusUpdateResponse:
+        incident_id = await self._incident_id(request.incident_id)
+        actor = self._actor(common_pb2.Actor())
+        check(
+            validation.text_violations(
+                "text", request.text, validation.MAX_NOTE, required=True, multiline=True
+            )
+        )
+        entry = await self.incidents.add_note(
+            incident_id, request.text, actor, current_traceparent(), status_update=True
+        )
+        return incidents_pb2.PostStatusUpdateResponse(entry=entry)
 
     async def AppendTimeline(
         self, request: incidents_pb2.AppendTimelineRequest, context: Any
@@ -266,14 +334,25 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
                 ),
             ]
         )
-        appended = await self.incidents.append_timeline(incident_id, entry, request.idempotency_key)
+        prefix = b""
+        if entry.kind == incidents_pb2.TIMELINE_KIND_ESCALATED:  # also an event (webhooks)
+            prefix = domain.event_prefix(
+                incidents_pb2.INCIDENT_EVENT_KIND_ESCALATED,
+                domain.to_ms(entry.at),
+                entry.actor,
+                current_traceparent(),
+                note=entry.message,
+            )
+        appended = await self.incidents.append_timeline(
+            incident_id, entry, request.idempotency_key, prefix
+        )
         return incidents_pb2.AppendTimelineResponse(appended=appended)
 
     async def GetIncident(
         self, request: incidents_pb2.GetIncidentRequest, context: Any
     ) -> incidents_pb2.GetIncidentResponse:
         incident = await self.incidents.get(
-            validation.parse_incident_id(request.incident_id),
+            await self._incident_id(request.incident_id),
             alerts=request.include_alerts,
             timeline=request.include_timeline,
         )
@@ -332,12 +411,27 @@ class IncidentServicer(incidents_pb2_grpc.IncidentServiceServicer):
             )
         return service
 
+    async def _incident_id(self, value: str) -> str:
+        """The id of the incident `value` names: its id, or its number as "#18"."""
+        number = validation.parse_incident_number(value)
+        if number is None:
+            return validation.parse_incident_id(value)
+        ids = await self.incidents.find_number(number)
+        if not ids:
+            raise NotFound(f"incident #{number} does not exist")
+        if len(ids) > 1:  # only after the counter went back (incidents/keys.py, "Numbers")
+            raise FailedPrecondition(
+                f"#{number} names {len(ids)} incidents (ids {', '.join(sorted(ids))}); "
+                "give one of the ids"
+            )
+        return ids[0]
+
     async def _address(
         self, request: incidents_pb2.AcknowledgeRequest | incidents_pb2.ResolveRequest
     ) -> str:
         """The incident id given, or the open incident of (service, dedup_key)."""
         if request.incident_id:
-            return validation.parse_incident_id(request.incident_id)
+            return await self._incident_id(request.incident_id)
         if not request.dedup_key:
             raise InvalidArgument(
                 [FieldViolation("incident_id", "is required (or service_id and dedup_key)")]

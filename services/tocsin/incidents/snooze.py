@@ -1,4 +1,5 @@
-"""Snooze expiry: one durable timer per snoozed incident, in the incident's own slot.
+"""Snooze expiry and ack timeouts: one durable timer per snoozed incident (or
+acknowledged incident of a service with an ack timeout), in the incident's own slot.
 
 The timers use tocsin.runtime.timers' library under the incident shard's hash tag, but in
 their own namespace (`tocsin:{tN}:snooze:timers`, ...): the snooze script arms its timer
@@ -64,6 +65,6 @@ def snooze_worker(
     async def fire(timer: ClaimedTimer) -> None:
         due_ms, traceparent = decode_payload(timer.payload)
         changed = await target.unsnooze(timer.timer_id, due_ms, traceparent)
-        log.info("snooze of incident %s ended (changed=%s)", timer.timer_id, changed)
+        log.info("snooze or ack timeout of incident %s ended (changed=%s)", timer.timer_id, changed)
 
     return TimerWorker(timers, clock, fire, lambda: range(INCIDENT_SHARDS), **options)

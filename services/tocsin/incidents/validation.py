@@ -21,6 +21,8 @@ from tocsin.client.limits import (
     MAX_DETAILS_DEPTH,
     details_depth,
 )
+from tocsin.incidents import urgency
+from tocsin.incidents.rules import grouping_violations
 from tocsin.runtime.errors import FieldViolation, InvalidArgument
 from tocsin.runtime.ids import id_violations
 from tocsin.v1 import common_pb2, incidents_pb2
@@ -79,8 +81,19 @@ def parse_incident_id(value: str, field: str = "incident_id") -> str:
     if not value:
         raise InvalidArgument.one(field, "is required")
     if not _INCIDENT_ID.fullmatch(value):
-        raise InvalidArgument.one(field, f"must be a decimal incident number, got {value[:40]!r}")
+        raise InvalidArgument.one(
+            field, f"must be a decimal incident id or a number as '#18', got {value[:40]!r}"
+        )
     return value
+
+
+def parse_incident_number(value: str, field: str = "incident_id") -> int | None:
+    """The number of a reference written "#18"; None for anything else (an id)."""
+    if not value.startswith("#"):
+        return None
+    if not _INCIDENT_ID.fullmatch(value[1:]):
+        raise InvalidArgument.one(field, f"must be an incident number as '#18', got {value[:40]!r}")
+    return int(value[1:])
 
 
 def service_id_violations(field: str, value: str) -> list[FieldViolation]:
@@ -108,6 +121,8 @@ def service_violations(
         *text_violations(f"{prefix}.name", service.name, MAX_DISPLAY),
         *integration_key_violations(f"{prefix}.integration_key", service.integration_key),
         *optional_id_violations(f"{prefix}.escalation_policy_id", service.escalation_policy_id),
+        *grouping_violations(service.grouping, f"{prefix}.grouping"),
+        *urgency.violations(service, prefix),
     ]
 
 

@@ -13,7 +13,9 @@
 --   member           index member
 --   timeline_entry   TimelineEntry protobuf
 --   prefix           the event's prefix
---   release          dedup field to release ('' = none)
+--   release          dedup field to release ('' = none), if it still names this incident
+--   redirect         '' = delete it; else the value it gets instead: the merge redirect
+--                    'm:<id>:<field>' (keys.redirect) of the incident this one merged into
 --   expire_s         '0' = none
 --   maxlen           stream maxlen
 --   event_field
@@ -42,19 +44,23 @@ if KEYS[5] ~= KEYS[6] then
 end
 redis.call('RPUSH', KEYS[2], ARGV[6])
 if ARGV[8] ~= '' and redis.call('HGET', KEYS[7], ARGV[8]) == ARGV[1] then
-  redis.call('HDEL', KEYS[7], ARGV[8])
-end
-if ARGV[9] ~= '0' then
-  for i = 1, 3 do
-    redis.call('EXPIRE', KEYS[i], ARGV[9])
+  if ARGV[9] == '' then
+    redis.call('HDEL', KEYS[7], ARGV[8])
+  else
+    redis.call('HSET', KEYS[7], ARGV[8], ARGV[9])
   end
 end
-if ARGV[12] == 'arm' then
-  timer_arm(ARGV[13], ARGV[1], ARGV[14], ARGV[15])
-elseif ARGV[12] == 'cancel' then
-  timer_cancel(ARGV[13], ARGV[1])
+if ARGV[10] ~= '0' then
+  for i = 1, 3 do
+    redis.call('EXPIRE', KEYS[i], ARGV[10])
+  end
+end
+if ARGV[13] == 'arm' then
+  timer_arm(ARGV[14], ARGV[1], ARGV[15], ARGV[16])
+elseif ARGV[13] == 'cancel' then
+  timer_cancel(ARGV[14], ARGV[1])
 end
 local incident = redis.call('HGET', ik, 'p') .. o
-publish(lane_stream(KEYS[4], redis.call('HGET', ik, 'ln')), ARGV[10], ARGV[11], ARGV[7],
+publish(lane_stream(KEYS[4], redis.call('HGET', ik, 'ln')), ARGV[11], ARGV[12], ARGV[7],
         incident, nil)
 return {1, incident}

@@ -16,9 +16,16 @@
 --   kept            alerts kept
 --   maxlen          stream maxlen
 --   event_field
--- Returns {0, incident id, Incident protobuf, alert id}, or nil.
+-- The same script follows a merge redirect (keys.redirect): `field` and `id` are then the
+-- incident the merged one was merged into, joined if its own entry still names it.
+-- Returns {0, incident id, Incident protobuf, alert id}; {-3, redirect} when the field
+-- holds a merge redirect instead (the caller follows it); or nil.
 local tag, id = ARGV[1], ARGV[3]
-if redis.call('HGET', KEYS[1], ARGV[2]) ~= id then
+local current = redis.call('HGET', KEYS[1], ARGV[2])
+if current ~= id then
+  if current and string.sub(current, 1, 2) == 'm:' then
+    return {-3, current}
+  end
   return nil
 end
 local counters = redis.call('HMGET', inc_key(tag, id), 'n', 'v', 'sev', 'ln')
