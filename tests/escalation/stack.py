@@ -6,7 +6,7 @@ nothing is left, so a test reads as a specification."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from google.protobuf.duration_pb2 import Duration
@@ -52,6 +52,9 @@ class FullStack:
             done += await self.paging.drain_events()
             done += await self.escalation.worker.run_once()
             done += await self.paging.parts.worker.run_once()
+            if self.paging.incidents is not None:  # snoozes and ack timeouts that end
+                done += await self.paging.incidents.snooze_worker.run_once()
+                done += await self.paging.incidents.maintenance_worker.run_once()
             await self.paging.settle()
             total += done
             if not done:
@@ -117,8 +120,11 @@ def schedule(schedule_id: str) -> escalation_pb2.EscalationTarget:
 
 
 @contextlib.asynccontextmanager
-async def full_stack(redis: RedisClient) -> AsyncIterator[FullStack]:
-    async with paging_stack(redis) as paging:
+async def full_stack(
+    redis: RedisClient, env: Mapping[str, str] | None = None
+) -> AsyncIterator[FullStack]:
+    """`env`: more configuration for the services (a channel's settings)."""
+    async with paging_stack(redis, env) as paging:
         endpoints = paging.client.endpoints
         env = {
             "TOCSIN_SCHEDULING_ADDR": endpoints.scheduling,

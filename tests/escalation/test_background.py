@@ -17,7 +17,7 @@ from tests.escalation.stack import FullStack, user
 from tests.notification.stack import ALICE, BOB, SMS
 from tests.services import LOOPBACK_ANY_PORT
 from tocsin.escalation import server as escalation_server
-from tocsin.escalation.server import SERVICE_NAME, EscalationProcess
+from tocsin.escalation.server import LEASE_MS, SERVICE_NAME, EscalationProcess
 from tocsin.runtime.events import INCIDENT_SHARDS
 from tocsin.runtime.service import ServiceDeps
 
@@ -28,7 +28,7 @@ async def serving_status(port: int) -> str:
     # A plain channel: tocsin's own avoids a replica that is not serving.
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=2
+            health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=10
         )
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
@@ -74,6 +74,10 @@ async def test_background_loops_escalate_and_ride_out_a_failing_heartbeat(
 
         monkeypatch.setattr(leases, "heartbeat", faulty_heartbeat)
         await until_status("NOT_SERVING")
+        # Health turns on real time (fail_after_s), leases run out on the clock: once a
+        # whole lease has passed without a heartbeat, nothing is owned (however few clock
+        # seconds the loop above let pass on a loaded machine).
+        stack.paging.clock.advance(seconds=LEASE_MS / 1000)
         assert leases.owned == frozenset()
         failing.clear()
         await until_status("SERVING")

@@ -54,7 +54,9 @@ async def test_levels_page_in_turn_until_an_sms_reply_acknowledges(any_stack: Fu
     assert bob_sms.body is not None
     code = bob_sms.body.split("reply '")[1].split("a'")[0]
     answer = await stack.pager.reply_sms("bob", f"{code}a")
-    assert f"Acknowledged #{incident_id}" in answer
+    number = (await stack.paging.incident(incident_id)).number
+    assert number > 0
+    assert answer.startswith(f"Acknowledged #{number}: disk full on db1")
     await stack.tick(minutes=60)
     await stack.pager.expect_no_more_pages()
 
@@ -191,6 +193,27 @@ async def test_a_crash_after_the_level_advanced_redoes_the_pages_exactly_once(
     assert lines.count("Escalation level 1 (loop 1) paged bob, carol") == 1
 
 
+async def test_two_starts_of_one_new_incident_at_once_page_level_zero_once(
+    stack: FullStack,
+) -> None:
+    """Level 0 fires inside the write that starts the escalation: of two starts racing
+    (a redelivered event, the auditor), one writes and pages, the other pages nobody."""
+    await people(stack)
+    await stack.policy(([user("bob")], 5), ([user("carol")], 5))
+    incident_id = await stack.paging.trigger(mirror=False)
+    incident = await stack.paging.incident(incident_id)
+    engine = stack.escalation.engine
+    assert engine is not None
+    await asyncio.gather(engine.begin(incident, ""), engine.begin(incident, ""))
+    await stack.pager.expect_sms("bob")
+    await stack.run_until_quiet()  # the TRIGGERED event itself: already started
+    await stack.pager.expect_no_more_pages()
+    escalation = await stack.escalation_of(incident_id)
+    assert [p.user_id for p in escalation.pages] == ["bob"]
+    await stack.tick(minutes=5)  # the level-1 timer armed by that same write
+    await stack.pager.expect_sms("carol")
+
+
 async def test_the_auditor_rearms_an_escalation_whose_timer_was_lost(stack: FullStack) -> None:
     await people(stack)
     await stack.policy(([user("bob")], 5), ([user("carol")], 5))
@@ -257,3 +280,33 @@ async def test_a_level_that_loses_the_race_with_an_acknowledgement_pages_nobody(
     await stack.pager.expect_no_more_pages()
     escalation = await stack.escalation_of(incident_id)
     assert escalation.status == escalation_pb2.ESCALATION_STATUS_STOPPED
+
+
+async def test_every_notify_names_the_incidents_service(
+    any_stack: FullStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender queues pages per service (fair between services), so every Notify a
+    level makes names the incident's service: level 0 (fired in the start write) and a
+    later level (fired from the stored state's timer), on standalone and Cluster."""
+    stack = any_stack
+    await people(stack)
+    await stack.policy(([user("bob")], 5), ([user("carol")], 5))
+    engine = stack.escalation.engine
+    assert engine is not None
+    real_notify = engine.peers.notification.Notify
+    seen: list[tuple[str, str]] = []
+
+    async def spy(
+        request: notification_pb2.NotifyRequest, **kwargs: object
+    ) -> notification_pb2.NotifyResponse:
+        seen.append((request.user_id, request.service_id))
+        return await real_notify(request, **kwargs)
+
+    monkeypatch.setattr(engine.peers.notification, "Notify", spy)
+    await trigger(stack)
+    await stack.pager.expect_sms("bob")
+    await stack.tick(minutes=5)
+    await stack.pager.expect_sms("carol")
+    await stack.tick(minutes=60)
+    await stack.pager.expect_no_more_pages()
+    assert seen == [("bob", "payments-api"), ("carol", "payments-api")]

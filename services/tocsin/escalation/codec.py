@@ -15,16 +15,33 @@ from tocsin.escalation.domain import Awaiting, Escalation, Level, Page, Policy, 
 from tocsin.v1 import escalation_pb2 as pb
 
 
+def _target_from_proto(t: pb.EscalationTarget) -> Target:
+    kind = t.WhichOneof("target")
+    if kind == "user_id":
+        return Target("user", t.user_id)
+    if kind == "slack_channel":
+        return Target("slack_channel", t.slack_channel.strip().upper())
+    if kind == "teams_channel":
+        return Target("teams_channel", t.teams_channel.strip())
+    return Target("schedule", t.schedule_id)
+
+
+def _target_to_proto(t: Target) -> pb.EscalationTarget:
+    if t.kind == "user":
+        return pb.EscalationTarget(user_id=t.id)
+    if t.kind == "slack_channel":
+        return pb.EscalationTarget(slack_channel=t.id)
+    if t.kind == "teams_channel":
+        return pb.EscalationTarget(teams_channel=t.id)
+    return pb.EscalationTarget(schedule_id=t.id)
+
+
 def policy_from_proto(msg: pb.EscalationPolicy) -> Policy:
     levels = tuple(
         Level(
-            targets=tuple(
-                Target("user", t.user_id)
-                if t.WhichOneof("target") == "user_id"
-                else Target("schedule", t.schedule_id)
-                for t in level.targets
-            ),
+            targets=tuple(_target_from_proto(t) for t in level.targets),
             delay_ms=level.delay.seconds * 1000 + level.delay.nanos // 1_000_000,
+            round_robin=level.strategy == pb.LEVEL_STRATEGY_ROUND_ROBIN,
         )
         for level in msg.levels
     )
@@ -39,13 +56,13 @@ def policy_to_proto(policy: Policy) -> pb.EscalationPolicy:
         version=policy.version,
         levels=[
             pb.EscalationLevel(
-                targets=[
-                    pb.EscalationTarget(user_id=t.id)
-                    if t.kind == "user"
-                    else pb.EscalationTarget(schedule_id=t.id)
-                    for t in level.targets
-                ],
+                targets=[_target_to_proto(t) for t in level.targets],
                 delay=Duration(seconds=level.delay_ms // 1000, nanos=level.delay_ms % 1000 * 10**6),
+                strategy=(
+                    pb.LEVEL_STRATEGY_ROUND_ROBIN
+                    if level.round_robin
+                    else pb.LEVEL_STRATEGY_UNSPECIFIED
+                ),
             )
             for level in policy.levels
         ],
@@ -100,7 +117,11 @@ def dump_state(state: Escalation) -> str:
             "repeat": policy.repeat,
             "version": policy.version,
             "levels": [
-                {"delay_ms": lv.delay_ms, "targets": [[t.kind, t.id] for t in lv.targets]}
+                {
+                    "delay_ms": lv.delay_ms,
+                    "targets": [[t.kind, t.id] for t in lv.targets],
+                    **({"rr": True} if lv.round_robin else {}),
+                }
                 for lv in policy.levels
             ],
         },
@@ -118,6 +139,10 @@ def dump_state(state: Escalation) -> str:
     if state.awaiting is not None:
         aw = state.awaiting
         data["aw"] = [aw.level, aw.loop, aw.fired_ms, aw.delay_ms]
+    if state.low_urgency:
+        data["low"] = True  # absent (every state before urgencies): high
+    if state.service_id:
+        data["svc"] = state.service_id
     return json.dumps(data, separators=(",", ":"))
 
 
@@ -130,7 +155,11 @@ def load_state(raw: bytes | str) -> Escalation:
             policy["id"],
             policy["name"],
             tuple(
-                Level(tuple(Target(k, i) for k, i in lv["targets"]), lv["delay_ms"])
+                Level(
+                    tuple(Target(k, i) for k, i in lv["targets"]),
+                    lv["delay_ms"],
+                    lv.get("rr", False),
+                )
                 for lv in policy["levels"]
             ),
             policy["repeat"],
@@ -145,6 +174,8 @@ def load_state(raw: bytes | str) -> Escalation:
         started_ms=data["started_ms"],
         pages=tuple(Page(*p) for p in data["pages"]),
         awaiting=Awaiting(*(int(v) for v in data["aw"])) if data.get("aw") else None,
+        low_urgency=bool(data.get("low", False)),
+        service_id=str(data.get("svc") or ""),
     )
 
 
@@ -173,19 +204,23 @@ class LevelTimerPayload:
 
 @dataclass(frozen=True)
 class HopPage:
-    """One Notify a hop makes. Stored as [level, loop, user id, schedule id]."""
+    """One Notify a hop makes. Stored as [level, loop, user id, schedule id] and, for a
+    channel target (user id from runtime/channeltargets.py), its address."""
 
     level: int
     loop: int
     user_id: str
     schedule_id: str
+    address: str = ""
 
 
 @dataclass(frozen=True)
 class HopPayload:
     """The outgoing work of one fired level (an outbox timer): its Notify calls and its
     timeline notes. `next_level_ms` is when the next level is due (the pages matter until
-    then). Stored as {"incident", "epoch", "pages", "notes", "tp"[, "until"]}."""
+    then); `low_urgency` pages with the users' low-urgency rules; `service_id` is the
+    incident's service, named in each Notify (the sender's per-service queues). Stored as
+    {"incident", "epoch", "pages", "notes", "tp"[, "until"][, "low"][, "svc"]}."""
 
     incident_id: str
     epoch: int
@@ -193,17 +228,26 @@ class HopPayload:
     notes: tuple[dict[str, Any], ...]
     traceparent: str
     next_level_ms: int | None = None
+    low_urgency: bool = False
+    service_id: str = ""
 
     def encode(self) -> str:
         data: dict[str, Any] = {
             "incident": self.incident_id,
             "epoch": self.epoch,
-            "pages": [[p.level, p.loop, p.user_id, p.schedule_id] for p in self.pages],
+            "pages": [
+                [p.level, p.loop, p.user_id, p.schedule_id, *([p.address] if p.address else [])]
+                for p in self.pages
+            ],
             "notes": list(self.notes),
             "tp": self.traceparent,
         }
         if self.next_level_ms is not None:
             data["until"] = self.next_level_ms
+        if self.low_urgency:
+            data["low"] = True
+        if self.service_id:
+            data["svc"] = self.service_id
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
@@ -213,10 +257,12 @@ class HopPayload:
             incident_id=str(data["incident"]),
             epoch=int(data["epoch"]),
             pages=tuple(
-                HopPage(int(level), int(loop), str(user), str(schedule))
-                for level, loop, user, schedule in data["pages"]
+                HopPage(int(level), int(loop), str(user), str(schedule), *map(str, rest))
+                for level, loop, user, schedule, *rest in data["pages"]
             ),
             notes=tuple(data["notes"]),
             traceparent=str(data.get("tp") or ""),
             next_level_ms=int(data["until"]) if data.get("until") is not None else None,
+            low_urgency=bool(data.get("low", False)),
+            service_id=str(data.get("svc") or ""),
         )

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Literal
 
+from tocsin.runtime import channeltargets
 from tocsin.runtime.errors import FieldViolation
 from tocsin.runtime.ids import id_violations
 
@@ -49,14 +50,17 @@ class Status(StrEnum):
 
 @dataclass(frozen=True)
 class Target:
-    kind: Literal["user", "schedule"]
+    kind: Literal["user", "schedule", "slack_channel", "teams_channel"]
     id: str
+    """A user or schedule id; a Slack channel id or Teams webhook URL for a channel."""
 
 
 @dataclass(frozen=True)
 class Level:
     targets: tuple[Target, ...]
     delay_ms: int
+    round_robin: bool = False
+    """Page one target per incident, in turn (see `round_robin_order`), not all of them."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,11 @@ class Escalation:
     awaiting: Awaiting | None = None
     """The last fired level while its pages are not all out; None once they are (or it
     paged nobody)."""
+    low_urgency: bool = False
+    """The incident is low urgency: its pages run the users' low-urgency rules."""
+    service_id: str = ""
+    """The incident's service, named in each Notify so the sender queues its pages per
+    service ("" in states written before it was kept)."""
 
     @property
     def last_fired_level(self) -> int:
@@ -168,24 +177,53 @@ class Held:
 Work = LevelFired | Exhausted | Held
 
 
-def start(incident_id: str, policy: Policy, now_ms: int, epoch: int = 0) -> Escalation:
-    """A new escalation whose level 0 is due now."""
+def start(
+    incident_id: str,
+    policy: Policy,
+    now_ms: int,
+    epoch: int = 0,
+    *,
+    low_urgency: bool = False,
+    first_fire_ms: int | None = None,
+    service_id: str = "",
+) -> Escalation:
+    """A new escalation whose level 0 is due now, or at `first_fire_ms` when that is later
+    (a low-urgency incident waiting for its service's support hours)."""
     return Escalation(
         incident_id=incident_id,
         policy=policy,
         status=Status.ACTIVE,
         next_level=0,
         loop=0,
-        next_fire_ms=now_ms,
+        next_fire_ms=max(now_ms, first_fire_ms or now_ms),
         version=1,
         epoch=epoch,
         started_ms=now_ms,
+        low_urgency=low_urgency,
+        service_id=service_id,
     )
 
 
-def restart(current: Escalation, policy: Policy, now_ms: int) -> Escalation:
-    """Start over (snooze ended, reassigned) with a fresh policy snapshot and a new epoch."""
-    fresh = start(current.incident_id, policy, now_ms, epoch=current.epoch + 1)
+def restart(
+    current: Escalation,
+    policy: Policy,
+    now_ms: int,
+    *,
+    low_urgency: bool | None = None,
+    service_id: str | None = None,
+) -> Escalation:
+    """Start over (snooze or acknowledgement timed out, reassigned) with a fresh policy
+    snapshot and a new epoch; level 0 is due now."""
+    low = current.low_urgency if low_urgency is None else low_urgency
+    service = current.service_id if service_id is None else service_id
+    fresh = start(
+        current.incident_id,
+        policy,
+        now_ms,
+        epoch=current.epoch + 1,
+        low_urgency=low,
+        service_id=service,
+    )
     return replace(fresh, version=current.version + 1, pages=current.pages)
 
 
@@ -342,6 +380,18 @@ def record_pages(current: Escalation, pages: tuple[Page, ...]) -> Escalation:
     )
 
 
+def round_robin_order(targets: tuple[Target, ...], turn: int, loop: int) -> tuple[Target, ...]:
+    """The targets of a round-robin level in the order this firing tries them: the one
+    whose turn it is first (`turn`, the incident's draw from the level's counter, moved on
+    by `loop` so a repeat of the policy pages the next one), then the others in turn. The
+    engine pages the first that resolves to somebody (a schedule with nobody on call is
+    passed over)."""
+    if not targets:
+        return targets
+    start = (turn + loop) % len(targets)
+    return targets[start:] + targets[:start]
+
+
 def idempotency_key(incident_id: str, epoch: int, level: int, loop: int, user_id: str) -> str:
     """The key notification deduplicates a page by: one page per user, level, loop, epoch."""
     return f"{incident_id}/{epoch}/{level}/{loop}/{user_id}"
@@ -378,6 +428,10 @@ def validate_policy(policy: Policy) -> list[FieldViolation]:
                 FieldViolation(f"levels[{i}].targets", f"at most {MAX_TARGETS} targets")
             )
         for j, target in enumerate(level.targets):
+            if target.kind in channeltargets.KINDS:
+                field = f"levels[{i}].targets[{j}].{target.kind}"
+                violations += channeltargets.violations(target.kind, target.id, field)
+                continue
             field = f"levels[{i}].targets[{j}].{target.kind}_id"
             if not target.id:
                 violations.append(FieldViolation(field, "must not be empty"))

@@ -60,6 +60,7 @@ from tocsin.escalation.domain import (
     Status,
 )
 from tocsin.escalation.store import EscalationStore, Hop, hop_timer_id, level_timer_id
+from tocsin.runtime import channeltargets
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from tocsin.runtime.events import incident_shard
@@ -67,6 +68,7 @@ from tocsin.runtime.metrics import timer_fired
 from tocsin.runtime.telemetry import context_from_traceparent, current_traceparent
 from tocsin.runtime.timers import ClaimedTimer, RetryLater, retry_later
 from tocsin.v1 import common_pb2, incidents_pb2, notification_pb2, scheduling_pb2
+from tocsin.v1 import escalation_pb2 as pb_policy
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("tocsin.escalation")
@@ -96,6 +98,13 @@ _PEER_PASSING = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 PEER_LOG_EVERY_S = 30.0
 """While peers keep failing, one WARNING per this interval (the rest at DEBUG)."""
 _WRITE_ATTEMPTS = 5
+
+
+class _Unread:
+    """A policy not read yet (`_policy_for` reads it)."""
+
+
+_UNREAD = _Unread()
 _EVENT = incidents_pb2.IncidentEventKind
 
 
@@ -129,22 +138,58 @@ class EscalationEngine:
             await self.halt(incident.id, event.traceparent, _EVENT.Name(event.kind))
 
     async def begin(self, incident: incidents_pb2.Incident, traceparent: str) -> None:
-        """Start escalating a newly triggered incident (a repeated event does nothing)."""
-        if await self.store.exists(incident.id):
+        """Start escalating a newly triggered incident (a repeated event does nothing).
+        Whether it started already and its policy are read in one round trip."""
+        policy_id = (
+            incident.assignment.escalation_policy_id
+            if incident.assignment.WhichOneof("target") != "user_id"
+            else ""
+        )
+        exists, stored = await self.store.exists_with_policy(incident.id, policy_id)
+        if exists:
             return
         with tracer.start_as_current_span(
             "escalation.start",
             context=context_from_traceparent(traceparent),
             attributes={"incident.id": incident.id},
         ) as span:
-            policy = await self._policy_for(incident)
+            policy = await self._policy_for(incident, stored if policy_id else _UNREAD)
             if policy is None:
                 return
             span.set_attribute("policy.id", policy.id)
-            state = domain.start(incident.id, policy, self.clock.now_ms())
+            page_at = incident.page_at.ToMilliseconds() if incident.HasField("page_at") else None
+            now = self.clock.now_ms()
+            state = domain.start(
+                incident.id,
+                policy,
+                now,
+                low_urgency=incident.urgency == common_pb2.URGENCY_LOW,
+                first_fire_ms=page_at,  # waiting for support hours: level 0 due then
+                service_id=incident.service_id,
+            )
+            if domain.is_due(state, now) and await self._start_fired(state):
+                return
             written = await self.store.write(state, 0, traceparent=current_traceparent())
         if written:
             await self.fire_now(incident.id)
+
+    async def _start_fired(self, state: Escalation) -> bool:
+        """Level 0 fires inside the write that starts the escalation: one compare-and-set
+        (nothing stored yet) records the escalation with level 0 fired, its hop and the
+        next level's timer, and the hop is sent at once. Nothing is written before that
+        write, so a crash before it leaves the event pending and the start is redone; a
+        crash after it leaves the hop and the level timer, which the shard's worker
+        claims. A concurrent start of the same incident loses the compare-and-set and
+        pages nobody. False when a peer did not answer: the caller takes the slow path
+        (state written, level 0 due, retried by its timer)."""
+        timer_fired("escalation", state.started_ms, state.started_ms)
+        try:
+            await self._advance(state, current_traceparent(), manual=False, expected_version=0)
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in _PEER_PASSING:
+                raise
+            return False
+        return True
 
     async def restart(self, incident: incidents_pb2.Incident, traceparent: str) -> None:
         """Start over for a snooze that ended or a new assignment, in a new epoch."""
@@ -158,11 +203,24 @@ class EscalationEngine:
                 return
             for _ in range(_WRITE_ATTEMPTS):
                 current = await self.store.load(incident.id)
+                low = incident.urgency == common_pb2.URGENCY_LOW
                 if current is None:
-                    state = domain.start(incident.id, policy, self.clock.now_ms())
+                    state = domain.start(
+                        incident.id,
+                        policy,
+                        self.clock.now_ms(),
+                        low_urgency=low,
+                        service_id=incident.service_id,
+                    )
                     expected = 0
                 else:
-                    state = domain.restart(current, policy, self.clock.now_ms())
+                    state = domain.restart(
+                        current,
+                        policy,
+                        self.clock.now_ms(),
+                        low_urgency=low,
+                        service_id=incident.service_id,
+                    )
                     expected = current.version
                 if await self.store.write(state, expected, traceparent=current_traceparent()):
                     break
@@ -338,8 +396,16 @@ class EscalationEngine:
         raise Conflict(f"escalation of incident {incident_id} kept changing; retried")
 
     async def _advance(
-        self, state: Escalation, traceparent: str, *, manual: bool
+        self,
+        state: Escalation,
+        traceparent: str,
+        *,
+        manual: bool,
+        expected_version: int | None = None,
     ) -> Escalation | None:
+        """Fire what is next of `state` and write it with a compare-and-set on
+        `expected_version` (default: `state.version`; 0: nothing stored yet)."""
+        expected = state.version if expected_version is None else expected_version
         now = self.clock.now_ms()
         with tracer.start_as_current_span(
             "escalation.level", context=context_from_traceparent(traceparent)
@@ -358,12 +424,18 @@ class EscalationEngine:
                 # The previous level's pages are still waiting to go out: the timer comes
                 # back at the bound, or earlier when they are reported (report_page_out).
                 span.set_attribute("escalation.held_until", work.until_ms)
-                if not await self.store.write(advanced, state.version, traceparent=traceparent):
+                if not await self.store.write(advanced, expected, traceparent=traceparent):
                     span.set_attribute("escalation.stale", True)
                     return None
                 _held.add(1)
                 return advanced
+            addresses: dict[str, str] = {}
             if isinstance(work, LevelFired):
+                addresses = {
+                    channeltargets.target_id(t.kind, t.id): t.id
+                    for t in work.targets
+                    if t.kind in channeltargets.KINDS
+                }
                 pages, notes = await self._resolve_targets(state, work, now)
                 advanced = domain.record_pages(advanced, pages)
                 if not pages and advanced.next_fire_ms is not None:
@@ -382,15 +454,20 @@ class EscalationEngine:
                 HopPayload(
                     state.incident_id,
                     state.epoch,
-                    tuple(HopPage(p.level, p.loop, p.user_id, p.schedule_id) for p in pages),
+                    tuple(
+                        HopPage(
+                            p.level, p.loop, p.user_id, p.schedule_id, addresses.get(p.user_id, "")
+                        )
+                        for p in pages
+                    ),
                     tuple(notes),
                     current_traceparent(),
                     advanced.next_fire_ms,
+                    low_urgency=state.low_urgency,
+                    service_id=state.service_id,
                 ),
             )
-            if not await self.store.write(
-                advanced, state.version, traceparent=traceparent, hop=hop
-            ):
+            if not await self.store.write(advanced, expected, traceparent=traceparent, hop=hop):
                 span.set_attribute("escalation.stale", True)
                 return None
         if work.unconfirmed is not None:
@@ -413,10 +490,17 @@ class EscalationEngine:
         pages: list[Page] = []
         notes: list[dict[str, Any]] = []
         seen: set[str] = set()
-        for target in work.targets:
+        targets = work.targets
+        round_robin = state.policy.levels[work.level].round_robin and len(targets) > 1
+        if round_robin:
+            turn = await self.store.round_robin_turn(state.policy.id, work.level, state.incident_id)
+            targets = domain.round_robin_order(targets, turn, work.loop)
+        for target in targets:
             user: str | None
             if target.kind == "user":
                 user, schedule_id = target.id, ""
+            elif target.kind in channeltargets.KINDS:
+                user, schedule_id = channeltargets.target_id(target.kind, target.id), ""
             else:
                 schedule_id = target.id
                 user = await self._on_call(schedule_id, now_ms, notes, work)
@@ -425,8 +509,20 @@ class EscalationEngine:
             if user not in seen:
                 seen.add(user)
                 pages.append(Page(work.level, work.loop, user, schedule_id, now_ms, state.epoch))
+            if round_robin:
+                notes.append(
+                    {
+                        "kind": incidents_pb2.TIMELINE_KIND_NOTE,
+                        "message": f"Round robin: level {work.level + 1} paged {user} "
+                        f"({target.kind} {target.id}), whose turn it was",
+                        "attributes": {"round_robin_target": f"{target.kind}:{target.id}"},
+                    }
+                )
+                break
         who = ", ".join(
-            p.user_id + (f" (schedule {p.schedule_id})" if p.schedule_id else "") for p in pages
+            channeltargets.describe(p.user_id)
+            + (f" (schedule {p.schedule_id})" if p.schedule_id else "")
+            for p in pages
         )
         notes.insert(
             0,
@@ -498,7 +594,7 @@ class EscalationEngine:
         incident_id, epoch = hop.incident_id, hop.epoch
         context = context_from_traceparent(hop.traceparent)
         unreachable: list[tuple[str, str, str]] = []
-        for level, loop, user_id, schedule_id in (astuple(p) for p in hop.pages):
+        for level, loop, user_id, schedule_id, address in (astuple(p) for p in hop.pages):
             with tracer.start_as_current_span(
                 "escalation.notify",
                 context=context,
@@ -516,7 +612,19 @@ class EscalationEngine:
                     user_id=user_id,
                     idempotency_key=key,
                     traceparent=current_traceparent(),
+                    urgency=common_pb2.URGENCY_LOW if hop.low_urgency else common_pb2.URGENCY_HIGH,
+                    service_id=hop.service_id,
                 )
+                if address:
+                    kind = user_id.partition(":")[0]
+                    request.channel.CopyFrom(
+                        notification_pb2.ChannelTarget(
+                            type=notification_pb2.CONTACT_METHOD_TYPE_SLACK
+                            if kind == channeltargets.SLACK_CHANNEL
+                            else notification_pb2.CONTACT_METHOD_TYPE_TEAMS,
+                            address=address,
+                        )
+                    )
                 if hop.next_level_ms is not None:
                     # the page matters until then: a throttled send is retried until then
                     request.next_level_at.FromMilliseconds(hop.next_level_ms)
@@ -542,7 +650,13 @@ class EscalationEngine:
 
     # policies
 
-    async def _policy_for(self, incident: incidents_pb2.Incident) -> Policy | None:
+    async def _policy_for(
+        self,
+        incident: incidents_pb2.Incident,
+        stored: pb_policy.EscalationPolicy | _Unread | None = _UNREAD,
+    ) -> Policy | None:
+        """The incident's policy: `stored` when the caller read it already (None: there
+        is none), else read here."""
         assignment = incident.assignment
         target = assignment.WhichOneof("target")
         if target == "user_id":
@@ -554,7 +668,11 @@ class EscalationEngine:
         try:
             if not policy_id:
                 raise NotFound("no escalation policy assigned")
-            return policy_from_proto(await self.store.get_policy(policy_id))
+            if isinstance(stored, _Unread):
+                stored = await self.store.get_policy(policy_id)
+            if stored is None:
+                raise NotFound(f"escalation policy {policy_id!r} does not exist")
+            return policy_from_proto(stored)
         except NotFound:
             await self.peers.incidents.AppendTimeline(
                 incidents_pb2.AppendTimelineRequest(

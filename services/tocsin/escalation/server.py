@@ -37,6 +37,13 @@ LEASE_MS = 10_000
 AUDIT_INTERVAL_MS = 60_000
 AUDIT_GRACE_MS = 30_000
 AUDIT_WINDOW_MS = 3_600_000
+INCIDENTS_AT_ONCE = 1
+"""Different incidents of one event lane handled at once (each incident's events in order).
+One: with 4, the chaos and fail-over e2e tests (kills, freezes) saw escalation stop
+answering ReportPageOut in time and its hops stall for a minute in CI (suspected: every
+lane with work in hand holds a blocking XREADGROUP refill on the shared connection pool,
+starving the timer and RPC paths). The consumer keeps the capability (tested in
+tests/runtime/test_events.py); escalation turns it on again once that is understood."""
 
 
 async def create_server(
@@ -71,7 +78,9 @@ async def create_server(
         (lambda: leases.owned) if background else (lambda: all_shards),
     )
     worker.kind = "escalation"
-    consumer = EventConsumer(deps.redis, "escalation", engine.on_event)
+    consumer = EventConsumer(
+        deps.redis, "escalation", engine.on_event, incidents_at_once=INCIDENTS_AT_ONCE
+    )
     running.worker, running.consumer, running.leases = worker, consumer, leases
     if not background:
         await consumer.start()

@@ -127,11 +127,21 @@ class EscalationServicer(escalation_pb2_grpc.EscalationServiceServicer):
             for v in validate_policy(policy_from_proto(policy))
         ]
         for i, level in enumerate(policy.levels):
+            if level.strategy not in pb.LevelStrategy.values():
+                violations.append(
+                    FieldViolation(
+                        f"policy.levels[{i}].strategy", f"unknown strategy {level.strategy}"
+                    )
+                )
             for j, target in enumerate(level.targets):
                 field = f"policy.levels[{i}].targets[{j}]"
                 kind = target.WhichOneof("target")
                 if kind is None:
-                    violations.append(FieldViolation(field, "set user_id or schedule_id"))
+                    violations.append(
+                        FieldViolation(
+                            field, "set user_id, schedule_id, slack_channel or teams_channel"
+                        )
+                    )
                 elif not references:
                     continue
                 elif kind == "user_id" and target.user_id:

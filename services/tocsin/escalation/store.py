@@ -80,6 +80,20 @@ def hop_timer_id(incident_id: str, epoch: int, level: int, loop: int) -> str:
     return f"hop:{incident_id}:{epoch}:{level}:{loop}"
 
 
+_ROUND_ROBIN = """-- An incident's turn at a round-robin level (one per incident).
+-- KEYS: 1 the policy's counters hash, 2 the incident's turn at the level
+-- ARGV:
+--   level
+--   ttl_ms     how long the incident's turn is kept
+local turn = redis.call('GET', KEYS[2])
+if turn then
+  return tonumber(turn)
+end
+turn = redis.call('HINCRBY', KEYS[1], ARGV[1], 1) - 1
+redis.call('SET', KEYS[2], turn, 'PX', ARGV[2])
+return turn"""
+
+
 def policy_key(policy_id: str) -> str:
     return f"{POLICY_PREFIX}policy:{policy_id}"
 
@@ -106,6 +120,7 @@ class EscalationStore:
         )
         self._create_policy = LuaScript(redis, "create policy", body=_CREATE_POLICY)
         self._update_policy = LuaScript(redis, "update policy", body=_UPDATE_POLICY)
+        self._round_robin = LuaScript(redis, "round robin turn", body=_ROUND_ROBIN)
 
     async def load(self, incident_id: str) -> Escalation | None:
         raw = await self.redis.hget(state_key(incident_id), "json")
@@ -141,6 +156,18 @@ class EscalationStore:
         )
         outcome = reply[0].decode()
         return outcome == "ok"
+
+    async def round_robin_turn(self, policy_id: str, level: int, incident_id: str) -> int:
+        """The incident's turn at a round-robin level: drawn once per incident (a repeat
+        or a retried firing gets the same), from a counter per policy and level advanced
+        atomically, so concurrent incidents never share a turn."""
+        tag = "{rr:" + policy_id + "}"
+        turn = await self._round_robin(
+            [f"tocsin:{tag}:counters", f"tocsin:{tag}:turn:{incident_id}:{level}"],
+            level=level,
+            ttl_ms=self.retention_ms,
+        )
+        return int(turn)
 
     async def record_unreachable(
         self, incident_id: str, epoch: int, level: int, loop: int, user_id: str, reason: str
@@ -192,6 +219,19 @@ class EscalationStore:
 
     async def exists(self, incident_id: str) -> bool:
         return bool(await self.redis.exists(state_key(incident_id)))
+
+    async def exists_with_policy(
+        self, incident_id: str, policy_id: str
+    ) -> tuple[bool, pb.EscalationPolicy | None]:
+        """Whether the incident's escalation exists, and the policy (None: no such policy,
+        or no `policy_id`), in one round trip: what starting an escalation reads."""
+        if not policy_id:
+            return await self.exists(incident_id), None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(state_key(incident_id))
+            pipe.hget(policy_key(policy_id), "proto")
+            found, raw = await pipe.execute()
+        return bool(found), None if raw is None else pb.EscalationPolicy.FromString(raw)
 
     # policies
 
