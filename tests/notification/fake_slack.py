@@ -44,6 +44,8 @@ class FakeSlack:
     messages: list[SlackMessage] = field(default_factory=list)
     failures: list[int] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
+    channels: set[str] = field(default_factory=set)
+    """The workspace's channel ids the bot is in (a post to another: channel_not_found)."""
 
     def _reply(self, data: dict[str, Any], status: int = 200) -> web.Response:
         headers = {"Retry-After": "1"} if status == 429 else {}
@@ -60,11 +62,16 @@ class FakeSlack:
         args = await request.json()
         if method == "chat.postMessage":
             user = str(args["channel"])
-            if not user.startswith("U"):
+            if user.startswith("C") and user in self.channels:
+                # A channel id: the message goes into that channel (no recipient).
+                channel, user = user, ""
+            elif user.startswith("U"):
+                channel = f"D{user[1:]}"  # a user id: the bot's DM with them
+            else:
                 return self._reply({"ok": False, "error": "channel_not_found"})
             ts = f"{1_800_000_000 + len(self.messages)}.000100"
             message = SlackMessage(
-                f"D{user[1:]}", ts, user, args.get("text", ""), args.get("blocks") or []
+                channel, ts, user, args.get("text", ""), args.get("blocks") or []
             )
             self.messages.append(message)
             return self._reply({"ok": True, "channel": message.channel, "ts": ts})

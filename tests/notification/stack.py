@@ -28,6 +28,7 @@ from tocsin.client.client import TocsinClient
 from tocsin.faketwilio import FakeTwilio, create_fake_twilio
 from tocsin.gateway.app import create_app
 from tocsin.incidents import server as incidents_server
+from tocsin.incidents.server import IncidentsService
 from tocsin.notification import server as notification_server
 from tocsin.notification.providers import Provider
 from tocsin.notification.server import NotificationService, Parts
@@ -53,6 +54,8 @@ class PagingStack:
     service: NotificationService
     client: TocsinClient
     config: Config
+    incidents: IncidentsService | None = None
+    """The incidents service (its heartbeat and snooze workers run only when told)."""
 
     @property
     def parts(self) -> Parts:
@@ -192,7 +195,9 @@ async def paging_stack(
         def deps(extra: Mapping[str, str]) -> ServiceDeps:
             return ServiceDeps(load_config({**base_env, **extra}), redis, clock)
 
-        scheduling, _ = await scheduling_server.create_server(deps({}), LOOPBACK_ANY_PORT)
+        scheduling, _ = await scheduling_server.create_server(
+            deps({}), LOOPBACK_ANY_PORT, background=False
+        )
         scheduling_addr = await stack.enter_async_context(_started(scheduling))
         # Reassign asks scheduling whether a user exists (reassigning to a policy would
         # ask escalation, which this stack does not start).
@@ -239,6 +244,7 @@ async def paging_stack(
             service=service,
             client=client,
             config=notification_deps.config,
+            incidents=incidents if isinstance(incidents, IncidentsService) else None,
         )
         paging.pager.settle = paging.settle
         yield paging

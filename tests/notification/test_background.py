@@ -12,7 +12,7 @@ from redis.exceptions import RedisClusterException
 
 from tests.notification.stack import ALICE, SMS, VOICE, PagingStack, paging_stack
 from tests.services import LOOPBACK_ANY_PORT
-from tocsin.notification.server import NotificationService, create_server
+from tocsin.notification.server import SHARD_LEASE_MS, NotificationService, create_server
 from tocsin.notification.servicer import SERVICE_NAME
 from tocsin.runtime.events import INCIDENT_SHARDS, incident_shard
 from tocsin.runtime.leases import ShardLeases
@@ -76,7 +76,7 @@ async def serving_status(port: int) -> str:
     # A plain channel: tocsin's own avoids a replica that is not serving.
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=2
+            health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=10
         )
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
@@ -119,6 +119,10 @@ async def test_health_is_not_serving_while_a_worker_keeps_failing_and_serving_on
         await eventually(lambda: _is(_owned(leases), every_shard))
         monkeypatch.setattr(leases, "heartbeat", faulty_heartbeat)
         await until_status("NOT_SERVING")
+        # Health turns on real time (fail_after_s), leases run out on the clock: once a
+        # whole lease has passed without a heartbeat, nothing is owned (however few clock
+        # seconds the loop above let pass on a loaded machine).
+        stack.clock.advance(seconds=SHARD_LEASE_MS / 1000)
         assert leases.owned == frozenset()
 
         failing.clear()

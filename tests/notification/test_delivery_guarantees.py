@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -122,6 +123,9 @@ async def test_pages_to_one_number_queue_behind_the_rate_limit_and_none_drops(
 
     for incident_id in storm:
         await limited.notify(incident_id, "alice")
+        # Its page reserves its slot in the background (the fast path): let it, so the
+        # three take their slots in the order of their Notify, as they would seconds apart.
+        await limited.settle()
 
     await limited.pager.expect_sms("alice", contains="alert 0")
     await limited.pager.expect_no_more_pages()
@@ -142,9 +146,43 @@ async def test_the_sender_rate_spaces_pages_to_different_people(limited: PagingS
     incident_id = await limited.trigger()
 
     await limited.notify(incident_id, "alice")
+    await limited.settle()  # alice's page takes its slot first (see above)
     await limited.notify(incident_id, "bob")
 
     await limited.pager.expect_sms("alice")
     await limited.pager.expect_no_more_pages()
     assert await limited.tick(seconds=2) == 1  # 0.5 per second: one every 2 seconds
     await limited.pager.expect_sms("bob")
+
+
+async def test_no_lookup_happens_between_recording_sending_and_the_provider_call(
+    stack: PagingStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process dying between SENDING and the provider's call loses the page (the sweep
+    marks it UNKNOWN, never resends): the incident and service lookups a page needs must
+    all happen before SENDING is recorded, so that window holds no waiting at all."""
+    await stack.add_user("alice", ALICE, [(SMS, 0)])
+    incident_id = await stack.trigger(mirror=False)  # the summary must be asked for
+    seen: list[tuple[str, list[int]]] = []
+    peer = stack.parts.sender.incidents
+    for name in ("get_incident", "service_name"):
+        original = getattr(peer, name)
+
+        async def spy(
+            *args: object, _original: Any = original, _name: str = name, **kwargs: object
+        ) -> object:
+            statuses = [int(a.status) for a in await stack.attempts(incident_id)]
+            seen.append((_name, statuses))
+            return await _original(*args, **kwargs)
+
+        monkeypatch.setattr(peer, name, spy)
+
+    await stack.notify(incident_id, "alice")
+    await stack.pager.expect_sms("alice", "disk full on db1")
+    await stack.settle()
+    assert {name for name, _ in seen} == {"get_incident", "service_name"}
+    # (Afterwards the first-page metric reads the incident: the page is SENT by then.)
+    sending = notification_pb2.ATTEMPT_STATUS_SENDING
+    assert all(sending not in statuses for _, statuses in seen), seen
+    [attempt] = await stack.attempts(incident_id)
+    assert attempt.status != notification_pb2.ATTEMPT_STATUS_SENDING

@@ -3,8 +3,10 @@ Redis, and a real SMTP server (aiosmtpd) that the test starts."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -28,7 +30,10 @@ from tocsin.notification.providers import ProviderError
 from tocsin.runtime.config import ConfigError, load_config
 from tocsin.runtime.errors import InvalidArgument
 from tocsin.runtime.redis import RedisClient
-from tocsin.v1 import incidents_pb2
+from tocsin.runtime.timers import TimerWorker
+from tocsin.scheduling.handoff_timers import HandoffTimers
+from tocsin.scheduling.store import SchedulingStore
+from tocsin.v1 import incidents_pb2, scheduling_pb2
 from tocsin.v1 import notification_pb2 as pb
 
 EMAIL = pb.CONTACT_METHOD_TYPE_EMAIL
@@ -94,6 +99,7 @@ async def test_a_page_by_email_arrives_at_the_smtp_server_once_with_text_and_htm
     recorder, _ = smtp
     await add_email_user(stack, [("alice-email", 0), ("alice-sms", 300)])
     incident_id = await stack.trigger("disk full on db1 <b>&</b>")
+    number = (await stack.incident(incident_id)).number
 
     await stack.notify(incident_id, "alice")
     await stack.settle()
@@ -104,7 +110,7 @@ async def test_a_page_by_email_arrives_at_the_smtp_server_once_with_text_and_htm
     assert mail.mail_from == "pages@example.com"
     assert mail.message["From"] == FROM
     assert mail.message["Subject"] == (
-        f"[tocsin] #{incident_id} Payments API: disk full on db1 <b>&</b>"
+        f"[tocsin] #{number} Payments API: disk full on db1 <b>&</b>"
     )
     attempts = {a.contact_method_id: a for a in await stack.attempts(incident_id)}
     attempt = attempts["alice-email"]
@@ -112,11 +118,12 @@ async def test_a_page_by_email_arrives_at_the_smtp_server_once_with_text_and_htm
     assert mail.message["Message-ID"] == f"<{attempt.id}@example.com>"
     text = mail.part("plain")
     assert "disk full on db1 <b>&</b>" in text
-    assert f"tocsin ack {incident_id}" in text and stack.config.public_url in text
+    assert f"tocsin ack {number}" in text
+    assert f"Open it: {stack.config.public_url}/i/{number}?s=" in text  # the incident's page
     assert f"to {stack.config.twilio.from_number if stack.config.twilio else ''}" in text
     page = mail.part("html")
     assert "disk full on db1 &lt;b&gt;&amp;&lt;/b&gt;" in page  # escaped, never markup
-    assert f'href="{stack.config.public_url}"' in page
+    assert f'href="{stack.config.public_url}/i/{number}?s=' in page
 
     # The SMS rule is still pending; acknowledging cancels it, nothing else is sent.
     await stack.pager.expect_no_more_pages()
@@ -329,3 +336,75 @@ async def test_email_pages_are_not_paced_by_the_phone_rate_limits(
         alerts = sorted(str(m.message["Subject"]).rsplit(": ", 1)[1] for m in recorder.received)
         assert alerts == ["alert 0", "alert 1", "alert 2"]
         await stack.pager.expect_no_more_pages()
+
+
+async def test_hand_off_notices_by_email_arrive_once_over_smtp(
+    stack: PagingStack, smtp: tuple[SmtpRecorder, int]
+) -> None:
+    """Shift hand-off notices (issue 15) end to end by email: the scheduling timer fires on
+    two workers at the shift's start, notification sends over STARTTLS with AUTH to the
+    real SMTP server, once; the end notice follows at the shift's end; each is an attempt
+    listed as a notice. The person's SMS gets them too, and no call."""
+    recorder, _ = smtp
+    await add_email_user(stack, [("alice-email", 0)])
+    stack.pager.person("alice", ALICE)
+    scheduling = stack.client.scheduling
+    await scheduling.CreateUser(
+        scheduling_pb2.CreateUserRequest(user=scheduling_pb2.User(id="bob", name="Bob"))
+    )
+    await scheduling.SetHandoffNotices(
+        scheduling_pb2.SetHandoffNoticesRequest(user_id="alice", notices=["start", "end"])
+    )
+    await scheduling.CreateSchedule(
+        scheduling_pb2.CreateScheduleRequest(
+            schedule=scheduling_pb2.Schedule(
+                id="primary",
+                name="Primary",
+                time_zone="UTC",
+                layers=[
+                    scheduling_pb2.Layer(
+                        name="daily",
+                        start="2026-11-27T09:00:00",
+                        rotation_length="1d",
+                        user_ids=["alice", "bob"],
+                    )
+                ],
+            )
+        )
+    )
+
+    def replica() -> TimerWorker:
+        timers = HandoffTimers(
+            SchedulingStore(stack.redis),
+            stack.redis,
+            stack.clock,
+            lambda: stack.client.notification,
+        )
+        return timers.worker()
+
+    one, two = replica(), replica()
+    stack.clock.set(datetime(2026, 11, 27, 9, tzinfo=UTC))
+    assert sorted(await asyncio.gather(one.run_once(), two.run_once())) == [0, 1]
+    [start] = recorder.received
+    assert start.rcpt_tos == ["Alice.Ops@example.com"]
+    assert start.mail_from == "pages@example.com"
+    assert (start.login, start.tls) == (USER, True)
+    assert start.message["Subject"] == "tocsin: your on-call shift on Primary starts now."
+    assert "your on-call shift on Primary starts now." in start.part("plain")
+    await stack.pager.expect_sms("alice", "shift on Primary starts now")
+    await stack.pager.expect_no_more_pages()
+
+    stack.clock.advance(days=1)  # alice hands over to bob
+    assert await two.run_once() == 1
+    assert await one.run_once() == 0
+    assert [m.message["Subject"] for m in recorder.received[1:]] == [
+        "tocsin: your on-call shift on Primary has ended."
+    ]
+    await stack.pager.expect_sms("alice", "has ended")
+    await stack.pager.expect_no_more_pages()
+    listed = await stack.client.notification.ListAttempts(pb.ListAttemptsRequest(user_id="alice"))
+    emails = [a for a in listed.attempts if a.contact_method_id == "alice-email"]
+    assert [(a.kind, a.status, a.notice_key.rpartition("/")[2]) for a in emails] == [
+        (pb.ATTEMPT_KIND_NOTICE, pb.ATTEMPT_STATUS_SENT, "start"),
+        (pb.ATTEMPT_KIND_NOTICE, pb.ATTEMPT_STATUS_SENT, "end"),
+    ]

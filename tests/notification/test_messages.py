@@ -211,3 +211,13 @@ def test_parse_sms_reply(body: str, expected: SmsReply | None) -> None:
 )
 def test_parse_keypress(digits: str, expected: ReplyAction | None) -> None:
     assert parse_keypress(digits) == expected
+
+
+def test_an_sms_names_its_number_and_keeps_its_link_whatever_the_summary() -> None:
+    link = "https://tocsin.example.com/i/18?s=AbCdEfGhIjK"
+    body = sms_body("Payments API", "disk full " * 80, "4", number=18, link=link)
+    assert body.startswith("tocsin #18: [Payments API] disk full")
+    assert body.endswith(f"to resolve {link}")
+    assert sms_segments(body) <= 2
+    with pytest.raises(ValueError, match="link must be an absolute"):
+        sms_body("Payments API", "x", "4", number=18, link="/i/18")

@@ -66,7 +66,7 @@ async def test_without_twilio_each_page_is_one_readable_console_line(redis: Redi
 
         lines = printed.getvalue().splitlines()
         assert len(lines) == 2
-        assert lines[0].startswith("tocsin page: SMS to +1******0010: tocsin: [Payments API]")
+        assert lines[0].startswith("tocsin page: SMS to +1******0010: tocsin #1: [Payments API]")
         assert "disk full on db1" in lines[0]
         assert lines[1].startswith("tocsin page: voice call to +1******0010:")
         assert "disk full on db1" in lines[1] and ALICE not in printed.getvalue()

@@ -11,6 +11,8 @@ import asyncio
 import re
 from collections.abc import Callable
 
+import httpx
+
 from tests.harness import FROM_NUMBER, spoken_text
 from tests.notification.stack import ALICE, BOB, SMS, VOICE, PagingStack
 from tocsin.faketwilio import RecordedRequest
@@ -42,6 +44,11 @@ async def advance_until(stack: PagingStack, done: Callable[[], bool], step_s: fl
     raise AssertionError("condition never met")
 
 
+async def label(stack: PagingStack, incident_id: str) -> str:
+    """How pages and answers name the incident: its number, "#18"."""
+    return f"#{(await stack.incident(incident_id)).number}"
+
+
 async def test_sms_at_once_and_a_call_after_the_rules_delay(stack: PagingStack) -> None:
     await stack.add_user("alice", ALICE, [(SMS, 0), (VOICE, 60)])
     incident_id = await stack.trigger("disk full on db1")
@@ -50,15 +57,27 @@ async def test_sms_at_once_and_a_call_after_the_rules_delay(stack: PagingStack) 
 
     assert (reply.started, reply.rules_scheduled) == (True, 2)
     sms = await stack.pager.expect_sms("alice", contains="disk full on db1")
-    assert "[Payments API]" in (sms.body or "")
+    number = (await stack.incident(incident_id)).number
+    body = sms.body or ""
+    assert body.startswith(f"tocsin #{number}: [Payments API] disk full on db1")
     assert sms.from_ == FROM_NUMBER
+    # The short signed link to the incident page (TOCSIN_PUBLIC_URL is set), last.
+    link = body.rpartition(" ")[2]
+    assert link.startswith(f"{stack.config.public_url}/i/{number}?s=")
+    async with httpx.AsyncClient() as http:
+        opened = await http.get(link)
+    assert opened.status_code == 303
+    assert opened.headers["location"] == f"/incidents/{incident_id}"
     await stack.pager.expect_no_more_pages()
 
     assert await stack.tick(seconds=59) == 0
     await stack.pager.expect_no_more_pages()
     assert await stack.tick(seconds=1) == 1
     call = await stack.pager.expect_voice("alice", contains="disk full on db1")
-    assert "Press 4 to acknowledge" in " ".join(spoken_text(call.twiml or ""))
+    spoken = " ".join(spoken_text(call.twiml or ""))
+    assert "Press 4 to acknowledge" in spoken
+    assert f"Incident {number}, for Payments API: disk full on db1" in spoken
+    assert f"Its page is on 127.0.0.1, incident {number}." in spoken
     await stack.pager.expect_no_more_pages()
     attempts = await stack.attempts(incident_id)
     assert [(a.type, a.rule_index, a.status, a.user_id) for a in attempts] == [
@@ -76,7 +95,7 @@ async def test_an_sms_reply_acknowledges_and_the_call_never_comes(stack: PagingS
 
     answer = await stack.pager.reply_sms("alice", f"{reply_code(sms)}a")
 
-    assert answer == f"Acknowledged #{incident_id}: disk full on db1"
+    assert answer == f"Acknowledged {await label(stack, incident_id)}: disk full on db1"
     incident = await stack.incident(incident_id)
     assert incident.status == ACKNOWLEDGED
     assert incident.acknowledged_by == common_pb2.Actor(
@@ -99,19 +118,20 @@ async def test_a_plain_ack_acts_only_when_one_paged_incident_is_open(
 
     # "ack" to the first text must not acknowledge the second: it asks which.
     assert await stack.pager.reply_sms("alice", "ack") == (
-        f"Which incident? Reply with its code: '{first_code}a' #{first} disk full on db1; "
-        f"'{second_code}a' #{second} api latency high"
+        f"Which incident? Reply with its code: '{first_code}a' {await label(stack, first)} "
+        "disk full on db1; "
+        f"'{second_code}a' {await label(stack, second)} api latency high"
     )
     assert [(await stack.incident(i)).status for i in (first, second)] == [TRIGGERED] * 2
     assert await stack.pager.reply_sms("alice", f"{first_code} resolve") == (
-        f"Resolved #{first}: disk full on db1"
+        f"Resolved {await label(stack, first)}: disk full on db1"
     )
     await stack.drain_events()
     assert await stack.pager.reply_sms("alice", "ack") == (
-        f"Acknowledged #{second}: api latency high"
+        f"Acknowledged {await label(stack, second)}: api latency high"
     )
     assert await stack.pager.reply_sms("alice", "ack") == (
-        f"Already acknowledged #{second}: api latency high"
+        f"Already acknowledged {await label(stack, second)}: api latency high"
     )
 
 
@@ -132,10 +152,10 @@ async def test_a_reply_to_the_first_of_a_storm_of_pages_acts_on_the_first_incide
     assert len(set(codes)) == len(codes)
     assert codes[:3] == ["1", "2", "3"] and codes[REPLY_CODES] == "100"
     assert await stack.pager.reply_sms("alice", f"{codes[0]}a") == (
-        f"Acknowledged #{incidents[0]}: disk 0 full"
+        f"Acknowledged {await label(stack, incidents[0])}: disk 0 full"
     )
     assert await stack.pager.reply_sms("alice", f"{codes[2]}r") == (
-        f"Resolved #{incidents[2]}: disk 2 full"
+        f"Resolved {await label(stack, incidents[2])}: disk 2 full"
     )
     statuses = [(await stack.incident(i)).status for i in incidents]
     assert statuses[:3] == [ACKNOWLEDGED, TRIGGERED, RESOLVED]
@@ -156,7 +176,8 @@ async def test_an_expired_code_is_refused_and_not_reused_while_a_late_reply_may_
 
     assert new_code != old_code
     assert await stack.pager.reply_sms("alice", f"{old_code}a") == (
-        f"Unknown code {old_code}. Reply with its code: '{new_code}a' #{new} api latency high"
+        f"Unknown code {old_code}. Reply with its code: '{new_code}a' "
+        f"{await label(stack, new)} api latency high"
     )
     assert (await stack.incident(new)).status == TRIGGERED
     assert (await stack.incident(old)).status == TRIGGERED  # too late to act on
@@ -194,7 +215,7 @@ async def test_a_keypress_acts_on_the_incident_of_its_call_whatever_came_after(
 
     answer = await stack.pager.press(call, "4")
 
-    assert f"Acknowledged #{first}" in " ".join(spoken_text(answer))
+    assert f"Acknowledged {await label(stack, first)}" in " ".join(spoken_text(answer))
     assert [(await stack.incident(i)).status for i in (first, second)] == [
         ACKNOWLEDGED,
         TRIGGERED,
@@ -218,10 +239,13 @@ async def test_a_reply_resolves(stack: PagingStack) -> None:
     code = reply_code(await stack.pager.expect_sms("alice"))
 
     assert await stack.pager.reply_sms("alice", f"{code} resolve") == (
-        f"Resolved #{incident_id}: disk full on db1"
+        f"Resolved {await label(stack, incident_id)}: disk full on db1"
     )
     assert (await stack.incident(incident_id)).status == RESOLVED
-    assert await stack.pager.reply_sms("alice", f"{code}a") == f"#{incident_id} is already resolved"
+    assert (
+        await stack.pager.reply_sms("alice", f"{code}a")
+        == f"{await label(stack, incident_id)} is already resolved"
+    )
 
 
 async def test_keypress_6_resolves_and_other_keys_repeat_the_menu(stack: PagingStack) -> None:
@@ -236,7 +260,7 @@ async def test_keypress_6_resolves_and_other_keys_repeat_the_menu(stack: PagingS
 
     answer = await stack.pager.press(call, "6")
 
-    assert f"Resolved #{incident_id}" in " ".join(spoken_text(answer))
+    assert f"Resolved {await label(stack, incident_id)}" in " ".join(spoken_text(answer))
     incident = await stack.incident(incident_id)
     assert incident.status == RESOLVED
     assert incident.resolved_by == common_pb2.Actor(
@@ -253,7 +277,7 @@ async def test_keypress_4_acknowledges(stack: PagingStack) -> None:
 
     answer = await stack.pager.press(await stack.pager.expect_voice("alice"), "4")
 
-    assert f"Acknowledged #{incident_id}" in " ".join(spoken_text(answer))
+    assert f"Acknowledged {await label(stack, incident_id)}" in " ".join(spoken_text(answer))
     assert (await stack.incident(incident_id)).status == ACKNOWLEDGED
 
 

@@ -187,6 +187,55 @@ async def test_test_page_record_python_writes_attempt_begin_numbers(
     assert first.created_at.ToMilliseconds() == clock.now_ms()
 
 
+async def test_notice_records_python_writes_notice_begin_keeps_and_lua_updates(
+    store: PagingStore, redis: RedisClient, clock: ManualClock
+) -> None:
+    """notice_begin.lua stores the records once per key; the notice fields survive Lua's
+    updates and the sweep; the ids locate them under their user."""
+    now = clock.now_ms()
+    records = [
+        AttemptRecord(
+            id=domain.notice_attempt_id("handoff/p/zoe/1/start", i, "zoe"),
+            incident_id="",
+            user_id="zoe",
+            contact_method_id=method,
+            channel=channel,
+            rule_index=-1,
+            status=domain.SENDING,
+            created_ms=now,
+            updated_ms=now,
+            notice=True,
+            notice_key="handoff/p/zoe/1/start",
+        )
+        for i, (method, channel) in enumerate(
+            (("phone-sms", domain.SMS), ("mail", notification_pb2.CONTACT_METHOD_TYPE_EMAIL))
+        )
+    ]
+    begun = await store.begin_notice("handoff/p/zoe/1/start", "zoe", records, 60_000)
+    assert begun is not None
+    assert [(a.kind, a.notice_key, a.status) for a in begun] == [
+        (notification_pb2.ATTEMPT_KIND_NOTICE, "handoff/p/zoe/1/start", domain.SENDING)
+    ] * 2
+    assert await store.begin_notice("handoff/p/zoe/1/start", "zoe", records, 60_000) is None
+    assert len(await store.list_user_attempts("zoe")) == 2  # nothing written the second time
+
+    sms = domain.locate_attempt(records[0].id)
+    assert sms == domain.AttemptLocation(records[0].id, None, "zoe")
+    await store.update_attempt(sms, domain.SENT, provider_id="SM1")
+    clock.advance(minutes=10)
+    [swept] = await store.sweep(None, clock.now_ms())  # the email's sender died
+    assert (swept.id, swept.status) == (records[1].id, domain.UNKNOWN)
+    stored = {
+        r.id: r for r in map(AttemptRecord.decode, await redis.hvals(keys.test_attempts("zoe")))
+    }
+    assert stored[records[0].id] == replace(
+        records[0], status=domain.SENT, provider_id="SM1", position=1
+    )
+    assert stored[records[1].id] == replace(
+        records[1], status=domain.UNKNOWN, updated_ms=clock.now_ms(), position=2
+    )
+
+
 def test_optional_fields_are_left_out_as_lua_leaves_them_out() -> None:
     record = AttemptRecord("1-1-0", "1", "u", "cm", domain.SMS, 0, domain.SENDING, 5, 6)
     assert set(record.to_json()) == {"id", "inc", "user", "cm", "type", "rule", "st", "c", "u"}

@@ -15,6 +15,7 @@ from google.protobuf.duration_pb2 import Duration
 from tests.notification.fake_slack import FakeSlack, fake_slack
 from tests.notification.stack import ALICE, SMS, PagingStack, paging_stack
 from tests.notification.test_settings import violations
+from tocsin.runtime import channeltargets
 from tocsin.runtime.config import ConfigError, load_config
 from tocsin.runtime.redis import RedisClient
 from tocsin.v1 import common_pb2, incidents_pb2
@@ -78,13 +79,14 @@ async def test_a_dm_with_buttons_and_a_signed_press_acknowledges_and_updates_it(
 ) -> None:
     await add_slack_user(stack)
     incident_id = await stack.trigger("disk full on db1 <!channel>")
+    number = (await stack.incident(incident_id)).number
 
     await stack.notify(incident_id, "alice")
     await stack.settle()
 
     [message] = slack.messages
     assert message.user == ALICE_SLACK
-    assert f"#{incident_id} Payments API" in message.text
+    assert f"#{number} Payments API" in message.text
     assert "&lt;!channel&gt;" in message.text  # alert text cannot mention @channel
     [attempt] = [a for a in await stack.attempts(incident_id) if a.type == SLACK]
     assert message.button("ack")["value"] == attempt.id
@@ -182,3 +184,95 @@ def test_slack_settings_come_together_and_are_never_shown() -> None:
     )
     assert config.slack is not None and config.slack.base_url == "https://slack.com"
     assert TOKEN not in repr(config) and SIGNING_SECRET not in repr(config)
+
+
+OPS_CHANNEL = "C024BE91L"
+
+
+async def page_channel(stack: PagingStack, incident_id: str, channel: str) -> pb.NotifyResponse:
+    """What escalation sends for a level's `slack_channel` target."""
+    target = channeltargets.target_id(channeltargets.SLACK_CHANNEL, channel)
+    return await stack.client.notification.Notify(
+        pb.NotifyRequest(
+            incident_id=incident_id,
+            user_id=target,
+            idempotency_key=f"{incident_id}/0/0/0/{target}",
+            channel=pb.ChannelTarget(type=SLACK, address=channel),
+        )
+    )
+
+
+async def test_a_channel_page_has_buttons_and_a_linked_members_press_acknowledges(
+    stack: PagingStack, slack: FakeSlack
+) -> None:
+    slack.channels.add(OPS_CHANNEL)
+    await add_slack_user(stack)  # alice's Slack member id links her to tocsin
+    incident_id = await stack.trigger("disk full on db1")
+
+    reply = await page_channel(stack, incident_id, OPS_CHANNEL)
+    assert reply.started and not reply.unreachable
+    await stack.settle()
+    # Once per attempt: the same Notify again (a redone escalation hop) posts nothing.
+    assert not (await page_channel(stack, incident_id, OPS_CHANNEL)).started
+    await stack.settle()
+
+    [message] = slack.messages
+    assert message.channel == OPS_CHANNEL
+    number = (await stack.incident(incident_id)).number
+    assert f"#{number} Payments API" in message.text
+    [attempt] = await stack.attempts(incident_id)
+    assert attempt.status == pb.ATTEMPT_STATUS_SENT
+    assert attempt.user_id == f"slack_channel:{OPS_CHANNEL.lower()}"
+    assert message.button("ack")["value"] == attempt.id
+
+    # A forged press acknowledges nothing; nor does a member tocsin cannot name.
+    assert (
+        await slack.press(interactions_url(stack), message, "ack", by=ALICE_SLACK, secret="x" * 32)
+        == 401
+    )
+    assert await slack.press(interactions_url(stack), message, "ack", by="U0STRANGER") == 200
+    assert await status(stack, incident_id) == incidents_pb2.INCIDENT_STATUS_TRIGGERED
+    assert message.updates == 0
+
+    # Alice presses in the channel: she acknowledges, and the message says so in place.
+    assert await slack.press(interactions_url(stack), message, "ack", by=ALICE_SLACK) == 200
+    incident = await stack.incident(incident_id)
+    assert incident.status == incidents_pb2.INCIDENT_STATUS_ACKNOWLEDGED
+    [ack] = [e for e in incident.timeline if e.kind == incidents_pb2.TIMELINE_KIND_ACKNOWLEDGED]
+    assert (ack.actor.user_id, ack.actor.channel) == ("alice", common_pb2.CHANNEL_SLACK)
+    assert message.updates == 1 and message.text.startswith("Acknowledged")
+    assert not any(b.get("type") == "actions" for b in message.blocks)
+
+
+async def test_a_channel_page_names_its_channel_correctly_or_is_refused(
+    stack: PagingStack,
+) -> None:
+    incident_id = await stack.trigger()
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stack.client.notification.Notify(
+            pb.NotifyRequest(
+                incident_id=incident_id,
+                user_id="alice",
+                idempotency_key="k",
+                channel=pb.ChannelTarget(type=SLACK, address=OPS_CHANNEL),
+            )
+        )
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "user_id" in violations(raised.value)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await page_channel(stack, incident_id, "not a channel")
+    assert "channel.address" in violations(raised.value)
+
+
+async def test_a_test_page_reaches_the_slack_user_without_buttons(
+    stack: PagingStack, slack: FakeSlack
+) -> None:
+    await add_slack_user(stack)
+    reply = await stack.client.notification.SendTestPage(pb.SendTestPageRequest(user_id="alice"))
+    [attempt] = [a for a in reply.attempts if a.type == SLACK]
+    assert attempt.status == pb.ATTEMPT_STATUS_SENT
+    [message] = slack.messages
+    assert message.user == ALICE_SLACK and "test page" in message.text
+    assert not any(b.get("type") == "actions" for b in message.blocks)
+    await stack.pager.expect_sms("alice")  # her SMS contact method got its test page too
+    await stack.pager.expect_voice("alice")

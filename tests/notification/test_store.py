@@ -7,6 +7,7 @@ when claims go stale, cycles are replaced, incidents stop and processes die.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable
 
 import pytest
@@ -381,8 +382,35 @@ async def test_rate_limit_slots_queue_pages_instead_of_dropping_them(
     call_alice = await limiter.reserve(VOICE, "+15005550010")
 
     assert [slot - now for slot in to_alice] == [0, 10_000, 20_000]
-    assert to_bob - now == 21_000  # the sender's next free second after alice's third
+    # The sender's first free second: bob's page takes a slot between alice's, it does
+    # not queue behind all of them (it used to get 21 s).
+    assert to_bob - now == 1_000
     assert call_alice == now  # calls are counted apart from texts
+
+
+async def test_a_storm_to_one_person_does_not_hold_back_a_page_to_another(
+    any_redis: RedisClient, clock: ManualClock
+) -> None:
+    """Fair sender slots: 200 storm pages to one person (2 s apart, as the default
+    per-number interval spaces them) leave the Twilio number's other slots free, so
+    another service's first page, to someone else, goes within a second; the slots
+    stay a second apart, and pages reserved later go in the gaps, in order."""
+    limiter = RateLimiter(
+        any_redis, clock, "+15005550006", sends_per_second=1, number_interval_ms=2_000
+    )
+    now = clock.now_ms()
+    storm = [await limiter.reserve(SMS, "+15005550010") for _ in range(200)]
+    assert [slot - now for slot in storm] == [2_000 * n for n in range(200)]
+    clock.advance(seconds=5)
+    canary = await limiter.reserve(SMS, "+15005550011")
+    assert canary - now == 5_000  # now: between the storm's slots at 4 s and 6 s
+    more = [await limiter.reserve(SMS, f"+1500555002{n}") for n in range(3)]
+    assert [slot - now for slot in more] == [7_000, 9_000, 11_000]
+    slots = sorted([*storm, canary, *more])
+    assert all(b - a >= 1_000 for a, b in itertools.pairwise(slots))
+    # A slot taken in a gap does not shorten how long the later reservations are kept.
+    ttl_ms = await any_redis.pttl(nkeys.rate_slots("sms:from:+15005550006"))
+    assert ttl_ms > max(storm) - clock.now_ms()
 
 
 async def test_a_sent_page_is_findable_by_provider_id_and_by_number(

@@ -141,6 +141,7 @@ async def test_a_page_reaches_the_receiver_signed_once_after_two_500s(
         "type": "incident.page",
         "incident": {
             "id": incident_id,
+            "number": (await stack.incident(incident_id)).number,
             "service": "Payments API",
             "summary": "disk full on db1",
             "details": {},

@@ -92,6 +92,25 @@ class ContactStore:
         settings = await self.settings(user_id)
         return domain.contact_method(settings, method_id) if settings else None
 
+    async def ensure_channel_target(self, target_id: str, channel_type: int, address: str) -> None:
+        """The settings a channel target (an escalation level's Slack or Teams channel,
+        runtime/channeltargets.py) is paged with: one contact method, the channel, and one
+        rule that sends at once. Written only when they differ (the URL of a Teams
+        channel may change under the same id only if its hash collides: never)."""
+        method = notification_pb2.ContactMethod(
+            id=target_id,
+            user_id=target_id,
+            type=notification_pb2.ContactMethodType.ValueType(channel_type),
+            address=address,
+        )
+        wanted = Settings(
+            contact_methods=[method],
+            rules=[notification_pb2.NotificationRule(contact_method_id=target_id)],
+        )
+        if await self.settings(target_id) == wanted:
+            return
+        await self.change(target_id, lambda _: wanted)
+
     async def owner_of(self, method_id: str) -> str | None:
         owner = await self.redis.hget(keys.CM_OWNER, method_id)
         return keys.as_text(owner) if owner is not None else None

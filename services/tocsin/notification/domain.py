@@ -20,13 +20,14 @@ from dataclasses import dataclass
 import phonenumbers
 from google.protobuf.duration_pb2 import Duration
 
+from tocsin.notification import keys
 from tocsin.notification.channels import ChannelRegistry, channel_name
 from tocsin.notification.records import AttemptRecord, CycleRule
 from tocsin.notification.records import TimerPayload as TimerPayload
 from tocsin.notification.records import attempts_in_order as records_in_order
 from tocsin.runtime.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from tocsin.runtime.ids import id_violations
-from tocsin.v1 import incidents_pb2, notification_pb2
+from tocsin.v1 import common_pb2, incidents_pb2, notification_pb2
 
 SMS = notification_pb2.CONTACT_METHOD_TYPE_SMS
 VOICE = notification_pb2.CONTACT_METHOD_TYPE_VOICE
@@ -56,6 +57,7 @@ REPLY_SUMMARY_CHARS = 80
 _INCIDENT_ID = re.compile(r"[1-9][0-9]{0,17}")
 _RULE_ATTEMPT = re.compile(r"(?P<incident>[1-9][0-9]{0,17})-(?P<cycle>[0-9]+)-(?P<rule>[0-9]+)")
 _TEST_ATTEMPT = re.compile(r"test-(?P<user>[a-z0-9][a-z0-9._-]{0,62})-(?P<n>[0-9]+)")
+_NOTICE_ATTEMPT = re.compile(r"notice-(?P<digest>[0-9a-f]{16})-(?P<n>[0-9]+)-(?P<user>[^\s|]+)")
 
 OPTED_OUT_CODE = 21610
 """The recipient replied STOP: Twilio refuses every further SMS to them until START."""
@@ -130,6 +132,10 @@ def validated_rules(
                     f"{rule.contact_method_id!r} is not one of this user's contact methods",
                 )
             )
+        if rule.urgency not in common_pb2.Urgency.values():
+            violations.append(
+                FieldViolation(f"rules[{i}].urgency", f"unknown urgency {rule.urgency}")
+            )
         delay = duration_ms(rule.delay)
         if delay < 0 or rule.delay.nanos < 0:
             violations.append(FieldViolation(f"rules[{i}].delay", "must not be negative"))
@@ -137,7 +143,14 @@ def validated_rules(
             violations.append(FieldViolation(f"rules[{i}].delay", "must be at most 24 hours"))
     if violations:
         raise InvalidArgument(violations)
-    return sorted(rules, key=lambda r: duration_ms(r.delay))
+    stored = []
+    for rule in rules:
+        copy = notification_pb2.NotificationRule()
+        copy.CopyFrom(rule)
+        if copy.urgency == common_pb2.URGENCY_HIGH:
+            copy.urgency = common_pb2.URGENCY_UNSPECIFIED  # unset is high: one form stored
+        stored.append(copy)
+    return sorted(stored, key=lambda r: duration_ms(r.delay))
 
 
 Settings = notification_pb2.GetUserNotificationSettingsResponse
@@ -220,24 +233,47 @@ def with_number_enabled(current: Settings, number: str, enabled: bool) -> Settin
     return _settings(methods, current.rules)
 
 
-def rules_snapshot(settings: Settings) -> list[CycleRule]:
-    """The rules as a cycle keeps them: contact method, delay (ms) and channel."""
+def rules_for(
+    settings: Settings, urgency: int = common_pb2.URGENCY_HIGH
+) -> list[notification_pb2.NotificationRule]:
+    """The user's rules for an incident of `urgency`, ordered by delay. High: the rules
+    marked high (or unmarked). Low: the rules marked low; a user with none gets their
+    high-urgency rules without the voice calls (by default a low-urgency incident never
+    rings a phone)."""
+    high = [r for r in settings.rules if r.urgency != common_pb2.URGENCY_LOW]
+    if urgency != common_pb2.URGENCY_LOW:
+        return high
+    low = [r for r in settings.rules if r.urgency == common_pb2.URGENCY_LOW]
+    if low:
+        return low
+    types = {m.id: m.type for m in settings.contact_methods}
+    voice = notification_pb2.CONTACT_METHOD_TYPE_VOICE
+    return [r for r in high if types.get(r.contact_method_id) != voice]
+
+
+def rules_snapshot(settings: Settings, urgency: int = common_pb2.URGENCY_HIGH) -> list[CycleRule]:
+    """The rules for `urgency` as a cycle keeps them: contact method, delay (ms), channel."""
     types = {m.id: m.type for m in settings.contact_methods}
     return [
         CycleRule(r.contact_method_id, duration_ms(r.delay), types[r.contact_method_id])
-        for r in settings.rules
+        for r in rules_for(settings, urgency)
         if r.contact_method_id in types
     ]
 
 
-def unreachable_reason(user_id: str, settings: Settings) -> str:
-    """Why no rule of the user can reach them, or "" when one can."""
+def unreachable_reason(
+    user_id: str, settings: Settings, urgency: int = common_pb2.URGENCY_HIGH
+) -> str:
+    """Why no rule of the user for `urgency` can reach them, or "" when one can."""
     if not settings.contact_methods:
         return f"{user_id} has no contact method"
-    if not settings.rules:
+    rules = rules_for(settings, urgency)
+    if not rules:
+        if urgency == common_pb2.URGENCY_LOW and settings.rules:
+            return f"{user_id} has no low-urgency notification rules (and no rule but calls)"
         return f"{user_id} has no notification rules"
     usable = {m.id for m in settings.contact_methods if not m.disabled}
-    if not any(r.contact_method_id in usable for r in settings.rules):
+    if not any(r.contact_method_id in usable for r in rules):
         return f"every contact method {user_id}'s rules use is disabled (STOP)"
     return ""
 
@@ -278,7 +314,8 @@ def rule_attempt_id(cycle_id: str, rule_index: int) -> str:
 
 @dataclass(frozen=True)
 class AttemptLocation:
-    """Where an attempt is stored: under its incident, or (a test page) under its user."""
+    """Where an attempt is stored: under its incident, or (a test page, a notice) under its
+    user (a channel target's id for a notice to a channel)."""
 
     attempt_id: str
     incident_id: str | None
@@ -291,7 +328,14 @@ def locate_attempt(attempt_id: str) -> AttemptLocation | None:
         return AttemptLocation(attempt_id, match["incident"], None)
     if match := _TEST_ATTEMPT.fullmatch(attempt_id):
         return AttemptLocation(attempt_id, None, match["user"])
+    if match := _NOTICE_ATTEMPT.fullmatch(attempt_id):
+        return AttemptLocation(attempt_id, None, match["user"])
     return None
+
+
+def notice_attempt_id(idempotency_key: str, index: int, user_id: str) -> str:
+    """The id of a notice's attempt on its `index`-th target (locate_attempt finds it)."""
+    return f"notice-{keys.notice_digest(idempotency_key)[:16]}-{index}-{user_id}"
 
 
 # -- attempts -------------------------------------------------------------------------
@@ -351,7 +395,8 @@ def short_summary(summary: str) -> str:
 
 def incident_title(incident: incidents_pb2.Incident) -> str:
     summary = short_summary(incident.summary)
-    return f"#{incident.id}: {summary}" if summary else f"#{incident.id}"
+    label = f"#{incident.number}" if incident.number else f"#{incident.id}"
+    return f"{label}: {summary}" if summary else label
 
 
 def help_reply(code: str | None = None) -> str:

@@ -39,6 +39,7 @@ from tocsin.notification.peers import IncidentsPeer
 from tocsin.notification.providers import ProviderError, mask_phone
 from tocsin.notification.sender import Sender
 from tocsin.notification.store import PagingStore
+from tocsin.runtime import channeltargets
 from tocsin.v1 import common_pb2, incidents_pb2, notification_pb2
 
 log = logging.getLogger(__name__)
@@ -168,14 +169,15 @@ class Inbound:
         still_open = await self._open_incidents(live)
         return _which_reply(head, still_open, action) if still_open else head.rstrip(".")
 
-    async def _open_incidents(self, live: list[LiveCode]) -> list[tuple[LiveCode, str]]:
-        """The live codes whose incident is not known to be resolved, with its summary, one
-        per incident (an incident paged to two users sharing the number is listed once)."""
+    async def _open_incidents(self, live: list[LiveCode]) -> list[tuple[LiveCode, str, str]]:
+        """The live codes whose incident is not known to be resolved, with its summary and
+        its name ("#18"), one per incident (an incident paged to two users sharing the
+        number is listed once)."""
         codes = list(_by_incident(live).values())
         mirrors = await asyncio.gather(*(self.store.incident_mirror(c.incident_id) for c in codes))
         return [
-            (code, summary)
-            for code, (status, summary) in zip(codes, mirrors, strict=True)
+            (code, summary, label)
+            for code, (status, summary, label) in zip(codes, mirrors, strict=True)
             if status is None or status in _OPEN_STATUSES
         ]
 
@@ -190,12 +192,13 @@ class Inbound:
                 resolved = await self.incidents.resolve(incident_id, actor)
                 incident, changed, words = resolved.incident, resolved.changed, RESOLVE_WORDS
         except grpc.aio.AioRpcError as error:
+            label = (await self.store.incident_mirror(incident_id))[2]
             if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                return Outcome(f"#{incident_id} is already resolved", True)
+                return Outcome(f"{label} is already resolved", True)
             if error.code() == grpc.StatusCode.NOT_FOUND:
-                return Outcome(f"#{incident_id} no longer exists", True)
+                return Outcome(f"{label} no longer exists", True)
             log.warning("%s of %s failed: %s", action.value, incident_id, error.code().name)
-            return Outcome(f"Could not {action.value} #{incident_id} just now; try again", False)
+            return Outcome(f"Could not {action.value} {label} just now; try again", False)
         await self.store.apply_incident(incident)
         return Outcome(f"{words[changed]} {domain.incident_title(incident)}", True)
 
@@ -247,12 +250,22 @@ class Inbound:
         attempt = await self.store.attempt(location) if location else None
         if what is None or attempt is None or not attempt.incident_id:
             return "This button names no page tocsin knows."
-        method = await self.contacts.contact_method(attempt.user_id, attempt.contact_method_id)
-        linked = method is not None and method.type == domain.SLACK
-        if not linked or method is None or method.address != slack_user_id.strip().upper():
-            log.warning("a Slack button of %s was pressed by another Slack user", attempt.id)
-            return "Only the person this page was sent to can act on it here."
-        actor = common_pb2.Actor(user_id=attempt.user_id, channel=common_pb2.CHANNEL_SLACK)
+        if channeltargets.is_target_id(attempt.user_id):
+            # A channel's page: anyone in it may act, as the tocsin user they are.
+            user_id = await self._slack_user(slack_user_id)
+            if user_id is None:
+                return (
+                    "tocsin does not know who you are: add your Slack member id as a "
+                    "`slack` contact method, then press again."
+                )
+        else:
+            method = await self.contacts.contact_method(attempt.user_id, attempt.contact_method_id)
+            linked = method is not None and method.type == domain.SLACK
+            if not linked or method is None or method.address != slack_user_id.strip().upper():
+                log.warning("a Slack button of %s was pressed by another Slack user", attempt.id)
+                return "Only the person this page was sent to can act on it here."
+            user_id = attempt.user_id
+        actor = common_pb2.Actor(user_id=user_id, channel=common_pb2.CHANNEL_SLACK)
         incident_id = attempt.incident_id
 
         async def act() -> Outcome:
@@ -269,6 +282,19 @@ class Inbound:
             act,
             repeat="Already done.",
         )
+
+    async def _slack_user(self, slack_user_id: str) -> str | None:
+        """The one tocsin user with a `slack` contact method for this Slack user (None
+        when there is none, or more than one: nobody acts on a guess)."""
+        address = slack_user_id.strip().upper()
+        users: set[str] = set()
+        for owner in await self.contacts.owners_of_number(address):
+            if channeltargets.is_target_id(owner.user_id):
+                continue
+            method = await self.contacts.contact_method(owner.user_id, owner.contact_method_id)
+            if method is not None and method.type == domain.SLACK and method.address == address:
+                users.add(owner.user_id)
+        return users.pop() if len(users) == 1 else None
 
     # -- once per webhook ---------------------------------------------------------------
 
@@ -371,13 +397,14 @@ def _by_incident(codes: Iterable[LiveCode]) -> dict[str, LiveCode]:
     return found
 
 
-def _which_reply(head: str, still_open: Sequence[tuple[LiveCode, str]], action: ReplyAction) -> str:
+def _which_reply(
+    head: str, still_open: Sequence[tuple[LiveCode, str, str]], action: ReplyAction
+) -> str:
     """`head`, then the open incidents with the reply that acts on each."""
     letter = "r" if action == ReplyAction.RESOLVE else "a"
     listed = [
-        f"'{code.code}{letter}' #{code.incident_id}"
-        + (f" {domain.short_summary(summary)}" if summary else "")
-        for code, summary in still_open[:LISTED_INCIDENTS]
+        f"'{code.code}{letter}' {label}" + (f" {domain.short_summary(summary)}" if summary else "")
+        for code, summary, label in still_open[:LISTED_INCIDENTS]
     ]
     more = len(still_open) - len(listed)
     tail = f"; and {more} more (tocsin incidents)" if more > 0 else ""

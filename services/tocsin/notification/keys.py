@@ -15,8 +15,11 @@ and every settings change is one atomic script:
                                                      ...) -> when each is free again
     tocsin:{contacts}:latest:<e164>          string  "<incident>|<user>|<expires_ms>": the
                                                      latest page to a number (plain "ack")
-    tocsin:{contacts}:test-attempts:<user>   hash    test page attempt id -> attempt JSON
-    tocsin:{contacts}:test-sending           zset    test attempts in SENDING, by start ms
+    tocsin:{contacts}:test-attempts:<user>   hash    attempt id -> attempt JSON of the
+                                                     user's test pages and notices (a
+                                                     channel target's notices under its id)
+    tocsin:{contacts}:test-sending           zset    those attempts in SENDING, by start ms
+    tocsin:{contacts}:notice:<sha256[:32]>   string  a notice's idempotency key (30 days)
 
 Everything about paging one incident lives under its shard's tag T =
 `shard_tag(incident_shard(id))`, the slot of the incident itself, so a cycle, its timers
@@ -39,6 +42,8 @@ CallSid and its digits, a status callback): `tocsin:seen:{<kind>:<sid>...}`, wit
 """
 
 from __future__ import annotations
+
+import hashlib
 
 from tocsin.runtime import timers
 from tocsin.runtime.events import incident_shard
@@ -77,6 +82,14 @@ def latest_page(number: str) -> str:
 
 def test_attempts(user_id: str) -> str:
     return f"{CONTACTS}:test-attempts:{user_id}"
+
+
+def notice(idempotency_key: str) -> str:
+    return f"{CONTACTS}:notice:{notice_digest(idempotency_key)}"
+
+
+def notice_digest(idempotency_key: str) -> str:
+    return hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
 
 
 def prefix(shard: int) -> str:
@@ -126,6 +139,11 @@ def webhook_seen(name: str) -> str:
 
 def rate_slot(name: str) -> str:
     return f"tocsin:{{rate:{name}}}:next"
+
+
+def rate_slots(name: str) -> str:
+    """The reserved slots of a rate limit (sorted set), for lua/reserve_gap.lua."""
+    return f"tocsin:{{rate:{name}}}:slots"
 
 
 def as_bytes(value: bytes | str) -> bytes:

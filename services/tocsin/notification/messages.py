@@ -114,13 +114,28 @@ def _short_service_name(service_name: str) -> str:
     return service
 
 
-def sms_body(service_name: str, summary: str, reply_code: str) -> str:
-    """The page as an SMS that fits in `MAX_SMS_SEGMENTS`, the summary cut if needed."""
+def incident_words(number: int) -> str:
+    """How a page names its incident: "#18" ("" before the incident has a number)."""
+    return f"#{number}" if number > 0 else ""
+
+
+def sms_body(
+    service_name: str, summary: str, reply_code: str, *, number: int = 0, link: str = ""
+) -> str:
+    """The page as an SMS that fits in `MAX_SMS_SEGMENTS`, the summary cut if needed:
+    the incident's number first, then `link` (the incident page, links.incident_link) last."""
     _validate_reply_code(reply_code)
+    if link:
+        _validate_action_url(link, "link")
     service = _short_service_name(service_name)
+    head = f"tocsin {incident_words(number)}:" if number > 0 else "tocsin:"
+    tail = f" {link}" if link else ""
 
     def render(name: str, text: str) -> str:
-        return f"tocsin: [{name}] {text} - reply '{reply_code}a' to ack, '{reply_code}r' to resolve"
+        return (
+            f"{head} [{name}] {text} - reply '{reply_code}a' to ack, '{reply_code}r' to resolve"
+            + tail
+        )
 
     def fits(body: str) -> bool:
         return sms_segments(body) <= MAX_SMS_SEGMENTS
@@ -176,8 +191,14 @@ def voice_twiml(
     *,
     repeat: int = 3,
     gather_timeout_s: int = 6,
+    number: int = 0,
+    link: str = "",
 ) -> str:
     """TwiML that reads the alert and offers the ack/resolve menu up to `repeat` times.
+
+    The incident's number is spoken ("incident 18"); with `link` (the incident page, as
+    the SMS carries it) the call names where the page is: the link's host and the number,
+    since a signed URL cannot be read out.
 
     The alert is spoken inside the first Gather so a keypress can interrupt it. A digit
     other than 4 or 6 still goes to `gather_action_url`; answer it with
@@ -190,9 +211,14 @@ def voice_twiml(
     if len(spoken) > VOICE_SUMMARY_MAX_CHARS:
         spoken = spoken[: VOICE_SUMMARY_MAX_CHARS - len(ELLIPSIS)].rstrip() + ELLIPSIS
 
+    if link:
+        _validate_action_url(link, "link")
+    spoken_number = f"Incident {number}, for " if number > 0 else "Alert for "
+    where = f". Its page is on {urlsplit(link).hostname}, incident {number}." if link else ""
+
     def render(text: str) -> str:
         response = VoiceResponse()
-        intro = f"This is tocsin. Alert for {service}: {text}"
+        intro = f"This is tocsin. {spoken_number}{service}: {text}{where}"
         _add_menu(response, gather_action_url, repeat, gather_timeout_s, intro)
         return str(response.to_xml())
 

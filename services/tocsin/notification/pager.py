@@ -34,6 +34,13 @@ from tocsin.runtime.clock import Clock
 from tocsin.v1 import incidents_pb2, notification_pb2
 
 log = logging.getLogger(__name__)
+_NO_STATUS_CHANGE = frozenset(
+    {
+        incidents_pb2.INCIDENT_EVENT_KIND_ALERT_ADDED,
+        incidents_pb2.INCIDENT_EVENT_KIND_ESCALATED,
+        incidents_pb2.INCIDENT_EVENT_KIND_STATUS_UPDATE,
+    }
+)
 
 SENDING_TIMEOUT_MS = 2 * 60 * 1000
 """An attempt SENDING for longer than this lost its process (a send with every retry
@@ -71,12 +78,16 @@ class Pager:
         idempotency_key: str,
         traceparent: str,
         next_level_ms: int = 0,
+        urgency: int = 0,
+        service_id: str = "",
     ) -> NotifyResult:
         """Start the user's cycle. `next_level_ms` (0: not known) is when the page stops
-        mattering: a throttled send is retried until then or the next rule."""
+        mattering: a throttled send is retried until then or the next rule. `urgency`
+        picks the user's rules (domain.rules_for; 0 is high). `service_id` (the incident's
+        service, "" if not known) picks the sender's queue for the pages sent now."""
         page = await self.contacts.prepare_page(user_id, incident_id)
-        rules = domain.rules_snapshot(page.settings)
-        unreachable = domain.unreachable_reason(user_id, page.settings)
+        rules = domain.rules_snapshot(page.settings, urgency)
+        unreachable = domain.unreachable_reason(user_id, page.settings, urgency)
         start = await self.store.start_cycle(
             incident_id,
             user_id,
@@ -101,7 +112,7 @@ class Pager:
                 f"timeline warning for {start.cycle_id}",
             )
         methods = {m.id: m for m in page.settings.contact_methods}
-        self.sender.fire_now(start.claimed, methods)
+        self.sender.fire_now(start.claimed, methods, service_id)
         return NotifyResult(True, start.rules, unreachable)
 
     async def cancel(self, incident_id: str) -> int:
@@ -112,8 +123,9 @@ class Pager:
 
         An alert joining an incident changes neither its status nor its summary or
         service, and the events before it already mirrored those, so ALERT_ADDED events,
-        all of an alert storm but its first alert, are passed over without a Redis call."""
-        if not event.incident.id or event.kind == incidents_pb2.INCIDENT_EVENT_KIND_ALERT_ADDED:
+        all of an alert storm but its first alert, are passed over without a Redis call;
+        so are ESCALATED events (escalation's own hops) and status updates."""
+        if not event.incident.id or event.kind in _NO_STATUS_CHANGE:
             return
         _, cancelled = await self.store.apply_incident(event.incident)
         if cancelled:

@@ -13,6 +13,16 @@ classified three ways so the caller can keep "no page lost, none sent twice":
 - neither (`outcome_unknown`): the request went out but no answer came back (read
   timeout, connection dropped). Twilio may have sent the page; retrying blindly is how
   people get two SMS, so the caller decides (normally: record it, don't resend).
+
+A second provider (TOCSIN_SMS_FALLBACK_*: SignalWire's Twilio-compatible API, or another
+Twilio account) makes the phone channels a list of `Route`s, each with a `CircuitBreaker`.
+A provider failure (`counts_against_provider`: 5xx, no connection, a timeout, refused
+credentials; never a 429, which is our own pace) counts against its breaker; after
+`failures` in a row the provider is skipped for `open_for`, then one page tries it again.
+An attempt moves to the next provider only after an error that proves the request was
+not processed (`fails_over`: 5xx, no connection, 401/403): a timeout may have sent the
+page, so that attempt is not sent again anywhere (the breaker still counts it, so the next
+pages go to the healthy provider).
 """
 
 from __future__ import annotations
@@ -156,6 +166,78 @@ def classify_exception(exc: BaseException) -> ProviderError:
     )
 
 
+AUTH_STATUSES = (401, 403)
+
+
+def fails_over(error: ProviderError) -> bool:
+    """The provider did not process the request and its trouble is its own (5xx, no
+    connection, our credentials refused): the page may go out through the next one."""
+    if error.http_status in AUTH_STATUSES:
+        return True
+    return error.retryable and error.http_status != 429 and error.code != RATE_LIMITED_CODE
+
+
+def counts_against_provider(error: ProviderError) -> bool:
+    """A failure of the provider rather than of the page (for its circuit breaker): what
+    `fails_over`, and a timeout (no answer at all)."""
+    return fails_over(error) or error.outcome_unknown
+
+
+@dataclass
+class CircuitBreaker:
+    """Consecutive failures of one provider, in this process. Closed: used. After
+    `failures` in a row: open (skipped) for `open_for_ms`; then half-open: the next page
+    tries it (and the breaker stays open for the others meanwhile); a success closes it."""
+
+    failures: int
+    open_for_ms: int
+    now_ms: Callable[[], int]
+    consecutive: int = 0
+    open_until_ms: int = 0
+
+    def allows(self) -> bool:
+        if self.consecutive < self.failures:
+            return True
+        now = self.now_ms()
+        if now < self.open_until_ms:
+            return False
+        self.open_until_ms = now + self.open_for_ms  # one trial at a time
+        return True
+
+    @property
+    def is_open(self) -> bool:
+        return self.consecutive >= self.failures and self.now_ms() < self.open_until_ms
+
+    def succeeded(self) -> None:
+        self.consecutive = 0
+        self.open_until_ms = 0
+
+    def failed(self) -> None:
+        self.consecutive += 1
+        if self.consecutive >= self.failures:
+            self.open_until_ms = self.now_ms() + self.open_for_ms
+
+
+@dataclass
+class Route:
+    """One provider of the phone channels, by name (`twilio`, `signalwire`, `console`)."""
+
+    name: str
+    provider: Provider
+    breaker: CircuitBreaker | None = None
+    """None for a lone provider (nothing to fail over to)."""
+
+    def allows(self) -> bool:
+        return self.breaker is None or self.breaker.allows()
+
+
+def route_order(routes: list[Route]) -> list[Route]:
+    """The providers to try, in order: those whose breaker lets them, then the others
+    (a page goes somewhere even when every provider looks down)."""
+    allowed = [r for r in routes if r.allows()]
+    return allowed + [r for r in routes if r not in allowed]
+
+
 async def send_with_retry(
     op: Callable[[], Awaitable[T]],
     *,
@@ -164,12 +246,14 @@ async def send_with_retry(
     max_delay: float = 5.0,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     jitter: Callable[[], float] = random.random,
+    retry_if: Callable[[ProviderError], bool] = lambda error: True,
 ) -> T:
     """Run `op` until it succeeds, retrying only `retryable` ProviderErrors.
 
     Delay before retry n (n = 1, 2, ...) is uniform in [d/2, d] with
     d = min(max_delay, base_delay * 2**(n-1)) ("equal jitter"), and never shorter than
-    the error's Retry-After; an error asking for longer than `max_delay` is raised at once
+    the error's Retry-After; an error asking for longer than `max_delay`, or one
+    `retry_if` declines (another provider will take it), is raised at once
     (the caller may retry later without holding anything meanwhile). Pass a Clock's
     `sleep` so tests never wait.
     """
@@ -179,7 +263,7 @@ async def send_with_retry(
         try:
             return await op()
         except ProviderError as error:
-            if not error.retryable or attempt == attempts:
+            if not error.retryable or attempt == attempts or not retry_if(error):
                 raise
             if error.retry_after_s is not None and error.retry_after_s > max_delay:
                 raise

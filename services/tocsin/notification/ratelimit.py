@@ -7,10 +7,19 @@ Two limits apply to every page, per channel (SMS and calls are counted apart):
 - per sender (our Twilio number): at most `sends_per_second`; a US long code sends about
   one SMS segment a second and Twilio queues (then refuses) the rest.
 
-Each limit is a "next free slot" in Redis: reserving returns the earliest moment the
-send may go (lua/reserve.lua) and moves the slot on. The destination slot is reserved
-first and the sender's no earlier than it, so no sender slot is wasted waiting. The
-caller waits for the slot on the clock; nothing is dropped.
+The destination's limit is a "next free slot" in Redis: reserving returns the earliest
+moment the send may go (lua/reserve.lua) and moves the slot on, so one person's pages go
+in order. The destination slot is reserved first, then the sender's no earlier than it,
+in the first gap of the sender's schedule (lua/reserve_gap.lua: the reservations are
+kept until they are past). So the sender's slots are not handed out first come, first
+served behind the last reservation: a storm paging one person (every
+`number_interval_ms`) leaves the slots in between to every other page, and another
+service's first page to someone else goes within a slot or two instead of after the
+storm's whole queue. The caller waits for the slot on the clock; nothing is dropped.
+
+Known limit: a storm that pages many different people at once fills the sender's slots
+one after another, and other pages then wait behind the reservations made before them
+(fairness between services in the sender would need the service in each page's timer).
 """
 
 from __future__ import annotations
@@ -20,6 +29,9 @@ from tocsin.notification.channels import channel_name
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.redis import RedisClient, read_lua
 from tocsin.runtime.scripts import LuaScript
+
+MAX_GAP_SCAN = 1000
+"""Reservations of the sender looked at for a gap; past that, the slot after the last."""
 
 
 class RateLimiter:
@@ -41,6 +53,9 @@ class RateLimiter:
         self._reserve = LuaScript(
             redis, "reserve.lua", body=read_lua("tocsin.notification", "lua/reserve.lua")
         )
+        self._reserve_gap = LuaScript(
+            redis, "reserve_gap.lua", body=read_lua("tocsin.notification", "lua/reserve_gap.lua")
+        )
 
     @property
     def enabled(self) -> bool:
@@ -54,8 +69,15 @@ class RateLimiter:
         if self.number_interval_ms:
             slot = await self._take(f"{kind}:to:{number}", now, slot, self.number_interval_ms)
         if self.sender_interval_ms:
-            sender = f"{kind}:from:{self.sender}"
-            slot = await self._take(sender, now, slot, self.sender_interval_ms)
+            slot = int(
+                await self._reserve_gap(
+                    [keys.rate_slots(f"{kind}:from:{self.sender}")],
+                    now_ms=now,
+                    not_before_ms=slot,
+                    interval_ms=self.sender_interval_ms,
+                    max_scan=MAX_GAP_SCAN,
+                )
+            )
         return slot
 
     async def _take(self, name: str, now: int, not_before: int, interval_ms: int) -> int:

@@ -9,7 +9,8 @@ together (tests/notification/test_records.py runs the real scripts against Redis
   and writes it back with a rate-limit slot (lua/rearm.lua stores it as it is).
 - `AttemptRecord`: one send attempt (lua/attempt_lib.lua's record). Lua writes it
   (fire.lua, the status updates, the sweep); Python writes a test page's record for
-  lua/attempt_begin.lua, and reads every record back.
+  lua/attempt_begin.lua and a notice's for lua/notice_begin.lua, and reads every record
+  back.
 
 The stored keys are short and have not changed since the first version: records already
 in Redis, and replicas of an older version during a rolling upgrade, read the same bytes.
@@ -123,8 +124,9 @@ class TimerPayload:
 class AttemptRecord:
     """One send attempt as lua/attempt_lib.lua stores it (JSON in the attempts hash):
     {"id", "inc", "user", "cm", "type", "rule", "st", "c", "u"} and, once known,
-    "pid", "err", "pst", "code", "n". `status` is an AttemptStatus, `channel` a
-    ContactMethodType; `position` is the record's place in its hash, set by Lua."""
+    "pid", "err", "pst", "code", "n", "prov"; a notice's also "k" ("notice") and "nk" (its
+    idempotency key). `status` is an AttemptStatus, `channel` a ContactMethodType;
+    `position` is the record's place in its hash, set by Lua."""
 
     id: str
     incident_id: str
@@ -140,6 +142,20 @@ class AttemptRecord:
     provider_status: str = ""
     reply_code: str = ""
     position: int = 0
+    providers: tuple[str, ...] = ()
+    """The phone providers it was handed to, in order ("prov": comma-separated)."""
+    notice: bool = False
+    """A notice (SendNotice), not a page or test page ("k": "notice")."""
+    notice_key: str = ""
+    """A notice's idempotency key ("nk")."""
+
+    @property
+    def kind(self) -> notification_pb2.AttemptKind.ValueType:
+        if self.notice:
+            return notification_pb2.ATTEMPT_KIND_NOTICE
+        if self.incident_id:
+            return notification_pb2.ATTEMPT_KIND_PAGE
+        return notification_pb2.ATTEMPT_KIND_TEST
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -159,6 +175,9 @@ class AttemptRecord:
             "pst": self.provider_status,
             "code": self.reply_code,
             "n": self.position,
+            "prov": ",".join(self.providers),
+            "k": "notice" if self.notice else "",
+            "nk": self.notice_key,
         }
         data.update((k, v) for k, v in optional.items() if v)
         return data
@@ -183,6 +202,9 @@ class AttemptRecord:
             provider_status=str(data.get("pst") or ""),
             reply_code=str(data.get("code") or ""),
             position=int(data.get("n") or 0),
+            providers=tuple(p for p in str(data.get("prov") or "").split(",") if p),
+            notice=data.get("k") == "notice",
+            notice_key=str(data.get("nk") or ""),
         )
 
     @classmethod
@@ -204,6 +226,9 @@ class AttemptRecord:
             reply_code=self.reply_code,
             created_at=_timestamp(self.created_ms),
             updated_at=_timestamp(self.updated_ms),
+            providers=list(self.providers),
+            kind=self.kind,
+            notice_key=self.notice_key,
         )
 
 

@@ -46,6 +46,7 @@ from google.protobuf.json_format import MessageToDict
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from tocsin.client.links import incident_link
 from tocsin.notification import domain, pagemetrics
 from tocsin.notification.channels import (
     Channel,
@@ -56,8 +57,17 @@ from tocsin.notification.channels import (
 )
 from tocsin.notification.contacts import ContactStore
 from tocsin.notification.domain import AttemptLocation, TimerPayload
+from tocsin.notification.fairslots import FairSlots
 from tocsin.notification.peers import EscalationPeer, IncidentsPeer
-from tocsin.notification.providers import ProviderError, SendResult, send_with_retry
+from tocsin.notification.providers import (
+    ProviderError,
+    Route,
+    SendResult,
+    counts_against_provider,
+    fails_over,
+    route_order,
+    send_with_retry,
+)
 from tocsin.notification.ratelimit import RateLimiter
 from tocsin.notification.store import Fired, PagingStore
 from tocsin.runtime.clock import Clock
@@ -70,11 +80,14 @@ log = logging.getLogger(__name__)
 
 UNREACHABLE_DELETED = "contact method deleted"
 UNREACHABLE_DISABLED = "contact method disabled (STOP)"
-SKIPPED_NOT_TRIGGERED = "incident no longer triggered"
 UNKNOWN_OUTCOME = "no answer from the provider; not resent"
 
 
 MAX_DETAILS_CHARS = 4000
+SERVICE_QUEUE = "service:"
+"""The send-slot queue of a Notify's pages is this + its incident's service id."""
+TIMER_QUEUE = "timers"
+"""The send-slot queue of pages fired by the timer worker."""
 
 
 def details_text(details: struct_pb2.Struct) -> str:
@@ -85,6 +98,13 @@ def details_text(details: struct_pb2.Struct) -> str:
     return text if len(text) <= MAX_DETAILS_CHARS else text[: MAX_DETAILS_CHARS - 3] + "..."
 
 
+def channel_routes(channel: Channel) -> tuple[Route, ...]:
+    """The phone providers of a channel that has them, in the order to try now (each
+    circuit breaker consulted); () for a channel with a single way out."""
+    routes = getattr(channel, "routes", None)
+    return tuple(route_order(list(routes))) if routes else ()
+
+
 def unhandled_type_reason(channel_type: int) -> str:
     return f"no channel sends contact type {channel_name(channel_type)} ({channel_type})"
 
@@ -92,14 +112,19 @@ def unhandled_type_reason(channel_type: int) -> str:
 @dataclass(frozen=True)
 class SenderOptions:
     public_url: str
+    link_secret: str = ""
+    """Signs the incident links pages carry (the service credential); "" = no links
+    (TOCSIN_PUBLIC_URL not set, so no address a phone could open)."""
     lease_ms: int = 30_000
     """How long a claimed rule timer is ours before another worker may fire it."""
     retry_attempts: int = 5
     retry_base_delay_s: float = 0.2
     retry_max_delay_s: float = 5.0
     max_pages_in_flight: int = 16
-    """Rule pages handled at once; more wait their turn (queued, never dropped). Bounds
-    what a burst asks of Redis's connection pool and Twilio's HTTP pool."""
+    """Rule pages handled at once; more wait their turn (queued, never dropped), in a
+    queue per service taken round robin (fairslots.py), so one service's storm of pages
+    does not hold back another service's first pages. Bounds what a burst asks of
+    Redis's connection pool and Twilio's HTTP pool."""
     retry_window_ms: int = 60_000
     """How long after its first refusal a throttled (or 5xx, not connected) rule page is
     at least retried from its timer before it counts as failed (longer until the next rule
@@ -121,6 +146,9 @@ class Page:
     traceparent: str
     message: Message
     incident_id: str = ""
+    routes: tuple[Route, ...] = ()
+    """The phone providers to try in order (the first is named in the SENDING record);
+    empty for a channel with no choice of provider."""
 
     @property
     def attempt_id(self) -> str:
@@ -153,7 +181,7 @@ class Sender:
         self.on_rearm: Callable[[], None] = lambda: None
         """Called after a timer was put back for a rate-limit slot (wakes the worker)."""
         self._tasks: set[asyncio.Task[None]] = set()
-        self._in_flight = asyncio.Semaphore(options.max_pages_in_flight)
+        self._in_flight = FairSlots(options.max_pages_in_flight)
 
     # -- background work --------------------------------------------------------------
 
@@ -189,25 +217,32 @@ class Sender:
         self,
         claimed: Sequence[ClaimedTimer],
         methods: dict[str, notification_pb2.ContactMethod],
+        service_id: str = "",
     ) -> None:
         """The fast path after Notify: fire the timers its script claimed for us, in the
-        background, without waiting for a worker's poll."""
+        background, without waiting for a worker's poll; queued for a send slot with the
+        other pages of the incident's service (`service_id`, "" when not known)."""
         for timer in claimed:
             payload = TimerPayload.decode(timer.payload)
             self.spawn(
-                self._fire_held(timer, methods.get(payload.contact_method_id)),
+                self._fire_held(timer, methods.get(payload.contact_method_id), service_id),
                 f"page {timer.timer_id}",
             )
 
     async def _fire_held(
-        self, timer: ClaimedTimer, method: notification_pb2.ContactMethod | None
+        self,
+        timer: ClaimedTimer,
+        method: notification_pb2.ContactMethod | None,
+        service_id: str,
     ) -> None:
-        async with self._in_flight:
+        async with self._in_flight.slot(SERVICE_QUEUE + service_id):
             await self._fire(timer, method)
 
     async def fire(self, timer: ClaimedTimer) -> None:
-        """Handle one claimed rule timer (the TimerWorker's handler)."""
-        async with self._in_flight:
+        """Handle one claimed rule timer (the TimerWorker's handler: later rules, retries,
+        and fast-path pages whose process died). They queue for a send slot in a queue of
+        their own, taken in turn with each service's first pages."""
+        async with self._in_flight.slot(TIMER_QUEUE):
             await self._fire(timer)
 
     async def _fire(
@@ -248,23 +283,79 @@ class Sender:
                 if await self.store.rearm(timer, slot, payload.with_slot(slot)):
                     self.on_rearm()
                 return
-        fired = await self.store.fire(timer, payload, method.type, "mirror")
+        # Every lookup the page needs happens BEFORE the attempt is recorded SENDING: a
+        # process that dies between SENDING and the provider's call loses that page (the
+        # sweep marks it UNKNOWN, never resends), so nothing may wait in that window.
+        content = await self._page_content(payload, channel)
+        if content is None:
+            fired = await self.store.fire(timer, payload, method.type, "skip")
+            if fired.outcome == "skip":
+                pagemetrics.page(method.type, "skipped")
+            return
+        routes = channel_routes(channel)
+        provider = routes[0].name if routes else ""
+        fired = await self.store.fire(timer, payload, method.type, "mirror", provider=provider)
         if fired.outcome == "check":
-            fired = await self._fire_after_check(timer, payload, method.type)
+            fired = await self._fire_after_check(timer, payload, method.type, provider)
         if fired.outcome != "send":
             log.debug("rule %s not sent: %s", payload.attempt_id, fired.outcome)
             return
-        await self._send_rule(payload, method, channel, fired)
+        await self._send_rule(payload, method, channel, fired, content, routes)
+
+    async def _page_content(self, payload: TimerPayload, channel: Channel) -> PageContent | None:
+        """What the page says, read before anything is recorded: the summary and service
+        from the status mirror (or, while the incident-events consumer has not mirrored
+        the incident yet, from the incidents service), the service's name and, for a
+        channel that shows them, the alert's details (summary "" when it cannot be had:
+        the script's mirror may know it by then). None when the incidents service
+        says the incident is no longer triggered (the rule is recorded SKIPPED)."""
+        incident_id = payload.incident_id
+        summary, service_id, number = await self.store.incident_page_info(incident_id)
+        incident = None
+        if not summary:
+            incident = await self.incidents.get_incident(
+                incident_id, include_alerts=channel.wants_details
+            )
+            if incident is not None:
+                await self.store.apply_incident(incident)
+                if incident.status in domain.STOPPED_STATUSES:
+                    return None
+                summary, service_id = incident.summary, incident.service_id
+                number = incident.number
+        service = await self.incidents.service_name(service_id) or "tocsin"
+        details = ""
+        if channel.wants_details:
+            if incident is None:
+                incident = await self.incidents.get_incident(incident_id, include_alerts=True)
+            alerts = incident.alerts if incident is not None else []
+            details = details_text(alerts[0].details) if alerts else ""
+        return PageContent(
+            incident_id=incident_id,
+            service=service,
+            summary=summary,
+            reply_code="",
+            attempt_id=payload.attempt_id,
+            public_url=self.options.public_url,
+            details=details,
+            number=number,
+            link=(
+                incident_link(self.options.public_url, self.options.link_secret, number)
+                if number and self.options.link_secret
+                else ""
+            ),
+        )
 
     async def _fire_after_check(
-        self, timer: ClaimedTimer, payload: TimerPayload, channel: int
+        self, timer: ClaimedTimer, payload: TimerPayload, channel: int, provider: str
     ) -> Fired:
         """The mirror says the incident stopped: ask incidents before skipping, since an
         incident triggered again (snooze ended, reassigned) may be newer than the mirror.
         If incidents cannot be reached, send: a page too many beats a lost one."""
         incident = await self.incidents.get_incident(payload.incident_id)
         stopped = incident is not None and incident.status in domain.STOPPED_STATUSES
-        fired = await self.store.fire(timer, payload, channel, "skip" if stopped else "send")
+        fired = await self.store.fire(
+            timer, payload, channel, "skip" if stopped else "send", provider=provider
+        )
         if incident is not None:
             await self.store.apply_incident(incident)
         return fired
@@ -275,37 +366,15 @@ class Sender:
         method: notification_pb2.ContactMethod,
         channel: Channel,
         fired: Fired,
+        content: PageContent,
+        routes: tuple[Route, ...] = (),
     ) -> None:
+        """Send a page recorded SENDING: no lookup here (see `_page_content`), only the
+        reply code the script just handed out."""
         location = AttemptLocation(payload.attempt_id, fired.incident_id, None)
-        summary, service_id = fired.summary, fired.service_id
-        if not summary:
-            # The incident-events consumer has not mirrored this incident yet: ask.
-            incident = await self.incidents.get_incident(fired.incident_id)
-            if incident is not None:
-                await self.store.apply_incident(incident)
-                if incident.status in domain.STOPPED_STATUSES:
-                    await self.store.update_attempt(
-                        location, domain.SKIPPED, provider_status=SKIPPED_NOT_TRIGGERED
-                    )
-                    pagemetrics.page(method.type, "skipped")
-                    return
-                summary, service_id = incident.summary, incident.service_id
-        service = await self.incidents.service_name(service_id) or "tocsin"
-        details = ""
-        if channel.wants_details:
-            incident = await self.incidents.get_incident(fired.incident_id, include_alerts=True)
-            alerts = incident.alerts if incident is not None else []
-            details = details_text(alerts[0].details) if alerts else ""
-        summary = summary or f"incident #{fired.incident_id}"
-        content = PageContent(
-            incident_id=fired.incident_id,
-            service=service,
-            summary=summary,
-            reply_code=fired.reply_code,
-            attempt_id=payload.attempt_id,
-            public_url=self.options.public_url,
-            details=details,
-        )
+        label = f"incident #{content.number}" if content.number else f"incident {fired.incident_id}"
+        summary = content.summary or fired.summary or label
+        content = replace(content, summary=summary, reply_code=fired.reply_code)
         page = Page(
             location,
             method,
@@ -315,6 +384,7 @@ class Sender:
             payload.traceparent,
             channel.render(content),
             fired.incident_id,
+            routes,
         )
         rearmed = False
 
@@ -452,19 +522,37 @@ class Sender:
     async def _test_one(
         self, user: scheduling_pb2.User, method: notification_pb2.ContactMethod
     ) -> notification_pb2.Attempt:
-        attempt = await self.store.begin_test_attempt(user.id, method)
-        location = AttemptLocation(attempt.id, None, user.id)
         channel = self.channels.find(method.type)
+        routes = channel_routes(channel) if channel is not None else ()
+        provider = routes[0].name if routes else ""
+        attempt = await self.store.begin_test_attempt(user.id, method, provider)
+        location = AttemptLocation(attempt.id, None, user.id)
         if method.disabled or channel is None:
             reason = UNREACHABLE_DISABLED if method.disabled else unhandled_type_reason(method.type)
             await self.store.update_attempt(location, domain.FAILED, provider_status=reason)
         else:
-            if self.limiter.enabled and channel.rate_limited:
-                slot = await self.limiter.reserve(method.type, method.address)
-                await self.clock.sleep_until(slot)
             message = channel.render_test(user.name or user.id)
-            await self.deliver(Page(location, method, channel, user.id, -1, "", message))
+            await self.deliver_outside_incident(location, method, channel, message, routes)
         return await self.store.attempt(location) or attempt
+
+    async def deliver_outside_incident(
+        self,
+        location: AttemptLocation,
+        method: notification_pb2.ContactMethod,
+        channel: Channel,
+        message: Message,
+        routes: tuple[Route, ...] = (),
+    ) -> ProviderError | None:
+        """Send a test page or notice already recorded SENDING under its user, as a page
+        goes: a phone channel waits for its rate-limit slot (the number's interval and the
+        sender's rate), then `deliver` (spans, provider fail-over, quick retries, the
+        outcome recorded). Returns the error if it failed."""
+        if self.limiter.enabled and channel.rate_limited:
+            slot = await self.limiter.reserve(method.type, method.address)
+            await self.clock.sleep_until(slot)
+        user_id = location.user_id or ""
+        page = Page(location, method, channel, user_id, -1, "", message, "", routes)
+        return await self.deliver(page)
 
     # -- the channel's send --------------------------------------------------------------
 
@@ -493,13 +581,7 @@ class Sender:
             attributes=attributes,
         ) as span:
             try:
-                result = await send_with_retry(
-                    lambda: self._provider_request(page),
-                    attempts=attempts or self.options.retry_attempts,
-                    base_delay=self.options.retry_base_delay_s,
-                    max_delay=self.options.retry_max_delay_s,
-                    sleep=self.clock.sleep,
-                )
+                result = await self._send(page, attempts or self.options.retry_attempts)
             except ProviderError as error:
                 span.set_status(Status(StatusCode.ERROR, str(error)))
                 if error.code:
@@ -530,17 +612,82 @@ class Sender:
             )
         return None
 
-    async def _provider_request(self, page: Page) -> SendResult:
-        """One request of the page's channel, as a child span of the send (never the
-        address in it)."""
+    async def _send(self, page: Page, attempts: int) -> SendResult:
+        """Send the page through its channel, with quick retries; a phone page goes
+        through its routes in order: when one refuses it without processing it for a
+        trouble of its own (providers.fails_over), the attempt is handed to the next one,
+        recorded before that one is called and at most once per provider
+        (store.fail_over), and the timeline says so. Raises the last ProviderError."""
+
+        def once(route: Route | None) -> Awaitable[SendResult]:
+            return send_with_retry(
+                lambda: self._provider_request(page, route),
+                attempts=attempts,
+                base_delay=self.options.retry_base_delay_s,
+                max_delay=self.options.retry_max_delay_s,
+                sleep=self.clock.sleep,
+                # Before the last provider, a provider failure goes to the next at once.
+                retry_if=(lambda error: not fails_over(error))
+                if route is not None and route is not page.routes[-1]
+                else (lambda error: True),
+            )
+
+        if not page.routes:
+            return await once(None)
+        previous: tuple[Route, ProviderError] | None = None
+        for route in page.routes:
+            if previous is not None:
+                before, error = previous
+                if not await self.store.fail_over(page.location, before.name, route.name):
+                    raise error
+                self._timeline_attempt(
+                    page.incident_id,
+                    page.attempt_id,
+                    page.method.type,
+                    page.user_id,
+                    page.method.id,
+                    f"failed over to {route.name}",
+                    f"{before.name}: {error}",
+                    error_code=error.code,
+                )
+                log.warning(
+                    "%s: %s failed (%s), sending through %s",
+                    page.attempt_id,
+                    before.name,
+                    error,
+                    route.name,
+                )
+            try:
+                result = await once(route)
+            except ProviderError as error:
+                if route.breaker is not None and counts_against_provider(error):
+                    route.breaker.failed()
+                if route is page.routes[-1] or not fails_over(error):
+                    raise
+                previous = (route, error)
+                continue
+            if route.breaker is not None:
+                route.breaker.succeeded()
+            return result
+        raise AssertionError("unreachable")
+
+    async def _provider_request(self, page: Page, route: Route | None = None) -> SendResult:
+        """One request of the page's channel (through `route`, for a phone page), as a
+        child span of the send (never the address in it)."""
         channel = page.channel
-        provider = getattr(channel, "provider", channel)
+        provider = route.name if route is not None else type(channel).__name__
         with self.tracer.start_as_current_span(
             channel.span_name,
             kind=SpanKind.CLIENT,
-            attributes={"notification.provider": type(provider).__name__},
+            attributes={"notification.provider": provider},
         ) as span:
             try:
+                if route is not None:
+                    send_via = channel.send_via  # type: ignore[attr-defined]
+                    result: SendResult = await send_via(
+                        route, page.method.address, page.message, page.attempt_id
+                    )
+                    return result
                 return await channel.send(page.method.address, page.message, page.attempt_id)
             except ProviderError as error:
                 span.set_status(Status(StatusCode.ERROR, str(error)))

@@ -5,7 +5,9 @@ Background tasks (in RunningService.tasks, all stopped by `stopping`):
 - the incident-events consumer (group "notification"): status mirror and cancellations;
 - shard leases (group "notification") and a TimerWorker over the owned incident shards:
   fires later rules and anything the Notify fast path missed;
-- the SENDING sweep over the owned shards (and test pages with shard 0).
+- the SENDING sweep over the owned shards (and test pages with shard 0);
+- outgoing webhooks and stakeholder status updates (tocsin.webhooks): their own consumer
+  group ("webhooks") and their own delivery loop, apart from paging.
 
 Tests pass `background=False` and drive the same parts by hand (`worker.run_once()`,
 `consumer.drain_once()`, `pager.sweep(...)`) while advancing a ManualClock.
@@ -30,13 +32,19 @@ from tocsin.notification.contacts import ContactStore
 from tocsin.notification.inbound import Inbound
 from tocsin.notification.pager import Pager
 from tocsin.notification.peers import IncidentsPeer, UsersPeer
-from tocsin.notification.providers import ConsoleProvider, Provider, TwilioProvider
+from tocsin.notification.providers import (
+    CircuitBreaker,
+    ConsoleProvider,
+    Provider,
+    Route,
+    TwilioProvider,
+)
 from tocsin.notification.ratelimit import RateLimiter
 from tocsin.notification.sender import Sender, SenderOptions
 from tocsin.notification.servicer import SERVICE_NAME, NotificationServicer
 from tocsin.notification.store import PagingStore
 from tocsin.runtime.audit import AuditLog
-from tocsin.runtime.auth import Principal
+from tocsin.runtime.auth import Principal, service_token
 from tocsin.runtime.authz import OwnCheck
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.config import Address, Config
@@ -46,7 +54,12 @@ from tocsin.runtime.leases import ShardLeases
 from tocsin.runtime.loops import WorkerHealth, run_loop
 from tocsin.runtime.service import RunningService, ServiceDeps, serve_blocking
 from tocsin.runtime.timers import TimerWorker
-from tocsin.v1 import notification_pb2_grpc
+from tocsin.v1 import notification_pb2_grpc, webhooks_pb2_grpc
+from tocsin.webhooks import delivery as webhook_delivery
+from tocsin.webhooks.delivery import Deliverer, DeliveryOptions, Router
+from tocsin.webhooks.servicer import SERVICE_NAME as WEBHOOK_SERVICE_NAME
+from tocsin.webhooks.servicer import WebhookServicer
+from tocsin.webhooks.store import WebhookStore
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +86,19 @@ class Parts:
     leases: ShardLeases
     provider: Provider
     channels: ChannelRegistry
+    routes: list[Route]
+    """The phone providers in order of preference (one unless a fallback is set)."""
+    webhooks: WebhookParts
+
+
+@dataclass
+class WebhookParts:
+    """Outgoing webhooks and status updates: apart from paging (own group, own loop)."""
+
+    store: WebhookStore
+    router: Router
+    deliverer: Deliverer
+    consumer: EventConsumer
 
 
 @dataclass
@@ -90,7 +116,44 @@ def provider_from_config(config: Config) -> Provider:
     )
 
 
-def channels_from_config(config: Config, provider: Provider) -> ChannelRegistry:
+def fallback_from_config(config: Config) -> Provider | None:
+    """The TOCSIN_SMS_FALLBACK_* provider (a Twilio-compatible API elsewhere), if set."""
+    fallback = config.sms_fallback
+    if fallback is None:
+        return None
+    return TwilioProvider(
+        fallback.account_sid,
+        fallback.auth_token,
+        fallback.from_number,
+        base_url=fallback.base_url,
+    )
+
+
+def routes_from_config(
+    config: Config, provider: Provider, fallback: Provider | None, clock: Clock
+) -> list[Route]:
+    """The phone providers in order: the first (`twilio`, or `console` without
+    credentials), then the fallback; with a fallback each has a circuit breaker."""
+    first = "twilio" if config.twilio is not None else "console"
+    if fallback is None or config.sms_fallback is None:
+        return [Route(first, provider)]
+
+    def breaker() -> CircuitBreaker:
+        return CircuitBreaker(
+            config.failover.failures,
+            int(config.failover.open_for.total_seconds() * 1000),
+            clock.now_ms,
+        )
+
+    return [
+        Route(first, provider, breaker()),
+        Route(config.sms_fallback.name, fallback, breaker()),
+    ]
+
+
+def channels_from_config(
+    config: Config, provider: Provider, routes: list[Route] | None = None
+) -> ChannelRegistry:
     """Every channel this process sends, configured: SMS and voice through `provider`,
     email through TOCSIN_SMTP_URL (printed without it), Teams cards, signed webhooks with
     TOCSIN_WEBHOOK_SECRET (none without it). A channel's own settings come from its part
@@ -98,8 +161,8 @@ def channels_from_config(config: Config, provider: Provider) -> ChannelRegistry:
     callbacks = config.twilio_status_callbacks
     sms_number = config.twilio.from_number if config.twilio else None
     channels: list[Channel] = [
-        SmsChannel(provider, config.public_url, status_callbacks=callbacks),
-        VoiceChannel(provider, config.public_url, status_callbacks=callbacks),
+        SmsChannel(provider, config.public_url, status_callbacks=callbacks, routes=routes),
+        VoiceChannel(provider, config.public_url, status_callbacks=callbacks, routes=routes),
         EmailChannel(config.smtp, sms_number=sms_number) if config.smtp else ConsoleEmailChannel(),
     ]
     channels.append(TeamsChannel(config.public_url))
@@ -110,14 +173,27 @@ def channels_from_config(config: Config, provider: Provider) -> ChannelRegistry:
     return ChannelRegistry(channels)
 
 
+def delivery_options(config: Config) -> DeliveryOptions:
+    """Delivery settings of webhook subscriptions (TOCSIN_WEBHOOK_TIMEOUT, _LEASE)."""
+    return DeliveryOptions(
+        lease_ms=int(config.webhook_lease.total_seconds() * 1000),
+        http_timeout_s=config.webhook_timeout.total_seconds(),
+    )
+
+
 def _slack_of(channels: ChannelRegistry) -> SlackChannel | None:
     slack = channels.find(SlackChannel.type)
     return slack if isinstance(slack, SlackChannel) else None
 
 
 def build_parts(
-    deps: ServiceDeps, provider: Provider, shard_source: Callable[[], Iterable[int]] | None
+    deps: ServiceDeps,
+    provider: Provider,
+    shard_source: Callable[[], Iterable[int]] | None,
+    webhook_options: DeliveryOptions | None = None,
+    fallback: Provider | None = None,
 ) -> Parts:
+    """`fallback`: the second phone provider (the caller owns and closes it)."""
     config, redis, clock = deps.config, deps.redis, deps.clock
     contacts = ContactStore(redis, clock)
     store = PagingStore(redis, clock, int(config.retention.total_seconds() * 1000))
@@ -129,8 +205,11 @@ def build_parts(
         sends_per_second=config.twilio_sends_per_second,
         number_interval_ms=int(config.number_send_interval.total_seconds() * 1000),
     )
-    channels = channels_from_config(config, provider)
-    options = SenderOptions(config.public_url)
+    routes = routes_from_config(config, provider, fallback, clock)
+    channels = channels_from_config(config, provider, routes)
+    options = SenderOptions(
+        config.public_url, link_secret=service_token(config) if config.public_url_set else ""
+    )
     sender = Sender(store, contacts, limiter, channels, incidents, clock, options)
     pager = Pager(store, contacts, sender, incidents, clock)
     instance = instance_name(GROUP)
@@ -145,6 +224,23 @@ def build_parts(
     sender.on_rearm = worker.wake
     consumer = EventConsumer(
         redis, GROUP, pager.handle_event, consumer=instance, block_ms=CONSUMER_BLOCK_MS
+    )
+    webhook_store = WebhookStore(redis, int(config.retention.total_seconds() * 1000))
+    deliverer = Deliverer(
+        webhook_store,
+        clock,
+        channels,
+        contacts,
+        config.public_url,
+        webhook_options or delivery_options(config),
+    )
+    router = Router(webhook_store, clock, config.public_url, on_queued=deliverer.wake.set)
+    webhook_consumer = EventConsumer(
+        redis,
+        webhook_delivery.GROUP,
+        router.handle,
+        consumer=instance_name(webhook_delivery.GROUP),
+        block_ms=CONSUMER_BLOCK_MS,
     )
     return Parts(
         contacts=contacts,
@@ -164,6 +260,8 @@ def build_parts(
         leases=leases,
         provider=provider,
         channels=channels,
+        routes=routes,
+        webhooks=WebhookParts(webhook_store, router, deliverer, webhook_consumer),
     )
 
 
@@ -199,6 +297,7 @@ async def create_server(
     *,
     provider: Provider | None = None,
     background: bool = True,
+    webhook_options: DeliveryOptions | None = None,
 ) -> tuple[NotificationService, int]:
     """Start the notification service (port 0 in `addr` picks a free port).
 
@@ -207,8 +306,21 @@ async def create_server(
     so a test drives it by hand.
     """
     provider = provider or provider_from_config(deps.config)
-    parts = build_parts(deps, provider, None if background else lambda: range(INCIDENT_SHARDS))
+    fallback = fallback_from_config(deps.config)
+    parts = build_parts(
+        deps,
+        provider,
+        None if background else lambda: range(INCIDENT_SHARDS),
+        webhook_options,
+        fallback=fallback,
+    )
     await parts.consumer.start()
+    # Stakeholder subscriptions an earlier version kept in one hash (webhooks/store.py).
+    await parts.webhooks.store.migrate_subscriptions(deps.clock.now_ms())
+    await parts.webhooks.consumer.start()
+    webhook_servicer = WebhookServicer(
+        parts.webhooks.store, parts.webhooks.deliverer, parts.channels
+    )
     servicer = NotificationServicer(
         parts.contacts,
         parts.store,
@@ -219,13 +331,17 @@ async def create_server(
         UsersPeer(lambda: deps.peer_client()),
     )
     servicer.audit = AuditLog(deps.redis, deps.clock, deps.config.retention)
+    webhook_servicer.audit = servicer.audit
+
+    def register(server: Any) -> None:
+        notification_pb2_grpc.add_NotificationServiceServicer_to_server(servicer, server)
+        webhooks_pb2_grpc.add_WebhookServiceServicer_to_server(webhook_servicer, server)
+
     grpc_server = await start_grpc_server(
         deps.config,
         addr or deps.config.grpc_listen_addr("notification"),
-        lambda server: notification_pb2_grpc.add_NotificationServiceServicer_to_server(
-            servicer, server
-        ),
-        [SERVICE_NAME],
+        register,
+        [SERVICE_NAME, WEBHOOK_SERVICE_NAME],
         authenticator=deps.authenticator(),
         ownership={"contact_method": own_contact_method(parts.contacts)},
     )
@@ -243,12 +359,18 @@ async def create_server(
             "notification SENDING sweep",
             _sweep_forever(parts.pager, parts.leases, deps.clock, stop, health),
         )
+        webhooks = parts.webhooks
+        running.start_worker("webhooks consumer", webhooks.consumer.run(stop, health))
+        running.start_worker("webhook deliverer", webhooks.deliverer.run(stop, health))
         running.start_health(deps.redis)
 
     async def close() -> None:
+        await parts.webhooks.deliverer.aclose()
         await parts.sender.close()
         await parts.channels.aclose()
         await provider.aclose()
+        if fallback is not None:
+            await fallback.aclose()
 
     running.on_stop.append(close)
     return running, grpc_server.port

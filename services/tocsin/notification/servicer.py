@@ -20,19 +20,23 @@ from tocsin.notification import domain
 from tocsin.notification.channels import ChannelRegistry
 from tocsin.notification.contacts import ContactStore
 from tocsin.notification.inbound import Inbound
+from tocsin.notification.notices import Notices
 from tocsin.notification.pager import Pager
 from tocsin.notification.peers import UsersPeer
 from tocsin.notification.sender import Sender
 from tocsin.notification.store import PagingStore
+from tocsin.runtime import channeltargets
 from tocsin.runtime.audit import AuditLog
 from tocsin.runtime.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from tocsin.runtime.ids import id_violations
 from tocsin.runtime.telemetry import current_traceparent
-from tocsin.v1 import notification_pb2, notification_pb2_grpc
+from tocsin.v1 import common_pb2, notification_pb2, notification_pb2_grpc
 
 pb = notification_pb2
 SERVICE_NAME = "tocsin.v1.NotificationService"
 MAX_CONCURRENT_CALLS = 40
+MAX_SERVICE_ID = 128
+"""Longest service id a Notify may name (it only picks the sender's queue)."""
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -71,6 +75,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         self.inbound = inbound
         self.channels = channels
         self.users = users
+        self.notices = Notices(store, contacts, sender)
         self.slots = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
         self.audit: AuditLog | None = None
         """Where configuration changes are recorded (set by the server)."""
@@ -173,11 +178,21 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
 
     @_bounded
     async def Notify(self, request: pb.NotifyRequest, context: Any) -> pb.NotifyResponse:
-        violations = id_violations(request.user_id, "user_id")
+        channel = request.channel if request.HasField("channel") else None
+        if channel is None:
+            violations = id_violations(request.user_id, "user_id")
+        else:
+            violations = _channel_target_violations(request.user_id, channel)
         try:
             domain.check_incident_id(request.incident_id)
         except InvalidArgument as error:
             violations += error.violations
+        if len(request.service_id) > MAX_SERVICE_ID:
+            violations.append(
+                FieldViolation("service_id", f"must be at most {MAX_SERVICE_ID} characters")
+            )
+        if request.urgency not in common_pb2.Urgency.values():
+            violations.append(FieldViolation("urgency", f"unknown urgency {request.urgency}"))
         if not request.idempotency_key:
             violations.append(FieldViolation("idempotency_key", "is required"))
         elif len(request.idempotency_key) > domain.MAX_IDEMPOTENCY_KEY:
@@ -187,12 +202,18 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
                 )
             )
         _check(violations)
+        if channel is not None:
+            await self.contacts.ensure_channel_target(
+                request.user_id, channel.type, channel.address
+            )
         result = await self.pager.notify(
             request.incident_id,
             request.user_id,
             request.idempotency_key,
             request.traceparent or current_traceparent(),
             request.next_level_at.ToMilliseconds() if request.HasField("next_level_at") else 0,
+            request.urgency,
+            request.service_id,
         )
         return pb.NotifyResponse(
             started=result.started,
@@ -214,6 +235,13 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
     async def ListAttempts(
         self, request: pb.ListAttemptsRequest, context: Any
     ) -> pb.ListAttemptsResponse:
+        if request.user_id:
+            if request.incident_id:
+                raise InvalidArgument.one("user_id", "exactly one of incident_id, user_id")
+            if not channeltargets.is_target_id(request.user_id):
+                _check(id_violations(request.user_id, "user_id"))
+            attempts = await self.store.list_user_attempts(request.user_id)
+            return pb.ListAttemptsResponse(attempts=attempts)
         domain.check_incident_id(request.incident_id)
         return pb.ListAttemptsResponse(attempts=await self.store.list_attempts(request.incident_id))
 
@@ -224,6 +252,11 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         _check(id_violations(request.user_id, "user_id"))
         user = await self.users.get(request.user_id)
         return pb.SendTestPageResponse(attempts=await self.sender.test_page(user))
+
+    async def SendNotice(
+        self, request: pb.SendNoticeRequest, context: Any
+    ) -> pb.SendNoticeResponse:
+        return await self.notices.send(request)
 
     # -- webhooks (signature already checked by the gateway) -------------------------------
 
@@ -266,3 +299,20 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
             request.provider_id, request.status, request.error_code, request.attempt_id
         )
         return pb.HandleDeliveryStatusResponse(known=known)
+
+
+_CHANNEL_KINDS = {
+    domain.SLACK: channeltargets.SLACK_CHANNEL,
+    notification_pb2.CONTACT_METHOD_TYPE_TEAMS: channeltargets.TEAMS_CHANNEL,
+}
+
+
+def _channel_target_violations(user_id: str, channel: pb.ChannelTarget) -> list[FieldViolation]:
+    """A channel page names a Slack or Teams channel and, as `user_id`, its target id."""
+    kind = _CHANNEL_KINDS.get(channel.type)
+    if kind is None:
+        return [FieldViolation("channel.type", "must be slack or teams")]
+    found = channeltargets.violations(kind, channel.address, "channel.address")
+    if not found and user_id != channeltargets.target_id(kind, channel.address):
+        found.append(FieldViolation("user_id", "must be the channel's target id"))
+    return found

@@ -68,6 +68,8 @@ class Fired:
     incident_id: str = ""
     user_id: str = ""
     next_rule: int = -1
+    number: int = 0
+    """The incident's number as mirrored (0 while the mirror does not know it)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,8 @@ class PagingStore:
         self._update = _script(redis, "attempt_update")
         self._begin = _script(redis, "attempt_begin")
         self._sweep = _script(redis, "sweep")
+        self._failover = _script(redis, "attempt_failover")
+        self._notice = _script(redis, "notice_begin")
 
     async def start_cycle(
         self,
@@ -145,7 +149,9 @@ class PagingStore:
         channel: int,
         mode: str,
         detail: str = "",
+        provider: str = "",
     ) -> Fired:
+        """`provider`: the phone provider the send goes through, named in the record."""
         incident_id = payload.incident_id
         reply = await self._fire(
             keys=[
@@ -166,11 +172,14 @@ class PagingStore:
             ttl_ms=self.retention_ms,
             mode=mode,
             detail=detail,
+            provider=provider,
         )
         outcome = _text(reply[0])
         if outcome == "send":
-            code, summary, service_id, incident, user = (_text(v) for v in reply[1:6])
-            return Fired(outcome, code, summary, service_id, incident, user)
+            code, summary, service_id, incident, user, number = (_text(v) for v in reply[1:7])
+            return Fired(
+                outcome, code, summary, service_id, incident, user, number=int(number or 0)
+            )
         if outcome == "unreachable":
             return Fired(outcome, next_rule=int(reply[1]))
         return Fired(outcome)
@@ -272,15 +281,23 @@ class PagingStore:
             int(incident.status),
             incident.summary,
             incident.service_id,
+            incident.number,
         )
 
     async def cancel(self, incident_id: str) -> int:
         """Cancel every cycle of the incident; returns how many pending sends were cancelled."""
-        _, cancelled = await self._incident_state_call(incident_id, "cancel", 0, 0, "", "")
+        _, cancelled = await self._incident_state_call(incident_id, "cancel", 0, 0, "", "", 0)
         return cancelled
 
     async def _incident_state_call(
-        self, incident_id: str, mode: str, version: int, status: int, summary: str, service: str
+        self,
+        incident_id: str,
+        mode: str,
+        version: int,
+        status: int,
+        summary: str,
+        service: str,
+        number: int,
     ) -> tuple[bool, int]:
         shard = incident_shard(incident_id)
         applied, cancelled = await self._incident_state(
@@ -297,6 +314,7 @@ class PagingStore:
             status=status,
             summary=summary,
             service=service,
+            number=number,
         )
         return bool(applied), int(cancelled)
 
@@ -305,12 +323,28 @@ class PagingStore:
         raw = await self.redis.hget(keys.incident_state(incident_id), "st")
         return int(raw) if raw is not None else None
 
-    async def incident_mirror(self, incident_id: str) -> tuple[int | None, str]:
-        """The mirrored status (None while unknown) and summary."""
-        status, summary = await self.redis.hmget(keys.incident_state(incident_id), ["st", "sum"])
+    async def incident_mirror(self, incident_id: str) -> tuple[int | None, str, str]:
+        """The mirrored status (None while unknown), summary and how a person names the
+        incident ("#18"; "#<id>" while its number is not known)."""
+        status, summary, number = await self.redis.hmget(
+            keys.incident_state(incident_id), ["st", "sum", "nr"]
+        )
+        label = keys.as_text(number) if number is not None else "0"
         return (
             int(status) if status is not None else None,
             keys.as_text(summary) if summary is not None else "",
+            f"#{label}" if label != "0" else f"#{incident_id}",
+        )
+
+    async def incident_page_info(self, incident_id: str) -> tuple[str, str, int]:
+        """The mirrored summary and service id ("" while unknown) and number (0)."""
+        summary, service, number = await self.redis.hmget(
+            keys.incident_state(incident_id), ["sum", "svc", "nr"]
+        )
+        return (
+            keys.as_text(summary) if summary is not None else "",
+            keys.as_text(service) if service is not None else "",
+            int(number) if number is not None else 0,
         )
 
     # -- attempts -----------------------------------------------------------------------
@@ -355,8 +389,28 @@ class PagingStore:
         records = await self.redis.hvals(keys.incident_attempts(incident_id))
         return domain.attempts_in_order(keys.as_bytes(r) for r in records)
 
+    async def list_user_attempts(self, user_id: str) -> list[notification_pb2.Attempt]:
+        """A user's attempts outside incidents: test pages and notices."""
+        records = await self.redis.hvals(keys.test_attempts(user_id))
+        return domain.attempts_in_order(keys.as_bytes(r) for r in records)
+
+    async def begin_notice(
+        self, idempotency_key: str, user_id: str, records: Sequence[AttemptRecord], keep_ms: int
+    ) -> list[notification_pb2.Attempt] | None:
+        """Record the notice's key and its attempts (SENDING) under `user_id` in one step
+        (lua/notice_begin.lua); None if the key was used before (nothing written)."""
+        reply = await self._notice(
+            [keys.notice(idempotency_key), keys.test_attempts(user_id), keys.TEST_SENDING],
+            keep_ms=keep_ms,
+            ttl_ms=self.retention_ms,
+            records="[" + ",".join(r.encode() for r in records) + "]",
+        )
+        if reply is None:
+            return None
+        return [domain.attempt_from_record(keys.as_bytes(raw)) for raw in reply]
+
     async def begin_test_attempt(
-        self, user_id: str, method: notification_pb2.ContactMethod
+        self, user_id: str, method: notification_pb2.ContactMethod, provider: str = ""
     ) -> notification_pb2.Attempt:
         now = self.clock.now_ms()
         record = AttemptRecord(
@@ -369,6 +423,7 @@ class PagingStore:
             status=domain.SENDING,
             created_ms=now,
             updated_ms=now,
+            providers=(provider,) if provider else (),
         )
         raw = await self._begin(
             [keys.test_attempts(user_id), keys.TEST_SENDING],
@@ -377,6 +432,22 @@ class PagingStore:
             ttl_ms=self.retention_ms,
         )
         return domain.attempt_from_record(raw)
+
+    async def fail_over(
+        self, location: domain.AttemptLocation, from_provider: str, to_provider: str
+    ) -> bool:
+        """Hand a SENDING attempt from `from_provider` to `to_provider`, recorded before
+        `to_provider` is called (lua/attempt_failover.lua); False if that may not happen
+        (no longer SENDING, or `to_provider` already had it)."""
+        return bool(
+            await self._failover(
+                self._attempt_keys(location),
+                id=location.attempt_id,
+                from_provider=from_provider,
+                to_provider=to_provider,
+                now_ms=self.clock.now_ms(),
+            )
+        )
 
     async def sweep(
         self, shard: int | None, older_than_ms: int, limit: int = 100

@@ -73,6 +73,16 @@ class PageContent:
     """TOCSIN_PUBLIC_URL, for links and callbacks."""
     details: str = ""
     """The incident's details as readable text ("" when none)."""
+    number: int = 0
+    """The incident's number, what people say ("#18"); 0 when not known."""
+    link: str = ""
+    """A short signed link to the incident's page (tocsin.client.links), when
+    TOCSIN_PUBLIC_URL is set; "" otherwise."""
+
+    @property
+    def label(self) -> str:
+        """How the page names its incident: "#18" (its id before it had a number)."""
+        return f"#{self.number}" if self.number else f"#{self.incident_id}"
 
     @property
     def incident_url(self) -> str:

@@ -73,7 +73,7 @@ def _subject(page: PageContent) -> str:
     if len(summary) > SUBJECT_SUMMARY_CHARS:
         summary = summary[: SUBJECT_SUMMARY_CHARS - 3].rstrip() + "..."
     service = messages.clean_text(page.service) or "unknown service"
-    return f"[tocsin] #{page.incident_id} {service}: {summary}"
+    return f"[tocsin] {page.label} {service}: {summary}"
 
 
 def render_page(page: PageContent, sms_number: str | None = None) -> Message:
@@ -82,8 +82,8 @@ def render_page(page: PageContent, sms_number: str | None = None) -> Message:
     service = messages.clean_text(page.service) or "unknown service"
     details = page.details.strip()
     acts = [
-        f"tocsin ack {page.incident_id}",
-        f"tocsin resolve {page.incident_id}",
+        f"tocsin ack {page.number or page.incident_id}",
+        f"tocsin resolve {page.number or page.incident_id}",
     ]
     reply = (
         f"or text '{page.reply_code}a' (acknowledge) / '{page.reply_code}r' (resolve) "
@@ -92,28 +92,30 @@ def render_page(page: PageContent, sms_number: str | None = None) -> Message:
         else ""
     )
     text_lines = [
-        f"Incident #{page.incident_id} on {service} is triggered:",
+        f"Incident {page.label} on {service} is triggered:",
         "",
         f"    {summary}",
         "",
         *([f"Details:\n{details}", ""] if details else []),
         f"Act on it: {acts[0]}  /  {acts[1]}",
         *([reply[0].upper() + reply[1:]] if reply else []),
-        f"tocsin: {page.public_url}",
+        f"Open it: {page.link}" if page.link else f"tocsin: {page.public_url}",
         "",
         f"(page {page.attempt_id})",
     ]
     e = html.escape
+    url = page.link or page.public_url  # the incident's page in the console, when signed
+    label = "Open it" if page.link else "tocsin"
     details_html = f"<h3>Details</h3><pre>{e(details)}</pre>" if details else ""
     reply_html = f"<p>{e(reply[0].upper() + reply[1:])}</p>" if reply else ""
     body_html = (
         "<!DOCTYPE html><html><body>"
-        f"<h2>Incident #{e(page.incident_id)} on {e(service)} is triggered</h2>"
+        f"<h2>Incident {e(page.label)} on {e(service)} is triggered</h2>"
         f"<p><strong>{e(summary)}</strong></p>"
         f"{details_html}"
         f"<p>Act on it: <code>{e(acts[0])}</code> or <code>{e(acts[1])}</code></p>"
         f"{reply_html}"
-        f'<p>tocsin: <a href="{e(page.public_url, quote=True)}">{e(page.public_url)}</a></p>'
+        f'<p>{label}: <a href="{e(url, quote=True)}">{e(url)}</a></p>'
         f'<p style="color:#888">page {e(page.attempt_id)}</p>'
         "</body></html>"
     )

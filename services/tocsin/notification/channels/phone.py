@@ -1,8 +1,10 @@
 """SMS and voice: the two channels of a phone number, through one `Provider` (Twilio, or
-the console when no credentials are set; providers.py).
+the console when no credentials are set; providers.py), or a list of them (`routes`:
+Twilio, then the TOCSIN_SMS_FALLBACK_* provider, each with its circuit breaker; the
+sender picks the route and records it before the call, see sender.py).
 
-The provider is shared by both channels and owned by the notification server, which
-closes it; the channels only borrow it. A status callback (`/twilio/status`) is asked for
+The providers are shared by both channels and owned by the notification server, which
+closes them; the channels only borrow them. A status callback (`/twilio/status`) is asked for
 when `status_callbacks` is on, so Twilio reports delivery back to the attempt.
 """
 
@@ -13,7 +15,7 @@ from urllib.parse import urlencode
 from tocsin.notification import messages
 from tocsin.notification.channels import Message, PageContent
 from tocsin.notification.domain import normalize_phone
-from tocsin.notification.providers import Provider, SendResult
+from tocsin.notification.providers import Provider, Route, SendResult
 from tocsin.v1 import notification_pb2
 
 
@@ -25,10 +27,30 @@ class _PhoneChannel:
     wants_details = False
     rate_limited = True
 
-    def __init__(self, provider: Provider, public_url: str, *, status_callbacks: bool) -> None:
+    def __init__(
+        self,
+        provider: Provider,
+        public_url: str,
+        *,
+        status_callbacks: bool,
+        routes: list[Route] | None = None,
+    ) -> None:
         self.provider = provider
+        self.routes = routes or [Route("twilio", provider)]
+        """The providers in the order of preference (the first is `provider`)."""
         self.public_url = public_url
         self.status_callbacks = status_callbacks
+
+    def route(self, name: str) -> Route:
+        return next((r for r in self.routes if r.name == name), self.routes[0])
+
+    async def send(self, address: str, message: Message, attempt_id: str) -> SendResult:
+        return await self.send_via(self.routes[0], address, message, attempt_id)
+
+    async def send_via(
+        self, route: Route, address: str, message: Message, attempt_id: str
+    ) -> SendResult:
+        raise NotImplementedError
 
     def normalize_address(self, address: str, field: str) -> str:
         return normalize_phone(address, field)
@@ -48,13 +70,19 @@ class SmsChannel(_PhoneChannel):
     replies = True
 
     def render(self, page: PageContent) -> Message:
-        return Message(messages.sms_body(page.service, page.summary, page.reply_code))
+        return Message(
+            messages.sms_body(
+                page.service, page.summary, page.reply_code, number=page.number, link=page.link
+            )
+        )
 
     def render_test(self, user_name: str) -> Message:
         return Message(messages.test_sms_body(user_name))
 
-    async def send(self, address: str, message: Message, attempt_id: str) -> SendResult:
-        return await self.provider.send_sms(address, message.body, self._callback(attempt_id))
+    async def send_via(
+        self, route: Route, address: str, message: Message, attempt_id: str
+    ) -> SendResult:
+        return await route.provider.send_sms(address, message.body, self._callback(attempt_id))
 
 
 class VoiceChannel(_PhoneChannel):
@@ -64,10 +92,16 @@ class VoiceChannel(_PhoneChannel):
 
     def render(self, page: PageContent) -> Message:
         gather = twilio_url(page.public_url, "voice", page.attempt_id)
-        return Message(messages.voice_twiml(page.service, page.summary, gather))
+        return Message(
+            messages.voice_twiml(
+                page.service, page.summary, gather, number=page.number, link=page.link
+            )
+        )
 
     def render_test(self, user_name: str) -> Message:
         return Message(messages.test_voice_twiml(user_name))
 
-    async def send(self, address: str, message: Message, attempt_id: str) -> SendResult:
-        return await self.provider.place_call(address, message.body, self._callback(attempt_id))
+    async def send_via(
+        self, route: Route, address: str, message: Message, attempt_id: str
+    ) -> SendResult:
+        return await route.provider.place_call(address, message.body, self._callback(attempt_id))

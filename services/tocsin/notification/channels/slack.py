@@ -77,7 +77,7 @@ def _escape(text: str) -> str:
 def render_page(page: PageContent) -> Message:
     summary = _escape(messages.clean_text(page.summary) or "(no summary)")
     service = _escape(messages.clean_text(page.service) or "unknown service")
-    return Message(f":rotating_light: *#{page.incident_id} {service}*: {summary}")
+    return Message(f":rotating_light: *{page.label} {service}*: {summary}")
 
 
 def classify_slack_error(exc: BaseException) -> ProviderError:
@@ -129,7 +129,9 @@ class SlackChannel:
 
     async def send(self, address: str, message: Message, attempt_id: str) -> SendResult:
         blocks = (
-            page_blocks(message.body, attempt_id) if not attempt_id.startswith("test-") else None
+            page_blocks(message.body, attempt_id)
+            if not attempt_id.startswith(("test-", "status-", "notice-"))
+            else None
         )
         try:
             response = await self.client.chat_postMessage(

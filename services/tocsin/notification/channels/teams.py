@@ -2,7 +2,8 @@
 channel's incoming-webhook or Workflows ("Post to a channel when a webhook request is
 received") URL, which is the contact method's address.
 
-The card names the incident, its service and summary, and links to TOCSIN_PUBLIC_URL.
+The card names the incident, its service and summary, and links to the incident's page
+in the web console (TOCSIN_PUBLIC_URL/incidents/<id>), where it can be acknowledged.
 Teams' webhooks cannot call back, so acting on the page happens elsewhere (SMS, voice,
 Slack, the CLI). The URL carries Teams' own signature token: it is never logged (errors
 name scheme and host only). One `send` is one POST, classified like any webhook:
@@ -57,8 +58,8 @@ def card(title: str, text: str, url: str) -> dict[str, Any]:
 def render_page(page: PageContent) -> Message:
     summary = messages.clean_text(page.summary) or "(no summary)"
     service = messages.clean_text(page.service) or "unknown service"
-    text = f"{summary}\n\nAcknowledge: `tocsin ack {page.incident_id}`"
-    body = card(f"#{page.incident_id} {service}", text, page.public_url)
+    text = f"{summary}\n\nAcknowledge: `tocsin ack {page.number or page.incident_id}`"
+    body = card(f"{page.label} {service}", text, page.incident_url)
     return Message(json.dumps(body, separators=(",", ":")))
 
 

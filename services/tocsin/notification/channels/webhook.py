@@ -77,9 +77,10 @@ def verify_signature(
     return hmac.compare_digest(sign(secret, sent, body), signature)
 
 
-def normalize_url(address: str, field: str) -> str:
-    """An absolute https URL (http only to loopback), or InvalidArgument naming `field`
-    (the URL is not repeated: it may carry a token)."""
+def normalize_url(address: str, field: str, *, allow_http: bool = False) -> str:
+    """An absolute https URL (http only to loopback, or anywhere with `allow_http`: a
+    webhook subscription's explicit allow_insecure_http), or InvalidArgument naming
+    `field` (the URL is not repeated: it may carry a token)."""
     text = address.strip()
     try:
         parts = urlsplit(text)
@@ -89,7 +90,9 @@ def normalize_url(address: str, field: str) -> str:
         host, parts = "", urlsplit("")
     if len(text) > MAX_URL_CHARS or not host or any(c.isspace() for c in text):
         raise InvalidArgument.one(field, "must be an absolute https:// URL")
-    if parts.scheme == "https" or (parts.scheme == "http" and is_loopback_host(host)):
+    if parts.scheme == "https" or (
+        parts.scheme == "http" and (allow_http or is_loopback_host(host))
+    ):
         return text
     raise InvalidArgument.one(field, "must be an https:// URL (http:// only to loopback)")
 
@@ -116,6 +119,7 @@ def render_page(page: PageContent) -> Message:
         "type": "incident.page",
         "incident": {
             "id": page.incident_id,
+            "number": page.number,
             "service": messages.clean_text(page.service),
             "summary": messages.clean_text(page.summary),
             "details": _details(page.details),

@@ -13,13 +13,16 @@
 --   ttl_ms     how long the attempt is kept
 --   mode       see below
 --   detail     why, for 'unreachable'
+--   provider   the phone provider the send goes through ('' for other channels): named in
+--              the SENDING record, so nothing ever sends this attempt through it again
 -- mode: 'mirror'  send unless the status mirror says the incident is not triggered, in
 --                 which case answer 'check' (the caller asks the incidents service)
 --       'send'    send (the incidents service just said it is triggered, or is unreachable)
 --       'skip'    record SKIPPED (the incidents service says it is not triggered)
 --       'unreachable'  record FAILED with `detail` (contact method deleted or disabled)
 --                 and move on to the next rule at once
--- Returns {outcome, ...}: {'send', reply code, summary, service id, incident, user},
+-- Returns {outcome, ...}: {'send', reply code, summary, service id, incident, user,
+-- incident number ('' while unknown)},
 -- {'unreachable', next rule index}, or one of 'stale', 'gone', 'cancelled', 'superseded',
 -- 'duplicate', 'check', 'skip'.
 local tag, id, fence = ARGV[1], ARGV[2], ARGV[3]
@@ -44,7 +47,7 @@ if outcome then
   timer_complete(tag, id, fence)
   return {outcome}
 end
-local state = redis.call('HMGET', KEYS[1], 'st', 'sum', 'svc')
+local state = redis.call('HMGET', KEYS[1], 'st', 'sum', 'svc', 'nr')
 if mode == 'mirror' and state[1] and tonumber(state[1]) ~= INCIDENT_TRIGGERED then
   return {'check'}
 end
@@ -59,6 +62,8 @@ local rec = {id = id, inc = cycle[1], user = cycle[2], cm = ARGV[5], type = tonu
   rule = rule, st = status, code = cycle[4], c = now, u = now}
 if mode == 'unreachable' then
   rec.pst = ARGV[10]
+elseif mode ~= 'skip' and ARGV[11] ~= '' then
+  rec.prov = ARGV[11]
 end
 attempt_new(KEYS[4], KEYS[5], rec, ttl)
 timer_complete(tag, id, fence)
@@ -67,4 +72,4 @@ if mode == 'unreachable' then
 elseif mode == 'skip' then
   return {'skip'}
 end
-return {'send', cycle[4], state[2] or '', state[3] or '', cycle[1], cycle[2]}
+return {'send', cycle[4], state[2] or '', state[3] or '', cycle[1], cycle[2], state[4] or ''}

@@ -10,13 +10,15 @@
 --   status     IncidentStatus
 --   summary
 --   service    service id
+--   number     the incident's number (0: none yet)
 -- Returns {applied (0/1), timers cancelled}.
 local tag, prefix, mode = ARGV[1], ARGV[2], ARGV[3]
 local applied = 0
 if mode == 'mirror' then
   local known = tonumber(redis.call('HGET', KEYS[1], 'v') or '-1')
   if tonumber(ARGV[5]) > known then
-    redis.call('HSET', KEYS[1], 'v', ARGV[5], 'st', ARGV[6], 'sum', ARGV[7], 'svc', ARGV[8])
+    redis.call('HSET', KEYS[1], 'v', ARGV[5], 'st', ARGV[6], 'sum', ARGV[7], 'svc', ARGV[8],
+               'nr', ARGV[9])
     redis.call('PEXPIRE', KEYS[1], ARGV[4])
     applied = 1
   end
