@@ -191,7 +191,8 @@ async def test_replaying_the_outbox_twice_and_rebuilding_change_nothing(
         assert await _archive_rows(stack) == before
 
     replayed = await stack.client.history.RebuildArchive(history_pb2.RebuildArchiveRequest())
-    assert replayed.events == len(before["events"])
+    from_stream = [row for row in before["events"] if not str(row[1]).startswith("timeline:")]
+    assert replayed.events == len(from_stream)
     assert await _archive_rows(stack) == before
 
     # A damaged archive (rows lost) is rebuilt from the streams' retained history.

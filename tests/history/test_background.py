@@ -41,6 +41,7 @@ async def _scenario(stack: contextlib.AsyncExitStack, redis: RedisClient, tmp_pa
         env = {
             "TOCSIN_INCIDENTS_ADDR": incidents.target,
             "TOCSIN_DATABASE_URL": f"sqlite:///{tmp_path / 'archive.sqlite3'}",
+            "TOCSIN_ARCHIVE_RETENTION": "730d",
         }
         deps = ServiceDeps(load_config(env), redis, SystemClock())
         running, _ = await history_server.create_server(deps, LOOPBACK_ANY_PORT)
@@ -63,7 +64,12 @@ async def _scenario(stack: contextlib.AsyncExitStack, redis: RedisClient, tmp_pa
 
         await eventually(archived_with_timeline)
         assert running.workers.healthy, running.workers.problems()
-        names = {"history consumer", "history timeline copier"}
+        names = {
+            "history consumer",
+            "history timeline copier",
+            "history retention sweep",
+            "history trim watch",
+        }
         assert names <= {task.get_name() for task in running.tasks}
         incident = await store.incident(incident_id)
 

@@ -39,40 +39,44 @@ async def test_search_similar_report_postmortem(
     stack: HistoryStack, redis: RedisClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     old = await certbot_incident(stack)
+    old_n = (await stack.full.paging.incident(old)).number  # what people read and type
     await expire_in_redis(redis, old)
     await stack.tick(hours=2)
     new = await trigger(stack, "TLS certificate of www expires in 2 days", "cert-expiry")
+    new_n = (await stack.full.paging.incident(new)).number
+    assert 0 < old_n < new_n and str(old_n) != old  # numbers, not ids, from here on
     await stack.full.pager.expect_sms("alice", "2 days")
 
     code, out, err = await tocsin(stack, monkeypatch, "history", "search", "certbot", "--json")
     assert (code, err) == (0, "")
     (found,) = as_json(out)
-    assert found["id"] == old and found["service"] == "payments-api"
+    assert found["id"] == old and found["number"] == old_n
+    assert found["service"] == "payments-api"
     assert found["status"] == "resolved"
     assert [n["text"] for n in found["notes"]] == ["restarted certbot"]
     assert found["seconds_to_acknowledge"] == 120 and found["seconds_to_resolve"] == 360
 
     code, out, _ = await tocsin(stack, monkeypatch, "history", "search", "certbot")
     lines = out.splitlines()
-    assert lines[0].split() == ["ID", "SERVICE", "OPENED", "STATUS", "SUMMARY", "LAST", "NOTE"]
-    assert f"#{old}" in lines[1] and "restarted certbot" in lines[1]
+    assert lines[0].split() == ["#", "SERVICE", "OPENED", "STATUS", "SUMMARY", "LAST", "NOTE"]
+    assert lines[1].startswith(f"#{old_n} ") and "restarted certbot" in lines[1]
     code, out, _ = await tocsin(
         stack, monkeypatch, "history", "search", "certbot", "--service", "other"
     )
     assert (code, out) == (0, "no incidents found\n")
 
-    code, out, _ = await tocsin(stack, monkeypatch, "similar", f"#{new}")
+    code, out, _ = await tocsin(stack, monkeypatch, "similar", f"#{new_n}")
     assert code == 0
     first, note_line = out.splitlines()[:2]
-    assert first.startswith(f"#{old} ")
+    assert first.startswith(f"#{old_n} ")
     assert "[same dedup key; resolved by alice after 6m]" in first
     assert note_line.strip() == "note (alice): restarted certbot"
-    code, out, _ = await tocsin(stack, monkeypatch, "similar", new, "--json")
+    code, out, _ = await tocsin(stack, monkeypatch, "similar", str(new_n), "--json")
     assert [(s["id"], s["reason"]) for s in as_json(out)] == [(old, "same dedup key")]
 
-    code, out, _ = await tocsin(stack, monkeypatch, "postmortem", old)
+    code, out, _ = await tocsin(stack, monkeypatch, "postmortem", str(old_n))  # archived only
     assert code == 0
-    assert out.startswith(f"# Postmortem: #{old} TLS certificate of www expires in 3 days\n")
+    assert out.startswith(f"# Postmortem: #{old_n} TLS certificate of www expires in 3 days\n")
     assert "- Time to acknowledge: 2m (" in out and "- Time to resolve: 6m (" in out
     assert "| 2026-11-27T03:00:00Z | alice | 1 | 1 |" in out  # who was paged, when
     assert "restarted certbot" in out.split("## Notes")[1]
@@ -80,10 +84,10 @@ async def test_search_similar_report_postmortem(
         assert heading in out
     assert out.split("## Causes\n")[1].startswith("\n\n## ")  # left empty to fill in
     draft = tmp_path / "pm.md"
-    code, _, err = await tocsin(stack, monkeypatch, "postmortem", new, "-o", str(draft))
+    code, _, err = await tocsin(stack, monkeypatch, "postmortem", f"#{new_n}", "-o", str(draft))
     assert code == 0 and f"written to {draft}" in err
     similar_part = draft.read_text().split("## Similar past incidents")[1]
-    assert f"#{old}" in similar_part and "last note: restarted certbot" in similar_part
+    assert f"#{old_n}" in similar_part and "last note: restarted certbot" in similar_part
 
     await stack.tick(minutes=2)
     await resolve(stack, new)
@@ -121,7 +125,7 @@ async def test_bad_input_is_refused_naming_the_field(
     stack: HistoryStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     code, _, err = await tocsin(stack, monkeypatch, "similar", "abc")
-    assert code == 1 and err.startswith("error: INVALID_ARGUMENT: incident_id: expected")
+    assert code == 2 and "expected an incident number like 18 or #18" in err
     code, _, err = await tocsin(stack, monkeypatch, "postmortem", "99999")
     assert code == 1 and len(err.splitlines()) == 1 and "not in the archive" in err
     code, _, err = await tocsin(stack, monkeypatch, "report", "--chart", "x.gif")

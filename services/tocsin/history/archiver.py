@@ -12,6 +12,25 @@
   writes the entries and pages it does not have. The mark is in the database: a crash
   or an unreachable incidents service only delays the copy. An incident the incidents
   service no longer has (past retention) keeps what the archive already holds.
+- The retention sweep (only with TOCSIN_ARCHIVE_RETENTION): every hour, incidents
+  resolved longer ago than the retention are deleted with everything archived about
+  them, a few hundred per transaction. Open incidents are never deleted.
+- The trim watch: the producer trims each stream to about `STREAM_MAXLEN` entries
+  (runtime/events.py), whoever has not read them, and the history group is not one whose
+  backlog refuses alerts, so an archive that falls further behind (its database down
+  for an hour of a storm) would lose the trimmed events. Every second the watch reads,
+  per stream, the first entry still there and what the history group still needs (its
+  oldest pending entry, else the entry after the last one delivered): if the stream now
+  starts after what the group needed at the previous look (or at this one, after a
+  restart), events may have been trimmed unread, and a reconciliation is marked in the
+  database (the mark survives a crash). False alarms (more than `STREAM_MAXLEN` events
+  on one stream within a second) only cost a reconciliation.
+- The reconciliation writes the archive from Redis's state instead of the stream: every
+  incident the incidents service holds (ListIncidents, every page) that the archive
+  lacks or holds at an older version is fetched whole (GetIncident with alerts and
+  timeline) and written as a snapshot (`store.apply_snapshot`); the others are marked
+  for a timeline copy (a note changes no version). The mark is cleared once every page is
+  done, unless a newer loss lowered it meanwhile.
 - `rebuild` reads every shard's streams (every lane) from the start (XRANGE) and writes
   it all again: what the streams still retain is restored into an empty or damaged archive, and an
   intact one is left unchanged.
@@ -22,15 +41,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from redis.exceptions import ResponseError
 
 from tocsin.client.client import TocsinClient
 from tocsin.history.store import ArchiveStore
 from tocsin.runtime.clock import Clock
-from tocsin.runtime.events import EVENT_FIELD, INCIDENT_SHARDS, shard_streams
+from tocsin.runtime.events import EVENT_FIELD, INCIDENT_SHARDS, STREAM_MAXLEN, shard_streams
 from tocsin.runtime.loops import WorkerHealth, run_loop
 from tocsin.runtime.redis import RedisClient
 from tocsin.v1 import incidents_pb2
@@ -42,6 +63,11 @@ SYNC_INTERVAL_S = 1.0
 SYNC_BATCH = 100
 REBUILD_CHUNK = 500
 GROUP_COMMIT_MAX = 256
+SWEEP_INTERVAL_S = 3600.0
+TRIM_WATCH_INTERVAL_S = 1.0
+RECONCILE_MARK = "reconcile_since_ms"
+RECONCILE_PAGE = 500
+SWEEP_BATCH = 500
 _GONE = (grpc.StatusCode.NOT_FOUND,)
 
 
@@ -52,13 +78,20 @@ class Archiver:
         redis: RedisClient,
         peers: Callable[[], TocsinClient],
         clock: Clock,
+        retention: timedelta | None = None,
     ) -> None:
         self.store = store
+        self.retention = retention
+        """TOCSIN_ARCHIVE_RETENTION; None = keep every incident."""
         self.redis = redis
         self.peers = peers
         self.clock = clock
         self.synced = 0
         self.writes = GroupCommit(store)
+        self.stream_maxlen = STREAM_MAXLEN
+        """What the producer trims each stream to (runtime/events.py)."""
+        self._needed: dict[str, tuple[int, int]] = {}
+        """Per stream: the first entry id the history group still needed at the last look."""
 
     async def handle(self, event: incidents_pb2.IncidentEvent) -> None:
         """The consumer's handler: returns once the event is committed (raises if it
@@ -68,7 +101,7 @@ class Archiver:
     async def sync_once(self) -> int:
         """Copy the timelines of the incidents marked for it; how many were copied."""
         done = 0
-        for incident_id in await self.store.due_for_sync(SYNC_BATCH):
+        for incident_id in await self.store.due_for_sync(SYNC_BATCH, self.clock.now_ms()):
             try:
                 reply = await self.peers().incidents.GetIncident(
                     incidents_pb2.GetIncidentRequest(
@@ -81,7 +114,7 @@ class Archiver:
                     await self.store.forget_sync(incident_id)
                     continue
                 raise
-            await self.store.write_timeline(reply.incident)
+            await self.store.write_timeline(reply.incident, self.clock.now_ms())
             done += 1
         self.synced += done
         return done
@@ -94,6 +127,127 @@ class Archiver:
                 pass
 
         await run_loop(guard, stop, body, lambda: self.clock.sleep(SYNC_INTERVAL_S, stop))
+
+    async def watch_trims_once(self) -> bool:
+        """Look at every stream once (see the module docstring); whether a loss was
+        found (and a reconciliation marked)."""
+        lost_since: int | None = None
+        for shard in range(INCIDENT_SHARDS):
+            for key in shard_streams(shard):
+                since = await self._trimmed_unread(key)
+                if since is not None:
+                    lost_since = since if lost_since is None else min(lost_since, since)
+        if lost_since is None:
+            return False
+        log.error(
+            "history: the incident-events streams were trimmed past events the archive had "
+            "not read (since %d ms); reconciling the archive with Redis's state",
+            lost_since,
+        )
+        await self.store.lower_mark(RECONCILE_MARK, lost_since)
+        return True
+
+    async def _trimmed_unread(self, key: str) -> int | None:
+        """The time (ms) since which `key` may have lost entries the history group had
+        not read, or None."""
+        try:
+            info: Any = await self.redis.xinfo_stream(key)
+        except ResponseError:  # no such stream yet
+            return None
+        groups: Any = await self.redis.xinfo_groups(key)
+        mine = next((g for g in groups if _text(g.get("name")) == GROUP), None)
+        if mine is None:
+            return None
+        needed = _next_id(_stream_id(_text(mine.get("last-delivered-id", "0-0"))))
+        if int(mine.get("pending", 0)):
+            summary: Any = await self.redis.xpending(key, GROUP)
+            if summary.get("min"):
+                needed = min(needed, _stream_id(_text(summary["min"])))
+        previous = self._needed.get(key, needed)
+        self._needed[key] = needed
+        first = info.get("first-entry")
+        starts = _stream_id(_text(first[0])) if first else None
+        deleted = (
+            _stream_id(_text(info["max-deleted-entry-id"]))
+            if info.get("max-deleted-entry-id") is not None
+            else None
+        )
+        lost = trimmed_unread(
+            min(previous, needed), starts, int(info.get("length", 0)), self.stream_maxlen, deleted
+        )
+        if lost is not None:
+            # What is gone is reconciled now: it raises no second alarm.
+            self._needed[key] = max(needed, starts or needed, _next_id(deleted or (0, 0)))
+        return lost
+
+    async def run_trim_watch(self, stop: asyncio.Event, health: WorkerHealth) -> None:
+        guard = health.guard("history trim watch", stop)
+
+        async def body() -> None:
+            await self.watch_trims_once()
+            await self.reconcile_once()
+
+        await run_loop(guard, stop, body, lambda: self.clock.sleep(TRIM_WATCH_INTERVAL_S, stop))
+
+    async def reconcile_once(self) -> int:
+        """If a reconciliation is marked, write every incident Redis holds that the
+        archive lacks or holds older; how many were written."""
+        mark = await self.store.mark(RECONCILE_MARK)
+        if mark is None:
+            return 0
+        written = 0
+        token = ""
+        while True:
+            reply = await self.peers().incidents.ListIncidents(
+                incidents_pb2.ListIncidentsRequest(page_size=RECONCILE_PAGE, page_token=token),
+                timeout=30,
+            )
+            held = await self.store.versions([i.id for i in reply.incidents])
+            current = []
+            for listed in reply.incidents:
+                if held.get(listed.id, -1) >= listed.version:
+                    current.append(listed.id)
+                    continue
+                try:
+                    full = await self.peers().incidents.GetIncident(
+                        incidents_pb2.GetIncidentRequest(
+                            incident_id=listed.id, include_alerts=True, include_timeline=True
+                        ),
+                        timeout=10,
+                    )
+                except grpc.aio.AioRpcError as error:
+                    if error.code() in _GONE:
+                        continue
+                    raise
+                await self.store.apply_snapshot(full.incident, self.clock.now_ms())
+                written += 1
+            await self.store.mark_due(current)
+            token = reply.next_page_token
+            if not token:
+                break
+        await self.store.clear_mark(RECONCILE_MARK, mark)
+        log.warning("history: reconciled with Redis: %d incidents written", written)
+        return written
+
+    async def sweep_once(self) -> int:
+        """Delete the incidents resolved longer ago than the retention; how many."""
+        if self.retention is None:
+            return 0
+        cutoff = self.clock.now_ms() - int(self.retention.total_seconds() * 1000)
+        total = 0
+        while (deleted := await self.store.sweep(cutoff, SWEEP_BATCH)) > 0:
+            total += deleted
+        if total:
+            log.info("archive retention: %d incidents resolved before %d deleted", total, cutoff)
+        return total
+
+    async def run_sweep(self, stop: asyncio.Event, health: WorkerHealth) -> None:
+        guard = health.guard("history retention sweep", stop)
+
+        async def body() -> None:
+            await self.sweep_once()
+
+        await run_loop(guard, stop, body, lambda: self.clock.sleep(SWEEP_INTERVAL_S, stop))
 
     async def rebuild(self) -> int:
         """Write every retained event of every shard again; how many."""
@@ -159,6 +313,38 @@ class GroupCommit:
                 continue
             for _, done in batch:
                 _settle(done, None)
+
+
+def trimmed_unread(
+    needed: tuple[int, int],
+    first: tuple[int, int] | None,
+    length: int,
+    maxlen: int,
+    max_deleted: tuple[int, int] | None,
+) -> int | None:
+    """Whether a stream may have lost entries the group still needed (from `needed` on):
+    Redis 7 says what it deleted last (`max_deleted`, trims included): a loss if that is
+    at or after `needed`. Redis 6.2 does not: a loss if the stream now starts after
+    `needed` and has been trimmed (it holds `maxlen` entries: the producer trims only
+    past that). The time (ms) of `needed`, or None."""
+    if max_deleted is not None:
+        return needed[0] if max_deleted >= needed and max_deleted != (0, 0) else None
+    if first is None or length < maxlen:
+        return None
+    return needed[0] if first > needed else None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _stream_id(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _next_id(entry: tuple[int, int]) -> tuple[int, int]:
+    return entry[0], entry[1] + 1
 
 
 def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:

@@ -41,6 +41,7 @@ SYNC_KINDS = frozenset(
         incidents_pb2.INCIDENT_EVENT_KIND_SNOOZED,
         incidents_pb2.INCIDENT_EVENT_KIND_REASSIGNED,
         incidents_pb2.INCIDENT_EVENT_KIND_NOTE_ADDED,
+        incidents_pb2.INCIDENT_EVENT_KIND_STATUS_UPDATE,
     }
 )
 """Events after which the archive copies the incident's whole timeline from the incidents

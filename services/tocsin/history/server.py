@@ -5,7 +5,10 @@ turns NOT_SERVING while one keeps failing and none stops silently):
 
 - the incident-events consumer (group "history"): one committed transaction per event,
   acknowledged after the commit;
-- the timeline copier: pages and other timeline entries from the incidents service.
+- the timeline copier: pages and other timeline entries from the incidents service;
+- the trim watch: events trimmed from a stream before the archive read them are
+  restored from Redis's state (a reconciliation);
+- the retention sweep, when TOCSIN_ARCHIVE_RETENTION is set.
 
 The schema is migrated (Alembic) before the server answers. Tests pass
 `background=False` and drive `parts.consumer.drain_once()` and
@@ -50,7 +53,9 @@ async def create_server(
     store = ArchiveStore(deps.config.history_database_url)
     try:
         await store.migrate()
-        archiver = Archiver(store, deps.redis, deps.peer_client, deps.clock)
+        archiver = Archiver(
+            store, deps.redis, deps.peer_client, deps.clock, deps.config.archive_retention
+        )
         instance = instance_name(GROUP)
         consumer = EventConsumer(
             deps.redis,
@@ -79,6 +84,9 @@ async def create_server(
         stop, health = running.stopping, running.workers
         running.start_worker("history consumer", consumer.run(stop, health))
         running.start_worker("history timeline copier", archiver.run_sync(stop, health))
+        running.start_worker("history trim watch", archiver.run_trim_watch(stop, health))
+        if archiver.retention is not None:
+            running.start_worker("history retention sweep", archiver.run_sweep(stop, health))
         running.start_health(deps.redis)
     running.on_stop.append(store.close)
     return running, grpc_server.port

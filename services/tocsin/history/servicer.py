@@ -95,7 +95,7 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
         if row is None:
             raise NotFound(f"incident {request.incident_id!r} is not in the archive")
         (archived,) = await self._archived([row], notes_kept=None)
-        alert_protos, entries, _, page_rows = await self.store.details(request.incident_id)
+        alert_protos, entries, _, page_rows = await self.store.details(str(row.id))
         archived.incident.alerts.extend(incidents_pb2.Alert.FromString(a) for a in alert_protos)
         archived.incident.timeline.extend(
             incidents_pb2.TimelineEntry.FromString(e) for e in entries
@@ -194,9 +194,10 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
     # -- helpers --------------------------------------------------------------------
 
     async def _target(self, incident_id: str) -> incidents_pb2.Incident:
-        if not incident_id.isdigit():
+        digits = incident_id.removeprefix("#")
+        if not digits.isdigit() or not digits.isascii():
             raise InvalidArgument.one(
-                "incident_id", f"expected an incident number, got {incident_id!r}"
+                "incident_id", f"expected an incident id or number (#18), got {incident_id!r}"
             )
         row = await self.store.incident(incident_id)
         if row is not None:

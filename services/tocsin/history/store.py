@@ -64,6 +64,8 @@ incidents = sa.Table(
     sa.Column("sync_due", sa.Boolean),
     sa.Column("search_text", sa.Text),
     sa.Column("proto", sa.LargeBinary),
+    sa.Column("recheck_ms", sa.BigInteger),
+    sa.Column("number", sa.BigInteger),  # "#18"; NULL for an incident opened before numbers
 )
 alerts = sa.Table(
     "alerts",
@@ -105,7 +107,21 @@ pages = sa.Table(
     sa.Column("service_id", sa.String(64)),
     sa.Column("at_ms", sa.BigInteger),
 )
+marks = sa.Table(
+    "archive_marks",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.BigInteger),
+)
 TABLES = (incidents, alerts, events, timeline, pages)
+DETAIL_TABLES = (alerts, events, timeline, pages)
+
+RECHECK_MIN_MS = 60_000
+"""The first copy again after a resolution waits at least this long."""
+LATE_WINDOW_MS = 3_600_000
+"""For this long after its resolution an incident's timeline is copied again (at 1, 2, 4
+... minutes), so entries appended after the resolution (delivery outcomes of the last
+pages, replies) are archived; past it, only while a copy still finds new entries."""
 
 _RESPONSE_KINDS = (
     incidents_pb2.INCIDENT_EVENT_KIND_ACKNOWLEDGED,
@@ -243,6 +259,14 @@ class ArchiveStore:
                 }
             if event.kind in _RESPONSE_KINDS:
                 first_response[iid] = min(first_response.get(iid, at_ms), at_ms)
+        new_notes = await self._new_events(
+            conn,
+            [
+                key
+                for key, row in event_rows.items()
+                if row["kind"] == incidents_pb2.INCIDENT_EVENT_KIND_NOTE_ADDED
+            ],
+        )
         upsert = _insert(self.dialect, incidents).values(
             [
                 {
@@ -251,6 +275,7 @@ class ArchiveStore:
                     "sync_due": False,
                     "search_text": "",
                     "first_response_ms": None,
+                    "recheck_ms": None,
                 }
                 for row in newest.values()
             ]
@@ -301,7 +326,9 @@ class ArchiveStore:
             if (
                 event.kind in domain.SYNC_KINDS
                 and event.incident.version > current[iid].synced_version
-            ):
+            ) or (iid, event.event_id) in new_notes:
+                # A note changes no version (a late one, on a resolved incident, too):
+                # its timeline entry is copied when the note is new to the archive.
                 due.add(iid)
         changes = [
             {"b_id": iid, "b_text": texts[iid], "b_due": iid in due}
@@ -319,23 +346,45 @@ class ArchiveStore:
                 changes,
             )
 
-    async def due_for_sync(self, limit: int = 100) -> list[str]:
-        """Incidents whose timeline should be copied again (oldest change first)."""
+    async def _new_events(
+        self, conn: AsyncConnection, keys: Sequence[tuple[int, str]]
+    ) -> set[tuple[int, str]]:
+        """Which of these (incident, event id) the archive does not hold yet."""
+        if not keys:
+            return set()
+        rows = await conn.execute(
+            sa.select(events.c.incident_id, events.c.event_id).where(
+                sa.tuple_(events.c.incident_id, events.c.event_id).in_(list(keys))
+            )
+        )
+        return set(keys) - {(r.incident_id, r.event_id) for r in rows}
+
+    async def due_for_sync(self, limit: int = 100, now_ms: int | None = None) -> list[str]:
+        """Incidents whose timeline should be copied again (oldest change first): marked
+        by an event, or due for a re-check (`next_recheck`) at `now_ms`."""
+        due: sa.ColumnElement[bool] = incidents.c.sync_due.is_(True)
+        if now_ms is not None:
+            due = sa.or_(due, incidents.c.recheck_ms <= now_ms)
         async with self.engine.connect() as conn:
             rows = await conn.execute(
-                sa.select(incidents.c.id)
-                .where(incidents.c.sync_due.is_(True))
-                .order_by(incidents.c.updated_ms)
-                .limit(limit)
+                sa.select(incidents.c.id).where(due).order_by(incidents.c.updated_ms).limit(limit)
             )
             return [str(r.id) for r in rows]
 
-    async def write_timeline(self, incident: incidents_pb2.Incident) -> None:
+    async def write_timeline(self, incident: incidents_pb2.Incident, now_ms: int = 0) -> None:
         """Copy `incident`'s timeline (as the incidents service returned it, with its
-        version) and the pages in it; the incident is in sync up to that version."""
+        version) and the pages in it; the incident is in sync up to that version, and
+        a resolved one is copied again later (`next_recheck`)."""
         iid = int(incident.id)
         entries = list(incident.timeline)
         async with self._writing(), self.engine.begin() as conn:
+            held = (
+                await conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(timeline)
+                    .where(timeline.c.incident_id == iid)
+                )
+            ).scalar_one()
             if entries:
                 await conn.execute(
                     _insert(self.dialect, timeline).on_conflict_do_nothing(),
@@ -349,6 +398,26 @@ class ArchiveStore:
                         }
                         for seq, entry in enumerate(entries)
                     ],
+                )
+            timeline_notes = [
+                {
+                    "incident_id": iid,
+                    "event_id": f"timeline:{seq}",
+                    "kind": incidents_pb2.INCIDENT_EVENT_KIND_NOTE_ADDED,
+                    "at_ms": entry.at.ToMilliseconds(),
+                    "actor_user": entry.actor.user_id,
+                    "actor_display": entry.actor.display,
+                    "actor_channel": entry.actor.channel,
+                    "note": entry.message,
+                }
+                for seq, entry in enumerate(entries)
+                if entry.kind == incidents_pb2.TIMELINE_KIND_NOTE
+            ]
+            if timeline_notes:
+                # A note is in the events too; its event may be gone (trimmed from the
+                # stream before the archive read it): the reader keeps one of each.
+                await conn.execute(
+                    _insert(self.dialect, events).on_conflict_do_nothing(), timeline_notes
                 )
             found = domain.pages_from_timeline(entries)
             if found:
@@ -384,6 +453,7 @@ class ArchiveStore:
                     if self.dialect == "sqlite"
                     else sa.func.greatest(incidents.c.synced_version, incident.version),
                     sync_due=incidents.c.version > incident.version,
+                    recheck_ms=next_recheck(incident, now_ms, found_new=len(entries) > held),
                     **({"search_text": text} if text != current.search_text else {}),
                 )
             )
@@ -394,19 +464,144 @@ class ArchiveStore:
             await conn.execute(
                 incidents.update()
                 .where(incidents.c.id == int(incident_id))
-                .values(sync_due=False, synced_version=incidents.c.version)
+                .values(sync_due=False, synced_version=incidents.c.version, recheck_ms=None)
             )
+
+    async def versions(self, incident_ids: Sequence[str]) -> dict[str, int]:
+        """The archived version of each of these incidents the archive holds."""
+        ids = [int(i) for i in incident_ids if i.isdigit()]
+        if not ids:
+            return {}
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(incidents.c.id, incidents.c.version).where(incidents.c.id.in_(ids))
+            )
+            return {str(r.id): int(r.version) for r in rows}
+
+    async def mark_due(self, incident_ids: Sequence[str]) -> None:
+        """Have the timeline copier copy these incidents again."""
+        ids = [int(i) for i in incident_ids if i.isdigit()]
+        if ids:
+            async with self._writing(), self.engine.begin() as conn:
+                await conn.execute(
+                    incidents.update().where(incidents.c.id.in_(ids)).values(sync_due=True)
+                )
+
+    async def apply_snapshot(self, incident: incidents_pb2.Incident, now_ms: int) -> None:
+        """Write an incident as the incidents service holds it now (alerts and timeline
+        included), for events the stream no longer has: the row (if newer), its alerts,
+        its first response and who acknowledged it, then its timeline, pages and notes
+        (`write_timeline`). Idempotent, like every write here."""
+        synthetic: list[incidents_pb2.IncidentEvent] = []
+        for alert in incident.alerts:
+            synthetic.append(
+                incidents_pb2.IncidentEvent(
+                    kind=incidents_pb2.INCIDENT_EVENT_KIND_ALERT_ADDED,
+                    incident=incident,
+                    alert=alert,
+                )
+            )
+        for kind, at, actor, name in (
+            (
+                incidents_pb2.INCIDENT_EVENT_KIND_ACKNOWLEDGED,
+                incident.acknowledged_at,
+                incident.acknowledged_by,
+                "snapshot:acknowledged",
+            ),
+            (
+                incidents_pb2.INCIDENT_EVENT_KIND_RESOLVED,
+                incident.resolved_at,
+                incident.resolved_by,
+                "snapshot:resolved",
+            ),
+        ):
+            if at.ToMilliseconds():
+                event = incidents_pb2.IncidentEvent(
+                    kind=kind, incident=incident, actor=actor, event_id=name
+                )
+                event.at.CopyFrom(at)
+                synthetic.append(event)
+        if not synthetic:
+            synthetic.append(incidents_pb2.IncidentEvent(incident=incident))
+        for event in synthetic:
+            del event.incident.alerts[:]
+            del event.incident.timeline[:]
+        await self.apply_many(synthetic)
+        await self.write_timeline(incident, now_ms)
+
+    # -- marks ----------------------------------------------------------------------
+
+    async def mark(self, name: str) -> int | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(sa.select(marks.c.value).where(marks.c.name == name))
+            ).one_or_none()
+            return None if row is None else int(row.value)
+
+    async def lower_mark(self, name: str, value: int) -> None:
+        """Set mark `name` to `value` unless it holds a smaller one already."""
+        async with self._writing(), self.engine.begin() as conn:
+            insert = _insert(self.dialect, marks).values(name=name, value=value)
+            await conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[marks.c.name],
+                    set_={"value": insert.excluded.value},
+                    where=marks.c.value > insert.excluded.value,
+                )
+            )
+
+    async def clear_mark(self, name: str, value: int) -> bool:
+        """Remove mark `name` if it still holds `value` (nobody lowered it meanwhile)."""
+        async with self._writing(), self.engine.begin() as conn:
+            result = await conn.execute(
+                marks.delete().where(marks.c.name == name).where(marks.c.value == value)
+            )
+            return bool(result.rowcount)
+
+    # -- retention ------------------------------------------------------------------
+
+    async def sweep(self, resolved_before_ms: int, limit: int = 500) -> int:
+        """Delete (with everything archived about them) at most `limit` incidents
+        resolved before `resolved_before_ms`, in one transaction; how many. Open
+        incidents are never deleted, however old."""
+        async with self._writing(), self.engine.begin() as conn:
+            ids = [
+                r.id
+                for r in await conn.execute(
+                    sa.select(incidents.c.id)
+                    .where(incidents.c.resolved_ms < resolved_before_ms)
+                    .where(incidents.c.status == incidents_pb2.INCIDENT_STATUS_RESOLVED)
+                    .order_by(incidents.c.resolved_ms)
+                    .limit(limit)
+                )
+            ]
+            if not ids:
+                return 0
+            for table in DETAIL_TABLES:
+                await conn.execute(table.delete().where(table.c.incident_id.in_(ids)))
+            await conn.execute(incidents.delete().where(incidents.c.id.in_(ids)))
+            return len(ids)
 
     # -- reads ----------------------------------------------------------------------
 
     async def incident(self, incident_id: str) -> sa.Row[Any] | None:
-        if not incident_id.isdigit():
+        """The archived incident `incident_id` names: its id, or its number ("#18"; the
+        newest incident with that number, should a counter that went back have given it
+        twice)."""
+        number = incident_id.removeprefix("#")
+        if not number.isdigit() or not number.isascii():
             return None
-        async with self.engine.connect() as conn:
-            result = await conn.execute(
-                sa.select(incidents).where(incidents.c.id == int(incident_id))
+        if number != incident_id:
+            query = (
+                sa.select(incidents)
+                .where(incidents.c.number == int(number))
+                .order_by(incidents.c.created_ms.desc())
+                .limit(1)
             )
-            return result.one_or_none()
+        else:
+            query = sa.select(incidents).where(incidents.c.id == int(incident_id))
+        async with self.engine.connect() as conn:
+            return (await conn.execute(query)).one_or_none()
 
     async def details(
         self, incident_id: str
@@ -455,8 +650,12 @@ class ArchiveStore:
             .order_by(events.c.at_ms, events.c.event_id)
         )
         out: dict[int, list[sa.Row[Any]]] = {}
-        for row in rows:
-            out.setdefault(row.incident_id, []).append(row)
+        seen: set[tuple[int, int, str]] = set()
+        for row in rows:  # a note's event and its timeline entry: one note
+            key = (row.incident_id, row.at_ms, row.note)
+            if key not in seen:
+                seen.add(key)
+                out.setdefault(row.incident_id, []).append(row)
         if last is not None:
             out = {k: v[-last:] for k, v in out.items()}
         return out
@@ -595,6 +794,21 @@ class ArchiveStore:
         return out
 
 
+def next_recheck(incident: incidents_pb2.Incident, now_ms: int, *, found_new: bool) -> int | None:
+    """When to copy a resolved incident's timeline again after a copy at `now_ms`: entries
+    keep being appended after the resolution (the delivery outcome of the last page, a
+    late reply), without an event or a new version. Within `LATE_WINDOW_MS` of the
+    resolution at 1, 2, 4 ... minutes after it, later only while copies still find new
+    entries; None = not again (an open incident is copied at its next change, and a note
+    always marks it)."""
+    if incident.status != incidents_pb2.INCIDENT_STATUS_RESOLVED or not now_ms:
+        return None
+    age = now_ms - incident.resolved_at.ToMilliseconds()
+    if age >= LATE_WINDOW_MS and not found_new:
+        return None
+    return now_ms + max(RECHECK_MIN_MS, age)
+
+
 def _archived_alert(alert_id: str) -> bool:
     """The first ALERTS_ARCHIVED alerts of an incident are kept (alert_count counts them
     all): a storm of repeats must not grow the archive without bound."""
@@ -647,6 +861,7 @@ def _incident_values(incident: incidents_pb2.Incident) -> dict[str, Any]:
         else None,
         "resolved_by": domain.actor_name(incident.resolved_by),
         "version": incident.version,
+        "number": incident.number or None,
         "proto": bare.SerializeToString(),
     }
 
