@@ -24,7 +24,7 @@ from tests.incidents.harness import (
     serve_incidents,
     snapshot,
 )
-from tocsin.gateway.events_api import RateLimiter
+from tocsin.gateway.events_api import InFlight, RateLimiter
 from tocsin.runtime.clock import ManualClock
 from tocsin.v1 import common_pb2, incidents_pb2
 
@@ -351,3 +351,74 @@ async def test_a_key_over_its_rate_gets_429_with_retry_after(served: Served) -> 
         assert replies[2].headers["Retry-After"] == "30"
         served.clock.advance(seconds=30)
         assert (await http.post(url, json=WEBHOOK)).status_code == 200
+
+
+async def test_a_key_over_its_rate_is_refused_before_its_body_is_parsed(served: Served) -> None:
+    """Over its rate, a payload with no resolved alert gets 429 without being parsed (so
+    a storm's refusals cost little): even a body that is no JSON. One that may hold a
+    resolve (the word in any case, or a JSON escape) is parsed and its resolves applied."""
+    async with gateway_for(served) as (http, app):
+        app.state.events_rate_limiter = RateLimiter(1, served.clock)  # 1 per minute
+        url = f"/v1/alertmanager/{PAYMENTS_KEY}"
+        assert (await http.post(url, json=WEBHOOK)).status_code == 200
+        broken = b'{"alerts": [{"status": "firing", '  # cut off: not JSON
+        refused = await http.post(url, content=broken)
+        assert (refused.status_code, refused.headers["Retry-After"]) == (429, "60")
+        assert refused.json() == {
+            "status": "error",
+            "message": "rate limit exceeded",
+            "resolved": 0,
+        }
+        # not cheaply refused: it may hold a resolve, so it is parsed (and is no JSON)
+        for maybe in (b'{"alerts": [{"status": "RESOLVED", ', b'{"status": "\\u0072", '):
+            reply = await http.post(url, content=maybe)
+            assert reply.status_code == 400, maybe
+        # under its rate, the same broken body is parsed: 400, not 429
+        served.clock.advance(seconds=60)
+        assert (await http.post(url, content=broken)).status_code == 400
+
+
+async def test_one_key_cannot_hold_every_trigger_in_flight(served: Served) -> None:
+    """A payload's firing alerts count against the key's triggers in progress (shared
+    with the Events API): past the cap, 429 with Retry-After 1, its resolves applied;
+    another key, and a payload of resolves alone, are taken."""
+    async with gateway_for(served) as (http, app):
+        counts = app.state.events_in_flight = InFlight(limit=4)
+        url = f"/v1/alertmanager/{PAYMENTS_KEY}"
+        assert (await http.post(url, json=_changed(["alerts"], [_alert(1)]))).status_code == 200
+        assert counts.enter(PAYMENTS_KEY, 3)  # three triggers of the key in progress
+        two = _changed(["alerts"], [_alert(2), _alert(3)])
+        refused = await http.post(url, json=two)
+        assert (refused.status_code, refused.headers["Retry-After"]) == (429, "1")
+        assert await _incident(served, "fp00002") is None
+        resolved = copy.deepcopy(_alert(1)) | {"status": "resolved"}
+        mixed = await http.post(url, json=_changed(["alerts"], [_alert(2), _alert(3), resolved]))
+        assert (mixed.status_code, mixed.json()["resolved"]) == (429, 1)
+        assert await _incident(served, "fp00001") is None  # resolved though refused
+        one = await http.post(url, json=_changed(["alerts"], [_alert(2)]))
+        assert one.status_code == 200  # one more fits under the cap
+        assert counts.enter(PAYMENTS_KEY, 1) and not counts.enter(PAYMENTS_KEY, 1)
+        counts.leave(PAYMENTS_KEY, 4)
+        assert len(counts) == 0  # every taken payload left the count
+        assert (await http.post(url, json=two)).status_code == 200
+        assert await _incident(served, "fp00003") is not None
+
+
+async def test_resolves_are_taken_over_the_rate(served: Served) -> None:
+    """A key over its rate still resolves: a payload of resolved alerts is taken, and a
+    mixed one has its resolves applied while its firing alerts get 429 to be sent again."""
+    async with gateway_for(served) as (http, app):
+        app.state.events_rate_limiter = RateLimiter(1, served.clock)  # 1 per minute
+        url = f"/v1/alertmanager/{PAYMENTS_KEY}"
+        firing = _changed(["alerts"], [_alert(1), _alert(2)])
+        assert (await http.post(url, json=firing)).status_code == 200
+        assert (await http.post(url, json=firing)).status_code == 429
+        resolved = copy.deepcopy(_alert(1)) | {"status": "resolved"}
+        reply = await http.post(url, json=_changed(["alerts"], [resolved]))
+        assert reply.status_code == 200, reply.text
+        assert await _incident(served, "fp00001") is None
+        both = _changed(["alerts"], [_alert(3), copy.deepcopy(_alert(2)) | {"status": "resolved"}])
+        mixed = await http.post(url, json=both)
+        assert mixed.status_code == 429 and mixed.json()["resolved"] == 1
+        assert await _incident(served, "fp00002") is None
+        assert await _incident(served, "fp00003") is None

@@ -19,6 +19,7 @@ from datetime import timedelta
 import httpx
 import pytest
 
+from tests.metrics import sample as metric_sample
 from tests.notification.stack import PagingStack, paging_stack
 from tocsin.incidents.backlog import SAMPLE_INTERVAL_S, Backlog, BacklogSample, latest_sample
 from tocsin.runtime.config import ConfigError, load_config
@@ -31,6 +32,8 @@ from tocsin.runtime.events import (
     lane_of,
     stream_key,
 )
+from tocsin.runtime.loops import WorkerHealth
+from tocsin.runtime.metrics import render, setup_metrics
 from tocsin.runtime.redis import RedisClient
 from tocsin.v1 import incidents_pb2
 
@@ -64,6 +67,12 @@ def alertmanager(name: str) -> dict[str, object]:
     }
 
 
+def gauge(name: str) -> float:
+    """A backlog gauge as Prometheus scrapes it from this process."""
+    setup_metrics("test")
+    return metric_sample(render().decode(), name)
+
+
 async def nothing(_event: incidents_pb2.IncidentEvent) -> None:
     return None
 
@@ -91,6 +100,8 @@ async def test_new_incidents_are_refused_past_the_backlog_age_and_the_rest_accep
         assert "TOCSIN_BACKLOG_MAX_AGE" in refused.json()["message"]
         sample = latest_sample()
         assert sample.oldest_age_s > MAX_AGE_S, sample
+        assert gauge("tocsin_incidents_backlog_age_seconds") > MAX_AGE_S  # what is scraped
+        assert gauge("tocsin_incidents_backlog_entries") == latest_sample().entries
 
         for action in ("trigger", "acknowledge", "resolve"):  # the open incident's
             reply = await http.post("/v2/enqueue", json=event(key, action, "disk full"))
@@ -103,6 +114,7 @@ async def test_new_incidents_are_refused_past_the_backlog_age_and_the_rest_accep
         reply = await http.post("/v2/enqueue", json=event(key, "trigger", "cpu hot"))
         assert reply.status_code == 202, reply.text
         assert latest_sample().oldest_age_s < MAX_AGE_S
+        assert gauge("tocsin_incidents_backlog_age_seconds") < MAX_AGE_S
 
 
 def test_a_bad_backlog_limit_names_its_variable() -> None:
@@ -132,8 +144,14 @@ async def test_the_sample_sees_undelivered_and_unacknowledged_events(
     assert sample.entries == 2 and sample.oldest_age_s > 3_590, sample
     await redis.xack(stream_key(3), "notification", f"{an_hour_ago}-0")
     await redis.xack(stream_key(3), "escalation", f"{an_hour_ago}-0")
-    assert await backlog.current() == BacklogSample(0, 0.0, (0.0,) * EVENT_LANES)
+    assert await backlog.current() == BacklogSample(
+        0, 0.0, (0.0,) * EVENT_LANES, (0,) * EVENT_LANES
+    )
     assert await Backlog(redis, timedelta(0), interval_s=0).refusal() is None
+
+
+def as_text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def two_services_in_different_lanes() -> tuple[str, str]:
@@ -169,3 +187,84 @@ async def test_a_backlog_that_cannot_be_measured_refuses_nothing(redis: RedisCli
     # one shard more than exist: its XINFO GROUPS fails (no such key), so the measurement
     backlog = Backlog(redis, timedelta(seconds=1), shards=INCIDENT_SHARDS + 1, interval_s=0)
     assert await backlog.refusal() is None
+
+
+async def test_with_its_sampler_running_an_alert_never_waits_for_a_measurement(
+    redis: RedisClient,
+) -> None:
+    """A measurement reads every lane of every shard; under load it took long enough to
+    stall each new incident behind it once a second. With the process's sampler loop
+    running, refusal answers from the latest sample while a measurement hangs."""
+    await ensure_groups(redis, CONSUMER_GROUPS, "0")
+    backlog = Backlog(redis, timedelta(seconds=60), interval_s=0.05)
+    an_hour_ago = int(time.time() * 1000) - 3_600_000
+    await redis.xadd(stream_key(5), {"e": b""}, id=f"{an_hour_ago}-0")
+    measure = backlog._sample_now
+    hang = asyncio.Event()
+    measured = asyncio.Event()
+
+    async def slow_after_the_first() -> BacklogSample:
+        if measured.is_set():
+            await hang.wait()
+        sample = await measure()
+        measured.set()
+        return sample
+
+    backlog._sample_now = slow_after_the_first  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    health = WorkerHealth()
+    sampler = asyncio.create_task(backlog.run(stop, health))
+    try:
+        await asyncio.wait_for(measured.wait(), 30)
+        async with asyncio.timeout(5):  # the old code awaited the hanging measurement
+            refusal = await backlog.refusal()
+        assert refusal is not None and "TOCSIN_BACKLOG_MAX_AGE=60s" in str(refusal)
+        assert health.healthy
+    finally:
+        stop.set()
+        hang.set()
+        await asyncio.wait_for(sampler, 30)
+
+
+async def test_a_lane_with_too_many_waiting_events_refuses_its_new_incidents(
+    any_redis: RedisClient,
+) -> None:
+    """An age limit does not bound a burst: 30,000 new incidents in 10 s were all taken
+    before the oldest was a minute old, and paged minutes late. Past
+    TOCSIN_BACKLOG_MAX_EVENTS events waiting in a service's lane (pending or not yet
+    delivered, over every shard), its new incidents are refused; other lanes are not."""
+    redis = any_redis  # on the standalone server, then on the Redis Cluster
+    await ensure_groups(redis, CONSUMER_GROUPS, "0")
+    stormy, quiet = two_services_in_different_lanes()
+    backlog = Backlog(redis, timedelta(0), max_entries=40, interval_s=0)
+    lane = lane_of(stormy)
+    for shard in range(INCIDENT_SHARDS):
+        for _ in range(3):  # 48 events in all, fresh: the age limit is off anyway
+            await redis.xadd(stream_key(shard, lane), {"e": b""})
+    sample = await backlog.current()
+    assert sample.entries_for(stormy) == 48 and sample.entries_for(quiet) == 0, sample
+    refusal = await backlog.refusal(stormy)
+    assert refusal is not None and "TOCSIN_BACKLOG_MAX_EVENTS=40" in str(refusal)
+    assert await backlog.refusal(quiet) is None
+    # Delivered to escalation but not acknowledged: still waiting (escalation's pending);
+    # notification has not even read them.
+    for shard in range(INCIDENT_SHARDS):
+        await redis.xreadgroup("escalation", "e1", {stream_key(shard, lane): ">"})
+    assert (await backlog.current()).entries_for(stormy) == 48
+    # Both groups done with all but a shard's: 3 wait, under the limit.
+    for shard in range(1, INCIDENT_SHARDS):
+        key = stream_key(shard, lane)
+        ids = [as_text(entry[0]) for entry in await redis.xrange(key) or []]
+        await redis.xreadgroup("notification", "n1", {key: ">"})
+        await redis.xack(key, "escalation", *ids)
+        await redis.xack(key, "notification", *ids)
+    assert (await backlog.current()).entries_for(stormy) == 3
+    assert await backlog.refusal(stormy) is None
+    assert await Backlog(redis, timedelta(0), interval_s=0).refusal(stormy) is None
+
+
+def test_a_bad_backlog_length_names_its_variable() -> None:
+    with pytest.raises(ConfigError, match="TOCSIN_BACKLOG_MAX_EVENTS"):
+        load_config({"TOCSIN_BACKLOG_MAX_EVENTS": "many"})
+    assert load_config({}).backlog_max_events == 3000
+    assert load_config({"TOCSIN_BACKLOG_MAX_EVENTS": "0"}).backlog_max_events == 0

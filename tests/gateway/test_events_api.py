@@ -28,8 +28,9 @@ from tests.incidents.harness import (
     serve_incidents,
     snapshot,
 )
+from tocsin.gateway import events_api
 from tocsin.gateway.app import EventsFastPath
-from tocsin.gateway.events_api import RateLimiter
+from tocsin.gateway.events_api import InFlight, RateLimiter, peek_trigger_key
 from tocsin.runtime.clock import ManualClock
 from tocsin.v1 import common_pb2, incidents_pb2
 
@@ -470,6 +471,95 @@ async def test_a_routing_key_over_its_rate_is_throttled_until_tokens_return(
     served.clock.advance(seconds=5)  # one token back
     assert (await http.post("/v2/enqueue", json=event)).status_code == 202
     assert (await http.post("/v2/enqueue", json=event)).status_code == 429
+
+
+async def test_acknowledge_and_resolve_are_never_throttled(
+    served: Served, gateway: tuple[httpx.AsyncClient, EventsFastPath]
+) -> None:
+    """A storm's own routing key, over its rate, can still be acknowledged and resolved
+    (they were counted and refused with the triggers)."""
+    http, app = gateway
+    app.state.events_rate_limiter = RateLimiter(1, served.clock)  # 1 per minute
+    event = _with_key(PD_TRIGGER_EXAMPLE)
+    assert (await http.post("/v2/enqueue", json=event)).status_code == 202
+    assert (await http.post("/v2/enqueue", json=event)).status_code == 429
+    ack = _with_key(PD_ACK_EXAMPLE, dedup_key="samplekeyhere")
+    for _ in range(3):
+        assert (await http.post("/v2/enqueue", json=ack)).status_code == 202
+    incident = await _open_incident(served, "samplekeyhere")
+    assert incident is not None and incident.status == incidents_pb2.INCIDENT_STATUS_ACKNOWLEDGED
+    resolve = _with_key(PD_RESOLVE_EXAMPLE, dedup_key="samplekeyhere")
+    assert (await http.post("/v2/enqueue", json=resolve)).status_code == 202
+    assert await _open_incident(served, "samplekeyhere") is None
+    assert (await http.post("/v2/enqueue", json=event)).status_code == 429  # still over
+
+
+async def test_a_trigger_over_its_rate_is_refused_before_its_json_is_parsed(
+    served: Served,
+    gateway: tuple[httpx.AsyncClient, EventsFastPath],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Refusing a storm must cost the gateway little: no JSON parse, no TriggerRequest."""
+    http, app = gateway
+    app.state.events_rate_limiter = RateLimiter(1, served.clock)
+    event = _with_key(PD_TRIGGER_EXAMPLE)
+    assert (await http.post("/v2/enqueue", json=event)).status_code == 202
+    parsed: list[bytes] = []
+    real_parse = events_api.parse_json
+
+    def counted_parse(body: bytes) -> Any:
+        parsed.append(body)
+        return real_parse(body)
+
+    monkeypatch.setattr(events_api, "parse_json", counted_parse)
+    refused = await http.post("/v2/enqueue", json=event)
+    assert (refused.status_code, refused.headers["Retry-After"]) == (429, "60")
+    assert parsed == []
+    # An acknowledgement of the throttled key is parsed and taken.
+    ack = _with_key(PD_ACK_EXAMPLE, dedup_key="samplekeyhere")
+    assert (await http.post("/v2/enqueue", json=ack)).status_code == 202
+    assert len(parsed) == 1
+
+
+def test_peek_reads_only_plain_triggers() -> None:
+    key = PAYMENTS_KEY
+    plain = json.dumps(_with_key(PD_TRIGGER_EXAMPLE)).encode()
+    assert peek_trigger_key(plain) == key
+    spaced = f'{{ "event_action" : " TRIGGER ", "routing_key" :  "{key}" }}'.encode()
+    assert peek_trigger_key(spaced) == key
+    assert peek_trigger_key(json.dumps(_with_key(PD_ACK_EXAMPLE)).encode()) is None
+    # Two candidates (one in the details): not plain, parsed in full.
+    two = _with_key(PD_TRIGGER_EXAMPLE)
+    two["payload"]["custom_details"] = {"routing_key": "another"}
+    assert peek_trigger_key(json.dumps(two).encode()) is None
+    # The key inside a string value is escaped, so it is not taken for the field.
+    inside = _with_key(PD_TRIGGER_EXAMPLE)
+    del inside["routing_key"]
+    inside["payload"]["summary"] = f'"routing_key": "{key}"'
+    assert peek_trigger_key(json.dumps(inside).encode()) is None
+    escaped = plain.replace(b'"routing_key"', b'"routing\\u005fkey"')
+    assert peek_trigger_key(escaped) is None
+
+
+async def test_one_key_cannot_hold_every_trigger_in_flight(
+    served: Served, gateway: tuple[httpx.AsyncClient, EventsFastPath]
+) -> None:
+    """Past MAX_TRIGGERS_IN_FLIGHT triggers of one key waiting on incidents, more of that
+    key get 429 with Retry-After 1; other keys, and its acknowledgements, are taken."""
+    http, app = gateway
+    counts = app.state.events_in_flight = InFlight(limit=2)
+    stormy = "stormystormystormystormystormy01"
+    assert counts.enter(stormy) and counts.enter(stormy) and not counts.enter(stormy)
+    event = _with_key(PD_TRIGGER_EXAMPLE, routing_key=stormy)
+    refused = await http.post("/v2/enqueue", json=event)
+    assert (refused.status_code, refused.headers["Retry-After"]) == (429, "1")
+    taken = await http.post("/v2/enqueue", json=_with_key(PD_TRIGGER_EXAMPLE))
+    assert taken.status_code == 202
+    assert len(counts) == 1  # the taken trigger left the count when it was answered
+    counts.leave(stormy)
+    reply = await http.post("/v2/enqueue", json=event)
+    assert reply.status_code == 400  # taken past the cap: an unknown key, said so
+    assert reply.json()["errors"] == ["'routing_key' does not match any service"]
 
 
 def test_rate_limiter_memory_is_bounded() -> None:

@@ -32,7 +32,10 @@ from tocsin.cli import identity_commands
 from tocsin.cli.main import main
 from tocsin.client.client import TocsinClient
 from tocsin.client.endpoints import DEFAULTS, Endpoints
+from tocsin.console.session import COOKIE as SESSION_COOKIE
+from tocsin.console.session import SessionCodec
 from tocsin.gateway.server import start_gateway
+from tocsin.runtime.auth import process_service_token
 from tocsin.runtime.clock import ManualClock
 from tocsin.runtime.config import load_config
 from tocsin.runtime.redis import RedisClient
@@ -109,7 +112,7 @@ async def test_a_person_without_a_tocsin_user_is_refused(stack: SignInStack) -> 
     assert page.status_code == 403
     assert "no tocsin user has the email or id" in page.text
     assert "mallory@example.com" in page.text
-    assert "tocsin_token" not in page.headers.get("set-cookie", "")
+    assert SESSION_COOKIE not in page.headers.get("set-cookie", "")
 
 
 async def test_a_callback_without_the_flow_cookie_is_refused(stack: SignInStack) -> None:
@@ -170,13 +173,20 @@ async def test_a_sign_in_maps_to_the_right_user_and_yields_a_token_that_works(
     stack: SignInStack,
 ) -> None:
     """The ID token's email (any case) names alice; the gateway has IdentityService issue
-    her a personal token (with the service credential), which then acts as alice."""
+    her a personal token (with the service credential), which then acts as alice: the
+    browser lands in the web console signed in as her."""
     async with httpx.AsyncClient() as browser:
         page = await browse_sign_in(
             browser, f"{stack.gateway}/auth/oidc/login", "alice@example.com", stack.callback
         )
-        assert page.status_code < 400, page.text
-        token = browser.cookies.get("tocsin_token")
+        assert page.status_code == 303 and page.headers["location"] == "/", page.text
+        session = SessionCodec(process_service_token(), secure=False).loads(
+            browser.cookies.get(SESSION_COOKIE)
+        )
+        console = await browser.get(f"{stack.gateway}/signin")  # signed in: on to /
+        assert console.status_code == 303 and console.headers["location"] == "/"
+    assert session is not None and session.user_id == "alice"
+    token = session.token
     assert token and token.startswith("tcn_") and token not in page.text
     async with TocsinClient(
         Endpoints(**(DEFAULTS | {"scheduling": stack.scheduling})), token=token
@@ -232,7 +242,7 @@ async def test_tocsin_login_sso_keeps_a_token_whoami_takes_as_alice(
         page = await browse_sign_in(browser, url, "alice@example.com", stack.callback)
         assert page.status_code == 200
         action, fields = form_of(page.text)  # the page's auto-submitted form
-        assert urlsplit(action).hostname == "127.0.0.1" and "tocsin_token" not in browser.cookies
+        assert urlsplit(action).hostname == "127.0.0.1" and SESSION_COOKIE not in browser.cookies
         posted = await browser.post(action, data=fields)
     assert posted.status_code == 200 and "alice" in posted.text
     assert await asyncio.wait_for(running_login, 30) == 0

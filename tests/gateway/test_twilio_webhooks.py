@@ -143,7 +143,10 @@ async def test_a_signed_reply_is_answered_with_twiml(stack: PagingStack) -> None
 
     assert answer.status_code == 200
     message = ElementTree.fromstring(answer.body).find("Message")
-    assert message is not None and message.text == f"Acknowledged #{incident_id}: disk full on db1"
+    assert (
+        message is not None
+        and message.text == f"Acknowledged {await _label(stack, incident_id)}: disk full on db1"
+    )
     assert (stranger.status_code, ElementTree.fromstring(stranger.body).findall("*")) == (200, [])
     status = await stack.client.incidents.GetIncident(
         incidents_pb2.GetIncidentRequest(incident_id=incident_id)
@@ -186,6 +189,14 @@ def _last(stack: PagingStack, kind: str) -> PostedWebhook:
     return [w for w in stack.fake.webhooks if w.kind == kind][-1]
 
 
+async def _label(stack: PagingStack, incident_id: str) -> str:
+    """How answers name the incident: its number, "#18"."""
+    reply = await stack.client.incidents.GetIncident(
+        incidents_pb2.GetIncidentRequest(incident_id=incident_id)
+    )
+    return f"#{reply.incident.number}"
+
+
 async def _status(stack: PagingStack, incident_id: str) -> int:
     reply = await stack.client.incidents.GetIncident(
         incidents_pb2.GetIncidentRequest(incident_id=incident_id)
@@ -199,7 +210,7 @@ async def test_a_replayed_sms_reply_changes_nothing(stack: PagingStack) -> None:
     await stack.notify(first, "alice")
     await stack.pager.expect_sms("alice")
     assert await stack.pager.reply_sms("alice", "resolve") == (
-        f"Resolved #{first}: disk full on db1"
+        f"Resolved {await _label(stack, first)}: disk full on db1"
     )
     captured = _last(stack, "sms")
     await stack.drain_events()
@@ -214,7 +225,7 @@ async def test_a_replayed_sms_reply_changes_nothing(stack: PagingStack) -> None:
     assert await _status(stack, newer) == incidents_pb2.INCIDENT_STATUS_TRIGGERED
     # A new message (a new MessageSid) with the same words still acts.
     assert await stack.pager.reply_sms("alice", "resolve") == (
-        f"Resolved #{newer}: api latency high"
+        f"Resolved {await _label(stack, newer)}: api latency high"
     )
 
 
@@ -224,7 +235,7 @@ async def test_a_replayed_keypress_changes_nothing(stack: PagingStack) -> None:
     incident_id = await stack.trigger("disk full on db1")
     await stack.notify(incident_id, "alice")
     call = await stack.pager.expect_voice("alice")
-    assert f"Acknowledged #{incident_id}" in " ".join(
+    assert f"Acknowledged {await _label(stack, incident_id)}" in " ".join(
         spoken_text(await stack.pager.press(call, "4"))
     )
     captured = _last(stack, "digits")

@@ -24,16 +24,25 @@ from tocsin.v1 import (
     incidents_pb2,
     notification_pb2,
     scheduling_pb2,
+    webhooks_pb2,
 )
 
 SERVING = {
     "scheduling": ("tocsin.v1.SchedulingService", "tocsin.v1.IdentityService"),
     "incidents": ("tocsin.v1.IncidentService",),
     "escalation": ("tocsin.v1.EscalationService",),
-    "notification": ("tocsin.v1.NotificationService",),
+    "notification": ("tocsin.v1.NotificationService", "tocsin.v1.WebhookService"),
     "history": ("tocsin.v1.HistoryService",),
 }
-FILES = (history_pb2, scheduling_pb2, identity_pb2, incidents_pb2, escalation_pb2, notification_pb2)
+FILES = (
+    history_pb2,
+    scheduling_pb2,
+    identity_pb2,
+    incidents_pb2,
+    escalation_pb2,
+    notification_pb2,
+    webhooks_pb2,
+)
 
 
 def every_rpc() -> list[tuple[str, MethodDescriptor]]:

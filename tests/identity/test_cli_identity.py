@@ -53,7 +53,7 @@ async def test_an_incident_acknowledged_from_the_cli_after_login_says_alice(
     opened = await stack.service.incidents.Trigger(
         incidents_pb2.TriggerRequest(service_id="payments-api", summary="disk full")
     )
-    incident_id = opened.incident.id
+    incident_id = str(opened.incident.number)
     code, out, err = await _tocsin(stack, monkeypatch, "ack", incident_id, "--json")
     assert code == 0, err
     assert as_json(out)["acknowledged_by"] == "alice (cli)"

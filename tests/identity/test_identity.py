@@ -363,3 +363,40 @@ async def test_a_deleted_user_takes_their_credentials_along(stack: IdentityStack
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     listed = await adam.identity.ListApiKeys(identity_pb2.ListApiKeysRequest())
     assert key.api_key.id not in [k.id for k in listed.api_keys]
+
+
+async def test_a_person_manages_their_own_api_keys_only(stack: IdentityStack) -> None:
+    """CreateApiKey, ListApiKeys and RevokeApiKey are OWN: a responder or an observer may
+    create, list and revoke their own keys (the console's Me page), never another's."""
+    adam, alice, olga = (stack.as_user(u) for u in ("adam", "alice", "olga"))
+    mine = await alice.identity.CreateApiKey(
+        identity_pb2.CreateApiKeyRequest(user_id="alice", name="alice-laptop")
+    )
+    listed = await alice.identity.ListApiKeys(identity_pb2.ListApiKeysRequest(user_id="alice"))
+    assert [k.id for k in listed.api_keys] == [mine.api_key.id]
+    for call in (
+        alice.identity.CreateApiKey(identity_pb2.CreateApiKeyRequest(user_id="olga")),
+        alice.identity.ListApiKeys(identity_pb2.ListApiKeysRequest()),  # everyone's
+        alice.identity.ListApiKeys(identity_pb2.ListApiKeysRequest(user_id="olga")),
+        olga.identity.RevokeApiKey(identity_pb2.RevokeApiKeyRequest(id=mine.api_key.id)),
+        alice.identity.CreateApiKey(  # more than her role
+            identity_pb2.CreateApiKeyRequest(user_id="alice", role=common_pb2.ROLE_ADMIN)
+        ),
+    ):
+        error = await _denied(call)
+        assert error.code() in (
+            grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ), error
+    theirs = await adam.identity.CreateApiKey(identity_pb2.CreateApiKeyRequest(user_id="olga"))
+    error = await _denied(
+        alice.identity.RevokeApiKey(identity_pb2.RevokeApiKeyRequest(id=theirs.api_key.id))
+    )
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    observer_key = await olga.identity.CreateApiKey(
+        identity_pb2.CreateApiKeyRequest(user_id="olga", name="olga-bot")
+    )
+    await alice.identity.RevokeApiKey(identity_pb2.RevokeApiKeyRequest(id=mine.api_key.id))
+    await olga.identity.RevokeApiKey(identity_pb2.RevokeApiKeyRequest(id=observer_key.api_key.id))
+    left = await adam.identity.ListApiKeys(identity_pb2.ListApiKeysRequest())
+    assert [k.id for k in left.api_keys] == [theirs.api_key.id]

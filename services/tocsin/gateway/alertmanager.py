@@ -27,6 +27,15 @@ thousand alerts; set `max_alerts` in the webhook config to stay under it); 429/5
 an alert could not be taken for a reason that may pass (rate limit, incidents service
 unavailable), so Alertmanager sends the group again (alerts already taken join their
 open incidents; nobody is paged twice). A missing fingerprint is made from the labels.
+
+Admission, as for the Events API (events_api.py): one token of the key's rate
+(TOCSIN_EVENTS_API_RATE) per payload with firing alerts. A payload for a key over its
+rate that holds no resolved alert is refused (429, `Retry-After`) before its JSON is
+parsed, so refusing a storm costs the gateway little. A payload's firing alerts count
+against the key's MAX_TRIGGERS_IN_FLIGHT triggers in progress in this gateway process
+(shared with the Events API; at most MAX_PAYLOAD_TRIGGERS_IN_FLIGHT per payload): past
+it, 429 with `Retry-After: 1`. Resolves are never refused: on a 429 a payload's resolved
+alerts are applied and counted (`"resolved"`), its firing ones left for the retry.
 """
 
 from __future__ import annotations
@@ -48,15 +57,18 @@ from starlette.routing import Route
 from tocsin.client.client import TocsinClient
 from tocsin.client.limits import INTEGRATION_KEY_LENGTH, MAX_DETAILS_BYTES, MAX_TEXT_CHARS
 from tocsin.gateway.events_api import (
+    MAX_TRIGGERS_IN_FLIGHT,
     RPC_TIMEOUT_S,
     BadEvent,
     Fields,
     as_text,
     describe,
+    in_flight,
     json_text,
+    parse_json,
     parse_time,
     rate_limiter,
-    read_json,
+    read_body,
     rpc_violations,
     unavailable,
 )
@@ -66,6 +78,13 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 _DETAIL_TEXT_CHARS = 4096
 MAX_CONCURRENT_ALERTS = 256
 """Alerts of one payload in flight at once (the client batches them into few calls)."""
+MAX_PAYLOAD_TRIGGERS_IN_FLIGHT = MAX_TRIGGERS_IN_FLIGHT // 2
+"""Firing alerts of one payload in flight at once. They count against the routing key's
+MAX_TRIGGERS_IN_FLIGHT with the Events API's triggers: a payload whose firing alerts
+would pass it gets 429 with `Retry-After: 1` (its resolves applied first)."""
+_MAYBE_RESOLVED = re.compile(rb"resolved|\\u", re.IGNORECASE)
+"""What any body holding a resolved alert contains: the word (in any case), or a JSON
+escape that could spell it. A body without either holds only firing alerts."""
 SEVERITIES = {
     "critical": common_pb2.SEVERITY_CRITICAL,
     "page": common_pb2.SEVERITY_CRITICAL,
@@ -278,25 +297,53 @@ async def webhook(request: Request) -> JSONResponse:
         )
     if not _INTEGRATION_KEY.fullmatch(key):
         return _unauthorized(f"integration key must be {INTEGRATION_KEY_LENGTH} letters or digits")
+    limiter = rate_limiter(request.app)
     try:
-        actions, errors = parse_webhook(
-            await read_json(request, MAX_BODY_BYTES, too_large=413), key
-        )
+        body = await read_body(request, MAX_BODY_BYTES, too_large=413)
+        if limiter.over(key) and not _MAYBE_RESOLVED.search(body):
+            # the cheap refusal: only firing alerts (no resolve to apply), key over its
+            # rate: refused before the body is parsed, so a storm costs the gateway little
+            return _throttled(0, limiter.retry_after_s(key))
+        actions, errors = parse_webhook(parse_json(body), key)
     except BadEvent as bad:
         return JSONResponse(
             {"status": "error", "message": "invalid webhook payload", "errors": bad.errors},
             status_code=bad.status,
         )
-    limiter = rate_limiter(request.app)
-    if not limiter.allow(key):
-        return JSONResponse(
-            {"status": "error", "message": "rate limit exceeded"},
-            429,
-            headers={"Retry-After": str(limiter.retry_after_s(key))},
+    client = request.app.state.client
+    firing = sum(1 for action in actions if not action.resolve)
+    if firing and not limiter.allow(key):
+        # Resolves are never throttled: they are applied now, and the firing alerts are
+        # refused for Alertmanager to send again (a resolve sent twice changes nothing).
+        return _throttled(await _resolve_only(client, key, actions), limiter.retry_after_s(key))
+    weight = min(firing, MAX_PAYLOAD_TRIGGERS_IN_FLIGHT)
+    counts = in_flight(request.app)
+    if not counts.enter(key, weight):
+        # the key has its share of triggers waiting on the incidents service already
+        return _throttled(await _resolve_only(client, key, actions), 1)
+    try:
+        outcome = Outcome(
+            errors=[e for found in errors.values() for e in found], rejected=set(errors)
         )
-    outcome = Outcome(errors=[e for found in errors.values() for e in found], rejected=set(errors))
-    await _apply(request.app.state.client, key, actions, outcome)
+        await _apply(client, key, actions, outcome, weight or MAX_CONCURRENT_ALERTS)
+    finally:
+        counts.leave(key, weight)
     return _reply(outcome)
+
+
+def _throttled(resolved: int, retry_after_s: int) -> JSONResponse:
+    return JSONResponse(
+        {"status": "error", "message": "rate limit exceeded", "resolved": resolved},
+        429,
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+async def _resolve_only(client: TocsinClient, key: str, actions: Sequence[AlertAction]) -> int:
+    """Apply the payload's resolves alone; how many there were."""
+    resolves = [action for action in actions if action.resolve]
+    await _apply(client, key, resolves, Outcome())
+    return len(resolves)
 
 
 def _reply(outcome: Outcome) -> JSONResponse:
@@ -318,14 +365,18 @@ def _reply(outcome: Outcome) -> JSONResponse:
 
 
 async def _apply(
-    client: TocsinClient, key: str, actions: Sequence[AlertAction], outcome: Outcome
+    client: TocsinClient,
+    key: str,
+    actions: Sequence[AlertAction],
+    outcome: Outcome,
+    concurrency: int = MAX_CONCURRENT_ALERTS,
 ) -> None:
-    """Send every action, MAX_CONCURRENT_ALERTS at once (so they share batched calls);
-    the actions of one fingerprint in order."""
+    """Send every action, `concurrency` at once (so they share batched calls); the
+    actions of one fingerprint in order."""
     by_fingerprint: dict[str, list[AlertAction]] = {}
     for action in actions:
         by_fingerprint.setdefault(action.fingerprint, []).append(action)
-    slots = asyncio.Semaphore(MAX_CONCURRENT_ALERTS)
+    slots = asyncio.Semaphore(concurrency)
 
     async def send_all(chain: list[AlertAction]) -> None:
         for action in chain:

@@ -1,6 +1,7 @@
 """The gateway's Starlette application: routes from each edge module.
 
-Every edge module exposes `routes`; add a new one to `EDGE_MODULES`. Every HTTP request is
+Every edge module exposes `routes`; add a new one to `EDGE_MODULES`. The web console
+(tocsin/console/) is mounted last, at `/`. Every HTTP request is
 timed into `tocsin.http.server.duration` (runtime/metrics.py) by route template, method and
 status, the fast path included.
 """
@@ -17,11 +18,14 @@ from starlette.routing import BaseRoute
 from starlette.types import Message, Receive, Scope, Send
 
 from tocsin.client.client import TocsinClient
+from tocsin.console import app as console_app
 from tocsin.gateway import (
     alertmanager,
     events_api,
     health,
+    heartbeats,
     ical,
+    links,
     oidc,
     slack_interactions,
     twilio_webhooks,
@@ -34,9 +38,11 @@ EDGE_MODULES = (
     events_api,
     alertmanager,
     health,
+    heartbeats,
     ical,
     twilio_webhooks,
     slack_interactions,
+    links,
 )  # busiest first
 
 
@@ -44,14 +50,19 @@ def create_app(config: Config, client: TocsinClient, clock: Clock) -> EventsFast
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
+        await console.close()
         await client.close()
 
+    console = console_app.Console(config, client, clock)
     routes: list[BaseRoute] = [route for module in EDGE_MODULES for route in module.routes]
-    routes += oidc.routes_for(config, client)  # /auth/oidc/*, when TOCSIN_OIDC_* is set
+    # /auth/oidc/*, when TOCSIN_OIDC_* is set; a browser's sign-in lands in the console
+    routes += oidc.routes_for(config, client, on_browser_sign_in=console.signed_in)
+    routes += console_app.routes()
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.config = config
     app.state.client = client
     app.state.clock = clock
+    app.state.console = console
     return EventsFastPath(app)
 
 

@@ -33,14 +33,23 @@ Decisions where PagerDuty's documentation is silent or we differ:
   resolve for a key with no open incident (never seen, or resolved) is accepted (202) and
   changes nothing, as PagerDuty drops it.
 - Rate limit: a token bucket per routing key, in memory in each gateway process
-  (TOCSIN_EVENTS_API_RATE events per minute, default 600, bursts up to that many; 0
+  (TOCSIN_EVENTS_API_RATE triggers per minute, default 600, bursts up to that many; 0
   turns it off). With several gateway replicas the effective limit is per replica.
-  Over the limit: 429, which Alertmanager retries.
+  Over the limit: 429 with `Retry-After`, which Alertmanager retries. Acknowledgements
+  and resolves are never rate limited: a storm's own key can always be silenced.
+- Fairness at the edge: a trigger for a key that is over its rate is refused before its
+  JSON is parsed (`peek_trigger_key` reads the routing key and action from the raw body;
+  anything it cannot read plainly is parsed in full), so refusing a storm costs the
+  gateway little and requests for other keys do not queue behind it. And at most
+  MAX_TRIGGERS_IN_FLIGHT triggers per routing key wait on the incidents service at
+  once in a gateway process (429, `Retry-After: 1`, beyond), so one key cannot take
+  every call the gateway and the incidents service have in progress.
 - Images and `client_url` become links of the alert; `client` names the actor.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -140,6 +149,11 @@ async def read_json(request: Request, limit: int, too_large: int = 400) -> Any:
     Invalid UTF-8 and lone surrogates become U+FFFD (as Go's encoder, which Alertmanager
     and Grafana use, does). Numbers past what a double holds stay in the document as
     infinities, for the fields that take numbers to refuse by name."""
+    return parse_json(await read_body(request, limit, too_large))
+
+
+async def read_body(request: Request, limit: int, too_large: int = 400) -> bytes:
+    """The body of at most `limit` bytes; BadEvent otherwise (as read_json)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise BadEvent([f"body is larger than {limit} bytes"], too_large)
@@ -150,7 +164,7 @@ async def read_json(request: Request, limit: int, too_large: int = 400) -> Any:
         if size > limit:
             raise BadEvent([f"body is larger than {limit} bytes"], too_large)
         chunks.append(chunk)
-    return parse_json(b"".join(chunks))
+    return b"".join(chunks)
 
 
 def parse_json(body: bytes) -> Any:
@@ -412,7 +426,56 @@ def unavailable(error: grpc.aio.AioRpcError) -> JSONResponse:
     return JSONResponse({"status": "error", "message": "internal error"}, 500)
 
 
-# Rate limiting
+# Rate limiting and admission
+
+MAX_TRIGGERS_IN_FLIGHT = 128
+"""Triggers of one routing key waiting on the incidents service at once, per gateway
+process; more get 429 with `Retry-After: 1`. The batching client packs concurrent
+triggers into TriggerBatch calls, so this is far more than one key needs to reach the
+ingest rate of the incidents service (about 2,000/s on two cores)."""
+
+_ROUTING_KEY = re.compile(rb'"routing_key"\s*:\s*"([^"\\]*)"')
+_ACTION = re.compile(rb'"event_action"\s*:\s*"([^"\\]*)"')
+
+
+def peek_trigger_key(body: bytes) -> str | None:
+    """The routing key of a body that is plainly a trigger, read without parsing it: one
+    `"routing_key": "..."` and one `"event_action": "trigger"` (any case, spaces around),
+    neither with escapes. None when that is not plainly so (then the body is parsed in
+    full and checked as usual). Used only to refuse a trigger for a key over its rate
+    cheaply; a body read wrongly here could only get a 429 for a key that is over its
+    rate anyway."""
+    keys = _ROUTING_KEY.findall(body)
+    actions = _ACTION.findall(body)
+    if len(keys) != 1 or len(actions) != 1 or actions[0].strip().lower() != b"trigger":
+        return None
+    return keys[0].decode("utf-8", "replace").strip()
+
+
+class InFlight:
+    """Triggers per routing key in progress in this process, at most `limit` each."""
+
+    def __init__(self, limit: int = MAX_TRIGGERS_IN_FLIGHT) -> None:
+        self.limit = limit
+        self._counts: dict[str, int] = {}
+
+    def enter(self, key: str, n: int = 1) -> bool:
+        """Count `n` more for `key`; False (nothing counted) if that would pass `limit`."""
+        count = self._counts.get(key, 0)
+        if count + n > self.limit:
+            return False
+        self._counts[key] = count + n
+        return True
+
+    def leave(self, key: str, n: int = 1) -> None:
+        count = self._counts.get(key, 0) - n
+        if count > 0:
+            self._counts[key] = count
+        else:
+            self._counts.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._counts)
 
 
 class RateLimiter:
@@ -442,6 +505,16 @@ class RateLimiter:
         if len(self._buckets) > self.max_keys:
             self._forget(now)
         return allowed
+
+    def over(self, key: str) -> bool:
+        """Whether `key` has no token now (nothing taken)."""
+        if self.capacity <= 0:
+            return False
+        entry = self._buckets.get(key)
+        if entry is None:
+            return False
+        tokens, last = entry
+        return tokens + (self.clock.now_ms() - last) * self.refill_per_ms < 1
 
     def retry_after_s(self, key: str) -> int:
         """Whole seconds (at least 1) until `key` has a token again, for `Retry-After`."""
@@ -575,23 +648,47 @@ def _links(value: Any, href_key: str, text_key: str) -> list[tuple[str, str]]:
     return found
 
 
+def in_flight(app: Starlette) -> InFlight:
+    """The app's per-key count of triggers in progress, made on first use."""
+    counts: InFlight | None = getattr(app.state, "events_in_flight", None)
+    if counts is None:
+        counts = app.state.events_in_flight = InFlight()
+    return counts
+
+
+@functools.lru_cache(maxsize=256)
+def _throttled(retry_after_s: int) -> JSONResponse:
+    """The 429 for `retry_after_s`, made once and sent as often as needed (a response is
+    not changed by being sent): a storm's refusals do not encode JSON each."""
+    return JSONResponse(
+        {
+            "status": "throttle event",
+            "message": "Requests for this service are arriving too quickly. Please retry later.",
+        },
+        status_code=429,
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
 async def enqueue(request: Request) -> JSONResponse:
     try:
-        event = parse_event(await read_json(request, MAX_BODY_BYTES))
+        body = await read_body(request, MAX_BODY_BYTES)
         limiter = rate_limiter(request.app)
+        peeked = peek_trigger_key(body)
+        if peeked is not None and limiter.over(peeked):
+            return _throttled(limiter.retry_after_s(peeked))  # the cheap refusal
+        event = parse_event(parse_json(body))
+        if event.trigger is None:
+            return await _follow_up(request.app.state.client, event)  # never throttled
         if not limiter.allow(event.routing_key):
-            return JSONResponse(
-                {
-                    "status": "throttle event",
-                    "message": "Requests for this service are arriving too quickly. "
-                    "Please retry later.",
-                },
-                status_code=429,
-                headers={"Retry-After": str(limiter.retry_after_s(event.routing_key))},
-            )
-        if event.trigger is not None:
+            return _throttled(limiter.retry_after_s(event.routing_key))
+        counts = in_flight(request.app)
+        if not counts.enter(event.routing_key):
+            return _throttled(1)
+        try:
             return await _trigger(request.app.state.client, event)
-        return await _follow_up(request.app.state.client, event)
+        finally:
+            counts.leave(event.routing_key)
     except BadEvent as bad:
         return invalid(bad.errors, bad.status)
 

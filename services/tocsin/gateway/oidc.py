@@ -13,7 +13,7 @@
         `email` the provider marks unverified is refused. A personal token is then issued
         for that user (IdentityService.IssueToken, with the service credential) and
         handed to the CLI's loopback listener in a POST (never in a URL), or to a browser
-        as an HttpOnly cookie.
+        as a web console session (an HttpOnly cookie, console/session.py).
 
 Guarantee: nobody gets a token without an ID token that verifies, for a user that exists;
 a refusal says why without echoing a secret; the token only ever goes to a loopback
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 PREFIX = "/auth/oidc"
 COOKIE = "tocsin_oidc"
 TOKEN_COOKIE = "tocsin_token"
-"""Where a browser sign-in's personal token goes (HttpOnly), for the web console."""
+"""Where a browser sign-in's personal token goes (HttpOnly) when no console takes it."""
 FLOW_SECONDS = 600
 SCOPES = "openid email profile"
 _CLI_STATE = re.compile(r"[A-Za-z0-9_-]{16,128}")
@@ -68,6 +68,8 @@ class SignInRefused(Exception):
 
 TokenIssuer = Callable[[TocsinClient, str], Awaitable[str]]
 """Issues a personal token for a user id (IdentityService.IssueToken)."""
+BrowserLanding = Callable[[str, str], Response]
+"""(user id, token) -> the response that signs a browser in (the web console's session)."""
 
 
 @dataclass(frozen=True)
@@ -126,9 +128,16 @@ async def find_user(client: TocsinClient, value: str) -> str:
 class OidcSignIn:
     """The sign-in flow for one provider (routes, authlib client, claim mapping)."""
 
-    def __init__(self, config: Config, client: TocsinClient, issue_token: TokenIssuer) -> None:
+    def __init__(
+        self,
+        config: Config,
+        client: TocsinClient,
+        issue_token: TokenIssuer,
+        on_browser_sign_in: BrowserLanding | None = None,
+    ) -> None:
         assert config.oidc is not None
         self.client = client
+        self.on_browser_sign_in = on_browser_sign_in
         self.oidc = config.oidc
         self.public_url = config.public_url
         self.issue_token = issue_token
@@ -200,6 +209,10 @@ class OidcSignIn:
         log.info("OIDC sign-in of user %s", signed_in.user_id)
         if cli is not None:
             return _post_to_cli(cli, signed_in, str(cli_state))
+        if self.on_browser_sign_in is not None:
+            landing = self.on_browser_sign_in(signed_in.user_id, signed_in.token)
+            landing.headers.update(_NO_STORE)
+            return landing
         response = _page(
             "Signed in",
             f"You are signed in to tocsin as {signed_in.user_id}. You may close this page.",
@@ -287,9 +300,13 @@ async def identity_token_issuer(client: TocsinClient, user_id: str) -> str:
 
 
 def routes_for(
-    config: Config, client: TocsinClient, issue_token: TokenIssuer = identity_token_issuer
+    config: Config,
+    client: TocsinClient,
+    issue_token: TokenIssuer = identity_token_issuer,
+    on_browser_sign_in: BrowserLanding | None = None,
 ) -> list[BaseRoute]:
-    """The sign-in routes when TOCSIN_OIDC_* is set, else none (404)."""
+    """The sign-in routes when TOCSIN_OIDC_* is set, else none (404). A browser's sign-in
+    ends in `on_browser_sign_in` (the web console), else in a page and a token cookie."""
     if config.oidc is None:
         return []
-    return OidcSignIn(config, client, issue_token).routes()
+    return OidcSignIn(config, client, issue_token, on_browser_sign_in).routes()

@@ -84,8 +84,14 @@ async def _signed_form(request: Request) -> FormData:
     url = config.public_url + request.url.path + (f"?{query}" if query else "")
     signature = request.headers.get(SIGNATURE_HEADER, "")
     algorithm = get_signature_algorithm(request.headers.get(SIGNATURE_SETTINGS_HEADER))
-    validator = RequestValidator(config.twilio.auth_token)
-    if not signature or not validator.validate(url, form, signature, algorithm):
+    # The fallback provider (TOCSIN_SMS_FALLBACK_*) signs its callbacks and replies with
+    # its own token.
+    tokens = [config.twilio.auth_token]
+    if config.sms_fallback is not None:
+        tokens.append(config.sms_fallback.auth_token)
+    if not signature or not any(
+        RequestValidator(token).validate(url, form, signature, algorithm) for token in tokens
+    ):
         log.warning("refused a Twilio webhook to %s with a bad signature", request.url.path)
         raise _Refused(PlainTextResponse("invalid Twilio signature\n", status_code=403))
     return form

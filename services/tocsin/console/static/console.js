@@ -1,0 +1,79 @@
+// tocsin console: small, no build step. (1) Times: every <time data-local> is shown in
+// the viewer's own time zone. (2) The incident list follows /incidents/events (server-sent
+// events) and refetches its rows, as the signed-in user, when an incident changes. (3) An
+// incident page reloads when that incident changes, unless the viewer is writing a note.
+"use strict";
+(function () {
+  function localTimes(root) {
+    root.querySelectorAll("time[data-local]").forEach(function (el) {
+      var d = new Date(el.getAttribute("datetime"));
+      if (isNaN(d)) return;
+      var opts = el.dataset.local === "time"
+        ? { hour: "2-digit", minute: "2-digit" }
+        : { year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short" };
+      el.title = el.textContent;
+      el.textContent = d.toLocaleString([], opts);
+    });
+  }
+
+  function live(table) {
+    if (!window.EventSource) return;
+    var status = document.querySelector("[data-live-status]");
+    var pending = null, inflight = false, again = false;
+    function refresh() {
+      if (inflight) { again = true; return; }
+      inflight = true;
+      fetch(table.dataset.live + window.location.search, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+        .then(function (r) {
+          if (r.redirected || !r.ok) { window.location.reload(); return null; }
+          return r.text();
+        })
+        .then(function (html) {
+          if (html === null) return;
+          var holder = document.createElement("table");
+          holder.innerHTML = html;
+          var body = holder.querySelector("tbody");
+          if (body) { table.replaceChild(body, table.querySelector("tbody")); localTimes(body); }
+        })
+        .catch(function () { if (status) status.textContent = "Live updates interrupted; retrying."; })
+        .finally(function () { inflight = false; if (again) { again = false; refresh(); } });
+    }
+    var source = new EventSource(table.dataset.events);
+    source.addEventListener("incident", function () {
+      clearTimeout(pending);
+      pending = setTimeout(refresh, 100);
+    });
+    source.addEventListener("signed-out", function () { window.location.reload(); });
+    var lost = false;
+    source.onopen = function () {
+      if (status) status.textContent = "Updates live.";
+      table.dataset.connected = "1";
+      if (lost) { lost = false; refresh(); }  // whatever changed while the feed was away
+    };
+    source.onerror = function () {
+      lost = true;
+      if (status) status.textContent = "Live updates interrupted; reconnecting.";
+    };
+  }
+
+  function watchIncident(marker) {
+    if (!window.EventSource) return;
+    var source = new EventSource(marker.dataset.events);
+    source.addEventListener("incident", function (event) {
+      var data = {};
+      try { data = JSON.parse(event.data); } catch (e) { return; }
+      if (data.id !== marker.dataset.watchIncident) return;
+      var note = document.getElementById("note");
+      var busy = (note && note.value.trim() !== "") ||
+        (document.activeElement && document.activeElement.tagName === "SELECT");
+      if (!busy) { source.close(); window.location.reload(); }
+    });
+    marker.dataset.connected = "1";
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    localTimes(document);
+    document.querySelectorAll("table[data-live]").forEach(live);
+    document.querySelectorAll("[data-watch-incident]").forEach(watchIncident);
+  });
+})();
