@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.cli_runner import as_json, run_cli
 from tests.escalation.stack import FullStack, full_stack
@@ -16,7 +17,7 @@ from tests.services import client_for
 from tocsin.client.apply import Applier, ApplyError
 from tocsin.client.configfile import load_config_file
 from tocsin.runtime.redis import RedisClient
-from tocsin.v1 import incidents_pb2
+from tocsin.v1 import incidents_pb2, scheduling_pb2
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "oncall.yaml"
 
@@ -352,3 +353,140 @@ async def test_what_only_the_servers_check_is_reported_at_its_line(
     assert f"{config}:2: users[0].id: " in err
     assert f"{config}:6: escalation_policies[0].repeat: must be between 0 and" in err
     assert f"{config}:8: escalation_policies[0].levels[0].delay: must be at least 1 minute" in err
+
+
+CHANNEL_TARGETS = """\
+users:
+  - id: erin
+    name: Erin
+    contact_methods:
+      - {id: erin-mail, type: email, address: erin@example.com}
+    notification_rules:
+      - {contact: erin-mail, after: 0m}
+escalation_policies:
+  - id: payments
+    levels:
+      - delay: 5m
+        targets:
+          - slack_channel: C024BE91L
+          - teams_channel: https://example.webhook.office.com/webhookb2/abc
+      - {delay: 5m, targets: [{user: erin}]}
+"""
+
+
+async def test_channel_targets_apply_and_export_back_unchanged(
+    targets: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = _write(tmp_path, "channels.yaml", CHANNEL_TARGETS)
+    code, out, err = await run_cli(monkeypatch, targets, "apply", "-f", str(config))
+    assert code == 0, err
+    exported = tmp_path / "exported.yaml"
+    code, _, err = await run_cli(monkeypatch, targets, "export", "-o", str(exported))
+    assert code == 0, err
+    text = exported.read_text()
+    assert "slack_channel: C024BE91L" in text and "teams_channel: https://example" in text
+    code, out, err = await run_cli(monkeypatch, targets, "apply", "-f", str(exported))
+    assert code == 0, err
+    assert out.startswith("no changes"), out
+
+
+async def test_bad_channel_targets_and_an_unknown_contact_type_name_their_line(
+    targets: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    broken = _write(
+        tmp_path,
+        "broken-channels.yaml",
+        CHANNEL_TARGETS.replace("type: email", "type: pager"),
+    )
+    code, out, err = await run_cli(monkeypatch, targets, "apply", "-f", str(broken))
+    assert code == 2 and out == ""
+    assert f"{broken}:5: users[0].contact_methods[0].type: expected " in err
+    assert "got 'pager'" in err
+
+    wrong = _write(
+        tmp_path,
+        "wrong-channels.yaml",
+        CHANNEL_TARGETS.replace("slack_channel: C024BE91L", "slack_channel: '#ops'").replace(
+            "https://example", "http://example"
+        ),
+    )
+    code, out, err = await run_cli(monkeypatch, targets, "apply", "-f", str(wrong), "--dry-run")
+    assert code == 1 and out == "", err
+    assert (
+        f"{wrong}:13: escalation_policies[0].levels[0].targets[0].slack_channel: "
+        "must be a Slack channel id" in err
+    )
+    assert f"{wrong}:14: escalation_policies[0].levels[0].targets[1].teams_channel: " in err
+    assert "webhookb2" not in err  # the URL is a credential
+    code, out, _ = await run_cli(
+        monkeypatch, targets, "apply", "-f", str(_write(tmp_path, "ok.yaml", "{}\n"))
+    )
+    assert code == 0
+
+
+HANDOFFS = """\
+users:
+  - id: erin
+    name: Erin
+    handoff_notices: [start, day_before]
+  - id: finn
+    name: Finn
+schedules:
+  - id: primary
+    time_zone: UTC
+    announce_slack_channel: C024BE91L
+    layers:
+      - name: daily
+        start: 2026-11-27T09:00
+        rotation: {length: 1d}
+        users: [erin, finn]
+escalation_policies:
+  - id: payments
+    levels:
+      - {delay: 5m, targets: [{schedule: primary}]}
+"""
+
+
+async def test_handoff_notices_apply_export_and_a_users_own_choice_is_kept(
+    targets: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = _write(tmp_path, "handoffs.yaml", HANDOFFS)
+    code, out, err = await run_cli(monkeypatch, targets, "apply", "-f", str(config))
+    assert code == 0, err
+    exported = tmp_path / "exported.yaml"
+    code, _, err = await run_cli(monkeypatch, targets, "export", "-o", str(exported))
+    assert code == 0, err
+    text = exported.read_text()
+    assert "announce_slack_channel: C024BE91L" in text
+    users = {u["id"]: u for u in yaml.safe_load(text)["users"]}
+    assert users["erin"]["handoff_notices"] == ["start", "day_before"]
+    assert "handoff_notices" not in users["finn"]
+    code, out, err = await run_cli(monkeypatch, targets, "apply", "-f", str(exported))
+    assert code == 0, err
+    assert out.startswith("no changes"), out
+    # finn asks for himself; a file that does not mention his notices keeps them
+    client = client_for(scheduling=targets["scheduling"])
+    try:
+        await client.scheduling.SetHandoffNotices(
+            scheduling_pb2.SetHandoffNoticesRequest(user_id="finn", notices=["end"])
+        )
+        code, out, err = await run_cli(monkeypatch, targets, "apply", "-f", str(config))
+        assert code == 0 and out.startswith("no changes"), (out, err)
+        finn = await client.scheduling.GetUser(scheduling_pb2.GetUserRequest(id="finn"))
+        assert list(finn.user.handoff_notices) == ["end"]
+    finally:
+        await client.close()
+
+
+async def test_bad_handoff_settings_name_their_line(
+    targets: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    broken = _write(
+        tmp_path,
+        "broken-handoffs.yaml",
+        HANDOFFS.replace("[start, day_before]", "[start, lunch]").replace("C024BE91L", "'#ops'"),
+    )
+    code, out, err = await run_cli(monkeypatch, targets, "apply", "-f", str(broken))
+    assert code == 2 and out == ""
+    assert f"{broken}:4: users[0].handoff_notices[1]: expected one of start, end, day_before" in err
+    assert f"{broken}:10: schedules[0].announce_slack_channel: expected a Slack channel id" in err

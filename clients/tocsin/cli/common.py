@@ -14,7 +14,7 @@ import grpc
 
 from tocsin.client.apply import unpageable_reason
 from tocsin.client.client import TocsinClient
-from tocsin.v1 import common_pb2, notification_pb2
+from tocsin.v1 import common_pb2, incidents_pb2, notification_pb2
 
 T = TypeVar("T")
 
@@ -67,8 +67,35 @@ def in_range(value: datetime, text: str) -> datetime:
 
 
 def incident_number(text: str) -> str:
-    """argparse type: an incident number as `trigger` prints it, `18` or `#18`."""
-    return text.strip().removeprefix("#")
+    """argparse type: an incident number as `tocsin incidents` shows it, `18` or `#18`;
+    the reference the incidents service takes for it ("#18")."""
+    digits = text.strip().removeprefix("#")
+    if not digits.isdecimal() or not digits.isascii() or digits.startswith("0"):
+        raise argparse.ArgumentTypeError(
+            f"expected an incident number like 18 or #18, got {text!r}"
+        )
+    return f"#{digits}"
+
+
+def incident_label(incident: incidents_pb2.Incident) -> str:
+    """How a person reads an incident's name: its number, `#18` (the id only for one
+    opened before numbers that the incidents service has not numbered yet)."""
+    return f"#{incident.number}" if incident.number else f"id {incident.id}"
+
+
+async def incident_id(client: TocsinClient, reference: str) -> str:
+    """The id of the live incident `reference` ("#18") names, for services that take ids;
+    once it has expired from the live store, its digits as an id (the history archive
+    takes ids, as it always did)."""
+    try:
+        reply = await client.incidents.GetIncident(
+            incidents_pb2.GetIncidentRequest(incident_id=reference)
+        )
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            return reference.removeprefix("#")
+        raise
+    return reply.incident.id
 
 
 def cli_actor() -> common_pb2.Actor:

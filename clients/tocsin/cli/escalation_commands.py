@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tocsin.cli.common import add_json_flag, incident_number, run_with_client
+from tocsin.cli.common import add_json_flag, incident_id, incident_number, run_with_client
 from tocsin.cli.output import print_json, print_table, rfc3339
 from tocsin.client.client import TocsinClient
 from tocsin.v1 import escalation_pb2 as pb
@@ -79,7 +79,7 @@ def _print(escalation: pb.Escalation, as_json: bool) -> None:
 def _show(args: argparse.Namespace) -> int:
     async def body(client: TocsinClient) -> pb.GetEscalationResponse:
         return await client.escalation.GetEscalation(
-            pb.GetEscalationRequest(incident_id=args.incident)
+            pb.GetEscalationRequest(incident_id=await incident_id(client, args.incident))
         )
 
     _print(run_with_client(body).escalation, args.json)
@@ -88,7 +88,8 @@ def _show(args: argparse.Namespace) -> int:
 
 def _escalate(args: argparse.Namespace) -> int:
     async def body(client: TocsinClient) -> pb.EscalateResponse:
-        return await client.escalation.Escalate(pb.EscalateRequest(incident_id=args.incident))
+        request = pb.EscalateRequest(incident_id=await incident_id(client, args.incident))
+        return await client.escalation.Escalate(request)
 
     _print(run_with_client(body).escalation, args.json)
     return 0

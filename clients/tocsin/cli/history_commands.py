@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from tocsin.cli import charts
-from tocsin.cli.common import add_json_flag, incident_number, rfc3339, run_with_client
+from tocsin.cli.common import (
+    add_json_flag,
+    incident_label,
+    incident_number,
+    rfc3339,
+    run_with_client,
+)
 from tocsin.cli.incident_commands import SEVERITIES, entry_json, incident_json, since
 from tocsin.cli.output import print_json, print_table
 from tocsin.cli.output import rfc3339 as format_time
@@ -48,7 +54,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     rebuild.set_defaults(run=_rebuild)
 
     similar = commands.add_parser("similar", help="earlier incidents like this one")
-    similar.add_argument("id", type=incident_number)
+    similar.add_argument("id", type=incident_number, help="incident number (18 or #18)")
     similar.add_argument("--limit", type=int, default=5)
     add_json_flag(similar)
     similar.set_defaults(run=_similar)
@@ -66,7 +72,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     report.set_defaults(run=_report)
 
     postmortem = commands.add_parser("postmortem", help="a postmortem draft in Markdown")
-    postmortem.add_argument("id", type=incident_number)
+    postmortem.add_argument("id", type=incident_number, help="incident number (18 or #18)")
     postmortem.add_argument("-o", "--output", type=Path, help="write to FILE (default stdout)")
     postmortem.set_defaults(run=_postmortem)
 
@@ -106,10 +112,10 @@ def _search(args: argparse.Namespace) -> int:
         print("no incidents found")
         return 0
     print_table(
-        ("ID", "SERVICE", "OPENED", "STATUS", "SUMMARY", "LAST NOTE"),
+        ("#", "SERVICE", "OPENED", "STATUS", "SUMMARY", "LAST NOTE"),
         (
             (
-                f"#{h.incident.incident.id}",
+                incident_label(h.incident.incident),
                 h.incident.incident.service_id,
                 format_time(h.incident.incident.created_at),
                 _status(h.incident.incident),
@@ -160,7 +166,7 @@ def _similar(args: argparse.Namespace) -> int:
         )
         return 0
     if not reply.incidents:
-        print(f"no earlier incident like #{args.id}")
+        print(f"no earlier incident like {args.id}")
         return 0
     for item in reply.incidents:
         print(_similar_line(item))
@@ -178,7 +184,7 @@ def _similar_line(item: history_pb2.SimilarIncident) -> str:
         else _status(incident)
     )
     return (
-        f"#{incident.id}  {format_time(incident.created_at)}  {incident.service_id}  "
+        f"{incident_label(incident)}  {format_time(incident.created_at)}  {incident.service_id}  "
         f"{incident.summary}  [{REASONS.get(item.reason, '')}; {ended}]"
     )
 
@@ -394,7 +400,7 @@ def postmortem_markdown(
 ) -> str:
     incident = archived.incident
     lines = [
-        f"# Postmortem: #{incident.id} {incident.summary}",
+        f"# Postmortem: {incident_label(incident)} {incident.summary}",
         "",
         "_Draft written by `tocsin postmortem` from the incident archive; edit freely._",
         "",

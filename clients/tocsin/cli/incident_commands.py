@@ -12,6 +12,7 @@ from tocsin.cli.common import (
     add_json_flag,
     cli_actor,
     in_range,
+    incident_label,
     incident_number,
     run_with_client,
     warn_if_unpageable,
@@ -75,7 +76,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "-q",
         "--quiet",
         action="store_true",
-        help="print only the incident number, e.g. id=$(tocsin trigger ... -q)",
+        help="print only the incident number, e.g. n=$(tocsin trigger ... -q); tocsin ack $n",
     )
     add_json_flag(trigger)
     trigger.set_defaults(run=_trigger)
@@ -150,6 +151,7 @@ def _assignment(assignment: incidents_pb2.Assignment) -> dict[str, str] | None:
 
 def incident_json(incident: incidents_pb2.Incident) -> dict[str, Any]:
     return {
+        "number": incident.number,
         "id": incident.id,
         "service": incident.service_id,
         "status": _name(incident.status, STATUSES),
@@ -167,6 +169,10 @@ def incident_json(incident: incidents_pb2.Incident) -> dict[str, Any]:
         "resolved_at": format_time(incident.resolved_at),
         "resolved_by": _actor(incident.resolved_by),
         "snoozed_until": format_time(incident.snoozed_until),
+        "urgency": "low" if incident.urgency == common_pb2.URGENCY_LOW else "high",
+        "urgency_reason": incident.urgency_reason,
+        "page_at": format_time(incident.page_at),
+        "ack_timeout_at": format_time(incident.ack_timeout_at),
         "version": incident.version,
     }
 
@@ -221,29 +227,38 @@ def _trigger(args: argparse.Namespace) -> int:
     )
     reply: incidents_pb2.TriggerResponse = _call(lambda c: c.incidents.Trigger(request))
     incident = reply.incident
+    if reply.suppressed_by:  # an event rule: recorded, nobody paged (`tocsin suppressed`)
+        if args.json:
+            print_json({"suppressed_by": reply.suppressed_by, "dedup_key": reply.dedup_key})
+        elif not args.quiet:
+            print(f"Suppressed by event rule {reply.suppressed_by}: recorded, nobody paged")
+        return 0
     if args.json:
         print_json({**incident_json(incident), "created": reply.created})
         return 0
+    label = incident_label(incident)
     if args.quiet:
-        print(incident.id)
+        print(incident.number or incident.id)
     elif reply.created:
-        print(f"Opened incident #{incident.id}: {incident.summary} (dedup key {reply.dedup_key})")
+        print(f"Opened incident {label}: {incident.summary} (dedup key {reply.dedup_key})")
     else:
-        print(f"Alert joined incident #{incident.id} ({incident.alert_count} alerts)")
+        print(f"Alert joined incident {label} ({incident.alert_count} alerts)")
     return 0
 
 
 def _ack(args: argparse.Namespace) -> int:
     request = incidents_pb2.AcknowledgeRequest(incident_id=args.id, actor=cli_actor())
     reply: incidents_pb2.AcknowledgeResponse = _call(lambda c: c.incidents.Acknowledge(request))
-    line = f"Acknowledged #{args.id}" if reply.changed else f"#{args.id} was already acknowledged"
+    label = incident_label(reply.incident)
+    line = f"Acknowledged {label}" if reply.changed else f"{label} was already acknowledged"
     return _print_incident(args, reply.incident, line)
 
 
 def _resolve(args: argparse.Namespace) -> int:
     request = incidents_pb2.ResolveRequest(incident_id=args.id, actor=cli_actor())
     reply: incidents_pb2.ResolveResponse = _call(lambda c: c.incidents.Resolve(request))
-    line = f"Resolved #{args.id}" if reply.changed else f"#{args.id} was already resolved"
+    label = incident_label(reply.incident)
+    line = f"Resolved {label}" if reply.changed else f"{label} was already resolved"
     return _print_incident(args, reply.incident, line)
 
 
@@ -252,7 +267,9 @@ def _snooze(args: argparse.Namespace) -> int:
     request.duration.FromTimedelta(args.duration)
     reply: incidents_pb2.SnoozeResponse = _call(lambda c: c.incidents.Snooze(request))
     until = format_time(reply.incident.snoozed_until)
-    return _print_incident(args, reply.incident, f"Snoozed #{args.id} until {until}")
+    return _print_incident(
+        args, reply.incident, f"Snoozed {incident_label(reply.incident)} until {until}"
+    )
 
 
 def _reassign(args: argparse.Namespace) -> int:
@@ -273,7 +290,9 @@ def _reassign(args: argparse.Namespace) -> int:
 
     reply = run_with_client(reassign)
     target = f"user {args.user}" if args.user else f"escalation policy {args.policy}"
-    return _print_incident(args, reply.incident, f"Reassigned #{args.id} to {target}")
+    return _print_incident(
+        args, reply.incident, f"Reassigned {incident_label(reply.incident)} to {target}"
+    )
 
 
 def _note(args: argparse.Namespace) -> int:
@@ -282,7 +301,7 @@ def _note(args: argparse.Namespace) -> int:
     if args.json:
         print_json(entry_json(reply.entry))
     else:
-        print(f"Noted on #{args.id}")
+        print(f"Noted on {args.id}")
     return 0
 
 
@@ -314,10 +333,10 @@ def _incidents(args: argparse.Namespace) -> int:
         print_json([incident_json(incident) for incident in incidents])
         return 0
     print_table(
-        ["ID", "STATUS", "SEVERITY", "SERVICE", "ALERTS", "CREATED", "SUMMARY"],
+        ["#", "STATUS", "SEVERITY", "SERVICE", "ALERTS", "CREATED", "SUMMARY"],
         (
             [
-                row["id"],
+                row["number"] or f"id {row['id']}",
                 row["status"],
                 row["severity"],
                 row["service"],
@@ -345,9 +364,19 @@ def _incident(args: argparse.Namespace) -> int:
     if args.json:
         print_json(shown)
         return 0
-    for name in ("id", "service", "status", "severity", "summary", "dedup_key", "alert_count"):
+    for name in ("number", "id", "service", "status", "severity", "urgency"):
         print(f"{name + ':':<14} {shown[name]}")
-    for name in ("created_at", "acknowledged_by", "resolved_by", "snoozed_until"):
+    for name in ("urgency_reason", "summary", "dedup_key", "alert_count"):
+        if shown[name] or name == "alert_count":
+            print(f"{name + ':':<14} {shown[name]}")
+    for name in (
+        "created_at",
+        "page_at",
+        "acknowledged_by",
+        "ack_timeout_at",
+        "resolved_by",
+        "snoozed_until",
+    ):
         if shown[name]:
             print(f"{name + ':':<14} {shown[name]}")
     print("timeline:")

@@ -20,9 +20,12 @@ from tocsin.cli import (
     history_commands,
     identity_commands,
     incident_commands,
+    maintenance_commands,
+    noise_commands,
     notification_commands,
     schedule_commands,
     stack_commands,
+    webhook_commands,
 )
 from tocsin.cli.charts import ChartError
 from tocsin.cli.output import describe_os_error, describe_rpc_error
@@ -40,6 +43,9 @@ COMMAND_MODULES = (
     incident_commands,
     notification_commands,
     history_commands,
+    noise_commands,
+    maintenance_commands,
+    webhook_commands,
 )
 
 

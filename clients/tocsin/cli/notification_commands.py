@@ -1,4 +1,5 @@
-"""`tocsin users`, `tocsin user ID` and `tocsin test-page USER`: who can be paged, and how.
+"""`tocsin users`, `tocsin user ID`, `tocsin test-page USER` and `tocsin handoff-notices
+[USER]`: who can be paged, how, and who is told of their shifts' hand-offs.
 
 Phone numbers are shown masked (`+1******0010`), in text and JSON alike: the output
 ends up in terminals, tickets and chat.
@@ -7,6 +8,7 @@ ends up in terminals, tickets and chat.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 import phonenumbers
@@ -15,7 +17,7 @@ from tocsin.cli.common import add_json_flag, run_with_client
 from tocsin.cli.output import print_json, print_table
 from tocsin.client.client import TocsinClient
 from tocsin.client.contact_types import CONTACT_TYPE_NAMES
-from tocsin.v1 import notification_pb2, scheduling_pb2
+from tocsin.v1 import identity_pb2, notification_pb2, scheduling_pb2
 
 _PAGE = 1000
 _CHANNELS = CONTACT_TYPE_NAMES
@@ -43,6 +45,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     test_page.add_argument("user", help="user id")
     add_json_flag(test_page)
     test_page.set_defaults(run=_test_page)
+    notices = commands.add_parser(
+        "handoff-notices",
+        help="show or set when you (or USER) are told of your shifts: start, end, day_before",
+    )
+    notices.add_argument("user", nargs="?", default="", help="user id (default: you)")
+    choice = notices.add_mutually_exclusive_group()
+    choice.add_argument(
+        "--set",
+        metavar="KINDS",
+        help="comma-separated: start (a shift starts), end (it ends), day_before (24 h "
+        "before it starts)",
+    )
+    choice.add_argument("--off", action="store_true", help="no hand-off notices")
+    add_json_flag(notices)
+    notices.set_defaults(run=_handoff_notices)
 
 
 def mask_number(number: str) -> str:
@@ -80,6 +97,7 @@ def attempt_json(attempt: notification_pb2.Attempt) -> dict[str, Any]:
         "status": _STATUSES.get(attempt.status, "unknown"),
         "provider_id": attempt.provider_id or None,
         "error_code": attempt.error_code or None,
+        "providers": list(attempt.providers) or None,
     }
 
 
@@ -135,6 +153,7 @@ def _user(args: argparse.Namespace) -> int:
                 "time_zone": user.time_zone,
                 "contact_methods": [method_json(m) for m in settings.contact_methods],
                 "rules": rules,
+                "handoff_notices": list(user.handoff_notices),
             }
         )
         return 0
@@ -157,6 +176,43 @@ def _user(args: argparse.Namespace) -> int:
         )
     if not rules:
         print("  none: this user is never paged")
+    print(f"\nHand-off notices: {', '.join(user.handoff_notices) or 'none'}")
+    return 0
+
+
+def _handoff_notices(args: argparse.Namespace) -> int:
+    """Show a user's hand-off notices, or set them (checked by SetHandoffNotices, which
+    names a wrong kind: `notices[1]: must be one of start, end, day_before`)."""
+    kinds: list[str] | None = None
+    if args.off:
+        kinds = []
+    elif args.set is not None:
+        kinds = [k.strip() for k in args.set.split(",") if k.strip()]
+
+    async def body(client: TocsinClient) -> scheduling_pb2.User | str:
+        user_id = args.user
+        if not user_id:
+            me = await client.identity.WhoAmI(identity_pb2.WhoAmIRequest())
+            user_id = me.user_id
+            if not user_id:
+                return f"you are {me.display or 'no user'}: name the user (USER)"
+        if kinds is None:
+            reply = await client.scheduling.GetUser(scheduling_pb2.GetUserRequest(id=user_id))
+            return reply.user
+        changed = await client.scheduling.SetHandoffNotices(
+            scheduling_pb2.SetHandoffNoticesRequest(user_id=user_id, notices=kinds)
+        )
+        return changed.user
+
+    user = run_with_client(body)
+    if isinstance(user, str):
+        print(user, file=sys.stderr)
+        return 2
+    if args.json:
+        print_json({"user": user.id, "handoff_notices": list(user.handoff_notices)})
+        return 0
+    told = ", ".join(user.handoff_notices) or "none"
+    print(f"{user.id}: hand-off notices: {told}")
     return 0
 
 

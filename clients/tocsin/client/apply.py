@@ -4,7 +4,8 @@ Each object is compared with what runs and created or updated only when it diffe
 second apply changes nothing and says so. Objects that run but are not in the file are
 left alone (apply never deletes; a user whose entry has no `notification_rules` keeps the
 rules it has). Order follows the references: users, their contact methods and rules,
-schedules, escalation policies, services.
+schedules, escalation policies, services, event rules, heartbeats, webhooks and status
+subscriptions.
 
 Nothing is half-applied for a reason the servers could have told in advance: apply first
 plans every change (reads only), then sends each one with `validate_only`, so every
@@ -24,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import phonenumbers
@@ -33,7 +34,16 @@ from google.rpc import error_details_pb2, status_pb2
 
 from tocsin.client.client import TocsinClient
 from tocsin.client.configfile import DesiredState, UserConfig
-from tocsin.v1 import escalation_pb2, incidents_pb2, notification_pb2, scheduling_pb2
+from tocsin.client.webhook_config import same_webhook
+from tocsin.v1 import (
+    escalation_pb2,
+    incidents_pb2,
+    notification_pb2,
+    routing_pb2,
+    scheduling_pb2,
+    urgency_pb2,
+    webhooks_pb2,
+)
 
 M = TypeVar("M", bound=Message)
 
@@ -116,6 +126,11 @@ def _keep_override_ids(
     return copy
 
 
+def _rule_order(rule: notification_pb2.NotificationRule) -> tuple[int, str, int]:
+    """Rules compared as a set: by delay, contact method and urgency."""
+    return (rule.delay.seconds, rule.contact_method_id, rule.urgency)
+
+
 def _e164(number: str) -> str:
     """The number as notification stores it, so an unchanged one compares equal (the
     server validates it; an unparseable one is sent as written and refused there)."""
@@ -133,6 +148,7 @@ _FILE_NAMES = (
     ("rotation_length", "rotation.length"),
     ("user_ids", "users"),
     ("escalation_policy_id", "escalation_policy"),
+    ("service_ids", "services"),
     ("user_id", "user"),
     ("schedule_id", "schedule"),
     ("delay", "after"),
@@ -141,6 +157,8 @@ _FILE_NAMES = (
 
 def _file_field(step: _Step, request_field: str) -> str:
     """`contact_method.address` of a contact method's request -> its path in the file."""
+    if step.field_prefix == "rule_set":
+        return _rule_field(step.path, request_field)
     rest = request_field
     if step.field_prefix and (rest == step.field_prefix or rest.startswith(step.field_prefix)):
         rest = rest[len(step.field_prefix) :].lstrip(".")
@@ -157,6 +175,31 @@ def _file_field(step: _Step, request_field: str) -> str:
                 break
         parts.append(name + bracket + index)
     return f"{step.path}.{'.'.join(parts)}"
+
+
+_RULE_NAMES = {
+    "conditions": "when",
+    "route_to_service_id": "route_to",
+    "dedup_key_template": "dedup_key",
+}
+
+
+def _rule_field(path: str, request_field: str) -> str:
+    """`rule_set.rules[2].conditions[0].field` -> `<path>[2].when[0].field`; an action's
+    field is the rule's own (`actions.severity` -> `<path>[i].severity`)."""
+    rest = request_field.removeprefix("rule_set").lstrip(".")
+    if not rest.startswith("rules["):
+        return path
+    rest = rest.removeprefix("rules")
+    parts = []
+    for part in rest.split("."):
+        name, bracket, index = part.partition("[")
+        if name == "actions":
+            continue
+        parts.append(_RULE_NAMES.get(name, name) + bracket + index)
+    if parts and parts[-1] == "value":
+        parts.pop()  # the operator's key holds the value
+    return path + ".".join(parts).replace(".[", "[")
 
 
 def _problems(state: DesiredState, step: _Step, error: grpc.aio.AioRpcError) -> list[str]:
@@ -186,6 +229,7 @@ class Applier:
         self.dry_run = dry_run
         self.steps: list[_Step] = []
         self.settings: dict[str, notification_pb2.GetUserNotificationSettingsResponse] = {}
+        self._webhooks: dict[str, webhooks_pb2.Webhook] | None = None
 
     @property
     def changes(self) -> list[Change]:
@@ -202,6 +246,16 @@ class Applier:
             await self._policy(policy, f"escalation_policies[{i}]")
         for i, service in enumerate(state.services):
             await self._service(service, f"services[{i}]")
+        for rule_set, path in state.rule_sets:
+            await self._event_rules(rule_set, path)
+        for i, monitor in enumerate(state.heartbeats):
+            await self._heartbeat(monitor, f"heartbeats[{i}]")
+        if state.maintenance_windows:
+            await self._maintenance_windows(state.maintenance_windows)
+        for i, hook in enumerate(state.webhooks):
+            await self._webhook(hook, f"webhooks[{i}]")
+        for i, sub in enumerate(state.status_subscriptions):
+            await self._status_subscription(sub, f"status_subscriptions[{i}]")
         problems: list[str] = []
         for step in self.steps:
             try:
@@ -240,6 +294,10 @@ class Applier:
         user = config.user
         reply = await _existing(lambda: s.GetUser(scheduling_pb2.GetUserRequest(id=user.id)))
         current = reply.user if reply else None
+        if current is not None and not config.handoff_given:
+            # A user's own choice (SetHandoffNotices) stays unless the file names one.
+            del user.handoff_notices[:]
+            user.handoff_notices.extend(current.handoff_notices)
         if current is None:
             self._plan(
                 "create",
@@ -303,8 +361,8 @@ class Applier:
                 )
         if not config.rules_given:
             return
-        desired_rules = sorted(config.rules, key=lambda r: (r.delay.seconds, r.contact_method_id))
-        current_rules = sorted(settings.rules, key=lambda r: (r.delay.seconds, r.contact_method_id))
+        desired_rules = sorted(config.rules, key=_rule_order)
+        current_rules = sorted(settings.rules, key=_rule_order)
         if desired_rules != current_rules:
             request = notification_pb2.SetNotificationRulesRequest(
                 user_id=user_id, rules=config.rules
@@ -410,6 +468,143 @@ class Applier:
                     incidents_pb2.UpdateServiceRequest(service=desired, validate_only=check)
                 ),
             )
+
+    async def _webhook(self, hook: webhooks_pb2.Webhook, path: str) -> None:
+        w = self.client.webhooks
+        if self._webhooks is None:
+            reply = await w.ListWebhooks(webhooks_pb2.ListWebhooksRequest())
+            self._webhooks = {h.id: h for h in reply.webhooks}
+        current = self._webhooks.get(hook.id)
+        if current is not None and same_webhook(hook, current):
+            return
+        self._plan(
+            "create" if current is None else "update",
+            "webhook",
+            hook.id,
+            path,
+            "webhook",
+            lambda check: w.PutWebhook(
+                webhooks_pb2.PutWebhookRequest(webhook=hook, validate_only=check)
+            ),
+        )
+
+    async def _status_subscription(self, sub: webhooks_pb2.Subscription, path: str) -> None:
+        w = self.client.webhooks
+        reply = await w.ListSubscriptions(
+            webhooks_pb2.ListSubscriptionsRequest(service_id=sub.service_id)
+        )
+        current = next((s for s in reply.subscriptions if s.id == sub.id), None)
+        if current is not None and current == sub:
+            return
+        self._plan(
+            "create" if current is None else "update",
+            "status subscription",
+            sub.id,
+            path,
+            "subscription",
+            lambda check: w.Subscribe(
+                webhooks_pb2.SubscribeRequest(subscription=sub, validate_only=check)
+            ),
+        )
+
+    async def _event_rules(self, rule_set: routing_pb2.EventRuleSet, path: str) -> None:
+        i = self.client.incidents
+        reply = await _existing(
+            lambda: i.GetEventRules(
+                routing_pb2.GetEventRulesRequest(service_id=rule_set.service_id)
+            )
+        )
+        current = reply.rule_set if reply else None
+        if current is not None and _same(rule_set, current):
+            return
+        self._plan(
+            "set",
+            "event rules",
+            rule_set.service_id or "global",
+            path,
+            "rule_set",
+            lambda check: i.SetEventRules(
+                routing_pb2.SetEventRulesRequest(rule_set=rule_set, validate_only=check)
+            ),
+        )
+
+    async def _heartbeat(self, monitor: routing_pb2.HeartbeatMonitor, path: str) -> None:
+        i = self.client.incidents
+        reply = await _existing(
+            lambda: i.GetHeartbeatMonitor(routing_pb2.GetHeartbeatMonitorRequest(id=monitor.id))
+        )
+        current = reply.monitor if reply else None
+        desired = routing_pb2.HeartbeatMonitor()
+        desired.CopyFrom(monitor)
+        desired.name = desired.name or desired.id
+        if current is None:
+            self._plan(
+                "create",
+                "heartbeat monitor",
+                monitor.id,
+                path,
+                "monitor",
+                lambda check: i.CreateHeartbeatMonitor(
+                    routing_pb2.CreateHeartbeatMonitorRequest(monitor=desired, validate_only=check)
+                ),
+            )
+            return
+        if not desired.token:
+            desired.token = current.token  # the file keeps no secret: the running one stays
+        if not _same(desired, current, ("last_ping_at", "deadline", "missed")):
+            self._plan(
+                "update",
+                "heartbeat monitor",
+                monitor.id,
+                path,
+                "monitor",
+                lambda check: i.UpdateHeartbeatMonitor(
+                    routing_pb2.UpdateHeartbeatMonitorRequest(monitor=desired, validate_only=check)
+                ),
+            )
+
+    async def _maintenance_windows(self, windows: list[urgency_pb2.MaintenanceWindow]) -> None:
+        i = self.client.incidents
+        listed = await i.ListMaintenanceWindows(
+            urgency_pb2.ListMaintenanceWindowsRequest(include_past=True)
+        )
+        running = {w.id: w for w in listed.windows}
+        state = ("alerts_recorded", "active", "next_start", "next_end", "ended_at")
+        for k, window in enumerate(windows):
+            path = f"maintenance_windows[{k}]"
+            current = running.get(window.id)
+            desired = urgency_pb2.MaintenanceWindow()
+            desired.CopyFrom(window)
+            if current is None:
+                self._plan(
+                    "create",
+                    "maintenance window",
+                    window.id,
+                    path,
+                    "window",
+                    partial(_maintenance_call, i.CreateMaintenanceWindow, desired, create=True),
+                )
+            elif not _same(desired, current, state):
+                self._plan(
+                    "update",
+                    "maintenance window",
+                    window.id,
+                    path,
+                    "window",
+                    partial(_maintenance_call, i.UpdateMaintenanceWindow, desired, create=False),
+                )
+
+
+def _maintenance_call(
+    call: Callable[[Any], Awaitable[Message]],
+    window: urgency_pb2.MaintenanceWindow,
+    check: bool,
+    *,
+    create: bool,
+) -> Awaitable[Message]:
+    if create:
+        return call(urgency_pb2.CreateMaintenanceWindowRequest(window=window, validate_only=check))
+    return call(urgency_pb2.UpdateMaintenanceWindowRequest(window=window, validate_only=check))
 
 
 # Answers that mean "this request is wrong", reported with the file's lines. Anything else

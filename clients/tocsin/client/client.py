@@ -34,6 +34,7 @@ from tocsin.v1 import (
     incidents_pb2_grpc,
     notification_pb2_grpc,
     scheduling_pb2_grpc,
+    webhooks_pb2_grpc,
 )
 
 SERVICES = ("scheduling", "incidents", "escalation", "notification", "history")
@@ -88,6 +89,7 @@ class TocsinClient:
             self._channels["notification"]
         )
         self.history = history_pb2_grpc.HistoryServiceStub(self._channels["history"])
+        self.webhooks = webhooks_pb2_grpc.WebhookServiceStub(self._channels["notification"])
         self._triggers = TriggerBatcher(self.incidents)
 
     async def trigger(
@@ -154,6 +156,7 @@ class SyncTocsinClient:
         self.escalation = escalation_pb2_grpc.EscalationServiceStub(self._channels[2])
         self.notification = notification_pb2_grpc.NotificationServiceStub(self._channels[3])
         self.history = history_pb2_grpc.HistoryServiceStub(self._channels[4])
+        self.webhooks = webhooks_pb2_grpc.WebhookServiceStub(self._channels[3])
 
     def close(self) -> None:
         for channel in self._channels:

@@ -11,16 +11,30 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from google.protobuf.duration_pb2 import Duration
 
+from tocsin.client import webhook_config
 from tocsin.client.contact_types import CONTACT_TYPES, expected_types
-from tocsin.v1 import common_pb2, escalation_pb2, incidents_pb2, notification_pb2, scheduling_pb2
+from tocsin.client.maintenance_config import maintenance_window
+from tocsin.client.noise_config import event_rule_set, grouping, heartbeat, level_strategy
+from tocsin.v1 import (
+    common_pb2,
+    escalation_pb2,
+    incidents_pb2,
+    notification_pb2,
+    routing_pb2,
+    scheduling_pb2,
+    urgency_pb2,
+    webhooks_pb2,
+)
 
 _DURATION = re.compile(r"([0-9]+)([smhdw])")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -49,6 +63,8 @@ class UserConfig:
     rules: list[notification_pb2.NotificationRule]
     # False when the file does not mention `notification_rules`: apply leaves them alone.
     rules_given: bool = True
+    # False when the file does not mention `handoff_notices`: apply keeps what the user set.
+    handoff_given: bool = False
 
 
 @dataclass
@@ -57,6 +73,14 @@ class DesiredState:
     schedules: list[scheduling_pb2.Schedule] = field(default_factory=list)
     policies: list[escalation_pb2.EscalationPolicy] = field(default_factory=list)
     services: list[incidents_pb2.Service] = field(default_factory=list)
+    rule_sets: list[tuple[routing_pb2.EventRuleSet, str]] = field(default_factory=list)
+    """Event rules (with their path in the file): the global set if the file has
+    `event_rules`, and each service's that has `event_rules` (others are left alone)."""
+    heartbeats: list[routing_pb2.HeartbeatMonitor] = field(default_factory=list)
+    maintenance_windows: list[urgency_pb2.MaintenanceWindow] = field(default_factory=list)
+    webhooks: list[webhooks_pb2.Webhook] = field(default_factory=list)
+    """Outgoing webhook subscriptions, each with the secret read from its `secret_env`."""
+    status_subscriptions: list[webhooks_pb2.Subscription] = field(default_factory=list)
     filename: str = ""
     # The line of every field path read (`users[0].contact_methods[1].address` -> 12), so
     # what the servers say about an object can be reported at its place in the file.
@@ -151,6 +175,13 @@ class _Reader:
             return default
         return int(text)
 
+    def boolean(self, node: yaml.Node | None, path: str, default: bool = False) -> bool:
+        text = self.text(node, path, "true" if default else "false").lower()
+        if text not in ("true", "false", "yes", "no"):
+            self.problem(node, path, f"expected true or false, got {text!r}")
+            return default
+        return text in ("true", "yes")
+
     def duration_seconds(self, node: yaml.Node | None, path: str, allow_zero: bool = False) -> int:
         text = self.text(node, path)
         match = _DURATION.fullmatch(text.strip())
@@ -197,8 +228,22 @@ def load_config_file(path: Path) -> DesiredState:
     state = DesiredState(filename=str(path), lines=reader.lines)
     if root is None:
         return state
-    top = reader.mapping(root, "", {"users", "schedules", "escalation_policies", "services"})
-    for kind in ("users", "schedules", "escalation_policies"):
+    top = reader.mapping(
+        root,
+        "",
+        {
+            "users",
+            "schedules",
+            "escalation_policies",
+            "services",
+            "event_rules",
+            "heartbeats",
+            "webhooks",
+            "status_subscriptions",
+            "maintenance_windows",
+        },
+    )
+    for kind in ("users", "schedules", "escalation_policies", "services"):
         reader.known[kind] = _ids(top.get(kind))
     for i, node in enumerate(reader.sequence(top.get("users"), "users")):
         state.users.append(_user(reader, node, f"users[{i}]"))
@@ -210,17 +255,54 @@ def load_config_file(path: Path) -> DesiredState:
         state.policies.append(_policy(reader, node, f"escalation_policies[{i}]"))
     for i, node in enumerate(reader.sequence(top.get("services"), "services")):
         state.services.append(_service(reader, node, f"services[{i}]"))
+        rules = _service_rules(reader, node, f"services[{i}]", state.services[-1].id)
+        if rules is not None:
+            state.rule_sets.append(rules)
+    if "event_rules" in top:
+        state.rule_sets.insert(
+            0, (event_rule_set(reader, top["event_rules"], "event_rules", ""), "event_rules")
+        )
+    for i, node in enumerate(reader.sequence(top.get("heartbeats"), "heartbeats")):
+        state.heartbeats.append(heartbeat(reader, node, f"heartbeats[{i}]"))
+    for i, node in enumerate(
+        reader.sequence(top.get("maintenance_windows"), "maintenance_windows")
+    ):
+        state.maintenance_windows.append(
+            maintenance_window(reader, node, f"maintenance_windows[{i}]")
+        )
+    for i, node in enumerate(reader.sequence(top.get("webhooks"), "webhooks")):
+        state.webhooks.append(webhook_config.webhook(reader, node, f"webhooks[{i}]"))
+    for i, node in enumerate(
+        reader.sequence(top.get("status_subscriptions"), "status_subscriptions")
+    ):
+        state.status_subscriptions.append(
+            webhook_config.status_subscription(reader, node, f"status_subscriptions[{i}]")
+        )
     _check_duplicates(reader, top)
     if reader.problems:
         raise ConfigFileError(reader.problems)
     return state
 
 
+HANDOFF_NOTICES = ("start", "end", "day_before")
+"""The shift hand-off notices a user may ask for (scheduling/handoff.py's kinds)."""
+_SLACK_CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{2,20}")
+
+
 def _user(r: _Reader, node: yaml.Node, path: str) -> UserConfig:
     m = r.mapping(
         node,
         path,
-        {"id", "name", "time_zone", "email", "role", "contact_methods", "notification_rules"},
+        {
+            "id",
+            "name",
+            "time_zone",
+            "email",
+            "role",
+            "contact_methods",
+            "notification_rules",
+            "handoff_notices",
+        },
         {"id", "name"},
     )
     role_text = r.text(m.get("role"), f"{path}.role", "responder")
@@ -238,6 +320,16 @@ def _user(r: _Reader, node: yaml.Node, path: str) -> UserConfig:
     )
     if "time_zone" in m:
         r.zone(m["time_zone"], f"{path}.time_zone")
+    for j, kind_node in enumerate(r.sequence(m.get("handoff_notices"), f"{path}.handoff_notices")):
+        kind = r.text(kind_node, f"{path}.handoff_notices[{j}]")
+        if kind not in HANDOFF_NOTICES:
+            r.problem(
+                kind_node,
+                f"{path}.handoff_notices[{j}]",
+                f"expected one of {', '.join(HANDOFF_NOTICES)}, got {kind!r}",
+            )
+        elif kind not in user.handoff_notices:
+            user.handoff_notices.append(kind)
     methods = []
     for j, cm_node in enumerate(r.sequence(m.get("contact_methods"), f"{path}.contact_methods")):
         cm_path = f"{path}.contact_methods[{j}]"
@@ -259,7 +351,9 @@ def _user(r: _Reader, node: yaml.Node, path: str) -> UserConfig:
         r.sequence(m.get("notification_rules"), f"{path}.notification_rules")
     ):
         rule_path = f"{path}.notification_rules[{j}]"
-        rule = r.mapping(rule_node, rule_path, {"contact", "after"}, {"contact", "after"})
+        rule = r.mapping(
+            rule_node, rule_path, {"contact", "after", "urgency"}, {"contact", "after"}
+        )
         contact = r.text(rule.get("contact"), f"{rule_path}.contact")
         if "contact" in rule and contact not in known:
             r.problem(
@@ -274,22 +368,43 @@ def _user(r: _Reader, node: yaml.Node, path: str) -> UserConfig:
         )
         rules.append(
             notification_pb2.NotificationRule(
-                contact_method_id=contact, delay=Duration(seconds=seconds)
+                contact_method_id=contact,
+                delay=Duration(seconds=seconds),
+                urgency=_choice(r, rule.get("urgency"), f"{rule_path}.urgency", URGENCIES, "high"),
             )
         )
-    return UserConfig(user, methods, rules, rules_given="notification_rules" in m)
+    return UserConfig(
+        user,
+        methods,
+        rules,
+        rules_given="notification_rules" in m,
+        handoff_given="handoff_notices" in m,
+    )
 
 
 def _schedule(r: _Reader, node: yaml.Node, path: str) -> scheduling_pb2.Schedule:
     m = r.mapping(
-        node, path, {"id", "name", "time_zone", "layers", "overrides"}, {"id", "time_zone"}
+        node,
+        path,
+        {"id", "name", "time_zone", "layers", "overrides", "announce_slack_channel"},
+        {"id", "time_zone"},
     )
     zone = r.zone(m.get("time_zone"), f"{path}.time_zone") if "time_zone" in m else None
     schedule = scheduling_pb2.Schedule(
         id=r.text(m.get("id"), f"{path}.id"),
         name=r.text(m.get("name"), f"{path}.name"),
         time_zone=r.text(m.get("time_zone"), f"{path}.time_zone"),
+        announce_slack_channel=r.text(
+            m.get("announce_slack_channel"), f"{path}.announce_slack_channel"
+        ),
     )
+    channel = schedule.announce_slack_channel
+    if "announce_slack_channel" in m and not _SLACK_CHANNEL_ID.fullmatch(channel.strip().upper()):
+        r.problem(
+            m["announce_slack_channel"],
+            f"{path}.announce_slack_channel",
+            f"expected a Slack channel id like C024BE91L, got {channel!r}",
+        )
     for j, layer_node in enumerate(r.sequence(m.get("layers"), f"{path}.layers")):
         schedule.layers.append(_layer(r, layer_node, f"{path}.layers[{j}]"))
     for j, o_node in enumerate(r.sequence(m.get("overrides"), f"{path}.overrides")):
@@ -344,28 +459,33 @@ def _layer(r: _Reader, node: yaml.Node, path: str) -> scheduling_pb2.Layer:
         user_ids=users,
     )
     for k, res_node in enumerate(r.sequence(m.get("restrictions"), f"{path}.restrictions")):
-        res_path = f"{path}.restrictions[{k}]"
-        res = r.mapping(res_node, res_path, {"days", "from", "to"}, {"days", "from", "to"})
-        restriction = scheduling_pb2.Restriction(to=r.text(res.get("to"), f"{res_path}.to"))
-        setattr(restriction, "from", r.text(res.get("from"), f"{res_path}.from"))
-        for bound in ("from", "to"):
-            if bound in res:
-                try:
-                    time.fromisoformat(r.text(res[bound], f"{res_path}.{bound}"))
-                except ValueError:
-                    r.problem(res[bound], f"{res_path}.{bound}", "expected HH:MM")
-        for d, day_node in enumerate(r.sequence(res.get("days"), f"{res_path}.days")):
-            day = r.text(day_node, f"{res_path}.days[{d}]").lower()
-            if day not in _DAYS:
-                r.problem(
-                    day_node,
-                    f"{res_path}.days[{d}]",
-                    f"expected one of {', '.join(_DAYS)}, got {day!r}",
-                )
-            else:
-                restriction.days.append(_DAYS.index(day) + 1)  # type: ignore[arg-type]
-        layer.restrictions.append(restriction)
+        layer.restrictions.append(_restriction(r, res_node, f"{path}.restrictions[{k}]"))
     return layer
+
+
+def _restriction(r: _Reader, node: yaml.Node, path: str) -> scheduling_pb2.Restriction:
+    """A local window on days of the week (a layer's restriction, a support-hours window)."""
+    res_path = path
+    res = r.mapping(node, res_path, {"days", "from", "to"}, {"days", "from", "to"})
+    restriction = scheduling_pb2.Restriction(to=r.text(res.get("to"), f"{res_path}.to"))
+    setattr(restriction, "from", r.text(res.get("from"), f"{res_path}.from"))
+    for bound in ("from", "to"):
+        if bound in res:
+            try:
+                time.fromisoformat(r.text(res[bound], f"{res_path}.{bound}"))
+            except ValueError:
+                r.problem(res[bound], f"{res_path}.{bound}", "expected HH:MM")
+    for d, day_node in enumerate(r.sequence(res.get("days"), f"{res_path}.days")):
+        day = r.text(day_node, f"{res_path}.days[{d}]").lower()
+        if day not in _DAYS:
+            r.problem(
+                day_node,
+                f"{res_path}.days[{d}]",
+                f"expected one of {', '.join(_DAYS)}, got {day!r}",
+            )
+        else:
+            restriction.days.append(_DAYS.index(day) + 1)  # type: ignore[arg-type]
+    return restriction
 
 
 def _policy(r: _Reader, node: yaml.Node, path: str) -> escalation_pb2.EscalationPolicy:
@@ -377,16 +497,39 @@ def _policy(r: _Reader, node: yaml.Node, path: str) -> escalation_pb2.Escalation
     )
     for j, level_node in enumerate(r.sequence(m.get("levels"), f"{path}.levels")):
         level_path = f"{path}.levels[{j}]"
-        level = r.mapping(level_node, level_path, {"delay", "targets"}, {"delay", "targets"})
+        level = r.mapping(
+            level_node, level_path, {"delay", "targets", "strategy"}, {"delay", "targets"}
+        )
         seconds = (
             r.duration_seconds(level.get("delay"), f"{level_path}.delay") if "delay" in level else 0
         )
-        message = escalation_pb2.EscalationLevel(delay=Duration(seconds=seconds))
+        message = escalation_pb2.EscalationLevel(
+            delay=Duration(seconds=seconds),
+            strategy=level_strategy(r, level.get("strategy"), f"{level_path}.strategy"),
+        )
         for k, t_node in enumerate(r.sequence(level.get("targets"), f"{level_path}.targets")):
             t_path = f"{level_path}.targets[{k}]"
-            target = r.mapping(t_node, t_path, {"user", "schedule"})
+            target = r.mapping(
+                t_node, t_path, {"user", "schedule", "slack_channel", "teams_channel"}
+            )
             if len(target) != 1:
-                r.problem(t_node, t_path, "name exactly one of user or schedule")
+                r.problem(
+                    t_node,
+                    t_path,
+                    "name exactly one of user, schedule, slack_channel or teams_channel",
+                )
+            elif "slack_channel" in target:
+                message.targets.append(
+                    escalation_pb2.EscalationTarget(
+                        slack_channel=r.text(target["slack_channel"], f"{t_path}.slack_channel")
+                    )
+                )
+            elif "teams_channel" in target:
+                message.targets.append(
+                    escalation_pb2.EscalationTarget(
+                        teams_channel=r.text(target["teams_channel"], f"{t_path}.teams_channel")
+                    )
+                )
             elif "user" in target:
                 message.targets.append(
                     escalation_pb2.EscalationTarget(
@@ -409,10 +552,21 @@ def _service(r: _Reader, node: yaml.Node, path: str) -> incidents_pb2.Service:
     m = r.mapping(
         node,
         path,
-        {"id", "name", "escalation_policy", "integration_key"},
+        {
+            "id",
+            "name",
+            "escalation_policy",
+            "integration_key",
+            "grouping",
+            "event_rules",
+            "urgency",
+            "support_hours",
+            "ack_timeout",
+            "page_after_maintenance",
+        },
         {"id", "escalation_policy"},
     )
-    return incidents_pb2.Service(
+    service = incidents_pb2.Service(
         id=r.text(m.get("id"), f"{path}.id"),
         name=r.text(m.get("name"), f"{path}.name"),
         escalation_policy_id=r.reference(
@@ -423,6 +577,99 @@ def _service(r: _Reader, node: yaml.Node, path: str) -> incidents_pb2.Service:
         ),
         integration_key=r.text(m.get("integration_key"), f"{path}.integration_key"),
     )
+    if "grouping" in m:
+        service.grouping.CopyFrom(grouping(r, m["grouping"], f"{path}.grouping"))
+    if "urgency" in m:
+        service.urgency.CopyFrom(_urgency_rule(r, m["urgency"], f"{path}.urgency"))
+    if "support_hours" in m:
+        hours_path = f"{path}.support_hours"
+        hours = r.mapping(
+            m["support_hours"], hours_path, {"time_zone", "windows"}, {"time_zone", "windows"}
+        )
+        if "time_zone" in hours:
+            r.zone(hours["time_zone"], f"{hours_path}.time_zone")
+        service.support_hours.time_zone = r.text(hours.get("time_zone"), f"{hours_path}.time_zone")
+        windows = r.sequence(hours.get("windows"), f"{hours_path}.windows")
+        if "windows" in hours and not windows:
+            r.problem(hours["windows"], f"{hours_path}.windows", "needs at least one window")
+        for k, w_node in enumerate(windows):
+            service.support_hours.windows.append(
+                _restriction(r, w_node, f"{hours_path}.windows[{k}]")
+            )
+    service.page_after_maintenance = r.boolean(
+        m.get("page_after_maintenance"), f"{path}.page_after_maintenance"
+    )
+    if "ack_timeout" in m:
+        seconds = r.duration_seconds(m["ack_timeout"], f"{path}.ack_timeout", allow_zero=True)
+        if seconds:
+            service.ack_timeout.CopyFrom(Duration(seconds=seconds))
+    return service
+
+
+def _service_rules(
+    r: _Reader, node: yaml.Node, path: str, service_id: str
+) -> tuple[routing_pb2.EventRuleSet, str] | None:
+    """The service's `event_rules`, if the file gives them (parsed after the service)."""
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    for key, value in node.value:
+        if key.value == "event_rules":
+            rules_path = f"{path}.event_rules"
+            return event_rule_set(r, value, rules_path, service_id), rules_path
+    return None
+
+
+URGENCIES = {"high": common_pb2.URGENCY_UNSPECIFIED, "low": common_pb2.URGENCY_LOW}
+"""A notification rule's `urgency:` (default high, which notification stores unset)."""
+URGENCY_MODES = {
+    "high": urgency_pb2.URGENCY_MODE_ALWAYS_HIGH,
+    "low": urgency_pb2.URGENCY_MODE_ALWAYS_LOW,
+    "severity": urgency_pb2.URGENCY_MODE_SEVERITY,
+    "support_hours": urgency_pb2.URGENCY_MODE_SUPPORT_HOURS,
+}
+"""A service's `urgency:` (or `urgency: {mode: ...}`)."""
+SEVERITIES = {
+    "info": common_pb2.SEVERITY_INFO,
+    "warning": common_pb2.SEVERITY_WARNING,
+    "error": common_pb2.SEVERITY_ERROR,
+    "critical": common_pb2.SEVERITY_CRITICAL,
+}
+
+
+def _choice(
+    r: _Reader, node: yaml.Node | None, path: str, names: Mapping[str, Any], default: str
+) -> Any:
+    text = r.text(node, path, default)
+    if text not in names:
+        r.problem(node, path, f"expected one of {', '.join(names)}, got {text!r}")
+        return names[default]
+    return names[text]
+
+
+def _urgency_rule(r: _Reader, node: yaml.Node, path: str) -> urgency_pb2.UrgencyRule:
+    """`urgency: severity`, or a mapping with `mode` and the options of that mode."""
+    if isinstance(node, yaml.ScalarNode):
+        return urgency_pb2.UrgencyRule(mode=_choice(r, node, path, URGENCY_MODES, "high"))
+    m = r.mapping(
+        node,
+        path,
+        {"mode", "high_severities", "low_inside_support_hours", "defer_low_outside_support_hours"},
+        {"mode"},
+    )
+    rule = urgency_pb2.UrgencyRule(
+        mode=_choice(r, m.get("mode"), f"{path}.mode", URGENCY_MODES, "high")
+    )
+    for k, sev_node in enumerate(r.sequence(m.get("high_severities"), f"{path}.high_severities")):
+        rule.high_severities.append(
+            _choice(r, sev_node, f"{path}.high_severities[{k}]", SEVERITIES, "critical")
+        )
+    rule.low_inside_support_hours = r.boolean(
+        m.get("low_inside_support_hours"), f"{path}.low_inside_support_hours"
+    )
+    rule.defer_low_outside_support_hours = r.boolean(
+        m.get("defer_low_outside_support_hours"), f"{path}.defer_low_outside_support_hours"
+    )
+    return rule
 
 
 def _ids(section: yaml.Node | None) -> set[str]:
@@ -442,7 +689,16 @@ def _ids(section: yaml.Node | None) -> set[str]:
 def _check_duplicates(r: _Reader, top: dict[str, yaml.Node]) -> None:
     _check_unique_values(r, top, "users", "contact_methods", "id", "contact method id")
     _check_unique_values(r, top, "services", None, "integration_key", "integration key")
-    for kind in ("users", "schedules", "escalation_policies", "services"):
+    for kind in (
+        "users",
+        "schedules",
+        "escalation_policies",
+        "services",
+        "heartbeats",
+        "webhooks",
+        "status_subscriptions",
+        "maintenance_windows",
+    ):
         seen: set[str] = set()
         section = top.get(kind)
         items = section.value if isinstance(section, yaml.SequenceNode) else []
