@@ -87,36 +87,12 @@ def generate(count: int, seed: int = 2026) -> list[dict[str, Any]]:
                 "version": 3,
                 "synced_version": 3,
                 "sync_due": False,
+                "recheck_ms": None,
                 "search_text": f"{summary}\nhost-{rng.randrange(400)}\n{note}",
                 "proto": incident.SerializeToString(),
             }
         )
     return rows
-
-
-async def _bulk_insert(store: ArchiveStore, rows: list[dict[str, Any]]) -> None:
-    columns = [c.name for c in incidents.columns]
-    chunk = 20_000
-    for start in range(0, len(rows), chunk):
-        part = rows[start : start + chunk]
-        async with store.engine.begin() as conn:
-            if store.dialect == "postgresql":
-                raw = await conn.get_raw_connection()
-                await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
-                    "incidents",
-                    records=[tuple(r[c] for c in columns) for r in part],
-                    columns=columns,
-                )
-            else:
-                raw = await conn.get_raw_connection()
-                marks = ", ".join("?" for _ in columns)
-                await raw.driver_connection.executemany(  # type: ignore[union-attr]
-                    f"INSERT INTO incidents ({', '.join(columns)}) VALUES ({marks})",
-                    [tuple(r[c] for c in columns) for r in part],
-                )
-    if store.dialect == "postgresql":
-        async with store.engine.begin() as conn:
-            await conn.exec_driver_sql("ANALYZE incidents")
 
 
 async def bulk_insert(store: ArchiveStore, rows: list[dict[str, Any]]) -> None:
@@ -127,7 +103,7 @@ async def bulk_insert(store: ArchiveStore, rows: list[dict[str, Any]]) -> None:
         part = rows[start : start + chunk]
         async with store.engine.begin() as conn:
             raw = await conn.get_raw_connection()
-            records = [tuple(r[c] for c in columns) for r in part]
+            records = [tuple(r.get(c) for c in columns) for r in part]  # absent: NULL
             if store.dialect == "postgresql":
                 await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
                     "incidents", records=records, columns=columns

@@ -11,13 +11,18 @@ Alertmanager or PagerDuty client would send them again after `Retry-After`).
 Then the fake Twilio's SMS are read back: each accepted alert must have exactly one SMS
 (to lt-primary for the storm, lt-canary for canaries; the body names the alert), a refused
 one none. Latency runs from an alert's due time to its SMS's arrival at the fake (both
-CLOCK_MONOTONIC). Redis memory is read before the storm, when its last alert was
-answered, and after the last page (`INFO memory`), with `MEMORY USAGE` of a sample of
-incidents' own keys and of the event streams (bytes per stream entry). Everything goes to
+CLOCK_MONOTONIC). A third process acknowledges storm incidents during the storm (`--acks`,
+100 by default, from 1 s after its start to its end, through the same endpoint and the
+storm's own routing key): each must be answered 202 at once (acknowledgements are never
+throttled) and its incident, if it was open, be acknowledged. Redis memory is read
+before the storm, when its last alert was answered, and after the last page (`INFO
+memory`), with `MEMORY USAGE` of a sample of incidents' own keys and of the event
+streams (bytes per stream entry). Everything goes to
 `<out>/result.json`; the summary is printed. BENCHMARKS.md has the figures.
 
     .venv/bin/python -m loadtests.storm --out loadtests/results/storm            # defaults
     .venv/bin/python -m loadtests.storm --rate-limit 0 --out loadtests/results/storm-nolimit
+    .venv/bin/python -m loadtests.storm --storm 0 --out loadtests/results/storm-control  # no storm
 
 `--rate-limit` sets TOCSIN_EVENTS_API_RATE (events per minute per routing key; the
 product's default, 600, unless given; 0 = off, the issue's storm).
@@ -58,6 +63,9 @@ QUIET_SERVICE = "lt-quiet"
 QUIET_KEY = "10ad7e5710ad7e5710ad7e5710ad0002"
 CANARY_NUMBER = "+12025550103"
 CONNECTIONS = 256
+SIDE_CONNECTIONS = 16
+"""Connections of the canaries' and the acknowledgements' senders: enough that a slow
+answer does not hold the next one back in the sender (a queue of the generator's own)."""
 
 
 def storm_summary(run_id: str, n: int) -> str:
@@ -66,6 +74,20 @@ def storm_summary(run_id: str, n: int) -> str:
 
 def canary_summary(run_id: str, n: int) -> str:
     return f"ca {run_id} {n} canary on the quiet service"
+
+
+def _ack(key: str, dedup_key: str) -> bytes:
+    return json.dumps(
+        {"routing_key": key, "event_action": "acknowledge", "dedup_key": dedup_key}
+    ).encode()
+
+
+def acked_storm_alerts(acks: int, storm: int) -> list[int]:
+    """The storm alerts the acknowledgements name: among the first 600 (due in the first
+    fifth of a second at the default rate, so open by the time their acknowledgement is
+    due, and within the per-key burst when the rate limit is on)."""
+    first = min(storm, 600)
+    return [i * first // acks for i in range(acks)] if acks and storm else []
 
 
 def _event(key: str, dedup_key: str, summary: str) -> bytes:
@@ -91,6 +113,7 @@ class Offered:
     status: list[int] = field(default_factory=list)
     retry_after: list[str] = field(default_factory=list)
     cpu_s: float = 0.0
+    replied_ns: list[int] = field(default_factory=list)
 
 
 class _Conn(asyncio.Protocol):
@@ -134,7 +157,8 @@ class _Load:
             for body in bodies
         ]
         self.host, self.port = host, port
-        self.offered = Offered([0] * len(bodies), [0] * len(bodies), [""] * len(bodies), 0.0)
+        n = len(bodies)
+        self.offered = Offered([0] * n, [0] * n, [""] * n, 0.0, [0] * n)
         self._idle: list[_Conn] = []
         self._all: list[_Conn] = []
         self._waiting: deque[int] = deque()
@@ -195,6 +219,7 @@ class _Load:
 
     def replied(self, conn: _Conn, status: int) -> None:
         self.offered.status[conn.index] = status
+        self.offered.replied_ns[conn.index] = time.monotonic_ns()
         self.offered.retry_after[conn.index] = conn.retry_after
         conn.index = -1
         self._finish()
@@ -359,6 +384,56 @@ async def _canary_path(
     }
 
 
+async def _acknowledged(
+    client: TocsinClient, run_id: str, storm: Offered, acked: list[int]
+) -> set[int]:
+    """The accepted storm alerts named by an acknowledgement whose incident is acknowledged
+    (an incident acknowledged before its page is sent must not page: not lost)."""
+    found: set[int] = set()
+    for n in sorted(set(acked)):
+        if storm.status[n] != 202:
+            continue
+        request = incidents_pb2.ListIncidentsRequest(
+            service_ids=[STORM_SERVICE], summary_contains=f"st {run_id} {n} disk", page_size=5
+        )
+        incidents = (await client.incidents.ListIncidents(request, timeout=60)).incidents
+        if incidents and incidents[0].HasField("acknowledged_at"):
+            found.add(n)
+    return found
+
+
+def _acks(
+    acked: list[int], offered: Offered, storm: Offered, acknowledged: set[int]
+) -> dict[str, Any]:
+    """The acknowledgements sent during the storm: their replies (due -> answer), and of
+    those whose storm alert was accepted and answered before the acknowledgement was sent,
+    how many found their incident (acknowledged) and how many did not."""
+    statuses = Counter(offered.status)
+    replies = [
+        (offered.replied_ns[i] - offered.due_ns[i]) / 1e6
+        for i, status in enumerate(offered.status)
+        if status
+    ]
+    taken, missed = 0, []
+    for i, n in enumerate(acked):
+        if offered.status[i] != 202 or storm.status[n] != 202:
+            continue
+        if not 0 < storm.replied_ns[n] < offered.due_ns[i]:
+            continue  # the trigger was not answered yet when the acknowledgement went
+        if n in acknowledged:
+            taken += 1
+        else:
+            missed.append(n)
+    return {
+        "offered": len(offered.status),
+        "statuses": {str(s): c for s, c in statuses.items()},
+        "reply_ms": _percentiles(replies),
+        "acknowledged_open_incident": taken,
+        "not_acknowledged": len(missed),
+        "not_acknowledged_alerts": missed[:20],
+    }
+
+
 # -- the run -----------------------------------------------------------------------------
 
 
@@ -372,6 +447,8 @@ class Options:
     rate_limit: int = 600
     """TOCSIN_EVENTS_API_RATE (the product's default; the other load tests turn it off)."""
     backlog_max_age: str | None = None
+    acks: int = 100
+    """Acknowledgements of storm incidents sent during the storm."""
     drain_timeout: float = 30.0
     log_level: str = "WARNING"
 
@@ -407,12 +484,28 @@ async def _measure(options: Options, run_id: str, target: Target, data_dir: Path
         before = await _memory(redis)
         streams_before = await _stream_bytes(redis)
         http = target.endpoints.http
-        storm = _spawn(http, storm_bodies, options.storm / options.storm_seconds, CONNECTIONS)
-        canaries = _spawn(http, canary_bodies, options.canaries / options.canary_seconds, 2)
+        storm_rate = max(options.storm / options.storm_seconds, 1.0)
+        storm = _spawn(http, storm_bodies, storm_rate, CONNECTIONS if options.storm else 1)
+        canaries = _spawn(
+            http, canary_bodies, options.canaries / options.canary_seconds, SIDE_CONNECTIONS
+        )
+        acked = acked_storm_alerts(options.acks, options.storm)
+        ack_bodies = [_ack(STORM_KEY, f"st-{run_id}-{n}") for n in acked]
+        ack_seconds = max(0.1, options.storm_seconds - 1)
+        ackers = (
+            _spawn(http, ack_bodies, len(ack_bodies) / ack_seconds, SIDE_CONNECTIONS)
+            if acked
+            else None
+        )
         start_ns = time.monotonic_ns() + 300_000_000
         storm.conn.send(start_ns)
         canaries.conn.send(start_ns)
+        if ackers is not None:
+            ackers.conn.send(start_ns + 1_000_000_000)
         storm_offered: Offered = await asyncio.to_thread(storm.conn.recv)
+        ack_offered: Offered | None = None
+        if ackers is not None:
+            ack_offered = await asyncio.to_thread(ackers.conn.recv)
         answered_ns = time.monotonic_ns()
         at_peak = await _memory(redis)
         streams_at_peak = await _stream_bytes(redis)
@@ -420,6 +513,8 @@ async def _measure(options: Options, run_id: str, target: Target, data_dir: Path
         accepted = {("st", n) for n, status in enumerate(storm_offered.status) if status == 202} | {
             ("ca", n) for n, status in enumerate(canary_offered.status) if status == 202
         }
+        acknowledged = await _acknowledged(client, run_id, storm_offered, acked)
+        accepted -= {("st", n) for n in acknowledged}  # may have been silenced before paging
         # wait for every accepted alert's SMS (or none new for drain_timeout)
         seen, quiet_since = -1, time.monotonic()
         while True:
@@ -440,6 +535,11 @@ async def _measure(options: Options, run_id: str, target: Target, data_dir: Path
         streams_after = await _stream_bytes(redis)
         incident_bytes = await _incident_bytes(redis, client, run_id)
         canary_path = await _canary_path(client, run_id, arrivals, canary_offered)
+        ack_side = (
+            _acks(acked, ack_offered, storm_offered, acknowledged)
+            if ack_offered is not None
+            else None
+        )
     finally:
         await redis.aclose()
         await client.close()
@@ -460,7 +560,14 @@ async def _measure(options: Options, run_id: str, target: Target, data_dir: Path
             "refused_503": statuses.get(503, 0),
             "refused_with_retry_after": sum(1 for i in refused if offered.retry_after[i]),
             "other_statuses": {str(s): c for s, c in statuses.items() if s not in (202, 429, 503)},
-            "lost": sum(1 for i in ok if (kind, i) not in arrivals),
+            "lost": sum(
+                1
+                for i in ok
+                if (kind, i) not in arrivals and not (kind == "st" and i in acknowledged)
+            ),
+            "acknowledged_before_paged": sum(
+                1 for i in ok if (kind, i) not in arrivals and kind == "st" and i in acknowledged
+            ),
             "duplicates": sum(
                 len(arrivals.get((kind, i), [])) - 1 for i in ok if (kind, i) in arrivals
             ),
@@ -470,7 +577,7 @@ async def _measure(options: Options, run_id: str, target: Target, data_dir: Path
         }
 
     storm_side = side("st", storm_offered)
-    first_due = min(storm_offered.due_ns)
+    first_due = min(storm_offered.due_ns or canary_offered.due_ns)  # --storm 0: a control
     accepted_incidents = storm_side["accepted"] + side("ca", canary_offered)["accepted"]
     stream_entries_added = streams_at_peak[1] - streams_before[1]
     result = {
@@ -480,6 +587,7 @@ async def _measure(options: Options, run_id: str, target: Target, data_dir: Path
         "storm": storm_side,
         "canaries": side("ca", canary_offered),
         "canary_path_ms": canary_path,
+        "acks": ack_side,
         "wrong_or_refused_sms": wrong,
         "storm_answered_after_s": round((answered_ns - first_due) / 1e9, 1),
         "last_page_after_s": round((drained_ns - first_due) / 1e9, 1),
@@ -526,6 +634,7 @@ def main(argv: list[str] | None = None) -> None:
         "--rate-limit", type=int, default=600, help="TOCSIN_EVENTS_API_RATE (600, the default)"
     )
     parser.add_argument("--backlog-max-age", default=None, help="TOCSIN_BACKLOG_MAX_AGE")
+    parser.add_argument("--acks", type=int, default=100, help="acknowledgements (100)")
     parser.add_argument("--drain-timeout", type=float, default=30.0)
     args = parser.parse_args(argv)
     options = Options(
@@ -536,6 +645,7 @@ def main(argv: list[str] | None = None) -> None:
         canary_seconds=args.canary_seconds,
         rate_limit=args.rate_limit,
         backlog_max_age=args.backlog_max_age,
+        acks=args.acks,
         drain_timeout=args.drain_timeout,
     )
     options.out.mkdir(parents=True, exist_ok=True)
@@ -544,7 +654,8 @@ def main(argv: list[str] | None = None) -> None:
         [sys.executable, "-m", "loadtests.storm", *(argv or sys.argv[1:])]
     )
     (options.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("storm", "canaries", "redis")}, indent=2))
+    shown = ("storm", "canaries", "canary_path_ms", "acks", "redis")
+    print(json.dumps({k: result[k] for k in shown}, indent=2))
 
 
 if __name__ == "__main__":

@@ -199,20 +199,20 @@ async def _unary_sender(target: str) -> AsyncIterator[Send]:
             await channel.close()
 
 
-Offer = Callable[[int, int], Coroutine[Any, Any, tuple[HdrHistogram, int, float]]]
-"""Offer (rate, count): latencies (us), errors, seconds from the first due time to the
-last reply."""
+Offer = Callable[[int, int], Coroutine[Any, Any, tuple[HdrHistogram, dict[str, int], float]]]
+"""Offer (rate, count): latencies (us), errors by kind, seconds from the first due time to
+the last reply."""
 
 
 def _through(sender: Callable[[], contextlib.AbstractAsyncContextManager[Send]]) -> Offer:
     """An Offer from a per-request sender (one task per request, loadtests.openloop)."""
 
-    async def offer(rate: int, count: int) -> tuple[HdrHistogram, int, float]:
+    async def offer(rate: int, count: int) -> tuple[HdrHistogram, dict[str, int], float]:
         async with sender() as send:
             histogram = latency_histogram()
             start = time.monotonic_ns() + 20_000_000
             shots = await open_loop(rate, count, start, send, Progress([0] * 4), histogram, False)
-            return histogram, sum(shots.errors.values()), (time.monotonic_ns() - start) / 1e9
+            return histogram, dict(shots.errors), (time.monotonic_ns() - start) / 1e9
 
     return offer
 
@@ -228,20 +228,28 @@ def _events_api(address: str) -> Offer:
     }
     host, port = address.rsplit(":", 1)
 
-    async def offer(rate: int, count: int) -> tuple[HdrHistogram, int, float]:
+    async def offer(rate: int, count: int) -> tuple[HdrHistogram, dict[str, int], float]:
         load = HttpLoad(host, int(port), "/v2/enqueue", json.dumps(event).encode(), 256, 202)
         result = await load.run(rate, count)
-        return result.histogram, sum(result.errors.values()), result.seconds
+        return result.histogram, dict(result.errors), result.seconds
 
     return offer
 
 
+REFUSED = "HTTP 429"
+
+
 def _measure(offer: Offer, rate: int, count: int) -> dict[str, Any]:
     histogram, errors, seconds = asyncio.run(offer(rate, count))
+    refused = errors.pop(REFUSED, 0)
     return {
         "offered_per_s": rate,
-        "absorbed_per_s": round(count / seconds),
-        "errors": errors,
+        "offered": count,
+        "absorbed_per_s": round((count - refused) / seconds),
+        # 429 with Retry-After is the gateway's backpressure (at most 128 triggers of one
+        # routing key in flight per gateway), which senders retry: counted, not an error.
+        "refused_429": refused,
+        "errors": sum(errors.values()),
         "latency_ms": {
             p: round(histogram.get_value_at_percentile(p) / 1000, 1) for p in (50, 99, 100)
         },
@@ -280,7 +288,11 @@ def test_repeat_alerts_absorbed_over_grpc(benchmark: BenchmarkFixture, stack: St
 
 def test_repeat_alerts_absorbed_over_events_api(benchmark: BenchmarkFixture, stack: Stack) -> None:
     _absorb(benchmark, stack, "/v2/enqueue", _events_api(stack.http), REPEAT_RATES)
-    assert not any(run["errors"] for run in benchmark.extra_info["repeat_alerts_/v2/enqueue"])
+    runs = benchmark.extra_info["repeat_alerts_/v2/enqueue"]
+    assert not any(run["errors"] for run in runs)
+    # How many the per-key in-flight cap refuses depends on the machine's load (the cap
+    # bounds throughput at 128 / latency): reported, not asserted; some must get through.
+    assert all(run["refused_429"] < run["offered"] for run in runs)
 
 
 def test_repeat_alerts_absorbed_over_unary_trigger(

@@ -228,12 +228,12 @@ class Throughput:
     """Notification process CPU per page: what one core's worth of it can carry."""
 
 
-async def _throughput(deployment: Deployment, redis_url: str) -> Throughput:
+async def _throughput(deployment: Deployment, redis_url: str, incidents_n: int) -> Throughput:
     redis = await connect_redis(redis_url)
     try:
         await _seed_users(redis)
         async with _stubs(deployment) as (incidents, notification):
-            ids = await _open_incidents(redis, incidents, THROUGHPUT_INCIDENTS, "t")
+            ids = await _open_incidents(redis, incidents, incidents_n, "t")
             await _reset(deployment.fake_url)
             work = iter([(i, u) for i in ids for u in range(USERS)])
 
@@ -254,14 +254,14 @@ async def _throughput(deployment: Deployment, redis_url: str) -> Throughput:
     return Throughput(rate, 1000 * cpu_s / len(pages))
 
 
-async def _latency(deployment: Deployment, redis_url: str) -> HdrHistogram:
+async def _latency(deployment: Deployment, redis_url: str, pages_n: int) -> HdrHistogram:
     redis = await connect_redis(redis_url)
     try:
         await _seed_users(redis)
         async with _stubs(deployment) as (incidents, notification):
-            ids = await _open_incidents(redis, incidents, LATENCY_PAGES // USERS, "l")
+            ids = await _open_incidents(redis, incidents, pages_n // USERS, "l")
             await _reset(deployment.fake_url)
-            pairs = [(i, u) for i in ids for u in range(USERS)][:LATENCY_PAGES]
+            pairs = [(i, u) for i in ids for u in range(USERS)][:pages_n]
             started: dict[str, int] = {}
             calls = []
             begin = time.monotonic()
@@ -290,8 +290,10 @@ def test_sms_pages_per_second_from_one_notification_process(
     benchmark: BenchmarkFixture, deployment: Deployment, redis_url: str
 ) -> None:
     results: list[Throughput] = []
+    # Disabled (the test suite's smoke run): a tenth of the work, the same checks.
+    incidents_n = THROUGHPUT_INCIDENTS // 10 if benchmark.disabled else THROUGHPUT_INCIDENTS
     benchmark.pedantic(
-        lambda: results.append(asyncio.run(_throughput(deployment, redis_url))),
+        lambda: results.append(asyncio.run(_throughput(deployment, redis_url, incidents_n))),
         rounds=1,
         iterations=1,
     )
@@ -308,8 +310,9 @@ def test_notify_to_twilio_latency_at_100_per_second(
     benchmark: BenchmarkFixture, deployment: Deployment, redis_url: str
 ) -> None:
     histograms: list[HdrHistogram] = []
+    pages_n = LATENCY_PAGES // 10 if benchmark.disabled else LATENCY_PAGES
     benchmark.pedantic(
-        lambda: histograms.append(asyncio.run(_latency(deployment, redis_url))),
+        lambda: histograms.append(asyncio.run(_latency(deployment, redis_url, pages_n))),
         rounds=1,
         iterations=1,
     )
@@ -319,4 +322,4 @@ def test_notify_to_twilio_latency_at_100_per_second(
     }
     figures["max_ms"] = round(histogram.get_max_value() / 1000, 2)
     benchmark.extra_info.update(figures)
-    print(f"\nNotify -> Twilio request at {LATENCY_RATE}/s, {LATENCY_PAGES} pages: {figures}")
+    print(f"\nNotify -> Twilio request at {LATENCY_RATE}/s, {pages_n} pages: {figures}")

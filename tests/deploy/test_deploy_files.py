@@ -897,4 +897,8 @@ def test_secrets_come_from_git_ignored_files() -> None:
         "TOCSIN_WEBHOOK_SECRET",
         "TOCSIN_SLACK_BOT_TOKEN",
         "TOCSIN_SLACK_SIGNING_SECRET",
+        "TOCSIN_SMS_FALLBACK_ACCOUNT_SID",
+        "TOCSIN_SMS_FALLBACK_AUTH_TOKEN",
+        "TOCSIN_SMS_FALLBACK_FROM_NUMBER",
+        "TOCSIN_SMS_FALLBACK_BASE_URL",
     }

@@ -31,7 +31,14 @@ START = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 """The virtual start: Friday 04:00 in New York; alice is on call for `primary` until 09:00
 local, bob for `secondary` until 20:00Z."""
 HERE = Path(__file__).parent
-CONFIGS = (EXAMPLE_CONFIG, HERE / "acceptance.yaml", HERE / "failover.yaml", HERE / "chaos.yaml")
+CONFIGS = (
+    EXAMPLE_CONFIG,
+    HERE / "acceptance.yaml",
+    HERE / "failover.yaml",
+    HERE / "chaos.yaml",
+    HERE / "heartbeats.yaml",
+    HERE / "urgency.yaml",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

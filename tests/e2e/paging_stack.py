@@ -59,7 +59,12 @@ class PagingStack:
         return self.clock.now_ms()
 
     def enqueue(
-        self, routing_key: str, action: str, dedup_key: str, summary: str | None = None
+        self,
+        routing_key: str,
+        action: str,
+        dedup_key: str,
+        summary: str | None = None,
+        severity: str = "critical",
     ) -> dict[str, Any]:
         """One Events API v2 event, as Alertmanager or Grafana would post it."""
         event: dict[str, Any] = {
@@ -68,7 +73,7 @@ class PagingStack:
             "dedup_key": dedup_key,
         }
         if summary is not None:
-            event["payload"] = {"summary": summary, "source": "e2e", "severity": "critical"}
+            event["payload"] = {"summary": summary, "source": "e2e", "severity": severity}
         reply = httpx.post(f"{self.stack.http}/v2/enqueue", json=event, timeout=10)
         assert reply.status_code == 202, reply.text
         body: dict[str, Any] = reply.json()

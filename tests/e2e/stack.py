@@ -77,9 +77,10 @@ def descendants(pid: int) -> set[int]:
     while frontier:
         parent = frontier.pop()
         for task in Path(f"/proc/{parent}/task").glob("*"):
-            children = (
-                (task / "children").read_text().split() if (task / "children").exists() else []
-            )
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:  # the task (or process) ended while we looked: no children
+                children = []
             for child in map(int, children):
                 if child not in found:
                     found.add(child)

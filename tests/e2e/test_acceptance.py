@@ -62,11 +62,11 @@ def test_an_alert_pages_the_on_call_by_sms_then_voice_then_the_next_level_until_
 
     incident = tocsin.incident("payments-api", "db1-disk")
     answer = pager.reply_sms("bob", f"{reply_code(bob_sms)}a")
-    assert answer.startswith(f"Acknowledged #{incident.id}")
+    assert answer.startswith(f"Acknowledged #{incident.number}")
     # bob's call was due 2 minutes after his SMS, and the policy loops after 10
     pager.expect_no_more_pages(until=bob_sms.at + minutes(2.5))
 
-    shown = tocsin.cli_json("incident", incident.id)
+    shown = tocsin.cli_json("incident", str(incident.number))
     assert shown["status"] == "acknowledged"
     assert shown["acknowledged_by"] == "bob (sms)"
     steps = [(entry["kind"], entry["message"]) for entry in shown["timeline"]]

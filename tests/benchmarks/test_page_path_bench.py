@@ -1,0 +1,194 @@
+"""Redis round trips on the page path: one lone new incident, from Trigger to the Twilio
+request of its first SMS, counted on the whole stack in one event loop.
+
+Every service is real (tests/escalation/stack.py: incidents, scheduling, escalation,
+notification, the fake Twilio, one ManualClock) on a private standalone Redis. Each write
+a connection sends to Redis (`send_packed_command`: one command, one pipeline or one
+script call) is one round trip; they are listed in order with the time they were sent,
+and those sent before the fake Twilio received the SMS are the page path's. Redis's own
+INFO commandstats gives, besides, how many commands ran inside the scripts.
+
+The level is a schedule (WhoIsOnCall) followed by a user, as a team's policy is. The test
+fails when the page path takes more round trips than `ROUND_TRIP_BUDGET`, so a change that
+adds one shows; lower the budget when a change removes some. Run with
+`.venv/bin/pytest tests/benchmarks/test_page_path_bench.py -s` to see the list
+(figures in BENCHMARKS.md, "Round trips on the page path").
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from redis.asyncio.connection import AbstractConnection
+from redis.commands.core import AsyncScript
+
+from tests.escalation.stack import FullStack, full_stack, schedule, user
+from tests.notification.stack import ALICE, BOB, SMS
+from tocsin.runtime.redis import RedisClient
+from tocsin.runtime.scripts import LuaScript
+
+ROUND_TRIP_BUDGET = 19
+"""Round trips before the Twilio request allowed (measured on main; lower it as they drop)."""
+
+
+def _commands(packed: bytes) -> list[list[bytes]]:
+    """The commands (first two arguments each) of a RESP-packed write."""
+    out: list[list[bytes]] = []
+    i = 0
+    while i < len(packed) and packed[i : i + 1] == b"*":
+        end = packed.index(b"\r\n", i)
+        count = int(packed[i + 1 : end])
+        i = end + 2
+        args: list[bytes] = []
+        for _ in range(count):
+            end = packed.index(b"\r\n", i)
+            size = int(packed[i + 1 : end])
+            i = end + 2
+            if len(args) < 2:
+                args.append(packed[i : i + size])
+            i += size + 2
+        out.append(args)
+    return out
+
+
+def _script_names() -> dict[bytes, str]:
+    names: dict[bytes, str] = {}
+    for obj in gc.get_objects():
+        if isinstance(obj, LuaScript):
+            names[obj.script.sha.encode()] = obj.name
+    for obj in gc.get_objects():
+        if isinstance(obj, AsyncScript) and obj.sha.encode() not in names:
+            body = bytes(obj.script).decode() if not isinstance(obj.script, str) else obj.script
+            comments = [ln for ln in body.splitlines() if ln.startswith("--")]
+            names[obj.sha.encode()] = comments[-1][:60] if comments else obj.sha[:8]
+    return names
+
+
+_POLLS = (b"XREADGROUP", b"XRANGE", b"XREVRANGE", b"XPENDING", b"XAUTOCLAIM")
+Sent = list[tuple[int, list[list[bytes]]]]
+
+
+@contextmanager
+def round_trips(polls_by_sha: frozenset[bytes]) -> Iterator[Sent]:
+    """Every write to Redis from this process while inside: (monotonic ns, commands),
+    less the polls that found nothing (the test stack polls every shard's stream and
+    timers where a deployed process blocks; an empty poll is no step of the page), SCRIPT
+    LOADs (once per script and process), connection handshakes (HELLO, CLIENT: once
+    per pooled connection) and XINFO (the incidents backlog gauge, off the path)."""
+    sent: Sent = []
+    polls: dict[int, tuple[int, list[list[bytes]]]] = {}
+    send, read = AbstractConnection.send_packed_command, AbstractConnection.read_response
+
+    async def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        chunks: Iterable[Any] = [command] if isinstance(command, bytes | str) else command
+        packed = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
+        commands = _commands(packed)
+        name = commands[0][0].upper() if commands else b""
+        if name in (b"SCRIPT", b"HELLO", b"CLIENT", b"XINFO"):
+            pass
+        elif len(commands) == 1 and (
+            name in _POLLS or (name == b"EVALSHA" and commands[0][1] in polls_by_sha)
+        ):
+            polls[id(self)] = (time.monotonic_ns(), commands)
+        else:
+            sent.append((time.monotonic_ns(), commands))
+        await send(self, command, check_health)
+
+    async def reading(self: Any, *args: Any, **kwargs: Any) -> Any:
+        reply = await read(self, *args, **kwargs)
+        poll = polls.pop(id(self), None)
+        if poll is not None and reply not in (None, [], [[]]) and not _empty_read(reply):
+            sent.append(poll)
+        return reply
+
+    AbstractConnection.send_packed_command = counting  # type: ignore[method-assign]
+    AbstractConnection.read_response = reading  # type: ignore[method-assign]
+    try:
+        yield sent
+    finally:
+        AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
+        AbstractConnection.read_response = read  # type: ignore[method-assign]
+        sent.sort(key=lambda s: s[0])
+
+
+def _empty_read(reply: Any) -> bool:
+    """XREADGROUP's reply with streams but no entries (a consumer's own pending, read)."""
+    if isinstance(reply, list) and reply and all(isinstance(r, list) for r in reply):
+        return all(len(r) == 2 and r[1] == [] for r in reply)
+    if isinstance(reply, dict):
+        return all(not v or v == [[]] for v in reply.values())
+    return False
+
+
+def describe(commands: list[list[bytes]], scripts: dict[bytes, str]) -> str:
+    def one(args: list[bytes]) -> str:
+        name = args[0].decode().upper()
+        if name == "EVALSHA" and len(args) > 1:
+            return f"script {scripts.get(args[1], args[1][:8].decode())}"
+        return name
+
+    if len(commands) == 1:
+        return one(commands[0])
+    return "pipeline[" + ", ".join(one(c) for c in commands) + "]"
+
+
+async def _command_calls(redis: RedisClient) -> int:
+    stats = await redis.info("commandstats")
+    return sum(int(v["calls"]) for v in stats.values())
+
+
+async def page_path(stack: FullStack, redis: RedisClient) -> dict[str, Any]:
+    await stack.paging.add_user("alice", ALICE, [(SMS, 0)])
+    await stack.paging.add_user("bob", BOB, [(SMS, 0)])
+    await stack.schedule("primary", ["alice"])
+    await stack.policy(([schedule("primary")], 5), ([user("bob")], 10))
+    await stack.run_until_quiet()
+    # a first incident loads the scripts, opens the pooled connections, creates the groups
+    await stack.paging.trigger("warming up", mirror=False)
+    await stack.run_until_quiet()
+    await stack.pager.expect_sms("alice", "warming up")
+    scripts = _script_names()
+    calls_before = await _command_calls(redis)
+    polls = frozenset(sha for sha, name in scripts.items() if "claim due" in name)
+    with round_trips(polls) as sent:
+        started = time.monotonic_ns()
+        await stack.paging.trigger("disk full on db1", mirror=False)
+        await stack.run_until_quiet()
+    calls_after = await _command_calls(redis)
+    sms = await stack.pager.expect_sms("alice", "disk full on db1")
+    before = [c for at, c in sent if at < sms.received_monotonic_ns]
+    named = [describe(c, scripts) for c in before]
+    return {
+        "round_trips_before_sms": len(before),
+        "scripts_before_sms": sum(n.count("script ") for n in named),
+        "round_trips_total": len(sent),
+        "redis_commands_total": calls_after - calls_before - 1,  # less our INFO; polls too
+        "trigger_to_sms_ms": (sms.received_monotonic_ns - started) / 1e6,
+        "path": named,
+        "after_sms": Counter(
+            describe(c, scripts) for at, c in sent if at >= sms.received_monotonic_ns
+        ),
+    }
+
+
+async def test_round_trips_from_trigger_to_the_first_sms(redis: RedisClient) -> None:
+    async with full_stack(redis) as stack:
+        figures = await page_path(stack, redis)
+        await stack.pager.expect_no_more_pages()
+    print()
+    for i, step in enumerate(figures["path"], 1):
+        print(f"{i:3d}. {step}")
+    print("after the SMS:", dict(figures["after_sms"]))
+    print(
+        f"round trips before the SMS: {figures['round_trips_before_sms']} "
+        f"({figures['scripts_before_sms']} scripts); all: {figures['round_trips_total']}; "
+        f"Redis commands until quiet (scripts' inside and the stack's polls included): "
+        f"{figures['redis_commands_total']}; "
+        f"trigger -> SMS {figures['trigger_to_sms_ms']:.1f} ms (in one loop, not a latency figure)"
+    )
+    assert figures["round_trips_before_sms"] <= ROUND_TRIP_BUDGET, figures["path"]
