@@ -28,6 +28,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import socket
 import ssl
 import threading
 from collections.abc import Mapping
@@ -209,18 +210,38 @@ async def start_metrics_server(
     app.router.add_get("/metrics", handle)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(
-        runner, address.host, address.port, reuse_address=True, ssl_context=ssl_context
-    )
+    # The socket is bound here, not by the event loop: under uvloop a port another
+    # process took a moment earlier (two replicas starting at once on one host) can
+    # surface as a server whose socket is None instead of EADDRINUSE; bound here, it is
+    # always the OSError the caller handles.
     try:
-        await site.start()
+        sock = _listening_socket(address)
     except OSError:
         await runner.cleanup()
         raise
-    server = site._server
-    sockets = getattr(server, "sockets", None) or ()
-    port = sockets[0].getsockname()[1] if sockets else address.port
-    return MetricsServer(runner, address, port)
+    site = web.SockSite(runner, sock, ssl_context=ssl_context)
+    try:
+        await site.start()
+    except OSError:
+        sock.close()
+        await runner.cleanup()
+        raise
+    return MetricsServer(runner, address, int(sock.getsockname()[1]))
+
+
+def _listening_socket(address: Address) -> socket.socket:
+    """A listening TCP socket on `address` (SO_REUSEADDR, as TCPSite would set)."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address.host, address.port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 async def serve_process_metrics(config: Config, process: str) -> MetricsServer | None:
