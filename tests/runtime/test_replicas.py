@@ -16,11 +16,12 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
-from typing import Any, cast
+from typing import IO, Any, cast
 
 import grpc
 import psutil
@@ -298,7 +299,21 @@ def _serve(address: str, redis_url: str) -> subprocess.Popen[bytes]:
     }
     env.pop("TOCSIN_API_TOKEN", None)
     command = [sys.executable, "-m", "tocsin.cli.main", "serve", "scheduling"]
-    return subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    log = tempfile.TemporaryFile()  # read back when it does not start
+    process = subprocess.Popen(command, env=env, stderr=log)
+    _STDERR[process.pid] = log
+    return process
+
+
+_STDERR: dict[int, IO[bytes]] = {}
+
+
+def _stderr_tail(process: subprocess.Popen[bytes]) -> str:
+    log = _STDERR.get(process.pid)
+    if log is None:
+        return ""
+    log.seek(0)
+    return log.read().decode(errors="replace")[-3000:]
 
 
 async def _serving(address: str, process: subprocess.Popen[bytes]) -> None:
@@ -311,7 +326,9 @@ async def _serving(address: str, process: subprocess.Popen[bytes]) -> None:
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             await asyncio.sleep(0.1)  # polling a starting process, no timer involved
-    raise AssertionError(f"scheduling on {address} did not start")
+    raise AssertionError(
+        f"scheduling on {address} did not start (exit {process.poll()}): {_stderr_tail(process)}"
+    )
 
 
 def _connected_to(host: str, port: int) -> bool:
@@ -360,12 +377,20 @@ async def test_processes_killed_and_added_under_calls(redis_url: str) -> None:
             await calls(client, 20)
             processes["127.0.0.4"] = _serve(f"127.0.0.4:{port}", redis_url)
             await _serving(f"127.0.0.4:{port}", processes["127.0.0.4"])
+            # _serving's own health channel to the new replica closes in the background:
+            # until its connection is gone, a connection to it says nothing of the client.
+            deadline = time.monotonic() + 10
+            while _connected_to("127.0.0.4", port) and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # polling the kernel's socket table
+            assert not _connected_to("127.0.0.4", port), "the health check's channel stayed open"
             dns.addresses.append("127.0.0.4")
             deadline = time.monotonic() + MAX_AGE_S * 1.1 + DNS_REFRESH_MS / 1000 + 10
-            while not _connected_to("127.0.0.4", port) and time.monotonic() < deadline:
+            found = False
+            while not found and time.monotonic() < deadline:
                 await calls(client, 1)
                 await asyncio.sleep(0.05)  # pace the calls
-            assert _connected_to("127.0.0.4", port), "the client never found the new replica"
+                found = _connected_to("127.0.0.4", port)
+            assert found, "the client never found the new replica"
             processes["127.0.0.2"].kill()
             dns.addresses.remove("127.0.0.2")
             await calls(client, 20)
