@@ -5,9 +5,12 @@ others of its batch are written), so it cannot drag innocent events to the dead 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from tests.history.databases import postgres_database
 from tocsin.history.archiver import GroupCommit
@@ -89,3 +92,33 @@ async def test_a_storm_keeps_the_first_thousand_alerts(tmp_path: Path) -> None:
         assert row is not None and row.version == 250_000
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_a_batch_reuses_compiled_statements(tmp_path: Path, backend: str) -> None:
+    """Writing a batch compiles nothing once batches of that shape were written: every
+    statement comes from SQLAlchemy's compiled cache (a multi-row VALUES upsert cannot be
+    cached, and compiling it each time was a quarter of the archive's CPU per event)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path / 'a.sqlite3'}"
+        else:
+            url = await stack.enter_async_context(postgres_database())
+        store = ArchiveStore(url)
+        await store.migrate()
+        stack.push_async_callback(store.close)
+        seen: list[tuple[str, str]] = []
+
+        def record(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+            context = rest[-2]
+            seen.append((str(getattr(context, "cache_hit", "")), statement.split()[0]))
+
+        await store.apply_many([event(1), event(2)])  # the shapes, compiled once
+        await store.apply_many([event(3)])
+        sa.event.listen(store.engine.sync_engine, "after_cursor_execute", record)
+        await store.apply_many([event(4), event(5)])
+        await store.apply_many([event(6)])
+        statements = [s for s in seen if s[1].upper() not in ("BEGIN", "COMMIT")]
+        assert len(statements) >= 8
+        assert [s for s in statements if "CACHE_HIT" not in s[0]] == []
+        assert len((await store.dump())["incidents"]) == 6
