@@ -252,3 +252,23 @@ async def test_with_256_file_descriptors_300_tricklers_do_not_keep_real_alerts_o
         for task in tricklers:
             task.cancel()
         await asyncio.gather(*tricklers, return_exceptions=True)
+
+
+async def test_a_connection_that_sent_nothing_is_closed_without_an_answer(
+    served: Served,
+) -> None:
+    """Not one byte by the header deadline: closed, no 408. A 408 written there would wait
+    in the socket for the client's next request on that pooled connection, which would
+    read it as that request's answer (a refusal of an alert the gateway never saw)."""
+    env = {**DEADLINES, "TOCSIN_HTTP_KEEPALIVE_TIMEOUT": "60s"}
+    async with gateway(served, env) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        answer = await asyncio.wait_for(reader.read(), timeout=5)  # the 1 s header deadline
+        writer.close()
+        assert answer == b""
+        # One byte of a request is no longer idle: that trickler gets its 408.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"P")
+        answer = await asyncio.wait_for(reader.read(), timeout=5)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 408 ")

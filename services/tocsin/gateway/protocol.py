@@ -5,7 +5,8 @@ and connections that hold no request in progress cannot keep real requests out.
 
 - Headers: a request's line and headers must arrive within `header_timeout` of the
   connection opening (or of the previous response on a kept-alive connection), and be at
-  most MAX_HEADER_BYTES; else 408 (or 431) and the connection is closed. uvicorn has no
+  most MAX_HEADER_BYTES; else 408 (or 431) and the connection is closed (closed without
+  an answer if not one byte of a request came: see `_refuse`). uvicorn has no
   such deadline: its keep-alive timer is cancelled by any byte, so a client sending a
   header byte now and then (slowloris) kept its connection for ever.
 - Body: the whole body must arrive within `body_timeout` of the headers; else 408 (if no
@@ -152,10 +153,19 @@ class _GuardedHttpProtocol(HttpToolsProtocol):
         self._refuse(_TIMEOUT)
 
     def _refuse(self, response: bytes) -> None:
-        """Answer `response` unless a response has begun, and close the connection."""
+        """Answer `response` unless a response has begun, and close the connection. An
+        idle connection (not one byte of a request since it opened or since its last
+        response) is closed without an answer, as a keep-alive timeout closes it: a 408
+        written there waits in the socket for a client that sends a request at that moment
+        (or reuses the pooled connection later), which reads it as its request's answer and
+        takes a request the gateway never saw for a refused one; a plain close is what
+        clients retry on a new connection."""
         if self.transport.is_closing():
             return
-        if self._waiting_since is not None or not self.cycle.response_started:
+        idle = self._waiting_since is not None and self._header_bytes == 0
+        if idle and response is _TIMEOUT:
+            pass
+        elif self._waiting_since is not None or not self.cycle.response_started:
             self.transport.write(response)
         self._waiting_since = None
         self._cancel_deadline()
