@@ -48,6 +48,8 @@ class _Connection(asyncio.Protocol):
         self.parser.feed_data(data)
 
     def on_message_complete(self) -> None:
+        if not self.due_ns:
+            return  # an answer to no request of ours (a 408 before an idle close)
         self.load.replied(self, self.parser.get_status_code())
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -135,6 +135,11 @@ class _Conn(asyncio.Protocol):
             self.retry_after = value.decode()
 
     def on_message_complete(self) -> None:
+        if self.index < 0:
+            # An answer to no request of ours (a server's 408 before closing an idle
+            # connection): counting it would end the run one reply early and give the
+            # last request this status.
+            return
         self.load.replied(self, self.parser.get_status_code())
 
     def connection_lost(self, exc: Exception | None) -> None:
