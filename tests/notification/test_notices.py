@@ -17,6 +17,7 @@ import pytest
 
 from tests.notification.stack import ALICE, SMS, VOICE, PagingStack, paging_stack
 from tests.notification.test_background import eventually
+from tocsin.runtime.events import INCIDENT_SHARDS
 from tocsin.runtime.redis import RedisClient
 from tocsin.v1 import notification_pb2 as pb
 
@@ -131,3 +132,47 @@ async def test_a_notice_waits_for_the_numbers_rate_limit_slot(limited: PagingSta
     reply = await asyncio.wait_for(sending, 10)
     assert (reply.first, reply.sent) == (True, 1)
     await limited.pager.expect_sms("alice", "starts now")
+
+
+@pytest.fixture
+async def slow_number(any_redis: RedisClient) -> AsyncIterator[PagingStack]:
+    env = {"TOCSIN_NUMBER_SEND_INTERVAL": "5m"}  # longer than the sweep's 2 minutes
+    async with paging_stack(any_redis, env) as paging:
+        yield paging
+        paging.pager.check_all_expected()
+
+
+async def test_a_notice_waiting_longer_than_the_sweep_is_not_taken_for_a_dead_sender(
+    slow_number: PagingStack,
+) -> None:
+    """A notice recorded SENDING waits 5 minutes for the number's slot: the sweep, which
+    marks attempts SENDING for over 2 minutes UNKNOWN (their sender died), counts from the
+    slot, so after 3 minutes the notice is still SENDING, and then it is sent."""
+    stack = slow_number
+    await stack.add_user("alice", ALICE, [(SMS, 0)])
+    incident_id = await stack.trigger()
+    await stack.notify(incident_id, "alice")
+    await stack.settle()
+    await stack.pager.expect_sms("alice", "disk full on db1")
+
+    async def send() -> pb.SendNoticeResponse:
+        return await stack.client.notification.SendNotice(notice("alice", "handoff/slow"))
+
+    sending = asyncio.create_task(send())
+
+    async def recorded() -> bool:
+        return bool(await user_attempts(stack, "alice"))
+
+    await eventually(recorded)
+    await asyncio.sleep(0.1)  # past the slot's record (no timer involved)
+    stack.clock.advance(minutes=3)
+    assert await stack.parts.pager.sweep(range(INCIDENT_SHARDS), tests=True) == 0
+    [attempt] = await user_attempts(stack, "alice")
+    assert attempt.status == pb.ATTEMPT_STATUS_SENDING
+    await stack.pager.expect_no_more_pages()
+    stack.clock.advance(minutes=2)  # the slot
+    reply = await asyncio.wait_for(sending, 10)
+    assert (reply.first, reply.sent) == (True, 1)
+    await stack.pager.expect_sms("alice", "starts now")
+    [attempt] = await user_attempts(stack, "alice")  # the fake's callback may have come
+    assert attempt.status in (pb.ATTEMPT_STATUS_SENT, pb.ATTEMPT_STATUS_DELIVERED)

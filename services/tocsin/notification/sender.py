@@ -549,6 +549,9 @@ class Sender:
         outcome recorded). Returns the error if it failed."""
         if self.limiter.enabled and channel.rate_limited:
             slot = await self.limiter.reserve(method.type, method.address)
+            if slot > self.clock.now_ms():
+                # Recorded SENDING already: the sweep must count from the send, not the wait.
+                await self.store.send_starts_at(location, slot)
             await self.clock.sleep_until(slot)
         user_id = location.user_id or ""
         page = Page(location, method, channel, user_id, -1, "", message, "", routes)

@@ -449,6 +449,15 @@ class PagingStore:
             )
         )
 
+    async def send_starts_at(self, location: domain.AttemptLocation, start_ms: int) -> None:
+        """The send of this SENDING attempt starts at `start_ms` (it waits for a rate-limit
+        slot): the sweep counts from then, so a wait longer than its timeout is not taken
+        for a dead sender. An attempt no longer SENDING (no longer in the index) is left
+        alone (ZADD XX)."""
+        attempts_key, sending_key = self._attempt_keys(location)
+        member = f"{attempts_key}|{location.attempt_id}"  # as lua/attempt_lib.lua names it
+        await self.redis.zadd(sending_key, {member: start_ms}, xx=True)
+
     async def sweep(
         self, shard: int | None, older_than_ms: int, limit: int = 100
     ) -> list[notification_pb2.Attempt]:
