@@ -187,3 +187,14 @@ async def test_the_list_puts_open_incidents_first_and_filters(console: Console) 
     assert order(resolved.text) == [old]
     assert f'href="/incidents/{fresh}"' in default.text
     assert "<html" not in everything.text  # the rows only, for the live refresh
+
+
+def test_the_rules_form_names_a_bad_urgency_instead_of_saving_it_as_high() -> None:
+    from starlette.datastructures import FormData
+
+    from tocsin.console.me import _rules
+
+    form = FormData([("rule-0-contact", "alice-sms"), ("rule-0-urgency", "urgent")])
+    assert _rules(form) == "rules[0].urgency: expected high or low (got 'urgent')"
+    rules = _rules(FormData([("rule-0-contact", "alice-sms"), ("rule-0-urgency", "low")]))
+    assert not isinstance(rules, str) and [r.urgency for r in rules] == [common_pb2.URGENCY_LOW]

@@ -13,37 +13,28 @@ console only spares them the page.
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from tocsin.console.web import Viewer, console_of, enum_label, page, refused, render, see_other
+from tocsin.client.configfile import ROLES
+from tocsin.console.web import (
+    Viewer,
+    all_items,
+    console_of,
+    enum_label,
+    page,
+    refused,
+    render,
+    see_other,
+)
 from tocsin.v1 import common_pb2, escalation_pb2, identity_pb2, incidents_pb2, scheduling_pb2
 
 AUDIT_SHOWN = 50
-ROLES = {
-    "admin": common_pb2.ROLE_ADMIN,
-    "responder": common_pb2.ROLE_RESPONDER,
-    "observer": common_pb2.ROLE_OBSERVER,
-}
 
 
 def _not_admin(request: Request) -> Response:
     return refused(request, "The Admin pages are for admins.", 403)
-
-
-async def _all(call: Any, request_type: Any, field: str) -> list[Any]:
-    """Every item of a paged List RPC."""
-    items: list[Any] = []
-    token = ""
-    while True:
-        reply = await call(request_type(page_size=500, page_token=token), timeout=10)
-        items.extend(getattr(reply, field))
-        token = reply.next_page_token
-        if not token:
-            return items
 
 
 def _target(target: escalation_pb2.EscalationTarget) -> str:
@@ -58,13 +49,13 @@ async def admin_page(request: Request, viewer: Viewer) -> Response:
         return _not_admin(request)
     client = viewer.client
     base = console_of(request).config.public_url.rstrip("/")
-    services = await _all(
+    services = await all_items(
         client.incidents.ListServices, incidents_pb2.ListServicesRequest, "services"
     )
-    policies = await _all(
+    policies = await all_items(
         client.escalation.ListPolicies, escalation_pb2.ListPoliciesRequest, "policies"
     )
-    users = await _all(client.scheduling.ListUsers, scheduling_pb2.ListUsersRequest, "users")
+    users = await all_items(client.scheduling.ListUsers, scheduling_pb2.ListUsersRequest, "users")
     audit = await client.identity.ListAuditEntries(
         identity_pb2.ListAuditEntriesRequest(page_size=AUDIT_SHOWN), timeout=10
     )

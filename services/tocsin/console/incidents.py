@@ -32,6 +32,7 @@ from starlette.routing import BaseRoute, Route
 
 from tocsin.console.web import (
     Viewer,
+    all_items,
     console_of,
     enum_label,
     find_viewer,
@@ -238,16 +239,14 @@ async def _escalation(viewer: Viewer, incident_id: str) -> escalation_pb2.Escala
 
 
 async def _assignees(viewer: Viewer) -> tuple[list[Any], list[Any]]:
-    users = await viewer.client.scheduling.ListUsers(
-        scheduling_pb2.ListUsersRequest(page_size=1000), timeout=10
+    """Everyone and every policy an incident can be reassigned to (every page of each)."""
+    users, policies = await asyncio.gather(
+        all_items(viewer.client.scheduling.ListUsers, scheduling_pb2.ListUsersRequest, "users"),
+        all_items(
+            viewer.client.escalation.ListPolicies, escalation_pb2.ListPoliciesRequest, "policies"
+        ),
     )
-    policies = await viewer.client.escalation.ListPolicies(
-        escalation_pb2.ListPoliciesRequest(), timeout=10
-    )
-    return (
-        sorted(users.users, key=lambda u: u.id),
-        sorted(policies.policies, key=lambda p: p.id),
-    )
+    return sorted(users, key=lambda u: u.id), sorted(policies, key=lambda p: p.id)
 
 
 def _details(alert: incidents_pb2.Alert) -> str:

@@ -33,7 +33,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from tocsin.console.web import Viewer, console_of, enum_label, page, render, see_other
+from tocsin.client.contact_types import CONTACT_TYPE_NAMES, CONTACT_TYPES
+from tocsin.console.web import Viewer, console_of, page, render, see_other
 from tocsin.v1 import (
     common_pb2,
     identity_pb2,
@@ -42,14 +43,6 @@ from tocsin.v1 import (
 )
 
 SHIFT_WINDOW = timedelta(days=14)
-TYPES = {
-    "sms": notification_pb2.CONTACT_METHOD_TYPE_SMS,
-    "voice": notification_pb2.CONTACT_METHOD_TYPE_VOICE,
-    "email": notification_pb2.CONTACT_METHOD_TYPE_EMAIL,
-    "webhook": notification_pb2.CONTACT_METHOD_TYPE_WEBHOOK,
-    "slack": notification_pb2.CONTACT_METHOD_TYPE_SLACK,
-    "teams": notification_pb2.CONTACT_METHOD_TYPE_TEAMS,
-}
 URGENCIES = {"high": common_pb2.URGENCY_HIGH, "low": common_pb2.URGENCY_LOW}
 SECRET_PATH = "/me"
 """The only path the new API key's one-time cookie is sent to."""
@@ -64,7 +57,7 @@ HANDOFF_NOTICES = {
 
 
 def _type_name(value: int) -> str:
-    return enum_label(value, notification_pb2.ContactMethodType, "CONTACT_METHOD_TYPE_")
+    return CONTACT_TYPE_NAMES.get(value, str(value))
 
 
 async def _page(
@@ -127,7 +120,7 @@ async def _page(
             "rules": rules,
             "keys": keys.api_keys,
             "handoff": handoff,
-            "types": list(TYPES),
+            "types": list(CONTACT_TYPES),
             "urgencies": list(URGENCIES),
             "error": error,
             "new_key": new_key,
@@ -190,7 +183,7 @@ async def add_contact_method(request: Request, viewer: Viewer) -> Response:
     method = notification_pb2.ContactMethod(
         id=_text(form, "id") or f"{viewer.user_id}-{kind or 'contact'}-{secrets.token_hex(2)}",
         user_id=viewer.user_id,
-        type=TYPES.get(kind, notification_pb2.CONTACT_METHOD_TYPE_UNSPECIFIED),
+        type=CONTACT_TYPES.get(kind, notification_pb2.CONTACT_METHOD_TYPE_UNSPECIFIED),
         address=address,
     )
     return await _submit(
@@ -257,9 +250,10 @@ def _rules(form: FormData) -> list[notification_pb2.NotificationRule] | str:
             continue
         if not delay.isdigit():
             return f"rules[{row - 1}].delay: expected whole minutes, e.g. 5 (got {delay!r})"
+        if urgency not in URGENCIES:
+            return f"rules[{row - 1}].urgency: expected high or low (got {urgency!r})"
         rule = notification_pb2.NotificationRule(
-            contact_method_id=contact,
-            urgency=URGENCIES.get(urgency, common_pb2.URGENCY_HIGH),
+            contact_method_id=contact, urgency=URGENCIES[urgency]
         )
         rule.delay.FromSeconds(int(delay) * 60)
         rules.append(rule)

@@ -21,11 +21,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from tocsin.client.client import TocsinClient
-from tocsin.console.web import Viewer, console_of, page, render
+from tocsin.console.web import Viewer, all_items, console_of, page, render
 from tocsin.v1 import escalation_pb2, scheduling_pb2
 
 HORIZON = timedelta(days=14)
-_PAGE = 1000
 
 
 @dataclass(frozen=True)
@@ -89,29 +88,14 @@ def now_and_next(
 
 
 async def all_schedules(client: TocsinClient) -> list[scheduling_pb2.Schedule]:
-    schedules: list[scheduling_pb2.Schedule] = []
-    token = ""
-    while True:
-        reply = await client.scheduling.ListSchedules(
-            scheduling_pb2.ListSchedulesRequest(page_size=_PAGE, page_token=token)
-        )
-        schedules += reply.schedules
-        token = reply.next_page_token
-        if not token:
-            return schedules
+    return await all_items(
+        client.scheduling.ListSchedules, scheduling_pb2.ListSchedulesRequest, "schedules"
+    )
 
 
 async def user_names(client: TocsinClient) -> dict[str, str]:
-    names: dict[str, str] = {}
-    token = ""
-    while True:
-        reply = await client.scheduling.ListUsers(
-            scheduling_pb2.ListUsersRequest(page_size=_PAGE, page_token=token)
-        )
-        names.update({u.id: u.name or u.id for u in reply.users})
-        token = reply.next_page_token
-        if not token:
-            return names
+    users = await all_items(client.scheduling.ListUsers, scheduling_pb2.ListUsersRequest, "users")
+    return {u.id: u.name or u.id for u in users}
 
 
 async def shifts_of(
@@ -126,16 +110,9 @@ async def shifts_of(
 
 
 async def _policies(client: TocsinClient) -> list[escalation_pb2.EscalationPolicy]:
-    policies: list[escalation_pb2.EscalationPolicy] = []
-    token = ""
-    while True:
-        reply = await client.escalation.ListPolicies(
-            escalation_pb2.ListPoliciesRequest(page_size=_PAGE, page_token=token)
-        )
-        policies += reply.policies
-        token = reply.next_page_token
-        if not token:
-            return policies
+    return await all_items(
+        client.escalation.ListPolicies, escalation_pb2.ListPoliciesRequest, "policies"
+    )
 
 
 def _level_rows(

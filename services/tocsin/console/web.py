@@ -349,3 +349,16 @@ def ensure_csrf_session(request: Request) -> Session:
         request.state.new_session = session
     request.state.session = session
     return session
+
+
+async def all_items(call: Any, request_type: Any, field: str) -> list[Any]:
+    """Every item of a paged List RPC (`call` made with `request_type(page_size=...,
+    page_token=...)`, the items in the reply's `field`)."""
+    items: list[Any] = []
+    token = ""
+    while True:
+        reply = await call(request_type(page_size=500, page_token=token), timeout=10)
+        items.extend(getattr(reply, field))
+        token = reply.next_page_token
+        if not token:
+            return items
