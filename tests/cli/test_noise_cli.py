@@ -118,6 +118,9 @@ async def test_a_broken_noise_file_names_file_line_and_field(
         "        suppress: true\n"
         "      - id: b\n"
         "        route_to: elsewhere\n"
+        "      - id: c\n"
+        "        when: [{field: source, equals: x, not: maybe}]\n"
+        "        suppress: sometimes\n"
         "heartbeats:\n"
         "  - {id: hb, service: api, interval: soon}\n"
     )
@@ -128,7 +131,9 @@ async def test_a_broken_noise_file_names_file_line_and_field(
     assert f"{broken}:9: services[0].event_rules[0].when[1].regex: not a regular expression" in err
     assert f"{broken}:10: services[0].event_rules[0].when[2]: give exactly one of" in err
     assert f"{broken}:13: services[0].event_rules[1].route_to: unknown service 'elsewhere'" in err
-    assert f"{broken}:15: heartbeats[0].interval: expected a duration" in err
+    assert f"{broken}:15: services[0].event_rules[2].when[0].not: expected true or false" in err
+    assert f"{broken}:16: services[0].event_rules[2].suppress: expected true or false" in err
+    assert f"{broken}:18: heartbeats[0].interval: expected a duration" in err
 
 
 async def test_heartbeat_merge_and_suppressed_commands(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -209,13 +209,6 @@ def _print_incident(args: argparse.Namespace, incident: incidents_pb2.Incident, 
     return 0
 
 
-def _call(body: Callable[[TocsinClient], Any]) -> Any:
-    async def run(client: TocsinClient) -> Any:
-        return await body(client)
-
-    return run_with_client(run)
-
-
 def _trigger(args: argparse.Namespace) -> int:
     request = incidents_pb2.TriggerRequest(
         service_id=args.service,
@@ -225,7 +218,7 @@ def _trigger(args: argparse.Namespace) -> int:
         source=args.source,
         actor=cli_actor(),
     )
-    reply: incidents_pb2.TriggerResponse = _call(lambda c: c.incidents.Trigger(request))
+    reply: incidents_pb2.TriggerResponse = run_with_client(lambda c: c.incidents.Trigger(request))
     incident = reply.incident
     if reply.suppressed_by:  # an event rule: recorded, nobody paged (`tocsin suppressed`)
         if args.json:
@@ -248,7 +241,9 @@ def _trigger(args: argparse.Namespace) -> int:
 
 def _ack(args: argparse.Namespace) -> int:
     request = incidents_pb2.AcknowledgeRequest(incident_id=args.id, actor=cli_actor())
-    reply: incidents_pb2.AcknowledgeResponse = _call(lambda c: c.incidents.Acknowledge(request))
+    reply: incidents_pb2.AcknowledgeResponse = run_with_client(
+        lambda c: c.incidents.Acknowledge(request)
+    )
     label = incident_label(reply.incident)
     line = f"Acknowledged {label}" if reply.changed else f"{label} was already acknowledged"
     return _print_incident(args, reply.incident, line)
@@ -256,7 +251,7 @@ def _ack(args: argparse.Namespace) -> int:
 
 def _resolve(args: argparse.Namespace) -> int:
     request = incidents_pb2.ResolveRequest(incident_id=args.id, actor=cli_actor())
-    reply: incidents_pb2.ResolveResponse = _call(lambda c: c.incidents.Resolve(request))
+    reply: incidents_pb2.ResolveResponse = run_with_client(lambda c: c.incidents.Resolve(request))
     label = incident_label(reply.incident)
     line = f"Resolved {label}" if reply.changed else f"{label} was already resolved"
     return _print_incident(args, reply.incident, line)
@@ -265,7 +260,7 @@ def _resolve(args: argparse.Namespace) -> int:
 def _snooze(args: argparse.Namespace) -> int:
     request = incidents_pb2.SnoozeRequest(incident_id=args.id, actor=cli_actor())
     request.duration.FromTimedelta(args.duration)
-    reply: incidents_pb2.SnoozeResponse = _call(lambda c: c.incidents.Snooze(request))
+    reply: incidents_pb2.SnoozeResponse = run_with_client(lambda c: c.incidents.Snooze(request))
     until = format_time(reply.incident.snoozed_until)
     return _print_incident(
         args, reply.incident, f"Snoozed {incident_label(reply.incident)} until {until}"
@@ -297,7 +292,7 @@ def _reassign(args: argparse.Namespace) -> int:
 
 def _note(args: argparse.Namespace) -> int:
     request = incidents_pb2.AddNoteRequest(incident_id=args.id, text=args.text, actor=cli_actor())
-    reply: incidents_pb2.AddNoteResponse = _call(lambda c: c.incidents.AddNote(request))
+    reply: incidents_pb2.AddNoteResponse = run_with_client(lambda c: c.incidents.AddNote(request))
     if args.json:
         print_json(entry_json(reply.entry))
     else:
@@ -354,7 +349,9 @@ def _incident(args: argparse.Namespace) -> int:
     request = incidents_pb2.GetIncidentRequest(
         incident_id=args.id, include_alerts=True, include_timeline=True
     )
-    reply: incidents_pb2.GetIncidentResponse = _call(lambda c: c.incidents.GetIncident(request))
+    reply: incidents_pb2.GetIncidentResponse = run_with_client(
+        lambda c: c.incidents.GetIncident(request)
+    )
     incident = reply.incident
     shown = {
         **incident_json(incident),

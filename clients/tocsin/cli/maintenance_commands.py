@@ -14,7 +14,6 @@ from tocsin.cli.common import add_json_flag, rfc3339, run_with_client
 from tocsin.cli.incident_commands import duration
 from tocsin.cli.output import print_json, print_table
 from tocsin.cli.output import rfc3339 as show_time
-from tocsin.client.client import TocsinClient
 from tocsin.v1 import urgency_pb2
 
 
@@ -65,13 +64,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     delete.set_defaults(run=_delete)
 
 
-def _call(body: Any) -> Any:
-    async def run(client: TocsinClient) -> Any:
-        return await body(client)
-
-    return run_with_client(run)
-
-
 def window_json(window: urgency_pb2.MaintenanceWindow) -> dict[str, Any]:
     return {
         "id": window.id,
@@ -103,7 +95,7 @@ def _list(args: argparse.Namespace) -> int:
     request = urgency_pb2.ListMaintenanceWindowsRequest(
         service_id=args.service, include_past=args.all
     )
-    reply = _call(lambda c: c.incidents.ListMaintenanceWindows(request))
+    reply = run_with_client(lambda c: c.incidents.ListMaintenanceWindows(request))
     data = [window_json(w) for w in reply.windows]
     if args.json:
         print_json(data)
@@ -145,19 +137,19 @@ def _add(args: argparse.Namespace) -> int:
     window.rrule = args.rrule
     window.time_zone = args.time_zone
     request = urgency_pb2.CreateMaintenanceWindowRequest(window=window)
-    reply = _call(lambda c: c.incidents.CreateMaintenanceWindow(request))
+    reply = run_with_client(lambda c: c.incidents.CreateMaintenanceWindow(request))
     return _show(reply.window, args.json, "Scheduled")
 
 
 def _start(args: argparse.Namespace) -> int:
     request = urgency_pb2.CreateMaintenanceWindowRequest(window=_window(args))  # start: now
-    reply = _call(lambda c: c.incidents.CreateMaintenanceWindow(request))
+    reply = run_with_client(lambda c: c.incidents.CreateMaintenanceWindow(request))
     return _show(reply.window, args.json, "Started")
 
 
 def _end(args: argparse.Namespace) -> int:
     request = urgency_pb2.EndMaintenanceWindowRequest(id=args.id)
-    reply = _call(lambda c: c.incidents.EndMaintenanceWindow(request))
+    reply = run_with_client(lambda c: c.incidents.EndMaintenanceWindow(request))
     if args.json:
         print_json({**window_json(reply.window), "changed": reply.changed})
     elif reply.changed:
@@ -169,6 +161,6 @@ def _end(args: argparse.Namespace) -> int:
 
 def _delete(args: argparse.Namespace) -> int:
     request = urgency_pb2.DeleteMaintenanceWindowRequest(id=args.id)
-    _call(lambda c: c.incidents.DeleteMaintenanceWindow(request))
+    run_with_client(lambda c: c.incidents.DeleteMaintenanceWindow(request))
     print(f"Deleted maintenance window {args.id}")
     return 0

@@ -71,21 +71,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     ping.set_defaults(run=_ping)
 
 
-def _call(body: Any) -> Any:
-    async def run(client: TocsinClient) -> Any:
-        return await body(client)
-
-    return run_with_client(run)
-
-
 def _rules(args: argparse.Namespace) -> int:
     if args.service:
         request = routing_pb2.GetEventRulesRequest(service_id=args.service)
-        reply = _call(lambda c: c.incidents.GetEventRules(request))
+        reply = run_with_client(lambda c: c.incidents.GetEventRules(request))
         sets = [reply.rule_set]
     else:
         sets = list(
-            _call(
+            run_with_client(
                 lambda c: c.incidents.ListEventRules(routing_pb2.ListEventRulesRequest())
             ).rule_sets
         )
@@ -119,7 +112,7 @@ def _condition_text(condition: dict[str, Any]) -> str:
 
 def _suppressed(args: argparse.Namespace) -> int:
     request = routing_pb2.ListSuppressedAlertsRequest(service_id=args.service, page_size=args.limit)
-    reply = _call(lambda c: c.incidents.ListSuppressedAlerts(request))
+    reply = run_with_client(lambda c: c.incidents.ListSuppressedAlerts(request))
     data = {
         "total": reply.total,
         "alerts": [
@@ -202,7 +195,7 @@ def _monitor_json(monitor: routing_pb2.HeartbeatMonitor) -> dict[str, Any]:
 
 
 def _heartbeats(args: argparse.Namespace) -> int:
-    reply = _call(
+    reply = run_with_client(
         lambda c: c.incidents.ListHeartbeatMonitors(routing_pb2.ListHeartbeatMonitorsRequest())
     )
     data = [_monitor_json(m) for m in reply.monitors]
@@ -236,7 +229,7 @@ def _create(args: argparse.Namespace) -> int:
     if args.grace is not None:
         monitor.grace.FromTimedelta(args.grace)
     request = routing_pb2.CreateHeartbeatMonitorRequest(monitor=monitor)
-    reply = _call(lambda c: c.incidents.CreateHeartbeatMonitor(request))
+    reply = run_with_client(lambda c: c.incidents.CreateHeartbeatMonitor(request))
     if args.json:
         print_json(_monitor_json(reply.monitor))
         return 0
@@ -247,14 +240,14 @@ def _create(args: argparse.Namespace) -> int:
 
 def _delete(args: argparse.Namespace) -> int:
     request = routing_pb2.DeleteHeartbeatMonitorRequest(id=args.id)
-    _call(lambda c: c.incidents.DeleteHeartbeatMonitor(request))
+    run_with_client(lambda c: c.incidents.DeleteHeartbeatMonitor(request))
     print(f"Deleted heartbeat monitor {args.id}")
     return 0
 
 
 def _ping(args: argparse.Namespace) -> int:
     request = routing_pb2.PingHeartbeatRequest(token=args.token)
-    reply = _call(lambda c: c.incidents.PingHeartbeat(request))
+    reply = run_with_client(lambda c: c.incidents.PingHeartbeat(request))
     print(
         f"Pinged {reply.monitor_id}"
         + ("; its missed heartbeat is resolved" if reply.recovered else "")

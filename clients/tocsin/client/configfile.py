@@ -24,7 +24,13 @@ from google.protobuf.duration_pb2 import Duration
 from tocsin.client import webhook_config
 from tocsin.client.contact_types import CONTACT_TYPES, expected_types
 from tocsin.client.maintenance_config import maintenance_window
-from tocsin.client.noise_config import event_rule_set, grouping, heartbeat, level_strategy
+from tocsin.client.noise_config import (
+    SEVERITIES,
+    event_rule_set,
+    grouping,
+    heartbeat,
+    level_strategy,
+)
 from tocsin.v1 import (
     common_pb2,
     escalation_pb2,
@@ -628,12 +634,6 @@ URGENCY_MODES = {
     "support_hours": urgency_pb2.URGENCY_MODE_SUPPORT_HOURS,
 }
 """A service's `urgency:` (or `urgency: {mode: ...}`)."""
-SEVERITIES = {
-    "info": common_pb2.SEVERITY_INFO,
-    "warning": common_pb2.SEVERITY_WARNING,
-    "error": common_pb2.SEVERITY_ERROR,
-    "critical": common_pb2.SEVERITY_CRITICAL,
-}
 
 
 def _choice(

@@ -129,10 +129,7 @@ def _rule(r: _Reader, node: yaml.Node, path: str) -> routing_pb2.EventRule:
         rule.conditions.append(_condition(r, c_node, f"{path}.when[{j}]"))
     actions = rule.actions
     if "suppress" in m:
-        text = r.text(m["suppress"], f"{path}.suppress")
-        if text not in ("true", "false"):
-            r.problem(m["suppress"], f"{path}.suppress", f"expected true or false, got {text!r}")
-        actions.suppress = text == "true"
+        actions.suppress = r.boolean(m["suppress"], f"{path}.suppress")
     if "severity" in m:
         text = r.text(m["severity"], f"{path}.severity")
         if text not in SEVERITIES:
@@ -172,8 +169,7 @@ def _condition(r: _Reader, node: yaml.Node, path: str) -> routing_pb2.EventCondi
     name = given[0]
     condition.operator = OPERATORS[name]
     if name == "exists":
-        text = r.text(m[name], f"{path}.exists")
-        if text != "true":
+        if not r.boolean(m[name], f"{path}.exists", default=True):
             r.problem(m[name], f"{path}.exists", "must be true (use not: true for absent)")
     else:
         condition.value = r.text(m[name], f"{path}.{name}")
@@ -183,7 +179,7 @@ def _condition(r: _Reader, node: yaml.Node, path: str) -> routing_pb2.EventCondi
             except regex.error as error:
                 r.problem(m[name], f"{path}.regex", f"not a regular expression: {error}")
     if "not" in m:
-        condition.negate = r.text(m["not"], f"{path}.not") == "true"
+        condition.negate = r.boolean(m["not"], f"{path}.not")
     return condition
 
 
