@@ -196,7 +196,7 @@ async def test_with_its_sampler_running_an_alert_never_waits_for_a_measurement(
     stall each new incident behind it once a second. With the process's sampler loop
     running, refusal answers from the latest sample while a measurement hangs."""
     await ensure_groups(redis, CONSUMER_GROUPS, "0")
-    backlog = Backlog(redis, timedelta(seconds=60), interval_s=0.05)
+    backlog = Backlog(redis, timedelta(seconds=60), interval_s=0.5)
     an_hour_ago = int(time.time() * 1000) - 3_600_000
     await redis.xadd(stream_key(5), {"e": b""}, id=f"{an_hour_ago}-0")
     measure = backlog._sample_now
@@ -220,6 +220,12 @@ async def test_with_its_sampler_running_an_alert_never_waits_for_a_measurement(
             refusal = await backlog.refusal()
         assert refusal is not None and "TOCSIN_BACKLOG_MAX_AGE=60s" in str(refusal)
         assert health.healthy
+        # The measurement still hangs: once the sample is 3 intervals old it refuses
+        # nothing (before, the last sample over a limit refused new incidents for good).
+        deadline = time.monotonic() + 10
+        while await backlog.refusal() is not None and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)  # polling real time: the sample's age is monotonic
+        assert await backlog.refusal() is None
     finally:
         stop.set()
         hang.set()

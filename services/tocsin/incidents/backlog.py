@@ -95,6 +95,10 @@ class BacklogSample:
 
 
 _latest = BacklogSample(0, 0.0)
+STALE_INTERVALS = 3
+"""A sample older than this many sampling intervals refuses nothing."""
+STUCK_AFTER_MIN_S = 15.0
+"""The sampler is reported stuck (unhealthy) after max(this, STALE_INTERVALS intervals)."""
 
 
 def latest_sample() -> BacklogSample:
@@ -167,7 +171,12 @@ class Backlog:
         None with no limit)."""
         if not self.enabled:
             return None
-        sample = self._sample if self._sampler_running else await self.current()
+        if self._sampler_running:
+            sample = self._sample
+            if time.monotonic() - self._sampled_at > STALE_INTERVALS * self.interval_s:
+                return None  # the sampler is stuck: unmeasured refuses nothing
+        else:
+            sample = await self.current()
         age = sample.age_for(service_id)
         if self.max_age_s > 0 and age > self.max_age_s:
             return BacklogTooOld(age, self.max_age_s)
@@ -181,8 +190,13 @@ class Backlog:
         While it runs, `refusal` reads its latest sample and never waits: a measurement
         reads every lane of every shard, and under load that took long enough to stall
         every new incident behind it once a second. A failed measurement is logged and
-        refuses nothing (see `_measure`)."""
-        guard = health.guard("incidents backlog sampler", stop)
+        refuses nothing (see `_measure`), nor does a sample older than STALE_INTERVALS
+        intervals (a measurement that hangs; the guard then reports the sampler stuck)."""
+        guard = health.guard(
+            "incidents backlog sampler",
+            stop,
+            stuck_after_s=max(STUCK_AFTER_MIN_S, STALE_INTERVALS * self.interval_s),
+        )
         self._sampler_running = True
         try:
             while not stop.is_set():
@@ -208,7 +222,8 @@ class Backlog:
         try:
             return await self._sample_now()
         except Exception as error:
-            self._sampled_at = time.monotonic()
+            # Not the last sample: an old one over a limit would go on refusing.
+            self._sample, self._sampled_at = BacklogSample(0, 0.0), time.monotonic()
             log.warning("the incident-events backlog could not be measured: %r", error)
             return self._sample
 

@@ -202,13 +202,14 @@ class IncidentServicer(
             return incidents_pb2.TriggerResponse(
                 dedup_key=dedup_key, suppressed_by=suppressed_by, maintenance_window_id=window.id
             )
-        refusal = await self.backlog.refusal(service.id) if self.backlog is not None else None
-        if refusal is not None and (  # backpressure: new incidents only
-            not dedup_key or await self.incidents.find_open(service.id, dedup_key) is None
-        ):
-            raise refusal
         dedup_key = dedup_key or uuid.uuid4().hex
         filed_key, window_ms = await self.router.group(service, alert, dedup_key)
+        refusal = await self.backlog.refusal(service.id) if self.backlog is not None else None
+        if refusal is not None and (  # backpressure: new incidents only (the key it is filed
+            # under: an alert its service groups into an open incident joins it)
+            await self.incidents.find_open(service.id, filed_key) is None
+        ):
+            raise refusal
         result = await self.incidents.trigger(
             service,
             filed_key,
