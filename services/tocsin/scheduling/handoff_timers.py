@@ -35,7 +35,7 @@ from tocsin.runtime.errors import Conflict, NotFound
 from tocsin.runtime.loops import WorkerHealth
 from tocsin.runtime.redis import RedisClient
 from tocsin.runtime.scripts import LuaScript
-from tocsin.runtime.timers import TIMER_LUA, ClaimedTimer, TimerStore, TimerWorker, timer_keys
+from tocsin.runtime.timers import TIMER_LUA, ClaimedTimer, TimerStore, TimerWorker
 from tocsin.scheduling import handoff
 from tocsin.scheduling.store import TAG, SchedulingStore, schedule_key
 from tocsin.v1 import notification_pb2, scheduling_pb2
@@ -204,22 +204,23 @@ class HandoffTimers:
                 return armed
             for schedule in page:
                 if not await self.redis.hexists(due_key, timer_id(schedule.id)):
-                    await self.rearm(schedule.id)
+                    try:
+                        await self.rearm(schedule.id)
+                    except Exception:  # one schedule must not keep the others unarmed
+                        log.exception("hand-off timer of schedule %s not armed", schedule.id)
+                        continue
                     armed += 1
             after = page[-1].id
 
     async def run(self, stop: asyncio.Event, health: WorkerHealth) -> None:
-        """Arm what is missing (retried until Redis answers), then fire timers until
-        `stop`."""
-        while not stop.is_set():
-            try:
-                # The first version kept these timers under {t0}; nothing fires them now.
-                await self.redis.delete(*timer_keys(0, NAMESPACE))
+        """Arm what is missing (retried under a health guard until Redis answers: a
+        failing start shows in health), then fire timers until `stop`."""
+        guard = health.guard("hand-off timers: arming", stop)
+        armed = False
+        while not armed and not stop.is_set():
+            async with guard:
                 await self.arm_missing()
-                break
-            except Exception as error:
-                log.warning("cannot arm hand-off timers yet, retrying: %s", error)
-                await self.clock.sleep(5, stop)
+                armed = True
         await self.worker().run(stop, health)
 
     def worker(self) -> TimerWorker:
