@@ -36,8 +36,7 @@ class Stacks:
 
 
 @pytest.fixture
-async def two(any_redis: RedisClient) -> AsyncIterator[Stacks]:
-    redis = any_redis  # on the standalone server, then on the Redis Cluster
+async def two(redis: RedisClient) -> AsyncIterator[Stacks]:
     async with create_fake_twilio(FALLBACK_SID, FALLBACK_TOKEN) as fallback:
         assert fallback.base_url is not None
         env = {

@@ -96,7 +96,7 @@ class Notices:
         if begun is None:
             return pb.SendNoticeResponse(first=False)
         message = Message(request.text, subject=request.text[:120])
-        sends = asyncio.gather(
+        errors = await asyncio.gather(
             *(
                 self.sender.deliver_outside_incident(
                     AttemptLocation(record.id, None, owner), method, channel, message, routes[i]
@@ -104,14 +104,6 @@ class Notices:
                 for i, (record, (method, channel)) in enumerate(zip(records, targets, strict=True))
             )
         )
-
-        # The key is spent: a caller that gives up (its deadline passes while a send waits
-        # for its rate-limit slot) must not cancel the sends, or the notice is never sent.
-        async def sent() -> object:
-            return await sends
-
-        self.sender.spawn(sent(), f"notice {request.idempotency_key}")
-        errors = await asyncio.shield(sends)
         return pb.SendNoticeResponse(first=True, sent=sum(error is None for error in errors))
 
 
