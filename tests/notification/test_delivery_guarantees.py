@@ -10,6 +10,7 @@ import pytest
 from tests.harness import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER
 from tests.notification.stack import ALICE, BOB, SMS, VOICE, PagingStack, paging_stack
 from tocsin.faketwilio import FakeTwilio
+from tocsin.notification import pagemetrics
 from tocsin.notification.providers import SendResult, TwilioProvider
 from tocsin.notification.server import build_parts, provider_from_config
 from tocsin.runtime.events import INCIDENT_SHARDS
@@ -181,8 +182,41 @@ async def test_no_lookup_happens_between_recording_sending_and_the_provider_call
     await stack.pager.expect_sms("alice", "disk full on db1")
     await stack.settle()
     assert {name for name, _ in seen} == {"get_incident", "service_name"}
-    # (Afterwards the first-page metric reads the incident: the page is SENT by then.)
     sending = notification_pb2.ATTEMPT_STATUS_SENDING
     assert all(sending not in statuses for _, statuses in seen), seen
     [attempt] = await stack.attempts(incident_id)
     assert attempt.status != notification_pb2.ATTEMPT_STATUS_SENDING
+
+
+async def test_the_first_page_metric_reads_the_creation_time_from_the_mirror(
+    stack: PagingStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alert -> first page is recorded from the creation time the status mirror holds: a
+    page of a mirrored incident makes no call to the incidents service at all (it was one
+    GetIncident per incident, after every first page). Only the first page records."""
+    await stack.add_user("alice", ALICE, [(SMS, 0)])
+    await stack.add_user("bob", BOB, [(SMS, 0)])
+    incident_id = await stack.trigger()  # mirrored: its event carries created_at
+    created_ms = (await stack.incident(incident_id)).created_at.ToMilliseconds()
+    lookups: list[str] = []
+    peer = stack.parts.sender.incidents
+
+    async def no_lookup(incident: str, **kwargs: object) -> None:
+        lookups.append(incident)
+        return None
+
+    monkeypatch.setattr(peer, "get_incident", no_lookup)
+    recorded: list[float] = []
+    monkeypatch.setattr(
+        pagemetrics.FIRST_PAGE_LATENCY, "record", lambda value, *a, **k: recorded.append(value)
+    )
+    sent_at_ms = stack.clock.now_ms()
+
+    await stack.notify(incident_id, "alice")
+    await stack.pager.expect_sms("alice", "disk full on db1")
+    await stack.notify(incident_id, "bob")
+    await stack.pager.expect_sms("bob", "disk full on db1")
+    await stack.settle()
+
+    assert lookups == []
+    assert recorded == [(sent_at_ms - created_ms) / 1000]

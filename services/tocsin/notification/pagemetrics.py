@@ -59,16 +59,21 @@ async def first_page_sent(
     channel: int,
     accepted_ms: int,
     retention_ms: int,
+    created_ms: int = 0,
 ) -> bool:
     """Record alert -> first page if this is the incident's first page accepted by the
-    provider (True); a later page, or an incident that cannot be read, records nothing."""
+    provider (True); a later page, or an incident that cannot be read, records nothing.
+    `created_ms` is the incident's creation time as the status mirror had it; only when it
+    is not known (0) is the incident read from the incidents service."""
     first = await redis.set(first_page_key(incident_id), accepted_ms, nx=True, px=retention_ms)
     if not first:
         return False
-    incident = await incidents.get_incident(incident_id)
-    if incident is None or not incident.HasField("created_at"):
-        log.debug("incident %s: no created_at; first page latency not recorded", incident_id)
-        return False
-    latency_ms = max(0, accepted_ms - incident.created_at.ToMilliseconds())
+    if created_ms <= 0:
+        incident = await incidents.get_incident(incident_id)
+        if incident is None or not incident.HasField("created_at"):
+            log.debug("incident %s: no created_at; first page latency not recorded", incident_id)
+            return False
+        created_ms = incident.created_at.ToMilliseconds()
+    latency_ms = max(0, accepted_ms - created_ms)
     FIRST_PAGE_LATENCY.record(latency_ms / 1000, {"channel": channel_name(channel)})
     return True

@@ -149,6 +149,8 @@ class Page:
     routes: tuple[Route, ...] = ()
     """The phone providers to try in order (the first is named in the SENDING record);
     empty for a channel with no choice of provider."""
+    created_ms: int = 0
+    """When the page's incident was created (ms; 0: not known, looked up for the metric)."""
 
     @property
     def attempt_id(self) -> str:
@@ -310,7 +312,7 @@ class Sender:
         the script's mirror may know it by then). None when the incidents service
         says the incident is no longer triggered (the rule is recorded SKIPPED)."""
         incident_id = payload.incident_id
-        summary, service_id, number = await self.store.incident_page_info(incident_id)
+        summary, service_id, number, created_ms = await self.store.incident_page_info(incident_id)
         incident = None
         if not summary:
             incident = await self.incidents.get_incident(
@@ -322,6 +324,8 @@ class Sender:
                     return None
                 summary, service_id = incident.summary, incident.service_id
                 number = incident.number
+                if incident.HasField("created_at"):
+                    created_ms = incident.created_at.ToMilliseconds()
         service = await self.incidents.service_name(service_id) or "tocsin"
         details = ""
         if channel.wants_details:
@@ -338,6 +342,7 @@ class Sender:
             public_url=self.options.public_url,
             details=details,
             number=number,
+            created_ms=created_ms,
             link=(
                 incident_link(self.options.public_url, self.options.link_secret, number)
                 if number and self.options.link_secret
@@ -385,6 +390,7 @@ class Sender:
             channel.render(content),
             fired.incident_id,
             routes,
+            content.created_ms,
         )
         rearmed = False
 
@@ -610,6 +616,7 @@ class Sender:
                     page.channel.type,
                     accepted_ms,
                     self.store.retention_ms,
+                    page.created_ms,
                 ),
                 f"first page metric of {page.incident_id}",
             )

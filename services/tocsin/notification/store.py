@@ -282,11 +282,12 @@ class PagingStore:
             incident.summary,
             incident.service_id,
             incident.number,
+            incident.created_at.ToMilliseconds() if incident.HasField("created_at") else 0,
         )
 
     async def cancel(self, incident_id: str) -> int:
         """Cancel every cycle of the incident; returns how many pending sends were cancelled."""
-        _, cancelled = await self._incident_state_call(incident_id, "cancel", 0, 0, "", "", 0)
+        _, cancelled = await self._incident_state_call(incident_id, "cancel", 0, 0, "", "", 0, 0)
         return cancelled
 
     async def _incident_state_call(
@@ -298,6 +299,7 @@ class PagingStore:
         summary: str,
         service: str,
         number: int,
+        created_ms: int,
     ) -> tuple[bool, int]:
         shard = incident_shard(incident_id)
         applied, cancelled = await self._incident_state(
@@ -315,6 +317,7 @@ class PagingStore:
             summary=summary,
             service=service,
             number=number,
+            created=created_ms,
         )
         return bool(applied), int(cancelled)
 
@@ -336,15 +339,17 @@ class PagingStore:
             f"#{label}" if label != "0" else f"#{incident_id}",
         )
 
-    async def incident_page_info(self, incident_id: str) -> tuple[str, str, int]:
-        """The mirrored summary and service id ("" while unknown) and number (0)."""
-        summary, service, number = await self.redis.hmget(
-            keys.incident_state(incident_id), ["sum", "svc", "nr"]
+    async def incident_page_info(self, incident_id: str) -> tuple[str, str, int, int]:
+        """The mirrored summary and service id ("" while unknown), number (0) and creation
+        time in ms (0 while unknown)."""
+        summary, service, number, created = await self.redis.hmget(
+            keys.incident_state(incident_id), ["sum", "svc", "nr", "ca"]
         )
         return (
             keys.as_text(summary) if summary is not None else "",
             keys.as_text(service) if service is not None else "",
             int(number) if number is not None else 0,
+            int(created) if created is not None else 0,
         )
 
     # -- attempts -----------------------------------------------------------------------

@@ -78,6 +78,9 @@ class PageContent:
     link: str = ""
     """A short signed link to the incident's page (tocsin.client.links), when
     TOCSIN_PUBLIC_URL is set; "" otherwise."""
+    created_ms: int = 0
+    """When the incident was created (ms; 0 when not known), for the alert -> first page
+    metric, so it needs no lookup after the send."""
 
     @property
     def label(self) -> str:

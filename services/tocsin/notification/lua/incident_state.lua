@@ -11,6 +11,7 @@
 --   summary
 --   service    service id
 --   number     the incident's number (0: none yet)
+--   created    when the incident was created, ms (0: not known; kept from before)
 -- Returns {applied (0/1), timers cancelled}.
 local tag, prefix, mode = ARGV[1], ARGV[2], ARGV[3]
 local applied = 0
@@ -19,6 +20,9 @@ if mode == 'mirror' then
   if tonumber(ARGV[5]) > known then
     redis.call('HSET', KEYS[1], 'v', ARGV[5], 'st', ARGV[6], 'sum', ARGV[7], 'svc', ARGV[8],
                'nr', ARGV[9])
+    if tonumber(ARGV[10] or '0') > 0 then
+      redis.call('HSET', KEYS[1], 'ca', ARGV[10])
+    end
     redis.call('PEXPIRE', KEYS[1], ARGV[4])
     applied = 1
   end
