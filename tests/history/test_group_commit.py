@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,12 @@ import pytest
 import sqlalchemy as sa
 
 from tests.history.databases import postgres_database
-from tocsin.history.archiver import GroupCommit
+from tocsin.history.archiver import GROUP, Archiver, GroupCommit
+from tocsin.history.server import history_consumer
 from tocsin.history.store import ArchiveStore, SearchFilters
+from tocsin.runtime.clock import ManualClock
+from tocsin.runtime.events import EVENT_FIELD, ensure_groups, lane_of, stream_key
+from tocsin.runtime.redis import RedisClient
 from tocsin.v1 import incidents_pb2
 
 
@@ -122,3 +127,54 @@ async def test_a_batch_reuses_compiled_statements(tmp_path: Path, backend: str) 
         assert len(statements) >= 8
         assert [s for s in statements if "CACHE_HIT" not in s[0]] == []
         assert len((await store.dump())["incidents"]) == 6
+
+
+async def test_a_lanes_events_share_transactions_each_incidents_in_order(
+    tmp_path: Path, any_redis: RedisClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The history consumer as the service builds it hands a lane's entries of different
+    incidents to the group commit together: 24 events of 8 incidents on one lane take a few
+    transactions, not 24 (one at a time, each entry waited for the previous one's commit),
+    and each incident's events are still archived in stream order."""
+    store = ArchiveStore(f"sqlite:///{tmp_path / 'a.sqlite3'}")
+    await store.migrate()
+    transactions: list[list[tuple[str, int]]] = []
+    all_written = asyncio.Event()
+    apply_many = store.apply_many
+
+    async def counted(batch_in: Iterable[incidents_pb2.IncidentEvent]) -> int:
+        batch = list(batch_in)
+        transactions.append([(e.incident.id, e.incident.version) for e in batch])
+        written = await apply_many(batch)
+        if sum(len(t) for t in transactions) >= 24:
+            all_written.set()
+        return written
+
+    monkeypatch.setattr(store, "apply_many", counted)
+    await ensure_groups(any_redis, [GROUP], "0")
+    incidents = [str(16 * n) for n in range(1, 9)]  # shard 0, one service: one lane
+    for version in (1, 2, 3):
+        for incident in incidents:
+            e = event(int(incident) // 16)
+            e.event_id = ""
+            e.incident.version = version
+            await any_redis.xadd(
+                stream_key(0, lane_of("payments-api")), {EVENT_FIELD: e.SerializeToString()}
+            )
+    no_peers: Any = lambda: None  # noqa: E731 - the consumer path calls no peer
+    archiver = Archiver(store, any_redis, no_peers, ManualClock(1_700_000_000_000))
+    consumer = history_consumer(any_redis, archiver.handle, "history-test")
+    stop = asyncio.Event()
+    run = asyncio.create_task(consumer.run(stop))
+    try:
+        async with asyncio.timeout(20):
+            await all_written.wait()
+    finally:
+        stop.set()
+        await run
+        await store.close()
+    assert sum(len(t) for t in transactions) == 24
+    assert len(transactions) <= 6, transactions
+    for incident in incidents:
+        versions = [v for t in transactions for i, v in t if i == incident]
+        assert versions == [1, 2, 3]
