@@ -56,6 +56,17 @@ def test_up_prints_endpoints_turns_healthy_and_stops_cleanly(tmp_path: Path) -> 
     assert stat.S_IMODE(redis_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE((redis_dir / "password").stat().st_mode) == 0o600
     assert stat.S_IMODE((redis_dir / "appendonly.aof").stat().st_mode) == 0o600
+    # The services reach it over its Unix socket (owner only), with the same password.
+    assert stat.S_IMODE((redis_dir / "redis.sock").stat().st_mode) == 0o700
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(unix_socket_path=str(redis_dir / "redis.sock"), protocol=2).get("x")
+    service_urls = {
+        entry.split(b"=", 1)[1]
+        for pid in children
+        for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if entry.startswith(b"TOCSIN_REDIS_URL=")
+    }
+    assert service_urls == {f"unix://:{password}@{redis_dir / 'redis.sock'}".encode()}
     assert password not in (tmp_path / "data" / "endpoints.json").read_text()
     # The service credential: generated 0600 into the data directory, handed over in the
     # environment, on no command line; the local CLI works without it (the local admin)

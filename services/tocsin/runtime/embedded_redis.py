@@ -45,6 +45,8 @@ _CLUSTER_BUS_OFFSET = 10000  # Redis 6.2 has no cluster-port setting: bus = port
 _START_ATTEMPTS = 5
 _LOG_NAME = "redis-server.log"
 _CONFIG_NAME = "redis.conf"
+SOCKET_NAME = "redis.sock"
+_SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes with its terminating NUL
 PASSWORD_FILE = "password"
 _PRIVATE_DIR = 0o700
 _PRIVATE_FILE = 0o600
@@ -65,9 +67,11 @@ class EmbeddedRedis:
         start_timeout_s: float = 30.0,
         preexec: Callable[[], None] | None = None,
         require_password: bool = False,
+        unix_socket: bool = False,
     ) -> None:
         """`port=0` picks a free port on first start; restarts reuse the same port (and
-        password, read again from `data_dir/password`)."""
+        password, read again from `data_dir/password`). `unix_socket` also listens on
+        `data_dir/redis.sock` (mode 0700), which `local_url` names."""
         self.data_dir = Path(data_dir).absolute()  # the server runs with data_dir as cwd
         self.port = port
         self.appendonly = appendonly
@@ -79,6 +83,24 @@ class EmbeddedRedis:
         self.password: str | None = None
         """Set by `start()` when `require_password`; secret: never log it."""
         self._process: subprocess.Popen[bytes] | None = None
+        socket_path = self.data_dir / SOCKET_NAME
+        self.socket_path: Path | None = (
+            socket_path
+            if unix_socket and len(str(socket_path).encode()) <= _SOCKET_PATH_MAX
+            else None
+        )
+        """The Unix socket the server also listens on (None: TCP only, also when the
+        data directory's path is too long for a socket's)."""
+
+    @property
+    def local_url(self) -> str:
+        """The URL for clients on this host: the Unix socket when there is one (a
+        command costs a client about a fifth less CPU than over loopback TCP, and the
+        server less too), else `url`. It carries the password: never print or log it."""
+        if self.socket_path is None:
+            return self.url
+        credentials = f":{self.password}@" if self.password else ""
+        return f"unix://{credentials}{self.socket_path}"
 
     @property
     def url(self) -> str:
@@ -234,6 +256,8 @@ class EmbeddedRedis:
         ]
         if self.password:
             lines.append(f"requirepass {self.password}")
+        if self.socket_path is not None:
+            lines += [f'unixsocket "{self.socket_path}"', "unixsocketperm 700"]
         if self.cluster_enabled:
             lines += ["cluster-enabled yes", "cluster-config-file nodes.conf"]
             lines += ["cluster-node-timeout 5000"]
