@@ -10,8 +10,8 @@ incident with `BacklogTooOld` (UNAVAILABLE; the gateway answers 503 with Retry-A
 until the backlog drains. An age limit does not bound a burst (30,000 new incidents in
 10 s are all in before the oldest is a minute old, and page minutes late), so past
 `TOCSIN_BACKLOG_MAX_EVENTS` events waiting in a lane (the slower group's pending plus
-undelivered ones, over every shard; undelivered ones counted by lua/backlog_count.lua up
-to a share of the limit per stream, since Redis 6.2's XINFO has no `lag`) its new
+undelivered ones, over every shard; undelivered ones counted up to a share of the limit per
+stream, since Redis 6.2's XINFO has no `lag`) its new
 incidents are refused with `BacklogTooLong` the same way. Alerts that join an open
 incident, acknowledgements and resolves are always accepted: they add no work that pages.
 
@@ -25,12 +25,14 @@ The backlog is measured once per `SAMPLE_INTERVAL_S` per process by a supervised
 loop (`Backlog.run`), not per request: a Trigger reads the latest sample and never waits
 for a measurement (without the loop, as in tests, the first caller after
 `SAMPLE_INTERVAL_S` measures and concurrent ones share it). A measurement that fails
-refuses nothing: it is logged and the last sample kept. Per measurement:
-per shard and lane one XINFO GROUPS, plus per group with work an XPENDING summary and an
-XRANGE for the first undelivered entry. Stream ids carry Redis's clock, compared
-here with this host's wall clock (not the injectable one). The sample is exported as
-OpenTelemetry gauges: the oldest age, and the entries delivered but not acknowledged
-(plus, on Redis 7 and later, those not delivered yet: XINFO's `lag`).
+refuses nothing: it is logged and the last sample kept. Per measurement, one script per
+shard (lua/backlog_shard.lua; a shard's lanes share one Cluster slot) reads every lane:
+XINFO GROUPS, and per group an XPENDING summary if it has pending entries and an XRANGE
+for the undelivered ones. (Sent from Python, those were 400 to 900 commands a second per
+incidents process, idle or not: about a tenth of its CPU under load.) Stream ids carry
+Redis's clock, compared here with this host's wall clock (not the injectable one). The
+sample is exported as OpenTelemetry gauges: the oldest age, and the entries delivered but
+not acknowledged (plus, on Redis 7 and later, those not delivered yet: XINFO's `lag`).
 """
 
 from __future__ import annotations
@@ -150,8 +152,8 @@ class Backlog:
         # Undelivered entries are counted per stream up to a share of the limit plus one
         # (incidents spread evenly over the shards), so a measurement stays cheap.
         self._count_cap = (max_entries + shards - 1) // shards + 1 if max_entries > 0 else 0
-        self._count = LuaScript(
-            redis, "backlog_count.lua", body=read_lua("tocsin.incidents", "lua/backlog_count.lua")
+        self._shard_script = LuaScript(
+            redis, "backlog_shard.lua", body=read_lua("tocsin.incidents", "lua/backlog_shard.lua")
         )
         self.groups = groups
         self.shards = shards
@@ -230,7 +232,8 @@ class Backlog:
     async def _sample_now(self) -> BacklogSample:
         global _latest
         cells = [(shard, lane) for shard in range(self.shards) for lane in range(EVENT_LANES)]
-        measured = await asyncio.gather(*(self._stream(stream_key(*cell)) for cell in cells))
+        shards = await asyncio.gather(*(self._shard(shard) for shard in range(self.shards)))
+        measured = [lane for shard in shards for lane in shard]
         now_ms = time.time() * 1000
 
         def age(oldest: list[int]) -> float:
@@ -252,33 +255,13 @@ class Backlog:
         _latest = sample
         return sample
 
-    async def _stream(self, key: str) -> tuple[int, int | None, int]:
-        """(entries, ms of the oldest unfinished entry, events the slower group has not
-        finished: pending plus undelivered counted up to the cap) of one lane of one
-        shard."""
-        entries = 0
-        waiting = 0
-        oldest: list[int] = []
-        for group in await self.redis.xinfo_groups(key):
-            name = group["name"].decode() if isinstance(group["name"], bytes) else group["name"]
-            if name not in self.groups:
-                continue
-            pending = int(group.get("pending") or 0)
-            lag = group.get("lag")
-            entries += pending + (int(lag) if isinstance(lag, int) else 0)
-            if pending:
-                summary = await self.redis.xpending(key, name)
-                if summary.get("min"):
-                    oldest.append(_id_ms(summary["min"]))
-            last = group["last-delivered-id"]
-            last = last.decode() if isinstance(last, bytes) else str(last)
-            undelivered = await self.redis.xrange(key, min=f"({last}", max="+", count=1)
-            if undelivered:
-                oldest.append(_id_ms(undelivered[0][0]))
-                count = 1
-                if self._count_cap > 1:
-                    count = int(await self._count([key], last=last, cap=self._count_cap))
-                waiting = max(waiting, pending + count)
-            else:
-                waiting = max(waiting, pending)
-        return entries, min(oldest) if oldest else None, waiting
+    async def _shard(self, shard: int) -> list[tuple[int, int | None, int]]:
+        """Per lane of `shard`, lane 0 first: (entries, ms of the oldest unfinished entry,
+        events the slower group has not finished: pending plus undelivered counted up to
+        the cap), in one round trip (lua/backlog_shard.lua)."""
+        keys = [stream_key(shard, lane) for lane in range(EVENT_LANES)]
+        reply = await self._shard_script(keys, cap=self._count_cap, groups=list(self.groups))
+        return [
+            (int(entries), int(oldest) if int(oldest) >= 0 else None, int(waiting))
+            for entries, oldest, waiting in reply
+        ]

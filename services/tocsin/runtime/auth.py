@@ -122,11 +122,13 @@ class Principal:
             return f"api key {self.name or self.credential_id} of {self.user_id}"
         if self.user_id:
             return self.user_id
-        return {
-            CredentialKind.SERVICE: "tocsin service",
-            CredentialKind.BOOTSTRAP_ADMIN: "admin (TOCSIN_API_TOKEN)",
-            CredentialKind.LOCAL_ADMIN: f"local admin ({_os_user()})",
-        }.get(self.kind, self.kind.value)
+        if self.kind is CredentialKind.SERVICE:  # every call between services: no lookup
+            return "tocsin service"
+        if self.kind is CredentialKind.BOOTSTRAP_ADMIN:
+            return "admin (TOCSIN_API_TOKEN)"
+        if self.kind is CredentialKind.LOCAL_ADMIN:
+            return f"local admin ({_os_user()})"
+        return self.kind.value
 
     @property
     def role_name(self) -> str:
