@@ -18,13 +18,14 @@
 - The trim watch: the producer trims each stream to about `STREAM_MAXLEN` entries
   (runtime/events.py), whoever has not read them, and the history group is not one whose
   backlog refuses alerts, so an archive that falls further behind (its database down
-  for an hour of a storm) would lose the trimmed events. Every second the watch reads,
-  per stream, the first entry still there and what the history group still needs (its
-  oldest pending entry, else the entry after the last one delivered): if the stream now
-  starts after what the group needed at the previous look (or at this one, after a
-  restart), events may have been trimmed unread, and a reconciliation is marked in the
-  database (the mark survives a crash). False alarms (more than `STREAM_MAXLEN` events
-  on one stream within a second) only cost a reconciliation.
+  for an hour of a storm) would lose the trimmed events. Every second the watch reads
+  (one script per shard, lua/trim_watch.lua), per stream, the first entry still there
+  and what the history group still needs (its oldest pending entry, else the entry after
+  the last one delivered): if the stream now starts after what the group needed at the
+  previous look (or at this one, after a restart), events may have been trimmed unread,
+  and a reconciliation is marked in the database (the mark survives a crash). False
+  alarms (more than `STREAM_MAXLEN` events on one stream within a second) only cost a
+  reconciliation.
 - The reconciliation writes the archive from Redis's state instead of the stream: every
   incident the incidents service holds (ListIncidents, every page) that the archive
   lacks or holds at an older version is fetched whole (GetIncident with alerts and
@@ -46,14 +47,14 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
-from redis.exceptions import ResponseError
 
 from tocsin.client.client import TocsinClient
 from tocsin.history.store import ArchiveStore
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.events import EVENT_FIELD, INCIDENT_SHARDS, STREAM_MAXLEN, shard_streams
 from tocsin.runtime.loops import WorkerHealth, run_loop
-from tocsin.runtime.redis import RedisClient
+from tocsin.runtime.redis import RedisClient, read_lua
+from tocsin.runtime.scripts import LuaScript
 from tocsin.v1 import incidents_pb2
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,9 @@ class Archiver:
         self.stream_maxlen = STREAM_MAXLEN
         """What the producer trims each stream to (runtime/events.py)."""
         self._needed: dict[str, tuple[int, int]] = {}
+        self._trim_watch = LuaScript(
+            redis, "trim_watch.lua", body=read_lua("tocsin.history", "lua/trim_watch.lua")
+        )
         """Per stream: the first entry id the history group still needed at the last look."""
 
     async def handle(self, event: incidents_pb2.IncidentEvent) -> None:
@@ -133,8 +137,10 @@ class Archiver:
         found (and a reconciliation marked)."""
         lost_since: int | None = None
         for shard in range(INCIDENT_SHARDS):
-            for key in shard_streams(shard):
-                since = await self._trimmed_unread(key)
+            keys = shard_streams(shard)
+            rows: Any = await self._trim_watch(keys, group=GROUP)
+            for key, row in zip(keys, rows, strict=True):
+                since = self._trimmed_unread(key, row) if row else None
                 if since is not None:
                     lost_since = since if lost_since is None else min(lost_since, since)
         if lost_since is None:
@@ -147,33 +153,21 @@ class Archiver:
         await self.store.lower_mark(RECONCILE_MARK, lost_since)
         return True
 
-    async def _trimmed_unread(self, key: str) -> int | None:
+    def _trimmed_unread(self, key: str, row: list[Any]) -> int | None:
         """The time (ms) since which `key` may have lost entries the history group had
-        not read, or None."""
-        try:
-            info: Any = await self.redis.xinfo_stream(key)
-        except ResponseError:  # no such stream yet
-            return None
-        groups: Any = await self.redis.xinfo_groups(key)
-        mine = next((g for g in groups if _text(g.get("name")) == GROUP), None)
-        if mine is None:
-            return None
-        needed = _next_id(_stream_id(_text(mine.get("last-delivered-id", "0-0"))))
-        if int(mine.get("pending", 0)):
-            summary: Any = await self.redis.xpending(key, GROUP)
-            if summary.get("min"):
-                needed = min(needed, _stream_id(_text(summary["min"])))
+        not read, or None; `row` is the stream's line of lua/trim_watch.lua."""
+        length, first, max_deleted, last_delivered, pending, pending_min = row
+        if not _text(last_delivered):
+            return None  # the group does not exist on this stream
+        needed = _next_id(_stream_id(_text(last_delivered)))
+        if int(pending) and _text(pending_min):
+            needed = min(needed, _stream_id(_text(pending_min)))
         previous = self._needed.get(key, needed)
         self._needed[key] = needed
-        first = info.get("first-entry")
-        starts = _stream_id(_text(first[0])) if first else None
-        deleted = (
-            _stream_id(_text(info["max-deleted-entry-id"]))
-            if info.get("max-deleted-entry-id") is not None
-            else None
-        )
+        starts = _stream_id(_text(first)) if _text(first) else None
+        deleted = _stream_id(_text(max_deleted)) if _text(max_deleted) else None
         lost = trimmed_unread(
-            min(previous, needed), starts, int(info.get("length", 0)), self.stream_maxlen, deleted
+            min(previous, needed), starts, int(length), self.stream_maxlen, deleted
         )
         if lost is not None:
             # What is gone is reconciled now: it raises no second alarm.
