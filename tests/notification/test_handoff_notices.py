@@ -195,6 +195,9 @@ async def test_a_change_racing_a_rearm_is_armed_from_the_newer_version(
     """A change's own re-arm that read version 1 just before another change stored
     version 2 (and armed it) computes again rather than arm version 1's moment."""
     await setup(stack, ["start"])
+    stack.clock.set(FIRST_SHIFT)
+    assert await handoffs(stack).worker().run_once() == 1  # 09:00 went; tomorrow's armed
+    fired_at_nine = len(texts(slack))
     stack.clock.set(FIRST_SHIFT + timedelta(hours=1))  # alice on since 09:00
 
     async def twelve_hours() -> None:
@@ -216,7 +219,7 @@ async def test_a_change_racing_a_rearm_is_armed_from_the_newer_version(
     await replica.rearm("primary")
     stack.clock.set(FIRST_SHIFT + timedelta(hours=12))
     assert await handoffs(stack).worker().run_once() == 1
-    assert texts(slack) == [(CHANNEL, "Primary: now on call: Bob")]
+    assert texts(slack)[fired_at_nine:] == [(CHANNEL, "Primary: now on call: Bob")]
 
 
 async def test_a_rearm_outrun_by_changes_gives_up_rather_than_arm_an_old_moment(
@@ -409,3 +412,26 @@ async def test_start_and_end_notices_by_sms_once_and_never_a_call(stack: PagingS
     assert await two.run_once() == 1
     await stack.pager.expect_sms("carol", "your on-call shift on Secondary has ended.")
     await stack.pager.expect_no_more_pages()
+
+
+async def test_a_change_while_a_hand_off_is_due_and_unfired_keeps_it(
+    stack: PagingStack, slack: FakeSlack
+) -> None:
+    """The worker is behind: 09:00 is due and not fired when the schedule is renamed. The
+    change's re-arm must not move the timer to the next hand-off after now (tomorrow),
+    which would lose 09:00's notices: they go when the worker catches up, by the new name."""
+    await setup(stack, ["start"])
+    stack.clock.set(FIRST_SHIFT + timedelta(seconds=30))
+    scheduling = stack.client.scheduling
+    current = await scheduling.GetSchedule(scheduling_pb2.GetScheduleRequest(id="primary"))
+    schedule = current.schedule
+    schedule.name = "Primary on-call"
+    await scheduling.UpdateSchedule(scheduling_pb2.UpdateScheduleRequest(schedule=schedule))
+    assert await handoffs(stack).worker().run_once() == 1
+    assert texts(slack) == [
+        ("D024BE7LH", "tocsin: your on-call shift on Primary on-call starts now."),
+        (CHANNEL, "Primary on-call: now on call: Alice"),
+    ]
+    stack.clock.set(FIRST_SHIFT + timedelta(days=1))  # and the next one is armed
+    assert await handoffs(stack).worker().run_once() == 1
+    assert texts(slack)[2:] == [(CHANNEL, "Primary on-call: now on call: Bob")]

@@ -48,7 +48,10 @@ ARM_ATTEMPTS = 5
 """A schedule changing this often while its timer is armed: the arming gives up (raises);
 the change that won armed it, or the timer is offered again after its lease."""
 _ARM = """-- Arm a schedule's hand-off timer if the schedule is still at the version it was
--- computed from; cancel it if the schedule is gone.
+-- computed from; cancel it if the schedule is gone. A timer already due and not fired
+-- yet (its worker is behind) is left as it is: moved to the next hand-off after now, the
+-- due one's notices would never go; when it fires, its notices are computed from the
+-- schedule as it is then, and it arms the next one itself.
 -- KEYS: schedule hash, the timer library's keys (same slot: {sched})
 -- ARGV:
 --   tag
@@ -56,7 +59,9 @@ _ARM = """-- Arm a schedule's hand-off timer if the schedule is still at the ver
 --   version
 --   due_ms
 --   payload
--- Returns 0 (armed), -1 (no schedule: cancelled) or the schedule's current version.
+--   now_ms
+-- Returns 0 (armed, or left due), -1 (no schedule: cancelled) or the schedule's current
+-- version.
 local version = redis.call('HGET', KEYS[1], 'version')
 if not version then
   timer_cancel(ARGV[1], ARGV[2])
@@ -64,6 +69,10 @@ if not version then
 end
 if version ~= ARGV[3] then
   return tonumber(version)
+end
+local waiting = redis.call('ZSCORE', timer_key(ARGV[1], 'timers'), ARGV[2])
+if waiting and tonumber(waiting) <= tonumber(ARGV[6]) then
+  return 0
 end
 timer_arm(ARGV[1], ARGV[2], ARGV[4], ARGV[5])
 return 0"""
@@ -121,6 +130,7 @@ class HandoffTimers:
                 version=schedule.version,
                 due_ms=_ms(due),
                 payload=str(_ms(due)).encode(),
+                now_ms=self.clock.now_ms(),
             )
             if int(outcome) <= 0:
                 return
