@@ -96,6 +96,10 @@ class Archiver:
             redis, "trim_watch.lua", body=read_lua("tocsin.history", "lua/trim_watch.lua")
         )
         """Per stream: the first entry id the history group still needed at the last look."""
+        self._accounted: dict[str, tuple[int, int]] = {}
+        """Per stream: up to where a trim already raised its alarm (its reconciliation
+        covers what was lost before it): while the group is still behind, a look finds a
+        loss only past it, not the same one every second."""
 
     async def handle(self, event: incidents_pb2.IncidentEvent) -> None:
         """The consumer's handler: returns once the event is committed (raises if it
@@ -166,12 +170,15 @@ class Archiver:
         self._needed[key] = needed
         starts = _stream_id(_text(first)) if _text(first) else None
         deleted = _stream_id(_text(max_deleted)) if _text(max_deleted) else None
-        lost = trimmed_unread(
-            min(previous, needed), starts, int(length), self.stream_maxlen, deleted
-        )
+        since = min(previous, needed)
+        accounted = self._accounted.get(key)
+        if accounted is not None:
+            since = max(since, accounted)
+        lost = trimmed_unread(since, starts, int(length), self.stream_maxlen, deleted)
         if lost is not None:
             # What is gone is reconciled now: it raises no second alarm.
-            self._needed[key] = max(needed, starts or needed, _next_id(deleted or (0, 0)))
+            covered = max(needed, starts or needed, _next_id(deleted or (0, 0)))
+            self._needed[key] = self._accounted[key] = covered
         return lost
 
     async def run_trim_watch(self, stop: asyncio.Event, health: WorkerHealth) -> None:
