@@ -11,7 +11,8 @@ for a peer that is starting (wait_for_ready) within its deadline instead of fail
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
 
 import grpc
 
@@ -21,6 +22,7 @@ from tocsin.runtime.errors import NotFound, Unavailable
 from tocsin.v1 import common_pb2, escalation_pb2, incidents_pb2, scheduling_pb2
 
 log = logging.getLogger(__name__)
+_Reply = TypeVar("_Reply")
 
 LOOKUP_TIMEOUT_S = 1.0
 SERVICE_NAME_TTL_MS = 5 * 60 * 1000
@@ -151,31 +153,49 @@ class UsersPeer:
         return reply.user
 
 
+REPORT_ATTEMPTS = 3
+"""A report escalation did not answer in time (DEADLINE_EXCEEDED) or could not take
+(UNAVAILABLE) is sent again at once, up to this many times in all: each try waits out its
+own deadline, and the reports are idempotent. Once, under overload (200 new incidents a
+second on two cores), a lost report held the next level for minutes."""
+_RETRIED = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+
+
 class EscalationPeer:
     """Tells escalation that a user it paged cannot be reached (every rule failed), so a
     level nobody can answer moves on at once, and that a user's first page went out, so
-    the next level may follow. Best effort: should escalation not answer, an unreachable
-    level waits out its delay, as it would have anyway, and the next level goes ahead at
-    most LEVEL_HOLD_MAX_MS (escalation/domain.py) after its due time."""
+    the next level may follow. Best effort (REPORT_ATTEMPTS tries): should escalation not
+    answer, an unreachable level waits out its delay, as it would have anyway, and the next
+    level goes ahead at most LEVEL_HOLD_MAX_MS (escalation/domain.py) after its due time."""
 
     def __init__(self, client: Callable[[], TocsinClient], timeout_s: float = 5.0) -> None:
         self.client = client
         self.timeout_s = timeout_s
+
+    async def _call(self, method: Callable[..., Awaitable[_Reply]], request: object) -> _Reply:
+        """`method(request)`, tried again at once after DEADLINE_EXCEEDED or UNAVAILABLE
+        (REPORT_ATTEMPTS in all); raises the last error."""
+        for attempt in range(1, REPORT_ATTEMPTS + 1):
+            try:
+                return await method(request, timeout=self.timeout_s, wait_for_ready=True)
+            except grpc.aio.AioRpcError as error:
+                if attempt == REPORT_ATTEMPTS or error.code() not in _RETRIED:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def report_unreachable(
         self, incident_id: str, user_id: str, idempotency_key: str, reason: str
     ) -> bool:
         """True when the report moved the escalation on."""
         try:
-            reply = await self.client().escalation.ReportUnreachable(
+            reply = await self._call(
+                self.client().escalation.ReportUnreachable,
                 escalation_pb2.ReportUnreachableRequest(
                     incident_id=incident_id,
                     user_id=user_id,
                     idempotency_key=idempotency_key,
                     reason=reason,
                 ),
-                timeout=self.timeout_s,
-                wait_for_ready=True,
             )
         except grpc.aio.AioRpcError as error:
             _report_failed(
@@ -193,9 +213,7 @@ class EscalationPeer:
         )
         request.out_at.FromMilliseconds(out_ms)
         try:
-            reply = await self.client().escalation.ReportPageOut(
-                request, timeout=self.timeout_s, wait_for_ready=True
-            )
+            reply = await self._call(self.client().escalation.ReportPageOut, request)
         except grpc.aio.AioRpcError as error:
             _report_failed(
                 error, "incident %s: could not report %s's page out", incident_id, user_id
