@@ -692,10 +692,21 @@ class EscalationEngine:
 
     # auditing
 
-    async def audit(self, shards: frozenset[int], grace_ms: int, window_ms: int) -> int:
+    async def audit(
+        self,
+        shards: frozenset[int],
+        grace_ms: int,
+        window_ms: int,
+        *,
+        start_grace_ms: int | None = None,
+    ) -> int:
         """Re-arm active escalations whose timer is gone, and start escalations for
         triggered incidents that have none. Cost follows the overdue and recent incidents,
-        never the whole keyspace."""
+        never the whole keyspace. Only incidents created more than `start_grace_ms`
+        (default `grace_ms`) ago are started: a younger one's TRIGGERED event may still
+        wait in the stream, and the consumer starts it in its turn (the server passes
+        twice the backlog age limit, so under a storm the auditor neither races the
+        consumer through the whole backlog, nor pages ahead of the lanes' order)."""
         now = self.clock.now_ms()
         fixed = 0
         for shard in sorted(shards):
@@ -710,16 +721,18 @@ class EscalationEngine:
                     log.warning("auditor re-armed the escalation of incident %s", incident_id)
                     fixed += 1
         if 0 in shards:
-            fixed += await self._start_missing(now - window_ms)
+            start_grace = grace_ms if start_grace_ms is None else start_grace_ms
+            fixed += await self._start_missing(now - window_ms, now - start_grace)
         self.repaired += fixed
         _repaired.add(fixed)  # 0 too: the series exists before the first repair
         return fixed
 
-    async def _start_missing(self, since_ms: int) -> int:
+    async def _start_missing(self, since_ms: int, before_ms: int) -> int:
         request = incidents_pb2.ListIncidentsRequest(
             statuses=[incidents_pb2.INCIDENT_STATUS_TRIGGERED], page_size=500
         )
         request.created_after.FromMilliseconds(since_ms)
+        request.created_before.FromMilliseconds(before_ms)
         started = 0
         while True:
             reply = await self.peers.incidents.ListIncidents(

@@ -88,8 +88,14 @@ async def create_server(
     stop = running.stopping
     health = running.workers
 
+    start_grace_ms = max(
+        AUDIT_GRACE_MS, 2 * int(deps.config.backlog_max_age.total_seconds() * 1000)
+    )
+
     async def audit() -> None:
-        await engine.audit(leases.owned, AUDIT_GRACE_MS, AUDIT_WINDOW_MS)
+        await engine.audit(
+            leases.owned, AUDIT_GRACE_MS, AUDIT_WINDOW_MS, start_grace_ms=start_grace_ms
+        )
 
     await leases.heartbeat()
     running.start_worker("escalation lease heartbeat", leases.run(stop, health))
