@@ -55,10 +55,6 @@ class IncidentFeed:
     def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
         self._subscribers.discard(queue)
 
-    @property
-    def subscribers(self) -> int:
-        return len(self._subscribers)
-
     def publish(self, message: dict[str, Any]) -> None:
         for queue in list(self._subscribers):
             try:

@@ -204,10 +204,6 @@ class CircuitBreaker:
         self.open_until_ms = now + self.open_for_ms  # one trial at a time
         return True
 
-    @property
-    def is_open(self) -> bool:
-        return self.consecutive >= self.failures and self.now_ms() < self.open_until_ms
-
     def succeeded(self) -> None:
         self.consecutive = 0
         self.open_until_ms = 0

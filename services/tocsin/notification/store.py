@@ -68,8 +68,6 @@ class Fired:
     incident_id: str = ""
     user_id: str = ""
     next_rule: int = -1
-    number: int = 0
-    """The incident's number as mirrored (0 while the mirror does not know it)."""
 
 
 @dataclass(frozen=True)
@@ -176,10 +174,8 @@ class PagingStore:
         )
         outcome = _text(reply[0])
         if outcome == "send":
-            code, summary, service_id, incident, user, number = (_text(v) for v in reply[1:7])
-            return Fired(
-                outcome, code, summary, service_id, incident, user, number=int(number or 0)
-            )
+            code, summary, service_id, incident, user = (_text(v) for v in reply[1:6])
+            return Fired(outcome, code, summary, service_id, incident, user)
         if outcome == "unreachable":
             return Fired(outcome, next_rule=int(reply[1]))
         return Fired(outcome)

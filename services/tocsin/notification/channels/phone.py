@@ -41,9 +41,6 @@ class _PhoneChannel:
         self.public_url = public_url
         self.status_callbacks = status_callbacks
 
-    def route(self, name: str) -> Route:
-        return next((r for r in self.routes if r.name == name), self.routes[0])
-
     async def send(self, address: str, message: Message, attempt_id: str) -> SendResult:
         return await self.send_via(self.routes[0], address, message, attempt_id)
 

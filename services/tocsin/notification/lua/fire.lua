@@ -21,8 +21,7 @@
 --       'skip'    record SKIPPED (the incidents service says it is not triggered)
 --       'unreachable'  record FAILED with `detail` (contact method deleted or disabled)
 --                 and move on to the next rule at once
--- Returns {outcome, ...}: {'send', reply code, summary, service id, incident, user,
--- incident number ('' while unknown)},
+-- Returns {outcome, ...}: {'send', reply code, summary, service id, incident, user},
 -- {'unreachable', next rule index}, or one of 'stale', 'gone', 'cancelled', 'superseded',
 -- 'duplicate', 'check', 'skip'.
 local tag, id, fence = ARGV[1], ARGV[2], ARGV[3]
@@ -47,7 +46,7 @@ if outcome then
   timer_complete(tag, id, fence)
   return {outcome}
 end
-local state = redis.call('HMGET', KEYS[1], 'st', 'sum', 'svc', 'nr')
+local state = redis.call('HMGET', KEYS[1], 'st', 'sum', 'svc')
 if mode == 'mirror' and state[1] and tonumber(state[1]) ~= INCIDENT_TRIGGERED then
   return {'check'}
 end
@@ -72,4 +71,4 @@ if mode == 'unreachable' then
 elseif mode == 'skip' then
   return {'skip'}
 end
-return {'send', cycle[4], state[2] or '', state[3] or '', cycle[1], cycle[2], state[4] or ''}
+return {'send', cycle[4], state[2] or '', state[3] or '', cycle[1], cycle[2]}
