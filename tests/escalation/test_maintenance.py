@@ -5,7 +5,7 @@ recurrence math: a weekly window keeps its local wall time across DST."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
@@ -15,7 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from tests.escalation.stack import FullStack, user
 from tests.notification.stack import ALICE, SMS
 from tocsin.incidents import maintenance
-from tocsin.runtime.clock import datetime_to_ms
+from tocsin.runtime.clock import ManualClock, datetime_to_ms
 from tocsin.v1 import common_pb2, incidents_pb2, routing_pb2, urgency_pb2
 
 
@@ -217,3 +217,90 @@ async def test_a_service_may_ask_for_what_arrived_during_a_window_to_page_at_its
     assert timeline[0].actor.display == "maintenance window deploy ended (held alert)"
     await stack.tick(minutes=30)
     await stack.pager.expect_no_more_pages()
+
+
+async def _held_window(stack: FullStack) -> None:
+    """payments-api pages alice, holds what arrives in window "deploy" (30 minutes)."""
+    await stack.paging.add_user("alice", ALICE, [(SMS, 0)])
+    await stack.policy(([user("alice")], 60))
+    await stack.client.incidents.UpdateService(
+        incidents_pb2.UpdateServiceRequest(
+            service=incidents_pb2.Service(
+                id="payments-api", escalation_policy_id="payments", page_after_maintenance=True
+            )
+        )
+    )
+    await stack.client.incidents.CreateMaintenanceWindow(
+        urgency_pb2.CreateMaintenanceWindowRequest(
+            window=urgency_pb2.MaintenanceWindow(
+                id="deploy", service_ids=["payments-api"], duration=Duration(seconds=1800)
+            )
+        )
+    )
+
+
+def _held_request(summary: str) -> incidents_pb2.TriggerRequest:
+    return incidents_pb2.TriggerRequest(
+        service_id="payments-api",
+        summary=summary,
+        dedup_key=summary,
+        severity=common_pb2.SEVERITY_CRITICAL,
+    )
+
+
+async def test_an_alert_held_by_a_replica_that_missed_the_early_end_pages_at_once(
+    stack: FullStack,
+) -> None:
+    """Another incidents replica still has the window in its 1-second cache when the
+    window is ended early, and holds an alert that arrives then. It must page at once,
+    not at the planned end 30 minutes later (nor push back what was held before)."""
+    await _held_window(stack)
+    assert (await trigger(stack, "api 500s")).suppressed_by == "maintenance/deploy"
+    replica = maintenance.Maintenance(stack.paging.redis, stack.paging.clock)
+    window = await replica.active_for("payments-api")  # cached: in progress
+    assert window is not None
+    await stack.client.incidents.EndMaintenanceWindow(
+        urgency_pb2.EndMaintenanceWindowRequest(id="deploy")
+    )
+    await replica.hold(window, _held_request("queue backlog"))  # its stale view
+    await stack.tick(seconds=1)
+    await stack.pager.expect_sms("alice")
+    await stack.pager.expect_sms("alice")
+    listed = await stack.client.incidents.ListIncidents(
+        incidents_pb2.ListIncidentsRequest(service_ids=["payments-api"])
+    )
+    assert sorted(i.summary for i in listed.incidents) == ["api 500s", "queue backlog"]
+
+
+async def test_an_alert_held_while_the_end_fires_is_not_dropped(
+    stack: FullStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An alert held between the firing's read of the hold and its drop (another
+    replica, the same moment) pages too: the drop takes only what the firing triggered."""
+    await _held_window(stack)
+    assert (await trigger(stack, "api 500s")).suppressed_by == "maintenance/deploy"
+    replica_clock = ManualClock(stack.paging.clock.now_ms())  # another replica's view
+    replica = maintenance.Maintenance(stack.paging.redis, replica_clock)
+    window = await replica.active_for("payments-api")
+    assert window is not None
+    read = maintenance.Maintenance.held
+
+    async def held_then_another_arrives(
+        self: maintenance.Maintenance, timer_id: str
+    ) -> list[tuple[bytes, bytes]]:
+        entries = await read(self, timer_id)
+        # it arrived just before the end, on a replica whose clock runs a millisecond behind
+        replica_clock.set(stack.paging.clock.now() - timedelta(milliseconds=1))
+        await replica.hold(window, _held_request("queue backlog"))
+        monkeypatch.setattr(maintenance.Maintenance, "held", read)
+        return entries
+
+    monkeypatch.setattr(maintenance.Maintenance, "held", held_then_another_arrives)
+    await stack.tick(minutes=30)  # the planned end
+    await stack.pager.expect_sms("alice")
+    await stack.tick(seconds=1)  # the timer, armed again for what came meanwhile
+    await stack.pager.expect_sms("alice")
+    listed = await stack.client.incidents.ListIncidents(
+        incidents_pb2.ListIncidentsRequest(service_ids=["payments-api"])
+    )
+    assert sorted(i.summary for i in listed.incidents) == ["api 500s", "queue backlog"]

@@ -24,7 +24,10 @@ dedup key that arrived during an occurrence is held (a hash per occurrence) and,
 same script, a durable timer (tocsin.runtime.timers, namespace "maint") is armed for the
 occurrence's end (for now, when it is ended early). When it fires, each held alert is
 triggered as if it had just arrived (nobody is paged twice: a second firing after a crash
-joins the incidents the first opened), then the hold is dropped.
+joins the incidents the first opened), then the alerts it triggered are dropped from the
+hold; one held meanwhile stays, and the timer is armed again for it. An early end is
+recorded beside the hold, so a replica whose 1-second window cache has not seen the end
+yet, and still holds an alert, arms the timer for the end that happened, never later.
 
 Storage: two hashes under the tag {maint} (window id -> MaintenanceWindow protobuf, and
 window id -> alerts recorded); the held alerts and their timers under the tag of the
@@ -40,6 +43,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dateutil.rrule import rrule, rrulestr
@@ -66,6 +70,8 @@ log = logging.getLogger(__name__)
 WINDOWS_KEY = "tocsin:{maint}:windows"
 COUNTS_KEY = "tocsin:{maint}:counts"
 CACHE_TTL_MS = 1000
+ENDED_MARGIN_MS = 60_000
+"""An early end's marker outlives the occurrence's planned end by this much."""
 MIN_DURATION_S = 60
 MAX_DURATION_S = 31 * 86400
 MAX_WINDOWS = 1000
@@ -73,17 +79,62 @@ MAX_DESCRIPTION = 1024
 MAX_SERVICES = 100
 
 HELD_NAMESPACE = "maint"
-_HOLD = """-- Hold an alert for the end of a maintenance occurrence, and arm that end's timer.
--- KEYS: the timer keys of the maint shard, then the occurrence's held-alerts hash
+_HOLD = """-- Hold an alert for the end of a maintenance occurrence, and arm that end's timer:
+-- never later than it is armed already, nor than an early end recorded by `end` (a
+-- replica whose 1-second window cache has not seen that end still holds the alert, and
+-- it pages at once instead of at the occurrence's planned end).
+-- KEYS: the timer keys of the maint shard, the occurrence's held-alerts hash, its
+--       early-end marker
 -- ARGV:
 --   tag
 --   id
 --   due_ms
 --   field
 --   request
+local due = tonumber(ARGV[3])
+local ended = redis.call('GET', KEYS[8])
+if ended and tonumber(ended) < due then
+  due = tonumber(ended)
+end
+local waiting = redis.call('ZSCORE', timer_key(ARGV[1], 'timers'), ARGV[2])
+if waiting and tonumber(waiting) < due then
+  due = tonumber(waiting)
+end
 redis.call('HSET', KEYS[7], ARGV[4], ARGV[5])
-timer_arm(ARGV[1], ARGV[2], ARGV[3], '')
+timer_arm(ARGV[1], ARGV[2], due, '')
 return 1"""
+_END = """-- An occurrence ended early: record when (for holds racing the end, see the hold
+-- script), and page what it holds now.
+-- KEYS: the timer keys of the maint shard, the occurrence's held-alerts hash, its
+--       early-end marker
+-- ARGV:
+--   tag
+--   id
+--   now_ms
+--   ttl_ms   the marker's life: past the occurrence's planned end
+redis.call('SET', KEYS[8], ARGV[3], 'PX', ARGV[4])
+if redis.call('EXISTS', KEYS[7]) == 1 then
+  timer_arm(ARGV[1], ARGV[2], ARGV[3], '')
+end
+return 1"""
+_DROP = """-- The held alerts read were triggered: drop those (each only if it is still what was
+-- read). One held meanwhile stays, and the end's timer is armed again, due now, for it.
+-- KEYS: the timer keys of the maint shard, the occurrence's held-alerts hash
+-- ARGV:
+--   tag
+--   id
+--   now_ms
+--   entries...   field, request, field, request, ...
+for i = 4, #ARGV, 2 do
+  if redis.call('HGET', KEYS[7], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HDEL', KEYS[7], ARGV[i])
+  end
+end
+if redis.call('EXISTS', KEYS[7]) == 1 then
+  timer_arm(ARGV[1], ARGV[2], ARGV[3], '')
+  return 1
+end
+return 0"""
 
 Window = urgency_pb2.MaintenanceWindow
 Span = tuple[int, int]
@@ -234,6 +285,8 @@ class Maintenance:
         self.timers = TimerStore(redis, clock, shards=1, namespace=HELD_NAMESPACE)
         """The occurrence ends that page held alerts (one shard: they are few)."""
         self._hold = LuaScript(redis, "maintenance hold", TIMER_LUA, body=_HOLD)
+        self._end = LuaScript(redis, "maintenance end", TIMER_LUA, body=_END)
+        self._drop = LuaScript(redis, "maintenance drop held", TIMER_LUA, body=_DROP)
         self._cache: tuple[int, list[Window]] | None = None
         self._loading: asyncio.Future[list[Window]] | None = None
         self._answers: dict[bytes, tuple[int, int, bool]] = {}
@@ -281,7 +334,7 @@ class Maintenance:
         timer_id = f"{window.id}|{span[0]}"
         field = f"{request.service_id}\0{request.dedup_key}"
         await self._hold(
-            [*timer_keys(0, HELD_NAMESPACE), _held_key(timer_id)],
+            [*timer_keys(0, HELD_NAMESPACE), _held_key(timer_id), _ended_key(timer_id)],
             tag=timer_tag(0, HELD_NAMESPACE),
             id=timer_id,
             due_ms=span[1],
@@ -289,12 +342,23 @@ class Maintenance:
             request=request.SerializeToString(),
         )
 
-    async def held(self, timer_id: str) -> list[incidents_pb2.TriggerRequest]:
-        raw = await self.redis.hvals(_held_key(timer_id))
-        return [incidents_pb2.TriggerRequest.FromString(keys.as_bytes(r)) for r in raw]
+    async def held(self, timer_id: str) -> list[tuple[bytes, bytes]]:
+        """The alerts an occurrence holds: (field, serialized TriggerRequest) each."""
+        raw: dict[Any, Any] = await self.redis.hgetall(_held_key(timer_id))
+        return [(keys.as_bytes(f), keys.as_bytes(v)) for f, v in raw.items()]
 
-    async def drop_held(self, timer_id: str) -> None:
-        await self.redis.delete(_held_key(timer_id))
+    async def drop_held(self, timer_id: str, triggered: list[tuple[bytes, bytes]]) -> bool:
+        """Drop the held alerts that were triggered (as read); True when others were held
+        meanwhile (the timer is armed again, due now, for them)."""
+        return bool(
+            await self._drop(
+                [*timer_keys(0, HELD_NAMESPACE), _held_key(timer_id)],
+                tag=timer_tag(0, HELD_NAMESPACE),
+                id=timer_id,
+                now_ms=self.clock.now_ms(),
+                entries=[part for entry in triggered for part in entry],
+            )
+        )
 
     async def _windows(self) -> list[Window]:
         cached = self._cache
@@ -368,8 +432,15 @@ class Maintenance:
         stored.ended_at.FromMilliseconds(now)
         await self.redis.hset(WINDOWS_KEY, stored.id, stored.SerializeToString())
         self._cache = None
-        if span is not None and await self.redis.exists(_held_key(f"{window.id}|{span[0]}")):
-            await self.timers.arm(f"{window.id}|{span[0]}", now, b"", 0)  # held: page now
+        if span is not None:  # what it held pages now; holds racing this page now too
+            timer_id = f"{window.id}|{span[0]}"
+            await self._end(
+                [*timer_keys(0, HELD_NAMESPACE), _held_key(timer_id), _ended_key(timer_id)],
+                tag=timer_tag(0, HELD_NAMESPACE),
+                id=timer_id,
+                now_ms=now,
+                ttl_ms=max(span[1] - now, 0) + ENDED_MARGIN_MS,
+            )
         return with_state(stored, now, window.alerts_recorded), True
 
     async def delete(self, window_id: str) -> Window:
@@ -408,6 +479,10 @@ def _held_key(timer_id: str) -> str:
     return f"tocsin:{timer_tag(0, HELD_NAMESPACE)}:held:{timer_id}"
 
 
+def _ended_key(timer_id: str) -> str:
+    return f"tocsin:{timer_tag(0, HELD_NAMESPACE)}:ended:{timer_id}"
+
+
 def held_worker(
     maintenance: Maintenance,
     trigger: Callable[[incidents_pb2.TriggerRequest], Awaitable[object]],
@@ -418,7 +493,9 @@ def held_worker(
 
     async def fire(timer: ClaimedTimer) -> None:
         window_id = timer.timer_id.split("|", 1)[0]
-        for request in await maintenance.held(timer.timer_id):
+        held = await maintenance.held(timer.timer_id)
+        for _, raw in held:
+            request = incidents_pb2.TriggerRequest.FromString(raw)
             request.actor.CopyFrom(
                 common_pb2.Actor(
                     channel=common_pb2.CHANNEL_AUTO,
@@ -429,6 +506,6 @@ def held_worker(
                 await trigger(request)
             except (InvalidArgument, NotFound) as error:  # its service is gone, say
                 log.warning("held alert of %s not triggered: %s", window_id, error)
-        await maintenance.drop_held(timer.timer_id)
+        await maintenance.drop_held(timer.timer_id, held)
 
     return TimerWorker(maintenance.timers, maintenance.clock, fire, lambda: range(1), **options)
