@@ -151,6 +151,24 @@ async def test_a_new_override_is_its_own_call(client: TocsinClient) -> None:
     assert reply.shift.user_id == "dave" and reply.shift.source_name == created.override.id
 
 
+async def test_a_schedule_deleted_and_created_again_answers_as_the_new_one(
+    client: TocsinClient,
+) -> None:
+    await client.scheduling.CreateSchedule(pb.CreateScheduleRequest(schedule=primary()))
+    ask = pb.WhoIsOnCallRequest(schedule_id="primary", at=timestamp(NOW))
+    before = await client.scheduling.WhoIsOnCall(ask)  # compiled and kept
+    await client.scheduling.DeleteSchedule(pb.DeleteScheduleRequest(id="primary"))
+    again = primary()
+    del again.overrides[:]
+    del again.layers[1:]
+    again.layers[0].user_ids[:] = ["dave"]
+    created = await client.scheduling.CreateSchedule(pb.CreateScheduleRequest(schedule=again))
+    assert created.schedule.version == 1  # the same id and version as the one deleted
+    after = await client.scheduling.WhoIsOnCall(ask)
+    assert before.shift.user_id != "dave"
+    assert after.shift.user_id == "dave"
+
+
 async def test_nobody_on_call_is_an_answer(client: TocsinClient) -> None:
     schedule = primary()
     schedule.id = "later"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import grpc
+from redis.exceptions import RedisError
 
 from tocsin.identity.servicer import SERVICE_NAME as IDENTITY_SERVICE_NAME
 from tocsin.identity.servicer import IdentityServicer
@@ -22,6 +24,7 @@ from tocsin.scheduling.store import SchedulingStore
 from tocsin.v1 import identity_pb2_grpc, scheduling_pb2_grpc
 
 SERVICE_NAME = "tocsin.v1.SchedulingService"
+log = logging.getLogger(__name__)
 
 
 def own_schedule(store: SchedulingStore) -> OwnCheck:
@@ -62,6 +65,10 @@ async def create_server(
     servicer.handoffs = HandoffTimers(
         servicer.store, deps.redis, deps.clock, lambda: deps.peer_client().notification
     )
+    try:
+        await servicer.store.stamp_revisions()
+    except RedisError as error:  # those schedules are only not cached until written
+        log.warning("could not stamp schedule revisions: %s", error)
     identity_store = IdentityStore(deps.redis)
     identity = IdentityServicer(identity_store, servicer.store, audit, deps.clock)
 

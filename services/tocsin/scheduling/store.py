@@ -7,7 +7,10 @@ cannot be deleted. Scripts build the reference keys from a prefix; they stay in 
 
 Schedules are stored as their protobuf (the operator's own words: local start times,
 duration strings) plus a version for compare-and-set. Compiled domain schedules are
-cached per (id, version), so WhoIsOnCall costs one HMGET and the shift arithmetic.
+cached per (id, version, revision), so WhoIsOnCall costs one HMGET and the shift arithmetic.
+
+Every write also stores a revision that is never reused (tocsin/runtime/oncall.py): it
+is what escalation checks before it pages from a WhoIsOnCall answer it remembers.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from tocsin.runtime.errors import (
     InvalidArgument,
     NotFound,
 )
+from tocsin.runtime.oncall import REVISION_COUNTER, REVISION_FIELD, SCHEDULE_PREFIX
+from tocsin.runtime.oncall import schedule_key as schedule_key
 from tocsin.runtime.redis import RedisClient, read_lua
 from tocsin.runtime.scripts import LuaScript
 from tocsin.scheduling.convert import parse_schedule, to_domain_schedule
@@ -33,7 +38,7 @@ from tocsin.scheduling.model import Schedule
 from tocsin.v1 import common_pb2, scheduling_pb2
 
 TAG = "{sched}"
-PREFIX = f"tocsin:{TAG}:"
+PREFIX = SCHEDULE_PREFIX
 USERS = PREFIX + "users"
 SCHEDULES = PREFIX + "schedules"
 _CACHE_SIZE = 256
@@ -47,6 +52,23 @@ if redis.call("SET", KEYS[1], ARGV[2], "NX") then
   return 1
 end
 return 0
+"""
+_STAMP_REVISIONS = """
+-- Give every schedule stored before revisions existed one (each write gives a new one).
+-- KEYS: schedules index, revision counter
+-- ARGV:
+--   prefix   key prefix
+--   field    the revision's field
+-- Returns how many schedules were stamped.
+local stamped = 0
+for _, id in ipairs(redis.call("ZRANGE", KEYS[1], 0, -1)) do
+  local key = ARGV[1] .. "schedule:" .. id
+  if redis.call("EXISTS", key) == 1 and redis.call("HEXISTS", key, ARGV[2]) == 0 then
+    redis.call("HSET", key, ARGV[2], redis.call("INCR", KEYS[2]))
+    stamped = stamped + 1
+  end
+end
+return stamped
 """
 _CAS_ATTEMPTS = 5
 
@@ -66,10 +88,6 @@ def user_key(user_id: str) -> str:
     return f"{PREFIX}user:{user_id}"
 
 
-def schedule_key(schedule_id: str) -> str:
-    return f"{PREFIX}schedule:{schedule_id}"
-
-
 def refs_key(user_id: str) -> str:
     return f"{PREFIX}user-refs:{user_id}"
 
@@ -82,7 +100,8 @@ class SchedulingStore:
         self._delete = _script(redis, "delete_schedule.lua")
         self._delete_user = _script(redis, "delete_user.lua")
         self._create_user = LuaScript(redis, "create user", body=_CREATE_USER)
-        self._compiled: OrderedDict[tuple[str, int], Schedule] = OrderedDict()
+        self._stamp = LuaScript(redis, "stamp revisions", body=_STAMP_REVISIONS)
+        self._compiled: OrderedDict[tuple[str, int, bytes | None], Schedule] = OrderedDict()
 
     # users
 
@@ -178,24 +197,37 @@ class SchedulingStore:
         return scheduling_pb2.Schedule.FromString(raw)
 
     async def compiled(self, schedule_id: str) -> Schedule:
-        """The domain schedule, compiled once per version. A cache hit costs one small
-        HGET of the version; the protobuf (tens of KB with hundreds of overrides) is read
-        only when the version changed."""
-        version = await self.redis.hget(schedule_key(schedule_id), "version")
+        """The domain schedule, compiled once per revision. A cache hit costs one small
+        HMGET of the version and revision; the protobuf (tens of KB with hundreds of
+        overrides) is read only when they changed. The revision, never reused, tells a
+        schedule deleted and created again (its version starts at 1 again) from the old."""
+        version, rev = await self.redis.hmget(
+            schedule_key(schedule_id), ["version", REVISION_FIELD]
+        )
         if version is None:
             raise NotFound(f"schedule {schedule_id!r} does not exist")
-        cached = self._compiled.get((schedule_id, int(version)))
+        key = (schedule_id, int(version), rev)
+        cached = self._compiled.get(key)
         if cached is not None:
-            self._compiled.move_to_end((schedule_id, int(version)))
+            self._compiled.move_to_end(key)
             return cached
-        raw, version = await self.redis.hmget(schedule_key(schedule_id), ["proto", "version"])
+        raw, version, rev = await self.redis.hmget(
+            schedule_key(schedule_id), ["proto", "version", REVISION_FIELD]
+        )
         if raw is None or version is None:
             raise NotFound(f"schedule {schedule_id!r} does not exist")
         compiled = to_domain_schedule(scheduling_pb2.Schedule.FromString(raw))
-        self._compiled[(schedule_id, int(version))] = compiled
+        self._compiled[(schedule_id, int(version), rev)] = compiled
         if len(self._compiled) > _CACHE_SIZE:
             self._compiled.popitem(last=False)
         return compiled
+
+    async def stamp_revisions(self) -> int:
+        """Stamp a revision on every schedule stored without one (before revisions
+        existed), so escalation can cache its answers; how many were stamped."""
+        return int(
+            await self._stamp([SCHEDULES, REVISION_COUNTER], prefix=PREFIX, field=REVISION_FIELD)
+        )
 
     async def list_schedules(self, after: str, limit: int) -> list[scheduling_pb2.Schedule]:
         ids = await self._page(SCHEDULES, after, limit)
@@ -249,7 +281,12 @@ class SchedulingStore:
             {u for layer in msg.layers for u in layer.user_ids} | {o.user_id for o in msg.overrides}
         )
         reply = await self._put(
-            keys=[schedule_key(msg.id), SCHEDULES, *(user_key(u) for u in users)],
+            keys=[
+                schedule_key(msg.id),
+                SCHEDULES,
+                REVISION_COUNTER,
+                *(user_key(u) for u in users),
+            ],
             id=msg.id,
             mode=mode,
             expected=expected,
