@@ -32,7 +32,7 @@ from tests.notification.stack import ALICE, BOB, SMS
 from tocsin.runtime.redis import RedisClient
 from tocsin.runtime.scripts import LuaScript
 
-ROUND_TRIP_BUDGET = 19
+ROUND_TRIP_BUDGET = 17
 """Round trips before the Twilio request allowed (measured on main; lower it as they drop)."""
 
 

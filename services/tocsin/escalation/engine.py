@@ -4,7 +4,9 @@ pages of a fired level through an outbox timer, and audits for lost timers.
 Firing a level is a GoAlert-style idempotent cycle:
 
 1. the level timer (or the event that started the escalation) hands over the state;
-2. schedule targets are resolved through scheduling's WhoIsOnCall;
+2. schedule targets are resolved through scheduling's WhoIsOnCall, or from the answer
+   remembered for the schedule while its revision and the answer's shift still hold
+   (tocsin/runtime/oncall.py; the revision is read with the policy when it starts);
 3. ONE compare-and-set writes the advanced state, arms the next level's timer and arms a
    "hop" outbox timer holding the pages to send; a stale or duplicate timer fails the
    version check and pages nobody;
@@ -65,6 +67,7 @@ from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from tocsin.runtime.events import incident_shard
 from tocsin.runtime.metrics import timer_fired
+from tocsin.runtime.oncall import OnCallCache, read_revisions
 from tocsin.runtime.telemetry import context_from_traceparent, current_traceparent
 from tocsin.runtime.timers import ClaimedTimer, RetryLater, retry_later
 from tocsin.v1 import common_pb2, incidents_pb2, notification_pb2, scheduling_pb2
@@ -116,6 +119,11 @@ class EscalationEngine:
         self.hold_max_ms = LEVEL_HOLD_MAX_MS
         """How long past its due time a level waits for the previous level's pages."""
         self.repaired = 0
+        self.on_call = OnCallCache()
+        """WhoIsOnCall answers, used while the schedule's revision and shift hold."""
+        self._first_schedules: dict[str, tuple[str, ...]] = {}
+        """Per policy, the schedules its level 0 named when last read: their revisions
+        are read with the policy when an escalation starts."""
         self._peer_warned_at: float | None = None
         self._peer_failures = 0
 
@@ -145,7 +153,9 @@ class EscalationEngine:
             if incident.assignment.WhichOneof("target") != "user_id"
             else ""
         )
-        exists, stored = await self.store.exists_with_policy(incident.id, policy_id)
+        exists, stored, revisions = await self.store.exists_with_policy(
+            incident.id, policy_id, self._first_schedules.get(policy_id, ())
+        )
         if exists:
             return
         with tracer.start_as_current_span(
@@ -157,6 +167,7 @@ class EscalationEngine:
             if policy is None:
                 return
             span.set_attribute("policy.id", policy.id)
+            self._learn_first_schedules(policy)
             page_at = incident.page_at.ToMilliseconds() if incident.HasField("page_at") else None
             now = self.clock.now_ms()
             state = domain.start(
@@ -167,13 +178,22 @@ class EscalationEngine:
                 first_fire_ms=page_at,  # waiting for support hours: level 0 due then
                 service_id=incident.service_id,
             )
-            if domain.is_due(state, now) and await self._start_fired(state):
+            if domain.is_due(state, now) and await self._start_fired(state, revisions):
                 return
             written = await self.store.write(state, 0, traceparent=current_traceparent())
         if written:
             await self.fire_now(incident.id)
 
-    async def _start_fired(self, state: Escalation) -> bool:
+    def _learn_first_schedules(self, policy: Policy) -> None:
+        if not policy.levels or not policy.id:
+            return
+        if len(self._first_schedules) >= 4096:
+            self._first_schedules.clear()
+        self._first_schedules[policy.id] = tuple(
+            t.id for t in policy.levels[0].targets if t.kind == "schedule"
+        )
+
+    async def _start_fired(self, state: Escalation, revisions: dict[str, bytes | None]) -> bool:
         """Level 0 fires inside the write that starts the escalation: one compare-and-set
         (nothing stored yet) records the escalation with level 0 fired, its hop and the
         next level's timer, and the hop is sent at once. Nothing is written before that
@@ -184,7 +204,13 @@ class EscalationEngine:
         (state written, level 0 due, retried by its timer)."""
         timer_fired("escalation", state.started_ms, state.started_ms)
         try:
-            await self._advance(state, current_traceparent(), manual=False, expected_version=0)
+            await self._advance(
+                state,
+                current_traceparent(),
+                manual=False,
+                expected_version=0,
+                revisions=revisions,
+            )
         except grpc.aio.AioRpcError as error:
             if error.code() not in _PEER_PASSING:
                 raise
@@ -402,9 +428,11 @@ class EscalationEngine:
         *,
         manual: bool,
         expected_version: int | None = None,
+        revisions: dict[str, bytes | None] | None = None,
     ) -> Escalation | None:
         """Fire what is next of `state` and write it with a compare-and-set on
-        `expected_version` (default: `state.version`; 0: nothing stored yet)."""
+        `expected_version` (default: `state.version`; 0: nothing stored yet).
+        `revisions`: schedules' revisions read already for this firing."""
         expected = state.version if expected_version is None else expected_version
         now = self.clock.now_ms()
         with tracer.start_as_current_span(
@@ -436,7 +464,7 @@ class EscalationEngine:
                     for t in work.targets
                     if t.kind in channeltargets.KINDS
                 }
-                pages, notes = await self._resolve_targets(state, work, now)
+                pages, notes = await self._resolve_targets(state, work, now, revisions or {})
                 advanced = domain.record_pages(advanced, pages)
                 if not pages and advanced.next_fire_ms is not None:
                     advanced = replace(advanced, next_fire_ms=now)  # nobody here: go on now
@@ -485,7 +513,11 @@ class EscalationEngine:
         return advanced
 
     async def _resolve_targets(
-        self, state: Escalation, work: LevelFired, now_ms: int
+        self,
+        state: Escalation,
+        work: LevelFired,
+        now_ms: int,
+        revisions: dict[str, bytes | None],
     ) -> tuple[tuple[Page, ...], list[dict[str, Any]]]:
         pages: list[Page] = []
         notes: list[dict[str, Any]] = []
@@ -495,6 +527,9 @@ class EscalationEngine:
         if round_robin:
             turn = await self.store.round_robin_turn(state.policy.id, work.level, state.incident_id)
             targets = domain.round_robin_order(targets, turn, work.loop)
+        unread = [t.id for t in targets if t.kind == "schedule" and t.id not in revisions]
+        if unread:  # the revisions not read with the policy, in one round trip
+            revisions = {**revisions, **await read_revisions(self.store.redis, unread)}
         for target in targets:
             user: str | None
             if target.kind == "user":
@@ -503,7 +538,7 @@ class EscalationEngine:
                 user, schedule_id = channeltargets.target_id(target.kind, target.id), ""
             else:
                 schedule_id = target.id
-                user = await self._on_call(schedule_id, now_ms, notes, work)
+                user = await self._on_call(schedule_id, revisions.get(schedule_id), notes, work)
                 if user is None:
                     continue
             if user not in seen:
@@ -541,12 +576,24 @@ class EscalationEngine:
         return tuple(pages), notes
 
     async def _on_call(
-        self, schedule_id: str, now_ms: int, notes: list[dict[str, Any]], work: LevelFired
+        self,
+        schedule_id: str,
+        revision: bytes | None,
+        notes: list[dict[str, Any]],
+        work: LevelFired,
     ) -> str | None:
+        """Who `schedule_id` has on call now: the remembered answer if it holds under
+        `revision` (read for this firing, before any call), else WhoIsOnCall's."""
         with tracer.start_as_current_span(
             "escalation.who_is_on_call", attributes={"schedule.id": schedule_id}
         ) as span:
             at = self.clock.now()
+            at_ms = int(at.timestamp() * 1000)
+            remembered = self.on_call.lookup(schedule_id, revision, at_ms)
+            span.set_attribute("escalation.on_call_cached", remembered is not None)
+            if remembered is not None:
+                span.set_attribute("user.id", remembered)
+                return remembered
             request = scheduling_pb2.WhoIsOnCallRequest(schedule_id=schedule_id)
             request.at.FromDatetime(at)
             try:
@@ -564,6 +611,14 @@ class EscalationEngine:
                 return None
             user = reply.shift.user_id or None
             span.set_attribute("user.id", user or "")
+            if user is not None:
+                self.on_call.remember(
+                    schedule_id,
+                    revision,
+                    user,
+                    -(-reply.shift.start.ToNanoseconds() // 1_000_000),  # rounded up
+                    reply.shift.end.ToMilliseconds(),  # rounded down
+                )
         if user is None:
             notes.append(
                 _warning(

@@ -7,6 +7,7 @@ timer and the pages to send as one compare-and-set. Policies live under `{polici
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from tocsin.escalation.domain import Escalation
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import AlreadyExists, Conflict, NotFound
 from tocsin.runtime.events import INCIDENT_SHARDS, incident_shard
+from tocsin.runtime.oncall import REVISION_FIELD, schedule_key
 from tocsin.runtime.redis import RedisClient, read_lua
 from tocsin.runtime.scripts import LuaScript
 from tocsin.runtime.timers import TIMER_LUA, TimerStore, shard_tag, timer_keys
@@ -221,17 +223,22 @@ class EscalationStore:
         return bool(await self.redis.exists(state_key(incident_id)))
 
     async def exists_with_policy(
-        self, incident_id: str, policy_id: str
-    ) -> tuple[bool, pb.EscalationPolicy | None]:
-        """Whether the incident's escalation exists, and the policy (None: no such policy,
-        or no `policy_id`), in one round trip: what starting an escalation reads."""
+        self, incident_id: str, policy_id: str, schedule_ids: Sequence[str] = ()
+    ) -> tuple[bool, pb.EscalationPolicy | None, dict[str, bytes | None]]:
+        """Whether the incident's escalation exists, the policy (None: no such policy, or
+        no `policy_id`) and the revisions of `schedule_ids` (runtime/oncall.py), in one
+        round trip: what starting an escalation reads."""
         if not policy_id:
-            return await self.exists(incident_id), None
+            return await self.exists(incident_id), None, {}
+        ids = list(dict.fromkeys(schedule_ids))
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.exists(state_key(incident_id))
             pipe.hget(policy_key(policy_id), "proto")
-            found, raw = await pipe.execute()
-        return bool(found), None if raw is None else pb.EscalationPolicy.FromString(raw)
+            for schedule_id in ids:
+                pipe.hget(schedule_key(schedule_id), REVISION_FIELD)
+            found, raw, *revisions = await pipe.execute()
+        policy = None if raw is None else pb.EscalationPolicy.FromString(raw)
+        return bool(found), policy, dict(zip(ids, revisions, strict=True))
 
     # policies
 
