@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 
@@ -32,8 +33,12 @@ from tests.notification.stack import ALICE, BOB, SMS
 from tocsin.runtime.redis import RedisClient
 from tocsin.runtime.scripts import LuaScript
 
-ROUND_TRIP_BUDGET = 17
-"""Round trips before the Twilio request allowed (measured on main; lower it as they drop)."""
+ROUND_TRIP_BUDGET = 13
+"""Round trips before the Twilio request allowed when notification mirrors the incident
+first, the usual order (measured on main; lower it as they drop)."""
+NOTIFY_FIRST_BUDGET = 18
+"""The same when escalation's Notify comes before the mirror (the page reads the incident
+from the incidents service)."""
 
 
 def _commands(packed: bytes) -> list[list[bytes]]:
@@ -142,7 +147,13 @@ async def _command_calls(redis: RedisClient) -> int:
     return sum(int(v["calls"]) for v in stats.values())
 
 
-async def page_path(stack: FullStack, redis: RedisClient) -> dict[str, Any]:
+async def page_path(
+    stack: FullStack, redis: RedisClient, *, mirror_first: bool = True
+) -> dict[str, Any]:
+    """`mirror_first`: notification mirrors the TRIGGERED event before escalation handles
+    it, the usual order in a deployment (both consumers wake on the same XADD; the mirror
+    is two round trips away, escalation's Notify seven); else escalation goes first and
+    the page finds the mirror empty."""
     await stack.paging.add_user("alice", ALICE, [(SMS, 0)])
     await stack.paging.add_user("bob", BOB, [(SMS, 0)])
     await stack.schedule("primary", ["alice"])
@@ -157,7 +168,7 @@ async def page_path(stack: FullStack, redis: RedisClient) -> dict[str, Any]:
     polls = frozenset(sha for sha, name in scripts.items() if "claim due" in name)
     with round_trips(polls) as sent:
         started = time.monotonic_ns()
-        await stack.paging.trigger("disk full on db1", mirror=False)
+        await stack.paging.trigger("disk full on db1", mirror=mirror_first)
         await stack.run_until_quiet()
     calls_after = await _command_calls(redis)
     sms = await stack.pager.expect_sms("alice", "disk full on db1")
@@ -176,9 +187,12 @@ async def page_path(stack: FullStack, redis: RedisClient) -> dict[str, Any]:
     }
 
 
-async def test_round_trips_from_trigger_to_the_first_sms(redis: RedisClient) -> None:
+@pytest.mark.parametrize("mirror_first", [True, False], ids=["mirror-first", "notify-first"])
+async def test_round_trips_from_trigger_to_the_first_sms(
+    redis: RedisClient, mirror_first: bool
+) -> None:
     async with full_stack(redis) as stack:
-        figures = await page_path(stack, redis)
+        figures = await page_path(stack, redis, mirror_first=mirror_first)
         await stack.pager.expect_no_more_pages()
     print()
     for i, step in enumerate(figures["path"], 1):
@@ -191,4 +205,5 @@ async def test_round_trips_from_trigger_to_the_first_sms(redis: RedisClient) -> 
         f"{figures['redis_commands_total']}; "
         f"trigger -> SMS {figures['trigger_to_sms_ms']:.1f} ms (in one loop, not a latency figure)"
     )
-    assert figures["round_trips_before_sms"] <= ROUND_TRIP_BUDGET, figures["path"]
+    budget = ROUND_TRIP_BUDGET if mirror_first else NOTIFY_FIRST_BUDGET
+    assert figures["round_trips_before_sms"] <= budget, figures["path"]

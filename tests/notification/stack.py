@@ -132,13 +132,16 @@ class PagingStack:
         return reply.incident.id
 
     async def notify(
-        self, incident_id: str, user_id: str, key: str | None = None
+        self, incident_id: str, user_id: str, key: str | None = None, service_id: str = ""
     ) -> notification_pb2.NotifyResponse:
+        """`service_id`: the incident's service, as escalation names it (the page then
+        takes its words from the script that records it)."""
         return await self.client.notification.Notify(
             notification_pb2.NotifyRequest(
                 incident_id=incident_id,
                 user_id=user_id,
                 idempotency_key=key or f"{incident_id}/0/0/0/{user_id}",
+                service_id=service_id,
             )
         )
 

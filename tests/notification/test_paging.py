@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from tests.harness import FROM_NUMBER, spoken_text
 from tests.notification.stack import ALICE, BOB, SMS, VOICE, PagingStack
@@ -425,19 +426,48 @@ async def test_delivery_failures_are_recorded_on_the_attempt_and_the_timeline(
     assert all(ALICE not in e.message for e in entries)
 
 
+# Notify naming the service (as escalation's does) takes the page's words from the script
+# that records the attempt; without it, the page reads them first. Both must say the same.
+NAMED_OR_NOT = pytest.mark.parametrize("service_id", ["", "payments-api"])
+
+
+@NAMED_OR_NOT
 async def test_the_page_reads_the_incident_even_before_its_event_arrives(
-    stack: PagingStack,
+    stack: PagingStack, service_id: str
 ) -> None:
     await stack.add_user("alice", ALICE, [(SMS, 0)])
     incident_id = await stack.trigger("queue backlog on kafka", mirror=False)
 
-    await stack.notify(incident_id, "alice")
+    await stack.notify(incident_id, "alice", service_id=service_id)
 
-    await stack.pager.expect_sms("alice", contains="[Payments API] queue backlog on kafka")
+    sms = await stack.pager.expect_sms("alice", contains="[Payments API] queue backlog on kafka")
+    assert sms.body is not None and sms.body.startswith(f"tocsin {await label(stack, incident_id)}")
 
 
+@NAMED_OR_NOT
+async def test_a_mirrored_incident_pages_with_its_number_summary_and_service_name(
+    stack: PagingStack, service_id: str
+) -> None:
+    await stack.add_user("alice", ALICE, [(SMS, 0)])
+    incident_id = await stack.trigger("queue backlog on kafka")  # mirrored first
+    number = (await stack.incident(incident_id)).number
+
+    await stack.notify(incident_id, "alice", service_id=service_id)
+
+    sms = await stack.pager.expect_sms("alice")
+    assert sms.body is not None
+    assert sms.body.startswith(f"tocsin #{number}: [Payments API] queue backlog on kafka - ")
+    assert f"/i/{number}?s=" in sms.body
+    attempts = await stack.attempts(incident_id)
+    assert len(attempts) == 1 and attempts[0].status in (
+        notification_pb2.ATTEMPT_STATUS_SENT,
+        notification_pb2.ATTEMPT_STATUS_DELIVERED,
+    )
+
+
+@NAMED_OR_NOT
 async def test_a_stale_mirror_does_not_stop_a_page_for_a_retriggered_incident(
-    stack: PagingStack,
+    stack: PagingStack, service_id: str
 ) -> None:
     await stack.add_user("alice", ALICE, [(SMS, 0)])
     incident_id = await stack.trigger()
@@ -454,7 +484,7 @@ async def test_a_stale_mirror_does_not_stop_a_page_for_a_retriggered_incident(
         )
     )  # triggered again; its event not yet seen
 
-    await stack.notify(incident_id, "alice")
+    await stack.notify(incident_id, "alice", service_id=service_id)
 
     await stack.pager.expect_sms("alice")
 

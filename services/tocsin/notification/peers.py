@@ -60,6 +60,13 @@ class IncidentsPeer:
             return None
         return reply.incident
 
+    def cached_service_name(self, service_id: str) -> str | None:
+        """The service's display name if it is cached and fresh; None otherwise."""
+        cached = self._service_names.get(service_id)
+        if cached is not None and cached[1] > self.clock.now_ms():
+            return cached[0]
+        return None
+
     async def service_name(self, service_id: str) -> str:
         """The service's display name (cached a few minutes); its id if it cannot be had."""
         if not service_id:

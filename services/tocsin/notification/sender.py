@@ -238,7 +238,7 @@ class Sender:
         service_id: str,
     ) -> None:
         async with self._in_flight.slot(SERVICE_QUEUE + service_id):
-            await self._fire(timer, method)
+            await self._fire(timer, method, service_id)
 
     async def fire(self, timer: ClaimedTimer) -> None:
         """Handle one claimed rule timer (the TimerWorker's handler: later rules, retries,
@@ -248,9 +248,14 @@ class Sender:
             await self._fire(timer)
 
     async def _fire(
-        self, timer: ClaimedTimer, method: notification_pb2.ContactMethod | None = None
+        self,
+        timer: ClaimedTimer,
+        method: notification_pb2.ContactMethod | None = None,
+        service_id: str = "",
     ) -> None:
-        """`method` is the contact method if the caller has just read it."""
+        """`method` is the contact method if the caller has just read it; `service_id` the
+        incident's service if the caller knows it (Notify's), which lets the page take its
+        words from the script that records it (`_fire_mirrored`)."""
         payload = TimerPayload.decode(timer.payload)
         if method is None:
             method = await self.contacts.contact_method(payload.user_id, payload.contact_method_id)
@@ -288,14 +293,20 @@ class Sender:
         # Every lookup the page needs happens BEFORE the attempt is recorded SENDING: a
         # process that dies between SENDING and the provider's call loses that page (the
         # sweep marks it UNKNOWN, never resends), so nothing may wait in that window.
-        content = await self._page_content(payload, channel)
+        routes = channel_routes(channel)
+        provider = routes[0].name if routes else ""
+        unmirrored = False
+        if service_id and not channel.wants_details:
+            slow = await self._fire_mirrored(timer, payload, method, channel, service_id, routes)
+            if slow is None:
+                return
+            unmirrored = slow == "unmirrored"
+        content = await self._page_content(payload, channel, read_mirror=not unmirrored)
         if content is None:
             fired = await self.store.fire(timer, payload, method.type, "skip")
             if fired.outcome == "skip":
                 pagemetrics.page(method.type, "skipped")
             return
-        routes = channel_routes(channel)
-        provider = routes[0].name if routes else ""
         fired = await self.store.fire(timer, payload, method.type, "mirror", provider=provider)
         if fired.outcome == "check":
             fired = await self._fire_after_check(timer, payload, method.type, provider)
@@ -304,38 +315,47 @@ class Sender:
             return
         await self._send_rule(payload, method, channel, fired, content, routes)
 
-    async def _page_content(self, payload: TimerPayload, channel: Channel) -> PageContent | None:
-        """What the page says, read before anything is recorded: the summary and service
-        from the status mirror (or, while the incident-events consumer has not mirrored
-        the incident yet, from the incidents service), the service's name and, for a
-        channel that shows them, the alert's details (summary "" when it cannot be had:
-        the script's mirror may know it by then). None when the incidents service
-        says the incident is no longer triggered (the rule is recorded SKIPPED)."""
-        incident_id = payload.incident_id
-        summary, service_id, number, created_ms = await self.store.incident_page_info(incident_id)
-        incident = None
-        if not summary:
-            incident = await self.incidents.get_incident(
-                incident_id, include_alerts=channel.wants_details
-            )
-            if incident is not None:
-                await self.store.apply_incident(incident)
-                if incident.status in domain.STOPPED_STATUSES:
-                    return None
-                summary, service_id = incident.summary, incident.service_id
-                number = incident.number
-                if incident.HasField("created_at"):
-                    created_ms = incident.created_at.ToMilliseconds()
-        service = await self.incidents.service_name(service_id) or "tocsin"
-        details = ""
-        if channel.wants_details:
-            if incident is None:
-                incident = await self.incidents.get_incident(incident_id, include_alerts=True)
-            alerts = incident.alerts if incident is not None else []
-            details = details_text(alerts[0].details) if alerts else ""
+    async def _fire_mirrored(
+        self,
+        timer: ClaimedTimer,
+        payload: TimerPayload,
+        method: notification_pb2.ContactMethod,
+        channel: Channel,
+        service_id: str,
+        routes: tuple[Route, ...],
+    ) -> str | None:
+        """The first page's fast way: the script that records the attempt SENDING also
+        hands back the page's words from the status mirror (summary, number, creation),
+        so nothing is read before it; the service's name is known before it (cached, or
+        looked up now). None when done; else the script wrote nothing and the page must go
+        the slow way: "unmirrored" (the mirror does not hold the incident yet) or "check"
+        (the mirror says it stopped)."""
+        name = await self.incidents.service_name(service_id)  # before SENDING: may ask
+        provider = routes[0].name if routes else ""
+        fired = await self.store.fire(timer, payload, method.type, "mirrored", provider=provider)
+        if fired.outcome in ("unmirrored", "check"):
+            return fired.outcome
+        if fired.outcome != "send":
+            log.debug("rule %s not sent: %s", payload.attempt_id, fired.outcome)
+            return None
+        if fired.service_id and fired.service_id != service_id:  # not expected: no lookup
+            name = self.incidents.cached_service_name(fired.service_id) or fired.service_id
+        content = self._content(payload, fired.summary, name, fired.number, fired.created_ms)
+        await self._send_rule(payload, method, channel, fired, content, routes)
+        return None
+
+    def _content(
+        self,
+        payload: TimerPayload,
+        summary: str,
+        service: str,
+        number: int,
+        created_ms: int,
+        details: str = "",
+    ) -> PageContent:
         return PageContent(
-            incident_id=incident_id,
-            service=service,
+            incident_id=payload.incident_id,
+            service=service or "tocsin",
             summary=summary,
             reply_code="",
             attempt_id=payload.attempt_id,
@@ -349,6 +369,42 @@ class Sender:
                 else ""
             ),
         )
+
+    async def _page_content(
+        self, payload: TimerPayload, channel: Channel, *, read_mirror: bool = True
+    ) -> PageContent | None:
+        """What the page says, read before anything is recorded: the summary and service
+        from the status mirror (or, while the incident-events consumer has not mirrored
+        the incident yet, from the incidents service), the service's name and, for a
+        channel that shows them, the alert's details (summary "" when it cannot be had:
+        the script's mirror may know it by then). None when the incidents service
+        says the incident is no longer triggered (the rule is recorded SKIPPED).
+        `read_mirror` False: the mirror was just found empty; ask the incidents service."""
+        incident_id = payload.incident_id
+        summary, service_id, number, created_ms = (
+            await self.store.incident_page_info(incident_id) if read_mirror else ("", "", 0, 0)
+        )
+        incident = None
+        if not summary:
+            incident = await self.incidents.get_incident(
+                incident_id, include_alerts=channel.wants_details
+            )
+            if incident is not None:
+                await self.store.apply_incident(incident)
+                if incident.status in domain.STOPPED_STATUSES:
+                    return None
+                summary, service_id = incident.summary, incident.service_id
+                number = incident.number
+                if incident.HasField("created_at"):
+                    created_ms = incident.created_at.ToMilliseconds()
+        service = await self.incidents.service_name(service_id)
+        details = ""
+        if channel.wants_details:
+            if incident is None:
+                incident = await self.incidents.get_incident(incident_id, include_alerts=True)
+            alerts = incident.alerts if incident is not None else []
+            details = details_text(alerts[0].details) if alerts else ""
+        return self._content(payload, summary, service, number, created_ms, details)
 
     async def _fire_after_check(
         self, timer: ClaimedTimer, payload: TimerPayload, channel: int, provider: str

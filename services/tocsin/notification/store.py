@@ -68,6 +68,10 @@ class Fired:
     incident_id: str = ""
     user_id: str = ""
     next_rule: int = -1
+    number: int = 0
+    """The incident's number from the status mirror (0: not known)."""
+    created_ms: int = 0
+    """The incident's creation from the status mirror (0: not known)."""
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,17 @@ class PagingStore:
         outcome = _text(reply[0])
         if outcome == "send":
             code, summary, service_id, incident, user = (_text(v) for v in reply[1:6])
-            return Fired(outcome, code, summary, service_id, incident, user)
+            number, created = (_text(v) for v in reply[6:8])
+            return Fired(
+                outcome,
+                code,
+                summary,
+                service_id,
+                incident,
+                user,
+                number=int(number or 0),
+                created_ms=int(created or 0),
+            )
         if outcome == "unreachable":
             return Fired(outcome, next_rule=int(reply[1]))
         return Fired(outcome)

@@ -17,13 +17,17 @@
 --              the SENDING record, so nothing ever sends this attempt through it again
 -- mode: 'mirror'  send unless the status mirror says the incident is not triggered, in
 --                 which case answer 'check' (the caller asks the incidents service)
+--       'mirrored'  as 'mirror', but answer 'unmirrored' and write nothing when the mirror
+--                 does not hold the incident's summary yet: the caller read nothing before
+--                 (the page's words come back from here) and must look them up first
 --       'send'    send (the incidents service just said it is triggered, or is unreachable)
 --       'skip'    record SKIPPED (the incidents service says it is not triggered)
 --       'unreachable'  record FAILED with `detail` (contact method deleted or disabled)
 --                 and move on to the next rule at once
--- Returns {outcome, ...}: {'send', reply code, summary, service id, incident, user},
--- {'unreachable', next rule index}, or one of 'stale', 'gone', 'cancelled', 'superseded',
--- 'duplicate', 'check', 'skip'.
+-- Returns {outcome, ...}: {'send', reply code, summary, service id, incident, user,
+-- incident number, incident created ms} (the last four from the status mirror, '' when it
+-- does not hold them), {'unreachable', next rule index}, or one of 'stale', 'gone',
+-- 'cancelled', 'superseded', 'duplicate', 'check', 'skip', 'unmirrored'.
 local tag, id, fence = ARGV[1], ARGV[2], ARGV[3]
 local now, ttl, mode = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
 local held = redis.call('HGET', timer_key(tag, 'timer_fence'), id)
@@ -46,7 +50,13 @@ if outcome then
   timer_complete(tag, id, fence)
   return {outcome}
 end
-local state = redis.call('HMGET', KEYS[1], 'st', 'sum', 'svc')
+local state = redis.call('HMGET', KEYS[1], 'st', 'sum', 'svc', 'nr', 'ca')
+if mode == 'mirrored' then
+  if not state[2] or state[2] == '' then
+    return {'unmirrored'}
+  end
+  mode = 'mirror'
+end
 if mode == 'mirror' and state[1] and tonumber(state[1]) ~= INCIDENT_TRIGGERED then
   return {'check'}
 end
@@ -71,4 +81,5 @@ if mode == 'unreachable' then
 elseif mode == 'skip' then
   return {'skip'}
 end
-return {'send', cycle[4], state[2] or '', state[3] or '', cycle[1], cycle[2]}
+return {'send', cycle[4], state[2] or '', state[3] or '', cycle[1], cycle[2], state[4] or '',
+  state[5] or ''}
