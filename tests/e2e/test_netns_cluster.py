@@ -37,7 +37,9 @@ retried on the other gateway when its own does not answer (as a load balancer wo
 (c) a third replica of scheduling, incidents, escalation and notification starts on a new
     host and its address is added to every host's hosts file: within a minute it
     receives gRPC calls and, for escalation and notification, holds shards and does
-    consumer and paging work.
+    consumer and paging work. (Escalation remembers who is on call until a schedule
+    changes, so meanwhile the test adds an override for quinn, on call anyway, every
+    second: scheduling's new replica must then get escalation's WhoIsOnCall calls.)
 
 Then every level of every accepted alert is paged exactly once, and the levels due while
 the replicas were cut off are paged well before the partition heals. The figures printed
@@ -51,11 +53,12 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from subprocess import STDOUT
 from typing import IO
@@ -419,10 +422,31 @@ def server_calls(spans: list[ReceivedSpan], service: str) -> list[ReceivedSpan]:
 
 
 def first_call_s(cluster: Cluster, instance: str, since: float) -> float | None:
-    """Real seconds from `since` (wall time) to the first call `instance` received."""
+    """Real seconds from `since` (wall time) to the first call `instance` received; for
+    scheduling, the first WhoIsOnCall (from escalation, not the test's own overrides)."""
     calls = server_calls(cluster.collector.received(), SERVICE_OF[instance])
+    if SERVICE_OF[instance] == "scheduling":
+        calls = [s for s in calls if s.name.endswith("WhoIsOnCall")]
     starts = [s.start_ns / 1e9 for s in calls if s.instance == instance]
     return max(0.001, min(starts) - since) if starts else None
+
+
+def keep_changing(cluster: Cluster, stop: threading.Event) -> None:
+    """Until `stop`: every second or so, an override of first-line for quinn, who is on
+    call there anyway (a new revision of the schedule; nobody else is paged)."""
+    cli = cluster.replicas["cli"].namespace
+    while not stop.wait(1.0):
+        now = cluster.clock.now()
+        subprocess.run(
+            [
+                *("ip", "netns", "exec", cli, *TOCSIN, "override", "first-line"),
+                *("--user", "quinn", "--from", now.isoformat()),
+                *("--to", (now + timedelta(minutes=5)).isoformat()),
+            ],
+            env=cluster.env,
+            capture_output=True,
+            check=False,
+        )
 
 
 def per_instance(spans: list[ReceivedSpan], since: float, until: float) -> Counter[str]:
@@ -525,26 +549,35 @@ def test_every_service_twice_partitioned_killed_and_scaled_up_pages_every_level_
             added = time.time()
             for instance in THIRD:
                 cluster.network.publish(dns_name(SERVICE_OF[instance]), cluster.address(instance))
-            for instance in THIRD:
-                joined[instance] = wait_for(
-                    lambda i=instance: (
-                        cluster.fail_if_one_exited() or first_call_s(cluster, i, added)
-                    ),
-                    JOIN_LIMIT_S - (time.time() - added),
-                    f"a call received by {instance}",
-                    0.5,
-                )
-            three = {"escalation": {"esc-a", "esc-c"}, "notification": {"ntf-a", "ntf-c"}}
-            for group, holders in three.items():
-                wait_for(
-                    lambda g=group, h=holders: held_by(leases, g, h),
-                    JOIN_LIMIT_S - (time.time() - added),
-                    f"shards of {group} on {holders}",
-                )
-                joined[f"{group} shards"] = time.time() - added
-            time.sleep(CONNECTION_AGE_S + SHARE_WINDOW_S)  # every caller resolved again
-            window = (time.time() - SHARE_WINDOW_S, time.time())
-            shards = {group: shard_owners(leases, group) for group in three}
+            # Escalation remembers who is on call until the schedule changes: quinn's
+            # overrides on first-line (pages unchanged) make every replica ask again.
+            overrides = threading.Event()
+            changer = threading.Thread(target=keep_changing, args=(cluster, overrides))
+            changer.start()
+            try:
+                for instance in THIRD:
+                    joined[instance] = wait_for(
+                        lambda i=instance: (
+                            cluster.fail_if_one_exited() or first_call_s(cluster, i, added)
+                        ),
+                        JOIN_LIMIT_S - (time.time() - added),
+                        f"a call received by {instance}",
+                        0.5,
+                    )
+                three = {"escalation": {"esc-a", "esc-c"}, "notification": {"ntf-a", "ntf-c"}}
+                for group, holders in three.items():
+                    wait_for(
+                        lambda g=group, h=holders: held_by(leases, g, h),
+                        JOIN_LIMIT_S - (time.time() - added),
+                        f"shards of {group} on {holders}",
+                    )
+                    joined[f"{group} shards"] = time.time() - added
+                time.sleep(CONNECTION_AGE_S + SHARE_WINDOW_S)  # every caller resolved again
+                window = (time.time() - SHARE_WINDOW_S, time.time())
+                shards = {group: shard_owners(leases, group) for group in three}
+            finally:
+                overrides.set()
+                changer.join()
         finally:
             load.stop(producer)
         assert not load.refused, load.refused[:5]
