@@ -72,24 +72,32 @@ class FullStack:
         return reply.escalation
 
     async def policy(
-        self, *levels: tuple[list[escalation_pb2.EscalationTarget], int], repeat: int = 0
+        self,
+        *levels: tuple[list[escalation_pb2.EscalationTarget], int],
+        repeat: int = 0,
+        replace: bool = False,
     ) -> None:
-        """The `payments` policy (bound to payments-api) with (targets, delay minutes) levels."""
-        await self.escalation_client.CreatePolicy(
-            escalation_pb2.CreatePolicyRequest(
-                policy=escalation_pb2.EscalationPolicy(
-                    id="payments",
-                    name="Payments",
-                    repeat=repeat,
-                    levels=[
-                        escalation_pb2.EscalationLevel(
-                            targets=targets, delay=Duration(seconds=minutes * MINUTE)
-                        )
-                        for targets, minutes in levels
-                    ],
+        """The `payments` policy (bound to payments-api) with (targets, delay minutes) levels;
+        `replace`: it exists already and is replaced."""
+        policy = escalation_pb2.EscalationPolicy(
+            id="payments",
+            name="Payments",
+            repeat=repeat,
+            levels=[
+                escalation_pb2.EscalationLevel(
+                    targets=targets, delay=Duration(seconds=minutes * MINUTE)
                 )
-            )
+                for targets, minutes in levels
+            ],
         )
+        if replace:
+            await self.escalation_client.UpdatePolicy(
+                escalation_pb2.UpdatePolicyRequest(policy=policy)
+            )
+        else:
+            await self.escalation_client.CreatePolicy(
+                escalation_pb2.CreatePolicyRequest(policy=policy)
+            )
 
     async def schedule(
         self, schedule_id: str, users: list[str], start: str = "2026-11-01T00:00"

@@ -9,16 +9,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from tests.escalation.stack import MINUTE, FullStack, full_stack, schedule, user
+from tests.escalation.stack import FullStack, full_stack, schedule, user
 from tests.notification.stack import ALICE, BOB, SMS
 from tocsin.runtime.oncall import REVISION_FIELD, OnCallCache, schedule_key
 from tocsin.runtime.redis import RedisClient
 from tocsin.scheduling.servicer import SchedulingServicer
 from tocsin.scheduling.store import SchedulingStore
-from tocsin.v1 import escalation_pb2, incidents_pb2, scheduling_pb2
+from tocsin.v1 import incidents_pb2, scheduling_pb2
 
 CAROL = "+15005550012"
 
@@ -80,6 +79,13 @@ async def resolve(stack: FullStack, incident_id: str) -> None:
     await stack.run_until_quiet()
 
 
+async def paged_once(stack: FullStack, who: str, summary: str) -> None:
+    """An alert that pages `who` (level 1), then is resolved."""
+    incident_id = await page(stack, summary)
+    await stack.pager.expect_sms(who, summary)
+    await resolve(stack, incident_id)
+
+
 def ts(moment: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(moment)
@@ -90,14 +96,10 @@ async def test_the_next_page_from_a_schedule_asks_scheduling_no_more(
     any_cached: FullStack, asked: Asked
 ) -> None:
     stack = any_cached  # the revision is read beside the policy: standalone and Cluster
-    first = await page(stack, "disk full on db1")
-    await stack.pager.expect_sms("bob", "disk full on db1")
+    await paged_once(stack, "bob", "disk full on db1")
     assert asked.count == 1
-    await resolve(stack, first)
-    second = await page(stack, "api 500s")
-    await stack.pager.expect_sms("bob", "api 500s")
+    await paged_once(stack, "bob", "api 500s")
     assert asked.count == 1  # the remembered answer: same revision, same shift
-    await resolve(stack, second)
 
 
 async def test_an_override_added_after_a_page_is_seen_by_the_next_one(
@@ -128,22 +130,7 @@ async def test_a_later_level_sees_a_change_made_while_the_incident_was_open(
     cached: FullStack, asked: Asked
 ) -> None:
     stack = cached
-    await stack.escalation_client.UpdatePolicy(
-        escalation_pb2.UpdatePolicyRequest(
-            policy=escalation_pb2.EscalationPolicy(
-                id="payments",
-                name="Payments",
-                levels=[
-                    escalation_pb2.EscalationLevel(
-                        targets=[user("carol")], delay=Duration(seconds=5 * MINUTE)
-                    ),
-                    escalation_pb2.EscalationLevel(
-                        targets=[schedule("primary")], delay=Duration(seconds=30 * MINUTE)
-                    ),
-                ],
-            )
-        )
-    )
+    await stack.policy(([user("carol")], 5), ([schedule("primary")], 30), replace=True)
     first = await page(stack, "disk full on db1")
     await stack.pager.expect_sms("carol")
     await stack.tick(minutes=5)
@@ -167,37 +154,27 @@ async def test_a_later_level_sees_a_change_made_while_the_incident_was_open(
 
 async def test_the_hand_off_ends_the_remembered_answer(cached: FullStack, asked: Asked) -> None:
     stack = cached
-    first = await page(stack, "disk full on db1")
-    await stack.pager.expect_sms("bob")
-    await resolve(stack, first)
+    await paged_once(stack, "bob", "disk full on db1")
     stack.paging.clock.set(datetime(2026, 11, 28, 23, 59, 59, 999_000, tzinfo=UTC))
-    second = await page(stack, "api 500s")
-    await stack.pager.expect_sms("bob", "api 500s")  # the last millisecond of bob's week
-    await resolve(stack, second)
+    await paged_once(stack, "bob", "api 500s")  # the last millisecond of bob's week
     assert asked.count == 1
     stack.paging.clock.set(datetime(2026, 11, 29, 0, 0, tzinfo=UTC))
-    third = await page(stack, "queue stuck")
-    await stack.pager.expect_sms("alice", "queue stuck")
+    await paged_once(stack, "alice", "queue stuck")
     assert asked.count == 2
-    await resolve(stack, third)
 
 
 async def test_a_schedule_deleted_and_created_again_is_asked_afresh(
     cached: FullStack, asked: Asked
 ) -> None:
     stack = cached
-    first = await page(stack, "disk full on db1")
-    await stack.pager.expect_sms("bob")
-    await resolve(stack, first)
+    await paged_once(stack, "bob", "disk full on db1")
     before = await stack.paging.redis.hget(schedule_key("primary"), REVISION_FIELD)
     await stack.client.scheduling.DeleteSchedule(scheduling_pb2.DeleteScheduleRequest(id="primary"))
     await stack.schedule("primary", ["carol"])  # version 1 again; a new revision
     after = await stack.paging.redis.hget(schedule_key("primary"), REVISION_FIELD)
     assert before is not None and after is not None and after != before
-    second = await page(stack, "api 500s")
-    await stack.pager.expect_sms("carol", "api 500s")
+    await paged_once(stack, "carol", "api 500s")
     assert asked.count == 2
-    await resolve(stack, second)
 
 
 async def test_a_schedule_without_a_revision_is_always_asked_until_stamped(
@@ -206,17 +183,13 @@ async def test_a_schedule_without_a_revision_is_always_asked_until_stamped(
     stack = cached
     await stack.paging.redis.hdel(schedule_key("primary"), REVISION_FIELD)  # stored long ago
     for summary in ("disk full on db1", "api 500s"):
-        incident_id = await page(stack, summary)
-        await stack.pager.expect_sms("bob", summary)
-        await resolve(stack, incident_id)
+        await paged_once(stack, "bob", summary)
     assert asked.count == 2
     servicer_store = SchedulingStore(stack.paging.redis)  # what scheduling runs at start
     assert await servicer_store.stamp_revisions() == 1
     assert await servicer_store.stamp_revisions() == 0
     for summary in ("queue stuck", "cert expiring"):
-        incident_id = await page(stack, summary)
-        await stack.pager.expect_sms("bob", summary)
-        await resolve(stack, incident_id)
+        await paged_once(stack, "bob", summary)
     assert asked.count == 3
 
 

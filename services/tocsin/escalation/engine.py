@@ -63,7 +63,7 @@ from tocsin.escalation.domain import (
 )
 from tocsin.escalation.store import EscalationStore, Hop, hop_timer_id, level_timer_id
 from tocsin.runtime import channeltargets
-from tocsin.runtime.clock import Clock
+from tocsin.runtime.clock import Clock, datetime_to_ms
 from tocsin.runtime.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from tocsin.runtime.events import incident_shard
 from tocsin.runtime.metrics import timer_fired
@@ -588,8 +588,7 @@ class EscalationEngine:
             "escalation.who_is_on_call", attributes={"schedule.id": schedule_id}
         ) as span:
             at = self.clock.now()
-            at_ms = int(at.timestamp() * 1000)
-            remembered = self.on_call.lookup(schedule_id, revision, at_ms)
+            remembered = self.on_call.lookup(schedule_id, revision, datetime_to_ms(at))
             span.set_attribute("escalation.on_call_cached", remembered is not None)
             if remembered is not None:
                 span.set_attribute("user.id", remembered)

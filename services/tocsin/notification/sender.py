@@ -297,7 +297,9 @@ class Sender:
         provider = routes[0].name if routes else ""
         unmirrored = False
         if service_id and not channel.wants_details:
-            slow = await self._fire_mirrored(timer, payload, method, channel, service_id, routes)
+            slow = await self._fire_mirrored(
+                timer, payload, method, channel, service_id, routes, provider
+            )
             if slow is None:
                 return
             unmirrored = slow == "unmirrored"
@@ -323,6 +325,7 @@ class Sender:
         channel: Channel,
         service_id: str,
         routes: tuple[Route, ...],
+        provider: str,
     ) -> str | None:
         """The first page's fast way: the script that records the attempt SENDING also
         hands back the page's words from the status mirror (summary, number, creation),
@@ -331,7 +334,6 @@ class Sender:
         the slow way: "unmirrored" (the mirror does not hold the incident yet) or "check"
         (the mirror says it stopped)."""
         name = await self.incidents.service_name(service_id)  # before SENDING: may ask
-        provider = routes[0].name if routes else ""
         fired = await self.store.fire(timer, payload, method.type, "mirrored", provider=provider)
         if fired.outcome in ("unmirrored", "check"):
             return fired.outcome

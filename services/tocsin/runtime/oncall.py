@@ -52,8 +52,6 @@ async def read_revisions(
     if not ids:
         return {}
     client: Any = redis
-    if len(ids) == 1:
-        return {ids[0]: await client.hget(schedule_key(ids[0]), REVISION_FIELD)}
     async with client.pipeline(transaction=False) as pipe:
         for schedule_id in ids:
             pipe.hget(schedule_key(schedule_id), REVISION_FIELD)
