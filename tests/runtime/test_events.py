@@ -261,3 +261,57 @@ async def test_incidents_of_a_lane_are_handled_at_once_each_in_order(
         ("48", TRIGGERED),
         ("32", ACKED),
     ]
+
+
+async def test_a_lingering_consumer_leaves_the_first_moments_to_the_page_path(
+    groups: RedisClient,
+) -> None:
+    """A group off the page path (history, outgoing webhooks) is woken by the same XADD
+    as escalation and notification; with `linger_ms` it handles nothing until that long
+    after its read, and what arrived meanwhile is handled with it. Without it (the page
+    path's consumers) the event is handled at once."""
+    seen: list[tuple[str, float]] = []
+    handled = asyncio.Condition()
+
+    async def handler(event: incidents_pb2.IncidentEvent) -> None:
+        async with handled:
+            seen.append((event.incident.id, asyncio.get_running_loop().time()))
+            handled.notify_all()
+
+    async def consume(linger_ms: int, shard: int) -> float:
+        seen.clear()
+        first, second = str(16 + shard), str(32 + shard)  # both in `shard`
+        consumer = EventConsumer(
+            groups,
+            "history",
+            handler,
+            shards=[shard],
+            block_ms=200,
+            linger_ms=linger_ms,
+            start_id="0",
+            incidents_at_once=8,
+        )
+        await ensure_groups(groups, ["history"], "0", shards=2)
+        stop = asyncio.Event()
+        run = asyncio.create_task(consumer.run(stop))
+        try:
+            await asyncio.sleep(0.3)  # the shard's loop is blocked in its read
+            published = asyncio.get_running_loop().time()
+            await publish(groups, first, TRIGGERED)
+            await asyncio.sleep(0.2)
+            early = [incident for incident, _ in seen]
+            await publish(groups, second, TRIGGERED)
+            async with asyncio.timeout(10), handled:
+                await handled.wait_for(lambda: len(seen) >= 2)
+        finally:
+            stop.set()
+            await run
+        assert [incident for incident, _ in seen] == [first, second]
+        if linger_ms:
+            assert early == []  # still lingering 0.2 s after the event
+        else:
+            assert early == [first]
+        return seen[0][1] - published
+
+    assert await consume(1_000, shard=0) >= 1.0
+    assert await consume(0, shard=1) < 0.2

@@ -25,6 +25,10 @@ its own incident, never for another incident's calls, so a burst in one shard do
 wait for its earlier incidents' pages. Acknowledging stays per entry, after its handler
 succeeded, so a crash still means the unacknowledged entries are redone.
 
+A group off the page path (history's archive, outgoing webhooks) is built with
+`linger_ms`: woken by the XADD of a new incident, as escalation and notification are, it
+waits that long before handling what it read, so the page path has the cores first.
+
 Each consumer group (escalation, notification) reads every shard with one XREADGROUP
 over its idle lanes (and one per lane from its worker), handles each lane's entries in
 order, and XACKs them (one XACK per lane, at most every `refill_ms`) only after its
@@ -162,6 +166,7 @@ class EventConsumer:
         max_deliveries: int = 10,
         start_id: str = "$",
         incidents_at_once: int = 1,
+        linger_ms: int = 0,
     ) -> None:
         self.redis = redis
         self.group = group
@@ -186,6 +191,12 @@ class EventConsumer:
         self.incidents_at_once = incidents_at_once
         """Different incidents of one lane handled at once (each incident's events in
         order); 1 handles a lane's entries strictly one after another."""
+        self.linger_ms = linger_ms
+        """For a group off the page path (history, outgoing webhooks): after an idle
+        shard's blocking read returns entries, wait this long (real time, as the block)
+        before handling them. The XADD that wakes this group wakes the page path's
+        consumers too; lingering leaves them the cores for a new incident's first page,
+        and gathers the events that follow into the same lanes' batches. 0: at once."""
         self._labels = {"stream": STREAM_NAME, "group": group}
         EVENTS_HANDLED.add(0, self._labels)  # the series exist (at 0) before any event
         DEAD_LETTERED.add(0, self._labels)
@@ -275,8 +286,10 @@ class EventConsumer:
         lanes.reap_workers()  # raises what a worker raised (the guard logs it, backs off)
         await self._ack_done(lanes)
         if lanes.dry():
-            block = self.refill_ms if lanes.working else self.block_ms
-            await self._fill(lanes, block, pending=False)
+            idle = not lanes.working
+            block = self.block_ms if idle else self.refill_ms
+            if await self._fill(lanes, block, pending=False) and idle and self.linger_ms:
+                await asyncio.sleep(self.linger_ms / 1000)
         elif lanes.working:  # every lane has a worker: wait for one to finish
             await asyncio.wait(
                 lanes.working, timeout=self.refill_ms / 1000, return_when=asyncio.FIRST_COMPLETED
