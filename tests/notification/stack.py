@@ -132,18 +132,28 @@ class PagingStack:
         return reply.incident.id
 
     async def notify(
-        self, incident_id: str, user_id: str, key: str | None = None, service_id: str = ""
+        self,
+        incident_id: str,
+        user_id: str,
+        key: str | None = None,
+        service_id: str = "",
+        carry: incidents_pb2.Incident | None = None,
     ) -> notification_pb2.NotifyResponse:
         """`service_id`: the incident's service, as escalation names it (the page then
-        takes its words from the script that records it)."""
-        return await self.client.notification.Notify(
-            notification_pb2.NotifyRequest(
-                incident_id=incident_id,
-                user_id=user_id,
-                idempotency_key=key or f"{incident_id}/0/0/0/{user_id}",
-                service_id=service_id,
-            )
+        takes its words from the script that records it); `carry`: the incident whose
+        summary, number and creation the request carries, as escalation's for a level
+        its TRIGGERED event fired."""
+        request = notification_pb2.NotifyRequest(
+            incident_id=incident_id,
+            user_id=user_id,
+            idempotency_key=key or f"{incident_id}/0/0/0/{user_id}",
+            service_id=service_id,
         )
+        if carry is not None:
+            request.incident_summary = carry.summary
+            request.incident_number = carry.number
+            request.incident_created_at.CopyFrom(carry.created_at)
+        return await self.client.notification.Notify(request)
 
     async def attempts(self, incident_id: str) -> list[notification_pb2.Attempt]:
         reply = await self.client.notification.ListAttempts(

@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
+from typing import Any
 
+import grpc
 import httpx
 import pytest
 
 from tests.harness import FROM_NUMBER, spoken_text
 from tests.notification.stack import ALICE, BOB, SMS, VOICE, PagingStack
 from tocsin.faketwilio import RecordedRequest
+from tocsin.notification import domain
 from tocsin.notification import keys as nkeys
 from tocsin.notification.contacts import REPLY_CODES
 from tocsin.v1 import common_pb2, incidents_pb2, notification_pb2
@@ -487,6 +490,89 @@ async def test_a_stale_mirror_does_not_stop_a_page_for_a_retriggered_incident(
     await stack.notify(incident_id, "alice", service_id=service_id)
 
     await stack.pager.expect_sms("alice")
+
+
+async def _lookups(stack: PagingStack, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The incidents the sender asks the incidents service for, from now on."""
+    asked: list[str] = []
+    peer = stack.parts.sender.incidents
+    original = peer.get_incident
+
+    async def spy(incident_id: str, **kwargs: Any) -> Any:
+        asked.append(incident_id)
+        return await original(incident_id, **kwargs)
+
+    monkeypatch.setattr(peer, "get_incident", spy)
+    return asked
+
+
+async def test_a_young_incident_pages_with_the_words_notify_carried(
+    stack: PagingStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Escalation's Notify for the level its TRIGGERED event fired carries the incident's
+    summary, number and creation: when the status mirror does not hold the incident yet,
+    the page says those, without asking the incidents service (it did before, one
+    GetIncident per such page; a third of first pages at 80 incidents/s)."""
+    await stack.add_user("alice", ALICE, [(SMS, 0)])
+    incident_id = await stack.trigger("queue backlog on kafka", mirror=False)
+    incident = await stack.incident(incident_id)
+    asked = await _lookups(stack, monkeypatch)
+    stack.clock.advance(seconds=2)
+
+    await stack.notify(incident_id, "alice", service_id="payments-api", carry=incident)
+
+    sms = await stack.pager.expect_sms("alice")
+    assert sms.body is not None
+    assert sms.body.startswith(f"tocsin #{incident.number}: [Payments API] queue backlog on kafka")
+    assert f"/i/{incident.number}?s=" in sms.body
+    await stack.settle()
+    assert asked == []
+    [attempt] = await stack.attempts(incident_id)
+    assert attempt.status in (SENT, notification_pb2.ATTEMPT_STATUS_DELIVERED)
+
+
+async def test_the_carried_words_of_an_older_incident_are_checked_first(
+    stack: PagingStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past CARRIED_WORDS_MAX_AGE_MS the carried words do not page by themselves while
+    the mirror is empty: both consumers of the incident's events are behind, and a
+    resolution may be queued behind its TRIGGERED event. The incidents service is asked,
+    and a resolved incident pages nobody."""
+    await stack.add_user("alice", ALICE, [(SMS, 0)])
+    incident_id = await stack.trigger("queue backlog on kafka", mirror=False)
+    incident = await stack.incident(incident_id)
+    await stack.client.incidents.Resolve(
+        incidents_pb2.ResolveRequest(
+            incident_id=incident_id,
+            actor=common_pb2.Actor(channel=common_pb2.CHANNEL_CLI, display="bob"),
+        )
+    )  # its event not seen by notification either
+    asked = await _lookups(stack, monkeypatch)
+    stack.clock.advance(seconds=domain.CARRIED_WORDS_MAX_AGE_MS / 1000 + 0.001)
+
+    await stack.notify(incident_id, "alice", service_id="payments-api", carry=incident)
+    await stack.settle()
+
+    await stack.pager.expect_no_more_pages()
+    assert asked == [incident_id]
+    # the answer (resolved) cancelled the user's cycle before its rule could be recorded
+    assert await stack.attempts(incident_id) == []
+
+
+async def test_carried_words_are_checked(stack: PagingStack) -> None:
+    await stack.add_user("alice", ALICE, [(SMS, 0)])
+    incident_id = await stack.trigger(mirror=False)
+    incident = await stack.incident(incident_id)
+    incident.summary = "x" * (domain.MAX_INCIDENT_SUMMARY + 1)
+    incident.number = -1
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stack.notify(incident_id, "alice", service_id="payments-api", carry=incident)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = refused.value.details() or ""
+    assert "incident_summary" in details and "incident_number" in details
+    await stack.settle()
+    assert await stack.attempts(incident_id) == []  # nothing half-written
+    await stack.pager.expect_no_more_pages()
 
 
 async def test_notify_for_a_user_without_rules_warns_on_the_timeline(stack: PagingStack) -> None:

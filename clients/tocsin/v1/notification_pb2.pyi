@@ -570,6 +570,9 @@ class NotifyRequest(_message.Message):
     URGENCY_FIELD_NUMBER: _builtins.int
     CHANNEL_FIELD_NUMBER: _builtins.int
     SERVICE_ID_FIELD_NUMBER: _builtins.int
+    INCIDENT_SUMMARY_FIELD_NUMBER: _builtins.int
+    INCIDENT_NUMBER_FIELD_NUMBER: _builtins.int
+    INCIDENT_CREATED_AT_FIELD_NUMBER: _builtins.int
     incident_id: _builtins.str
     """The incident."""
     user_id: _builtins.str
@@ -585,6 +588,13 @@ class NotifyRequest(_message.Message):
     takes them round robin, so one service's storm of pages does not hold back another
     service's first pages.
     """
+    incident_summary: _builtins.str
+    """The incident's summary, number and creation as escalation read them from the
+    TRIGGERED event that started it (unset: not carried; only a level fired by that
+    event carries them). When notification has not mirrored the incident yet, a page of
+    a young incident takes its words from here instead of asking the incidents service.
+    """
+    incident_number: _builtins.int
     @_builtins.property
     def next_level_at(self) -> _timestamp_pb2.Timestamp:
         """When the escalation's next level is due (unset: not known). A send the provider
@@ -600,6 +610,8 @@ class NotifyRequest(_message.Message):
         sends at once, recorded like every page.
         """
 
+    @_builtins.property
+    def incident_created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -611,10 +623,13 @@ class NotifyRequest(_message.Message):
         urgency: _common_pb2.Urgency.ValueType = ...,
         channel: Global___ChannelTarget | None = ...,
         service_id: _builtins.str = ...,
+        incident_summary: _builtins.str = ...,
+        incident_number: _builtins.int = ...,
+        incident_created_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "next_level_at", b"next_level_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "incident_created_at", b"incident_created_at", "next_level_at", b"next_level_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "idempotency_key", b"idempotency_key", "incident_id", b"incident_id", "next_level_at", b"next_level_at", "service_id", b"service_id", "traceparent", b"traceparent", "urgency", b"urgency", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "idempotency_key", b"idempotency_key", "incident_created_at", b"incident_created_at", "incident_id", b"incident_id", "incident_number", b"incident_number", "incident_summary", b"incident_summary", "next_level_at", b"next_level_at", "service_id", b"service_id", "traceparent", b"traceparent", "urgency", b"urgency", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -51,6 +51,14 @@ MAX_CONTACT_METHODS = 20
 MAX_RULES = 20
 MAX_RULE_DELAY_MS = 24 * 3600 * 1000
 MAX_IDEMPOTENCY_KEY = 255
+MAX_INCIDENT_SUMMARY = 1024
+"""A summary carried in Notify is at most this long (the incidents service's own limit)."""
+CARRIED_WORDS_MAX_AGE_MS = 5_000
+"""How young an incident must be for its first page to take its words from Notify when
+the status mirror does not hold it yet. Older, the page asks the incidents service, which
+also says whether it still is triggered: both consumers of its events are then behind,
+and the mirror's empty status says nothing about an acknowledgement or a resolution
+queued behind the TRIGGERED event."""
 REPLY_SUMMARY_CHARS = 80
 """An SMS answer keeps to one segment: the summary is cut to this."""
 
@@ -310,6 +318,21 @@ def check_incident_id(incident_id: str, field: str = "incident_id") -> None:
 
 def rule_attempt_id(cycle_id: str, rule_index: int) -> str:
     return f"{cycle_id}-{rule_index}"
+
+
+@dataclass(frozen=True)
+class IncidentWords:
+    """What a page says of its incident, as the caller of Notify read it (escalation: the
+    TRIGGERED event that started it)."""
+
+    summary: str
+    number: int
+    created_ms: int
+
+    def fresh(self, now_ms: int) -> bool:
+        """Young enough to page with while the mirror does not hold the incident
+        (CARRIED_WORDS_MAX_AGE_MS)."""
+        return bool(self.summary) and 0 <= now_ms - self.created_ms <= CARRIED_WORDS_MAX_AGE_MS
 
 
 @dataclass(frozen=True)

@@ -80,11 +80,14 @@ class Pager:
         next_level_ms: int = 0,
         urgency: int = 0,
         service_id: str = "",
+        words: domain.IncidentWords | None = None,
     ) -> NotifyResult:
         """Start the user's cycle. `next_level_ms` (0: not known) is when the page stops
         mattering: a throttled send is retried until then or the next rule. `urgency`
         picks the user's rules (domain.rules_for; 0 is high). `service_id` (the incident's
-        service, "" if not known) picks the sender's queue for the pages sent now."""
+        service, "" if not known) picks the sender's queue for the pages sent now;
+        `words`, the incident's summary, number and creation if the caller has them, are
+        what those pages say when the status mirror does not hold the incident yet."""
         page = await self.contacts.prepare_page(user_id, incident_id)
         rules = domain.rules_snapshot(page.settings, urgency)
         unreachable = domain.unreachable_reason(user_id, page.settings, urgency)
@@ -112,7 +115,7 @@ class Pager:
                 f"timeline warning for {start.cycle_id}",
             )
         methods = {m.id: m for m in page.settings.contact_methods}
-        self.sender.fire_now(start.claimed, methods, service_id)
+        self.sender.fire_now(start.claimed, methods, service_id, words)
         return NotifyResult(True, start.rules, unreachable)
 
     async def cancel(self, incident_id: str) -> int:

@@ -220,14 +220,16 @@ class Sender:
         claimed: Sequence[ClaimedTimer],
         methods: dict[str, notification_pb2.ContactMethod],
         service_id: str = "",
+        words: domain.IncidentWords | None = None,
     ) -> None:
         """The fast path after Notify: fire the timers its script claimed for us, in the
         background, without waiting for a worker's poll; queued for a send slot with the
-        other pages of the incident's service (`service_id`, "" when not known)."""
+        other pages of the incident's service (`service_id`, "" when not known); `words`
+        the incident's, as Notify carried them (None: not carried)."""
         for timer in claimed:
             payload = TimerPayload.decode(timer.payload)
             self.spawn(
-                self._fire_held(timer, methods.get(payload.contact_method_id), service_id),
+                self._fire_held(timer, methods.get(payload.contact_method_id), service_id, words),
                 f"page {timer.timer_id}",
             )
 
@@ -236,9 +238,10 @@ class Sender:
         timer: ClaimedTimer,
         method: notification_pb2.ContactMethod | None,
         service_id: str,
+        words: domain.IncidentWords | None,
     ) -> None:
         async with self._in_flight.slot(SERVICE_QUEUE + service_id):
-            await self._fire(timer, method, service_id)
+            await self._fire(timer, method, service_id, words)
 
     async def fire(self, timer: ClaimedTimer) -> None:
         """Handle one claimed rule timer (the TimerWorker's handler: later rules, retries,
@@ -252,10 +255,12 @@ class Sender:
         timer: ClaimedTimer,
         method: notification_pb2.ContactMethod | None = None,
         service_id: str = "",
+        words: domain.IncidentWords | None = None,
     ) -> None:
         """`method` is the contact method if the caller has just read it; `service_id` the
         incident's service if the caller knows it (Notify's), which lets the page take its
-        words from the script that records it (`_fire_mirrored`)."""
+        words from the script that records it (`_fire_mirrored`), or from `words` (Notify's
+        too) when the mirror does not hold the incident yet."""
         payload = TimerPayload.decode(timer.payload)
         if method is None:
             method = await self.contacts.contact_method(payload.user_id, payload.contact_method_id)
@@ -298,7 +303,7 @@ class Sender:
         unmirrored = False
         if service_id and not channel.wants_details:
             slow = await self._fire_mirrored(
-                timer, payload, method, channel, service_id, routes, provider
+                timer, payload, method, channel, service_id, routes, provider, words
             )
             if slow is None:
                 return
@@ -326,15 +331,20 @@ class Sender:
         service_id: str,
         routes: tuple[Route, ...],
         provider: str,
+        words: domain.IncidentWords | None,
     ) -> str | None:
         """The first page's fast way: the script that records the attempt SENDING also
         hands back the page's words from the status mirror (summary, number, creation),
         so nothing is read before it; the service's name is known before it (cached, or
-        looked up now). None when done; else the script wrote nothing and the page must go
-        the slow way: "unmirrored" (the mirror does not hold the incident yet) or "check"
-        (the mirror says it stopped)."""
+        looked up now). When the mirror does not hold the incident yet, the page says what
+        `words` say if they are fresh (`IncidentWords.fresh`: Notify carried them for a
+        young incident). None when done; else the script wrote nothing and the page must
+        go the slow way: "unmirrored" (the mirror does not hold the incident and no fresh
+        words came) or "check" (the mirror says it stopped)."""
         name = await self.incidents.service_name(service_id)  # before SENDING: may ask
-        fired = await self.store.fire(timer, payload, method.type, "mirrored", provider=provider)
+        carried = words if words is not None and words.fresh(self.clock.now_ms()) else None
+        mode = "mirror" if carried is not None else "mirrored"
+        fired = await self.store.fire(timer, payload, method.type, mode, provider=provider)
         if fired.outcome in ("unmirrored", "check"):
             return fired.outcome
         if fired.outcome != "send":
@@ -342,7 +352,10 @@ class Sender:
             return None
         if fired.service_id and fired.service_id != service_id:  # not expected: no lookup
             name = self.incidents.cached_service_name(fired.service_id) or fired.service_id
-        content = self._content(payload, fired.summary, name, fired.number, fired.created_ms)
+        summary, number, created_ms = fired.summary, fired.number, fired.created_ms
+        if not summary and carried is not None:  # the mirror did not hold it yet
+            summary, number, created_ms = carried.summary, carried.number, carried.created_ms
+        content = self._content(payload, summary, name, number, created_ms)
         await self._send_rule(payload, method, channel, fired, content, routes)
         return None
 

@@ -191,6 +191,15 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
             violations.append(
                 FieldViolation("service_id", f"must be at most {MAX_SERVICE_ID} characters")
             )
+        if len(request.incident_summary) > domain.MAX_INCIDENT_SUMMARY:
+            violations.append(
+                FieldViolation(
+                    "incident_summary",
+                    f"must be at most {domain.MAX_INCIDENT_SUMMARY} characters",
+                )
+            )
+        if request.incident_number < 0:
+            violations.append(FieldViolation("incident_number", "must not be negative"))
         if request.urgency not in common_pb2.Urgency.values():
             violations.append(FieldViolation("urgency", f"unknown urgency {request.urgency}"))
         if not request.idempotency_key:
@@ -214,6 +223,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
             request.next_level_at.ToMilliseconds() if request.HasField("next_level_at") else 0,
             request.urgency,
             request.service_id,
+            _words(request),
         )
         return pb.NotifyResponse(
             started=result.started,
@@ -316,3 +326,14 @@ def _channel_target_violations(user_id: str, channel: pb.ChannelTarget) -> list[
     if not found and user_id != channeltargets.target_id(kind, channel.address):
         found.append(FieldViolation("user_id", "must be the channel's target id"))
     return found
+
+
+def _words(request: pb.NotifyRequest) -> domain.IncidentWords | None:
+    """The incident's words Notify carried (None: not carried)."""
+    if not request.incident_summary or not request.HasField("incident_created_at"):
+        return None
+    return domain.IncidentWords(
+        request.incident_summary,
+        request.incident_number,
+        request.incident_created_at.ToMilliseconds(),
+    )
