@@ -315,3 +315,39 @@ async def test_every_notify_names_the_incidents_service(
     await stack.tick(minutes=60)
     await stack.pager.expect_no_more_pages()
     assert seen == [("bob", "payments-api"), ("carol", "payments-api")]
+
+
+async def test_the_first_level_carries_the_incident_s_words_to_its_pages(
+    any_stack: FullStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Escalation handles the TRIGGERED event before notification has mirrored it (as a
+    third of first pages did at 80 incidents/s): level 0's Notify carries the incident's
+    summary, number and creation from that event, so the page says them without asking
+    the incidents service. A later level, the mirror long filled, asks nothing either."""
+    stack = any_stack
+    await people(stack)
+    await stack.policy(([user("alice")], 5), ([user("bob")], 10))
+    asked: list[str] = []
+    peer = stack.paging.parts.sender.incidents
+    original = peer.get_incident
+
+    async def spy(incident_id: str, **kwargs: object) -> object:
+        asked.append(incident_id)
+        return await original(incident_id, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(peer, "get_incident", spy)
+    incident_id = await stack.paging.trigger("disk full on db1", mirror=False)
+    assert stack.escalation.consumer is not None
+    await stack.escalation.consumer.drain_once()  # before notification's own consumer
+    await stack.paging.settle()
+
+    sms = await stack.pager.expect_sms("alice")
+    number = (await stack.paging.incident(incident_id)).number
+    assert sms.body is not None
+    assert sms.body.startswith(f"tocsin #{number}: [Payments API] disk full on db1")
+    await stack.run_until_quiet()
+    await stack.tick(minutes=1)  # alice's voice rule, a later rule
+    await stack.pager.expect_voice("alice", "disk full on db1")
+    await stack.tick(minutes=4)
+    await stack.pager.expect_sms("bob", f"#{number}: [Payments API] disk full on db1")
+    assert asked == []

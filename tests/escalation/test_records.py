@@ -56,6 +56,10 @@ async def test_the_level_and_hop_payloads_written_are_the_ones_a_firing_reads(
             (HopPage(0, 0, "ana", ""), HopPage(0, 0, "bo", "ops")),
             ({"kind": "warning", "text": "nobody on call for ops"},),
             TRACEPARENT,
+            service_id="payments-api",
+            summary="disk full on db1",
+            number=41,
+            created_ms=clock.now_ms() - 5,
         ),
     )
 

@@ -219,8 +219,11 @@ class HopPayload:
     """The outgoing work of one fired level (an outbox timer): its Notify calls and its
     timeline notes. `next_level_ms` is when the next level is due (the pages matter until
     then); `low_urgency` pages with the users' low-urgency rules; `service_id` is the
-    incident's service, named in each Notify (the sender's per-service queues). Stored as
-    {"incident", "epoch", "pages", "notes", "tp"[, "until"][, "low"][, "svc"]}."""
+    incident's service, named in each Notify (the sender's per-service queues);
+    `summary`, `number` and `created_ms` are the incident's as its TRIGGERED event gave
+    them, carried by the level that event fired so its pages need not ask the incidents
+    service for them ("" / 0 otherwise). Stored as {"incident", "epoch", "pages", "notes",
+    "tp"[, "until"][, "low"][, "svc"][, "sum", "nr", "ca"]}."""
 
     incident_id: str
     epoch: int
@@ -230,6 +233,9 @@ class HopPayload:
     next_level_ms: int | None = None
     low_urgency: bool = False
     service_id: str = ""
+    summary: str = ""
+    number: int = 0
+    created_ms: int = 0
 
     def encode(self) -> str:
         data: dict[str, Any] = {
@@ -248,6 +254,8 @@ class HopPayload:
             data["low"] = True
         if self.service_id:
             data["svc"] = self.service_id
+        if self.summary:
+            data.update(sum=self.summary, nr=self.number, ca=self.created_ms)
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
@@ -265,4 +273,7 @@ class HopPayload:
             next_level_ms=int(data["until"]) if data.get("until") is not None else None,
             low_urgency=bool(data.get("low", False)),
             service_id=str(data.get("svc") or ""),
+            summary=str(data.get("sum") or ""),
+            number=int(data.get("nr") or 0),
+            created_ms=int(data.get("ca") or 0),
         )

@@ -178,7 +178,7 @@ class EscalationEngine:
                 first_fire_ms=page_at,  # waiting for support hours: level 0 due then
                 service_id=incident.service_id,
             )
-            if domain.is_due(state, now) and await self._start_fired(state, revisions):
+            if domain.is_due(state, now) and await self._start_fired(state, revisions, incident):
                 return
             written = await self.store.write(state, 0, traceparent=current_traceparent())
         if written:
@@ -193,7 +193,12 @@ class EscalationEngine:
             t.id for t in policy.levels[0].targets if t.kind == "schedule"
         )
 
-    async def _start_fired(self, state: Escalation, revisions: dict[str, bytes | None]) -> bool:
+    async def _start_fired(
+        self,
+        state: Escalation,
+        revisions: dict[str, bytes | None],
+        incident: incidents_pb2.Incident,
+    ) -> bool:
         """Level 0 fires inside the write that starts the escalation: one compare-and-set
         (nothing stored yet) records the escalation with level 0 fired, its hop and the
         next level's timer, and the hop is sent at once. Nothing is written before that
@@ -201,7 +206,8 @@ class EscalationEngine:
         crash after it leaves the hop and the level timer, which the shard's worker
         claims. A concurrent start of the same incident loses the compare-and-set and
         pages nobody. False when a peer did not answer: the caller takes the slow path
-        (state written, level 0 due, retried by its timer)."""
+        (state written, level 0 due, retried by its timer). The hop carries `incident`'s
+        summary, number and creation (the TRIGGERED event's) to its Notify calls."""
         timer_fired("escalation", state.started_ms, state.started_ms)
         try:
             await self._advance(
@@ -210,6 +216,7 @@ class EscalationEngine:
                 manual=False,
                 expected_version=0,
                 revisions=revisions,
+                trigger=incident,
             )
         except grpc.aio.AioRpcError as error:
             if error.code() not in _PEER_PASSING:
@@ -429,10 +436,13 @@ class EscalationEngine:
         manual: bool,
         expected_version: int | None = None,
         revisions: dict[str, bytes | None] | None = None,
+        trigger: incidents_pb2.Incident | None = None,
     ) -> Escalation | None:
         """Fire what is next of `state` and write it with a compare-and-set on
         `expected_version` (default: `state.version`; 0: nothing stored yet).
-        `revisions`: schedules' revisions read already for this firing."""
+        `revisions`: schedules' revisions read already for this firing; `trigger`: the
+        incident as the TRIGGERED event that started it gave it (its words go with the
+        hop)."""
         expected = state.version if expected_version is None else expected_version
         now = self.clock.now_ms()
         with tracer.start_as_current_span(
@@ -493,6 +503,7 @@ class EscalationEngine:
                     advanced.next_fire_ms,
                     low_urgency=state.low_urgency,
                     service_id=state.service_id,
+                    **_words(trigger),
                 ),
             )
             if not await self.store.write(advanced, expected, traceparent=traceparent, hop=hop):
@@ -668,7 +679,11 @@ class EscalationEngine:
                     traceparent=current_traceparent(),
                     urgency=common_pb2.URGENCY_LOW if hop.low_urgency else common_pb2.URGENCY_HIGH,
                     service_id=hop.service_id,
+                    incident_summary=hop.summary,
+                    incident_number=hop.number,
                 )
+                if hop.created_ms:
+                    request.incident_created_at.FromMilliseconds(hop.created_ms)
                 if address:
                     kind = user_id.partition(":")[0]
                     request.channel.CopyFrom(
@@ -841,6 +856,14 @@ def _exhausted_note(state: Escalation, work: Exhausted) -> dict[str, Any]:
         f"{work.loops} loop(s); nobody acknowledged",
         "attributes": {"loops": str(work.loops), "epoch": str(state.epoch)},
     }
+
+
+def _words(incident: incidents_pb2.Incident | None) -> dict[str, Any]:
+    """The hop's copy of what a page says of `incident` (none without one)."""
+    if incident is None or not incident.summary:
+        return {}
+    created = incident.created_at.ToMilliseconds() if incident.HasField("created_at") else 0
+    return {"summary": incident.summary, "number": incident.number, "created_ms": created}
 
 
 def _timeline_entry(note: dict[str, Any]) -> incidents_pb2.TimelineEntry:
