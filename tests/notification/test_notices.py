@@ -176,3 +176,40 @@ async def test_a_notice_waiting_longer_than_the_sweep_is_not_taken_for_a_dead_se
     await stack.pager.expect_sms("alice", "starts now")
     [attempt] = await user_attempts(stack, "alice")  # the fake's callback may have come
     assert attempt.status in (pb.ATTEMPT_STATUS_SENT, pb.ATTEMPT_STATUS_DELIVERED)
+
+
+async def test_a_notice_begun_goes_out_even_when_its_caller_gives_up(
+    stack: PagingStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller's deadline passes while the notice's SMS is on its way (a slow
+    provider): the call ends, the send does not. Once begun, the key is taken, so a notice
+    cancelled with its call was lost for good: the caller's retry answers "not first"."""
+    await stack.add_user("alice", ALICE, [(SMS, 0)])
+    sender = stack.parts.sender
+    original = sender.deliver_outside_incident
+    slow = asyncio.Event()
+    reached = asyncio.Event()
+
+    async def slow_provider(*args: object, **kwargs: object) -> object:
+        reached.set()
+        await slow.wait()
+        return await original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sender, "deliver_outside_incident", slow_provider)
+    call = asyncio.ensure_future(
+        stack.client.notification.SendNotice(notice("alice", "handoff/k9"), timeout=0.5)
+    )
+    async with asyncio.timeout(10):
+        await reached.wait()
+    with pytest.raises(grpc.aio.AioRpcError) as gave_up:
+        await call
+    assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await asyncio.sleep(0.1)  # the server has seen the cancellation
+    slow.set()
+    await stack.settle()
+
+    await stack.pager.expect_sms("alice", "starts now")
+    again = await stack.client.notification.SendNotice(notice("alice", "handoff/k9"))
+    assert (again.first, again.sent) == (False, 0)
+    [attempt] = await user_attempts(stack, "alice")
+    assert attempt.status in (pb.ATTEMPT_STATUS_SENT, pb.ATTEMPT_STATUS_DELIVERED)

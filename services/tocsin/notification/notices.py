@@ -21,6 +21,7 @@ target is a Slack channel id.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from tocsin.notification import domain
 from tocsin.notification.channels import Channel, Message
@@ -47,6 +48,8 @@ class Notices:
         self.store = store
         self.contacts = contacts
         self.sender = sender
+        self._delivering: set[asyncio.Future[Any]] = set()
+        """Notices being sent, whatever became of the calls that began them."""
 
     async def send(self, request: pb.SendNoticeRequest) -> pb.SendNoticeResponse:
         _check(request)
@@ -96,14 +99,25 @@ class Notices:
         if begun is None:
             return pb.SendNoticeResponse(first=False)
         message = Message(request.text, subject=request.text[:120])
-        errors = await asyncio.gather(
-            *(
-                self.sender.deliver_outside_incident(
-                    AttemptLocation(record.id, None, owner), method, channel, message, routes[i]
+        # Once begun, the notice goes out whatever becomes of this call: a caller whose
+        # deadline passed (or who hung up) would find the key taken when it asks again,
+        # so cancelling the sends with the call lost the notice. The call only waits
+        # for them (they are held here: the event loop keeps weak references only).
+        delivery = asyncio.ensure_future(
+            asyncio.gather(
+                *(
+                    self.sender.deliver_outside_incident(
+                        AttemptLocation(record.id, None, owner), method, channel, message, routes[i]
+                    )
+                    for i, (record, (method, channel)) in enumerate(
+                        zip(records, targets, strict=True)
+                    )
                 )
-                for i, (record, (method, channel)) in enumerate(zip(records, targets, strict=True))
             )
         )
+        self._delivering.add(delivery)
+        delivery.add_done_callback(self._delivering.discard)
+        errors = await asyncio.shield(delivery)
         return pb.SendNoticeResponse(first=True, sent=sum(error is None for error in errors))
 
 
