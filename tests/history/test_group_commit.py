@@ -178,3 +178,25 @@ async def test_a_lanes_events_share_transactions_each_incidents_in_order(
     for incident in incidents:
         versions = [v for t in transactions for i, v in t if i == incident]
         assert versions == [1, 2, 3]
+
+
+async def test_a_window_gathers_writers_that_come_apart(tmp_path: Path) -> None:
+    """Writers arriving 50 ms apart share one transaction with a 300 ms window; without
+    a window they do not. Each still returns only once its own event is
+    committed."""
+    store = ArchiveStore(f"sqlite:///{tmp_path / 'a.sqlite3'}")
+    await store.migrate()
+    try:
+        for window_s in (0.3, 0.0):
+            writes = GroupCommit(store, window_s)
+            base = 10 if window_s else 20
+
+            async def write_later(n: int, writes: GroupCommit = writes, base: int = base) -> None:
+                await asyncio.sleep(0.05 * (n - base))
+                await writes.write(event(n))
+                assert await store.incident(str(16 * n)) is not None
+
+            await asyncio.gather(*(write_later(n) for n in range(base, base + 4)))
+            assert (writes.transactions == 1) == (window_s > 0), writes.transactions
+    finally:
+        await store.close()
