@@ -8,6 +8,7 @@ import contextlib
 from typing import Any
 
 import pytest
+from redis.asyncio.connection import AbstractConnection
 
 from tocsin.runtime import events
 from tocsin.runtime.events import (
@@ -315,3 +316,83 @@ async def test_a_lingering_consumer_leaves_the_first_moments_to_the_page_path(
 
     assert await consume(1_000, shard=0) >= 1.0
     assert await consume(0, shard=1) < 0.2
+
+
+async def test_a_running_consumer_acknowledges_with_its_next_read(
+    groups: RedisClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running consumer sends no XACK on its own: the entries its lane worker handled
+    are acknowledged in the same round trip as the worker's next read of the lane (or the
+    shard loop's next read), one round trip per read fewer. Every entry handled ends up
+    acknowledged, on a Cluster too."""
+    sends: list[list[bytes]] = []
+    send = AbstractConnection.send_packed_command
+
+    async def recording(self: Any, command: Any, check_health: bool = True) -> None:
+        chunks = [command] if isinstance(command, bytes | str) else command
+        packed = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
+        # the command names of this write (one command, or a pipeline's)
+        sends.append(_names(packed))
+        await send(self, command, check_health)
+
+    handled: list[str] = []
+    changed = asyncio.Condition()
+
+    async def handler(event: incidents_pb2.IncidentEvent) -> None:
+        async with changed:
+            handled.append(event.incident.id)
+            changed.notify_all()
+
+    async def pending() -> int:
+        counts = [
+            (await groups.xpending(stream_key(0, lane), "escalation"))["pending"]
+            for lane in range(8)
+        ]
+        return sum(counts)
+
+    consumer = EventConsumer(groups, "escalation", handler, shards=[0], block_ms=2000)
+    stop = asyncio.Event()
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", recording)
+    running = asyncio.create_task(consumer.run(stop))
+    try:
+        for n in range(1, 9):  # one at a time, each on its own lane
+            await groups.xadd(
+                stream_key(0, n % 8),
+                {
+                    EVENT_FIELD: incidents_pb2.IncidentEvent(
+                        kind=TRIGGERED, incident=incidents_pb2.Incident(id=str(16 * n))
+                    ).SerializeToString()
+                },
+            )
+            async with asyncio.timeout(10), changed:
+                await changed.wait_for(lambda n=n: len(handled) >= n)  # type: ignore[misc]
+        for _ in range(1000):  # acknowledged once handled, within ten seconds
+            if not await pending():
+                break
+            await asyncio.sleep(0.01)
+        assert await pending() == 0
+    finally:
+        stop.set()
+        await running
+    assert len(handled) == 8
+    xacks = [names for names in sends if b"XACK" in names]
+    assert xacks, "nothing was acknowledged through this process's connections"
+    assert all(b"XREADGROUP" in names for names in xacks), xacks
+
+
+def _names(packed: bytes) -> list[bytes]:
+    """The command names of a RESP-packed write (each command's first argument)."""
+    names: list[bytes] = []
+    i = 0
+    while i < len(packed) and packed[i : i + 1] == b"*":
+        end = packed.index(b"\r\n", i)
+        count = int(packed[i + 1 : end])
+        i = end + 2
+        for arg in range(count):
+            end = packed.index(b"\r\n", i)
+            size = int(packed[i + 1 : end])
+            i = end + 2
+            if arg == 0:
+                names.append(packed[i : i + size].upper())
+            i += size + 2
+    return names
