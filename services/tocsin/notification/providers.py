@@ -195,13 +195,17 @@ class CircuitBreaker:
     consecutive: int = 0
     open_until_ms: int = 0
 
+    def ready(self) -> bool:
+        """Closed, or open long enough for a trial; changes nothing."""
+        return self.consecutive < self.failures or self.now_ms() >= self.open_until_ms
+
     def allows(self) -> bool:
-        if self.consecutive < self.failures:
-            return True
-        now = self.now_ms()
-        if now < self.open_until_ms:
+        """`ready`, and if that is for a trial, the trial is this caller's: the breaker
+        stays open for the others until it succeeds or `open_for_ms` pass again."""
+        if not self.ready():
             return False
-        self.open_until_ms = now + self.open_for_ms  # one trial at a time
+        if self.consecutive >= self.failures:
+            self.open_until_ms = self.now_ms() + self.open_for_ms  # one trial at a time
         return True
 
     def succeeded(self) -> None:
@@ -223,15 +227,21 @@ class Route:
     breaker: CircuitBreaker | None = None
     """None for a lone provider (nothing to fail over to)."""
 
-    def allows(self) -> bool:
-        return self.breaker is None or self.breaker.allows()
+    def ready(self) -> bool:
+        return self.breaker is None or self.breaker.ready()
 
 
 def route_order(routes: list[Route]) -> list[Route]:
     """The providers to try, in order: those whose breaker lets them, then the others
-    (a page goes somewhere even when every provider looks down)."""
-    allowed = [r for r in routes if r.allows()]
-    return allowed + [r for r in routes if r not in allowed]
+    (a page goes somewhere even when every provider looks down). Only the first's
+    half-open trial is taken (it is the one this page tries): taking every ready
+    provider's trial while a healthy first one carried the page kept a recovered
+    second provider open for ever, its trial spent by pages that never tried it."""
+    ready = [r for r in routes if r.ready()]
+    order = ready + [r for r in routes if r not in ready]
+    if ready and ready[0].breaker is not None:
+        ready[0].breaker.allows()
+    return order
 
 
 async def send_with_retry(
