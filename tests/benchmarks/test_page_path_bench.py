@@ -20,7 +20,7 @@ from __future__ import annotations
 import gc
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,6 +30,7 @@ from redis.commands.core import AsyncScript
 
 from tests.escalation.stack import FullStack, full_stack, schedule, user
 from tests.notification.stack import ALICE, BOB, SMS
+from tests.redis_wire import sent_commands
 from tocsin.runtime.redis import RedisClient
 from tocsin.runtime.scripts import LuaScript
 
@@ -40,26 +41,6 @@ NOTIFY_FIRST_BUDGET = 10
 """The same when escalation's Notify comes before the mirror: the page says what Notify
 carried (the TRIGGERED event's summary, number and creation); 18 when it asked the
 incidents service instead."""
-
-
-def _commands(packed: bytes) -> list[list[bytes]]:
-    """The commands (first two arguments each) of a RESP-packed write."""
-    out: list[list[bytes]] = []
-    i = 0
-    while i < len(packed) and packed[i : i + 1] == b"*":
-        end = packed.index(b"\r\n", i)
-        count = int(packed[i + 1 : end])
-        i = end + 2
-        args: list[bytes] = []
-        for _ in range(count):
-            end = packed.index(b"\r\n", i)
-            size = int(packed[i + 1 : end])
-            i = end + 2
-            if len(args) < 2:
-                args.append(packed[i : i + size])
-            i += size + 2
-        out.append(args)
-    return out
 
 
 def _script_names() -> dict[bytes, str]:
@@ -91,9 +72,7 @@ def round_trips(polls_by_sha: frozenset[bytes]) -> Iterator[Sent]:
     send, read = AbstractConnection.send_packed_command, AbstractConnection.read_response
 
     async def counting(self: Any, command: Any, check_health: bool = True) -> None:
-        chunks: Iterable[Any] = [command] if isinstance(command, bytes | str) else command
-        packed = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
-        commands = _commands(packed)
+        commands = sent_commands(command)
         name = commands[0][0].upper() if commands else b""
         if name in (b"SCRIPT", b"HELLO", b"CLIENT", b"XINFO"):
             pass

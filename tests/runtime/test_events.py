@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from redis.asyncio.connection import AbstractConnection
 
+from tests.redis_wire import sent_commands
 from tocsin.runtime import events
 from tocsin.runtime.events import (
     CONSUMER_GROUPS,
@@ -329,10 +330,8 @@ async def test_a_running_consumer_acknowledges_with_its_next_read(
     send = AbstractConnection.send_packed_command
 
     async def recording(self: Any, command: Any, check_health: bool = True) -> None:
-        chunks = [command] if isinstance(command, bytes | str) else command
-        packed = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
         # the command names of this write (one command, or a pipeline's)
-        sends.append(_names(packed))
+        sends.append([args[0].upper() for args in sent_commands(command)])
         await send(self, command, check_health)
 
     handled: list[str] = []
@@ -378,21 +377,3 @@ async def test_a_running_consumer_acknowledges_with_its_next_read(
     xacks = [names for names in sends if b"XACK" in names]
     assert xacks, "nothing was acknowledged through this process's connections"
     assert all(b"XREADGROUP" in names for names in xacks), xacks
-
-
-def _names(packed: bytes) -> list[bytes]:
-    """The command names of a RESP-packed write (each command's first argument)."""
-    names: list[bytes] = []
-    i = 0
-    while i < len(packed) and packed[i : i + 1] == b"*":
-        end = packed.index(b"\r\n", i)
-        count = int(packed[i + 1 : end])
-        i = end + 2
-        for arg in range(count):
-            end = packed.index(b"\r\n", i)
-            size = int(packed[i + 1 : end])
-            i = end + 2
-            if arg == 0:
-                names.append(packed[i : i + size].upper())
-            i += size + 2
-    return names

@@ -1,0 +1,30 @@
+"""What a redis-py connection writes, read back: for tests that count round trips by
+patching `AbstractConnection.send_packed_command` (one call, one write: a command or a
+whole pipeline)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def sent_commands(command: Any) -> list[list[bytes]]:
+    """The commands (first two arguments each) of what `send_packed_command` was given:
+    bytes, str, or the chunks of one RESP-packed write."""
+    chunks = [command] if isinstance(command, bytes | str) else command
+    packed = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
+    out: list[list[bytes]] = []
+    i = 0
+    while i < len(packed) and packed[i : i + 1] == b"*":
+        end = packed.index(b"\r\n", i)
+        count = int(packed[i + 1 : end])
+        i = end + 2
+        args: list[bytes] = []
+        for _ in range(count):
+            end = packed.index(b"\r\n", i)
+            size = int(packed[i + 1 : end])
+            i = end + 2
+            if len(args) < 2:
+                args.append(packed[i : i + size])
+            i += size + 2
+        out.append(args)
+    return out
