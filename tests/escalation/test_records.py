@@ -73,6 +73,35 @@ async def test_the_level_and_hop_payloads_written_are_the_ones_a_firing_reads(
     assert HopPayload.decode(outbox.payload) == hop.payload
 
 
+async def test_the_write_that_arms_a_hop_claims_it_and_a_lost_claim_comes_back(
+    store: EscalationStore, clock: ManualClock
+) -> None:
+    state = _state(clock.now_ms())
+    hop = Hop(hop_timer_id(INCIDENT, 2, 1, 0), HopPayload(INCIDENT, 2, (), (), TRACEPARENT))
+    shard = incident_shard(INCIDENT)
+
+    written, claimed = await store.write_hop(
+        state, 0, traceparent=TRACEPARENT, hop=hop, lease_ms=15_000
+    )
+
+    assert written and claimed is not None
+    assert claimed.timer_id == hop.timer_id
+    assert HopPayload.decode(claimed.payload) == hop.payload
+    # Claimed already: a worker polling the shard gets the level timer, not the hop.
+    due = await store.timers.claim_due(shard, 10, 15_000)
+    assert [t.timer_id for t in due] == [level_timer_id(INCIDENT)]
+    # The claimer died: when its lease runs out the worker gets the hop, and the dead
+    # claim can no longer complete it.
+    clock.advance(seconds=15.001)
+    again = await store.timers.claim_due(shard, 10, 15_000)
+    assert hop.timer_id in [t.timer_id for t in again]
+    assert not await store.timers.complete(claimed)
+    # A stale write claims nothing.
+    assert await store.write_hop(
+        state, 0, traceparent=TRACEPARENT, hop=hop, lease_ms=15_000
+    ) == (False, None)
+
+
 def test_payloads_stored_by_the_previous_version_still_decode() -> None:
     # Exactly what the previous version's json.dumps wrote (default separators).
     old_level = b'{"v": 7, "tp": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}'

@@ -10,9 +10,10 @@ Firing a level is a GoAlert-style idempotent cycle:
 3. ONE compare-and-set writes the advanced state, arms the next level's timer and arms a
    "hop" outbox timer holding the pages to send; a stale or duplicate timer fails the
    version check and pages nobody;
-4. the hop is claimed at once (no poll: the first page leaves in milliseconds) and each
-   page becomes a Notify with the idempotency key incident/epoch/level/loop/user, then the
-   timeline entries are appended (idempotent too). If the process dies anywhere, the hop
+4. the same write claims the hop for this process (no poll and no round trip of its own:
+   the first page leaves in milliseconds) and each page becomes a Notify with the
+   idempotency key incident/epoch/level/loop/user, then the timeline entries are appended
+   (idempotent too). If the process dies anywhere, the hop
    timer is re-offered after its lease and redone; notification drops the repeats.
 
 A level nobody can answer does not wait out its delay. Notify answers `unreachable` for a
@@ -379,14 +380,17 @@ class EscalationEngine:
                     incident_id, key.epoch, (), (_unreachable_note(key, reported),), traceparent
                 ),
             )
-            if await self.store.write(skipped, state.version, traceparent=traceparent, hop=hop):
+            written, claimed = await self.store.write_hop(
+                skipped, state.version, traceparent=traceparent, hop=hop, lease_ms=HOP_LEASE_MS
+            )
+            if written:
                 log.info(
                     "incident %s: level %d (loop %d) can reach nobody; moving on now",
                     incident_id,
                     key.level,
                     key.loop,
                 )
-                await self._send_hop_now(incident_id, hop.timer_id)
+                await self._send_claimed_hop(claimed, hop.timer_id)
                 await self.fire_now(incident_id)
                 return True
         raise Conflict(f"escalation of incident {incident_id} kept changing; retried")
@@ -506,7 +510,10 @@ class EscalationEngine:
                     **_words(trigger),
                 ),
             )
-            if not await self.store.write(advanced, expected, traceparent=traceparent, hop=hop):
+            written, claimed = await self.store.write_hop(
+                advanced, expected, traceparent=traceparent, hop=hop, lease_ms=HOP_LEASE_MS
+            )
+            if not written:
                 span.set_attribute("escalation.stale", True)
                 return None
         if work.unconfirmed is not None:
@@ -518,7 +525,7 @@ class EscalationEngine:
                 state.next_level,
                 state.loop,
             )
-        await self._send_hop_now(state.incident_id, hop.timer_id)
+        await self._send_claimed_hop(claimed, hop.timer_id)
         if advanced.next_fire_ms is not None and advanced.next_fire_ms <= now:
             await self.fire_now(state.incident_id)
         return advanced
@@ -640,9 +647,11 @@ class EscalationEngine:
 
     # the outbox
 
-    async def _send_hop_now(self, incident_id: str, hop_id: str) -> None:
-        claimed = await self.store.timers.claim(hop_id, incident_shard(incident_id), HOP_LEASE_MS)
+    async def _send_claimed_hop(self, claimed: ClaimedTimer | None, hop_id: str) -> None:
+        """Send the hop the write that armed it claimed for this process (None: not
+        claimed, which a write always does; the shard's worker would send it)."""
         if claimed is None:
+            log.debug("hop %s not claimed by its write; the shard's worker sends it", hop_id)
             return
         try:
             await self.on_timer(claimed)

@@ -19,7 +19,14 @@ from tocsin.runtime.events import INCIDENT_SHARDS, incident_shard
 from tocsin.runtime.oncall import REVISION_FIELD, schedule_key
 from tocsin.runtime.redis import RedisClient, read_lua
 from tocsin.runtime.scripts import LuaScript
-from tocsin.runtime.timers import TIMER_LUA, TimerStore, shard_tag, timer_keys
+from tocsin.runtime.timers import (
+    TIMER_LUA,
+    ClaimedTimer,
+    TimerStore,
+    claimed_from_reply,
+    shard_tag,
+    timer_keys,
+)
 from tocsin.v1 import escalation_pb2 as pb
 
 POLICY_PREFIX = "tocsin:{policies}:"
@@ -139,6 +146,31 @@ class EscalationStore:
         """Store `state` if the stored version is `expected_version` (0: none stored yet),
         arming its level timer (or cancelling it) and the hop's outbox timer with it.
         False when another writer got there first: the caller's work is stale."""
+        written, _ = await self._run_write(state, expected_version, traceparent, hop, 0)
+        return written
+
+    async def write_hop(
+        self,
+        state: Escalation,
+        expected_version: int,
+        *,
+        traceparent: str,
+        hop: Hop,
+        lease_ms: int,
+    ) -> tuple[bool, ClaimedTimer | None]:
+        """`write`, and the hop's timer claimed for the caller in the same script (with a
+        lease of `lease_ms`), so it is sent with no round trip of its own: (written, the
+        claim; None if not written, or the hop was not due)."""
+        return await self._run_write(state, expected_version, traceparent, hop, lease_ms)
+
+    async def _run_write(
+        self,
+        state: Escalation,
+        expected_version: int,
+        traceparent: str,
+        hop: Hop | None,
+        lease_ms: int,
+    ) -> tuple[bool, ClaimedTimer | None]:
         shard = incident_shard(state.incident_id)
         finished = state.next_fire_ms is None
         reply = await self._write(
@@ -155,9 +187,11 @@ class EscalationStore:
             hop_due_ms=self.clock.now_ms(),
             incident=state.incident_id,
             expire_ms=self.retention_ms if finished else 0,
+            hop_lease_ms=lease_ms if hop else 0,
         )
-        outcome = reply[0].decode()
-        return outcome == "ok"
+        if reply[0].decode() != "ok":
+            return False, None
+        return True, claimed_from_reply(shard, reply[1]) if len(reply) > 1 else None
 
     async def round_robin_turn(self, policy_id: str, level: int, incident_id: str) -> int:
         """The incident's turn at a round-robin level: drawn once per incident (a repeat

@@ -17,7 +17,11 @@
 --   hop_due_ms
 --   incident           incident id
 --   expire_ms          0: keep
--- Returns {"ok"} | {"exists", version} | {"conflict", version}
+--   hop_lease_ms       0: leave the hop armed; else claim it for the caller at once, with
+--                      this lease (timer_claim, as TimerStore.claim does), so it is sent
+--                      with no round trip of its own. Should the caller die before it is
+--                      done, the lease runs out and the shard's worker sends it.
+-- Returns {"ok"} | {"ok", hop claim} | {"exists", version} | {"conflict", version}
 local tag = ARGV[1]
 local current = redis.call("HGET", KEYS[1], "version")
 if ARGV[2] == "0" then
@@ -40,5 +44,9 @@ else
 end
 if ARGV[8] ~= "" then
   timer_arm(tag, ARGV[8], ARGV[10], ARGV[9])
+  if ARGV[13] ~= "0" then
+    local claimed = timer_claim(tag, ARGV[8], ARGV[10], ARGV[13])
+    if claimed then return {"ok", claimed} end
+  end
 end
 return {"ok"}
