@@ -34,10 +34,10 @@ from tests.redis_wire import sent_commands
 from tocsin.runtime.redis import RedisClient
 from tocsin.runtime.scripts import LuaScript
 
-ROUND_TRIP_BUDGET = 13
+ROUND_TRIP_BUDGET = 11
 """Round trips before the Twilio request allowed when notification mirrors the incident
 first, the usual order (measured on main; lower it as they drop)."""
-NOTIFY_FIRST_BUDGET = 10
+NOTIFY_FIRST_BUDGET = 8
 """The same when escalation's Notify comes before the mirror: the page says what Notify
 carried (the TRIGGERED event's summary, number and creation); 18 when it asked the
 incidents service instead."""

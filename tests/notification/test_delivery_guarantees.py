@@ -46,12 +46,19 @@ async def dying(redis: RedisClient) -> AsyncIterator[PagingStack]:
         stack.pager.check_all_expected()
 
 
+@pytest.mark.parametrize(
+    "service_id",
+    [
+        "",  # the rule's timer is claimed by Notify's script, recorded SENDING by fire.lua
+        "payments-api",  # recorded SENDING by Notify's script itself (Sender.ready_now)
+    ],
+)
 async def test_a_process_killed_mid_send_never_sends_that_attempt_twice(
-    dying: PagingStack,
+    dying: PagingStack, service_id: str
 ) -> None:
     await dying.add_user("alice", ALICE, [(SMS, 0), (VOICE, 600)])
     incident_id = await dying.trigger()
-    await dying.notify(incident_id, "alice")
+    await dying.notify(incident_id, "alice", service_id=service_id)
     await dying.pager.expect_sms("alice")
     [attempt] = await dying.attempts(incident_id)
     assert attempt.status == notification_pb2.ATTEMPT_STATUS_SENDING
@@ -156,8 +163,9 @@ async def test_the_sender_rate_spaces_pages_to_different_people(limited: PagingS
     await limited.pager.expect_sms("bob")
 
 
+@pytest.mark.parametrize("service_id", ["", "payments-api"])
 async def test_no_lookup_happens_between_recording_sending_and_the_provider_call(
-    stack: PagingStack, monkeypatch: pytest.MonkeyPatch
+    stack: PagingStack, monkeypatch: pytest.MonkeyPatch, service_id: str
 ) -> None:
     """A process dying between SENDING and the provider's call loses the page (the sweep
     marks it UNKNOWN, never resends): the incident and service lookups a page needs must
@@ -178,7 +186,7 @@ async def test_no_lookup_happens_between_recording_sending_and_the_provider_call
 
         monkeypatch.setattr(peer, name, spy)
 
-    await stack.notify(incident_id, "alice")
+    await stack.notify(incident_id, "alice", service_id=service_id)
     await stack.pager.expect_sms("alice", "disk full on db1")
     await stack.settle()
     assert {name for name, _ in seen} == {"get_incident", "service_name"}
@@ -220,3 +228,41 @@ async def test_the_first_page_metric_reads_the_creation_time_from_the_mirror(
 
     assert lookups == []
     assert recorded == [(sent_at_ms - created_ms) / 1000]
+
+
+async def test_notifys_script_records_the_first_page_sending_and_it_goes_at_once(
+    stack: PagingStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Escalation's Notify names the incident's service: a rule due now whose page needs
+    nothing more (a send slot free, no rate limit, the service's name known) is recorded
+    SENDING by the script that starts the cycle, so it reaches the provider with no
+    fire.lua of its own; a repeated Notify (same key) sends nothing, and every send slot
+    taken for it is given back."""
+    await stack.add_user("alice", ALICE, [(SMS, 0), (VOICE, 600)])
+    incident_id = await stack.trigger("queue backlog on kafka")  # mirrored first
+    number = (await stack.incident(incident_id)).number
+    fired: list[str] = []
+    store = stack.parts.sender.store
+    original = store.fire
+
+    async def spy(timer: Any, *args: Any, **kwargs: Any) -> Any:
+        fired.append(timer.timer_id)
+        return await original(timer, *args, **kwargs)
+
+    monkeypatch.setattr(store, "fire", spy)
+
+    await stack.notify(incident_id, "alice", service_id="payments-api")
+    await stack.notify(incident_id, "alice", service_id="payments-api")  # a retry
+    sms = await stack.pager.expect_sms("alice")
+    await stack.settle()
+
+    assert sms.body is not None
+    assert sms.body.startswith(f"tocsin #{number}: [Payments API] queue backlog on kafka")
+    assert fired == []  # the SMS rule was fired by Notify's script
+    [attempt] = await stack.attempts(incident_id)
+    assert attempt.status in (notification_pb2.ATTEMPT_STATUS_SENT, DELIVERED)
+    assert stack.parts.sender._in_flight.held == 0
+    # The later rule still fires from its timer, the usual way.
+    assert await stack.tick(seconds=600) == 1
+    await stack.pager.expect_voice("alice")
+    assert len(fired) == 1

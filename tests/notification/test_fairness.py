@@ -82,9 +82,9 @@ async def test_a_storm_of_pages_does_not_hold_back_another_services_first_page(
         started: list[str] = []  # whose page was granted a send slot, in order
         fire = sender._fire
 
-        async def recording_fire(timer: ClaimedTimer, *args: Any) -> None:
+        async def recording_fire(timer: ClaimedTimer, *args: Any, **kwargs: Any) -> None:
             started.append(TimerPayload.decode(timer.payload).user_id)
-            await fire(timer, *args)
+            await fire(timer, *args, **kwargs)
 
         monkeypatch.setattr(sender, "_fire", recording_fire)
         for i in range(STORM):
@@ -148,3 +148,19 @@ async def test_a_cancelled_waiter_takes_no_slot() -> None:
     assert slots.held == 1
     slots.release()
     assert (slots.held, slots.waiting()) == (0, 0)
+
+
+async def test_a_slot_is_taken_without_waiting_only_when_free_and_nobody_queues() -> None:
+    slots = FairSlots(2)
+    assert slots.try_acquire() and slots.held == 1
+    holder = asyncio.create_task(slots.acquire("storm"))
+    await holder
+    assert slots.held == 2
+    assert not slots.try_acquire() and slots.held == 2  # full
+    queued = asyncio.create_task(slots.acquire("storm"))
+    await asyncio.sleep(0)
+    slots.release()  # passed on to the waiter, not freed
+    await queued
+    assert slots.held == 2 and not slots.try_acquire()
+    slots.release()
+    assert slots.try_acquire()  # a free slot and no waiter

@@ -52,9 +52,16 @@ class FairSlots:
         finally:
             self.release()
 
-    async def acquire(self, key: str) -> None:
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free and nobody waits for one (the caller then must
+        `release` it); False, taking nothing, otherwise."""
         if self._held < self.limit and not self._turns:
             self._held += 1
+            return True
+        return False
+
+    async def acquire(self, key: str) -> None:
+        if self.try_acquire():
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queue = self._queues.get(key)

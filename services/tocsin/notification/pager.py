@@ -3,7 +3,10 @@
 `notify` snapshots the user's rules into a cycle with one timer per rule (one script in
 the incident's slot), then takes the fast path: the same script claims the timers of the
 rules due now for this process, which sends them at once, so the first SMS leaves within
-milliseconds instead of waiting for a worker's poll. The TimerWorker fires the later
+milliseconds instead of waiting for a worker's poll. A rule due now whose page needs
+nothing more (Sender.ready_now: a send slot free, no rate limit, no details to look up)
+is even recorded SENDING by that script, so its page has no round trip of its own
+between the cycle's start and the provider's request. The TimerWorker fires the later
 rules, and the claimed ones again should this process die before sending them (their
 leases run out).
 
@@ -91,17 +94,25 @@ class Pager:
         page = await self.contacts.prepare_page(user_id, incident_id)
         rules = domain.rules_snapshot(page.settings, urgency)
         unreachable = domain.unreachable_reason(user_id, page.settings, urgency)
-        start = await self.store.start_cycle(
-            incident_id,
-            user_id,
-            idempotency_key,
-            traceparent,
-            page.reply_code,
-            rules,
-            self.sender.options.lease_ms,
-            next_level_ms,
-        )
+        methods = {m.id: m for m in page.settings.contact_methods}
+        ready = await self.sender.ready_now(rules, methods, service_id, words)
+        try:
+            start = await self.store.start_cycle(
+                incident_id,
+                user_id,
+                idempotency_key,
+                traceparent,
+                page.reply_code,
+                rules,
+                self.sender.options.lease_ms,
+                next_level_ms,
+                send_now=ready.rules,
+            )
+        except BaseException:
+            ready.release()
+            raise
         if not start.started:
+            ready.release()
             return NotifyResult(False, 0, unreachable)
         if unreachable:
             self.sender.spawn(
@@ -114,8 +125,7 @@ class Pager:
                 ),
                 f"timeline warning for {start.cycle_id}",
             )
-        methods = {m.id: m for m in page.settings.contact_methods}
-        self.sender.fire_now(start.claimed, methods, service_id, words)
+        self.sender.fire_now(start.claimed, methods, service_id, words, start.fired, ready)
         return NotifyResult(True, start.rules, unreachable)
 
     async def cancel(self, incident_id: str) -> int:

@@ -38,7 +38,7 @@ import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -69,7 +69,8 @@ from tocsin.notification.providers import (
     send_with_retry,
 )
 from tocsin.notification.ratelimit import RateLimiter
-from tocsin.notification.store import Fired, PagingStore
+from tocsin.notification.records import CycleRule
+from tocsin.notification.store import Fired, PagingStore, SendNow
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.events import incident_shard
 from tocsin.runtime.telemetry import context_from_traceparent
@@ -157,6 +158,21 @@ class Page:
         return self.location.attempt_id
 
 
+@dataclass
+class ReadyNow:
+    """What `Sender.ready_now` prepared for the rules due now of a Notify."""
+
+    rules: dict[int, SendNow] = field(default_factory=dict)
+    """Rule index -> how the cycle's script records it SENDING; each holds a send slot."""
+    routes: dict[int, tuple[Route, ...]] = field(default_factory=dict)
+    """Rule index -> the providers to try, in order (the first named in the record)."""
+    service_name: str = ""
+    carried: domain.IncidentWords | None = None
+    """Notify's words, if fresh: what the page says when the mirror does not hold them."""
+    release: Callable[[], None] = lambda: None
+    """Give the slots back (no cycle started); `fire_now` gives them back otherwise."""
+
+
 class Sender:
     def __init__(
         self,
@@ -215,23 +231,96 @@ class Sender:
 
     # -- rules --------------------------------------------------------------------------
 
+    async def ready_now(
+        self,
+        rules: Sequence[CycleRule],
+        methods: dict[str, notification_pb2.ContactMethod],
+        service_id: str,
+        words: domain.IncidentWords | None,
+    ) -> ReadyNow:
+        """Before a Notify's cycle is started: the rules due now whose page can be
+        recorded SENDING by the script that starts the cycle (store.SendNow), so it goes
+        with no round trip of its own. Such a rule has everything it needs at hand, as
+        `_fire_mirrored` would before SENDING: a usable contact method of a channel that
+        shows no details and has no rate limit to reserve, the service's name (cached, or
+        looked up now) and a send slot, taken here without waiting (none free: the rule
+        is fired the usual way, queued for a slot). The caller passes the result to
+        `fire_now`, or `release`s it if no cycle started."""
+        ready = ReadyNow()
+        if not service_id:
+            return ready
+        candidates: list[tuple[int, notification_pb2.ContactMethod, Channel]] = []
+        for index, rule in enumerate(rules):
+            method = methods.get(rule.contact_method_id)
+            if rule.delay_ms != 0 or method is None or method.disabled:
+                continue
+            channel = self.channels.find(method.type)
+            if channel is None or channel.wants_details:
+                continue
+            if self.limiter.enabled and channel.rate_limited:
+                continue
+            candidates.append((index, method, channel))
+        if not candidates:
+            return ready
+        ready.service_name = await self.incidents.service_name(service_id)
+        now = self.clock.now_ms()
+        ready.carried = words if words is not None and words.fresh(now) else None
+        mode = "mirror" if ready.carried is not None else "mirrored"
+        for index, method, channel in candidates:
+            if not self._in_flight.try_acquire():
+                break
+            routes = channel_routes(channel)
+            ready.rules[index] = SendNow(
+                method.id, method.type, mode, provider=routes[0].name if routes else ""
+            )
+            ready.routes[index] = routes
+        ready.release = self._release_slots(len(ready.rules))
+        return ready
+
+    def _release_slots(self, count: int) -> Callable[[], None]:
+        def release() -> None:
+            for _ in range(count):
+                self._in_flight.release()
+
+        return release
+
     def fire_now(
         self,
         claimed: Sequence[ClaimedTimer],
         methods: dict[str, notification_pb2.ContactMethod],
         service_id: str = "",
         words: domain.IncidentWords | None = None,
+        fired: Sequence[Fired | None] = (),
+        ready: ReadyNow | None = None,
     ) -> None:
         """The fast path after Notify: fire the timers its script claimed for us, in the
         background, without waiting for a worker's poll; queued for a send slot with the
         other pages of the incident's service (`service_id`, "" when not known); `words`
-        the incident's, as Notify carried them (None: not carried)."""
-        for timer in claimed:
+        the incident's, as Notify carried them (None: not carried). `fired` (one per
+        claim, None for a rule not asked) is what the script decided for the rules
+        `ready` asked it to send at once: those recorded SENDING are sent now in the
+        slots `ready` holds; those it left claimed are fired in them."""
+        held = ready.rules if ready is not None else {}
+        unused = len(held)
+        for i, timer in enumerate(claimed):
             payload = TimerPayload.decode(timer.payload)
+            method = methods.get(payload.contact_method_id)
+            decided = fired[i] if i < len(fired) else None
+            if decided is None or payload.rule_index not in held or method is None:
+                self.spawn(
+                    self._fire_held(timer, method, service_id, words), f"page {timer.timer_id}"
+                )
+                continue
+            assert ready is not None
+            unused -= 1
             self.spawn(
-                self._fire_held(timer, methods.get(payload.contact_method_id), service_id, words),
+                self._in_slot(
+                    self._send_decided(timer, payload, method, service_id, words, decided, ready)
+                ),
                 f"page {timer.timer_id}",
             )
+        for _ in range(unused):
+            self._in_flight.release()
 
     async def _fire_held(
         self,
@@ -242,6 +331,38 @@ class Sender:
     ) -> None:
         async with self._in_flight.slot(SERVICE_QUEUE + service_id):
             await self._fire(timer, method, service_id, words)
+
+    async def _in_slot(self, work: Awaitable[None]) -> None:
+        """Run `work` in a send slot taken already (ready_now), then give it back."""
+        try:
+            await work
+        finally:
+            self._in_flight.release()
+
+    async def _send_decided(
+        self,
+        timer: ClaimedTimer,
+        payload: TimerPayload,
+        method: notification_pb2.ContactMethod,
+        service_id: str,
+        words: domain.IncidentWords | None,
+        fired: Fired,
+        ready: ReadyNow,
+    ) -> None:
+        """A rule the cycle's script fired (ready_now): send it if it was recorded
+        SENDING, else go on the usual way from where the script left it."""
+        channel = self.channels.find(method.type)
+        assert channel is not None  # ready_now found it
+        routes = ready.routes[payload.rule_index]
+        if fired.outcome in ("unmirrored", "check"):
+            await self._fire(timer, method, service_id, words, routes=routes, tried=fired.outcome)
+            return
+        if fired.outcome != "send":
+            log.debug("rule %s not sent: %s", payload.attempt_id, fired.outcome)
+            return
+        await self._send_mirrored(
+            payload, method, channel, fired, service_id, ready.service_name, ready.carried, routes
+        )
 
     async def fire(self, timer: ClaimedTimer) -> None:
         """Handle one claimed rule timer (the TimerWorker's handler: later rules, retries,
@@ -256,11 +377,16 @@ class Sender:
         method: notification_pb2.ContactMethod | None = None,
         service_id: str = "",
         words: domain.IncidentWords | None = None,
+        *,
+        routes: tuple[Route, ...] | None = None,
+        tried: str = "",
     ) -> None:
         """`method` is the contact method if the caller has just read it; `service_id` the
         incident's service if the caller knows it (Notify's), which lets the page take its
         words from the script that records it (`_fire_mirrored`), or from `words` (Notify's
-        too) when the mirror does not hold the incident yet."""
+        too) when the mirror does not hold the incident yet. `tried`: what the cycle's
+        script answered when it tried this fast way already ('unmirrored' or 'check',
+        nothing written), with the `routes` it was given."""
         payload = TimerPayload.decode(timer.payload)
         if method is None:
             method = await self.contacts.contact_method(payload.user_id, payload.contact_method_id)
@@ -298,10 +424,11 @@ class Sender:
         # Every lookup the page needs happens BEFORE the attempt is recorded SENDING: a
         # process that dies between SENDING and the provider's call loses that page (the
         # sweep marks it UNKNOWN, never resends), so nothing may wait in that window.
-        routes = channel_routes(channel)
+        if routes is None:
+            routes = channel_routes(channel)
         provider = routes[0].name if routes else ""
-        unmirrored = False
-        if service_id and not channel.wants_details:
+        unmirrored = tried == "unmirrored"
+        if service_id and not channel.wants_details and not tried:
             slow = await self._fire_mirrored(
                 timer, payload, method, channel, service_id, routes, provider, words
             )
@@ -340,7 +467,8 @@ class Sender:
         `words` say if they are fresh (`IncidentWords.fresh`: Notify carried them for a
         young incident). None when done; else the script wrote nothing and the page must
         go the slow way: "unmirrored" (the mirror does not hold the incident and no fresh
-        words came) or "check" (the mirror says it stopped)."""
+        words came) or "check" (the mirror says it stopped). (`ready_now` takes this way
+        inside the script that starts the cycle.)"""
         name = await self.incidents.service_name(service_id)  # before SENDING: may ask
         carried = words if words is not None and words.fresh(self.clock.now_ms()) else None
         mode = "mirror" if carried is not None else "mirrored"
@@ -350,6 +478,24 @@ class Sender:
         if fired.outcome != "send":
             log.debug("rule %s not sent: %s", payload.attempt_id, fired.outcome)
             return None
+        await self._send_mirrored(
+            payload, method, channel, fired, service_id, name, carried, routes
+        )
+        return None
+
+    async def _send_mirrored(
+        self,
+        payload: TimerPayload,
+        method: notification_pb2.ContactMethod,
+        channel: Channel,
+        fired: Fired,
+        service_id: str,
+        name: str,
+        carried: domain.IncidentWords | None,
+        routes: tuple[Route, ...],
+    ) -> None:
+        """Send a page recorded SENDING by the fast way, in the words the script handed
+        back from the mirror, or in `carried` when the mirror did not hold them yet."""
         if fired.service_id and fired.service_id != service_id:  # not expected: no lookup
             name = self.incidents.cached_service_name(fired.service_id) or fired.service_id
         summary, number, created_ms = fired.summary, fired.number, fired.created_ms
@@ -357,7 +503,6 @@ class Sender:
             summary, number, created_ms = carried.summary, carried.number, carried.created_ms
         content = self._content(payload, summary, name, number, created_ms)
         await self._send_rule(payload, method, channel, fired, content, routes)
-        return None
 
     def _content(
         self,

@@ -4,7 +4,9 @@ Everything about one incident lives in its shard's slot (keys.py), the slot of t
 incident itself, so each decision is one script:
 
 - `start_cycle` (lua/notify.lua): idempotency key, replacement of the user's running
-  cycle, the new cycle's rule snapshot and one timer per rule, all or nothing.
+  cycle, the new cycle's rule snapshot and one timer per rule, all or nothing; the
+  timers of the rules due now claimed for the caller and, for those it asks (`SendNow`),
+  fired in the same script as `fire` would.
 - `fire` (lua/fire.lua): a rule's timer may send only if its claim (fence) is current, its
   cycle is current and not cancelled, the incident is not known to be stopped and no
   attempt exists yet for that rule; then the attempt is recorded SENDING and the timer
@@ -18,7 +20,8 @@ shards (`tocsin:{tN}:notify:timers` ...), so no other service's worker ever clai
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +56,24 @@ class CycleStart:
     replaced_timers: int = 0
     claimed: tuple[ClaimedTimer, ...] = ()
     """The timers of the rules due now, claimed for the caller to fire at once."""
+    fired: tuple[Fired | None, ...] = ()
+    """Per claimed timer, what the script decided for a rule the caller asked it to send
+    at once (`SendNow`: 'send' means recorded SENDING, the caller sends it now; 'check'
+    or 'unmirrored': nothing written, the claim is the caller's to fire); None for a
+    rule it was not asked to send."""
+
+
+@dataclass(frozen=True)
+class SendNow:
+    """A rule due now that `start_cycle` records SENDING in the same script, as `fire`
+    would with `mode` ('mirror' or 'mirrored'), `channel` and `provider`, so the page
+    goes with no round trip of its own. The caller holds its send slot and everything
+    the page needs before asking: nothing may wait between SENDING and the provider."""
+
+    contact_method_id: str
+    channel: int
+    mode: str
+    provider: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,6 +103,27 @@ class RetryWindow:
     created_ms: int
     delays_ms: tuple[int, ...]
     level_due_ms: int
+
+
+def _fired(reply: Any) -> Fired:
+    """fire.lua's answer (cycle_lib's cycle_fire) as a `Fired`."""
+    outcome = _text(reply[0])
+    if outcome == "send":
+        code, summary, service_id, incident, user = (_text(v) for v in reply[1:6])
+        number, created = (_text(v) for v in reply[6:8])
+        return Fired(
+            outcome,
+            code,
+            summary,
+            service_id,
+            incident,
+            user,
+            number=int(number or 0),
+            created_ms=int(created or 0),
+        )
+    if outcome == "unreachable":
+        return Fired(outcome, next_rule=int(reply[1]))
+    return Fired(outcome)
 
 
 def _text(value: Any) -> str:
@@ -117,13 +159,34 @@ class PagingStore:
         rules: Sequence[CycleRule],
         lease_ms: int,
         level_due_ms: int = 0,
+        send_now: Mapping[int, SendNow] | None = None,
     ) -> CycleStart:
+        """Start the cycle (lua/notify.lua); `send_now`: rules (by index) to record
+        SENDING at once, see `SendNow`."""
         shard = incident_shard(incident_id)
+        now_json = (
+            json.dumps(
+                {
+                    str(rule): {
+                        "cm": s.contact_method_id,
+                        "ch": s.channel,
+                        "m": s.mode,
+                        "p": s.provider,
+                    }
+                    for rule, s in send_now.items()
+                },
+                separators=(",", ":"),
+            )
+            if send_now
+            else ""
+        )
         reply = await self._notify(
             keys=[
                 keys.idempotency(incident_id, idempotency_key),
                 keys.incident_state(incident_id),
                 keys.incident_cycles(incident_id),
+                keys.incident_attempts(incident_id),
+                keys.sending(shard),
                 *keys.timer_keys(shard),
             ],
             tag=keys.timer_tag(shard),
@@ -138,11 +201,13 @@ class PagingStore:
             lease_ms=lease_ms,
             key=idempotency_key,
             level_due_ms=level_due_ms,
+            send_now=now_json,
         )
         if not int(reply[0]):
             return CycleStart(started=False)
         claimed = tuple(claimed_from_reply(shard, row) for row in reply[4])
-        return CycleStart(True, _text(reply[1]), int(reply[2]), int(reply[3]), claimed)
+        fired = tuple(None if _text(row[0]) == "claimed" else _fired(row) for row in reply[5])
+        return CycleStart(True, _text(reply[1]), int(reply[2]), int(reply[3]), claimed, fired)
 
     async def fire(
         self,
@@ -176,23 +241,7 @@ class PagingStore:
             detail=detail,
             provider=provider,
         )
-        outcome = _text(reply[0])
-        if outcome == "send":
-            code, summary, service_id, incident, user = (_text(v) for v in reply[1:6])
-            number, created = (_text(v) for v in reply[6:8])
-            return Fired(
-                outcome,
-                code,
-                summary,
-                service_id,
-                incident,
-                user,
-                number=int(number or 0),
-                created_ms=int(created or 0),
-            )
-        if outcome == "unreachable":
-            return Fired(outcome, next_rule=int(reply[1]))
-        return Fired(outcome)
+        return _fired(reply)
 
     async def advance(self, payload: domain.TimerPayload, failed_method_id: str) -> int:
         """Re-arm the next rule (another contact method) due now; its index or -1."""

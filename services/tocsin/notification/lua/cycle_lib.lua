@@ -41,3 +41,67 @@ local function cycle_advance(cycle_key, tag, cycle_id, from_rule, failed_cm, now
   end
   return -1
 end
+
+-- A rule's timer fired: decide whether the claim holding `a.fence` may send, and if so
+-- record the attempt SENDING and complete the timer, all in the caller's one script (the
+-- body of fire.lua; notify.lua runs it too for the rules it sends at once). Nothing is
+-- sent twice for one rule of one cycle: a second firing finds the attempt (or a stale
+-- fence). `k`: {incident state, incident cycles, cycle, attempts, sending index} keys;
+-- `a`: tag, id (timer id = attempt id), fence, rule, method, channel, now, ttl, mode,
+-- detail, provider, as fire.lua's ARGV say. Returns what fire.lua returns.
+local function cycle_fire(k, a)
+  local tag, id, fence, now, mode = a.tag, a.id, a.fence, a.now, a.mode
+  local held = redis.call('HGET', timer_key(tag, 'timer_fence'), id)
+  if not held or tonumber(held) ~= tonumber(fence) then
+    return {'stale'}
+  end
+  local cycle_id = string.match(id, '^(.*)%-%d+$')
+  local cycle = redis.call('HMGET', k[3], 'inc', 'user', 'x', 'code')
+  local outcome = nil
+  if not cycle[1] then
+    outcome = 'gone'
+  elseif cycle[3] == '1' then
+    outcome = 'cancelled'
+  elseif redis.call('HGET', k[2], cycle[2]) ~= cycle_id then
+    outcome = 'superseded'
+  elseif redis.call('HEXISTS', k[4], id) == 1 then
+    outcome = 'duplicate'
+  end
+  if outcome then
+    timer_complete(tag, id, fence)
+    return {outcome}
+  end
+  local state = redis.call('HMGET', k[1], 'st', 'sum', 'svc', 'nr', 'ca')
+  if mode == 'mirrored' then
+    if not state[2] or state[2] == '' then
+      return {'unmirrored'}
+    end
+    mode = 'mirror'
+  end
+  if mode == 'mirror' and state[1] and tonumber(state[1]) ~= INCIDENT_TRIGGERED then
+    return {'check'}
+  end
+  local status = ATTEMPT_SENDING
+  if mode == 'skip' then
+    status = AttemptStatus.SKIPPED
+  elseif mode == 'unreachable' then
+    status = AttemptStatus.FAILED
+  end
+  local rule = tonumber(a.rule)
+  local rec = {id = id, inc = cycle[1], user = cycle[2], cm = a.method, type = tonumber(a.channel),
+    rule = rule, st = status, code = cycle[4], c = now, u = now}
+  if mode == 'unreachable' then
+    rec.pst = a.detail
+  elseif mode ~= 'skip' and a.provider ~= '' then
+    rec.prov = a.provider
+  end
+  attempt_new(k[4], k[5], rec, a.ttl)
+  timer_complete(tag, id, fence)
+  if mode == 'unreachable' then
+    return {'unreachable', cycle_advance(k[3], tag, cycle_id, rule, a.method, now)}
+  elseif mode == 'skip' then
+    return {'skip'}
+  end
+  return {'send', cycle[4], state[2] or '', state[3] or '', cycle[1], cycle[2], state[4] or '',
+    state[5] or ''}
+end

@@ -1,5 +1,6 @@
 -- Start (or replace) the notification cycle of one user for one incident.
--- KEYS: idempotency key, incident state, incident cycles, timer keys (6)
+-- KEYS: idempotency key, incident state, incident cycles, attempts, sending index,
+-- timer keys (6)
 -- ARGV:
 --   tag          timer tag
 --   prefix       key prefix
@@ -13,11 +14,19 @@
 --   lease_ms     of the claims on the rules due now
 --   key          the Notify idempotency key (kept as the cycle's k: see cycle_spent.lua)
 --   level_due_ms when the page stops mattering, 0 if not known (the cycle's lv)
+--   send_now     '' or JSON {"<rule index>": {"cm": contact method, "m": mode,
+--                "ch": channel, "p": provider}}: rules due now the caller is ready to
+--                send at once (its send slot held, everything the page needs at hand);
+--                each, if its rule still names that contact method, is fired here as
+--                fire.lua would with that mode, channel and provider (cycle_fire)
 -- Returns {0} when the idempotency key was seen, else {1, cycle id, rules, cancelled,
--- claims}: cancelled counts the timers of a replaced cycle; claims are the timers of the
--- rules due now, already claimed for the caller (timer_claim, as TimerStore.claim does)
--- so it sends them at once and no worker races it for them. Should the caller die before
--- sending, their leases run out and a worker fires them.
+-- claims, fired}: cancelled counts the timers of a replaced cycle; claims are the timers
+-- of the rules due now, already claimed for the caller (timer_claim, as TimerStore.claim
+-- does) so it sends them at once and no worker races it for them; fired[i] is what
+-- cycle_fire answered for claims[i] (its attempt recorded SENDING when 'send'), or
+-- {'claimed'} when it was not fired here: the caller fires it (fire.lua). Should the
+-- caller die before sending, a claim's lease runs out and a worker fires it; an attempt
+-- recorded SENDING is never sent again (the sweep marks it UNKNOWN).
 local tag, prefix, inc, user = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
 if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ttl) then
@@ -37,14 +46,28 @@ redis.call('HSET', KEYS[3], user, cycle_id)
 for _, key in ipairs({cycle_key, KEYS[2], KEYS[3]}) do
   redis.call('PEXPIRE', key, ttl)
 end
-local claims = {}
+local send_now = {}
+if ARGV[13] ~= '' then
+  send_now = cjson.decode(ARGV[13])
+end
+local fire_keys = {KEYS[2], KEYS[3], cycle_key, KEYS[4], KEYS[5]}
+local claims, fired = {}, {}
 for i, rule in ipairs(rules) do
   local id = cycle_id .. '-' .. (i - 1)
   local payload = cjson.encode({c = cycle_id, r = i - 1, u = user, cm = rule.cm, t = rule.t,
     tp = ARGV[7]})
   timer_arm(tag, id, now + rule.d, payload)
   if rule.d == 0 then
-    claims[#claims + 1] = timer_claim(tag, id, now, ARGV[10])
+    local claim = timer_claim(tag, id, now, ARGV[10])
+    claims[#claims + 1] = claim
+    local send = send_now[tostring(i - 1)]
+    if send and send.cm == rule.cm then
+      fired[#fired + 1] = cycle_fire(fire_keys, {tag = tag, id = id, fence = claim[4],
+        rule = i - 1, method = rule.cm, channel = send.ch, now = now, ttl = ttl,
+        mode = send.m, detail = '', provider = send.p})
+    else
+      fired[#fired + 1] = {'claimed'}
+    end
   end
 end
-return {1, cycle_id, #rules, cancelled, claims}
+return {1, cycle_id, #rules, cancelled, claims, fired}
