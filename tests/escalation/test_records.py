@@ -97,9 +97,10 @@ async def test_the_write_that_arms_a_hop_claims_it_and_a_lost_claim_comes_back(
     assert hop.timer_id in [t.timer_id for t in again]
     assert not await store.timers.complete(claimed)
     # A stale write claims nothing.
-    assert await store.write_hop(
-        state, 0, traceparent=TRACEPARENT, hop=hop, lease_ms=15_000
-    ) == (False, None)
+    assert await store.write_hop(state, 0, traceparent=TRACEPARENT, hop=hop, lease_ms=15_000) == (
+        False,
+        None,
+    )
 
 
 def test_payloads_stored_by_the_previous_version_still_decode() -> None:
