@@ -12,6 +12,8 @@ bob's page preceded alice's for every incident past the sixth."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -149,5 +151,40 @@ async def test_a_first_page_whose_sender_died_is_reported_by_the_sweep(
     await stack.pager.expect_no_more_pages()
     await stack.tick(seconds=1)
     await stack.pager.expect_sms("carol")
+    lines = await timeline(stack, incident_id)
+    assert not any("were not reported sent" in line for line in lines)
+
+
+async def test_a_report_that_loses_its_write_reads_again_and_still_releases_the_level(
+    stack: FullStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report of bob's page reads the escalation with its own record (one round trip);
+    when another writer changes the escalation before the report's compare-and-set, the
+    report reads it again and still counts carol's delay from bob's page: it does not
+    wait for the hold's bound (nor fail: five lost writes raise Conflict)."""
+    await people(stack)
+    await stack.policy(([user("bob")], 5), ([user("carol")], 5))
+    assert stack.escalation.engine is not None
+    store = stack.escalation.engine.store
+    record_out = store.record_out
+    raced: list[int] = []
+
+    async def racing_record_out(incident_id: str, *args: Any) -> Any:
+        reported, state, traceparent = await record_out(incident_id, *args)
+        assert state is not None
+        bumped = replace(state, version=state.version + 1)
+        assert await store.write(bumped, state.version, traceparent=traceparent)
+        raced.append(bumped.version)
+        return reported, state, traceparent  # the report holds the older version
+
+    monkeypatch.setattr(store, "record_out", racing_record_out)
+    incident_id = await trigger(stack)
+    await stack.pager.expect_sms("bob")
+    assert raced, "bob's page was reported"
+
+    await stack.tick(minutes=5)
+    await stack.pager.expect_sms("carol")
+    escalation = await stack.escalation_of(incident_id)
+    assert [p.user_id for p in escalation.pages] == ["bob", "carol"]
     lines = await timeline(stack, incident_id)
     assert not any("were not reported sent" in line for line in lines)

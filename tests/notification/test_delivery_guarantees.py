@@ -266,3 +266,41 @@ async def test_notifys_script_records_the_first_page_sending_and_it_goes_at_once
     assert await stack.tick(seconds=600) == 1
     await stack.pager.expect_voice("alice")
     assert len(fired) == 1
+
+
+async def test_the_first_page_reports_out_with_the_key_its_timer_carries(
+    stack: PagingStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Notify that names the next level's time is awaited: once its first page went out
+    escalation is told with the Notify's key, which the rule's timer carries (the cycle
+    is not read for it); a Notify that names none is not reported at all."""
+    await stack.add_user("alice", ALICE, [(SMS, 0)])
+    await stack.add_user("bob", BOB, [(SMS, 0)])
+    awaited = await stack.trigger("disk full on db1")
+    lone = await stack.trigger("disk full on db2")
+    sender = stack.parts.sender
+    reported: list[tuple[str, str, str]] = []
+    reads: list[str] = []
+
+    async def report_page_out(incident_id: str, user_id: str, key: str, out_ms: int) -> None:
+        reported.append((incident_id, user_id, key))
+
+    async def awaited_key(incident_id: str, cycle_id: str) -> str | None:
+        reads.append(cycle_id)
+        return None
+
+    monkeypatch.setattr(sender.escalation, "report_page_out", report_page_out)
+    monkeypatch.setattr(sender.store, "awaited_key", awaited_key)
+    key = f"{awaited}/0/0/0/alice"
+    request = notification_pb2.NotifyRequest(
+        incident_id=awaited, user_id="alice", idempotency_key=key, service_id="payments-api"
+    )
+    request.next_level_at.FromMilliseconds(stack.clock.now_ms() + 300_000)
+    await stack.client.notification.Notify(request)
+    await stack.notify(lone, "bob")
+    await stack.pager.expect_sms("alice")
+    await stack.pager.expect_sms("bob")
+    await stack.settle()
+
+    assert reported == [(awaited, "alice", key)]
+    assert reads == []

@@ -76,7 +76,9 @@ async def test_timer_payload_lua_writes_python_reads_and_back(
 
     payload = TimerPayload.decode(first.payload)
 
-    assert payload == TimerPayload(cycle_id, 0, "zoe", "phone-sms", domain.SMS, TRACEPARENT)
+    assert payload == TimerPayload(
+        cycle_id, 0, "zoe", "phone-sms", domain.SMS, TRACEPARENT, awaited_key=""
+    )  # no level waits: the Notify named no next level
     assert (payload.incident_id, payload.attempt_id) == (INCIDENT, f"{cycle_id}-0")
     # Python writes it back with a slot (rearm.lua stores it as it is); a claim reads it.
     slot = clock.now_ms() + 1_500
@@ -85,6 +87,22 @@ async def test_timer_payload_lua_writes_python_reads_and_back(
     again = await store.timers.claim(first.timer_id, SHARD, LEASE_MS)
     assert again is not None and again.due_ms == slot
     assert TimerPayload.decode(again.payload) == replace(payload, slot_ms=slot)
+
+
+async def test_the_first_rules_timer_names_the_key_a_waiting_level_gets_reported(
+    store: PagingStore,
+) -> None:
+    key = f"{INCIDENT}/1/0/0/zoe"
+    started = await store.start_cycle(
+        INCIDENT, "zoe", key, TRACEPARENT, "12", RULES, LEASE_MS, level_due_ms=123_000
+    )
+    [first] = started.claimed
+    assert TimerPayload.decode(first.payload).awaited_key == key
+    # A payload armed by the version before says nothing: the cycle is read instead.
+    old = b'{"c":"9-1","r":0,"u":"zoe","cm":"phone-sms","t":1,"tp":""}'
+    assert TimerPayload.decode(old).awaited_key is None
+    with_key = TimerPayload("9-1", 0, "zoe", "phone-sms", 1, "", awaited_key=key)
+    assert TimerPayload.decode(with_key.with_slot(5).encode()) == replace(with_key, slot_ms=5)
 
 
 async def test_attempt_record_lua_writes_python_reads(

@@ -414,18 +414,18 @@ class EscalationEngine:
             )
         now = self.clock.now_ms()
         at = now if out_ms is None else min(out_ms, now)
-        reported = await self.store.record_out(
+        reported, state, traceparent = await self.store.record_out(
             incident_id, key.epoch, key.level, key.loop, user_id, at
         )
-        for _ in range(_WRITE_ATTEMPTS):
-            state = await self.store.load(incident_id)
+        for attempt in range(_WRITE_ATTEMPTS):
+            if attempt:  # the write lost to another: read again
+                state, traceparent = await self.store.load_for_report(incident_id)
             if state is None:
                 return False
             now = self.clock.now_ms()
             released = domain.pages_out(state, key, reported, now)
             if released is None:
                 return False
-            traceparent = await self.store.level_traceparent(incident_id)
             if await self.store.write(released, state.version, traceparent=traceparent):
                 if released.next_fire_ms is not None and released.next_fire_ms <= now:
                     await self.fire_now(incident_id)

@@ -107,6 +107,11 @@ def policy_key(policy_id: str) -> str:
     return f"{POLICY_PREFIX}policy:{policy_id}"
 
 
+def _for_report(raw: bytes | None, payload: bytes | None) -> tuple[Escalation | None, str]:
+    state = load_state(raw) if raw is not None else None
+    return state, LevelTimerPayload.decode(payload).traceparent if payload is not None else ""
+
+
 @dataclass(frozen=True)
 class Hop:
     """The outgoing work of one fired level, kept in an outbox timer until it is done."""
@@ -220,28 +225,38 @@ class EscalationStore:
 
     async def record_out(
         self, incident_id: str, epoch: int, level: int, loop: int, user_id: str, at_ms: int
-    ) -> dict[str, int]:
+    ) -> tuple[dict[str, int], Escalation | None, str]:
         """Note that the first page to `user_id`, paged by that firing of the level, went
-        out at `at_ms` (the first report wins); returns every user of it reported so far."""
+        out at `at_ms` (the first report wins); returns every user of it reported so far,
+        with the escalation and its level's trace (`load_for_report`) read in the same
+        transaction: one round trip, as the report needs all three."""
         key = out_key(incident_id, epoch, level, loop)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(key, user_id, at_ms)
             pipe.pexpire(key, self.retention_ms)
             pipe.hgetall(key)
-            *_, reported = await pipe.execute()
-        return {k.decode(): int(v) for k, v in reported.items()}
+            self._queue_load_for_report(pipe, incident_id)
+            *_, reported, raw, payload = await pipe.execute()
+        state, traceparent = _for_report(raw, payload)
+        return {k.decode(): int(v) for k, v in reported.items()}, state, traceparent
+
+    async def load_for_report(self, incident_id: str) -> tuple[Escalation | None, str]:
+        """The escalation and the trace its level timer continues ("" if none), in one
+        round trip: a write that only moves the timer (a report) keeps the trace."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            self._queue_load_for_report(pipe, incident_id)
+            raw, payload = await pipe.execute()
+        return _for_report(raw, payload)
+
+    @staticmethod
+    def _queue_load_for_report(pipe: Any, incident_id: str) -> None:
+        pipe.hget(state_key(incident_id), "json")
+        pipe.hget(timer_keys(incident_shard(incident_id))[2], level_timer_id(incident_id))
 
     async def overdue(self, shard: int, before_ms: int, limit: int = 500) -> list[str]:
         """Active escalations of `shard` whose next level was due before `before_ms`."""
         ids = await self.redis.zrangebyscore(active_key(shard), "-inf", before_ms, 0, limit)
         return [i.decode() for i in ids]
-
-    async def level_traceparent(self, incident_id: str) -> str:
-        """The trace the level timer continues ("" if none): a write that only moves the
-        timer (a report) keeps the escalation's trace."""
-        payloads = timer_keys(incident_shard(incident_id))[2]
-        raw = await self.redis.hget(payloads, level_timer_id(incident_id))
-        return LevelTimerPayload.decode(raw).traceparent if raw is not None else ""
 
     async def has_live_timer(self, incident_id: str) -> bool:
         shard = incident_shard(incident_id)

@@ -10,8 +10,9 @@
   time since the incident was opened (its `created_at`, when the alert that opened it was
   accepted; the same injectable clock). "First" is decided in Redis, so replicas and
   retries record it once: `SET tocsin:T:notify:inc:<id>:first-page NX` (kept for the
-  retention), and only the winner asks incidents for `created_at` (one GetIncident per
-  incident, in the background, after the page is recorded: it never delays a page).
+  retention), sent with the page's other records (store.remember_page), and only the
+  winner asks incidents for `created_at` when the mirror did not give it (one GetIncident
+  per incident, in the background, after the page is recorded: it never delays a page).
 
 Labels are words and codes only: never a number, a user or an incident.
 """
@@ -22,11 +23,11 @@ import logging
 
 from tocsin.notification import keys
 from tocsin.notification.channels import channel_name
+from tocsin.notification.contacts import KeyWrite
 from tocsin.notification.peers import IncidentsPeer
 from tocsin.notification.providers import ProviderError
 from tocsin.runtime.events import incident_shard
 from tocsin.runtime.metrics import FIRST_PAGE_LATENCY, PAGES, TWILIO_ERRORS
-from tocsin.runtime.redis import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +53,23 @@ def first_page_key(incident_id: str) -> str:
     return f"{keys.prefix(incident_shard(incident_id))}inc:{incident_id}:first-page"
 
 
+def first_page_write(incident_id: str, accepted_ms: int, retention_ms: int) -> KeyWrite:
+    """The write (SET NX, with the page's record: store.remember_page) that decides which
+    page of the incident was its first accepted."""
+    return KeyWrite(first_page_key(incident_id), str(accepted_ms), retention_ms)
+
+
 async def first_page_sent(
-    redis: RedisClient,
     incidents: IncidentsPeer,
     incident_id: str,
     channel: int,
     accepted_ms: int,
-    retention_ms: int,
     created_ms: int = 0,
 ) -> bool:
-    """Record alert -> first page if this is the incident's first page accepted by the
-    provider (True); a later page, or an incident that cannot be read, records nothing.
+    """Record alert -> first page for the incident's first page accepted by the provider
+    (its `first_page_write` was set; True), unless the incident cannot be read.
     `created_ms` is the incident's creation time as the status mirror had it; only when it
     is not known (0) is the incident read from the incidents service."""
-    first = await redis.set(first_page_key(incident_id), accepted_ms, nx=True, px=retention_ms)
-    if not first:
-        return False
     if created_ms <= 0:
         incident = await incidents.get_incident(incident_id)
         if incident is None or not incident.HasField("created_at"):

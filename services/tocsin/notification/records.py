@@ -64,7 +64,10 @@ class TimerPayload:
     rate-limit slot is reserved, so the firing at that slot sends without reserving again.
     A send the provider refused without processing it is retried from the same timer:
     until `retry_until_ms` (set at the first refusal), `retries` times so far.
-    Stored as {"c", "r", "u", "cm", "t", "tp"[, "s"][, "ru", "n"]}."""
+    `awaited_key` (rule 0's only) is the cycle's Notify idempotency key when an
+    escalation level waits for this page to go out, "" when none does, None when the
+    payload does not say (one armed by an older version: the cycle is read).
+    Stored as {"c", "r", "u", "cm", "t", "tp"[, "k"][, "s"][, "ru", "n"]}."""
 
     cycle_id: str
     rule_index: int
@@ -75,6 +78,7 @@ class TimerPayload:
     slot_ms: int | None = None
     retry_until_ms: int | None = None
     retries: int = 0
+    awaited_key: str | None = None
 
     def encode(self) -> bytes:
         data: dict[str, Any] = {
@@ -85,6 +89,8 @@ class TimerPayload:
             "t": self.channel,
             "tp": self.traceparent,
         }
+        if self.awaited_key is not None:
+            data["k"] = self.awaited_key
         if self.slot_ms is not None:
             data["s"] = self.slot_ms
         if self.retry_until_ms is not None:
@@ -95,7 +101,7 @@ class TimerPayload:
     @classmethod
     def decode(cls, payload: bytes | str) -> TimerPayload:
         data = json.loads(payload)
-        slot, until = data.get("s"), data.get("ru")
+        slot, until, awaited = data.get("s"), data.get("ru"), data.get("k")
         return cls(
             cycle_id=str(data["c"]),
             rule_index=int(data["r"]),
@@ -106,6 +112,7 @@ class TimerPayload:
             slot_ms=int(slot) if slot is not None else None,
             retry_until_ms=int(until) if until is not None else None,
             retries=int(data.get("n") or 0),
+            awaited_key=str(awaited) if awaited is not None else None,
         )
 
     def with_slot(self, slot_ms: int) -> TimerPayload:

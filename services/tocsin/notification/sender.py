@@ -681,19 +681,33 @@ class Sender:
     def _report_out(self, payload: TimerPayload) -> None:
         if payload.rule_index == 0:
             self.report_first_page_out(
-                payload.incident_id, payload.cycle_id, payload.user_id, payload.traceparent
+                payload.incident_id,
+                payload.cycle_id,
+                payload.user_id,
+                payload.traceparent,
+                payload.awaited_key,
             )
 
     def report_first_page_out(
-        self, incident_id: str, cycle_id: str, user_id: str, traceparent: str = ""
+        self,
+        incident_id: str,
+        cycle_id: str,
+        user_id: str,
+        traceparent: str = "",
+        awaited_key: str | None = None,
     ) -> None:
         """The cycle's first page went out (or failed, or its outcome became unknown):
         tell escalation, in the background, so the next level may follow (it waits for
-        this, or for its bound)."""
+        this, or for its bound). `awaited_key`: the key the level waits on, "" if none,
+        None if not known (the cycle is read)."""
         out_ms = self.clock.now_ms()
+        if awaited_key == "":
+            return
 
         async def report() -> None:
-            key = await self.store.awaited_key(incident_id, cycle_id)
+            key = awaited_key
+            if key is None:
+                key = await self.store.awaited_key(incident_id, cycle_id)
             if not key:
                 return
             with self.tracer.start_as_current_span(
@@ -821,17 +835,15 @@ class Sender:
                 return error
             span.set_attribute("notification.provider_id", result.sid or "")
         accepted_ms = self.clock.now_ms()
-        await self._record_sent(page, result)
+        first = await self._record_sent(page, result, accepted_ms)
         pagemetrics.page(page.channel.type, "sent")
-        if page.incident_id and page.rule_index >= 0:
+        if first:
             self.spawn(
                 pagemetrics.first_page_sent(
-                    self.store.redis,
                     self.incidents,
                     page.incident_id,
                     page.channel.type,
                     accepted_ms,
-                    self.store.retention_ms,
                     page.created_ms,
                 ),
                 f"first page metric of {page.incident_id}",
@@ -921,8 +933,10 @@ class Sender:
                 pagemetrics.provider_error(channel.type, code, "request")
                 raise
 
-    async def _record_sent(self, page: Page, result: SendResult) -> None:
-        """SENT, the provider id -> attempt index and (SMS) the latest page to the number.
+    async def _record_sent(self, page: Page, result: SendResult, accepted_ms: int) -> bool:
+        """SENT, the provider id -> attempt index, (SMS) the latest page to the number and,
+        for an incident's page, whether it is the incident's first page accepted (True:
+        this one; pagemetrics), the last three in one round trip.
 
         No timeline entry: escalation's own entry already says who was paged; what the
         timeline gets from here is how it ended (delivered, answered, failed) when the
@@ -932,11 +946,14 @@ class Sender:
             page.location, domain.SENT, provider_id=result.sid or "", provider_status=result.status
         )
         latest = page.incident_id and page.channel.replies
-        await self.store.remember_page(
+        return await self.store.remember_page(
             result.sid or "",
             page.attempt_id,
             self.contacts.latest_page_write(page.method.address, page.incident_id, page.user_id)
             if latest
+            else None,
+            pagemetrics.first_page_write(page.incident_id, accepted_ms, self.store.retention_ms)
+            if page.incident_id and page.rule_index >= 0
             else None,
         )
 

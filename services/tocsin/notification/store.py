@@ -534,20 +534,29 @@ class PagingStore:
         return [domain.attempt_from_record(raw) for raw in marked]
 
     async def remember_page(
-        self, provider_id: str, attempt_id: str, also: KeyWrite | None = None
-    ) -> None:
-        """Index the provider id -> attempt (and make `also`'s write) in one round trip."""
+        self,
+        provider_id: str,
+        attempt_id: str,
+        also: KeyWrite | None = None,
+        first_page: KeyWrite | None = None,
+    ) -> bool:
+        """Index the provider id -> attempt (and make `also`'s write) in one round trip;
+        with `first_page`, also set that key unless it is set (SET NX: the incident's
+        first page accepted, pagemetrics). True when `first_page` was set here."""
         writes = [KeyWrite(keys.provider_sid(provider_id), attempt_id, self.retention_ms)]
         if not provider_id:
             writes = []
         if also is not None:
             writes.append(also)
-        if not writes:
-            return
+        if not writes and first_page is None:
+            return False
         pipe = self.redis.pipeline(transaction=False)
         for write in writes:
             pipe.set(write.key, write.value, px=write.ttl_ms)
-        await pipe.execute()
+        if first_page is not None:
+            pipe.set(first_page.key, first_page.value, px=first_page.ttl_ms, nx=True)
+        replies = await pipe.execute()
+        return first_page is not None and bool(replies[-1])
 
     async def attempt_of_provider_id(self, provider_id: str) -> str | None:
         raw = await self.redis.get(keys.provider_sid(provider_id))

@@ -54,8 +54,11 @@ local fire_keys = {KEYS[2], KEYS[3], cycle_key, KEYS[4], KEYS[5]}
 local claims, fired = {}, {}
 for i, rule in ipairs(rules) do
   local id = cycle_id .. '-' .. (i - 1)
-  local payload = cjson.encode({c = cycle_id, r = i - 1, u = user, cm = rule.cm, t = rule.t,
-    tp = ARGV[7]})
+  local fields = {c = cycle_id, r = i - 1, u = user, cm = rule.cm, t = rule.t, tp = ARGV[7]}
+  if i == 1 then  -- the first rule reports its page out, to the level waiting for it
+    fields.k = (tonumber(ARGV[12]) ~= 0) and ARGV[11] or ''
+  end
+  local payload = cjson.encode(fields)
   timer_arm(tag, id, now + rule.d, payload)
   if rule.d == 0 then
     local claim = timer_claim(tag, id, now, ARGV[10])
