@@ -169,19 +169,20 @@ async def test_a_crash_after_the_level_advanced_redoes_the_pages_exactly_once(
     await stack.policy(([user("bob"), user("carol")], 5))
     engine = stack.escalation.engine
     assert engine is not None
-    real_notify = engine.peers.notification.Notify
+    real_notify = engine.peers.notify
     calls = 0
 
     async def dies_after_first_notify(
-        request: notification_pb2.NotifyRequest, **kwargs: object
+        request: notification_pb2.NotifyRequest,
+        timeout: float | None = None,  # noqa: ASYNC109 - as TocsinClient.notify takes it
     ) -> notification_pb2.NotifyResponse:
         nonlocal calls
         calls += 1
         if calls == 2:
             raise RuntimeError("process killed between two Notify calls")
-        return await real_notify(request, **kwargs)
+        return await real_notify(request, timeout=timeout)
 
-    monkeypatch.setattr(engine.peers.notification, "Notify", dies_after_first_notify)
+    monkeypatch.setattr(engine.peers, "notify", dies_after_first_notify)
     incident_id = await trigger(stack)
     await stack.pager.expect_sms("bob")
     await stack.pager.expect_no_more_pages()  # carol's page is in the outbox, not lost
@@ -298,16 +299,17 @@ async def test_every_notify_names_the_incidents_service(
     await stack.policy(([user("bob")], 5), ([user("carol")], 5))
     engine = stack.escalation.engine
     assert engine is not None
-    real_notify = engine.peers.notification.Notify
+    real_notify = engine.peers.notify
     seen: list[tuple[str, str]] = []
 
     async def spy(
-        request: notification_pb2.NotifyRequest, **kwargs: object
+        request: notification_pb2.NotifyRequest,
+        timeout: float | None = None,  # noqa: ASYNC109 - as TocsinClient.notify takes it
     ) -> notification_pb2.NotifyResponse:
         seen.append((request.user_id, request.service_id))
-        return await real_notify(request, **kwargs)
+        return await real_notify(request, timeout=timeout)
 
-    monkeypatch.setattr(engine.peers.notification, "Notify", spy)
+    monkeypatch.setattr(engine.peers, "notify", spy)
     await trigger(stack)
     await stack.pager.expect_sms("bob")
     await stack.tick(minutes=5)

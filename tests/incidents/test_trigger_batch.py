@@ -25,9 +25,9 @@ from tests.incidents.harness import (
     trigger_request,
     violations,
 )
+from tocsin.client.batcher import MAX_BATCH_ITEMS
 from tocsin.client.client import TocsinClient
 from tocsin.client.endpoints import DEFAULTS, Endpoints
-from tocsin.client.trigger_batcher import MAX_BATCH_ITEMS
 from tocsin.runtime.errors import NotFound, rpc_status
 from tocsin.v1 import common_pb2, incidents_pb2
 

@@ -1,8 +1,9 @@
 """Typed clients for the tocsin services.
 
 `TocsinClient` (asyncio) holds one channel per service and exposes the generated stubs,
-which are fully typed through the committed .pyi files, plus `trigger()`, which batches
-concurrent alerts into TriggerBatch calls. Internal services and the CLI use it;
+which are fully typed through the committed .pyi files, plus `trigger()`, `notify()` and
+`append_timeline()`, which send concurrent calls together as TriggerBatch, NotifyBatch and
+AppendTimelineBatch calls (tocsin.client.batcher). Internal services and the CLI use it;
 `SyncTocsinClient` offers the same stubs for scripts without an event loop. Without an
 explicit token both send what tocsin.client.credentials chooses (TOCSIN_TOKEN, the
 `tocsin login` token, TOCSIN_API_TOKEN, or none).
@@ -11,10 +12,12 @@ explicit token both send what tocsin.client.credentials chooses (TOCSIN_TOKEN, t
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from types import TracebackType
 
 import grpc
 
+from tocsin.client.batcher import CallBatcher
 from tocsin.client.channel import channel_credentials, create_channel
 from tocsin.client.credentials import default_token
 from tocsin.client.endpoints import Endpoints, resolve_endpoints
@@ -32,6 +35,7 @@ from tocsin.v1 import (
     identity_pb2_grpc,
     incidents_pb2,
     incidents_pb2_grpc,
+    notification_pb2,
     notification_pb2_grpc,
     scheduling_pb2_grpc,
     webhooks_pb2_grpc,
@@ -91,6 +95,24 @@ class TocsinClient:
         self.history = history_pb2_grpc.HistoryServiceStub(self._channels["history"])
         self.webhooks = webhooks_pb2_grpc.WebhookServiceStub(self._channels["notification"])
         self._triggers = TriggerBatcher(self.incidents)
+        self._notifies: CallBatcher[
+            notification_pb2.NotifyRequest, notification_pb2.NotifyResponse
+        ] = CallBatcher(
+            self._notify_batch,
+            lambda result: result.response,
+            single=lambda item, deadline_s: self.notification.Notify(
+                item, timeout=deadline_s, wait_for_ready=True
+            ),
+        )
+        self._timeline: CallBatcher[
+            incidents_pb2.AppendTimelineRequest, incidents_pb2.AppendTimelineResponse
+        ] = CallBatcher(
+            self._timeline_batch,
+            lambda result: result.response,
+            single=lambda item, deadline_s: self.incidents.AppendTimeline(
+                item, timeout=deadline_s, wait_for_ready=True
+            ),
+        )
 
     async def trigger(
         self,
@@ -102,12 +124,55 @@ class TocsinClient:
         trigger_batcher): the way to send many alerts. Raises what Trigger would raise."""
         return await self._triggers.trigger(request, timeout)
 
+    async def notify(
+        self,
+        request: notification_pb2.NotifyRequest,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the gRPC deadline, as stubs take it
+    ) -> notification_pb2.NotifyResponse:
+        """NotificationService.Notify, with concurrent calls sharing NotifyBatch calls (a
+        lone call goes at once); waits for a notification service that is starting,
+        within `timeout`. Raises what Notify would raise."""
+        return await self._notifies.call(request, timeout)
+
+    async def append_timeline(
+        self,
+        request: incidents_pb2.AppendTimelineRequest,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the gRPC deadline, as stubs take it
+    ) -> incidents_pb2.AppendTimelineResponse:
+        """IncidentService.AppendTimeline, with concurrent calls sharing
+        AppendTimelineBatch calls, as `notify`. Raises what AppendTimeline would raise."""
+        return await self._timeline.call(request, timeout)
+
+    async def _notify_batch(
+        self, items: Sequence[notification_pb2.NotifyRequest], deadline_s: float | None
+    ) -> Sequence[notification_pb2.NotifyBatchResult]:
+        reply = await self.notification.NotifyBatch(
+            notification_pb2.NotifyBatchRequest(items=items),
+            timeout=deadline_s,
+            wait_for_ready=True,
+        )
+        return reply.results
+
+    async def _timeline_batch(
+        self, items: Sequence[incidents_pb2.AppendTimelineRequest], deadline_s: float | None
+    ) -> Sequence[incidents_pb2.AppendTimelineBatchResult]:
+        reply = await self.incidents.AppendTimelineBatch(
+            incidents_pb2.AppendTimelineBatchRequest(items=items),
+            timeout=deadline_s,
+            wait_for_ready=True,
+        )
+        return reply.results
+
     def channel(self, service: str) -> grpc.aio.Channel:
         """The channel to one service ("scheduling", "incidents", ...), e.g. for health checks."""
         return self._channels[service]
 
     async def close(self) -> None:
         await self._triggers.close()
+        await self._notifies.close()
+        await self._timeline.close()
         for channel in self._channels.values():
             await channel.close()
 

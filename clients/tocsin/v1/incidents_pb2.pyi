@@ -1552,6 +1552,86 @@ class AppendTimelineResponse(_message.Message):
 Global___AppendTimelineResponse: _TypeAlias = AppendTimelineResponse  # noqa: Y015
 
 @_typing.final
+class AppendTimelineBatchRequest(_message.Message):
+    """Request for AppendTimelineBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___AppendTimelineRequest]:
+        """The entries (1 to 512), each a whole AppendTimeline request."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___AppendTimelineRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppendTimelineBatchRequest: _TypeAlias = AppendTimelineBatchRequest  # noqa: Y015
+
+@_typing.final
+class AppendTimelineBatchResponse(_message.Message):
+    """Response for AppendTimelineBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___AppendTimelineBatchResult]:
+        """One result per item, in the order of the items."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___AppendTimelineBatchResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppendTimelineBatchResponse: _TypeAlias = AppendTimelineBatchResponse  # noqa: Y015
+
+@_typing.final
+class AppendTimelineBatchResult(_message.Message):
+    """What became of one item of an AppendTimelineBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> Global___AppendTimelineResponse:
+        """The entry was taken (or its key was seen before)."""
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """The entry was refused, with the code, message and details AppendTimeline gives."""
+
+    def __init__(
+        self,
+        *,
+        response: Global___AppendTimelineResponse | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["response", "error"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___AppendTimelineBatchResult: _TypeAlias = AppendTimelineBatchResult  # noqa: Y015
+
+@_typing.final
 class GetIncidentRequest(_message.Message):
     """Request for GetIncident."""
 

@@ -112,6 +112,11 @@ class IncidentServiceStub:
                 request_serializer=tocsin_dot_v1_dot_incidents__pb2.AppendTimelineRequest.SerializeToString,
                 response_deserializer=tocsin_dot_v1_dot_incidents__pb2.AppendTimelineResponse.FromString,
                 _registered_method=True)
+        self.AppendTimelineBatch = channel.unary_unary(
+                '/tocsin.v1.IncidentService/AppendTimelineBatch',
+                request_serializer=tocsin_dot_v1_dot_incidents__pb2.AppendTimelineBatchRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_incidents__pb2.AppendTimelineBatchResponse.FromString,
+                _registered_method=True)
         self.GetIncident = channel.unary_unary(
                 '/tocsin.v1.IncidentService/GetIncident',
                 request_serializer=tocsin_dot_v1_dot_incidents__pb2.GetIncidentRequest.SerializeToString,
@@ -323,6 +328,15 @@ class IncidentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AppendTimelineBatch(self, request, context):
+        """AppendTimeline for many entries in one call: each item is handled as an AppendTimeline
+        call would be, concurrently, and answered (or refused) on its own. The services'
+        clients send the AppendTimeline calls that are waiting together this way.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetIncident(self, request, context):
         """Returns one incident, optionally with its alerts and timeline.
         """
@@ -528,6 +542,11 @@ def add_IncidentServiceServicer_to_server(servicer, server):
                     servicer.AppendTimeline,
                     request_deserializer=tocsin_dot_v1_dot_incidents__pb2.AppendTimelineRequest.FromString,
                     response_serializer=tocsin_dot_v1_dot_incidents__pb2.AppendTimelineResponse.SerializeToString,
+            ),
+            'AppendTimelineBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendTimelineBatch,
+                    request_deserializer=tocsin_dot_v1_dot_incidents__pb2.AppendTimelineBatchRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_incidents__pb2.AppendTimelineBatchResponse.SerializeToString,
             ),
             'GetIncident': grpc.unary_unary_rpc_method_handler(
                     servicer.GetIncident,
@@ -1009,6 +1028,33 @@ class IncidentService:
             '/tocsin.v1.IncidentService/AppendTimeline',
             tocsin_dot_v1_dot_incidents__pb2.AppendTimelineRequest.SerializeToString,
             tocsin_dot_v1_dot_incidents__pb2.AppendTimelineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendTimelineBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.IncidentService/AppendTimelineBatch',
+            tocsin_dot_v1_dot_incidents__pb2.AppendTimelineBatchRequest.SerializeToString,
+            tocsin_dot_v1_dot_incidents__pb2.AppendTimelineBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

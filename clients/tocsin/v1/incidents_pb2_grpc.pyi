@@ -79,6 +79,11 @@ class IncidentServiceStub:
     """
     AppendTimeline: _grpc.UnaryUnaryMultiCallable[_incidents_pb2.AppendTimelineRequest, _incidents_pb2.AppendTimelineResponse]
     """Appends a timeline entry written by another tocsin service (escalation, notification)."""
+    AppendTimelineBatch: _grpc.UnaryUnaryMultiCallable[_incidents_pb2.AppendTimelineBatchRequest, _incidents_pb2.AppendTimelineBatchResponse]
+    """AppendTimeline for many entries in one call: each item is handled as an AppendTimeline
+    call would be, concurrently, and answered (or refused) on its own. The services'
+    clients send the AppendTimeline calls that are waiting together this way.
+    """
     GetIncident: _grpc.UnaryUnaryMultiCallable[_incidents_pb2.GetIncidentRequest, _incidents_pb2.GetIncidentResponse]
     """Returns one incident, optionally with its alerts and timeline."""
     ListIncidents: _grpc.UnaryUnaryMultiCallable[_incidents_pb2.ListIncidentsRequest, _incidents_pb2.ListIncidentsResponse]
@@ -167,6 +172,11 @@ class IncidentServiceAsyncStub(IncidentServiceStub):
     """
     AppendTimeline: _aio.UnaryUnaryMultiCallable[_incidents_pb2.AppendTimelineRequest, _incidents_pb2.AppendTimelineResponse]  # type: ignore[assignment]
     """Appends a timeline entry written by another tocsin service (escalation, notification)."""
+    AppendTimelineBatch: _aio.UnaryUnaryMultiCallable[_incidents_pb2.AppendTimelineBatchRequest, _incidents_pb2.AppendTimelineBatchResponse]  # type: ignore[assignment]
+    """AppendTimeline for many entries in one call: each item is handled as an AppendTimeline
+    call would be, concurrently, and answered (or refused) on its own. The services'
+    clients send the AppendTimeline calls that are waiting together this way.
+    """
     GetIncident: _aio.UnaryUnaryMultiCallable[_incidents_pb2.GetIncidentRequest, _incidents_pb2.GetIncidentResponse]  # type: ignore[assignment]
     """Returns one incident, optionally with its alerts and timeline."""
     ListIncidents: _aio.UnaryUnaryMultiCallable[_incidents_pb2.ListIncidentsRequest, _incidents_pb2.ListIncidentsResponse]  # type: ignore[assignment]
@@ -336,6 +346,17 @@ class IncidentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_incidents_pb2.AppendTimelineResponse, _abc.Awaitable[_incidents_pb2.AppendTimelineResponse]]:
         """Appends a timeline entry written by another tocsin service (escalation, notification)."""
+
+    @_abc_1.abstractmethod
+    def AppendTimelineBatch(
+        self,
+        request: _incidents_pb2.AppendTimelineBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_incidents_pb2.AppendTimelineBatchResponse, _abc.Awaitable[_incidents_pb2.AppendTimelineBatchResponse]]:
+        """AppendTimeline for many entries in one call: each item is handled as an AppendTimeline
+        call would be, concurrently, and answered (or refused) on its own. The services'
+        clients send the AppendTimeline calls that are waiting together this way.
+        """
 
     @_abc_1.abstractmethod
     def GetIncident(

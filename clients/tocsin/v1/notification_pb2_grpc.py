@@ -71,6 +71,11 @@ class NotificationServiceStub:
                 request_serializer=tocsin_dot_v1_dot_notification__pb2.NotifyRequest.SerializeToString,
                 response_deserializer=tocsin_dot_v1_dot_notification__pb2.NotifyResponse.FromString,
                 _registered_method=True)
+        self.NotifyBatch = channel.unary_unary(
+                '/tocsin.v1.NotificationService/NotifyBatch',
+                request_serializer=tocsin_dot_v1_dot_notification__pb2.NotifyBatchRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_notification__pb2.NotifyBatchResponse.FromString,
+                _registered_method=True)
         self.CancelNotifications = channel.unary_unary(
                 '/tocsin.v1.NotificationService/CancelNotifications',
                 request_serializer=tocsin_dot_v1_dot_notification__pb2.CancelNotificationsRequest.SerializeToString,
@@ -166,6 +171,15 @@ class NotificationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def NotifyBatch(self, request, context):
+        """Notify for many users or incidents in one call: each item is handled as a Notify call
+        would be, concurrently, and answered (or refused) on its own. Escalation's client
+        sends the Notify calls that are waiting together this way (tocsin.client.batcher).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CancelNotifications(self, request, context):
         """Cancels every pending notification for an incident.
         """
@@ -255,6 +269,11 @@ def add_NotificationServiceServicer_to_server(servicer, server):
                     servicer.Notify,
                     request_deserializer=tocsin_dot_v1_dot_notification__pb2.NotifyRequest.FromString,
                     response_serializer=tocsin_dot_v1_dot_notification__pb2.NotifyResponse.SerializeToString,
+            ),
+            'NotifyBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.NotifyBatch,
+                    request_deserializer=tocsin_dot_v1_dot_notification__pb2.NotifyBatchRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_notification__pb2.NotifyBatchResponse.SerializeToString,
             ),
             'CancelNotifications': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelNotifications,
@@ -466,6 +485,33 @@ class NotificationService:
             '/tocsin.v1.NotificationService/Notify',
             tocsin_dot_v1_dot_notification__pb2.NotifyRequest.SerializeToString,
             tocsin_dot_v1_dot_notification__pb2.NotifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NotifyBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.NotificationService/NotifyBatch',
+            tocsin_dot_v1_dot_notification__pb2.NotifyBatchRequest.SerializeToString,
+            tocsin_dot_v1_dot_notification__pb2.NotifyBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,11 @@ class NotificationServiceStub:
     """Starts (or replaces) a user's notification cycle for an incident. A repeated call with
     the same idempotency key does nothing.
     """
+    NotifyBatch: _grpc.UnaryUnaryMultiCallable[_notification_pb2.NotifyBatchRequest, _notification_pb2.NotifyBatchResponse]
+    """Notify for many users or incidents in one call: each item is handled as a Notify call
+    would be, concurrently, and answered (or refused) on its own. Escalation's client
+    sends the Notify calls that are waiting together this way (tocsin.client.batcher).
+    """
     CancelNotifications: _grpc.UnaryUnaryMultiCallable[_notification_pb2.CancelNotificationsRequest, _notification_pb2.CancelNotificationsResponse]
     """Cancels every pending notification for an incident."""
     ListAttempts: _grpc.UnaryUnaryMultiCallable[_notification_pb2.ListAttemptsRequest, _notification_pb2.ListAttemptsResponse]
@@ -98,6 +103,11 @@ class NotificationServiceAsyncStub(NotificationServiceStub):
     Notify: _aio.UnaryUnaryMultiCallable[_notification_pb2.NotifyRequest, _notification_pb2.NotifyResponse]  # type: ignore[assignment]
     """Starts (or replaces) a user's notification cycle for an incident. A repeated call with
     the same idempotency key does nothing.
+    """
+    NotifyBatch: _aio.UnaryUnaryMultiCallable[_notification_pb2.NotifyBatchRequest, _notification_pb2.NotifyBatchResponse]  # type: ignore[assignment]
+    """Notify for many users or incidents in one call: each item is handled as a Notify call
+    would be, concurrently, and answered (or refused) on its own. Escalation's client
+    sends the Notify calls that are waiting together this way (tocsin.client.batcher).
     """
     CancelNotifications: _aio.UnaryUnaryMultiCallable[_notification_pb2.CancelNotificationsRequest, _notification_pb2.CancelNotificationsResponse]  # type: ignore[assignment]
     """Cancels every pending notification for an incident."""
@@ -176,6 +186,17 @@ class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_notification_pb2.NotifyResponse, _abc.Awaitable[_notification_pb2.NotifyResponse]]:
         """Starts (or replaces) a user's notification cycle for an incident. A repeated call with
         the same idempotency key does nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def NotifyBatch(
+        self,
+        request: _notification_pb2.NotifyBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_notification_pb2.NotifyBatchResponse, _abc.Awaitable[_notification_pb2.NotifyBatchResponse]]:
+        """Notify for many users or incidents in one call: each item is handled as a Notify call
+        would be, concurrently, and answered (or refused) on its own. Escalation's client
+        sends the Notify calls that are waiting together this way (tocsin.client.batcher).
         """
 
     @_abc_1.abstractmethod

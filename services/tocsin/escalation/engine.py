@@ -706,20 +706,18 @@ class EscalationEngine:
                 if hop.next_level_ms is not None:
                     # the page matters until then: a throttled send is retried until then
                     request.next_level_at.FromMilliseconds(hop.next_level_ms)
-                reply = await self.peers.notification.Notify(
-                    request, timeout=PEER_DEADLINE_S, wait_for_ready=True
-                )
+                # sent with the other hops' Notify calls waiting now (NotifyBatch)
+                reply = await self.peers.notify(request, timeout=PEER_DEADLINE_S)
                 if reply.unreachable:
                     unreachable.append((user_id, key, reply.unreachable_reason))
         for i, note in enumerate(hop.notes):
-            await self.peers.incidents.AppendTimeline(
+            await self.peers.append_timeline(
                 incidents_pb2.AppendTimelineRequest(
                     incident_id=incident_id,
                     entry=_timeline_entry(note),
                     idempotency_key=f"{timer.timer_id}/{i}",
                 ),
                 timeout=PEER_DEADLINE_S,
-                wait_for_ready=True,
             )
         # After the level's own entries, so the timeline reads in order. A redone hop
         # reports again; the report's guard moves the level on once.

@@ -44,6 +44,7 @@ from tocsin.incidents.validation import check
 from tocsin.incidents.watch import watch_events
 from tocsin.runtime.audit import AuditLog, before_or_none
 from tocsin.runtime.auth import actor_for
+from tocsin.runtime.batches import answer_each
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import (
     FailedPrecondition,
@@ -348,6 +349,18 @@ class IncidentServicer(
             incident_id, entry, request.idempotency_key, prefix
         )
         return incidents_pb2.AppendTimelineResponse(appended=appended)
+
+    async def AppendTimelineBatch(
+        self, request: incidents_pb2.AppendTimelineBatchRequest, context: Any
+    ) -> incidents_pb2.AppendTimelineBatchResponse:
+        """Each item as an AppendTimeline call, concurrently."""
+        results = await answer_each(
+            request.items,
+            lambda item: self.AppendTimeline(item, context),
+            incidents_pb2.AppendTimelineBatchResult,
+            "AppendTimeline",
+        )
+        return incidents_pb2.AppendTimelineBatchResponse(results=results)
 
     async def GetIncident(
         self, request: incidents_pb2.GetIncidentRequest, context: Any

@@ -23,6 +23,8 @@ from tocsin.client.limits import (
 )
 from tocsin.incidents import urgency
 from tocsin.incidents.rules import grouping_violations
+from tocsin.runtime.batches import MAX_BATCH_ITEMS as MAX_BATCH_ITEMS
+from tocsin.runtime.batches import batch_violations as batch_violations
 from tocsin.runtime.errors import FieldViolation, InvalidArgument
 from tocsin.runtime.ids import id_violations
 from tocsin.v1 import common_pb2, incidents_pb2
@@ -37,7 +39,6 @@ MAX_ID = 128
 MAX_DISPLAY = 255
 MAX_NOTE = 4096
 MAX_ATTRIBUTES = 50
-MAX_BATCH_ITEMS = 512
 # Enum .values() builds a new list on every call; the ingest path checks these per alert.
 _CHANNELS = frozenset(common_pb2.Channel.values())
 _SEVERITIES = frozenset(common_pb2.Severity.values())
@@ -167,15 +168,6 @@ def alert_violations(alert: incidents_pb2.Alert, dedup_key: str) -> list[FieldVi
     if alert.HasField("occurred_at") and not 0 <= alert.occurred_at.seconds <= MAX_TIMESTAMP_S:
         violations.append(FieldViolation("occurred_at", "must be between 1970 and 9999"))
     return violations
-
-
-def batch_violations(items: int) -> list[FieldViolation]:
-    """A TriggerBatch carries 1 to MAX_BATCH_ITEMS items."""
-    if items == 0:
-        return [FieldViolation("items", "must not be empty")]
-    if items > MAX_BATCH_ITEMS:
-        return [FieldViolation("items", f"has {items} items; at most {MAX_BATCH_ITEMS}")]
-    return []
 
 
 def trigger_violations(

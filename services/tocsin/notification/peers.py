@@ -102,12 +102,11 @@ class IncidentsPeer:
         )
         entry.at.FromMilliseconds(self.clock.now_ms())
         try:
-            await self._client().incidents.AppendTimeline(
+            await self._client().append_timeline(  # batched with others waiting
                 incidents_pb2.AppendTimelineRequest(
                     incident_id=incident_id, entry=entry, idempotency_key=idempotency_key
                 ),
                 timeout=self.timeout_s,
-                wait_for_ready=True,
             )
         except grpc.aio.AioRpcError as error:
             log.warning(

@@ -27,6 +27,7 @@ from tocsin.notification.sender import Sender
 from tocsin.notification.store import PagingStore
 from tocsin.runtime import channeltargets
 from tocsin.runtime.audit import AuditLog
+from tocsin.runtime.batches import answer_each
 from tocsin.runtime.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from tocsin.runtime.ids import id_violations
 from tocsin.runtime.telemetry import current_traceparent
@@ -231,6 +232,15 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
             unreachable=bool(result.unreachable_reason),
             unreachable_reason=result.unreachable_reason,
         )
+
+    async def NotifyBatch(
+        self, request: pb.NotifyBatchRequest, context: Any
+    ) -> pb.NotifyBatchResponse:
+        """Each item as a Notify call (each takes a slot of its own), concurrently."""
+        results = await answer_each(
+            request.items, lambda item: self.Notify(item, context), pb.NotifyBatchResult, "Notify"
+        )
+        return pb.NotifyBatchResponse(results=results)
 
     @_bounded
     async def CancelNotifications(

@@ -139,6 +139,7 @@ TABLE: Mapping[str, Rule] = {
     _I + "AddNote": RESPOND,
     _I + "PostStatusUpdate": RESPOND,
     _I + "AppendTimeline": INTERNAL,
+    _I + "AppendTimelineBatch": INTERNAL,
     _I + "GetIncident": READ,
     _I + "ListIncidents": READ,
     # incidents: noise control (event rules, merging, heartbeat monitors)
@@ -176,6 +177,7 @@ TABLE: Mapping[str, Rule] = {
     _N + "GetUserNotificationSettings": own("field:user_id", _EVERY_ROLE),
     _N + "SetNotificationRules": own("field:user_id"),
     _N + "Notify": INTERNAL,
+    _N + "NotifyBatch": INTERNAL,
     _N + "SendNotice": INTERNAL,
     _N + "CancelNotifications": INTERNAL,
     _N + "ListAttempts": READ,
