@@ -353,3 +353,36 @@ async def test_the_first_level_carries_the_incident_s_words_to_its_pages(
     await stack.tick(minutes=4)
     await stack.pager.expect_sms("bob", f"#{number}: [Payments API] disk full on db1")
     assert asked == []
+
+
+async def test_each_report_of_a_batch_is_taken_or_refused_as_its_own_call_would_be(
+    stack: FullStack,
+) -> None:
+    """ReportPageOutBatch, as notification's client sends the reports waiting together:
+    a report with a malformed key is refused alone (the field named), a repeated one
+    releases nothing twice, and a well-formed one is taken."""
+    await people(stack)
+    await stack.policy(([user("bob")], 5), ([user("carol")], 5))
+    incident_id = await trigger(stack)
+    await stack.pager.expect_sms("bob")
+    key = f"{incident_id}/1/0/0/bob"
+    good = escalation_pb2.ReportPageOutRequest(
+        incident_id=incident_id, user_id="bob", idempotency_key=key
+    )
+    bad = escalation_pb2.ReportPageOutRequest(
+        incident_id=incident_id, user_id="bob", idempotency_key="not/a/key"
+    )
+
+    reply = await stack.escalation_client.ReportPageOutBatch(
+        escalation_pb2.ReportPageOutBatchRequest(items=[good, bad, good])
+    )
+
+    taken, refused, repeated = reply.results
+    assert taken.HasField("response") and repeated.HasField("response")
+    assert not (taken.response.released and repeated.response.released)
+    assert refused.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "idempotency_key" in refused.error.message
+    await stack.tick(minutes=5)
+    await stack.pager.expect_sms("carol")
+    await stack.tick(minutes=30)
+    await stack.pager.expect_no_more_pages()

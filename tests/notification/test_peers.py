@@ -29,8 +29,15 @@ class _Escalation:
 
 
 class _Client:
+    """TocsinClient's part the peer uses: the stubs, and the batching report call."""
+
     def __init__(self, escalation: _Escalation) -> None:
         self.escalation = escalation
+
+    async def report_page_out(
+        self, request: escalation_pb2.ReportPageOutRequest, **kwargs: Any
+    ) -> escalation_pb2.ReportPageOutResponse:
+        return await self.escalation.ReportPageOut(request, **kwargs)
 
 
 async def test_a_page_out_report_that_timed_out_is_sent_again() -> None:

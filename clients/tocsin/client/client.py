@@ -1,9 +1,10 @@
 """Typed clients for the tocsin services.
 
 `TocsinClient` (asyncio) holds one channel per service and exposes the generated stubs,
-which are fully typed through the committed .pyi files, plus `trigger()`, `notify()` and
-`append_timeline()`, which send concurrent calls together as TriggerBatch, NotifyBatch and
-AppendTimelineBatch calls (tocsin.client.batcher). Internal services and the CLI use it;
+which are fully typed through the committed .pyi files, plus `trigger()`, `notify()`,
+`append_timeline()` and `report_page_out()`, which send concurrent calls together as
+TriggerBatch, NotifyBatch, AppendTimelineBatch and ReportPageOutBatch calls
+(tocsin.client.batcher). Internal services and the CLI use it;
 `SyncTocsinClient` offers the same stubs for scripts without an event loop. Without an
 explicit token both send what tocsin.client.credentials chooses (TOCSIN_TOKEN, the
 `tocsin login` token, TOCSIN_API_TOKEN, or none).
@@ -30,6 +31,7 @@ from tocsin.client.tls import (
 )
 from tocsin.client.trigger_batcher import TriggerBatcher
 from tocsin.v1 import (
+    escalation_pb2,
     escalation_pb2_grpc,
     history_pb2_grpc,
     identity_pb2_grpc,
@@ -104,6 +106,15 @@ class TocsinClient:
                 item, timeout=deadline_s, wait_for_ready=True
             ),
         )
+        self._reports: CallBatcher[
+            escalation_pb2.ReportPageOutRequest, escalation_pb2.ReportPageOutResponse
+        ] = CallBatcher(
+            self._report_batch,
+            lambda result: result.response,
+            single=lambda item, deadline_s: self.escalation.ReportPageOut(
+                item, timeout=deadline_s, wait_for_ready=True
+            ),
+        )
         self._timeline: CallBatcher[
             incidents_pb2.AppendTimelineRequest, incidents_pb2.AppendTimelineResponse
         ] = CallBatcher(
@@ -165,6 +176,26 @@ class TocsinClient:
         )
         return reply.results
 
+    async def report_page_out(
+        self,
+        request: escalation_pb2.ReportPageOutRequest,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the gRPC deadline, as stubs take it
+    ) -> escalation_pb2.ReportPageOutResponse:
+        """EscalationService.ReportPageOut, with concurrent calls sharing
+        ReportPageOutBatch calls, as `notify`. Raises what ReportPageOut would raise."""
+        return await self._reports.call(request, timeout)
+
+    async def _report_batch(
+        self, items: Sequence[escalation_pb2.ReportPageOutRequest], deadline_s: float | None
+    ) -> Sequence[escalation_pb2.ReportPageOutBatchResult]:
+        reply = await self.escalation.ReportPageOutBatch(
+            escalation_pb2.ReportPageOutBatchRequest(items=items),
+            timeout=deadline_s,
+            wait_for_ready=True,
+        )
+        return reply.results
+
     def channel(self, service: str) -> grpc.aio.Channel:
         """The channel to one service ("scheduling", "incidents", ...), e.g. for health checks."""
         return self._channels[service]
@@ -173,6 +204,7 @@ class TocsinClient:
         await self._triggers.close()
         await self._notifies.close()
         await self._timeline.close()
+        await self._reports.close()
         for channel in self._channels.values():
             await channel.close()
 

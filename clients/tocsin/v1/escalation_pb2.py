@@ -24,65 +24,72 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atocsin/v1/escalation.proto\x12\ttocsin.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"x\n\x10\x45scalationTarget\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12\x15\n\x0bschedule_id\x18\x02 \x01(\tH\x00\x12\x17\n\rslack_channel\x18\x03 \x01(\tH\x00\x12\x17\n\rteams_channel\x18\x04 \x01(\tH\x00\x42\x08\n\x06target\"\x95\x01\n\x0f\x45scalationLevel\x12,\n\x07targets\x18\x01 \x03(\x0b\x32\x1b.tocsin.v1.EscalationTarget\x12(\n\x05\x64\x65lay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x08strategy\x18\x03 \x01(\x0e\x32\x18.tocsin.v1.LevelStrategy\"y\n\x10\x45scalationPolicy\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12*\n\x06levels\x18\x03 \x03(\x0b\x32\x1a.tocsin.v1.EscalationLevel\x12\x0e\n\x06repeat\x18\x04 \x01(\x05\x12\x0f\n\x07version\x18\x05 \x01(\x03\"{\n\x0e\x45scalationPage\x12\r\n\x05level\x18\x01 \x01(\x05\x12\x0c\n\x04loop\x18\x02 \x01(\x05\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x13\n\x0bschedule_id\x18\x04 \x01(\t\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb5\x02\n\nEscalation\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\x12+\n\x06policy\x18\x02 \x01(\x0b\x32\x1b.tocsin.v1.EscalationPolicy\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.tocsin.v1.EscalationStatus\x12\r\n\x05level\x18\x04 \x01(\x05\x12\x0c\n\x04loop\x18\x05 \x01(\x05\x12\x30\n\x0cnext_fire_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x05pages\x18\x07 \x03(\x0b\x32\x19.tocsin.v1.EscalationPage\x12\x0f\n\x07version\x18\x08 \x01(\x03\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Y\n\x13\x43reatePolicyRequest\x12+\n\x06policy\x18\x01 \x01(\x0b\x32\x1b.tocsin.v1.EscalationPolicy\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\"C\n\x14\x43reatePolicyResponse\x12+\n\x06policy\x18\x01 \x01(\x0b\x32\x1b.tocsin.v1.EscalationPolicy\"\x1e\n\x10GetPolicyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"@\n\x11GetPolicyResponse\x12+\n\x06policy\x18\x01 \x01(\x0b\x32\x1b.tocsin.v1.EscalationPolicy\"<\n\x13ListPoliciesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"^\n\x14ListPoliciesResponse\x12-\n\x08policies\x18\x01 \x03(\x0b\x32\x1b.tocsin.v1.EscalationPolicy\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Y\n\x13UpdatePolicyRequest\x12+\n\x06policy\x18\x01 \x01(\x0b\x32\x1b.tocsin.v1.EscalationPolicy\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\"C\n\x14UpdatePolicyResponse\x12+\n\x06policy\x18\x01 \x01(\x0b\x32\x1b.tocsin.v1.EscalationPolicy\"!\n\x13\x44\x65letePolicyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x16\n\x14\x44\x65letePolicyResponse\"+\n\x14GetEscalationRequest\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\"B\n\x15GetEscalationResponse\x12)\n\nescalation\x18\x01 \x01(\x0b\x32\x15.tocsin.v1.Escalation\"&\n\x0f\x45scalateRequest\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\"=\n\x10\x45scalateResponse\x12)\n\nescalation\x18\x01 \x01(\x0b\x32\x15.tocsin.v1.Escalation\"i\n\x18ReportUnreachableRequest\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"-\n\x19ReportUnreachableResponse\x12\x10\n\x08\x61\x64vanced\x18\x01 \x01(\x08\"\x81\x01\n\x14ReportPageOutRequest\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12*\n\x06out_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\")\n\x15ReportPageOutResponse\x12\x10\n\x08released\x18\x01 \x01(\x08*g\n\rLevelStrategy\x12\x1e\n\x1aLEVEL_STRATEGY_UNSPECIFIED\x10\x00\x12\x16\n\x12LEVEL_STRATEGY_ALL\x10\x01\x12\x1e\n\x1aLEVEL_STRATEGY_ROUND_ROBIN\x10\x02*\x93\x01\n\x10\x45scalationStatus\x12!\n\x1d\x45SCALATION_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45SCALATION_STATUS_ACTIVE\x10\x01\x12\x1d\n\x19\x45SCALATION_STATUS_STOPPED\x10\x02\x12\x1f\n\x1b\x45SCALATION_STATUS_EXHAUSTED\x10\x03\x32\xec\x05\n\x11\x45scalationService\x12O\n\x0c\x43reatePolicy\x12\x1e.tocsin.v1.CreatePolicyRequest\x1a\x1f.tocsin.v1.CreatePolicyResponse\x12\x46\n\tGetPolicy\x12\x1b.tocsin.v1.GetPolicyRequest\x1a\x1c.tocsin.v1.GetPolicyResponse\x12O\n\x0cListPolicies\x12\x1e.tocsin.v1.ListPoliciesRequest\x1a\x1f.tocsin.v1.ListPoliciesResponse\x12O\n\x0cUpdatePolicy\x12\x1e.tocsin.v1.UpdatePolicyRequest\x1a\x1f.tocsin.v1.UpdatePolicyResponse\x12O\n\x0c\x44\x65letePolicy\x12\x1e.tocsin.v1.DeletePolicyRequest\x1a\x1f.tocsin.v1.DeletePolicyResponse\x12R\n\rGetEscalation\x12\x1f.tocsin.v1.GetEscalationRequest\x1a .tocsin.v1.GetEscalationResponse\x12\x43\n\x08\x45scalate\x12\x1a.tocsin.v1.EscalateRequest\x1a\x1b.tocsin.v1.EscalateResponse\x12^\n\x11ReportUnreachable\x12#.tocsin.v1.ReportUnreachableRequest\x1a$.tocsin.v1.ReportUnreachableResponse\x12R\n\rReportPageOut\x12\x1f.tocsin.v1.ReportPageOutRequest\x1a .tocsin.v1.ReportPageOutResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atocsin/v1/escalation.proto\x12\ttocsin.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"x\n\x10\x45scalationTarget\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12\x15\n\x0bschedule_id\x18\x02 \x01(\tH\x00\x12\x17\n\rslack_channel\x18\x03 \x01(\tH\x00\x12\x17\n\rteams_channel\x18\x04 \x01(\tH\x00\x42\x08\n\x06target\"\x95\x01\n\x0f\x45scalationLevel\x12,\n\x07targets\x18\x01 \x03(\x0b\x32\x1b.tocsin.v1.EscalationTarget\x12(\n\x05\x64\x65lay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x08strategy\x18\x03 \x01(\x0e\x32\x18.tocsin.v1.LevelStrategy\"y\n\x10\x45scalationPolicy\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12*\n\x06levels\x18\x03 \x03(\x0b\x32\x1a.tocsin.v1.EscalationLevel\x12\x0e\n\x06repeat\x18\x04 \x01(\x05\x12\x0f\n\x07version\x18\x05 \x01(\x03\"{\n\x0e\x45scalationPage\x12\r\n\x05level\x18\x01 \x01(\x05\x12\x0c\n\x04loop\x18\x02 \x01(\x05\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x13\n\x0bschedule_id\x18\x04 \x01(\t\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb5\x02\n\nEscalation\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\x12+\n\x06policy\x18\x02 \x01(\x0b\x32\x1b.tocsin.v1.EscalationPolicy\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.tocsin.v1.EscalationStatus\x12\r\n\x05level\x18\x04 \x01(\x05\x12\x0c\n\x04loop\x18\x05 \x01(\x05\x12\x30\n\x0cnext_fire_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x05pages\x18\x07 \x03(\x0b\x32\x19.tocsin.v1.EscalationPage\x12\x0f\n\x07version\x18\x08 \x01(\x03\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Y\n\x13\x43reatePolicyRequest\x12+\n\x06policy\x18\x01 \x01(\x0b\x32\x1b.tocsin.v1.EscalationPolicy\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\"C\n\x14\x43reatePolicyResponse\x12+\n\x06policy\x18\x01 \x01(\x0b\x32\x1b.tocsin.v1.EscalationPolicy\"\x1e\n\x10GetPolicyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"@\n\x11GetPolicyResponse\x12+\n\x06policy\x18\x01 \x01(\x0b\x32\x1b.tocsin.v1.EscalationPolicy\"<\n\x13ListPoliciesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"^\n\x14ListPoliciesResponse\x12-\n\x08policies\x18\x01 \x03(\x0b\x32\x1b.tocsin.v1.EscalationPolicy\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Y\n\x13UpdatePolicyRequest\x12+\n\x06policy\x18\x01 \x01(\x0b\x32\x1b.tocsin.v1.EscalationPolicy\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\"C\n\x14UpdatePolicyResponse\x12+\n\x06policy\x18\x01 \x01(\x0b\x32\x1b.tocsin.v1.EscalationPolicy\"!\n\x13\x44\x65letePolicyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x16\n\x14\x44\x65letePolicyResponse\"+\n\x14GetEscalationRequest\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\"B\n\x15GetEscalationResponse\x12)\n\nescalation\x18\x01 \x01(\x0b\x32\x15.tocsin.v1.Escalation\"&\n\x0f\x45scalateRequest\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\"=\n\x10\x45scalateResponse\x12)\n\nescalation\x18\x01 \x01(\x0b\x32\x15.tocsin.v1.Escalation\"i\n\x18ReportUnreachableRequest\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"-\n\x19ReportUnreachableResponse\x12\x10\n\x08\x61\x64vanced\x18\x01 \x01(\x08\"\x81\x01\n\x14ReportPageOutRequest\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12*\n\x06out_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\")\n\x15ReportPageOutResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"K\n\x19ReportPageOutBatchRequest\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.tocsin.v1.ReportPageOutRequest\"R\n\x1aReportPageOutBatchResponse\x12\x34\n\x07results\x18\x01 \x03(\x0b\x32#.tocsin.v1.ReportPageOutBatchResult\"\x80\x01\n\x18ReportPageOutBatchResult\x12\x34\n\x08response\x18\x01 \x01(\x0b\x32 .tocsin.v1.ReportPageOutResponseH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome*g\n\rLevelStrategy\x12\x1e\n\x1aLEVEL_STRATEGY_UNSPECIFIED\x10\x00\x12\x16\n\x12LEVEL_STRATEGY_ALL\x10\x01\x12\x1e\n\x1aLEVEL_STRATEGY_ROUND_ROBIN\x10\x02*\x93\x01\n\x10\x45scalationStatus\x12!\n\x1d\x45SCALATION_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45SCALATION_STATUS_ACTIVE\x10\x01\x12\x1d\n\x19\x45SCALATION_STATUS_STOPPED\x10\x02\x12\x1f\n\x1b\x45SCALATION_STATUS_EXHAUSTED\x10\x03\x32\xcf\x06\n\x11\x45scalationService\x12O\n\x0c\x43reatePolicy\x12\x1e.tocsin.v1.CreatePolicyRequest\x1a\x1f.tocsin.v1.CreatePolicyResponse\x12\x46\n\tGetPolicy\x12\x1b.tocsin.v1.GetPolicyRequest\x1a\x1c.tocsin.v1.GetPolicyResponse\x12O\n\x0cListPolicies\x12\x1e.tocsin.v1.ListPoliciesRequest\x1a\x1f.tocsin.v1.ListPoliciesResponse\x12O\n\x0cUpdatePolicy\x12\x1e.tocsin.v1.UpdatePolicyRequest\x1a\x1f.tocsin.v1.UpdatePolicyResponse\x12O\n\x0c\x44\x65letePolicy\x12\x1e.tocsin.v1.DeletePolicyRequest\x1a\x1f.tocsin.v1.DeletePolicyResponse\x12R\n\rGetEscalation\x12\x1f.tocsin.v1.GetEscalationRequest\x1a .tocsin.v1.GetEscalationResponse\x12\x43\n\x08\x45scalate\x12\x1a.tocsin.v1.EscalateRequest\x1a\x1b.tocsin.v1.EscalateResponse\x12^\n\x11ReportUnreachable\x12#.tocsin.v1.ReportUnreachableRequest\x1a$.tocsin.v1.ReportUnreachableResponse\x12R\n\rReportPageOut\x12\x1f.tocsin.v1.ReportPageOutRequest\x1a .tocsin.v1.ReportPageOutResponse\x12\x61\n\x12ReportPageOutBatch\x12$.tocsin.v1.ReportPageOutBatchRequest\x1a%.tocsin.v1.ReportPageOutBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tocsin.v1.escalation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LEVELSTRATEGY']._serialized_start=2120
-  _globals['_LEVELSTRATEGY']._serialized_end=2223
-  _globals['_ESCALATIONSTATUS']._serialized_start=2226
-  _globals['_ESCALATIONSTATUS']._serialized_end=2373
-  _globals['_ESCALATIONTARGET']._serialized_start=106
-  _globals['_ESCALATIONTARGET']._serialized_end=226
-  _globals['_ESCALATIONLEVEL']._serialized_start=229
-  _globals['_ESCALATIONLEVEL']._serialized_end=378
-  _globals['_ESCALATIONPOLICY']._serialized_start=380
-  _globals['_ESCALATIONPOLICY']._serialized_end=501
-  _globals['_ESCALATIONPAGE']._serialized_start=503
-  _globals['_ESCALATIONPAGE']._serialized_end=626
-  _globals['_ESCALATION']._serialized_start=629
-  _globals['_ESCALATION']._serialized_end=938
-  _globals['_CREATEPOLICYREQUEST']._serialized_start=940
-  _globals['_CREATEPOLICYREQUEST']._serialized_end=1029
-  _globals['_CREATEPOLICYRESPONSE']._serialized_start=1031
-  _globals['_CREATEPOLICYRESPONSE']._serialized_end=1098
-  _globals['_GETPOLICYREQUEST']._serialized_start=1100
-  _globals['_GETPOLICYREQUEST']._serialized_end=1130
-  _globals['_GETPOLICYRESPONSE']._serialized_start=1132
-  _globals['_GETPOLICYRESPONSE']._serialized_end=1196
-  _globals['_LISTPOLICIESREQUEST']._serialized_start=1198
-  _globals['_LISTPOLICIESREQUEST']._serialized_end=1258
-  _globals['_LISTPOLICIESRESPONSE']._serialized_start=1260
-  _globals['_LISTPOLICIESRESPONSE']._serialized_end=1354
-  _globals['_UPDATEPOLICYREQUEST']._serialized_start=1356
-  _globals['_UPDATEPOLICYREQUEST']._serialized_end=1445
-  _globals['_UPDATEPOLICYRESPONSE']._serialized_start=1447
-  _globals['_UPDATEPOLICYRESPONSE']._serialized_end=1514
-  _globals['_DELETEPOLICYREQUEST']._serialized_start=1516
-  _globals['_DELETEPOLICYREQUEST']._serialized_end=1549
-  _globals['_DELETEPOLICYRESPONSE']._serialized_start=1551
-  _globals['_DELETEPOLICYRESPONSE']._serialized_end=1573
-  _globals['_GETESCALATIONREQUEST']._serialized_start=1575
-  _globals['_GETESCALATIONREQUEST']._serialized_end=1618
-  _globals['_GETESCALATIONRESPONSE']._serialized_start=1620
-  _globals['_GETESCALATIONRESPONSE']._serialized_end=1686
-  _globals['_ESCALATEREQUEST']._serialized_start=1688
-  _globals['_ESCALATEREQUEST']._serialized_end=1726
-  _globals['_ESCALATERESPONSE']._serialized_start=1728
-  _globals['_ESCALATERESPONSE']._serialized_end=1789
-  _globals['_REPORTUNREACHABLEREQUEST']._serialized_start=1791
-  _globals['_REPORTUNREACHABLEREQUEST']._serialized_end=1896
-  _globals['_REPORTUNREACHABLERESPONSE']._serialized_start=1898
-  _globals['_REPORTUNREACHABLERESPONSE']._serialized_end=1943
-  _globals['_REPORTPAGEOUTREQUEST']._serialized_start=1946
-  _globals['_REPORTPAGEOUTREQUEST']._serialized_end=2075
-  _globals['_REPORTPAGEOUTRESPONSE']._serialized_start=2077
-  _globals['_REPORTPAGEOUTRESPONSE']._serialized_end=2118
-  _globals['_ESCALATIONSERVICE']._serialized_start=2376
-  _globals['_ESCALATIONSERVICE']._serialized_end=3124
+  _globals['_LEVELSTRATEGY']._serialized_start=2437
+  _globals['_LEVELSTRATEGY']._serialized_end=2540
+  _globals['_ESCALATIONSTATUS']._serialized_start=2543
+  _globals['_ESCALATIONSTATUS']._serialized_end=2690
+  _globals['_ESCALATIONTARGET']._serialized_start=131
+  _globals['_ESCALATIONTARGET']._serialized_end=251
+  _globals['_ESCALATIONLEVEL']._serialized_start=254
+  _globals['_ESCALATIONLEVEL']._serialized_end=403
+  _globals['_ESCALATIONPOLICY']._serialized_start=405
+  _globals['_ESCALATIONPOLICY']._serialized_end=526
+  _globals['_ESCALATIONPAGE']._serialized_start=528
+  _globals['_ESCALATIONPAGE']._serialized_end=651
+  _globals['_ESCALATION']._serialized_start=654
+  _globals['_ESCALATION']._serialized_end=963
+  _globals['_CREATEPOLICYREQUEST']._serialized_start=965
+  _globals['_CREATEPOLICYREQUEST']._serialized_end=1054
+  _globals['_CREATEPOLICYRESPONSE']._serialized_start=1056
+  _globals['_CREATEPOLICYRESPONSE']._serialized_end=1123
+  _globals['_GETPOLICYREQUEST']._serialized_start=1125
+  _globals['_GETPOLICYREQUEST']._serialized_end=1155
+  _globals['_GETPOLICYRESPONSE']._serialized_start=1157
+  _globals['_GETPOLICYRESPONSE']._serialized_end=1221
+  _globals['_LISTPOLICIESREQUEST']._serialized_start=1223
+  _globals['_LISTPOLICIESREQUEST']._serialized_end=1283
+  _globals['_LISTPOLICIESRESPONSE']._serialized_start=1285
+  _globals['_LISTPOLICIESRESPONSE']._serialized_end=1379
+  _globals['_UPDATEPOLICYREQUEST']._serialized_start=1381
+  _globals['_UPDATEPOLICYREQUEST']._serialized_end=1470
+  _globals['_UPDATEPOLICYRESPONSE']._serialized_start=1472
+  _globals['_UPDATEPOLICYRESPONSE']._serialized_end=1539
+  _globals['_DELETEPOLICYREQUEST']._serialized_start=1541
+  _globals['_DELETEPOLICYREQUEST']._serialized_end=1574
+  _globals['_DELETEPOLICYRESPONSE']._serialized_start=1576
+  _globals['_DELETEPOLICYRESPONSE']._serialized_end=1598
+  _globals['_GETESCALATIONREQUEST']._serialized_start=1600
+  _globals['_GETESCALATIONREQUEST']._serialized_end=1643
+  _globals['_GETESCALATIONRESPONSE']._serialized_start=1645
+  _globals['_GETESCALATIONRESPONSE']._serialized_end=1711
+  _globals['_ESCALATEREQUEST']._serialized_start=1713
+  _globals['_ESCALATEREQUEST']._serialized_end=1751
+  _globals['_ESCALATERESPONSE']._serialized_start=1753
+  _globals['_ESCALATERESPONSE']._serialized_end=1814
+  _globals['_REPORTUNREACHABLEREQUEST']._serialized_start=1816
+  _globals['_REPORTUNREACHABLEREQUEST']._serialized_end=1921
+  _globals['_REPORTUNREACHABLERESPONSE']._serialized_start=1923
+  _globals['_REPORTUNREACHABLERESPONSE']._serialized_end=1968
+  _globals['_REPORTPAGEOUTREQUEST']._serialized_start=1971
+  _globals['_REPORTPAGEOUTREQUEST']._serialized_end=2100
+  _globals['_REPORTPAGEOUTRESPONSE']._serialized_start=2102
+  _globals['_REPORTPAGEOUTRESPONSE']._serialized_end=2143
+  _globals['_REPORTPAGEOUTBATCHREQUEST']._serialized_start=2145
+  _globals['_REPORTPAGEOUTBATCHREQUEST']._serialized_end=2220
+  _globals['_REPORTPAGEOUTBATCHRESPONSE']._serialized_start=2222
+  _globals['_REPORTPAGEOUTBATCHRESPONSE']._serialized_end=2304
+  _globals['_REPORTPAGEOUTBATCHRESULT']._serialized_start=2307
+  _globals['_REPORTPAGEOUTBATCHRESULT']._serialized_end=2435
+  _globals['_ESCALATIONSERVICE']._serialized_start=2693
+  _globals['_ESCALATIONSERVICE']._serialized_end=3540
 # @@protoc_insertion_point(module_scope)

@@ -84,6 +84,11 @@ class EscalationServiceStub:
                 request_serializer=tocsin_dot_v1_dot_escalation__pb2.ReportPageOutRequest.SerializeToString,
                 response_deserializer=tocsin_dot_v1_dot_escalation__pb2.ReportPageOutResponse.FromString,
                 _registered_method=True)
+        self.ReportPageOutBatch = channel.unary_unary(
+                '/tocsin.v1.EscalationService/ReportPageOutBatch',
+                request_serializer=tocsin_dot_v1_dot_escalation__pb2.ReportPageOutBatchRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_escalation__pb2.ReportPageOutBatchResponse.FromString,
+                _registered_method=True)
 
 
 class EscalationServiceServicer:
@@ -165,6 +170,15 @@ class EscalationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportPageOutBatch(self, request, context):
+        """ReportPageOut for many pages in one call: each item is handled as a ReportPageOut call
+        would be, concurrently, and answered (or refused) on its own. Notification's client
+        sends the reports that are waiting together this way.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EscalationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -212,6 +226,11 @@ def add_EscalationServiceServicer_to_server(servicer, server):
                     servicer.ReportPageOut,
                     request_deserializer=tocsin_dot_v1_dot_escalation__pb2.ReportPageOutRequest.FromString,
                     response_serializer=tocsin_dot_v1_dot_escalation__pb2.ReportPageOutResponse.SerializeToString,
+            ),
+            'ReportPageOutBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportPageOutBatch,
+                    request_deserializer=tocsin_dot_v1_dot_escalation__pb2.ReportPageOutBatchRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_escalation__pb2.ReportPageOutBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -462,6 +481,33 @@ class EscalationService:
             '/tocsin.v1.EscalationService/ReportPageOut',
             tocsin_dot_v1_dot_escalation__pb2.ReportPageOutRequest.SerializeToString,
             tocsin_dot_v1_dot_escalation__pb2.ReportPageOutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportPageOutBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.EscalationService/ReportPageOutBatch',
+            tocsin_dot_v1_dot_escalation__pb2.ReportPageOutBatchRequest.SerializeToString,
+            tocsin_dot_v1_dot_escalation__pb2.ReportPageOutBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

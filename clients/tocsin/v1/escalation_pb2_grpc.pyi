@@ -66,6 +66,11 @@ class EscalationServiceStub:
     last report (never before its own due time). Idempotent: a repeated report, or one
     for another epoch or a level no longer awaited, does nothing.
     """
+    ReportPageOutBatch: _grpc.UnaryUnaryMultiCallable[_escalation_pb2.ReportPageOutBatchRequest, _escalation_pb2.ReportPageOutBatchResponse]
+    """ReportPageOut for many pages in one call: each item is handled as a ReportPageOut call
+    would be, concurrently, and answered (or refused) on its own. Notification's client
+    sends the reports that are waiting together this way.
+    """
 
 @_typing.type_check_only
 class EscalationServiceAsyncStub(EscalationServiceStub):
@@ -104,6 +109,11 @@ class EscalationServiceAsyncStub(EscalationServiceStub):
     until every user the level paged is reported, then fires the level's delay after the
     last report (never before its own due time). Idempotent: a repeated report, or one
     for another epoch or a level no longer awaited, does nothing.
+    """
+    ReportPageOutBatch: _aio.UnaryUnaryMultiCallable[_escalation_pb2.ReportPageOutBatchRequest, _escalation_pb2.ReportPageOutBatchResponse]  # type: ignore[assignment]
+    """ReportPageOut for many pages in one call: each item is handled as a ReportPageOut call
+    would be, concurrently, and answered (or refused) on its own. Notification's client
+    sends the reports that are waiting together this way.
     """
 
 class EscalationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -194,6 +204,17 @@ class EscalationServiceServicer(metaclass=_abc_1.ABCMeta):
         until every user the level paged is reported, then fires the level's delay after the
         last report (never before its own due time). Idempotent: a repeated report, or one
         for another epoch or a level no longer awaited, does nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportPageOutBatch(
+        self,
+        request: _escalation_pb2.ReportPageOutBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_escalation_pb2.ReportPageOutBatchResponse, _abc.Awaitable[_escalation_pb2.ReportPageOutBatchResponse]]:
+        """ReportPageOut for many pages in one call: each item is handled as a ReportPageOut call
+        would be, concurrently, and answered (or refused) on its own. Notification's client
+        sends the reports that are waiting together this way.
         """
 
 def add_EscalationServiceServicer_to_server(servicer: EscalationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

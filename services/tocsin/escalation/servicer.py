@@ -12,6 +12,7 @@ from tocsin.escalation.domain import validate_policy
 from tocsin.escalation.engine import EscalationEngine
 from tocsin.escalation.store import EscalationStore
 from tocsin.runtime.audit import AuditLog, before_or_none
+from tocsin.runtime.batches import answer_each
 from tocsin.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from tocsin.runtime.paging import page_size
 from tocsin.runtime.telemetry import current_traceparent
@@ -118,6 +119,18 @@ class EscalationServicer(escalation_pb2_grpc.EscalationServiceServicer):
             request.out_at.ToMilliseconds() if request.HasField("out_at") else None,
         )
         return pb.ReportPageOutResponse(released=released)
+
+    async def ReportPageOutBatch(
+        self, request: pb.ReportPageOutBatchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReportPageOutBatchResponse:
+        """Each item as a ReportPageOut call, concurrently."""
+        results = await answer_each(
+            request.items,
+            lambda item: self.ReportPageOut(item, context),
+            pb.ReportPageOutBatchResult,
+            "ReportPageOut",
+        )
+        return pb.ReportPageOutBatchResponse(results=results)
 
     async def _validate(self, policy: pb.EscalationPolicy, references: bool = True) -> None:
         """InvalidArgument naming every problem; `references=False` (validate_only): the

@@ -178,11 +178,20 @@ class EscalationPeer:
         self.client = client
         self.timeout_s = timeout_s
 
-    async def _call(self, method: Callable[..., Awaitable[_Reply]], request: object) -> _Reply:
+    async def _call(
+        self,
+        method: Callable[..., Awaitable[_Reply]],
+        request: object,
+        *,
+        batched: bool = False,
+    ) -> _Reply:
         """`method(request)`, tried again at once after DEADLINE_EXCEEDED or UNAVAILABLE
-        (REPORT_ATTEMPTS in all); raises the last error."""
+        (REPORT_ATTEMPTS in all); raises the last error. `batched`: `method` is one of
+        TocsinClient's batching calls (it waits for a starting peer itself)."""
         for attempt in range(1, REPORT_ATTEMPTS + 1):
             try:
+                if batched:
+                    return await method(request, timeout=self.timeout_s)
                 return await method(request, timeout=self.timeout_s, wait_for_ready=True)
             except grpc.aio.AioRpcError as error:
                 if attempt == REPORT_ATTEMPTS or error.code() not in _RETRIED:
@@ -219,7 +228,7 @@ class EscalationPeer:
         )
         request.out_at.FromMilliseconds(out_ms)
         try:
-            reply = await self._call(self.client().escalation.ReportPageOut, request)
+            reply = await self._call(self.client().report_page_out, request, batched=True)
         except grpc.aio.AioRpcError as error:
             _report_failed(
                 error, "incident %s: could not report %s's page out", incident_id, user_id

@@ -170,6 +170,7 @@ TABLE: Mapping[str, Rule] = {
     _E + "Escalate": RESPOND,
     _E + "ReportUnreachable": INTERNAL,
     _E + "ReportPageOut": INTERNAL,
+    _E + "ReportPageOutBatch": INTERNAL,
     # notification
     _N + "CreateContactMethod": own("field:contact_method.user_id"),
     _N + "UpdateContactMethod": own("contact_method"),
