@@ -12,14 +12,12 @@ RESOURCE_EXHAUSTED.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
-from google.rpc import code_pb2, status_pb2
 
 from tocsin.incidents import domain, normalize, urgency, validation
 from tocsin.incidents.assignees import Assignees
@@ -52,8 +50,6 @@ from tocsin.runtime.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
-    domain_error,
-    rpc_status,
 )
 from tocsin.runtime.telemetry import current_traceparent, is_traceparent
 from tocsin.v1 import common_pb2, incidents_pb2, incidents_pb2_grpc
@@ -147,31 +143,21 @@ class IncidentServicer(
     async def TriggerBatch(
         self, request: incidents_pb2.TriggerBatchRequest | SplitBatch, context: Any
     ) -> incidents_pb2.TriggerBatchResponse:
-        check(validation.batch_violations(len(request.items)))
         call_traceparent = current_traceparent()
+
+        async def one(
+            item: incidents_pb2.TriggerBatchItem | InvalidArgument,
+        ) -> incidents_pb2.TriggerResponse:
+            if isinstance(item, InvalidArgument):  # this item alone was undecodable
+                raise item
+            traceparent = item.traceparent if is_traceparent(item.traceparent) else call_traceparent
+            return await self._trigger(item.request, traceparent)
+
         # Concurrently, so the items' scripts share Redis round trips (BatchedScript).
-        results = await asyncio.gather(
-            *(self._batch_item(item, call_traceparent) for item in request.items)
+        results = await answer_each(
+            request.items, one, incidents_pb2.TriggerBatchResult, "TriggerBatch"
         )
         return incidents_pb2.TriggerBatchResponse(results=results)
-
-    async def _batch_item(
-        self, item: incidents_pb2.TriggerBatchItem | InvalidArgument, call_traceparent: str
-    ) -> incidents_pb2.TriggerBatchResult:
-        if isinstance(item, InvalidArgument):  # this item alone was undecodable
-            return incidents_pb2.TriggerBatchResult(error=rpc_status(item))
-        traceparent = item.traceparent if is_traceparent(item.traceparent) else call_traceparent
-        try:
-            response = await self._trigger(item.request, traceparent)
-        except Exception as raised:  # as a lone Trigger would end (the error interceptor)
-            error = domain_error(raised)
-            if error is not None:
-                return incidents_pb2.TriggerBatchResult(error=rpc_status(error))
-            log.exception("TriggerBatch item failed")  # a bug: UNKNOWN, and logged
-            return incidents_pb2.TriggerBatchResult(
-                error=status_pb2.Status(code=code_pb2.UNKNOWN, message=f"{raised!r}")
-            )
-        return incidents_pb2.TriggerBatchResult(response=response)
 
     async def _trigger(
         self, request: incidents_pb2.TriggerRequest, traceparent: str

@@ -23,8 +23,6 @@ from tocsin.client.limits import (
 )
 from tocsin.incidents import urgency
 from tocsin.incidents.rules import grouping_violations
-from tocsin.runtime.batches import MAX_BATCH_ITEMS as MAX_BATCH_ITEMS
-from tocsin.runtime.batches import batch_violations as batch_violations
 from tocsin.runtime.errors import FieldViolation, InvalidArgument
 from tocsin.runtime.ids import id_violations
 from tocsin.v1 import common_pb2, incidents_pb2
