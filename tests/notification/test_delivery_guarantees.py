@@ -304,3 +304,32 @@ async def test_the_first_page_reports_out_with_the_key_its_timer_carries(
 
     assert reported == [(awaited, "alice", key)]
     assert reads == []
+
+
+async def test_a_status_callback_for_no_known_attempt_changes_nothing(
+    stack: PagingStack,
+) -> None:
+    """A delivery status for an attempt id that names nothing (a page long expired, or
+    forged past the signature by a bug) is answered `known: false` and writes nothing;
+    one for a real attempt is recorded (the callback's update finds the attempt itself,
+    with no read before it)."""
+    await stack.add_user("alice", ALICE, [(SMS, 0)])
+    incident_id = await stack.trigger()
+    await stack.notify(incident_id, "alice")
+    await stack.pager.expect_sms("alice")
+    await stack.settle()
+    [attempt] = await stack.attempts(incident_id)
+
+    async def callback(attempt_id: str, status: str) -> bool:
+        reply = await stack.client.notification.HandleDeliveryStatus(
+            notification_pb2.HandleDeliveryStatusRequest(
+                provider_id=attempt.provider_id, status=status, attempt_id=attempt_id
+            )
+        )
+        return reply.known
+
+    assert not await callback(f"{incident_id}-99-0", "undelivered")
+    assert [a.status for a in await stack.attempts(incident_id)] == [attempt.status]
+    assert await callback(attempt.id, "undelivered")
+    [failed] = await stack.attempts(incident_id)
+    assert failed.status == notification_pb2.ATTEMPT_STATUS_FAILED

@@ -337,11 +337,12 @@ class Inbound:
     async def _delivery_status(
         self, provider_id: str, status: str, error_code: int, attempt_id: str
     ) -> bool:
-        attempt = await self._attempt(attempt_id, provider_id)
-        if attempt is None:
+        # No read first: the update itself answers None for an attempt it does not know.
+        if not attempt_id and provider_id:
+            attempt_id = await self.store.attempt_of_provider_id(provider_id) or ""
+        location = domain.locate_attempt(attempt_id)
+        if location is None:
             return False
-        location = domain.locate_attempt(attempt.id)
-        assert location is not None
         new_status = domain.attempt_status_of(status) or 0
         updated = await self.store.update_attempt(
             location,
