@@ -183,3 +183,46 @@ async def test_a_server_without_notify_batch_gets_each_call_on_its_own() -> None
         assert sorted(servicer.calls) == sorted(str(16 * n + 4) for n in range(12))
         later = await client.notify(notify("500", "alice"), timeout=5)
     assert later.started and servicer.calls[-1] == "500"
+
+
+async def test_status_callbacks_of_a_batch_are_recorded_or_refused_on_their_own(
+    stack: PagingStack, spans: InMemorySpanExporter
+) -> None:
+    """Twilio sends three or more status callbacks per SMS; the gateway's client sends the
+    ones waiting together (HandleDeliveryStatusBatch). Each is handled as its own call."""
+    await stack.add_user("alice", ALICE, [(SMS, 0)])
+    incident_id = await stack.trigger()
+    await stack.notify(incident_id, "alice")
+    await stack.pager.expect_sms("alice")
+    await stack.settle()
+    [attempt] = await stack.attempts(incident_id)
+    statuses = notification_pb2.HandleDeliveryStatusRequest
+
+    reply = await stack.client.notification.HandleDeliveryStatusBatch(
+        notification_pb2.HandleDeliveryStatusBatchRequest(
+            items=[
+                statuses(attempt_id=attempt.id, status="undelivered", error_code=30003),
+                statuses(status="delivered"),  # names no attempt at all
+                statuses(attempt_id=f"{incident_id}-99-0", status="delivered"),
+            ]
+        )
+    )
+
+    recorded, refused, unknown = reply.results
+    assert recorded.response.known and not unknown.response.known
+    assert refused.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "provider_id" in refused.error.message
+    [failed] = await stack.attempts(incident_id)
+    assert (failed.status, failed.error_code) == (notification_pb2.ATTEMPT_STATUS_FAILED, 30003)
+    # The client's way: concurrent callbacks share calls and each gets its own answer.
+    spans.clear()
+    answers = await asyncio.gather(
+        *(
+            stack.client.delivery_status(
+                statuses(attempt_id=attempt.id, status=f"status-{n}"), timeout=5
+            )
+            for n in range(20)
+        )
+    )
+    assert all(a.known for a in answers)
+    assert 1 <= server_calls(spans, "/tocsin.v1.NotificationService/HandleDeliveryStatusBatch") < 20

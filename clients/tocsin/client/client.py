@@ -2,9 +2,9 @@
 
 `TocsinClient` (asyncio) holds one channel per service and exposes the generated stubs,
 which are fully typed through the committed .pyi files, plus `trigger()`, `notify()`,
-`append_timeline()` and `report_page_out()`, which send concurrent calls together as
-TriggerBatch, NotifyBatch, AppendTimelineBatch and ReportPageOutBatch calls
-(tocsin.client.batcher). Internal services and the CLI use it;
+`append_timeline()`, `report_page_out()` and `delivery_status()`, which send concurrent
+calls together as TriggerBatch, NotifyBatch, AppendTimelineBatch, ReportPageOutBatch and
+HandleDeliveryStatusBatch calls (tocsin.client.batcher). Internal services and the CLI use it;
 `SyncTocsinClient` offers the same stubs for scripts without an event loop. Without an
 explicit token both send what tocsin.client.credentials chooses (TOCSIN_TOKEN, the
 `tocsin login` token, TOCSIN_API_TOKEN, or none).
@@ -115,6 +115,16 @@ class TocsinClient:
                 item, timeout=deadline_s, wait_for_ready=True
             ),
         )
+        self._statuses: CallBatcher[
+            notification_pb2.HandleDeliveryStatusRequest,
+            notification_pb2.HandleDeliveryStatusResponse,
+        ] = CallBatcher(
+            self._status_batch,
+            lambda result: result.response,
+            single=lambda item, deadline_s: self.notification.HandleDeliveryStatus(
+                item, timeout=deadline_s, wait_for_ready=True
+            ),
+        )
         self._timeline: CallBatcher[
             incidents_pb2.AppendTimelineRequest, incidents_pb2.AppendTimelineResponse
         ] = CallBatcher(
@@ -196,6 +206,28 @@ class TocsinClient:
         )
         return reply.results
 
+    async def delivery_status(
+        self,
+        request: notification_pb2.HandleDeliveryStatusRequest,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the gRPC deadline, as stubs take it
+    ) -> notification_pb2.HandleDeliveryStatusResponse:
+        """NotificationService.HandleDeliveryStatus, with concurrent calls sharing
+        HandleDeliveryStatusBatch calls, as `notify`. Raises what the call would raise."""
+        return await self._statuses.call(request, timeout)
+
+    async def _status_batch(
+        self,
+        items: Sequence[notification_pb2.HandleDeliveryStatusRequest],
+        deadline_s: float | None,
+    ) -> Sequence[notification_pb2.HandleDeliveryStatusBatchResult]:
+        reply = await self.notification.HandleDeliveryStatusBatch(
+            notification_pb2.HandleDeliveryStatusBatchRequest(items=items),
+            timeout=deadline_s,
+            wait_for_ready=True,
+        )
+        return reply.results
+
     def channel(self, service: str) -> grpc.aio.Channel:
         """The channel to one service ("scheduling", "incidents", ...), e.g. for health checks."""
         return self._channels[service]
@@ -205,6 +237,7 @@ class TocsinClient:
         await self._notifies.close()
         await self._timeline.close()
         await self._reports.close()
+        await self._statuses.close()
         for channel in self._channels.values():
             await channel.close()
 

@@ -1154,6 +1154,88 @@ class HandleDeliveryStatusResponse(_message.Message):
 Global___HandleDeliveryStatusResponse: _TypeAlias = HandleDeliveryStatusResponse  # noqa: Y015
 
 @_typing.final
+class HandleDeliveryStatusBatchRequest(_message.Message):
+    """Request for HandleDeliveryStatusBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___HandleDeliveryStatusRequest]:
+        """The callbacks (1 to 512)."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___HandleDeliveryStatusRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandleDeliveryStatusBatchRequest: _TypeAlias = HandleDeliveryStatusBatchRequest  # noqa: Y015
+
+@_typing.final
+class HandleDeliveryStatusBatchResponse(_message.Message):
+    """Response for HandleDeliveryStatusBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___HandleDeliveryStatusBatchResult]:
+        """One result per item, in the order of the items."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___HandleDeliveryStatusBatchResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandleDeliveryStatusBatchResponse: _TypeAlias = HandleDeliveryStatusBatchResponse  # noqa: Y015
+
+@_typing.final
+class HandleDeliveryStatusBatchResult(_message.Message):
+    """What became of one item of a HandleDeliveryStatusBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> Global___HandleDeliveryStatusResponse:
+        """The callback was handled."""
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """The callback was refused, with the code, message and details HandleDeliveryStatus
+        gives.
+        """
+
+    def __init__(
+        self,
+        *,
+        response: Global___HandleDeliveryStatusResponse | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["response", "error"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___HandleDeliveryStatusBatchResult: _TypeAlias = HandleDeliveryStatusBatchResult  # noqa: Y015
+
+@_typing.final
 class HandleSlackActionRequest(_message.Message):
     """Request for HandleSlackAction: a button of a Slack page was pressed."""
 

@@ -111,6 +111,11 @@ class NotificationServiceStub:
                 request_serializer=tocsin_dot_v1_dot_notification__pb2.HandleDeliveryStatusRequest.SerializeToString,
                 response_deserializer=tocsin_dot_v1_dot_notification__pb2.HandleDeliveryStatusResponse.FromString,
                 _registered_method=True)
+        self.HandleDeliveryStatusBatch = channel.unary_unary(
+                '/tocsin.v1.NotificationService/HandleDeliveryStatusBatch',
+                request_serializer=tocsin_dot_v1_dot_notification__pb2.HandleDeliveryStatusBatchRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_notification__pb2.HandleDeliveryStatusBatchResponse.FromString,
+                _registered_method=True)
         self.HandleSlackAction = channel.unary_unary(
                 '/tocsin.v1.NotificationService/HandleSlackAction',
                 request_serializer=tocsin_dot_v1_dot_notification__pb2.HandleSlackActionRequest.SerializeToString,
@@ -230,6 +235,15 @@ class NotificationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HandleDeliveryStatusBatch(self, request, context):
+        """HandleDeliveryStatus for many callbacks in one call (each as its own call would be,
+        concurrently, answered or refused on its own): the gateway sends the callbacks waiting
+        together this way (Twilio sends three or more per SMS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def HandleSlackAction(self, request, context):
         """Acts on a Slack button press (already signature-checked by the gateway).
         """
@@ -309,6 +323,11 @@ def add_NotificationServiceServicer_to_server(servicer, server):
                     servicer.HandleDeliveryStatus,
                     request_deserializer=tocsin_dot_v1_dot_notification__pb2.HandleDeliveryStatusRequest.FromString,
                     response_serializer=tocsin_dot_v1_dot_notification__pb2.HandleDeliveryStatusResponse.SerializeToString,
+            ),
+            'HandleDeliveryStatusBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.HandleDeliveryStatusBatch,
+                    request_deserializer=tocsin_dot_v1_dot_notification__pb2.HandleDeliveryStatusBatchRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_notification__pb2.HandleDeliveryStatusBatchResponse.SerializeToString,
             ),
             'HandleSlackAction': grpc.unary_unary_rpc_method_handler(
                     servicer.HandleSlackAction,
@@ -701,6 +720,33 @@ class NotificationService:
             '/tocsin.v1.NotificationService/HandleDeliveryStatus',
             tocsin_dot_v1_dot_notification__pb2.HandleDeliveryStatusRequest.SerializeToString,
             tocsin_dot_v1_dot_notification__pb2.HandleDeliveryStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HandleDeliveryStatusBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.NotificationService/HandleDeliveryStatusBatch',
+            tocsin_dot_v1_dot_notification__pb2.HandleDeliveryStatusBatchRequest.SerializeToString,
+            tocsin_dot_v1_dot_notification__pb2.HandleDeliveryStatusBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

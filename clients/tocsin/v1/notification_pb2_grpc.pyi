@@ -75,6 +75,11 @@ class NotificationServiceStub:
     """Handles a keypress from a voice page's Gather (already signature-checked)."""
     HandleDeliveryStatus: _grpc.UnaryUnaryMultiCallable[_notification_pb2.HandleDeliveryStatusRequest, _notification_pb2.HandleDeliveryStatusResponse]
     """Records a provider status callback (already signature-checked)."""
+    HandleDeliveryStatusBatch: _grpc.UnaryUnaryMultiCallable[_notification_pb2.HandleDeliveryStatusBatchRequest, _notification_pb2.HandleDeliveryStatusBatchResponse]
+    """HandleDeliveryStatus for many callbacks in one call (each as its own call would be,
+    concurrently, answered or refused on its own): the gateway sends the callbacks waiting
+    together this way (Twilio sends three or more per SMS).
+    """
     HandleSlackAction: _grpc.UnaryUnaryMultiCallable[_notification_pb2.HandleSlackActionRequest, _notification_pb2.HandleSlackActionResponse]
     """Acts on a Slack button press (already signature-checked by the gateway)."""
 
@@ -125,6 +130,11 @@ class NotificationServiceAsyncStub(NotificationServiceStub):
     """Handles a keypress from a voice page's Gather (already signature-checked)."""
     HandleDeliveryStatus: _aio.UnaryUnaryMultiCallable[_notification_pb2.HandleDeliveryStatusRequest, _notification_pb2.HandleDeliveryStatusResponse]  # type: ignore[assignment]
     """Records a provider status callback (already signature-checked)."""
+    HandleDeliveryStatusBatch: _aio.UnaryUnaryMultiCallable[_notification_pb2.HandleDeliveryStatusBatchRequest, _notification_pb2.HandleDeliveryStatusBatchResponse]  # type: ignore[assignment]
+    """HandleDeliveryStatus for many callbacks in one call (each as its own call would be,
+    concurrently, answered or refused on its own): the gateway sends the callbacks waiting
+    together this way (Twilio sends three or more per SMS).
+    """
     HandleSlackAction: _aio.UnaryUnaryMultiCallable[_notification_pb2.HandleSlackActionRequest, _notification_pb2.HandleSlackActionResponse]  # type: ignore[assignment]
     """Acts on a Slack button press (already signature-checked by the gateway)."""
 
@@ -256,6 +266,17 @@ class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_notification_pb2.HandleDeliveryStatusResponse, _abc.Awaitable[_notification_pb2.HandleDeliveryStatusResponse]]:
         """Records a provider status callback (already signature-checked)."""
+
+    @_abc_1.abstractmethod
+    def HandleDeliveryStatusBatch(
+        self,
+        request: _notification_pb2.HandleDeliveryStatusBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_notification_pb2.HandleDeliveryStatusBatchResponse, _abc.Awaitable[_notification_pb2.HandleDeliveryStatusBatchResponse]]:
+        """HandleDeliveryStatus for many callbacks in one call (each as its own call would be,
+        concurrently, answered or refused on its own): the gateway sends the callbacks waiting
+        together this way (Twilio sends three or more per SMS).
+        """
 
     @_abc_1.abstractmethod
     def HandleSlackAction(

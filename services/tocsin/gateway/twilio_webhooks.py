@@ -183,7 +183,9 @@ async def voice_keypress(request: Request) -> Response:
 async def delivery_status(request: Request) -> Response:
     try:
         form = await _signed_form(request)
-        await _client(request).notification.HandleDeliveryStatus(
+        await _client(
+            request
+        ).delivery_status(  # batched with the others waiting
             notification_pb2.HandleDeliveryStatusRequest(
                 provider_id=_field(form, "MessageSid", "CallSid"),
                 status=_field(form, "MessageStatus", "CallStatus"),

@@ -320,6 +320,18 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         )
         return pb.HandleDeliveryStatusResponse(known=known)
 
+    async def HandleDeliveryStatusBatch(
+        self, request: pb.HandleDeliveryStatusBatchRequest, context: Any
+    ) -> pb.HandleDeliveryStatusBatchResponse:
+        """Each item as a HandleDeliveryStatus call (each takes a slot), concurrently."""
+        results = await answer_each(
+            request.items,
+            lambda item: self.HandleDeliveryStatus(item, context),
+            pb.HandleDeliveryStatusBatchResult,
+            "HandleDeliveryStatus",
+        )
+        return pb.HandleDeliveryStatusBatchResponse(results=results)
+
 
 _CHANNEL_KINDS = {
     domain.SLACK: channeltargets.SLACK_CHANNEL,

@@ -186,6 +186,7 @@ TABLE: Mapping[str, Rule] = {
     _N + "HandleIncomingSms": INTERNAL,
     _N + "HandleVoiceKeypress": INTERNAL,
     _N + "HandleDeliveryStatus": INTERNAL,
+    _N + "HandleDeliveryStatusBatch": INTERNAL,
     _N + "HandleSlackAction": INTERNAL,
     # webhooks: outgoing webhook subscriptions (configuration, with secrets) and
     # stakeholder subscriptions (responders add stakeholders to an incident)
