@@ -333,3 +333,44 @@ async def test_a_status_callback_for_no_known_attempt_changes_nothing(
     assert await callback(attempt.id, "undelivered")
     [failed] = await stack.attempts(incident_id)
     assert failed.status == notification_pb2.ATTEMPT_STATUS_FAILED
+
+
+async def test_with_rate_limits_notify_reserves_the_slot_and_records_the_page_at_once(
+    limited: PagingStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With rate limits on (the product's default), escalation's Notify reserves the first
+    page's slot before the cycle's script, which records the page SENDING when the slot
+    is now (no fire.lua of its own); a slot later than now re-arms the rule for it, with
+    no second reservation, and it goes then, once."""
+    await limited.add_user("alice", ALICE, [(SMS, 0)])
+    first = await limited.trigger("alert 0")
+    second = await limited.trigger("alert 1")
+    sender = limited.parts.sender
+    fired: list[str] = []
+    reserved: list[str] = []
+    fire, reserve = sender.store.fire, sender.limiter.reserve
+
+    async def spy_fire(timer: Any, *args: Any, **kwargs: Any) -> Any:
+        fired.append(timer.timer_id)
+        return await fire(timer, *args, **kwargs)
+
+    async def spy_reserve(channel: int, number: str) -> int:
+        reserved.append(number)
+        return await reserve(channel, number)
+
+    monkeypatch.setattr(sender.store, "fire", spy_fire)
+    monkeypatch.setattr(sender.limiter, "reserve", spy_reserve)
+
+    await limited.notify(first, "alice", service_id="payments-api")
+    await limited.pager.expect_sms("alice", contains="alert 0")
+    await limited.settle()
+    assert fired == [] and len(reserved) == 1
+    await limited.notify(second, "alice", service_id="payments-api")
+    await limited.settle()
+    await limited.pager.expect_no_more_pages()  # its slot is 10 s on
+    assert await limited.tick(seconds=10) == 1
+    await limited.pager.expect_sms("alice", contains="alert 1")
+    assert len(reserved) == 2  # one per page: the re-armed one reserved nothing again
+    for incident_id in (first, second):
+        [attempt] = await limited.attempts(incident_id)
+        assert attempt.status == DELIVERED

@@ -166,6 +166,8 @@ class ReadyNow:
     """Rule index -> how the cycle's script records it SENDING; each holds a send slot."""
     routes: dict[int, tuple[Route, ...]] = field(default_factory=dict)
     """Rule index -> the providers to try, in order (the first named in the record)."""
+    reserved: dict[int, int] = field(default_factory=dict)
+    """Rule index -> the rate-limit slot (clock ms) reserved for its page."""
     service_name: str = ""
     carried: domain.IncidentWords | None = None
     """Notify's words, if fresh: what the page says when the mirror does not hold them."""
@@ -242,10 +244,13 @@ class Sender:
         recorded SENDING by the script that starts the cycle (store.SendNow), so it goes
         with no round trip of its own. Such a rule has everything it needs at hand, as
         `_fire_mirrored` would before SENDING: a usable contact method of a channel that
-        shows no details and has no rate limit to reserve, the service's name (cached, or
-        looked up now) and a send slot, taken here without waiting (none free: the rule
-        is fired the usual way, queued for a slot). The caller passes the result to
-        `fire_now`, or `release`s it if no cycle started."""
+        shows no details, its rate-limit slot (reserved here, as `_fire` would: a slot
+        later than now leaves the rule to be fired the usual way, re-armed for that slot
+        with no second reservation), the service's name (cached, or looked up now) and
+        a send slot, taken here without waiting (none free: the rule is fired the usual
+        way, queued for a slot). The caller passes the result to `fire_now`, or
+        `release`s it if no cycle started (a repeated Notify: a slot reserved for it
+        stays taken, which at worst spaces that number's next page one interval later)."""
         ready = ReadyNow()
         if not service_id:
             return ready
@@ -258,7 +263,10 @@ class Sender:
             if channel is None or channel.wants_details:
                 continue
             if self.limiter.enabled and channel.rate_limited:
-                continue
+                slot = await self.limiter.reserve(method.type, method.address)
+                ready.reserved[index] = slot
+                if slot > self.clock.now_ms():
+                    continue
             candidates.append((index, method, channel))
         if not candidates:
             return ready
@@ -306,9 +314,11 @@ class Sender:
             payload = TimerPayload.decode(timer.payload)
             method = methods.get(payload.contact_method_id)
             decided = fired[i] if i < len(fired) else None
+            reserved = ready.reserved.get(payload.rule_index) if ready is not None else None
             if decided is None or payload.rule_index not in held or method is None:
                 self.spawn(
-                    self._fire_held(timer, method, service_id, words), f"page {timer.timer_id}"
+                    self._fire_held(timer, method, service_id, words, reserved),
+                    f"page {timer.timer_id}",
                 )
                 continue
             assert ready is not None
@@ -328,9 +338,10 @@ class Sender:
         method: notification_pb2.ContactMethod | None,
         service_id: str,
         words: domain.IncidentWords | None,
+        reserved: int | None = None,
     ) -> None:
         async with self._in_flight.slot(SERVICE_QUEUE + service_id):
-            await self._fire(timer, method, service_id, words)
+            await self._fire(timer, method, service_id, words, reserved=reserved)
 
     async def _in_slot(self, work: Awaitable[None]) -> None:
         """Run `work` in a send slot taken already (ready_now), then give it back."""
@@ -355,7 +366,15 @@ class Sender:
         assert channel is not None  # ready_now found it
         routes = ready.routes[payload.rule_index]
         if fired.outcome in ("unmirrored", "check"):
-            await self._fire(timer, method, service_id, words, routes=routes, tried=fired.outcome)
+            await self._fire(
+                timer,
+                method,
+                service_id,
+                words,
+                routes=routes,
+                tried=fired.outcome,
+                reserved=ready.reserved.get(payload.rule_index),
+            )
             return
         if fired.outcome != "send":
             log.debug("rule %s not sent: %s", payload.attempt_id, fired.outcome)
@@ -380,13 +399,15 @@ class Sender:
         *,
         routes: tuple[Route, ...] | None = None,
         tried: str = "",
+        reserved: int | None = None,
     ) -> None:
         """`method` is the contact method if the caller has just read it; `service_id` the
         incident's service if the caller knows it (Notify's), which lets the page take its
         words from the script that records it (`_fire_mirrored`), or from `words` (Notify's
         too) when the mirror does not hold the incident yet. `tried`: what the cycle's
         script answered when it tried this fast way already ('unmirrored' or 'check',
-        nothing written), with the `routes` it was given."""
+        nothing written), with the `routes` it was given; `reserved`: the rate-limit slot
+        `ready_now` reserved for this rule (none is reserved again)."""
         payload = TimerPayload.decode(timer.payload)
         if method is None:
             method = await self.contacts.contact_method(payload.user_id, payload.contact_method_id)
@@ -416,7 +437,11 @@ class Sender:
                     await self._report_if_spent(payload, reason)
             return
         if payload.slot_ms is None and self.limiter.enabled and channel.rate_limited:
-            slot = await self.limiter.reserve(method.type, method.address)
+            slot = (
+                reserved
+                if reserved is not None
+                else await self.limiter.reserve(method.type, method.address)
+            )
             if slot > self.clock.now_ms():
                 if await self.store.rearm(timer, slot, payload.with_slot(slot)):
                     self.on_rearm()
