@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -374,3 +375,40 @@ async def test_with_rate_limits_notify_reserves_the_slot_and_records_the_page_at
     for incident_id in (first, second):
         [attempt] = await limited.attempts(incident_id)
         assert attempt.status == DELIVERED
+
+
+async def test_a_notify_cancelled_after_its_script_ran_still_sends_the_page(
+    stack: PagingStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Notify's script records the first page SENDING; if the call is then cancelled (its
+    caller's deadline passed, its batch call was cancelled) before the reply is handled,
+    the page is still sent, not left SENDING to be swept UNKNOWN and never sent."""
+    await stack.add_user("alice", ALICE, [(SMS, 0)])
+    incident_id = await stack.trigger()  # mirrored: the script records the page SENDING
+    store = stack.parts.pager.store
+    start_cycle = store.start_cycle
+    ran, go_on = asyncio.Event(), asyncio.Event()
+
+    async def reply_still_on_its_way(*args: Any, **kwargs: Any) -> Any:
+        started = await start_cycle(*args, **kwargs)
+        ran.set()
+        await go_on.wait()
+        return started
+
+    monkeypatch.setattr(store, "start_cycle", reply_still_on_its_way)
+    call = asyncio.create_task(
+        stack.parts.pager.notify(
+            incident_id, "alice", f"{incident_id}/0/0/0/alice", "", service_id="payments-api"
+        )
+    )
+    await ran.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    go_on.set()
+
+    await stack.pager.expect_sms("alice")
+    await stack.settle()
+    [attempt] = await stack.attempts(incident_id)
+    assert attempt.status in (notification_pb2.ATTEMPT_STATUS_SENT, DELIVERED)
+    assert stack.parts.sender._in_flight.held == 0

@@ -24,15 +24,17 @@ level waits no longer than that.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from tocsin.notification import domain
 from tocsin.notification.channels import channel_name
 from tocsin.notification.contacts import ContactStore
 from tocsin.notification.peers import IncidentsPeer
 from tocsin.notification.sender import Sender
-from tocsin.notification.store import PagingStore
+from tocsin.notification.store import CycleStart, PagingStore
 from tocsin.runtime.clock import Clock
 from tocsin.v1 import incidents_pb2, notification_pb2
 
@@ -57,6 +59,12 @@ class NotifyResult:
     unreachable_reason: str = ""
     """Why no rule can reach the user ("" when one can): escalation moves a level on
     when nobody it paged can be reached."""
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a shielded task's outcome seen (its awaiter may have been cancelled)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("a Notify's start ended after its caller gave up", exc_info=task.exception())
 
 
 class Pager:
@@ -96,37 +104,53 @@ class Pager:
         unreachable = domain.unreachable_reason(user_id, page.settings, urgency)
         methods = {m.id: m for m in page.settings.contact_methods}
         ready = await self.sender.ready_now(rules, methods, service_id, words)
-        try:
-            start = await self.store.start_cycle(
-                incident_id,
-                user_id,
-                idempotency_key,
-                traceparent,
-                page.reply_code,
-                rules,
-                self.sender.options.lease_ms,
-                next_level_ms,
-                send_now=ready.rules,
-            )
-        except BaseException:
-            ready.release()
-            raise
-        if not start.started:
-            ready.release()
-            return NotifyResult(False, 0, unreachable)
-        if unreachable:
-            self.sender.spawn(
-                self.incidents.append_timeline(
+
+        async def start_and_fire() -> CycleStart:
+            try:
+                start = await self.store.start_cycle(
                     incident_id,
-                    f"{unreachable}: nobody was paged",
-                    {"user_id": user_id},
-                    f"notify/{start.cycle_id}/no-rules",
-                    incidents_pb2.TIMELINE_KIND_WARNING,
-                ),
-                f"timeline warning for {start.cycle_id}",
-            )
-        self.sender.fire_now(start.claimed, methods, service_id, words, start.fired, ready)
+                    user_id,
+                    idempotency_key,
+                    traceparent,
+                    page.reply_code,
+                    rules,
+                    self.sender.options.lease_ms,
+                    next_level_ms,
+                    send_now=ready.rules,
+                )
+                if start.started:
+                    self.sender.fire_now(
+                        start.claimed, methods, service_id, words, start.fired, ready
+                    )
+                    if unreachable:
+                        self._warn_unreachable(incident_id, user_id, start.cycle_id, unreachable)
+                return start
+            finally:
+                ready.release()
+
+        # Once the script may have run, the pages it recorded SENDING must be sent: a
+        # Notify cancelled meanwhile (its caller's deadline, a batch call cancelled) must
+        # not cancel that, or they would be swept UNKNOWN and never sent.
+        task = asyncio.get_running_loop().create_task(start_and_fire())
+        task.add_done_callback(_retrieve)
+        start = await asyncio.shield(task)
+        if not start.started:
+            return NotifyResult(False, 0, unreachable)
         return NotifyResult(True, start.rules, unreachable)
+
+    def _warn_unreachable(
+        self, incident_id: str, user_id: str, cycle_id: str, unreachable: str
+    ) -> None:
+        self.sender.spawn(
+            self.incidents.append_timeline(
+                incident_id,
+                f"{unreachable}: nobody was paged",
+                {"user_id": user_id},
+                f"notify/{cycle_id}/no-rules",
+                incidents_pb2.TIMELINE_KIND_WARNING,
+            ),
+            f"timeline warning for {cycle_id}",
+        )
 
     async def cancel(self, incident_id: str) -> int:
         return await self.store.cancel(incident_id)

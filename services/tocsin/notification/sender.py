@@ -171,8 +171,29 @@ class ReadyNow:
     service_name: str = ""
     carried: domain.IncidentWords | None = None
     """Notify's words, if fresh: what the page says when the mirror does not hold them."""
-    release: Callable[[], None] = lambda: None
-    """Give the slots back (no cycle started); `fire_now` gives them back otherwise."""
+    slots: FairSlots | None = None
+    """Where the send slots of `rules` were taken (None: none were)."""
+    _held: int = 0
+
+    def hold(self, slots: FairSlots, index: int, send: SendNow, routes: tuple[Route, ...]) -> None:
+        """Rule `index` goes at once, in a send slot just taken from `slots`."""
+        self.slots = slots
+        self.rules[index] = send
+        self.routes[index] = routes
+        self._held += 1
+
+    def use(self, index: int) -> bool:
+        """Whether rule `index` holds a slot, which the caller now owns (and releases)."""
+        if index not in self.rules or self._held == 0:
+            return False
+        self._held -= 1
+        return True
+
+    def release(self) -> None:
+        """Give back the slots no rule used (no cycle started, or after `fire_now`)."""
+        while self._held and self.slots is not None:
+            self._held -= 1
+            self.slots.release()
 
 
 class Sender:
@@ -278,19 +299,9 @@ class Sender:
             if not self._in_flight.try_acquire():
                 break
             routes = channel_routes(channel)
-            ready.rules[index] = SendNow(
-                method.id, method.type, mode, provider=routes[0].name if routes else ""
-            )
-            ready.routes[index] = routes
-        ready.release = self._release_slots(len(ready.rules))
+            send = SendNow(method.id, method.type, mode, provider=routes[0].name if routes else "")
+            ready.hold(self._in_flight, index, send, routes)
         return ready
-
-    def _release_slots(self, count: int) -> Callable[[], None]:
-        def release() -> None:
-            for _ in range(count):
-                self._in_flight.release()
-
-        return release
 
     def fire_now(
         self,
@@ -308,29 +319,25 @@ class Sender:
         claim, None for a rule not asked) is what the script decided for the rules
         `ready` asked it to send at once: those recorded SENDING are sent now in the
         slots `ready` holds; those it left claimed are fired in them."""
-        held = ready.rules if ready is not None else {}
-        unused = len(held)
-        for i, timer in enumerate(claimed):
-            payload = TimerPayload.decode(timer.payload)
-            method = methods.get(payload.contact_method_id)
-            decided = fired[i] if i < len(fired) else None
-            reserved = ready.reserved.get(payload.rule_index) if ready is not None else None
-            if decided is None or payload.rule_index not in held or method is None:
+        ready = ready or ReadyNow()
+        try:
+            for i, timer in enumerate(claimed):
+                payload = TimerPayload.decode(timer.payload)
+                method = methods.get(payload.contact_method_id)
+                decided = fired[i] if i < len(fired) else None
+                if decided is not None and method is not None and ready.use(payload.rule_index):
+                    work = self._send_decided(
+                        timer, payload, method, service_id, words, decided, ready
+                    )
+                    self.spawn(self._in_slot(work), f"page {timer.timer_id}")
+                    continue
+                reserved = ready.reserved.get(payload.rule_index)
                 self.spawn(
                     self._fire_held(timer, method, service_id, words, reserved),
                     f"page {timer.timer_id}",
                 )
-                continue
-            assert ready is not None
-            unused -= 1
-            self.spawn(
-                self._in_slot(
-                    self._send_decided(timer, payload, method, service_id, words, decided, ready)
-                ),
-                f"page {timer.timer_id}",
-            )
-        for _ in range(unused):
-            self._in_flight.release()
+        finally:
+            ready.release()  # the slots of rules the script did not fire
 
     async def _fire_held(
         self,
