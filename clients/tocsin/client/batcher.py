@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 from google.rpc import status_pb2
@@ -40,15 +40,6 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 ItemT = TypeVar("ItemT", bound=Any)
 ResponseT = TypeVar("ResponseT", bound=Any)
-
-
-class BatchResult(Protocol):
-    """One result of a batch reply: `response` or `error` (a google.rpc.Status)."""
-
-    @property
-    def error(self) -> status_pb2.Status: ...
-
-    def HasField(self, field_name: str) -> bool: ...
 
 
 BatchCall = Callable[[Sequence[Any], float | None], Awaitable[Sequence[Any]]]
@@ -210,6 +201,27 @@ class CallBatcher(Generic[ItemT, ResponseT]):
             return
         if not pending.future.done():
             pending.future.set_result(response)
+
+
+def stub_batcher(
+    batch: Callable[..., Awaitable[Any]],
+    batch_request: Callable[..., Any],
+    single: Callable[..., Awaitable[Any]],
+) -> CallBatcher[Any, Any]:
+    """A CallBatcher over a generated stub's batch method (`batch`, whose request is
+    `batch_request(items=...)` and whose reply has `results`, each `response` or `error`)
+    and its unary method (`single`), both called with `wait_for_ready`: a peer that is
+    starting is waited for within the call's deadline."""
+
+    async def send(items: Sequence[Any], deadline_s: float | None) -> Sequence[Any]:
+        reply = await batch(batch_request(items=items), timeout=deadline_s, wait_for_ready=True)
+        return reply.results
+
+    return CallBatcher(
+        send,
+        lambda result: result.response,
+        single=lambda item, deadline_s: single(item, timeout=deadline_s, wait_for_ready=True),
+    )
 
 
 def _expire(future: asyncio.Future[Any]) -> None:

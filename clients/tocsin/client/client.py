@@ -13,12 +13,11 @@ explicit token both send what tocsin.client.credentials chooses (TOCSIN_TOKEN, t
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from types import TracebackType
 
 import grpc
 
-from tocsin.client.batcher import CallBatcher
+from tocsin.client.batcher import CallBatcher, stub_batcher
 from tocsin.client.channel import channel_credentials, create_channel
 from tocsin.client.credentials import default_token
 from tocsin.client.endpoints import Endpoints, resolve_endpoints
@@ -99,40 +98,32 @@ class TocsinClient:
         self._triggers = TriggerBatcher(self.incidents)
         self._notifies: CallBatcher[
             notification_pb2.NotifyRequest, notification_pb2.NotifyResponse
-        ] = CallBatcher(
-            self._notify_batch,
-            lambda result: result.response,
-            single=lambda item, deadline_s: self.notification.Notify(
-                item, timeout=deadline_s, wait_for_ready=True
-            ),
+        ] = stub_batcher(
+            self.notification.NotifyBatch,
+            notification_pb2.NotifyBatchRequest,
+            self.notification.Notify,
         )
         self._reports: CallBatcher[
             escalation_pb2.ReportPageOutRequest, escalation_pb2.ReportPageOutResponse
-        ] = CallBatcher(
-            self._report_batch,
-            lambda result: result.response,
-            single=lambda item, deadline_s: self.escalation.ReportPageOut(
-                item, timeout=deadline_s, wait_for_ready=True
-            ),
+        ] = stub_batcher(
+            self.escalation.ReportPageOutBatch,
+            escalation_pb2.ReportPageOutBatchRequest,
+            self.escalation.ReportPageOut,
         )
         self._statuses: CallBatcher[
             notification_pb2.HandleDeliveryStatusRequest,
             notification_pb2.HandleDeliveryStatusResponse,
-        ] = CallBatcher(
-            self._status_batch,
-            lambda result: result.response,
-            single=lambda item, deadline_s: self.notification.HandleDeliveryStatus(
-                item, timeout=deadline_s, wait_for_ready=True
-            ),
+        ] = stub_batcher(
+            self.notification.HandleDeliveryStatusBatch,
+            notification_pb2.HandleDeliveryStatusBatchRequest,
+            self.notification.HandleDeliveryStatus,
         )
         self._timeline: CallBatcher[
             incidents_pb2.AppendTimelineRequest, incidents_pb2.AppendTimelineResponse
-        ] = CallBatcher(
-            self._timeline_batch,
-            lambda result: result.response,
-            single=lambda item, deadline_s: self.incidents.AppendTimeline(
-                item, timeout=deadline_s, wait_for_ready=True
-            ),
+        ] = stub_batcher(
+            self.incidents.AppendTimelineBatch,
+            incidents_pb2.AppendTimelineBatchRequest,
+            self.incidents.AppendTimeline,
         )
 
     async def trigger(
@@ -166,26 +157,6 @@ class TocsinClient:
         AppendTimelineBatch calls, as `notify`. Raises what AppendTimeline would raise."""
         return await self._timeline.call(request, timeout)
 
-    async def _notify_batch(
-        self, items: Sequence[notification_pb2.NotifyRequest], deadline_s: float | None
-    ) -> Sequence[notification_pb2.NotifyBatchResult]:
-        reply = await self.notification.NotifyBatch(
-            notification_pb2.NotifyBatchRequest(items=items),
-            timeout=deadline_s,
-            wait_for_ready=True,
-        )
-        return reply.results
-
-    async def _timeline_batch(
-        self, items: Sequence[incidents_pb2.AppendTimelineRequest], deadline_s: float | None
-    ) -> Sequence[incidents_pb2.AppendTimelineBatchResult]:
-        reply = await self.incidents.AppendTimelineBatch(
-            incidents_pb2.AppendTimelineBatchRequest(items=items),
-            timeout=deadline_s,
-            wait_for_ready=True,
-        )
-        return reply.results
-
     async def report_page_out(
         self,
         request: escalation_pb2.ReportPageOutRequest,
@@ -196,16 +167,6 @@ class TocsinClient:
         ReportPageOutBatch calls, as `notify`. Raises what ReportPageOut would raise."""
         return await self._reports.call(request, timeout)
 
-    async def _report_batch(
-        self, items: Sequence[escalation_pb2.ReportPageOutRequest], deadline_s: float | None
-    ) -> Sequence[escalation_pb2.ReportPageOutBatchResult]:
-        reply = await self.escalation.ReportPageOutBatch(
-            escalation_pb2.ReportPageOutBatchRequest(items=items),
-            timeout=deadline_s,
-            wait_for_ready=True,
-        )
-        return reply.results
-
     async def delivery_status(
         self,
         request: notification_pb2.HandleDeliveryStatusRequest,
@@ -215,18 +176,6 @@ class TocsinClient:
         """NotificationService.HandleDeliveryStatus, with concurrent calls sharing
         HandleDeliveryStatusBatch calls, as `notify`. Raises what the call would raise."""
         return await self._statuses.call(request, timeout)
-
-    async def _status_batch(
-        self,
-        items: Sequence[notification_pb2.HandleDeliveryStatusRequest],
-        deadline_s: float | None,
-    ) -> Sequence[notification_pb2.HandleDeliveryStatusBatchResult]:
-        reply = await self.notification.HandleDeliveryStatusBatch(
-            notification_pb2.HandleDeliveryStatusBatchRequest(items=items),
-            timeout=deadline_s,
-            wait_for_ready=True,
-        )
-        return reply.results
 
     def channel(self, service: str) -> grpc.aio.Channel:
         """The channel to one service ("scheduling", "incidents", ...), e.g. for health checks."""

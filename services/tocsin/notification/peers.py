@@ -178,21 +178,12 @@ class EscalationPeer:
         self.client = client
         self.timeout_s = timeout_s
 
-    async def _call(
-        self,
-        method: Callable[..., Awaitable[_Reply]],
-        request: object,
-        *,
-        batched: bool = False,
-    ) -> _Reply:
-        """`method(request)`, tried again at once after DEADLINE_EXCEEDED or UNAVAILABLE
-        (REPORT_ATTEMPTS in all); raises the last error. `batched`: `method` is one of
-        TocsinClient's batching calls (it waits for a starting peer itself)."""
+    async def _call(self, send: Callable[[], Awaitable[_Reply]]) -> _Reply:
+        """`send()`, tried again at once after DEADLINE_EXCEEDED or UNAVAILABLE
+        (REPORT_ATTEMPTS in all); raises the last error."""
         for attempt in range(1, REPORT_ATTEMPTS + 1):
             try:
-                if batched:
-                    return await method(request, timeout=self.timeout_s)
-                return await method(request, timeout=self.timeout_s, wait_for_ready=True)
+                return await send()
             except grpc.aio.AioRpcError as error:
                 if attempt == REPORT_ATTEMPTS or error.code() not in _RETRIED:
                     raise
@@ -202,15 +193,14 @@ class EscalationPeer:
         self, incident_id: str, user_id: str, idempotency_key: str, reason: str
     ) -> bool:
         """True when the report moved the escalation on."""
+        request = escalation_pb2.ReportUnreachableRequest(
+            incident_id=incident_id, user_id=user_id, idempotency_key=idempotency_key, reason=reason
+        )
         try:
             reply = await self._call(
-                self.client().escalation.ReportUnreachable,
-                escalation_pb2.ReportUnreachableRequest(
-                    incident_id=incident_id,
-                    user_id=user_id,
-                    idempotency_key=idempotency_key,
-                    reason=reason,
-                ),
+                lambda: self.client().escalation.ReportUnreachable(
+                    request, timeout=self.timeout_s, wait_for_ready=True
+                )
             )
         except grpc.aio.AioRpcError as error:
             _report_failed(
@@ -228,7 +218,10 @@ class EscalationPeer:
         )
         request.out_at.FromMilliseconds(out_ms)
         try:
-            reply = await self._call(self.client().report_page_out, request, batched=True)
+            # batched with the other reports waiting (it waits for a starting peer itself)
+            reply = await self._call(
+                lambda: self.client().report_page_out(request, timeout=self.timeout_s)
+            )
         except grpc.aio.AioRpcError as error:
             _report_failed(
                 error, "incident %s: could not report %s's page out", incident_id, user_id
