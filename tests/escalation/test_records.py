@@ -74,8 +74,10 @@ async def test_the_level_and_hop_payloads_written_are_the_ones_a_firing_reads(
 
 
 async def test_the_write_that_arms_a_hop_claims_it_and_a_lost_claim_comes_back(
-    store: EscalationStore, clock: ManualClock
+    any_redis: RedisClient, clock: ManualClock
 ) -> None:
+    """On a standalone Redis and on a Cluster (the script's keys share the shard's slot)."""
+    store = EscalationStore(any_redis, clock, retention_ms=86_400_000)
     state = _state(clock.now_ms())
     hop = Hop(hop_timer_id(INCIDENT, 2, 1, 0), HopPayload(INCIDENT, 2, (), (), TRACEPARENT))
     shard = incident_shard(INCIDENT)
