@@ -323,6 +323,13 @@ def text(result: dict[str, Any]) -> str:
             f"cores busy meanwhile: machine {cpu['machine_busy_cores']}, stack "
             f"{cpu['stack_cores']}, other processes (not this run) {cpu['other_processes_cores']}"
         )
+    if "redis" in result:
+        top = list(result["redis"]["by_command"].items())[:8]
+        lines.append(
+            f"Redis commands per incident: {result['redis']['commands_per_incident']} ("
+            + ", ".join(f"{name} {calls}" for name, calls in top)
+            + ")"
+        )
     if "ratio_to_floor" in result:
         lines.append(f"alert -> first SMS / floor: {result['ratio_to_floor']}")
     for name, target in result.get("targets", {}).items():

@@ -232,6 +232,38 @@ async def _wait_for_sms(
     return count
 
 
+async def _redis_commands(url: str | None) -> dict[str, int]:
+    """Calls per command so far on the stack's Redis (INFO commandstats; {} unknown)."""
+    if url is None:
+        return {}
+    import redis.asyncio as aioredis
+
+    redis = aioredis.Redis.from_url(url)
+    try:
+        stats = await redis.info("commandstats")
+    finally:
+        await redis.aclose()
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def _commands_per_incident(
+    before: dict[str, int], after: dict[str, int], incidents: int
+) -> dict[str, Any] | None:
+    """Redis commands per new incident in the load window, every client's (background
+    polls too, and the commands these counts cost: one INFO each)."""
+    if not after or not incidents:
+        return None
+    spent = {name: calls - before.get(name, 0) for name, calls in after.items()}
+    spent = {name: calls for name, calls in spent.items() if calls > 0}
+    return {
+        "commands_per_incident": round(sum(spent.values()) / incidents, 2),
+        "by_command": {
+            name: round(calls / incidents, 2)
+            for name, calls in sorted(spent.items(), key=lambda item: -item[1])
+        },
+    }
+
+
 async def _load(
     options: Options, target: Target, client: TocsinClient, run_id: str, display: Display
 ) -> dict[str, Any]:
@@ -275,6 +307,7 @@ async def _load(
     try:
         idle_start = Snapshot.take(target.stack_root)
         await asyncio.sleep(IDLE_SAMPLE_S)
+        commands_start = await _redis_commands(target.redis_url)
         cpu_start = Snapshot.take(target.stack_root)
         idle_cpu_per_s = sum(cpu_start.since(idle_start).values()) / IDLE_SAMPLE_S
         base = await collect.accepted_sms_count(target.fake_twilio)
@@ -310,6 +343,7 @@ async def _load(
         target.fake_twilio, base + incidents.ok, 0, options.drain_timeout, display, "first SMS"
     )
     cpu_first = Snapshot.take(target.stack_root)
+    commands_first = await _redis_commands(target.redis_url)
     fake_cpu = (cpu_seconds(target.fake_pid) - fake_cpu_start) if target.fake_pid else None
     cpu_escalation = cpu_first
     if options.escalation:
@@ -329,7 +363,7 @@ async def _load(
     listed = await collect.run_incidents(client, service, run_id, since_ms)
     fired = await collect.fire_times(client, [incident_id for incident_id, _ in listed.values()])
     counts = await collect.alert_counts(client, storm_ids)
-    return report.build(
+    built = report.build(
         report.Inputs(
             options_rate=options.rate,
             duration=options.duration,
@@ -352,6 +386,10 @@ async def _load(
             fake_cpu_s=fake_cpu,
         )
     )
+    commands = _commands_per_incident(commands_start, commands_first, incidents.ok)
+    if commands is not None:
+        built["redis"] = commands
+    return built
 
 
 async def run(options: Options, run_id: str) -> dict[str, Any]:

@@ -55,6 +55,8 @@ class Target:
     stack_root: int | None = None
     """The stack's top process: its CPU and its descendants' count (None: not measured)."""
     fake_pid: int | None = None
+    redis_url: str | None = None
+    """The stack's Redis, to count the commands a run costs (None: not counted)."""
 
 
 def _wait_http(url: str, timeout_s: float, process: subprocess.Popen[bytes]) -> None:
@@ -120,6 +122,7 @@ class LocalStack:
             fake_twilio=fake_url,
             stack_root=self.up.pid,
             fake_pid=self.fake.pid,
+            redis_url=embedded_redis_url(self.log_dir / "stack.log", self.data_dir),
         )
 
     def _spawn(self, command: list[str], env: dict[str, str], log: str) -> subprocess.Popen[bytes]:
@@ -143,3 +146,12 @@ class LocalStack:
         for log in self._logs:
             log.close()
         self._logs.clear()
+
+
+def embedded_redis_url(log: Path, data_dir: Path) -> str:
+    """The embedded Redis `tocsin up` printed (password masked; it is in the data dir)."""
+    for line in reversed(log.read_text().splitlines()):  # this run's: the log is appended
+        if line.startswith("redis ") and "(embedded" in line:
+            password = (data_dir / "redis" / "password").read_text().strip()
+            return line.split()[1].replace("***@", f":{password}@", 1)
+    raise RuntimeError(f"no Redis URL in {log}")

@@ -51,7 +51,7 @@ import uvloop
 
 from loadtests.collect import fake_get
 from loadtests.scenario import PRIMARY_NUMBER, apply_config
-from loadtests.stack import LocalStack, Target
+from loadtests.stack import LocalStack, Target, embedded_redis_url
 from loadtests.stats import machine
 from tocsin.client.client import TocsinClient
 from tocsin.runtime.events import INCIDENT_SHARDS, lane_of, shard_streams
@@ -475,7 +475,9 @@ async def run(options: Options) -> dict[str, Any]:
 async def _measure(options: Options, run_id: str, target: Target, data_dir: Path) -> dict[str, Any]:
     assert lane_of(STORM_SERVICE) != lane_of(QUIET_SERVICE)
     client = TocsinClient(target.endpoints)
-    redis = aioredis.Redis.from_url(_redis_url(options.out / "logs" / "stack.log", data_dir))
+    redis = aioredis.Redis.from_url(
+        embedded_redis_url(options.out / "logs" / "stack.log", data_dir)
+    )
     try:
         await apply_config(client)
         storm_bodies = [
@@ -617,15 +619,6 @@ async def _measure(options: Options, run_id: str, target: Target, data_dir: Path
         },
     }
     return result
-
-
-def _redis_url(log: Path, data_dir: Path) -> str:
-    """The embedded Redis `tocsin up` printed (password masked; it is in the data dir)."""
-    for line in reversed(log.read_text().splitlines()):  # this run's: the log is appended
-        if line.startswith("redis ") and "(embedded" in line:
-            password = (data_dir / "redis" / "password").read_text().strip()
-            return line.split()[1].replace("***@", f":{password}@", 1)
-    raise RuntimeError(f"no Redis URL in {log}")
 
 
 def main(argv: list[str] | None = None) -> None:
