@@ -29,6 +29,7 @@ from tests.e2e.stack import (
     clock_env,
     descendants,
     fast_clock,
+    wait_for,
 )
 from tocsin.client.client import SyncTocsinClient
 from tocsin.client.endpoints import resolve_endpoints
@@ -95,8 +96,19 @@ class PagingStack:
             )
         ).incident
 
-    def timeline(self, incident_id: str) -> list[str]:
-        return [entry.message for entry in self.incident_by_id(incident_id).timeline]
+    def timeline(self, incident_id: str, *expected: str, timeout_s: float = 10) -> list[str]:
+        """The incident's timeline lines; with `expected`, once they are all there (the
+        notes of escalation and notification reach it through the timeline outbox,
+        milliseconds after the page they record)."""
+
+        def lines() -> list[str] | None:
+            found = [entry.message for entry in self.incident_by_id(incident_id).timeline]
+            return found if all(line in found for line in expected) else None
+
+        if not expected:
+            return lines() or []
+        result: list[str] = wait_for(lines, timeout_s, f"{expected} in the timeline")
+        return result
 
     def escalation(self, incident_id: str) -> escalation_pb2.Escalation:
         return self.client.escalation.GetEscalation(

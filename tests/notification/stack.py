@@ -62,10 +62,18 @@ class PagingStack:
         return self.service.parts
 
     async def settle(self) -> None:
-        """Wait for every background send and every status callback the fake owes."""
+        """Wait for every background send and every status callback the fake owes, then
+        append the timeline notes queued meanwhile (the timeline outbox)."""
         await self.parts.sender.idle()
         await self.fake.drain()
         await self.parts.sender.idle()
+        await self.append_notes()
+
+    async def append_notes(self) -> int:
+        """What incidents' timeline outbox worker would do: append the queued notes."""
+        if self.incidents is None:
+            return 0
+        return await self.incidents.timeline_outbox.drain_once()
 
     async def tick(self, **advance: float) -> int:
         """Advance the clock, fire what is due, let the sends finish; returns fired count."""
@@ -162,6 +170,7 @@ class PagingStack:
         return list(reply.attempts)
 
     async def incident(self, incident_id: str) -> incidents_pb2.Incident:
+        await self.append_notes()
         reply = await self.client.incidents.GetIncident(
             incidents_pb2.GetIncidentRequest(incident_id=incident_id, include_timeline=True)
         )

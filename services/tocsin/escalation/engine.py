@@ -12,9 +12,10 @@ Firing a level is a GoAlert-style idempotent cycle:
    version check and pages nobody;
 4. the same write claims the hop for this process (no poll and no round trip of its own:
    the first page leaves in milliseconds) and each page becomes a Notify with the
-   idempotency key incident/epoch/level/loop/user, then the timeline entries are appended
-   (idempotent too). If the process dies anywhere, the hop
-   timer is re-offered after its lease and redone; notification drops the repeats.
+   idempotency key incident/epoch/level/loop/user, then the timeline entries are queued
+   in the timeline outbox (runtime/timeline_outbox.py; appended once, by their keys). If
+   the process dies anywhere, the hop timer is re-offered after its lease and redone;
+   notification drops the repeats.
 
 A level nobody can answer does not wait out its delay. Notify answers `unreachable` for a
 user with no contact method or rule, and notification reports later, through
@@ -70,6 +71,7 @@ from tocsin.runtime.events import incident_shard
 from tocsin.runtime.metrics import timer_fired
 from tocsin.runtime.oncall import OnCallCache, read_revisions
 from tocsin.runtime.telemetry import context_from_traceparent, current_traceparent
+from tocsin.runtime.timeline_outbox import TimelineOutbox
 from tocsin.runtime.timers import ClaimedTimer, RetryLater, retry_later
 from tocsin.v1 import common_pb2, incidents_pb2, notification_pb2, scheduling_pb2
 from tocsin.v1 import escalation_pb2 as pb_policy
@@ -117,6 +119,8 @@ class EscalationEngine:
         self.store = store
         self.peers = peers
         self.clock = clock
+        self.timeline = TimelineOutbox(store.redis)
+        """The hops' timeline notes go to incidents through it (no AppendTimeline call)."""
         self.hold_max_ms = LEVEL_HOLD_MAX_MS
         """How long past its due time a level waits for the previous level's pages."""
         self.repaired = 0
@@ -710,15 +714,18 @@ class EscalationEngine:
                 reply = await self.peers.notify(request, timeout=PEER_DEADLINE_S)
                 if reply.unreachable:
                     unreachable.append((user_id, key, reply.unreachable_reason))
-        for i, note in enumerate(hop.notes):
-            await self.peers.append_timeline(
+        # Through the timeline outbox: one Redis round trip for the hop's notes, no RPC.
+        await self.timeline.append(
+            [
                 incidents_pb2.AppendTimelineRequest(
                     incident_id=incident_id,
                     entry=_timeline_entry(note),
                     idempotency_key=f"{timer.timer_id}/{i}",
-                ),
-                timeout=PEER_DEADLINE_S,
-            )
+                )
+                for i, note in enumerate(hop.notes)
+            ],
+            current_traceparent() or hop.traceparent,
+        )
         # After the level's own entries, so the timeline reads in order. A redone hop
         # reports again; the report's guard moves the level on once.
         for user_id, key, reason in unreachable:

@@ -1,4 +1,5 @@
-"""Run the incidents service: gRPC server, snooze timer worker, retention trimming.
+"""Run the incidents service: gRPC server, snooze timer worker, retention trimming, the
+timeline outbox (other services' notes; runtime/timeline_outbox.py).
 
 `tocsin serve incidents` calls `serve()`; tests call `create_server(deps, Address(...,
 0), background=False)` and drive `running.snooze_worker.run_once()` and
@@ -25,10 +26,11 @@ from tocsin.incidents.store import IncidentStore
 from tocsin.runtime.audit import AuditLog
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.config import Address
-from tocsin.runtime.events import CONSUMER_GROUPS, OUTBOUND_GROUPS, ensure_groups
+from tocsin.runtime.events import CONSUMER_GROUPS, OUTBOUND_GROUPS, ensure_groups, instance_name
 from tocsin.runtime.grpcserver import start_grpc_server
 from tocsin.runtime.loops import WorkerHealth, run_loop
 from tocsin.runtime.service import RunningService, ServiceDeps, serve_blocking
+from tocsin.runtime.timeline_outbox import TimelineOutboxConsumer
 from tocsin.runtime.timers import TimerWorker
 from tocsin.v1 import incidents_pb2_grpc
 
@@ -48,6 +50,9 @@ class IncidentsService(RunningService):
     maintenance_worker: TimerWorker
     """Fires missed heartbeats (heartbeat.py)."""
     servicer: IncidentServicer
+    timeline_outbox: TimelineOutboxConsumer
+    """Appends the notes other services queue (runtime/timeline_outbox.py); tests call
+    its `drain_once()`."""
 
 
 async def create_server(
@@ -76,6 +81,10 @@ async def create_server(
     servicer.audit = AuditLog(deps.redis, deps.clock, deps.config.retention)
     held = held_worker(servicer.maintenance, lambda request: servicer._trigger(request, ""))
     heartbeats = heartbeat_worker(servicer.heartbeats, deps.clock, servicer.open_heartbeat_incident)
+    timeline_outbox = TimelineOutboxConsumer(
+        deps.redis, servicer.apply_outboxed, instance_name("incidents")
+    )
+    await timeline_outbox.start()  # the group exists before any writer's first entry
 
     def register(server: grpc.aio.Server) -> None:
         _add_servicer(servicer, server)
@@ -95,12 +104,14 @@ async def create_server(
         heartbeat_worker=heartbeats,
         maintenance_worker=held,
         servicer=servicer,
+        timeline_outbox=timeline_outbox,
     )
     if background:
         stop, health = running.stopping, running.workers
         running.start_worker("incidents snooze worker", worker.run(stop, health))
         running.start_worker("incidents heartbeat worker", heartbeats.run(stop, health))
         running.start_worker("incidents maintenance worker", held.run(stop, health))
+        running.start_worker("incidents timeline outbox", timeline_outbox.run(stop, health))
         running.start_worker(
             "incidents retention trim", _trim_periodically(store, deps.clock, stop, health)
         )

@@ -308,6 +308,15 @@ class IncidentServicer(
     async def AppendTimeline(
         self, request: incidents_pb2.AppendTimelineRequest, context: Any
     ) -> incidents_pb2.AppendTimelineResponse:
+        appended = await self.append_timeline(request, current_traceparent())
+        return incidents_pb2.AppendTimelineResponse(appended=appended)
+
+    async def append_timeline(
+        self, request: incidents_pb2.AppendTimelineRequest, traceparent: str
+    ) -> bool:
+        """AppendTimeline's work, for the RPC and the timeline outbox
+        (runtime/timeline_outbox.py): whether it was appended (False: its idempotency key
+        was seen). Raises InvalidArgument, NotFound."""
         incident_id = validation.parse_incident_id(request.incident_id)
         entry = incidents_pb2.TimelineEntry()
         entry.CopyFrom(request.entry)
@@ -328,13 +337,18 @@ class IncidentServicer(
                 incidents_pb2.INCIDENT_EVENT_KIND_ESCALATED,
                 domain.to_ms(entry.at),
                 entry.actor,
-                current_traceparent(),
+                traceparent,
                 note=entry.message,
             )
-        appended = await self.incidents.append_timeline(
+        return await self.incidents.append_timeline(
             incident_id, entry, request.idempotency_key, prefix
         )
-        return incidents_pb2.AppendTimelineResponse(appended=appended)
+
+    async def apply_outboxed(
+        self, request: incidents_pb2.AppendTimelineRequest, traceparent: str
+    ) -> None:
+        """Append an entry of the timeline outbox (its Apply)."""
+        await self.append_timeline(request, traceparent)
 
     async def AppendTimelineBatch(
         self, request: incidents_pb2.AppendTimelineBatchRequest, context: Any

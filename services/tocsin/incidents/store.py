@@ -128,9 +128,11 @@ class IncidentStore:
         self._reserving: asyncio.Task[None] | None = None
         self._stamp = LuaScript(redis, "stamp_number.lua", *library, body=_lua("stamp_number.lua"))
         self._apply = LuaScript(redis, "apply.lua", TIMER_LUA, *library, body=_lua("apply.lua"))
-        self._append = LuaScript(
+        self._append_lua = LuaScript(
             redis, "append_timeline.lua", *library, body=_lua("append_timeline.lua")
         )
+        # the timeline outbox applies a read's entries at once: they share round trips
+        self._append = BatchedScript(redis, self._append_lua.script)
         self._absorb = LuaScript(redis, "absorb.lua", *library, body=_lua("absorb.lua"))
 
     async def trigger(
@@ -521,12 +523,14 @@ class IncidentStore:
         if idempotency_key:
             script_keys.append(keys.idempotency_key(incident_id, idempotency_key))
         result = await self._append(
-            script_keys,
-            entry=timeline_entry.SerializeToString(),
-            ttl_s=IDEMPOTENCY_TTL_S,
-            prefix=prefix,
-            maxlen=self.stream_maxlen,
-            event_field=EVENT_FIELD,
+            keys=script_keys,
+            args=self._append_lua.args(
+                entry=timeline_entry.SerializeToString(),
+                ttl_s=IDEMPOTENCY_TTL_S,
+                prefix=prefix,
+                maxlen=self.stream_maxlen,
+                event_field=EVENT_FIELD,
+            ),
         )
         if result == -1:
             raise NotFound(f"incident {incident_id} does not exist")

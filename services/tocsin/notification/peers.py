@@ -19,6 +19,8 @@ import grpc
 from tocsin.client.client import TocsinClient
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import NotFound, Unavailable
+from tocsin.runtime.telemetry import current_traceparent
+from tocsin.runtime.timeline_outbox import TimelineOutbox
 from tocsin.v1 import common_pb2, escalation_pb2, incidents_pb2, scheduling_pb2
 
 log = logging.getLogger(__name__)
@@ -31,11 +33,18 @@ NOTIFICATION_ACTOR = common_pb2.Actor(channel=common_pb2.CHANNEL_AUTO, display="
 
 class IncidentsPeer:
     def __init__(
-        self, client: Callable[[], TocsinClient], clock: Clock, timeout_s: float = LOOKUP_TIMEOUT_S
+        self,
+        client: Callable[[], TocsinClient],
+        clock: Clock,
+        timeout_s: float = LOOKUP_TIMEOUT_S,
+        *,
+        timeline: TimelineOutbox | None = None,
     ) -> None:
         self._client = client
         self.clock = clock
         self.timeout_s = timeout_s
+        self.timeline = timeline
+        """Where timeline entries go (runtime/timeline_outbox.py); None: AppendTimeline."""
         self._service_names: dict[str, tuple[str, int]] = {}
 
     @property
@@ -96,17 +105,31 @@ class IncidentsPeer:
         idempotency_key: str,
         kind: incidents_pb2.TimelineKind.ValueType = incidents_pb2.TIMELINE_KIND_NOTIFICATION,
     ) -> bool:
-        """Append a timeline entry once per key; False (logged) if incidents said no."""
+        """Append a timeline entry once per key, through the timeline outbox (one Redis
+        round trip, no RPC) when there is one; False (logged) if it could not be queued,
+        or incidents said no."""
         entry = incidents_pb2.TimelineEntry(
             kind=kind, message=message, actor=NOTIFICATION_ACTOR, attributes=dict(attributes)
         )
         entry.at.FromMilliseconds(self.clock.now_ms())
+        request = incidents_pb2.AppendTimelineRequest(
+            incident_id=incident_id, entry=entry, idempotency_key=idempotency_key
+        )
+        if self.timeline is not None:
+            try:
+                await self.timeline.append([request], current_traceparent())
+            except Exception as error:  # a note is best effort; Redis errors vary
+                log.warning(
+                    "incident %s: timeline entry %s not queued: %s",
+                    incident_id,
+                    idempotency_key,
+                    type(error).__name__,
+                )
+                return False
+            return True
         try:
             await self._client().append_timeline(  # batched with others waiting
-                incidents_pb2.AppendTimelineRequest(
-                    incident_id=incident_id, entry=entry, idempotency_key=idempotency_key
-                ),
-                timeout=self.timeout_s,
+                request, timeout=self.timeout_s
             )
         except grpc.aio.AioRpcError as error:
             log.warning(

@@ -53,6 +53,7 @@ from tocsin.runtime.grpcserver import start_grpc_server
 from tocsin.runtime.leases import ShardLeases
 from tocsin.runtime.loops import WorkerHealth, run_loop
 from tocsin.runtime.service import RunningService, ServiceDeps, serve_blocking
+from tocsin.runtime.timeline_outbox import TimelineOutbox
 from tocsin.runtime.timers import TimerWorker
 from tocsin.v1 import notification_pb2_grpc, webhooks_pb2_grpc
 from tocsin.webhooks import delivery as webhook_delivery
@@ -202,7 +203,7 @@ def build_parts(
     config, redis, clock = deps.config, deps.redis, deps.clock
     contacts = ContactStore(redis, clock)
     store = PagingStore(redis, clock, int(config.retention.total_seconds() * 1000))
-    incidents = IncidentsPeer(lambda: deps.peer_client(), clock)
+    incidents = IncidentsPeer(lambda: deps.peer_client(), clock, timeline=TimelineOutbox(redis))
     limiter = RateLimiter(
         redis,
         clock,
