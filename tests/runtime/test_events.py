@@ -377,3 +377,47 @@ async def test_a_running_consumer_acknowledges_with_its_next_read(
     xacks = [names for names in sends if b"XACK" in names]
     assert xacks, "nothing was acknowledged through this process's connections"
     assert all(b"XREADGROUP" in names for names in xacks), xacks
+
+
+async def test_a_lane_whose_worker_finished_is_read_again_at_once(groups: RedisClient) -> None:
+    """While a lane's worker runs, the shard loop waits (blocking, up to `block_ms`) on the
+    other lanes. When the worker finishes, its lane must be waited on again at once: an
+    event arriving there next is handled in milliseconds, not when the loop's read of the
+    other lanes ends (here up to 4 s; at 80 incidents/s this was the first page's 100 ms
+    tail, the loop's `refill_ms`)."""
+    release = asyncio.Event()
+    started = asyncio.Event()
+    second = asyncio.Event()
+
+    async def handler(event: incidents_pb2.IncidentEvent) -> None:
+        if event.incident.id == "16":
+            started.set()
+            await release.wait()  # a slow hop: the worker is busy
+        else:
+            second.set()
+
+    consumer = EventConsumer(
+        groups, "escalation", handler, shards=[0], block_ms=4000, refill_ms=60_000
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(consumer.run(stop))
+    try:
+        await publish(groups, "16", TRIGGERED)  # shard 0
+        async with asyncio.timeout(10):
+            await started.wait()
+        release.set()
+        # The worker acknowledges 16 with its last (empty) read of its lane and ends:
+        # once nothing is pending, it has (real time: the consumer's own round trips).
+        for _ in range(1000):
+            if not (await groups.xpending(stream_key(0), "escalation"))["pending"]:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the worker never acknowledged incident 16's event")
+        await asyncio.sleep(0.05)  # the worker's task has returned; the loop has noticed
+        await publish(groups, "32", TRIGGERED)  # the same shard and lane
+        async with asyncio.timeout(1.0):  # the other lanes' read blocks up to 4 s
+            await second.wait()
+    finally:
+        stop.set()
+        await running
