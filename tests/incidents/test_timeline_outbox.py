@@ -125,7 +125,7 @@ async def test_a_dead_consumers_entries_are_taken_over_and_a_poison_entry_given_
     assert await pending(served) == 2  # read, never applied: still owed
     assert await timeline(served, incident) == []
 
-    apply = served.running.servicer.apply_outboxed
+    apply = served.running.servicer.append_timeline
     heir = TimelineOutboxConsumer(served.redis, apply, "incidents-heir", claim_idle_ms=0)
     assert await heir.claim_stale() == 2
     assert await timeline(served, incident) == ["SMS to alice queued", "SMS delivered"]
@@ -150,7 +150,7 @@ async def test_the_worker_loop_appends_as_notes_arrive_and_survives_a_failure(
 ) -> None:
     incident = await new_incident(served, "e")
     failures = 0
-    apply = served.running.servicer.apply_outboxed
+    apply = served.running.servicer.append_timeline
 
     async def flaky(request: incidents_pb2.AppendTimelineRequest, traceparent: str) -> None:
         nonlocal failures
@@ -182,3 +182,48 @@ async def test_the_worker_loop_appends_as_notes_arrive_and_survives_a_failure(
         stop.set()
         await loop
     assert await pending(served) == 0
+
+
+async def test_a_restarted_consumer_retries_its_own_entries_once_and_moves_on(
+    served: Served,
+) -> None:
+    """A consumer restarted under its old name first applies what it read before and did
+    not finish. An entry that fails again stays pending (for `claim_stale`) and is not
+    read again and again: the loop goes on to new entries."""
+    incident = await new_incident(served, "f")
+    poison_attempts = 0
+    apply = served.running.servicer.append_timeline
+
+    async def dies(request: incidents_pb2.AppendTimelineRequest, traceparent: str) -> None:
+        raise RuntimeError("the process died while appending")
+
+    async def poison_fails(request: incidents_pb2.AppendTimelineRequest, traceparent: str) -> None:
+        nonlocal poison_attempts
+        if request.entry.message == "poison":
+            poison_attempts += 1
+            raise ConnectionError("still failing")
+        await apply(request, traceparent)
+
+    outbox = TimelineOutbox(served.redis)
+    await outbox.append([note(incident, "poison", "n/0")])
+    before = TimelineOutboxConsumer(served.redis, dies, "incidents-restarted")
+    assert await before.drain_once() == 1  # read, failed: pending to this name
+    await outbox.append([note("99999", "for another incident", "x/0")])
+    await outbox.append([note(incident, "after the restart", "n/1")])
+
+    after = TimelineOutboxConsumer(
+        served.redis, poison_fails, "incidents-restarted", block_ms=50, claim_idle_ms=60_000
+    )
+    stop = asyncio.Event()
+    loop = asyncio.create_task(after.run(stop, WorkerHealth()))
+    try:
+        for _ in range(200):  # real time: the loop's own reads
+            if "after the restart" in await timeline(served, incident):
+                break
+            await asyncio.sleep(0.025)
+        assert await timeline(served, incident) == ["after the restart"]
+        assert poison_attempts == 1
+        assert await pending(served) == 1  # the poison entry, left for claim_stale
+    finally:
+        stop.set()
+        await loop

@@ -82,7 +82,7 @@ async def create_server(
     held = held_worker(servicer.maintenance, lambda request: servicer._trigger(request, ""))
     heartbeats = heartbeat_worker(servicer.heartbeats, deps.clock, servicer.open_heartbeat_incident)
     timeline_outbox = TimelineOutboxConsumer(
-        deps.redis, servicer.apply_outboxed, instance_name("incidents")
+        deps.redis, servicer.append_timeline, instance_name("incidents")
     )
     await timeline_outbox.start()  # the group exists before any writer's first entry
 

@@ -344,12 +344,6 @@ class IncidentServicer(
             incident_id, entry, request.idempotency_key, prefix
         )
 
-    async def apply_outboxed(
-        self, request: incidents_pb2.AppendTimelineRequest, traceparent: str
-    ) -> None:
-        """Append an entry of the timeline outbox (its Apply)."""
-        await self.append_timeline(request, traceparent)
-
     async def AppendTimelineBatch(
         self, request: incidents_pb2.AppendTimelineBatchRequest, context: Any
     ) -> incidents_pb2.AppendTimelineBatchResponse:

@@ -36,15 +36,14 @@ class IncidentsPeer:
         self,
         client: Callable[[], TocsinClient],
         clock: Clock,
+        timeline: TimelineOutbox,
         timeout_s: float = LOOKUP_TIMEOUT_S,
-        *,
-        timeline: TimelineOutbox | None = None,
     ) -> None:
         self._client = client
         self.clock = clock
         self.timeout_s = timeout_s
         self.timeline = timeline
-        """Where timeline entries go (runtime/timeline_outbox.py); None: AppendTimeline."""
+        """Where timeline entries go (runtime/timeline_outbox.py), not AppendTimeline."""
         self._service_names: dict[str, tuple[str, int]] = {}
 
     @property
@@ -106,8 +105,7 @@ class IncidentsPeer:
         kind: incidents_pb2.TimelineKind.ValueType = incidents_pb2.TIMELINE_KIND_NOTIFICATION,
     ) -> bool:
         """Append a timeline entry once per key, through the timeline outbox (one Redis
-        round trip, no RPC) when there is one; False (logged) if it could not be queued,
-        or incidents said no."""
+        round trip, no RPC); False (logged) if it could not be queued."""
         entry = incidents_pb2.TimelineEntry(
             kind=kind, message=message, actor=NOTIFICATION_ACTOR, attributes=dict(attributes)
         )
@@ -115,28 +113,14 @@ class IncidentsPeer:
         request = incidents_pb2.AppendTimelineRequest(
             incident_id=incident_id, entry=entry, idempotency_key=idempotency_key
         )
-        if self.timeline is not None:
-            try:
-                await self.timeline.append([request], current_traceparent())
-            except Exception as error:  # a note is best effort; Redis errors vary
-                log.warning(
-                    "incident %s: timeline entry %s not queued: %s",
-                    incident_id,
-                    idempotency_key,
-                    type(error).__name__,
-                )
-                return False
-            return True
         try:
-            await self._client().append_timeline(  # batched with others waiting
-                request, timeout=self.timeout_s
-            )
-        except grpc.aio.AioRpcError as error:
+            await self.timeline.append([request], current_traceparent())
+        except Exception as error:  # a note is best effort; Redis errors vary
             log.warning(
-                "incident %s: timeline entry %s not written: %s",
+                "incident %s: timeline entry %s not queued: %s",
                 incident_id,
                 idempotency_key,
-                error.code().name,
+                type(error).__name__,
             )
             return False
         return True

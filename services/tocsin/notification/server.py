@@ -203,7 +203,7 @@ def build_parts(
     config, redis, clock = deps.config, deps.redis, deps.clock
     contacts = ContactStore(redis, clock)
     store = PagingStore(redis, clock, int(config.retention.total_seconds() * 1000))
-    incidents = IncidentsPeer(lambda: deps.peer_client(), clock, timeline=TimelineOutbox(redis))
+    incidents = IncidentsPeer(lambda: deps.peer_client(), clock, TimelineOutbox(redis))
     limiter = RateLimiter(
         redis,
         clock,

@@ -241,7 +241,7 @@ class EventConsumer:
             lanes = _Lanes(shard)
             pending = True  # this consumer's own entries first, then new ones
             while True:
-                read = await self._fill(lanes, None, pending=pending)
+                read = await self._fill(lanes, pending=pending)
                 count += read
                 while lanes.held:
                     await self._round(lanes)
@@ -271,7 +271,7 @@ class EventConsumer:
             while not stop.is_set():
                 async with guard:
                     if not resumed:  # what this consumer received before a restart, first
-                        await self._fill(lanes, None, pending=True)
+                        await self._fill(lanes, pending=True)
                         resumed = True
                     await self._step(lanes)
                     now = loop.time()  # real time on purpose: XAUTOCLAIM judges Redis' idle
@@ -297,7 +297,9 @@ class EventConsumer:
         came = self._collect_reads(lanes)  # raises what a read raised, the same way
         keys = lanes.unread()
         if keys:
-            lanes.start_read(keys, self._read_lanes(lanes, keys, self.block_ms, lanes.take_done()))
+            lanes.start_read(
+                keys, self._read_lanes(lanes, keys, ">", self.block_ms, lanes.take_done())
+            )
         waiting = {*lanes.reads, *lanes.working}
         if not came and waiting and not lanes.idle_with_entries():
             busy = bool(lanes.working)
@@ -321,11 +323,13 @@ class EventConsumer:
         self,
         lanes: _Lanes,
         keys: list[str],
-        block_ms: int,
+        start_id: str,
+        block_ms: int | None,
         acks: list[tuple[str, list[bytes]]],
     ) -> list[tuple[str, list[Entry]]]:
-        """A blocking read of `keys` (new entries), after the XACKs of `acks`."""
-        reply: Any = await self._read(lanes, dict.fromkeys(keys, ">"), block_ms, acks)
+        """A read of `keys` from `start_id` (">": new entries), after the XACKs of `acks`;
+        the entries per lane."""
+        reply: Any = await self._read(lanes, dict.fromkeys(keys, start_id), block_ms, acks)
         return [
             (key.decode() if isinstance(key, bytes) else str(key), entries)
             for key, entries in reply or []
@@ -433,28 +437,16 @@ class EventConsumer:
         finally:
             lanes.finished(entry_id)
 
-    async def _fill(
-        self,
-        lanes: _Lanes,
-        block_ms: int | None,
-        *,
-        pending: bool,
-        acks: list[tuple[str, list[bytes]]] | None = None,
-    ) -> int:
-        """One XREADGROUP over the lanes holding nothing ("0": this consumer's own pending
-        entries, after a restart; ">": new ones), after the XACKs of `acks` in the same
-        round trip; returns how many entries came."""
+    async def _fill(self, lanes: _Lanes, *, pending: bool) -> int:
+        """One XREADGROUP, not blocking, over the lanes holding nothing ("0": this
+        consumer's own pending entries, after a restart; ">": new ones), into their
+        lanes; returns how many entries came."""
         keys = lanes.dry()
         if not keys:
-            if acks:
-                lanes.give_back_done(acks)
             return 0
-        reply: Any = await self._read(
-            lanes, dict.fromkeys(keys, "0" if pending else ">"), block_ms, acks or []
-        )
         count = 0
-        for key, entries in reply or []:
-            lanes.add(key.decode() if isinstance(key, bytes) else str(key), entries)
+        for key, entries in await self._read_lanes(lanes, keys, "0" if pending else ">", None, []):
+            lanes.add(key, entries)
             count += len(entries)
         return count
 

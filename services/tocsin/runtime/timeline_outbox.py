@@ -57,9 +57,10 @@ MAXLEN = 100_000
 """About this many entries are kept (XADD MAXLEN ~): minutes of notes at any rate the
 page path reaches, for a consumer that was away."""
 
-Apply = Callable[[incidents_pb2.AppendTimelineRequest, str], Awaitable[None]]
-"""Apply one entry (the request, the writer's traceparent). Raises NotFound or
-InvalidArgument for an entry that can never be applied; anything else is retried."""
+Apply = Callable[[incidents_pb2.AppendTimelineRequest, str], Awaitable[object]]
+"""Apply one entry (the request, the writer's traceparent; what it returns is ignored).
+Raises NotFound or InvalidArgument for an entry that can never be applied; anything else
+is retried."""
 
 
 class TimelineOutbox:
@@ -77,22 +78,15 @@ class TimelineOutbox:
         if not requests:
             return
         trace = traceparent.encode()
-        if len(requests) == 1:
-            await self.redis.xadd(
-                STREAM_KEY,
-                {REQUEST_FIELD: requests[0].SerializeToString(), TRACE_FIELD: trace},
-                maxlen=self.maxlen,
-                approximate=True,
-            )
+        entries: list[dict[Any, Any]] = [
+            {REQUEST_FIELD: r.SerializeToString(), TRACE_FIELD: trace} for r in requests
+        ]
+        if len(entries) == 1:
+            await self.redis.xadd(STREAM_KEY, entries[0], maxlen=self.maxlen, approximate=True)
             return
         pipe = self.redis.pipeline(transaction=True)  # a hop's notes arrive together
-        for request in requests:
-            pipe.xadd(
-                STREAM_KEY,
-                {REQUEST_FIELD: request.SerializeToString(), TRACE_FIELD: trace},
-                maxlen=self.maxlen,
-                approximate=True,
-            )
+        for fields in entries:
+            pipe.xadd(STREAM_KEY, fields, maxlen=self.maxlen, approximate=True)
         await pipe.execute()
 
 
@@ -157,10 +151,9 @@ class TimelineOutboxConsumer:
             async with guard:
                 await self.start()
                 if own_pending:
-                    while await self._step("0", None):
-                        pass
+                    await self._resume()
                     own_pending = False
-                read = await self._step(">", self.block_ms)
+                read = len(await self._step(">", self.block_ms))
                 if loop.time() >= next_claim:  # real time: XAUTOCLAIM judges Redis's idle
                     next_claim = loop.time() + self.claim_idle_ms / 2000
                     await self.claim_stale()
@@ -176,13 +169,21 @@ class TimelineOutboxConsumer:
         await self.start()
         count = 0
         while read := await self._step(">", None):
-            count += read
+            count += len(read)
         await self._ack()
         return count
 
-    async def _step(self, start_id: str, block_ms: int | None) -> int:
-        """Acknowledge what is done and read (in one round trip), apply what came; how
-        many entries came."""
+    async def _resume(self) -> None:
+        """Apply what this consumer read before a restart and did not finish, once each:
+        the reads of its own pending list move past what they returned (an entry that
+        fails again stays pending, for `claim_stale`, rather than being read forever)."""
+        start = "0"
+        while read := await self._step(start, None):
+            start = read[-1].decode()
+
+    async def _step(self, start_id: str, block_ms: int | None) -> list[bytes]:
+        """Acknowledge what is done and read (in one round trip), apply what came; the
+        ids that came."""
         done, self._done = self._done, []
         pipe = self.redis.pipeline(transaction=False)
         if done:
@@ -192,15 +193,17 @@ class TimelineOutboxConsumer:
         )
         try:
             replies: list[Any] = await pipe.execute()
-        except BaseException:
+        except BaseException as error:
             self._done[:0] = done  # XACK is idempotent: with the next read
+            if isinstance(error, ResponseError) and "NOGROUP" in str(error):
+                self._started = False  # Redis lost the group (no persistence): create it
             raise
         entries = replies[-1][0][1] if replies[-1] else []
-        if start_id != ">":  # own pending: their fields None once trimmed away
-            self._done += [entry_id for entry_id, fields in entries if not fields]
-            entries = [(entry_id, fields) for entry_id, fields in entries if fields]
-        await self._apply_all(entries)
-        return len(entries)
+        ids = [entry_id for entry_id, _ in entries]
+        # own pending entries come back with no fields once trimmed away: nothing to apply
+        self._done += [entry_id for entry_id, fields in entries if not fields]
+        await self._apply_all([(entry_id, fields) for entry_id, fields in entries if fields])
+        return ids
 
     async def _ack(self) -> None:
         done, self._done = self._done, []
