@@ -18,7 +18,7 @@ worker has, so an event on a quiet lane is read at once and handled beside a sto
 backlog rather than behind it (README, Design: "Fair scheduling").
 
 Within a lane, a consumer built with `incidents_at_once` > 1 (history's archive, at 32;
-escalation's is 1, see INCIDENTS_AT_ONCE in escalation/server.py) handles
+escalation's at 4, see INCIDENTS_AT_ONCE in escalation/server.py) handles
 different incidents concurrently, up to that many at once, and each incident's events
 strictly one after another in stream order: an event waits only for the earlier events of
 its own incident, never for another incident's calls, so a burst in one shard does not
