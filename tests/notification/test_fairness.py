@@ -16,12 +16,13 @@ from tocsin.faketwilio import FakeTwilio
 from tocsin.notification.fairslots import FairSlots
 from tocsin.notification.providers import SendResult, TwilioProvider
 from tocsin.notification.records import TimerPayload
+from tocsin.notification.sender import SenderOptions
 from tocsin.runtime.redis import RedisClient
 from tocsin.runtime.timers import ClaimedTimer
 from tocsin.v1 import incidents_pb2, notification_pb2
 
-STORM = 48
-IN_FLIGHT = 16  # SenderOptions.max_pages_in_flight
+IN_FLIGHT = SenderOptions.max_pages_in_flight
+STORM = 3 * IN_FLIGHT
 
 
 class GatedProvider(TwilioProvider):
@@ -101,7 +102,7 @@ async def test_a_storm_of_pages_does_not_hold_back_another_services_first_page(
 
         assert len(gated.order) == STORM + 1
         # bob's page is the second granted a send slot once the pages in hand finish (one
-        # of the storm's queue went first); without per-service queues, after all 48
+        # of the storm's queue went first); without per-service queues, after all STORM
         assert started.index("bob") == IN_FLIGHT + 1
         # and its SMS does not wait for the storm's queue (it may still reach Twilio after
         # some pages granted later: its service's name is looked up once, theirs cached)

@@ -121,11 +121,15 @@ class SenderOptions:
     retry_attempts: int = 5
     retry_base_delay_s: float = 0.2
     retry_max_delay_s: float = 5.0
-    max_pages_in_flight: int = 16
+    max_pages_in_flight: int = 64
     """Rule pages handled at once; more wait their turn (queued, never dropped), in a
     queue per service taken round robin (fairslots.py), so one service's storm of pages
     does not hold back another service's first pages. Bounds what a burst asks of
-    Redis's connection pool and Twilio's HTTP pool."""
+    Redis's connection pool (512 per process) and Twilio's HTTP pool (100). A slot is
+    held from before the cycle's script through the provider request and the two writes
+    after it, four steps one after another: at 16, on two saturated cores, the slots
+    were the stack's first queue (level 0 fired at p50 13 ms, its SMS at 750 ms;
+    BENCHMARKS.md, "Send slots")."""
     retry_window_ms: int = 60_000
     """How long after its first refusal a throttled (or 5xx, not connected) rule page is
     at least retried from its timer before it counts as failed (longer until the next rule
