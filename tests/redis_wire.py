@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 
-def sent_commands(command: Any) -> list[list[bytes]]:
-    """The commands (first two arguments each) of what `send_packed_command` was given:
-    bytes, str, or the chunks of one RESP-packed write."""
+def sent_commands(command: Any, arguments: int | None = 2) -> list[list[bytes]]:
+    """The commands (first `arguments` arguments each, None: all) of what
+    `send_packed_command` was given: bytes, str, or the chunks of one RESP-packed write."""
     chunks = [command] if isinstance(command, bytes | str) else command
     packed = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
     out: list[list[bytes]] = []
@@ -23,7 +23,7 @@ def sent_commands(command: Any) -> list[list[bytes]]:
             end = packed.index(b"\r\n", i)
             size = int(packed[i + 1 : end])
             i = end + 2
-            if len(args) < 2:
+            if arguments is None or len(args) < arguments:
                 args.append(packed[i : i + size])
             i += size + 2
         out.append(args)

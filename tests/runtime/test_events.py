@@ -406,7 +406,7 @@ async def test_a_lane_whose_worker_finished_is_read_again_at_once(groups: RedisC
         async with asyncio.timeout(10):
             await started.wait()
         release.set()
-        # The worker acknowledges 16 with its last (empty) read of its lane and ends:
+        # The worker ends; the loop's new read of its lane carries 16's acknowledgement:
         # once nothing is pending, it has (real time: the consumer's own round trips).
         for _ in range(1000):
             if not (await groups.xpending(stream_key(0), "escalation"))["pending"]:
@@ -421,3 +421,62 @@ async def test_a_lane_whose_worker_finished_is_read_again_at_once(groups: RedisC
     finally:
         stop.set()
         await running
+
+
+def _read_streams(args: list[bytes]) -> list[bytes]:
+    """The stream keys an XREADGROUP command reads."""
+    after = args[[a.upper() for a in args].index(b"STREAMS") + 1 :]
+    return after[: len(after) // 2]
+
+
+@pytest.mark.parametrize("at_once", [1, 4])
+async def test_an_event_costs_its_lane_one_read_below_saturation(
+    groups: RedisClient, monkeypatch: pytest.MonkeyPatch, at_once: int
+) -> None:
+    """Events arriving one at a time on a lane: each is brought by the one blocking read
+    waiting on the lane, and the worker that handled it ends without reading the lane
+    again (the read after it returns at once if entries came). A worker handling
+    incidents at once hands the read it has waiting to the shard's loop rather than
+    letting it run out. Before, each event cost its lane two reads (the worker's last
+    read, always empty, then the loop's), three with incidents at once (its read waited
+    out `refill_ms`)."""
+    lane = stream_key(0)
+    lane_reads = 0
+    send = AbstractConnection.send_packed_command
+
+    async def recording(self: Any, command: Any, check_health: bool = True) -> None:
+        nonlocal lane_reads
+        for args in sent_commands(command, None):
+            if args[0].upper() == b"XREADGROUP" and _read_streams(args) == [lane.encode()]:
+                lane_reads += 1
+        await send(self, command, check_health)
+
+    handled: list[str] = []
+    changed = asyncio.Condition()
+
+    async def handler(event: incidents_pb2.IncidentEvent) -> None:
+        async with changed:
+            handled.append(event.incident.id)
+            changed.notify_all()
+
+    consumer = EventConsumer(
+        groups, "escalation", handler, shards=[0], block_ms=4000, incidents_at_once=at_once
+    )
+    stop = asyncio.Event()
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", recording)
+    running = asyncio.create_task(consumer.run(stop))
+    events = 10
+    try:
+        for n in range(1, events + 1):
+            await publish(groups, str(16 * n), TRIGGERED)  # shard 0, lane 0
+            async with asyncio.timeout(10), changed:
+                await changed.wait_for(lambda n=n: len(handled) >= n)  # type: ignore[misc]
+            # longer than `refill_ms`: a worker's read waiting on an empty lane would
+            # have run out, and a worker that reads once more would have
+            await asyncio.sleep(0.15)
+    finally:
+        stop.set()
+        await running
+    assert handled == [str(16 * n) for n in range(1, events + 1)]
+    # one read per event, plus the one waiting when the consumer stopped
+    assert lane_reads <= events + 1, lane_reads

@@ -12,10 +12,10 @@ lane n `tocsin:{tN}:incident-events:lane:n`. An incident keeps its lane (trigger
 stores it in the incident hash), so its events stay in order. Lanes are what keeps a
 storm on one service from delaying another service's first page: in each shard a
 consumer runs one worker per lane that has entries, lanes concurrently, each handling its
-lane's entries in order (at most `batch` read at a time) and reading its lane again until
-it is empty; the shard's loop meanwhile waits, in a blocking XREADGROUP, on the lanes no
-worker has, so an event on a quiet lane is read at once and handled beside a storm's
-backlog rather than behind it (README, Design: "Fair scheduling").
+lane's entries in order (at most `batch` read at a time); the shard's loop meanwhile
+waits, in a blocking XREADGROUP, on the lanes no worker has, so an event on a quiet lane
+is read at once and handled beside a storm's backlog rather than behind it (README,
+Design: "Fair scheduling").
 
 Within a lane, a consumer built with `incidents_at_once` > 1 (history's archive, at 32;
 escalation's at 4, see INCIDENTS_AT_ONCE in escalation/server.py) handles
@@ -37,7 +37,12 @@ lane's worker or of the shard's loop, which came next anyway, so acknowledging c
 round trip of its own. Every lane always has exactly one reader: its worker while it has
 one, else one of the shard loop's blocking reads; when a worker finishes, its lane gets a
 blocking read of its own at once, beside the one already waiting on the other lanes (a
-lane left unread until that read ended was the 100 ms tail of the first page).
+lane left unread until that read ended was the 100 ms tail of the first page), or keeps
+the one its worker had waiting. A worker does not read its lane once more before it ends:
+the blocking read after it returns at once if entries came, and below saturation that
+last read found nothing nearly every time (an XREADGROUP per event and group, two for a
+worker handling incidents at once, whose read waited up to `refill_ms` after its
+incidents were done).
 Entries left pending by a consumer that died are taken over with XAUTOCLAIM after
 `claim_idle_ms` (looked for every half of it; a restarted process with the same identity
 resumes its own at once; entries a consumer holds to handle are not taken by itself); an
@@ -183,10 +188,9 @@ class EventConsumer:
         self.batch = batch
         """Entries of one lane read (and held) at a time."""
         self.refill_ms = min(refill_ms, self.block_ms)
-        """While lane workers run, what they handled is acknowledged at least this often
-        (real time; usually sooner, with the next read); a worker handling several
-        incidents at once (`incidents_at_once`) waits this long on its lane between
-        them. A lane whose worker finished is read again at once, not after it."""
+        """While lane workers run, or entries they handled wait, what they handled is
+        acknowledged at least this often (real time; usually sooner, with the next
+        read). A lane whose worker finished is read again at once, not after it."""
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
         self.handled = 0
@@ -355,37 +359,41 @@ class EventConsumer:
         return count
 
     async def _work(self, lanes: _Lanes, key: str) -> None:
-        """Handle lane `key`'s entries in order, reading the lane again when they run out,
-        until it is empty."""
+        """Handle lane `key`'s entries in order (what the shard loop's read brought), then
+        end: the shard's loop waits on the lane again at once, with a blocking read that
+        carries the acknowledgements and returns at once if entries came meanwhile. (A
+        worker that read its lane once more before ending found it empty nearly always
+        below saturation: one XREADGROUP per event and group for nothing.)"""
         if self.incidents_at_once > 1:
             await self._work_by_incident(lanes, key)
             return
-        while True:
-            while (entry := lanes.take(key)) is not None:
-                entry_id, fields = entry
-                try:
-                    if await self._handle(entry_id, fields):
-                        lanes.done(key, entry_id)
-                finally:
-                    lanes.finished(entry_id)
-            reply: Any = await self._read(lanes, {key: ">"}, None, lanes.take_done(key))
-            entries = reply[0][1] if reply else []
-            if not entries:
-                return
-            lanes.add(key, entries)
+        while (entry := lanes.take(key)) is not None:
+            entry_id, fields = entry
+            try:
+                if await self._handle(entry_id, fields):
+                    lanes.done(key, entry_id)
+            finally:
+                lanes.finished(entry_id)
 
     async def _work_by_incident(self, lanes: _Lanes, key: str) -> None:
         """Lane `key`'s entries, different incidents concurrently (at most
         `incidents_at_once` at a time), each incident's in stream order: an entry's task
-        waits for its incident's previous entry's task. While some run and the lane holds
-        nothing, the lane is read blocking (`refill_ms`), so a new incident's event is
-        taken at once, not after the slow calls of the incidents in hand. Returns when
-        nothing runs and the lane is empty."""
+        waits for its incident's previous entry's task. While some run and there is room
+        for more, the lane is read (blocking), so a new incident's event is taken at once,
+        not after the slow calls of the incidents in hand. When none runs and the lane
+        holds nothing, the worker ends and a read still waiting becomes the lane's read
+        in the shard's loop (`_Lanes.hand_over`), so the lane keeps exactly one reader and
+        no read is made for nothing."""
         tails: dict[str, asyncio.Task[None]] = {}
         """Per incident, the task of its last entry taken (while it runs)."""
         tasks: set[asyncio.Task[None]] = set()
+        read: asyncio.Task[list[tuple[str, list[Entry]]]] | None = None
         try:
             while True:
+                if read is not None and read.done():
+                    finished, read = read, None
+                    for _, entries in finished.result():  # a failed read raises here
+                        lanes.add(key, entries)
                 tasks = {task for task in tasks if not task.done()}
                 tails = {incident: task for incident, task in tails.items() if not task.done()}
                 while (
@@ -401,22 +409,28 @@ class EventConsumer:
                     )
                     tails[incident] = task
                     tasks.add(task)
-                if len(tails) >= self.incidents_at_once:
-                    await asyncio.wait(tails.values(), return_when=asyncio.FIRST_COMPLETED)
-                    continue
-                reply: Any = await self._read(
-                    lanes, {key: ">"}, self.refill_ms if tasks else None, lanes.take_done(key)
-                )
-                entries = reply[0][1] if reply else []
-                if entries:
-                    lanes.add(key, entries)
-                elif not tasks:
+                if not tasks:
+                    if read is not None:
+                        lanes.hand_over(read, key)
+                        read = None
                     return
+                if read is None and len(tails) < self.incidents_at_once:
+                    read = asyncio.get_running_loop().create_task(
+                        self._read_lanes(lanes, [key], ">", self.block_ms, lanes.take_done(key))
+                    )
+                waiting: set[asyncio.Future[Any]] = {*tails.values()}
+                if read is not None:
+                    waiting.add(read)
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             for task in tasks:
                 task.cancel()
             raise
         finally:
+            if read is not None:  # not handed over: stopped, or a task's error
+                read.cancel()
+                with contextlib.suppress(BaseException):
+                    await read
             # a failed read: the incidents in hand finish (and are acknowledged) first
             if tasks:
                 await asyncio.wait(tasks)
@@ -647,6 +661,11 @@ class _Lanes:
         self, keys: list[str], read: Coroutine[Any, Any, list[tuple[str, list[Entry]]]]
     ) -> None:
         self._reads[asyncio.get_running_loop().create_task(read)] = keys
+
+    def hand_over(self, read: asyncio.Task[list[tuple[str, list[Entry]]]], key: str) -> None:
+        """A lane's worker ends while its read of lane `key` still waits: the read is the
+        lane's read of the shard's loop from now on (collected as the loop's own)."""
+        self._reads[read] = [key]
 
     def finished_reads(self) -> list[asyncio.Task[list[tuple[str, list[Entry]]]]]:
         """The reads that finished, forgotten here (their lanes are unread again)."""
