@@ -97,7 +97,9 @@ class Router:
     async def handle(self, event: incidents_pb2.IncidentEvent) -> None:
         if not event.incident.id or event.kind not in domain.EVENT_TYPES:
             return
-        hooks = [w for w in (await self.store.webhooks()).values() if domain.selects(w, event)]
+        hooks = [
+            w for w in (await self.store.routing_webhooks()).values() if domain.selects(w, event)
+        ]
         subs: list[webhooks_pb2.Subscription] = []
         if event.kind == incidents_pb2.INCIDENT_EVENT_KIND_STATUS_UPDATE:
             candidates = await self.store.updates_for(event.incident.service_id, event.incident.id)

@@ -41,6 +41,7 @@ entry and its log change together.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from tocsin.incidents.keys import incident_key
@@ -127,9 +128,19 @@ class Head:
         self.first_failure_ms = first_failure_ms
 
 
+ROUTING_READ_INTERVAL_S = 1.0
+"""How long the router matches events against its copy of the webhooks before it reads
+them again (see `WebhookStore.routing_webhooks`)."""
+
+
 class WebhookStore:
     def __init__(self, redis: RedisClient, retention_ms: int = 90 * 86_400_000) -> None:
         self.redis = redis
+        self._routing: dict[str, webhooks_pb2.Webhook] = {}
+        self._routing_read_at: float | None = None
+        self._generation = 0
+        """Bumped by every change made through this store: a read that began before one
+        is not kept."""
         self.retention_ms = retention_ms
         """How long a resolved incident is kept (TOCSIN_RETENTION): its subscriptions too."""
         self._sub_put = LuaScript(redis, "subscription_put.lua", body=_lua("subscription_put.lua"))
@@ -145,6 +156,25 @@ class WebhookStore:
     async def webhooks(self) -> dict[str, webhooks_pb2.Webhook]:
         raw: dict[Any, Any] = await self.redis.hgetall(CONFIG_KEY)
         return {_text(k): webhooks_pb2.Webhook.FromString(v) for k, v in raw.items()}
+
+    async def routing_webhooks(self) -> dict[str, webhooks_pb2.Webhook]:
+        """The webhooks, as the router matches each event against them: read at most once
+        per `ROUTING_READ_INTERVAL_S` (real time) per process, not per event (an HGETALL
+        for every event, two per new incident, webhooks or none). A change made through
+        this store (this process's WebhookService) is seen by the next event; one made
+        through another replica within the interval. Callers must not modify the result."""
+        read_at = self._routing_read_at
+        if read_at is not None and time.monotonic() - read_at < ROUTING_READ_INTERVAL_S:
+            return self._routing
+        generation, started = self._generation, time.monotonic()
+        hooks = await self.webhooks()
+        if generation == self._generation:  # no change through this store meanwhile
+            self._routing, self._routing_read_at = hooks, started
+        return hooks
+
+    def _changed(self) -> None:
+        self._generation += 1
+        self._routing_read_at = None
 
     async def subscription(
         self, subscription_id: str, now_ms: int = 0
@@ -165,10 +195,18 @@ class WebhookStore:
         return None if raw is None else webhooks_pb2.Webhook.FromString(_bytes(raw))
 
     async def put_webhook(self, webhook: webhooks_pb2.Webhook) -> None:
-        await self.redis.hset(CONFIG_KEY, webhook.id, webhook.SerializeToString())
+        self._changed()
+        try:
+            await self.redis.hset(CONFIG_KEY, webhook.id, webhook.SerializeToString())
+        finally:
+            self._changed()
 
     async def delete_webhook(self, webhook_id: str) -> bool:
-        removed = bool(await self.redis.hdel(CONFIG_KEY, webhook_id))
+        self._changed()
+        try:
+            removed = bool(await self.redis.hdel(CONFIG_KEY, webhook_id))
+        finally:
+            self._changed()
         await self.drop_destination(webhook_dest(webhook_id))
         return removed
 
