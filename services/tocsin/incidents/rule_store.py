@@ -16,17 +16,25 @@ alert in flight; only a changed version re-reads the sets. A change made through
 replica takes effect on it at once, and on other replicas within `check_interval_s`. If
 Redis cannot be read, the last compiled rules stay in use (and none at a cold start): the
 alert itself is then written through the same Redis, which decides whether it can be.
+
+In a running incidents process the check is made by a supervised loop (`RuleCache.run`,
+twice per `check_interval_s`), so no alert waits for it: done by the first alert after
+the interval, it was one more Redis round trip, before `trigger.lua`, on the path of
+every alert that came more than a second after the last one, a lone alert's every time.
+Without the loop (tests, or a loop that stopped checking) an alert checks, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
 
 from tocsin.incidents import rules
 from tocsin.runtime.clock import Clock
+from tocsin.runtime.loops import WorkerHealth
 from tocsin.runtime.redis import RedisClient
 from tocsin.runtime.scripts import LuaScript
 from tocsin.v1 import incidents_pb2, routing_pb2
@@ -179,6 +187,20 @@ class RuleCache:
         """Check the version on the next alert (a change was made through this replica)."""
         self._checked_at = None
 
+    async def run(self, stop: asyncio.Event, health: WorkerHealth) -> None:
+        """Check the version twice per `check_interval_s` until `stop`, so an alert finds
+        the rules checked less than `check_interval_s` ago and never waits for the GET. A
+        failed check keeps the last rules (the guard logs it and backs off; alerts past
+        the interval then check for themselves, as without the loop); the guard reports
+        a check that hangs."""
+        guard = health.guard("incidents event rules refresh", stop)
+        while not stop.is_set():
+            async with guard, self._lock:  # alerts meanwhile use the rules checked before
+                await self._refresh()  # a failure: the guard logs it and backs off
+                self._checked_at = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.check_interval_s / 2)
+
     async def sets(self) -> dict[str, rules.RuleSet]:
         """Scope ("" = global) -> compiled set, current within `check_interval_s`."""
         if self._fresh():
@@ -186,12 +208,16 @@ class RuleCache:
         async with self._lock:
             if self._fresh():  # another alert refreshed it while this one waited
                 return self._sets
-            try:
-                await self._refresh()
-            except Exception:  # keep the last rules; the alert goes on
-                log.warning("event rules could not be read; using the last ones", exc_info=True)
-            self._checked_at = time.monotonic()
+            await self._check()
         return self._sets
+
+    async def _check(self) -> None:
+        """Under `_lock`: the version, and the sets if it changed."""
+        try:
+            await self._refresh()
+        except Exception:  # keep the last rules; the alert goes on
+            log.warning("event rules could not be read; using the last ones", exc_info=True)
+        self._checked_at = time.monotonic()
 
     def _fresh(self) -> bool:
         checked = self._checked_at

@@ -117,6 +117,9 @@ async def create_server(
         )
         if backlog.enabled:
             running.start_worker("incidents backlog sampler", backlog.run(stop, health))
+        running.start_worker(
+            "incidents event rules refresh", servicer.router.cache.run(stop, health)
+        )
         running.start_health(deps.redis)
     return running, grpc_server.port
 
