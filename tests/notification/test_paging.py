@@ -658,3 +658,50 @@ async def test_a_storm_of_repeats_is_passed_over_and_an_ack_still_stops_the_page
     assert int(await stack.redis.hget(state, "v") or 0) > int(mirrored or 0)
     assert await stack.tick(seconds=60) == 0
     await stack.pager.expect_no_more_pages()
+
+
+async def test_a_stale_service_name_pages_at_once_and_is_looked_up_for_the_next_pages(
+    stack: PagingStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service's name is cached a few minutes. Past that, a page does not wait for
+    the GetService call: it says the name it had, and the name is looked up in the
+    background for the pages after it (a rename shows there)."""
+    await stack.add_user("alice", ALICE, [(SMS, 0)])
+    peer = stack.parts.sender.incidents
+    look_up = peer._look_up
+    lookups: list[str] = []
+    answer = asyncio.Event()
+    answer.set()
+
+    async def held(service_id: str) -> str:
+        lookups.append(service_id)
+        await answer.wait()
+        return await look_up(service_id)
+
+    monkeypatch.setattr(peer, "_look_up", held)
+    first = await stack.trigger("queue backlog on kafka")
+    await stack.notify(first, "alice", service_id="payments-api")
+    await stack.pager.expect_sms("alice", contains="[Payments API] queue backlog on kafka")
+    assert lookups == ["payments-api"]
+    await stack.client.incidents.UpdateService(
+        incidents_pb2.UpdateServiceRequest(
+            service=incidents_pb2.Service(
+                id="payments-api", name="Payments", escalation_policy_id="payments"
+            )
+        )
+    )
+    stack.clock.advance(minutes=6)  # past the cached name's few minutes
+    answer.clear()  # GetService does not answer for now
+
+    second = await stack.trigger("disk full on db1")
+    await stack.notify(second, "alice", service_id="payments-api")
+    # sent while the lookup is still unanswered, with the name it had
+    await stack.pager.expect_sms("alice", contains="[Payments API] disk full on db1")
+    assert lookups == ["payments-api", "payments-api"]
+    answer.set()
+    await asyncio.gather(*peer._refreshing.values())
+
+    third = await stack.trigger("cpu hot on web3")
+    await stack.notify(third, "alice", service_id="payments-api")
+    await stack.pager.expect_sms("alice", contains="[Payments] cpu hot on web3")
+    assert len(lookups) == 2  # the fresh name: no third lookup

@@ -10,6 +10,7 @@ for a peer that is starting (wait_for_ready) within its deadline instead of fail
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
@@ -45,6 +46,8 @@ class IncidentsPeer:
         self.timeline = timeline
         """Where timeline entries go (runtime/timeline_outbox.py), not AppendTimeline."""
         self._service_names: dict[str, tuple[str, int]] = {}
+        self._refreshing: dict[str, asyncio.Task[str]] = {}
+        """Per service, the lookup of its name in flight (one at a time)."""
 
     @property
     def client(self) -> Callable[[], TocsinClient]:
@@ -76,13 +79,35 @@ class IncidentsPeer:
         return None
 
     async def service_name(self, service_id: str) -> str:
-        """The service's display name (cached a few minutes); its id if it cannot be had."""
+        """The service's display name (cached a few minutes); its id if it cannot be had.
+        A name cached longer than that is still used, at once, while it is looked up again
+        in the background for the pages after: otherwise a page every few minutes per
+        service waited for a GetService call (a rename shows on the next page, as before,
+        or on the one after it). Lookups of one service share one call."""
         if not service_id:
             return ""
-        now = self.clock.now_ms()
         cached = self._service_names.get(service_id)
-        if cached is not None and cached[1] > now:
+        if cached is not None:
+            if cached[1] <= self.clock.now_ms():
+                self._lookup(service_id)  # for the next pages
             return cached[0]
+        return await asyncio.shield(self._lookup(service_id))
+
+    def _lookup(self, service_id: str) -> asyncio.Task[str]:
+        task = self._refreshing.get(service_id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._look_up(service_id))
+            self._refreshing[service_id] = task
+            task.add_done_callback(lambda done: self._looked_up(service_id, done))
+        return task
+
+    def _looked_up(self, service_id: str, task: asyncio.Task[str]) -> None:
+        self._refreshing.pop(service_id, None)
+        if not task.cancelled() and task.exception() is not None:  # retrieved: logged
+            log.warning("service %s: name lookup failed: %r", service_id, task.exception())
+
+    async def _look_up(self, service_id: str) -> str:
+        now = self.clock.now_ms()
         try:
             reply = await self._client().incidents.GetService(
                 incidents_pb2.GetServiceRequest(id=service_id),
@@ -91,7 +116,8 @@ class IncidentsPeer:
             )
         except grpc.aio.AioRpcError as error:
             log.warning("service %s: name lookup failed: %s", service_id, error.code().name)
-            return service_id
+            cached = self._service_names.get(service_id)
+            return service_id if cached is None else cached[0]
         name = reply.service.name or service_id
         self._service_names[service_id] = (name, now + SERVICE_NAME_TTL_MS)
         return name
