@@ -9,6 +9,7 @@ timeline outbox (other services' notes; runtime/timeline_outbox.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -18,7 +19,9 @@ from tocsin.incidents.assignees import Assignees
 from tocsin.incidents.backlog import Backlog
 from tocsin.incidents.decoding import decode_trigger, decode_trigger_batch
 from tocsin.incidents.heartbeat import heartbeat_worker
-from tocsin.incidents.maintenance import held_worker
+from tocsin.incidents.maintenance import CACHE_TTL_MS as WINDOWS_TTL_MS
+from tocsin.incidents.maintenance import Maintenance, held_worker
+from tocsin.incidents.service_store import CACHE_TTL_MS as SERVICE_TTL_MS
 from tocsin.incidents.service_store import ServiceStore
 from tocsin.incidents.servicer import SERVICE_NAME, IncidentServicer
 from tocsin.incidents.snooze import SnoozeTimerStore, snooze_worker
@@ -120,6 +123,10 @@ async def create_server(
         running.start_worker(
             "incidents event rules refresh", servicer.router.cache.run(stop, health)
         )
+        running.start_worker(
+            "incidents cache refresh",
+            _refresh_caches(services, servicer.maintenance, stop, health),
+        )
         running.start_health(deps.redis)
     return running, grpc_server.port
 
@@ -166,6 +173,24 @@ async def _trim_periodically(
 
     guard = health.guard("incidents retention trim", stop)
     await run_loop(guard, stop, trim, lambda: clock.sleep(TRIM_INTERVAL_S, stop))
+
+
+async def _refresh_caches(
+    services: ServiceStore, maintenance: Maintenance, stop: asyncio.Event, health: WorkerHealth
+) -> None:
+    """Twice per cache lifetime (real time, as the caches' own checks), read again the
+    services alerts came for lately and the maintenance windows, so no alert waits for
+    either (service_store.py, maintenance.py)."""
+
+    async def refresh() -> None:
+        await asyncio.gather(services.refresh(), maintenance.refresh())
+
+    async def pause() -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), min(SERVICE_TTL_MS, WINDOWS_TTL_MS) / 2000)
+
+    guard = health.guard("incidents cache refresh", stop)
+    await run_loop(guard, stop, refresh, pause)
 
 
 def serve() -> None:

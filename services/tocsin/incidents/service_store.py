@@ -7,7 +7,12 @@ service as read, so a concurrent edit is never silently overwritten.
 Every alert looks its service up, which would cost as much as ingesting it, so `lookup`
 answers from a small in-process cache for `CACHE_TTL_MS`. This replica's own writes clear
 it at once; another replica's update or delete is seen here within that time (an alert
-may still reach a just-deleted service, or a just-replaced key, for a second).
+may still reach a just-deleted service, or a just-replaced key, for a second). In a
+running incidents process a supervised loop (`refresh`, twice per `CACHE_TTL_MS`) reads
+again the services alerts looked up in the last `REFRESH_RECENT_MS` (the
+`REFRESH_MAX` most recent), so their entries do not run out and no alert waits for the
+read: an alert more than a second after its service's last one (a lone alert, every
+time) paid that round trip before `trigger.lua`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ from tocsin.v1 import incidents_pb2
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 CACHE_TTL_MS = 1000
+REFRESH_RECENT_MS = 60_000
+"""Services looked up this recently are kept fresh by `refresh`."""
+REFRESH_MAX = 64
+"""At most this many (the most recently looked up) per refresh."""
 _CACHE_SIZE = 10_000
 _RETRIES = 10
 
@@ -46,6 +55,11 @@ class ServiceStore:
         self.clock = clock
         self._cache: dict[tuple[str, str], tuple[int, incidents_pb2.Service]] = {}
         self._finding: dict[tuple[str, str], asyncio.Future[incidents_pb2.Service | None]] = {}
+        self._looked_up: dict[tuple[str, str], int] = {}
+        """When each cached lookup was last asked for (the clock's ms)."""
+        self._generation = 0
+        """Bumped when this replica's writes clear the cache: a read begun before is not
+        kept."""
         self._keys = [keys.SERVICES_BY_ID, keys.SERVICES_BY_KEY]
         self._create = LuaScript(redis, "service_create.lua", body=_lua("service_create.lua"))
         self._replace = LuaScript(redis, "service_replace.lua", body=_lua("service_replace.lua"))
@@ -86,7 +100,9 @@ class ServiceStore:
         cold cache costs one Redis call, not one per alert."""
         cache_key = (service_id, integration_key)
         cached = self._cache.get(cache_key)
-        if cached is not None and cached[0] > self.clock.now_ms():
+        now = self.clock.now_ms()
+        if cached is not None and cached[0] > now:
+            self._looked_up[cache_key] = now
             return cached[1]
         finding = self._finding.get(cache_key)
         if finding is None:
@@ -97,12 +113,49 @@ class ServiceStore:
 
     async def _find_and_cache(self, cache_key: tuple[str, str]) -> incidents_pb2.Service | None:
         service_id, integration_key = cache_key
+        generation, now = self._generation, self.clock.now_ms()
         service = await self.find(service_id=service_id, integration_key=integration_key)
-        if service is not None:
+        if service is not None and generation == self._generation:
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.clear()
-            self._cache[cache_key] = (self.clock.now_ms() + CACHE_TTL_MS, service)
+                self._looked_up.clear()
+            self._cache[cache_key] = (now + CACHE_TTL_MS, service)
+            self._looked_up[cache_key] = now
         return service
+
+    async def refresh(self) -> int:
+        """Read again the services looked up in the last `REFRESH_RECENT_MS` (at most
+        `REFRESH_MAX`, the most recent), concurrently, so their cache entries stay fresh
+        without an alert waiting (see the module docstring); the others are forgotten
+        when their entry runs out. A service gone is dropped from the cache. Returns
+        how many were read."""
+        now = self.clock.now_ms()
+        for key, at in list(self._looked_up.items()):
+            if now - at >= REFRESH_RECENT_MS or key not in self._cache:
+                del self._looked_up[key]
+        recent = sorted(self._looked_up, key=self._looked_up.__getitem__, reverse=True)
+        recent = recent[:REFRESH_MAX]
+        if not recent:
+            return 0
+        generation = self._generation
+        found = await asyncio.gather(
+            *(self.find(service_id=service_id, integration_key=key) for service_id, key in recent)
+        )
+        if generation != self._generation:  # this replica wrote meanwhile: not kept
+            return len(recent)
+        for cache_key, service in zip(recent, found, strict=True):
+            if service is None:
+                self._cache.pop(cache_key, None)
+                self._looked_up.pop(cache_key, None)
+            else:
+                self._cache[cache_key] = (now + CACHE_TTL_MS, service)
+        return len(recent)
+
+    def _forget(self) -> None:
+        """This replica changed a service: every cached lookup is read again."""
+        self._generation += 1
+        self._cache.clear()
+        self._looked_up.clear()
 
     async def find(
         self, *, service_id: str = "", integration_key: str = ""
@@ -158,7 +211,7 @@ class ServiceStore:
                 new_key=stored.integration_key,
             )
             if self._settled(result, stored.id):
-                self._cache.clear()
+                self._forget()
                 return stored
         raise Conflict(f"service {service.id!r} kept changing; try again")
 
@@ -175,7 +228,7 @@ class ServiceStore:
                 new_key=b"",
             )
             if self._settled(result, service_id):
-                self._cache.clear()
+                self._forget()
                 return
         raise Conflict(f"service {service_id!r} kept changing; try again")
 
