@@ -195,11 +195,17 @@ class RuleCache:
         a check that hangs."""
         guard = health.guard("incidents event rules refresh", stop)
         while not stop.is_set():
-            async with guard, self._lock:  # alerts meanwhile use the rules checked before
-                await self._refresh()  # a failure: the guard logs it and backs off
-                self._checked_at = time.monotonic()
+            async with guard:
+                await self.check()  # a failure: the guard logs it and backs off
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.check_interval_s / 2)
+
+    async def check(self) -> None:
+        """The loop's check: the version now (and the sets if it changed); raises what
+        reading Redis raised. Alerts meanwhile use the rules checked before."""
+        async with self._lock:
+            await self._refresh()
+            self._checked_at = time.monotonic()
 
     async def sets(self) -> dict[str, rules.RuleSet]:
         """Scope ("" = global) -> compiled set, current within `check_interval_s`."""
