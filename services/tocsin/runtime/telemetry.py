@@ -16,6 +16,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -27,12 +28,25 @@ def setup_tracing(
     env: Mapping[str, str] | None = None,
     extra_processor: SpanProcessor | None = None,
 ) -> TracerProvider:
-    """Install the global tracer provider (OTLP export with an endpoint)."""
+    """Install the global tracer provider (OTLP export with an endpoint).
+
+    Spans are recorded only where they can go somewhere: with an exporter (or
+    `extra_processor`) every span is recorded (`ALWAYS_ON`: also under a parent that was
+    not, so one service exporting traces its hops whatever the others do); without one,
+    none is (`ALWAYS_OFF`): the trace and span ids are still made and carried in every
+    traceparent, so stream entries, timers and timeline entries still join one trace,
+    but no span object, attributes or end are built for nothing (3-8% of a service's CPU
+    per page at saturation). `OTEL_TRACES_SAMPLER`, when set, decides instead."""
     env = os.environ if env is None else env
     name = env.get("OTEL_SERVICE_NAME", f"tocsin-{service_name}")
-    provider = TracerProvider(resource=Resource.create({"service.name": name}))
     enabled = env.get("OTEL_SDK_DISABLED", "").lower() != "true"
-    if enabled and any(env.get(v) for v in _OTLP_VARIABLES):
+    exporting = enabled and any(env.get(v) for v in _OTLP_VARIABLES)
+    recording = exporting or extra_processor is not None
+    sampler = None  # the SDK's default, from OTEL_TRACES_SAMPLER
+    if not env.get("OTEL_TRACES_SAMPLER"):
+        sampler = ALWAYS_ON if recording else ALWAYS_OFF
+    provider = TracerProvider(resource=Resource.create({"service.name": name}), sampler=sampler)
+    if exporting:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
