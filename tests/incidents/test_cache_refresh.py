@@ -7,6 +7,9 @@ second. A ManualClock for the caches' lifetimes; standalone and Cluster."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
+
+import pytest
 
 from tocsin.incidents.maintenance import Maintenance
 from tocsin.incidents.service_store import REFRESH_RECENT_MS, ServiceStore
@@ -37,12 +40,49 @@ async def test_a_refreshed_service_is_never_read_by_an_alert(any_redis: RedisCli
     service = await other_replica.get("payments-api")
     service.name = "Payments API"
     await other_replica.update(service)
-    for _ in range(10):  # ten seconds of the refresh loop, an alert now and then
+    for _ in range(10):  # five seconds of the refresh loop
         clock.advance(seconds=0.5)
         assert await here.refresh() == 1
     looked_up = await here.lookup(service_id="payments-api")
     assert looked_up is not None and looked_up.name == "Payments API"  # the other's change
-    assert finds == [11]  # the refreshes' reads, none by the alert
+    assert finds == [1]  # the first lookup's; none by the alert after the refreshes
+
+
+async def test_one_refresh_reads_every_recent_service_by_id_or_key_in_two_round_trips(
+    any_redis: RedisClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = ManualClock()
+    here, other_replica = ServiceStore(any_redis, clock), ServiceStore(any_redis, clock)
+    created = [
+        await other_replica.create(incidents_pb2.Service(id=f"svc-{n}", name=f"Service {n}"))
+        for n in range(20)
+    ]
+    for service in created[:10]:
+        assert await here.lookup(service_id=service.id) is not None
+    for service in created[10:]:
+        assert await here.lookup(integration_key=service.integration_key) is not None
+    gone = created[3]
+    await other_replica.delete(gone.id)
+    renamed = await other_replica.get("svc-15")
+    renamed.name = "Renamed"
+    await other_replica.update(renamed)
+    commands: list[str] = []
+    hmget = here.redis.hmget
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        commands.append("HMGET")
+        return await hmget(*args, **kwargs)
+
+    monkeypatch.setattr(here.redis, "hmget", counted)
+    assert await here.refresh() == 20
+    assert commands == ["HMGET", "HMGET"]
+    finds = counting_finds(here)
+    assert await here.lookup(service_id=gone.id) is None  # dropped: read by the alert
+    assert finds == [1]
+    by_key = await here.lookup(integration_key=renamed.integration_key)
+    assert by_key is not None and by_key.name == "Renamed"
+    assert await here.lookup(service_id="svc-9") is not None
+    assert finds == [1]  # the others from the refresh
 
 
 async def test_a_service_deleted_elsewhere_leaves_the_cache_at_the_refresh(

@@ -37,6 +37,23 @@ async def publish(
     )
 
 
+class Recorder:
+    """A handler recording the incidents of the events it handled, in order."""
+
+    def __init__(self) -> None:
+        self.handled: list[str] = []
+        self._changed = asyncio.Condition()
+
+    async def __call__(self, event: incidents_pb2.IncidentEvent) -> None:
+        async with self._changed:
+            self.handled.append(event.incident.id)
+            self._changed.notify_all()
+
+    async def handled_at_least(self, count: int) -> None:
+        async with asyncio.timeout(10), self._changed:
+            await self._changed.wait_for(lambda: len(self.handled) >= count)
+
+
 @pytest.fixture
 async def groups(any_redis: RedisClient) -> RedisClient:
     await ensure_groups(any_redis, CONSUMER_GROUPS, "0")
@@ -334,13 +351,7 @@ async def test_a_running_consumer_acknowledges_with_its_next_read(
         sends.append([args[0].upper() for args in sent_commands(command)])
         await send(self, command, check_health)
 
-    handled: list[str] = []
-    changed = asyncio.Condition()
-
-    async def handler(event: incidents_pb2.IncidentEvent) -> None:
-        async with changed:
-            handled.append(event.incident.id)
-            changed.notify_all()
+    handler = Recorder()
 
     async def pending() -> int:
         counts = [
@@ -363,8 +374,7 @@ async def test_a_running_consumer_acknowledges_with_its_next_read(
                     ).SerializeToString()
                 },
             )
-            async with asyncio.timeout(10), changed:
-                await changed.wait_for(lambda n=n: len(handled) >= n)  # type: ignore[misc]
+            await handler.handled_at_least(n)
         for _ in range(1000):  # acknowledged once handled, within ten seconds
             if not await pending():
                 break
@@ -373,7 +383,7 @@ async def test_a_running_consumer_acknowledges_with_its_next_read(
     finally:
         stop.set()
         await running
-    assert len(handled) == 8
+    assert len(handler.handled) == 8
     xacks = [names for names in sends if b"XACK" in names]
     assert xacks, "nothing was acknowledged through this process's connections"
     assert all(b"XREADGROUP" in names for names in xacks), xacks
@@ -451,13 +461,7 @@ async def test_an_event_costs_its_lane_one_read_below_saturation(
                 lane_reads += 1
         await send(self, command, check_health)
 
-    handled: list[str] = []
-    changed = asyncio.Condition()
-
-    async def handler(event: incidents_pb2.IncidentEvent) -> None:
-        async with changed:
-            handled.append(event.incident.id)
-            changed.notify_all()
+    handler = Recorder()
 
     consumer = EventConsumer(
         groups, "escalation", handler, shards=[0], block_ms=4000, incidents_at_once=at_once
@@ -469,14 +473,13 @@ async def test_an_event_costs_its_lane_one_read_below_saturation(
     try:
         for n in range(1, events + 1):
             await publish(groups, str(16 * n), TRIGGERED)  # shard 0, lane 0
-            async with asyncio.timeout(10), changed:
-                await changed.wait_for(lambda n=n: len(handled) >= n)  # type: ignore[misc]
+            await handler.handled_at_least(n)
             # longer than `refill_ms`: a worker's read waiting on an empty lane would
             # have run out, and a worker that reads once more would have
             await asyncio.sleep(0.15)
     finally:
         stop.set()
         await running
-    assert handled == [str(16 * n) for n in range(1, events + 1)]
+    assert handler.handled == [str(16 * n) for n in range(1, events + 1)]
     # one read per event, plus the one waiting when the consumer stopped
     assert lane_reads <= events + 1, lane_reads

@@ -6,6 +6,7 @@ read that a change overtook is not kept. Standalone Redis and a 3-master Cluster
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -29,7 +30,8 @@ class Monotonic:
 @pytest.fixture
 def monotonic(monkeypatch: pytest.MonkeyPatch) -> Monotonic:
     clock = Monotonic()
-    monkeypatch.setattr(store_module.time, "monotonic", clock)
+    # the store module's `time` only: asyncio's own clock keeps running
+    monkeypatch.setattr(store_module, "time", SimpleNamespace(monotonic=clock))
     return clock
 
 

@@ -9,10 +9,10 @@ answers from a small in-process cache for `CACHE_TTL_MS`. This replica's own wri
 it at once; another replica's update or delete is seen here within that time (an alert
 may still reach a just-deleted service, or a just-replaced key, for a second). In a
 running incidents process a supervised loop (`refresh`, twice per `CACHE_TTL_MS`) reads
-again the services alerts looked up in the last `REFRESH_RECENT_MS` (the
-`REFRESH_MAX` most recent), so their entries do not run out and no alert waits for the
-read: an alert more than a second after its service's last one (a lone alert, every
-time) paid that round trip before `trigger.lua`.
+again the services alerts looked up in the last `REFRESH_RECENT_MS` (the `REFRESH_MAX`
+most recent; two reads at most, whatever their number), so their entries do not run out
+and no alert waits for the read: an alert more than a second after its service's last
+one (a lone alert, every time) paid that round trip before `trigger.lua`.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class ServiceStore:
 
     async def refresh(self) -> int:
         """Read again the services looked up in the last `REFRESH_RECENT_MS` (at most
-        `REFRESH_MAX`, the most recent), concurrently, so their cache entries stay fresh
+        `REFRESH_MAX`, the most recent), together, so their cache entries stay fresh
         without an alert waiting (see the module docstring); the others are forgotten
         when their entry runs out. A service gone is dropped from the cache. Returns
         how many were read."""
@@ -138,9 +138,7 @@ class ServiceStore:
         if not recent:
             return 0
         generation = self._generation
-        found = await asyncio.gather(
-            *(self.find(service_id=service_id, integration_key=key) for service_id, key in recent)
-        )
+        found = await self._find_many(recent)
         if generation != self._generation:  # this replica wrote meanwhile: not kept
             return len(recent)
         for cache_key, service in zip(recent, found, strict=True):
@@ -150,6 +148,35 @@ class ServiceStore:
             else:
                 self._cache[cache_key] = (now + CACHE_TTL_MS, service)
         return len(recent)
+
+    async def _find_many(
+        self, lookups: list[tuple[str, str]]
+    ) -> list[incidents_pb2.Service | None]:
+        """`find` for each (id, integration key), as service_lookup.lua does (the id
+        when given, else the key's), in at most two round trips: the keys' ids, then the
+        services (both hashes share a Cluster slot, but a refresh need not be atomic)."""
+        by_key = sorted({key for service_id, key in lookups if not service_id and key})
+        ids_of_keys: dict[str, str] = {}
+        if by_key:
+            found_ids = await self.redis.hmget(keys.SERVICES_BY_KEY, by_key)
+            ids_of_keys = {
+                key: keys.as_bytes(found).decode()
+                for key, found in zip(by_key, found_ids, strict=True)
+                if found is not None
+            }
+        wanted = [service_id or ids_of_keys.get(key, "") for service_id, key in lookups]
+        ids = sorted({service_id for service_id in wanted if service_id})
+        raw = (
+            dict(zip(ids, await self.redis.hmget(keys.SERVICES_BY_ID, ids), strict=True))
+            if ids
+            else {}
+        )
+        return [
+            incidents_pb2.Service.FromString(keys.as_bytes(raw[service_id]))
+            if service_id and raw.get(service_id) is not None
+            else None
+            for service_id in wanted
+        ]
 
     def _forget(self) -> None:
         """This replica changed a service: every cached lookup is read again."""

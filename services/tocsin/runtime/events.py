@@ -288,15 +288,15 @@ class EventConsumer:
 
     async def _step(self, lanes: _Lanes) -> None:
         """One turn of a shard's loop. Every lane has exactly one reader at a time: its
-        worker while it has one (the worker handles the lane's entries in order and reads
-        its own lane again until it is empty), else a blocking XREADGROUP of the shard's
-        loop. A turn starts one such read (up to `block_ms`, with the XACKs of what the
-        workers finished) over the lanes that have neither, so a lane whose worker just
-        finished is waited on again at once, beside the read already waiting on the
-        others; then it waits for a read or a worker to finish and starts a worker for
-        each lane that got entries. (Before, the loop's one read of the other lanes had
-        to end, up to `refill_ms` later, before such a lane was read again: the 100 ms
-        tail of the first page at 80 incidents/s.)"""
+        worker while it has one (the worker handles the lane's entries in order; one
+        handling incidents at once reads its lane meanwhile), else a blocking XREADGROUP
+        of the shard's loop. A turn starts one such read (up to `block_ms`, with the
+        XACKs of what the workers finished) over the lanes that have neither, so a lane
+        whose worker just finished is waited on again at once, beside the read already
+        waiting on the others; then it waits for a read or a worker to finish and starts
+        a worker for each lane that got entries. (Before, the loop's one read of the
+        other lanes had to end, up to `refill_ms` later, before such a lane was read
+        again: the 100 ms tail of the first page at 80 incidents/s.)"""
         lanes.reap_workers()  # raises what a worker raised (the guard logs it, backs off)
         came = self._collect_reads(lanes)  # raises what a read raised, the same way
         keys = lanes.unread()
@@ -645,7 +645,7 @@ class _Lanes:
         return set(self._workers.values())
 
     def dry(self) -> list[str]:
-        """The lanes holding nothing to handle and without a worker (which reads its own)."""
+        """The lanes holding nothing to handle and without a worker."""
         return [key for key in self.keys if not self._queues[key] and key not in self._workers]
 
     @property
