@@ -35,13 +35,14 @@ from tests.redis_wire import sent_commands
 from tocsin.runtime.redis import RedisClient
 from tocsin.runtime.scripts import LuaScript
 
-ROUND_TRIP_BUDGET = 11
+ROUND_TRIP_BUDGET = 10
 """Round trips before the Twilio request allowed when notification mirrors the incident
 first, the usual order (measured on main; lower it as they drop)."""
-NOTIFY_FIRST_BUDGET = 8
+NOTIFY_FIRST_BUDGET = 6
 """The same when escalation's Notify comes before the mirror: the page says what Notify
 carried (the TRIGGERED event's summary, number and creation); 18 when it asked the
-incidents service instead."""
+incidents service instead, 7 while escalation read the policy before its write. The
+issue's target (6), so a round trip added here fails."""
 
 
 def _script_names() -> dict[bytes, str]:
@@ -137,7 +138,8 @@ async def page_path(
     the page finds the mirror empty (and says what Notify carried). `lone`: the alert
     comes more than a second after the last one, when every cache with a lifetime of a
     second has run out, and the incidents process's refresh loops have run meanwhile,
-    as in a deployment (here they are run once by hand: the stack starts no loop)."""
+    as in a deployment (here they are run once by hand: the stack starts no loop). The
+    escalation process's copy of the policies is refreshed by hand likewise."""
     await stack.paging.add_user("alice", ALICE, [(SMS, 0)])
     await stack.paging.add_user("bob", BOB, [(SMS, 0)])
     await stack.schedule("primary", ["alice"])
@@ -147,6 +149,9 @@ async def page_path(
     await stack.paging.trigger("warming up", mirror=False)
     await stack.run_until_quiet()
     await stack.pager.expect_sms("alice", "warming up")
+    assert stack.escalation.engine is not None
+    copy = stack.escalation.engine.store.policies
+    await copy.refresh()  # escalation's copy of the policies: its loop's work, off the path
     if lone:
         await asyncio.sleep(1.1)  # real time: the rules' check interval is monotonic
         stack.paging.clock.advance(seconds=1.1)  # the services' and windows' lifetimes
@@ -155,6 +160,7 @@ async def page_path(
         await incidents.services.refresh()  # the loops' work, off the alert's path
         await incidents.servicer.maintenance.refresh()
         await incidents.servicer.router.cache.check()
+        await copy.refresh()
         if incidents.servicer.backlog is not None:
             await incidents.servicer.backlog.current()
     scripts = _script_names()

@@ -6,7 +6,8 @@ Firing a level is a GoAlert-style idempotent cycle:
 1. the level timer (or the event that started the escalation) hands over the state;
 2. schedule targets are resolved through scheduling's WhoIsOnCall, or from the answer
    remembered for the schedule while its revision and the answer's shift still hold
-   (tocsin/runtime/oncall.py; the revision is read with the policy when it starts);
+   (tocsin/runtime/oncall.py; when an escalation starts, the revision comes with the
+   policy from the process's copy, policy_cache.py, else it is read with the policy);
 3. ONE compare-and-set writes the advanced state, arms the next level's timer and arms a
    "hop" outbox timer holding the pages to send; a stale or duplicate timer fails the
    version check and pages nobody;
@@ -152,17 +153,27 @@ class EscalationEngine:
 
     async def begin(self, incident: incidents_pb2.Incident, traceparent: str) -> None:
         """Start escalating a newly triggered incident (a repeated event does nothing).
-        Whether it started already and its policy are read in one round trip."""
+        The policy and its level 0's schedules' revisions come from the process's copy
+        (policy_cache.py), and nothing is read before the write; without a fresh copy,
+        whether it started already, the policy and the revisions are read in one round
+        trip."""
         policy_id = (
             incident.assignment.escalation_policy_id
             if incident.assignment.WhichOneof("target") != "user_id"
             else ""
         )
-        exists, stored, revisions = await self.store.exists_with_policy(
-            incident.id, policy_id, self._first_schedules.get(policy_id, ())
-        )
-        if exists:
-            return
+        cached = self.store.policies.get(policy_id, self.clock.now_ms()) if policy_id else None
+        stored: pb_policy.EscalationPolicy | None
+        revisions: dict[str, bytes | None]
+        if cached is not None:
+            # Nothing read: a repeated event loses the start's compare-and-set.
+            stored, revisions = cached
+        else:
+            exists, stored, revisions = await self.store.exists_with_policy(
+                incident.id, policy_id, self._first_schedules.get(policy_id, ())
+            )
+            if exists:
+                return
         with tracer.start_as_current_span(
             "escalation.start",
             context=context_from_traceparent(traceparent),

@@ -3,9 +3,12 @@ shards, and the auditor."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
+from tocsin.escalation import policy_cache
 from tocsin.escalation.engine import EscalationEngine
 from tocsin.escalation.servicer import EscalationServicer
 from tocsin.escalation.store import EscalationStore
@@ -104,6 +107,15 @@ async def create_server(
     running.start_worker("escalation timer worker", worker.run(stop, health))
     running.start_worker("escalation consumer", consumer.run(stop, health))
     running.start_worker(
+        "escalation policy cache",
+        run_loop(
+            health.guard("escalation policy cache", stop),
+            stop,
+            store.policies.refresh,
+            lambda: _pause(stop, policy_cache.REFRESH_S),
+        ),
+    )
+    running.start_worker(
         "escalation auditor",
         run_loop(
             health.guard("escalation auditor", stop),
@@ -115,6 +127,12 @@ async def create_server(
     )
     running.start_health(deps.redis)
     return running, grpc_server.port
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    """Real time, as the copy's own refresh period (policy_cache.py)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
 
 
 def serve() -> None:

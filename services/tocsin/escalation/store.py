@@ -13,6 +13,7 @@ from typing import Any
 
 from tocsin.escalation.codec import HopPayload, LevelTimerPayload, dump_state, load_state
 from tocsin.escalation.domain import Escalation
+from tocsin.escalation.policy_cache import PolicyCache
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import AlreadyExists, Conflict, NotFound
 from tocsin.runtime.events import INCIDENT_SHARDS, incident_shard
@@ -31,8 +32,11 @@ from tocsin.v1 import escalation_pb2 as pb
 
 POLICY_PREFIX = "tocsin:{policies}:"
 POLICIES = POLICY_PREFIX + "index"
+POLICY_GENERATION = POLICY_PREFIX + "generation"
+"""Raised by every policy write, in the write's own script: the policy cache reads it to
+know whether any policy changed (policy_cache.py)."""
 _CREATE_POLICY = """
--- Create a policy unless its id is taken. KEYS: policy hash, policies index
+-- Create a policy unless its id is taken. KEYS: policy hash, policies index, generation
 -- ARGV:
 --   id
 --   policy    EscalationPolicy protobuf
@@ -41,12 +45,14 @@ _CREATE_POLICY = """
 if redis.call("HSETNX", KEYS[1], "proto", ARGV[2]) == 1 then
   redis.call("HSET", KEYS[1], "version", ARGV[3])
   redis.call("ZADD", KEYS[2], 0, ARGV[1])
+  redis.call("INCR", KEYS[3])
   return 1
 end
 return 0
 """
 _UPDATE_POLICY = """
--- Replace a policy (compare-and-set on its version). KEYS: policy hash, policies index
+-- Replace a policy (compare-and-set on its version).
+-- KEYS: policy hash, policies index, generation
 -- ARGV:
 --   policy     EscalationPolicy protobuf
 --   version    the new version
@@ -56,7 +62,18 @@ local current = redis.call("HGET", KEYS[1], "version")
 if not current then return {"missing"} end
 if ARGV[3] ~= "0" and current ~= ARGV[3] then return {"conflict", current} end
 redis.call("HSET", KEYS[1], "proto", ARGV[1], "version", ARGV[2])
+redis.call("INCR", KEYS[3])
 return {"ok"}
+"""
+_DELETE_POLICY = """
+-- Delete a policy. KEYS: policy hash, policies index, generation
+-- ARGV:
+--   id
+-- Returns 1, or 0 when there was no such policy.
+local deleted = redis.call("DEL", KEYS[1])
+redis.call("ZREM", KEYS[2], ARGV[1])
+if deleted == 1 then redis.call("INCR", KEYS[3]) end
+return deleted
 """
 
 
@@ -134,7 +151,11 @@ class EscalationStore:
         )
         self._create_policy = LuaScript(redis, "create policy", body=_CREATE_POLICY)
         self._update_policy = LuaScript(redis, "update policy", body=_UPDATE_POLICY)
+        self._delete_policy = LuaScript(redis, "delete policy", body=_DELETE_POLICY)
         self._round_robin = LuaScript(redis, "round robin turn", body=_ROUND_ROBIN)
+        self.policies = PolicyCache(self, clock)
+        """Every policy and its level 0's schedules' revisions, kept fresh by the server's
+        refresh loop, so starting an escalation reads nothing before its write."""
 
     async def load(self, incident_id: str) -> Escalation | None:
         raw = await self.redis.hget(state_key(incident_id), "json")
@@ -294,20 +315,21 @@ class EscalationStore:
     async def create_policy(self, policy: pb.EscalationPolicy) -> pb.EscalationPolicy:
         stored = _versioned(policy, 1)
         created = await self._create_policy(
-            [policy_key(policy.id), POLICIES],
+            [policy_key(policy.id), POLICIES, POLICY_GENERATION],
             id=policy.id,
             policy=stored.SerializeToString(),
             version=1,
         )
         if not created:
             raise AlreadyExists(f"escalation policy {policy.id!r} already exists")
+        self.policies.wrote(policy.id, stored)
         return stored
 
     async def update_policy(self, policy: pb.EscalationPolicy) -> pb.EscalationPolicy:
         current = await self.get_policy(policy.id)
         stored = _versioned(policy, current.version + 1)
         reply = await self._update_policy(
-            [policy_key(policy.id), POLICIES],
+            [policy_key(policy.id), POLICIES, POLICY_GENERATION],
             policy=stored.SerializeToString(),
             version=stored.version,
             expected=policy.version,
@@ -317,6 +339,7 @@ class EscalationStore:
             raise NotFound(f"escalation policy {policy.id!r} does not exist")
         if outcome == "conflict":
             raise Conflict(f"escalation policy {policy.id!r} is at version {reply[1].decode()}")
+        self.policies.wrote(policy.id, stored)
         return stored
 
     async def get_policy(self, policy_id: str) -> pb.EscalationPolicy:
@@ -335,12 +358,32 @@ class EscalationStore:
         return [pb.EscalationPolicy.FromString(r) for r in raws if r is not None]
 
     async def delete_policy(self, policy_id: str) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.delete(policy_key(policy_id))
-            pipe.zrem(POLICIES, policy_id)
-            deleted, _ = await pipe.execute()
+        deleted = await self._delete_policy(
+            [policy_key(policy_id), POLICIES, POLICY_GENERATION], id=policy_id
+        )
         if not deleted:
             raise NotFound(f"escalation policy {policy_id!r} does not exist")
+        self.policies.wrote(policy_id, None)
+
+    async def policy_generation(self) -> bytes | None:
+        """The policies' generation (None: no policy written since it was introduced)."""
+        generation: bytes | None = await self.redis.get(POLICY_GENERATION)
+        return generation
+
+    async def all_policies(self) -> dict[str, pb.EscalationPolicy]:
+        """Every policy, by id (two round trips in the `{policies}` slot)."""
+        ids = [i.decode() for i in await self.redis.zrange(POLICIES, 0, -1)]
+        if not ids:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for policy_id in ids:
+                pipe.hget(policy_key(policy_id), "proto")
+            raws = await pipe.execute()
+        return {
+            policy_id: pb.EscalationPolicy.FromString(raw)
+            for policy_id, raw in zip(ids, raws, strict=True)
+            if raw is not None
+        }
 
 
 def _versioned(policy: pb.EscalationPolicy, version: int) -> pb.EscalationPolicy:

@@ -4,7 +4,9 @@ escalation keeps so that a page does not wait for a WhoIsOnCall call it already 
 Guarantee: a remembered answer is used only when
 
 1. the schedule's revision, read from Redis for this page, is the one read before the
-   WhoIsOnCall call that gave the answer, and
+   WhoIsOnCall call that gave the answer (for the first level of an escalation that
+   starts, the revision may instead come from escalation's copy, checked every 250 ms
+   and never used once a second old: escalation/policy_cache.py), and
 2. the moment asked about lies inside the merged shift that answer returned (the whole
    stretch of time that user is on call without a break, so a hand-off always asks again).
 
@@ -13,8 +15,10 @@ a re-create under the same id) with a new revision taken from one counter that n
 goes back, in the same script as the change (`put_schedule.lua`). A revision therefore
 names one content of the schedule forever, and a change is seen by every page whose
 revision read comes after the change's write, exactly as a WhoIsOnCall call made at that
-moment would see it. The answer's user is constant over its shift, so for any moment in
-the shift and the same revision it is what scheduling would answer.
+moment would see it (a first level started from escalation's copy: every page that
+starts more than one check after the change). The answer's user is constant over its
+shift, so for any moment in the shift and the same revision it is what scheduling would
+answer.
 
 This module is the contract between the two services: scheduling owns the keys, writes
 the revision, and stamps a revision on schedules stored before revisions existed; a
