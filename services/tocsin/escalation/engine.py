@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import astuple, replace
 from typing import Any
 
@@ -97,6 +98,8 @@ _repaired = _meter.create_counter(
 DIRECT_ASSIGNMENT_DELAY_MS = 5 * 60_000
 """A user-assigned incident is one level: that user, whose own rules repeat the page."""
 HOP_LEASE_MS = 15_000
+AWAITING_KEPT = 8_192
+"""Levels awaiting a report kept for `report_page_out`'s fast path (oldest out first)."""
 PEER_DEADLINE_S = 5.0
 """How long a call to another service may take, waiting for it to be up included."""
 PEER_RETRY_MS = 1_000
@@ -132,6 +135,9 @@ class EscalationEngine:
         are read with the policy when an escalation starts."""
         self._peer_warned_at: float | None = None
         self._peer_failures = 0
+        self._awaiting: OrderedDict[str, tuple[Escalation, str]] = OrderedDict()
+        """Per incident, the state this process wrote with a level awaiting one user's
+        report, and the trace its level timer carries: `report_page_out`'s fast path."""
 
     # incident events
 
@@ -429,6 +435,9 @@ class EscalationEngine:
             )
         now = self.clock.now_ms()
         at = now if out_ms is None else min(out_ms, now)
+        fast = await self._report_written(key, at, now)
+        if fast is not None:
+            return fast
         reported, state, traceparent = await self.store.record_out(
             incident_id, key.epoch, key.level, key.loop, user_id, at
         )
@@ -446,6 +455,45 @@ class EscalationEngine:
                     await self.fire_now(incident_id)
                 return True
         raise Conflict(f"escalation of incident {incident_id} kept changing; retried")
+
+    def _remember_awaiting(self, state: Escalation, traceparent: str) -> None:
+        """Keep `state`, just written by this process, if its level awaits one user's
+        report: that report then needs no read (`_report_written`)."""
+        awaiting = state.awaiting
+        if awaiting is None or state.next_fire_ms is None:
+            return
+        key = LevelKey(state.incident_id, state.epoch, awaiting.level, awaiting.loop, "")
+        if len(domain.level_users(state, key)) != 1:
+            return
+        self._awaiting[state.incident_id] = (state, traceparent)
+        self._awaiting.move_to_end(state.incident_id)
+        while len(self._awaiting) > AWAITING_KEPT:
+            self._awaiting.popitem(last=False)
+
+    async def _report_written(self, key: LevelKey, at_ms: int, now_ms: int) -> bool | None:
+        """The fast path of a report: when this process wrote the level that awaits it
+        and the report is its only user's, the report and the release it causes go in one
+        script (`report_and_write`: the report recorded first-wins, the write only if it
+        was the first, guarded by the written version). None: take the path that reads
+        (another process wrote the level, a newer write came, a repeated report)."""
+        kept = self._awaiting.pop(key.incident_id, None)
+        if kept is None:
+            return None
+        state, traceparent = kept
+        released = domain.pages_out(state, key, {key.user_id: at_ms}, now_ms)
+        if released is None:
+            return None
+        outcome = await self.store.report_and_write(
+            released,
+            state.version,
+            (key.epoch, key.level, key.loop, key.user_id, at_ms),
+            traceparent=traceparent,
+        )
+        if outcome != "ok":
+            return None
+        if released.next_fire_ms is not None and released.next_fire_ms <= now_ms:
+            await self.fire_now(key.incident_id)
+        return True
 
     async def _advance(
         self,
@@ -531,6 +579,7 @@ class EscalationEngine:
             if not written:
                 span.set_attribute("escalation.stale", True)
                 return None
+            self._remember_awaiting(advanced, traceparent)
         if work.unconfirmed is not None:
             _unconfirmed.add(1)
             log.warning(

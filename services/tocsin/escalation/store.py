@@ -172,8 +172,8 @@ class EscalationStore:
         """Store `state` if the stored version is `expected_version` (0: none stored yet),
         arming its level timer (or cancelling it) and the hop's outbox timer with it.
         False when another writer got there first: the caller's work is stale."""
-        written, _ = await self._run_write(state, expected_version, traceparent, hop, 0)
-        return written
+        outcome, _ = await self._run_write(state, expected_version, traceparent, hop, 0)
+        return outcome == "ok"
 
     async def write_hop(
         self,
@@ -187,7 +187,30 @@ class EscalationStore:
         """`write`, and the hop's timer claimed for the caller in the same script (with a
         lease of `lease_ms`), so it is sent with no round trip of its own: (written, the
         claim; None if not written, or the hop was not due)."""
-        return await self._run_write(state, expected_version, traceparent, hop, lease_ms)
+        outcome, claimed = await self._run_write(
+            state, expected_version, traceparent, hop, lease_ms
+        )
+        return outcome == "ok", claimed
+
+    async def report_and_write(
+        self,
+        state: Escalation,
+        expected_version: int,
+        out: tuple[int, int, int, str, int],
+        *,
+        traceparent: str,
+    ) -> str:
+        """Record that the first page to a user of one level firing went out, `out` =
+        (epoch, level, loop, user, when), as `record_out` does (the first report wins),
+        and, only if this report was the first, `write` `state` (the release it causes),
+        in one script: "ok", "reported" (reported before: nothing written) or "conflict"
+        (the stored version is not `expected_version`; the report is recorded)."""
+        epoch, level, loop, user_id, at_ms = out
+        key = out_key(state.incident_id, epoch, level, loop)
+        reply, _ = await self._run_write(
+            state, expected_version, traceparent, None, 0, report=(key, user_id, at_ms)
+        )
+        return reply
 
     async def _run_write(
         self,
@@ -196,11 +219,19 @@ class EscalationStore:
         traceparent: str,
         hop: Hop | None,
         lease_ms: int,
-    ) -> tuple[bool, ClaimedTimer | None]:
+        *,
+        report: tuple[str, str, int] | None = None,
+    ) -> tuple[str, ClaimedTimer | None]:
         shard = incident_shard(state.incident_id)
         finished = state.next_fire_ms is None
+        out_key_, out_user, out_ms = report or ("", "", 0)
         reply = await self._write(
-            [state_key(state.incident_id), active_key(shard), *timer_keys(shard)],
+            [
+                state_key(state.incident_id),
+                active_key(shard),
+                *timer_keys(shard),
+                *([out_key_] if report else []),
+            ],
             tag=shard_tag(shard),
             expected_version=expected_version,
             state=dump_state(state),
@@ -214,10 +245,14 @@ class EscalationStore:
             incident=state.incident_id,
             expire_ms=self.retention_ms if finished else 0,
             hop_lease_ms=lease_ms if hop else 0,
+            out_user=out_user,
+            out_ms=out_ms,
+            out_ttl_ms=self.retention_ms,
         )
-        if reply[0].decode() != "ok":
-            return False, None
-        return True, claimed_from_reply(shard, reply[1]) if len(reply) > 1 else None
+        outcome = reply[0].decode()
+        if outcome != "ok":
+            return outcome, None
+        return outcome, claimed_from_reply(shard, reply[1]) if len(reply) > 1 else None
 
     async def round_robin_turn(self, policy_id: str, level: int, incident_id: str) -> int:
         """The incident's turn at a round-robin level: drawn once per incident (a repeat

@@ -3,7 +3,8 @@
 -- a crash means "redo", never "lost" or "twice". Prepended by the timer library.
 --
 -- KEYS[1] state hash, KEYS[2] active index (zset incident -> next fire ms),
--- KEYS[3..] timers.timer_keys(shard)
+-- KEYS[3..] timers.timer_keys(shard), then, with `out_user`, the level firing's
+-- reported-out hash (store.out_key)
 -- ARGV:
 --   tag                shard tag
 --   expected_version   "0": must not exist yet
@@ -21,8 +22,21 @@
 --                      this lease (timer_claim, as TimerStore.claim does), so it is sent
 --                      with no round trip of its own. Should the caller die before it is
 --                      done, the lease runs out and the shard's worker sends it.
--- Returns {"ok"} | {"ok", hop claim} | {"exists", version} | {"conflict", version}
+--   out_user           "": no report; else a report that `out_user`'s first page went
+--                      out at `out_ms`, recorded first (HSETNX: the first report wins)
+--                      and the write made only if it was the first: the report and the
+--                      release it causes in one step (engine.report_page_out's fast path)
+--   out_ms
+--   out_ttl_ms         the reported-out hash's lifetime
+-- Returns {"ok"} | {"ok", hop claim} | {"exists", version} | {"conflict", version} |
+-- {"reported"} (out_user was reported before: nothing written)
 local tag = ARGV[1]
+if ARGV[14] ~= "" then
+  local out = KEYS[#KEYS]
+  local first = redis.call("HSETNX", out, ARGV[14], ARGV[15])
+  redis.call("PEXPIRE", out, ARGV[16])
+  if first == 0 then return {"reported"} end
+end
 local current = redis.call("HGET", KEYS[1], "version")
 if ARGV[2] == "0" then
   if current then return {"exists", current} end
