@@ -88,22 +88,25 @@ async def measure(count: int, gap_s: float, out: Path) -> dict[str, Any]:
                     severity=common_pb2.SEVERITY_CRITICAL,
                 )
 
+            async def trigger(key: str, created: bool) -> None:
+                reply = await incidents.Trigger(alert(key), metadata=metadata)
+                if reply.created != created:  # not the step this measures
+                    raise RuntimeError(f"Trigger {key}: created={reply.created}")
+
             await redis.get("tocsin:idle-probe")
-            await incidents.Trigger(alert(f"{run_id}-repeat"), metadata=metadata)
+            await trigger(f"{run_id}-repeat", created=True)
             steps: dict[str, Callable[[int], Awaitable[object]]] = {
                 "redis GET": lambda i: redis.get("tocsin:idle-probe"),
                 "grpc health Check": lambda i: health.Check(
                     health_pb2.HealthCheckRequest(), metadata=metadata
                 ),
-                "Trigger repeat": lambda i: incidents.Trigger(
-                    alert(f"{run_id}-repeat"), metadata=metadata
-                ),
+                "Trigger repeat": lambda i: trigger(f"{run_id}-repeat", created=False),
             }
             for label, gap in (("idle", gap_s), ("back to back", 0.0)):
                 figures = {name: await timed(step, count, gap) for name, step in steps.items()}
 
-                def new(i: int, label: str = label) -> Awaitable[object]:
-                    return incidents.Trigger(alert(f"{run_id}-{label}-{i}"), metadata=metadata)
+                def new(i: int, label: str = label) -> Awaitable[None]:
+                    return trigger(f"{run_id}-{label}-{i}", created=True)
 
                 figures["Trigger new"] = await timed(new, count, gap)
                 results[label] = figures

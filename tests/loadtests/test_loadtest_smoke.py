@@ -100,3 +100,19 @@ def test_escalation_timers_fire_each_due_timer_once(tmp_path: Path) -> None:
     assert result["lost"] == result["duplicates"] == result["fired_early_background"] == 0
     assert result["pending_after"] == 3000 - 400
     assert result["lateness_ms"]["count"] == 400
+
+
+def test_idle_steps_are_timed_on_a_stack_of_its_own(tmp_path: Path) -> None:
+    done = _run(
+        ["loadtests.idle", "--count", "3", "--gap", "0.2", "--out", str(tmp_path)],
+        timeout_s=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    steps = ("redis GET", "grpc health Check", "Trigger repeat", "Trigger new")
+    for label in ("idle", "back to back"):
+        assert sorted(result[label]) == sorted(steps)
+        for step in steps:
+            figures = result[label][step]
+            assert figures["count"] == 3
+            assert 0 < figures["p50"] <= figures["p99"] <= figures["max"] < 10_000
