@@ -98,8 +98,11 @@ _repaired = _meter.create_counter(
 DIRECT_ASSIGNMENT_DELAY_MS = 5 * 60_000
 """A user-assigned incident is one level: that user, whose own rules repeat the page."""
 HOP_LEASE_MS = 15_000
-AWAITING_KEPT = 8_192
-"""Levels awaiting a report kept for `report_page_out`'s fast path (oldest out first)."""
+AWAITING_KEPT = 2_048
+"""Levels awaiting a report kept for `report_page_out`'s fast path, oldest out first (a
+report usually comes within a second; one whose state is gone takes the path that reads).
+With several replicas most reports go to another one, so the entries are bounded here:
+a few KB each, the policy included."""
 PEER_DEADLINE_S = 5.0
 """How long a call to another service may take, waiting for it to be up included."""
 PEER_RETRY_MS = 1_000
