@@ -56,6 +56,9 @@
     };
   }
 
+  var SHOWN = {triggered: 1, acknowledged: 1, resolved: 1, snoozed: 1, unsnoozed: 1,
+    reassigned: 1};
+
   function watchIncident(marker) {
     if (!window.EventSource) return;
     var source = new EventSource(marker.dataset.events);
@@ -63,6 +66,10 @@
       var data = {};
       try { data = JSON.parse(event.data); } catch (e) { return; }
       if (data.id !== marker.dataset.watchIncident) return;
+      // A change this page already shows (the action just taken here, whose event may
+      // come after the page it led to loaded) does not reload it: its confirmation stays.
+      // A timeline entry (escalated, a status update) keeps the version: it reloads.
+      if (SHOWN[data.kind] && Number(data.version) <= Number(marker.dataset.version)) return;
       var note = document.getElementById("note");
       var busy = (note && note.value.trim() !== "") ||
         (document.activeElement && document.activeElement.tagName === "SELECT");
