@@ -48,6 +48,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` different free ports: all bound at once before any is let go (one
+    `free_port()` after another may get the same port back, and two listeners of one
+    stack then collide: a gateway answering on escalation's gRPC port)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def free_port_run(count: int) -> int:
     """A port P with P .. P+count-1 all free now (`tocsin up` numbers from its base), below
     the kernel's ephemeral range, so no port picked for the stack's other listeners (port
@@ -195,11 +209,15 @@ class Stack:
 
     def plan(self, extra_env: dict[str, str] | None = None) -> dict[str, str]:
         """Pick the ports and the environment (so URLs are known before anything starts)."""
+        http, *ports = free_ports(1 + len(SERVICES))
         self.env = {
             **os.environ,
             "TOCSIN_DATA_DIR": str(self.data_dir),
-            "TOCSIN_HTTP_ADDR": f"127.0.0.1:{free_port()}",
-            **{f"TOCSIN_{name.upper()}_ADDR": f"127.0.0.1:{free_port()}" for name in SERVICES},
+            "TOCSIN_HTTP_ADDR": f"127.0.0.1:{http}",
+            **{
+                f"TOCSIN_{name.upper()}_ADDR": f"127.0.0.1:{port}"
+                for name, port in zip(SERVICES, ports, strict=True)
+            },
             # Its own metrics ports: another stack on this host may hold the defaults.
             "TOCSIN_METRICS_ADDR": f"127.0.0.1:{free_port_run(len(DEFAULT_METRICS_PORTS))}",
             **(extra_env or {}),

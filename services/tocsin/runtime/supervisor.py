@@ -28,6 +28,7 @@ away is back within seconds.
 from __future__ import annotations
 
 import ctypes
+import http.client
 import logging
 import os
 import signal
@@ -169,7 +170,9 @@ class Stack:
                 with urllib.request.urlopen(url, timeout=1) as response:
                     if response.status == 200:
                         return True
-            except (urllib.error.URLError, OSError):
+            except (urllib.error.URLError, OSError, http.client.HTTPException):
+                # not up yet, or not HTTP at all (another listener on the gateway's
+                # port): unhealthy until the deadline, never a crash of the supervisor
                 pass
             self.stop_requested.wait(0.2)
         return False
