@@ -4,7 +4,11 @@ whole pipeline)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from redis.asyncio.connection import AbstractConnection
 
 
 def sent_commands(command: Any, arguments: int | None = 2) -> list[list[bytes]]:
@@ -28,3 +32,21 @@ def sent_commands(command: Any, arguments: int | None = 2) -> list[list[bytes]]:
             i += size + 2
         out.append(args)
     return out
+
+
+@contextmanager
+def recording(match: Callable[[list[bytes]], bool]) -> Iterator[list[list[bytes]]]:
+    """The commands (first two arguments each; pipelines unpacked) that any redis-py
+    asyncio connection sends while inside and `match` accepts, in order."""
+    seen: list[list[bytes]] = []
+    send = AbstractConnection.send_packed_command
+
+    async def recording_send(self: Any, command: Any, check_health: bool = True) -> None:
+        seen.extend(args for args in sent_commands(command) if match(args))
+        await send(self, command, check_health)
+
+    AbstractConnection.send_packed_command = recording_send  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        AbstractConnection.send_packed_command = send  # type: ignore[method-assign]

@@ -27,6 +27,7 @@ from typing import IO, Any
 
 import httpx
 
+from loadtests.procs import free_ports
 from tocsin.runtime.clock import TEST_CLOCK_VARIABLE, ScaledClock, datetime_to_ms
 from tocsin.runtime.config import DEFAULT_METRICS_PORTS
 
@@ -46,20 +47,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` different free ports: all bound at once before any is let go (one
-    `free_port()` after another may get the same port back, and two listeners of one
-    stack then collide: a gateway answering on escalation's gRPC port)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def free_port_run(count: int) -> int:

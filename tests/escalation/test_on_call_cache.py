@@ -42,7 +42,9 @@ def asked(monkeypatch: pytest.MonkeyPatch) -> Asked:
     return counter
 
 
-async def _stack(redis: RedisClient) -> AsyncIterator[FullStack]:
+async def rotation_stack(redis: RedisClient) -> AsyncIterator[FullStack]:
+    """alice, bob and carol (SMS); `primary` rotates alice and bob weekly; the policy
+    pages `primary`, then carol after 5 minutes; fails on any unexpected page."""
     async with full_stack(redis) as stack:
         await stack.paging.add_user("alice", ALICE, [(SMS, 0)])
         await stack.paging.add_user("bob", BOB, [(SMS, 0)])
@@ -58,13 +60,13 @@ async def _stack(redis: RedisClient) -> AsyncIterator[FullStack]:
 
 @pytest.fixture
 async def cached(redis: RedisClient, asked: Asked) -> AsyncIterator[FullStack]:
-    async for stack in _stack(redis):
+    async for stack in rotation_stack(redis):
         yield stack
 
 
 @pytest.fixture
 async def any_cached(any_redis: RedisClient, asked: Asked) -> AsyncIterator[FullStack]:
-    async for stack in _stack(any_redis):
+    async for stack in rotation_stack(any_redis):
         yield stack
 
 

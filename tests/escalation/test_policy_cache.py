@@ -6,17 +6,15 @@ is not used past its lifetime. A repeated TRIGGERED event still pages nobody twi
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 
 import pytest
-from redis.asyncio.connection import AbstractConnection
 
-from tests.escalation.stack import FullStack, full_stack, schedule, user
-from tests.notification.stack import ALICE, BOB, SMS
-from tests.redis_wire import sent_commands
+from tests.escalation.stack import FullStack, user
+from tests.escalation.test_on_call_cache import rotation_stack
+from tests.redis_wire import recording
+from tests.runtime.test_loops import eventually
 from tests.services import LOOPBACK_ANY_PORT
 from tocsin.escalation import policy_cache
 from tocsin.escalation import server as escalation_server
@@ -27,25 +25,10 @@ from tocsin.runtime.redis import RedisClient
 from tocsin.runtime.service import ServiceDeps
 from tocsin.v1 import escalation_pb2, incidents_pb2, scheduling_pb2
 
-CAROL = "+15005550012"
-
-
-async def _stack(redis: RedisClient) -> AsyncIterator[FullStack]:
-    async with full_stack(redis) as stack:
-        await stack.paging.add_user("alice", ALICE, [(SMS, 0)])
-        await stack.paging.add_user("bob", BOB, [(SMS, 0)])
-        await stack.paging.add_user("carol", CAROL, [(SMS, 0)])
-        # weekly from Sunday 2026-11-01: alice, bob; the clock starts in bob's week.
-        await stack.schedule("primary", ["alice", "bob"])
-        await stack.policy(([schedule("primary")], 5), ([user("carol")], 30))
-        yield stack
-        await stack.run_until_quiet()
-        stack.pager.check_all_expected()
-
 
 @pytest.fixture
 async def stack(any_redis: RedisClient) -> AsyncIterator[FullStack]:
-    async for full in _stack(any_redis):
+    async for full in rotation_stack(any_redis):
         yield full
 
 
@@ -66,27 +49,17 @@ def level0_is(targets: list[escalation_pb2.EscalationTarget]) -> escalation_pb2.
     )
 
 
-@contextmanager
-def start_reads() -> Iterator[list[tuple[bytes, bytes]]]:
-    """The reads of a policy or of an escalation's existence sent while inside:
-    (command, key), one per command, pipelines unpacked."""
-    seen: list[tuple[bytes, bytes]] = []
-    send = AbstractConnection.send_packed_command
-
-    async def counting(self: Any, command: Any, check_health: bool = True) -> None:
-        for args in sent_commands(command):
-            if len(args) == 2 and (
+def start_reads() -> AbstractContextManager[list[list[bytes]]]:
+    """The reads of a policy or of an escalation's existence sent while inside."""
+    return recording(
+        lambda args: (
+            len(args) == 2
+            and (
                 (args[0].upper() == b"HGET" and b"{policies}" in args[1])
                 or (args[0].upper() == b"EXISTS" and b":esc:" in args[1])
-            ):
-                seen.append((args[0].upper(), args[1]))
-        await send(self, command, check_health)
-
-    AbstractConnection.send_packed_command = counting  # type: ignore[method-assign]
-    try:
-        yield seen
-    finally:
-        AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
+            )
+        )
+    )
 
 
 async def page(stack: FullStack, summary: str) -> str:
@@ -213,33 +186,25 @@ async def test_the_server_keeps_the_copy_fresh_and_reports_a_failing_check(
     copy = running.engine.store.policies
     now_ms = stack.paging.clock.now_ms
 
-    async def until(check: Callable[[], bool]) -> None:
-        """Poll the process's state (the loop runs on real time) for up to 10 s."""
-        for _ in range(500):
-            if check():
-                return
-            await asyncio.sleep(0.02)
-        raise AssertionError("not within 10 s")
-
     def first_is(user_id: str) -> bool:
         got = copy.get("payments", now_ms())
         return got is not None and got[0].levels[0].targets[0].user_id == user_id
 
     try:
         await other_replica(stack).update_policy(level0_is([user("carol")]))
-        await until(lambda: first_is("carol"))
+        await eventually(lambda: first_is("carol"))
         assert running.workers.healthy
 
         async def away() -> bytes | None:
             raise ConnectionError("Redis is away")
 
         monkeypatch.setattr(copy.store, "policy_generation", away)
-        await until(lambda: any("policy cache" in p for p in running.workers.problems()))
+        await eventually(lambda: any("policy cache" in p for p in running.workers.problems()))
         stack.paging.clock.advance(seconds=policy_cache.TTL_MS / 1000)
         assert copy.get("payments", now_ms()) is None  # starts read on their path again
 
         monkeypatch.undo()
-        await until(lambda: first_is("carol"))
-        await until(lambda: running.workers.healthy)
+        await eventually(lambda: first_is("carol"))
+        await eventually(lambda: running.workers.healthy)
     finally:
         await running.stop(0)

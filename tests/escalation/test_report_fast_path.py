@@ -7,38 +7,24 @@ reads, and a repeated report moves nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any
 
 import pytest
-from redis.asyncio.connection import AbstractConnection
 
 from tests.escalation.stack import FullStack, user
 from tests.escalation.test_escalation import people, trigger
-from tests.redis_wire import sent_commands
+from tests.redis_wire import recording
 from tocsin.escalation.domain import idempotency_key
 
 
-@contextmanager
-def report_reads() -> Iterator[list[bytes]]:
+def report_reads() -> AbstractContextManager[list[list[bytes]]]:
     """The reported-out hashes read (the path that reads: HSETNX then HGETALL in one
     transaction) while inside."""
-    seen: list[bytes] = []
-    send = AbstractConnection.send_packed_command
-
-    async def counting(self: Any, command: Any, check_health: bool = True) -> None:
-        for args in sent_commands(command):
-            if len(args) == 2 and args[0].upper() == b"HGETALL" and b":esc-out:" in args[1]:
-                seen.append(args[1])
-        await send(self, command, check_health)
-
-    AbstractConnection.send_packed_command = counting  # type: ignore[method-assign]
-    try:
-        yield seen
-    finally:
-        AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
+    return recording(
+        lambda args: len(args) == 2 and args[0].upper() == b"HGETALL" and b":esc-out:" in args[1]
+    )
 
 
 async def test_a_report_to_the_process_that_fired_the_level_is_one_script(

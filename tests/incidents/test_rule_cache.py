@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from tests.runtime.test_loops import eventually
 from tocsin.incidents.rule_store import RuleCache, RuleStore
 from tocsin.runtime.clock import ManualClock
 from tocsin.runtime.loops import WorkerHealth
@@ -61,14 +62,6 @@ async def refreshing() -> AsyncIterator[Callable[[RuleCache], None]]:
     yield start
     stop.set()
     await asyncio.gather(*loops)
-
-
-async def eventually(check: Callable[[], bool]) -> None:
-    for _ in range(500):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("not within 5 s")
 
 
 async def test_with_the_refresh_running_no_alert_checks_the_version(

@@ -487,10 +487,7 @@ class EscalationEngine:
         if released is None:
             return None
         outcome = await self.store.report_and_write(
-            released,
-            state.version,
-            (key.epoch, key.level, key.loop, key.user_id, at_ms),
-            traceparent=traceparent,
+            released, state.version, key, at_ms, traceparent=traceparent
         )
         if outcome != "ok":
             return None

@@ -3,8 +3,6 @@ shards, and the auditor."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -17,7 +15,7 @@ from tocsin.runtime.config import Address
 from tocsin.runtime.events import INCIDENT_SHARDS, EventConsumer, instance_name
 from tocsin.runtime.grpcserver import start_grpc_server
 from tocsin.runtime.leases import ShardLeases
-from tocsin.runtime.loops import run_loop
+from tocsin.runtime.loops import run_loop, wait_or_timeout
 from tocsin.runtime.service import RunningService, ServiceDeps, serve_blocking
 from tocsin.runtime.timers import TimerWorker
 from tocsin.v1 import escalation_pb2_grpc
@@ -112,7 +110,7 @@ async def create_server(
             health.guard("escalation policy cache", stop),
             stop,
             store.policies.refresh,
-            lambda: _pause(stop, policy_cache.REFRESH_S),
+            lambda: wait_or_timeout(stop, policy_cache.REFRESH_S),  # real time
         ),
     )
     running.start_worker(
@@ -127,12 +125,6 @@ async def create_server(
     )
     running.start_health(deps.redis)
     return running, grpc_server.port
-
-
-async def _pause(stop: asyncio.Event, seconds: float) -> None:
-    """Real time, as the copy's own refresh period (policy_cache.py)."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
 
 
 def serve() -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tocsin.escalation.codec import HopPayload, LevelTimerPayload, dump_state, load_state
-from tocsin.escalation.domain import Escalation
+from tocsin.escalation.domain import Escalation, LevelKey
 from tocsin.escalation.policy_cache import PolicyCache
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import AlreadyExists, Conflict, NotFound
@@ -196,21 +196,20 @@ class EscalationStore:
         self,
         state: Escalation,
         expected_version: int,
-        out: tuple[int, int, int, str, int],
+        report: LevelKey,
+        at_ms: int,
         *,
         traceparent: str,
     ) -> str:
-        """Record that the first page to a user of one level firing went out, `out` =
-        (epoch, level, loop, user, when), as `record_out` does (the first report wins),
-        and, only if this report was the first, `write` `state` (the release it causes),
-        in one script: "ok", "reported" (reported before: nothing written) or "conflict"
+        """Record that the first page to `report`'s user, paged by that firing of the
+        level, went out at `at_ms`, as `record_out` does (the first report wins), and,
+        only if this report was the first, `write` `state` (the release it causes), in
+        one script: "ok", "reported" (reported before: nothing written) or "conflict"
         (the stored version is not `expected_version`; the report is recorded)."""
-        epoch, level, loop, user_id, at_ms = out
-        key = out_key(state.incident_id, epoch, level, loop)
-        reply, _ = await self._run_write(
-            state, expected_version, traceparent, None, 0, report=(key, user_id, at_ms)
+        outcome, _ = await self._run_write(
+            state, expected_version, traceparent, None, 0, report=(report, at_ms)
         )
-        return reply
+        return outcome
 
     async def _run_write(
         self,
@@ -220,17 +219,20 @@ class EscalationStore:
         hop: Hop | None,
         lease_ms: int,
         *,
-        report: tuple[str, str, int] | None = None,
+        report: tuple[LevelKey, int] | None = None,
     ) -> tuple[str, ClaimedTimer | None]:
+        """`write_escalation.lua`; with `report` (the level firing and user, when), the
+        report is recorded first (`report_and_write`). The script's outcome, and the hop's
+        claim."""
         shard = incident_shard(state.incident_id)
         finished = state.next_fire_ms is None
-        out_key_, out_user, out_ms = report or ("", "", 0)
+        out = report[0] if report else None
         reply = await self._write(
             [
                 state_key(state.incident_id),
                 active_key(shard),
                 *timer_keys(shard),
-                *([out_key_] if report else []),
+                *([out_key(out.incident_id, out.epoch, out.level, out.loop)] if out else []),
             ],
             tag=shard_tag(shard),
             expected_version=expected_version,
@@ -245,8 +247,8 @@ class EscalationStore:
             incident=state.incident_id,
             expire_ms=self.retention_ms if finished else 0,
             hop_lease_ms=lease_ms if hop else 0,
-            out_user=out_user,
-            out_ms=out_ms,
+            out_user=out.user_id if out else "",
+            out_ms=report[1] if report else 0,
             out_ttl_ms=self.retention_ms,
         )
         outcome = reply[0].decode()
@@ -385,10 +387,17 @@ class EscalationStore:
 
     async def list_policies(self, after: str, limit: int) -> list[pb.EscalationPolicy]:
         low = f"({after}" if after else "-"
-        ids = [i.decode() for i in await self.redis.zrangebylex(POLICIES, low, "+", 0, limit)]
+        ids = await self.redis.zrangebylex(POLICIES, low, "+", 0, limit)
+        return await self._read_policies(ids)
+
+    async def _read_policies(self, ids: list[bytes]) -> list[pb.EscalationPolicy]:
+        """The policies `ids` name, in that order (one pipeline in the `{policies}` slot;
+        one deleted meanwhile is left out)."""
+        if not ids:
+            return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for policy_id in ids:
-                pipe.hget(policy_key(policy_id), "proto")
+                pipe.hget(policy_key(policy_id.decode()), "proto")
             raws = await pipe.execute()
         return [pb.EscalationPolicy.FromString(r) for r in raws if r is not None]
 
@@ -407,18 +416,8 @@ class EscalationStore:
 
     async def all_policies(self) -> dict[str, pb.EscalationPolicy]:
         """Every policy, by id (two round trips in the `{policies}` slot)."""
-        ids = [i.decode() for i in await self.redis.zrange(POLICIES, 0, -1)]
-        if not ids:
-            return {}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for policy_id in ids:
-                pipe.hget(policy_key(policy_id), "proto")
-            raws = await pipe.execute()
-        return {
-            policy_id: pb.EscalationPolicy.FromString(raw)
-            for policy_id, raw in zip(ids, raws, strict=True)
-            if raw is not None
-        }
+        policies = await self._read_policies(await self.redis.zrange(POLICIES, 0, -1))
+        return {policy.id: policy for policy in policies}
 
 
 def _versioned(policy: pb.EscalationPolicy, version: int) -> pb.EscalationPolicy:

@@ -38,7 +38,6 @@ not acknowledged (plus, on Redis 7 and later, those not delivered yet: XINFO's `
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -57,7 +56,7 @@ from tocsin.runtime.events import (
     lane_of,
     stream_key,
 )
-from tocsin.runtime.loops import WorkerHealth
+from tocsin.runtime.loops import WorkerHealth, wait_or_timeout
 from tocsin.runtime.redis import RedisClient, read_lua
 from tocsin.runtime.scripts import LuaScript
 
@@ -204,8 +203,7 @@ class Backlog:
             while not stop.is_set():
                 async with guard:
                     await self._measure()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.interval_s)
+                await wait_or_timeout(stop, self.interval_s)
         finally:
             self._sampler_running = False
 

@@ -27,14 +27,13 @@ Without the loop (tests, or a loop that stopped checking) an alert checks, as be
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
 
 from tocsin.incidents import rules
 from tocsin.runtime.clock import Clock
-from tocsin.runtime.loops import WorkerHealth
+from tocsin.runtime.loops import WorkerHealth, run_loop, wait_or_timeout
 from tocsin.runtime.redis import RedisClient
 from tocsin.runtime.scripts import LuaScript
 from tocsin.v1 import incidents_pb2, routing_pb2
@@ -193,12 +192,12 @@ class RuleCache:
         failed check keeps the last rules (the guard logs it and backs off; alerts past
         the interval then check for themselves, as without the loop); the guard reports
         a check that hangs."""
-        guard = health.guard("incidents event rules refresh", stop)
-        while not stop.is_set():
-            async with guard:
-                await self.check()  # a failure: the guard logs it and backs off
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.check_interval_s / 2)
+        await run_loop(
+            health.guard("incidents event rules refresh", stop),
+            stop,
+            self.check,  # a failure: the guard logs it and backs off
+            lambda: wait_or_timeout(stop, self.check_interval_s / 2),
+        )
 
     async def check(self) -> None:
         """The loop's check: the version now (and the sets if it changed); raises what

@@ -9,7 +9,6 @@ timeline outbox (other services' notes; runtime/timeline_outbox.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -31,7 +30,7 @@ from tocsin.runtime.clock import Clock
 from tocsin.runtime.config import Address
 from tocsin.runtime.events import CONSUMER_GROUPS, OUTBOUND_GROUPS, ensure_groups, instance_name
 from tocsin.runtime.grpcserver import start_grpc_server
-from tocsin.runtime.loops import WorkerHealth, run_loop
+from tocsin.runtime.loops import WorkerHealth, run_loop, wait_or_timeout
 from tocsin.runtime.service import RunningService, ServiceDeps, serve_blocking
 from tocsin.runtime.timeline_outbox import TimelineOutboxConsumer
 from tocsin.runtime.timers import TimerWorker
@@ -186,8 +185,7 @@ async def _refresh_caches(
         await asyncio.gather(services.refresh(), maintenance.refresh())
 
     async def pause() -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), min(SERVICE_TTL_MS, WINDOWS_TTL_MS) / 2000)
+        await wait_or_timeout(stop, min(SERVICE_TTL_MS, WINDOWS_TTL_MS) / 2000)
 
     guard = health.guard("incidents cache refresh", stop)
     await run_loop(guard, stop, refresh, pause)

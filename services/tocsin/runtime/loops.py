@@ -223,6 +223,13 @@ def lone_guard(name: str, stop: asyncio.Event | None = None) -> LoopGuard:
     return LoopGuard(name, stop)
 
 
+async def wait_or_timeout(event: asyncio.Event, seconds: float) -> None:
+    """Wait until `event` is set or `seconds` of real time have passed, whichever comes
+    first: a loop's pause that a stop (or a wake-up) cuts short."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
+
+
 async def run_loop(
     guard: LoopGuard,
     stop: asyncio.Event,
@@ -257,8 +264,7 @@ async def probe_redis(
     guard = health.guard("redis probe", stop, fail_after_s=0.0, stuck_after_s=stuck_after_s)
 
     async def pause() -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+        await wait_or_timeout(stop, interval_s)
 
     async def ping() -> None:
         if isinstance(redis, RedisCluster):  # every master: each holds slots tocsin needs
@@ -317,5 +323,4 @@ async def watch_health(
                     log.error("NOT_SERVING: %s", "; ".join(problems))
         except Exception:
             log.exception("health watcher failed; trying again")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+        await wait_or_timeout(stop, interval_s)

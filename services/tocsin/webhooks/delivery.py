@@ -25,7 +25,6 @@ again, with the same `event_id` and body. Receivers de-duplicate by event id.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import html
 import logging
@@ -47,7 +46,7 @@ from tocsin.notification.channels.webhook import (
 from tocsin.notification.contacts import ContactStore
 from tocsin.notification.providers import ProviderError
 from tocsin.runtime.clock import Clock
-from tocsin.runtime.loops import WorkerHealth, run_loop
+from tocsin.runtime.loops import WorkerHealth, run_loop, wait_or_timeout
 from tocsin.runtime.metrics import WEBHOOK_DELIVERIES
 from tocsin.v1 import incidents_pb2, notification_pb2, webhooks_pb2
 from tocsin.webhooks import domain
@@ -161,8 +160,7 @@ class Deliverer:
         guard = health.guard("webhook deliverer", stop)
 
         async def pause() -> None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self.options.poll_s)
+            await wait_or_timeout(self.wake, self.options.poll_s)
 
         try:
             await run_loop(guard, stop, self.start_due, pause)
