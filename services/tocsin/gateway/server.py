@@ -14,7 +14,7 @@ from tocsin.runtime.auth import with_service_token
 from tocsin.runtime.clock import Clock, clock_from_env
 from tocsin.runtime.config import Address, Config, load_config
 from tocsin.runtime.metrics import serve_process_metrics
-from tocsin.runtime.service import configure_logging, peer_client
+from tocsin.runtime.service import configure_logging, peer_client, tune_gc
 from tocsin.runtime.telemetry import setup_tracing
 
 
@@ -42,6 +42,7 @@ async def _serve(config: Config) -> None:
     metrics_server = await serve_process_metrics(config, "gateway")
     app = create_app(config, peer_client(config), clock_from_env(os.environ))
     server = uvicorn.Server(uvicorn_config(app, config, config.http_addr, lifespan="auto"))
+    tune_gc()
     try:
         await server.serve()
     finally:

@@ -16,7 +16,6 @@ Tests pass `background=False` and drive the same parts by hand (`worker.run_once
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -383,16 +382,5 @@ async def create_server(
     return running, grpc_server.port
 
 
-async def _create_for_serve(
-    deps: ServiceDeps, addr: Address | None
-) -> tuple[NotificationService, int]:
-    """create_server, then freeze what startup allocated (modules, descriptors, clients)
-    out of the cyclic GC's reach: they live as long as the process, and rescanning them
-    made GC pauses of tens of milliseconds, which a page waiting to leave would feel."""
-    running = await create_server(deps, addr)
-    gc.freeze()
-    return running
-
-
 def serve() -> None:
-    serve_blocking("notification", _create_for_serve)
+    serve_blocking("notification", create_server)
