@@ -39,11 +39,15 @@ other's commits, and under load most transactions held a single event (58% of th
 incidents/s), each costing about what a batch does."""
 
 
-LINGER_MS = 50
+LINGER_MS = 250
 """How long the archive's consumer waits, once woken, before it writes (EventConsumer's
 `linger_ms`): the XADD that wakes it also wakes escalation and notification, and on two
 cores a new incident's first page waited for the archive's transaction (about 3 ms of
-CPU) to get a core. An archive row 50 ms later costs nobody anything."""
+CPU) to get a core. The events that came meanwhile come with its next read, so a shard's
+loop reads at most about four times a second under load: at 50 ms the archive still read
+(and acknowledged) about one event at a time at 100 new incidents/s, and at 250 ms its CPU
+per incident fell by a fifth (BENCHMARKS.md). An archive row a quarter of a second later
+costs nobody anything; the group commit waits as long for company anyway."""
 
 
 COMMIT_WINDOW_S = 0.2
