@@ -50,3 +50,23 @@ def recording(match: Callable[[list[bytes]], bool]) -> Iterator[list[list[bytes]
         yield seen
     finally:
         AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
+
+
+@contextmanager
+def recording_writes(match: Callable[[list[bytes]], bool]) -> Iterator[list[list[list[bytes]]]]:
+    """Like `recording`, one list per write (a round trip: a command or a whole pipeline)
+    holding a command `match` accepts."""
+    seen: list[list[list[bytes]]] = []
+    send = AbstractConnection.send_packed_command
+
+    async def recording_send(self: Any, command: Any, check_health: bool = True) -> None:
+        commands = sent_commands(command)
+        if any(match(args) for args in commands):
+            seen.append(commands)
+        await send(self, command, check_health)
+
+    AbstractConnection.send_packed_command = recording_send  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        AbstractConnection.send_packed_command = send  # type: ignore[method-assign]

@@ -11,8 +11,10 @@ import itertools
 from collections.abc import Callable
 
 import pytest
+from redis.asyncio import RedisCluster
 
-from tocsin.notification import domain
+from tests.redis_wire import recording_writes
+from tocsin.notification import domain, pagemetrics
 from tocsin.notification import keys as nkeys
 from tocsin.notification.contacts import (
     REPLY_CODE_QUARANTINE_MS,
@@ -427,3 +429,58 @@ async def test_a_sent_page_is_findable_by_provider_id_and_by_number(
     assert latest is not None and (latest.incident_id, latest.user_id) == (INCIDENT, "alice")
     clock.advance(days=2)
     assert await contacts.latest_page("+15005550010") is None
+
+
+async def test_a_sent_attempt_and_its_index_are_recorded_together(
+    store: PagingStore, any_redis: RedisClient, clock: ManualClock
+) -> None:
+    """SENT, the provider id, the number's latest page and the incident's first page: one
+    round trip on one server (a pipeline: the script, then the SETs), one after the other
+    on a Cluster; the answer says whether this was the incident's first page accepted."""
+    contacts = ContactStore(any_redis, clock)
+    cycle_id, first = await start(store)
+    await fire(store, first)
+    location = AttemptLocation(f"{cycle_id}-0", INCIDENT, None)
+    first_page = pagemetrics.first_page_write(INCIDENT, clock.now_ms(), 86_400_000)
+
+    with recording_writes(lambda args: args[0].upper() in (b"EVALSHA", b"SET")) as writes:
+        was_first = await store.record_sent(
+            location,
+            "SM9",
+            "queued",
+            contacts.latest_page_write("+15005550010", INCIDENT, "alice"),
+            first_page,
+        )
+    again = await store.record_sent(location, "SM9", "queued", None, first_page)
+
+    assert was_first and not again
+    attempt = await store.attempt(location)
+    assert attempt is not None
+    assert (attempt.status, attempt.provider_id, attempt.provider_status) == (
+        domain.SENT,
+        "SM9",
+        "queued",
+    )
+    assert await store.attempt_of_provider_id("SM9") == location.attempt_id
+    latest = await contacts.latest_page("+15005550010")
+    assert latest is not None and latest.incident_id == INCIDENT
+    sent = [[c[0].upper() for c in write] for write in writes]
+    if isinstance(any_redis, RedisCluster):  # redis-py sends no script in a pipeline
+        assert sent[0] == [b"EVALSHA"] and [n for w in sent[1:] for n in w] == [b"SET"] * 3
+    else:
+        assert sent == [[b"EVALSHA", b"SET", b"SET", b"SET"]]
+
+
+async def test_a_sent_attempt_is_recorded_after_redis_lost_its_scripts(
+    store: PagingStore, redis: RedisClient
+) -> None:
+    cycle_id, first = await start(store)
+    await fire(store, first)
+    location = AttemptLocation(f"{cycle_id}-0", INCIDENT, None)
+    await redis.script_flush()
+
+    assert not await store.record_sent(location, "SM7", "queued")
+
+    attempt = await store.attempt(location)
+    assert attempt is not None and (attempt.status, attempt.provider_id) == (domain.SENT, "SM7")
+    assert await store.attempt_of_provider_id("SM7") == location.attempt_id

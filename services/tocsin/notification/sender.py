@@ -972,19 +972,17 @@ class Sender:
     async def _record_sent(self, page: Page, result: SendResult, accepted_ms: int) -> bool:
         """SENT, the provider id -> attempt index, (SMS) the latest page to the number and,
         for an incident's page, whether it is the incident's first page accepted (True:
-        this one; pagemetrics), the last three in one round trip.
+        this one; pagemetrics): one round trip on one Redis server (store.record_sent).
 
         No timeline entry: escalation's own entry already says who was paged; what the
         timeline gets from here is how it ended (delivered, answered, failed) when the
         provider reports it, and every failure.
         """
-        await self.store.update_attempt(
-            page.location, domain.SENT, provider_id=result.sid or "", provider_status=result.status
-        )
         latest = page.incident_id and page.channel.replies
-        return await self.store.remember_page(
+        return await self.store.record_sent(
+            page.location,
             result.sid or "",
-            page.attempt_id,
+            result.status,
             self.contacts.latest_page_write(page.method.address, page.incident_id, page.user_id)
             if latest
             else None,

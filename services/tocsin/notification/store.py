@@ -25,6 +25,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio import RedisCluster
+from redis.exceptions import NoScriptError
+
 from tocsin.notification import domain, keys
 from tocsin.notification.contacts import KeyWrite
 from tocsin.notification.records import AttemptRecord, CycleRule, decode_rules, encode_rules
@@ -533,6 +536,47 @@ class PagingStore:
         )
         return [domain.attempt_from_record(raw) for raw in marked]
 
+    async def record_sent(
+        self,
+        location: domain.AttemptLocation,
+        provider_id: str,
+        provider_status: str,
+        also: KeyWrite | None = None,
+        first_page: KeyWrite | None = None,
+    ) -> bool:
+        """An attempt the provider accepted: SENT (`update_attempt`), then the writes of
+        `remember_page`, whose answer this is. On one Redis server the script and the SETs
+        go in one pipeline, in that order, as they went in two round trips before (a
+        crash between them leaves what a crash between those two left); on a Cluster,
+        where redis-py sends no script in a pipeline, one after the other."""
+        writes = self._page_writes(provider_id, location.attempt_id, also)
+        if isinstance(self.redis, RedisCluster) or (not writes and first_page is None):
+            await self.update_attempt(
+                location, domain.SENT, provider_id=provider_id, provider_status=provider_status
+            )
+            return await self.remember_page(provider_id, location.attempt_id, also, first_page)
+        update = self._update.args(
+            id=location.attempt_id,
+            status=domain.SENT,
+            provider_id=provider_id,
+            error_code=0,
+            provider_status=provider_status,
+            now_ms=self.clock.now_ms(),
+        )
+        attempt_keys = self._attempt_keys(location)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.evalsha(self._update.script.sha, len(attempt_keys), *attempt_keys, *update)
+        self._queue_page_writes(pipe, writes, first_page)
+        replies = await pipe.execute(raise_on_error=False)
+        if isinstance(replies[0], NoScriptError):  # Redis lost its scripts: load, redo
+            await self._update.script(keys=attempt_keys, args=update)
+        elif isinstance(replies[0], Exception):
+            raise replies[0]
+        for reply in replies[1:]:
+            if isinstance(reply, Exception):
+                raise reply
+        return first_page is not None and bool(replies[-1])
+
     async def remember_page(
         self,
         provider_id: str,
@@ -543,20 +587,30 @@ class PagingStore:
         """Index the provider id -> attempt (and make `also`'s write) in one round trip;
         with `first_page`, also set that key unless it is set (SET NX: the incident's
         first page accepted, pagemetrics). True when `first_page` was set here."""
+        writes = self._page_writes(provider_id, attempt_id, also)
+        if not writes and first_page is None:
+            return False
+        pipe = self.redis.pipeline(transaction=False)
+        self._queue_page_writes(pipe, writes, first_page)
+        replies = await pipe.execute()
+        return first_page is not None and bool(replies[-1])
+
+    def _page_writes(
+        self, provider_id: str, attempt_id: str, also: KeyWrite | None
+    ) -> list[KeyWrite]:
         writes = [KeyWrite(keys.provider_sid(provider_id), attempt_id, self.retention_ms)]
         if not provider_id:
             writes = []
         if also is not None:
             writes.append(also)
-        if not writes and first_page is None:
-            return False
-        pipe = self.redis.pipeline(transaction=False)
+        return writes
+
+    @staticmethod
+    def _queue_page_writes(pipe: Any, writes: list[KeyWrite], first_page: KeyWrite | None) -> None:
         for write in writes:
             pipe.set(write.key, write.value, px=write.ttl_ms)
         if first_page is not None:
             pipe.set(first_page.key, first_page.value, px=first_page.ttl_ms, nx=True)
-        replies = await pipe.execute()
-        return first_page is not None and bool(replies[-1])
 
     async def attempt_of_provider_id(self, provider_id: str) -> str | None:
         raw = await self.redis.get(keys.provider_sid(provider_id))
