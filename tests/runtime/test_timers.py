@@ -5,9 +5,11 @@ from collections import Counter
 from collections.abc import Callable
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import ResponseError
 from redis.typing import EncodableT
 
+from tests.redis_wire import recording_writes
 from tocsin.runtime.clock import ManualClock
 from tocsin.runtime.redis import RedisClient, register_lua
 from tocsin.runtime.timers import (
@@ -391,3 +393,67 @@ async def test_timers_survive_a_redis_crash_and_the_worker_recovers(
     clock.advance(minutes=1)
     assert await worker.run_once() == 1
     assert handler.ids() == ["durable"]
+
+
+async def _claimed(store: TimerStore, clock: ManualClock, timer_id: str) -> ClaimedTimer:
+    await store.arm(timer_id, clock.now_ms(), PAYLOAD)
+    [claimed] = await store.claim_due(store.shard_for(timer_id), limit=10, lease_ms=LEASE_MS)
+    return claimed
+
+
+async def test_a_completion_goes_with_other_commands_in_one_round_trip(
+    store: TimerStore, clock: ManualClock, any_redis: RedisClient
+) -> None:
+    """complete_with: the commands first, then the completion; one write (MULTI/EXEC) on
+    one server; on a Cluster the commands, then the script."""
+    assert await store.complete(await _claimed(store, clock, "hop:0"))  # the script loaded
+    claimed = await _claimed(store, clock, "hop:1")
+    shard = store.shard_for("hop:1")
+
+    with recording_writes(lambda args: args[0].upper() in (b"XADD", b"EVALSHA")) as writes:
+        done = await store.complete_with(
+            claimed, lambda pipe: pipe.xadd("tocsin:{outbox}:s", {b"r": b"note"})
+        )
+
+    assert done and await store.pending_count(shard) == 0
+    entries = await any_redis.xrange("tocsin:{outbox}:s")
+    assert entries is not None and [f for _, f in entries] == [{b"r": b"note"}]
+    sent = [[c[0].upper() for c in write] for write in writes]
+    if isinstance(any_redis, RedisCluster):
+        assert sent == [[b"XADD"], [b"EVALSHA"]]
+    else:
+        assert sent == [[b"MULTI", b"XADD", b"EVALSHA", b"EXEC"]]
+    # a stale claim: the commands are written, the timer is not someone else's to complete
+    assert not await store.complete_with(claimed, lambda pipe: pipe.set("tocsin:{outbox}:k", 1))
+
+
+async def test_a_completion_refused_with_its_commands_leaves_the_timer_to_fire_again(
+    clock: ManualClock, redis: Redis
+) -> None:
+    """A command Redis refuses before running any (here a wrong argument count) aborts
+    the MULTI: nothing is written, the timer stays in flight and is offered again after
+    its lease, as when the handler failed."""
+    store = TimerStore(redis, clock, shards=SHARDS)
+    claimed = await _claimed(store, clock, "hop:2")
+    shard = store.shard_for("hop:2")
+
+    with pytest.raises(ResponseError):
+        await store.complete_with(claimed, lambda pipe: pipe.execute_command("XADD", "s"))
+
+    assert await store.pending_count(shard) == 1
+    clock.advance(seconds=LEASE_MS / 1000)
+    [again] = await store.claim_due(shard, limit=10, lease_ms=LEASE_MS)
+    assert again.timer_id == "hop:2" and again.fence > claimed.fence
+
+
+async def test_a_completion_with_commands_after_redis_lost_its_scripts(
+    clock: ManualClock, redis: Redis
+) -> None:
+    store = TimerStore(redis, clock, shards=SHARDS)
+    claimed = await _claimed(store, clock, "hop:3")
+    await redis.script_flush()
+
+    assert await store.complete_with(claimed, lambda pipe: pipe.set("tocsin:{outbox}:k", 1))
+
+    assert await store.pending_count(store.shard_for("hop:3")) == 0
+    assert await redis.get("tocsin:{outbox}:k") == b"1"

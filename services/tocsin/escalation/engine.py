@@ -44,8 +44,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable
 from dataclasses import astuple, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from opentelemetry import metrics, trace
@@ -78,6 +79,7 @@ from tocsin.runtime.timers import ClaimedTimer, RetryLater, retry_later
 from tocsin.v1 import common_pb2, incidents_pb2, notification_pb2, scheduling_pb2
 from tocsin.v1 import escalation_pb2 as pb_policy
 
+_T = TypeVar("_T")
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("tocsin.escalation")
 _meter = metrics.get_meter("tocsin.escalation")
@@ -322,8 +324,12 @@ class EscalationEngine:
     async def on_timer(self, timer: ClaimedTimer) -> None:
         """Handler for every timer of the escalation shards: levels and hops. Raises
         RetryLater when a peer did not answer (still starting, or gone for a moment)."""
+        await self._peers_may_fail(timer.timer_id, self._on_timer(timer))
+
+    async def _peers_may_fail(self, timer_id: str, work: Awaitable[_T]) -> _T:
+        """`work`'s result; RetryLater when a peer it called did not answer."""
         try:
-            await self._on_timer(timer)
+            return await work
         except grpc.aio.AioRpcError as error:
             if error.code() not in _PEER_PASSING:
                 raise
@@ -336,7 +342,7 @@ class EscalationEngine:
             log.log(
                 logging.WARNING if loud else logging.DEBUG,
                 "%s: a peer did not answer (%s: %s); retried in %d ms (%d such retries)",
-                timer.timer_id,
+                timer_id,
                 error.code().name,
                 _peer_of(error),
                 PEER_RETRY_MS,
@@ -718,16 +724,24 @@ class EscalationEngine:
             log.debug("hop %s not claimed by its write; the shard's worker sends it", hop_id)
             return
         try:
-            await self.on_timer(claimed)
+            completed = await self._peers_may_fail(
+                claimed.timer_id, self._send_hop(claimed, complete=True)
+            )
         except RetryLater as later:
             await retry_later(self.store.timers, claimed, later)
             return
         except Exception:
             log.exception("sending %s failed; its timer retries after the lease", hop_id)
             return
-        await self.store.timers.complete(claimed)
+        if not completed:
+            await self.store.timers.complete(claimed)
 
-    async def _send_hop(self, timer: ClaimedTimer) -> None:
+    async def _send_hop(self, timer: ClaimedTimer, *, complete: bool = False) -> bool:
+        """Notify each user of the hop, then write its timeline notes. With `complete`
+        (the hop's timer claimed by the write that armed it), the notes and the timer's
+        completion go in one round trip (`TimerStore.complete_with`) unless a user could
+        not be reached, whose report must come before the completion; True when the
+        timer was completed here."""
         hop = HopPayload.decode(timer.payload)
         incident_id, epoch = hop.incident_id, hop.epoch
         context = context_from_traceparent(hop.traceparent)
@@ -775,21 +789,26 @@ class EscalationEngine:
                 if reply.unreachable:
                     unreachable.append((user_id, key, reply.unreachable_reason))
         # Through the timeline outbox: one Redis round trip for the hop's notes, no RPC.
-        await self.timeline.append(
-            [
-                incidents_pb2.AppendTimelineRequest(
-                    incident_id=incident_id,
-                    entry=_timeline_entry(note),
-                    idempotency_key=f"{timer.timer_id}/{i}",
-                )
-                for i, note in enumerate(hop.notes)
-            ],
-            current_traceparent() or hop.traceparent,
-        )
+        notes = [
+            incidents_pb2.AppendTimelineRequest(
+                incident_id=incident_id,
+                entry=_timeline_entry(note),
+                idempotency_key=f"{timer.timer_id}/{i}",
+            )
+            for i, note in enumerate(hop.notes)
+        ]
+        traceparent = current_traceparent() or hop.traceparent
+        if complete and notes and not unreachable:
+            await self.store.timers.complete_with(
+                timer, lambda pipe: self.timeline.queue(pipe, notes, traceparent)
+            )
+            return True
+        await self.timeline.append(notes, traceparent)
         # After the level's own entries, so the timeline reads in order. A redone hop
         # reports again; the report's guard moves the level on once.
         for user_id, key, reason in unreachable:
             await self.report_unreachable(incident_id, user_id, key, reason, hop.traceparent)
+        return False
 
     # policies
 

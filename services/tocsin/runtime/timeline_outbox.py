@@ -77,17 +77,26 @@ class TimelineOutbox:
         or none). Raises what Redis raised."""
         if not requests:
             return
-        trace = traceparent.encode()
-        entries: list[dict[Any, Any]] = [
-            {REQUEST_FIELD: r.SerializeToString(), TRACE_FIELD: trace} for r in requests
-        ]
-        if len(entries) == 1:
-            await self.redis.xadd(STREAM_KEY, entries[0], maxlen=self.maxlen, approximate=True)
+        if len(requests) == 1:
+            fields = _fields(requests[0], traceparent.encode())
+            await self.redis.xadd(STREAM_KEY, fields, maxlen=self.maxlen, approximate=True)
             return
         pipe = self.redis.pipeline(transaction=True)  # a hop's notes arrive together
-        for fields in entries:
-            pipe.xadd(STREAM_KEY, fields, maxlen=self.maxlen, approximate=True)
+        self.queue(pipe, requests, traceparent)
         await pipe.execute()
+
+    def queue(
+        self, pipe: Any, requests: Sequence[incidents_pb2.AppendTimelineRequest], traceparent: str
+    ) -> None:
+        """Add the XADDs of `requests` to `pipe`, to go with other commands (e.g.
+        `TimerStore.complete_with`: a hop's notes with the completion of its timer)."""
+        trace = traceparent.encode()
+        for request in requests:
+            pipe.xadd(STREAM_KEY, _fields(request, trace), maxlen=self.maxlen, approximate=True)
+
+
+def _fields(request: incidents_pb2.AppendTimelineRequest, trace: bytes) -> dict[Any, Any]:
+    return {REQUEST_FIELD: request.SerializeToString(), TRACE_FIELD: trace}
 
 
 class TimelineOutboxConsumer:

@@ -32,6 +32,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio import RedisCluster
+from redis.exceptions import NoScriptError
 from redis.typing import EncodableT
 
 from tocsin.runtime.clock import Clock
@@ -223,6 +225,34 @@ class TimerStore:
             self._complete, claimed.shard, id=claimed.timer_id, fence=claimed.fence
         )
         return bool(result)
+
+    async def complete_with(self, claimed: ClaimedTimer, queue: Callable[[Any], None]) -> bool:
+        """`complete`, after the commands `queue` adds to a pipeline (plain commands, no
+        script): on one Redis server in one round trip, a MULTI/EXEC, so a command Redis
+        refuses before running any (out of memory, a wrong argument) leaves the timer to
+        fire again; on a Cluster (whose pipelines take no script) those commands first,
+        then `complete`. Raises what Redis raised for those commands."""
+        if isinstance(self.redis, RedisCluster):
+            first = self.redis.pipeline()
+            queue(first)
+            await first.execute()
+            return await self.complete(claimed)
+        keys = self.keys(claimed.shard)
+        args = self._complete.args(
+            tag=self.tag(claimed.shard), id=claimed.timer_id, fence=claimed.fence
+        )
+        pipe = self.redis.pipeline(transaction=True)
+        queue(pipe)
+        pipe.evalsha(self._complete.script.sha, len(keys), *keys, *args)
+        replies = await pipe.execute(raise_on_error=False)
+        for reply in replies[:-1]:
+            if isinstance(reply, Exception):
+                raise reply
+        if isinstance(replies[-1], NoScriptError):  # Redis lost its scripts: load, redo
+            return await self.complete(claimed)
+        if isinstance(replies[-1], Exception):
+            raise replies[-1]
+        return bool(replies[-1])
 
     async def retry(self, claimed: ClaimedTimer, due_ms: int) -> bool:
         """Give a claimed timer back, due again at `due_ms`, instead of leaving it in
