@@ -67,6 +67,8 @@ GROUP = "notification"
 SHARD_LEASE_MS = 15_000
 SWEEP_INTERVAL_S = 30.0
 CONSUMER_BLOCK_MS = 5_000
+"""An event still arrives at once; a longer block only means fewer idle wake-ups (one per
+shard each time), which otherwise land on pages being sent in the same moment."""
 WEBHOOK_LINGER_MS = 250
 """How long the outgoing webhooks' consumer waits, once woken, before routing what it
 read (EventConsumer's `linger_ms`): it shares this process's loop with the status
@@ -74,8 +76,6 @@ mirror and the first page of the incident whose event woke it, and the events th
 meanwhile come with its next read (at 50 ms it still read about one event at a time at
 100 new incidents/s). A subscriber's POST a quarter of a second later costs nobody
 anything; pages never go through this consumer."""
-"""An event still arrives at once; a longer block only means fewer idle wake-ups (one per
-shard each time), which otherwise land on pages being sent in the same moment."""
 CONSOLE_FROM = "console"
 
 
