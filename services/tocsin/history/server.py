@@ -46,8 +46,8 @@ cores a new incident's first page waited for the archive's transaction (about 3 
 CPU) to get a core. The events that came meanwhile come with its next read, so a shard's
 loop reads at most about four times a second under load: at 50 ms the archive still read
 (and acknowledged) about one event at a time at 100 new incidents/s, and at 250 ms its CPU
-per incident fell by a fifth (BENCHMARKS.md). An archive row a quarter of a second later
-costs nobody anything; the group commit waits as long for company anyway."""
+per incident fell by a fifth (BENCHMARKS.md). An archive row up to half a second behind
+Redis (this, then the group commit's COMMIT_WINDOW_S) costs nobody anything."""
 
 
 COMMIT_WINDOW_S = 0.2
