@@ -35,21 +35,29 @@ def sent_commands(command: Any, arguments: int | None = 2) -> list[list[bytes]]:
 
 
 @contextmanager
-def recording(match: Callable[[list[bytes]], bool]) -> Iterator[list[list[bytes]]]:
-    """The commands (first two arguments each; pipelines unpacked) that any redis-py
-    asyncio connection sends while inside and `match` accepts, in order."""
-    seen: list[list[bytes]] = []
+def _each_write(record: Callable[[list[list[bytes]]], None]) -> Iterator[None]:
+    """Hand `record` the commands of every write any redis-py asyncio connection sends
+    while inside (first two arguments each)."""
     send = AbstractConnection.send_packed_command
 
     async def recording_send(self: Any, command: Any, check_health: bool = True) -> None:
-        seen.extend(args for args in sent_commands(command) if match(args))
+        record(sent_commands(command))
         await send(self, command, check_health)
 
     AbstractConnection.send_packed_command = recording_send  # type: ignore[method-assign]
     try:
-        yield seen
+        yield
     finally:
         AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
+
+
+@contextmanager
+def recording(match: Callable[[list[bytes]], bool]) -> Iterator[list[list[bytes]]]:
+    """The commands (first two arguments each; pipelines unpacked) that any redis-py
+    asyncio connection sends while inside and `match` accepts, in order."""
+    seen: list[list[bytes]] = []
+    with _each_write(lambda commands: seen.extend(c for c in commands if match(c))):
+        yield seen
 
 
 @contextmanager
@@ -57,16 +65,10 @@ def recording_writes(match: Callable[[list[bytes]], bool]) -> Iterator[list[list
     """Like `recording`, one list per write (a round trip: a command or a whole pipeline)
     holding a command `match` accepts."""
     seen: list[list[list[bytes]]] = []
-    send = AbstractConnection.send_packed_command
 
-    async def recording_send(self: Any, command: Any, check_health: bool = True) -> None:
-        commands = sent_commands(command)
-        if any(match(args) for args in commands):
+    def record(commands: list[list[bytes]]) -> None:
+        if any(match(c) for c in commands):
             seen.append(commands)
-        await send(self, command, check_health)
 
-    AbstractConnection.send_packed_command = recording_send  # type: ignore[method-assign]
-    try:
+    with _each_write(record):
         yield seen
-    finally:
-        AbstractConnection.send_packed_command = send  # type: ignore[method-assign]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, ResponseError
 
 from tocsin.escalation import store as escalation_store
 from tocsin.runtime import timers
@@ -123,3 +124,35 @@ async def test_a_missing_or_unknown_name_is_refused_before_sending(redis: Redis)
     with pytest.raises(TypeError, match=r"rest\.\.\. takes a sequence"):
         script.args(first="a", second=2, rest="cd")
     assert await redis.dbsize() == 0
+
+
+_FAIL = """-- ARGV:
+--   message  the error to answer with
+return redis.error_reply(ARGV[1])
+"""
+
+
+async def test_a_call_in_a_pipeline_answers_as_the_call_alone_would(redis: Redis) -> None:
+    """`queue` puts the call in a pipeline beside other commands; `result` gives its
+    reply, raises its error, and runs it again alone when Redis had lost the script."""
+    echo = LuaScript(redis, "echo.lua", body=_ECHO)
+    fail = LuaScript(redis, "fail.lua", body=_FAIL)
+    await echo([], first="x", second=0, rest=[])  # loaded
+    await redis.script_load(fail.script.script)
+
+    pipe = redis.pipeline(transaction=False)
+    pipe.set("k", "v")
+    ok = echo.queue(pipe, [], first="a", second=2, rest=["c"])
+    refused = fail.queue(pipe, [], message="no such thing")
+    replies = await pipe.execute(raise_on_error=False)
+
+    assert replies[0] is True and await ok.result(replies[1]) == [b"a", b"2", b"c"]
+    with pytest.raises(ResponseError, match="no such thing"):
+        await refused.result(replies[2])
+
+    await redis.script_flush()
+    pipe = redis.pipeline(transaction=False)
+    lost = echo.queue(pipe, [], first="b", second=3, rest=[])
+    [reply] = await pipe.execute(raise_on_error=False)
+    assert isinstance(reply, NoScriptError)
+    assert await lost.result(reply) == [b"b", b"3"]

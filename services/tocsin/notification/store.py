@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import RedisCluster
-from redis.exceptions import NoScriptError
 
 from tocsin.notification import domain, keys
 from tocsin.notification.contacts import KeyWrite
@@ -547,15 +546,19 @@ class PagingStore:
         """An attempt the provider accepted: SENT (`update_attempt`), then the writes of
         `remember_page`, whose answer this is. On one Redis server the script and the SETs
         go in one pipeline, in that order, as they went in two round trips before (a
-        crash between them leaves what a crash between those two left); on a Cluster,
-        where redis-py sends no script in a pipeline, one after the other."""
+        crash between them leaves what a crash between those two left; a Redis that lost
+        its scripts gets SENT right after them: `QueuedCall.result`); on a Cluster, where
+        redis-py sends no script in a pipeline, one after the other."""
         writes = self._page_writes(provider_id, location.attempt_id, also)
         if isinstance(self.redis, RedisCluster) or (not writes and first_page is None):
             await self.update_attempt(
                 location, domain.SENT, provider_id=provider_id, provider_status=provider_status
             )
             return await self.remember_page(provider_id, location.attempt_id, also, first_page)
-        update = self._update.args(
+        pipe = self.redis.pipeline(transaction=False)
+        update = self._update.queue(
+            pipe,
+            self._attempt_keys(location),
             id=location.attempt_id,
             status=domain.SENT,
             provider_id=provider_id,
@@ -563,15 +566,9 @@ class PagingStore:
             provider_status=provider_status,
             now_ms=self.clock.now_ms(),
         )
-        attempt_keys = self._attempt_keys(location)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.evalsha(self._update.script.sha, len(attempt_keys), *attempt_keys, *update)
         self._queue_page_writes(pipe, writes, first_page)
         replies = await pipe.execute(raise_on_error=False)
-        if isinstance(replies[0], NoScriptError):  # Redis lost its scripts: load, redo
-            await self._update.script(keys=attempt_keys, args=update)
-        elif isinstance(replies[0], Exception):
-            raise replies[0]
+        await update.result(replies[0])
         for reply in replies[1:]:
             if isinstance(reply, Exception):
                 raise reply

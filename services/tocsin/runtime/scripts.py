@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from tocsin.runtime.redis import RedisClient, read_lua, register_lua
 
@@ -103,3 +105,30 @@ class LuaScript:
 
     async def __call__(self, keys: Sequence[Any], **values: Any) -> Any:
         return await self.script(keys=list(keys), args=self.args(**values))
+
+    def queue(self, pipe: Any, keys: Sequence[Any], **values: Any) -> QueuedCall:
+        """Add this call to `pipe` (an EVALSHA, so not on a Cluster's pipeline, which
+        redis-py refuses scripts) with other commands, for one round trip; its
+        `QueuedCall.result` turns the pipeline's reply into the call's."""
+        call = QueuedCall(self.script, list(keys), self.args(**values))
+        pipe.evalsha(self.script.sha, len(call.keys), *call.keys, *call.args)
+        return call
+
+
+@dataclass(frozen=True)
+class QueuedCall:
+    """A script call sent in a pipeline (`LuaScript.queue`)."""
+
+    script: AsyncScript
+    keys: list[Any]
+    args: list[Any]
+
+    async def result(self, reply: Any) -> Any:
+        """The call's result from its reply in a pipeline executed with
+        `raise_on_error=False`: run again alone (which loads the script) if Redis had lost
+        its scripts (a restart), else the reply, or the error it holds raised."""
+        if isinstance(reply, NoScriptError):
+            return await self.script(keys=self.keys, args=self.args)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import RedisCluster
-from redis.exceptions import NoScriptError
 from redis.typing import EncodableT
 
 from tocsin.runtime.clock import Clock
@@ -237,22 +236,20 @@ class TimerStore:
             queue(first)
             await first.execute()
             return await self.complete(claimed)
-        keys = self.keys(claimed.shard)
-        args = self._complete.args(
-            tag=self.tag(claimed.shard), id=claimed.timer_id, fence=claimed.fence
-        )
         pipe = self.redis.pipeline(transaction=True)
         queue(pipe)
-        pipe.evalsha(self._complete.script.sha, len(keys), *keys, *args)
+        complete = self._complete.queue(
+            pipe,
+            self.keys(claimed.shard),
+            tag=self.tag(claimed.shard),
+            id=claimed.timer_id,
+            fence=claimed.fence,
+        )
         replies = await pipe.execute(raise_on_error=False)
         for reply in replies[:-1]:
             if isinstance(reply, Exception):
                 raise reply
-        if isinstance(replies[-1], NoScriptError):  # Redis lost its scripts: load, redo
-            return await self.complete(claimed)
-        if isinstance(replies[-1], Exception):
-            raise replies[-1]
-        return bool(replies[-1])
+        return bool(await complete.result(replies[-1]))
 
     async def retry(self, claimed: ClaimedTimer, due_ms: int) -> bool:
         """Give a claimed timer back, due again at `due_ms`, instead of leaving it in
