@@ -8,16 +8,21 @@ number indexes in step (lua/settings_write.lua), retrying if someone else wrote 
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import RedisCluster
 
 from tocsin.notification import domain, keys
 from tocsin.notification.domain import Settings
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import AlreadyExists, Conflict
 from tocsin.runtime.redis import RedisClient, read_lua
-from tocsin.runtime.scripts import LuaScript
+from tocsin.runtime.scripts import LuaScript, QueuedCall
 from tocsin.v1 import notification_pb2
 
 REPLY_CODES = 99
@@ -33,6 +38,9 @@ REPLY_CODE_KEY_MARGIN_MS = 24 * 3600 * 1000
 """The code keys outlive the last code they hold by this much (Redis expires keys by its
 own clock, the codes follow the injected one)."""
 _WRITE_RETRIES = 20
+SETTINGS_COPIES = 10_000
+"""Users whose settings a process keeps a copy of (the latest paged), to start a cycle in
+the round trip that prepares its page (`known_settings`)."""
 
 _WRITE = read_lua("tocsin.notification", "lua/settings_write.lua")
 _PREPARE = read_lua("tocsin.notification", "lua/page_prepare.lua")
@@ -42,6 +50,17 @@ _PREPARE = read_lua("tocsin.notification", "lua/page_prepare.lua")
 class PageContext:
     settings: Settings
     reply_code: str
+
+
+@dataclass(frozen=True)
+class KnownSettings:
+    """A process's copy of a user's settings, as Redis held them when last read: `digest`
+    is the SHA-1 of those bytes (of b"" when the user had none), which lua/notify.lua
+    compares with the stored ones before it starts a cycle from rules taken from this
+    copy."""
+
+    settings: Settings
+    digest: str
 
 
 @dataclass(frozen=True)
@@ -80,6 +99,7 @@ class ContactStore:
         self.clock = clock
         self._write = LuaScript(redis, "settings_write.lua", body=_WRITE)
         self._prepare = LuaScript(redis, "page_prepare.lua", body=_PREPARE)
+        self._known: OrderedDict[str, KnownSettings] = OrderedDict()
 
     async def settings(self, user_id: str) -> Settings | None:
         """The user's settings, or None if they never had any."""
@@ -123,6 +143,7 @@ class ContactStore:
             current = Settings.FromString(raw)
             updated = change(current)
             if await self._compare_and_set(user_id, raw, current, updated):
+                self._known.pop(user_id, None)
                 return updated
         raise Conflict(f"the settings of {user_id!r} keep changing; try again")
 
@@ -171,21 +192,51 @@ class ContactStore:
 
     async def prepare_page(self, user_id: str, incident_id: str) -> PageContext:
         """The user's settings and their reply code for the incident, in one round trip."""
-        raw, code = await self._prepare(
-            [
+        return self.page_context(
+            user_id, await self._prepare(**self._prepare_call(user_id, incident_id))
+        )
+
+    def queue_prepare(self, pipe: Any, user_id: str, incident_id: str) -> QueuedCall:
+        """`prepare_page`'s script added to `pipe` (one Redis server only), to go with the
+        cycle's start; `page_context` reads its result."""
+        return self._prepare.queue(pipe, **self._prepare_call(user_id, incident_id))
+
+    def _prepare_call(self, user_id: str, incident_id: str) -> dict[str, Any]:
+        return {
+            "keys": [
                 keys.user_settings(user_id),
                 keys.reply_codes(user_id),
                 keys.code_of(user_id),
             ],
-            incident_id=incident_id,
-            now_ms=self.clock.now_ms(),
-            window_ms=REPLY_CODE_TTL_MS,
-            quarantine_ms=REPLY_CODE_QUARANTINE_MS,
-            margin_ms=REPLY_CODE_KEY_MARGIN_MS,
-            tier_prefix=keys.code_tier_prefix(user_id),
-        )
-        settings = Settings.FromString(keys.as_bytes(raw)) if raw else Settings()
+            "incident_id": incident_id,
+            "now_ms": self.clock.now_ms(),
+            "window_ms": REPLY_CODE_TTL_MS,
+            "quarantine_ms": REPLY_CODE_QUARANTINE_MS,
+            "margin_ms": REPLY_CODE_KEY_MARGIN_MS,
+            "tier_prefix": keys.code_tier_prefix(user_id),
+        }
+
+    def page_context(self, user_id: str, reply: Any) -> PageContext:
+        """page_prepare.lua's answer, the settings in it kept as the user's known ones."""
+        raw, code = reply
+        data = keys.as_bytes(raw) if raw else b""
+        settings = Settings.FromString(data)
+        if not isinstance(self.redis, RedisCluster):
+            known = self._known
+            known[user_id] = KnownSettings(settings, hashlib.sha1(data).hexdigest())
+            known.move_to_end(user_id)
+            while len(known) > SETTINGS_COPIES:
+                known.popitem(last=False)
         return PageContext(settings, keys.as_text(code))
+
+    def known_settings(self, user_id: str) -> KnownSettings | None:
+        """This process's copy of the user's settings, from the latest page it prepared
+        for them (None: none, or Redis is a Cluster, where the settings and the incident
+        are in different slots and no script can check the copy against both). Dropped
+        when this process changes them; another's change is caught by the digest."""
+        if isinstance(self.redis, RedisCluster):
+            return None
+        return self._known.get(user_id)
 
     async def incident_of_code(self, user_id: str, code: str) -> str | None:
         """The incident a reply code names, while it is valid."""

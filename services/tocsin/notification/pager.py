@@ -1,14 +1,16 @@
 """Starting and stopping notification cycles; keeping up with the incidents.
 
 `notify` snapshots the user's rules into a cycle with one timer per rule (one script in
-the incident's slot), then takes the fast path: the same script claims the timers of the
-rules due now for this process, which sends them at once, so the first SMS leaves within
-milliseconds instead of waiting for a worker's poll. A rule due now whose page needs
-nothing more (Sender.ready_now: a send slot free, no rate limit, no details to look up)
-is even recorded SENDING by that script, so its page has no round trip of its own
-between the cycle's start and the provider's request. The TimerWorker fires the later
-rules, and the claimed ones again should this process die before sending them (their
-leases run out).
+the incident's slot, after the one that reads the user's settings and holds their reply
+code; on one Redis server both go in one round trip when this process has a copy of the
+settings, which the second script checks: `ContactStore.known_settings`), then takes the
+fast path: the same script claims the timers of the rules due now for this process,
+which sends them at once, so the first SMS leaves within milliseconds instead of waiting
+for a worker's poll. A rule due now whose page needs nothing more (Sender.ready_now: a
+send slot free, no rate limit, no details to look up) is even recorded SENDING by that
+script, so its page has no round trip of its own between the cycle's start and the
+provider's request. The TimerWorker fires the later rules, and the claimed ones again
+should this process die before sending them (their leases run out).
 
 `handle_event` consumes the incident-events stream (group "notification"): it mirrors
 each incident's status, summary and service (newer versions only) and, when an incident
@@ -26,15 +28,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tocsin.notification import domain
 from tocsin.notification.channels import channel_name
-from tocsin.notification.contacts import ContactStore
+from tocsin.notification.contacts import ContactStore, PageContext
 from tocsin.notification.peers import IncidentsPeer
+from tocsin.notification.records import CycleRule
 from tocsin.notification.sender import Sender
-from tocsin.notification.store import CycleStart, PagingStore
+from tocsin.notification.store import CycleStart, PagingStore, SendNow
 from tocsin.runtime.clock import Clock
 from tocsin.v1 import incidents_pb2, notification_pb2
 
@@ -99,26 +103,82 @@ class Pager:
         service, "" if not known) picks the sender's queue for the pages sent now;
         `words`, the incident's summary, number and creation if the caller has them, are
         what those pages say when the status mirror does not hold the incident yet."""
-        page = await self.contacts.prepare_page(user_id, incident_id)
-        rules = domain.rules_snapshot(page.settings, urgency)
-        unreachable = domain.unreachable_reason(user_id, page.settings, urgency)
-        methods = {m.id: m for m in page.settings.contact_methods}
-        ready = await self.sender.ready_now(rules, methods, service_id, words)
+        known = self.contacts.known_settings(user_id)
+        if known is not None:
+            context: list[PageContext] = []
 
-        async def start_and_fire() -> CycleStart:
-            try:
-                start = await self.store.start_cycle(
+            async def with_page(
+                rules: Sequence[CycleRule], send_now: dict[int, SendNow]
+            ) -> CycleStart | None:
+                page, start = await self.store.start_cycle_with_page(
+                    self.contacts,
+                    known,
                     incident_id,
                     user_id,
                     idempotency_key,
                     traceparent,
-                    page.reply_code,
                     rules,
                     self.sender.options.lease_ms,
                     next_level_ms,
-                    send_now=ready.rules,
+                    send_now=send_now,
                 )
-                if start.started:
+                context.append(page)
+                return start
+
+            result = await self._start(
+                known.settings, urgency, incident_id, user_id, service_id, words, with_page
+            )
+            if result is not None:
+                return result
+            page = context[0]  # the settings changed: start from those stored now
+        else:
+            page = await self.contacts.prepare_page(user_id, incident_id)
+
+        async def alone(
+            rules: Sequence[CycleRule], send_now: dict[int, SendNow]
+        ) -> CycleStart | None:
+            return await self.store.start_cycle(
+                incident_id,
+                user_id,
+                idempotency_key,
+                traceparent,
+                page.reply_code,
+                rules,
+                self.sender.options.lease_ms,
+                next_level_ms,
+                send_now=send_now,
+            )
+
+        result = await self._start(
+            page.settings, urgency, incident_id, user_id, service_id, words, alone
+        )
+        assert result is not None  # start_cycle always answers
+        return result
+
+    async def _start(
+        self,
+        settings: domain.Settings,
+        urgency: int,
+        incident_id: str,
+        user_id: str,
+        service_id: str,
+        words: domain.IncidentWords | None,
+        start_cycle: Callable[
+            [Sequence[CycleRule], dict[int, SendNow]], Awaitable[CycleStart | None]
+        ],
+    ) -> NotifyResult | None:
+        """The cycle started by `start_cycle` from the user's rules in `settings`, its
+        pages due now sent at once; None when `start_cycle` answers None (its script
+        started nothing: the settings it was given are not the stored ones)."""
+        rules = domain.rules_snapshot(settings, urgency)
+        unreachable = domain.unreachable_reason(user_id, settings, urgency)
+        methods = {m.id: m for m in settings.contact_methods}
+        ready = await self.sender.ready_now(rules, methods, service_id, words)
+
+        async def start_and_fire() -> CycleStart | None:
+            try:
+                start = await start_cycle(rules, ready.rules)
+                if start is not None and start.started:
                     self.sender.fire_now(
                         start.claimed, methods, service_id, words, start.fired, ready
                     )
@@ -134,6 +194,8 @@ class Pager:
         task = asyncio.get_running_loop().create_task(start_and_fire())
         task.add_done_callback(_retrieve)
         start = await asyncio.shield(task)
+        if start is None:
+            return None
         if not start.started:
             return NotifyResult(False, 0, unreachable)
         return NotifyResult(True, start.rules, unreachable)

@@ -28,7 +28,13 @@ from typing import Any
 from redis.asyncio import RedisCluster
 
 from tocsin.notification import domain, keys
-from tocsin.notification.contacts import KeyWrite
+from tocsin.notification.contacts import (
+    REPLY_CODE_TTL_MS,
+    ContactStore,
+    KeyWrite,
+    KnownSettings,
+    PageContext,
+)
 from tocsin.notification.records import AttemptRecord, CycleRule, decode_rules, encode_rules
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.events import INCIDENT_SHARDS, incident_shard
@@ -165,6 +171,81 @@ class PagingStore:
     ) -> CycleStart:
         """Start the cycle (lua/notify.lua); `send_now`: rules (by index) to record
         SENDING at once, see `SendNow`."""
+        call = self._start_call(
+            incident_id,
+            user_id,
+            idempotency_key,
+            traceparent,
+            reply_code,
+            rules,
+            lease_ms,
+            level_due_ms,
+            send_now,
+        )
+        reply = await self._notify(**call)
+        return self._cycle_start(incident_id, reply)
+
+    async def start_cycle_with_page(
+        self,
+        contacts: ContactStore,
+        known: KnownSettings,
+        incident_id: str,
+        user_id: str,
+        idempotency_key: str,
+        traceparent: str,
+        rules: Sequence[CycleRule],
+        lease_ms: int,
+        level_due_ms: int = 0,
+        send_now: Mapping[int, SendNow] | None = None,
+    ) -> tuple[PageContext, CycleStart | None]:
+        """`contacts.prepare_page` and `start_cycle` in one round trip, on one Redis
+        server: the rules were taken from `known`, this process's copy of the user's
+        settings, and lua/notify.lua starts the cycle only if the stored settings still
+        have its digest, with the reply code page_prepare.lua held just before it in the
+        same pipeline. The page's context (the settings as stored now) comes back with
+        the start, or with None when the script started nothing (the settings changed
+        since the copy was taken): the caller starts the cycle from that context. A Redis
+        that lost its scripts (a restart) runs each again alone, in order
+        (`QueuedCall.result`)."""
+        pipe = self.redis.pipeline(transaction=False)
+        prepare = contacts.queue_prepare(pipe, user_id, incident_id)
+        call = self._start_call(
+            incident_id,
+            user_id,
+            idempotency_key,
+            traceparent,
+            "",
+            rules,
+            lease_ms,
+            level_due_ms,
+            send_now,
+        )
+        call["keys"] += [
+            keys.user_settings(user_id),
+            keys.code_of(user_id),
+            keys.reply_codes(user_id),
+        ]
+        call["settings_digest"] = known.digest
+        notify = self._notify.queue(pipe, **call)
+        prepared, started = await pipe.execute(raise_on_error=False)
+        page = contacts.page_context(user_id, await prepare.result(prepared))
+        reply = await notify.result(started)
+        if int(reply[0]) < 0:
+            return page, None
+        return page, self._cycle_start(incident_id, reply)
+
+    def _start_call(
+        self,
+        incident_id: str,
+        user_id: str,
+        idempotency_key: str,
+        traceparent: str,
+        reply_code: str,
+        rules: Sequence[CycleRule],
+        lease_ms: int,
+        level_due_ms: int,
+        send_now: Mapping[int, SendNow] | None,
+    ) -> dict[str, Any]:
         shard = incident_shard(incident_id)
         now_json = (
             json.dumps(
@@ -182,8 +263,8 @@ class PagingStore:
             if send_now
             else ""
         )
-        reply = await self._notify(
-            keys=[
+        return {
+            "keys": [
                 keys.idempotency(incident_id, idempotency_key),
                 keys.incident_state(incident_id),
                 keys.incident_cycles(incident_id),
@@ -191,22 +272,27 @@ class PagingStore:
                 keys.sending(shard),
                 *keys.timer_keys(shard),
             ],
-            tag=keys.timer_tag(shard),
-            prefix=keys.prefix(shard),
-            incident=incident_id,
-            user=user_id,
-            now_ms=self.clock.now_ms(),
-            ttl_ms=self.retention_ms,
-            traceparent=traceparent,
-            reply_code=reply_code,
-            rules=encode_rules(rules),
-            lease_ms=lease_ms,
-            key=idempotency_key,
-            level_due_ms=level_due_ms,
-            send_now=now_json,
-        )
+            "tag": keys.timer_tag(shard),
+            "prefix": keys.prefix(shard),
+            "incident": incident_id,
+            "user": user_id,
+            "now_ms": self.clock.now_ms(),
+            "ttl_ms": self.retention_ms,
+            "traceparent": traceparent,
+            "reply_code": reply_code,
+            "rules": encode_rules(rules),
+            "lease_ms": lease_ms,
+            "key": idempotency_key,
+            "level_due_ms": level_due_ms,
+            "send_now": now_json,
+            "settings_digest": "",
+            "window_ms": REPLY_CODE_TTL_MS,
+        }
+
+    def _cycle_start(self, incident_id: str, reply: Any) -> CycleStart:
         if not int(reply[0]):
             return CycleStart(started=False)
+        shard = incident_shard(incident_id)
         claimed = tuple(claimed_from_reply(shard, row) for row in reply[4])
         fired = tuple(None if _text(row[0]) == "claimed" else _fired(row) for row in reply[5])
         return CycleStart(True, _text(reply[1]), int(reply[2]), int(reply[3]), claimed, fired)
