@@ -415,6 +415,32 @@ async def test_a_storm_to_one_person_does_not_hold_back_a_page_to_another(
     assert ttl_ms > max(storm) - clock.now_ms()
 
 
+async def test_both_rate_limits_are_reserved_in_one_round_trip_on_one_server(
+    any_redis: RedisClient, clock: ManualClock
+) -> None:
+    """The destination's slot, then the sender's no earlier than it: one script on one
+    Redis server, two on a Cluster (the keys' hash tags differ), the same slots."""
+    limiter = RateLimiter(
+        any_redis, clock, "+15005550006", sends_per_second=2, number_interval_ms=3_000
+    )
+    now = clock.now_ms()
+
+    first = await limiter.reserve(SMS, "+15005550010")  # loads the scripts where they run
+    with recording_writes(lambda args: args[0].upper() == b"EVALSHA") as writes:
+        second = await limiter.reserve(SMS, "+15005550010")
+    other = await limiter.reserve(SMS, "+15005550011")
+    clock.advance(seconds=1)
+    later = await limiter.reserve(SMS, "+15005550012")
+
+    assert [first - now, second - now, other - now, later - now] == [0, 3_000, 500, 1_000]
+    assert len(writes) == (2 if isinstance(any_redis, RedisCluster) else 1)
+    number_only = RateLimiter(
+        any_redis, clock, "+15005550006", sends_per_second=0, number_interval_ms=3_000
+    )
+    assert await number_only.reserve(SMS, "+15005550013") == clock.now_ms()
+    assert await number_only.reserve(SMS, "+15005550013") == clock.now_ms() + 3_000
+
+
 async def test_a_sent_page_is_findable_by_provider_id_and_by_number(
     store: PagingStore, any_redis: RedisClient, clock: ManualClock
 ) -> None:

@@ -16,6 +16,8 @@ served behind the last reservation: a storm paging one person (every
 `number_interval_ms`) leaves the slots in between to every other page, and another
 service's first page to someone else goes within a slot or two instead of after the
 storm's whole queue. The caller waits for the slot on the clock; nothing is dropped.
+On one Redis server both reservations are one script (lua/reserve_pair.lua), one round
+trip; on a Cluster, where the two keys are in different slots, two one after the other.
 
 Known limit: a storm that pages many different people at once fills the sender's slots
 one after another, and other pages then wait behind the reservations made before them
@@ -23,6 +25,8 @@ one after another, and other pages then wait behind the reservations made before
 """
 
 from __future__ import annotations
+
+from redis.asyncio import RedisCluster
 
 from tocsin.notification import keys
 from tocsin.notification.channels import channel_name
@@ -32,6 +36,12 @@ from tocsin.runtime.scripts import LuaScript
 
 MAX_GAP_SCAN = 1000
 """Reservations of the sender looked at for a gap; past that, the slot after the last."""
+
+
+def _script(redis: RedisClient, name: str) -> LuaScript:
+    lib = read_lua("tocsin.notification", "lua/rate_lib.lua")
+    body = read_lua("tocsin.notification", f"lua/{name}.lua")
+    return LuaScript(redis, f"{name}.lua", lib, body=body)
 
 
 class RateLimiter:
@@ -50,12 +60,10 @@ class RateLimiter:
         self.sender = sender
         self.sender_interval_ms = round(1000 / sends_per_second) if sends_per_second else 0
         self.number_interval_ms = number_interval_ms
-        self._reserve = LuaScript(
-            redis, "reserve.lua", body=read_lua("tocsin.notification", "lua/reserve.lua")
-        )
-        self._reserve_gap = LuaScript(
-            redis, "reserve_gap.lua", body=read_lua("tocsin.notification", "lua/reserve_gap.lua")
-        )
+        self._one_server = not isinstance(redis, RedisCluster)
+        self._reserve = _script(redis, "reserve")
+        self._reserve_gap = _script(redis, "reserve_gap")
+        self._reserve_pair = _script(redis, "reserve_pair")
 
     @property
     def enabled(self) -> bool:
@@ -66,6 +74,19 @@ class RateLimiter:
         now = self.clock.now_ms()
         slot = now
         kind = channel_name(channel)
+        if self.number_interval_ms and self.sender_interval_ms and self._one_server:
+            return int(
+                await self._reserve_pair(
+                    [
+                        keys.rate_slot(f"{kind}:to:{number}"),
+                        keys.rate_slots(f"{kind}:from:{self.sender}"),
+                    ],
+                    now_ms=now,
+                    number_interval_ms=self.number_interval_ms,
+                    sender_interval_ms=self.sender_interval_ms,
+                    max_scan=MAX_GAP_SCAN,
+                )
+            )
         if self.number_interval_ms:
             slot = await self._take(f"{kind}:to:{number}", now, slot, self.number_interval_ms)
         if self.sender_interval_ms:
