@@ -113,6 +113,30 @@ def test_acknowledge_on_a_phone_stops_the_paging(console: ConsoleStack, phone: A
     expect(timeline).to_contain_text("acknowledged")
 
 
+def test_the_confirmation_stays_when_a_later_change_reloads_the_page(
+    console: ConsoleStack, page: Any
+) -> None:
+    """A change the page does not show yet, a moment after an acknowledgement (here an
+    alert joining the incident; in the flake this fixes, an escalation note appended
+    through the outbox after the acknowledged page loaded), reloads the incident's page;
+    the "Acknowledged" confirmation is still there after that reload."""
+    console.paging.enqueue(QUIET_KEY, "trigger", "reload-1", "search index lagging")
+    incident = console.paging.incident("quiet-api", "reload-1")
+    console.sign_in(page, "rosa")
+    page.goto(f"{console.url}/incidents/{incident.id}")
+    page.get_by_role("button", name="Acknowledge").click()
+    expect(page.get_by_role("status")).to_contain_text("Acknowledged")
+    expect(page.locator("[data-watch-incident][data-connected='1']")).to_have_count(1)
+    page.evaluate("window.notReloaded = true")
+
+    console.paging.enqueue(QUIET_KEY, "trigger", "reload-1", "search index lagging")
+
+    page.wait_for_function("window.notReloaded === undefined", timeout=5000)
+    expect(page.get_by_role("status")).to_contain_text("Acknowledged")
+    page.reload()  # a reload of the viewer's own shows the page as it is, no old notice
+    expect(page.get_by_role("status")).to_have_count(0)
+
+
 def test_an_observer_sees_no_actions_and_a_forged_post_is_refused(
     console: ConsoleStack, page: Any
 ) -> None:

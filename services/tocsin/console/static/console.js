@@ -1,7 +1,8 @@
 // tocsin console: small, no build step. (1) Times: every <time data-local> is shown in
 // the viewer's own time zone. (2) The incident list follows /incidents/events (server-sent
 // events) and refetches its rows, as the signed-in user, when an incident changes. (3) An
-// incident page reloads when that incident changes, unless the viewer is writing a note.
+// incident page reloads when that incident changes, unless the viewer is writing a note,
+// keeping the confirmation of the action just taken.
 "use strict";
 (function () {
   function localTimes(root) {
@@ -56,6 +57,10 @@
     };
   }
 
+  var submitting = false;
+  document.addEventListener("submit", function () { submitting = true; }, true);
+  window.addEventListener("pageshow", function () { submitting = false; });
+
   var SHOWN = {triggered: 1, acknowledged: 1, resolved: 1, snoozed: 1, unsnoozed: 1,
     reassigned: 1};
 
@@ -71,14 +76,45 @@
       // A timeline entry (escalated, a status update) keeps the version: it reloads.
       if (SHOWN[data.kind] && Number(data.version) <= Number(marker.dataset.version)) return;
       var note = document.getElementById("note");
-      var busy = (note && note.value.trim() !== "") ||
+      // A form being sent (an action just clicked) leads to the page as it is now: a
+      // reload then would replace that page, and its confirmation, with this one's.
+      var busy = submitting || (note && note.value.trim() !== "") ||
         (document.activeElement && document.activeElement.tagName === "SELECT");
-      if (!busy) { source.close(); window.location.reload(); }
+      if (!busy) { source.close(); keepNotice(); window.location.reload(); }
     });
     marker.dataset.connected = "1";
   }
 
+  // The confirmation of an action just taken ("Acknowledged #2") survives a reload for a
+  // later change (a timeline entry appended a moment after): kept for this one page.
+  var NOTICE = "tocsin.notice";
+  function keepNotice() {
+    var notice = document.querySelector("#main > p.notice[role=status]");
+    if (!notice) return;
+    try {
+      sessionStorage.setItem(NOTICE, window.location.pathname + "\n" + notice.textContent);
+    } catch (e) { /* storage off: the reloaded page shows the state, not the notice */ }
+  }
+  function restoreNotice() {
+    var kept = null;
+    try {
+      kept = sessionStorage.getItem(NOTICE);
+      sessionStorage.removeItem(NOTICE);
+    } catch (e) { return; }
+    if (!kept) return;
+    var at = kept.indexOf("\n");
+    var main = document.getElementById("main");
+    if (kept.slice(0, at) !== window.location.pathname || !main) return;
+    if (main.querySelector("#main > p.notice[role=status]")) return;
+    var p = document.createElement("p");
+    p.className = "notice";
+    p.setAttribute("role", "status");
+    p.textContent = kept.slice(at + 1);
+    main.insertBefore(p, main.firstChild);
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    restoreNotice();
     localTimes(document);
     document.querySelectorAll("table[data-live]").forEach(live);
     document.querySelectorAll("[data-watch-incident]").forEach(watchIncident);
