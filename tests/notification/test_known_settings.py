@@ -109,6 +109,40 @@ async def test_settings_changed_by_another_replica_page_as_they_are_stored_now(
     assert (await stack.incident(second)).status == ACKNOWLEDGED
 
 
+async def test_a_stale_copy_does_not_put_the_page_behind_its_own_rate_limit_slot(
+    redis: RedisClient,
+) -> None:
+    """With the default rate limits the page reserves its number's slot before the
+    cycle's script; when the script refuses a stale copy, the second try uses that slot
+    instead of reserving the next one (two seconds later): the text still goes at once."""
+    limits = {"TOCSIN_TWILIO_SENDS_PER_SECOND": "1", "TOCSIN_NUMBER_SEND_INTERVAL": "2s"}
+    async with paging_stack(redis, limits) as stack:
+        await stack.add_user("alice", ALICE, [(SMS, 0)])
+        first = await stack.trigger("disk full on db1")
+        await stack.notify(first, "alice", service_id="payments-api")
+        await stack.pager.expect_sms("alice", "disk full on db1")
+        stack.clock.advance(seconds=5)  # past the first page's slots
+        await ContactStore(stack.redis, stack.clock).change(
+            "alice",
+            lambda s: with_rules(
+                s,
+                [
+                    notification_pb2.NotificationRule(contact_method_id="alice-sms"),
+                    notification_pb2.NotificationRule(
+                        contact_method_id="alice-voice", delay=Duration(seconds=600)
+                    ),
+                ],
+            ),
+        )
+        second = await stack.trigger("db2 is down")
+
+        started = await stack.notify(second, "alice", service_id="payments-api")
+
+        assert (started.started, started.rules_scheduled) == (True, 2)
+        await stack.pager.expect_sms("alice", "db2 is down")  # no clock moved: at once
+        await stack.pager.expect_no_more_pages()
+
+
 async def test_a_repeated_notify_with_a_known_copy_does_nothing(stack: PagingStack) -> None:
     await stack.add_user("alice", ALICE, [(SMS, 0)])
     first = await stack.trigger("disk full on db1")

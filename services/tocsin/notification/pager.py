@@ -104,6 +104,7 @@ class Pager:
         `words`, the incident's summary, number and creation if the caller has them, are
         what those pages say when the status mirror does not hold the incident yet."""
         known = self.contacts.known_settings(user_id)
+        rate_slots: dict[tuple[int, str], list[int]] = {}  # the first try's, for a second
         if known is not None:
             context: list[PageContext] = []
 
@@ -126,7 +127,14 @@ class Pager:
                 return start
 
             result = await self._start(
-                known.settings, urgency, incident_id, user_id, service_id, words, with_page
+                known.settings,
+                urgency,
+                incident_id,
+                user_id,
+                service_id,
+                words,
+                with_page,
+                rate_slots,
             )
             if result is not None:
                 return result
@@ -150,7 +158,7 @@ class Pager:
             )
 
         result = await self._start(
-            page.settings, urgency, incident_id, user_id, service_id, words, alone
+            page.settings, urgency, incident_id, user_id, service_id, words, alone, rate_slots
         )
         assert result is not None  # start_cycle always answers
         return result
@@ -166,6 +174,7 @@ class Pager:
         start_cycle: Callable[
             [Sequence[CycleRule], dict[int, SendNow]], Awaitable[CycleStart | None]
         ],
+        rate_slots: dict[tuple[int, str], list[int]],
     ) -> NotifyResult | None:
         """The cycle started by `start_cycle` from the user's rules in `settings`, its
         pages due now sent at once; None when `start_cycle` answers None (its script
@@ -173,7 +182,7 @@ class Pager:
         rules = domain.rules_snapshot(settings, urgency)
         unreachable = domain.unreachable_reason(user_id, settings, urgency)
         methods = {m.id: m for m in settings.contact_methods}
-        ready = await self.sender.ready_now(rules, methods, service_id, words)
+        ready = await self.sender.ready_now(rules, methods, service_id, words, rate_slots)
 
         async def start_and_fire() -> CycleStart | None:
             try:

@@ -264,6 +264,7 @@ class Sender:
         methods: dict[str, notification_pb2.ContactMethod],
         service_id: str,
         words: domain.IncidentWords | None,
+        rate_slots: dict[tuple[int, str], list[int]] | None = None,
     ) -> ReadyNow:
         """Before a Notify's cycle is started: the rules due now whose page can be
         recorded SENDING by the script that starts the cycle (store.SendNow), so it goes
@@ -275,10 +276,16 @@ class Sender:
         a send slot, taken here without waiting (none free: the rule is fired the usual
         way, queued for a slot). The caller passes the result to `fire_now`, or
         `release`s it if no cycle started (a repeated Notify: a slot reserved for it
-        stays taken, which at worst spaces that number's next page one interval later)."""
+        stays taken, which at worst spaces that number's next page one interval later).
+        `rate_slots`, (channel, address) -> slots, holds the rate-limit slots this
+        Notify already reserved: a second try of the same Notify (its copy of the
+        settings was stale) uses them, each once, instead of reserving again, which
+        would put its page one interval later; it is left holding this try's."""
         ready = ReadyNow()
         if not service_id:
             return ready
+        earlier = {k: list(v) for k, v in (rate_slots or {}).items()}
+        used: dict[tuple[int, str], list[int]] = {}
         candidates: list[tuple[int, notification_pb2.ContactMethod, Channel]] = []
         for index, rule in enumerate(rules):
             method = methods.get(rule.contact_method_id)
@@ -288,11 +295,19 @@ class Sender:
             if channel is None or channel.wants_details:
                 continue
             if self.limiter.enabled and channel.rate_limited:
-                slot = await self.limiter.reserve(method.type, method.address)
+                key = (method.type, method.address)
+                mine = earlier.get(key)
+                slot = mine.pop(0) if mine else None
+                if slot is None:
+                    slot = await self.limiter.reserve(method.type, method.address)
+                used.setdefault(key, []).append(slot)
                 ready.reserved[index] = slot
                 if slot > self.clock.now_ms():
                     continue
             candidates.append((index, method, channel))
+        if rate_slots is not None:
+            rate_slots.clear()
+            rate_slots.update(used)
         if not candidates:
             return ready
         ready.service_name = await self.incidents.service_name(service_id)
