@@ -36,6 +36,18 @@ def reply_code(sms: RecordedRequest) -> str:
     return match[1]
 
 
+async def another_replica_sets_rules(
+    stack: PagingStack, user_id: str, rules: list[tuple[str, int]]
+) -> None:
+    """The user's rules, (contact method, delay s), written as another notification
+    process would: this one's copy of the settings is not dropped."""
+    wanted = [
+        notification_pb2.NotificationRule(contact_method_id=m, delay=Duration(seconds=d))
+        for m, d in rules
+    ]
+    await ContactStore(stack.redis, stack.clock).change(user_id, lambda s: with_rules(s, wanted))
+
+
 def scripts(write: list[list[bytes]]) -> list[bytes]:
     return [c[0].upper() for c in write]
 
@@ -75,18 +87,7 @@ async def test_settings_changed_by_another_replica_page_as_they_are_stored_now(
     first = await stack.trigger("disk full on db1")
     await stack.notify(first, "alice")
     await stack.pager.expect_sms("alice")
-    other_replica = ContactStore(stack.redis, stack.clock)
-    await other_replica.change(
-        "alice",
-        lambda s: with_rules(
-            s,
-            [
-                notification_pb2.NotificationRule(
-                    contact_method_id="alice-voice", delay=Duration(seconds=0)
-                )
-            ],
-        ),
-    )
+    await another_replica_sets_rules(stack, "alice", [("alice-voice", 0)])
     assert stack.parts.contacts.known_settings("alice") is not None  # the stale copy
     second = await stack.trigger("db2 is down")
 
@@ -122,18 +123,7 @@ async def test_a_stale_copy_does_not_put_the_page_behind_its_own_rate_limit_slot
         await stack.notify(first, "alice", service_id="payments-api")
         await stack.pager.expect_sms("alice", "disk full on db1")
         stack.clock.advance(seconds=5)  # past the first page's slots
-        await ContactStore(stack.redis, stack.clock).change(
-            "alice",
-            lambda s: with_rules(
-                s,
-                [
-                    notification_pb2.NotificationRule(contact_method_id="alice-sms"),
-                    notification_pb2.NotificationRule(
-                        contact_method_id="alice-voice", delay=Duration(seconds=600)
-                    ),
-                ],
-            ),
-        )
+        await another_replica_sets_rules(stack, "alice", [("alice-sms", 0), ("alice-voice", 600)])
         second = await stack.trigger("db2 is down")
 
         started = await stack.notify(second, "alice", service_id="payments-api")

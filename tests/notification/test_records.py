@@ -11,7 +11,7 @@ import pytest
 
 from tocsin.notification import domain, keys
 from tocsin.notification.records import AttemptRecord, CycleRule, TimerPayload, decode_rules
-from tocsin.notification.store import PagingStore
+from tocsin.notification.store import CycleRequest, PagingStore
 from tocsin.runtime.clock import ManualClock
 from tocsin.runtime.events import incident_shard
 from tocsin.runtime.redis import RedisClient
@@ -40,7 +40,9 @@ def store(redis: RedisClient, clock: ManualClock) -> PagingStore:
 
 
 async def _start(store: PagingStore) -> tuple[str, ClaimedTimer]:
-    started = await store.start_cycle(INCIDENT, "zoe", "k", TRACEPARENT, "12", RULES, LEASE_MS)
+    started = await store.start_cycle(
+        CycleRequest(INCIDENT, "zoe", "k", TRACEPARENT, LEASE_MS, rules=RULES), "12"
+    )
     assert started.started
     [first] = started.claimed
     return started.cycle_id, first
@@ -94,7 +96,7 @@ async def test_the_first_rules_timer_names_the_key_a_waiting_level_gets_reported
 ) -> None:
     key = f"{INCIDENT}/1/0/0/zoe"
     started = await store.start_cycle(
-        INCIDENT, "zoe", key, TRACEPARENT, "12", RULES, LEASE_MS, level_due_ms=123_000
+        CycleRequest(INCIDENT, "zoe", key, TRACEPARENT, LEASE_MS, 123_000, rules=RULES), "12"
     )
     [first] = started.claimed
     assert TimerPayload.decode(first.payload).awaited_key == key

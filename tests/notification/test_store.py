@@ -26,7 +26,7 @@ from tocsin.notification.contacts import (
 from tocsin.notification.domain import AttemptLocation, Settings, TimerPayload
 from tocsin.notification.ratelimit import RateLimiter
 from tocsin.notification.records import CycleRule
-from tocsin.notification.store import PagingStore
+from tocsin.notification.store import CycleRequest, PagingStore
 from tocsin.runtime.clock import ManualClock
 from tocsin.runtime.errors import AlreadyExists
 from tocsin.runtime.events import incident_shard
@@ -59,7 +59,9 @@ async def start(
     store: PagingStore, key: str = "k", user: str = "alice", lease_ms: int = LEASE_MS
 ) -> tuple[str, ClaimedTimer]:
     """A new cycle's id and the claim on its first rule (due now) that Notify hands over."""
-    started = await store.start_cycle(INCIDENT, user, key, "", "7", RULES, lease_ms)
+    started = await store.start_cycle(
+        CycleRequest(INCIDENT, user, key, "", lease_ms, rules=RULES), "7"
+    )
     assert started.started
     [first] = started.claimed
     return started.cycle_id, first
@@ -89,7 +91,9 @@ async def test_a_cycle_arms_one_timer_per_rule_and_claims_those_due_now_once(
 ) -> None:
     cycle_id, timer = await start(store)
 
-    again = await store.start_cycle(INCIDENT, "alice", "k", "", "7", RULES, LEASE_MS)
+    again = await store.start_cycle(
+        CycleRequest(INCIDENT, "alice", "k", "", LEASE_MS, rules=RULES), "7"
+    )
 
     assert cycle_id == f"{INCIDENT}-1" and not again.started and not again.claimed
     assert await store.timers.pending_count(SHARD) == 3
@@ -142,7 +146,9 @@ async def test_a_new_cycle_for_the_same_user_replaces_the_running_one(
 ) -> None:
     _, in_flight = await start(store, key="loop-0")
 
-    second = await store.start_cycle(INCIDENT, "alice", "loop-1", "", "7", RULES, LEASE_MS)
+    second = await store.start_cycle(
+        CycleRequest(INCIDENT, "alice", "loop-1", "", LEASE_MS, rules=RULES), "7"
+    )
 
     assert second.replaced_timers == 3
     assert await fire(store, in_flight) == "stale"

@@ -28,17 +28,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tocsin.notification import domain
 from tocsin.notification.channels import channel_name
 from tocsin.notification.contacts import ContactStore, PageContext
 from tocsin.notification.peers import IncidentsPeer
-from tocsin.notification.records import CycleRule
 from tocsin.notification.sender import Sender
-from tocsin.notification.store import CycleStart, PagingStore, SendNow
+from tocsin.notification.store import CycleRequest, CycleStart, PagingStore
 from tocsin.runtime.clock import Clock
 from tocsin.v1 import incidents_pb2, notification_pb2
 
@@ -103,38 +102,26 @@ class Pager:
         service, "" if not known) picks the sender's queue for the pages sent now;
         `words`, the incident's summary, number and creation if the caller has them, are
         what those pages say when the status mirror does not hold the incident yet."""
-        known = self.contacts.known_settings(user_id)
+        request = CycleRequest(
+            incident_id,
+            user_id,
+            idempotency_key,
+            traceparent,
+            self.sender.options.lease_ms,
+            next_level_ms,
+        )
         rate_slots: dict[tuple[int, str], list[int]] = {}  # the first try's, for a second
+        known = self.contacts.known_settings(user_id)
         if known is not None:
             context: list[PageContext] = []
 
-            async def with_page(
-                rules: Sequence[CycleRule], send_now: dict[int, SendNow]
-            ) -> CycleStart | None:
-                page, start = await self.store.start_cycle_with_page(
-                    self.contacts,
-                    known,
-                    incident_id,
-                    user_id,
-                    idempotency_key,
-                    traceparent,
-                    rules,
-                    self.sender.options.lease_ms,
-                    next_level_ms,
-                    send_now=send_now,
-                )
+            async def with_page(request: CycleRequest) -> CycleStart | None:
+                page, start = await self.store.start_cycle_with_page(request, self.contacts, known)
                 context.append(page)
                 return start
 
             result = await self._start(
-                known.settings,
-                urgency,
-                incident_id,
-                user_id,
-                service_id,
-                words,
-                with_page,
-                rate_slots,
+                known.settings, urgency, request, service_id, words, with_page, rate_slots
             )
             if result is not None:
                 return result
@@ -142,23 +129,11 @@ class Pager:
         else:
             page = await self.contacts.prepare_page(user_id, incident_id)
 
-        async def alone(
-            rules: Sequence[CycleRule], send_now: dict[int, SendNow]
-        ) -> CycleStart | None:
-            return await self.store.start_cycle(
-                incident_id,
-                user_id,
-                idempotency_key,
-                traceparent,
-                page.reply_code,
-                rules,
-                self.sender.options.lease_ms,
-                next_level_ms,
-                send_now=send_now,
-            )
+        async def alone(request: CycleRequest) -> CycleStart | None:
+            return await self.store.start_cycle(request, page.reply_code)
 
         result = await self._start(
-            page.settings, urgency, incident_id, user_id, service_id, words, alone, rate_slots
+            page.settings, urgency, request, service_id, words, alone, rate_slots
         )
         assert result is not None  # start_cycle always answers
         return result
@@ -167,26 +142,24 @@ class Pager:
         self,
         settings: domain.Settings,
         urgency: int,
-        incident_id: str,
-        user_id: str,
+        request: CycleRequest,
         service_id: str,
         words: domain.IncidentWords | None,
-        start_cycle: Callable[
-            [Sequence[CycleRule], dict[int, SendNow]], Awaitable[CycleStart | None]
-        ],
+        start_cycle: Callable[[CycleRequest], Awaitable[CycleStart | None]],
         rate_slots: dict[tuple[int, str], list[int]],
     ) -> NotifyResult | None:
         """The cycle started by `start_cycle` from the user's rules in `settings`, its
         pages due now sent at once; None when `start_cycle` answers None (its script
         started nothing: the settings it was given are not the stored ones)."""
         rules = domain.rules_snapshot(settings, urgency)
+        incident_id, user_id = request.incident_id, request.user_id
         unreachable = domain.unreachable_reason(user_id, settings, urgency)
         methods = {m.id: m for m in settings.contact_methods}
         ready = await self.sender.ready_now(rules, methods, service_id, words, rate_slots)
 
         async def start_and_fire() -> CycleStart | None:
             try:
-                start = await start_cycle(rules, ready.rules)
+                start = await start_cycle(replace(request, rules=rules, send_now=ready.rules))
                 if start is not None and start.started:
                     self.sender.fire_now(
                         start.claimed, methods, service_id, words, start.fired, ready

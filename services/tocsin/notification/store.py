@@ -85,6 +85,23 @@ class SendNow:
 
 
 @dataclass(frozen=True)
+class CycleRequest:
+    """What a Notify asks of lua/notify.lua: the user's cycle for the incident, from
+    `rules`, idempotent by `idempotency_key`; its claims on the rules due now leased for
+    `lease_ms`; `level_due_ms` when the page stops mattering (0: not known); `send_now`,
+    the rules (by index) to record SENDING at once (see `SendNow`)."""
+
+    incident_id: str
+    user_id: str
+    idempotency_key: str
+    traceparent: str
+    lease_ms: int
+    level_due_ms: int = 0
+    rules: Sequence[CycleRule] = ()
+    send_now: Mapping[int, SendNow] | None = None
+
+
+@dataclass(frozen=True)
 class Fired:
     """What `fire` decided. `outcome` is 'send' (the attempt is recorded SENDING),
     'check' (ask the incidents service), 'unreachable' (recorded FAILED; `next_rule` was
@@ -157,46 +174,13 @@ class PagingStore:
         self._failover = _script(redis, "attempt_failover")
         self._notice = _script(redis, "notice_begin")
 
-    async def start_cycle(
-        self,
-        incident_id: str,
-        user_id: str,
-        idempotency_key: str,
-        traceparent: str,
-        reply_code: str,
-        rules: Sequence[CycleRule],
-        lease_ms: int,
-        level_due_ms: int = 0,
-        send_now: Mapping[int, SendNow] | None = None,
-    ) -> CycleStart:
-        """Start the cycle (lua/notify.lua); `send_now`: rules (by index) to record
-        SENDING at once, see `SendNow`."""
-        call = self._start_call(
-            incident_id,
-            user_id,
-            idempotency_key,
-            traceparent,
-            reply_code,
-            rules,
-            lease_ms,
-            level_due_ms,
-            send_now,
-        )
-        reply = await self._notify(**call)
-        return self._cycle_start(incident_id, reply)
+    async def start_cycle(self, request: CycleRequest, reply_code: str) -> CycleStart:
+        """Start the cycle (lua/notify.lua) with the user's `reply_code`."""
+        reply = await self._notify(**self._start_call(request, reply_code))
+        return self._cycle_start(request.incident_id, reply)
 
     async def start_cycle_with_page(
-        self,
-        contacts: ContactStore,
-        known: KnownSettings,
-        incident_id: str,
-        user_id: str,
-        idempotency_key: str,
-        traceparent: str,
-        rules: Sequence[CycleRule],
-        lease_ms: int,
-        level_due_ms: int = 0,
-        send_now: Mapping[int, SendNow] | None = None,
+        self, request: CycleRequest, contacts: ContactStore, known: KnownSettings
     ) -> tuple[PageContext, CycleStart | None]:
         """`contacts.prepare_page` and `start_cycle` in one round trip, on one Redis
         server: the rules were taken from `known`, this process's copy of the user's
@@ -208,45 +192,23 @@ class PagingStore:
         that lost its scripts (a restart) runs each again alone, in order
         (`QueuedCall.result`)."""
         pipe = self.redis.pipeline(transaction=False)
-        prepare = contacts.queue_prepare(pipe, user_id, incident_id)
-        call = self._start_call(
-            incident_id,
-            user_id,
-            idempotency_key,
-            traceparent,
-            "",
-            rules,
-            lease_ms,
-            level_due_ms,
-            send_now,
-        )
-        call["keys"] += [
-            keys.user_settings(user_id),
-            keys.code_of(user_id),
-            keys.reply_codes(user_id),
-        ]
-        call["settings_digest"] = known.digest
-        notify = self._notify.queue(pipe, **call)
+        prepare = contacts.queue_prepare(pipe, request.user_id, request.incident_id)
+        notify = self._notify.queue(pipe, **self._start_call(request, "", known))
         prepared, started = await pipe.execute(raise_on_error=False)
-        page = contacts.page_context(user_id, await prepare.result(prepared))
+        page = contacts.page_context(request.user_id, await prepare.result(prepared))
         reply = await notify.result(started)
         if int(reply[0]) < 0:
             return page, None
-        return page, self._cycle_start(incident_id, reply)
+        return page, self._cycle_start(request.incident_id, reply)
 
     def _start_call(
-        self,
-        incident_id: str,
-        user_id: str,
-        idempotency_key: str,
-        traceparent: str,
-        reply_code: str,
-        rules: Sequence[CycleRule],
-        lease_ms: int,
-        level_due_ms: int,
-        send_now: Mapping[int, SendNow] | None,
+        self, request: CycleRequest, reply_code: str, known: KnownSettings | None = None
     ) -> dict[str, Any]:
+        """notify.lua's keys and arguments; with `known`, checked against the user's
+        stored settings and taking the code page_prepare.lua held (one Redis server)."""
+        incident_id, user_id = request.incident_id, request.user_id
         shard = incident_shard(incident_id)
+        send_now = request.send_now
         now_json = (
             json.dumps(
                 {
@@ -263,14 +225,20 @@ class PagingStore:
             if send_now
             else ""
         )
+        user_keys = (
+            [keys.user_settings(user_id), keys.code_of(user_id), keys.reply_codes(user_id)]
+            if known is not None
+            else []
+        )
         return {
             "keys": [
-                keys.idempotency(incident_id, idempotency_key),
+                keys.idempotency(incident_id, request.idempotency_key),
                 keys.incident_state(incident_id),
                 keys.incident_cycles(incident_id),
                 keys.incident_attempts(incident_id),
                 keys.sending(shard),
                 *keys.timer_keys(shard),
+                *user_keys,
             ],
             "tag": keys.timer_tag(shard),
             "prefix": keys.prefix(shard),
@@ -278,14 +246,14 @@ class PagingStore:
             "user": user_id,
             "now_ms": self.clock.now_ms(),
             "ttl_ms": self.retention_ms,
-            "traceparent": traceparent,
+            "traceparent": request.traceparent,
             "reply_code": reply_code,
-            "rules": encode_rules(rules),
-            "lease_ms": lease_ms,
-            "key": idempotency_key,
-            "level_due_ms": level_due_ms,
+            "rules": encode_rules(request.rules),
+            "lease_ms": request.lease_ms,
+            "key": request.idempotency_key,
+            "level_due_ms": request.level_due_ms,
             "send_now": now_json,
-            "settings_digest": "",
+            "settings_digest": known.digest if known is not None else "",
             "window_ms": REPLY_CODE_TTL_MS,
         }
 
