@@ -22,6 +22,7 @@ from tocsin.notification.peers import EscalationPeer
 from tocsin.runtime.auth import process_service_token
 from tocsin.runtime.config import load_config
 from tocsin.runtime.redis import RedisClient
+from tocsin.runtime.report_outbox import ReportOutbox
 from tocsin.runtime.service import ServiceDeps
 from tocsin.v1 import escalation_pb2, escalation_pb2_grpc, scheduling_pb2
 
@@ -56,6 +57,8 @@ class FullStack:
                 done += await self.paging.incidents.snooze_worker.run_once()
                 done += await self.paging.incidents.maintenance_worker.run_once()
             await self.paging.settle()
+            assert self.escalation.reports is not None
+            done += await self.escalation.reports.drain_once()  # the page-out reports
             total += done
             if not done:
                 return total
@@ -152,7 +155,7 @@ async def full_stack(
             notification=endpoints.notification,
             escalation=f"127.0.0.1:{port}",
         )
-        paging.parts.sender.escalation = EscalationPeer(lambda: reporter)
+        paging.parts.sender.escalation = EscalationPeer(lambda: reporter, ReportOutbox(redis))
         # The stub stands in for notification (ReportUnreachable): the service credential.
         channel = create_channel(f"127.0.0.1:{port}", process_service_token())
         stack = FullStack(

@@ -425,6 +425,24 @@ class EscalationEngine:
                 return True
         raise Conflict(f"escalation of incident {incident_id} kept changing; retried")
 
+    async def apply_page_out_report(
+        self, request: pb_policy.ReportPageOutRequest, traceparent: str
+    ) -> bool:
+        """A report notification queued (runtime/report_outbox.py), as the ReportPageOut
+        RPC would apply it, in a span of the page's trace. InvalidArgument if it names no
+        level this service pages with."""
+        with tracer.start_as_current_span(
+            "escalation.page_out",
+            context=context_from_traceparent(traceparent),
+            attributes={"incident.id": request.incident_id},
+        ):
+            return await self.report_page_out(
+                request.incident_id,
+                request.user_id,
+                request.idempotency_key,
+                request.out_at.ToMilliseconds() if request.HasField("out_at") else None,
+            )
+
     async def report_page_out(
         self,
         incident_id: str,

@@ -1,5 +1,5 @@
 """The escalation service process: gRPC API, event consumer, timer worker over leased
-shards, and the auditor."""
+shards, the page-out reports' consumer (runtime/report_outbox.py), and the auditor."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from tocsin.runtime.events import INCIDENT_SHARDS, EventConsumer, instance_name
 from tocsin.runtime.grpcserver import start_grpc_server
 from tocsin.runtime.leases import ShardLeases
 from tocsin.runtime.loops import run_loop, wait_or_timeout
+from tocsin.runtime.report_outbox import ReportOutboxConsumer
 from tocsin.runtime.service import RunningService, ServiceDeps, serve_blocking
 from tocsin.runtime.timers import TimerWorker
 from tocsin.v1 import escalation_pb2_grpc
@@ -32,6 +33,9 @@ class EscalationProcess(RunningService):
     worker: TimerWorker | None = None
     consumer: EventConsumer | None = None
     leases: ShardLeases | None = None
+    reports: ReportOutboxConsumer | None = None
+    """Applies the page-out reports notification queues (runtime/report_outbox.py);
+    tests call its `drain_once()`."""
 
 
 LEASE_MS = 10_000
@@ -84,7 +88,10 @@ async def create_server(
     consumer = EventConsumer(
         deps.redis, "escalation", engine.on_event, incidents_at_once=INCIDENTS_AT_ONCE
     )
+    reports = ReportOutboxConsumer(deps.redis, engine.apply_page_out_report, instance)
+    await reports.start()  # the group exists before notification's first report
     running.worker, running.consumer, running.leases = worker, consumer, leases
+    running.reports = reports
     if not background:
         await consumer.start()
         return running, grpc_server.port
@@ -104,6 +111,9 @@ async def create_server(
     running.start_worker("escalation lease heartbeat", leases.run(stop, health))
     running.start_worker("escalation timer worker", worker.run(stop, health))
     running.start_worker("escalation consumer", consumer.run(stop, health))
+    running.start_worker(
+        "escalation page-out reports", reports.run(stop, health, "escalation page-out reports")
+    )
     running.start_worker(
         "escalation policy cache",
         run_loop(

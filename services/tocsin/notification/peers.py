@@ -20,6 +20,7 @@ import grpc
 from tocsin.client.client import TocsinClient
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import NotFound, Unavailable
+from tocsin.runtime.report_outbox import ReportOutbox
 from tocsin.runtime.telemetry import current_traceparent
 from tocsin.runtime.timeline_outbox import TimelineOutbox
 from tocsin.v1 import common_pb2, escalation_pb2, incidents_pb2, scheduling_pb2
@@ -204,11 +205,16 @@ class EscalationPeer:
     """Tells escalation that a user it paged cannot be reached (every rule failed), so a
     level nobody can answer moves on at once, and that a user's first page went out, so
     the next level may follow. Best effort (REPORT_ATTEMPTS tries): should escalation not
-    answer, an unreachable level waits out its delay, as it would have anyway, and the next
-    level goes ahead at most LEVEL_HOLD_MAX_MS (escalation/domain.py) after its due time."""
+    answer, an unreachable level waits out its delay, as it would have anyway. Page-out
+    reports go through the report outbox (runtime/report_outbox.py), not an RPC: should
+    one not be queued, the next level goes ahead at most LEVEL_HOLD_MAX_MS
+    (escalation/domain.py) after its due time."""
 
-    def __init__(self, client: Callable[[], TocsinClient], timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, client: Callable[[], TocsinClient], reports: ReportOutbox, timeout_s: float = 5.0
+    ) -> None:
         self.client = client
+        self.reports = reports
         self.timeout_s = timeout_s
 
     async def _call(self, send: Callable[[], Awaitable[_Reply]]) -> _Reply:
@@ -245,22 +251,24 @@ class EscalationPeer:
     async def report_page_out(
         self, incident_id: str, user_id: str, idempotency_key: str, out_ms: int
     ) -> bool:
-        """True when the report released the next level."""
+        """Queue the report for escalation (runtime/report_outbox.py: one Redis round trip,
+        no RPC; escalation applies it once it reads it). False (logged) if it could not be
+        queued: the next level then waits for its bound."""
         request = escalation_pb2.ReportPageOutRequest(
             incident_id=incident_id, user_id=user_id, idempotency_key=idempotency_key
         )
         request.out_at.FromMilliseconds(out_ms)
         try:
-            # batched with the other reports waiting (it waits for a starting peer itself)
-            reply = await self._call(
-                lambda: self.client().report_page_out(request, timeout=self.timeout_s)
-            )
-        except grpc.aio.AioRpcError as error:
-            _report_failed(
-                error, "incident %s: could not report %s's page out", incident_id, user_id
+            await self.reports.append([request], current_traceparent())
+        except Exception as error:  # Redis errors vary
+            log.warning(
+                "incident %s: could not queue %s's page-out report for escalation: %s",
+                incident_id,
+                user_id,
+                type(error).__name__,
             )
             return False
-        return reply.released
+        return True
 
 
 def _report_failed(error: grpc.aio.AioRpcError, what: str, *args: str) -> None:

@@ -73,6 +73,7 @@ from tocsin.notification.records import CycleRule
 from tocsin.notification.store import Fired, PagingStore, SendNow
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.events import incident_shard
+from tocsin.runtime.report_outbox import ReportOutbox
 from tocsin.runtime.telemetry import context_from_traceparent
 from tocsin.runtime.timers import ClaimedTimer
 from tocsin.v1 import notification_pb2, scheduling_pb2
@@ -219,7 +220,7 @@ class Sender:
         self.limiter = limiter
         self.channels = channels
         self.incidents = incidents
-        self.escalation = escalation or EscalationPeer(incidents.client)
+        self.escalation = escalation or EscalationPeer(incidents.client, ReportOutbox(store.redis))
         self.clock = clock
         self.options = options
         self.tracer = tracer or trace.get_tracer("tocsin.notification")

@@ -1,0 +1,298 @@
+"""Outboxes: one service's requests to another, carried by a Redis stream instead of an RPC.
+
+A writer XADDs a protobuf request to a stream (one Redis round trip, or a command in a
+pipeline it sends anyway) and the receiving service applies it, many a read, with the
+same validation and idempotency as the RPC it stands for (which stays, for callers
+outside the stack). Used where the writer needs no answer and the RPC's cost is the
+point: on the reference machine a bare gRPC hop costs about 0.7 ms of CPU, client and
+server together, against a tenth of that for an XADD and a share of one read.
+`timeline_outbox` (notes for the incidents service) and `report_outbox` (page-out
+reports for escalation) are the two.
+
+Each stream's contract is its key and two fields: `r`, the serialized request; `tp`, the
+writer's W3C traceparent ('' = none), under which the reader applies it. Writing needs
+the stack's Redis credentials, which only the services hold.
+
+Guarantees. A request is applied at least once if its write returned: the consumer group
+keeps an entry pending until the process that read it has applied it (XACK after,
+pipelined with its next read), and a process that died holding entries has them taken
+over (XAUTOCLAIM) after `claim_idle_ms`; so every request must be idempotent. One that can
+never be applied (InvalidArgument, NotFound) is logged and acknowledged; one that keeps
+failing for another reason is given up after `max_deliveries` tries, logged. Requests of
+one incident are applied in the order they were written when one process reads them (the
+usual case); with several replicas two of them may apply one incident's requests out of
+order. A stream is capped at `maxlen` entries (approximately): a consumer down for longer
+than the cap's worth loses the oldest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, Protocol, TypeVar
+
+from google.protobuf.message import DecodeError
+from redis.exceptions import ResponseError
+
+from tocsin.runtime.errors import InvalidArgument, NotFound
+from tocsin.runtime.loops import LoopGuard, WorkerHealth, lone_guard
+from tocsin.runtime.redis import RedisClient, blocking_ms
+
+REQUEST_FIELD = b"r"
+TRACE_FIELD = b"tp"
+
+
+class IncidentRequest(Protocol):
+    """A request an outbox carries: a protobuf message about one incident."""
+
+    incident_id: str
+
+    def SerializeToString(self) -> bytes: ...
+
+
+Request = TypeVar("Request", bound=IncidentRequest)
+
+Apply = Callable[[Request, str], Awaitable[object]]
+"""Apply one entry (the request, the writer's traceparent; what it returns is ignored).
+Raises NotFound or InvalidArgument for an entry that can never be applied; anything else
+is retried."""
+
+
+class Outbox(Generic[Request]):
+    """The writers' side: queue requests on `stream_key`."""
+
+    def __init__(self, redis: RedisClient, stream_key: str, maxlen: int) -> None:
+        self.redis = redis
+        self.stream_key = stream_key
+        self.maxlen = maxlen
+        """About this many entries are kept (XADD MAXLEN ~)."""
+
+    async def append(self, requests: Sequence[Request], traceparent: str = "") -> None:
+        """Queue `requests`, in order, in one round trip (MULTI: a reader sees all of them
+        or none). Raises what Redis raised."""
+        if not requests:
+            return
+        if len(requests) == 1:
+            fields = _fields(requests[0], traceparent.encode())
+            await self.redis.xadd(self.stream_key, fields, maxlen=self.maxlen, approximate=True)
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        self.queue(pipe, requests, traceparent)
+        await pipe.execute()
+
+    def queue(self, pipe: Any, requests: Sequence[Request], traceparent: str) -> None:
+        """Add the XADDs of `requests` to `pipe`, to go with other commands (e.g.
+        `TimerStore.complete_with`: a hop's notes with the completion of its timer)."""
+        trace = traceparent.encode()
+        for request in requests:
+            pipe.xadd(
+                self.stream_key, _fields(request, trace), maxlen=self.maxlen, approximate=True
+            )
+
+
+def _fields(request: IncidentRequest, trace: bytes) -> dict[Any, Any]:
+    return {REQUEST_FIELD: request.SerializeToString(), TRACE_FIELD: trace}
+
+
+class OutboxConsumer(Generic[Request]):
+    """The receiving side: read `stream_key` in consumer group `group` and apply its entries.
+
+    One loop per process: a blocking XREADGROUP of up to `batch` entries, applied
+    concurrently (entries of one incident in stream order), acknowledged with the next
+    read in one pipeline; with `linger_ms`, after a read that did not fill a batch, the
+    loop waits that long (real time) before reading again. Every `claim_idle_ms / 2` it
+    takes over entries left pending that long (a dead replica's, or its own that failed).
+    """
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        stream_key: str,
+        group: str,
+        decode: Callable[[bytes], Request],
+        apply: Apply[Request],
+        consumer: str,
+        *,
+        name: str,
+        logger: logging.Logger,
+        block_ms: int = 1000,
+        batch: int = 256,
+        linger_ms: int = 0,
+        claim_idle_ms: int = 10_000,
+        max_deliveries: int = 10,
+    ) -> None:
+        self.redis = redis
+        self.stream_key = stream_key
+        self.group = group
+        self.decode = decode
+        """The request from an entry's `r` field (the message's FromString)."""
+        self.apply = apply
+        self.consumer = consumer
+        self.name = name
+        """What the logs call an entry's stream ("timeline outbox")."""
+        self.log = logger
+        self.block_ms = blocking_ms(redis, block_ms)
+        self.batch = batch
+        self.linger_ms = linger_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.max_deliveries = max_deliveries
+        self.applied = 0
+        self._done: list[bytes] = []
+        """Entries finished (applied or given up) and not acknowledged yet."""
+        self._started = False
+
+    async def start(self) -> None:
+        """Create the group (from the stream's start: entries written before it exist);
+        once per consumer."""
+        if self._started:
+            return
+        try:
+            await self.redis.xgroup_create(self.stream_key, self.group, id="0", mkstream=True)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+        self._started = True
+
+    async def run(
+        self, stop: asyncio.Event, health: WorkerHealth | None = None, worker: str = ""
+    ) -> None:
+        """Apply entries until `stop` is set; any error is logged, backed off, retried.
+        `worker`: the loop's name in the health report."""
+        name = worker or self.name
+        guard: LoopGuard = lone_guard(name, stop) if health is None else health.guard(name, stop)
+        loop = asyncio.get_running_loop()
+        own_pending = True  # after a restart, what this consumer read and did not finish
+        next_claim = loop.time() + self.claim_idle_ms / 2000
+        while not stop.is_set():
+            async with guard:
+                await self.start()
+                if own_pending:
+                    await self._resume()
+                    own_pending = False
+                read = len(await self._step(">", self.block_ms))
+                if loop.time() >= next_claim:  # real time: XAUTOCLAIM judges Redis's idle
+                    next_claim = loop.time() + self.claim_idle_ms / 2000
+                    await self.claim_stale()
+                if 0 < read < self.batch and self.linger_ms:
+                    await asyncio.sleep(self.linger_ms / 1000)
+        try:  # what was applied last is not delivered again to the next consumer
+            await self._ack()
+        except Exception as error:  # redelivered, and dropped by its idempotency
+            self.log.warning("%s: last acknowledgements not sent: %s", self.name, error)
+
+    async def drain_once(self) -> int:
+        """Apply what the stream holds now, without blocking (for tests); how many."""
+        await self.start()
+        count = 0
+        while read := await self._step(">", None):
+            count += len(read)
+        await self._ack()
+        return count
+
+    async def _resume(self) -> None:
+        """Apply what this consumer read before a restart and did not finish, once each:
+        the reads of its own pending list move past what they returned (an entry that
+        fails again stays pending, for `claim_stale`, rather than being read forever)."""
+        start = "0"
+        while read := await self._step(start, None):
+            start = read[-1].decode()
+
+    async def _step(self, start_id: str, block_ms: int | None) -> list[bytes]:
+        """Acknowledge what is done and read (in one round trip), apply what came; the
+        ids that came."""
+        done, self._done = self._done, []
+        pipe = self.redis.pipeline(transaction=False)
+        if done:
+            pipe.xack(self.stream_key, self.group, *done)
+        pipe.xreadgroup(
+            self.group, self.consumer, {self.stream_key: start_id}, count=self.batch, block=block_ms
+        )
+        try:
+            replies: list[Any] = await pipe.execute()
+        except BaseException as error:
+            self._done[:0] = done  # XACK is idempotent: with the next read
+            if isinstance(error, ResponseError) and "NOGROUP" in str(error):
+                self._started = False  # Redis lost the group (no persistence): create it
+            raise
+        entries = replies[-1][0][1] if replies[-1] else []
+        ids = [entry_id for entry_id, _ in entries]
+        # own pending entries come back with no fields once trimmed away: nothing to apply
+        self._done += [entry_id for entry_id, fields in entries if not fields]
+        await self._apply_all([(entry_id, fields) for entry_id, fields in entries if fields])
+        return ids
+
+    async def _ack(self) -> None:
+        done, self._done = self._done, []
+        if done:
+            await self.redis.xack(self.stream_key, self.group, *done)
+
+    async def _apply_all(self, entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        """Apply `entries`: different incidents concurrently, one incident's in order."""
+        by_incident: dict[str, list[tuple[bytes, Request, str]]] = {}
+        for entry_id, fields in entries:
+            try:
+                request = self.decode(fields[REQUEST_FIELD])
+            except (KeyError, DecodeError):
+                self.log.error("%s entry %s cannot be decoded; dropped", self.name, entry_id)
+                self._done.append(entry_id)
+                continue
+            traceparent = fields.get(TRACE_FIELD, b"").decode(errors="replace")
+            by_incident.setdefault(request.incident_id, []).append((entry_id, request, traceparent))
+        if len(by_incident) == 1:  # the usual case at a low rate: no task to make
+            await self._apply_in_order(next(iter(by_incident.values())))
+            return
+        await asyncio.gather(*(self._apply_in_order(items) for items in by_incident.values()))
+
+    async def _apply_in_order(self, items: list[tuple[bytes, Request, str]]) -> None:
+        for entry_id, request, traceparent in items:
+            try:
+                await self.apply(request, traceparent)
+                self.applied += 1
+            except (NotFound, InvalidArgument) as error:
+                self.log.warning(
+                    "%s entry %s for incident %s not applied: %s",
+                    self.name,
+                    entry_id.decode(),
+                    request.incident_id,
+                    error,
+                )
+            except Exception:
+                self.log.exception(
+                    "%s entry %s for incident %s failed; retried later",
+                    self.name,
+                    entry_id.decode(),
+                    request.incident_id,
+                )
+                return  # this incident's later entries wait for it (pending, reclaimed)
+            self._done.append(entry_id)
+
+    async def claim_stale(self) -> int:
+        """Take over entries pending past `claim_idle_ms` (a dead replica's, or this
+        one's that failed) and apply them; give up on those delivered more than
+        `max_deliveries` times. How many were taken over."""
+        reply: Any = await self.redis.xautoclaim(
+            self.stream_key,
+            self.group,
+            self.consumer,
+            self.claim_idle_ms,
+            start_id="0-0",
+            count=self.batch,
+        )
+        entries = [(entry_id, fields) for entry_id, fields in reply[1] if fields]
+        self._done += [entry_id for entry_id, fields in reply[1] if not fields]
+        if entries:
+            rows = await self.redis.xpending_range(
+                self.stream_key, self.group, entries[0][0], entries[-1][0], len(entries) * 2
+            )
+            deliveries = {row["message_id"]: int(row["times_delivered"]) for row in rows}
+            keep = []
+            for entry_id, fields in entries:
+                if deliveries.get(entry_id, 0) > self.max_deliveries:
+                    self.log.error("%s entry %s failed too often; dropped", self.name, entry_id)
+                    self._done.append(entry_id)
+                else:
+                    keep.append((entry_id, fields))
+            await self._apply_all(keep)
+        await self._ack()
+        return len(entries)
