@@ -99,7 +99,9 @@ async def test_a_lost_report_holds_the_next_level_only_until_the_bound(
     async def lost(*args: object) -> bool:
         return False
 
-    monkeypatch.setattr(stack.paging.parts.sender.escalation, "report_page_out", lost)
+    escalation = stack.paging.parts.sender.escalation
+    monkeypatch.setattr(escalation, "report_page_out", lost)
+    monkeypatch.setattr(escalation.reports, "queue", lambda *args: None)  # nor with SENT
     incident_id = await trigger(stack)
     await stack.pager.expect_sms("bob")
 

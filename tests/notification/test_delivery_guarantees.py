@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from redis.asyncio import RedisCluster
 
 from tests.harness import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER
 from tests.notification.stack import ALICE, BOB, SMS, VOICE, PagingStack, paging_stack
@@ -15,9 +16,11 @@ from tocsin.notification import pagemetrics
 from tocsin.notification.providers import SendResult, TwilioProvider
 from tocsin.notification.server import build_parts, provider_from_config
 from tocsin.runtime.events import INCIDENT_SHARDS
+from tocsin.runtime.outbox import REQUEST_FIELD
 from tocsin.runtime.redis import RedisClient
+from tocsin.runtime.report_outbox import STREAM_KEY as REPORTS_STREAM
 from tocsin.runtime.service import ServiceDeps
-from tocsin.v1 import notification_pb2
+from tocsin.v1 import escalation_pb2, notification_pb2
 
 UNKNOWN = notification_pb2.ATTEMPT_STATUS_UNKNOWN
 DELIVERED = notification_pb2.ATTEMPT_STATUS_DELIVERED
@@ -269,29 +272,54 @@ async def test_notifys_script_records_the_first_page_sending_and_it_goes_at_once
     assert len(fired) == 1
 
 
+@pytest.fixture
+async def any_stack(any_redis: RedisClient) -> AsyncIterator[PagingStack]:
+    async with paging_stack(any_redis) as stack:
+        yield stack
+        stack.pager.check_all_expected()
+
+
+async def queued_reports(stack: PagingStack) -> list[tuple[str, str, str, int]]:
+    """The page-out reports on the report outbox: (incident, user, key, out ms)."""
+    entries: Any = await stack.redis.xrange(REPORTS_STREAM)
+    reports = [
+        escalation_pb2.ReportPageOutRequest.FromString(fields[REQUEST_FIELD])
+        for _, fields in entries
+    ]
+    return [
+        (r.incident_id, r.user_id, r.idempotency_key, r.out_at.ToMilliseconds()) for r in reports
+    ]
+
+
 async def test_the_first_page_reports_out_with_the_key_its_timer_carries(
-    stack: PagingStack, monkeypatch: pytest.MonkeyPatch
+    any_stack: PagingStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A Notify that names the next level's time is awaited: once its first page went out
     escalation is told with the Notify's key, which the rule's timer carries (the cycle
-    is not read for it); a Notify that names none is not reported at all."""
+    is not read for it), on the report outbox; on one Redis server in the round trip that
+    records SENT (no background report), on a Cluster right after it. A Notify that names
+    none is not reported at all."""
+    stack = any_stack
     await stack.add_user("alice", ALICE, [(SMS, 0)])
     await stack.add_user("bob", BOB, [(SMS, 0)])
     awaited = await stack.trigger("disk full on db1")
     lone = await stack.trigger("disk full on db2")
     sender = stack.parts.sender
-    reported: list[tuple[str, str, str]] = []
     reads: list[str] = []
-
-    async def report_page_out(incident_id: str, user_id: str, key: str, out_ms: int) -> None:
-        reported.append((incident_id, user_id, key))
+    background: list[str] = []
 
     async def awaited_key(incident_id: str, cycle_id: str) -> str | None:
         reads.append(cycle_id)
         return None
 
-    monkeypatch.setattr(sender.escalation, "report_page_out", report_page_out)
+    report_page_out = sender.escalation.report_page_out
+
+    async def reported_after(incident_id: str, user_id: str, key: str, out_ms: int) -> bool:
+        background.append(user_id)
+        return await report_page_out(incident_id, user_id, key, out_ms)
+
     monkeypatch.setattr(sender.store, "awaited_key", awaited_key)
+    monkeypatch.setattr(sender.escalation, "report_page_out", reported_after)
     key = f"{awaited}/0/0/0/alice"
     request = notification_pb2.NotifyRequest(
         incident_id=awaited, user_id="alice", idempotency_key=key, service_id="payments-api"
@@ -303,8 +331,10 @@ async def test_the_first_page_reports_out_with_the_key_its_timer_carries(
     await stack.pager.expect_sms("bob")
     await stack.settle()
 
-    assert reported == [(awaited, "alice", key)]
+    assert await queued_reports(stack) == [(awaited, "alice", key, stack.clock.now_ms())]
     assert reads == []
+    with_sent = not isinstance(stack.redis, RedisCluster)
+    assert background == ([] if with_sent else ["alice"])
 
 
 async def test_a_status_callback_for_no_known_attempt_changes_nothing(

@@ -76,7 +76,7 @@ from tocsin.runtime.events import incident_shard
 from tocsin.runtime.report_outbox import ReportOutbox
 from tocsin.runtime.telemetry import context_from_traceparent
 from tocsin.runtime.timers import ClaimedTimer
-from tocsin.v1 import notification_pb2, scheduling_pb2
+from tocsin.v1 import escalation_pb2, notification_pb2, scheduling_pb2
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,10 @@ class Page:
     empty for a channel with no choice of provider."""
     created_ms: int = 0
     """When the page's incident was created (ms; 0: not known, looked up for the metric)."""
+    report_key: str = ""
+    """The Notify key the page's level awaits the page-out report with (rule 0 of a
+    level's cycle; '' = none, or not known here): on one Redis server the report is
+    queued with SENT (`_record_sent`)."""
 
     @property
     def attempt_id(self) -> str:
@@ -659,6 +663,7 @@ class Sender:
             fired.incident_id,
             routes,
             content.created_ms,
+            (payload.awaited_key or "") if payload.rule_index == 0 else "",
         )
         rearmed = False
 
@@ -672,7 +677,8 @@ class Sender:
         error = await self.deliver(page, retry_later=retry_later, attempts=attempts)
         if rearmed:
             return
-        self._report_out(payload)
+        if error is not None or not self._reported_with_sent(page):
+            self._report_out(payload)
         if error is None or error.outcome_unknown:
             return
         if error.code == domain.OPTED_OUT_CODE and method.type == domain.SMS:
@@ -985,6 +991,10 @@ class Sender:
                 pagemetrics.provider_error(channel.type, code, "request")
                 raise
 
+    def _reported_with_sent(self, page: Page) -> bool:
+        """Whether `_record_sent` queues the page's page-out report with SENT."""
+        return bool(page.report_key) and self.store.pipelines_scripts
+
     async def _record_sent(self, page: Page, result: SendResult, accepted_ms: int) -> bool:
         """SENT, the provider id -> attempt index, (SMS) the latest page to the number and,
         for an incident's page, whether it is the incident's first page accepted (True:
@@ -995,6 +1005,16 @@ class Sender:
         provider reports it, and every failure.
         """
         latest = page.incident_id and page.channel.replies
+        queue_report = None
+        if self._reported_with_sent(page):
+            report = escalation_pb2.ReportPageOutRequest(
+                incident_id=page.incident_id, user_id=page.user_id, idempotency_key=page.report_key
+            )
+            report.out_at.FromMilliseconds(accepted_ms)
+
+            def queue_report(pipe: Any) -> None:
+                self.escalation.reports.queue(pipe, [report], page.traceparent)
+
         return await self.store.record_sent(
             page.location,
             result.sid or "",
@@ -1005,6 +1025,7 @@ class Sender:
             pagemetrics.first_page_write(page.incident_id, accepted_ms, self.store.retention_ms)
             if page.incident_id and page.rule_index >= 0
             else None,
+            queue_report,
         )
 
     async def _record_failure(self, page: Page, error: ProviderError) -> None:

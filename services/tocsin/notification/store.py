@@ -21,7 +21,7 @@ shards (`tocsin:{tN}:notify:timers` ...), so no other service's worker ever clai
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -596,15 +596,19 @@ class PagingStore:
         provider_status: str,
         also: KeyWrite | None = None,
         first_page: KeyWrite | None = None,
+        queue_also: Callable[[Any], None] | None = None,
     ) -> bool:
         """An attempt the provider accepted: SENT (`update_attempt`), then the writes of
         `remember_page`, whose answer this is. On one Redis server the script and the SETs
         go in one pipeline, in that order, as they went in two round trips before (a
         crash between them leaves what a crash between those two left; a Redis that lost
         its scripts gets SENT right after them: `QueuedCall.result`); on a Cluster, where
-        redis-py sends no script in a pipeline, one after the other."""
+        redis-py sends no script in a pipeline, one after the other. `queue_also` adds
+        commands to that pipeline, after the rest (the page-out report's XADD); it is
+        called only on one Redis server (`pipelines_scripts`), and what it queued went
+        through when this returns."""
         writes = self._page_writes(provider_id, location.attempt_id, also)
-        if isinstance(self.redis, RedisCluster) or (not writes and first_page is None):
+        if not self.pipelines_scripts or (not writes and first_page is None and queue_also is None):
             await self.update_attempt(
                 location, domain.SENT, provider_id=provider_id, provider_status=provider_status
             )
@@ -621,12 +625,20 @@ class PagingStore:
             now_ms=self.clock.now_ms(),
         )
         self._queue_page_writes(pipe, writes, first_page)
+        if queue_also is not None:
+            queue_also(pipe)
         replies = await pipe.execute(raise_on_error=False)
         await update.result(replies[0])
         for reply in replies[1:]:
             if isinstance(reply, Exception):
                 raise reply
-        return first_page is not None and bool(replies[-1])
+        return first_page is not None and bool(replies[1 + len(writes)])
+
+    @property
+    def pipelines_scripts(self) -> bool:
+        """Whether a script goes in a pipeline with other commands (one Redis server; on a
+        Cluster redis-py sends no script in a pipeline)."""
+        return not isinstance(self.redis, RedisCluster)
 
     async def remember_page(
         self,
