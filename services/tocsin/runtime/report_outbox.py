@@ -39,6 +39,12 @@ GROUP = "escalation"
 MAXLEN = 100_000
 """About this many entries are kept (XADD MAXLEN ~): minutes of reports at any rate the
 page path reaches, for a consumer that was away."""
+LINGER_MS = 100
+"""After a read that did not fill a batch, escalation's reader waits this long (real time)
+before reading again, so that under load one read carries the reports of many incidents
+(at 200 new incidents/s it read 0.7-1 time per report without it). It delays no level: a
+report names when the page went out, a level's delay is at least a minute
+(escalation/domain.py MIN_DELAY_MS), and the next level counts from that time."""
 
 
 class ReportOutbox(Outbox[escalation_pb2.ReportPageOutRequest]):
@@ -58,6 +64,7 @@ class ReportOutboxConsumer(OutboxConsumer[escalation_pb2.ReportPageOutRequest]):
         consumer: str,
         *,
         block_ms: int = 1000,
+        linger_ms: int = LINGER_MS,
         claim_idle_ms: int = 10_000,
     ) -> None:
         super().__init__(
@@ -70,5 +77,6 @@ class ReportOutboxConsumer(OutboxConsumer[escalation_pb2.ReportPageOutRequest]):
             name="page-out report",
             logger=log,
             block_ms=block_ms,
+            linger_ms=linger_ms,
             claim_idle_ms=claim_idle_ms,
         )
