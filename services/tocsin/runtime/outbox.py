@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from google.protobuf.message import DecodeError
@@ -59,13 +60,37 @@ Raises NotFound or InvalidArgument for an entry that can never be applied; anyth
 is retried."""
 
 
-class Outbox(Generic[Request]):
-    """The writers' side: queue requests on `stream_key`."""
+@dataclass(frozen=True)
+class OutboxStream(Generic[Request]):
+    """What one outbox is: both sides' subclasses name theirs (`stream`)."""
 
-    def __init__(self, redis: RedisClient, stream_key: str, maxlen: int) -> None:
+    key: str
+    """The stream's key (one hash tag: one Cluster slot)."""
+    group: str
+    """The receiving service's consumer group."""
+    decode: Callable[[bytes], Request]
+    """The request from an entry's `r` field (the message's FromString)."""
+    name: str
+    """What the logs call an entry's stream ("timeline outbox")."""
+    worker: str
+    """The consumer loop's name in the health report."""
+    logger: logging.Logger
+    maxlen: int = 100_000
+    """About this many entries are kept (XADD MAXLEN ~): minutes of requests at any rate
+    the page path reaches, for a consumer that was away."""
+    linger_ms: int = 0
+    """The consumer's default wait after a read that did not fill a batch."""
+
+
+class Outbox(Generic[Request]):
+    """The writers' side: queue requests on the subclass's `stream`."""
+
+    stream: OutboxStream[Any]
+
+    def __init__(self, redis: RedisClient, maxlen: int | None = None) -> None:
         self.redis = redis
-        self.stream_key = stream_key
-        self.maxlen = maxlen
+        self.stream_key = self.stream.key
+        self.maxlen = self.stream.maxlen if maxlen is None else maxlen
         """About this many entries are kept (XADD MAXLEN ~)."""
 
     async def append(self, requests: Sequence[Request], traceparent: str = "") -> None:
@@ -96,7 +121,8 @@ def _fields(request: IncidentRequest, trace: bytes) -> dict[Any, Any]:
 
 
 class OutboxConsumer(Generic[Request]):
-    """The receiving side: read `stream_key` in consumer group `group` and apply its entries.
+    """The receiving side: read the subclass's `stream` in its consumer group and apply
+    its entries.
 
     One loop per process: a blocking XREADGROUP of up to `batch` entries, applied
     concurrently (entries of one incident in stream order), acknowledged with the next
@@ -105,36 +131,30 @@ class OutboxConsumer(Generic[Request]):
     takes over entries left pending that long (a dead replica's, or its own that failed).
     """
 
+    stream: OutboxStream[Any]
+
     def __init__(
         self,
         redis: RedisClient,
-        stream_key: str,
-        group: str,
-        decode: Callable[[bytes], Request],
         apply: Apply[Request],
         consumer: str,
         *,
-        name: str,
-        logger: logging.Logger,
         block_ms: int = 1000,
         batch: int = 256,
-        linger_ms: int = 0,
+        linger_ms: int | None = None,
         claim_idle_ms: int = 10_000,
         max_deliveries: int = 10,
     ) -> None:
         self.redis = redis
-        self.stream_key = stream_key
-        self.group = group
-        self.decode = decode
-        """The request from an entry's `r` field (the message's FromString)."""
+        self.stream_key, self.group = self.stream.key, self.stream.group
+        self.decode: Callable[[bytes], Request] = self.stream.decode
         self.apply = apply
         self.consumer = consumer
-        self.name = name
-        """What the logs call an entry's stream ("timeline outbox")."""
-        self.log = logger
+        self.name = self.stream.name
+        self.log = self.stream.logger
         self.block_ms = blocking_ms(redis, block_ms)
         self.batch = batch
-        self.linger_ms = linger_ms
+        self.linger_ms = self.stream.linger_ms if linger_ms is None else linger_ms
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
         self.applied = 0
@@ -154,12 +174,9 @@ class OutboxConsumer(Generic[Request]):
                 raise
         self._started = True
 
-    async def run(
-        self, stop: asyncio.Event, health: WorkerHealth | None = None, worker: str = ""
-    ) -> None:
-        """Apply entries until `stop` is set; any error is logged, backed off, retried.
-        `worker`: the loop's name in the health report."""
-        name = worker or self.name
+    async def run(self, stop: asyncio.Event, health: WorkerHealth | None = None) -> None:
+        """Apply entries until `stop` is set; any error is logged, backed off, retried."""
+        name = self.stream.worker
         guard: LoopGuard = lone_guard(name, stop) if health is None else health.guard(name, stop)
         loop = asyncio.get_running_loop()
         own_pending = True  # after a restart, what this consumer read and did not finish

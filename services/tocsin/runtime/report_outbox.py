@@ -28,55 +28,37 @@ from __future__ import annotations
 
 import logging
 
-from tocsin.runtime.outbox import Apply, Outbox, OutboxConsumer
-from tocsin.runtime.redis import RedisClient
+from tocsin.runtime.outbox import Outbox, OutboxConsumer, OutboxStream
 from tocsin.v1 import escalation_pb2
 
 log = logging.getLogger(__name__)
 
 STREAM_KEY = "tocsin:{page-out-reports}:stream"
 GROUP = "escalation"
-MAXLEN = 100_000
-"""About this many entries are kept (XADD MAXLEN ~): minutes of reports at any rate the
-page path reaches, for a consumer that was away."""
 LINGER_MS = 100
 """After a read that did not fill a batch, escalation's reader waits this long (real time)
 before reading again, so that under load one read carries the reports of many incidents
 (at 200 new incidents/s it read 0.7-1 time per report without it). It delays no level: a
 report names when the page went out, a level's delay is at least a minute
 (escalation/domain.py MIN_DELAY_MS), and the next level counts from that time."""
+STREAM: OutboxStream[escalation_pb2.ReportPageOutRequest] = OutboxStream(
+    STREAM_KEY,
+    GROUP,
+    escalation_pb2.ReportPageOutRequest.FromString,
+    name="page-out report",
+    worker="escalation page-out reports",
+    logger=log,
+    linger_ms=LINGER_MS,
+)
 
 
 class ReportOutbox(Outbox[escalation_pb2.ReportPageOutRequest]):
     """Notification's side: queue page-out reports for escalation."""
 
-    def __init__(self, redis: RedisClient, maxlen: int = MAXLEN) -> None:
-        super().__init__(redis, STREAM_KEY, maxlen)
+    stream = STREAM
 
 
 class ReportOutboxConsumer(OutboxConsumer[escalation_pb2.ReportPageOutRequest]):
     """Escalation's side: read the reports in a consumer group and apply them."""
 
-    def __init__(
-        self,
-        redis: RedisClient,
-        apply: Apply[escalation_pb2.ReportPageOutRequest],
-        consumer: str,
-        *,
-        block_ms: int = 1000,
-        linger_ms: int = LINGER_MS,
-        claim_idle_ms: int = 10_000,
-    ) -> None:
-        super().__init__(
-            redis,
-            STREAM_KEY,
-            GROUP,
-            escalation_pb2.ReportPageOutRequest.FromString,
-            apply,
-            consumer,
-            name="page-out report",
-            logger=log,
-            block_ms=block_ms,
-            linger_ms=linger_ms,
-            claim_idle_ms=claim_idle_ms,
-        )
+    stream = STREAM

@@ -37,8 +37,13 @@ from __future__ import annotations
 
 import logging
 
-from tocsin.runtime.outbox import REQUEST_FIELD, TRACE_FIELD, Apply, Outbox, OutboxConsumer
-from tocsin.runtime.redis import RedisClient
+from tocsin.runtime.outbox import (
+    REQUEST_FIELD,
+    TRACE_FIELD,
+    Outbox,
+    OutboxConsumer,
+    OutboxStream,
+)
 from tocsin.v1 import incidents_pb2
 
 __all__ = [
@@ -58,47 +63,29 @@ GROUP = "incidents"
 MAXLEN = 100_000
 """About this many entries are kept (XADD MAXLEN ~): minutes of notes at any rate the
 page path reaches, for a consumer that was away."""
+STREAM: OutboxStream[incidents_pb2.AppendTimelineRequest] = OutboxStream(
+    STREAM_KEY,
+    GROUP,
+    incidents_pb2.AppendTimelineRequest.FromString,
+    name="timeline outbox",
+    worker="incidents timeline outbox",
+    logger=log,
+    maxlen=MAXLEN,
+)
 
 
 class TimelineOutbox(Outbox[incidents_pb2.AppendTimelineRequest]):
     """The writers' side: queue timeline entries for incidents to append."""
 
-    def __init__(self, redis: RedisClient, maxlen: int = MAXLEN) -> None:
-        super().__init__(redis, STREAM_KEY, maxlen)
+    stream = STREAM
 
 
 class TimelineOutboxConsumer(OutboxConsumer[incidents_pb2.AppendTimelineRequest]):
     """The incidents side: read the outbox in a consumer group and append its entries.
 
-    It does not linger by default: at 80 new incidents/s a 20 ms linger delayed level 0
-    (created -> fired p50 19 ms against 3-4) and the first SMS (p50 41-51 ms against
-    13-26), measured in interleaved runs (BENCHMARKS.md), while under load the reads fill
-    up by themselves."""
+    It does not linger: at 80 new incidents/s a 20 ms linger delayed level 0 (created ->
+    fired p50 19 ms against 3-4) and the first SMS (p50 41-51 ms against 13-26), measured
+    in interleaved runs (BENCHMARKS.md), while under load the reads fill up by
+    themselves."""
 
-    def __init__(
-        self,
-        redis: RedisClient,
-        apply: Apply[incidents_pb2.AppendTimelineRequest],
-        consumer: str,
-        *,
-        block_ms: int = 1000,
-        batch: int = 256,
-        linger_ms: int = 0,
-        claim_idle_ms: int = 10_000,
-        max_deliveries: int = 10,
-    ) -> None:
-        super().__init__(
-            redis,
-            STREAM_KEY,
-            GROUP,
-            incidents_pb2.AppendTimelineRequest.FromString,
-            apply,
-            consumer,
-            name="timeline outbox",
-            logger=log,
-            block_ms=block_ms,
-            batch=batch,
-            linger_ms=linger_ms,
-            claim_idle_ms=claim_idle_ms,
-            max_deliveries=max_deliveries,
-        )
+    stream = STREAM
