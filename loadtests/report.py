@@ -330,6 +330,11 @@ def text(result: dict[str, Any]) -> str:
             + ", ".join(f"{name} {calls}" for name, calls in top)
             + ")"
         )
+        if result["redis"].get("round_trips_per_incident") is not None:
+            lines.append(
+                "Redis round trips per incident (reads processed): "
+                f"{result['redis']['round_trips_per_incident']}"
+            )
     if "ratio_to_floor" in result:
         lines.append(f"alert -> first SMS / floor: {result['ratio_to_floor']}")
     for name, target in result.get("targets", {}).items():

@@ -233,7 +233,9 @@ async def _wait_for_sms(
 
 
 async def _redis_commands(url: str | None) -> dict[str, int]:
-    """Calls per command so far on the stack's Redis (INFO commandstats; {} unknown)."""
+    """Calls per command so far on the stack's Redis (INFO commandstats; {} unknown),
+    and under READS_KEY the reads Redis processed (INFO stats `total_reads_processed`:
+    one per batch of commands a client sent, so its round trips)."""
     if url is None:
         return {}
     import redis.asyncio as aioredis
@@ -241,9 +243,16 @@ async def _redis_commands(url: str | None) -> dict[str, int]:
     redis = aioredis.Redis.from_url(url)
     try:
         stats = await redis.info("commandstats")
+        reads = (await redis.info("stats")).get("total_reads_processed")
     finally:
         await redis.aclose()
-    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+    counts = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+    if reads is not None:
+        counts[READS_KEY] = int(reads)
+    return counts
+
+
+READS_KEY = "(reads processed)"
 
 
 def _commands_per_incident(
@@ -255,8 +264,12 @@ def _commands_per_incident(
         return None
     spent = {name: calls - before.get(name, 0) for name, calls in after.items()}
     spent = {name: calls for name, calls in spent.items() if calls > 0}
+    reads = spent.pop(READS_KEY, None)
     return {
         "commands_per_incident": round(sum(spent.values()) / incidents, 2),
+        # Redis's reads of client sockets: a lone command, a pipeline or a script is one
+        # (a pipeline too large for one read is more), so about the round trips
+        "round_trips_per_incident": round(reads / incidents, 2) if reads is not None else None,
         "by_command": {
             name: round(calls / incidents, 2)
             for name, calls in sorted(spent.items(), key=lambda item: -item[1])

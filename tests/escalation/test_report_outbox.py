@@ -89,3 +89,51 @@ async def test_a_report_its_reader_could_not_apply_is_taken_over_and_releases_th
     await stack.pager.expect_no_more_pages()
     await stack.tick(seconds=1)
     await stack.pager.expect_sms("carol")
+
+
+async def test_reports_read_together_are_written_in_one_round_trip(
+    any_stack: FullStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = any_stack
+    await people(stack)
+    await stack.policy(([user("bob")], 5), ([user("carol")], 5))
+    engine = stack.escalation.engine
+    assert engine is not None
+
+    async def dies(request: escalation_pb2.ReportPageOutRequest, traceparent: str) -> None:
+        raise RuntimeError("the escalation process died while applying the report")
+
+    monkeypatch.setattr(
+        stack.escalation, "reports", ReportOutboxConsumer(stack.paging.redis, dies, "dying")
+    )
+    for disk in ("db1", "db2", "db3"):
+        await trigger(stack, f"disk full on {disk}")
+        await stack.pager.expect_sms("bob", disk)
+    assert await pending(stack) == 3
+
+    together = engine.store._write_together
+    batches: list[int] = []
+    send = together._send
+
+    async def counted(batch: list[Any]) -> None:
+        batches.append(len(batch))
+        await send(batch)
+
+    monkeypatch.setattr(together, "_send", counted)
+    heir = ReportOutboxConsumer(
+        stack.paging.redis, engine.apply_page_out_report, "heir", claim_idle_ms=0
+    )
+    assert await heir.claim_stale() == 3  # one read: applied concurrently
+    # on one server their writes share one pipeline; a Cluster's go alone (redis-py
+    # refuses scripts in a Cluster pipeline)
+    assert batches == ([] if isinstance(stack.paging.redis, RedisCluster) else [3])
+    await stack.tick(minutes=4, seconds=59)  # each level from its own page
+    await stack.pager.expect_no_more_pages()
+    await stack.tick(seconds=1)
+    pages = [await stack.pager.expect_sms("carol") for _ in range(3)]  # in any order
+    assert sorted((page.body or "").split(" - ")[0][-3:] for page in pages) == [
+        "db1",
+        "db2",
+        "db3",
+    ]
+    await stack.pager.expect_no_more_pages()

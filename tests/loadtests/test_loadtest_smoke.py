@@ -75,6 +75,9 @@ def test_a_short_run_pages_every_incident_once_and_reports_it(tmp_path: Path) ->
         "gateway",
         "redis",
     }
+    redis = result["redis"]
+    # each incident costs Redis commands, sent in fewer round trips than commands
+    assert 0 < redis["round_trips_per_incident"] < redis["commands_per_incident"]
     assert result["targets"]["zero_lost_and_duplicate_pages"]["met"] is True
     assert (tmp_path / "latency.png").read_bytes().startswith(b"\x89PNG")
 

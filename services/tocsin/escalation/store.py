@@ -14,6 +14,7 @@ from typing import Any
 from tocsin.escalation.codec import HopPayload, LevelTimerPayload, dump_state, load_state
 from tocsin.escalation.domain import Escalation, LevelKey
 from tocsin.escalation.policy_cache import PolicyCache
+from tocsin.runtime.batching import BatchedScript
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import AlreadyExists, Conflict, NotFound
 from tocsin.runtime.events import INCIDENT_SHARDS, incident_shard
@@ -149,6 +150,9 @@ class EscalationStore:
             TIMER_LUA,
             body=read_lua("tocsin.escalation", "lua/write_escalation.lua"),
         )
+        self._write_together = BatchedScript(redis, self._write.script)
+        """The same script for the reports' writes: a read of the page-out reports stream
+        applies its reports concurrently, and their writes share round trips."""
         self._create_policy = LuaScript(redis, "create policy", body=_CREATE_POLICY)
         self._update_policy = LuaScript(redis, "update policy", body=_UPDATE_POLICY)
         self._delete_policy = LuaScript(redis, "delete policy", body=_DELETE_POLICY)
@@ -207,7 +211,7 @@ class EscalationStore:
         one script: "ok", "reported" (reported before: nothing written) or "conflict"
         (the stored version is not `expected_version`; the report is recorded)."""
         outcome, _ = await self._run_write(
-            state, expected_version, traceparent, None, 0, report=(report, at_ms)
+            state, expected_version, traceparent, None, 0, report=(report, at_ms), together=True
         )
         return outcome
 
@@ -220,20 +224,22 @@ class EscalationStore:
         lease_ms: int,
         *,
         report: tuple[LevelKey, int] | None = None,
+        together: bool = False,
     ) -> tuple[str, ClaimedTimer | None]:
         """`write_escalation.lua`; with `report` (the level firing and user, when), the
-        report is recorded first (`report_and_write`). The script's outcome, and the hop's
-        claim."""
+        report is recorded first (`report_and_write`); `together`: in a pipeline with the
+        concurrent calls (BatchedScript; a lone call waits one turn of the event loop).
+        The script's outcome, and the hop's claim."""
         shard = incident_shard(state.incident_id)
         finished = state.next_fire_ms is None
         out = report[0] if report else None
-        reply = await self._write(
-            [
-                state_key(state.incident_id),
-                active_key(shard),
-                *timer_keys(shard),
-                *([out_key(out.incident_id, out.epoch, out.level, out.loop)] if out else []),
-            ],
+        keys = [
+            state_key(state.incident_id),
+            active_key(shard),
+            *timer_keys(shard),
+            *([out_key(out.incident_id, out.epoch, out.level, out.loop)] if out else []),
+        ]
+        args = self._write.args(
             tag=shard_tag(shard),
             expected_version=expected_version,
             state=dump_state(state),
@@ -251,6 +257,10 @@ class EscalationStore:
             out_ms=report[1] if report else 0,
             out_ttl_ms=self.retention_ms,
         )
+        if together:
+            reply = await self._write_together(keys, args)
+        else:
+            reply = await self._write.script(keys=keys, args=args)
         outcome = reply[0].decode()
         if outcome != "ok":
             return outcome, None

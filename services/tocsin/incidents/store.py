@@ -30,7 +30,6 @@ from datetime import timedelta
 from typing import Any
 
 from tocsin.incidents import keys
-from tocsin.incidents.batching import BatchedScript
 from tocsin.incidents.domain import (
     ACKNOWLEDGED,
     RESOLVED,
@@ -51,6 +50,7 @@ from tocsin.incidents.domain import (
     unsnooze,
 )
 from tocsin.incidents.snooze import encode_payload, snooze_tag, snooze_timer_keys
+from tocsin.runtime.batching import BatchedScript
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import Conflict, FailedPrecondition, NotFound
 from tocsin.runtime.events import (

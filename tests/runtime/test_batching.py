@@ -6,7 +6,7 @@ import asyncio
 
 from redis.exceptions import ResponseError
 
-from tocsin.incidents.batching import BatchedScript
+from tocsin.runtime.batching import BatchedScript
 from tocsin.runtime.redis import RedisClient, register_lua
 
 ECHO = """
