@@ -73,6 +73,13 @@ def parser() -> argparse.ArgumentParser:
         "than the page itself and, once a backlog forms, the fake becomes the bottleneck)",
     )
     r.add_argument(
+        "--processes",
+        default="",
+        help="TOCSIN_PROCESSES of the stack it starts: how its services share processes "
+        "(`small`: scheduling+escalation+notification,incidents+history,gateway; default "
+        "one process per service)",
+    )
+    r.add_argument(
         "--stack-log-level",
         default="WARNING",
         help="TOCSIN_LOG_LEVEL of the stack it starts (WARNING; INFO, the product default, "
@@ -126,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         drain_timeout=args.drain_timeout,
         status_callbacks=args.status_callbacks,
         stack_log_level=args.stack_log_level,
+        processes=args.processes,
         target=_target(args),
         token=os.environ.get("TOCSIN_API_TOKEN"),
         command="python -m loadtests " + shlex.join(sys.argv[1:] if argv is None else argv),

@@ -73,7 +73,7 @@ def command_name(pid: int) -> str:
         return "?"
     words = [a.decode(errors="replace") for a in argv if a]
     if "serve" in words and words.index("serve") + 1 < len(words):
-        return words[words.index("serve") + 1]
+        return "+".join(words[words.index("serve") + 1 :])  # services sharing a process
     if words and "redis-server" in words[0]:
         return "redis"
     if "up" in words:

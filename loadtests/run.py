@@ -62,6 +62,8 @@ class Options:
     """Stop waiting for SMS once none arrived for this long."""
     status_callbacks: bool = False
     stack_log_level: str = "WARNING"
+    processes: str = ""
+    """TOCSIN_PROCESSES of the stack it starts ("": one process per service)."""
     target: Target | None = None
     """None: start a private stack."""
     token: str | None = None
@@ -422,6 +424,7 @@ async def run(options: Options, run_id: str) -> dict[str, Any]:
             "storms": options.storms,
             "status_callbacks": options.status_callbacks,
             "stack_log_level": options.stack_log_level,
+            "processes": options.processes or "each",
             "own_stack": options.target is None,
         },
         "machine": machine(),
@@ -438,6 +441,7 @@ async def run(options: Options, run_id: str) -> dict[str, Any]:
             options.out / "logs",
             log_level=options.stack_log_level,
             status_callbacks=options.status_callbacks,
+            env={"TOCSIN_PROCESSES": options.processes} if options.processes else {},
         )
         target = await asyncio.to_thread(stack.start)
     try:

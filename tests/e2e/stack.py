@@ -265,11 +265,13 @@ class Stack:
             return False
 
     def child_pid(self, name: str) -> int | None:
-        """The pid of the running `tocsin serve NAME` child of the supervisor."""
+        """The pid of the running `tocsin serve ... NAME ...` child of the supervisor (the
+        process NAME shares with others, with TOCSIN_PROCESSES)."""
         assert self.process is not None
         for pid in descendants(self.process.pid):
             argv = command_line(pid)
-            if argv[-2:] == ["serve", name] and alive(pid):
+            served = argv[argv.index("serve") + 1 :] if "serve" in argv else []
+            if name in served and alive(pid):
                 return pid
         return None
 

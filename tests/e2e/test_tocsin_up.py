@@ -132,6 +132,9 @@ def test_healthz_names_a_service_that_is_down(tmp_path: Path) -> None:
     [
         (["up"], {"TOCSIN_HTTP_ADDR": "8080"}, "TOCSIN_HTTP_ADDR='8080': expected HOST:PORT"),
         (["serve", "incidents"], {}, "TOCSIN_REDIS_URL must be set"),
+        (["serve", "incidents", "history"], {}, "TOCSIN_REDIS_URL must be set to run incidents+"),
+        (["serve", "incidents", "gateway"], {}, "the gateway runs in a process of its own"),
+        (["up"], {"TOCSIN_PROCESSES": "incidents,gateway"}, "TOCSIN_PROCESSES='incidents,gateway'"),
         (["serve", "gateway"], {"TOCSIN_HTTP_ADDR": "0.0.0.0:0"}, "TOCSIN_API_TOKEN"),
         (["serve", "incidents"], {"TOCSIN_API_TOKEN": "  "}, "TOCSIN_API_TOKEN is blank"),
         (["up"], {"TOCSIN_API_TOKEN": " "}, "TOCSIN_API_TOKEN is blank"),

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from tocsin.runtime.config import Address, ConfigError, load_config
+from tocsin.runtime.config import SMALL_HOST_PROCESSES, Address, ConfigError, load_config
 
 
 def test_defaults_are_loopback_and_embedded() -> None:
@@ -170,3 +170,33 @@ def test_bad_oidc_settings_name_the_variable(env: dict[str, str], message: str) 
     with pytest.raises(ConfigError, match=message) as refused:
         load_config(env)
     assert "oidc-secret-4b1d" not in str(refused.value)
+
+
+def test_processes_group_the_services_of_tocsin_up() -> None:
+    assert load_config({}).processes == ()
+    assert load_config({"TOCSIN_PROCESSES": "each"}).processes == ()
+    small = load_config({"TOCSIN_PROCESSES": "small"}).processes
+    assert small == (
+        ("scheduling", "escalation", "notification"),
+        ("incidents", "history"),
+        ("gateway",),
+    )
+    assert load_config({"TOCSIN_PROCESSES": SMALL_HOST_PROCESSES}).processes == small
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("scheduling+incidents,escalation,notification,gateway", "missing history"),
+        (
+            "scheduling,incidents,escalation+notification,notification,history,gateway",
+            "notification named twice",
+        ),
+        ("scheduling,incidents,escalation,notification,history,gateway,pager", "unknown"),
+        ("scheduling,incidents,escalation,notification,history+gateway", "gateway must be alone"),
+    ],
+)
+def test_bad_process_groups_name_the_variable_and_the_problem(value: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config({"TOCSIN_PROCESSES": value})
+    assert "TOCSIN_PROCESSES" in str(raised.value) and problem in str(raised.value)

@@ -1,4 +1,4 @@
-"""`tocsin up`, `tocsin serve SERVICE` and `tocsin fake-twilio`: running things."""
+"""`tocsin up`, `tocsin serve SERVICE...` and `tocsin fake-twilio`: running things."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "up", help="run the whole stack (embedded Redis unless TOCSIN_REDIS_URL is set)"
     )
     up.set_defaults(run=_up)
-    serve = commands.add_parser("serve", help="run one service in the foreground")
-    serve.add_argument("service", choices=STACK)
+    serve = commands.add_parser(
+        "serve",
+        help="run a service in the foreground (several gRPC services: in one process)",
+    )
+    serve.add_argument("service", nargs="+", choices=STACK)
     serve.set_defaults(run=_serve)
     fake = commands.add_parser(
         "fake-twilio", help="run a local Twilio-compatible server for tests and load tests"
@@ -46,10 +49,22 @@ def _up(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from tocsin.runtime.config import ConfigError
 
+    names: list[str] = list(dict.fromkeys(args.service))
+    label = " ".join(names)
+    if len(names) > 1 and "gateway" in names:
+        print(f"tocsin serve {label}: the gateway runs in a process of its own", file=sys.stderr)
+        return 2
     try:
-        importlib.import_module(f"tocsin.{args.service}.server").serve()
+        if len(names) == 1:
+            importlib.import_module(f"tocsin.{names[0]}.server").serve()
+        else:
+            from tocsin.runtime.service import serve_many
+
+            serve_many(
+                [(n, importlib.import_module(f"tocsin.{n}.server").create_server) for n in names]
+            )
     except ConfigError as error:
-        print(f"tocsin serve {args.service}: {error}", file=sys.stderr)
+        print(f"tocsin serve {label}: {error}", file=sys.stderr)
         return 2
     return 0
 

@@ -246,6 +246,11 @@ class Config:
     instance: str | None = None
     """TOCSIN_INSTANCE: this process's name in consumer groups and leases (None = host
     name); printable ASCII without spaces or `|`."""
+    processes: tuple[tuple[str, ...], ...] = ()
+    """TOCSIN_PROCESSES: how `tocsin up` puts the stack's services into processes, e.g.
+    `scheduling+escalation+notification,incidents+history,gateway` (`small`: that one,
+    for a host of two cores); each service once, `+` joining services sharing a process,
+    the gateway alone; () (`each`, the default) = a process per service."""
 
     @property
     def history_database_url(self) -> str:
@@ -447,6 +452,45 @@ def parse_log_level(value: str, variable: str = "TOCSIN_LOG_LEVEL") -> str:
     if level not in LOG_LEVELS:
         raise ConfigError(f"{variable}={value!r}: expected one of {', '.join(LOG_LEVELS)}")
     return level
+
+
+SMALL_HOST_PROCESSES = "scheduling+escalation+notification,incidents+history,gateway"
+"""A grouping for a host of two cores (README, "Processes"): the page path's two busiest
+services share a process, and so do ingest and the archive."""
+
+
+def parse_processes(value: str, variable: str = "TOCSIN_PROCESSES") -> tuple[tuple[str, ...], ...]:
+    """Groups of services sharing a process: `a+b,c,...`, each of the stack's services
+    exactly once, the gateway alone; `small` = SMALL_HOST_PROCESSES; `each` or empty = ()
+    (a process per service)."""
+    text = value.strip()
+    if text in ("", "each"):
+        return ()
+    if text == "small":
+        text = SMALL_HOST_PROCESSES
+    stack = (*SERVICE_NAMES, "gateway")
+    groups = tuple(tuple(n.strip() for n in group.split("+")) for group in text.split(","))
+    named = [n for group in groups for n in group]
+    unknown = sorted({n for n in named if n not in stack})
+    twice = sorted({n for n in named if named.count(n) > 1})
+    missing = [n for n in stack if n not in named]
+    problems = (
+        ([f"unknown service(s) {', '.join(unknown)}"] if unknown else [])
+        + ([f"{', '.join(twice)} named twice"] if twice else [])
+        + ([f"missing {', '.join(missing)}"] if missing else [])
+        + (
+            ["the gateway must be alone in its process"]
+            if any("gateway" in g and len(g) > 1 for g in groups)
+            else []
+        )
+    )
+    if problems:
+        raise ConfigError(
+            f"{variable}={value!r}: {'; '.join(problems)} (expected `each`, or every one of "
+            f"{', '.join(stack)} once, `+` joining those sharing a process, e.g. "
+            f"{SMALL_HOST_PROCESSES})"
+        )
+    return groups
 
 
 def parse_instance(value: str, variable: str = "TOCSIN_INSTANCE") -> str | None:
@@ -801,5 +845,6 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         allow_insecure_tokens=_allow_insecure(env),
         log_level=parse_log_level(env.get("TOCSIN_LOG_LEVEL", "INFO")),
         instance=parse_instance(env.get("TOCSIN_INSTANCE", "")),
+        processes=parse_processes(env.get("TOCSIN_PROCESSES", "")),
         oidc=_oidc(env),
     )

@@ -1,7 +1,8 @@
 """What every tocsin service process shares: its dependencies and its lifecycle.
 
 Each service's `server.py` offers `create_server(deps, addr=None) -> (RunningService, port)`
-(port 0 in tests) and `serve()`; `run_service` is the common `serve()` body: configure
+(port 0 in tests) and `serve()`; `run_service` is the common `serve()` body (and
+`run_services` that of `tocsin serve A B`, several services in one process): configure
 logging, tracing and the metrics endpoint (runtime/metrics.py), connect Redis, start,
 take what startup allocated out of the garbage collector's reach (`tune_gc`), wait for
 SIGTERM/SIGINT, stop gracefully.
@@ -20,7 +21,7 @@ import gc
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,39 +159,61 @@ def configure_logging(level: str = "INFO") -> None:
 
 async def run_service(name: str, config: Config, create_server: CreateServer) -> None:
     """Run one service until SIGTERM or SIGINT, then stop gracefully."""
+    await run_services(config, [(name, create_server)])
+
+
+async def run_services(config: Config, services: Sequence[tuple[str, CreateServer]]) -> None:
+    """Run `services` in this process, on one event loop, until SIGTERM or SIGINT, then
+    stop them gracefully (the last started first). Each keeps what it has in a process of
+    its own: its gRPC server and port, its Redis connections, its workers and health, its
+    clients to the others (through the contracts, even to a service in this process).
+    What a process has once is shared: tracing (service name `tocsin-a+b`), the metrics
+    endpoint (the first service's address) and the garbage collector's tuning."""
+    names = [name for name, _ in services]
+    label = "+".join(names)
     if config.redis_url is None:
         raise ConfigError(
-            f"TOCSIN_REDIS_URL must be set to run {name} on its own (`tocsin up` embeds Redis)"
+            f"TOCSIN_REDIS_URL must be set to run {label} on its own (`tocsin up` embeds Redis)"
         )
-    setup_tracing(name)
-    metrics_server = await serve_process_metrics(config, name)
-    redis = await connect_redis(config.redis_url)
+    setup_tracing(label)
+    metrics_server = await serve_process_metrics(config, names[0])
     clock = clock_from_env(os.environ)
     if not isinstance(clock, SystemClock):
-        log.warning("%s runs on a test clock (%s)", name, TEST_CLOCK_VARIABLE)
-    deps = ServiceDeps(config=config, redis=redis, clock=clock)
-    running, port = await create_server(deps, None)
-    running.start_health(redis)
+        log.warning("%s runs on a test clock (%s)", label, TEST_CLOCK_VARIABLE)
+    started: list[tuple[str, RunningService, ServiceDeps]] = []
+    for name, create_server in services:
+        redis = await connect_redis(config.redis_url)
+        deps = ServiceDeps(config=config, redis=redis, clock=clock)
+        running, port = await create_server(deps, None)
+        running.start_health(redis)
+        started.append((name, running, deps))
+        log.info("%s listening on %s", name, config.grpc_listen_addr(name).host + f":{port}")
     tune_gc()
-    log.info("%s listening on %s", name, config.grpc_listen_addr(name).host + f":{port}")
     stop = asyncio.Event()
     install_stop_signals(stop)
     await stop.wait()
-    log.info("%s stopping", name)
-    await running.stop()
-    if deps.peers is not None:
-        await deps.peers.close()
-    await redis.aclose()
+    log.info("%s stopping", label)
+    for _, running, deps in reversed(started):
+        await running.stop()
+        if deps.peers is not None:
+            await deps.peers.close()
+        await deps.redis.aclose()
     if metrics_server is not None:
         await metrics_server.stop()
 
 
 def serve_blocking(name: str, create_server: CreateServer) -> None:
     """Blocking entry point behind `tocsin serve NAME`, on uvloop."""
+    serve_many([(name, create_server)])
+
+
+def serve_many(services: Sequence[tuple[str, CreateServer]]) -> None:
+    """Blocking entry point behind `tocsin serve NAME...`: the services in one process
+    (`run_services`), on uvloop."""
     import uvloop
 
     from tocsin.runtime.config import load_config
 
     config = with_service_token(load_config())
     configure_logging(config.log_level)
-    uvloop.run(run_service(name, config, create_server))
+    uvloop.run(run_services(config, services))

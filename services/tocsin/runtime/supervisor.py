@@ -125,9 +125,9 @@ class Stack:
             token_file = self.config.data_dir / SERVICE_TOKEN_FILE
             env[SERVICE_TOKEN_VARIABLE] = load_or_create_secret_file(token_file)
             self.echo(f"{'service cred':<12} {token_file}  (for services only)")
-        for name in STACK:
-            command = [sys.executable, "-m", "tocsin.cli.main", "serve", name]
-            child = Child(name, command, {**env, **self.metrics_env(name)})
+        for group in self.processes:
+            command = [sys.executable, "-m", "tocsin.cli.main", "serve", *group]
+            child = Child("+".join(group), command, {**env, **self.metrics_env(group[0])})
             child.start()
             self.children.append(child)
         addrs = {n: str(a) for n, a in self.config.grpc_addrs.items()}
@@ -136,13 +136,22 @@ class Stack:
         for name, addr in addrs.items():
             self.echo(f"{name:<12} grpc://{addr}")
         self.echo(f"{'gateway':<12} {self.config.public_url}  (healthz: /healthz)")
-        metrics = [f"{n} {a}" for n in STACK if (a := self.metrics_addr(n)) is not None]
+        metrics = [
+            f"{'+'.join(g)} {a}"
+            for g in self.processes
+            if (a := self.metrics_addr(g[0])) is not None
+        ]
         if metrics:
             self.echo(f"{'metrics':<12} {', '.join(metrics)}  (GET /metrics)")
         notifier = "twilio" if self.config.twilio else "console (no Twilio credentials)"
         self.echo(f"{'notifier':<12} {notifier}")
         self.echo(f"{'endpoints':<12} {self.endpoints_file}")
         return endpoints
+
+    @property
+    def processes(self) -> tuple[tuple[str, ...], ...]:
+        """The services of each child process (TOCSIN_PROCESSES; default one each)."""
+        return self.config.processes or tuple((name,) for name in STACK)
 
     def metrics_addr(self, name: str) -> Address | None:
         """Where child `name` serves /metrics: its default port, or with
