@@ -134,6 +134,11 @@ def test_healthz_names_a_service_that_is_down(tmp_path: Path) -> None:
         (["serve", "incidents"], {}, "TOCSIN_REDIS_URL must be set"),
         (["serve", "incidents", "history"], {}, "TOCSIN_REDIS_URL must be set to run incidents+"),
         (["serve", "incidents", "gateway"], {}, "the gateway runs in a process of its own"),
+        (
+            ["serve", "incidents", "history"],
+            {"TOCSIN_REDIS_URL": "redis://127.0.0.1:9", "TOCSIN_LISTEN_ADDR": "0.0.0.0:50051"},
+            "each listens on its own TOCSIN_<SERVICE>_ADDR",
+        ),
         (["up"], {"TOCSIN_PROCESSES": "incidents,gateway"}, "TOCSIN_PROCESSES='incidents,gateway'"),
         (["serve", "gateway"], {"TOCSIN_HTTP_ADDR": "0.0.0.0:0"}, "TOCSIN_API_TOKEN"),
         (["serve", "incidents"], {"TOCSIN_API_TOKEN": "  "}, "TOCSIN_API_TOKEN is blank"),

@@ -171,6 +171,11 @@ async def run_services(config: Config, services: Sequence[tuple[str, CreateServe
     endpoint (the first service's address) and the garbage collector's tuning."""
     names = [name for name, _ in services]
     label = "+".join(names)
+    if len(names) > 1 and config.listen_addr is not None:
+        raise ConfigError(
+            f"TOCSIN_LISTEN_ADDR={config.listen_addr} is one address, and {label} are "
+            "several services: each listens on its own TOCSIN_<SERVICE>_ADDR"
+        )
     if config.redis_url is None:
         raise ConfigError(
             f"TOCSIN_REDIS_URL must be set to run {label} on its own (`tocsin up` embeds Redis)"
