@@ -333,7 +333,7 @@ def test_image_exposes_every_port() -> None:
 def test_compose_runs_each_service_from_the_image(name: str) -> None:
     service = compose_service(name)
     assert service["command"] == ["serve", name]
-    assert build_parser().parse_args(service["command"]).service == name
+    assert build_parser().parse_args(service["command"]).service == [name]
     assert service["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
     assert service["restart"] == "unless-stopped"
     assert service["read_only"] is True
@@ -492,7 +492,7 @@ def test_k8s_deployment_and_service_per_service(name: str) -> None:
     deployment = k8s_object("Deployment", name)
     spec = container(deployment)
     assert spec["image"] == "tocsin"
-    assert build_parser().parse_args(spec["args"]).service == name
+    assert build_parser().parse_args(spec["args"]).service == [name]
     port = HTTP_PORT if name == "gateway" else DEFAULT_GRPC_PORTS[name]
     assert [p["containerPort"] for p in spec["ports"]] == [port, METRICS_PORT]
     service = k8s_object("Service", name)
