@@ -53,6 +53,21 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / _TICKS_PER_S
 
 
+def wakeups(pid: int) -> int:
+    """Voluntary context switches of every thread of one live process so far (0 if it is
+    gone): each is a thread that blocked, so about the times it was woken."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            status = (task / "status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                total += int(line.split()[1])
+    return total
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds every core of the machine has spent busy since boot (/proc/stat)."""
     with open("/proc/stat") as stat:

@@ -61,6 +61,8 @@ class Inputs:
     """The stack's CPU seconds per second with no load (timer polls, heartbeats)."""
     cpu_escalation: dict[str, float] | None
     fake_cpu_s: float | None
+    wakes_first_sms: dict[str, int] | None = None
+    """Voluntary context switches per process over the same window as cpu_first_sms."""
 
 
 def _duplicates(pages: dict[SmsKey, list[int]]) -> int:
@@ -204,6 +206,13 @@ def _cpu(i: Inputs, paged: int) -> dict[str, Any]:
         "per_incident_ms": round(first * 1000 / max(1, paged), 3),
         "per_incident_above_idle_ms": round((first - idle) * 1000 / max(1, paged), 3),
     }
+    if i.wakes_first_sms:
+        figures |= {
+            "wakeups_per_incident": round(sum(i.wakes_first_sms.values()) / max(1, paged), 2),
+            "wakeups_per_incident_by_process": {
+                name: round(count / max(1, paged), 2) for name, count in i.wakes_first_sms.items()
+            },
+        }
     if i.escalation and i.cpu_escalation is not None:
         second = sum(i.cpu_escalation.values())
         figures |= {
@@ -323,6 +332,11 @@ def text(result: dict[str, Any]) -> str:
             f"cores busy meanwhile: machine {cpu['machine_busy_cores']}, stack "
             f"{cpu['stack_cores']}, other processes (not this run) {cpu['other_processes_cores']}"
         )
+        if "wakeups_per_incident" in cpu:
+            lines.append(
+                f"wake-ups per incident (voluntary context switches, every thread): "
+                f"{cpu['wakeups_per_incident']} ({cpu['wakeups_per_incident_by_process']})"
+            )
     if "redis" in result:
         top = list(result["redis"]["by_command"].items())[:8]
         lines.append(

@@ -27,7 +27,14 @@ from typing import Any
 
 from loadtests import collect, report
 from loadtests.floor import FloorChain
-from loadtests.procs import command_name, cpu_by_pid, cpu_seconds, machine_busy_seconds, tree
+from loadtests.procs import (
+    command_name,
+    cpu_by_pid,
+    cpu_seconds,
+    machine_busy_seconds,
+    tree,
+    wakeups,
+)
 from loadtests.scenario import (
     ESCALATING,
     INTEGRATION_KEYS,
@@ -84,6 +91,8 @@ class Snapshot:
 
     cpu: dict[int, float] = field(default_factory=dict)
     names: dict[int, str] = field(default_factory=dict)
+    wakes: dict[int, int] = field(default_factory=dict)
+    """Voluntary context switches so far, by pid (procs.wakeups)."""
     taken: float = field(default_factory=time.monotonic)
     machine_busy_s: float = field(default_factory=machine_busy_seconds)
     generator_s: float = field(default_factory=lambda: cpu_seconds(os.getpid()))
@@ -94,7 +103,11 @@ class Snapshot:
         if root is None:
             return cls()
         pids = tree(root)
-        return cls(cpu_by_pid(pids), {pid: command_name(pid) for pid in pids})
+        return cls(
+            cpu_by_pid(pids),
+            {pid: command_name(pid) for pid in pids},
+            {pid: wakeups(pid) for pid in pids},
+        )
 
     def since(self, earlier: Snapshot) -> dict[str, float]:
         """CPU seconds spent since `earlier`, per process name (a restarted process's
@@ -104,6 +117,14 @@ class Snapshot:
             name = self.names[pid]
             spent[name] = spent.get(name, 0.0) + seconds - earlier.cpu.get(pid, 0.0)
         return {name: round(seconds, 2) for name, seconds in sorted(spent.items())}
+
+    def wakes_since(self, earlier: Snapshot) -> dict[str, int]:
+        """Wake-ups (voluntary context switches) since `earlier`, per process name."""
+        woken: dict[str, int] = {}
+        for pid, count in self.wakes.items():
+            name = self.names[pid]
+            woken[name] = woken.get(name, 0) + count - earlier.wakes.get(pid, 0)
+        return dict(sorted(woken.items()))
 
 
 def _wall_minus_monotonic_ns() -> int:
@@ -393,6 +414,7 @@ async def _load(
             storm_alert_counts=counts,
             wall_minus_monotonic_ns=_wall_minus_monotonic_ns(),
             cpu_first_sms=cpu_first.since(cpu_start) if target.stack_root else None,
+            wakes_first_sms=cpu_first.wakes_since(cpu_start) if target.stack_root else None,
             cpu_first_sms_window_s=cpu_first.taken - cpu_start.taken,
             machine_busy_s=cpu_first.machine_busy_s - cpu_start.machine_busy_s,
             generator_s=cpu_first.generator_s - cpu_start.generator_s,

@@ -67,6 +67,10 @@ def test_a_short_run_pages_every_incident_once_and_reports_it(tmp_path: Path) ->
     assert result["floor"]["requests"] == 20 and result["floor"]["errors"] == 0
     assert _figures(result["floor"]["latency_ms"])[0] > 0
     assert cpu["measured"] and cpu["per_incident_ms"] > 0
+    # every process of the page path blocked and was woken while it paged
+    assert cpu["wakeups_per_incident"] > 0
+    woken = cpu["wakeups_per_incident_by_process"]
+    assert all(woken[name] > 0 for name in ("incidents", "escalation", "notification", "redis"))
     assert set(cpu["until_first_sms_by_process_s"]) >= {
         "incidents",
         "escalation",
