@@ -15,6 +15,7 @@ from redis.asyncio import RedisCluster
 
 from tests.escalation.stack import FullStack, user
 from tests.escalation.test_escalation import people, trigger
+from tocsin.runtime.outbox import Apply
 from tocsin.runtime.report_outbox import GROUP, STREAM_KEY, ReportOutboxConsumer
 from tocsin.v1 import escalation_pb2
 
@@ -22,6 +23,17 @@ from tocsin.v1 import escalation_pb2
 async def pending(stack: FullStack) -> int:
     summary: Any = await stack.paging.redis.xpending(STREAM_KEY, GROUP)
     return int(summary["pending"])
+
+
+def dying_reader(read: list[str]) -> Apply[escalation_pb2.ReportPageOutRequest]:
+    """A reader that dies applying each report it reads (the user goes in `read`): the
+    reports stay pending for another to take over."""
+
+    async def dies(request: escalation_pb2.ReportPageOutRequest, traceparent: str) -> None:
+        read.append(request.user_id)
+        raise RuntimeError("the escalation process died while applying the report")
+
+    return dies
 
 
 async def test_a_queued_report_releases_the_next_level_in_the_pages_trace(
@@ -68,11 +80,7 @@ async def test_a_report_its_reader_could_not_apply_is_taken_over_and_releases_th
     engine = stack.escalation.engine
     assert engine is not None
     read: list[str] = []
-
-    async def dies(request: escalation_pb2.ReportPageOutRequest, traceparent: str) -> None:
-        read.append(request.user_id)
-        raise RuntimeError("the escalation process died while applying the report")
-
+    dies = dying_reader(read)
     dying = ReportOutboxConsumer(stack.paging.redis, dies, "escalation-dying")
     monkeypatch.setattr(stack.escalation, "reports", dying)
     await trigger(stack)
@@ -99,10 +107,7 @@ async def test_reports_read_together_are_written_in_one_round_trip(
     await stack.policy(([user("bob")], 5), ([user("carol")], 5))
     engine = stack.escalation.engine
     assert engine is not None
-
-    async def dies(request: escalation_pb2.ReportPageOutRequest, traceparent: str) -> None:
-        raise RuntimeError("the escalation process died while applying the report")
-
+    dies = dying_reader([])
     monkeypatch.setattr(
         stack.escalation, "reports", ReportOutboxConsumer(stack.paging.redis, dies, "dying")
     )

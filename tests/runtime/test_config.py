@@ -192,7 +192,8 @@ def test_processes_group_the_services_of_tocsin_up() -> None:
             "scheduling,incidents,escalation+notification,notification,history,gateway",
             "notification named twice",
         ),
-        ("scheduling,incidents,escalation,notification,history,gateway,pager", "unknown"),
+        ("scheduling,incidents,escalation,notification,history,gateway,pager", "'pager'"),
+        ("scheduling,incidents,escalation,notification,history,gateway,", "unknown service(s) ''"),
         ("scheduling,incidents,escalation,notification,history+gateway", "gateway must be alone"),
     ],
 )

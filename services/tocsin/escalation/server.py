@@ -111,7 +111,7 @@ async def create_server(
     running.start_worker("escalation lease heartbeat", leases.run(stop, health))
     running.start_worker("escalation timer worker", worker.run(stop, health))
     running.start_worker("escalation consumer", consumer.run(stop, health))
-    running.start_worker("escalation page-out reports", reports.run(stop, health))
+    running.start_worker(reports.stream.worker, reports.run(stop, health))
     running.start_worker(
         "escalation policy cache",
         run_loop(

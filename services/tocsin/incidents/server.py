@@ -113,7 +113,7 @@ async def create_server(
         running.start_worker("incidents snooze worker", worker.run(stop, health))
         running.start_worker("incidents heartbeat worker", heartbeats.run(stop, health))
         running.start_worker("incidents maintenance worker", held.run(stop, health))
-        running.start_worker("incidents timeline outbox", timeline_outbox.run(stop, health))
+        running.start_worker(timeline_outbox.stream.worker, timeline_outbox.run(stop, health))
         running.start_worker(
             "incidents retention trim", _trim_periodically(store, deps.clock, stop, health)
         )

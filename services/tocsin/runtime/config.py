@@ -475,7 +475,7 @@ def parse_processes(value: str, variable: str = "TOCSIN_PROCESSES") -> tuple[tup
     twice = sorted({n for n in named if named.count(n) > 1})
     missing = [n for n in stack if n not in named]
     problems = (
-        ([f"unknown service(s) {', '.join(unknown)}"] if unknown else [])
+        ([f"unknown service(s) {', '.join(map(repr, unknown))}"] if unknown else [])
         + ([f"{', '.join(twice)} named twice"] if twice else [])
         + ([f"missing {', '.join(missing)}"] if missing else [])
         + (

@@ -185,26 +185,38 @@ async def run_services(config: Config, services: Sequence[tuple[str, CreateServe
     clock = clock_from_env(os.environ)
     if not isinstance(clock, SystemClock):
         log.warning("%s runs on a test clock (%s)", label, TEST_CLOCK_VARIABLE)
-    started: list[tuple[str, RunningService, ServiceDeps]] = []
-    for name, create_server in services:
-        redis = await connect_redis(config.redis_url)
-        deps = ServiceDeps(config=config, redis=redis, clock=clock)
-        running, port = await create_server(deps, None)
-        running.start_health(redis)
-        started.append((name, running, deps))
-        log.info("%s listening on %s", name, config.grpc_listen_addr(name).host + f":{port}")
-    tune_gc()
-    stop = asyncio.Event()
-    install_stop_signals(stop)
-    await stop.wait()
-    log.info("%s stopping", label)
-    for _, running, deps in reversed(started):
-        await running.stop()
-        if deps.peers is not None:
-            await deps.peers.close()
-        await deps.redis.aclose()
-    if metrics_server is not None:
-        await metrics_server.stop()
+    started: list[tuple[RunningService, ServiceDeps]] = []
+    try:
+        for name, create_server in services:
+            redis = await connect_redis(config.redis_url)
+            deps = ServiceDeps(config=config, redis=redis, clock=clock)
+            running, port = await create_server(deps, None)
+            running.start_health(redis)
+            started.append((running, deps))
+            log.info("%s listening on %s", name, config.grpc_listen_addr(name).host + f":{port}")
+        tune_gc()
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        await stop.wait()
+        log.info("%s stopping", label)
+    finally:
+        # together, as separate processes stop on the supervisor's SIGTERM (one grace
+        # period, not one per service); also the ones started when a later one failed
+        stopped = await asyncio.gather(
+            *(_stop_service(running, deps) for running, deps in started), return_exceptions=True
+        )
+        for error in stopped:
+            if isinstance(error, BaseException):
+                log.error("%s: a service did not stop cleanly: %r", label, error)
+        if metrics_server is not None:
+            await metrics_server.stop()
+
+
+async def _stop_service(running: RunningService, deps: ServiceDeps) -> None:
+    await running.stop()
+    if deps.peers is not None:
+        await deps.peers.close()
+    await deps.redis.aclose()
 
 
 def serve_blocking(name: str, create_server: CreateServer) -> None:
