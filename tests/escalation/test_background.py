@@ -66,30 +66,32 @@ async def test_background_loops_escalate_and_ride_out_a_failing_heartbeat(
     async def bob_paged() -> bool:
         return any(page.to == BOB for page in stack.pager.pages("sms"))
 
-    try:
-        assert await serving_status(port) == "SERVING"
-        assert leases.owned == EVERY_SHARD
-        await stack.paging.trigger("disk full on db1", mirror=False)
-        await stack.pager.expect_sms("alice", "disk full on db1")  # the consumer's doing
+    # notification starts the pages escalation queues, as in production
+    async with stack.paging.pages_running():
+        try:
+            assert await serving_status(port) == "SERVING"
+            assert leases.owned == EVERY_SHARD
+            await stack.paging.trigger("disk full on db1", mirror=False)
+            await stack.pager.expect_sms("alice", "disk full on db1")  # the consumer's doing
 
-        monkeypatch.setattr(leases, "heartbeat", faulty_heartbeat)
-        await until_status("NOT_SERVING")
-        # Health turns on real time (fail_after_s), leases run out on the clock: once a
-        # whole lease has passed without a heartbeat, nothing is owned (however few clock
-        # seconds the loop above let pass on a loaded machine).
-        stack.paging.clock.advance(seconds=LEASE_MS / 1000)
-        assert leases.owned == frozenset()
-        failing.clear()
-        await until_status("SERVING")
-        assert leases.owned == EVERY_SHARD
+            monkeypatch.setattr(leases, "heartbeat", faulty_heartbeat)
+            await until_status("NOT_SERVING")
+            # Health turns on real time (fail_after_s), leases run out on the clock: once a
+            # whole lease has passed without a heartbeat, nothing is owned (however few clock
+            # seconds the loop above let pass on a loaded machine).
+            stack.paging.clock.advance(seconds=LEASE_MS / 1000)
+            assert leases.owned == frozenset()
+            failing.clear()
+            await until_status("SERVING")
+            assert leases.owned == EVERY_SHARD
 
-        stack.paging.clock.advance(minutes=5)  # level 2 is due (and a little overdue)
-        await until(bob_paged)
-        await stack.pager.expect_sms("bob", "disk full on db1")  # the timer worker's doing
-        await stack.pager.expect_no_more_pages()
-        assert all(not task.done() for task in running.tasks)
-    finally:
-        await running.stop(0)
+            stack.paging.clock.advance(minutes=5)  # level 2 is due (and a little overdue)
+            await until(bob_paged)
+            await stack.pager.expect_sms("bob", "disk full on db1")  # the timer worker's doing
+            await stack.pager.expect_no_more_pages()
+            assert all(not task.done() for task in running.tasks)
+        finally:
+            await running.stop(0)
 
 
 async def _is(value: Awaitable[object], expected: object) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from tests.escalation.stack import FullStack, schedule, user
 from tests.notification.stack import ALICE, BOB, SMS, VOICE
 from tocsin.escalation.store import level_timer_id
+from tocsin.runtime import page_outbox
 from tocsin.runtime.events import incident_shard, shard_streams
 from tocsin.v1 import escalation_pb2, incidents_pb2, notification_pb2
 
@@ -162,33 +164,66 @@ async def test_a_duplicate_or_stale_level_timer_pages_nobody(stack: FullStack) -
     assert [p.user_id for p in (await stack.escalation_of(incident_id)).pages] == ["bob", "carol"]
 
 
-async def test_a_crash_after_the_level_advanced_redoes_the_pages_exactly_once(
+async def test_a_crash_after_the_level_advanced_loses_no_page_and_redoes_its_notes_once(
     stack: FullStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The write that fires a level queues its pages for notification in the same script
+    (runtime/page_outbox.py): escalation dying right after it (before the level's notes)
+    loses no page, and the hop redone after its lease writes the notes once."""
     await people(stack)
     await stack.policy(([user("bob"), user("carol")], 5))
     engine = stack.escalation.engine
     assert engine is not None
-    real_notify = engine.peers.notify
-    calls = 0
 
-    async def dies_after_first_notify(
-        request: notification_pb2.NotifyRequest,
-        timeout: float | None = None,  # noqa: ASYNC109 - as TocsinClient.notify takes it
-    ) -> notification_pb2.NotifyResponse:
+    async def killed(*args: object) -> None:
+        raise RuntimeError("process killed after the level's write")
+
+    monkeypatch.setattr(engine, "_send_claimed_hop", killed)
+    incident_id = await stack.paging.trigger(mirror=False)
+    assert stack.escalation.consumer is not None
+    await stack.escalation.consumer.drain_once()  # (its retries find the level written)
+    monkeypatch.undo()
+    await stack.run_until_quiet()
+    await stack.pager.expect_sms("bob")
+    await stack.pager.expect_sms("carol")
+    stack.paging.clock.advance(seconds=16)  # the hop's lease runs out; it is redone
+    await stack.run_until_quiet()
+    await stack.pager.expect_no_more_pages()
+    lines = await timeline(stack, incident_id)
+    assert lines.count("Escalation level 1 (loop 1) paged bob, carol") == 1
+
+
+async def test_notification_dying_between_two_pages_of_a_level_pages_each_user_once(
+    stack: FullStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page stays pending in its stream until notification has started it: the one a
+    process died on is taken over by another (XAUTOCLAIM), and the one it had started is
+    not sent again (Notify's idempotency key)."""
+    await people(stack)
+    await stack.policy(([user("bob"), user("carol")], 5))
+    calls = 0
+    consumers = stack.paging.service.pages
+    real_apply = consumers[0].apply
+
+    async def dies_on_the_second(request: notification_pb2.NotifyRequest, tp: str) -> None:
         nonlocal calls
         calls += 1
         if calls == 2:
-            raise RuntimeError("process killed between two Notify calls")
-        return await real_notify(request, timeout=timeout)
+            raise RuntimeError("process killed between two pages")
+        await real_apply(request, tp)
 
-    monkeypatch.setattr(engine.peers, "notify", dies_after_first_notify)
+    for consumer in consumers:
+        monkeypatch.setattr(consumer, "apply", dies_on_the_second)
     incident_id = await trigger(stack)
     await stack.pager.expect_sms("bob")
-    await stack.pager.expect_no_more_pages()  # carol's page is in the outbox, not lost
-    stack.paging.clock.advance(seconds=16)  # the hop's lease runs out; it is redone
+    await stack.pager.expect_no_more_pages()  # carol's page is pending, not lost
+    shard = consumers[incident_shard(incident_id)]
+    monkeypatch.setattr(shard, "claim_idle_ms", 0)  # as after CLAIM_IDLE_MS
+    assert await shard.claim_stale() == 1
     await stack.run_until_quiet()
     await stack.pager.expect_sms("carol")
+    assert await shard.claim_stale() == 0  # applied and deleted: nothing left to take
+    assert await stack.paging.redis.xlen(page_outbox.stream_key(incident_shard(incident_id))) == 0
     await stack.pager.expect_no_more_pages()  # and bob is not paged twice
     lines = await timeline(stack, incident_id)
     assert lines.count("Escalation level 1 (loop 1) paged bob, carol") == 1
@@ -206,6 +241,8 @@ async def test_two_starts_of_one_new_incident_at_once_page_level_zero_once(
     engine = stack.escalation.engine
     assert engine is not None
     await asyncio.gather(engine.begin(incident, ""), engine.begin(incident, ""))
+    await stack.paging.start_pages()
+    await stack.paging.settle()
     await stack.pager.expect_sms("bob")
     await stack.run_until_quiet()  # the TRIGGERED event itself: already started
     await stack.pager.expect_no_more_pages()
@@ -299,17 +336,19 @@ async def test_every_notify_names_the_incidents_service(
     await stack.policy(([user("bob")], 5), ([user("carol")], 5))
     engine = stack.escalation.engine
     assert engine is not None
-    real_notify = engine.peers.notify
     seen: list[tuple[str, str]] = []
+    for consumer in stack.paging.service.pages:  # notification's side of every Notify
+        real_apply = consumer.apply
 
-    async def spy(
-        request: notification_pb2.NotifyRequest,
-        timeout: float | None = None,  # noqa: ASYNC109 - as TocsinClient.notify takes it
-    ) -> notification_pb2.NotifyResponse:
-        seen.append((request.user_id, request.service_id))
-        return await real_notify(request, timeout=timeout)
+        async def spy(
+            request: notification_pb2.NotifyRequest,
+            traceparent: str,
+            real: Callable[[notification_pb2.NotifyRequest, str], Awaitable[object]] = real_apply,
+        ) -> None:
+            seen.append((request.user_id, request.service_id))
+            await real(request, traceparent)
 
-    monkeypatch.setattr(engine.peers, "notify", spy)
+        monkeypatch.setattr(consumer, "apply", spy)
     await trigger(stack)
     await stack.pager.expect_sms("bob")
     await stack.tick(minutes=5)
@@ -341,6 +380,7 @@ async def test_the_first_level_carries_the_incident_s_words_to_its_pages(
     incident_id = await stack.paging.trigger("disk full on db1", mirror=False)
     assert stack.escalation.consumer is not None
     await stack.escalation.consumer.drain_once()  # before notification's own consumer
+    await stack.paging.start_pages()
     await stack.paging.settle()
 
     sms = await stack.pager.expect_sms("alice")

@@ -79,8 +79,9 @@ async def test_a_storm_on_one_service_does_not_hold_back_another_services_first_
     running = asyncio.create_task(consumer.run(stop))
     try:
         stack.pager.timeout_s = 60.0  # real time for the consumer's work, not escalation time
-        await stack.pager.expect_sms("alice", "canary: disk full")
-        storm_before_canary = handled.count(stormy)
+        async with stack.paging.pages_running():  # (its loops end within a read's block)
+            await stack.pager.expect_sms("alice", "canary: disk full")
+            storm_before_canary = handled.count(stormy)
     finally:
         stop.set()
         await running

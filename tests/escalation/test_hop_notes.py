@@ -1,9 +1,10 @@
-"""A hop claimed by the write that fired its level (the usual case): after its Notify
-calls, its timeline notes and its timer's completion go in one Redis round trip on one
-server (`TimerStore.complete_with`, a MULTI), one after the other on a Cluster. On the
-standalone server and the 3-master Redis Cluster: the note reaches the timeline, the hop
-is not sent again, and a hop with a user who cannot be reached keeps its report before
-the completion."""
+"""A hop claimed by the write that fired its level (the usual case; its pages went to the
+page stream in that write): its timeline notes and its timer's completion go in one
+Redis round trip on one server (`TimerStore.complete_with`, a MULTI), one after the other
+on a Cluster. On the standalone server and the 3-master Redis Cluster: the note reaches
+the timeline, the hop is not sent again, and a level with a user who cannot be reached
+moves on with its notes in order. A hop armed with its pages by an older version still
+sends them."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from tests.escalation.stack import FullStack, user
 from tests.escalation.test_escalation import people, timeline, trigger
 from tests.escalation.test_unreachable import nobody_to_call
 from tests.redis_wire import recording_writes
+from tocsin.escalation.codec import HopPage, HopPayload
 from tocsin.runtime.timeline_outbox import STREAM_KEY
+from tocsin.v1 import incidents_pb2
 
 
 def _outbox_or_script(args: list[bytes]) -> bool:
@@ -45,23 +48,44 @@ async def test_the_hops_notes_and_its_completion_are_one_round_trip(any_stack: F
     await stack.pager.expect_sms("carol")
 
 
-async def test_a_hop_with_an_unreachable_user_reports_before_it_completes(
+async def test_a_level_whose_user_cannot_be_reached_moves_on_with_its_notes(
     any_stack: FullStack,
 ) -> None:
+    """notification, starting zed's page from the page stream, reports zed unreachable
+    (ReportUnreachable) before acknowledging it: the next level fires now, and the
+    timeline has the level's note and then the one that says why it moved on."""
     stack = any_stack
     await people(stack)
     await nobody_to_call(stack, "zed")
     await stack.policy(([user("zed")], 5), ([user("carol")], 5))
-
-    with recording_writes(_outbox_or_script) as writes:
-        incident_id = await trigger(stack)
-        await stack.pager.expect_sms("carol")  # zed cannot be reached: the next level now
-
-    with_notes = [[c[0].upper() for c in w] for w in writes if [b"XADD", STREAM_KEY.encode()] in w]
-    # zed's hop: its note alone, then the report; carol's hop: note and completion
-    assert with_notes[0] == [b"XADD"]
+    incident_id = await trigger(stack)
+    await stack.pager.expect_sms("carol")  # zed cannot be reached: the next level now
     lines = await timeline(stack, incident_id)
-    assert (
+    fired = lines.index("Escalation level 1 (loop 1) paged zed")
+    moved = lines.index(
         "Escalation level 1 (loop 1) can reach nobody (zed has no contact method); moving on now"
-        in lines
     )
+    assert fired < moved
+
+
+async def test_a_hop_armed_with_its_pages_before_the_page_stream_still_sends_them(
+    stack: FullStack,
+) -> None:
+    """A hop written by a version that kept the pages in the hop (before the page stream)
+    is still sent by the shard's worker: its pages through Notify, then its notes, once."""
+    await people(stack)
+    await stack.policy(([user("carol")], 5))
+    incident_id = await trigger(stack)
+    await stack.pager.expect_sms("carol")
+    engine = stack.escalation.engine
+    assert engine is not None
+    note = {"kind": incidents_pb2.TIMELINE_KIND_NOTE, "message": "an older version's hop"}
+    payload = HopPayload(incident_id, 0, (HopPage(0, 0, "bob", ""),), (note,), "")
+    await engine.store.timers.arm(
+        f"hop:{incident_id}:0:9:0", stack.paging.clock.now_ms(), payload.encode().encode()
+    )
+    await stack.run_until_quiet()
+    await stack.pager.expect_sms("bob")
+    await stack.tick(minutes=1)  # completed: not sent again
+    await stack.pager.expect_no_more_pages()
+    assert (await timeline(stack, incident_id)).count("an older version's hop") == 1

@@ -1,8 +1,8 @@
 """Overdue levels after a restart: escalation comes up before scheduling and notification
 listen. Its calls to them wait for the peer (gRPC wait_for_ready, inside a deadline) and
 the overdue page goes out within about a second of the peers being up, without an ERROR
-in the log; a hop whose Notify still failed (UNAVAILABLE, or the deadline passed) is
-offered again after a short backoff, not after its 15 s lease.
+in the log. A level fired while notification is down queues its page in the page stream
+(runtime/page_outbox.py), where the notification that comes up finds it.
 
 Real time is spent here only on peers starting (a few hundred milliseconds); escalation
 delays are a ManualClock.
@@ -22,11 +22,11 @@ import pytest
 from tests.escalation.stack import FullStack, schedule, user
 from tests.notification.stack import ALICE, BOB, SMS
 from tests.services import LOOPBACK_ANY_PORT
-from tocsin.escalation import engine as escalation_engine
 from tocsin.escalation import server as escalation_server
 from tocsin.escalation.server import EscalationProcess
-from tocsin.escalation.store import hop_timer_id
 from tocsin.notification import server as notification_server
+from tocsin.notification.server import NotificationService
+from tocsin.runtime import page_outbox
 from tocsin.runtime.config import Address, load_config
 from tocsin.runtime.events import incident_shard
 from tocsin.runtime.service import RunningService, ServiceDeps
@@ -109,6 +109,11 @@ async def test_an_overdue_level_pages_within_a_second_of_its_peers_starting(
             peers = await start_peers(stack, scheduling_port, notification_port)
             up = time.monotonic()
             assert await asyncio.wait_for(firing, 5) == 1
+            notification = peers[1]
+            assert isinstance(notification, NotificationService)
+            for pages in notification.pages:  # as its page consumers' blocking reads do
+                await pages.drain_once()
+            await notification.parts.sender.idle()
             await stack.paging.settle()
             await stack.pager.expect_sms("bob", "disk full on db1")
             assert time.monotonic() - up < 2.0
@@ -122,61 +127,52 @@ async def test_an_overdue_level_pages_within_a_second_of_its_peers_starting(
     assert len(warnings) <= 1, warnings
 
 
-async def test_a_hop_whose_notify_failed_is_offered_again_after_a_short_backoff(
-    stack: FullStack, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+async def test_a_level_fired_while_notification_is_down_pages_once_it_is_up(
+    stack: FullStack, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """notification stays down past the call's deadline: the level fires (scheduling is
-    up), its hop's Notify fails, and the hop is due again within seconds, not in flight
-    for its 15 s lease."""
+    """notification is down when a level fires (scheduling is up): the level's page waits
+    in its shard's page stream (runtime/page_outbox.py), escalation neither retries nor
+    warns, and the notification process that comes up later sends it."""
     incident_id = await overdue_second_level(stack)
-    hop = hop_timer_id(incident_id, 0, 1, 0)
-    monkeypatch.setattr(escalation_engine, "PEER_DEADLINE_S", 0.3)
     scheduling_port, notification_port = free_port(), free_port()
     deps = ServiceDeps(stack.paging.config, stack.paging.redis, stack.paging.clock)
     scheduling, _ = await scheduling_server.create_server(
         deps, Address("127.0.0.1", scheduling_port)
     )
-    notification: RunningService | None = None
+    notification: NotificationService | None = None
     caplog.set_level(logging.INFO)
     try:
         async with escalation_before_its_peers(stack, scheduling_port, notification_port) as early:
             assert early.worker is not None and early.engine is not None
-            assert await early.worker.run_once() == 1  # the level fired; its Notify did not
+            assert await early.worker.run_once() == 1  # the level fired, its page queued
             await stack.pager.expect_no_more_pages()
-
-            timers = early.engine.store.timers
             shard = incident_shard(incident_id)
-            due = await timers.next_due_ms(shard)
-            assert due is not None
-            assert due - stack.paging.clock.now_ms() <= escalation_engine.PEER_RETRY_MS
-            assert await timers.claim(hop, shard, 1000) is None  # not due yet: waiting
+            assert await stack.paging.redis.xlen(page_outbox.stream_key(shard)) == 1
+            assert await early.engine.store.timers.next_due_ms(shard) is not None  # level 3
+            stack.paging.clock.advance(seconds=20)  # past any hop's lease: nothing to redo
+            assert await early.worker.run_once() == 0
 
-            retry_s = escalation_engine.PEER_RETRY_MS / 1000
-            stack.paging.clock.advance(seconds=retry_s)
-            assert await early.worker.run_once() == 1  # still down: given back again
-            assert await timers.claim(hop, shard, 1000) is None
-
-            notification, _ = await notification_server.create_server(
+            started, _ = await notification_server.create_server(
                 ServiceDeps(stack.paging.config, stack.paging.redis, stack.paging.clock),
                 Address("127.0.0.1", notification_port),
                 background=False,
             )
-            monkeypatch.undo()  # the normal deadline outlasts the reconnect backoff (1 s)
-            stack.paging.clock.advance(seconds=retry_s)
-            assert await early.worker.run_once() == 1
+            assert isinstance(started, NotificationService)
+            notification = started
+            assert sum([await pages.drain_once() for pages in notification.pages]) == 1
+            await notification.parts.sender.idle()
             await stack.paging.settle()
             await stack.pager.expect_sms("bob", "disk full on db1")
+            assert await stack.paging.redis.xlen(page_outbox.stream_key(shard)) == 0
     finally:
         if notification is not None:
             await notification.stop(0)
         await scheduling.stop(0)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert not errors, [r.getMessage() for r in errors]
-    # (the notification started here knows no escalation to report bob's page out to)
     warnings = [
-        r
+        r.getMessage()
         for r in caplog.records
         if r.levelno == logging.WARNING and r.name == "tocsin.escalation.engine"
     ]
-    # two failed tries, one WARNING (then one per PEER_LOG_EVERY_S)
-    assert [hop in r.getMessage() and "retried" in r.getMessage() for r in warnings] == [True]
+    assert warnings == []

@@ -8,6 +8,7 @@ a ManualClock. No background tasks: a test advances the clock and calls
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -82,8 +83,31 @@ class PagingStack:
         await self.settle()
         return fired
 
+    @contextlib.asynccontextmanager
+    async def pages_running(self) -> AsyncIterator[None]:
+        """Notification's page consumers in their real loops, as in production: for a
+        test whose escalation runs its own loops (the pages it queues start by themselves
+        meanwhile)."""
+        stop = asyncio.Event()
+        loops = [asyncio.create_task(pages.run(stop)) for pages in self.service.pages]
+        try:
+            yield
+        finally:
+            stop.set()
+            await asyncio.gather(*loops)
+
     async def drain_events(self) -> int:
-        return await self.parts.consumer.drain_once()
+        """Handle the incident events, then start the pages escalation queued (its page
+        streams, runtime/page_outbox.py)."""
+        handled = await self.parts.consumer.drain_once()
+        return handled + await self.start_pages()
+
+    async def start_pages(self) -> int:
+        """Start the pages escalation queued (every shard's page stream); how many."""
+        started = 0
+        for pages in self.service.pages:
+            started += await pages.drain_once()
+        return started
 
     async def add_user(
         self,

@@ -1,5 +1,6 @@
-"""The escalation engine: follows incident events, fires levels from timers, sends the
-pages of a fired level through an outbox timer, and audits for lost timers.
+"""The escalation engine: follows incident events, fires levels from timers, hands the
+pages of a fired level to notification in the write that fires it, writes the level's
+timeline notes through an outbox timer, and audits for lost timers.
 
 Firing a level is a GoAlert-style idempotent cycle:
 
@@ -8,25 +9,28 @@ Firing a level is a GoAlert-style idempotent cycle:
    remembered for the schedule while its revision and the answer's shift still hold
    (tocsin/runtime/oncall.py; when an escalation starts, the revision comes with the
    policy from the process's copy, policy_cache.py, else it is read with the policy);
-3. ONE compare-and-set writes the advanced state, arms the next level's timer and arms a
-   "hop" outbox timer holding the pages to send; a stale or duplicate timer fails the
-   version check and pages nobody;
-4. the same write claims the hop for this process (no poll and no round trip of its own:
-   the first page leaves in milliseconds) and each page becomes a Notify with the
-   idempotency key incident/epoch/level/loop/user, then the timeline entries are queued
-   in the timeline outbox (runtime/timeline_outbox.py; appended once, by their keys). If
-   the process dies anywhere, the hop timer is re-offered after its lease and redone;
-   notification drops the repeats.
+3. ONE compare-and-set writes the advanced state, arms the next level's timer, adds each
+   page, a NotifyRequest with the idempotency key incident/epoch/level/loop/user, to the
+   incident shard's page stream (runtime/page_outbox.py: notification, blocked on it,
+   starts the page the moment the write commits) and arms a "hop" outbox timer holding
+   the level's timeline notes; a stale or duplicate timer fails the version check and
+   pages nobody;
+4. the same write claims the hop for this process (no poll, no round trip of its own) and
+   its notes are queued in the timeline outbox (runtime/timeline_outbox.py; appended
+   once, by their keys) with the hop's completion. If the process dies after the write,
+   the pages are in the stream already and the hop is re-offered after its lease and
+   redone; notification drops repeated keys. A hop an older version armed holds its
+   pages: it still sends them as Notify calls.
 
-A level nobody can answer does not wait out its delay. Notify answers `unreachable` for a
-user with no contact method or rule, and notification reports later, through
-ReportUnreachable, a user whose every rule failed. Once every user the level paged is
+A level nobody can answer does not wait out its delay. Notification reports through
+ReportUnreachable a user with no contact method or rule (when it starts the page) and a
+user whose every rule failed (later). Once every user the level paged is
 reported, one more compare-and-set makes the next level due now, guarded by the level's
 epoch, level and loop and by its still being the current one, so a repeated report or a
 redone hop moves nothing twice.
 
 Levels go out in order (domain.py): a fired level awaits notification's ReportPageOut
-for each user it paged (Notify answering `unreachable` counts as out at once). A level
+for each user it paged (a user reported unreachable counts as out at once). A level
 timer that comes before those reports re-arms itself for the bound (`Held`); the last
 report re-arms it for the level's delay after the last page went out, and fires it now if
 that has passed. The report is recorded per user (HSETNX, first wins) and applied by one
@@ -45,7 +49,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable
-from dataclasses import astuple, replace
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
@@ -578,27 +582,35 @@ class EscalationEngine:
             if work.unconfirmed is not None:
                 span.set_attribute("escalation.unconfirmed", True)
                 notes.insert(0, _unconfirmed_note(work.unconfirmed, self.hold_max_ms))
+            paged = HopPayload(
+                state.incident_id,
+                state.epoch,
+                tuple(
+                    HopPage(p.level, p.loop, p.user_id, p.schedule_id, addresses.get(p.user_id, ""))
+                    for p in pages
+                ),
+                tuple(notes),
+                current_traceparent(),
+                advanced.next_fire_ms,
+                low_urgency=state.low_urgency,
+                service_id=state.service_id,
+                **_words(trigger),
+            )
+            # The pages go to notification's stream in the write (runtime/page_outbox.py);
+            # the hop keeps the notes, written once the write is made.
+            requests = [_traced_notify_request(paged, page) for page in paged.pages]
             hop = Hop(
                 hop_id,
-                HopPayload(
-                    state.incident_id,
-                    state.epoch,
-                    tuple(
-                        HopPage(
-                            p.level, p.loop, p.user_id, p.schedule_id, addresses.get(p.user_id, "")
-                        )
-                        for p in pages
-                    ),
-                    tuple(notes),
-                    current_traceparent(),
-                    advanced.next_fire_ms,
-                    low_urgency=state.low_urgency,
-                    service_id=state.service_id,
-                    **_words(trigger),
-                ),
+                HopPayload(state.incident_id, state.epoch, (), tuple(notes), paged.traceparent),
             )
             written, claimed = await self.store.write_hop(
-                advanced, expected, traceparent=traceparent, hop=hop, lease_ms=HOP_LEASE_MS
+                advanced,
+                expected,
+                traceparent=traceparent,
+                hop=hop,
+                lease_ms=HOP_LEASE_MS,
+                pages=[r.SerializeToString() for r in requests],
+                pages_trace=paged.traceparent,
             )
             if not written:
                 span.set_attribute("escalation.stale", True)
@@ -755,57 +767,22 @@ class EscalationEngine:
             await self.store.timers.complete(claimed)
 
     async def _send_hop(self, timer: ClaimedTimer, *, complete: bool = False) -> bool:
-        """Notify each user of the hop, then write its timeline notes. With `complete`
+        """Write the hop's timeline notes (after Notifying each user it holds: a hop an
+        older version armed, with its pages). With `complete`
         (the hop's timer claimed by the write that armed it), the notes and the timer's
         completion go in one round trip (`TimerStore.complete_with`) unless a user could
         not be reached, whose report must come before the completion; True when the
         timer was completed here."""
         hop = HopPayload.decode(timer.payload)
-        incident_id, epoch = hop.incident_id, hop.epoch
-        context = context_from_traceparent(hop.traceparent)
+        incident_id = hop.incident_id
         unreachable: list[tuple[str, str, str]] = []
-        for level, loop, user_id, schedule_id, address in (astuple(p) for p in hop.pages):
-            with tracer.start_as_current_span(
-                "escalation.notify",
-                context=context,
-                attributes={
-                    "incident.id": incident_id,
-                    "user.id": user_id,
-                    "escalation.level": level,
-                    "escalation.loop": loop,
-                    "schedule.id": schedule_id,
-                },
-            ):
-                key = domain.idempotency_key(incident_id, epoch, level, loop, user_id)
-                request = notification_pb2.NotifyRequest(
-                    incident_id=incident_id,
-                    user_id=user_id,
-                    idempotency_key=key,
-                    traceparent=current_traceparent(),
-                    urgency=common_pb2.URGENCY_LOW if hop.low_urgency else common_pb2.URGENCY_HIGH,
-                    service_id=hop.service_id,
-                    incident_summary=hop.summary,
-                    incident_number=hop.number,
-                )
-                if hop.created_ms:
-                    request.incident_created_at.FromMilliseconds(hop.created_ms)
-                if address:
-                    kind = user_id.partition(":")[0]
-                    request.channel.CopyFrom(
-                        notification_pb2.ChannelTarget(
-                            type=notification_pb2.CONTACT_METHOD_TYPE_SLACK
-                            if kind == channeltargets.SLACK_CHANNEL
-                            else notification_pb2.CONTACT_METHOD_TYPE_TEAMS,
-                            address=address,
-                        )
-                    )
-                if hop.next_level_ms is not None:
-                    # the page matters until then: a throttled send is retried until then
-                    request.next_level_at.FromMilliseconds(hop.next_level_ms)
-                # sent with the other hops' Notify calls waiting now (NotifyBatch)
-                reply = await self.peers.notify(request, timeout=PEER_DEADLINE_S)
-                if reply.unreachable:
-                    unreachable.append((user_id, key, reply.unreachable_reason))
+        for page in hop.pages:  # a hop armed before pages went through the stream
+            request = _traced_notify_request(hop, page)
+            # sent with the other hops' Notify calls waiting now (NotifyBatch)
+            reply = await self.peers.notify(request, timeout=PEER_DEADLINE_S)
+            if reply.unreachable:
+                key, reason = request.idempotency_key, reply.unreachable_reason
+                unreachable.append((page.user_id, key, reason))
         # Through the timeline outbox: one Redis round trip for the hop's notes, no RPC.
         notes = [
             incidents_pb2.AppendTimelineRequest(
@@ -967,6 +944,58 @@ def _exhausted_note(state: Escalation, work: Exhausted) -> dict[str, Any]:
         f"{work.loops} loop(s); nobody acknowledged",
         "attributes": {"loops": str(work.loops), "epoch": str(state.epoch)},
     }
+
+
+def _traced_notify_request(hop: HopPayload, page: HopPage) -> notification_pb2.NotifyRequest:
+    """The Notify of `page`, made in an `escalation.notify` span of the hop's trace: the
+    request's traceparent, under which notification starts the user's cycle."""
+    with tracer.start_as_current_span(
+        "escalation.notify",
+        context=context_from_traceparent(hop.traceparent),
+        attributes={
+            "incident.id": hop.incident_id,
+            "user.id": page.user_id,
+            "escalation.level": page.level,
+            "escalation.loop": page.loop,
+            "schedule.id": page.schedule_id,
+        },
+    ):
+        return notify_request(hop, page, current_traceparent())
+
+
+def notify_request(
+    hop: HopPayload, page: HopPage, traceparent: str
+) -> notification_pb2.NotifyRequest:
+    """What notification is asked to do for `page` of `hop` (the key incident/epoch/level/
+    loop/user makes a repeat a no-op)."""
+    request = notification_pb2.NotifyRequest(
+        incident_id=hop.incident_id,
+        user_id=page.user_id,
+        idempotency_key=domain.idempotency_key(
+            hop.incident_id, hop.epoch, page.level, page.loop, page.user_id
+        ),
+        traceparent=traceparent,
+        urgency=common_pb2.URGENCY_LOW if hop.low_urgency else common_pb2.URGENCY_HIGH,
+        service_id=hop.service_id,
+        incident_summary=hop.summary,
+        incident_number=hop.number,
+    )
+    if hop.created_ms:
+        request.incident_created_at.FromMilliseconds(hop.created_ms)
+    if page.address:
+        kind = page.user_id.partition(":")[0]
+        request.channel.CopyFrom(
+            notification_pb2.ChannelTarget(
+                type=notification_pb2.CONTACT_METHOD_TYPE_SLACK
+                if kind == channeltargets.SLACK_CHANNEL
+                else notification_pb2.CONTACT_METHOD_TYPE_TEAMS,
+                address=page.address,
+            )
+        )
+    if hop.next_level_ms is not None:
+        # the page matters until then: a throttled send is retried until then
+        request.next_level_at.FromMilliseconds(hop.next_level_ms)
+    return request
 
 
 def _words(incident: incidents_pb2.Incident | None) -> dict[str, Any]:

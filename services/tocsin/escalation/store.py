@@ -14,6 +14,7 @@ from typing import Any
 from tocsin.escalation.codec import HopPayload, LevelTimerPayload, dump_state, load_state
 from tocsin.escalation.domain import Escalation, LevelKey
 from tocsin.escalation.policy_cache import PolicyCache
+from tocsin.runtime import page_outbox
 from tocsin.runtime.batching import BatchedScript
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import AlreadyExists, Conflict, NotFound
@@ -187,12 +188,16 @@ class EscalationStore:
         traceparent: str,
         hop: Hop,
         lease_ms: int,
+        pages: Sequence[bytes] = (),
+        pages_trace: str = "",
     ) -> tuple[bool, ClaimedTimer | None]:
         """`write`, and the hop's timer claimed for the caller in the same script (with a
         lease of `lease_ms`), so it is sent with no round trip of its own: (written, the
-        claim; None if not written, or the hop was not due)."""
+        claim; None if not written, or the hop was not due). `pages`: NotifyRequest
+        protobufs added to the shard's page stream by the same script, with
+        `pages_trace` (runtime/page_outbox.py)."""
         outcome, claimed = await self._run_write(
-            state, expected_version, traceparent, hop, lease_ms
+            state, expected_version, traceparent, hop, lease_ms, pages=(pages, pages_trace)
         )
         return outcome == "ok", claimed
 
@@ -225,19 +230,24 @@ class EscalationStore:
         *,
         report: tuple[LevelKey, int] | None = None,
         together: bool = False,
+        pages: tuple[Sequence[bytes], str] = ((), ""),
     ) -> tuple[str, ClaimedTimer | None]:
         """`write_escalation.lua`; with `report` (the level firing and user, when), the
         report is recorded first (`report_and_write`); `together`: in a pipeline with the
         concurrent calls (BatchedScript; a lone call waits one turn of the event loop).
+        `pages`: page requests for the shard's page stream, and their traceparent.
         The script's outcome, and the hop's claim."""
         shard = incident_shard(state.incident_id)
         finished = state.next_fire_ms is None
         out = report[0] if report else None
+        requests, pages_trace = pages
+        pages_key = page_outbox.stream_key(shard) if requests else ""
         keys = [
             state_key(state.incident_id),
             active_key(shard),
             *timer_keys(shard),
             *([out_key(out.incident_id, out.epoch, out.level, out.loop)] if out else []),
+            *([pages_key] if pages_key else []),
         ]
         args = self._write.args(
             tag=shard_tag(shard),
@@ -256,6 +266,9 @@ class EscalationStore:
             out_user=out.user_id if out else "",
             out_ms=report[1] if report else 0,
             out_ttl_ms=self.retention_ms,
+            pages_key=pages_key,
+            pages_trace=pages_trace,
+            page_request=list(requests),
         )
         if together:
             reply = await self._write_together(keys, args)

@@ -229,9 +229,16 @@ class EscalationPeer:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def report_unreachable(
-        self, incident_id: str, user_id: str, idempotency_key: str, reason: str
+        self,
+        incident_id: str,
+        user_id: str,
+        idempotency_key: str,
+        reason: str,
+        *,
+        strict: bool = False,
     ) -> bool:
-        """True when the report moved the escalation on."""
+        """True when the report moved the escalation on. `strict`: a report that did not
+        arrive raises (else it is logged and False)."""
         request = escalation_pb2.ReportUnreachableRequest(
             incident_id=incident_id, user_id=user_id, idempotency_key=idempotency_key, reason=reason
         )
@@ -242,6 +249,8 @@ class EscalationPeer:
                 )
             )
         except grpc.aio.AioRpcError as error:
+            if strict and error.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
             _report_failed(
                 error, "incident %s: could not report %s unreachable", incident_id, user_id
             )

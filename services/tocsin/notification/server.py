@@ -51,6 +51,7 @@ from tocsin.runtime.events import INCIDENT_SHARDS, EventConsumer, instance_name
 from tocsin.runtime.grpcserver import start_grpc_server
 from tocsin.runtime.leases import ShardLeases
 from tocsin.runtime.loops import WorkerHealth, run_loop
+from tocsin.runtime.page_outbox import PageConsumer, page_consumers
 from tocsin.runtime.service import RunningService, ServiceDeps, serve_blocking
 from tocsin.runtime.timeline_outbox import TimelineOutbox
 from tocsin.runtime.timers import TimerWorker
@@ -111,6 +112,9 @@ class WebhookParts:
 @dataclass
 class NotificationService(RunningService):
     parts: Parts = field(kw_only=True)
+    pages: list[PageConsumer] = field(kw_only=True, default_factory=list)
+    """The page streams' consumers, one per shard (runtime/page_outbox.py): each starts
+    the pages escalation queued with the levels it fired; tests call `drain_once()`."""
 
 
 def provider_from_config(config: Config) -> Provider:
@@ -340,6 +344,9 @@ async def create_server(
     )
     servicer.audit = AuditLog(deps.redis, deps.clock, deps.config.retention)
     webhook_servicer.audit = servicer.audit
+    pages = page_consumers(deps.redis, servicer.apply_page, instance_name(GROUP))
+    for page_consumer in pages:  # the groups exist before escalation's first page
+        await page_consumer.start()
 
     def register(server: Any) -> None:
         notification_pb2_grpc.add_NotificationServiceServicer_to_server(servicer, server)
@@ -353,7 +360,7 @@ async def create_server(
         authenticator=deps.authenticator(),
         ownership={"contact_method": own_contact_method(parts.contacts)},
     )
-    running = NotificationService(grpc_server, parts=parts)
+    running = NotificationService(grpc_server, parts=parts, pages=pages)
     if background:
         # The consumer name is stable, so a restarted process finds what it had received
         # and not yet handled when it died. Handle that before any rule timer fires: an
@@ -361,6 +368,8 @@ async def create_server(
         await parts.consumer.drain_once()
         stop, health = running.stopping, running.workers
         running.start_worker("notification consumer", parts.consumer.run(stop, health))
+        for page_consumer in pages:
+            running.start_worker(page_consumer.worker, page_consumer.run(stop, health))
         running.start_worker("notification lease heartbeat", parts.leases.run(stop, health))
         running.start_worker("notification timer worker", parts.worker.run(stop, health))
         running.start_worker(

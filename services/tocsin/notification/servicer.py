@@ -16,6 +16,9 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
 from tocsin.notification import domain
 from tocsin.notification.channels import ChannelRegistry
 from tocsin.notification.contacts import ContactStore
@@ -30,8 +33,10 @@ from tocsin.runtime.audit import AuditLog
 from tocsin.runtime.batches import answer_each
 from tocsin.runtime.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from tocsin.runtime.ids import id_violations
-from tocsin.runtime.telemetry import current_traceparent
+from tocsin.runtime.telemetry import context_from_traceparent, current_traceparent
 from tocsin.v1 import common_pb2, notification_pb2, notification_pb2_grpc
+
+tracer = trace.get_tracer("tocsin.notification")
 
 pb = notification_pb2
 SERVICE_NAME = "tocsin.v1.NotificationService"
@@ -179,6 +184,32 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
 
     @_bounded
     async def Notify(self, request: pb.NotifyRequest, context: Any) -> pb.NotifyResponse:
+        return await self.notify(request)
+
+    async def apply_page(self, request: pb.NotifyRequest, traceparent: str) -> None:
+        """A page escalation queued with the level that fired it (runtime/page_outbox.py),
+        applied as a Notify call would be, in a span of the level's trace. A user nobody
+        can reach is reported to escalation before the entry is acknowledged: should the
+        report not arrive, this raises and the page is applied again (both idempotent).
+        InvalidArgument for a request Notify would refuse (logged and dropped)."""
+        with tracer.start_as_current_span(
+            "notification.page",
+            context=context_from_traceparent(request.traceparent or traceparent),
+            kind=SpanKind.CONSUMER,
+            attributes={"incident.id": request.incident_id, "user.id": request.user_id},
+        ):
+            reply = await self.notify(request)
+            if reply.unreachable:
+                await self.sender.escalation.report_unreachable(
+                    request.incident_id,
+                    request.user_id,
+                    request.idempotency_key,
+                    reply.unreachable_reason,
+                    strict=True,
+                )
+
+    async def notify(self, request: pb.NotifyRequest) -> pb.NotifyResponse:
+        """Notify's work (the RPC and the page stream): InvalidArgument naming the field."""
         channel = request.channel if request.HasField("channel") else None
         if channel is None:
             violations = id_violations(request.user_id, "user_id")

@@ -80,6 +80,11 @@ class OutboxStream(Generic[Request]):
     the page path reaches, for a consumer that was away."""
     linger_ms: int = 0
     """The consumer's default wait after a read that did not fill a batch."""
+    delete_done: bool = False
+    """Entries are deleted (XDEL, with their XACK) once applied, and never trimmed by
+    length (`maxlen` unused): for a stream that must lose nothing however long its
+    consumer is away (runtime/page_outbox.py). The stream then holds only what is still
+    to apply."""
 
 
 class Outbox(Generic[Request]):
@@ -144,9 +149,13 @@ class OutboxConsumer(Generic[Request]):
         linger_ms: int | None = None,
         claim_idle_ms: int = 10_000,
         max_deliveries: int = 10,
+        key: str | None = None,
     ) -> None:
+        """`key`: the stream to read when the outbox has one per shard (default: the
+        stream's own key); its worker's name in the health report then names it."""
         self.redis = redis
-        self.stream_key, self.group = self.stream.key, self.stream.group
+        self.stream_key, self.group = key or self.stream.key, self.stream.group
+        self.worker = self.stream.worker if key is None else f"{self.stream.worker} {key}"
         self.decode: Callable[[bytes], Request] = self.stream.decode
         self.apply = apply
         self.consumer = consumer
@@ -176,7 +185,7 @@ class OutboxConsumer(Generic[Request]):
 
     async def run(self, stop: asyncio.Event, health: WorkerHealth | None = None) -> None:
         """Apply entries until `stop` is set; any error is logged, backed off, retried."""
-        name = self.stream.worker
+        name = self.worker
         guard: LoopGuard = lone_guard(name, stop) if health is None else health.guard(name, stop)
         loop = asyncio.get_running_loop()
         own_pending = True  # after a restart, what this consumer read and did not finish
@@ -207,6 +216,12 @@ class OutboxConsumer(Generic[Request]):
         await self._ack()
         return count
 
+    async def read_once(self) -> int:
+        """One read, without blocking, and what it brought applied; its acknowledgements
+        go with the next read, as in the loop (for tests that step a consumer)."""
+        await self.start()
+        return len(await self._step(">", None))
+
     async def _resume(self) -> None:
         """Apply what this consumer read before a restart and did not finish, once each:
         the reads of its own pending list move past what they returned (an entry that
@@ -221,7 +236,7 @@ class OutboxConsumer(Generic[Request]):
         done, self._done = self._done, []
         pipe = self.redis.pipeline(transaction=False)
         if done:
-            pipe.xack(self.stream_key, self.group, *done)
+            self._queue_ack(pipe, done)
         pipe.xreadgroup(
             self.group, self.consumer, {self.stream_key: start_id}, count=self.batch, block=block_ms
         )
@@ -239,10 +254,25 @@ class OutboxConsumer(Generic[Request]):
         await self._apply_all([(entry_id, fields) for entry_id, fields in entries if fields])
         return ids
 
+    def _queue_ack(self, pipe: Any, done: list[bytes]) -> None:
+        pipe.xack(self.stream_key, self.group, *done)
+        if self.stream.delete_done:
+            pipe.xdel(self.stream_key, *done)
+
     async def _ack(self) -> None:
         done, self._done = self._done, []
-        if done:
+        if not done:
+            return
+        if not self.stream.delete_done:
             await self.redis.xack(self.stream_key, self.group, *done)
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        self._queue_ack(pipe, done)
+        try:
+            await pipe.execute()
+        except BaseException:
+            self._done[:0] = done  # both are idempotent: with the next read
+            raise
 
     async def _apply_all(self, entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> None:
         """Apply `entries`: different incidents concurrently, one incident's in order."""

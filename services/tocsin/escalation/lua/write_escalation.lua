@@ -4,7 +4,7 @@
 --
 -- KEYS[1] state hash, KEYS[2] active index (zset incident -> next fire ms),
 -- KEYS[3..] timers.timer_keys(shard), then, with `out_user`, the level firing's
--- reported-out hash (store.out_key)
+-- reported-out hash (store.out_key), then, with `pages_key`, the shard's page stream
 -- ARGV:
 --   tag                shard tag
 --   expected_version   "0": must not exist yet
@@ -28,6 +28,10 @@
 --                      release it causes in one step (engine.report_page_out's fast path)
 --   out_ms
 --   out_ttl_ms         the reported-out hash's lifetime
+--   pages_key          "": no pages; else the shard's page stream (runtime/page_outbox.py),
+--                      to which every page_request is added once the write is made
+--   pages_trace        the pages' traceparent (the entries' `tp`)
+--   page_request...    the rest: one NotifyRequest protobuf per page, in order
 -- Returns {"ok"} | {"ok", hop claim} | {"exists", version} | {"conflict", version} |
 -- {"reported"} (out_user was reported before: nothing written)
 local tag = ARGV[1]
@@ -55,6 +59,11 @@ if tonumber(ARGV[5]) >= 0 then
 else
   timer_cancel(tag, ARGV[6])
   redis.call("ZREM", KEYS[2], ARGV[11])
+end
+if ARGV[17] ~= "" then
+  for i = 19, #ARGV do
+    redis.call("XADD", ARGV[17], "*", "r", ARGV[i], "tp", ARGV[18])
+  end
 end
 if ARGV[8] ~= "" then
   timer_arm(tag, ARGV[8], ARGV[10], ARGV[9])
