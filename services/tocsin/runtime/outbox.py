@@ -129,11 +129,12 @@ class OutboxConsumer(Generic[Request]):
     """The receiving side: read the subclass's `stream` in its consumer group and apply
     its entries.
 
-    One loop per process: a blocking XREADGROUP of up to `batch` entries, applied
-    concurrently (entries of one incident in stream order), acknowledged with the next
-    read in one pipeline; with `linger_ms`, after a read that did not fill a batch, the
-    loop waits that long (real time) before reading again. Every `claim_idle_ms / 2` it
-    takes over entries left pending that long (a dead replica's, or its own that failed).
+    One loop per consumer: a blocking XREADGROUP of up to `batch` entries (of every
+    stream it reads, when it reads several: `keys`), applied concurrently (entries of one
+    incident in stream order), acknowledged with the next read in one pipeline; with
+    `linger_ms`, after a read that did not fill a batch, the loop waits that long (real
+    time) before reading again. Every `claim_idle_ms / 2` it takes over entries left
+    pending that long (a dead replica's, or its own that failed).
     """
 
     stream: OutboxStream[Any]
@@ -149,13 +150,17 @@ class OutboxConsumer(Generic[Request]):
         linger_ms: int | None = None,
         claim_idle_ms: int = 10_000,
         max_deliveries: int = 10,
-        key: str | None = None,
+        keys: Sequence[str] | None = None,
+        worker: str | None = None,
     ) -> None:
-        """`key`: the stream to read when the outbox has one per shard (default: the
-        stream's own key); its worker's name in the health report then names it."""
+        """`keys`: the streams to read, in one XREADGROUP (so one Cluster slot, or any on
+        one Redis server), when the outbox has one per shard (default: the stream's own
+        key); `worker`: the loop's name in the health report (default: the stream's)."""
         self.redis = redis
-        self.stream_key, self.group = key or self.stream.key, self.stream.group
-        self.worker = self.stream.worker if key is None else f"{self.stream.worker} {key}"
+        self.stream_keys = list(keys) if keys else [self.stream.key]
+        self.stream_key = self.stream_keys[0]
+        self.group = self.stream.group
+        self.worker = worker or self.stream.worker
         self.decode: Callable[[bytes], Request] = self.stream.decode
         self.apply = apply
         self.consumer = consumer
@@ -167,20 +172,21 @@ class OutboxConsumer(Generic[Request]):
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
         self.applied = 0
-        self._done: list[bytes] = []
-        """Entries finished (applied or given up) and not acknowledged yet."""
+        self._done: dict[str, list[bytes]] = {}
+        """Entries finished (applied or given up) and not acknowledged yet, by stream."""
         self._started = False
 
     async def start(self) -> None:
-        """Create the group (from the stream's start: entries written before it exist);
-        once per consumer."""
+        """Create the group on every stream (from its start: entries written before it
+        exist); once per consumer."""
         if self._started:
             return
-        try:
-            await self.redis.xgroup_create(self.stream_key, self.group, id="0", mkstream=True)
-        except ResponseError as error:
-            if "BUSYGROUP" not in str(error):
-                raise
+        for key in self.stream_keys:
+            try:
+                await self.redis.xgroup_create(key, self.group, id="0", mkstream=True)
+            except ResponseError as error:
+                if "BUSYGROUP" not in str(error):
+                    raise
         self._started = True
 
     async def run(self, stop: asyncio.Event, health: WorkerHealth | None = None) -> None:
@@ -196,7 +202,7 @@ class OutboxConsumer(Generic[Request]):
                 if own_pending:
                     await self._resume()
                     own_pending = False
-                read = len(await self._step(">", self.block_ms))
+                read = len(await self._step(self._from(">"), self.block_ms))
                 if loop.time() >= next_claim:  # real time: XAUTOCLAIM judges Redis's idle
                     next_claim = loop.time() + self.claim_idle_ms / 2000
                     await self.claim_stale()
@@ -208,10 +214,10 @@ class OutboxConsumer(Generic[Request]):
             self.log.warning("%s: last acknowledgements not sent: %s", self.name, error)
 
     async def drain_once(self) -> int:
-        """Apply what the stream holds now, without blocking (for tests); how many."""
+        """Apply what the streams hold now, without blocking (for tests); how many."""
         await self.start()
         count = 0
-        while read := await self._step(">", None):
+        while read := await self._step(self._from(">"), None):
             count += len(read)
         await self._ack()
         return count
@@ -220,79 +226,99 @@ class OutboxConsumer(Generic[Request]):
         """One read, without blocking, and what it brought applied; its acknowledgements
         go with the next read, as in the loop (for tests that step a consumer)."""
         await self.start()
-        return len(await self._step(">", None))
+        return len(await self._step(self._from(">"), None))
+
+    def _from(self, start_id: str) -> dict[str, str]:
+        return {key: start_id for key in self.stream_keys}
 
     async def _resume(self) -> None:
         """Apply what this consumer read before a restart and did not finish, once each:
-        the reads of its own pending list move past what they returned (an entry that
+        the reads of its own pending lists move past what they returned (an entry that
         fails again stays pending, for `claim_stale`, rather than being read forever)."""
-        start = "0"
-        while read := await self._step(start, None):
-            start = read[-1].decode()
+        starts = self._from("0")
+        while starts:
+            read = await self._step(starts, None)
+            last: dict[str, str] = {}
+            for key, entry_id in read:
+                last[key] = entry_id.decode()
+            starts = last  # a stream that returned nothing has nothing left of its own
 
-    async def _step(self, start_id: str, block_ms: int | None) -> list[bytes]:
+    async def _step(self, starts: dict[str, str], block_ms: int | None) -> list[tuple[str, bytes]]:
         """Acknowledge what is done and read (in one round trip), apply what came; the
-        ids that came."""
-        done, self._done = self._done, []
+        (stream, id) of each entry that came."""
+        done, self._done = self._done, {}
         pipe = self.redis.pipeline(transaction=False)
-        if done:
-            self._queue_ack(pipe, done)
-        pipe.xreadgroup(
-            self.group, self.consumer, {self.stream_key: start_id}, count=self.batch, block=block_ms
-        )
+        for key, ids in done.items():
+            self._queue_ack(pipe, key, ids)
+        streams: dict[Any, Any] = dict(starts)
+        pipe.xreadgroup(self.group, self.consumer, streams, count=self.batch, block=block_ms)
         try:
             replies: list[Any] = await pipe.execute()
         except BaseException as error:
-            self._done[:0] = done  # XACK is idempotent: with the next read
+            self._give_back(done)  # XACK and XDEL are idempotent: with the next read
             if isinstance(error, ResponseError) and "NOGROUP" in str(error):
                 self._started = False  # Redis lost the group (no persistence): create it
             raise
-        entries = replies[-1][0][1] if replies[-1] else []
-        ids = [entry_id for entry_id, _ in entries]
-        # own pending entries come back with no fields once trimmed away: nothing to apply
-        self._done += [entry_id for entry_id, fields in entries if not fields]
-        await self._apply_all([(entry_id, fields) for entry_id, fields in entries if fields])
-        return ids
+        came: list[tuple[str, bytes]] = []
+        entries: list[tuple[str, bytes, dict[bytes, bytes]]] = []
+        reply = replies[-1] or []
+        for raw_key, stream_entries in reply.items() if isinstance(reply, dict) else reply:
+            key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
+            for entry_id, fields in stream_entries:
+                came.append((key, entry_id))
+                if fields:
+                    entries.append((key, entry_id, fields))
+                else:  # own pending entries come back with no fields once deleted/trimmed
+                    self._finish(key, entry_id)
+        await self._apply_all(entries)
+        return came
 
-    def _queue_ack(self, pipe: Any, done: list[bytes]) -> None:
-        pipe.xack(self.stream_key, self.group, *done)
+    def _finish(self, key: str, entry_id: bytes) -> None:
+        self._done.setdefault(key, []).append(entry_id)
+
+    def _give_back(self, done: dict[str, list[bytes]]) -> None:
+        for key, ids in done.items():
+            self._done[key] = ids + self._done.get(key, [])
+
+    def _queue_ack(self, pipe: Any, key: str, done: list[bytes]) -> None:
+        pipe.xack(key, self.group, *done)
         if self.stream.delete_done:
-            pipe.xdel(self.stream_key, *done)
+            pipe.xdel(key, *done)
 
     async def _ack(self) -> None:
-        done, self._done = self._done, []
+        done, self._done = self._done, {}
         if not done:
             return
-        if not self.stream.delete_done:
-            await self.redis.xack(self.stream_key, self.group, *done)
-            return
         pipe = self.redis.pipeline(transaction=False)
-        self._queue_ack(pipe, done)
+        for key, ids in done.items():
+            self._queue_ack(pipe, key, ids)
         try:
             await pipe.execute()
         except BaseException:
-            self._done[:0] = done  # both are idempotent: with the next read
+            self._give_back(done)  # idempotent: with the next read
             raise
 
-    async def _apply_all(self, entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> None:
+    async def _apply_all(self, entries: Sequence[tuple[str, bytes, dict[bytes, bytes]]]) -> None:
         """Apply `entries`: different incidents concurrently, one incident's in order."""
-        by_incident: dict[str, list[tuple[bytes, Request, str]]] = {}
-        for entry_id, fields in entries:
+        by_incident: dict[str, list[tuple[str, bytes, Request, str]]] = {}
+        for key, entry_id, fields in entries:
             try:
                 request = self.decode(fields[REQUEST_FIELD])
             except (KeyError, DecodeError):
                 self.log.error("%s entry %s cannot be decoded; dropped", self.name, entry_id)
-                self._done.append(entry_id)
+                self._finish(key, entry_id)
                 continue
             traceparent = fields.get(TRACE_FIELD, b"").decode(errors="replace")
-            by_incident.setdefault(request.incident_id, []).append((entry_id, request, traceparent))
+            by_incident.setdefault(request.incident_id, []).append(
+                (key, entry_id, request, traceparent)
+            )
         if len(by_incident) == 1:  # the usual case at a low rate: no task to make
             await self._apply_in_order(next(iter(by_incident.values())))
             return
         await asyncio.gather(*(self._apply_in_order(items) for items in by_incident.values()))
 
-    async def _apply_in_order(self, items: list[tuple[bytes, Request, str]]) -> None:
-        for entry_id, request, traceparent in items:
+    async def _apply_in_order(self, items: list[tuple[str, bytes, Request, str]]) -> None:
+        for key, entry_id, request, traceparent in items:
             try:
                 await self.apply(request, traceparent)
                 self.applied += 1
@@ -312,14 +338,21 @@ class OutboxConsumer(Generic[Request]):
                     request.incident_id,
                 )
                 return  # this incident's later entries wait for it (pending, reclaimed)
-            self._done.append(entry_id)
+            self._finish(key, entry_id)
 
     async def claim_stale(self) -> int:
         """Take over entries pending past `claim_idle_ms` (a dead replica's, or this
         one's that failed) and apply them; give up on those delivered more than
         `max_deliveries` times. How many were taken over."""
+        taken = 0
+        for key in self.stream_keys:
+            taken += await self._claim_stale(key)
+        await self._ack()
+        return taken
+
+    async def _claim_stale(self, key: str) -> int:
         reply: Any = await self.redis.xautoclaim(
-            self.stream_key,
+            key,
             self.group,
             self.consumer,
             self.claim_idle_ms,
@@ -327,19 +360,20 @@ class OutboxConsumer(Generic[Request]):
             count=self.batch,
         )
         entries = [(entry_id, fields) for entry_id, fields in reply[1] if fields]
-        self._done += [entry_id for entry_id, fields in reply[1] if not fields]
+        for entry_id, fields in reply[1]:
+            if not fields:
+                self._finish(key, entry_id)
         if entries:
             rows = await self.redis.xpending_range(
-                self.stream_key, self.group, entries[0][0], entries[-1][0], len(entries) * 2
+                key, self.group, entries[0][0], entries[-1][0], len(entries) * 2
             )
             deliveries = {row["message_id"]: int(row["times_delivered"]) for row in rows}
             keep = []
             for entry_id, fields in entries:
                 if deliveries.get(entry_id, 0) > self.max_deliveries:
                     self.log.error("%s entry %s failed too often; dropped", self.name, entry_id)
-                    self._done.append(entry_id)
+                    self._finish(key, entry_id)
                 else:
-                    keep.append((entry_id, fields))
+                    keep.append((key, entry_id, fields))
             await self._apply_all(keep)
-        await self._ack()
         return len(entries)

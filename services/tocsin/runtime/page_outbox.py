@@ -11,7 +11,9 @@ woken by Redis the moment the write commits: it starts the user's cycle as the N
 does (the same validation, the same idempotency key), while escalation goes on with the
 level's timeline notes. The RPC stays, for callers outside the stack.
 
-It is an outbox (runtime/outbox.py, the mechanics), with two differences, because a page
+It is an outbox (runtime/outbox.py, the mechanics): on one Redis server one consumer per
+notification process reads the 16 streams in one blocking XREADGROUP, on a Cluster one
+per shard (`page_consumers`). Two differences from the other outboxes, because a page
 must never be lost:
 
 - nothing is trimmed: an entry is deleted (XDEL, with its XACK) once notification has
@@ -37,6 +39,9 @@ entry, before it is acknowledged.
 from __future__ import annotations
 
 import logging
+from typing import Any
+
+from redis.asyncio import RedisCluster
 
 from tocsin.runtime.events import INCIDENT_SHARDS
 from tocsin.runtime.outbox import Apply, Outbox, OutboxConsumer, OutboxStream
@@ -87,15 +92,18 @@ class PageConsumer(OutboxConsumer[notification_pb2.NotifyRequest]):
 def page_consumers(
     redis: RedisClient, apply: Apply[notification_pb2.NotifyRequest], consumer: str
 ) -> list[PageConsumer]:
-    """A consumer for every shard's stream, all in `consumer`'s name."""
+    """The consumers of every shard's stream, all in `consumer`'s name: on one Redis
+    server one, reading the 16 streams in one blocking XREADGROUP (a read under load
+    carries the pages of several shards, and an idle process makes one read a second,
+    not 16); on a Cluster one per shard, since a read names keys of one slot."""
+    options: dict[str, Any] = {
+        "claim_idle_ms": CLAIM_IDLE_MS,
+        "max_deliveries": MAX_DELIVERIES,
+    }
+    keys = [stream_key(shard) for shard in range(INCIDENT_SHARDS)]
+    if not isinstance(redis, RedisCluster):
+        return [PageConsumer(redis, apply, consumer, keys=keys, **options)]
     return [
-        PageConsumer(
-            redis,
-            apply,
-            consumer,
-            key=stream_key(shard),
-            claim_idle_ms=CLAIM_IDLE_MS,
-            max_deliveries=MAX_DELIVERIES,
-        )
-        for shard in range(INCIDENT_SHARDS)
+        PageConsumer(redis, apply, consumer, keys=[key], worker=f"{STREAM.worker} {key}", **options)
+        for key in keys
     ]
