@@ -183,16 +183,17 @@ async def page_path(
     # streams, so the write that fires a level wakes notification at once, while
     # escalation goes on with the level's notes and its acknowledgement. In this one
     # loop the pages are started right after that write, before escalation's own steps.
-    engine = stack.escalation.engine
-    send_notes = engine._send_claimed_hop
+    store = stack.escalation.engine.store
+    write_hop = store.write_hop
 
-    async def pages_first(claimed: Any, hop_id: str) -> None:
+    async def pages_first(*args: Any, **kwargs: Any) -> Any:
+        written = await write_hop(*args, **kwargs)
         for pages in stack.paging.service.pages:  # one read each; acknowledged with the next
             await pages.read_once()
         await stack.paging.settle()
-        await send_notes(claimed, hop_id)
+        return written
 
-    engine._send_claimed_hop = pages_first  # type: ignore[method-assign]
+    store.write_hop = pages_first  # type: ignore[method-assign]
     scripts = _script_names()
     calls_before = await _command_calls(redis)
     polls = frozenset(sha for sha, name in scripts.items() if "claim due" in name)
@@ -207,7 +208,7 @@ async def page_path(
             await stack.escalation.consumer.drain_once()
             await stack.paging.settle()
         await stack.run_until_quiet()
-    engine._send_claimed_hop = send_notes  # type: ignore[method-assign]
+    store.write_hop = write_hop  # type: ignore[method-assign]
     calls_after = await _command_calls(redis)
     sms = await stack.pager.expect_sms("alice", "disk full on db1")
     before = [c for at, c in sent if at < sms.received_monotonic_ns]

@@ -12,15 +12,17 @@ Firing a level is a GoAlert-style idempotent cycle:
 3. ONE compare-and-set writes the advanced state, arms the next level's timer, adds each
    page, a NotifyRequest with the idempotency key incident/epoch/level/loop/user, to the
    incident shard's page stream (runtime/page_outbox.py: notification, blocked on it,
-   starts the page the moment the write commits) and arms a "hop" outbox timer holding
-   the level's timeline notes; a stale or duplicate timer fails the version check and
-   pages nobody;
-4. the same write claims the hop for this process (no poll, no round trip of its own) and
-   its notes are queued in the timeline outbox (runtime/timeline_outbox.py; appended
-   once, by their keys) with the hop's completion. If the process dies after the write,
-   the pages are in the stream already and the hop is re-offered after its lease and
-   redone; notification drops repeated keys. A hop an older version armed holds its
-   pages: it still sends them as Notify calls.
+   starts the page the moment the write commits) and, on one Redis server, adds the
+   level's timeline notes to the timeline outbox (runtime/timeline_outbox.py; appended
+   once, by their keys); on a Cluster, where that outbox is in another slot, it arms a
+   "hop" outbox timer holding the notes instead. A stale or duplicate timer fails the
+   version check and pages nobody;
+4. on a Cluster the same write claims the hop for this process (no poll, no round trip
+   of its own) and its notes are queued with the hop's completion. If the process dies
+   after the write, the pages (and on one server the notes) are in their streams
+   already, and a hop is re-offered after its lease and redone; notification drops
+   repeated keys. A hop an older version armed holds its pages: it still sends them as
+   Notify calls.
 
 A level nobody can answer does not wait out its delay. Notification reports through
 ReportUnreachable a user with no contact method or rule (when it starts the page) and a
@@ -597,12 +599,18 @@ class EscalationEngine:
                 **_words(trigger),
             )
             # The pages go to notification's stream in the write (runtime/page_outbox.py);
-            # the hop keeps the notes, written once the write is made.
+            # on one Redis server the notes go to the timeline outbox in it too, else a
+            # hop keeps them, written once the write is made.
             requests = [_traced_notify_request(paged, page) for page in paged.pages]
-            hop = Hop(
-                hop_id,
-                HopPayload(state.incident_id, state.epoch, (), tuple(notes), paged.traceparent),
-            )
+            hop: Hop | None = None
+            in_write: list[bytes] = []
+            if self.store.notes_in_write:
+                in_write = [n.SerializeToString() for n in _timeline_requests(paged, hop_id)]
+            else:
+                hop = Hop(
+                    hop_id,
+                    HopPayload(state.incident_id, state.epoch, (), tuple(notes), paged.traceparent),
+                )
             written, claimed = await self.store.write_hop(
                 advanced,
                 expected,
@@ -611,6 +619,7 @@ class EscalationEngine:
                 lease_ms=HOP_LEASE_MS,
                 pages=[r.SerializeToString() for r in requests],
                 pages_trace=paged.traceparent,
+                notes=in_write,
             )
             if not written:
                 span.set_attribute("escalation.stale", True)
@@ -625,7 +634,8 @@ class EscalationEngine:
                 state.next_level,
                 state.loop,
             )
-        await self._send_claimed_hop(claimed, hop.timer_id)
+        if hop is not None:
+            await self._send_claimed_hop(claimed, hop.timer_id)
         if advanced.next_fire_ms is not None and advanced.next_fire_ms <= now:
             await self.fire_now(state.incident_id)
         return advanced
@@ -784,14 +794,7 @@ class EscalationEngine:
                 key, reason = request.idempotency_key, reply.unreachable_reason
                 unreachable.append((page.user_id, key, reason))
         # Through the timeline outbox: one Redis round trip for the hop's notes, no RPC.
-        notes = [
-            incidents_pb2.AppendTimelineRequest(
-                incident_id=incident_id,
-                entry=_timeline_entry(note),
-                idempotency_key=f"{timer.timer_id}/{i}",
-            )
-            for i, note in enumerate(hop.notes)
-        ]
+        notes = _timeline_requests(hop, timer.timer_id)
         traceparent = current_traceparent() or hop.traceparent
         if complete and notes and not unreachable:
             await self.store.timers.complete_with(
@@ -944,6 +947,19 @@ def _exhausted_note(state: Escalation, work: Exhausted) -> dict[str, Any]:
         f"{work.loops} loop(s); nobody acknowledged",
         "attributes": {"loops": str(work.loops), "epoch": str(state.epoch)},
     }
+
+
+def _timeline_requests(hop: HopPayload, hop_id: str) -> list[incidents_pb2.AppendTimelineRequest]:
+    """The hop's notes as timeline outbox entries, keyed by the hop and their place in it
+    (appended once however often they are queued)."""
+    return [
+        incidents_pb2.AppendTimelineRequest(
+            incident_id=hop.incident_id,
+            entry=_timeline_entry(note),
+            idempotency_key=f"{hop_id}/{i}",
+        )
+        for i, note in enumerate(hop.notes)
+    ]
 
 
 def _traced_notify_request(hop: HopPayload, page: HopPage) -> notification_pb2.NotifyRequest:

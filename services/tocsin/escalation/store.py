@@ -11,10 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio import RedisCluster
+
 from tocsin.escalation.codec import HopPayload, LevelTimerPayload, dump_state, load_state
 from tocsin.escalation.domain import Escalation, LevelKey
 from tocsin.escalation.policy_cache import PolicyCache
-from tocsin.runtime import page_outbox
+from tocsin.runtime import page_outbox, timeline_outbox
 from tocsin.runtime.batching import BatchedScript
 from tocsin.runtime.clock import Clock
 from tocsin.runtime.errors import AlreadyExists, Conflict, NotFound
@@ -162,6 +164,13 @@ class EscalationStore:
         """Every policy and its level 0's schedules' revisions, kept fresh by the server's
         refresh loop, so starting an escalation reads nothing before its write."""
 
+    @property
+    def notes_in_write(self) -> bool:
+        """Whether a level's timeline notes go to the timeline outbox in the write that
+        fires it: on one Redis server (another slot than the escalation's, which a script
+        on a Cluster cannot touch; there a hop timer carries them)."""
+        return not isinstance(self.redis, RedisCluster)
+
     async def load(self, incident_id: str) -> Escalation | None:
         raw = await self.redis.hget(state_key(incident_id), "json")
         return load_state(raw) if raw is not None else None
@@ -186,18 +195,26 @@ class EscalationStore:
         expected_version: int,
         *,
         traceparent: str,
-        hop: Hop,
+        hop: Hop | None,
         lease_ms: int,
         pages: Sequence[bytes] = (),
         pages_trace: str = "",
+        notes: Sequence[bytes] = (),
     ) -> tuple[bool, ClaimedTimer | None]:
         """`write`, and the hop's timer claimed for the caller in the same script (with a
         lease of `lease_ms`), so it is sent with no round trip of its own: (written, the
-        claim; None if not written, or the hop was not due). `pages`: NotifyRequest
-        protobufs added to the shard's page stream by the same script, with
-        `pages_trace` (runtime/page_outbox.py)."""
+        claim; None if not written, no hop, or the hop was not due). `pages`:
+        NotifyRequest protobufs added to the shard's page stream by the same script, with
+        `pages_trace` (runtime/page_outbox.py); `notes`: AppendTimelineRequest protobufs
+        added to the timeline outbox by it too (`notes_in_write` only)."""
         outcome, claimed = await self._run_write(
-            state, expected_version, traceparent, hop, lease_ms, pages=(pages, pages_trace)
+            state,
+            expected_version,
+            traceparent,
+            hop,
+            lease_ms,
+            pages=(pages, pages_trace),
+            notes=notes,
         )
         return outcome == "ok", claimed
 
@@ -231,6 +248,7 @@ class EscalationStore:
         report: tuple[LevelKey, int] | None = None,
         together: bool = False,
         pages: tuple[Sequence[bytes], str] = ((), ""),
+        notes: Sequence[bytes] = (),
     ) -> tuple[str, ClaimedTimer | None]:
         """`write_escalation.lua`; with `report` (the level firing and user, when), the
         report is recorded first (`report_and_write`); `together`: in a pipeline with the
@@ -248,6 +266,7 @@ class EscalationStore:
             *timer_keys(shard),
             *([out_key(out.incident_id, out.epoch, out.level, out.loop)] if out else []),
             *([pages_key] if pages_key else []),
+            *([timeline_outbox.STREAM_KEY] if notes else []),
         ]
         args = self._write.args(
             tag=shard_tag(shard),
@@ -268,7 +287,10 @@ class EscalationStore:
             out_ttl_ms=self.retention_ms,
             pages_key=pages_key,
             pages_trace=pages_trace,
-            page_request=list(requests),
+            notes_key=timeline_outbox.STREAM_KEY if notes else "",
+            notes_maxlen=timeline_outbox.MAXLEN,
+            page_count=len(requests),
+            entry=[*requests, *notes],
         )
         if together:
             reply = await self._write_together(keys, args)

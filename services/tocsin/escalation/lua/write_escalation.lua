@@ -4,7 +4,8 @@
 --
 -- KEYS[1] state hash, KEYS[2] active index (zset incident -> next fire ms),
 -- KEYS[3..] timers.timer_keys(shard), then, with `out_user`, the level firing's
--- reported-out hash (store.out_key), then, with `pages_key`, the shard's page stream
+-- reported-out hash (store.out_key), then, with `pages_key`, the shard's page stream,
+-- then, with `notes_key`, the timeline outbox's stream
 -- ARGV:
 --   tag                shard tag
 --   expected_version   "0": must not exist yet
@@ -29,9 +30,14 @@
 --   out_ms
 --   out_ttl_ms         the reported-out hash's lifetime
 --   pages_key          "": no pages; else the shard's page stream (runtime/page_outbox.py),
---                      to which every page_request is added once the write is made
---   pages_trace        the pages' traceparent (the entries' `tp`)
---   page_request...    the rest: one NotifyRequest protobuf per page, in order
+--                      to which every page is added once the write is made
+--   pages_trace        the traceparent of the pages and the notes (the entries' `tp`)
+--   notes_key          "": no notes; else the timeline outbox's stream (one Redis server
+--                      only: another slot), to which every note is added
+--   notes_maxlen       the timeline outbox's cap (XADD MAXLEN ~)
+--   page_count         how many entries are pages (the rest are notes)
+--   entry...           the rest: the pages' NotifyRequest protobufs, then the notes'
+--                      AppendTimelineRequest protobufs, each in order
 -- Returns {"ok"} | {"ok", hop claim} | {"exists", version} | {"conflict", version} |
 -- {"reported"} (out_user was reported before: nothing written)
 local tag = ARGV[1]
@@ -60,9 +66,15 @@ else
   timer_cancel(tag, ARGV[6])
   redis.call("ZREM", KEYS[2], ARGV[11])
 end
+local pages = tonumber(ARGV[21])
 if ARGV[17] ~= "" then
-  for i = 19, #ARGV do
+  for i = 22, 21 + pages do
     redis.call("XADD", ARGV[17], "*", "r", ARGV[i], "tp", ARGV[18])
+  end
+end
+if ARGV[19] ~= "" then
+  for i = 22 + pages, #ARGV do
+    redis.call("XADD", ARGV[19], "MAXLEN", "~", ARGV[20], "*", "r", ARGV[i], "tp", ARGV[18])
   end
 end
 if ARGV[8] ~= "" then
