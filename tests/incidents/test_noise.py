@@ -18,6 +18,7 @@ from tests.incidents.harness import (
     trigger_request,
     violated_fields,
 )
+from tocsin.incidents import heartbeat
 from tocsin.v1 import common_pb2, incidents_pb2, routing_pb2
 
 EQUALS = routing_pb2.MATCH_OPERATOR_EQUALS
@@ -391,3 +392,20 @@ async def test_a_ping_between_the_miss_and_the_incident_resolves_it(served: Serv
     await served.running.servicer.open_heartbeat_incident(monitor)
     listed = await served.stub.ListIncidents(incidents_pb2.ListIncidentsRequest())
     assert [i.status for i in listed.incidents] == [incidents_pb2.INCIDENT_STATUS_RESOLVED]
+
+
+async def test_a_new_heartbeat_token_never_starts_with_a_dash(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token starting with '-' is taken for an option by `tocsin heartbeat ping`: such a
+    draw is drawn again."""
+    draws = iter(["-" + "a" * 31, "b" * 32])
+    monkeypatch.setattr(heartbeat.secrets, "token_urlsafe", lambda n: next(draws))
+    created = await served.stub.CreateHeartbeatMonitor(
+        routing_pb2.CreateHeartbeatMonitorRequest(
+            monitor=routing_pb2.HeartbeatMonitor(
+                id="etl", service_id="payments-api", interval=Duration(seconds=3600)
+            )
+        )
+    )
+    assert created.monitor.token == "b" * 32

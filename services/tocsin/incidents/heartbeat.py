@@ -194,6 +194,16 @@ def monitor_violations(
     return violations
 
 
+def new_token() -> str:
+    """A monitor's ping token: 32 URL-safe characters, never starting with '-', which a
+    command line would take for an option (`tocsin heartbeat ping <token>` failed for one
+    token in 64)."""
+    while True:
+        token = secrets.token_urlsafe(24)
+        if not token.startswith("-"):
+            return token
+
+
 class HeartbeatTimerStore(TimerStore):
     def __init__(self, redis: RedisClient, clock: Clock) -> None:
         super().__init__(redis, clock, shards=1, namespace=NAMESPACE)
@@ -221,7 +231,7 @@ class HeartbeatStore:
             stored.ClearField(name)
         if not stored.token:
             current = None if create else await self._config(stored.id)
-            stored.token = current.token if current is not None else secrets.token_urlsafe(24)
+            stored.token = current.token if current is not None else new_token()
         stored.name = stored.name or stored.id
         violations = monitor_violations(stored)
         if violations:
