@@ -15,6 +15,7 @@ from redis.asyncio import RedisCluster
 from tests.escalation.stack import FullStack, schedule, user
 from tests.notification.stack import ALICE, BOB, SMS, VOICE
 from tocsin.escalation.store import level_timer_id
+from tocsin.notification.servicer import MAX_CONCURRENT_CALLS, NotificationServicer
 from tocsin.runtime import page_outbox
 from tocsin.runtime.events import incident_shard, shard_streams
 from tocsin.v1 import escalation_pb2, incidents_pb2, notification_pb2
@@ -165,33 +166,63 @@ async def test_a_duplicate_or_stale_level_timer_pages_nobody(stack: FullStack) -
     assert [p.user_id for p in (await stack.escalation_of(incident_id)).pages] == ["bob", "carol"]
 
 
-async def test_a_crash_after_the_level_advanced_loses_no_page_and_redoes_its_notes_once(
-    stack: FullStack, monkeypatch: pytest.MonkeyPatch
+async def test_a_crash_after_the_level_advanced_loses_no_page_and_writes_its_notes_once(
+    any_stack: FullStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The write that fires a level queues its pages for notification in the same script
-    (runtime/page_outbox.py): escalation dying right after it (before the level's notes)
-    loses no page, and the hop redone after its lease writes the notes once."""
+    (runtime/page_outbox.py), and on one Redis server the level's notes too: escalation
+    dying right after that write loses no page, and the notes reach the timeline once
+    (on the Cluster through the hop the write claimed, redone after its lease)."""
+    stack = any_stack
     await people(stack)
     await stack.policy(([user("bob"), user("carol")], 5))
     engine = stack.escalation.engine
     assert engine is not None
+    crashes: list[str] = []
 
-    async def killed(*args: object) -> None:
+    def killed(state: object, traceparent: str) -> None:
+        crashes.append("after the write")
         raise RuntimeError("process killed after the level's write")
 
-    monkeypatch.setattr(engine, "_send_claimed_hop", killed)
+    # the first thing the engine does once the write returned
+    monkeypatch.setattr(engine, "_remember_awaiting", killed)
     incident_id = await stack.paging.trigger(mirror=False)
     assert stack.escalation.consumer is not None
     await stack.escalation.consumer.drain_once()  # (its retries find the level written)
+    assert crashes == ["after the write"]
     monkeypatch.undo()
     await stack.run_until_quiet()
     await stack.pager.expect_sms("bob")
     await stack.pager.expect_sms("carol")
-    stack.paging.clock.advance(seconds=16)  # the hop's lease runs out; it is redone
+    stack.paging.clock.advance(seconds=16)  # a claimed hop's lease runs out; it is redone
     await stack.run_until_quiet()
     await stack.pager.expect_no_more_pages()
     lines = await timeline(stack, incident_id)
     assert lines.count("Escalation level 1 (loop 1) paged bob, carol") == 1
+
+
+async def test_pages_from_the_stream_take_the_notify_calls_slots(stack: FullStack) -> None:
+    """A page read from the stream is started within the same bound as a Notify call
+    (MAX_CONCURRENT_CALLS), so a backlog read after an outage cannot start thousands of
+    cycles at once: with every slot taken, the page waits, and goes once one frees."""
+    await people(stack)
+    await stack.policy(([user("bob")], 5))
+    servicer = stack.paging.service.pages[0].apply.__self__  # type: ignore[attr-defined]
+    assert isinstance(servicer, NotificationServicer)
+    for _ in range(MAX_CONCURRENT_CALLS):
+        await servicer.slots.acquire()
+    await stack.paging.trigger(mirror=False)
+    assert stack.escalation.consumer is not None
+    await stack.escalation.consumer.drain_once()
+    starting = asyncio.create_task(stack.paging.start_pages())
+    await asyncio.sleep(0.2)
+    assert not starting.done() and not stack.pager.pages("sms")
+    servicer.slots.release()
+    assert await asyncio.wait_for(starting, 5) == 1
+    await stack.paging.settle()
+    await stack.pager.expect_sms("bob")
+    for _ in range(MAX_CONCURRENT_CALLS - 1):
+        servicer.slots.release()
 
 
 async def test_notification_dying_between_two_pages_of_a_level_pages_each_user_once(

@@ -963,8 +963,9 @@ def _timeline_requests(hop: HopPayload, hop_id: str) -> list[incidents_pb2.Appen
 
 
 def _traced_notify_request(hop: HopPayload, page: HopPage) -> notification_pb2.NotifyRequest:
-    """The Notify of `page`, made in an `escalation.notify` span of the hop's trace: the
-    request's traceparent, under which notification starts the user's cycle."""
+    """What notification is asked to do for `page` of `hop` (the key incident/epoch/level/
+    loop/user makes a repeat a no-op), its traceparent an `escalation.notify` span of the
+    hop's trace, under which notification starts the user's cycle."""
     with tracer.start_as_current_span(
         "escalation.notify",
         context=context_from_traceparent(hop.traceparent),
@@ -976,14 +977,7 @@ def _traced_notify_request(hop: HopPayload, page: HopPage) -> notification_pb2.N
             "schedule.id": page.schedule_id,
         },
     ):
-        return notify_request(hop, page, current_traceparent())
-
-
-def notify_request(
-    hop: HopPayload, page: HopPage, traceparent: str
-) -> notification_pb2.NotifyRequest:
-    """What notification is asked to do for `page` of `hop` (the key incident/epoch/level/
-    loop/user makes a repeat a no-op)."""
+        traceparent = current_traceparent()
     request = notification_pb2.NotifyRequest(
         incident_id=hop.incident_id,
         user_id=page.user_id,

@@ -113,8 +113,9 @@ class WebhookParts:
 class NotificationService(RunningService):
     parts: Parts = field(kw_only=True)
     pages: list[PageConsumer] = field(kw_only=True, default_factory=list)
-    """The page streams' consumers, one per shard (runtime/page_outbox.py): each starts
-    the pages escalation queued with the levels it fired; tests call `drain_once()`."""
+    """The page streams' consumers (runtime/page_outbox.py: one on one Redis server, one
+    per shard on a Cluster): they start the pages escalation queued with the levels it
+    fired; tests call `drain_once()`."""
 
 
 def provider_from_config(config: Config) -> Provider:

@@ -3,7 +3,8 @@
 Every input is checked (violations named by proto field path) before anything is
 written; settings writes also check with the scheduling service that the user exists.
 
-At most MAX_CONCURRENT_CALLS requests are handled at once; more wait their turn. With the
+At most MAX_CONCURRENT_CALLS requests (the pages of the page stream among them) are
+handled at once; more wait their turn. With the
 background work's own bounds (sends, the event consumer's one read per shard, the timer
 worker's one claim per shard) that keeps this process within the Redis client's
 connection pool however hard a burst of Notify calls or Twilio callbacks comes in.
@@ -198,7 +199,8 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
             kind=SpanKind.CONSUMER,
             attributes={"incident.id": request.incident_id, "user.id": request.user_id},
         ):
-            reply = await self.notify(request)
+            async with self.slots:  # as the Notify RPC: a backlog read after an outage
+                reply = await self.notify(request)  # starts 40 cycles at a time, not 4,096
             if reply.unreachable:
                 await self.sender.escalation.report_unreachable(
                     request.incident_id,

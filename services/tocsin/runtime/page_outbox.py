@@ -39,12 +39,11 @@ entry, before it is acknowledged.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from redis.asyncio import RedisCluster
 
 from tocsin.runtime.events import INCIDENT_SHARDS
-from tocsin.runtime.outbox import Apply, Outbox, OutboxConsumer, OutboxStream
+from tocsin.runtime.outbox import Apply, OutboxConsumer, OutboxStream
 from tocsin.runtime.redis import RedisClient
 from tocsin.runtime.timers import shard_tag
 from tocsin.v1 import notification_pb2
@@ -66,7 +65,7 @@ def stream_key(shard: int) -> str:
 
 
 STREAM: OutboxStream[notification_pb2.NotifyRequest] = OutboxStream(
-    stream_key(0),
+    stream_key(0),  # a placeholder: the consumers are given every shard's key
     GROUP,
     notification_pb2.NotifyRequest.FromString,
     name="page",
@@ -76,15 +75,9 @@ STREAM: OutboxStream[notification_pb2.NotifyRequest] = OutboxStream(
 )
 
 
-class PageOutbox(Outbox[notification_pb2.NotifyRequest]):
-    """Reading a shard's stream from outside a script (tests, tools); escalation writes it
-    inside `write_escalation.lua`."""
-
-    stream = STREAM
-
-
 class PageConsumer(OutboxConsumer[notification_pb2.NotifyRequest]):
-    """Notification's side: one per shard, each in its own loop."""
+    """Notification's side (`page_consumers`). There is no writer class: escalation
+    writes the streams only inside `write_escalation.lua`, with the level."""
 
     stream = STREAM
 
@@ -96,14 +89,19 @@ def page_consumers(
     server one, reading the 16 streams in one blocking XREADGROUP (a read under load
     carries the pages of several shards, and an idle process makes one read a second,
     not 16); on a Cluster one per shard, since a read names keys of one slot."""
-    options: dict[str, Any] = {
-        "claim_idle_ms": CLAIM_IDLE_MS,
-        "max_deliveries": MAX_DELIVERIES,
-    }
+
+    def consumer_of(keys: list[str], worker: str | None = None) -> PageConsumer:
+        return PageConsumer(
+            redis,
+            apply,
+            consumer,
+            keys=keys,
+            worker=worker,
+            claim_idle_ms=CLAIM_IDLE_MS,
+            max_deliveries=MAX_DELIVERIES,
+        )
+
     keys = [stream_key(shard) for shard in range(INCIDENT_SHARDS)]
     if not isinstance(redis, RedisCluster):
-        return [PageConsumer(redis, apply, consumer, keys=keys, **options)]
-    return [
-        PageConsumer(redis, apply, consumer, keys=[key], worker=f"{STREAM.worker} {key}", **options)
-        for key in keys
-    ]
+        return [consumer_of(keys)]
+    return [consumer_of([key], f"{STREAM.worker} {key}") for key in keys]
