@@ -104,3 +104,74 @@ async def test_one_escalation_is_one_span_tree(
     assert attr(stop, "reason") == "INCIDENT_EVENT_KIND_ACKNOWLEDGED"
     every_value = [str(v) for s in finished for v in (s.attributes or {}).values()]
     assert not any("5550010" in v or "5550011" in v for v in every_value)  # no phone numbers
+
+
+async def test_a_level_whose_write_loses_its_race_leaves_no_notify_span(
+    stack: FullStack, spans: InMemorySpanExporter
+) -> None:
+    """Two replicas firing one level: the one whose write loses the compare-and-set
+    queued no page, so its trace shows no `escalation.notify` span for one (the level's
+    span says it was stale), and nobody is paged by it."""
+    await people(stack)
+    await stack.policy(([user("alice")], 5), ([user("bob")], 5))
+    incident_id = await trigger(stack)
+    await stack.pager.expect_sms("alice")
+    engine = stack.escalation.engine
+    assert engine is not None
+    before_level_1 = await engine.store.load(incident_id)
+    assert before_level_1 is not None and before_level_1.next_level == 1
+    await stack.tick(minutes=5)
+    await stack.pager.expect_voice("alice")
+    await stack.pager.expect_sms("bob")
+    spans.clear()
+
+    # The other replica, late, fires level 1 from the state it read before the first did.
+    assert await engine._advance(before_level_1, "", manual=False) is None
+    await stack.run_until_quiet()
+
+    finished = list(spans.get_finished_spans())
+    (stale,) = [s for s in finished if s.name == "escalation.level"]
+    assert attr(stale, "escalation.stale") is True
+    assert list(attr(stale, "escalation.paged")) == ["bob"]
+    assert not [s for s in finished if s.name == "escalation.notify"]
+    assert not [s for s in finished if s.name == "notification.page"]
+    await stack.pager.expect_no_more_pages()
+
+
+async def test_a_write_that_fails_ends_its_notify_spans_with_the_error(
+    stack: FullStack, spans: InMemorySpanExporter
+) -> None:
+    """A write whose reply is lost may have queued its pages: their notify spans end,
+    marked with the error, and the page notification starts is still their child."""
+    await people(stack)
+    await stack.policy(([user("alice")], 5), ([user("bob")], 5))
+    incident_id = await trigger(stack)
+    await stack.pager.expect_sms("alice")
+    engine = stack.escalation.engine
+    assert engine is not None
+    write_hop = engine.store.write_hop
+
+    async def reply_lost(*args: Any, **kwargs: Any) -> Any:
+        await write_hop(*args, **kwargs)
+        raise ConnectionError("reply lost")
+
+    engine.store.write_hop = reply_lost  # type: ignore[method-assign]
+    state = await engine.store.load(incident_id)
+    assert state is not None
+    spans.clear()
+    try:
+        await engine._advance(state, "", manual=True)  # as EscalateNow does
+    except ConnectionError:
+        pass
+    else:
+        raise AssertionError("the write's error was swallowed")
+    finally:
+        engine.store.write_hop = write_hop  # type: ignore[method-assign]
+    await stack.run_until_quiet()
+    await stack.pager.expect_sms("bob")
+
+    finished = list(spans.get_finished_spans())
+    (notify,) = [s for s in finished if s.name == "escalation.notify"]
+    assert attr(notify, "user.id") == "bob"
+    assert notify.status.status_code.name == "ERROR"
+    assert descendants(finished, notify, "notification.send")

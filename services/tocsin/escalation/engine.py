@@ -56,6 +56,8 @@ from typing import Any, TypeVar
 
 import grpc
 from opentelemetry import metrics, trace
+from opentelemetry.trace import Status as SpanStatus
+from opentelemetry.trace import StatusCode
 
 from tocsin.client.client import TocsinClient
 from tocsin.escalation import domain
@@ -79,7 +81,11 @@ from tocsin.runtime.errors import Conflict, FailedPrecondition, InvalidArgument,
 from tocsin.runtime.events import incident_shard
 from tocsin.runtime.metrics import timer_fired
 from tocsin.runtime.oncall import OnCallCache, read_revisions
-from tocsin.runtime.telemetry import context_from_traceparent, current_traceparent
+from tocsin.runtime.telemetry import (
+    context_from_traceparent,
+    current_traceparent,
+    traceparent_of,
+)
 from tocsin.runtime.timeline_outbox import TimelineOutbox
 from tocsin.runtime.timers import ClaimedTimer, RetryLater, retry_later
 from tocsin.v1 import common_pb2, incidents_pb2, notification_pb2, scheduling_pb2
@@ -601,7 +607,13 @@ class EscalationEngine:
             # The pages go to notification's stream in the write (runtime/page_outbox.py);
             # on one Redis server the notes go to the timeline outbox in it too, else a
             # hop keeps them, written once the write is made.
-            requests = [_traced_notify_request(paged, page) for page in paged.pages]
+            # Each page's `escalation.notify` span ends once the write queued it: a write
+            # that loses its compare-and-set queued nothing, and its spans are dropped.
+            notify_spans = [_notify_span(paged, page) for page in paged.pages]
+            requests = [
+                _notify_request(paged, page, traceparent_of(span))
+                for page, span in zip(paged.pages, notify_spans, strict=True)
+            ]
             hop: Hop | None = None
             in_write: list[bytes] = []
             if self.store.notes_in_write:
@@ -611,19 +623,30 @@ class EscalationEngine:
                     hop_id,
                     HopPayload(state.incident_id, state.epoch, (), tuple(notes), paged.traceparent),
                 )
-            written, claimed = await self.store.write_hop(
-                advanced,
-                expected,
-                traceparent=traceparent,
-                hop=hop,
-                lease_ms=HOP_LEASE_MS,
-                pages=[r.SerializeToString() for r in requests],
-                pages_trace=paged.traceparent,
-                notes=in_write,
-            )
+            try:
+                written, claimed = await self.store.write_hop(
+                    advanced,
+                    expected,
+                    traceparent=traceparent,
+                    hop=hop,
+                    lease_ms=HOP_LEASE_MS,
+                    pages=[r.SerializeToString() for r in requests],
+                    pages_trace=paged.traceparent,
+                    notes=in_write,
+                )
+            except BaseException as error:
+                # The pages may have been queued (a reply lost after the write): the spans
+                # end, marked with the error, so notification's spans keep their parents.
+                for notify_span in notify_spans:
+                    notify_span.record_exception(error)
+                    notify_span.set_status(SpanStatus(StatusCode.ERROR, type(error).__name__))
+                    notify_span.end()
+                raise
             if not written:
                 span.set_attribute("escalation.stale", True)
-                return None
+                return None  # nothing queued: the notify spans are never ended nor exported
+            for notify_span in notify_spans:
+                notify_span.end()
             self._remember_awaiting(advanced, traceparent)
         if work.unconfirmed is not None:
             _unconfirmed.add(1)
@@ -787,7 +810,8 @@ class EscalationEngine:
         incident_id = hop.incident_id
         unreachable: list[tuple[str, str, str]] = []
         for page in hop.pages:  # a hop armed before pages went through the stream
-            request = _traced_notify_request(hop, page)
+            with _notify_span(hop, page) as notify_span:
+                request = _notify_request(hop, page, traceparent_of(notify_span))
             # sent with the other hops' Notify calls waiting now (NotifyBatch)
             reply = await self.peers.notify(request, timeout=PEER_DEADLINE_S)
             if reply.unreachable:
@@ -962,11 +986,11 @@ def _timeline_requests(hop: HopPayload, hop_id: str) -> list[incidents_pb2.Appen
     ]
 
 
-def _traced_notify_request(hop: HopPayload, page: HopPage) -> notification_pb2.NotifyRequest:
-    """What notification is asked to do for `page` of `hop` (the key incident/epoch/level/
-    loop/user makes a repeat a no-op), its traceparent an `escalation.notify` span of the
-    hop's trace, under which notification starts the user's cycle."""
-    with tracer.start_as_current_span(
+def _notify_span(hop: HopPayload, page: HopPage) -> trace.Span:
+    """An `escalation.notify` span of the hop's trace for `page`, started and not ended:
+    notification starts the user's cycle under it. The caller ends it once the page is
+    queued (or sent through Notify); one never ended is never exported."""
+    return tracer.start_span(
         "escalation.notify",
         context=context_from_traceparent(hop.traceparent),
         attributes={
@@ -976,8 +1000,15 @@ def _traced_notify_request(hop: HopPayload, page: HopPage) -> notification_pb2.N
             "escalation.loop": page.loop,
             "schedule.id": page.schedule_id,
         },
-    ):
-        traceparent = current_traceparent()
+    )
+
+
+def _notify_request(
+    hop: HopPayload, page: HopPage, traceparent: str
+) -> notification_pb2.NotifyRequest:
+    """What notification is asked to do for `page` of `hop` (the key incident/epoch/level/
+    loop/user makes a repeat a no-op), under `traceparent` (its `escalation.notify`
+    span)."""
     request = notification_pb2.NotifyRequest(
         incident_id=hop.incident_id,
         user_id=page.user_id,

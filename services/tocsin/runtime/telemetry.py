@@ -62,6 +62,13 @@ def current_traceparent() -> str:
     return carrier.get("traceparent", "")
 
 
+def traceparent_of(span: trace.Span) -> str:
+    """The W3C traceparent naming `span` (a span started without being made current)."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier.get("traceparent", "")
+
+
 def is_traceparent(value: str) -> bool:
     """Whether `value` is a W3C traceparent naming a valid span."""
     context = context_from_traceparent(value)
