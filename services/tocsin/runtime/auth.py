@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import enum
+import functools
 import getpass
 import hashlib
 import hmac
@@ -278,7 +279,11 @@ def process_service_token() -> str:
     return _PROCESS_SERVICE_TOKEN
 
 
+@functools.cache
 def _os_user() -> str:
+    """The process's OS user, looked up once (with none of LOGNAME, USER, LNAME and
+    USERNAME set, getpass reads /etc/passwd: it did so on every call of a local admin,
+    a lone alert's Trigger included)."""
     try:
         return getpass.getuser()
     except (KeyError, OSError):
