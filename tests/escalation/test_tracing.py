@@ -11,6 +11,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tests.escalation.stack import FullStack, schedule, user
 from tests.escalation.test_escalation import people, trigger
+from tocsin.escalation.engine import EscalationEngine
 from tocsin.v1 import incidents_pb2
 
 
@@ -106,18 +107,26 @@ async def test_one_escalation_is_one_span_tree(
     assert not any("5550010" in v or "5550011" in v for v in every_value)  # no phone numbers
 
 
-async def test_a_level_whose_write_loses_its_race_leaves_no_notify_span(
-    stack: FullStack, spans: InMemorySpanExporter
-) -> None:
-    """Two replicas firing one level: the one whose write loses the compare-and-set
-    queued no page, so its trace shows no `escalation.notify` span for one (the level's
-    span says it was stale), and nobody is paged by it."""
+async def _alice_then_bob(stack: FullStack) -> tuple[str, EscalationEngine]:
+    """An incident whose level 0 paged alice (level 1, bob, in 5 minutes), and the
+    escalation engine."""
     await people(stack)
     await stack.policy(([user("alice")], 5), ([user("bob")], 5))
     incident_id = await trigger(stack)
     await stack.pager.expect_sms("alice")
-    engine = stack.escalation.engine
-    assert engine is not None
+    assert stack.escalation.engine is not None
+    return incident_id, stack.escalation.engine
+
+
+async def test_a_level_whose_write_loses_its_race_leaves_no_notify_span(
+    any_stack: FullStack, spans: InMemorySpanExporter
+) -> None:
+    """Two replicas firing one level: the one whose write loses the compare-and-set
+    queued no page, so its trace shows no `escalation.notify` span for one (the level's
+    span says it was stale), and nobody is paged by it. On both Redis layouts (on a
+    Cluster the level's notes take a hop timer, which a lost write never arms)."""
+    stack = any_stack
+    incident_id, engine = await _alice_then_bob(stack)
     before_level_1 = await engine.store.load(incident_id)
     assert before_level_1 is not None and before_level_1.next_level == 1
     await stack.tick(minutes=5)
@@ -139,16 +148,12 @@ async def test_a_level_whose_write_loses_its_race_leaves_no_notify_span(
 
 
 async def test_a_write_that_fails_ends_its_notify_spans_with_the_error(
-    stack: FullStack, spans: InMemorySpanExporter
+    any_stack: FullStack, spans: InMemorySpanExporter
 ) -> None:
     """A write whose reply is lost may have queued its pages: their notify spans end,
     marked with the error, and the page notification starts is still their child."""
-    await people(stack)
-    await stack.policy(([user("alice")], 5), ([user("bob")], 5))
-    incident_id = await trigger(stack)
-    await stack.pager.expect_sms("alice")
-    engine = stack.escalation.engine
-    assert engine is not None
+    stack = any_stack
+    incident_id, engine = await _alice_then_bob(stack)
     write_hop = engine.store.write_hop
 
     async def reply_lost(*args: Any, **kwargs: Any) -> Any:
